@@ -1,0 +1,5 @@
+#include <cstdio>
+int main(int argc, char** argv) {
+  std::printf("galvatron\n");
+  return 0;
+}

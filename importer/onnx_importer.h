@@ -1,0 +1,41 @@
+// ONNX files to the runtime's IR. The importer specializes the graph to concrete input shapes, infers every dtype and
+// shape through the op registry, folds shape arithmetic and constant subgraphs, drops dead nodes, classifies
+// initializers (trainable parameters vs constants) and tags every node with its place (embedding, layer i, head).
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "runtime/graph.h"
+
+namespace gv {
+
+struct ImportOptions {
+  // Values of the graph inputs' symbolic dimensions. A dynamic dim at axis 0 of an input is the batch, at axis 1 the
+  // sequence, unless its dim_param is named in `dims`.
+  int64_t batch = 1;
+  int64_t seq = 0;  // 0: the model's own static length, else an error for a dynamic sequence dim
+  std::map<std::string, int64_t> dims;
+  // Full shapes for named inputs (overrides everything else).
+  std::map<std::string, Shape> input_shapes;
+  bool fold_constants = true;
+  bool detect_layers = true;
+  // When false (the default) an op without a registry entry is an error. When true, the import stops at the
+  // first such op and returns what it has with `unsupported_ops` filled (for `galvatron inspect`).
+  bool allow_unsupported = false;
+};
+
+struct ImportedModel {
+  Graph graph;
+  std::string path;
+  int64_t ir_version = 0;
+  std::string producer;
+  std::map<std::string, int> opsets;
+  // "OpType (domain, opset N) at node 'name'" for each node whose op the registry lacks.
+  std::vector<std::string> unsupported_ops;
+  int64_t onnx_node_count = 0;  // nodes in the file, after inlining local functions, before folding
+};
+
+Expected<ImportedModel> import_onnx(const std::string& path, const ImportOptions& options = {});
+
+}  // namespace gv

@@ -1,0 +1,15 @@
+// Host-callable wrappers over the CUDA runtime, so that C++ code outside kernels/cuda needs no CUDA headers.
+#pragma once
+#include <cstddef>
+
+namespace gv::cuda {
+int device_count();
+const char* last_error();
+bool malloc_device(void** p, size_t bytes);
+void free_device(void* p);
+bool memcpy_h2d(void* dst, const void* src, size_t n);
+bool memcpy_d2h(void* dst, const void* src, size_t n);
+bool memcpy_d2d(void* dst, const void* src, size_t n);
+bool memset_device(void* p, size_t n);
+bool synchronize();
+}  // namespace gv::cuda

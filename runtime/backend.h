@@ -1,0 +1,34 @@
+// The backend interface: where buffers live and which kernel runs a node. The CPU backend is always built; the CUDA
+// backend (kernels/cuda, runtime/cuda_backend.cpp) only where nvcc is found.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "runtime/op_registry.h"
+
+namespace gv {
+
+enum class DeviceKind { kCpu, kCuda };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual DeviceKind kind() const = 0;
+  virtual std::string name() const = 0;
+  virtual Expected<void*> allocate(size_t bytes) = 0;
+  virtual void release(void* ptr) = 0;
+  virtual Status copy_from_host(void* dst, const void* src, size_t bytes) = 0;
+  virtual Status copy_to_host(void* dst, const void* src, size_t bytes) = 0;
+  virtual Status copy(void* dst, const void* src, size_t bytes) = 0;
+  virtual Status zero(void* ptr, size_t bytes) = 0;
+  // The kernel this backend runs for the op, or null when it has none.
+  virtual KernelFn kernel(const OpSchema& schema) const = 0;
+  virtual Status synchronize() { return Status::ok(); }
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+// "cpu" or "cuda"; an error when the CUDA backend was not built or no GPU is present.
+Expected<std::unique_ptr<Backend>> make_backend(const std::string& device);
+bool cuda_backend_built();
+
+}  // namespace gv

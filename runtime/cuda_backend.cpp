@@ -1,0 +1,53 @@
+// The CUDA backend: device memory through kernels/cuda, kernels from OpSchema::cuda. Compiled only with CUDA.
+#ifdef GALVATRON_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#include "runtime/backend.h"
+
+namespace gv {
+namespace {
+
+Status cuda_error(const std::string& what) { return internal_error("cuda: " + what + ": " + cuda::last_error()); }
+
+class CudaBackend final : public Backend {
+ public:
+  DeviceKind kind() const override { return DeviceKind::kCuda; }
+  std::string name() const override { return "cuda"; }
+  Expected<void*> allocate(size_t bytes) override {
+    void* p = nullptr;
+    if (!cuda::malloc_device(&p, bytes ? bytes : 256)) {
+      return Status(StatusCode::kOutOfMemory, "cuda: cannot allocate " + std::to_string(bytes) + " bytes");
+    }
+    return p;
+  }
+  void release(void* ptr) override { cuda::free_device(ptr); }
+  Status copy_from_host(void* dst, const void* src, size_t n) override {
+    return !n || cuda::memcpy_h2d(dst, src, n) ? Status::ok() : cuda_error("host to device copy");
+  }
+  Status copy_to_host(void* dst, const void* src, size_t n) override {
+    return !n || cuda::memcpy_d2h(dst, src, n) ? Status::ok() : cuda_error("device to host copy");
+  }
+  Status copy(void* dst, const void* src, size_t n) override {
+    return !n || cuda::memcpy_d2d(dst, src, n) ? Status::ok() : cuda_error("device copy");
+  }
+  Status zero(void* ptr, size_t n) override {
+    return !n || cuda::memset_device(ptr, n) ? Status::ok() : cuda_error("memset");
+  }
+  KernelFn kernel(const OpSchema& schema) const override { return schema.cuda; }
+  Status synchronize() override { return cuda::synchronize() ? Status::ok() : cuda_error("synchronize"); }
+};
+
+}  // namespace
+
+bool cuda_backend_built() { return true; }
+
+Expected<std::unique_ptr<Backend>> make_backend(const std::string& device) {
+  if (device == "cpu") return make_cpu_backend();
+  if (device == "cuda") {
+    if (cuda::device_count() == 0) return unsupported("no CUDA device is visible; use --device cpu");
+    return std::unique_ptr<Backend>(std::make_unique<CudaBackend>());
+  }
+  return invalid_argument("unknown device '" + device + "' (expected cpu or cuda)");
+}
+
+}  // namespace gv
+#endif

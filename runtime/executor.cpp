@@ -1,0 +1,118 @@
+#include "runtime/executor.h"
+
+namespace gv {
+
+Executor::~Executor() {
+  if (arena_) backend_.release(arena_);
+  for (void* p : owned_) backend_.release(p);
+}
+
+Expected<std::unique_ptr<Executor>> Executor::create(const Graph& graph, Backend& backend, ExecutorOptions options) {
+  std::unique_ptr<Executor> ex(new Executor(graph, backend));
+  ex->options_ = std::move(options);
+  const OpRegistry& reg = OpRegistry::global();
+
+  std::vector<NodeId> order(graph.nodes.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<NodeId>(i);
+  ex->plan_ = plan_memory(graph, order, ex->options_.keep_alive);
+
+  if (ex->plan_.arena_bytes) {
+    auto arena = backend.allocate(ex->plan_.arena_bytes);
+    if (!arena) return arena.status().with_context("allocating the activation arena");
+    ex->arena_ = *arena;
+  }
+  ex->ptrs_.assign(graph.values.size(), nullptr);
+  for (ValueId v = 0; v < static_cast<ValueId>(graph.values.size()); ++v) {
+    const Value& val = graph.values[v];
+    if (ex->plan_.offset[v] >= 0) {
+      ex->ptrs_[v] = static_cast<uint8_t*>(ex->arena_) + ex->plan_.offset[v];
+    } else if (val.kind == ValueKind::kParameter || val.kind == ValueKind::kConstant) {
+      ex->constant_bytes_ += val.data.nbytes();
+      if (backend.kind() == DeviceKind::kCpu) {
+        ex->ptrs_[v] = const_cast<void*>(val.data.data());
+      } else {
+        auto p = backend.allocate(val.data.nbytes());
+        if (!p) return p.status().with_context("allocating '" + val.name + "'");
+        ex->owned_.push_back(*p);
+        GV_RETURN_IF_ERROR(backend.copy_from_host(*p, val.data.data(), val.data.nbytes()));
+        ex->ptrs_[v] = *p;
+      }
+    }
+  }
+  for (NodeId nid : order) {
+    const Node& n = graph.nodes[nid];
+    const OpSchema* schema = reg.find(n.domain, n.op_type);
+    KernelFn k = schema ? backend.kernel(*schema) : nullptr;
+    if (!k) {
+      return unsupported("node '" + n.name + "' (" + n.op_type + "): no " + backend.name() + " kernel for this op");
+    }
+    Step s;
+    s.node = nid;
+    s.kernel = k;
+    s.ctx.node = &graph.nodes[nid];
+    s.ctx.rng_seed = ex->options_.rng_seed;
+    for (ValueId in : n.inputs) {
+      if (in == kNoValue) {
+        s.ctx.inputs.push_back(TensorRef{});
+      } else {
+        const Value& v = graph.values[in];
+        s.ctx.inputs.push_back(TensorRef{v.dtype, v.shape, ex->ptrs_[in]});
+      }
+    }
+    for (ValueId o : n.outputs) {
+      const Value& v = graph.values[o];
+      s.ctx.outputs.push_back(TensorRef{v.dtype, v.shape, ex->ptrs_[o]});
+    }
+    ex->steps_.push_back(std::move(s));
+  }
+  return ex;
+}
+
+Status Executor::set_value(ValueId v, const Tensor& host) {
+  const Value& val = graph_.values[v];
+  if (host.dtype() != val.dtype) {
+    return invalid_argument("'" + val.name + "' must be " + dtype_name(val.dtype) + ", got " + dtype_name(host.dtype()));
+  }
+  if (host.shape() != val.shape) {
+    return invalid_argument("'" + val.name + "' must have shape " + shape_str(val.shape) + ", got " +
+                            shape_str(host.shape()));
+  }
+  if (!ptrs_[v]) return internal_error("'" + val.name + "' has no buffer");
+  return backend_.copy_from_host(ptrs_[v], host.data(), host.nbytes());
+}
+
+Status Executor::set_inputs(const std::map<std::string, Tensor>& feeds, const std::string& source) {
+  for (ValueId in : graph_.inputs) {
+    const Value& v = graph_.values[in];
+    auto it = feeds.find(v.name);
+    if (it == feeds.end()) {
+      return not_found(source + ": no tensor named '" + v.name + "' for graph input '" + v.name + "' (" +
+                       dtype_name(v.dtype) + " " + shape_str(v.shape) + ")");
+    }
+    Tensor t = it->second;
+    GV_RETURN_IF_ERROR(set_value(in, t).with_context(source + ": input"));
+  }
+  return Status::ok();
+}
+
+Status Executor::run() { return run_steps(0, steps_.size()); }
+
+Status Executor::run_steps(size_t begin, size_t end) {
+  for (size_t i = begin; i < end && i < steps_.size(); ++i) {
+    Step& s = steps_[i];
+    s.ctx.rng_counter = rng_counter;
+    Status st = s.kernel(s.ctx);
+    if (!st.is_ok()) return st;
+  }
+  return Status::ok();
+}
+
+Expected<Tensor> Executor::fetch(ValueId v) const {
+  const Value& val = graph_.values[v];
+  if (!ptrs_[v]) return internal_error("'" + val.name + "' has no buffer");
+  Tensor t(val.dtype, val.shape);
+  GV_RETURN_IF_ERROR(backend_.copy_to_host(t.data(), ptrs_[v], t.nbytes()));
+  return t;
+}
+
+}  // namespace gv

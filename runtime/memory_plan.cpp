@@ -1,0 +1,75 @@
+#include "runtime/memory_plan.h"
+
+#include <algorithm>
+
+namespace gv {
+
+MemoryPlan plan_memory(const Graph& graph, const std::vector<NodeId>& order, const std::vector<ValueId>& keep_alive,
+                       size_t alignment) {
+  const int n_values = static_cast<int>(graph.values.size());
+  const int end = static_cast<int>(order.size());
+  std::vector<int> first(n_values, -2), last(n_values, -2);
+  auto in_arena = [&](ValueId v) {
+    ValueKind k = graph.values[v].kind;
+    return k == ValueKind::kActivation || k == ValueKind::kInput;
+  };
+  for (ValueId v : graph.inputs) first[v] = last[v] = -1;
+  for (int step = 0; step < end; ++step) {
+    const Node& n = graph.nodes[order[step]];
+    for (ValueId in : n.inputs) {
+      if (in != kNoValue && in_arena(in)) last[in] = std::max(last[in], step);
+    }
+    for (ValueId o : n.outputs) {
+      if (first[o] == -2) first[o] = step;
+      last[o] = std::max(last[o], step);
+    }
+  }
+  for (ValueId v : keep_alive) {
+    if (v != kNoValue && in_arena(v)) last[v] = end;
+  }
+  for (ValueId v : graph.outputs) {
+    if (in_arena(v)) last[v] = end;
+  }
+
+  struct Item {
+    ValueId v;
+    size_t size;
+    int begin, end;
+  };
+  std::vector<Item> items;
+  MemoryPlan plan;
+  plan.offset.assign(n_values, -1);
+  for (ValueId v = 0; v < n_values; ++v) {
+    if (!in_arena(v) || first[v] == -2) continue;
+    size_t bytes = static_cast<size_t>(shape_numel(graph.values[v].shape)) * dtype_size(graph.values[v].dtype);
+    bytes = std::max<size_t>((bytes + alignment - 1) / alignment * alignment, alignment);
+    items.push_back({v, bytes, first[v], last[v]});
+    plan.naive_bytes += bytes;
+  }
+  // Largest first, each at the lowest offset that no time-overlapping placed buffer occupies.
+  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.size > b.size; });
+  struct Placed {
+    size_t off, size;
+    int begin, end;
+  };
+  std::vector<Placed> placed;
+  std::vector<std::pair<size_t, size_t>> busy;
+  for (const Item& it : items) {
+    busy.clear();
+    for (const Placed& p : placed) {
+      if (p.begin <= it.end && it.begin <= p.end) busy.emplace_back(p.off, p.off + p.size);
+    }
+    std::sort(busy.begin(), busy.end());
+    size_t off = 0;
+    for (const auto& b : busy) {
+      if (off + it.size <= b.first) break;
+      off = std::max(off, b.second);
+    }
+    placed.push_back({off, it.size, it.begin, it.end});
+    plan.offset[it.v] = static_cast<int64_t>(off);
+    plan.arena_bytes = std::max(plan.arena_bytes, off + it.size);
+  }
+  return plan;
+}
+
+}  // namespace gv

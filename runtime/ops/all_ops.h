@@ -1,0 +1,10 @@
+// Every op family of runtime/ops. Each function adds its entries to the registry.
+#pragma once
+
+namespace gv {
+class OpRegistry;
+void register_elementwise_ops(OpRegistry& r);   // unary and binary math, comparisons, logic, Where, Cast, ...
+void register_movement_ops(OpRegistry& r);      // Reshape, Transpose, Concat, Split, Slice, Gather*, Expand, ...
+void register_math_ops(OpRegistry& r);          // MatMul, Gemm, Softmax, norms, reductions, losses, Dropout
+void register_gradient_ops(OpRegistry& r);      // the project's own *Grad ops (domain "galvatron")
+}  // namespace gv
