@@ -3,10 +3,15 @@
 // initializers (trainable parameters vs constants) and tags every node with its place (embedding, layer i, head).
 #pragma once
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "runtime/graph.h"
+
+namespace onnx {
+class ModelProto;
+}
 
 namespace gv {
 
@@ -18,6 +23,8 @@ struct ImportOptions {
   std::map<std::string, int64_t> dims;
   // Full shapes for named inputs (overrides everything else).
   std::map<std::string, Shape> input_shapes;
+  // Graph inputs bound to fixed values: they become constants (and fold) instead of being fed.
+  std::map<std::string, Tensor> constant_inputs;
   bool fold_constants = true;
   bool detect_layers = true;
   // When false (the default) an op without a registry entry is an error. When true, the import stops at the
@@ -34,8 +41,23 @@ struct ImportedModel {
   // "OpType (domain, opset N) at node 'name'" for each node whose op the registry lacks.
   std::vector<std::string> unsupported_ops;
   int64_t onnx_node_count = 0;  // nodes in the file, after inlining local functions, before folding
+  int64_t folded_node_count = 0;  // nodes evaluated at import time (constant folding, Shape/Size, Constant)
+  // True when the import stopped early at an unsupported op (allow_unsupported): the graph is incomplete.
+  bool partial = false;
 };
 
 Expected<ImportedModel> import_onnx(const std::string& path, const ImportOptions& options = {});
+// The same for a model in memory: external data is looked up in `base_dir`; `name` stands for the file in messages.
+Expected<ImportedModel> import_onnx_model(const onnx::ModelProto& model, const ImportOptions& options = {},
+                                          const std::string& base_dir = ".",
+                                          const std::string& name = "<in-memory model>");
+
+// The initializers import_onnx makes trainable parameters (ValueKind::kParameter), decided from the file alone: no
+// op needs to be in the registry.
+Expected<std::set<std::string>> onnx_parameter_names(const std::string& path);
+
+// Reads a serialized TensorProto (the ONNX test data's input_0.pb / output_0.pb); external data is looked up beside
+// the file.
+Expected<Tensor> read_tensor_proto_file(const std::string& path);
 
 }  // namespace gv

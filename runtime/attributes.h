@@ -14,6 +14,7 @@ struct Attribute {
   Kind kind = Kind::kInt;
   int64_t i = 0;
   float f = 0.0f;
+  double d = 0.0;  // the same value as f, kept in double precision for the project's own ops
   std::string s;
   std::vector<int64_t> ints;
   std::vector<float> floats;
@@ -36,6 +37,10 @@ class Attributes {
     const Attribute* a = find(name);
     return a ? a->f : dflt;
   }
+  double get_double(const std::string& name, double dflt) const {
+    const Attribute* a = find(name);
+    return a ? a->d : dflt;
+  }
   std::string get_string(const std::string& name, const std::string& dflt) const {
     const Attribute* a = find(name);
     return a ? a->s : dflt;
@@ -55,7 +60,7 @@ class Attributes {
 
   void set(const std::string& name, Attribute a) { map_[name] = std::move(a); }
   void set_int(const std::string& name, int64_t v) { Attribute a; a.kind = Attribute::Kind::kInt; a.i = v; map_[name] = a; }
-  void set_float(const std::string& name, float v) { Attribute a; a.kind = Attribute::Kind::kFloat; a.f = v; map_[name] = a; }
+  void set_float(const std::string& name, double v) { Attribute a; a.kind = Attribute::Kind::kFloat; a.f = static_cast<float>(v); a.d = v; map_[name] = a; }
   void set_string(const std::string& name, std::string v) { Attribute a; a.kind = Attribute::Kind::kString; a.s = std::move(v); map_[name] = a; }
   void set_ints(const std::string& name, std::vector<int64_t> v) { Attribute a; a.kind = Attribute::Kind::kInts; a.ints = std::move(v); map_[name] = a; }
   void set_floats(const std::string& name, std::vector<float> v) { Attribute a; a.kind = Attribute::Kind::kFloats; a.floats = std::move(v); map_[name] = a; }

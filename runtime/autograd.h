@@ -29,7 +29,8 @@ class GradBuilder {
   // GI(i): sets the gradient of input i. Its shape must equal the input's shape.
   void set_grad_input(int i, ValueId g);
 
-  const Shape& shape(ValueId v) const { return graph_.value(v).shape; }
+  // By value: emitting nodes grows graph.values and would leave a reference dangling.
+  Shape shape(ValueId v) const { return graph_.value(v).shape; }
   DType dtype(ValueId v) const { return graph_.value(v).dtype; }
 
   // Emits a node (placement of the forward node, opset of its domain). On failure records the error (see status())

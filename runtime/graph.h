@@ -20,6 +20,7 @@ enum class ValueKind {
   kInput,       // fed by the caller
   kParameter,   // trainable initializer (data holds its initial value)
   kConstant,    // non-trainable initializer or folded constant (data holds it)
+  kState,       // persistent mutable buffer updated in place by kernels (optimizer moments, gradient accumulators)
 };
 
 struct Value {
@@ -28,7 +29,7 @@ struct Value {
   Shape shape;
   ValueKind kind = ValueKind::kActivation;
   NodeId producer = -1;
-  Tensor data;  // for kParameter and kConstant
+  Tensor data;  // for kParameter, kConstant and kState
 };
 
 // Where a node sits in the model: the partitioner cuts and shards along this.

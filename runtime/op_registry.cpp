@@ -20,7 +20,7 @@ OpRegistry& OpRegistry::global() {
     register_elementwise_ops(*r);
     register_movement_ops(*r);
     register_math_ops(*r);
-    register_gradient_ops(*r);
+    register_training_ops(*r);
     return r;
   }();
   return *reg;

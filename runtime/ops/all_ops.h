@@ -6,5 +6,5 @@ class OpRegistry;
 void register_elementwise_ops(OpRegistry& r);   // unary and binary math, comparisons, logic, Where, Cast, ...
 void register_movement_ops(OpRegistry& r);      // Reshape, Transpose, Concat, Split, Slice, Gather*, Expand, ...
 void register_math_ops(OpRegistry& r);          // MatMul, Gemm, Softmax, norms, reductions, losses, Dropout
-void register_gradient_ops(OpRegistry& r);      // the project's own *Grad ops (domain "galvatron")
+void register_training_ops(OpRegistry& r);      // optimizer, gradient accumulation and norm ops (domain "galvatron")
 }  // namespace gv

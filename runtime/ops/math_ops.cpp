@@ -1,7 +1,17 @@
-// Placeholder, replaced by the op family's entries.
-#include "runtime/op_registry.h"
+// The math op family: matrix products, softmax, normalization, reductions, losses and Dropout. Each idea lives in its
+// own file (runtime/ops/math_*.cpp, norm_ops.cpp, reduce_ops.cpp, loss_ops.cpp); this registers them all.
 #include "runtime/ops/all_ops.h"
+#include "runtime/ops/math_common.h"
 
 namespace gv {
-void register_math_ops(OpRegistry& r) { (void)r; }
+
+void register_math_ops(OpRegistry& r) {
+  math::register_matmul_ops(r);
+  math::register_softmax_ops(r);
+  math::register_dropout_ops(r);
+  math::register_norm_ops(r);
+  math::register_reduce_ops(r);
+  math::register_loss_ops(r);
+}
+
 }  // namespace gv

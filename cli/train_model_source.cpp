@@ -1,0 +1,69 @@
+#include "cli/train_model_source.h"
+
+#include "cli/common.h"
+#include "cli/onnx_scan.h"
+
+namespace gv::cli {
+
+std::vector<FlagSpec> train_model_flags() {
+  return {
+      string_flag("data", "PATH", "", "Training data: .bin / 1-D .npy token stream, or .safetensors / folder of .npy samples."),
+      int_flag("steps", "N", "100", "Optimizer steps to train (a resumed run continues up to N)."),
+      int_flag("batch-size", "B", "8", "Rows per micro-batch."),
+      int_flag("seq-len", "T", "0", "Sequence length; 0: the samples' length or the model's static length."),
+      string_flag("optimizer", "adamw|sgd", "adamw", "Optimizer (PyTorch semantics)."),
+      float_flag("lr", "LR", "0.001", "Peak learning rate."),
+      float_flag("weight-decay", "WD", "0.01", "Decoupled weight decay for adamw (default 0.01); L2 for sgd (default 0)."),
+      float_flag("beta1", "B1", "0.9", "AdamW beta1."),
+      float_flag("beta2", "B2", "0.999", "AdamW beta2."),
+      float_flag("eps", "EPS", "1e-8", "AdamW epsilon."),
+      float_flag("momentum", "M", "0", "SGD momentum."),
+      string_flag("schedule", "constant|cosine", "constant", "Learning-rate schedule: constant, or linear warmup then cosine decay to 0."),
+      int_flag("warmup-steps", "N", "0", "Warmup steps of the cosine schedule."),
+      float_flag("grad-clip", "NORM", "0", "Clip the global gradient norm to NORM (0: off)."),
+      int_flag("grad-accum", "K", "1", "Micro-batches per optimizer step (gradients averaged)."),
+      int_flag("seed", "S", "0", "Seed of the data shuffle and of dropout masks."),
+      string_flag("checkpoint-layers", "LIST", "", "Layers to recompute in the backward pass: all, none, or 0,2,5."),
+      string_flag("metrics", "FILE.jsonl", "", "Write one JSON object per step: step, loss, lr, grad_norm, tokens_per_s, peak_mem_bytes."),
+      string_flag("save-grads", "FILE.safetensors", "", "Write the first batch's gradients at the initial weights, keyed by initializer name."),
+      string_flag("checkpoint-dir", "DIR", "", "Write checkpoints here (and at the end of the run)."),
+      int_flag("checkpoint-every", "N", "0", "Checkpoint every N steps (0: only at the end)."),
+      string_flag("resume", "DIR|FILE", "", "Continue from a checkpoint folder (its latest) or file."),
+      string_flag("export", "OUT.onnx", "", "Write the trained weights back into the ONNX model."),
+      device_flag(),
+      dim_flag(),
+  };
+}
+
+Expected<TrainModelSource> load_train_model(const ParsedArgs& args, CommandContext& ctx) {
+  TrainModelSource src;
+  if (args.positionals.empty()) {
+    return ctx.usage("give MODEL.onnx to train");
+  }
+  if (!args.given("data")) return ctx.usage("--data PATH is required to train MODEL.onnx");
+  src.onnx_path = args.positionals[0];
+  src.label = src.onnx_path;
+  GV_ASSIGN_OR_RETURN(OnnxFileInfo info, scan_onnx(src.onnx_path));
+
+  // The sequence length: the flag, else the model's static one (samples may also set it).
+  int64_t seq = args.i64("seq-len");
+  if (seq == 0) {
+    for (const OnnxInput& in : info.inputs) {
+      if (in.has_shape && in.dims.size() >= 2 && in.dims[1].value > 0) seq = in.dims[1].value;
+    }
+  }
+  DataOptions dopt;
+  dopt.batch_size = args.i64("batch-size");
+  dopt.seq_len = seq;
+  dopt.seed = static_cast<uint64_t>(args.i64("seed"));
+  GV_ASSIGN_OR_RETURN(src.setup.loader, open_data(args.str("data"), dopt));
+
+  ImportOptions io;
+  io.batch = dopt.batch_size;
+  io.seq = src.setup.loader->seq_len();
+  GV_RETURN_IF_ERROR(parse_dim_flags(args, ctx, &io.dims));
+  GV_ASSIGN_OR_RETURN(src.model, import_onnx(src.onnx_path, io));
+  return src;
+}
+
+}  // namespace gv::cli

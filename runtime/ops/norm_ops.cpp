@@ -1,0 +1,252 @@
+// LayerNormalization (opset 17) and RMSNormalization (opset 23) over the trailing axes [axis, rank), and their fused
+// gradient ops LayerNormalizationGrad and RMSNormalizationGrad (domain galvatron).
+// The statistics outputs Mean and InvStdDev are stored in the stash type (float32 or float64), widened to float64 when
+// X is float64. Scale and B must hold exactly the normalized shape (leading 1s allowed).
+#include <vector>
+
+#include "kernels/cpu/norm.h"
+#include "runtime/ops/math_common.h"
+
+namespace gv::math {
+namespace {
+
+struct NormView {
+  int64_t axis, rows, cols;
+};
+
+Status norm_view(const InferContext& ctx, int x_input, NormView& v) {
+  const Shape& x = ctx.shape(x_input);
+  v.axis = ctx.attrs().get_int("axis", -1);
+  if (x.empty()) return ctx.fail("X must have rank >= 1");
+  if (!normalize_axis(v.axis, static_cast<int64_t>(x.size()))) {
+    return ctx.fail("axis " + std::to_string(v.axis) + " is out of range for X " + shape_str(x));
+  }
+  v.rows = dims_product(x, 0, v.axis);
+  v.cols = dims_product(x, v.axis, static_cast<int64_t>(x.size()));
+  return Status::ok();
+}
+
+NormView kernel_view(const KernelContext& ctx, const TensorRef& x) {
+  int64_t axis = ctx.attrs().get_int("axis", -1);
+  normalize_axis(axis, x.rank());  // validated by inference
+  return {axis, dims_product(x.shape, 0, axis), dims_product(x.shape, axis, x.rank())};
+}
+
+// Fails unless input i has X's dtype and holds the normalized shape x[axis:] (leading 1s allowed).
+Status check_param(const InferContext& ctx, int i, const char* name, int x_input, int64_t axis) {
+  const Shape& x = ctx.shape(x_input);
+  const Shape norm(x.begin() + axis, x.end());
+  Shape out, p = ctx.shape(i);
+  if (ctx.dtype(i) != ctx.dtype(x_input)) return ctx.fail(std::string(name) + "'s dtype differs from X's");
+  while (p.size() > norm.size() && p[0] == 1) p.erase(p.begin());
+  if (shape_numel(p) != shape_numel(norm) || !broadcast_shapes(p, norm, out) || out != norm) {
+    return ctx.fail(std::string(name) + " " + shape_str(ctx.shape(i)) + " must have the normalized shape " + shape_str(norm) +
+                    " (X " + shape_str(x) + ", axis " + std::to_string(axis) + ")");
+  }
+  return Status::ok();
+}
+
+// The statistics type: stash_type (1 float32, 11 float64), widened to X's type.
+Status stats_dtype(const InferContext& ctx, DType x, DType& u) {
+  const int64_t stash = ctx.attrs().get_int("stash_type", 1);
+  if (stash != 1 && stash != 11) {
+    return ctx.fail("stash_type " + std::to_string(stash) + " is not supported (1: float32, 11: float64)");
+  }
+  u = (stash == 11 || x == DType::kFloat64) ? DType::kFloat64 : DType::kFloat32;
+  return Status::ok();
+}
+
+// Calls f(T{}, U{}) for the (X, statistics) type pairs the kernels are built for.
+template <typename F>
+Status dispatch_norm(DType t, DType u, const KernelContext& ctx, F&& f) {
+  if (t == DType::kFloat32 && u == DType::kFloat32) f(float{}, float{});
+  else if (t == DType::kFloat32 && u == DType::kFloat64) f(float{}, double{});
+  else if (t == DType::kFloat64 && u == DType::kFloat64) f(double{}, double{});
+  else return ctx.fail(std::string("unsupported dtypes ") + dtype_name(t) + " / " + dtype_name(u));
+  return Status::ok();
+}
+
+template <typename P>
+P* data_or_null(const KernelContext& ctx, int i) {
+  return ctx.has_input(i) ? ctx.inputs[i].as<P>() : nullptr;
+}
+
+// ---- LayerNormalization(X, Scale, B?) -> (Y, Mean?, InvStdDev?) ----
+
+Status infer_layer_norm(InferContext& ctx) {
+  GV_RETURN_IF_ERROR(expect_float(ctx, 0, "X"));
+  NormView v;
+  GV_RETURN_IF_ERROR(norm_view(ctx, 0, v));
+  GV_RETURN_IF_ERROR(check_param(ctx, 1, "Scale", 0, v.axis));
+  if (ctx.has_input(2)) GV_RETURN_IF_ERROR(check_param(ctx, 2, "B", 0, v.axis));
+  DType u;
+  GV_RETURN_IF_ERROR(stats_dtype(ctx, ctx.dtype(0), u));
+  Shape stats = ctx.shape(0);
+  for (size_t i = v.axis; i < stats.size(); ++i) stats[i] = 1;
+  ctx.set_output(0, ctx.dtype(0), ctx.shape(0));
+  for (int i = 1; i < ctx.num_outputs(); ++i) ctx.set_output(i, u, stats);
+  return Status::ok();
+}
+
+Status layer_norm_cpu(KernelContext& ctx) {
+  const TensorRef& x = ctx.inputs[0];
+  const NormView v = kernel_view(ctx, x);
+  const double eps = ctx.attrs().get_double("epsilon", 1e-5);
+  const int n_out = static_cast<int>(ctx.outputs.size());
+  const DType u = n_out > 1 ? ctx.outputs[1].dtype : x.dtype;
+  return dispatch_norm(x.dtype, u, ctx, [&](auto t_tag, auto u_tag) {
+    using T = decltype(t_tag);
+    using U = decltype(u_tag);
+    cpu::layer_norm<T, U>(x.as<T>(), ctx.inputs[1].as<T>(), data_or_null<T>(ctx, 2), ctx.outputs[0].as<T>(),
+                          n_out > 1 ? ctx.outputs[1].as<U>() : nullptr, n_out > 2 ? ctx.outputs[2].as<U>() : nullptr,
+                          v.rows, v.cols, eps);
+  });
+}
+
+// LayerNormalizationGrad(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?) -> (dX, dScale, dBias).
+// Uses the saved statistics when given, else recomputes them (attr epsilon).
+Status infer_layer_norm_grad(InferContext& ctx) {
+  GV_RETURN_IF_ERROR(expect_float(ctx, 1, "X"));
+  NormView v;
+  GV_RETURN_IF_ERROR(norm_view(ctx, 1, v));
+  GV_RETURN_IF_ERROR(check_param(ctx, 2, "Scale", 1, v.axis));
+  if (ctx.has_input(0) && (ctx.shape(0) != ctx.shape(1) || ctx.dtype(0) != ctx.dtype(1))) {
+    return ctx.fail("dY must match X " + shape_str(ctx.shape(1)));
+  }
+  for (int i = 3; i < 7; ++i) {
+    if (ctx.has_input(i) && shape_numel(ctx.shape(i)) != v.rows) return ctx.fail("statistics must have one value per row");
+  }
+  ctx.set_output(0, ctx.dtype(1), ctx.shape(1));
+  for (int i = 1; i < ctx.num_outputs(); ++i) ctx.set_output(i, ctx.dtype(2), ctx.shape(2));
+  return Status::ok();
+}
+
+Status layer_norm_grad_cpu(KernelContext& ctx) {
+  const TensorRef& x = ctx.inputs[1];
+  const NormView v = kernel_view(ctx, x);
+  DType u = DType::kFloat64;
+  for (int i = 3; i < 7; ++i) {
+    if (ctx.has_input(i)) u = ctx.inputs[i].dtype;
+  }
+  if (x.dtype == DType::kFloat64) u = DType::kFloat64;
+  const int n_out = static_cast<int>(ctx.outputs.size());
+  return dispatch_norm(x.dtype, u, ctx, [&](auto t_tag, auto u_tag) {
+    using T = decltype(t_tag);
+    using U = decltype(u_tag);
+    const U* mean = data_or_null<U>(ctx, 3);
+    const U* inv_std = data_or_null<U>(ctx, 4);
+    std::vector<U> m, is;
+    if (!mean || !inv_std) {
+      m.resize(v.rows);
+      is.resize(v.rows);
+      cpu::layer_norm_stats<T, U>(x.as<T>(), m.data(), is.data(), v.rows, v.cols,
+                                  ctx.attrs().get_double("epsilon", 1e-5));
+      mean = m.data();
+      inv_std = is.data();
+    }
+    cpu::layer_norm_backward<T, U>(data_or_null<T>(ctx, 0), x.as<T>(), ctx.inputs[2].as<T>(), mean, inv_std,
+                                   data_or_null<U>(ctx, 5), data_or_null<U>(ctx, 6), ctx.outputs[0].as<T>(),
+                                   n_out > 1 ? ctx.outputs[1].as<T>() : nullptr,
+                                   n_out > 2 ? ctx.outputs[2].as<T>() : nullptr, v.rows, v.cols);
+  });
+}
+
+Status layer_norm_grad(GradBuilder& gb) {
+  Attributes a;
+  a.set_int("axis", gb.attrs().get_int("axis", -1));
+  a.set_float("epsilon", gb.attrs().get_double("epsilon", 1e-5));
+  const int n_out = gb.num_outputs();
+  // Saved statistics only as a pair; the gradients reaching them must match their dtype, so they come with them.
+  const bool saved = n_out >= 3;
+  const ValueId mean = saved ? gb.output(1) : kNoValue, inv_std = saved ? gb.output(2) : kNoValue;
+  const ValueId dmean = saved ? gb.grad_output(1) : kNoValue, dinv_std = saved ? gb.grad_output(2) : kNoValue;
+  if (!saved && n_out == 2 && gb.grad_output(1) != kNoValue) {
+    return unsupported("node '" + gb.node().name + "' (LayerNormalization): gradient through the Mean output needs "
+                       "the InvStdDev output too");
+  }
+  auto g = gb.emit("LayerNormalizationGrad",
+                   {gb.grad_output(0), gb.input(0), gb.input(1), mean, inv_std, dmean, dinv_std}, a, 3,
+                   kGalvatronDomain);
+  if (g.empty()) return Status::ok();
+  if (gb.needs_grad(0)) gb.set_grad_input(0, g[0]);
+  if (gb.needs_grad(1)) gb.set_grad_input(1, g[1]);
+  if (gb.input(2) != kNoValue && gb.needs_grad(2)) gb.set_grad_input(2, gb.reshape(g[2], gb.shape(gb.input(2))));
+  return Status::ok();
+}
+
+// ---- RMSNormalization(X, scale) -> Y = X / sqrt(mean(X^2) + epsilon) * scale ----
+
+Status infer_rms_norm(InferContext& ctx) {
+  GV_RETURN_IF_ERROR(expect_float(ctx, 0, "X"));
+  NormView v;
+  GV_RETURN_IF_ERROR(norm_view(ctx, 0, v));
+  GV_RETURN_IF_ERROR(check_param(ctx, 1, "scale", 0, v.axis));
+  DType u;
+  GV_RETURN_IF_ERROR(stats_dtype(ctx, ctx.dtype(0), u));
+  ctx.set_output(0, ctx.dtype(0), ctx.shape(0));
+  return Status::ok();
+}
+
+Status rms_norm_cpu(KernelContext& ctx) {
+  const TensorRef& x = ctx.inputs[0];
+  const NormView v = kernel_view(ctx, x);
+  const double eps = ctx.attrs().get_double("epsilon", 1e-5);
+  return dispatch_float(x.dtype, ctx, [&](auto tag) {
+    using T = decltype(tag);
+    cpu::rms_norm<T>(x.as<T>(), ctx.inputs[1].as<T>(), ctx.outputs[0].as<T>(), v.rows, v.cols, eps);
+  });
+}
+
+// RMSNormalizationGrad(dY, X, scale) -> (dX, dscale); the statistic is recomputed from X.
+Status infer_rms_norm_grad(InferContext& ctx) {
+  GV_RETURN_IF_ERROR(expect_float(ctx, 1, "X"));
+  NormView v;
+  GV_RETURN_IF_ERROR(norm_view(ctx, 1, v));
+  GV_RETURN_IF_ERROR(check_param(ctx, 2, "scale", 1, v.axis));
+  if (ctx.shape(0) != ctx.shape(1) || ctx.dtype(0) != ctx.dtype(1)) return ctx.fail("dY must match X");
+  ctx.set_output(0, ctx.dtype(1), ctx.shape(1));
+  if (ctx.num_outputs() > 1) ctx.set_output(1, ctx.dtype(2), ctx.shape(2));
+  return Status::ok();
+}
+
+Status rms_norm_grad_cpu(KernelContext& ctx) {
+  const TensorRef& x = ctx.inputs[1];
+  const NormView v = kernel_view(ctx, x);
+  const double eps = ctx.attrs().get_double("epsilon", 1e-5);
+  return dispatch_float(x.dtype, ctx, [&](auto tag) {
+    using T = decltype(tag);
+    cpu::rms_norm_backward<T>(ctx.inputs[0].as<T>(), x.as<T>(), ctx.inputs[2].as<T>(), ctx.outputs[0].as<T>(),
+                              ctx.outputs.size() > 1 ? ctx.outputs[1].as<T>() : nullptr, v.rows, v.cols, eps);
+  });
+}
+
+Status rms_norm_grad(GradBuilder& gb) {
+  Attributes a;
+  a.set_int("axis", gb.attrs().get_int("axis", -1));
+  a.set_float("epsilon", gb.attrs().get_double("epsilon", 1e-5));
+  auto g = gb.emit("RMSNormalizationGrad", {gb.grad_output(0), gb.input(0), gb.input(1)}, a, 2, kGalvatronDomain);
+  if (g.empty()) return Status::ok();
+  if (gb.needs_grad(0)) gb.set_grad_input(0, g[0]);
+  if (gb.needs_grad(1)) gb.set_grad_input(1, g[1]);
+  return Status::ok();
+}
+
+}  // namespace
+
+void register_norm_ops(OpRegistry& r) {
+  OpSchema ln = make_schema("", "LayerNormalization", 2, 3, 1, 3, infer_layer_norm, layer_norm_cpu,
+                            "(X, Scale, B?) -> (Y, Mean?, InvStdDev?) over axes [axis, rank); epsilon, stash_type");
+  ln.grad = layer_norm_grad;
+  r.add(ln);
+  OpSchema rms = make_schema("", "RMSNormalization", 2, 2, 1, 1, infer_rms_norm, rms_norm_cpu,
+                             "(X, scale) -> X / sqrt(mean(X^2) + epsilon) * scale over axes [axis, rank)");
+  rms.grad = rms_norm_grad;
+  r.add(rms);
+  r.add(make_schema(kGalvatronDomain, "LayerNormalizationGrad", 3, 7, 1, 3, infer_layer_norm_grad,
+                    layer_norm_grad_cpu,
+                    "(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?) -> (dX, dScale, dBias)"));
+  r.add(make_schema(kGalvatronDomain, "RMSNormalizationGrad", 3, 3, 1, 2, infer_rms_norm_grad, rms_norm_grad_cpu,
+                    "(dY, X, scale) -> (dX, dscale)"));
+}
+
+}  // namespace gv::math

@@ -1,0 +1,82 @@
+// The training loop's engine: owns the training graph (runtime/training_graph.h) and its executor, feeds batches,
+// learning rate and step, and saves / restores checkpoints. Knows nothing of files other than checkpoints, nor of
+// ONNX, nor of parallel plans.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/executor.h"
+#include "runtime/training_graph.h"
+
+namespace gv {
+
+enum class LrSchedule { kConstant, kCosine };
+
+struct TrainerConfig {
+  TrainingGraphOptions graph;
+  double lr = 1e-3;
+  LrSchedule schedule = LrSchedule::kConstant;
+  int64_t warmup_steps = 0;
+  int64_t total_steps = 0;  // for the cosine schedule
+  double min_lr_ratio = 0.0;  // cosine decays to lr * min_lr_ratio
+  uint64_t seed = 0;
+};
+
+struct StepMetrics {
+  int64_t step = 0;        // 1-based optimizer step just taken
+  double loss = 0.0;       // mean of the micro-batch losses, before the update
+  double lr = 0.0;
+  double grad_norm = 0.0;  // before clipping
+  int64_t tokens = 0;
+  double seconds = 0.0;
+};
+
+using TensorMap = std::map<std::string, Tensor>;
+
+class Trainer {
+ public:
+  static Expected<std::unique_ptr<Trainer>> create(Graph forward, const TrainerConfig& config, Backend& backend);
+
+  // One optimizer step over `micro_batches` (exactly graph.grad_accum_steps of them): each maps graph input names
+  // (and "labels") to host tensors.
+  Expected<StepMetrics> step(const std::vector<TensorMap>& micro_batches);
+  // Forward and backward at the current weights, without an update: the loss and each parameter's gradient, keyed
+  // by the parameter's (ONNX initializer) name.
+  Expected<TensorMap> compute_gradients(const TensorMap& batch, double* loss);
+  // Forward only: the loss of a batch.
+  Expected<double> evaluate_loss(const TensorMap& batch);
+
+  double lr_at(int64_t step) const;  // learning rate of the 1-based step
+  int64_t steps_done() const { return steps_done_; }
+  void set_steps_done(int64_t s) { steps_done_ = s; }
+
+  // Host copies of the parameters, keyed by name.
+  Expected<TensorMap> parameters() const;
+  // Checkpoint: parameters, optimizer state, step and the caller's metadata (data position, ...), as safetensors
+  // written to a temporary file and renamed.
+  Status save_checkpoint(const std::string& path, std::map<std::string, std::string> metadata) const;
+  // Restores parameters, optimizer state and step; returns the checkpoint's metadata.
+  Expected<std::map<std::string, std::string>> load_checkpoint(const std::string& path);
+
+  // Bytes the plan needs: activation arena + parameters, constants and optimizer state.
+  size_t peak_memory_bytes() const { return executor_->arena_bytes() + executor_->constant_bytes(); }
+  size_t arena_bytes() const { return executor_->arena_bytes(); }
+  const TrainingGraph& training_graph() const { return *tg_; }
+  const TrainerConfig& config() const { return config_; }
+  Executor& executor() { return *executor_; }
+
+ private:
+  Trainer() = default;
+  Status feed(const TensorMap& batch);
+  Status run_forward_backward(const TensorMap& batch, int64_t micro_index, double* loss);
+
+  TrainerConfig config_;
+  std::unique_ptr<TrainingGraph> tg_;  // heap: the executor keeps a reference to its graph
+  std::unique_ptr<Executor> executor_;
+  Backend* backend_ = nullptr;
+  int64_t steps_done_ = 0;
+};
+
+}  // namespace gv
