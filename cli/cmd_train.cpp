@@ -11,7 +11,6 @@
 #include "cli/common.h"
 #include "cli/progress.h"
 #include "cli/train_model_source.h"
-#include "importer/onnx_exporter.h"
 #include "runtime/data_loader.h"
 #include "runtime/safetensors.h"
 #include "runtime/trainer.h"
@@ -114,6 +113,7 @@ Status run_train(const ParsedArgs& args, CommandContext& ctx) {
   cfg.warmup_steps = args.i64("warmup-steps");
   cfg.total_steps = steps;
   cfg.graph.grad_accum_steps = accum;
+  cfg.graph.padding_idx = args.i64("padding-idx");
   OptimizerConfig& oc = cfg.graph.optimizer;
   oc.kind = *kind;
   oc.beta1 = args.f64("beta1");
@@ -215,7 +215,7 @@ Status run_train(const ParsedArgs& args, CommandContext& ctx) {
   }
   if (args.given("export")) {
     GV_ASSIGN_OR_RETURN(TensorMap params, trainer->parameters());
-    GV_RETURN_IF_ERROR(export_onnx_with_weights(source.onnx_path, args.str("export"), params));
+    GV_RETURN_IF_ERROR(export_trained_model(source, params, args.str("export")));
     ctx.note("exported the trained model to " + args.str("export"));
   }
   std::printf("trained %lld steps in %s; final loss %.4f\n", static_cast<long long>(steps - start),
@@ -240,7 +240,7 @@ GV_REGISTER_COMMAND(
                     "shuffled with --seed, or samples (.safetensors, or a folder of .npy) named after the graph inputs\n"
                     "plus `labels`, taken in order. One step uses --grad-accum micro-batches of --batch-size rows.",
                 .positionals = {{.name = "MODEL.onnx", .help = "The model to train.", .optional = true}},
-                .flags = train_model_flags(),
+                .flags = train_flags(),
                 .examples = {"galvatron train gpt2.onnx --data tokens.bin --seq-len 256 --steps 1000 --lr 3e-4 "
                              "--schedule cosine --warmup-steps 100 --metrics metrics.jsonl --checkpoint-dir ckpt",
                              "galvatron train model.onnx --data samples.safetensors --steps 10 --save-grads grads.safetensors",

@@ -1,7 +1,9 @@
 #include "cli/train_model_source.h"
 
 #include "cli/common.h"
+#include "cli/model_flags.h"
 #include "cli/onnx_scan.h"
+#include "importer/onnx_exporter.h"
 
 namespace gv::cli {
 
@@ -23,6 +25,7 @@ std::vector<FlagSpec> train_model_flags() {
       float_flag("grad-clip", "NORM", "0", "Clip the global gradient norm to NORM (0: off)."),
       int_flag("grad-accum", "K", "1", "Micro-batches per optimizer step (gradients averaged)."),
       int_flag("seed", "S", "0", "Seed of the data shuffle and of dropout masks."),
+      int_flag("padding-idx", "ID", "-1", "Token whose embedding row gets no gradient from the lookup (PyTorch's Embedding padding_idx; HF pad_token_id of BERT-style models). -1: none."),
       string_flag("checkpoint-layers", "LIST", "", "Layers to recompute in the backward pass: all, none, or 0,2,5."),
       string_flag("metrics", "FILE.jsonl", "", "Write one JSON object per step: step, loss, lr, grad_norm, tokens_per_s, peak_mem_bytes."),
       string_flag("save-grads", "FILE.safetensors", "", "Write the first batch's gradients at the initial weights, keyed by initializer name."),
@@ -35,10 +38,57 @@ std::vector<FlagSpec> train_model_flags() {
   };
 }
 
+std::vector<FlagSpec> train_flags() {
+  std::vector<FlagSpec> f = train_model_flags();
+  for (auto& z : zoo_model_flags()) f.push_back(z);
+  return f;
+}
+
+Status export_trained_model(const TrainModelSource& source, const std::map<std::string, Tensor>& params,
+                            const std::string& out_path) {
+  if (!source.from_zoo) return export_onnx_with_weights(source.onnx_path, out_path, params);
+  GV_ASSIGN_OR_RETURN(auto proto, build_model(source.zoo_config, source.batch, source.seq, WeightInit::kNone));
+  GV_ASSIGN_OR_RETURN(int64_t n, set_hf_weights(&proto, params, /*require_all=*/true));
+  (void)n;
+  return write_model(proto, out_path);
+}
+
+namespace {
+
+Expected<TrainModelSource> load_zoo_model(const ParsedArgs& args, CommandContext& ctx) {
+  TrainModelSource src;
+  GV_ASSIGN_OR_RETURN(src.zoo_config, zoo_model_from_flags(args, ctx));
+  src.from_zoo = true;
+  src.label = src.zoo_config.size == "custom" ? src.zoo_config.describe() : src.zoo_config.size;
+  if (!args.given("data")) return ctx.usage("--data PATH is required to train a zoo model");
+  DataOptions dopt;
+  dopt.batch_size = args.i64("batch-size");
+  dopt.seq_len = args.i64("seq-len") > 0 ? args.i64("seq-len") : src.zoo_config.seq_length;
+  dopt.seed = static_cast<uint64_t>(args.i64("seed"));
+  GV_ASSIGN_OR_RETURN(src.setup.loader, open_data(args.str("data"), dopt));
+  src.batch = dopt.batch_size;
+  src.seq = src.setup.loader->seq_len();
+  if (src.seq > src.zoo_config.max_positions && src.zoo_config.type != ModelType::kLlama) {
+    return ctx.usage("sequence length " + std::to_string(src.seq) + " exceeds the model's " +
+                     std::to_string(src.zoo_config.max_positions) + " positions");
+  }
+  ctx.note("building " + src.zoo_config.describe() + " (" + with_commas(parameter_count(src.zoo_config)) +
+           " parameters, HuggingFace initialisation, seed " + std::to_string(args.i64("seed")) + ")");
+  GV_ASSIGN_OR_RETURN(src.model, build_and_import(src.zoo_config, src.batch, src.seq, WeightInit::kHuggingFace,
+                                                  static_cast<uint64_t>(args.i64("seed"))));
+  return src;
+}
+
+}  // namespace
+
 Expected<TrainModelSource> load_train_model(const ParsedArgs& args, CommandContext& ctx) {
+  if (names_zoo_model(args)) {
+    if (!args.positionals.empty()) return ctx.usage("give either MODEL.onnx or --model-type/--model-size, not both");
+    return load_zoo_model(args, ctx);
+  }
   TrainModelSource src;
   if (args.positionals.empty()) {
-    return ctx.usage("give MODEL.onnx to train");
+    return ctx.usage("give MODEL.onnx or --model-type/--model-size to train");
   }
   if (!args.given("data")) return ctx.usage("--data PATH is required to train MODEL.onnx");
   src.onnx_path = args.positionals[0];
@@ -63,6 +113,8 @@ Expected<TrainModelSource> load_train_model(const ParsedArgs& args, CommandConte
   io.seq = src.setup.loader->seq_len();
   GV_RETURN_IF_ERROR(parse_dim_flags(args, ctx, &io.dims));
   GV_ASSIGN_OR_RETURN(src.model, import_onnx(src.onnx_path, io));
+  src.batch = io.batch;
+  src.seq = io.seq;
   return src;
 }
 

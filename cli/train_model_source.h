@@ -8,6 +8,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "importer/onnx_importer.h"
+#include "models/zoo.h"
 #include "runtime/data_loader.h"
 
 namespace gv::cli {
@@ -18,13 +19,22 @@ struct TrainingSetup {
 
 struct TrainModelSource {
   ImportedModel model;
-  std::string onnx_path;  // the file --export writes weights back into
+  std::string onnx_path;  // the file --export writes weights back into ("" for a zoo model)
   std::string label;      // for messages and checkpoints
+  bool from_zoo = false;
+  ModelConfig zoo_config;  // when from_zoo
+  int64_t batch = 0, seq = 0;
   TrainingSetup setup;
 };
 
+// Writes trained weights as an ONNX model: back into the source file's graph, or a freshly built zoo graph.
+Status export_trained_model(const TrainModelSource& source, const std::map<std::string, Tensor>& params,
+                            const std::string& out_path);
+
 // The flags of `galvatron train` (model, data, optimizer, schedule, outputs).
 std::vector<FlagSpec> train_model_flags();
+// train_model_flags() plus the zoo model flags.
+std::vector<FlagSpec> train_flags();
 Expected<TrainModelSource> load_train_model(const ParsedArgs& args, CommandContext& ctx);
 
 }  // namespace gv::cli

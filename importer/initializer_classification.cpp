@@ -139,7 +139,11 @@ std::set<std::string> classify_parameters(const std::vector<FlatNode>& nodes, co
     }
   }
   // 3. Does the value reach, through data movement over constants, an op that also reads non-constant data?
-  auto feeds_compute = [&](const std::string& start) {
+  // Follows the value through data-movement ops over constants. Returns whether it reaches an op that also reads
+  // non-constant data; `*as_weight` tells whether one such op is a MatMul/Gemm/Conv reading it as its weight operand.
+  auto feeds_compute = [&](const std::string& start, bool* as_weight) {
+    *as_weight = false;
+    bool found = false;
     std::vector<std::string> stack{start};
     std::unordered_set<std::string> seen{start};
     while (!stack.empty()) {
@@ -151,7 +155,16 @@ std::set<std::string> classify_parameters(const std::vector<FlatNode>& nodes, co
         const FlatNode& n = nodes[i];
         bool reads_dynamic = false;
         for (const std::string& in : n.proto.input()) reads_dynamic = reads_dynamic || (!in.empty() && !constant.count(in));
-        if (reads_dynamic) return true;
+        if (reads_dynamic) {
+          found = true;
+          const std::string& op = n.proto.op_type();
+          const bool weight_op = n.domain.empty() && (op == "MatMul" || op == "Gemm" || op == "Conv" ||
+                                                      op == "ConvTranspose");
+          for (int k = 0; k < std::min(2, n.proto.input_size()) && weight_op; ++k) {
+            *as_weight = *as_weight || n.proto.input(k) == v;
+          }
+          continue;
+        }
         if (n.domain.empty() && is_data_movement_op(n.proto.op_type())) {
           for (const std::string& o : n.proto.output()) {
             if (!o.empty() && seen.insert(o).second) stack.push_back(o);
@@ -159,7 +172,7 @@ std::set<std::string> classify_parameters(const std::vector<FlatNode>& nodes, co
         }
       }
     }
-    return false;
+    return found;
   };
 
   std::set<std::string> params;
@@ -168,8 +181,11 @@ std::set<std::string> classify_parameters(const std::vector<FlatNode>& nodes, co
     if (values_look_like_mask(t)) continue;
     if (name_looks_like_weight(name)) {
       params.insert(name);
-    } else if (!name_looks_like_buffer(name) && t.numel() >= 2 && !all_equal(t) && feeds_compute(name)) {
-      params.insert(name);
+    } else if (!name_looks_like_buffer(name) && t.numel() >= 2) {
+      // A tensor of one repeated value is a fill (an all-zero attention bias, ones), unless it is the weight of a
+      // matrix product: a zero-initialized linear layer whose exporter renamed its weight.
+      bool as_weight = false;
+      if (feeds_compute(name, &as_weight) && (as_weight || !all_equal(t))) params.insert(name);
     }
   }
   return params;

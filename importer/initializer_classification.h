@@ -4,9 +4,11 @@
 // A floating-point initializer is a parameter when its data reaches a graph output (not only through Shape/Size) and
 //  - its name looks like a weight (HF module paths, "weight", "bias", "embed", ...) and it is not a known buffer
 //    (inv_freq, position_ids, running_mean, ...); or
-//  - it has a generic name (val_12, onnx::MatMul_383, embedding_1) and at least two elements that are not all equal,
-//    and it feeds, directly or through data-movement ops (Transpose, Reshape, Gather, ...), an op that also reads
-//    non-constant data (so it is not folded away with other constants, like a RoPE inv_freq table);
+//  - it has a generic name (val_12, onnx::MatMul_383, embedding_1) and at least two elements, and it feeds, directly
+//    or through data-movement ops (Transpose, Reshape, Gather, ...), an op that also reads non-constant data (so it is
+//    not folded away with other constants, like a RoPE inv_freq table), and its elements are not all equal (a fill,
+//    like an all-zero attention bias) unless that op is a MatMul/Gemm/Conv reading it as an operand (a zero-initialized
+//    linear layer);
 // and its values do not look like a mask (only 0, 1 and infinities or values beyond 1e30, with at least one of those;
 // or a rank >= 2 tensor of zeros and ones). Everything else is a constant.
 #pragma once

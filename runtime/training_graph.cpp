@@ -135,6 +135,20 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   tg.params = g.parameters();
   if (tg.params.empty()) return invalid_argument("the model has no trainable parameters");
 
+  if (o.padding_idx >= 0) {
+    ValueId tokens = g.find(o.token_input);
+    int tagged = 0;
+    for (Node& n : g.nodes) {
+      if (n.op_type != "Gather" || n.inputs.size() < 2 || n.inputs[1] != tokens || tokens == kNoValue) continue;
+      if (g.value(n.inputs[0]).kind != ValueKind::kParameter) continue;
+      n.attrs.set_int("padding_idx", o.padding_idx);
+      ++tagged;
+    }
+    if (tagged == 0) {
+      return invalid_argument("padding index " + std::to_string(o.padding_idx) + " given, but no embedding lookup "
+                              "(Gather of a parameter by '" + o.token_input + "') was found");
+    }
+  }
   tg.backward_begin = g.nodes.size();
   GV_ASSIGN_OR_RETURN(AutogradResult ag, build_backward(g, tg.loss, tg.params));
   if (!o.checkpoint_layers.empty()) {

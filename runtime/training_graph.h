@@ -29,6 +29,11 @@ struct TrainingGraphOptions {
   int64_t ignore_index = -100;
   std::set<int> checkpoint_layers;  // layers whose forward is recomputed in the backward pass
   int grad_accum_steps = 1;         // micro-batches per optimizer step
+  // PyTorch's Embedding(padding_idx): the word-embedding row of this token gets no gradient from the lookup (HF's
+  // pad_token_id for BERT-style models). ONNX cannot express it, so it is given here; -1: none. Applies to Gathers of
+  // a parameter whose indices are the graph input `token_input`.
+  int64_t padding_idx = -1;
+  std::string token_input = "input_ids";
   OptimizerConfig optimizer;
 };
 

@@ -512,6 +512,36 @@ TEST_F(ImporterTest, ImportsFromMemory) {
   EXPECT_NE(bad.status().message().find("'generated'"), std::string::npos) << bad.status().message();
 }
 
+TEST_F(ImporterTest, InitializerClassificationRules) {
+  onnx::ModelProto m = test_model();
+  add_input(m, "x", onnx::TensorProto_DataType_FLOAT, {2, 2});
+  add_float_initializer(m, "val_fill", {2, 2}, {0, 0, 0, 0});           // a fill: constant
+  add_float_initializer(m, "val_zero_weight", {2, 2}, {0, 0, 0, 0});    // zero-initialized linear weight: parameter
+  add_float_initializer(m, "val_random", {2, 2}, {0.1f, -0.2f, 0.3f, 0.05f});  // renamed weight: parameter
+  add_float_initializer(m, "val_scalar", {}, {2.0f});                     // scalar: constant
+  add_float_initializer(m, "val_shape_only", {2, 2}, {1, 2, 3, 4});       // read only by Shape: constant
+  add_float_initializer(m, "rotary.inv_freq", {2, 2}, {1, 0.5f, 0.25f, 0.125f});  // a known buffer: constant
+  add_float_initializer(m, "val_mask", {2, 2}, {0, -3.4e38f, 0, 0});      // a mask: constant
+  add_float_initializer(m, "block.scale", {}, {1.0f});                    // named like a weight: parameter
+  add_float_initializer(m, "val_table", {2, 2}, {1, 2, 3, 5});            // combined with constants only: constant
+  add_float_initializer(m, "val_other", {2, 2}, {2, 1, 1, 1});
+  add_node(m, "TestAdd", {"x", "val_fill"}, {"a"}, "", kTestDomain);
+  add_node(m, "MatMul", {"a", "val_zero_weight"}, {"b"});
+  add_node(m, "TestAdd", {"b", "val_random"}, {"c"}, "", kTestDomain);
+  add_node(m, "Mul", {"c", "val_scalar"}, {"d"});
+  add_node(m, "Shape", {"val_shape_only"}, {"s"});
+  add_node(m, "Reshape", {"d", "s"}, {"e"});
+  add_node(m, "TestAdd", {"e", "rotary.inv_freq"}, {"f"}, "", kTestDomain);
+  add_node(m, "TestAdd", {"f", "val_mask"}, {"g"}, "", kTestDomain);
+  add_node(m, "Mul", {"g", "block.scale"}, {"h"});
+  add_node(m, "TestAdd", {"val_table", "val_other"}, {"table"}, "", kTestDomain);
+  add_node(m, "TestAdd", {"h", "table"}, {"y"}, "", kTestDomain);
+  add_output(m, "y");
+  auto params = onnx_parameter_names(save_model(m));
+  ASSERT_TRUE(params) << params.status().message();
+  EXPECT_EQ(*params, (std::set<std::string>{"val_zero_weight", "val_random", "block.scale"}));
+}
+
 // Every initializer that meta.json maps to an HF parameter is a parameter; the exporter's other initializers are
 // constants, except `embedding_1` in gpt2_loss: the static-shape export folded the position embedding's first 32 rows
 // into it, so it is the trainable position embedding (what PyTorch updates in `transformer.wpe.weight`).

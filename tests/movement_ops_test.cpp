@@ -364,6 +364,13 @@ TEST(MovementGatherGrad, DuplicatesAddAndNegativeIndices) {
   EXPECT_EQ(out[0].shape(), (Shape{3, 2}));
   EXPECT_EQ(fvals(out[0]), (std::vector<float>{5, 6, 4, 6, 0, 0}));
   error_of("GatherGrad", {f32({1, 2}, {1, 2}), i64({3})}, a, {}, 1, 1, "galvatron");
+  // padding_idx (PyTorch's Embedding padding row): lookups of that row add nothing.
+  Attributes pad = a;
+  pad.set_int("padding_idx", -2);
+  auto padded = run("GatherGrad", {f32({1, 2, 3, 4, 5, 6}, {3, 2}), i64({1, -2, 0})}, pad, {}, 1, 1, "galvatron");
+  EXPECT_EQ(fvals(padded[0]), (std::vector<float>{5, 6, 0, 0, 0, 0}));
+  pad.set_int("padding_idx", 3);
+  error_of("GatherGrad", {f32({1, 2}, {1, 2}), i64({0})}, pad, {}, 1, 1, "galvatron");
   // A large embedding backward against a direct loop (threaded path).
   const int64_t vocab = 50, dim = 300, n = 400;
   Tensor g = iota({n, dim});

@@ -66,7 +66,8 @@ void gather(const T* data, const Idx* idx, T* out, int64_t outer, int64_t axis_d
 }
 
 template <typename T, typename Idx>
-void gather_grad(const T* grad, const Idx* idx, T* dx, int64_t outer, int64_t axis_dim, int64_t n_idx, int64_t inner) {
+void gather_grad(const T* grad, const Idx* idx, T* dx, int64_t outer, int64_t axis_dim, int64_t n_idx, int64_t inner,
+                 int64_t skip) {
   std::memset(dx, 0, static_cast<size_t>(outer * axis_dim * inner) * sizeof(T));
   const int64_t chunks = (inner + kColumnChunk - 1) / kColumnChunk;
 #pragma omp parallel for collapse(2) if (outer * n_idx * inner > kParallelElems) schedule(static)
@@ -74,8 +75,10 @@ void gather_grad(const T* grad, const Idx* idx, T* dx, int64_t outer, int64_t ax
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t c0 = c * kColumnChunk, c1 = std::min(inner, c0 + kColumnChunk);
       for (int64_t j = 0; j < n_idx; ++j) {
+        const int64_t row = wrap(idx[j], axis_dim);
+        if (row == skip) continue;
         const T* g = grad + (o * n_idx + j) * inner;
-        T* d = dx + (o * axis_dim + wrap(idx[j], axis_dim)) * inner;
+        T* d = dx + (o * axis_dim + row) * inner;
         for (int64_t i = c0; i < c1; ++i) d[i] += g[i];
       }
     }
@@ -143,8 +146,8 @@ template int64_t find_bad_tuple<int64_t>(const int64_t*, int64_t, int, const int
   template void gather<T, Idx>(const T*, const Idx*, T*, int64_t, int64_t, int64_t, int64_t);                \
   template void gather_elements<T, Idx>(const T*, const int64_t*, const Idx*, T*, const int64_t*, int, int); \
   template void gather_nd<T, Idx>(const T*, const Idx*, T*, const GatherNDShape&);
-#define GV_GATHER_ADD(T, Idx)                                                                      \
-  template void gather_grad<T, Idx>(const T*, const Idx*, T*, int64_t, int64_t, int64_t, int64_t); \
+#define GV_GATHER_ADD(T, Idx)                                                                               \
+  template void gather_grad<T, Idx>(const T*, const Idx*, T*, int64_t, int64_t, int64_t, int64_t, int64_t); \
   template void gather_nd_grad<T, Idx>(const T*, const Idx*, T*, const GatherNDShape&);
 #define GV_GATHER_ALL(Idx)      \
   GV_GATHER_MOVE(uint8_t, Idx)  \

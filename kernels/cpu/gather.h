@@ -22,8 +22,10 @@ void gather(const T* data, const Idx* idx, T* out, int64_t outer, int64_t axis_d
 
 // Gather's gradient (embedding backward): grad [outer, n_idx, inner], dx [outer, axis_dim, inner].
 // dx = 0, then dx[o, idx[j]] += grad[o, j]; duplicate indices add up. Deterministic: each thread owns a column range.
+// Lookups of index `skip` (in [0, axis_dim); -1 for none) add nothing: PyTorch's Embedding padding_idx.
 template <typename T, typename Idx>
-void gather_grad(const T* grad, const Idx* idx, T* dx, int64_t outer, int64_t axis_dim, int64_t n_idx, int64_t inner);
+void gather_grad(const T* grad, const Idx* idx, T* dx, int64_t outer, int64_t axis_dim, int64_t n_idx, int64_t inner,
+                 int64_t skip = -1);
 
 // GatherElements: data [data_dims], idx and out [idx_dims], both of rank `rank`, idx_dims[d] <= data_dims[d] off the
 // axis: out[i] = data[i with coordinate `axis` replaced by idx[i]].

@@ -125,17 +125,28 @@ Status gather_grad(GradBuilder& gb) {
   Attributes a;
   a.set_int("axis", axis);
   a.set_ints("shape", data);
+  // padding_idx is not ONNX: the importer may set it on an embedding lookup to reproduce PyTorch's
+  // Embedding(padding_idx), whose padding row receives no gradient from the lookup.
+  if (gb.attrs().has("padding_idx")) a.set_int("padding_idx", gb.attrs().get_int("padding_idx", -1));
   gb.set_grad_input(0, gb.emit1("GatherGrad", {gb.grad_output(0), gb.input(1)}, a, kGalvatronDomain));
   return Status::ok();
 }
 
-// GatherGrad(grad, indices) attrs axis, shape (Gather's data shape): zeros of `shape`, grad rows added at indices.
+// GatherGrad(grad, indices) attrs axis, shape (Gather's data shape), optional padding_idx: zeros of `shape`, grad rows
+// added at indices, except at index padding_idx (negative values count from the end).
 Status infer_gather_grad(InferContext& ctx) {
   GV_RETURN_IF_ERROR(require_inputs(ctx, 2));
   GV_RETURN_IF_ERROR(check_index_dtype(ctx, 1));
   const Shape shape = ctx.attrs().get_ints("shape");
   int64_t axis = ctx.attrs().get_int("axis", 0);
   GV_RETURN_IF_ERROR(check_axis(ctx, axis, static_cast<int64_t>(shape.size())));
+  if (ctx.attrs().has("padding_idx")) {
+    int64_t pad = ctx.attrs().get_int("padding_idx", -1);
+    if (!normalize_axis(pad, shape[axis])) {
+      return ctx.fail("padding_idx " + std::to_string(pad) + " is out of range for axis " + std::to_string(axis) +
+                      " of size " + std::to_string(shape[axis]));
+    }
+  }
   const Shape expected = gather_shape(shape, axis, ctx.shape(1));
   if (ctx.shape(0) != expected) {
     return ctx.fail("gradient " + shape_str(ctx.shape(0)) + " does not match Gather's output " + shape_str(expected));
@@ -154,10 +165,15 @@ Status gather_grad_cpu(KernelContext& ctx) {
   GV_RETURN_IF_ERROR(check_indices(ctx, idx, out.shape[axis], axis));
   int64_t outer, inner;
   split_around(out.shape, axis, outer, inner);
+  int64_t skip = -1;
+  if (ctx.attrs().has("padding_idx")) {
+    skip = ctx.attrs().get_int("padding_idx", -1);
+    if (skip < 0) skip += out.shape[axis];
+  }
   bool ok = dispatch_gather<false>(idx.dtype, g.dtype, [&](auto t, auto i) {
     using T = decltype(t);
     using I = decltype(i);
-    cpu::gather_grad(g.as<T>(), idx.as<I>(), out.as<T>(), outer, out.shape[axis], idx.numel(), inner);
+    cpu::gather_grad(g.as<T>(), idx.as<I>(), out.as<T>(), outer, out.shape[axis], idx.numel(), inner, skip);
   });
   return ok ? Status::ok() : unsupported_dtype(ctx, g.dtype);
 }
