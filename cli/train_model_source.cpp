@@ -33,6 +33,7 @@ std::vector<FlagSpec> train_model_flags() {
       int_flag("checkpoint-every", "N", "0", "Checkpoint every N steps (0: only at the end)."),
       string_flag("resume", "DIR|FILE", "", "Continue from a checkpoint folder (its latest) or file."),
       string_flag("export", "OUT.onnx", "", "Write the trained weights back into the ONNX model."),
+      string_flag("run-name", "NAME", "", "Demo only: results go to runs/NAME/ (default: addition)."),
       device_flag(),
       dim_flag(),
   };

@@ -15,6 +15,7 @@
 #include "importer/initializer_classification.h"
 #include "importer/layer_detection.h"
 #include "importer/onnx_proto_reader.h"
+#include "importer/weight_tying.h"
 #include "runtime/op_registry.h"
 
 namespace gv {
@@ -151,11 +152,15 @@ Expected<ImportedModel> import_loaded(LoadedFile& lf, const ImportOptions& optio
 
 }  // namespace
 
-Expected<std::set<std::string>> onnx_parameter_names(const std::string& path) {
+Expected<std::set<std::string>> onnx_parameter_names(const std::string& path, bool tie_weights) {
   LoadedFile lf;
   GV_RETURN_IF_ERROR(load_file(path, &lf));
   GV_ASSIGN_OR_RETURN(auto inits, load_initializers(lf, TensorSource{dir_of(path), path}));
-  return classify_parameters(lf.flat, lf.order, inits, lf.sources.outputs);
+  std::set<std::string> params = classify_parameters(lf.flat, lf.order, inits, lf.sources.outputs);
+  if (tie_weights) {
+    for (const auto& kv : find_tied_parameters(lf.flat, inits, params, lf.sources.initializers)) params.erase(kv.first);
+  }
+  return params;
 }
 
 Expected<ImportedModel> import_onnx(const std::string& path, const ImportOptions& options) {
@@ -234,6 +239,13 @@ Expected<ImportedModel> import_loaded(LoadedFile& lf, const ImportOptions& optio
   std::set<std::string> bound_inputs;
   for (const auto& kv : options.constant_inputs) bound_inputs.insert(kv.first);
   std::set<std::string> params = classify_parameters(flat, order, inits, sources.outputs, bound_inputs);
+  // Tied weights stored twice: the copy will read the parameter through a Transpose / Identity node.
+  const int default_opset = model.opsets.count("") ? model.opsets.at("") : kMaxOpset;
+  if (options.tie_weights) {
+    for (const auto& [copy, tie] : find_tied_parameters(flat, inits, params, sources.initializers)) {
+      if (reg.find("", tie.transposed ? "Transpose" : "Identity")) model.tied_parameters[copy] = tie;
+    }
+  }
 
   // Build.
   Graph& g = model.graph;
@@ -257,9 +269,26 @@ Expected<ImportedModel> import_loaded(LoadedFile& lf, const ImportOptions& optio
     g.add_input(vi->name(), dtype, shape);
   }
   for (const std::string& name : sources.initializers) {
+    if (model.tied_parameters.count(name)) continue;
     g.add_initializer(name, inits[name], params.count(name) ? ValueKind::kParameter : ValueKind::kConstant);
   }
   inits.clear();
+  // A tied copy is materialized just before its first reader, so that node order follows the graph's flow (the
+  // head's Transpose of the embedding sits in the head, not before the embedding).
+  std::set<std::string> pending_ties;
+  for (const auto& kv : model.tied_parameters) pending_ties.insert(kv.first);
+  auto materialize_tie = [&](const std::string& name) -> Status {
+    if (!pending_ties.erase(name)) return Status::ok();
+    const TiedParameter& tie = model.tied_parameters.at(name);
+    Node node;
+    node.name = g.unique_name("tie/" + name);
+    node.op_type = tie.transposed ? "Transpose" : "Identity";
+    node.opset = default_opset;
+    if (tie.transposed) node.attrs.set_ints("perm", {1, 0});
+    node.inputs = {g.find(tie.parameter)};
+    return add_or_fold_node(g, std::move(node), {name}, false)
+        .with_context(in + "tying '" + name + "' to '" + tie.parameter + "'");
+  };
 
   FoldStats stats;
   for (int i : order) {
@@ -292,6 +321,7 @@ Expected<ImportedModel> import_loaded(LoadedFile& lf, const ImportOptions& optio
         node.inputs.push_back(kNoValue);
         continue;
       }
+      GV_RETURN_IF_ERROR(materialize_tie(name));
       ValueId v = g.find(name);
       if (v == kNoValue) return internal_error(in + "node '" + np.name() + "': input '" + name + "' was not built");
       node.inputs.push_back(v);
@@ -305,6 +335,7 @@ Expected<ImportedModel> import_loaded(LoadedFile& lf, const ImportOptions& optio
   model.folded_node_count = stats.folded;
 
   for (const std::string& name : sources.outputs) {
+    if (!model.partial) GV_RETURN_IF_ERROR(materialize_tie(name));
     ValueId v = g.find(name);
     if (v != kNoValue) g.outputs.push_back(v);
   }

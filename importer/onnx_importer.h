@@ -27,9 +27,19 @@ struct ImportOptions {
   std::map<std::string, Tensor> constant_inputs;
   bool fold_constants = true;
   bool detect_layers = true;
+  // Exporters store a tied weight twice (TorchScript: the word embedding, and its transposed copy for the LM head's
+  // MatMul). When set, such a copy is replaced by the parameter itself (through a Transpose or Identity node), so the
+  // weight trains as one parameter, like in PyTorch. See ImportedModel::tied_parameters.
+  bool tie_weights = true;
   // When false (the default) an op without a registry entry is an error. When true, the import stops at the
   // first such op and returns what it has with `unsupported_ops` filled (for `galvatron inspect`).
   bool allow_unsupported = false;
+};
+
+// An initializer that was a copy of a parameter and now reads it (tie_weights).
+struct TiedParameter {
+  std::string parameter;    // the parameter it is tied to
+  bool transposed = false;  // the copy was the parameter transposed (2-D)
 };
 
 struct ImportedModel {
@@ -42,6 +52,9 @@ struct ImportedModel {
   std::vector<std::string> unsupported_ops;
   int64_t onnx_node_count = 0;  // nodes in the file, after inlining local functions, before folding
   int64_t folded_node_count = 0;  // nodes evaluated at import time (constant folding, Shape/Size, Constant)
+  // Initializer name -> the parameter it was a copy of. The name stays a value of the graph (the output of the
+  // Transpose/Identity node reading the parameter), but it is no longer a parameter: its gradient is in the parameter's.
+  std::map<std::string, TiedParameter> tied_parameters;
   // True when the import stopped early at an unsupported op (allow_unsupported): the graph is incomplete.
   bool partial = false;
 };
@@ -53,8 +66,8 @@ Expected<ImportedModel> import_onnx_model(const onnx::ModelProto& model, const I
                                           const std::string& name = "<in-memory model>");
 
 // The initializers import_onnx makes trainable parameters (ValueKind::kParameter), decided from the file alone: no
-// op needs to be in the registry.
-Expected<std::set<std::string>> onnx_parameter_names(const std::string& path);
+// op needs to be in the registry. With `tie_weights`, copies of tied weights are left out (ImportOptions::tie_weights).
+Expected<std::set<std::string>> onnx_parameter_names(const std::string& path, bool tie_weights = true);
 
 // Reads a serialized TensorProto (the ONNX test data's input_0.pb / output_0.pb); external data is looked up beside
 // the file.

@@ -2,7 +2,7 @@
 # Installs galvatron's build and test dependencies from Debian's packages (idempotent).
 set -euo pipefail
 PKGS="build-essential cmake libonnx-dev libprotobuf-dev protobuf-compiler libgtest-dev nlohmann-json3-dev
-      libopenblas-dev libonnx-testdata libopenmpi-dev openmpi-bin python3"
+      libopenblas-openmp-dev libonnx-testdata libopenmpi-dev openmpi-bin python3"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

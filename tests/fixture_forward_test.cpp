@@ -1,6 +1,6 @@
 // The five HF fixtures (../shared/fixtures/hf): each imports at batch 2 x seq 32, runs on the CPU and reproduces
 // PyTorch's logits (gpt2_loss: its in-graph loss) to a max relative error of 1e-5; each has 2 layers, and its
-// parameters are exactly the HF parameters that meta.json maps.
+// parameters are exactly the HF parameters that meta.json maps (a tied weight's second copy reads the first).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -90,9 +90,21 @@ TEST_P(FixtureForward, LayersAndParameters) {
   nlohmann::json meta = read_meta(name);
   auto ref = read_safetensors(fixture_dir(name) + "/reference.safetensors");
   ASSERT_TRUE(ref) << ref.status().message();
+  // Copies of tied weights read their parameter (bert_opset14's transposed word embedding): they must be copies of
+  // the same HF parameter, and are not parameters themselves.
+  for (const auto& [copy, tie] : model->tied_parameters) {
+    ASSERT_TRUE(meta["initializers"].contains(copy)) << name << ": tied '" << copy << "' is not an HF parameter";
+    ASSERT_TRUE(meta["initializers"].contains(tie.parameter)) << name << ": " << tie.parameter;
+    EXPECT_EQ(meta["initializers"][copy]["hf"], meta["initializers"][tie.parameter]["hf"]) << name << ": " << copy;
+    EXPECT_EQ(meta["initializers"][copy]["transposed"].get<bool>(),
+              meta["initializers"][tie.parameter]["transposed"].get<bool>() != tie.transposed)
+        << name << ": " << copy;
+  }
+  EXPECT_EQ(model->tied_parameters.size(), name == "bert_opset14" ? 1u : 0u) << name;
   std::set<std::string> expected;
   int64_t expected_numel = 0;
   for (const auto& [onnx_name, info] : meta["initializers"].items()) {
+    if (model->tied_parameters.count(onnx_name)) continue;
     expected.insert(onnx_name);
     const std::string grad = "grad/" + info["hf"].get<std::string>();
     ASSERT_TRUE(ref->count(grad)) << grad;
@@ -112,7 +124,7 @@ TEST_P(FixtureForward, LayersAndParameters) {
   }
   EXPECT_EQ(got, expected) << name;
   EXPECT_EQ(got_numel, expected_numel) << name;
-  if (name == "gpt2") {  // every HF parameter, once (lm_head.weight is the tied wte)
+  if (name == "gpt2" || name == "bert_opset14") {  // every HF parameter, once (tied embeddings included)
     int64_t hf_numel = 0;
     for (const auto& [key, t] : *ref) {
       if (key.rfind("grad/", 0) == 0) hf_numel += t.numel();

@@ -542,11 +542,54 @@ TEST_F(ImporterTest, InitializerClassificationRules) {
   EXPECT_EQ(*params, (std::set<std::string>{"val_zero_weight", "val_random", "block.scale"}));
 }
 
+TEST_F(ImporterTest, TiedWeightsReadOneParameter) {
+  onnx::ModelProto m = test_model();
+  add_input(m, "ids", onnx::TensorProto_DataType_INT64, {3});
+  std::vector<float> emb = {0.1f, -0.2f, 0.3f, 0.4f, -0.5f, 0.6f};  // [3, 2]
+  add_float_initializer(m, "embed.weight", {3, 2}, emb);
+  add_float_initializer(m, "onnx::MatMul_9", {2, 3}, {0.1f, 0.3f, -0.5f, -0.2f, 0.4f, 0.6f});  // embed.weight^T
+  add_float_initializer(m, "ln_a.weight", {2}, {1, 1});  // equal to ln_b.weight, but not tied
+  add_float_initializer(m, "ln_b.weight", {2}, {1, 1});
+  add_node(m, "Gather", {"embed.weight", "ids"}, {"h"}, "gather");
+  add_node(m, "Mul", {"h", "ln_a.weight"}, {"h1"}, "ln_a");
+  add_node(m, "Mul", {"h1", "ln_b.weight"}, {"h2"}, "ln_b");
+  add_node(m, "MatMul", {"h2", "onnx::MatMul_9"}, {"logits"}, "head");
+  add_output(m, "logits");
+  const std::string p = save_model(m);
+  auto model = import_onnx(p);
+  ASSERT_TRUE(model) << model.status().message();
+  const Graph& g = model->graph;
+  ASSERT_EQ(model->tied_parameters.size(), 1u);
+  EXPECT_EQ(model->tied_parameters.at("onnx::MatMul_9").parameter, "embed.weight");
+  EXPECT_TRUE(model->tied_parameters.at("onnx::MatMul_9").transposed);
+  std::set<std::string> names;
+  for (ValueId v : g.parameters()) names.insert(g.value(v).name);
+  EXPECT_EQ(names, (std::set<std::string>{"embed.weight", "ln_a.weight", "ln_b.weight"}));
+  ASSERT_NE(g.find("onnx::MatMul_9"), kNoValue);
+  EXPECT_EQ(g.value(g.find("onnx::MatMul_9")).kind, ValueKind::kActivation);
+  // Same result as the untied model.
+  ImportOptions untied;
+  untied.tie_weights = false;
+  auto plain = import_onnx(p, untied);
+  ASSERT_TRUE(plain) << plain.status().message();
+  EXPECT_TRUE(plain->tied_parameters.empty());
+  EXPECT_EQ(plain->graph.parameters().size(), 4u);
+  std::map<std::string, Tensor> feeds = {{"ids", Tensor::from_i64({2, 0, 1}, {3})}};
+  auto a = run_graph(g, feeds), b = run_graph(plain->graph, feeds);
+  ASSERT_TRUE(a) << a.status().message();
+  ASSERT_TRUE(b) << b.status().message();
+  EXPECT_EQ(floats_of(a->at("logits")), floats_of(b->at("logits")));
+}
+
 // Every initializer that meta.json maps to an HF parameter is a parameter; the exporter's other initializers are
 // constants, except `embedding_1` in gpt2_loss: the static-shape export folded the position embedding's first 32 rows
 // into it, so it is the trainable position embedding (what PyTorch updates in `transformer.wpe.weight`).
+//
+// bert_opset14 stores the tied word embedding twice (the TorchScript exporter's transposed copy `onnx::MatMul_410` for
+// the decoder's MatMul): with weight tying (the default) the copy reads the embedding and is not a parameter.
 TEST_F(ImporterTest, InitializerClassificationMatchesFixtures) {
   const std::set<std::string> trainable_unmapped = {"gpt2_loss/embedding_1"};
+  const std::set<std::string> tied_copies = {"bert_opset14/onnx::MatMul_410"};
   int checked = 0;
   for (const auto& entry : fs::directory_iterator(GV_FIXTURES_DIR)) {
     const std::string name = entry.path().filename().string();
@@ -555,8 +598,15 @@ TEST_F(ImporterTest, InitializerClassificationMatchesFixtures) {
     nlohmann::json meta = nlohmann::json::parse(mf);
     auto params = onnx_parameter_names((entry.path() / "model.onnx").string());
     ASSERT_TRUE(params) << params.status().message();
+    auto untied = onnx_parameter_names((entry.path() / "model.onnx").string(), false);
+    ASSERT_TRUE(untied) << untied.status().message();
     size_t expected = 0;
     for (const auto& [onnx_name, info] : meta["initializers"].items()) {
+      EXPECT_TRUE(untied->count(onnx_name)) << name << ": '" << onnx_name << "' (" << info["hf"] << ") is not a parameter";
+      if (tied_copies.count(name + "/" + onnx_name)) {
+        EXPECT_FALSE(params->count(onnx_name)) << name << ": '" << onnx_name << "' should be tied";
+        continue;
+      }
       EXPECT_TRUE(params->count(onnx_name)) << name << ": '" << onnx_name << "' (" << info["hf"] << ") is not a parameter";
       ++expected;
     }

@@ -143,7 +143,7 @@ Status matmul_grad(GradBuilder& gb) {
   const Shape as = gb.shape(a), bs = gb.shape(b);
   MatMulDims d;
   std::string err = matmul_dims(as, bs, d);
-  if (!err.empty()) return internal_error(err);
+  if (!err.empty()) return internal_error("node '" + gb.node().name + "' (MatMul): " + err);
   Shape a2 = d.a_batch, b2 = d.b_batch, y2 = d.batch;
   a2.insert(a2.end(), {d.m, d.k});
   b2.insert(b2.end(), {d.k, d.n});

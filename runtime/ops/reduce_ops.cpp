@@ -184,7 +184,7 @@ Status reduce_grad(GradBuilder& gb) {
   const Shape& xs = gb.shape(x);
   std::string err = resolve_axes(gb.node(), K, static_cast<int64_t>(xs.size()), axes_in != kNoValue ? &axes : nullptr,
                                  reduced);
-  if (!err.empty()) return internal_error(err);
+  if (!err.empty()) return internal_error("node '" + gb.node().name + "' (" + gb.node().op_type + "): " + err);
   std::vector<int64_t> list;
   for (size_t d = 0; d < reduced.size(); ++d)
     if (reduced[d]) list.push_back(static_cast<int64_t>(d));

@@ -1,0 +1,229 @@
+#include "cli/train_loop.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "cli/progress.h"
+#include "runtime/safetensors.h"
+
+namespace gv::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+Status write_text_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream o(tmp, std::ios::trunc);
+    o << text;
+    if (!o.good()) return io_error("cannot write '" + tmp + "'");
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  return ec ? io_error("cannot rename '" + tmp + "': " + ec.message()) : Status::ok();
+}
+
+// --resume DIR (its `latest` file names the checkpoint) or --resume FILE.safetensors.
+Expected<std::string> resolve_checkpoint(const std::string& arg) {
+  std::error_code ec;
+  if (fs::is_directory(arg, ec)) {
+    std::ifstream in(fs::path(arg) / "latest");
+    std::string name;
+    if (!in || !std::getline(in, name) || name.empty()) {
+      return not_found("--resume " + arg + ": the folder has no 'latest' file naming a checkpoint (was it written by "
+                       "--checkpoint-dir?)");
+    }
+    return (fs::path(arg) / name).string();
+  }
+  if (!fs::exists(arg, ec)) return not_found("--resume " + arg + ": no such checkpoint file or folder");
+  return arg;
+}
+
+Expected<OptimizerConfig::Kind> optimizer_kind(const std::string& s) {
+  if (s == "adamw") return OptimizerConfig::Kind::kAdamW;
+  if (s == "sgd") return OptimizerConfig::Kind::kSgd;
+  return invalid_argument("--optimizer must be adamw or sgd, got '" + s + "'");
+}
+
+std::vector<int> parse_layer_list(const std::string& s, int num_layers, Status* st) {
+  std::vector<int> out;
+  if (s.empty() || s == "none") return out;
+  if (s == "all") {
+    for (int i = 0; i < num_layers; ++i) out.push_back(i);
+    return out;
+  }
+  size_t pos = 0;
+  while (pos <= s.size()) {
+    size_t comma = s.find(',', pos);
+    std::string item = s.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    char* end = nullptr;
+    long v = std::strtol(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || v < 0 || v >= num_layers) {
+      *st = invalid_argument("--checkpoint-layers: '" + item + "' is not a layer index in [0, " +
+                             std::to_string(num_layers) + ")");
+      return {};
+    }
+    out.push_back(static_cast<int>(v));
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, CommandContext& ctx) {
+  GV_RETURN_IF_ERROR(check_device_flag(args, ctx));
+  TrainSettings s;
+  s.steps = args.i64("steps");
+  s.batch_size = args.i64("batch-size");
+  s.grad_accum = static_cast<int>(args.i64("grad-accum"));
+  if (s.steps < 1) return ctx.usage("--steps must be at least 1");
+  if (s.batch_size < 1) return ctx.usage("--batch-size must be at least 1");
+  if (s.grad_accum < 1) return ctx.usage("--grad-accum must be at least 1");
+  auto kind = optimizer_kind(args.str("optimizer"));
+  if (!kind) return ctx.usage(kind.status().message());
+  const std::string schedule = args.str("schedule");
+  if (schedule != "constant" && schedule != "cosine") return ctx.usage("--schedule must be constant or cosine");
+  for (const char* f : {"metrics", "save-grads", "export"}) {
+    if (args.given(f)) GV_RETURN_IF_ERROR(check_output_path(args.str(f), f));
+  }
+  TrainerConfig& cfg = s.trainer;
+  cfg.lr = args.f64("lr");
+  cfg.seed = static_cast<uint64_t>(args.i64("seed"));
+  cfg.schedule = schedule == "cosine" ? LrSchedule::kCosine : LrSchedule::kConstant;
+  cfg.warmup_steps = args.i64("warmup-steps");
+  cfg.graph.grad_accum_steps = s.grad_accum;
+  cfg.graph.padding_idx = args.i64("padding-idx");
+  OptimizerConfig& oc = cfg.graph.optimizer;
+  oc.kind = *kind;
+  oc.beta1 = args.f64("beta1");
+  oc.beta2 = args.f64("beta2");
+  oc.eps = args.f64("eps");
+  oc.momentum = args.f64("momentum");
+  oc.weight_decay = args.given("weight-decay") ? args.f64("weight-decay")
+                                               : (*kind == OptimizerConfig::Kind::kAdamW ? 0.01 : 0.0);
+  oc.grad_clip = args.f64("grad-clip");
+  s.checkpoint_layers = args.str("checkpoint-layers");
+  s.metrics = args.str("metrics");
+  s.save_grads = args.str("save-grads");
+  s.checkpoint_dir = args.str("checkpoint-dir");
+  s.checkpoint_every = args.i64("checkpoint-every");
+  s.resume = args.str("resume");
+  s.export_path = args.str("export");
+  s.device = args.str("device");
+  return s;
+}
+
+Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSource& source, CommandContext& ctx) {
+  TrainOutcome out;
+  std::unique_ptr<DataLoader> loader = std::move(source.setup.loader);
+  ctx.note("data: " + loader->describe());
+  ImportedModel& model = source.model;
+  TrainerConfig cfg = settings.trainer;
+  cfg.total_steps = settings.steps;
+  Status layer_st;
+  for (int l : parse_layer_list(settings.checkpoint_layers, model.graph.num_layers, &layer_st)) {
+    cfg.graph.checkpoint_layers.insert(l);
+  }
+  if (!layer_st.is_ok()) return ctx.usage(layer_st.message());
+
+  GV_ASSIGN_OR_RETURN(out.backend, make_backend(settings.device));
+  auto t0 = std::chrono::steady_clock::now();
+  int64_t n_params = 0;
+  for (ValueId p : model.graph.parameters()) n_params += shape_numel(model.graph.value(p).shape);
+  const int num_layers = model.graph.num_layers;
+  GV_ASSIGN_OR_RETURN(out.trainer, Trainer::create(std::move(model.graph), cfg, *out.backend));
+  Trainer& trainer = *out.trainer;
+  ctx.timing("building the training graph", t0);
+  const TrainingGraph& tg = trainer.training_graph();
+  ctx.note("model: " + source.label + ", " + with_commas(n_params) + " parameters, " + std::to_string(num_layers) +
+           " layers; training graph: " + std::to_string(tg.graph.nodes.size()) + " nodes (" +
+           std::to_string(tg.backward_begin) + " forward)");
+  ctx.note("memory plan: peak " + human_bytes(trainer.peak_memory_bytes()) + " (activations " +
+           human_bytes(trainer.arena_bytes()) + "; parameters, constants and optimizer state " +
+           human_bytes(trainer.peak_memory_bytes() - trainer.arena_bytes()) + ")");
+
+  int64_t start = 0;
+  if (!settings.resume.empty()) {
+    GV_ASSIGN_OR_RETURN(std::string ckpt, resolve_checkpoint(settings.resume));
+    GV_ASSIGN_OR_RETURN(auto meta, trainer.load_checkpoint(ckpt));
+    start = trainer.steps_done();
+    uint64_t pos = std::strtoull(meta["galvatron.data_position"].c_str(), nullptr, 10);
+    GV_RETURN_IF_ERROR(loader->seek(pos));
+    ctx.note("resumed from " + ckpt + " at step " + std::to_string(start));
+  }
+
+  std::ofstream metrics;
+  if (!settings.metrics.empty()) {
+    metrics.open(settings.metrics, start > 0 ? std::ios::app : std::ios::trunc);
+    if (!metrics) return io_error("cannot open --metrics file '" + settings.metrics + "'");
+  }
+  const std::string& ckpt_dir = settings.checkpoint_dir;
+  if (!ckpt_dir.empty()) {
+    std::error_code ec;
+    fs::create_directories(ckpt_dir, ec);
+    if (ec) return io_error("cannot create --checkpoint-dir '" + ckpt_dir + "': " + ec.message());
+  }
+  auto save_checkpoint = [&](int64_t step) -> Status {
+    char name[64];
+    std::snprintf(name, sizeof name, "step-%06lld.safetensors", static_cast<long long>(step));
+    std::map<std::string, std::string> meta = {{"galvatron.data_position", std::to_string(loader->position())},
+                                               {"galvatron.model", source.label}};
+    GV_RETURN_IF_ERROR(trainer.save_checkpoint((fs::path(ckpt_dir) / name).string(), meta));
+    return write_text_atomic((fs::path(ckpt_dir) / "latest").string(), std::string(name) + "\n");
+  };
+
+  Progress progress(settings.steps, start, ctx.quiet);
+  for (int64_t s = start; s < settings.steps; ++s) {
+    std::vector<TensorMap> micro;
+    for (int k = 0; k < settings.grad_accum; ++k) {
+      GV_ASSIGN_OR_RETURN(Batch b, loader->next());
+      micro.push_back(std::move(b.tensors));
+    }
+    if (s == start && !settings.save_grads.empty()) {
+      double loss = 0;
+      GV_ASSIGN_OR_RETURN(TensorMap grads, trainer.compute_gradients(micro[0], &loss));
+      GV_RETURN_IF_ERROR(write_safetensors(settings.save_grads, grads, {{"loss", std::to_string(loss)}}));
+      ctx.note("wrote the gradients of the first batch to " + settings.save_grads);
+    }
+    GV_ASSIGN_OR_RETURN(StepMetrics m, trainer.step(micro));
+    if (!std::isfinite(m.loss)) {
+      progress.finish();
+      return invalid_argument("the loss became " + std::to_string(m.loss) + " at step " + std::to_string(m.step) +
+                              "; lower --lr or set --grad-clip");
+    }
+    out.losses.emplace_back(m.step, m.loss);
+    const double tok_s = m.seconds > 0 ? static_cast<double>(m.tokens) / m.seconds : 0.0;
+    if (metrics.is_open()) {
+      nlohmann::json j = {{"step", m.step}, {"loss", m.loss}, {"lr", m.lr}, {"grad_norm", m.grad_norm},
+                          {"tokens_per_s", tok_s}, {"peak_mem_bytes", trainer.peak_memory_bytes()}};
+      metrics << j.dump() << "\n";
+      metrics.flush();
+    }
+    char fields[160];
+    std::snprintf(fields, sizeof fields, "loss %.4f  lr %.2e  %.0f tok/s", m.loss, m.lr, tok_s);
+    progress.update(m.step, fields);
+    if (!ckpt_dir.empty() && settings.checkpoint_every > 0 && m.step % settings.checkpoint_every == 0) {
+      GV_RETURN_IF_ERROR(save_checkpoint(m.step));
+    }
+  }
+  progress.finish();
+  out.seconds = progress.elapsed_s();
+  const bool saved_last = settings.checkpoint_every > 0 && settings.steps % settings.checkpoint_every == 0;
+  if (!ckpt_dir.empty() && !saved_last && start < settings.steps) GV_RETURN_IF_ERROR(save_checkpoint(settings.steps));
+  if (!settings.export_path.empty()) {
+    GV_ASSIGN_OR_RETURN(TensorMap params, trainer.parameters());
+    GV_RETURN_IF_ERROR(export_trained_model(source, params, settings.export_path));
+    ctx.note("exported the trained model to " + settings.export_path);
+  }
+  std::printf("trained %lld steps in %s; final loss %.4f\n", static_cast<long long>(settings.steps - start),
+              format_duration(out.seconds).c_str(), out.losses.empty() ? NAN : out.losses.back().second);
+  return out;
+}
+
+}  // namespace gv::cli
