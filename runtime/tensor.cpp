@@ -1,6 +1,7 @@
 #include "runtime/tensor.h"
 
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -87,6 +88,8 @@ int64_t load_as_i64(const void* p, DType t, int64_t i) {
     default: {
       double d = load_as_double(p, t, i);
       if (std::isnan(d)) return 0;
+      if (d >= 9.2233720368547758e18) return INT64_MAX;
+      if (d <= -9.2233720368547758e18) return INT64_MIN;
       return static_cast<int64_t>(d);
     }
   }
@@ -122,8 +125,11 @@ void convert_elements(const void* src, DType from, void* dst, DType to, int64_t 
       store_from<int64_t>(dst, to, i, load_as_i64(src, from, i));
     } else if (!from_int && !to_float && to != DType::kBool) {
       // float -> int: truncate toward zero like a C cast; NaN becomes 0.
+      // Saturate before converting: a float outside int64's range is undefined behaviour in a plain cast.
       double d = load_as_double(src, from, i);
-      store_from<int64_t>(dst, to, i, std::isnan(d) ? 0 : static_cast<int64_t>(d));
+      int64_t v = std::isnan(d) ? 0 : d >= 9.2233720368547758e18 ? INT64_MAX : d <= -9.2233720368547758e18 ? INT64_MIN
+                                                                                                         : static_cast<int64_t>(d);
+      store_from<int64_t>(dst, to, i, v);
     } else {
       store_from<double>(dst, to, i, load_as_double(src, from, i));
     }

@@ -195,7 +195,8 @@ TEST(ElementwiseUnary, MatchesStdFloat64) {
     ASSERT_EQ(out.dtype(), DType::kFloat64) << c.op;
     for (int64_t i = 0; i < n; ++i) {
       const double ref = c.ref(c.inputs[i]);
-      EXPECT_NEAR(out.data_as<double>()[i], ref, 1e-12 * std::max(1.0, std::fabs(ref))) << c.op << "(" << c.inputs[i] << ")";
+      EXPECT_NEAR(out.data_as<double>()[i], ref, 1e-12 * std::max(1.0, std::fabs(ref)))
+          << c.op << "(" << c.inputs[i] << ")";
     }
   }
 }
@@ -236,7 +237,8 @@ TEST(ElementwiseUnary, Predicates) {
 TEST(ElementwiseUnary, Clip) {
   Tensor x = f32({5}, {-3, -1, 0, 2, 5});
   Tensor none;  // an omitted optional input
-  EXPECT_EQ(values<float>(run1("Clip", {x, f32({}, {-1.5f}), f32({}, {2.5f})})), (std::vector<float>{-1.5f, -1, 0, 2, 2.5f}));
+  EXPECT_EQ(values<float>(run1("Clip", {x, f32({}, {-1.5f}), f32({}, {2.5f})})),
+            (std::vector<float>{-1.5f, -1, 0, 2, 2.5f}));
   EXPECT_EQ(values<float>(run1("Clip", {x, f32({}, {0})})), (std::vector<float>{0, 0, 0, 2, 5}));
   EXPECT_EQ(values<float>(run1("Clip", {x, none, f32({}, {1})})), (std::vector<float>{-3, -1, 0, 1, 1}));
   EXPECT_EQ(values<float>(run1("Clip", {x})), (std::vector<float>{-3, -1, 0, 2, 5}));

@@ -68,7 +68,8 @@ void compare(CompareOp op, const T* a, const T* b, uint8_t* out, const Broadcast
 
 // out[plan.numel] = base ^ exponent, broadcast by the plan (2 inputs). Floating-point bases use std::pow (with
 // exact fast paths for the exponents 1, 2 and 3); integer bases with integer exponents multiply exactly
-// (negative exponents truncate 1/b^e toward zero); integer bases with float exponents truncate the double result (saturating).
+// (negative exponents truncate 1/b^e toward zero); integer bases with float exponents truncate the double result
+// (saturating).
 template <typename TB, typename TE>
 void power(const TB* base, const TE* exponent, TB* out, const BroadcastPlan& plan);
 

@@ -52,7 +52,8 @@ Status infer_identity(InferContext& ctx) {
 }
 
 Status identity_kernel(KernelContext& ctx) {
-  if (ctx.outputs[0].data != ctx.inputs[0].data) std::memcpy(ctx.outputs[0].data, ctx.inputs[0].data, ctx.inputs[0].nbytes());
+  const TensorRef& x = ctx.inputs[0];
+  if (ctx.outputs[0].data != x.data) std::memcpy(ctx.outputs[0].data, x.data, x.nbytes());
   return Status::ok();
 }
 

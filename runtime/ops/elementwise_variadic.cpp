@@ -39,7 +39,8 @@ Status run_variadic(KernelContext& ctx, BinaryOp op) {
     cpu::binary<T>(op, ctx.inputs[0].as<T>(), ctx.inputs[1].as<T>(), o,
                    cpu::make_broadcast_plan(out.shape, {ctx.inputs[0].shape, ctx.inputs[1].shape}));
     for (size_t k = 2; k < n; ++k) {
-      cpu::binary<T>(op, o, ctx.inputs[k].as<T>(), o, cpu::make_broadcast_plan(out.shape, {out.shape, ctx.inputs[k].shape}));
+      const cpu::BroadcastPlan plan = cpu::make_broadcast_plan(out.shape, {out.shape, ctx.inputs[k].shape});
+      cpu::binary<T>(op, o, ctx.inputs[k].as<T>(), o, plan);
     }
     return Status::ok();
   });

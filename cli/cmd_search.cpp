@@ -1,0 +1,242 @@
+// `galvatron search`: Galvatron v2.4.0's automatic-parallelism search (partitioner/) on Galvatron's profile files,
+// with its arguments in kebab case, its meanings and defaults. Prints the plan as a table (throughput last) and
+// writes the plan JSON to --output-config-path.
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "cli/commands.h"
+#include "cli/search_report.h"
+#include "models/zoo.h"
+#include "partitioner/galvatron_files.h"
+#include "partitioner/plan_json.h"
+#include "partitioner/search.h"
+
+namespace gv::cli {
+namespace {
+
+using namespace gv::partitioner;
+
+bool is_dir(const std::string& p) {
+  struct stat st;
+  return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+bool exists(const std::string& p) {
+  struct stat st;
+  return stat(p.c_str(), &st) == 0;
+}
+std::string join(const std::string& dir, const std::string& name) {
+  return dir.empty() || dir.back() == '/' ? dir + name : dir + "/" + name;
+}
+
+// A path flag naming a file, or a folder where Galvatron's file name is looked up (first existing candidate).
+Expected<std::string> resolve(const ParsedArgs& args, CommandContext& ctx, const std::string& flag,
+                              const std::vector<std::string>& names, const std::string& fallback_dir) {
+  std::string p = args.given(flag) ? args.str(flag) : fallback_dir;
+  if (p.empty()) {
+    return ctx.usage("give --" + flag + " (a file, or a folder holding " + names[0] + ")");
+  }
+  if (!is_dir(p)) return p;
+  for (const auto& n : names)
+    if (exists(join(p, n))) return join(p, n);
+  return join(p, names[0]);
+}
+
+Status run_search(const ParsedArgs& args, CommandContext& ctx) {
+  SearchOptions o;
+  o.num_nodes = static_cast<int>(args.i64("num-nodes"));
+  o.num_gpus_per_node = static_cast<int>(args.i64("num-gpus-per-node"));
+  o.memory_constraint_gb = args.f64("memory-constraint");
+  o.min_bsz = static_cast<int>(args.i64("min-bsz"));
+  o.max_bsz = static_cast<int>(args.i64("max-bsz"));
+  o.bsz_scale = static_cast<int>(args.i64("bsz-scale"));
+  o.recommend_min_bsz = static_cast<int>(args.i64("recommend-min-bsz"));
+  o.settle_bsz = static_cast<int>(args.i64("settle-bsz"));
+  o.settle_chunk = static_cast<int>(args.i64("settle-chunk"));
+  o.search_space = args.str("search-space");
+  o.sp_space = args.str("sp-space");
+  o.disable_dp = static_cast<int>(args.i64("disable-dp"));
+  o.disable_tp = static_cast<int>(args.i64("disable-tp"));
+  o.disable_vtp = static_cast<int>(args.i64("disable-vtp"));
+  o.disable_pp = static_cast<int>(args.i64("disable-pp"));
+  o.disable_sdp = static_cast<int>(args.i64("disable-sdp"));
+  o.disable_ckpt = static_cast<int>(args.i64("disable-ckpt"));
+  o.disable_tp_consec = static_cast<int>(args.i64("disable-tp-consec"));
+  o.max_tp_deg = static_cast<int>(args.i64("max-tp-deg"));
+  o.max_pp_deg = static_cast<int>(args.i64("max-pp-deg"));
+  o.default_dp_type = args.str("default-dp-type");
+  o.mixed_precision = args.str("mixed-precision");
+  o.pipeline_type = args.str("pipeline-type");
+  o.sequence_parallel = args.flag("sequence-parallel");
+  o.global_memory_buffer = !args.flag("no-global-memory-buffer");
+  o.async_grad_reduce = !args.flag("no-async-grad-reduce");
+  o.fine_grained_mode = static_cast<int>(args.i64("fine-grained-mode"));
+  o.use_pipeline_costmodel = static_cast<int>(args.i64("use-pipeline-costmodel"));
+  o.costmodel_coe = args.f64("costmodel-coe");
+  o.threads = static_cast<int>(args.i64("threads"));
+  if (o.recommend_min_bsz && o.settle_bsz <= 0) {
+    return ctx.usage("--recommend-min-bsz is not supported yet (it crashes in Galvatron v2.4.0 too); give --min-bsz");
+  }
+  if (!args.positionals.empty()) {
+    return unsupported("searching an ONNX model from our own profiles is a later step; give Galvatron's profile files "
+                       "with --time-profiling-path / --memory-profiling-path and the model shape");
+  }
+
+  // Model shape: a zoo size, overridden by the explicit shape flags.
+  LayerShape shape;
+  std::string name = args.str("model-name");
+  if (args.given("model-size")) {
+    auto c = zoo_config(args.str("model-type"), args.str("model-size"));
+    if (!c) return ctx.usage(c.status().message() + " (see `galvatron models`)");
+    shape.hidden_size = static_cast<int>(c->hidden_size);
+    shape.layer_num = static_cast<int>(c->num_layers);
+    shape.seq_len = static_cast<int>(c->seq_length);
+    if (name.empty()) name = args.str("model-size");
+  }
+  if (args.given("hidden-size")) shape.hidden_size = static_cast<int>(args.i64("hidden-size"));
+  if (args.given("num-hidden-layers")) shape.layer_num = static_cast<int>(args.i64("num-hidden-layers"));
+  if (args.given("seq-length")) shape.seq_len = static_cast<int>(args.i64("seq-length"));
+  if (shape.hidden_size <= 0 || shape.layer_num <= 0 || shape.seq_len <= 0) {
+    return ctx.usage("give the model: --model-type T --model-size S, or --hidden-size --num-hidden-layers --seq-length");
+  }
+  if (name.empty()) name = "model";
+
+  ModelFileOptions mo;
+  mo.model_name = name;
+  mo.layers = {shape};
+  auto tm = parse_profile_mode(args.str("time-profile-mode"));
+  if (!tm) return ctx.usage(tm.status().message());
+  auto mm = parse_profile_mode(args.str("memory-profile-mode"));
+  if (!mm) return ctx.usage(mm.status().message());
+  mo.time_mode = *tm;
+  mo.memory_mode = *mm;
+  mo.sequence_parallel = o.sequence_parallel;
+  const std::string prec = o.mixed_precision;
+  const std::string hwdir = args.str("hardware-profiling-path");
+  GV_ASSIGN_OR_RETURN(std::string comp, resolve(args, ctx, "time-profiling-path",
+                                                {"computation_profiling_" + prec + "_" + name + ".json",
+                                                 "computation_profiling_" + prec + "_" + name + "_all.json"}, ""));
+  GV_ASSIGN_OR_RETURN(std::string mem, resolve(args, ctx, "memory-profiling-path",
+                                               {"memory_profiling_" + prec + "_" + name + ".json",
+                                                "memory_profiling_" + prec + "_" + name + "_all.json"}, ""));
+  const std::string cluster = std::to_string(o.num_nodes) + "nodes_" + std::to_string(o.num_gpus_per_node) + "gpus_per_node.json";
+  HardwareFiles hf;
+  GV_ASSIGN_OR_RETURN(hf.allreduce, resolve(args, ctx, "allreduce-bandwidth-config-path", {"allreduce_bandwidth_" + cluster}, hwdir));
+  GV_ASSIGN_OR_RETURN(hf.p2p, resolve(args, ctx, "p2p-bandwidth-config-path", {"p2p_bandwidth_" + cluster}, hwdir));
+  GV_ASSIGN_OR_RETURN(hf.overlap, resolve(args, ctx, "overlap-coe-path", {"overlap_coefficient.json"}, hwdir));
+  GV_ASSIGN_OR_RETURN(hf.sp_time, resolve(args, ctx, "sp-time-path", {"sp_time_" + cluster}, hwdir));
+
+  auto t0 = std::chrono::steady_clock::now();
+  GV_ASSIGN_OR_RETURN(ModelProfile model, load_galvatron_model_profile(comp, mem, mo));
+  GV_ASSIGN_OR_RETURN(HardwareProfile hw, load_galvatron_hardware_profile(hf, o.world_size()));
+  auto t1 = std::chrono::steady_clock::now();
+  GV_ASSIGN_OR_RETURN(SearchResult r, search(model, hw, o));
+  ctx.timing("search (" + std::to_string(r.tasks) + " tasks, " + std::to_string(r.num_candidate_strategies) +
+                 " strategies)", t1);
+  if (!r.feasible) {
+    std::string need = r.least_memory_gb > 0
+                           ? "the smallest plan needs about " + std::to_string(static_cast<int>(r.least_memory_gb)) +
+                                 " GB per GPU"
+                           : "no candidate plan exists for these settings";
+    return Status(StatusCode::kOutOfMemory,
+                  "no parallel plan fits in " + args.str("memory-constraint") + " GB per GPU (" + need +
+                      "); raise --memory-constraint, use more GPUs, or a smaller batch (--settle-bsz / --min-bsz)");
+  }
+  print_search_report(model, hw, o, r);
+
+  std::string out = args.str("output-config-path");
+  std::string path = out.size() > 5 && out.substr(out.size() - 5) == ".json" && !is_dir(out)
+                         ? out
+                         : join(out, plan_file_name(name, r.effective));
+  std::ofstream f(path);
+  if (!f) return io_error("cannot write the plan to '" + path + "' (check --output-config-path)");
+  f << plan_to_text(r);
+  if (!f) return io_error("writing '" + path + "' failed");
+  std::printf("plan written to %s\n", path.c_str());
+  std::printf("throughput: %.4f samples/s\n", r.throughput);
+  (void)t0;
+  return Status::ok();
+}
+
+std::vector<FlagSpec> search_flags() {
+  return {
+      int_flag("num-nodes", "N", "1", "Number of nodes."),
+      int_flag("num-gpus-per-node", "G", "8", "GPUs per node."),
+      float_flag("memory-constraint", "GB", "24", "Memory budget per GPU in GB (above 20 GB, 20% is held back for "
+                                                  "PyTorch's cache, as Galvatron does)."),
+      int_flag("min-bsz", "B", "8", "Smallest global batch searched."),
+      int_flag("max-bsz", "B", "10240", "Largest global batch searched."),
+      int_flag("bsz-scale", "B", "8", "Step between searched global batches."),
+      int_flag("recommend-min-bsz", "0|1", "0", "Start the batch search from a recommended size (not supported yet)."),
+      int_flag("settle-bsz", "B", "-1", "Search this global batch only (-1: search min..max)."),
+      int_flag("settle-chunk", "C", "-1", "Use this number of micro-batches only (-1: search the divisors)."),
+      string_flag("search-space", "SPACE", "full", "full | dp+tp | dp+pp | 3d | dp | sdp | tp | pp (baselines)."),
+      string_flag("sp-space", "SPACE", "tp", "tp (Megatron TP) | tp+sp (also Ulysses SP per layer)."),
+      int_flag("disable-dp", "0|1", "0", "No data parallelism with the default DP type."),
+      int_flag("disable-tp", "0|1", "0", "No tensor parallelism."),
+      int_flag("disable-vtp", "0|1", "0", "No vocabulary tensor parallelism (vtp = 1)."),
+      int_flag("disable-pp", "0|1", "0", "No pipeline parallelism."),
+      int_flag("disable-sdp", "0|1", "0", "No ZeRO-3 (sharded data parallelism), also for the embedding."),
+      int_flag("disable-ckpt", "0|1", "0", "No activation checkpointing."),
+      int_flag("disable-tp-consec", "0|1", "0", "TP groups always on consecutive ranks."),
+      int_flag("max-tp-deg", "T", "8", "Largest tensor-parallel degree."),
+      int_flag("max-pp-deg", "P", "8", "Largest pipeline degree."),
+      string_flag("default-dp-type", "ddp|zero2", "ddp", "Data-parallel type of non-ZeRO-3 layers."),
+      string_flag("mixed-precision", "fp32|fp16|bf16", "bf16", "Training precision."),
+      string_flag("pipeline-type", "gpipe|pipedream_flush", "gpipe", "Pipeline schedule."),
+      bool_flag("sequence-parallel", "Megatron sequence parallelism (reads the _sp memory sections)."),
+      bool_flag("no-global-memory-buffer", "Do not count the SP all-gather buffer (and search max TP = --max-tp-deg only)."),
+      bool_flag("no-async-grad-reduce", "Gradients reduced synchronously (changes the ZeRO memory ratios)."),
+      int_flag("fine-grained-mode", "0|1", "1", "1: a strategy per layer; 0: one strategy for all layers."),
+      int_flag("use-pipeline-costmodel", "0|1", "1", "Rank plans with the pipeline cost model."),
+      float_flag("costmodel-coe", "X", "1.0", "Multiplier of every predicted time."),
+      string_flag("time-profile-mode", "MODE", "static", "static | batch | sequence (how compute times are read)."),
+      string_flag("memory-profile-mode", "MODE", "static", "static | sequence (how memory sizes are read)."),
+      string_flag("time-profiling-path", "PATH", "", "Computation profile file, or its folder "
+                                                     "(computation_profiling_{prec}_{model}.json)."),
+      string_flag("memory-profiling-path", "PATH", "", "Memory profile file, or its folder."),
+      string_flag("hardware-profiling-path", "DIR", "", "Folder with the four hardware files (used for each one not given)."),
+      string_flag("allreduce-bandwidth-config-path", "PATH", "", "allreduce_bandwidth_{N}nodes_{G}gpus_per_node.json or its folder."),
+      string_flag("p2p-bandwidth-config-path", "PATH", "", "p2p_bandwidth_{N}nodes_{G}gpus_per_node.json or its folder."),
+      string_flag("overlap-coe-path", "PATH", "", "overlap_coefficient.json or its folder."),
+      string_flag("sp-time-path", "PATH", "", "sp_time_{N}nodes_{G}gpus_per_node.json or its folder."),
+      string_flag("output-config-path", "PATH", ".", "Folder (Galvatron's file name) or .json file for the plan."),
+      string_flag("model-type", "TYPE", "", "Zoo model type (gpt, llama, bert), with --model-size."),
+      string_flag("model-size", "NAME", "", "Zoo model size, e.g. llama-7b (see `galvatron models`)."),
+      string_flag("model-name", "NAME", "", "Name used in profile and plan file names (default: --model-size)."),
+      int_flag("hidden-size", "H", "0", "Hidden size."),
+      int_flag("num-hidden-layers", "L", "0", "Transformer layers."),
+      int_flag("num-attention-heads", "N", "0", "Attention heads (reaches the search through the profiles)."),
+      int_flag("ffn-hidden-size", "F", "0", "FFN size (reaches the search through the profiles)."),
+      int_flag("seq-length", "S", "0", "Sequence length."),
+      int_flag("vocab-size", "V", "0", "Vocabulary size (reaches the search through the profiles)."),
+      int_flag("threads", "N", "0", "Search threads (0: OpenMP default)."),
+  };
+}
+
+}  // namespace
+
+GV_REGISTER_COMMAND(
+    search,
+    (Command{.spec = {.name = "search",
+                      .summary = "Find the fastest hybrid-parallel plan (Galvatron's search) for N GPUs and a memory budget.",
+                      .description =
+                          "Galvatron v2.4.0's strategy search: per layer a TP degree, TP-consecutive flag, DP type "
+                          "(DDP/ZeRO-2 or ZeRO-3) and checkpointing; globally the pipeline degree, micro-batches, batch, "
+                          "vocabulary TP and embed_sdp, chosen by a knapsack dynamic program over layers and memory with "
+                          "Galvatron's cost model. Reads Galvatron's own profile files. Prints the plan (stages, layer "
+                          "groups, memory, time) with the predicted throughput last and writes the plan JSON that "
+                          "Galvatron's runtime reads.",
+                      .positionals = {{"MODEL.onnx", "(later) a model profiled by us", true}},
+                      .flags = search_flags(),
+                      .examples = {"galvatron search --model-name llama2-7b --hidden-size 4096 --num-hidden-layers 32 "
+                                   "--seq-length 2048 --time-profiling-path P/llama2-7b --memory-profiling-path "
+                                   "P/llama2-7b --hardware-profiling-path P/hardware --memory-constraint 36 --settle-bsz 16 "
+                                   "--pipeline-type pipedream_flush --default-dp-type zero2 --sequence-parallel"}},
+             .run = run_search,
+             .order = 60}));
+
+}  // namespace gv::cli
