@@ -10,19 +10,16 @@
 
 #include "importer/onnx_importer.h"
 #include "runtime/safetensors.h"
+#include "tests/hf_fixtures.h"
 #include "runtime/trainer.h"
 
 namespace gv {
 namespace {
 
-const std::vector<std::string> kFixtures = {"gpt2", "gpt2_loss", "llama", "bert", "bert_opset14"};
+const std::vector<std::string>& kFixtures = testing::kHfFixtures;
 
-std::string fixture_dir(const std::string& name) { return std::string(GV_FIXTURES_DIR) + "/" + name; }
-
-nlohmann::json read_meta(const std::string& name) {
-  std::ifstream f(fixture_dir(name) + "/meta.json");
-  return nlohmann::json::parse(f);
-}
+using testing::fixture_dir;
+using testing::read_meta;
 
 Tensor transpose2d(const Tensor& t) {
   Tensor r(t.dtype(), {t.shape()[1], t.shape()[0]});

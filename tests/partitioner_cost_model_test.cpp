@@ -1,0 +1,268 @@
+// Galvatron v2.4.0's cost-model formulas against values worked out by hand (galvatron.md section b), the knapsack DP
+// against Galvatron's plain recurrence and brute-force enumeration, and bad inputs.
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+#include <gtest/gtest.h>
+
+#include "partitioner/cost_model.h"
+#include "partitioner/dp_core.h"
+#include "partitioner/galvatron_files.h"
+#include "partitioner/search.h"
+
+namespace gv::partitioner {
+namespace {
+
+Strategy S(int pp, int tp, int dp, int tpc, int fsdp, int cpt = -1) {
+  Strategy s;
+  s.pp = pp;
+  s.tp = tp;
+  s.dp = dp;
+  s.tp_consec = tpc;
+  s.fsdp = fsdp;
+  s.cpt = cpt;
+  return s;
+}
+
+struct Fixture {
+  ModelProfile m;
+  HardwareProfile hw;
+  CostInputs ci;
+  Fixture() {
+    LayerTypeProfile l;
+    l.hidden_size = 1024;
+    l.seq_length = 1024;
+    l.layer_num = 4;
+    l.parameter_size_mb = 100;
+    l.act_per_sample_mb = {{1, 50}, {2, 25}, {4, 12.5}, {8, 6.25}};
+    l.act_checkpoint_mb = 10;
+    l.has_checkpoint = true;
+    l.forward = TimeFn{false, 2.0, 0, 0};
+    m.layer_types = {l};
+    m.other_forward = TimeFn{false, 3.0, 0, 0};
+    for (int k : {1, 2, 4, 8}) {
+      m.pp_off.model_states_mb[k] = 800.0 / k;
+      m.pp_off.activation_mb[k] = 40.0 / k;
+      m.pp_on_first.model_states_mb[k] = 400.0 / k;
+      m.pp_on_first.activation_mb[k] = 10.0 / k;
+      m.pp_on_last.model_states_mb[k] = 400.0 / k;
+      m.pp_on_last.activation_mb[k] = 30.0 / k;
+    }
+    hw.world_size = 8;
+    hw.allreduce_coe = {{"8", 0.01}, {"4_0", 1.0 / 90}, {"4_1", 0.0125}, {"2_0", 1.0 / 60}, {"2_1", 0.02}, {"1", 0}};
+    hw.p2p_coe = {{2, 0.02}, {4, 0.025}, {8, 0.03}};
+    hw.overlap_coe = 1.25;
+    ci.model = &m;
+    ci.hw = &hw;
+    ci.opt.mixed_precision = true;
+  }
+};
+
+TEST(PartitionerCostModel, ZeroRatios) {
+  EXPECT_NEAR(zero2_ratio(8, 1, true, true), 0.237, 1e-12);
+  EXPECT_NEAR(zero3_ratio(8, 1, true, true), 0.128, 1e-12);
+  EXPECT_NEAR(zero3_ratio(8, 4, true, true), 0.237, 1e-12);
+  EXPECT_NEAR(zero2_ratio(4, 4, true, true), 0.43975, 1e-12);
+  EXPECT_NEAR(zero2_ratio(8, 4, false, true), 0.237 * 1.25, 1e-12);
+  EXPECT_NEAR(zero3_ratio(8, 4, false, true), 0.128 * 1.25, 1e-12);
+  EXPECT_NEAR(zero2_ratio(8, 1, true, false), 0.75 * 0.128 + 0.25, 1e-12);
+}
+
+TEST(PartitionerCostModel, ChunkLikeTorch) {
+  EXPECT_EQ(chunk_like_torch(6, 4), (std::vector<int>{2, 2, 2}));
+  EXPECT_EQ(chunk_like_torch(7, 3), (std::vector<int>{3, 3, 1}));
+  EXPECT_EQ(real_chunks(6, 4), 3);
+  EXPECT_EQ(real_chunks(6, 1), 1);
+}
+
+TEST(PartitionerCostModel, LayerMemoryByHand) {
+  Fixture f;
+  // dp 8, bsz 16, mbsz 1: chunks = min(ceil(2/1), 16/8) = 2; 1F1B stage 0 of pp 1 holds 1 of the micro-batches [1, 1].
+  LayerMemory m = layer_memory(f.ci, 0, S(1, 1, 8, -1, 0), 16, 1, 1, 1, 0, false, false);
+  EXPECT_EQ(m.chunks, 2);
+  EXPECT_DOUBLE_EQ(m.model_states, 400);
+  EXPECT_DOUBLE_EQ(m.activation, 50);
+  EXPECT_DOUBLE_EQ(m.enc_total, 450);
+  // ZeRO-3 with 2 chunks and async reduce: 7/8 (1/8 + 0.003) + 1/8 = 0.237.
+  m = layer_memory(f.ci, 0, S(1, 1, 8, -1, 1), 16, 1, 1, 1, 0, false, false);
+  EXPECT_NEAR(m.model_states, 400 * 0.237, 1e-9);
+  // Checkpointed tp 2 under sequence parallelism: 10 MB/sample x 2 samples / tp 2.
+  f.ci.opt.sequence_parallel = true;
+  m = layer_memory(f.ci, 0, S(1, 2, 4, 1, 0, 1), 16, 1, 1, 1, 0, false, false);
+  EXPECT_DOUBLE_EQ(m.model_states, 200);
+  EXPECT_DOUBLE_EQ(m.activation, 10);
+  // Other memory, pp 1, vtp 1: 800 MB of states + 40 MB x (16 / 8 / 2 chunks) + 1024 MB context.
+  m = layer_memory(f.ci, 0, S(1, 1, 8, -1, 0), 16, 1, 1, 1, 0, false, false);
+  ASSERT_EQ(m.other.count(1), 1u);
+  EXPECT_DOUBLE_EQ(m.other[1][0], 800 + 40 * 1 + 1024);
+}
+
+TEST(PartitionerCostModel, LayerTimeByHand) {
+  Fixture f;
+  // dp 8: fct 2 ms x 1 x 4 = 8, bct 16; grad 2*7/8*100*4/2 = 350 MB at 0.01 ms/MB, overlapped under 1.25x slowdown:
+  // 350*0.0125 = 4.375 < 16*1.25 -> 4.375 + (16 - 4.375/1.25) = 16.875; (8 + 16.875) ms / 1000 / 4 layers.
+  EXPECT_NEAR(layer_time(f.ci, 0, S(1, 1, 8, -1, 0), 8, false).total_s, 24.875 / 4000, 1e-15);
+  // ZeRO-3 adds the forward all-gather, half the gradient message: 175 MB x 0.01.
+  EXPECT_NEAR(layer_time(f.ci, 0, S(1, 1, 8, -1, 1), 8, false).total_s, 26.625 / 4000, 1e-15);
+  // tp 8: 2*7/8 * (8*1024*1024*16 B = 128 MB) * 4 layers / 2 = 448 MB at coe['8'] -> 4.48 ms; 8 + 16 + 4.48.
+  EXPECT_NEAR(layer_time(f.ci, 0, S(1, 8, 1, -1, -1), 8, false).total_s, 28.48 / 4000, 1e-15);
+  // pp 2, dp 4: coe '4_1'; 32.9375 + 16 ms fct; p2p 2*2*2*1024*1024*4 B = 32 MB / 2 at 0.02 ms/MB = 0.32.
+  EXPECT_NEAR(layer_time(f.ci, 0, S(2, 1, 4, -1, 0), 8, false).total_s, 49.2575 / 4000, 1e-15);
+  // no_comm zeroes the gradient message: 8 + 16.
+  EXPECT_NEAR(layer_time(f.ci, 0, S(1, 1, 8, -1, 0), 8, true).total_s, 24.0 / 4000, 1e-15);
+  // dp 2 with tp 4: half the backward overlaps the gradient sync.
+  LayerTime t = layer_time(f.ci, 0, S(1, 4, 2, 1, 0), 8, false);
+  // bsz 4, fct 2*4/4*4 = 8, bct 16; grad 2*1/2*25*4/2 = 50 MB at '2_0' (1/60); 50/60*1.25 < 8*1.25.
+  const double dpm = 50, dc = 1.0 / 60, dco = dc * 1.25;
+  const double ov = dpm * dco + (8 - dpm * dco / 1.25);
+  const double tpm = 2.0 * 3 / 4 * (4.0 * 1024 * 1024 * 16 / 1024 / 1024) * 4 / 2;
+  EXPECT_NEAR(t.total_s, (8 + 8 + ov + tpm * 0.0125) / 4000, 1e-15);
+}
+
+TEST(PartitionerCostModel, PipelineFormulaByHand) {
+  Fixture f;
+  std::vector<Strategy> plan(4, S(1, 1, 8, -1, 0));
+  // bsz 16 in 2 micro-batches of 8: C = 4 x 0.006, F = 4 x 0.00621875; T = 2C + (F - C).
+  PipelineCost p = pipeline_cost(f.ci, plan, {4}, {2}, 16, 1, {0.0});
+  EXPECT_EQ(p.micro_batches, 2);
+  EXPECT_NEAR(p.total_s, 2 * 0.024 + 0.000875, 1e-15);
+  // Two stages, 4 micro-batches: max(sum C + C_last*(m-1), bubble form) + un-overlapped reduce.
+  std::vector<Strategy> plan2(4, S(2, 1, 4, -1, 0));
+  PipelineCost q = pipeline_cost(f.ci, plan2, {2, 2}, {4}, 16, 1, {0.001, 0.002});
+  const double c = layer_time(f.ci, 0, canonical_strategy(plan2[0]), 4, true).total_s;
+  const double fl = layer_time(f.ci, 0, canonical_strategy(plan2[0]), 4, false).total_s;
+  const double c0 = 2 * c + 0.001, c1 = 2 * c + 0.002;
+  double t = std::max(c0 + c1 + c1 * 3, std::max(1 * c0 / 3, c1 / 3) + std::max(1 * c0 * 2 / 3, c1 * 2 / 3) + c0 * 3);
+  double red = std::max(2 * fl - c0, 2 * fl - c0 - c1);
+  EXPECT_NEAR(q.total_s, t + std::max(0.0, red), 1e-14);
+}
+
+TEST(PartitionerCostModel, OtherTimeByHand) {
+  Fixture f;
+  // pp 1, vtp 8 (dp 1): no DP sync; TP 2x (7/8 x 1 x 1024 x 1024 / 1 MB x 2 B) at coe['8']; compute 3 ms x mbsz 1 /
+  // min_tp 8 forward, x2 backward, the overlap factor applied and removed again.
+  OtherTime o = other_time(f.ci, 1, 1, 8, false, false, 8, 8);
+  ASSERT_EQ(o.with_sync.count(8), 1u);
+  const double tp = 2 * (7.0 / 8 * 1 * 2) * 0.01;
+  EXPECT_NEAR(o.with_sync[8][0], 0.001 * (3.0 / 8 + 6.0 / 8 + tp), 1e-15);
+}
+
+TEST(PartitionerDp, MatchesReferenceAndBruteForce) {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 200; ++trial) {
+    DpProblem p;
+    p.layers = 1 + rng() % 4;
+    p.strategies = 1 + rng() % 4;
+    p.budget_mb = 5 + rng() % 40;
+    const int L = p.layers, Sn = p.strategies;
+    for (int i = 0; i < L * Sn; ++i) {
+      p.weight.push_back(1 + rng() % 12);
+      p.intra.push_back((rng() % 100) / 10.0);
+    }
+    for (int i = 0; i < L * Sn * Sn; ++i) p.inter.push_back(i < Sn * Sn ? 0.0 : (rng() % 30) / 10.0);
+    std::vector<DpQuery> qs = {{0, 0.5}, {static_cast<int>(rng() % 10), 1.0}, {p.budget_mb + 1, 0}};
+    auto fast = solve_knapsack(p, qs), ref = solve_knapsack_reference(p, qs);
+    for (size_t q = 0; q < qs.size(); ++q) {
+      ASSERT_EQ(fast[q].remaining_mb, ref[q].remaining_mb) << trial;
+      ASSERT_EQ(fast[q].plan, ref[q].plan) << trial;
+      if (ref[q].remaining_mb >= 0) ASSERT_EQ(fast[q].cost, ref[q].cost);
+      // brute force
+      double best = std::numeric_limits<double>::infinity();
+      std::vector<int> idx(L, 0);
+      while (true) {
+        int w = 0;
+        double c = 0;
+        for (int i = 0; i < L; ++i) {
+          w += p.weight[i * Sn + idx[i]];
+          c += p.intra[i * Sn + idx[i]];
+          if (i > 0) c += p.inter[(i * Sn + idx[i - 1]) * Sn + idx[i]];
+        }
+        if (w <= p.budget_mb - qs[q].other_mem_mb) best = std::min(best, c);
+        int k = 0;
+        while (k < L && ++idx[k] == Sn) idx[k++] = 0;
+        if (k == L) break;
+      }
+      if (std::isinf(best)) {
+        EXPECT_EQ(fast[q].remaining_mb, -1);
+      } else {
+        EXPECT_NEAR(fast[q].layers_cost, best, 1e-9) << trial;
+      }
+    }
+  }
+}
+
+TEST(PartitionerInputs, MissingAndMalformedFiles) {
+  ModelFileOptions mo;
+  mo.layers = {{4096, 32, 2048}};
+  auto r = load_galvatron_model_profile("/nonexistent/computation.json", "/nonexistent/memory.json", mo);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.status().message().find("/nonexistent/computation.json"), std::string::npos);
+  EXPECT_NE(r.status().message().find("--"), std::string::npos);  // names the flag to use
+  const std::string bad = ::testing::TempDir() + "/gv_partitioner_bad.json";
+  {
+    std::ofstream o(bad);
+    o << "{\"layertype_0_bsz1_seq2048\": 4.0,";
+  }
+  r = load_galvatron_model_profile(bad, bad, mo);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorrupt);
+  EXPECT_NE(r.status().message().find(bad), std::string::npos);
+  HardwareFiles hf{bad, bad, bad, bad};
+  auto h = load_galvatron_hardware_profile(hf, 8);
+  ASSERT_FALSE(h.has_value());
+  EXPECT_NE(h.status().message().find(bad), std::string::npos);
+  std::remove(bad.c_str());
+}
+
+TEST(PartitionerInputs, ImpossibleBudgetSaysWhatIsNeeded) {
+  const std::string P = std::string(GV_SOURCE_DIR) + "/../shared/galvatron-profiles/";
+  ModelFileOptions mo;
+  mo.layers = {{4096, 32, 2048}};
+  mo.sequence_parallel = true;
+  auto m = load_galvatron_model_profile(P + "llama2-7b/computation_profiling_bf16_llama2-7b_all.json",
+                                        P + "llama2-7b/memory_profiling_bf16_llama2-7b_all.json", mo);
+  ASSERT_TRUE(m.has_value()) << m.status().message();
+  HardwareFiles hf{P + "hardware/allreduce_bandwidth_1nodes_8gpus_per_node.json",
+                   P + "hardware/p2p_bandwidth_1nodes_8gpus_per_node.json", P + "hardware/overlap_coefficient.json",
+                   P + "hardware/sp_time_1nodes_8gpus_per_node.json"};
+  auto h = load_galvatron_hardware_profile(hf, 8);
+  ASSERT_TRUE(h.has_value()) << h.status().message();
+  SearchOptions o;
+  o.memory_constraint_gb = 4;
+  o.settle_bsz = 8;
+  o.sequence_parallel = true;
+  o.default_dp_type = "zero2";
+  o.pipeline_type = "pipedream_flush";
+  auto r = search(*m, *h, o);
+  ASSERT_TRUE(r.has_value()) << r.status().message();
+  EXPECT_FALSE(r->feasible);
+  EXPECT_GT(r->least_memory_gb, 4);
+  // The hardware file is for 8 GPUs: asking for 16 is a clear error, not a crash.
+  o.num_nodes = 2;
+  auto bad = search(*m, *h, o);
+  EXPECT_FALSE(bad.has_value());
+}
+
+TEST(PartitionerSpace, StrategyCountsAndPresets) {
+  SearchOptions o;
+  auto s = generate_strategies(o, 32);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->strategies.size(), 44u);  // 22 base strategies on 8 GPUs, each with and without checkpointing
+  o.search_space = "dp+tp";
+  s = generate_strategies(o, 32);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->effective.disable_sdp, 1);
+  EXPECT_EQ(s->effective.disable_pp, 1);
+  o.search_space = "sdp";
+  s = generate_strategies(o, 32);
+  ASSERT_EQ(s->strategies.size(), 1u);
+  EXPECT_EQ(form_strategy(s->strategies[0]), "1-1-8f");
+  EXPECT_EQ(s->effective.disable_ckpt, 1);
+  o.search_space = "nope";
+  EXPECT_FALSE(generate_strategies(o, 32).has_value());
+}
+
+}  // namespace
+}  // namespace gv::partitioner
