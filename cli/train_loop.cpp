@@ -74,6 +74,30 @@ std::vector<int> parse_layer_list(const std::string& s, int num_layers, Status* 
   return out;
 }
 
+// --save-grads promises the gradient with respect to each ONNX initializer alone. The importer tied an exporter's
+// copy of a weight (e.g. the transposed LM-head copy of the word embedding) to the weight itself, so the weight's
+// gradient holds both uses: give the copy its own gradient and take it out of the weight's.
+Status split_tied_gradients(TensorMap& grads, const std::map<std::string, TiedParameter>& tied) {
+  for (const auto& [copy, t] : tied) {
+    auto gc = grads.find(copy);
+    auto gp = grads.find(t.parameter);
+    if (gc == grads.end() || gp == grads.end()) continue;
+    Tensor& p = gp->second;
+    const Tensor& c = gc->second;
+    if (p.dtype() != DType::kFloat32 || c.numel() != p.numel()) return internal_error("tied gradient of '" + copy + "'");
+    float* pd = p.data_as<float>();
+    const float* cd = c.data_as<float>();
+    if (t.transposed) {
+      const int64_t rows = p.shape()[0], cols = p.shape()[1];  // copy is [cols, rows]
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j) pd[i * cols + j] -= cd[j * rows + i];
+    } else {
+      for (int64_t i = 0; i < p.numel(); ++i) pd[i] -= cd[i];
+    }
+  }
+  return Status::ok();
+}
+
 }  // namespace
 
 Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, CommandContext& ctx) {
@@ -126,6 +150,10 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
   ImportedModel& model = source.model;
   TrainerConfig cfg = settings.trainer;
   cfg.total_steps = settings.steps;
+  const std::map<std::string, TiedParameter> tied = model.tied_parameters;
+  if (!settings.save_grads.empty()) {
+    for (const auto& kv : tied) cfg.graph.report_grads_of.push_back(kv.first);
+  }
   Status layer_st;
   for (int l : parse_layer_list(settings.checkpoint_layers, model.graph.num_layers, &layer_st)) {
     cfg.graph.checkpoint_layers.insert(l);
@@ -188,6 +216,7 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
     if (s == start && !settings.save_grads.empty()) {
       double loss = 0;
       GV_ASSIGN_OR_RETURN(TensorMap grads, trainer.compute_gradients(micro[0], &loss));
+      GV_RETURN_IF_ERROR(split_tied_gradients(grads, tied));
       GV_RETURN_IF_ERROR(write_safetensors(settings.save_grads, grads, {{"loss", std::to_string(loss)}}));
       ctx.note("wrote the gradients of the first batch to " + settings.save_grads);
     }

@@ -1,6 +1,7 @@
 #include "partitioner/dp_core.h"
 
 #include <algorithm>
+#include <cstddef>
 
 namespace gv::partitioner {
 namespace {
@@ -40,6 +41,8 @@ std::vector<DpAnswer> solve_knapsack(const DpProblem& p, const std::vector<DpQue
 
   std::vector<double> prev(static_cast<size_t>(vmax + 1) * S, 0.0), cur(static_cast<size_t>(vmax + 1) * S, kInf);
   int prev_lo = 0, prev_hi = 0;  // f_0 = 0 for every v: read row 0
+  // same_prev[u]: row u of the previous layer equals row u - 1 (then so do the results that read them).
+  std::vector<uint8_t> same_prev(static_cast<size_t>(vmax + 1), 0), same_cur(static_cast<size_t>(vmax + 1), 0);
   std::vector<std::vector<uint8_t>> mark(L);
   std::vector<int> mark_lo(L), mark_hi(L);
   for (int i = 0; i < L; ++i) {
@@ -58,6 +61,12 @@ std::vector<DpAnswer> solve_knapsack(const DpProblem& p, const std::vector<DpQue
           out[s] = kInf;
           continue;
         }
+        // Reading the same values as (v - 1, s) did gives the same result and the same choice.
+        if (v > lo && u - 1 >= prev_lo && (u > prev_hi || same_prev[u])) {
+          out[s] = out[static_cast<ptrdiff_t>(s) - S];
+          mk[s] = mk[static_cast<ptrdiff_t>(s) - S];
+          continue;
+        }
         const double* row = &prev[static_cast<size_t>(std::min(u, prev_hi)) * S];
         const double* it = &interT[(static_cast<size_t>(i) * S + s) * S];
         const double in = intra[s];
@@ -73,8 +82,12 @@ std::vector<DpAnswer> solve_knapsack(const DpProblem& p, const std::vector<DpQue
         out[s] = best;
         mk[s] = static_cast<uint8_t>(idx);
       }
+      bool same = v > lo;
+      for (int s = 0; same && s < S; ++s) same = out[s] == out[static_cast<ptrdiff_t>(s) - S];
+      same_cur[v] = same;
     }
     std::swap(prev, cur);
+    std::swap(same_prev, same_cur);
     prev_lo = lo;
     prev_hi = hi;
   }

@@ -28,6 +28,9 @@ Expected<std::unique_ptr<Trainer>> Trainer::create(Graph forward, const TrainerC
   ExecutorOptions eo;
   eo.rng_seed = config.seed;
   eo.keep_alive = {t->tg_->loss};
+  for (const auto& kv : t->tg_->reported_grads) {
+    if (kv.second != kNoValue) eo.keep_alive.push_back(kv.second);
+  }
   GV_ASSIGN_OR_RETURN(t->executor_, Executor::create(t->tg_->graph, backend, eo));
   return t;
 }
@@ -119,6 +122,11 @@ Expected<TensorMap> Trainer::compute_gradients(const TensorMap& batch, double* l
     if (acc != tg_->grad_accumulators.end()) {
       GV_RETURN_IF_ERROR(backend_->zero(executor_->data(acc->second), grad.nbytes()));
     }
+  }
+  for (const auto& [name, gid] : tg_->reported_grads) {
+    if (gid == kNoValue) continue;
+    GV_ASSIGN_OR_RETURN(Tensor grad, executor_->fetch(gid));
+    out[name] = grad;
   }
   return out;
 }

@@ -43,7 +43,8 @@ class Trainer {
   // (and "labels") to host tensors.
   Expected<StepMetrics> step(const std::vector<TensorMap>& micro_batches);
   // Forward and backward at the current weights, without an update: the loss and each parameter's gradient, keyed
-  // by the parameter's (ONNX initializer) name.
+  // by the parameter's (ONNX initializer) name, plus the gradients of TrainingGraphOptions::report_grads_of. With
+  // gradient accumulation the micro-batch must be the step's first.
   Expected<TensorMap> compute_gradients(const TensorMap& batch, double* loss);
   // Forward only: the loss of a batch.
   Expected<double> evaluate_loss(const TensorMap& batch);

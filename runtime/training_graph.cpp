@@ -150,7 +150,14 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     }
   }
   tg.backward_begin = g.nodes.size();
-  GV_ASSIGN_OR_RETURN(AutogradResult ag, build_backward(g, tg.loss, tg.params));
+  std::vector<ValueId> wrt = tg.params;
+  for (const std::string& name : o.report_grads_of) {
+    ValueId v = g.find(name);
+    if (v == kNoValue) return not_found("no value named '" + name + "' to report the gradient of");
+    wrt.push_back(v);
+  }
+  GV_ASSIGN_OR_RETURN(AutogradResult ag, build_backward(g, tg.loss, wrt));
+  for (const std::string& name : o.report_grads_of) tg.reported_grads[name] = ag.grads[g.find(name)];
   if (!o.checkpoint_layers.empty()) {
     GV_RETURN_IF_ERROR(apply_activation_checkpointing(g, tg.backward_begin, o.checkpoint_layers));
   }

@@ -33,6 +33,9 @@ struct TrainingGraphOptions {
   // pad_token_id for BERT-style models). ONNX cannot express it, so it is given here; -1: none. Applies to Gathers of
   // a parameter whose indices are the graph input `token_input`.
   int64_t padding_idx = -1;
+  // Intermediate values whose gradients are also reported (Trainer::compute_gradients), e.g. the importer's tied
+  // copies of a parameter, so that a caller can give the gradient with respect to each original initializer.
+  std::vector<std::string> report_grads_of;
   std::string token_input = "input_ids";
   OptimizerConfig optimizer;
 };
@@ -46,6 +49,7 @@ struct TrainingGraph {
   ValueId grad_norm = kNoValue;     // float32 scalar: global norm of the averaged gradient, before clipping
   std::vector<ValueId> params;      // trainable parameters, in graph order
   std::map<ValueId, ValueId> grads;            // param -> its gradient (arena value, valid after backward)
+  std::map<std::string, ValueId> reported_grads;  // report_grads_of name -> its gradient (kNoValue: none)
   std::map<ValueId, ValueId> grad_accumulators;  // param -> kState buffer (only when grad_accum_steps > 1)
   std::map<ValueId, std::vector<ValueId>> optimizer_state;  // param -> kState buffers ([m, v] or [momentum])
   size_t backward_begin = 0;

@@ -168,3 +168,44 @@ TEST_F(TrainCli, DemoRunsAndWritesItsFiles) {
 
 }  // namespace
 }  // namespace gv
+
+namespace gv {
+namespace {
+
+// --save-grads gives the gradient with respect to each ONNX initializer alone, also for an exporter's copy of a tied
+// weight (bert_opset14's transposed decoder): the two add up to PyTorch's gradient of the one HF parameter.
+TEST_F(TrainCli, SaveGradsKeepsTiedCopiesApart) {
+  auto r = run(plus(base("bert_opset14"), {"--steps", "1", "--padding-idx", "0", "--save-grads", path("g.safetensors")}));
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto g = read_safetensors(path("g.safetensors"));
+  ASSERT_TRUE(g.has_value());
+  auto meta = nlohmann::json::parse(slurp(fixture("bert_opset14", "meta.json")));
+  std::string emb, copy;
+  for (const auto& [name, info] : meta["initializers"].items()) {
+    if (info["hf"] != "bert.embeddings.word_embeddings.weight") continue;
+    (info["transposed"].get<bool>() ? copy : emb) = name;
+  }
+  ASSERT_FALSE(emb.empty());
+  ASSERT_FALSE(copy.empty());
+  ASSERT_TRUE(g->count(emb) && g->count(copy)) << "both initializers need a gradient";
+  const Tensor& ge = g->at(emb);
+  const Tensor& gc = g->at(copy);
+  auto ref = read_safetensors(fixture("bert_opset14", "reference.safetensors"));
+  Tensor want = ref->at("grad/bert.embeddings.word_embeddings.weight").cast(DType::kFloat64);
+  const int64_t rows = ge.shape()[0], cols = ge.shape()[1];
+  double num = 0, den = 0, copy_norm = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; ++j) {
+      double sum = double(ge.data_as<float>()[i * cols + j]) + gc.data_as<float>()[j * rows + i];
+      double w = want.data_as<double>()[i * cols + j];
+      num += (sum - w) * (sum - w);
+      den += w * w;
+      copy_norm += double(gc.data_as<float>()[j * rows + i]) * gc.data_as<float>()[j * rows + i];
+    }
+  }
+  EXPECT_LE(std::sqrt(num / den), 1e-4);
+  EXPECT_GT(copy_norm, 1e-6) << "the LM-head copy's own gradient should not be zero";
+}
+
+}  // namespace
+}  // namespace gv
