@@ -4,15 +4,19 @@
 #include <sys/stat.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
 #include <cstdio>
 #include <fstream>
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/search_ir_profile.h"
 #include "cli/search_report.h"
 #include "models/zoo.h"
 #include "partitioner/galvatron_files.h"
 #include "partitioner/plan_json.h"
+#include "partitioner/profiler.h"
 #include "partitioner/search.h"
 
 namespace gv::cli {
@@ -43,6 +47,123 @@ Expected<std::string> resolve(const ParsedArgs& args, CommandContext& ctx, const
   for (const auto& n : names)
     if (exists(join(p, n))) return join(p, n);
   return join(p, names[0]);
+}
+
+// Hardware files, the search, the report and the plan file: shared by Galvatron's profile files and our own.
+Status finish_search(const ParsedArgs& args, CommandContext& ctx, const SearchOptions& o, const std::string& name,
+                     ModelProfile model) {
+  const std::string hwdir = args.str("hardware-profiling-path");
+  const std::string cluster = std::to_string(o.num_nodes) + "nodes_" + std::to_string(o.num_gpus_per_node) + "gpus_per_node.json";
+  HardwareFiles hf;
+  GV_ASSIGN_OR_RETURN(hf.allreduce, resolve(args, ctx, "allreduce-bandwidth-config-path", {"allreduce_bandwidth_" + cluster}, hwdir));
+  GV_ASSIGN_OR_RETURN(hf.p2p, resolve(args, ctx, "p2p-bandwidth-config-path", {"p2p_bandwidth_" + cluster}, hwdir));
+  GV_ASSIGN_OR_RETURN(hf.overlap, resolve(args, ctx, "overlap-coe-path", {"overlap_coefficient.json"}, hwdir));
+  GV_ASSIGN_OR_RETURN(hf.sp_time, resolve(args, ctx, "sp-time-path", {"sp_time_" + cluster}, hwdir));
+
+  auto t0 = std::chrono::steady_clock::now();
+  GV_ASSIGN_OR_RETURN(HardwareProfile hw, load_galvatron_hardware_profile(hf, o.world_size()));
+  auto t1 = std::chrono::steady_clock::now();
+  GV_ASSIGN_OR_RETURN(SearchResult r, search(model, hw, o));
+  ctx.timing("search (" + std::to_string(r.tasks) + " tasks, " + std::to_string(r.num_candidate_strategies) +
+                 " strategies)", t1);
+  if (!r.feasible) {
+    std::string need = r.least_memory_gb > 0
+                           ? "the smallest plan needs about " + std::to_string(static_cast<int>(r.least_memory_gb)) +
+                                 " GB per GPU"
+                           : "no candidate plan exists for these settings";
+    return Status(StatusCode::kOutOfMemory,
+                  "no parallel plan fits in " + args.str("memory-constraint") + " GB per GPU (" + need +
+                      "); raise --memory-constraint, use more GPUs, or a smaller batch (--settle-bsz / --min-bsz)");
+  }
+  print_search_report(model, hw, o, r);
+
+  std::string out = args.str("output-config-path");
+  std::string path = out.size() > 5 && out.substr(out.size() - 5) == ".json" && !is_dir(out)
+                         ? out
+                         : join(out, plan_file_name(name, r.effective));
+  std::ofstream f(path);
+  if (!f) return io_error("cannot write the plan to '" + path + "' (check --output-config-path)");
+  f << plan_to_text(r);
+  if (!f) return io_error("writing '" + path + "' failed");
+  std::printf("plan written to %s\n", path.c_str());
+  std::printf("throughput: %.4f samples/s\n", r.throughput);
+  (void)t0;
+  return Status::ok();
+}
+
+// Our own profiles: memory from the IR (exact), forward times from --time-profiling-path (a `galvatron profile` file)
+// or timed inline on the CPU. Both go through Galvatron's readers (written to a scratch folder first), so the time and
+// memory modes mean what they mean for Galvatron's files.
+Status run_ir_search(const ParsedArgs& args, CommandContext& ctx, const SearchOptions& o) {
+  IrModelSource src;
+  if (!args.positionals.empty()) {
+    src.onnx_path = args.positionals[0];
+    src.name = model_name_of_path(src.onnx_path);
+    if (args.given("seq-length")) src.seq = args.i64("seq-length");
+  } else {
+    auto c = zoo_config(args.str("model-type"), args.str("model-size"));
+    if (!c) return ctx.usage(c.status().message() + " (see `galvatron models`)");
+    src.config = *c;
+    if (args.given("hidden-size")) src.config.hidden_size = args.i64("hidden-size");
+    if (args.given("num-hidden-layers")) src.config.num_layers = args.i64("num-hidden-layers");
+    if (args.given("num-attention-heads")) src.config.num_heads = args.i64("num-attention-heads");
+    if (args.given("ffn-hidden-size")) src.config.ffn_size = args.i64("ffn-hidden-size");
+    if (args.given("seq-length")) src.config.seq_length = args.i64("seq-length");
+    if (args.given("vocab-size")) src.config.vocab_size = args.i64("vocab-size");
+    src.seq = src.config.seq_length;
+    src.name = src.config.size;
+  }
+  if (args.given("model-name")) src.name = args.str("model-name");
+  const std::string prec = o.mixed_precision;
+
+  auto t0 = std::chrono::steady_clock::now();
+  GV_ASSIGN_OR_RETURN(IrMemory mem, ir_memory_of(src, prec == "fp32" ? 4 : 2));
+  ctx.timing("memory profile from the IR", t0);
+  char tmpl[] = "/tmp/galvatron-search-XXXXXX";
+  if (!mkdtemp(tmpl)) return io_error("cannot create a scratch folder in /tmp");
+  const std::string scratch = tmpl;
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  } cleanup{scratch};
+  const std::string mem_path = join(scratch, "memory_profiling.json");
+  GV_RETURN_IF_ERROR(write_text_file(mem_path, memory_profile_json(mem)));
+
+  std::string comp;
+  if (args.given("time-profiling-path")) {
+    GV_ASSIGN_OR_RETURN(comp, resolve(args, ctx, "time-profiling-path",
+                                      {"computation_profiling_" + prec + "_" + src.name + ".json",
+                                       "computation_profiling_" + prec + "_" + src.name + "_all.json"}, ""));
+  } else {
+    ctx.note("no --time-profiling-path: timing the forward on the CPU now (batch 1); CPU times rank plans only "
+             "roughly -- run `galvatron profile` on the target GPU and pass its computation file");
+    auto t1 = std::chrono::steady_clock::now();
+    GV_ASSIGN_OR_RETURN(ForwardTiming t, cpu_timing_of(src, {1}, 1));
+    ctx.timing("forward timing on the CPU", t1);
+    comp = join(scratch, "computation_profiling.json");
+    GV_RETURN_IF_ERROR(write_text_file(comp, computation_profile_json(t)));
+  }
+  ModelFileOptions mo;
+  mo.model_name = src.name;
+  mo.layers = {LayerShape{static_cast<int>(mem.hidden_size), static_cast<int>(mem.layers.size()),
+                          static_cast<int>(mem.seq)}};
+  auto tm = parse_profile_mode(args.str("time-profile-mode"));
+  if (!tm) return ctx.usage(tm.status().message());
+  auto mm = parse_profile_mode(args.str("memory-profile-mode"));
+  if (!mm) return ctx.usage(mm.status().message());
+  mo.time_mode = *tm;
+  mo.memory_mode = *mm;
+  mo.sequence_parallel = o.sequence_parallel;
+  GV_ASSIGN_OR_RETURN(ModelProfile model, load_galvatron_model_profile(comp, mem_path, mo));
+  model.source = "IR memory (" + (src.onnx_path.empty() ? "zoo " + src.name : src.onnx_path) + "), times from " +
+                 (args.given("time-profiling-path") ? comp : std::string("the CPU"));
+  std::printf("model profile from the IR: %s, %d layers, %.2f MB parameters per layer, %.3f MB activations per sample "
+              "per layer (tp 1, %s)\n", src.name.c_str(), static_cast<int>(mem.layers.size()),
+              model.layer_types[0].parameter_size_mb, model.layer_types[0].act_per_sample_mb[1], prec.c_str());
+  return finish_search(args, ctx, o, src.name, std::move(model));
 }
 
 Status run_search(const ParsedArgs& args, CommandContext& ctx) {
@@ -80,9 +201,9 @@ Status run_search(const ParsedArgs& args, CommandContext& ctx) {
   if (o.recommend_min_bsz && o.settle_bsz <= 0) {
     return ctx.usage("--recommend-min-bsz is not supported yet (it crashes in Galvatron v2.4.0 too); give --min-bsz");
   }
-  if (!args.positionals.empty()) {
-    return unsupported("searching an ONNX model from our own profiles is a later step; give Galvatron's profile files "
-                       "with --time-profiling-path / --memory-profiling-path and the model shape");
+  // MODEL.onnx, or a zoo model without Galvatron's memory file: our own profiles (memory from the IR).
+  if (!args.positionals.empty() || (args.given("model-size") && !args.given("memory-profiling-path"))) {
+    return run_ir_search(args, ctx, o);
   }
 
   // Model shape: a zoo size, overridden by the explicit shape flags.
@@ -115,50 +236,14 @@ Status run_search(const ParsedArgs& args, CommandContext& ctx) {
   mo.memory_mode = *mm;
   mo.sequence_parallel = o.sequence_parallel;
   const std::string prec = o.mixed_precision;
-  const std::string hwdir = args.str("hardware-profiling-path");
   GV_ASSIGN_OR_RETURN(std::string comp, resolve(args, ctx, "time-profiling-path",
                                                 {"computation_profiling_" + prec + "_" + name + ".json",
                                                  "computation_profiling_" + prec + "_" + name + "_all.json"}, ""));
   GV_ASSIGN_OR_RETURN(std::string mem, resolve(args, ctx, "memory-profiling-path",
                                                {"memory_profiling_" + prec + "_" + name + ".json",
                                                 "memory_profiling_" + prec + "_" + name + "_all.json"}, ""));
-  const std::string cluster = std::to_string(o.num_nodes) + "nodes_" + std::to_string(o.num_gpus_per_node) + "gpus_per_node.json";
-  HardwareFiles hf;
-  GV_ASSIGN_OR_RETURN(hf.allreduce, resolve(args, ctx, "allreduce-bandwidth-config-path", {"allreduce_bandwidth_" + cluster}, hwdir));
-  GV_ASSIGN_OR_RETURN(hf.p2p, resolve(args, ctx, "p2p-bandwidth-config-path", {"p2p_bandwidth_" + cluster}, hwdir));
-  GV_ASSIGN_OR_RETURN(hf.overlap, resolve(args, ctx, "overlap-coe-path", {"overlap_coefficient.json"}, hwdir));
-  GV_ASSIGN_OR_RETURN(hf.sp_time, resolve(args, ctx, "sp-time-path", {"sp_time_" + cluster}, hwdir));
-
-  auto t0 = std::chrono::steady_clock::now();
   GV_ASSIGN_OR_RETURN(ModelProfile model, load_galvatron_model_profile(comp, mem, mo));
-  GV_ASSIGN_OR_RETURN(HardwareProfile hw, load_galvatron_hardware_profile(hf, o.world_size()));
-  auto t1 = std::chrono::steady_clock::now();
-  GV_ASSIGN_OR_RETURN(SearchResult r, search(model, hw, o));
-  ctx.timing("search (" + std::to_string(r.tasks) + " tasks, " + std::to_string(r.num_candidate_strategies) +
-                 " strategies)", t1);
-  if (!r.feasible) {
-    std::string need = r.least_memory_gb > 0
-                           ? "the smallest plan needs about " + std::to_string(static_cast<int>(r.least_memory_gb)) +
-                                 " GB per GPU"
-                           : "no candidate plan exists for these settings";
-    return Status(StatusCode::kOutOfMemory,
-                  "no parallel plan fits in " + args.str("memory-constraint") + " GB per GPU (" + need +
-                      "); raise --memory-constraint, use more GPUs, or a smaller batch (--settle-bsz / --min-bsz)");
-  }
-  print_search_report(model, hw, o, r);
-
-  std::string out = args.str("output-config-path");
-  std::string path = out.size() > 5 && out.substr(out.size() - 5) == ".json" && !is_dir(out)
-                         ? out
-                         : join(out, plan_file_name(name, r.effective));
-  std::ofstream f(path);
-  if (!f) return io_error("cannot write the plan to '" + path + "' (check --output-config-path)");
-  f << plan_to_text(r);
-  if (!f) return io_error("writing '" + path + "' failed");
-  std::printf("plan written to %s\n", path.c_str());
-  std::printf("throughput: %.4f samples/s\n", r.throughput);
-  (void)t0;
-  return Status::ok();
+  return finish_search(args, ctx, o, name, std::move(model));
 }
 
 std::vector<FlagSpec> search_flags() {
@@ -230,7 +315,7 @@ GV_REGISTER_COMMAND(
                           "Galvatron's cost model. Reads Galvatron's own profile files. Prints the plan (stages, layer "
                           "groups, memory, time) with the predicted throughput last and writes the plan JSON that "
                           "Galvatron's runtime reads.",
-                      .positionals = {{"MODEL.onnx", "(later) a model profiled by us", true}},
+                      .positionals = {{"MODEL.onnx", "a model profiled by us (memory from the IR)", true}},
                       .flags = search_flags(),
                       .examples = {"galvatron search --model-name llama2-7b --hidden-size 4096 --num-hidden-layers 32 "
                                    "--seq-length 2048 --time-profiling-path P/llama2-7b --memory-profiling-path "

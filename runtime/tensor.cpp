@@ -1,5 +1,6 @@
 #include "runtime/tensor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -114,6 +115,7 @@ void store_from(void* dst, DType to, int64_t i, T v) {
 }  // namespace
 
 void convert_elements(const void* src, DType from, void* dst, DType to, int64_t n) {
+  if (n <= 0) return;
   if (from == to) {
     std::memcpy(dst, src, static_cast<size_t>(n) * dtype_size(from));
     return;
@@ -169,13 +171,15 @@ Tensor Tensor::cast(DType to) const {
 
 Tensor Tensor::from_i64(const std::vector<int64_t>& v, Shape shape) {
   Tensor t(DType::kInt64, std::move(shape));
-  std::memcpy(t.data(), v.data(), v.size() * 8);
+  const size_t n = std::min<size_t>(v.size(), static_cast<size_t>(t.numel()));
+  if (n) std::memcpy(t.data(), v.data(), n * 8);
   return t;
 }
 
 Tensor Tensor::from_f32(const std::vector<float>& v, Shape shape) {
   Tensor t(DType::kFloat32, std::move(shape));
-  std::memcpy(t.data(), v.data(), v.size() * 4);
+  const size_t n = std::min<size_t>(v.size(), static_cast<size_t>(t.numel()));
+  if (n) std::memcpy(t.data(), v.data(), n * 4);
   return t;
 }
 

@@ -17,7 +17,7 @@ template <typename T>
 Tensor make(DType dt, Shape shape, const std::vector<T>& v) {
   Tensor t(dt, std::move(shape));
   EXPECT_EQ(static_cast<int64_t>(v.size()), t.numel());
-  std::memcpy(t.data(), v.data(), v.size() * sizeof(T));
+  if (!v.empty()) std::memcpy(t.data(), v.data(), v.size() * sizeof(T));
   return t;
 }
 Tensor f32(Shape s, const std::vector<float>& v) { return make(DType::kFloat32, std::move(s), v); }

@@ -66,7 +66,7 @@ TEST_F(TrainCli, ExportRoundTripsThroughRun) {
   auto trained = read_safetensors(path("t.safetensors"));
   ASSERT_TRUE(trained.has_value());
   const Tensor& lt = trained->at("logits");
-  const Tensor& l0 = read_safetensors(fixture("llama", "reference.safetensors"))->at("logits");
+  const Tensor l0 = read_safetensors(fixture("llama", "reference.safetensors"))->at("logits");
   double diff = 0;
   for (int64_t i = 0; i < lt.numel(); ++i) diff = std::max(diff, std::fabs(double(lt.data_as<float>()[i]) - l0.data_as<float>()[i]));
   EXPECT_GT(diff, 1e-3);

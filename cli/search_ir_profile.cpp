@@ -1,0 +1,66 @@
+#include "cli/search_ir_profile.h"
+
+#include <filesystem>
+#include <sstream>
+
+#include "importer/onnx_importer.h"
+
+namespace gv::cli {
+
+using namespace gv::partitioner;
+
+Expected<IrMemory> ir_memory_of(const IrModelSource& src, int float_bytes) {
+  if (src.onnx_path.empty()) return measure_zoo_memory(src.config, 1, src.seq, float_bytes);
+  ImportOptions o;
+  o.batch = 1;
+  o.seq = src.seq;
+  GV_ASSIGN_OR_RETURN(ImportedModel im, import_onnx(src.onnx_path, o));
+  IrMemoryOptions mo;
+  mo.float_bytes = float_bytes;
+  return measure_ir_memory(im.graph, mo);
+}
+
+Expected<ForwardTiming> cpu_timing_of(const IrModelSource& src, const std::vector<int>& batches, int repeats) {
+  std::function<Expected<Graph>(int64_t)> make;
+  if (src.onnx_path.empty()) {
+    ModelConfig c = src.config;
+    c.num_layers = 1;
+    make = [c, seq = src.seq](int64_t b) -> Expected<Graph> {
+      GV_ASSIGN_OR_RETURN(ImportedModel im, build_and_import(c, b, seq > 0 ? seq : c.seq_length, WeightInit::kNone));
+      return std::move(im.graph);
+    };
+  } else {
+    make = [path = src.onnx_path, seq = src.seq](int64_t b) -> Expected<Graph> {
+      ImportOptions o;
+      o.batch = b;
+      o.seq = seq;
+      GV_ASSIGN_OR_RETURN(ImportedModel im, import_onnx(path, o));
+      return std::move(im.graph);
+    };
+  }
+  return time_forward(make, batches, repeats);
+}
+
+Expected<std::vector<int>> parse_int_list(const std::string& s) {
+  std::vector<int> out;
+  std::stringstream ss(s);
+  std::string tok;
+  while (std::getline(ss, tok, ',')) {
+    if (tok.empty() || tok.find_first_not_of("0123456789") != std::string::npos || std::stoi(tok) <= 0) {
+      return invalid_argument("'" + s + "' is not a comma-separated list of positive integers");
+    }
+    out.push_back(std::stoi(tok));
+  }
+  if (out.empty()) return invalid_argument("empty list");
+  return out;
+}
+
+std::string model_name_of_path(const std::string& path) {
+  std::filesystem::path p(path);
+  if (p.stem() == "model" && p.has_parent_path() && !p.parent_path().filename().empty()) {
+    return p.parent_path().filename().string();
+  }
+  return p.stem().string();
+}
+
+}  // namespace gv::cli

@@ -1,0 +1,156 @@
+// `galvatron profile`'s measurements and file writers (profiler.h).
+#include "partitioner/profiler.h"
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "runtime/backend.h"
+#include "runtime/executor.h"
+
+namespace gv::partitioner {
+namespace {
+
+using Json = nlohmann::ordered_json;
+constexpr double kMB = 1024.0 * 1024.0;
+
+// Integer inputs get ones (valid token / type ids, an all-ones attention mask), float inputs zeros.
+Tensor feed_for(const Value& v) {
+  Tensor t(v.dtype, v.shape);
+  std::fill(static_cast<uint8_t*>(t.data()), static_cast<uint8_t*>(t.data()) + t.nbytes(), 0);
+  if (v.dtype == DType::kInt64) std::fill(t.data_as<int64_t>(), t.data_as<int64_t>() + t.numel(), 1);
+  if (v.dtype == DType::kInt32) std::fill(t.data_as<int32_t>(), t.data_as<int32_t>() + t.numel(), 1);
+  return t;
+}
+
+std::string fmt_key(const std::string& what, int b, int s) {
+  return "layertype_" + what + "_bsz" + std::to_string(b) + "_seq" + std::to_string(s);
+}
+
+}  // namespace
+
+Expected<ForwardTiming> time_forward(const std::function<Expected<Graph>(int64_t)>& make_graph,
+                                     const std::vector<int>& batches, int repeats) {
+  ForwardTiming t;
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  for (int b : batches) {
+    GV_ASSIGN_OR_RETURN(Graph g, make_graph(b));
+    if (g.num_layers <= 0) return invalid_argument("the model has no detected transformer layers to time");
+    for (ValueId v : g.inputs)
+      if (g.value(v).shape.size() >= 2) t.seq = static_cast<int>(g.value(v).shape[1]);
+    GV_ASSIGN_OR_RETURN(auto ex, Executor::create(g, *backend));
+    // The arena may reuse an input's buffer once it is read: feed the inputs before every pass.
+    auto feed = [&]() -> Status {
+      for (ValueId v : g.inputs) GV_RETURN_IF_ERROR(ex->set_value(v, feed_for(g.value(v))));
+      return Status::ok();
+    };
+    GV_RETURN_IF_ERROR(feed());
+    GV_RETURN_IF_ERROR(ex->run());  // warm-up
+    std::vector<double> best(ex->num_steps(), std::numeric_limits<double>::infinity());
+    for (int r = 0; r < std::max(repeats, 1); ++r) {
+      GV_RETURN_IF_ERROR(feed());
+      for (size_t i = 0; i < ex->num_steps(); ++i) {
+        auto t0 = std::chrono::steady_clock::now();
+        GV_RETURN_IF_ERROR(ex->run_steps(i, i + 1));
+        double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        best[i] = std::min(best[i], ms);
+      }
+    }
+    double layers = 0, other = 0;
+    for (size_t i = 0; i < best.size() && i < g.nodes.size(); ++i) {
+      const Placement& p = g.nodes[i].place;
+      (p.kind == Placement::Kind::kLayer ? layers : other) += best[i];
+    }
+    t.layer_ms_per_sample[b] = layers / g.num_layers / b;
+    t.other_ms_per_sample[b] = other / b;
+  }
+  return t;
+}
+
+std::string computation_profile_json(const ForwardTiming& t) {
+  Json j = Json::object();
+  for (const auto& [b, ms] : t.layer_ms_per_sample) {
+    j[fmt_key("0", b, t.seq)] = ms;
+    j[fmt_key("other", b, t.seq)] = t.other_ms_per_sample.at(b);
+  }
+  return j.dump(4) + "\n";
+}
+
+std::string memory_profile_json(const IrMemory& m, const std::vector<int>& tps) {
+  Json j = Json::object();
+  const std::string seq = std::to_string(m.seq);
+  for (bool sp : {false, true}) {
+    IrProfileOptions o;
+    o.tp_degrees = tps;
+    ModelProfile p = model_profile_from_ir(m, o, sp);
+    const std::string suf = sp ? "_sp" : "";
+    const LayerTypeProfile& lt = p.layer_types[0];
+    Json act = Json::object();
+    for (const auto& [tp, v] : lt.act_per_sample_mb) act[std::to_string(tp)] = v;
+    act["checkpoint"] = lt.act_checkpoint_mb;
+    j["layertype_0" + suf][seq] = {{"parameter_size", lt.parameter_size_mb}, {"tp_activation_per_bsz_dict", act}};
+    auto other = [&](const OtherMemory& om) {
+      Json ms = Json::object(), a = Json::object();
+      for (const auto& [k, v] : om.model_states_mb) ms[std::to_string(k)] = v;
+      for (const auto& [k, v] : om.activation_mb) a[std::to_string(k)] = v;
+      return Json{{"model_states", ms}, {"activation", a}};
+    };
+    j["other_memory_pp_off" + suf][seq] = other(p.pp_off);
+    j["other_memory_pp_on_first" + suf][seq] = other(p.pp_on_first);
+    j["other_memory_pp_on_last" + suf][seq] = other(p.pp_on_last);
+  }
+  j["ir_note"] = "from the IR's training graph (" + std::to_string(m.batch) + " x " + seq +
+                 " tokens): parameter MB fp32, saved activations MB per sample";
+  return j.dump(4) + "\n";
+}
+
+Status write_text_file(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  if (!f) return io_error("cannot write '" + path + "'");
+  f << text;
+  if (!f) return io_error("writing '" + path + "' failed");
+  return Status::ok();
+}
+
+Expected<std::vector<std::string>> write_hardware_files(const std::string& dir, const HardwareNumbers& h) {
+  const int world = h.num_nodes * h.gpus_per_node;
+  if (world < 1 || h.intra_allreduce_gbps <= 0 || h.inter_allreduce_gbps <= 0 || h.p2p_gbps <= 0 ||
+      h.inter_p2p_gbps <= 0) {
+    return invalid_argument("hardware numbers must be positive");
+  }
+  const std::string cluster = std::to_string(h.num_nodes) + "nodes_" + std::to_string(h.gpus_per_node) + "gpus_per_node.json";
+  std::string d = dir.empty() || dir.back() == '/' ? dir : dir + "/";
+  auto bw = [&](int g, bool consec) {
+    bool crosses = consec ? g > h.gpus_per_node : h.num_nodes > 1;
+    return crosses ? h.inter_allreduce_gbps : h.intra_allreduce_gbps;
+  };
+  Json ar = Json::object();
+  for (int g = world; g >= 2; g /= 2) {
+    ar["allreduce_size_" + std::to_string(g) + "_consec_1"] = bw(g, true);
+    if (g < world) ar["allreduce_size_" + std::to_string(g) + "_consec_0"] = bw(g, false);
+  }
+  Json p2p = Json::object();
+  for (int g = 2; g <= world; g *= 2) p2p["pp_size_" + std::to_string(g)] = h.num_nodes > 1 ? h.inter_p2p_gbps : h.p2p_gbps;
+  Json ov = {{"overlap_coe", h.overlap_coe}};
+  Json spt = Json::object();
+  for (const char* op : {"allreduce", "all2all"}) {
+    for (int g = std::min(world, h.gpus_per_node); g >= 2; g /= 2) {
+      for (int mb = 1; mb <= 1024; mb *= 2) {
+        double factor = std::string(op) == "allreduce" ? 2.0 * (g - 1) / g : (g - 1.0) / g;
+        double ms = h.latency_ms + factor * mb * kMB / (bw(g, true) * 1e9) * 1e3;
+        spt[std::string(op) + "_size_" + std::to_string(g) + "_" + std::to_string(mb) + "MB_time"] = ms;
+      }
+    }
+  }
+  std::vector<std::string> paths = {d + "allreduce_bandwidth_" + cluster, d + "p2p_bandwidth_" + cluster,
+                                    d + "overlap_coefficient.json", d + "sp_time_" + cluster};
+  GV_RETURN_IF_ERROR(write_text_file(paths[0], ar.dump(4) + "\n"));
+  GV_RETURN_IF_ERROR(write_text_file(paths[1], p2p.dump(4) + "\n"));
+  GV_RETURN_IF_ERROR(write_text_file(paths[2], ov.dump(4) + "\n"));
+  GV_RETURN_IF_ERROR(write_text_file(paths[3], spt.dump(4) + "\n"));
+  return paths;
+}
+
+}  // namespace gv::partitioner
