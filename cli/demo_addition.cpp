@@ -152,7 +152,7 @@ Status run_addition_demo(const ParsedArgs& args, CommandContext& ctx) {
   TrainModelSource src;
   src.from_zoo = true;
   src.zoo_config = demo_model();
-  src.label = "demo-addition gpt (" + src.zoo_config.describe() + ")";
+  src.label = src.zoo_config.describe();
   src.batch = s.batch_size;
   src.seq = kSeq;
   DataOptions dopt;
