@@ -8,6 +8,7 @@
 
 #include "cli/common.h"
 #include "cli/progress.h"
+#include "runtime/communicator.h"
 #include "runtime/safetensors.h"
 
 namespace gv::cli {
@@ -98,6 +99,27 @@ Status split_tied_gradients(TensorMap& grads, const std::map<std::string, TiedPa
   return Status::ok();
 }
 
+// Rank `rank` of `ranks` keeps rows [rank*B/ranks, (rank+1)*B/ranks) of every tensor of the batch.
+Status take_rank_rows(TensorMap& batch, int rank, int ranks) {
+  if (ranks <= 1) return Status::ok();
+  for (auto& [name, t] : batch) {
+    if (t.shape().empty()) return invalid_argument("batch tensor '" + name + "' is a scalar; cannot split it by rows");
+    const int64_t rows = t.shape()[0];
+    if (rows % ranks != 0) {
+      return invalid_argument("batch tensor '" + name + "' has " + std::to_string(rows) + " rows, not divisible by " +
+                              std::to_string(ranks) + " data-parallel workers");
+    }
+    const int64_t mine = rows / ranks;
+    Shape shape = t.shape();
+    shape[0] = mine;
+    Tensor part(t.dtype(), shape);
+    const size_t row_bytes = t.nbytes() / static_cast<size_t>(rows);
+    std::memcpy(part.data(), static_cast<const char*>(t.data()) + row_bytes * mine * rank, row_bytes * mine);
+    t = part;
+  }
+  return Status::ok();
+}
+
 }  // namespace
 
 Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, CommandContext& ctx) {
@@ -140,11 +162,20 @@ Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, Command
   s.resume = args.str("resume");
   s.export_path = args.str("export");
   s.device = args.str("device");
+  s.devices = args.i64("devices");
+  if (s.devices < 1) return ctx.usage("--devices must be at least 1");
+  if (s.devices > 1 && !s.save_grads.empty()) {
+    return ctx.usage("--save-grads writes one process's gradients; it cannot be combined with --devices > 1 yet");
+  }
   return s;
 }
 
 Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSource& source, CommandContext& ctx) {
   TrainOutcome out;
+  const int rank = settings.trainer.comm ? settings.trainer.comm->rank() : 0;
+  const int ranks = settings.trainer.comm ? settings.trainer.comm->size() : 1;
+  const bool leader = rank == 0;  // prints, writes metrics, checkpoints and exports
+  if (!leader) ctx.quiet = true;
   std::unique_ptr<DataLoader> loader = std::move(source.setup.loader);
   ctx.note("data: " + loader->describe());
   ImportedModel& model = source.model;
@@ -187,17 +218,18 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
   }
 
   std::ofstream metrics;
-  if (!settings.metrics.empty()) {
+  if (!settings.metrics.empty() && leader) {
     metrics.open(settings.metrics, start > 0 ? std::ios::app : std::ios::trunc);
     if (!metrics) return io_error("cannot open --metrics file '" + settings.metrics + "'");
   }
   const std::string& ckpt_dir = settings.checkpoint_dir;
-  if (!ckpt_dir.empty()) {
+  if (!ckpt_dir.empty() && leader) {
     std::error_code ec;
     fs::create_directories(ckpt_dir, ec);
     if (ec) return io_error("cannot create --checkpoint-dir '" + ckpt_dir + "': " + ec.message());
   }
   auto save_checkpoint = [&](int64_t step) -> Status {
+    if (!leader) return Status::ok();
     char name[64];
     std::snprintf(name, sizeof name, "step-%06lld.safetensors", static_cast<long long>(step));
     std::map<std::string, std::string> meta = {{"galvatron.data_position", std::to_string(loader->position())},
@@ -206,11 +238,12 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
     return write_text_atomic((fs::path(ckpt_dir) / "latest").string(), std::string(name) + "\n");
   };
 
-  Progress progress(settings.steps, start, ctx.quiet);
+  Progress progress(settings.steps, start, ctx.quiet || !leader);
   for (int64_t s = start; s < settings.steps; ++s) {
     std::vector<TensorMap> micro;
     for (int k = 0; k < settings.grad_accum; ++k) {
       GV_ASSIGN_OR_RETURN(Batch b, loader->next());
+      GV_RETURN_IF_ERROR(take_rank_rows(b.tensors, rank, ranks));
       micro.push_back(std::move(b.tensors));
     }
     if (s == start && !settings.save_grads.empty()) {
@@ -227,7 +260,7 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
                               "; lower --lr or set --grad-clip");
     }
     out.losses.emplace_back(m.step, m.loss);
-    const double tok_s = m.seconds > 0 ? static_cast<double>(m.tokens) / m.seconds : 0.0;
+    const double tok_s = m.seconds > 0 ? static_cast<double>(m.tokens) * ranks / m.seconds : 0.0;
     if (metrics.is_open()) {
       nlohmann::json j = {{"step", m.step}, {"loss", m.loss}, {"lr", m.lr}, {"grad_norm", m.grad_norm},
                           {"tokens_per_s", tok_s}, {"peak_mem_bytes", trainer.peak_memory_bytes()}};
@@ -245,11 +278,12 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
   out.seconds = progress.elapsed_s();
   const bool saved_last = settings.checkpoint_every > 0 && settings.steps % settings.checkpoint_every == 0;
   if (!ckpt_dir.empty() && !saved_last && start < settings.steps) GV_RETURN_IF_ERROR(save_checkpoint(settings.steps));
-  if (!settings.export_path.empty()) {
+  if (!settings.export_path.empty() && leader) {
     GV_ASSIGN_OR_RETURN(TensorMap params, trainer.parameters());
     GV_RETURN_IF_ERROR(export_trained_model(source, params, settings.export_path));
     ctx.note("exported the trained model to " + settings.export_path);
   }
+  if (!leader) return out;
   std::printf("trained %lld steps in %s; final loss %.4f\n", static_cast<long long>(settings.steps - start),
               format_duration(out.seconds).c_str(), out.losses.empty() ? NAN : out.losses.back().second);
   return out;

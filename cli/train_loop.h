@@ -21,6 +21,7 @@ struct TrainSettings {
   std::string metrics, save_grads, checkpoint_dir, resume, export_path;
   int64_t checkpoint_every = 0;
   std::string device = "cpu";
+  int64_t devices = 1;  // data-parallel workers; the communicator is trainer.comm (set by the caller)
 };
 
 // Reads the train flags (usage errors for bad values).
@@ -33,7 +34,9 @@ struct TrainOutcome {
   double seconds = 0;
 };
 
-// Trains `source` with `settings`; prints progress to stderr and a summary line to stdout.
+// Trains `source` with `settings`; prints progress to stderr and a summary line to stdout. Under data parallelism
+// (settings.trainer.comm of more than one rank) each rank trains on its rows of every batch, and rank 0 alone prints,
+// writes metrics, checkpoints and exports.
 Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSource& source, CommandContext& ctx);
 
 }  // namespace gv::cli

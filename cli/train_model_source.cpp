@@ -34,6 +34,7 @@ std::vector<FlagSpec> train_model_flags() {
       string_flag("resume", "DIR|FILE", "", "Continue from a checkpoint folder (its latest) or file."),
       string_flag("export", "OUT.onnx", "", "Write the trained weights back into the ONNX model."),
       string_flag("run-name", "NAME", "", "Demo only: results go to runs/NAME/ (default: addition)."),
+      int_flag("devices", "N", "1", "Data-parallel workers: N > 1 with --device cpu re-launches under mpirun -np N (one MPI rank per worker); each takes B/N rows of every batch and gradients are averaged."),
       device_flag(),
       dim_flag(),
   };
@@ -56,6 +57,17 @@ Status export_trained_model(const TrainModelSource& source, const std::map<std::
 
 namespace {
 
+// Rows of each batch this process trains on: B / --devices (rank r takes rows [r*B/N, (r+1)*B/N)).
+Expected<int64_t> local_batch_size(const ParsedArgs& args, CommandContext& ctx) {
+  const int64_t b = args.i64("batch-size"), n = args.i64("devices");
+  if (n < 1) return ctx.usage("--devices must be at least 1");
+  if (b % n != 0) {
+    return ctx.usage("--batch-size " + std::to_string(b) + " is not divisible by --devices " + std::to_string(n) +
+                     ": each data-parallel worker takes an equal share of every batch");
+  }
+  return b / n;
+}
+
 Expected<TrainModelSource> load_zoo_model(const ParsedArgs& args, CommandContext& ctx) {
   TrainModelSource src;
   GV_ASSIGN_OR_RETURN(src.zoo_config, zoo_model_from_flags(args, ctx));
@@ -67,7 +79,7 @@ Expected<TrainModelSource> load_zoo_model(const ParsedArgs& args, CommandContext
   dopt.seq_len = args.i64("seq-len") > 0 ? args.i64("seq-len") : src.zoo_config.seq_length;
   dopt.seed = static_cast<uint64_t>(args.i64("seed"));
   GV_ASSIGN_OR_RETURN(src.setup.loader, open_data(args.str("data"), dopt));
-  src.batch = dopt.batch_size;
+  GV_ASSIGN_OR_RETURN(src.batch, local_batch_size(args, ctx));
   src.seq = src.setup.loader->seq_len();
   if (src.seq > src.zoo_config.max_positions && src.zoo_config.type != ModelType::kLlama) {
     return ctx.usage("sequence length " + std::to_string(src.seq) + " exceeds the model's " +
@@ -110,7 +122,7 @@ Expected<TrainModelSource> load_train_model(const ParsedArgs& args, CommandConte
   GV_ASSIGN_OR_RETURN(src.setup.loader, open_data(args.str("data"), dopt));
 
   ImportOptions io;
-  io.batch = dopt.batch_size;
+  GV_ASSIGN_OR_RETURN(io.batch, local_batch_size(args, ctx));
   io.seq = src.setup.loader->seq_len();
   GV_RETURN_IF_ERROR(parse_dim_flags(args, ctx, &io.dims));
   GV_ASSIGN_OR_RETURN(src.model, import_onnx(src.onnx_path, io));

@@ -23,7 +23,7 @@ struct TrainModelSource {
   std::string label;      // for messages and checkpoints
   bool from_zoo = false;
   ModelConfig zoo_config;  // when from_zoo
-  int64_t batch = 0, seq = 0;
+  int64_t batch = 0, seq = 0;  // batch: the rows this process trains on (--batch-size / --devices)
   TrainingSetup setup;
 };
 

@@ -51,6 +51,7 @@ Expected<std::unique_ptr<Executor>> Executor::create(const Graph& graph, Backend
     s.kernel = k;
     s.ctx.node = &graph.nodes[nid];
     s.ctx.rng_seed = ex->options_.rng_seed;
+    s.ctx.comm = ex->options_.comm;
     for (ValueId in : n.inputs) {
       if (in == kNoValue) {
         s.ctx.inputs.push_back(TensorRef{});

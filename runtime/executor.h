@@ -15,6 +15,7 @@ namespace gv {
 struct ExecutorOptions {
   std::vector<ValueId> keep_alive;  // values to keep readable after run() besides graph outputs
   uint64_t rng_seed = 0;
+  Communicator* comm = nullptr;  // handed to collective kernels (KernelContext::comm); null: a single process
 };
 
 class Executor {

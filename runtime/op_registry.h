@@ -54,6 +54,8 @@ class InferContext {
   const Node& node_;
 };
 
+class Communicator;  // runtime/communicator.h
+
 struct KernelContext {
   const Node* node = nullptr;
   std::vector<TensorRef> inputs;   // an omitted optional input has data == nullptr
@@ -61,6 +63,7 @@ struct KernelContext {
   uint64_t rng_seed = 0;           // for ops that draw random numbers (Dropout): the run's seed
   uint64_t rng_counter = 0;        // and a counter that advances with each step and micro-batch
   int num_threads = 0;             // 0: OpenMP's default
+  Communicator* comm = nullptr;    // for collective ops (AllReduce); null: a single process
 
   const Attributes& attrs() const { return node->attrs; }
   bool has_input(int i) const { return i < static_cast<int>(inputs.size()) && inputs[i].data != nullptr; }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "runtime/communicator.h"
 #include "runtime/safetensors.h"
 
 namespace gv {
@@ -23,10 +24,14 @@ Expected<std::unique_ptr<Trainer>> Trainer::create(Graph forward, const TrainerC
   std::unique_ptr<Trainer> t(new Trainer());
   t->config_ = config;
   t->backend_ = &backend;
-  GV_ASSIGN_OR_RETURN(TrainingGraph tg, build_training_graph(std::move(forward), config.graph));
+  TrainingGraphOptions go = config.graph;
+  const bool parallel = config.comm && config.comm->size() > 1;
+  if (parallel) go.data_parallel = true;
+  GV_ASSIGN_OR_RETURN(TrainingGraph tg, build_training_graph(std::move(forward), go));
   t->tg_ = std::make_unique<TrainingGraph>(std::move(tg));
   ExecutorOptions eo;
   eo.rng_seed = config.seed;
+  eo.comm = parallel ? config.comm : nullptr;
   eo.keep_alive = {t->tg_->loss};
   for (const auto& kv : t->tg_->reported_grads) {
     if (kv.second != kNoValue) eo.keep_alive.push_back(kv.second);
@@ -95,6 +100,10 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
     }
   }
   m.loss = loss_sum / accum;
+  if (config_.comm && config_.comm->size() > 1) {
+    // The step's loss is the mean over the ranks (each rank's loss is the mean over its rows).
+    GV_RETURN_IF_ERROR(config_.comm->all_reduce(&m.loss, 1, DType::kFloat64, ReduceOp::kAvg));
+  }
   m.lr = lr_at(m.step);
   GV_RETURN_IF_ERROR(executor_->set_value(tg_->lr, Tensor::scalar(DType::kFloat64, m.lr)));
   Tensor step_t(DType::kInt64, {});

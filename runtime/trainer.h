@@ -22,6 +22,9 @@ struct TrainerConfig {
   int64_t total_steps = 0;  // for the cosine schedule
   double min_lr_ratio = 0.0;  // cosine decays to lr * min_lr_ratio
   uint64_t seed = 0;
+  // Data parallelism: when set and of more than one rank, gradients are averaged across its ranks (graph.data_parallel
+  // is turned on) and StepMetrics::loss is the mean over the ranks. Must outlive the trainer.
+  Communicator* comm = nullptr;
 };
 
 struct StepMetrics {

@@ -124,6 +124,14 @@ Status attach_loss(TrainingGraph& tg, const TrainingGraphOptions& o) {
   return Status::ok();
 }
 
+Status add_all_reduces(Graph& g, const std::vector<ValueId>& params, const std::map<ValueId, ValueId>& final_grad) {
+  for (ValueId p : params) {
+    GV_RETURN_IF_ERROR(add_update(g, "AllReduce", {final_grad.at(p)}, {}, param_place(g, p),
+                                  g.unique_name("all_reduce/" + g.value(p).name)));
+  }
+  return Status::ok();
+}
+
 }  // namespace
 
 Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphOptions& o) {
@@ -183,6 +191,9 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     }
   }
   tg.optimizer_begin = g.nodes.size();
+  // Data parallelism: average each (accumulated) gradient across the ranks, once per step, first in the optimizer
+  // region, so that the norm, clipping and updates see the global gradient on every rank.
+  if (o.data_parallel) GV_RETURN_IF_ERROR(add_all_reduces(g, tg.params, final_grad));
 
   // Global gradient norm (for clipping and metrics), then one update node per parameter.
   tg.lr = g.add_input("galvatron.lr", DType::kFloat64, {});

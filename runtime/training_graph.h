@@ -2,7 +2,8 @@
 // checkpointing per layer, gradient accumulation, global gradient norm and the optimizer, all as graph nodes.
 //
 // Node order of the result:  [0, optimizer_begin)        forward + backward (+ accumulation), run once per micro-batch
-//                            [optimizer_begin, end)       gradient norm and optimizer updates, run once per step
+//                            [optimizer_begin, end)       (data parallel: gradient all-reduces,) gradient norm and
+//                                                         optimizer updates, run once per step
 #pragma once
 #include <map>
 #include <set>
@@ -37,6 +38,9 @@ struct TrainingGraphOptions {
   // copies of a parameter, so that a caller can give the gradient with respect to each original initializer.
   std::vector<std::string> report_grads_of;
   std::string token_input = "input_ids";
+  // Data parallelism: one galvatron AllReduce node per gradient, averaging it across the ranks of the executor's
+  // communicator, first in the optimizer region (before GradNorm). Set it only when there is more than one rank.
+  bool data_parallel = false;
   OptimizerConfig optimizer;
 };
 

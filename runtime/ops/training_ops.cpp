@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "kernels/cpu/optimizer.h"
+#include "runtime/communicator.h"
 #include "runtime/op_registry.h"
 #include "runtime/ops/all_ops.h"
 
@@ -111,6 +112,16 @@ Status sgd_cpu(KernelContext& ctx) {
   return Status::ok();
 }
 
+// AllReduce(grad): grad = mean of grad over the ranks of the executor's communicator, in place (data parallelism).
+// Without a communicator (a single process) it leaves the buffer as it is.
+Status all_reduce_cpu(KernelContext& ctx) {
+  const TensorRef& g = ctx.inputs[0];
+  if (g.dtype != DType::kFloat32 && g.dtype != DType::kFloat64) return ctx.fail("unsupported dtype");
+  if (!ctx.comm) return Status::ok();
+  Status st = ctx.comm->all_reduce(g.data, static_cast<size_t>(g.numel()), g.dtype, ReduceOp::kAvg);
+  return st.is_ok() ? st : ctx.fail(st.message());
+}
+
 }  // namespace
 
 void register_training_ops(OpRegistry& r) {
@@ -123,6 +134,16 @@ void register_training_ops(OpRegistry& r) {
   acc.cpu = accumulate_cpu;
   acc.doc = "acc += grad, in place (gradient accumulation over micro-batches)";
   r.add(acc);
+
+  OpSchema all_reduce;
+  all_reduce.domain = kGalvatronDomain;
+  all_reduce.name = "AllReduce";
+  all_reduce.min_inputs = all_reduce.max_inputs = 1;
+  all_reduce.min_outputs = all_reduce.max_outputs = 0;
+  all_reduce.infer = infer_nothing;
+  all_reduce.cpu = all_reduce_cpu;
+  all_reduce.doc = "in-place mean of a gradient buffer across the ranks of the communicator (data parallelism)";
+  r.add(all_reduce);
 
   OpSchema norm;
   norm.domain = kGalvatronDomain;
