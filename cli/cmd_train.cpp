@@ -89,6 +89,7 @@ Status run_train(const ParsedArgs& args, CommandContext& ctx) {
     return ctx.usage("launched with " + std::to_string(comm->size()) + " MPI ranks but --devices " +
                      std::to_string(devices) + "; they must agree");
   }
+  if (comm->rank() != 0) ctx.quiet = true;  // rank 0 alone reports
   GV_ASSIGN_OR_RETURN(TrainSettings settings, train_settings_from_args(args, ctx));
   settings.trainer.comm = comm.get();
   auto t0 = std::chrono::steady_clock::now();
