@@ -124,26 +124,27 @@ Status all_reduce_cpu(KernelContext& ctx) {
 
 }  // namespace
 
-void register_training_ops(OpRegistry& r) {
-  OpSchema acc;
-  acc.domain = kGalvatronDomain;
-  acc.name = "AccumulateGrad";
-  acc.min_inputs = acc.max_inputs = 2;
-  acc.min_outputs = acc.max_outputs = 0;
-  acc.infer = infer_nothing;
-  acc.cpu = accumulate_cpu;
-  acc.doc = "acc += grad, in place (gradient accumulation over micro-batches)";
-  r.add(acc);
+// An op of the galvatron domain that updates buffers in place and has no outputs.
+static OpSchema in_place_op(const char* name, int min_inputs, int max_inputs, KernelFn cpu, const char* doc) {
+  OpSchema s;
+  s.domain = kGalvatronDomain;
+  s.name = name;
+  s.min_inputs = min_inputs;
+  s.max_inputs = max_inputs;
+  s.min_outputs = s.max_outputs = 0;
+  s.infer = infer_nothing;
+  s.cpu = cpu;
+  s.doc = doc;
+  return s;
+}
 
-  OpSchema all_reduce;
-  all_reduce.domain = kGalvatronDomain;
-  all_reduce.name = "AllReduce";
-  all_reduce.min_inputs = all_reduce.max_inputs = 1;
-  all_reduce.min_outputs = all_reduce.max_outputs = 0;
-  all_reduce.infer = infer_nothing;
-  all_reduce.cpu = all_reduce_cpu;
-  all_reduce.doc = "in-place mean of a gradient buffer across the ranks of the communicator (data parallelism)";
-  r.add(all_reduce);
+void register_training_ops(OpRegistry& r) {
+  r.add(in_place_op("AccumulateGrad", 2, 2, accumulate_cpu,
+                    "acc += grad, in place (gradient accumulation over micro-batches)"));
+  r.add(in_place_op("AllReduce", 1, 1, all_reduce_cpu,
+                    "in-place mean of a gradient buffer across the ranks of the communicator (data parallelism)"));
+  r.add(in_place_op("AdamW", 6, 7, adamw_cpu, "AdamW update of one parameter in place (PyTorch semantics)"));
+  r.add(in_place_op("SGD", 5, 6, sgd_cpu, "SGD with momentum, update of one parameter in place (PyTorch semantics)"));
 
   OpSchema norm;
   norm.domain = kGalvatronDomain;
@@ -154,28 +155,6 @@ void register_training_ops(OpRegistry& r) {
   norm.cpu = grad_norm_cpu;
   norm.doc = "global L2 norm of all gradients, times attr scale";
   r.add(norm);
-
-  OpSchema adamw;
-  adamw.domain = kGalvatronDomain;
-  adamw.name = "AdamW";
-  adamw.min_inputs = 6;
-  adamw.max_inputs = 7;
-  adamw.min_outputs = adamw.max_outputs = 0;
-  adamw.infer = infer_nothing;
-  adamw.cpu = adamw_cpu;
-  adamw.doc = "AdamW update of one parameter in place (PyTorch semantics)";
-  r.add(adamw);
-
-  OpSchema sgd;
-  sgd.domain = kGalvatronDomain;
-  sgd.name = "SGD";
-  sgd.min_inputs = 5;
-  sgd.max_inputs = 6;
-  sgd.min_outputs = sgd.max_outputs = 0;
-  sgd.infer = infer_nothing;
-  sgd.cpu = sgd_cpu;
-  sgd.doc = "SGD with momentum, update of one parameter in place (PyTorch semantics)";
-  r.add(sgd);
 }
 
 }  // namespace gv
