@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/scratch_dir.h"
+
 namespace gv {
 
 namespace fs = std::filesystem;
@@ -50,23 +52,12 @@ struct CliResult {
 };
 
 // A scratch directory per test, removed afterwards.
-class Cli : public ::testing::Test {
+class Cli : public testing::ScratchDirTest {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(fs::exists(binary())) << binary()
-                                      << " is missing: build the galvatron target before gv_tests "
-                                         "(tests/CMakeLists.txt needs add_dependencies(gv_tests galvatron))";
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string name = std::string(info->test_suite_name()) + "_" + info->name();
-    for (char& c : name)
-      if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
-    dir_ = fs::temp_directory_path() / ("gv_cli_" + name + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    ASSERT_TRUE(fs::exists(binary())) << binary() << " is missing: build the galvatron target before gv_tests";
+    testing::ScratchDirTest::SetUp();
   }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
 
   CliResult run(const std::vector<std::string>& args) const {
     std::string cmd = shell_quote(binary());
@@ -104,7 +95,6 @@ class Cli : public ::testing::Test {
     EXPECT_EQ(listing(), files_before);
   }
 
-  fs::path dir_;
 };
 
 

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <random>
 
+#include "tests/scratch_dir.h"
 #include "importer/importer_test_ops.h"
 #include "importer/onnx_importer.h"
 #include "importer/onnx_model_writer.h"
@@ -19,17 +20,12 @@ namespace fs = std::filesystem;
 using namespace onnx_writer;
 using testing::kTestDomain;
 
-class ImporterErrors : public ::testing::Test {
+class ImporterErrors : public testing::ScratchDirTest {
  protected:
   void SetUp() override {
+    testing::ScratchDirTest::SetUp();
     testing::register_importer_test_ops();
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / ("gv_importer_err_" + std::to_string(getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
   }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
   std::string save_model(const onnx::ModelProto& m, const std::string& name = "model.onnx") {
     std::string p = path(name);
     EXPECT_TRUE(save(m, p));
@@ -50,7 +46,6 @@ class ImporterErrors : public ::testing::Test {
     }
     return r.status();
   }
-  fs::path dir_;
 };
 
 // x -> TestAdd(x, w) -> y, valid.

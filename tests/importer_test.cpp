@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "tests/scratch_dir.h"
 #include "importer/constant_folding.h"
 #include "importer/importer_test_ops.h"
 #include "importer/onnx_importer.h"
@@ -23,23 +24,17 @@ namespace fs = std::filesystem;
 using namespace onnx_writer;
 using testing::kTestDomain;
 
-class ImporterTest : public ::testing::Test {
+class ImporterTest : public testing::ScratchDirTest {
  protected:
   void SetUp() override {
+    testing::ScratchDirTest::SetUp();
     testing::register_importer_test_ops();
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() / ("gv_importer_" + std::to_string(getpid()) + "_" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
   }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
   std::string save_model(const onnx::ModelProto& m, const std::string& name = "model.onnx") {
     std::string p = path(name);
     EXPECT_TRUE(save(m, p));
     return p;
   }
-  fs::path dir_;
 };
 
 onnx::ModelProto test_model(int opset = 20) {
