@@ -1,9 +1,16 @@
-// One communication interface for parallel training: collectives over the ranks of one group. Backends: a single
-// process (every collective is the identity) and MPI on CPUs (runtime/mpi_communicator.cpp, built where MPI is
-// found). Buffers are host memory; dtypes float32 and float64.
+// One communication interface for parallel training: collectives over the ranks of one group, and point-to-point
+// messages. Backends: a single process (every collective is the identity) and MPI on CPUs
+// (runtime/mpi_communicator.cpp, built where MPI is found); NCCL on GPUs comes with the CUDA backend.
+//
+// Groups: group(ranks) gives a communicator over a subset of the world's ranks (a TP group, a DP group, the ranks
+// holding a tied weight), in the order given; rank() inside it is the position in that list. Groups are created
+// collectively by their members: call prepare_groups() with every group a process will use, in the same order on
+// every process (sorted), before the first collective, so that no two processes create groups in different orders.
+// Buffers are host memory for the MPI backend.
 #pragma once
 #include <cstddef>
 #include <memory>
+#include <vector>
 
 #include "runtime/status.h"
 #include "runtime/tensor.h"
@@ -17,16 +24,34 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // In place: every rank ends with the element-wise sum (or mean) of all ranks' buffers.
+  // In place: every rank ends with the element-wise sum (or mean) of all ranks' buffers. float32 / float64.
   virtual Status all_reduce(void* data, size_t count, DType dtype, ReduceOp op) = 0;
   // In place: every rank ends with `root`'s bytes.
   virtual Status broadcast(void* data, size_t bytes, int root) = 0;
   virtual Status barrier() = 0;
+  // Rank i contributes counts[i] elements (`send` holds counts[rank()]); `recv` receives all of them concatenated in
+  // rank order (sum(counts) elements). Any dtype; counts may differ and may be 0.
+  virtual Status all_gather(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype) = 0;
+  // `send` holds sum(counts) elements; rank i receives the element-wise sum (or mean) over all ranks of the
+  // counts[i] elements at offset counts[0] + ... + counts[i-1]. float32 / float64.
+  virtual Status reduce_scatter(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype,
+                                ReduceOp op) = 0;
+  // Point to point, ranks of this communicator. send() does not wait for the matching recv() (the bytes are copied
+  // out first); recv() blocks until the message with that tag from `src` arrived. wait_sends() completes every send
+  // started so far (call it at the end of a step).
+  virtual Status send(const void* data, size_t bytes, int dst, int tag) = 0;
+  virtual Status recv(void* data, size_t bytes, int src, int tag) = 0;
+  virtual Status wait_sends() = 0;
+  // The communicator over `ranks` (world ranks of this communicator, this process among them), created on first
+  // use and cached. A group of the whole world in world order is this communicator itself.
+  virtual Expected<Communicator*> group(const std::vector<int>& ranks) = 0;
+  // Creates every listed group this process belongs to, in the given order (see the file comment).
+  Status prepare_groups(const std::vector<std::vector<int>>& groups);
   // "mpi" or "single".
   virtual const char* backend_name() const = 0;
 };
 
-// One rank of one: collectives leave buffers as they are.
+// One rank of one: collectives leave buffers as they are (copying send to recv where they differ).
 std::unique_ptr<Communicator> make_single_process_communicator();
 
 // True when this process was started by mpirun (OpenMPI's or a PMI launcher's variables are set).

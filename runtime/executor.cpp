@@ -102,6 +102,7 @@ Status Executor::run_steps(size_t begin, size_t end) {
   for (size_t i = begin; i < end && i < steps_.size(); ++i) {
     Step& s = steps_[i];
     s.ctx.rng_counter = rng_counter;
+    s.ctx.micro_batch = micro_batch;
     Status st = s.kernel(s.ctx);
     if (!st.is_ok()) return st;
   }

@@ -48,6 +48,8 @@ class Executor {
   Backend& backend() const { return backend_; }
   // Counter handed to random kernels; the trainer advances it each micro-batch.
   uint64_t rng_counter = 0;
+  // Index of the micro-batch within the step, handed to kernels (pipeline Send/Recv tags); set by the trainer.
+  int64_t micro_batch = 0;
 
  private:
   Executor(const Graph& graph, Backend& backend) : graph_(graph), backend_(backend) {}

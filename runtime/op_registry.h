@@ -62,8 +62,9 @@ struct KernelContext {
   std::vector<TensorRef> outputs;  // allocated with the inferred shapes
   uint64_t rng_seed = 0;           // for ops that draw random numbers (Dropout): the run's seed
   uint64_t rng_counter = 0;        // and a counter that advances with each step and micro-batch
+  int64_t micro_batch = 0;         // index of the micro-batch within the step (pipeline Send/Recv tags)
   int num_threads = 0;             // 0: OpenMP's default
-  Communicator* comm = nullptr;    // for collective ops (AllReduce); null: a single process
+  Communicator* comm = nullptr;    // the world communicator, for collective ops; null: a single process
 
   const Attributes& attrs() const { return node->attrs; }
   bool has_input(int i) const { return i < static_cast<int>(inputs.size()) && inputs[i].data != nullptr; }
