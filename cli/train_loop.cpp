@@ -7,7 +7,9 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "cli/parallel_flags.h"
 #include "cli/progress.h"
+#include "partitioner/rank_program.h"
 #include "runtime/communicator.h"
 #include "runtime/safetensors.h"
 
@@ -120,6 +122,32 @@ Status take_rank_rows(TensorMap& batch, int rank, int ranks) {
   return Status::ok();
 }
 
+// A plan's batch slicing: each graph input takes slice (index, parts) of the micro-batch's rows; tensors no graph
+// input of this rank reads are dropped.
+Status take_plan_rows(TensorMap& batch, const std::map<std::string, std::pair<int, int>>& slices) {
+  TensorMap out;
+  for (auto& [name, t] : batch) {
+    auto it = slices.find(name);
+    if (it == slices.end()) continue;
+    const auto [index, parts] = it->second;
+    if (t.shape().empty()) return invalid_argument("batch tensor '" + name + "' is a scalar; cannot split it by rows");
+    const int64_t rows = t.shape()[0];
+    if (rows % parts != 0) {
+      return invalid_argument("batch tensor '" + name + "' has " + std::to_string(rows) + " rows, not divisible by " +
+                              std::to_string(parts) + " data-parallel slices");
+    }
+    const int64_t mine = rows / parts;
+    Shape shape = t.shape();
+    shape[0] = mine;
+    Tensor part(t.dtype(), shape);
+    const size_t row_bytes = t.nbytes() / static_cast<size_t>(rows);
+    std::memcpy(part.data(), static_cast<const char*>(t.data()) + row_bytes * mine * index, row_bytes * mine);
+    out[name] = std::move(part);
+  }
+  batch = std::move(out);
+  return Status::ok();
+}
+
 }  // namespace
 
 Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, CommandContext& ctx) {
@@ -167,6 +195,8 @@ Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, Command
   if (s.devices > 1 && !s.save_grads.empty()) {
     return ctx.usage("--save-grads writes one process's gradients; it cannot be combined with --devices > 1 yet");
   }
+  s.parallel_plan = parallel_flags_given(args);
+  s.args = &args;
   return s;
 }
 
@@ -196,7 +226,39 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
   int64_t n_params = 0;
   for (ValueId p : model.graph.parameters()) n_params += shape_numel(model.graph.value(p).shape);
   const int num_layers = model.graph.num_layers;
-  GV_ASSIGN_OR_RETURN(out.trainer, Trainer::create(std::move(model.graph), cfg, *out.backend));
+  // A hybrid-parallel plan: this rank's graph and settings come from the partitioner's passes.
+  int micro_batches = settings.grad_accum;
+  std::map<std::string, std::pair<int, int>> input_slices;
+  Graph forward;
+  if (settings.parallel_plan) {
+    GV_ASSIGN_OR_RETURN(partitioner::ParallelPlan plan, plan_from_args(*settings.args, num_layers, ctx));
+    if (settings.grad_accum != 1 && settings.grad_accum != plan.chunks) {
+      return ctx.usage("--grad-accum " + std::to_string(settings.grad_accum) + " disagrees with the plan's " +
+                       std::to_string(plan.chunks) + " micro-batches (chunks); leave --grad-accum out");
+    }
+    micro_batches = std::max(plan.chunks, 1);
+    ctx.note("parallel plan over " + std::to_string(ranks) + " process" + (ranks == 1 ? "" : "es") + ": " +
+             partitioner::describe_plan(plan));
+    auto import = [&](int64_t rows) { return import_model_at_rows(source, rows); };
+    GV_ASSIGN_OR_RETURN(partitioner::RankProgram prog,
+                        partitioner::build_rank_program(plan, ranks, rank, settings.batch_size * micro_batches,
+                                                        import));
+    cfg.graph.param_sync = prog.param_sync;
+    cfg.graph.global_grad_norm = true;
+    cfg.graph.loss_replicas = prog.loss_replicas;
+    cfg.graph.grad_accum_steps = micro_batches;
+    for (int l : prog.checkpoint_layers) cfg.graph.checkpoint_layers.insert(l);
+    cfg.pipeline_schedule = prog.schedule;
+    cfg.in_flight = prog.in_flight;
+    cfg.shards = prog.shards;
+    cfg.loss_divisor = prog.loss_divisor;
+    input_slices = prog.input_slices;
+    forward = std::move(prog.forward);
+    model.graph = Graph();
+  } else {
+    forward = std::move(model.graph);
+  }
+  GV_ASSIGN_OR_RETURN(out.trainer, Trainer::create(std::move(forward), cfg, *out.backend));
   Trainer& trainer = *out.trainer;
   ctx.timing("building the training graph", t0);
   const TrainingGraph& tg = trainer.training_graph();
@@ -228,22 +290,34 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
     fs::create_directories(ckpt_dir, ec);
     if (ec) return io_error("cannot create --checkpoint-dir '" + ckpt_dir + "': " + ec.message());
   }
+  // Every rank takes part (pieces of sharded tensors are assembled across ranks); rank 0 writes.
   auto save_checkpoint = [&](int64_t step) -> Status {
-    if (!leader) return Status::ok();
     char name[64];
     std::snprintf(name, sizeof name, "step-%06lld.safetensors", static_cast<long long>(step));
     std::map<std::string, std::string> meta = {{"galvatron.data_position", std::to_string(loader->position())},
                                                {"galvatron.model", source.label}};
     GV_RETURN_IF_ERROR(trainer.save_checkpoint((fs::path(ckpt_dir) / name).string(), meta));
+    if (!leader) return Status::ok();
     return write_text_atomic((fs::path(ckpt_dir) / "latest").string(), std::string(name) + "\n");
   };
 
   Progress progress(settings.steps, start, ctx.quiet || !leader);
   for (int64_t s = start; s < settings.steps; ++s) {
     std::vector<TensorMap> micro;
-    for (int k = 0; k < settings.grad_accum; ++k) {
+    int64_t step_tokens = 0;
+    for (int k = 0; k < micro_batches; ++k) {
       GV_ASSIGN_OR_RETURN(Batch b, loader->next());
-      GV_RETURN_IF_ERROR(take_rank_rows(b.tensors, rank, ranks));
+      for (const auto& kv : b.tensors) {
+        if (kv.first != "labels") {
+          step_tokens += kv.second.numel();
+          break;
+        }
+      }
+      if (settings.parallel_plan) {
+        GV_RETURN_IF_ERROR(take_plan_rows(b.tensors, input_slices));
+      } else {
+        GV_RETURN_IF_ERROR(take_rank_rows(b.tensors, rank, ranks));
+      }
       micro.push_back(std::move(b.tensors));
     }
     if (s == start && !settings.save_grads.empty()) {
@@ -260,7 +334,7 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
                               "; lower --lr or set --grad-clip");
     }
     out.losses.emplace_back(m.step, m.loss);
-    const double tok_s = m.seconds > 0 ? static_cast<double>(m.tokens) * ranks / m.seconds : 0.0;
+    const double tok_s = m.seconds > 0 ? static_cast<double>(step_tokens) / m.seconds : 0.0;
     if (metrics.is_open()) {
       nlohmann::json j = {{"step", m.step}, {"loss", m.loss}, {"lr", m.lr}, {"grad_norm", m.grad_norm},
                           {"tokens_per_s", tok_s}, {"peak_mem_bytes", trainer.peak_memory_bytes()}};
@@ -278,10 +352,12 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
   out.seconds = progress.elapsed_s();
   const bool saved_last = settings.checkpoint_every > 0 && settings.steps % settings.checkpoint_every == 0;
   if (!ckpt_dir.empty() && !saved_last && start < settings.steps) GV_RETURN_IF_ERROR(save_checkpoint(settings.steps));
-  if (!settings.export_path.empty() && leader) {
-    GV_ASSIGN_OR_RETURN(TensorMap params, trainer.parameters());
-    GV_RETURN_IF_ERROR(export_trained_model(source, params, settings.export_path));
-    ctx.note("exported the trained model to " + settings.export_path);
+  if (!settings.export_path.empty()) {
+    GV_ASSIGN_OR_RETURN(TensorMap params, trainer.parameters());  // every rank: pieces are assembled across ranks
+    if (leader) {
+      GV_RETURN_IF_ERROR(export_trained_model(source, params, settings.export_path));
+      ctx.note("exported the trained model to " + settings.export_path);
+    }
   }
   if (!leader) return out;
   std::printf("trained %lld steps in %s; final loss %.4f\n", static_cast<long long>(settings.steps - start),

@@ -22,6 +22,8 @@ struct TrainSettings {
   int64_t checkpoint_every = 0;
   std::string device = "cpu";
   int64_t devices = 1;  // data-parallel workers; the communicator is trainer.comm (set by the caller)
+  bool parallel_plan = false;  // a hybrid-parallel plan from the flags or --galvatron-config-path
+  const ParsedArgs* args = nullptr;  // to read the plan once the model's layers are known
 };
 
 // Reads the train flags (usage errors for bad values).

@@ -3,6 +3,7 @@
 #include "cli/common.h"
 #include "cli/model_flags.h"
 #include "cli/onnx_scan.h"
+#include "cli/parallel_flags.h"
 #include "importer/onnx_exporter.h"
 
 namespace gv::cli {
@@ -43,6 +44,7 @@ std::vector<FlagSpec> train_model_flags() {
 std::vector<FlagSpec> train_flags() {
   std::vector<FlagSpec> f = train_model_flags();
   for (auto& z : zoo_model_flags()) f.push_back(z);
+  for (auto& p : parallel_flags()) f.push_back(p);
   return f;
 }
 
@@ -55,12 +57,26 @@ Status export_trained_model(const TrainModelSource& source, const std::map<std::
   return write_model(proto, out_path);
 }
 
+Expected<Graph> import_model_at_rows(const TrainModelSource& source, int64_t rows) {
+  if (source.from_zoo) {
+    GV_ASSIGN_OR_RETURN(ImportedModel m, build_and_import(source.zoo_config, rows, source.seq,
+                                                          WeightInit::kHuggingFace, source.seed));
+    return std::move(m.graph);
+  }
+  ImportOptions io = source.import_options;
+  io.batch = rows;
+  GV_ASSIGN_OR_RETURN(ImportedModel m, import_onnx(source.onnx_path, io));
+  return std::move(m.graph);
+}
+
 namespace {
 
 // Rows of each batch this process trains on: B / --devices (rank r takes rows [r*B/N, (r+1)*B/N)).
 Expected<int64_t> local_batch_size(const ParsedArgs& args, CommandContext& ctx) {
   const int64_t b = args.i64("batch-size"), n = args.i64("devices");
   if (n < 1) return ctx.usage("--devices must be at least 1");
+  // A parallel plan re-imports the model per batch slice; this import gives the model's structure.
+  if (parallel_flags_given(args)) return b;
   if (b % n != 0) {
     return ctx.usage("--batch-size " + std::to_string(b) + " is not divisible by --devices " + std::to_string(n) +
                      ": each data-parallel worker takes an equal share of every batch");
@@ -87,8 +103,9 @@ Expected<TrainModelSource> load_zoo_model(const ParsedArgs& args, CommandContext
   }
   ctx.note("building " + src.zoo_config.describe() + " (" + with_commas(parameter_count(src.zoo_config)) +
            " parameters, HuggingFace initialisation, seed " + std::to_string(args.i64("seed")) + ")");
+  src.seed = static_cast<uint64_t>(args.i64("seed"));
   GV_ASSIGN_OR_RETURN(src.model, build_and_import(src.zoo_config, src.batch, src.seq, WeightInit::kHuggingFace,
-                                                  static_cast<uint64_t>(args.i64("seed"))));
+                                                  src.seed));
   return src;
 }
 
@@ -126,6 +143,7 @@ Expected<TrainModelSource> load_train_model(const ParsedArgs& args, CommandConte
   io.seq = src.setup.loader->seq_len();
   GV_RETURN_IF_ERROR(parse_dim_flags(args, ctx, &io.dims));
   GV_ASSIGN_OR_RETURN(src.model, import_onnx(src.onnx_path, io));
+  src.import_options = io;
   src.batch = io.batch;
   src.seq = io.seq;
   return src;

@@ -25,7 +25,13 @@ struct TrainModelSource {
   ModelConfig zoo_config;  // when from_zoo
   int64_t batch = 0, seq = 0;  // batch: the rows this process trains on (--batch-size / --devices)
   TrainingSetup setup;
+  ImportOptions import_options;  // how `model` was imported (ONNX files)
+  uint64_t seed = 0;             // zoo models: the initialisation seed
 };
+
+// The same model imported again with every input's batch dimension set to `rows` (parallel plans give layers
+// different batch slices).
+Expected<Graph> import_model_at_rows(const TrainModelSource& source, int64_t rows);
 
 // Writes trained weights as an ONNX model: back into the source file's graph, or a freshly built zoo graph.
 Status export_trained_model(const TrainModelSource& source, const std::map<std::string, Tensor>& params,

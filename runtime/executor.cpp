@@ -27,6 +27,10 @@ Expected<std::unique_ptr<Executor>> Executor::create(const Graph& graph, Backend
     if (ex->plan_.offset[v] >= 0) {
       ex->ptrs_[v] = static_cast<uint8_t*>(ex->arena_) + ex->plan_.offset[v];
     } else if (val.kind == ValueKind::kParameter || val.kind == ValueKind::kConstant || val.kind == ValueKind::kState) {
+      if (ex->options_.share_persistent_with) {
+        ex->ptrs_[v] = ex->options_.share_persistent_with->data(v);
+        continue;
+      }
       ex->constant_bytes_ += val.data.nbytes();
       if (backend.kind() == DeviceKind::kCpu) {
         ex->ptrs_[v] = const_cast<void*>(val.data.data());

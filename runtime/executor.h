@@ -12,10 +12,15 @@
 
 namespace gv {
 
+class Executor;
+
 struct ExecutorOptions {
   std::vector<ValueId> keep_alive;  // values to keep readable after run() besides graph outputs
   uint64_t rng_seed = 0;
   Communicator* comm = nullptr;  // handed to collective kernels (KernelContext::comm); null: a single process
+  // Another executor of the same graph whose parameter, constant and state buffers this one uses instead of its own
+  // (pipeline micro-batches in flight: one arena each, one copy of the weights).
+  const Executor* share_persistent_with = nullptr;
 };
 
 class Executor {

@@ -21,6 +21,8 @@ OpRegistry& OpRegistry::global() {
     register_movement_ops(*r);
     register_math_ops(*r);
     register_training_ops(*r);
+    register_parallel_ops(*r);
+    register_sharded_update_ops(*r);
     return r;
   }();
   return *reg;

@@ -2,7 +2,9 @@
 // on how a run was parallelised. Pieces come from tensor parallelism (a slice of one axis, possibly interleaved:
 // a fused QKV weight is split per q, k and v part) and from sharded data parallelism (a flat range of the TP piece).
 #pragma once
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "runtime/tensor.h"
 
@@ -24,7 +26,18 @@ struct TensorShard {
   // Among the processes holding an identical copy of this piece, exactly one is the owner: it alone contributes the
   // piece when the whole tensor is assembled.
   bool owner = true;
+  // For optimizer state sharded over the data-parallel group (ZeRO-2: every DP rank holds its own flat range): whether
+  // this rank contributes its range, i.e. it is not a copy held by another TP rank or pipeline stage.
+  bool owner_of_dp_range = true;
 };
+
+// Sharded data parallelism's split of n elements over d ranks: ceil(n / d) each, the last ones shorter (or empty).
+inline std::vector<int64_t> flat_shard_sizes(int64_t n, int d) {
+  const int64_t chunk = (n + d - 1) / d;
+  std::vector<int64_t> sizes(d);
+  for (int i = 0; i < d; ++i) sizes[i] = std::max<int64_t>(0, std::min(chunk, n - i * chunk));
+  return sizes;
+}
 
 // The shape of the TP piece (before any flat range).
 Shape tp_piece_shape(const TensorShard& s);

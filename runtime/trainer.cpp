@@ -5,6 +5,8 @@
 #include <cstdlib>
 
 #include "runtime/communicator.h"
+#include <set>
+#include <tuple>
 #include "runtime/safetensors.h"
 
 namespace gv {
@@ -26,9 +28,28 @@ Expected<std::unique_ptr<Trainer>> Trainer::create(Graph forward, const TrainerC
   t->backend_ = &backend;
   TrainingGraphOptions go = config.graph;
   const bool parallel = config.comm && config.comm->size() > 1;
-  if (parallel) go.data_parallel = true;
+  if (parallel) go.rank = config.comm->rank();
+  if (parallel && go.param_sync.empty() && config.shards.empty() && config.pipeline_schedule.empty()) {
+    // Plain data parallelism over the whole world: every gradient summed over all ranks, each rank's loss a mean
+    // over its slice of the batch.
+    std::vector<int> world(config.comm->size());
+    for (int i = 0; i < config.comm->size(); ++i) world[i] = i;
+    for (ValueId p : forward.parameters()) go.param_sync[forward.value(p).name].dp_group = world;
+    go.loss_replicas = config.comm->size();
+  }
+  if (config.in_flight < 1) return invalid_argument("pipeline: in_flight must be at least 1");
   GV_ASSIGN_OR_RETURN(TrainingGraph tg, build_training_graph(std::move(forward), go));
   t->tg_ = std::make_unique<TrainingGraph>(std::move(tg));
+  if (parallel) {
+    // Create every communicator group the graph's collectives use, in one global order (see communicator.h).
+    std::set<std::vector<int>> groups;
+    for (const Node& n : t->tg_->graph.nodes) {
+      auto g = n.attrs.get_ints("group");
+      if (!g.empty()) groups.insert(std::vector<int>(g.begin(), g.end()));
+    }
+    GV_RETURN_IF_ERROR(config.comm->prepare_groups(std::vector<std::vector<int>>(groups.begin(), groups.end()))
+                           .with_context("creating communicator groups"));
+  }
   ExecutorOptions eo;
   eo.rng_seed = config.seed;
   eo.comm = parallel ? config.comm : nullptr;
@@ -37,8 +58,17 @@ Expected<std::unique_ptr<Trainer>> Trainer::create(Graph forward, const TrainerC
     if (kv.second != kNoValue) eo.keep_alive.push_back(kv.second);
   }
   GV_ASSIGN_OR_RETURN(t->executor_, Executor::create(t->tg_->graph, backend, eo));
+  // Pipeline: one more activation arena per further micro-batch in flight, sharing parameters and state.
+  for (int k = 1; k < config.in_flight; ++k) {
+    ExecutorOptions more = eo;
+    more.share_persistent_with = t->executor_.get();
+    GV_ASSIGN_OR_RETURN(auto ex, Executor::create(t->tg_->graph, backend, more));
+    t->more_slots_.push_back(std::move(ex));
+  }
   return t;
 }
+
+bool Trainer::parallel() const { return config_.comm && config_.comm->size() > 1; }
 
 double Trainer::lr_at(int64_t step) const {
   const double lr = config_.lr;
@@ -52,7 +82,7 @@ double Trainer::lr_at(int64_t step) const {
   return min_lr + 0.5 * (lr - min_lr) * (1.0 + std::cos(kPi * progress));
 }
 
-Status Trainer::feed(const TensorMap& batch) {
+Status Trainer::feed(Executor& ex, const TensorMap& batch) {
   const Graph& g = tg_->graph;
   for (ValueId in : g.inputs) {
     if (in == tg_->lr || in == tg_->step) continue;
@@ -64,14 +94,15 @@ Status Trainer::feed(const TensorMap& batch) {
       return not_found("the batch has no tensor for graph input '" + v.name + "' (" + dtype_name(v.dtype) + " " +
                        shape_str(v.shape) + "); it has: " + have);
     }
-    GV_RETURN_IF_ERROR(executor_->set_value(in, it->second).with_context("batch"));
+    GV_RETURN_IF_ERROR(ex.set_value(in, it->second).with_context("batch"));
   }
   return Status::ok();
 }
 
 Status Trainer::run_forward_backward(const TensorMap& batch, int64_t micro_index, double* loss) {
-  GV_RETURN_IF_ERROR(feed(batch));
+  GV_RETURN_IF_ERROR(feed(*executor_, batch));
   executor_->rng_counter = static_cast<uint64_t>(micro_index);
+  executor_->micro_batch = 0;
   GV_RETURN_IF_ERROR(executor_->run_steps(0, tg_->optimizer_begin));
   GV_ASSIGN_OR_RETURN(Tensor l, executor_->fetch(tg_->loss));
   *loss = l.scalar_f64(0);
@@ -87,11 +118,7 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
   auto t0 = std::chrono::steady_clock::now();
   StepMetrics m;
   m.step = steps_done_ + 1;
-  double loss_sum = 0.0;
   for (int k = 0; k < accum; ++k) {
-    double l = 0.0;
-    GV_RETURN_IF_ERROR(run_forward_backward(micro_batches[k], steps_done_ * accum + k, &l));
-    loss_sum += l;
     for (const auto& kv : micro_batches[k]) {
       if (kv.first != config_.graph.labels_input) {
         m.tokens += kv.second.numel();
@@ -99,10 +126,34 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
       }
     }
   }
+  std::vector<TrainerConfig::PipelineStep> schedule = config_.pipeline_schedule;
+  if (schedule.empty()) {
+    for (int k = 0; k < accum; ++k) schedule.push_back({false, k}), schedule.push_back({true, k});
+  }
+  const int slots = 1 + static_cast<int>(more_slots_.size());
+  auto slot = [&](int micro) -> Executor& { return micro % slots == 0 ? *executor_ : *more_slots_[micro % slots - 1]; };
+  double loss_sum = 0.0;
+  for (const auto& ps : schedule) {
+    if (ps.micro < 0 || ps.micro >= accum) return internal_error("pipeline schedule names micro-batch " +
+                                                                 std::to_string(ps.micro));
+    Executor& ex = slot(ps.micro);
+    ex.micro_batch = ps.micro;
+    ex.rng_counter = static_cast<uint64_t>(steps_done_ * accum + ps.micro);
+    if (!ps.backward) {
+      GV_RETURN_IF_ERROR(feed(ex, micro_batches[ps.micro]));
+      GV_RETURN_IF_ERROR(ex.run_steps(0, tg_->backward_begin));
+      GV_ASSIGN_OR_RETURN(Tensor l, ex.fetch(tg_->loss));
+      loss_sum += l.scalar_f64(0);
+    } else {
+      GV_RETURN_IF_ERROR(ex.run_steps(tg_->backward_begin, tg_->optimizer_begin));
+    }
+  }
   m.loss = loss_sum / accum;
-  if (config_.comm && config_.comm->size() > 1) {
-    // The step's loss is the mean over the ranks (each rank's loss is the mean over its rows).
-    GV_RETURN_IF_ERROR(config_.comm->all_reduce(&m.loss, 1, DType::kFloat64, ReduceOp::kAvg));
+  if (parallel()) {
+    // The step's loss: the mean over the batch slices (each rank's loss is the mean over its rows; ranks without
+    // the loss, pipeline stages before the last, hold 0).
+    GV_RETURN_IF_ERROR(config_.comm->all_reduce(&m.loss, 1, DType::kFloat64, ReduceOp::kSum));
+    m.loss /= config_.loss_divisor > 0 ? config_.loss_divisor : config_.comm->size();
   }
   m.lr = lr_at(m.step);
   GV_RETURN_IF_ERROR(executor_->set_value(tg_->lr, Tensor::scalar(DType::kFloat64, m.lr)));
@@ -110,6 +161,7 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
   step_t.data_as<int64_t>()[0] = m.step;
   GV_RETURN_IF_ERROR(executor_->set_value(tg_->step, step_t));
   GV_RETURN_IF_ERROR(executor_->run_steps(tg_->optimizer_begin, executor_->num_steps()));
+  if (parallel()) GV_RETURN_IF_ERROR(config_.comm->wait_sends());
   GV_ASSIGN_OR_RETURN(Tensor gn, executor_->fetch(tg_->grad_norm));
   m.grad_norm = gn.scalar_f64(0);
   steps_done_ = m.step;
@@ -142,30 +194,131 @@ Expected<TensorMap> Trainer::compute_gradients(const TensorMap& batch, double* l
 
 Expected<double> Trainer::evaluate_loss(const TensorMap& batch) {
   // The forward pass ends where the backward begins; the loss is its last value.
-  GV_RETURN_IF_ERROR(feed(batch));
+  GV_RETURN_IF_ERROR(feed(*executor_, batch));
   GV_RETURN_IF_ERROR(executor_->run_steps(0, tg_->backward_begin));
   GV_ASSIGN_OR_RETURN(Tensor l, executor_->fetch(tg_->loss));
   return l.scalar_f64(0);
 }
 
-Expected<TensorMap> Trainer::parameters() const {
+TensorShard Trainer::shard_of(ValueId param) const {
+  const Value& v = tg_->graph.value(param);
+  auto it = config_.shards.find(v.name);
+  if (it != config_.shards.end()) return it->second;
+  TensorShard whole;
+  whole.global_name = v.name;
+  whole.global_shape = v.shape;
+  return whole;
+}
+
+TensorShard Trainer::state_shard_of(ValueId param) const {
+  TensorShard s = shard_of(param);
+  auto r = tg_->optimizer_state_range.find(param);
+  if (r != tg_->optimizer_state_range.end()) {
+    // ZeRO-2: the state covers a flat range of this rank's (whole or TP) piece; every rank of the DP group owns
+    // its own range.
+    s.flat_begin = r->second.first;
+    s.flat_end = r->second.second;
+    s.owner = s.owner_of_dp_range;
+  }
+  return s;
+}
+
+namespace {
+
+// Every rank's list of (name, dtype, shape), merged in name order: the tensors all ranks assemble together.
+Expected<std::vector<std::tuple<std::string, DType, Shape>>> agree_on_tensors(
+    Communicator& comm, const std::vector<std::tuple<std::string, DType, Shape>>& mine) {
+  std::string text;
+  for (const auto& [name, dtype, shape] : mine) {
+    text += name + "\t" + std::to_string(static_cast<int>(dtype));
+    for (int64_t d : shape) text += "\t" + std::to_string(d);
+    text += "\n";
+  }
+  std::vector<size_t> counts(comm.size());
+  size_t my_count = text.size();
+  std::vector<size_t> one(comm.size(), 1);
+  std::vector<int64_t> all_counts(comm.size());
+  int64_t mine_n = static_cast<int64_t>(my_count);
+  GV_RETURN_IF_ERROR(comm.all_gather(&mine_n, all_counts.data(), one, DType::kInt64));
+  size_t total = 0;
+  for (int i = 0; i < comm.size(); ++i) total += counts[i] = static_cast<size_t>(all_counts[i]);
+  std::string all(total, '\0');
+  GV_RETURN_IF_ERROR(comm.all_gather(text.data(), all.data(), counts, DType::kUInt8));
+  std::map<std::string, std::pair<DType, Shape>> merged;
+  size_t pos = 0;
+  while (pos < all.size()) {
+    size_t nl = all.find('\n', pos);
+    std::string line = all.substr(pos, nl - pos);
+    pos = nl + 1;
+    std::vector<std::string> f;
+    size_t a = 0;
+    while (true) {
+      size_t tab = line.find('\t', a);
+      f.push_back(line.substr(a, tab == std::string::npos ? std::string::npos : tab - a));
+      if (tab == std::string::npos) break;
+      a = tab + 1;
+    }
+    Shape shape;
+    for (size_t i = 2; i < f.size(); ++i) shape.push_back(std::stoll(f[i]));
+    merged[f[0]] = {static_cast<DType>(std::stoi(f[1])), shape};
+  }
+  std::vector<std::tuple<std::string, DType, Shape>> out;
+  for (const auto& [name, ds] : merged) out.emplace_back(name, ds.first, ds.second);
+  return out;
+}
+
+}  // namespace
+
+Expected<TensorMap> Trainer::assemble(const std::vector<std::pair<ValueId, TensorShard>>& pieces) const {
   TensorMap out;
-  for (ValueId p : tg_->graph.parameters()) {
-    GV_ASSIGN_OR_RETURN(Tensor t, executor_->fetch(p));
-    out[tg_->graph.value(p).name] = t;
+  if (!parallel()) {
+    for (const auto& [v, shard] : pieces) {
+      GV_ASSIGN_OR_RETURN(Tensor t, executor_->fetch(v));
+      out[shard.global_name] = t;
+    }
+    return out;
+  }
+  // Every rank writes the pieces it owns into a zero tensor; a sum over the world gives the whole tensor.
+  std::vector<std::tuple<std::string, DType, Shape>> mine;
+  std::map<std::string, std::vector<std::pair<ValueId, TensorShard>>> by_name;
+  for (const auto& [v, shard] : pieces) {
+    mine.emplace_back(shard.global_name, tg_->graph.value(v).dtype, shard.global_shape);
+    by_name[shard.global_name].push_back({v, shard});
+  }
+  GV_ASSIGN_OR_RETURN(auto all, agree_on_tensors(*config_.comm, mine));
+  for (const auto& [name, dtype, shape] : all) {
+    Tensor whole(dtype, shape);
+    for (const auto& [v, shard] : by_name[name]) {
+      if (!shard.owner) continue;
+      GV_ASSIGN_OR_RETURN(Tensor piece, executor_->fetch(v));
+      GV_RETURN_IF_ERROR(place_piece(whole, piece, shard).with_context("assembling '" + name + "'"));
+    }
+    GV_RETURN_IF_ERROR(config_.comm->all_reduce(whole.data(), static_cast<size_t>(whole.numel()), dtype,
+                                                ReduceOp::kSum).with_context("assembling '" + name + "'"));
+    out[name] = std::move(whole);
   }
   return out;
 }
 
+Expected<TensorMap> Trainer::parameters() const {
+  std::vector<std::pair<ValueId, TensorShard>> pieces;
+  for (ValueId p : tg_->graph.parameters()) pieces.push_back({p, shard_of(p)});
+  return assemble(pieces);
+}
+
 Status Trainer::save_checkpoint(const std::string& path, std::map<std::string, std::string> metadata) const {
-  GV_ASSIGN_OR_RETURN(TensorMap tensors, parameters());
   const auto kind = config_.graph.optimizer.kind;
+  std::vector<std::pair<ValueId, TensorShard>> pieces;
+  for (ValueId p : tg_->graph.parameters()) pieces.push_back({p, shard_of(p)});
   for (const auto& [p, states] : tg_->optimizer_state) {
     for (size_t i = 0; i < states.size(); ++i) {
-      GV_ASSIGN_OR_RETURN(Tensor t, executor_->fetch(states[i]));
-      tensors[state_key(tg_->graph.value(p).name, i, kind)] = t;
+      TensorShard s = state_shard_of(p);
+      s.global_name = state_key(s.global_name, i, kind);
+      pieces.push_back({states[i], s});
     }
   }
+  GV_ASSIGN_OR_RETURN(TensorMap tensors, assemble(pieces));
+  if (parallel() && config_.comm->rank() != 0) return Status::ok();
   metadata["galvatron.step"] = std::to_string(steps_done_);
   metadata["galvatron.optimizer"] = kind == OptimizerConfig::Kind::kAdamW ? "adamw" : "sgd";
   metadata["galvatron.seed"] = std::to_string(config_.seed);
@@ -182,14 +335,24 @@ Expected<std::map<std::string, std::string>> Trainer::load_checkpoint(const std:
     return invalid_argument(path + ": checkpoint was written by the " + metadata["galvatron.optimizer"] +
                             " optimizer, this run uses " + want_opt);
   }
-  auto restore = [&](ValueId v, const std::string& key) -> Status {
-    auto it = tensors.find(key);
-    if (it == tensors.end()) return not_found(path + ": checkpoint has no tensor '" + key + "'");
-    return executor_->set_value(v, it->second).with_context(path);
+  // Each rank cuts its pieces out of the whole tensors, whatever plan wrote them.
+  auto restore = [&](ValueId v, const TensorShard& shard) -> Status {
+    auto it = tensors.find(shard.global_name);
+    if (it == tensors.end()) return not_found(path + ": checkpoint has no tensor '" + shard.global_name + "'");
+    if (it->second.shape() != shard.global_shape) {
+      return invalid_argument(path + ": tensor '" + shard.global_name + "' has shape " +
+                              shape_str(it->second.shape()) + ", this model needs " + shape_str(shard.global_shape));
+    }
+    GV_ASSIGN_OR_RETURN(Tensor piece, extract_piece(it->second, shard));
+    return executor_->set_value(v, piece).with_context(path);
   };
-  for (ValueId p : g.parameters()) GV_RETURN_IF_ERROR(restore(p, g.value(p).name));
+  for (ValueId p : g.parameters()) GV_RETURN_IF_ERROR(restore(p, shard_of(p)));
   for (const auto& [p, states] : tg_->optimizer_state) {
-    for (size_t i = 0; i < states.size(); ++i) GV_RETURN_IF_ERROR(restore(states[i], state_key(g.value(p).name, i, kind)));
+    for (size_t i = 0; i < states.size(); ++i) {
+      TensorShard s = state_shard_of(p);
+      s.global_name = state_key(s.global_name, i, kind);
+      GV_RETURN_IF_ERROR(restore(states[i], s));
+    }
   }
   if (!metadata.count("galvatron.step")) return corrupt(path + ": checkpoint has no galvatron.step metadata");
   char* end = nullptr;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "runtime/executor.h"
+#include "runtime/sharded_tensor.h"
 #include "runtime/training_graph.h"
 
 namespace gv {
@@ -25,6 +26,22 @@ struct TrainerConfig {
   // Data parallelism: when set and of more than one rank, gradients are averaged across its ranks (graph.data_parallel
   // is turned on) and StepMetrics::loss is the mean over the ranks. Must outlive the trainer.
   Communicator* comm = nullptr;
+  // Pipeline parallelism: the order of the micro-batches' forward (F) and backward (B) segments in a step, and how
+  // many micro-batches may be in flight (each gets its own activation arena; micro-batch i uses arena i % in_flight).
+  // Empty: F0 B0 F1 B1 ...
+  struct PipelineStep {
+    bool backward = false;
+    int micro = 0;
+  };
+  std::vector<PipelineStep> pipeline_schedule;
+  int in_flight = 1;
+  // Tensors this process holds only a piece of (tensor / sharded data parallelism), by local parameter name. With
+  // more than one rank, parameters() and checkpoints assemble whole tensors through `comm`: every rank must call them
+  // together; rank 0 alone writes the checkpoint file.
+  std::map<std::string, TensorShard> shards;
+  // The step's loss: sum of the ranks' losses divided by this (0: the number of ranks; pipeline stages without the
+  // loss contribute 0).
+  int loss_divisor = 0;
 };
 
 struct StepMetrics {
@@ -73,12 +90,19 @@ class Trainer {
 
  private:
   Trainer() = default;
-  Status feed(const TensorMap& batch);
+  Status feed(Executor& ex, const TensorMap& batch);
   Status run_forward_backward(const TensorMap& batch, int64_t micro_index, double* loss);
+  bool parallel() const;
+  // The whole tensor of a parameter or optimizer state (assembled across ranks when it is a piece).
+  TensorShard shard_of(ValueId param) const;
+  TensorShard state_shard_of(ValueId param) const;
+  // Host copies of (name -> local value, its piece) assembled into whole tensors; collective with more than one rank.
+  Expected<TensorMap> assemble(const std::vector<std::pair<ValueId, TensorShard>>& pieces) const;
 
   TrainerConfig config_;
   std::unique_ptr<TrainingGraph> tg_;  // heap: the executor keeps a reference to its graph
-  std::unique_ptr<Executor> executor_;
+  std::unique_ptr<Executor> executor_;                // slot 0: also runs the optimizer region
+  std::vector<std::unique_ptr<Executor>> more_slots_;  // pipeline: arenas of further micro-batches in flight
   Backend* backend_ = nullptr;
   int64_t steps_done_ = 0;
 };

@@ -4,6 +4,7 @@
 
 #include "runtime/autograd.h"
 #include "runtime/op_registry.h"
+#include "runtime/sharded_tensor.h"
 
 namespace gv {
 namespace {
@@ -124,10 +125,51 @@ Status attach_loss(TrainingGraph& tg, const TrainingGraphOptions& o) {
   return Status::ok();
 }
 
-Status add_all_reduces(Graph& g, const std::vector<ValueId>& params, const std::map<ValueId, ValueId>& final_grad) {
-  for (ValueId p : params) {
-    GV_RETURN_IF_ERROR(add_update(g, "AllReduce", {final_grad.at(p)}, {}, param_place(g, p),
-                                  g.unique_name("all_reduce/" + g.value(p).name)));
+int position_in(const std::vector<int>& group, int rank) {
+  for (size_t i = 0; i < group.size(); ++i) {
+    if (group[i] == rank) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+Attributes group_attrs(const std::vector<int>& group) {
+  Attributes a;
+  a.set_ints("group", std::vector<int64_t>(group.begin(), group.end()));
+  return a;
+}
+
+// Pipeline stages: Recv outputs that the sender differentiates through.
+std::vector<NodeId> recv_nodes_with_grad(const Graph& g) {
+  std::vector<NodeId> out;
+  for (NodeId i = 0; i < static_cast<NodeId>(g.nodes.size()); ++i) {
+    const Node& n = g.nodes[i];
+    if (n.domain == kGalvatronDomain && n.op_type == "Recv" && n.attrs.get_int("requires_grad", 0) == 1) {
+      out.push_back(i);
+    }
+  }
+  return out;
+}
+
+// Sends the gradient of each received activation back to its sender (zeros when the loss does not depend on it).
+Status send_back_gradients(Graph& g, const std::vector<NodeId>& recvs, const std::map<ValueId, ValueId>& grads) {
+  for (NodeId id : recvs) {
+    const Node recv = g.nodes[id];
+    const ValueId y = recv.outputs[0];
+    ValueId grad = grads.count(y) ? grads.at(y) : kNoValue;
+    if (grad == kNoValue) {
+      grad = g.add_initializer(g.unique_name(g.value(y).name + "/zero_grad"),
+                               Tensor(g.value(y).dtype, g.value(y).shape), ValueKind::kConstant);
+    }
+    Node n;
+    n.op_type = "Send";
+    n.domain = kGalvatronDomain;
+    n.opset = 1;
+    n.name = g.unique_name("send_grad/" + g.value(y).name);
+    n.inputs = {grad};
+    n.attrs.set_int("peer", recv.attrs.get_int("peer", 0));
+    n.attrs.set_int("tag", recv.attrs.get_int("tag", 0) + 1);
+    n.attrs.set_int("requires_grad", 0);
+    GV_RETURN_IF_ERROR(g.add_node(std::move(n)).status());
   }
   return Status::ok();
 }
@@ -164,8 +206,11 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     if (v == kNoValue) return not_found("no value named '" + name + "' to report the gradient of");
     wrt.push_back(v);
   }
+  const std::vector<NodeId> recvs = recv_nodes_with_grad(g);
+  for (NodeId id : recvs) wrt.push_back(g.nodes[id].outputs[0]);
   GV_ASSIGN_OR_RETURN(AutogradResult ag, build_backward(g, tg.loss, wrt));
   for (const std::string& name : o.report_grads_of) tg.reported_grads[name] = ag.grads[g.find(name)];
+  GV_RETURN_IF_ERROR(send_back_gradients(g, recvs, ag.grads));
   if (!o.checkpoint_layers.empty()) {
     GV_RETURN_IF_ERROR(apply_activation_checkpointing(g, tg.backward_begin, o.checkpoint_layers));
   }
@@ -191,15 +236,73 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     }
   }
   tg.optimizer_begin = g.nodes.size();
-  // Data parallelism: average each (accumulated) gradient across the ranks, once per step, first in the optimizer
-  // region, so that the norm, clipping and updates see the global gradient on every rank.
-  if (o.data_parallel) GV_RETURN_IF_ERROR(add_all_reduces(g, tg.params, final_grad));
+  // Gradient synchronisation, first in the optimizer region so that the norm, clipping and updates see the global
+  // gradient: sums over data-parallel replicas (all-reduce, or reduce-scatter for ZeRO-2) and over pipeline stages
+  // holding tied copies.
+  std::map<ValueId, TrainingGraphOptions::ParamSync> sync;
+  for (ValueId p : tg.params) {
+    auto it = o.param_sync.find(g.value(p).name);
+    if (it != o.param_sync.end()) sync[p] = it->second;
+  }
+  std::map<ValueId, std::vector<int64_t>> zero2_sizes;  // param -> flat shard sizes over its dp_group
+  for (ValueId p : tg.params) {
+    if (!sync.count(p)) continue;
+    const auto& ps = sync[p];
+    const Placement place = param_place(g, p);
+    const std::string pname = g.value(p).name;
+    if (ps.dp_group.size() > 1) {
+      const int64_t n = shape_numel(g.value(p).shape);
+      const int d = static_cast<int>(ps.dp_group.size());
+      const int me = position_in(ps.dp_group, o.rank);
+      if (me < 0) return invalid_argument("parameter '" + pname + "': rank " + std::to_string(o.rank) +
+                                          " is not in its data-parallel group");
+      if (ps.zero2 && n >= d) {
+        std::vector<int64_t> sizes = flat_shard_sizes(n, d);
+        Attributes a = group_attrs(ps.dp_group);
+        a.set_ints("sizes", sizes);
+        GV_ASSIGN_OR_RETURN(ValueId flat, add1(g, "Reshape", {final_grad[p], g.add_initializer(
+                                                  g.unique_name("flat_shape"), Tensor::from_i64({n}, {1}),
+                                                  ValueKind::kConstant)}, {}, g.unique_name("zero2/flatten/" + pname),
+                                              place));
+        Node rs;
+        rs.op_type = "ReduceScatter";
+        rs.domain = kGalvatronDomain;
+        rs.opset = 1;
+        rs.name = g.unique_name("zero2/reduce_scatter/" + pname);
+        rs.inputs = {flat};
+        rs.attrs = a;
+        rs.place = place;
+        GV_ASSIGN_OR_RETURN(auto outs, g.add_node(std::move(rs)));
+        final_grad[p] = outs[0];
+        int64_t begin = 0;
+        for (int i = 0; i < me; ++i) begin += sizes[i];
+        tg.optimizer_state_range[p] = {begin, begin + sizes[me]};
+        zero2_sizes[p] = sizes;
+      } else {
+        Attributes a = group_attrs(ps.dp_group);
+        a.set_string("reduction", "sum");
+        GV_RETURN_IF_ERROR(add_update(g, "AllReduce", {final_grad[p]}, a, place,
+                                      g.unique_name("all_reduce/" + pname)));
+      }
+    }
+    if (ps.tied_group.size() > 1) {
+      Attributes a = group_attrs(ps.tied_group);
+      a.set_string("reduction", "sum");
+      GV_RETURN_IF_ERROR(add_update(g, "AllReduce", {final_grad[p]}, a, place,
+                                    g.unique_name("tied_all_reduce/" + pname)));
+    }
+  }
 
   // Global gradient norm (for clipping and metrics), then one update node per parameter.
   tg.lr = g.add_input("galvatron.lr", DType::kFloat64, {});
   tg.step = g.add_input("galvatron.step", DType::kInt64, {});
+  const double grad_scale = 1.0 / (static_cast<double>(o.grad_accum_steps) * std::max(o.loss_replicas, 1));
   std::vector<ValueId> all_grads;
-  for (ValueId p : tg.params) all_grads.push_back(final_grad[p]);
+  std::vector<float> norm_weights;
+  for (ValueId p : tg.params) {
+    all_grads.push_back(final_grad[p]);
+    norm_weights.push_back(sync.count(p) ? static_cast<float>(sync[p].norm_weight) : 1.0f);
+  }
   {
     Node n;
     n.op_type = "GradNorm";
@@ -207,7 +310,11 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     n.opset = 1;
     n.name = "optimizer/grad_norm";
     n.inputs = all_grads;
-    n.attrs.set_float("scale", (1.0 / o.grad_accum_steps));
+    n.attrs.set_float("scale", grad_scale);
+    if (o.global_grad_norm) {
+      n.attrs.set_floats("weights", norm_weights);
+      n.attrs.set_int("all_reduce", 1);
+    }
     GV_ASSIGN_OR_RETURN(auto outs, g.add_node(std::move(n), {"galvatron.grad_norm"}));
     tg.grad_norm = outs[0];
   }
@@ -215,15 +322,19 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   for (ValueId p : tg.params) {
     const Value& pv = g.value(p);
     Attributes a;
-    a.set_float("grad_scale", (1.0 / o.grad_accum_steps));
+    a.set_float("grad_scale", grad_scale);
     a.set_float("max_norm", (oc.grad_clip));
     a.set_float("weight_decay", (oc.weight_decay));
     a.set_int("zero_grad", o.grad_accum_steps > 1 ? 1 : 0);
     Placement place = param_place(g, p);
     std::string pname = pv.name;
+    // ZeRO-2: the optimizer state covers this rank's flat range of the parameter only.
+    const bool sharded = tg.optimizer_state_range.count(p) > 0;
+    const Value state_like = sharded ? g.value(final_grad[p]) : g.value(p);
+    if (sharded) a.set_int("shard_offset", tg.optimizer_state_range[p].first);
     if (oc.kind == OptimizerConfig::Kind::kAdamW) {
-      ValueId m = add_state(g, pname + ".exp_avg", g.value(p));
-      ValueId v = add_state(g, pname + ".exp_avg_sq", g.value(p));
+      ValueId m = add_state(g, pname + ".exp_avg", state_like);
+      ValueId v = add_state(g, pname + ".exp_avg_sq", state_like);
       tg.optimizer_state[p] = {m, v};
       a.set_float("beta1", (oc.beta1));
       a.set_float("beta2", (oc.beta2));
@@ -231,13 +342,18 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
       GV_RETURN_IF_ERROR(add_update(g, "AdamW", {p, final_grad[p], m, v, tg.lr, tg.step, tg.grad_norm}, a, place,
                                     "optimizer/adamw/" + pname));
     } else {
-      ValueId buf = add_state(g, pname + ".momentum_buffer", g.value(p));
+      ValueId buf = add_state(g, pname + ".momentum_buffer", state_like);
       tg.optimizer_state[p] = {buf};
       a.set_float("momentum", (oc.momentum));
       a.set_float("dampening", (oc.dampening));
       a.set_int("nesterov", oc.nesterov ? 1 : 0);
       GV_RETURN_IF_ERROR(add_update(g, "SGD", {p, final_grad[p], buf, tg.lr, tg.step, tg.grad_norm}, a, place,
                                     "optimizer/sgd/" + pname));
+    }
+    if (sharded) {
+      Attributes ga = group_attrs(sync[p].dp_group);
+      ga.set_ints("sizes", zero2_sizes[p]);
+      GV_RETURN_IF_ERROR(add_update(g, "GatherShardsInPlace", {p}, ga, place, "zero2/all_gather/" + pname));
     }
   }
   return tg;

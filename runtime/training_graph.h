@@ -41,6 +41,21 @@ struct TrainingGraphOptions {
   // Data parallelism: one galvatron AllReduce node per gradient, averaging it across the ranks of the executor's
   // communicator, first in the optimizer region (before GradNorm). Set it only when there is more than one rank.
   bool data_parallel = false;
+  // Parallel execution, as a plan lays it out (runtime knows groups of world ranks, not plans). Per parameter name:
+  // how its gradient is combined across processes before the update. Parameters not listed: no communication
+  // (or, with data_parallel, a mean over the whole world).
+  struct ParamSync {
+    std::vector<int> dp_group;    // world ranks whose gradients are summed (more than one rank: communication)
+    bool zero2 = false;           // reduce-scatter over dp_group, update only this rank's flat range, gather it back
+    std::vector<int> tied_group;  // world ranks holding copies of this parameter in other pipeline stages: summed
+    double norm_weight = 1.0;     // 1 / number of identical copies of this gradient in the world (for the norm)
+  };
+  std::map<std::string, ParamSync> param_sync;
+  int rank = 0;                   // this process's world rank (to find itself in groups)
+  bool global_grad_norm = false;  // all-reduce the (weighted) squared gradient norm over the world
+  // Gradients are sums over this many data-parallel batch slices (each slice's loss a mean): the norm and the update
+  // scale them by 1 / (loss_replicas * grad_accum_steps).
+  int loss_replicas = 1;
   OptimizerConfig optimizer;
 };
 
@@ -56,10 +71,15 @@ struct TrainingGraph {
   std::map<std::string, ValueId> reported_grads;  // report_grads_of name -> its gradient (kNoValue: none)
   std::map<ValueId, ValueId> grad_accumulators;  // param -> kState buffer (only when grad_accum_steps > 1)
   std::map<ValueId, std::vector<ValueId>> optimizer_state;  // param -> kState buffers ([m, v] or [momentum])
+  // ZeRO-2: param -> [begin, end) of its flat range that this rank updates (its optimizer state covers only that).
+  std::map<ValueId, std::pair<int64_t, int64_t>> optimizer_state_range;
   size_t backward_begin = 0;
   size_t optimizer_begin = 0;
 };
 
+// Pipeline stages: graph outputs of Recv nodes (galvatron domain) with requires_grad = 1 are differentiated too, and
+// their gradients (zeros when the loss does not depend on them) are sent back to the peer at the end of the backward
+// pass (Send, tag + 1). Send nodes' outputs are tokens (zero scalars) that the stage's loss adds up.
 Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphOptions& options);
 
 // Rewrites `graph` so that nodes of the given layers ([0, backward_begin) and Node::place) are recomputed right

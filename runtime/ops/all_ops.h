@@ -6,5 +6,7 @@ class OpRegistry;
 void register_elementwise_ops(OpRegistry& r);   // unary and binary math, comparisons, logic, Where, Cast, ...
 void register_movement_ops(OpRegistry& r);      // Reshape, Transpose, Concat, Split, Slice, Gather*, Expand, ...
 void register_math_ops(OpRegistry& r);          // MatMul, Gemm, Softmax, norms, reductions, losses, Dropout
-void register_training_ops(OpRegistry& r);      // optimizer, gradient accumulation and norm ops (domain "galvatron")
+void register_training_ops(OpRegistry& r);
+void register_sharded_update_ops(OpRegistry& r);  // ZeRO-2's in-place gather of updated shards      // optimizer, gradient accumulation and norm ops (domain "galvatron")
+void register_parallel_ops(OpRegistry& r);      // AllGather, ReduceScatter, TensorParallel*, Send, Recv (galvatron)
 }  // namespace gv

@@ -1,0 +1,58 @@
+#include "cli/parallel_flags.h"
+
+namespace gv::cli {
+
+std::vector<FlagSpec> parallel_flags() {
+  return {
+      int_flag("pp-deg", "N", "1", "Pipeline-parallel degree: the layers are cut into N stages (pp_division even)."),
+      int_flag("global-tp-deg", "N", "1", "Tensor-parallel degree of every layer (Megatron column/row parallel)."),
+      int_flag("global-tp-consec", "0|1", "1", "1: a TP group is consecutive ranks; 0: the DP group is."),
+      int_flag("sdp", "0|1", "0", "1: sharded data parallelism (ZeRO-3) for every layer."),
+      int_flag("fsdp", "0|1", "0", "Same as --sdp."),
+      int_flag("global-checkpoint", "0|1", "0", "1: activation checkpointing for every layer."),
+      int_flag("chunks", "N", "-1", "Micro-batches per step (pipeline); -1: --pp-deg when it is above 1, else 1."),
+      string_flag("pipeline-type", "gpipe|pipedream_flush", "gpipe", "Pipeline schedule: GPipe, or 1F1B."),
+      string_flag("default-dp-type", "ddp|zero2|zero3", "ddp", "Data parallelism of layers not marked ZeRO-3."),
+      int_flag("vocab-tp", "N", "1", "Tensor-parallel degree of the embedding and LM head."),
+      int_flag("embed-sdp", "0|1", "0", "1: ZeRO-3 for the embedding and LM head."),
+      string_flag("galvatron-config-path", "PLAN.json", "", "Train with this plan (Galvatron's strategy JSON, as `galvatron search` writes); overrides the flags above."),
+  };
+}
+
+bool parallel_flags_given(const ParsedArgs& args) {
+  for (const FlagSpec& f : parallel_flags()) {
+    if (args.given(f.name)) return true;
+  }
+  return false;
+}
+
+Expected<partitioner::ParallelPlan> plan_from_args(const ParsedArgs& args, int num_layers, CommandContext& ctx) {
+  if (args.given("galvatron-config-path")) {
+    for (const char* f : {"pp-deg", "global-tp-deg", "global-tp-consec", "sdp", "fsdp", "global-checkpoint"}) {
+      if (args.given(f)) {
+        return ctx.usage(std::string("--") + f + " cannot be combined with --galvatron-config-path (the plan file "
+                         "sets every layer's strategy)");
+      }
+    }
+    return partitioner::read_plan_file(args.str("galvatron-config-path"));
+  }
+  partitioner::GlobalPlanFlags f;
+  f.pp_deg = static_cast<int>(args.i64("pp-deg"));
+  f.global_tp_deg = static_cast<int>(args.i64("global-tp-deg"));
+  f.global_tp_consec = static_cast<int>(args.i64("global-tp-consec"));
+  f.sdp = static_cast<int>(args.i64("sdp") || args.i64("fsdp"));
+  f.global_checkpoint = static_cast<int>(args.i64("global-checkpoint"));
+  f.chunks = static_cast<int>(args.i64("chunks"));
+  f.pipeline_type = args.str("pipeline-type");
+  f.default_dp_type = args.str("default-dp-type");
+  f.vocab_tp = static_cast<int>(args.i64("vocab-tp"));
+  f.embed_sdp = static_cast<int>(args.i64("embed-sdp"));
+  for (int v : {f.global_tp_consec, f.global_checkpoint, f.embed_sdp}) {
+    if (v != 0 && v != 1) return ctx.usage("--global-tp-consec, --global-checkpoint and --embed-sdp take 0 or 1");
+  }
+  auto p = partitioner::plan_from_flags(f, num_layers);
+  if (!p) return ctx.usage(p.status().message());
+  return p;
+}
+
+}  // namespace gv::cli

@@ -1,0 +1,18 @@
+// The hybrid-parallel flags of `galvatron train`, with Galvatron's runtime names, meanings and defaults: the GLOBAL
+// mode (one strategy for every layer), a plan file written by `galvatron search` or Galvatron itself, or --auto.
+#pragma once
+#include <vector>
+
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "partitioner/parallel_plan.h"
+
+namespace gv::cli {
+
+std::vector<FlagSpec> parallel_flags();
+// True when any flag that asks for a parallel plan was given.
+bool parallel_flags_given(const ParsedArgs& args);
+// The plan for a model of `num_layers` layers (usage errors for bad values).
+Expected<partitioner::ParallelPlan> plan_from_args(const ParsedArgs& args, int num_layers, CommandContext& ctx);
+
+}  // namespace gv::cli

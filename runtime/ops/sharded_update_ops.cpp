@@ -1,0 +1,69 @@
+// ZeRO-2's last step of an update: every rank of a data-parallel group updated its own flat range of a parameter
+// (AdamW / SGD with shard_offset); GatherShardsInPlace(param) gives every rank the whole updated parameter.
+// Attributes: group (world ranks, in shard order; absent = the whole world), sizes (elements of each rank's range, in
+// group order, adding up to the parameter's size).
+#include <vector>
+
+#include "runtime/communicator.h"
+#include "runtime/op_registry.h"
+
+namespace gv {
+namespace {
+
+Status infer_gather_shards(InferContext& ctx) {
+  auto sizes = ctx.attrs().get_ints("sizes");
+  int64_t total = 0;
+  for (int64_t s : sizes) {
+    if (s < 0) return ctx.fail("attribute sizes has a negative entry");
+    total += s;
+  }
+  if (total != shape_numel(ctx.shape(0))) {
+    return ctx.fail("attribute sizes adds up to " + std::to_string(total) + " elements, the parameter has " +
+                    std::to_string(shape_numel(ctx.shape(0))));
+  }
+  return Status::ok();
+}
+
+Status gather_shards_cpu(KernelContext& ctx) {
+  const TensorRef& p = ctx.inputs[0];
+  auto sizes64 = ctx.attrs().get_ints("sizes");
+  if (!ctx.comm) {
+    if (sizes64.size() > 1) return ctx.fail("needs a communicator of " + std::to_string(sizes64.size()) + " ranks");
+    return Status::ok();
+  }
+  auto group64 = ctx.attrs().get_ints("group");
+  std::vector<int> group(group64.begin(), group64.end());
+  if (group.empty()) {
+    for (int i = 0; i < ctx.comm->size(); ++i) group.push_back(i);
+  }
+  auto g = ctx.comm->group(group);
+  if (!g) return ctx.fail(g.status().message());
+  Communicator& c = **g;
+  std::vector<size_t> counts(sizes64.begin(), sizes64.end());
+  if (counts.size() != static_cast<size_t>(c.size())) return ctx.fail("attribute sizes does not match the group");
+  size_t offset = 0;
+  for (int i = 0; i < c.rank(); ++i) offset += counts[i];
+  const size_t elem = dtype_size(p.dtype);
+  // The gather reads this rank's range while writing the others': send from a copy.
+  std::vector<unsigned char> mine(counts[c.rank()] * elem);
+  const auto* base = static_cast<const unsigned char*>(p.data);
+  std::copy(base + offset * elem, base + (offset + counts[c.rank()]) * elem, mine.begin());
+  Status st = c.all_gather(mine.data(), p.data, counts, p.dtype);
+  return st.is_ok() ? st : ctx.fail(st.message());
+}
+
+}  // namespace
+
+void register_sharded_update_ops(OpRegistry& r) {
+  OpSchema s;
+  s.domain = kGalvatronDomain;
+  s.name = "GatherShardsInPlace";
+  s.min_inputs = s.max_inputs = 1;
+  s.min_outputs = s.max_outputs = 0;
+  s.infer = infer_gather_shards;
+  s.cpu = gather_shards_cpu;
+  s.doc = "ZeRO-2: all-gather, in place, the flat ranges of a parameter that the ranks of a group updated";
+  r.add(s);
+}
+
+}  // namespace gv
