@@ -1,6 +1,10 @@
 #include "runtime/communicator.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
 #include <string>
 
 namespace gv {
@@ -9,23 +13,96 @@ namespace gv {
 Expected<std::unique_ptr<Communicator>> make_mpi_communicator();  // runtime/mpi_communicator.cpp
 #endif
 
+Status Communicator::prepare_groups(const std::vector<std::vector<int>>& groups) {
+  for (const std::vector<int>& g : groups) {
+    if (std::find(g.begin(), g.end(), rank()) == g.end()) continue;
+    auto c = group(g);
+    if (!c) return c.status().with_context("preparing communicator groups");
+  }
+  return Status::ok();
+}
+
 namespace {
 
+Status check_reducible(DType dtype, const char* what) {
+  if (dtype == DType::kFloat32 || dtype == DType::kFloat64) return Status::ok();
+  return unsupported(std::string(what) + " of " + dtype_name(dtype) + " (float32 and float64 only)");
+}
+
+// One rank of one. Messages a rank sends to itself wait in a queue per tag until received.
 class SingleProcessCommunicator final : public Communicator {
  public:
   int rank() const override { return 0; }
   int size() const override { return 1; }
-  Status all_reduce(void*, size_t, DType dtype, ReduceOp) override {
-    if (dtype != DType::kFloat32 && dtype != DType::kFloat64) {
-      return unsupported(std::string("all_reduce of ") + dtype_name(dtype) + " (float32 and float64 only)");
-    }
-    return Status::ok();
-  }
+  Status all_reduce(void*, size_t, DType dtype, ReduceOp) override { return check_reducible(dtype, "all_reduce"); }
   Status broadcast(void*, size_t, int root) override {
     return root == 0 ? Status::ok() : invalid_argument("broadcast root " + std::to_string(root) + " of 1 rank");
   }
   Status barrier() override { return Status::ok(); }
+
+  Status all_gather(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype) override {
+    GV_RETURN_IF_ERROR(check_counts(counts, "all_gather"));
+    copy(send, recv, counts[0] * dtype_size(dtype));
+    return Status::ok();
+  }
+  Status reduce_scatter(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype,
+                        ReduceOp) override {
+    GV_RETURN_IF_ERROR(check_reducible(dtype, "reduce_scatter"));
+    GV_RETURN_IF_ERROR(check_counts(counts, "reduce_scatter"));
+    copy(send, recv, counts[0] * dtype_size(dtype));
+    return Status::ok();
+  }
+
+  Status send(const void* data, size_t bytes, int dst, int tag) override {
+    GV_RETURN_IF_ERROR(check_peer(dst, "send to"));
+    const char* p = static_cast<const char*>(data);
+    queues_[tag].emplace_back(p, p + bytes);
+    return Status::ok();
+  }
+  Status recv(void* data, size_t bytes, int src, int tag) override {
+    GV_RETURN_IF_ERROR(check_peer(src, "recv from"));
+    auto it = queues_.find(tag);
+    if (it == queues_.end() || it->second.empty()) {
+      return invalid_argument("recv with tag " + std::to_string(tag) +
+                              " on a single process: no message with this tag was sent first (it would wait forever)");
+    }
+    std::vector<char>& m = it->second.front();
+    if (m.size() != bytes) {
+      return invalid_argument("recv with tag " + std::to_string(tag) + " expects " + std::to_string(bytes) +
+                              " bytes, the message sent has " + std::to_string(m.size()));
+    }
+    if (bytes) std::memcpy(data, m.data(), bytes);
+    it->second.pop_front();
+    if (it->second.empty()) queues_.erase(it);
+    return Status::ok();
+  }
+  Status wait_sends() override { return Status::ok(); }
+
+  Expected<Communicator*> group(const std::vector<int>& ranks) override {
+    if (ranks.size() == 1 && ranks[0] == 0) return static_cast<Communicator*>(this);
+    std::string list;
+    for (int r : ranks) {
+      if (!list.empty()) list += ',';
+      list += std::to_string(r);
+    }
+    return invalid_argument("group {" + list + "} on a single process: the only group is {0}");
+  }
   const char* backend_name() const override { return "single"; }
+
+ private:
+  static Status check_counts(const std::vector<size_t>& counts, const char* what) {
+    if (counts.size() == 1) return Status::ok();
+    return invalid_argument(std::string(what) + " with " + std::to_string(counts.size()) +
+                            " counts on a single process (one count per rank expected)");
+  }
+  static Status check_peer(int peer, const char* what) {
+    if (peer == 0) return Status::ok();
+    return invalid_argument(std::string(what) + " rank " + std::to_string(peer) + " on a single process (rank 0 only)");
+  }
+  static void copy(const void* src, void* dst, size_t bytes) {
+    if (src != dst && bytes) std::memmove(dst, src, bytes);
+  }
+  std::map<int, std::deque<std::vector<char>>> queues_;
 };
 
 int env_int(const char* name) {

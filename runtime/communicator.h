@@ -54,6 +54,11 @@ class Communicator {
 // One rank of one: collectives leave buffers as they are (copying send to recv where they differ).
 std::unique_ptr<Communicator> make_single_process_communicator();
 
+// n communicators of one world inside this process, rank i = element i, each to be used from its own thread (tests
+// run multi-rank graphs without mpirun). Every method works: collectives (sums in rank order, so deterministic),
+// groups, and point-to-point messages matched by source and tag. backend_name() is "thread".
+std::vector<std::unique_ptr<Communicator>> make_thread_communicators(int n);
+
 // True when this process was started by mpirun (OpenMPI's or a PMI launcher's variables are set).
 bool launched_under_mpi();
 // True when the MPI backend was built (CMake found MPI).

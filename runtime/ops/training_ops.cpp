@@ -1,8 +1,12 @@
 // The project's training ops (domain "galvatron"): gradient accumulation, global gradient norm, and the optimizers.
 // They update persistent buffers (ValueKind::kState, parameters) in place and have no outputs, except GradNorm.
 // One static plan holds forward, backward and these nodes; see runtime/training_graph.h.
+// Parallel attributes: AllReduce and GradNorm take `group` (world ranks; empty = the whole world); AdamW and SGD take
+// `shard_offset` (ZeRO-2: the gradient and optimizer state cover the parameter's flat range starting there).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "kernels/cpu/optimizer.h"
 #include "runtime/communicator.h"
@@ -22,6 +26,43 @@ Status infer_nothing(InferContext& ctx) {
   return Status::ok();
 }
 
+// AdamW / SGD: with attr shard_offset >= 0 the gradient and the state buffers (inputs 1 .. 1 + num_state) hold the
+// parameter's flat range [shard_offset, shard_offset + numel(grad)); without it their shapes equal the parameter's.
+Status infer_update(InferContext& ctx, int num_state) {
+  const int64_t offset = ctx.attrs().get_int("shard_offset", -1);
+  if (offset < 0) return infer_nothing(ctx);
+  if (ctx.dtype(1) != ctx.dtype(0)) return ctx.fail("input dtypes differ");
+  const int64_t n = shape_numel(ctx.shape(1)), whole = shape_numel(ctx.shape(0));
+  if (offset + n > whole) {
+    return ctx.fail("gradient shard [" + std::to_string(offset) + ", " + std::to_string(offset + n) +
+                    ") lies outside the parameter's " + std::to_string(whole) + " elements (attr shard_offset)");
+  }
+  for (int i = 2; i < 2 + num_state; ++i) {
+    if (shape_numel(ctx.shape(i)) != n || ctx.dtype(i) != ctx.dtype(1)) {
+      return ctx.fail("optimizer state input " + std::to_string(i) + " (" + shape_str(ctx.shape(i)) +
+                      ") must hold the gradient shard's " + std::to_string(n) + " elements");
+    }
+  }
+  return Status::ok();
+}
+Status infer_adamw(InferContext& ctx) { return infer_update(ctx, 2); }
+Status infer_sgd(InferContext& ctx) { return infer_update(ctx, 1); }
+
+// The communicator of a node's attr `group` (world ranks; empty: the whole world). Null for one process, where the
+// group must be empty or {0}.
+Expected<Communicator*> group_comm(const KernelContext& ctx) {
+  const std::vector<int64_t> g = ctx.attrs().get_ints("group");
+  if (!ctx.comm) {
+    if (g.empty() || (g.size() == 1 && g[0] == 0)) return static_cast<Communicator*>(nullptr);
+    return ctx.fail("attr group of " + std::to_string(g.size()) + " ranks needs a communicator, but this executor "
+                    "runs a single process");
+  }
+  if (g.empty()) return ctx.comm;
+  auto c = ctx.comm->group(std::vector<int>(g.begin(), g.end()));
+  if (!c) return ctx.fail(c.status().message());
+  return *c;
+}
+
 // AccumulateGrad(acc, grad): acc += grad.
 Status accumulate_cpu(KernelContext& ctx) {
   const TensorRef& acc = ctx.inputs[0];
@@ -32,18 +73,36 @@ Status accumulate_cpu(KernelContext& ctx) {
   return Status::ok();
 }
 
-// GradNorm(g_1, ..., g_n) -> sqrt(sum of squares) * scale, as a float32 scalar.
+// GradNorm(g_1, ..., g_n) -> sqrt(sum_i weights[i] * sum of squares of g_i) * scale, as a float32 scalar.
+// attrs: weights (floats, one per input, default 1: 0 or 1/k leave out replicated copies), all_reduce (0/1: sum the
+// weighted squares over attr group before the root, for gradients sharded across processes), scale.
 Status infer_grad_norm(InferContext& ctx) {
+  const std::vector<float> w = ctx.attrs().get_floats("weights");
+  if (!w.empty() && static_cast<int>(w.size()) != ctx.num_inputs()) {
+    return ctx.fail("attr weights has " + std::to_string(w.size()) + " entries for " +
+                    std::to_string(ctx.num_inputs()) + " inputs (one per input)");
+  }
   ctx.set_output(0, DType::kFloat32, {});
   return Status::ok();
 }
 
 Status grad_norm_cpu(KernelContext& ctx) {
+  const Attribute* wa = ctx.attrs().find("weights");
   double s = 0.0;
-  for (const TensorRef& t : ctx.inputs) {
-    if (t.dtype == DType::kFloat32) s += cpu::sum_squares(t.as<float>(), t.numel());
-    else if (t.dtype == DType::kFloat64) s += cpu::sum_squares(t.as<double>(), t.numel());
+  for (size_t i = 0; i < ctx.inputs.size(); ++i) {
+    const TensorRef& t = ctx.inputs[i];
+    double sq;
+    if (t.dtype == DType::kFloat32) sq = cpu::sum_squares(t.as<float>(), t.numel());
+    else if (t.dtype == DType::kFloat64) sq = cpu::sum_squares(t.as<double>(), t.numel());
     else return ctx.fail("unsupported dtype");
+    s += wa && i < wa->floats.size() ? static_cast<double>(wa->floats[i]) * sq : sq;
+  }
+  if (ctx.attrs().get_int("all_reduce", 0)) {
+    GV_ASSIGN_OR_RETURN(Communicator * c, group_comm(ctx));
+    if (c) {
+      Status st = c->all_reduce(&s, 1, DType::kFloat64, ReduceOp::kSum);
+      if (!st.is_ok()) return ctx.fail(st.message());
+    }
   }
   double scale = ctx.attrs().get_double("scale", 1.0);
   *ctx.outputs[0].as<float>() = static_cast<float>(std::sqrt(s) * scale);
@@ -66,9 +125,14 @@ void zero_if_asked(const KernelContext& ctx, const TensorRef& grad) {
   if (ctx.attrs().get_int("zero_grad", 0)) std::memset(grad.data, 0, grad.nbytes());
 }
 
-// AdamW(param, grad, m, v, lr, step, [grad_norm]); attrs beta1 beta2 epsilon weight_decay grad_scale max_norm zero_grad.
+// The first updated element of the parameter: attr shard_offset (ZeRO-2), or 0 for the whole parameter.
+int64_t shard_offset(const KernelContext& ctx) { return std::max<int64_t>(0, ctx.attrs().get_int("shard_offset", -1)); }
+
+// AdamW(param, grad, m, v, lr, step, [grad_norm]); attrs beta1 beta2 epsilon weight_decay grad_scale max_norm zero_grad
+// shard_offset. Updates numel(grad) elements of param from shard_offset on (the whole parameter by default).
 Status adamw_cpu(KernelContext& ctx) {
   const TensorRef& p = ctx.inputs[0];
+  const int64_t off = shard_offset(ctx), n = ctx.inputs[1].numel();
   cpu::AdamWParams a;
   a.lr = ctx.inputs[4].dtype == DType::kFloat64 ? *ctx.inputs[4].as<double>() : *ctx.inputs[4].as<float>();
   a.step = *ctx.inputs[5].as<int64_t>();
@@ -78,11 +142,11 @@ Status adamw_cpu(KernelContext& ctx) {
   a.weight_decay = ctx.attrs().get_double("weight_decay", 0.01);
   a.grad_scale = effective_grad_scale(ctx, 6);
   if (p.dtype == DType::kFloat32) {
-    cpu::adamw_update(p.as<float>(), ctx.inputs[1].as<float>(), ctx.inputs[2].as<float>(), ctx.inputs[3].as<float>(),
-                      p.numel(), a);
+    cpu::adamw_update(p.as<float>() + off, ctx.inputs[1].as<float>(), ctx.inputs[2].as<float>(),
+                      ctx.inputs[3].as<float>(), n, a);
   } else if (p.dtype == DType::kFloat64) {
-    cpu::adamw_update(p.as<double>(), ctx.inputs[1].as<double>(), ctx.inputs[2].as<double>(),
-                      ctx.inputs[3].as<double>(), p.numel(), a);
+    cpu::adamw_update(p.as<double>() + off, ctx.inputs[1].as<double>(), ctx.inputs[2].as<double>(),
+                      ctx.inputs[3].as<double>(), n, a);
   } else {
     return ctx.fail("unsupported dtype");
   }
@@ -91,8 +155,10 @@ Status adamw_cpu(KernelContext& ctx) {
 }
 
 // SGD(param, grad, momentum_buffer, lr, step, [grad_norm]); attrs momentum dampening nesterov weight_decay ...
+// shard_offset (as AdamW's).
 Status sgd_cpu(KernelContext& ctx) {
   const TensorRef& p = ctx.inputs[0];
+  const int64_t off = shard_offset(ctx), n = ctx.inputs[1].numel();
   cpu::SgdParams s;
   s.lr = ctx.inputs[3].dtype == DType::kFloat64 ? *ctx.inputs[3].as<double>() : *ctx.inputs[3].as<float>();
   s.step = *ctx.inputs[4].as<int64_t>();
@@ -102,9 +168,9 @@ Status sgd_cpu(KernelContext& ctx) {
   s.weight_decay = ctx.attrs().get_double("weight_decay", 0.0);
   s.grad_scale = effective_grad_scale(ctx, 5);
   if (p.dtype == DType::kFloat32) {
-    cpu::sgd_update(p.as<float>(), ctx.inputs[1].as<float>(), ctx.inputs[2].as<float>(), p.numel(), s);
+    cpu::sgd_update(p.as<float>() + off, ctx.inputs[1].as<float>(), ctx.inputs[2].as<float>(), n, s);
   } else if (p.dtype == DType::kFloat64) {
-    cpu::sgd_update(p.as<double>(), ctx.inputs[1].as<double>(), ctx.inputs[2].as<double>(), p.numel(), s);
+    cpu::sgd_update(p.as<double>() + off, ctx.inputs[1].as<double>(), ctx.inputs[2].as<double>(), n, s);
   } else {
     return ctx.fail("unsupported dtype");
   }
@@ -112,13 +178,22 @@ Status sgd_cpu(KernelContext& ctx) {
   return Status::ok();
 }
 
-// AllReduce(grad): grad = mean of grad over the ranks of the executor's communicator, in place (data parallelism).
-// Without a communicator (a single process) it leaves the buffer as it is.
+// AllReduce(grad): grad = mean (attr reduction "mean", the default) or sum ("sum") of grad over attr group (world
+// ranks; default the whole world), in place (data parallelism). Without a communicator (a single process) it leaves
+// the buffer as it is.
+Status infer_all_reduce(InferContext& ctx) {
+  const std::string r = ctx.attrs().get_string("reduction", "mean");
+  if (r != "mean" && r != "sum") return ctx.fail("attr reduction is '" + r + "': use mean or sum");
+  return infer_nothing(ctx);
+}
+
 Status all_reduce_cpu(KernelContext& ctx) {
   const TensorRef& g = ctx.inputs[0];
   if (g.dtype != DType::kFloat32 && g.dtype != DType::kFloat64) return ctx.fail("unsupported dtype");
-  if (!ctx.comm) return Status::ok();
-  Status st = ctx.comm->all_reduce(g.data, static_cast<size_t>(g.numel()), g.dtype, ReduceOp::kAvg);
+  GV_ASSIGN_OR_RETURN(Communicator * c, group_comm(ctx));
+  if (!c) return Status::ok();
+  const ReduceOp op = ctx.attrs().get_string("reduction", "mean") == "sum" ? ReduceOp::kSum : ReduceOp::kAvg;
+  Status st = c->all_reduce(g.data, static_cast<size_t>(g.numel()), g.dtype, op);
   return st.is_ok() ? st : ctx.fail(st.message());
 }
 
@@ -141,10 +216,19 @@ static OpSchema in_place_op(const char* name, int min_inputs, int max_inputs, Ke
 void register_training_ops(OpRegistry& r) {
   r.add(in_place_op("AccumulateGrad", 2, 2, accumulate_cpu,
                     "acc += grad, in place (gradient accumulation over micro-batches)"));
-  r.add(in_place_op("AllReduce", 1, 1, all_reduce_cpu,
-                    "in-place mean of a gradient buffer across the ranks of the communicator (data parallelism)"));
-  r.add(in_place_op("AdamW", 6, 7, adamw_cpu, "AdamW update of one parameter in place (PyTorch semantics)"));
-  r.add(in_place_op("SGD", 5, 6, sgd_cpu, "SGD with momentum, update of one parameter in place (PyTorch semantics)"));
+  OpSchema all_reduce = in_place_op("AllReduce", 1, 1, all_reduce_cpu,
+                                    "in-place mean (or sum) of a gradient buffer across a group of ranks (attrs "
+                                    "group, reduction)");
+  all_reduce.infer = infer_all_reduce;
+  r.add(all_reduce);
+  OpSchema adamw = in_place_op("AdamW", 6, 7, adamw_cpu,
+                               "AdamW update of one parameter (or its flat range from shard_offset) in place");
+  adamw.infer = infer_adamw;
+  r.add(adamw);
+  OpSchema sgd = in_place_op("SGD", 5, 6, sgd_cpu,
+                             "SGD with momentum, update of one parameter (or its flat range from shard_offset) in place");
+  sgd.infer = infer_sgd;
+  r.add(sgd);
 
   OpSchema norm;
   norm.domain = kGalvatronDomain;
@@ -153,7 +237,7 @@ void register_training_ops(OpRegistry& r) {
   norm.max_inputs = 1 << 20;
   norm.infer = infer_grad_norm;
   norm.cpu = grad_norm_cpu;
-  norm.doc = "global L2 norm of all gradients, times attr scale";
+  norm.doc = "global L2 norm of all gradients (weighted, optionally all-reduced over a group), times attr scale";
   r.add(norm);
 }
 
