@@ -1,7 +1,13 @@
-// The CUDA backend: device memory through kernels/cuda, kernels from OpSchema::cuda. Compiled only with CUDA.
+// The CUDA backend: device memory through kernels/cuda, kernels from OpSchema::cuda (runtime/cuda_kernels_*.cpp), and
+// for ops without a native kernel the fallback that runs the CPU kernel on host copies. Compiled only with CUDA.
 #ifdef GALVATRON_HAVE_CUDA
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
 #include "kernels/cuda/device.h"
 #include "runtime/backend.h"
+#include "runtime/cuda_kernels.h"
 
 namespace gv {
 namespace {
@@ -32,7 +38,12 @@ class CudaBackend final : public Backend {
   Status zero(void* ptr, size_t n) override {
     return !n || cuda::memset_device(ptr, n) ? Status::ok() : cuda_error("memset");
   }
-  KernelFn kernel(const OpSchema& schema) const override { return schema.cuda; }
+  KernelFn kernel(const OpSchema& schema) const override {
+    if (schema.cuda) return schema.cuda;
+    if (!schema.cpu) return nullptr;
+    note_cuda_fallback(schema);
+    return cuda_fallback_kernel;
+  }
   Status synchronize() override { return cuda::synchronize() ? Status::ok() : cuda_error("synchronize"); }
 };
 
@@ -44,6 +55,12 @@ Expected<std::unique_ptr<Backend>> make_backend(const std::string& device) {
   if (device == "cpu") return make_cpu_backend();
   if (device == "cuda") {
     if (cuda::device_count() == 0) return unsupported("no CUDA device is visible; use --device cpu");
+    static std::once_flag once;
+    std::call_once(once, [] {
+      const char* tf32 = std::getenv("GALVATRON_CUDA_TF32");
+      if (tf32 && std::strcmp(tf32, "1") == 0) set_cuda_allow_tf32(true);
+      register_cuda_kernels(OpRegistry::global());
+    });
     return std::unique_ptr<Backend>(std::make_unique<CudaBackend>());
   }
   return invalid_argument("unknown device '" + device + "' (expected cpu or cuda)");

@@ -1,4 +1,4 @@
-// Device helpers for the CUDA backend: memory and copies. Op kernels join this folder with the CUDA issue.
+// Device helpers for the CUDA backend: memory and copies. Op kernels: the other files of this folder (ops.h).
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/device.h"
@@ -19,6 +19,10 @@ bool memcpy_h2d(void* d, const void* s, size_t n) { return cudaMemcpy(d, s, n, c
 bool memcpy_d2h(void* d, const void* s, size_t n) { return cudaMemcpy(d, s, n, cudaMemcpyDeviceToHost) == cudaSuccess; }
 bool memcpy_d2d(void* d, const void* s, size_t n) { return cudaMemcpy(d, s, n, cudaMemcpyDeviceToDevice) == cudaSuccess; }
 bool memset_device(void* p, size_t n) { return cudaMemset(p, 0, n) == cudaSuccess; }
+bool memcpy_d2d_async(void* d, const void* s, size_t n) {
+  return cudaMemcpyAsync(d, s, n, cudaMemcpyDeviceToDevice, 0) == cudaSuccess;
+}
+bool memset_async(void* p, size_t n) { return cudaMemsetAsync(p, 0, n, 0) == cudaSuccess; }
 bool synchronize() { return cudaDeviceSynchronize() == cudaSuccess; }
 
 }  // namespace gv::cuda

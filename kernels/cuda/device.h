@@ -13,3 +13,8 @@ bool memcpy_d2d(void* dst, const void* src, size_t n);
 bool memset_device(void* p, size_t n);
 bool synchronize();
 }  // namespace gv::cuda
+namespace gv::cuda {
+// Ordered on the default stream like the kernels; they return before the copy is done.
+bool memcpy_d2d_async(void* dst, const void* src, size_t n);
+bool memset_async(void* p, size_t n);
+}  // namespace gv::cuda

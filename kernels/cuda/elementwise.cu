@@ -1,0 +1,372 @@
+// Broadcasting binary ops, comparisons, Where, strided copies, unary ops, activation gradients and casts.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "kernels/cuda/common.cuh"
+
+namespace gv::cuda {
+namespace {
+
+using detail::bc_offset;
+using detail::grid_for;
+using detail::kThreads;
+using detail::launched;
+
+template <typename T>
+__device__ __forceinline__ T apply_binary(Binary op, T a, T b) {
+  switch (op) {
+    case Binary::kAdd: return a + b;
+    case Binary::kSub: return a - b;
+    case Binary::kMul: return a * b;
+    case Binary::kDiv:
+      if constexpr (std::is_integral_v<T>) return b == 0 ? T(0) : a / b;
+      else return a / b;
+    case Binary::kPow:
+      if constexpr (std::is_integral_v<T>) {
+        T r = 1;
+        if (b < 0) return a == 1 ? T(1) : (a == -1 ? ((b & 1) ? T(-1) : T(1)) : T(0));
+        for (T e = b, x = a; e > 0; e >>= 1, x *= x)
+          if (e & 1) r *= x;
+        return r;
+      } else {
+        if (b == T(1)) return a;
+        if (b == T(2)) return a * a;
+        if (b == T(3)) return a * a * a;
+        return pow(a, b);
+      }
+    case Binary::kMax:
+      if constexpr (!std::is_integral_v<T>) {
+        if (a != a || b != b) return a + b;
+      }
+      return a > b ? a : b;
+    case Binary::kMin:
+      if constexpr (!std::is_integral_v<T>) {
+        if (a != a || b != b) return a + b;
+      }
+      return a < b ? a : b;
+  }
+  return T(0);
+}
+
+// Same-shape operands: no index arithmetic.
+template <typename T>
+__global__ void binary_flat(Binary op, const T* a, const T* b, T* out, int64_t n, int sa, int sb) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = apply_binary(op, a[sa ? i : 0], b[sb ? i : 0]);
+  }
+}
+
+template <typename T>
+__global__ void binary_bc(Binary op, const T* a, const T* b, T* out, Broadcast bc) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < bc.numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = apply_binary(op, a[bc_offset(bc, 0, i)], b[bc_offset(bc, 1, i)]);
+  }
+}
+
+// 0: same layout as the output, 1: a single element, -1: anything else.
+int flat_kind(const Broadcast& bc, int k) {
+  bool contiguous = true, scalar = true;
+  int64_t expect = 1;
+  for (int d = bc.rank - 1; d >= 0; --d) {
+    if (bc.dims[d] == 1) continue;
+    if (bc.strides[k][d] != expect) contiguous = false;
+    if (bc.strides[k][d] != 0) scalar = false;
+    expect *= bc.dims[d];
+  }
+  if (contiguous) return 0;
+  return scalar ? 1 : -1;
+}
+
+template <typename T>
+bool run_binary(Binary op, const T* a, const T* b, T* out, const Broadcast& bc) {
+  if (bc.numel == 0) return true;
+  const int ka = flat_kind(bc, 0), kb = flat_kind(bc, 1);
+  if (ka >= 0 && kb >= 0) {
+    binary_flat<T><<<grid_for(bc.numel), kThreads>>>(op, a, b, out, bc.numel, ka == 0, kb == 0);
+  } else {
+    binary_bc<T><<<grid_for(bc.numel), kThreads>>>(op, a, b, out, bc);
+  }
+  return launched();
+}
+
+template <typename T>
+__device__ __forceinline__ uint8_t apply_compare(Compare op, T a, T b) {
+  switch (op) {
+    case Compare::kEqual: return a == b;
+    case Compare::kLess: return a < b;
+    case Compare::kLessOrEqual: return a <= b;
+    case Compare::kGreater: return a > b;
+    case Compare::kGreaterOrEqual: return a >= b;
+    case Compare::kAnd: return (a != T(0)) && (b != T(0));
+    case Compare::kOr: return (a != T(0)) || (b != T(0));
+    case Compare::kXor: return (a != T(0)) != (b != T(0));
+  }
+  return 0;
+}
+
+template <typename T>
+__global__ void compare_bc(Compare op, const T* a, const T* b, uint8_t* out, Broadcast bc) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < bc.numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = apply_compare(op, a[bc_offset(bc, 0, i)], b[bc_offset(bc, 1, i)]);
+  }
+}
+
+template <typename T>
+bool run_compare(Compare op, const T* a, const T* b, uint8_t* out, const Broadcast& bc) {
+  if (bc.numel == 0) return true;
+  compare_bc<T><<<grid_for(bc.numel), kThreads>>>(op, a, b, out, bc);
+  return launched();
+}
+
+template <typename T>
+__global__ void where_bc(const uint8_t* c, const T* x, const T* y, T* out, Broadcast bc) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < bc.numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = c[bc_offset(bc, 0, i)] ? x[bc_offset(bc, 1, i)] : y[bc_offset(bc, 2, i)];
+  }
+}
+
+template <typename T>
+__global__ void copy_bc(const T* x, T* out, Broadcast bc) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < bc.numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = x[bc_offset(bc, 0, i)];
+  }
+}
+
+template <typename T>
+__global__ void box_copy_kernel(const T* x, T* out, Broadcast bc) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < bc.numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[bc_offset(bc, 1, i)] = x[bc_offset(bc, 0, i)];
+  }
+}
+
+template <typename T>
+bool run_box(const void* x, void* out, const Broadcast& bc) {
+  box_copy_kernel<T><<<grid_for(bc.numel), kThreads>>>(static_cast<const T*>(x), static_cast<T*>(out), bc);
+  return launched();
+}
+
+__global__ void scale_kernel(float* x, int64_t n, float s) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[i] *= s;
+  }
+}
+
+__device__ __forceinline__ float sigmoidf_(float v) {
+  if (v >= 0.0f) return 1.0f / (1.0f + expf(-v));
+  const float e = expf(v);
+  return e / (1.0f + e);
+}
+
+constexpr float kSqrt2 = 1.4142135623730950488f;
+constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+constexpr float kTwoOverSqrtPi = 1.1283791670955125739f;
+constexpr float kGeluTanhK = 0.79788456080286535588f;
+constexpr float kGeluTanhC = 0.044715f;
+
+__global__ void unary_kernel(Unary op, const float* x, float* y, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float v = x[i];
+    float r;
+    switch (op) {
+      case Unary::kNeg: r = -v; break;
+      case Unary::kAbs: r = fabsf(v); break;
+      case Unary::kRelu: r = v > 0.0f ? v : (v == v ? 0.0f : v); break;
+      case Unary::kSqrt: r = sqrtf(v); break;
+      case Unary::kReciprocal: r = 1.0f / v; break;
+      case Unary::kExp: r = expf(v); break;
+      case Unary::kLog: r = logf(v); break;
+      case Unary::kTanh: r = tanhf(v); break;
+      case Unary::kErf: r = erff(v); break;
+      case Unary::kSigmoid: r = sigmoidf_(v); break;
+      case Unary::kGelu: r = 0.5f * v * (1.0f + erff(v / kSqrt2)); break;
+      case Unary::kGeluTanh: r = v * sigmoidf_(2.0f * kGeluTanhK * (v + kGeluTanhC * v * v * v)); break;
+      default: r = v; break;
+    }
+    y[i] = r;
+  }
+}
+
+__global__ void not_kernel(const uint8_t* x, uint8_t* y, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[i] = x[i] == 0;
+  }
+}
+
+__global__ void act_grad_kernel(ActGrad op, const float* dy, const float* v, float* dx, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = dy[i], x = v[i];
+    float r;
+    switch (op) {
+      case ActGrad::kSigmoid: r = g * x * (1.0f - x); break;
+      case ActGrad::kTanh: r = g * (1.0f - x * x); break;
+      case ActGrad::kErf: r = g * kTwoOverSqrtPi * expf(-x * x); break;
+      case ActGrad::kGelu: {
+        const float cdf = 0.5f * (1.0f + erff(x / kSqrt2));
+        const float pdf = kInvSqrt2Pi * expf(-0.5f * x * x);
+        r = g * (cdf + x * pdf);
+        break;
+      }
+      default: {
+        const float x2 = x * x;
+        const float s = sigmoidf_(2.0f * kGeluTanhK * (x + kGeluTanhC * x2 * x));
+        const float du = kGeluTanhK * (1.0f + 3.0f * kGeluTanhC * x2);
+        r = g * (s + 2.0f * x * s * (1.0f - s) * du);
+        break;
+      }
+    }
+    dx[i] = r;
+  }
+}
+
+template <typename To, typename From>
+__device__ __forceinline__ To convert(From v) {
+  if constexpr (std::is_same_v<To, uint8_t>) {
+    return v != From(0) ? 1 : 0;
+  } else if constexpr (std::is_integral_v<To> && std::is_floating_point_v<From>) {
+    if (v != v) return To(0);
+    const double d = static_cast<double>(v);
+    if (d <= static_cast<double>(std::numeric_limits<To>::lowest())) return std::numeric_limits<To>::lowest();
+    if (d >= static_cast<double>(std::numeric_limits<To>::max())) return std::numeric_limits<To>::max();
+    return static_cast<To>(v);
+  } else {
+    return static_cast<To>(v);
+  }
+}
+
+template <typename From, typename To>
+__global__ void cast_kernel(const From* x, To* y, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[i] = convert<To, From>(x[i]);
+  }
+}
+
+template <typename From>
+bool cast_from(char to, const From* x, void* y, int64_t n) {
+  const unsigned g = grid_for(n);
+  switch (to) {
+    case 'f': cast_kernel<From, float><<<g, kThreads>>>(x, static_cast<float*>(y), n); break;
+    case 'd': cast_kernel<From, double><<<g, kThreads>>>(x, static_cast<double*>(y), n); break;
+    case 'l': cast_kernel<From, int64_t><<<g, kThreads>>>(x, static_cast<int64_t*>(y), n); break;
+    case 'i': cast_kernel<From, int32_t><<<g, kThreads>>>(x, static_cast<int32_t*>(y), n); break;
+    case 'b': cast_kernel<From, uint8_t><<<g, kThreads>>>(x, static_cast<uint8_t*>(y), n); break;
+    default: return false;
+  }
+  return launched();
+}
+
+template <typename T>
+bool run_where(const uint8_t* c, const void* x, const void* y, void* out, const Broadcast& bc) {
+  where_bc<T><<<grid_for(bc.numel), kThreads>>>(c, static_cast<const T*>(x), static_cast<const T*>(y),
+                                                static_cast<T*>(out), bc);
+  return launched();
+}
+
+template <typename T>
+bool run_copy(const void* x, void* out, const Broadcast& bc) {
+  copy_bc<T><<<grid_for(bc.numel), kThreads>>>(static_cast<const T*>(x), static_cast<T*>(out), bc);
+  return launched();
+}
+
+}  // namespace
+
+bool binary_f32(Binary op, const float* a, const float* b, float* out, const Broadcast& bc) {
+  return run_binary(op, a, b, out, bc);
+}
+bool binary_i64(Binary op, const int64_t* a, const int64_t* b, int64_t* out, const Broadcast& bc) {
+  return run_binary(op, a, b, out, bc);
+}
+bool compare_f32(Compare op, const float* a, const float* b, uint8_t* out, const Broadcast& bc) {
+  return run_compare(op, a, b, out, bc);
+}
+bool compare_i64(Compare op, const int64_t* a, const int64_t* b, uint8_t* out, const Broadcast& bc) {
+  return run_compare(op, a, b, out, bc);
+}
+bool compare_u8(Compare op, const uint8_t* a, const uint8_t* b, uint8_t* out, const Broadcast& bc) {
+  return run_compare(op, a, b, out, bc);
+}
+
+bool where(int elem_size, const uint8_t* cond, const void* x, const void* y, void* out, const Broadcast& bc) {
+  if (bc.numel == 0) return true;
+  switch (elem_size) {
+    case 1: return run_where<uint8_t>(cond, x, y, out, bc);
+    case 2: return run_where<uint16_t>(cond, x, y, out, bc);
+    case 4: return run_where<uint32_t>(cond, x, y, out, bc);
+    case 8: return run_where<uint64_t>(cond, x, y, out, bc);
+    default: return false;
+  }
+}
+
+bool strided_copy(int elem_size, const void* x, void* out, const Broadcast& bc) {
+  if (bc.numel == 0) return true;
+  switch (elem_size) {
+    case 1: return run_copy<uint8_t>(x, out, bc);
+    case 2: return run_copy<uint16_t>(x, out, bc);
+    case 4: return run_copy<uint32_t>(x, out, bc);
+    case 8: return run_copy<uint64_t>(x, out, bc);
+    default: return false;
+  }
+}
+
+bool box_copy(int elem_size, const void* x, void* out, const Broadcast& bc) {
+  if (bc.numel == 0) return true;
+  switch (elem_size) {
+    case 1: return run_box<uint8_t>(x, out, bc);
+    case 2: return run_box<uint16_t>(x, out, bc);
+    case 4: return run_box<uint32_t>(x, out, bc);
+    case 8: return run_box<uint64_t>(x, out, bc);
+    default: return false;
+  }
+}
+
+bool scale_f32(float* x, int64_t n, float s) {
+  if (n == 0) return true;
+  scale_kernel<<<grid_for(n), kThreads>>>(x, n, s);
+  return launched();
+}
+
+bool unary_f32(Unary op, const float* x, float* y, int64_t n) {
+  if (n == 0) return true;
+  unary_kernel<<<grid_for(n), kThreads>>>(op, x, y, n);
+  return launched();
+}
+
+bool not_u8(const uint8_t* x, uint8_t* y, int64_t n) {
+  if (n == 0) return true;
+  not_kernel<<<grid_for(n), kThreads>>>(x, y, n);
+  return launched();
+}
+
+bool activation_grad_f32(ActGrad op, const float* dy, const float* v, float* dx, int64_t n) {
+  if (n == 0) return true;
+  act_grad_kernel<<<grid_for(n), kThreads>>>(op, dy, v, dx, n);
+  return launched();
+}
+
+bool cast(char from, char to, const void* x, void* y, int64_t n) {
+  if (n == 0) return true;
+  switch (from) {
+    case 'f': return cast_from(to, static_cast<const float*>(x), y, n);
+    case 'd': return cast_from(to, static_cast<const double*>(x), y, n);
+    case 'l': return cast_from(to, static_cast<const int64_t*>(x), y, n);
+    case 'i': return cast_from(to, static_cast<const int32_t*>(x), y, n);
+    case 'b': return cast_from(to, static_cast<const uint8_t*>(x), y, n);
+    default: return false;
+  }
+}
+
+}  // namespace gv::cuda

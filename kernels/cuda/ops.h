@@ -1,0 +1,126 @@
+// Host-callable launchers of the CUDA op kernels (kernels/cuda/*.cu), over raw device pointers. Everything runs on
+// the legacy default stream, in order, so a host copy (cudaMemcpy) after a launch sees its results. Each launcher
+// returns false when the launch failed; cuda::last_error() (kernels/cuda/device.h) then says why.
+// No CUDA header is needed to include this file.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace gv::cuda {
+
+constexpr int kMaxDims = 8;
+
+// Device scratch memory shared by the kernels of one launch sequence (grow-only; contents are not kept between
+// launches). Null when the allocation fails.
+void* workspace(size_t bytes);
+
+// ---- matrix products (cuBLAS, float32 compute, no TF32) ----
+// Row-major: C[i] = alpha * op(A[i]) @ op(B[i]) + beta * C[i] for i < batch, matrices `stride_*` elements apart
+// (stride 0 repeats one matrix). op(A) is [m, k] (stored [k, m] when ta), op(B) [k, n] (stored [n, k] when tb).
+bool gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t stride_a,
+              const float* b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch);
+// The cuBLAS handle's math mode: TF32 tensor cores allowed or not (default: not, exact float32).
+void set_allow_tf32(bool allow);
+
+// ---- broadcasting elementwise ----
+// Output elements i < numel in row-major order over dims[0, rank); input k's element of output index (i_0..i_r) is
+// at sum_d i_d * strides[k][d] (0 along broadcast dims).
+struct Broadcast {
+  int rank = 0;
+  int64_t numel = 0;
+  int64_t dims[kMaxDims] = {};
+  int64_t strides[3][kMaxDims] = {};
+};
+
+enum class Binary { kAdd, kSub, kMul, kDiv, kPow, kMax, kMin };
+bool binary_f32(Binary op, const float* a, const float* b, float* out, const Broadcast& bc);
+bool binary_i64(Binary op, const int64_t* a, const int64_t* b, int64_t* out, const Broadcast& bc);
+enum class Compare { kEqual, kLess, kLessOrEqual, kGreater, kGreaterOrEqual, kAnd, kOr, kXor };
+bool compare_f32(Compare op, const float* a, const float* b, uint8_t* out, const Broadcast& bc);
+bool compare_i64(Compare op, const int64_t* a, const int64_t* b, uint8_t* out, const Broadcast& bc);
+bool compare_u8(Compare op, const uint8_t* a, const uint8_t* b, uint8_t* out, const Broadcast& bc);
+// out = cond ? x : y over elements of elem_size bytes (1, 2, 4 or 8).
+bool where(int elem_size, const uint8_t* cond, const void* x, const void* y, void* out, const Broadcast& bc);
+// out = x broadcast (Expand), or any strided gather into a contiguous output (Transpose): input 0's strides.
+bool strided_copy(int elem_size, const void* x, void* out, const Broadcast& bc);
+
+// out[bc_offset(1, i)] = x[bc_offset(0, i)]: a box copy between two strided layouts (Concat, Split, SliceGrad).
+// Destination elements must be distinct.
+bool box_copy(int elem_size, const void* x, void* out, const Broadcast& bc);
+
+enum class Unary {
+  kNeg, kAbs, kRelu, kSqrt, kReciprocal, kExp, kLog, kTanh, kErf, kSigmoid, kGelu, kGeluTanh, kNot, kIdentity
+};
+bool unary_f32(Unary op, const float* x, float* y, int64_t n);
+// x[n] *= s
+bool scale_f32(float* x, int64_t n, float s);
+bool not_u8(const uint8_t* x, uint8_t* y, int64_t n);
+enum class ActGrad { kSigmoid, kTanh, kErf, kGelu, kGeluTanh };
+// dx = dy * f'(v): v is the forward output for kSigmoid and kTanh, the forward input otherwise.
+bool activation_grad_f32(ActGrad op, const float* dy, const float* v, float* dx, int64_t n);
+
+// Cast between element kinds: 'f' float32, 'd' float64, 'l' int64, 'i' int32, 'b' bool/uint8. Float to int
+// saturates (NaN to 0); to bool is x != 0.
+bool cast(char from, char to, const void* x, void* y, int64_t n);
+
+// ---- normalization, softmax ----
+// y[rows, cols] = (x - mean) * inv_std * scale + bias (bias may be null); mean, inv_std [rows] may be null.
+bool layer_norm_f32(const float* x, const float* scale, const float* bias, float* y, float* mean, float* inv_std,
+                    int64_t rows, int64_t cols, float eps);
+// Backward (kernels/cpu/norm.h's formula). dy, mean, inv_std, dmean, dinv_std may be null (statistics recomputed
+// when mean/inv_std are null, with eps); dscale, dbias may be null.
+bool layer_norm_grad_f32(const float* dy, const float* x, const float* scale, const float* mean, const float* inv_std,
+                         const float* dmean, const float* dinv_std, float* dx, float* dscale, float* dbias,
+                         int64_t rows, int64_t cols, float eps);
+// y = x / sqrt(mean(x^2) + eps) * scale, and its backward (statistic recomputed).
+bool rms_norm_f32(const float* x, const float* scale, float* y, int64_t rows, int64_t cols, float eps);
+bool rms_norm_grad_f32(const float* dy, const float* x, const float* scale, float* dx, float* dscale, int64_t rows,
+                       int64_t cols, float eps);
+// Softmax / log-softmax over [outer, n, inner] along n, and the backward from the output.
+bool softmax_f32(const float* x, float* y, int64_t outer, int64_t n, int64_t inner, bool log);
+bool softmax_grad_f32(const float* dy, const float* y, float* dx, int64_t outer, int64_t n, int64_t inner, bool log);
+
+// ---- reductions ----
+// y[o] = scale * sum over the reduced dims of x; the kept dims (sizes, x strides) enumerate o in row-major order.
+struct Reduce {
+  int kept_rank = 0, red_rank = 0;
+  int64_t kept_dims[kMaxDims] = {}, kept_strides[kMaxDims] = {};
+  int64_t red_dims[kMaxDims] = {}, red_strides[kMaxDims] = {};
+  int64_t kept_numel = 1, red_numel = 1;
+};
+bool reduce_sum_f32(const float* x, float* y, const Reduce& r, float scale);
+
+// ---- indexing ----
+// out[outer, n_idx, inner] = data[outer, idx[j], inner] (negative indices count from the end); idx int64 or int32.
+bool gather(int elem_size, const void* data, const void* idx, bool idx64, void* out, int64_t outer, int64_t axis_dim,
+            int64_t n_idx, int64_t inner);
+// dx[outer, axis_dim, inner] = 0, then dx[o, idx[j]] += grad[o, j] (idx == skip adds nothing; skip -1: none).
+bool gather_grad_f32(const float* grad, const void* idx, bool idx64, float* dx, int64_t outer, int64_t axis_dim,
+                     int64_t n_idx, int64_t inner, int64_t skip);
+
+// ---- loss ----
+// Scores [n, c, d], labels [n, d]. Reduction 0 none, 1 sum, 2 mean (over the summed weights). Labels outside [0, c)
+// and ignore_index (when has_ignore) count as ignored. loss: [n*d] for none, else a scalar; log_prob may be null.
+bool softmax_cross_entropy_f32(const float* scores, const void* labels, bool labels64, const float* weights,
+                               int64_t n, int64_t c, int64_t d, bool has_ignore, int64_t ignore_index, int reduction,
+                               float* loss, float* log_prob);
+// dscores = coef * (softmax - onehot) + (dlog_prob - softmax * sum(dlog_prob)); coef = dloss (per position for
+// reduction none) * w[label] / (total weight for mean). dloss, dlog_prob may be null.
+bool softmax_cross_entropy_grad_f32(const float* dloss, const float* scores, const void* labels, bool labels64,
+                                    const float* weights, const float* dlog_prob, int64_t n, int64_t c, int64_t d,
+                                    bool has_ignore, int64_t ignore_index, int reduction, float* dscores);
+
+// ---- training ----
+bool accumulate_f32(float* acc, const float* g, int64_t n);
+// out[0] = sqrt(sum of squares of all tensors) * scale (float32 scalar on the device).
+bool grad_norm_f32(const float* const* tensors, const int64_t* counts, int num, float scale, float* out);
+struct AdamW {
+  double beta1, beta2, eps, weight_decay, grad_scale, max_norm;
+  bool zero_grad;
+};
+// PyTorch's AdamW (kernels/cpu/optimizer.h), reading lr (float64 when lr_is_f64, else float32), step (int64) and the
+// optional grad norm (float32, for clipping at max_norm > 0) from device scalars.
+bool adamw_f32(float* p, float* g, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
+               const int64_t* step, const float* grad_norm, const AdamW& a);
+
+}  // namespace gv::cuda

@@ -1,0 +1,28 @@
+// The CUDA backend's kernels (CUDA builds only): native kernels registered into OpSchema::cuda, and the fallback that
+// runs an op's CPU kernel on host copies of its operands for ops without one.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "runtime/op_registry.h"
+
+namespace gv {
+
+// Fills OpSchema::cuda of the ops that have native CUDA kernels (runtime/cuda_kernels_*.cpp). Called once by the
+// CUDA backend before its first kernel lookup.
+void register_cuda_kernels(OpRegistry& r);
+
+// Copies the inputs to host buffers, runs the op's CPU kernel, copies the outputs back, and writes back every input
+// the CPU kernel changed (the in-place training ops). Correct for every op with a CPU kernel; slow.
+Status cuda_fallback_kernel(KernelContext& ctx);
+
+// "domain::Op" (domain empty for ONNX ops) of each op the CUDA backend handed the fallback kernel so far in this
+// process, sorted. With GALVATRON_VERBOSE set, the backend also prints each one once, to stderr.
+std::vector<std::string> cuda_fallback_ops();
+void note_cuda_fallback(const OpSchema& schema);
+
+// Whether matrix products may use TF32 tensor cores (default off: float32 products are exact float32). Also
+// settable with GALVATRON_CUDA_TF32=1.
+void set_cuda_allow_tf32(bool allow);
+
+}  // namespace gv

@@ -1,0 +1,89 @@
+// The CUDA backend's fallback kernel: host copies of the operands, the CPU kernel, copies back.
+#ifdef GALVATRON_HAVE_CUDA
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <set>
+
+#include "kernels/cuda/device.h"
+#include "runtime/cuda_kernels.h"
+
+namespace gv {
+namespace {
+
+std::mutex g_mu;
+std::set<std::string>& fallback_set() {
+  static std::set<std::string> s;
+  return s;
+}
+
+struct HostBuf {
+  std::vector<uint64_t> words;  // 8-byte aligned storage
+  void* resize(size_t bytes) {
+    words.resize(bytes / 8 + 1);
+    return words.data();
+  }
+};
+
+}  // namespace
+
+void note_cuda_fallback(const OpSchema& schema) {
+  const std::string name = schema.domain + "::" + schema.name;
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (fallback_set().insert(name).second && std::getenv("GALVATRON_VERBOSE")) {
+    std::fprintf(stderr, "cuda: no native kernel for %s; it runs on the CPU (host copies of its operands)\n",
+                 name.c_str());
+  }
+}
+
+std::vector<std::string> cuda_fallback_ops() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  return {fallback_set().begin(), fallback_set().end()};
+}
+
+Status cuda_fallback_kernel(KernelContext& ctx) {
+  const OpSchema* schema = OpRegistry::global().find(ctx.node->domain, ctx.node->op_type);
+  if (!schema || !schema->cpu) return ctx.fail("no CPU kernel to fall back to on CUDA");
+  KernelContext host = ctx;
+  const size_t n_in = ctx.inputs.size(), n_out = ctx.outputs.size();
+  std::vector<HostBuf> in(n_in), out(n_out);
+  std::vector<std::vector<uint8_t>> before(n_in);
+  for (size_t i = 0; i < n_in; ++i) {
+    const TensorRef& t = ctx.inputs[i];
+    if (!t.data) continue;
+    const size_t bytes = t.nbytes();
+    void* h = in[i].resize(bytes);
+    if (bytes && !cuda::memcpy_d2h(h, t.data, bytes)) {
+      return ctx.fail(std::string("cuda fallback: copying input to the host: ") + cuda::last_error());
+    }
+    before[i].assign(static_cast<uint8_t*>(h), static_cast<uint8_t*>(h) + bytes);
+    host.inputs[i].data = h;
+  }
+  for (size_t i = 0; i < n_out; ++i) {
+    if (!ctx.outputs[i].data) continue;
+    host.outputs[i].data = out[i].resize(ctx.outputs[i].nbytes());
+  }
+  Status st = schema->cpu(host);
+  if (!st.is_ok()) return st;
+  // In-place updates first, so that an output sharing memory with a dead input is written last.
+  for (size_t i = 0; i < n_in; ++i) {
+    if (!ctx.inputs[i].data) continue;
+    const size_t bytes = ctx.inputs[i].nbytes();
+    if (bytes == 0 || std::memcmp(before[i].data(), host.inputs[i].data, bytes) == 0) continue;
+    if (!cuda::memcpy_h2d(ctx.inputs[i].data, host.inputs[i].data, bytes)) {
+      return ctx.fail(std::string("cuda fallback: copying an updated input back: ") + cuda::last_error());
+    }
+  }
+  for (size_t i = 0; i < n_out; ++i) {
+    const size_t bytes = ctx.outputs[i].nbytes();
+    if (!ctx.outputs[i].data || bytes == 0) continue;
+    if (!cuda::memcpy_h2d(ctx.outputs[i].data, host.outputs[i].data, bytes)) {
+      return ctx.fail(std::string("cuda fallback: copying an output back: ") + cuda::last_error());
+    }
+  }
+  return Status::ok();
+}
+
+}  // namespace gv
+#endif

@@ -1,0 +1,791 @@
+// The CUDA backend's native kernels: glue from KernelContext to the launchers of kernels/cuda/ops.h, registered into
+// OpSchema::cuda by register_cuda_kernels(). float32 only; other dtypes and unusual layouts go to the fallback
+// (runtime/cuda_kernels_fallback.cpp), which runs the CPU kernel. Nothing here dereferences device memory on the host
+// except the axes input of a reduction with keepdims = 0, read with a synchronous copy.
+#ifdef GALVATRON_HAVE_CUDA
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/ops.h"
+#include "runtime/cuda_kernels.h"
+
+namespace gv {
+namespace {
+
+Status launch(const KernelContext& ctx, bool ok) {
+  return ok ? Status::ok() : ctx.fail(std::string("CUDA kernel failed: ") + cuda::last_error());
+}
+
+bool is_f32(const TensorRef& t) { return t.dtype == DType::kFloat32; }
+bool all_f32(const KernelContext& ctx) {
+  for (const TensorRef& t : ctx.inputs)
+    if (t.data && !is_f32(t)) return false;
+  for (const TensorRef& t : ctx.outputs)
+    if (t.data && !is_f32(t)) return false;
+  return true;
+}
+
+Shape contiguous_strides(const Shape& s) {
+  Shape st(s.size(), 1);
+  for (int64_t d = static_cast<int64_t>(s.size()) - 2; d >= 0; --d) st[d] = st[d + 1] * s[d + 1];
+  return st;
+}
+
+// Strides of `in` broadcast into `out` (right-aligned; 0 along broadcast dims), in out's rank.
+Shape broadcast_strides(const Shape& in, const Shape& out) {
+  Shape st(out.size(), 0);
+  const Shape c = contiguous_strides(in);
+  const size_t lead = out.size() - in.size();
+  for (size_t d = 0; d < in.size(); ++d) st[lead + d] = in[d] == 1 ? 0 : c[d];
+  return st;
+}
+
+// A Broadcast over `dims` with per-operand strides; size-1 dims dropped, mergeable neighbours merged. False when
+// the collapsed rank exceeds kMaxDims.
+bool make_bc(const Shape& dims, const std::vector<Shape>& strides, cuda::Broadcast& bc) {
+  std::vector<int64_t> d_out;
+  std::vector<std::vector<int64_t>> s_out(strides.size());
+  for (int64_t d = static_cast<int64_t>(dims.size()) - 1; d >= 0; --d) {
+    if (dims[d] == 1) continue;
+    if (!d_out.empty()) {
+      bool merge = true;
+      for (size_t k = 0; k < strides.size() && merge; ++k) merge = strides[k][d] == s_out[k].front() * d_out.front();
+      if (merge) {
+        d_out.front() *= dims[d];
+        continue;
+      }
+    }
+    d_out.insert(d_out.begin(), dims[d]);
+    for (size_t k = 0; k < strides.size(); ++k) s_out[k].insert(s_out[k].begin(), strides[k][d]);
+  }
+  if (d_out.empty()) {
+    d_out.push_back(1);
+    for (auto& s : s_out) s.push_back(0);
+  }
+  if (d_out.size() > static_cast<size_t>(cuda::kMaxDims)) return false;
+  bc = cuda::Broadcast{};
+  bc.rank = static_cast<int>(d_out.size());
+  bc.numel = shape_numel(dims);
+  for (int d = 0; d < bc.rank; ++d) {
+    bc.dims[d] = d_out[d];
+    for (size_t k = 0; k < strides.size(); ++k) bc.strides[k][d] = s_out[k][d];
+  }
+  return true;
+}
+
+// Reads a small int64/int32 constant input to the host (a synchronous copy).
+bool read_ints(const TensorRef& t, std::vector<int64_t>& out) {
+  out.assign(static_cast<size_t>(t.numel()), 0);
+  if (t.numel() == 0) return true;
+  if (t.dtype == DType::kInt64) return cuda::memcpy_d2h(out.data(), t.data, t.nbytes());
+  if (t.dtype == DType::kInt32) {
+    std::vector<int32_t> v(out.size());
+    if (!cuda::memcpy_d2h(v.data(), t.data, t.nbytes())) return false;
+    std::copy(v.begin(), v.end(), out.begin());
+    return true;
+  }
+  return false;
+}
+
+bool normalize_axis(int64_t& axis, int64_t rank) {
+  if (axis < -rank || axis >= rank) return false;
+  if (axis < 0) axis += rank;
+  return true;
+}
+
+int64_t dims_product(const Shape& s, int64_t b, int64_t e) {
+  int64_t p = 1;
+  for (int64_t i = b; i < e; ++i) p *= s[i];
+  return p;
+}
+
+// ---- copies: Reshape, Identity, Squeeze, Unsqueeze, Flatten ----
+
+Status copy_cuda(KernelContext& ctx) {
+  const TensorRef& x = ctx.inputs[0];
+  const TensorRef& y = ctx.outputs[0];
+  if (x.data == y.data || y.nbytes() == 0) return Status::ok();
+  return launch(ctx, cuda::memcpy_d2d_async(y.data, x.data, y.nbytes()));
+}
+
+// ---- broadcasting binary ops ----
+
+template <cuda::Binary Op>
+Status binary_cuda(KernelContext& ctx) {
+  const TensorRef &a = ctx.inputs[0], &b = ctx.inputs[1], &y = ctx.outputs[0];
+  const bool f32 = is_f32(a) && is_f32(b) && is_f32(y);
+  const bool i64 = a.dtype == DType::kInt64 && b.dtype == DType::kInt64 && y.dtype == DType::kInt64 &&
+                   Op != cuda::Binary::kPow;
+  if (!f32 && !i64) return cuda_fallback_kernel(ctx);
+  cuda::Broadcast bc;
+  if (!make_bc(y.shape, {broadcast_strides(a.shape, y.shape), broadcast_strides(b.shape, y.shape)}, bc)) {
+    return cuda_fallback_kernel(ctx);
+  }
+  if (f32) return launch(ctx, cuda::binary_f32(Op, a.as<float>(), b.as<float>(), y.as<float>(), bc));
+  return launch(ctx, cuda::binary_i64(Op, a.as<int64_t>(), b.as<int64_t>(), y.as<int64_t>(), bc));
+}
+
+template <cuda::Compare Op>
+Status compare_cuda(KernelContext& ctx) {
+  const TensorRef &a = ctx.inputs[0], &b = ctx.inputs[1], &y = ctx.outputs[0];
+  if (a.dtype != b.dtype) return cuda_fallback_kernel(ctx);
+  cuda::Broadcast bc;
+  if (!make_bc(y.shape, {broadcast_strides(a.shape, y.shape), broadcast_strides(b.shape, y.shape)}, bc)) {
+    return cuda_fallback_kernel(ctx);
+  }
+  uint8_t* out = y.as<uint8_t>();
+  switch (a.dtype) {
+    case DType::kFloat32: return launch(ctx, cuda::compare_f32(Op, a.as<float>(), b.as<float>(), out, bc));
+    case DType::kInt64: return launch(ctx, cuda::compare_i64(Op, a.as<int64_t>(), b.as<int64_t>(), out, bc));
+    case DType::kBool:
+    case DType::kUInt8: return launch(ctx, cuda::compare_u8(Op, a.as<uint8_t>(), b.as<uint8_t>(), out, bc));
+    default: return cuda_fallback_kernel(ctx);
+  }
+}
+
+Status where_cuda(KernelContext& ctx) {
+  const TensorRef &c = ctx.inputs[0], &x = ctx.inputs[1], &z = ctx.inputs[2], &y = ctx.outputs[0];
+  if (c.dtype != DType::kBool || x.dtype != z.dtype) return cuda_fallback_kernel(ctx);
+  cuda::Broadcast bc;
+  if (!make_bc(y.shape,
+               {broadcast_strides(c.shape, y.shape), broadcast_strides(x.shape, y.shape),
+                broadcast_strides(z.shape, y.shape)},
+               bc)) {
+    return cuda_fallback_kernel(ctx);
+  }
+  return launch(ctx, cuda::where(static_cast<int>(dtype_size(y.dtype)), c.as<uint8_t>(), x.data, z.data, y.data, bc));
+}
+
+// ---- unary ----
+
+template <cuda::Unary Op>
+Status unary_cuda(KernelContext& ctx) {
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  return launch(ctx, cuda::unary_f32(Op, ctx.inputs[0].as<float>(), ctx.outputs[0].as<float>(), ctx.inputs[0].numel()));
+}
+
+Status gelu_cuda(KernelContext& ctx) {
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  const bool tanh = ctx.attrs().get_string("approximate", "none") == "tanh";
+  return launch(ctx, cuda::unary_f32(tanh ? cuda::Unary::kGeluTanh : cuda::Unary::kGelu, ctx.inputs[0].as<float>(),
+                                     ctx.outputs[0].as<float>(), ctx.inputs[0].numel()));
+}
+
+Status not_cuda(KernelContext& ctx) {
+  return launch(ctx, cuda::not_u8(ctx.inputs[0].as<uint8_t>(), ctx.outputs[0].as<uint8_t>(), ctx.inputs[0].numel()));
+}
+
+template <cuda::ActGrad Op>
+Status act_grad_cuda(KernelContext& ctx) {
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  cuda::ActGrad op = Op;
+  if (op == cuda::ActGrad::kGelu && ctx.attrs().get_string("approximate", "none") == "tanh") {
+    op = cuda::ActGrad::kGeluTanh;
+  }
+  return launch(ctx, cuda::activation_grad_f32(op, ctx.inputs[0].as<float>(), ctx.inputs[1].as<float>(),
+                                               ctx.outputs[0].as<float>(), ctx.inputs[0].numel()));
+}
+
+char cast_code(DType t) {
+  switch (t) {
+    case DType::kFloat32: return 'f';
+    case DType::kFloat64: return 'd';
+    case DType::kInt64: return 'l';
+    case DType::kInt32: return 'i';
+    case DType::kBool: return 'b';
+    default: return 0;
+  }
+}
+
+Status cast_cuda(KernelContext& ctx) {
+  const TensorRef &x = ctx.inputs[0], &y = ctx.outputs[0];
+  const char from = cast_code(x.dtype), to = cast_code(y.dtype);
+  if (!from || !to) return cuda_fallback_kernel(ctx);
+  if (from == to) return copy_cuda(ctx);
+  return launch(ctx, cuda::cast(from, to, x.data, y.data, x.numel()));
+}
+
+// ---- layout: Transpose, Expand, Concat, Split, SliceGrad ----
+
+Status transpose_cuda(KernelContext& ctx) {
+  const TensorRef &x = ctx.inputs[0], &y = ctx.outputs[0];
+  const int64_t rank = x.rank();
+  std::vector<int64_t> perm = ctx.attrs().get_ints("perm");
+  if (perm.empty()) {
+    for (int64_t d = rank - 1; d >= 0; --d) perm.push_back(d);
+  }
+  const Shape xs = contiguous_strides(x.shape);
+  Shape src(rank);
+  for (int64_t d = 0; d < rank; ++d) {
+    int64_t p = perm[d];
+    if (p < 0) p += rank;
+    src[d] = xs[p];
+  }
+  cuda::Broadcast bc;
+  if (!make_bc(y.shape, {src}, bc)) return cuda_fallback_kernel(ctx);
+  return launch(ctx, cuda::strided_copy(static_cast<int>(dtype_size(y.dtype)), x.data, y.data, bc));
+}
+
+Status expand_cuda(KernelContext& ctx) {
+  const TensorRef &x = ctx.inputs[0], &y = ctx.outputs[0];
+  cuda::Broadcast bc;
+  if (!make_bc(y.shape, {broadcast_strides(x.shape, y.shape)}, bc)) return cuda_fallback_kernel(ctx);
+  return launch(ctx, cuda::strided_copy(static_cast<int>(dtype_size(y.dtype)), x.data, y.data, bc));
+}
+
+// Copies the box `dims` from src (strides ss, element offset so) to dst (strides ds, element offset dof).
+bool box_copy(int elem, const void* src, const Shape& ss, int64_t so, void* dst, const Shape& ds, int64_t dof,
+              const Shape& dims) {
+  if (shape_numel(dims) == 0) return true;
+  cuda::Broadcast bc;
+  if (!make_bc(dims, {ss, ds}, bc)) return false;
+  return cuda::box_copy(elem, static_cast<const char*>(src) + so * elem, static_cast<char*>(dst) + dof * elem, bc);
+}
+
+Status concat_cuda(KernelContext& ctx) {
+  const TensorRef& y = ctx.outputs[0];
+  int64_t axis = ctx.attrs().get_int("axis", 0);
+  if (!normalize_axis(axis, y.rank())) return cuda_fallback_kernel(ctx);
+  const int elem = static_cast<int>(dtype_size(y.dtype));
+  // y viewed as [outer, axis_total * inner]; each input writes a [outer, n_i * inner] column block.
+  const int64_t outer = dims_product(y.shape, 0, axis), inner = dims_product(y.shape, axis + 1, y.rank());
+  const int64_t row = y.shape[axis] * inner;
+  int64_t offset = 0;
+  for (const TensorRef& x : ctx.inputs) {
+    if (!x.data) continue;
+    if (x.dtype != y.dtype) return cuda_fallback_kernel(ctx);
+    const int64_t w = x.shape[axis] * inner;
+    if (!box_copy(elem, x.data, {w, 1}, 0, y.data, {row, 1}, offset, {outer, w})) {
+      return ctx.fail(std::string("CUDA kernel failed: ") + cuda::last_error());
+    }
+    offset += w;
+  }
+  return Status::ok();
+}
+
+Status split_cuda(KernelContext& ctx) {
+  const TensorRef& x = ctx.inputs[0];
+  int64_t axis = ctx.attrs().get_int("axis", 0);
+  if (!normalize_axis(axis, x.rank())) return cuda_fallback_kernel(ctx);
+  const int elem = static_cast<int>(dtype_size(x.dtype));
+  const int64_t outer = dims_product(x.shape, 0, axis), inner = dims_product(x.shape, axis + 1, x.rank());
+  const int64_t row = x.shape[axis] * inner;
+  int64_t offset = 0;
+  for (const TensorRef& y : ctx.outputs) {
+    if (!y.data) continue;
+    const int64_t w = y.shape[axis] * inner;
+    if (!box_copy(elem, x.data, {row, 1}, offset, y.data, {w, 1}, 0, {outer, w})) {
+      return ctx.fail(std::string("CUDA kernel failed: ") + cuda::last_error());
+    }
+    offset += w;
+  }
+  return Status::ok();
+}
+
+// SliceGrad(grad) attrs shape, starts, steps: zeros of shape, grad written at starts + i * steps.
+Status slice_grad_cuda(KernelContext& ctx) {
+  const TensorRef &g = ctx.inputs[0], &y = ctx.outputs[0];
+  const std::vector<int64_t> starts = ctx.attrs().get_ints("starts"), steps = ctx.attrs().get_ints("steps");
+  if (starts.size() != g.shape.size() || steps.size() != g.shape.size()) return cuda_fallback_kernel(ctx);
+  if (!cuda::memset_async(y.data, y.nbytes())) return launch(ctx, false);
+  const Shape ys = contiguous_strides(y.shape);
+  Shape dst(ys.size());
+  int64_t off = 0;
+  for (size_t d = 0; d < ys.size(); ++d) {
+    dst[d] = ys[d] * steps[d];
+    off += starts[d] * ys[d];
+  }
+  const int elem = static_cast<int>(dtype_size(y.dtype));
+  if (!box_copy(elem, g.data, contiguous_strides(g.shape), 0, y.data, dst, off, g.shape)) {
+    return cuda_fallback_kernel(ctx);
+  }
+  return Status::ok();
+}
+
+// ---- matrix products ----
+
+std::vector<int64_t> batch_index(const Shape& batch, const Shape& operand) {
+  const int64_t count = shape_numel(batch);
+  const size_t rank = batch.size(), off = rank - operand.size();
+  std::vector<int64_t> out(static_cast<size_t>(count));
+  std::vector<int64_t> idx(rank, 0);
+  for (int64_t i = 0; i < count; ++i) {
+    int64_t flat = 0;
+    for (size_t d = off; d < rank; ++d) flat = flat * operand[d - off] + (operand[d - off] == 1 ? 0 : idx[d]);
+    out[i] = flat;
+    for (size_t d = rank; d-- > 0;) {
+      if (++idx[d] < batch[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return out;
+}
+
+// index[i] == i * stride for all i (stride 0 or 1): the matrix stride of a strided batch, in matrices.
+bool affine(const std::vector<int64_t>& v, int64_t& stride) {
+  if (v.size() <= 1) {
+    stride = 0;
+    return true;
+  }
+  stride = v[1] - v[0];
+  if (v[0] != 0 || (stride != 0 && stride != 1)) return false;
+  for (size_t i = 0; i < v.size(); ++i)
+    if (v[i] != static_cast<int64_t>(i) * stride) return false;
+  return true;
+}
+
+// C[c_batch] = alpha * sum over the broadcast batch of op(A) @ op(B) (kernels/cpu/matmul.h semantics).
+Status run_products(KernelContext& ctx, const Shape& a_batch, const Shape& b_batch, const Shape& batch,
+                    const Shape& c_batch, int64_t m, int64_t n, int64_t k, bool ta, bool tb, float alpha) {
+  const float* a = ctx.inputs[0].as<float>();
+  const float* b = ctx.inputs[1].as<float>();
+  float* c = ctx.outputs[0].as<float>();
+  std::vector<int64_t> ai = batch_index(batch, a_batch), bi = batch_index(batch, b_batch),
+                       ci = batch_index(batch, c_batch);
+  const int64_t count = static_cast<int64_t>(ci.size()), c_count = shape_numel(c_batch);
+  const int64_t sa = m * k, sb = k * n, sc = m * n;
+  int64_t da, db, dc;
+  const bool a_aff = affine(ai, da), b_aff = affine(bi, db), c_aff = affine(ci, dc);
+  if (c_count == count && c_aff && dc == 1) {
+    if (count > 1 && !ta && da == 1 && db == 0 && a_aff && b_aff) {
+      // [batch, m, k] @ [k, n]: one product over the stacked rows.
+      return launch(ctx, cuda::gemm_f32(false, tb, m * count, n, k, alpha, a, 0, b, 0, 0.0f, c, 0, 1));
+    }
+    if (a_aff && b_aff) {
+      return launch(ctx, cuda::gemm_f32(ta, tb, m, n, k, alpha, a, da * sa, b, db * sb, 0.0f, c, sc, count));
+    }
+  }
+  if (c_count == 1 && count > 1 && ta && !tb && a_aff && da == 1 && b_aff && db == 1) {
+    // sum_i A_i^T @ B_i with A [batch, k, m], B [batch, k, n]: one product over the stacked k.
+    return launch(ctx, cuda::gemm_f32(true, false, m, n, k * count, alpha, a, 0, b, 0, 0.0f, c, 0, 1));
+  }
+  // General: one product per batch element, later products for the same C matrix accumulate.
+  std::vector<char> written(static_cast<size_t>(c_count), 0);
+  for (int64_t i = 0; i < count; ++i) {
+    const float beta = written[ci[i]] ? 1.0f : 0.0f;
+    written[ci[i]] = 1;
+    if (!cuda::gemm_f32(ta, tb, m, n, k, alpha, a + ai[i] * sa, 0, b + bi[i] * sb, 0, beta, c + ci[i] * sc, 0, 1)) {
+      return launch(ctx, false);
+    }
+  }
+  for (int64_t i = 0; i < c_count; ++i) {
+    if (!written[i] && !cuda::memset_async(c + i * sc, sizeof(float) * sc)) return launch(ctx, false);
+  }
+  return Status::ok();
+}
+
+bool broadcast_batch(const Shape& a, const Shape& b, Shape& out) {
+  const size_t rank = std::max(a.size(), b.size());
+  out.assign(rank, 1);
+  for (size_t i = 0; i < rank; ++i) {
+    const int64_t da = i < rank - a.size() ? 1 : a[i - (rank - a.size())];
+    const int64_t db = i < rank - b.size() ? 1 : b[i - (rank - b.size())];
+    if (da == db || db == 1) out[i] = da;
+    else if (da == 1) out[i] = db;
+    else return false;
+  }
+  return true;
+}
+
+Status matmul_cuda(KernelContext& ctx) {
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  const Shape &as = ctx.inputs[0].shape, &bs = ctx.inputs[1].shape;
+  const bool a_vec = as.size() == 1, b_vec = bs.size() == 1;
+  const Shape a_batch = a_vec ? Shape{} : Shape(as.begin(), as.end() - 2);
+  const Shape b_batch = b_vec ? Shape{} : Shape(bs.begin(), bs.end() - 2);
+  const int64_t m = a_vec ? 1 : as[as.size() - 2], k = as.back(), n = b_vec ? 1 : bs.back();
+  Shape batch;
+  if (!broadcast_batch(a_batch, b_batch, batch)) return ctx.fail("batch dimensions do not broadcast");
+  return run_products(ctx, a_batch, b_batch, batch, batch, m, n, k, false, false, 1.0f);
+}
+
+Status fused_matmul_cuda(KernelContext& ctx) {
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  const Shape &as = ctx.inputs[0].shape, &bs = ctx.inputs[1].shape;
+  const bool ta = ctx.attrs().get_int("transA", 0) != 0, tb = ctx.attrs().get_int("transB", 0) != 0;
+  const int64_t ar = as[as.size() - 2], ac = as.back(), br = bs[bs.size() - 2], bc = bs.back();
+  const int64_t m = ta ? ac : ar, k = ta ? ar : ac, n = tb ? br : bc;
+  const Shape a_batch(as.begin(), as.end() - 2), b_batch(bs.begin(), bs.end() - 2);
+  Shape batch;
+  if (!broadcast_batch(a_batch, b_batch, batch)) return ctx.fail("batch dimensions do not broadcast");
+  const Shape out_batch = ctx.attrs().has("out_batch") ? ctx.attrs().get_ints("out_batch") : batch;
+  return run_products(ctx, a_batch, b_batch, batch, out_batch, m, n, k, ta, tb,
+                      static_cast<float>(ctx.attrs().get_double("alpha", 1.0)));
+}
+
+Status gemm_cuda(KernelContext& ctx) {
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  const TensorRef &a = ctx.inputs[0], &b = ctx.inputs[1], &y = ctx.outputs[0];
+  const bool ta = ctx.attrs().get_int("transA", 0) != 0, tb = ctx.attrs().get_int("transB", 0) != 0;
+  const int64_t m = ta ? a.shape[1] : a.shape[0], k = ta ? a.shape[0] : a.shape[1], n = tb ? b.shape[0] : b.shape[1];
+  const float alpha = static_cast<float>(ctx.attrs().get_double("alpha", 1.0));
+  const bool has_c = ctx.has_input(2);
+  const float beta = has_c ? static_cast<float>(ctx.attrs().get_double("beta", 1.0)) : 0.0f;
+  if (beta != 0.0f) {
+    // Y = broadcast(C), then Y = alpha * op(A) op(B) + beta * Y.
+    const TensorRef& c = ctx.inputs[2];
+    cuda::Broadcast bc;
+    if (!make_bc(y.shape, {broadcast_strides(c.shape, y.shape)}, bc)) return cuda_fallback_kernel(ctx);
+    if (!cuda::strided_copy(4, c.data, y.data, bc)) return launch(ctx, false);
+  }
+  return launch(ctx, cuda::gemm_f32(ta, tb, m, n, k, alpha, a.as<float>(), 0, b.as<float>(), 0, beta, y.as<float>(),
+                                    0, 1));
+}
+
+// ---- softmax, norms ----
+
+template <bool kLog>
+Status softmax_cuda(KernelContext& ctx) {
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  const TensorRef& x = ctx.inputs[0];
+  int64_t axis = ctx.attrs().get_int("axis", -1);
+  if (!normalize_axis(axis, x.rank())) return ctx.fail("axis out of range");
+  return launch(ctx, cuda::softmax_f32(x.as<float>(), ctx.outputs[0].as<float>(), dims_product(x.shape, 0, axis),
+                                       x.shape[axis], dims_product(x.shape, axis + 1, x.rank()), kLog));
+}
+
+template <bool kLog>
+Status softmax_grad_cuda(KernelContext& ctx) {
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  const TensorRef& y = ctx.inputs[1];
+  int64_t axis = ctx.attrs().get_int("axis", -1);
+  if (!normalize_axis(axis, y.rank())) return ctx.fail("axis out of range");
+  return launch(ctx, cuda::softmax_grad_f32(ctx.inputs[0].as<float>(), y.as<float>(), ctx.outputs[0].as<float>(),
+                                            dims_product(y.shape, 0, axis), y.shape[axis],
+                                            dims_product(y.shape, axis + 1, y.rank()), kLog));
+}
+
+void norm_view(const KernelContext& ctx, const TensorRef& x, int64_t& rows, int64_t& cols) {
+  int64_t axis = ctx.attrs().get_int("axis", -1);
+  normalize_axis(axis, x.rank());
+  rows = dims_product(x.shape, 0, axis);
+  cols = dims_product(x.shape, axis, x.rank());
+}
+
+template <typename P>
+P* opt(const KernelContext& ctx, int i) {
+  return ctx.has_input(i) ? ctx.inputs[i].as<P>() : nullptr;
+}
+
+Status layer_norm_cuda(KernelContext& ctx) {
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  const TensorRef& x = ctx.inputs[0];
+  int64_t rows, cols;
+  norm_view(ctx, x, rows, cols);
+  const size_t n_out = ctx.outputs.size();
+  return launch(ctx, cuda::layer_norm_f32(x.as<float>(), ctx.inputs[1].as<float>(), opt<float>(ctx, 2),
+                                          ctx.outputs[0].as<float>(), n_out > 1 ? ctx.outputs[1].as<float>() : nullptr,
+                                          n_out > 2 ? ctx.outputs[2].as<float>() : nullptr, rows, cols,
+                                          static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5))));
+}
+
+Status layer_norm_grad_cuda(KernelContext& ctx) {
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  const TensorRef& x = ctx.inputs[1];
+  int64_t rows, cols;
+  norm_view(ctx, x, rows, cols);
+  const size_t n_out = ctx.outputs.size();
+  return launch(ctx, cuda::layer_norm_grad_f32(
+                         opt<float>(ctx, 0), x.as<float>(), ctx.inputs[2].as<float>(), opt<float>(ctx, 3),
+                         opt<float>(ctx, 4), opt<float>(ctx, 5), opt<float>(ctx, 6), ctx.outputs[0].as<float>(),
+                         n_out > 1 ? ctx.outputs[1].as<float>() : nullptr,
+                         n_out > 2 ? ctx.outputs[2].as<float>() : nullptr, rows, cols,
+                         static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5))));
+}
+
+Status rms_norm_cuda(KernelContext& ctx) {
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  const TensorRef& x = ctx.inputs[0];
+  int64_t rows, cols;
+  norm_view(ctx, x, rows, cols);
+  return launch(ctx, cuda::rms_norm_f32(x.as<float>(), ctx.inputs[1].as<float>(), ctx.outputs[0].as<float>(), rows,
+                                        cols, static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5))));
+}
+
+Status rms_norm_grad_cuda(KernelContext& ctx) {
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  const TensorRef& x = ctx.inputs[1];
+  int64_t rows, cols;
+  norm_view(ctx, x, rows, cols);
+  return launch(ctx, cuda::rms_norm_grad_f32(ctx.inputs[0].as<float>(), x.as<float>(), ctx.inputs[2].as<float>(),
+                                             ctx.outputs[0].as<float>(),
+                                             ctx.outputs.size() > 1 ? ctx.outputs[1].as<float>() : nullptr, rows,
+                                             cols, static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5))));
+}
+
+// ---- reductions ----
+
+// Reduced-axis flags of a ReduceSum/ReduceMean node on the device. keepdims = 1: from the shapes; else from the axes
+// input (opset >= 13 for ReduceSum, 18 for the others) or attribute.
+bool reduced_axes(const KernelContext& ctx, bool is_sum, std::vector<bool>& reduced) {
+  const TensorRef &x = ctx.inputs[0], &y = ctx.outputs[0];
+  const int64_t rank = x.rank();
+  reduced.assign(rank, false);
+  const bool keepdims = ctx.attrs().get_int("keepdims", 1) != 0;
+  if (keepdims && y.rank() == rank) {
+    for (int64_t d = 0; d < rank; ++d) reduced[d] = x.shape[d] != y.shape[d];
+    return true;
+  }
+  const bool from_input = ctx.node->opset >= (is_sum ? 13 : 18);
+  std::vector<int64_t> axes;
+  if (from_input) {
+    if (ctx.has_input(1) && !read_ints(ctx.inputs[1], axes)) return false;
+  } else {
+    axes = ctx.attrs().get_ints("axes");
+  }
+  if (axes.empty()) {
+    if (from_input && ctx.attrs().get_int("noop_with_empty_axes", 0) != 0) return true;
+    reduced.assign(rank, true);
+    return true;
+  }
+  for (int64_t a : axes) {
+    if (!normalize_axis(a, rank)) return false;
+    reduced[a] = true;
+  }
+  return true;
+}
+
+bool make_reduce(const Shape& shape, const std::vector<bool>& reduced, cuda::Reduce& r) {
+  r = cuda::Reduce{};
+  const Shape st = contiguous_strides(shape);
+  // Merge neighbours of the same kind that are contiguous, dropping size-1 dims.
+  std::vector<int64_t> kd, ks, rd, rs;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    auto& dims = reduced[d] ? rd : kd;
+    auto& strides = reduced[d] ? rs : ks;
+    if (!dims.empty() && strides.back() == shape[d] * st[d]) {
+      dims.back() *= shape[d];
+      strides.back() = st[d];
+    } else {
+      dims.push_back(shape[d]);
+      strides.push_back(st[d]);
+    }
+  }
+  if (kd.size() > static_cast<size_t>(cuda::kMaxDims) || rd.size() > static_cast<size_t>(cuda::kMaxDims)) return false;
+  r.kept_rank = static_cast<int>(kd.size());
+  r.red_rank = static_cast<int>(rd.size());
+  for (size_t i = 0; i < kd.size(); ++i) r.kept_dims[i] = kd[i], r.kept_strides[i] = ks[i], r.kept_numel *= kd[i];
+  for (size_t i = 0; i < rd.size(); ++i) r.red_dims[i] = rd[i], r.red_strides[i] = rs[i], r.red_numel *= rd[i];
+  return true;
+}
+
+template <bool kMean>
+Status reduce_cuda(KernelContext& ctx) {
+  if (!is_f32(ctx.inputs[0])) return cuda_fallback_kernel(ctx);
+  std::vector<bool> reduced;
+  if (!reduced_axes(ctx, !kMean, reduced)) return cuda_fallback_kernel(ctx);
+  cuda::Reduce r;
+  if (!make_reduce(ctx.inputs[0].shape, reduced, r)) return cuda_fallback_kernel(ctx);
+  int64_t count = 1;
+  for (size_t d = 0; d < reduced.size(); ++d)
+    if (reduced[d]) count *= ctx.inputs[0].shape[d];
+  const float scale = kMean ? (count ? 1.0f / static_cast<float>(count) : NAN) : 1.0f;
+  return launch(ctx, cuda::reduce_sum_f32(ctx.inputs[0].as<float>(), ctx.outputs[0].as<float>(), r, scale));
+}
+
+// ReduceGrad for Sum and Mean: dX = broadcast(dY) (/ count).
+Status reduce_grad_cuda(KernelContext& ctx) {
+  const std::string kind = ctx.attrs().get_string("kind", "");
+  if ((kind != "ReduceSum" && kind != "ReduceMean") || !all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  const TensorRef &dy = ctx.inputs[0], &dx = ctx.outputs[0];
+  const Shape shape = dx.shape;
+  std::vector<bool> reduced(shape.size(), false);
+  for (int64_t a : ctx.attrs().get_ints("axes")) reduced[a] = true;
+  // dY viewed with keepdims: reduced axes of size 1.
+  Shape kept = shape;
+  int64_t count = 1;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (reduced[d]) {
+      count *= shape[d];
+      kept[d] = 1;
+    }
+  }
+  if (shape_numel(kept) != dy.numel()) return cuda_fallback_kernel(ctx);
+  cuda::Broadcast bc;
+  if (!make_bc(shape, {broadcast_strides(kept, shape)}, bc)) return cuda_fallback_kernel(ctx);
+  if (kind == "ReduceSum") return launch(ctx, cuda::strided_copy(4, dy.data, dx.data, bc));
+  if (!cuda::strided_copy(4, dy.data, dx.data, bc)) return launch(ctx, false);
+  return launch(ctx, cuda::scale_f32(dx.as<float>(), dx.numel(), count ? 1.0f / static_cast<float>(count) : NAN));
+}
+
+// ---- indexing ----
+
+Status gather_cuda(KernelContext& ctx) {
+  const TensorRef &data = ctx.inputs[0], &idx = ctx.inputs[1], &y = ctx.outputs[0];
+  if (idx.dtype != DType::kInt64 && idx.dtype != DType::kInt32) return cuda_fallback_kernel(ctx);
+  int64_t axis = ctx.attrs().get_int("axis", 0);
+  if (!normalize_axis(axis, data.rank())) return ctx.fail("axis out of range");
+  return launch(ctx, cuda::gather(static_cast<int>(dtype_size(data.dtype)), data.data, idx.data,
+                                  idx.dtype == DType::kInt64, y.data, dims_product(data.shape, 0, axis),
+                                  data.shape[axis], idx.numel(), dims_product(data.shape, axis + 1, data.rank())));
+}
+
+Status gather_grad_cuda(KernelContext& ctx) {
+  const TensorRef &g = ctx.inputs[0], &idx = ctx.inputs[1], &y = ctx.outputs[0];
+  if (!is_f32(g) || (idx.dtype != DType::kInt64 && idx.dtype != DType::kInt32)) return cuda_fallback_kernel(ctx);
+  int64_t axis = ctx.attrs().get_int("axis", 0);
+  if (!normalize_axis(axis, y.rank())) return ctx.fail("axis out of range");
+  int64_t skip = -1;
+  if (ctx.attrs().has("padding_idx")) {
+    skip = ctx.attrs().get_int("padding_idx", -1);
+    if (skip < 0) skip += y.shape[axis];
+  }
+  return launch(ctx, cuda::gather_grad_f32(g.as<float>(), idx.data, idx.dtype == DType::kInt64, y.as<float>(),
+                                           dims_product(y.shape, 0, axis), y.shape[axis], idx.numel(),
+                                           dims_product(y.shape, axis + 1, y.rank()), skip));
+}
+
+// ---- loss ----
+
+int reduction_code(const KernelContext& ctx) {
+  const std::string s = ctx.attrs().get_string("reduction", "mean");
+  return s == "none" ? 0 : (s == "sum" ? 1 : 2);
+}
+
+Status sce_cuda(KernelContext& ctx) {
+  const TensorRef &scores = ctx.inputs[0], &labels = ctx.inputs[1];
+  if (!is_f32(scores) || (ctx.has_input(2) && !is_f32(ctx.inputs[2]))) return cuda_fallback_kernel(ctx);
+  if (labels.dtype != DType::kInt64 && labels.dtype != DType::kInt32) return cuda_fallback_kernel(ctx);
+  const int64_t n = scores.shape[0], c = scores.shape[1], d = dims_product(scores.shape, 2, scores.rank());
+  return launch(ctx, cuda::softmax_cross_entropy_f32(
+                         scores.as<float>(), labels.data, labels.dtype == DType::kInt64, opt<float>(ctx, 2), n, c, d,
+                         ctx.attrs().has("ignore_index"), ctx.attrs().get_int("ignore_index", 0), reduction_code(ctx),
+                         ctx.outputs[0].as<float>(), ctx.outputs.size() > 1 ? ctx.outputs[1].as<float>() : nullptr));
+}
+
+Status sce_grad_cuda(KernelContext& ctx) {
+  const TensorRef &scores = ctx.inputs[1], &labels = ctx.inputs[2];
+  if (!is_f32(scores) || (ctx.has_input(0) && !is_f32(ctx.inputs[0]))) return cuda_fallback_kernel(ctx);
+  if (labels.dtype != DType::kInt64 && labels.dtype != DType::kInt32) return cuda_fallback_kernel(ctx);
+  const int64_t n = scores.shape[0], c = scores.shape[1], d = dims_product(scores.shape, 2, scores.rank());
+  return launch(ctx, cuda::softmax_cross_entropy_grad_f32(
+                         opt<float>(ctx, 0), scores.as<float>(), labels.data, labels.dtype == DType::kInt64,
+                         opt<float>(ctx, 3), opt<float>(ctx, 4), n, c, d, ctx.attrs().has("ignore_index"),
+                         ctx.attrs().get_int("ignore_index", 0), reduction_code(ctx), ctx.outputs[0].as<float>()));
+}
+
+// ---- training ----
+
+Status accumulate_cuda(KernelContext& ctx) {
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  return launch(ctx, cuda::accumulate_f32(ctx.inputs[0].as<float>(), ctx.inputs[1].as<float>(), ctx.inputs[0].numel()));
+}
+
+Status grad_norm_cuda(KernelContext& ctx) {
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  std::vector<const float*> ptrs;
+  std::vector<int64_t> counts;
+  for (const TensorRef& t : ctx.inputs) {
+    ptrs.push_back(t.as<float>());
+    counts.push_back(t.numel());
+  }
+  return launch(ctx, cuda::grad_norm_f32(ptrs.data(), counts.data(), static_cast<int>(ptrs.size()),
+                                         static_cast<float>(ctx.attrs().get_double("scale", 1.0)),
+                                         ctx.outputs[0].as<float>()));
+}
+
+Status adamw_cuda(KernelContext& ctx) {
+  const TensorRef& p = ctx.inputs[0];
+  for (int i = 0; i < 4; ++i)
+    if (!is_f32(ctx.inputs[i])) return cuda_fallback_kernel(ctx);
+  const TensorRef &lr = ctx.inputs[4], &step = ctx.inputs[5];
+  if ((lr.dtype != DType::kFloat64 && lr.dtype != DType::kFloat32) || step.dtype != DType::kInt64) {
+    return cuda_fallback_kernel(ctx);
+  }
+  cuda::AdamW a;
+  a.beta1 = ctx.attrs().get_double("beta1", 0.9);
+  a.beta2 = ctx.attrs().get_double("beta2", 0.999);
+  a.eps = ctx.attrs().get_double("epsilon", 1e-8);
+  a.weight_decay = ctx.attrs().get_double("weight_decay", 0.01);
+  a.grad_scale = ctx.attrs().get_double("grad_scale", 1.0);
+  a.max_norm = ctx.attrs().get_double("max_norm", 0.0);
+  a.zero_grad = ctx.attrs().get_int("zero_grad", 0) != 0;
+  const float* norm = ctx.has_input(6) && is_f32(ctx.inputs[6]) ? ctx.inputs[6].as<float>() : nullptr;
+  return launch(ctx, cuda::adamw_f32(p.as<float>(), ctx.inputs[1].as<float>(), ctx.inputs[2].as<float>(),
+                                     ctx.inputs[3].as<float>(), p.numel(), lr.data, lr.dtype == DType::kFloat64,
+                                     step.as<int64_t>(), norm, a));
+}
+
+// AllReduce without a communicator leaves the buffer as it is; with one, the CPU path (host copies) runs it.
+Status all_reduce_cuda(KernelContext& ctx) {
+  if (!ctx.comm) return Status::ok();
+  return cuda_fallback_kernel(ctx);
+}
+
+}  // namespace
+
+void set_cuda_allow_tf32(bool allow) { cuda::set_allow_tf32(allow); }
+
+void register_cuda_kernels(OpRegistry& r) {
+  auto set = [&r](const char* domain, const char* name, KernelFn k) {
+    if (OpSchema* s = r.find_mutable(domain, name)) s->cuda = k;
+  };
+  const char* G = kGalvatronDomain;
+  for (const char* op : {"Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten"}) set("", op, copy_cuda);
+  set("", "Add", binary_cuda<cuda::Binary::kAdd>);
+  set("", "Sub", binary_cuda<cuda::Binary::kSub>);
+  set("", "Mul", binary_cuda<cuda::Binary::kMul>);
+  set("", "Div", binary_cuda<cuda::Binary::kDiv>);
+  set("", "Pow", binary_cuda<cuda::Binary::kPow>);
+  set("", "Equal", compare_cuda<cuda::Compare::kEqual>);
+  set("", "Less", compare_cuda<cuda::Compare::kLess>);
+  set("", "LessOrEqual", compare_cuda<cuda::Compare::kLessOrEqual>);
+  set("", "Greater", compare_cuda<cuda::Compare::kGreater>);
+  set("", "GreaterOrEqual", compare_cuda<cuda::Compare::kGreaterOrEqual>);
+  set("", "And", compare_cuda<cuda::Compare::kAnd>);
+  set("", "Or", compare_cuda<cuda::Compare::kOr>);
+  set("", "Xor", compare_cuda<cuda::Compare::kXor>);
+  set("", "Where", where_cuda);
+  set("", "Not", not_cuda);
+  set("", "Neg", unary_cuda<cuda::Unary::kNeg>);
+  set("", "Abs", unary_cuda<cuda::Unary::kAbs>);
+  set("", "Relu", unary_cuda<cuda::Unary::kRelu>);
+  set("", "Sqrt", unary_cuda<cuda::Unary::kSqrt>);
+  set("", "Reciprocal", unary_cuda<cuda::Unary::kReciprocal>);
+  set("", "Exp", unary_cuda<cuda::Unary::kExp>);
+  set("", "Log", unary_cuda<cuda::Unary::kLog>);
+  set("", "Tanh", unary_cuda<cuda::Unary::kTanh>);
+  set("", "Erf", unary_cuda<cuda::Unary::kErf>);
+  set("", "Sigmoid", unary_cuda<cuda::Unary::kSigmoid>);
+  set("", "Gelu", gelu_cuda);
+  set(G, "SigmoidGrad", act_grad_cuda<cuda::ActGrad::kSigmoid>);
+  set(G, "TanhGrad", act_grad_cuda<cuda::ActGrad::kTanh>);
+  set(G, "ErfGrad", act_grad_cuda<cuda::ActGrad::kErf>);
+  set(G, "GeluGrad", act_grad_cuda<cuda::ActGrad::kGelu>);
+  set("", "Cast", cast_cuda);
+  set("", "Transpose", transpose_cuda);
+  set("", "Expand", expand_cuda);
+  set("", "Concat", concat_cuda);
+  set("", "Split", split_cuda);
+  set(G, "SliceGrad", slice_grad_cuda);
+  set("", "MatMul", matmul_cuda);
+  set("", "Gemm", gemm_cuda);
+  set(G, "FusedMatMul", fused_matmul_cuda);
+  set("", "Softmax", softmax_cuda<false>);
+  set("", "LogSoftmax", softmax_cuda<true>);
+  set(G, "SoftmaxGrad", softmax_grad_cuda<false>);
+  set(G, "LogSoftmaxGrad", softmax_grad_cuda<true>);
+  set("", "LayerNormalization", layer_norm_cuda);
+  set(G, "LayerNormalizationGrad", layer_norm_grad_cuda);
+  set("", "RMSNormalization", rms_norm_cuda);
+  set(G, "RMSNormalizationGrad", rms_norm_grad_cuda);
+  set("", "ReduceSum", reduce_cuda<false>);
+  set("", "ReduceMean", reduce_cuda<true>);
+  set(G, "ReduceGrad", reduce_grad_cuda);
+  set("", "Gather", gather_cuda);
+  set(G, "GatherGrad", gather_grad_cuda);
+  set("", "SoftmaxCrossEntropyLoss", sce_cuda);
+  set(G, "SoftmaxCrossEntropyLossGrad", sce_grad_cuda);
+  set(G, "AccumulateGrad", accumulate_cuda);
+  set(G, "GradNorm", grad_norm_cuda);
+  set(G, "AdamW", adamw_cuda);
+  set(G, "AllReduce", all_reduce_cuda);
+}
+
+}  // namespace gv
+#endif

@@ -1,0 +1,175 @@
+// The HF fixtures trained on CUDA in float32: the first batch's gradients match PyTorch's float64 gradients, and ten
+// AdamW steps reproduce PyTorch's loss trajectory, with the tolerances of tests/fixture_training_test.cpp (the CPU
+// run's). Also lists the ops of each training graph that have no native CUDA kernel (the fallback's ops).
+// Label `gpu`: skipped where no CUDA device is visible. GV_FIXTURES_DIR in the environment overrides the fixtures'
+// folder (on a machine where ../shared is elsewhere).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <nlohmann/json.hpp>
+
+#include "importer/onnx_importer.h"
+#include "runtime/cuda_kernels.h"
+#include "runtime/safetensors.h"
+#include "runtime/trainer.h"
+
+namespace gv {
+namespace {
+
+const std::vector<std::string> kFixtures = {"gpt2", "gpt2_loss", "llama", "bert", "bert_opset14"};
+
+std::string fixture_dir(const std::string& name) {
+  const char* env = std::getenv("GV_FIXTURES_DIR");
+  return std::string(env && *env ? env : GV_FIXTURES_DIR) + "/" + name;
+}
+
+nlohmann::json read_meta(const std::string& name) {
+  std::ifstream f(fixture_dir(name) + "/meta.json");
+  return nlohmann::json::parse(f);
+}
+
+Tensor transpose2d(const Tensor& t) {
+  Tensor r(t.dtype(), {t.shape()[1], t.shape()[0]});
+  const int64_t R = t.shape()[0], C = t.shape()[1];
+  for (int64_t i = 0; i < R; ++i)
+    for (int64_t j = 0; j < C; ++j) r.data_as<float>()[j * R + i] = t.data_as<float>()[i * C + j];
+  return r;
+}
+
+TensorMap batch_rows(const TensorMap& samples, int64_t step, int64_t batch) {
+  TensorMap out;
+  for (const auto& [name, t] : samples) {
+    const int64_t cols = t.shape()[1];
+    Tensor r(t.dtype(), {batch, cols});
+    std::memcpy(r.data(), t.data_as<int64_t>() + step * batch * cols, r.nbytes());
+    out[name] = r;
+  }
+  return out;
+}
+
+std::unique_ptr<Trainer> make_trainer(const std::string& name, Backend& backend, std::set<std::string>* tied) {
+  ImportOptions io;
+  io.batch = 2;
+  io.seq = 32;
+  auto model = import_onnx(fixture_dir(name) + "/model.onnx", io);
+  EXPECT_TRUE(model.has_value()) << model.status().message();
+  if (!model) return nullptr;
+  if (tied) {
+    for (const auto& kv : model->tied_parameters) tied->insert(kv.first);
+  }
+  TrainerConfig cfg;
+  cfg.lr = 1e-3;
+  const nlohmann::json pad = read_meta(name)["config"]["pad_token_id"];
+  if (pad.is_number_integer()) cfg.graph.padding_idx = pad.get<int64_t>();
+  cfg.graph.optimizer.weight_decay = 0.01;
+  auto trainer = Trainer::create(std::move(model->graph), cfg, backend);
+  EXPECT_TRUE(trainer.has_value()) << trainer.status().message();
+  return trainer ? std::move(*trainer) : nullptr;
+}
+
+class CudaFixtureTraining : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    auto b = make_backend("cuda");
+    if (!b) GTEST_SKIP() << b.status().message();
+    backend_ = std::move(*b);
+  }
+  std::unique_ptr<Backend> backend_;
+};
+
+TEST_P(CudaFixtureTraining, GradientsMatchPyTorch) {
+  const std::string name = GetParam();
+  std::set<std::string> tied;
+  auto trainer = make_trainer(name, *backend_, &tied);
+  ASSERT_TRUE(trainer);
+  // Which ops of this graph run through the fallback (for the record; correctness does not depend on it).
+  std::set<std::string> fallback;
+  for (const Node& n : trainer->training_graph().graph.nodes) {
+    const OpSchema* s = OpRegistry::global().find(n.domain, n.op_type);
+    if (s && !s->cuda) fallback.insert(n.domain + "::" + n.op_type);
+  }
+  std::string list;
+  for (const auto& f : fallback) list += " " + f;
+  std::printf("[ %s ] ops without a native CUDA kernel:%s\n", name.c_str(), list.empty() ? " none" : list.c_str());
+
+  auto ref = read_safetensors(fixture_dir(name) + "/reference.safetensors");
+  ASSERT_TRUE(ref.has_value()) << ref.status().message();
+  TensorMap batch = {{"input_ids", ref->at("input_ids")}, {"labels", ref->at("labels")}};
+  double loss = 0;
+  auto grads = trainer->compute_gradients(batch, &loss);
+  ASSERT_TRUE(grads.has_value()) << grads.status().message();
+  EXPECT_NEAR(loss, ref->at("loss").scalar_f64(0), 1e-5 * std::fabs(ref->at("loss").scalar_f64(0)));
+
+  nlohmann::json meta = read_meta(name);
+  std::map<std::string, Tensor> by_hf;
+  for (const auto& [onnx_name, info] : meta["initializers"].items()) {
+    if (tied.count(onnx_name)) continue;
+    auto it = grads->find(onnx_name);
+    ASSERT_NE(it, grads->end()) << "no gradient for parameter '" << onnx_name << "'";
+    Tensor g = info["transposed"].get<bool>() ? transpose2d(it->second) : it->second;
+    std::string hf = info["hf"];
+    if (!by_hf.count(hf)) {
+      by_hf[hf] = g.clone();
+    } else {
+      for (int64_t i = 0; i < g.numel(); ++i) by_hf[hf].data_as<float>()[i] += g.data_as<float>()[i];
+    }
+  }
+  int compared = 0;
+  double worst = 0;
+  for (const auto& [key, ref_grad] : *ref) {
+    if (key.rfind("grad/", 0) != 0) continue;
+    std::string hf = key.substr(5);
+    bool absent = false;
+    for (const auto& n : meta["hf_params_not_in_onnx"]) absent = absent || n == hf;
+    if (absent) continue;
+    ASSERT_TRUE(by_hf.count(hf)) << "reference gradient " << hf << " has no ONNX parameter";
+    const Tensor& ours = by_hf[hf];
+    Tensor theirs = ref_grad.cast(DType::kFloat64);
+    ASSERT_EQ(ours.numel(), theirs.numel()) << hf;
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < ours.numel(); ++i) {
+      ASSERT_FALSE(std::isnan(ours.data_as<float>()[i])) << hf;
+      double d = ours.data_as<float>()[i] - theirs.data_as<double>()[i];
+      num += d * d;
+      den += theirs.data_as<double>()[i] * theirs.data_as<double>()[i];
+    }
+    double rel = std::sqrt(num) / std::max(std::sqrt(den), 1e-6);
+    worst = std::max(worst, rel);
+    EXPECT_LE(rel, 1e-4) << name << ": gradient of " << hf;
+    ++compared;
+  }
+  std::printf("[ %s ] %d gradients, worst relative error vs PyTorch float64: %.3g\n", name.c_str(), compared, worst);
+  EXPECT_GT(compared, 10);
+}
+
+TEST_P(CudaFixtureTraining, AdamWTrajectoryMatchesPyTorch) {
+  const std::string name = GetParam();
+  auto trainer = make_trainer(name, *backend_, nullptr);
+  ASSERT_TRUE(trainer);
+  auto samples = read_safetensors(fixture_dir(name) + "/samples.safetensors");
+  ASSERT_TRUE(samples.has_value()) << samples.status().message();
+  auto ref = read_safetensors(fixture_dir(name) + "/reference.safetensors");
+  ASSERT_TRUE(ref.has_value());
+  const Tensor& expected = ref->at("adamw_losses");
+  double worst = 0;
+  for (int64_t s = 0; s < 10; ++s) {
+    auto m = trainer->step({batch_rows(*samples, s, 2)});
+    ASSERT_TRUE(m.has_value()) << m.status().message();
+    EXPECT_NEAR(m->loss, expected.scalar_f64(s), 1e-4) << name << " step " << s;
+    worst = std::max(worst, std::fabs(m->loss - expected.scalar_f64(s)));
+  }
+  std::printf("[ %s ] 10 AdamW steps, worst loss difference vs PyTorch: %.3g\n", name.c_str(), worst);
+  // Checkpoint round trip reads the device buffers back.
+  auto params = trainer->parameters();
+  ASSERT_TRUE(params.has_value()) << params.status().message();
+  EXPECT_FALSE(params->empty());
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFixtureTraining, ::testing::ValuesIn(kFixtures));
+
+}  // namespace
+}  // namespace gv

@@ -1,0 +1,350 @@
+// Every native CUDA kernel against its CPU kernel, on fresh random inputs (device/METHOD.md: float32 arithmetic,
+// ||cuda - cpu|| / ||cpu|| far under 1e-3; we ask 1e-5, NaN never passes). Each case builds a one-node graph, runs
+// it through the executor on both backends, and compares every output and every input (in-place ops update inputs).
+// Label `gpu`: needs a CUDA device; skipped where none is visible.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "runtime/cuda_kernels.h"
+#include "runtime/executor.h"
+
+namespace gv {
+namespace {
+
+std::mt19937_64& rng() {
+  static std::mt19937_64 r(std::random_device{}());
+  return r;
+}
+
+Tensor randn(Shape s, double scale = 1.0, double shift = 0.0) {
+  Tensor t(DType::kFloat32, std::move(s));
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data_as<float>()[i] = static_cast<float>(d(rng()) * scale + shift);
+  return t;
+}
+Tensor positive(Shape s) {
+  Tensor t = randn(std::move(s));
+  for (int64_t i = 0; i < t.numel(); ++i) t.data_as<float>()[i] = std::fabs(t.data_as<float>()[i]) + 0.1f;
+  return t;
+}
+Tensor randint(Shape s, int64_t lo, int64_t hi) {
+  Tensor t(DType::kInt64, std::move(s));
+  std::uniform_int_distribution<int64_t> d(lo, hi - 1);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data_as<int64_t>()[i] = d(rng());
+  return t;
+}
+Tensor boolean(Shape s) {
+  Tensor t(DType::kBool, std::move(s));
+  std::bernoulli_distribution d(0.5);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data_as<uint8_t>()[i] = d(rng());
+  return t;
+}
+Tensor ints(std::vector<int64_t> v) { return Tensor::from_i64(v, {static_cast<int64_t>(v.size())}); }
+
+struct Case {
+  std::string op;
+  std::vector<Tensor> inputs;
+  Attributes attrs = {};
+  int num_outputs = 1;
+  std::string domain = "";
+  int opset = 20;
+  std::vector<int> constants = {};  // input indices that are graph constants (read by inference)
+  double tol = 1e-5;
+};
+
+struct Ran {
+  std::vector<Tensor> outputs, inputs;
+};
+
+Expected<Ran> run_case(const Case& c, Backend& backend) {
+  Graph g;
+  g.opsets[c.domain] = c.opset;
+  Node n;
+  n.name = "node";
+  n.op_type = c.op;
+  n.domain = c.domain;
+  n.opset = c.opset;
+  n.attrs = c.attrs;
+  std::map<std::string, Tensor> feeds;
+  std::vector<ValueId> fed;
+  for (size_t i = 0; i < c.inputs.size(); ++i) {
+    if (!c.inputs[i].defined()) {
+      n.inputs.push_back(kNoValue);
+      continue;
+    }
+    const std::string name = "in" + std::to_string(i);
+    if (std::find(c.constants.begin(), c.constants.end(), static_cast<int>(i)) != c.constants.end()) {
+      n.inputs.push_back(g.add_initializer(name, c.inputs[i], ValueKind::kConstant));
+    } else {
+      ValueId v = g.add_input(name, c.inputs[i].dtype(), c.inputs[i].shape());
+      n.inputs.push_back(v);
+      fed.push_back(v);
+      feeds[name] = c.inputs[i];
+    }
+  }
+  std::vector<std::string> outs;
+  for (int i = 0; i < c.num_outputs; ++i) outs.push_back("out" + std::to_string(i));
+  GV_ASSIGN_OR_RETURN(g.outputs, g.add_node(std::move(n), outs));
+  ExecutorOptions eo;
+  eo.keep_alive = fed;
+  GV_ASSIGN_OR_RETURN(auto ex, Executor::create(g, backend, eo));
+  GV_RETURN_IF_ERROR(ex->set_inputs(feeds));
+  GV_RETURN_IF_ERROR(ex->run());
+  GV_RETURN_IF_ERROR(backend.synchronize());
+  Ran r;
+  for (ValueId o : g.outputs) {
+    GV_ASSIGN_OR_RETURN(Tensor t, ex->fetch(o));
+    r.outputs.push_back(t);
+  }
+  for (ValueId v : fed) {
+    GV_ASSIGN_OR_RETURN(Tensor t, ex->fetch(v));
+    r.inputs.push_back(t);
+  }
+  return r;
+}
+
+// ||a - b|| / ||b|| over float tensors (exact equality for integer and bool tensors); NaN in a fails unless b has it
+// at the same place.
+void expect_close(const Tensor& a, const Tensor& b, double tol, const std::string& what) {
+  ASSERT_EQ(a.dtype(), b.dtype()) << what;
+  ASSERT_EQ(a.shape(), b.shape()) << what;
+  if (a.dtype() != DType::kFloat32 && a.dtype() != DType::kFloat64) {
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.nbytes()), 0) << what << ": integer results differ";
+    return;
+  }
+  double num = 0, den = 0;
+  int64_t nan_mismatch = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double x = a.scalar_f64(i), y = b.scalar_f64(i);
+    if (std::isnan(x) || std::isnan(y)) {
+      nan_mismatch += std::isnan(x) != std::isnan(y);
+      continue;
+    }
+    if (std::isinf(x) || std::isinf(y)) {
+      nan_mismatch += x != y;
+      continue;
+    }
+    num += (x - y) * (x - y);
+    den += y * y;
+  }
+  EXPECT_EQ(nan_mismatch, 0) << what << ": NaN/inf at different places";
+  const double rel = std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+  EXPECT_LE(rel, tol) << what << ": relative error " << rel;
+}
+
+class CudaKernels : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto b = make_backend("cuda");
+    if (!b) GTEST_SKIP() << b.status().message();
+    cuda_ = std::move(*b);
+    cpu_ = make_cpu_backend();
+  }
+  void check(const Case& c) {
+    SCOPED_TRACE(c.domain + "::" + c.op);
+    auto want = run_case(c, *cpu_);
+    ASSERT_TRUE(want.has_value()) << want.status().message();
+    auto got = run_case(c, *cuda_);
+    ASSERT_TRUE(got.has_value()) << got.status().message();
+    for (size_t i = 0; i < want->outputs.size(); ++i) {
+      expect_close(got->outputs[i], want->outputs[i], c.tol, c.op + " output " + std::to_string(i));
+    }
+    for (size_t i = 0; i < want->inputs.size(); ++i) {
+      expect_close(got->inputs[i], want->inputs[i], c.tol, c.op + " input " + std::to_string(i) + " after the run");
+    }
+  }
+  std::unique_ptr<Backend> cuda_, cpu_;
+};
+
+Attributes attrs(std::initializer_list<std::pair<const char*, int64_t>> ints) {
+  Attributes a;
+  for (auto& [k, v] : ints) a.set_int(k, v);
+  return a;
+}
+
+TEST_F(CudaKernels, Binary) {
+  check({"Add", {randn({2, 3, 4}), randn({4})}});
+  check({"Add", {randn({8, 128, 64}), randn({8, 128, 64})}});
+  check({"Sub", {randn({2, 1, 4}), randn({3, 1})}});
+  check({"Mul", {randn({5, 7}), randn({})}});
+  check({"Mul", {randn({2, 3, 5, 7}), randn({2, 1, 5, 1})}});
+  check({"Div", {randn({3, 9}), positive({9})}});
+  check({"Pow", {randn({4, 33}), Tensor::scalar(DType::kFloat32, 2.0)}});
+  check({"Pow", {randn({4, 33}), Tensor::scalar(DType::kFloat32, 3.0)}});
+  check({"Pow", {positive({4, 33}), randn({33})}});
+  check({"Add", {randint({3, 4}, -50, 50), randint({4}, -50, 50)}});
+  check({"Equal", {randint({3, 4}, 0, 3), randint({4}, 0, 3)}});
+  check({"Less", {randn({3, 4}), randn({3, 1})}});
+  check({"Where", {boolean({3, 1, 5}), randn({4, 5}), randn({3, 4, 1})}});
+}
+
+TEST_F(CudaKernels, Unary) {
+  for (const char* op : {"Neg", "Abs", "Relu", "Exp", "Tanh", "Erf", "Sigmoid", "Gelu"}) check({op, {randn({3, 1000})}});
+  for (const char* op : {"Sqrt", "Reciprocal", "Log"}) check({op, {positive({7, 130})}});
+  Attributes a;
+  a.set_string("approximate", "tanh");
+  check({"Gelu", {randn({3, 1000}, 3.0)}, a});
+  check({"Not", {boolean({40})}});
+  const std::string G = kGalvatronDomain;
+  check({"TanhGrad", {randn({5, 300}), randn({5, 300}, 0.5)}, {}, 1, G});
+  check({"SigmoidGrad", {randn({5, 300}), positive({5, 300})}, {}, 1, G});
+  check({"ErfGrad", {randn({5, 300}), randn({5, 300})}, {}, 1, G});
+  check({"GeluGrad", {randn({5, 300}), randn({5, 300}, 3.0)}, {}, 1, G});
+  check({"GeluGrad", {randn({5, 300}), randn({5, 300}, 3.0)}, a, 1, G});
+}
+
+TEST_F(CudaKernels, Cast) {
+  Attributes to_i64, to_f32, to_bool;
+  to_i64.set_int("to", 7);
+  to_f32.set_int("to", 1);
+  to_bool.set_int("to", 9);
+  check({"Cast", {randn({50}, 1e3)}, to_i64});
+  check({"Cast", {randint({50}, -1000, 1000)}, to_f32});
+  check({"Cast", {randint({50}, -2, 2)}, to_bool});
+}
+
+TEST_F(CudaKernels, Layout) {
+  Attributes perm;
+  perm.set_ints("perm", {0, 2, 1, 3});
+  check({"Transpose", {randn({2, 5, 3, 8})}, perm});
+  check({"Transpose", {randn({6, 9})}});
+  check({"Expand", {randn({3, 1}), ints({2, 3, 4})}, {}, 1, "", 20, {1}});
+  check({"Reshape", {randn({2, 3, 4}), ints({6, -1})}, {}, 1, "", 20, {1}});
+  check({"Concat", {randn({2, 3, 4}), randn({2, 1, 4}), randn({2, 5, 4})}, attrs({{"axis", 1}})});
+  check({"Concat", {randint({3}, 0, 9), randint({2}, 0, 9)}, attrs({{"axis", 0}})});
+  check({"Split", {randn({2, 4, 9})}, attrs({{"axis", 2}}), 3});
+  check({"Split", {randn({2, 6, 3}), ints({1, 5})}, attrs({{"axis", 1}}), 2, "", 20, {1}});
+  Attributes sg;
+  sg.set_ints("shape", {4, 10, 6});
+  sg.set_ints("starts", {1, 2, 0});
+  sg.set_ints("steps", {1, 3, 2});
+  check({"SliceGrad", {randn({2, 3, 3})}, sg, 1, kGalvatronDomain});
+  // Slice has no native kernel: the fallback runs it.
+  check({"Slice", {randn({4, 10}), ints({1, 2}), ints({3, 9}), ints({0, 1}), ints({1, 2})}, {}, 1, "", 20,
+         {1, 2, 3, 4}});
+}
+
+TEST_F(CudaKernels, MatMul) {
+  check({"MatMul", {randn({2, 3, 5, 7}), randn({2, 3, 7, 4})}});
+  check({"MatMul", {randn({4, 5, 64}), randn({64, 96})}});
+  check({"MatMul", {randn({2, 1, 5, 7}), randn({3, 7, 4})}});
+  check({"MatMul", {randn({7}), randn({3, 7, 4})}});
+  check({"MatMul", {randn({3, 5, 7}), randn({7})}});
+  const std::string G = kGalvatronDomain;
+  Attributes ta = attrs({{"transA", 1}});
+  ta.set_ints("out_batch", {});
+  check({"FusedMatMul", {randn({4, 6, 5}), randn({4, 6, 3})}, ta, 1, G});
+  Attributes tb = attrs({{"transB", 1}});
+  tb.set_float("alpha", 0.5f);
+  check({"FusedMatMul", {randn({2, 3, 5, 7}), randn({2, 3, 4, 7})}, tb, 1, G});
+  Attributes sum_b = attrs({{"transA", 0}, {"transB", 1}});
+  sum_b.set_ints("out_batch", {1, 3});
+  check({"FusedMatMul", {randn({2, 3, 5, 7}), randn({2, 3, 4, 7})}, sum_b, 1, G});
+  check({"Gemm", {randn({5, 7}), randn({4, 7}), randn({4})}, attrs({{"transB", 1}})});
+  Attributes gab = attrs({{"transA", 1}});
+  gab.set_float("alpha", 2.0f);
+  gab.set_float("beta", 0.5f);
+  check({"Gemm", {randn({7, 5}), randn({7, 4}), randn({5, 4})}, gab});
+  check({"Gemm", {randn({16, 768}), randn({768, 2304}), randn({2304})}});
+}
+
+TEST_F(CudaKernels, SoftmaxAndNorms) {
+  const std::string G = kGalvatronDomain;
+  check({"Softmax", {randn({4, 5, 37}, 3.0)}});
+  check({"Softmax", {randn({2, 8, 64, 64}, 3.0)}});
+  check({"Softmax", {randn({4, 5, 6})}, attrs({{"axis", 1}})});
+  check({"LogSoftmax", {randn({4, 1000}, 3.0)}});
+  Tensor y = randn({4, 5, 37});
+  check({"SoftmaxGrad", {randn({4, 5, 37}), y}, {}, 1, G});
+  check({"LogSoftmaxGrad", {randn({4, 5, 37}), y}, {}, 1, G});
+  check({"SoftmaxGrad", {randn({4, 5, 6}), y.reshaped({4, 5, 37}).clone()}, attrs({{"axis", 1}}), 1, G});
+  check({"LayerNormalization", {randn({4, 7, 96}, 2.0, 1.0), randn({96}), randn({96})}, {}, 3, "", 17});
+  check({"LayerNormalization", {randn({3, 4, 5}), randn({4, 5})}, attrs({{"axis", 1}}), 1, "", 17});
+  check({"LayerNormalizationGrad", {randn({64, 96}), randn({64, 96}, 2.0, 1.0), randn({96})}, {}, 3, G, 17});
+  // With saved statistics: those the forward kernel wrote.
+  Tensor x = randn({32, 48}, 2.0, 1.0), scale = randn({48});
+  auto fw = run_case({"LayerNormalization", {x, scale, randn({48})}, {}, 3, "", 17}, *cpu_);
+  ASSERT_TRUE(fw.has_value());
+  check({"LayerNormalizationGrad", {randn({32, 48}), x, scale, fw->outputs[1], fw->outputs[2]}, {}, 3, G, 17});
+  check({"RMSNormalization", {randn({6, 64}), randn({64})}, {}, 1, "", 23});
+  check({"RMSNormalizationGrad", {randn({6, 64}), randn({6, 64}), randn({64})}, {}, 2, G, 23});
+}
+
+TEST_F(CudaKernels, Reductions) {
+  check({"ReduceSum", {randn({4, 6, 32}), ints({-1})}, {}, 1, "", 13, {1}});
+  check({"ReduceSum", {randn({4, 6, 320}), ints({0, 1})}, attrs({{"keepdims", 0}}), 1, "", 13, {1}});
+  check({"ReduceSum", {randn({4, 6, 32}), ints({1})}, attrs({{"keepdims", 0}}), 1, "", 13, {1}});
+  check({"ReduceSum", {randn({3, 5})}, {}, 1, "", 13});
+  check({"ReduceMean", {randn({4, 6, 32}), ints({-1})}, {}, 1, "", 18, {1}});
+  check({"ReduceMean", {randn({4, 6, 32})}, [] {
+          Attributes a;
+          a.set_ints("axes", {1});
+          return a;
+        }(), 1, "", 17});
+  for (const char* kind : {"ReduceSum", "ReduceMean"}) {
+    Attributes a;
+    a.set_string("kind", kind);
+    a.set_ints("axes", {0, 2});
+    a.set_ints("shape", {4, 6, 32});
+    check({"ReduceGrad", {randn({1, 6, 1}), Tensor(), Tensor()}, a, 1, kGalvatronDomain});
+  }
+}
+
+TEST_F(CudaKernels, Indexing) {
+  check({"Gather", {randn({50, 16}), randint({3, 7}, -50, 50)}});
+  check({"Gather", {randn({4, 10, 3}), randint({5}, 0, 10)}, attrs({{"axis", 1}})});
+  Attributes gg;
+  gg.set_int("axis", 0);
+  gg.set_ints("shape", {30, 16});
+  check({"GatherGrad", {randn({4, 64, 16}), randint({4, 64}, 0, 30)}, gg, 1, kGalvatronDomain});
+  gg.set_int("padding_idx", 3);
+  check({"GatherGrad", {randn({4, 64, 16}), randint({4, 64}, 0, 30)}, gg, 1, kGalvatronDomain});
+}
+
+TEST_F(CudaKernels, Loss) {
+  const std::string G = kGalvatronDomain;
+  Tensor labels = randint({16}, 0, 37);
+  labels.data_as<int64_t>()[3] = -100;
+  Attributes ign = attrs({{"ignore_index", -100}});
+  check({"SoftmaxCrossEntropyLoss", {randn({16, 37}, 3.0), labels}, ign, 2});
+  Attributes sum = ign;
+  sum.set_string("reduction", "sum");
+  check({"SoftmaxCrossEntropyLoss", {randn({16, 37}, 3.0), labels}, sum});
+  Attributes none = ign;
+  none.set_string("reduction", "none");
+  check({"SoftmaxCrossEntropyLoss", {randn({4, 37, 5}, 3.0), randint({4, 5}, 0, 37)}, none});
+  check({"SoftmaxCrossEntropyLoss", {randn({16, 37}), labels, positive({37})}, ign});
+  check({"SoftmaxCrossEntropyLossGrad", {randn({}), randn({16, 37}, 3.0), labels}, ign, 1, G});
+  check({"SoftmaxCrossEntropyLossGrad", {randn({}), randn({16, 37}, 3.0), labels, Tensor(), randn({16, 37})}, ign, 1,
+         G});
+  check({"SoftmaxCrossEntropyLossGrad", {randn({4, 5}), randn({4, 37, 5}), randint({4, 5}, 0, 37)}, none, 1, G});
+  check({"SoftmaxCrossEntropyLoss", {randn({64, 50257}, 3.0), randint({64}, 0, 50257)}, ign});
+  check({"SoftmaxCrossEntropyLossGrad", {randn({}), randn({64, 50257}, 3.0), randint({64}, 0, 50257)}, ign, 1, G});
+}
+
+TEST_F(CudaKernels, Training) {
+  const std::string G = kGalvatronDomain;
+  check({"AccumulateGrad", {randn({1000}), randn({1000})}, {}, 0, G});
+  Attributes gn;
+  gn.set_float("scale", 0.5f);
+  check({"GradNorm", {randn({1000}), randn({3, 7}), randn({70000})}, gn, 1, G});
+  Tensor step = Tensor(DType::kInt64, {});
+  step.data_as<int64_t>()[0] = 3;
+  Attributes a;
+  a.set_float("weight_decay", 0.1f);
+  a.set_float("grad_scale", 0.5f);
+  check({"AdamW", {randn({5000}), randn({5000}), randn({5000}, 0.1), positive({5000}),
+                   Tensor::scalar(DType::kFloat64, 1e-2), step},
+         a, 0, G});
+  Attributes clip = a;
+  clip.set_float("max_norm", 1.0f);
+  clip.set_int("zero_grad", 1);
+  check({"AdamW", {randn({5000}), randn({5000}), randn({5000}, 0.1), positive({5000}),
+                   Tensor::scalar(DType::kFloat64, 1e-2), step, Tensor::scalar(DType::kFloat32, 7.0)},
+         clip, 0, G});
+}
+
+}  // namespace
+}  // namespace gv
