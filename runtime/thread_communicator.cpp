@@ -21,7 +21,7 @@
 namespace gv {
 namespace {
 
-constexpr auto kTimeout = std::chrono::seconds(120);
+constexpr auto kTimeout = std::chrono::seconds(60);
 
 std::string rank_list(const std::vector<int>& ranks) {
   std::string s;

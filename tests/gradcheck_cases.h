@@ -23,5 +23,6 @@ struct GradCase {
 std::vector<GradCase> gradcheck_cases_elementwise();
 std::vector<GradCase> gradcheck_cases_movement();
 std::vector<GradCase> gradcheck_cases_math();
+std::vector<GradCase> gradcheck_cases_parallel();
 
 }  // namespace gv::testing
