@@ -273,6 +273,11 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
         rs.attrs = a;
         rs.place = place;
         GV_ASSIGN_OR_RETURN(auto outs, g.add_node(std::move(rs)));
+        if (o.grad_accum_steps > 1) {
+          // The accumulator was read: clear it for the next step (the update reads the reduced shard instead).
+          GV_RETURN_IF_ERROR(add_update(g, "ZeroBuffer", {final_grad[p]}, {}, place,
+                                        g.unique_name("zero2/clear/" + pname)));
+        }
         final_grad[p] = outs[0];
         int64_t begin = 0;
         for (int i = 0; i < me; ++i) begin += sizes[i];
@@ -331,7 +336,10 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     // ZeRO-2: the optimizer state covers this rank's flat range of the parameter only.
     const bool sharded = tg.optimizer_state_range.count(p) > 0;
     const Value state_like = sharded ? g.value(final_grad[p]) : g.value(p);
-    if (sharded) a.set_int("shard_offset", tg.optimizer_state_range[p].first);
+    if (sharded) {
+      a.set_int("shard_offset", tg.optimizer_state_range[p].first);
+      a.set_int("zero_grad", 0);  // the shard is a fresh value each step; the accumulator was cleared above
+    }
     if (oc.kind == OptimizerConfig::Kind::kAdamW) {
       ValueId m = add_state(g, pname + ".exp_avg", state_like);
       ValueId v = add_state(g, pname + ".exp_avg_sq", state_like);

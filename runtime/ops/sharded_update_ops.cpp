@@ -1,7 +1,9 @@
 // ZeRO-2's last step of an update: every rank of a data-parallel group updated its own flat range of a parameter
 // (AdamW / SGD with shard_offset); GatherShardsInPlace(param) gives every rank the whole updated parameter.
-// Attributes: group (world ranks, in shard order; absent = the whole world), sizes (elements of each rank's range, in
+// ZeroBuffer(buf) clears a buffer in place (the accumulated gradient, once reduce-scattered).
+// Attributes of GatherShardsInPlace: group (world ranks, in shard order; absent = the whole world), sizes (elements of each rank's range, in
 // group order, adding up to the parameter's size).
+#include <cstring>
 #include <vector>
 
 #include "runtime/communicator.h"
@@ -52,6 +54,14 @@ Status gather_shards_cpu(KernelContext& ctx) {
   return st.is_ok() ? st : ctx.fail(st.message());
 }
 
+Status zero_buffer_cpu(KernelContext& ctx) {
+  const TensorRef& b = ctx.inputs[0];
+  std::memset(b.data, 0, static_cast<size_t>(b.numel()) * dtype_size(b.dtype));
+  return Status::ok();
+}
+
+Status infer_nothing(InferContext&) { return Status::ok(); }
+
 }  // namespace
 
 void register_sharded_update_ops(OpRegistry& r) {
@@ -64,6 +74,16 @@ void register_sharded_update_ops(OpRegistry& r) {
   s.cpu = gather_shards_cpu;
   s.doc = "ZeRO-2: all-gather, in place, the flat ranges of a parameter that the ranks of a group updated";
   r.add(s);
+
+  OpSchema z;
+  z.domain = kGalvatronDomain;
+  z.name = "ZeroBuffer";
+  z.min_inputs = z.max_inputs = 1;
+  z.min_outputs = z.max_outputs = 0;
+  z.infer = infer_nothing;
+  z.cpu = zero_buffer_cpu;
+  z.doc = "sets a buffer to zero in place (ZeRO-2: the accumulated gradient once it was reduce-scattered)";
+  r.add(z);
 }
 
 }  // namespace gv

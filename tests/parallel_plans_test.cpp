@@ -1,0 +1,176 @@
+// Hybrid-parallel plans over MPI on CPUs: every strategy the partitioner can emit (DDP, ZeRO-2, ZeRO-3, tensor
+// parallelism, GPipe and 1F1B pipelines, mixed per-layer plans, a searched plan) trains the gpt2 and llama fixtures and
+// a 4-layer zoo GPT for ten steps with the single-process run's losses and final weights (tests/parallel_equivalence.h).
+// Each test runs `galvatron train --devices N` (mpirun --oversubscribe -np N) against a single-process reference that
+// uses the same micro-batches (--grad-accum = the plan's chunks).
+#include <fstream>
+
+#include "runtime/communicator.h"
+#include "tests/parallel_equivalence.h"
+
+namespace gv {
+namespace {
+
+constexpr int kSteps = 10;
+constexpr int kChunks = 4;
+
+struct Model {
+  std::string name;
+  std::vector<std::string> args;  // model and data
+};
+
+Model fixture_model(const std::string& name) {
+  return {name, {fixture(name, "model.onnx"), "--data", fixture(name, "samples.safetensors")}};
+}
+
+Model zoo_gpt() {
+  return {"zoo-gpt", {"--model-type", "gpt", "--hidden-size", "64", "--num-layers", "4", "--num-heads", "4",
+                      "--vocab-size", "256", "--seq-length", "32", "--data", fixture("gpt2", "samples.safetensors")}};
+}
+
+class ParallelPlans : public Cli {
+ protected:
+  void SetUp() override {
+    Cli::SetUp();
+    if (!mpi_backend_built()) GTEST_SKIP() << "galvatron was built without MPI (install libopenmpi-dev)";
+    if (!mpirun_on_path()) GTEST_SKIP() << "mpirun is not on PATH (install openmpi-bin)";
+#if defined(__SANITIZE_ADDRESS__)
+    setenv("ASAN_OPTIONS", "detect_leaks=0", 1);  // see data_parallel_test.cpp
+#endif
+    setenv("OMP_NUM_THREADS", "1", 1);
+  }
+
+  std::vector<std::string> train_args(const Model& m, const std::string& tag) const {
+    std::vector<std::string> a = {"train"};
+    a.insert(a.end(), m.args.begin(), m.args.end());
+    for (const std::string& s : {std::string("--batch-size"), std::string("4"), std::string("--steps"),
+                                 std::to_string(kSteps), std::string("--optimizer"), std::string("adamw"),
+                                 std::string("--lr"), std::string("1e-3"), std::string("--quiet"),
+                                 std::string("--device"), std::string("cpu"), std::string("--metrics"),
+                                 path(tag + ".jsonl"), std::string("--checkpoint-dir"), path(tag)}) {
+      a.push_back(s);
+    }
+    return a;
+  }
+  std::string final_ckpt(const std::string& tag) const {
+    return path(tag + "/step-0000" + std::to_string(kSteps) + ".safetensors");
+  }
+
+  void reference(const Model& m) {
+    auto a = train_args(m, "single");
+    a.insert(a.end(), {"--grad-accum", std::to_string(kChunks)});
+    auto r = run(a);
+    ASSERT_EQ(r.code, 0) << r.err;
+  }
+
+  // Trains with the plan flags on `devices` processes and compares with the reference.
+  void expect_plan(const Model& m, int devices, const std::string& tag, std::vector<std::string> plan) {
+    SCOPED_TRACE(m.name + " on " + std::to_string(devices) + " processes: " + tag);
+    auto a = train_args(m, tag);
+    a.insert(a.end(), {"--devices", std::to_string(devices)});
+    a.insert(a.end(), plan.begin(), plan.end());
+    if (std::find(plan.begin(), plan.end(), "--galvatron-config-path") == plan.end() &&
+        std::find(plan.begin(), plan.end(), "--chunks") == plan.end()) {
+      a.insert(a.end(), {"--chunks", std::to_string(kChunks)});
+    }
+    auto r = run(a);
+    ASSERT_EQ(r.code, 0) << r.err;
+    expect_same_training(path("single.jsonl"), path(tag + ".jsonl"), final_ckpt("single"), final_ckpt(tag), kSteps);
+  }
+
+  std::string write_plan(const std::string& name, const nlohmann::json& j) const {
+    std::ofstream(path(name)) << j.dump(2);
+    return path(name);
+  }
+};
+
+// --- two processes -------------------------------------------------------------------------------------------------
+
+TEST_F(ParallelPlans, Gpt2OnTwoProcesses) {
+  Model m = fixture_model("gpt2");
+  reference(m);
+  expect_plan(m, 2, "ddp", {"--default-dp-type", "ddp"});
+  expect_plan(m, 2, "zero2", {"--default-dp-type", "zero2"});
+  expect_plan(m, 2, "zero3", {"--sdp", "1"});
+  expect_plan(m, 2, "tp2", {"--global-tp-deg", "2"});
+  expect_plan(m, 2, "pp2-gpipe", {"--pp-deg", "2", "--pipeline-type", "gpipe"});
+  expect_plan(m, 2, "pp2-1f1b", {"--pp-deg", "2", "--pipeline-type", "pipedream_flush"});
+}
+
+TEST_F(ParallelPlans, LlamaOnTwoProcesses) {
+  Model m = fixture_model("llama");
+  reference(m);
+  expect_plan(m, 2, "ddp", {"--default-dp-type", "ddp"});
+  expect_plan(m, 2, "zero2", {"--default-dp-type", "zero2"});
+  expect_plan(m, 2, "zero3", {"--fsdp", "1"});
+  expect_plan(m, 2, "tp2", {"--global-tp-deg", "2"});
+  expect_plan(m, 2, "pp2-gpipe", {"--pp-deg", "2", "--pipeline-type", "gpipe"});
+  expect_plan(m, 2, "pp2-1f1b", {"--pp-deg", "2", "--pipeline-type", "pipedream_flush"});
+}
+
+TEST_F(ParallelPlans, ZooGptOnTwoProcesses) {
+  Model m = zoo_gpt();
+  reference(m);
+  expect_plan(m, 2, "ddp", {"--default-dp-type", "ddp"});
+  expect_plan(m, 2, "zero2", {"--default-dp-type", "zero2"});
+  expect_plan(m, 2, "zero3", {"--sdp", "1", "--global-checkpoint", "1"});
+  expect_plan(m, 2, "tp2", {"--global-tp-deg", "2"});
+  expect_plan(m, 2, "pp2-1f1b", {"--pp-deg", "2", "--pipeline-type", "pipedream_flush"});
+}
+
+// --- four processes ------------------------------------------------------------------------------------------------
+
+TEST_F(ParallelPlans, Gpt2OnFourProcesses) {
+  Model m = fixture_model("gpt2");
+  reference(m);
+  expect_plan(m, 4, "tp4", {"--global-tp-deg", "4"});
+  expect_plan(m, 4, "pp2-tp2-1f1b", {"--pp-deg", "2", "--global-tp-deg", "2", "--pipeline-type", "pipedream_flush"});
+  // Mixed per-layer plan: layer 0 TP 2 on strided ranks and checkpointed, layer 1 ZeRO-3 over all four.
+  nlohmann::json mixed = {{"pp_deg", 1}, {"tp_sizes_enc", "2,1"}, {"tp_consecutive_flags", "0,1"},
+                          {"dp_types_enc", "0,1"}, {"use_sp", "0,0"}, {"checkpoint", "1,0"}, {"global_bsz", 16},
+                          {"chunks", kChunks}, {"pp_division", "2"}, {"pipeline_type", "gpipe"},
+                          {"default_dp_type", "zero2"}, {"vtp", 1}, {"vsp", 0}, {"embed_sdp", 0}};
+  expect_plan(m, 4, "mixed", {"--galvatron-config-path", write_plan("mixed.json", mixed)});
+}
+
+TEST_F(ParallelPlans, LlamaOnFourProcesses) {
+  Model m = fixture_model("llama");
+  reference(m);
+  expect_plan(m, 4, "dp2-tp2", {"--global-tp-deg", "2", "--default-dp-type", "zero2"});
+  nlohmann::json mixed = {{"pp_deg", 1}, {"tp_sizes_enc", "1,2"}, {"tp_consecutive_flags", "1,1"},
+                          {"dp_types_enc", "1,0"}, {"checkpoint", "0,1"}, {"global_bsz", 16}, {"chunks", kChunks},
+                          {"pipeline_type", "gpipe"}, {"default_dp_type", "ddp"}};
+  expect_plan(m, 4, "mixed", {"--galvatron-config-path", write_plan("mixed.json", mixed)});
+}
+
+TEST_F(ParallelPlans, ZooGptOnFourProcesses) {
+  Model m = zoo_gpt();
+  reference(m);
+  expect_plan(m, 4, "tp4", {"--global-tp-deg", "4"});
+  expect_plan(m, 4, "pp4-gpipe", {"--pp-deg", "4", "--pipeline-type", "gpipe"});
+  expect_plan(m, 4, "pp4-1f1b", {"--pp-deg", "4", "--pipeline-type", "pipedream_flush"});
+  // Two stages of two ranks; different TP per layer, ZeRO-3 and checkpointed layers.
+  nlohmann::json mixed = {{"pp_deg", 2}, {"tp_sizes_enc", "2,1,1,2"}, {"tp_consecutive_flags", "1,1,0,1"},
+                          {"dp_types_enc", "0,1,0,0"}, {"checkpoint", "0,0,1,1"}, {"global_bsz", 16},
+                          {"chunks", kChunks}, {"pp_division", "2,2"}, {"pipeline_type", "pipedream_flush"},
+                          {"default_dp_type", "zero2"}};
+  expect_plan(m, 4, "mixed", {"--galvatron-config-path", write_plan("mixed.json", mixed)});
+}
+
+// --- eight processes -----------------------------------------------------------------------------------------------
+
+TEST_F(ParallelPlans, ZooGptOnEightProcesses) {
+  Model m = zoo_gpt();
+  reference(m);
+  expect_plan(m, 8, "pp2-tp2-dp2", {"--pp-deg", "2", "--global-tp-deg", "2", "--pipeline-type", "pipedream_flush",
+                                    "--default-dp-type", "zero2"});
+}
+
+TEST_F(ParallelPlans, Gpt2OnEightProcesses) {
+  Model m = fixture_model("gpt2");
+  reference(m);
+  expect_plan(m, 8, "tp4-dp2-zero3", {"--global-tp-deg", "4", "--sdp", "1", "--global-tp-consec", "0"});
+}
+
+}  // namespace
+}  // namespace gv
