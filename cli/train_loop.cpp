@@ -338,6 +338,7 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
     if (metrics.is_open()) {
       nlohmann::json j = {{"step", m.step}, {"loss", m.loss}, {"lr", m.lr}, {"grad_norm", m.grad_norm},
                           {"tokens_per_s", tok_s}, {"peak_mem_bytes", trainer.peak_memory_bytes()}};
+      if (!m.comm_bytes.empty()) j["comm_bytes"] = m.comm_bytes;  // rank 0's, by communication op
       metrics << j.dump() << "\n";
       metrics.flush();
     }

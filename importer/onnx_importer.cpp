@@ -70,7 +70,7 @@ Expected<Shape> specialize_input(const onnx::ValueInfoProto& vi, const ImportOpt
       if (opt.seq <= 0) {
         return invalid_argument(what + " has a dynamic sequence dimension (axis 1" +
                                 (param.empty() ? std::string() : ", '" + param + "'") +
-                                "); pass the sequence length to train with (--seq N)");
+                                "); give the sequence length (train, run: --seq-len N; search, profile: --seq-length N)");
       }
       shape.push_back(opt.seq);
     } else {

@@ -1,6 +1,27 @@
 #include "runtime/executor.h"
 
+#include "runtime/communicator.h"
+
 namespace gv {
+namespace {
+
+// Bytes one rank sends for a communication node, as ring algorithms do (0 for other nodes).
+double comm_bytes_of(const Node& n, const std::vector<TensorRef>& in, const std::vector<TensorRef>& out,
+                     int world) {
+  if (n.domain != kGalvatronDomain) return 0;
+  auto bytes = [](const TensorRef& t) { return static_cast<double>(t.numel()) * dtype_size(t.dtype); };
+  const auto group = n.attrs.get_ints("group");
+  const double g = group.empty() ? world : static_cast<double>(group.size());
+  if (g <= 1 && n.op_type != "Send") return 0;
+  const std::string& op = n.op_type;
+  if (op == "AllReduce" || op == "TensorParallelReduce") return 2 * (g - 1) / g * bytes(in[0]);
+  if (op == "AllGather") return (g - 1) / g * bytes(out[0]);
+  if (op == "ReduceScatter" || op == "GatherShardsInPlace") return (g - 1) / g * bytes(in[0]);
+  if (op == "Send") return bytes(in[0]);
+  return 0;
+}
+
+}  // namespace
 
 Executor::~Executor() {
   if (arena_) backend_.release(arena_);
@@ -68,6 +89,7 @@ Expected<std::unique_ptr<Executor>> Executor::create(const Graph& graph, Backend
       const Value& v = graph.values[o];
       s.ctx.outputs.push_back(TensorRef{v.dtype, v.shape, ex->ptrs_[o]});
     }
+    if (ex->options_.comm) s.comm_bytes = comm_bytes_of(n, s.ctx.inputs, s.ctx.outputs, ex->options_.comm->size());
     ex->steps_.push_back(std::move(s));
   }
   return ex;
@@ -109,6 +131,7 @@ Status Executor::run_steps(size_t begin, size_t end) {
     s.ctx.micro_batch = micro_batch;
     Status st = s.kernel(s.ctx);
     if (!st.is_ok()) return st;
+    if (s.comm_bytes > 0) comm_bytes[s.ctx.node->op_type] += s.comm_bytes;
   }
   return Status::ok();
 }

@@ -53,6 +53,10 @@ class Executor {
   Backend& backend() const { return backend_; }
   // Counter handed to random kernels; the trainer advances it each micro-batch.
   uint64_t rng_counter = 0;
+  // Bytes this process sent through each kind of communication op (by op type) since the last reset, counted as
+  // ring algorithms send them: all-reduce 2(n-1)/n of the buffer, all-gather and reduce-scatter (n-1)/n of the whole
+  // buffer, send the buffer.
+  std::map<std::string, double> comm_bytes;
   // Index of the micro-batch within the step, handed to kernels (pipeline Send/Recv tags); set by the trainer.
   int64_t micro_batch = 0;
 
@@ -63,6 +67,7 @@ class Executor {
     NodeId node;
     KernelFn kernel;
     KernelContext ctx;
+    double comm_bytes = 0;  // bytes this node sends per run (communication ops), 0 for the others
   };
   const Graph& graph_;
   Backend& backend_;

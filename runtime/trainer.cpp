@@ -68,6 +68,12 @@ Expected<std::unique_ptr<Trainer>> Trainer::create(Graph forward, const TrainerC
   return t;
 }
 
+std::vector<Executor*> Trainer::all_slots() {
+  std::vector<Executor*> v = {executor_.get()};
+  for (auto& e : more_slots_) v.push_back(e.get());
+  return v;
+}
+
 bool Trainer::parallel() const { return config_.comm && config_.comm->size() > 1; }
 
 double Trainer::lr_at(int64_t step) const {
@@ -162,6 +168,10 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
   GV_RETURN_IF_ERROR(executor_->set_value(tg_->step, step_t));
   GV_RETURN_IF_ERROR(executor_->run_steps(tg_->optimizer_begin, executor_->num_steps()));
   if (parallel()) GV_RETURN_IF_ERROR(config_.comm->wait_sends());
+  for (Executor* ex : all_slots()) {
+    for (const auto& [op, b] : ex->comm_bytes) m.comm_bytes[op] += b;
+    ex->comm_bytes.clear();
+  }
   GV_ASSIGN_OR_RETURN(Tensor gn, executor_->fetch(tg_->grad_norm));
   m.grad_norm = gn.scalar_f64(0);
   steps_done_ = m.step;

@@ -51,6 +51,8 @@ struct StepMetrics {
   double grad_norm = 0.0;  // before clipping
   int64_t tokens = 0;
   double seconds = 0.0;
+  // Bytes this process sent during the step, by communication op type (see Executor::comm_bytes).
+  std::map<std::string, double> comm_bytes;
 };
 
 using TensorMap = std::map<std::string, Tensor>;
@@ -93,6 +95,7 @@ class Trainer {
   Status feed(Executor& ex, const TensorMap& batch);
   Status run_forward_backward(const TensorMap& batch, int64_t micro_index, double* loss);
   bool parallel() const;
+  std::vector<Executor*> all_slots();
   // The whole tensor of a parameter or optimizer state (assembled across ranks when it is a piece).
   TensorShard shard_of(ValueId param) const;
   TensorShard state_shard_of(ValueId param) const;

@@ -170,6 +170,49 @@ TEST_F(ParallelPlans, Gpt2OnEightProcesses) {
   Model m = fixture_model("gpt2");
   reference(m);
   expect_plan(m, 8, "tp4-dp2-zero3", {"--global-tp-deg", "4", "--sdp", "1", "--global-tp-consec", "0"});
+  // The plan `galvatron search` picks for 8 devices (Galvatron's shipped 8-GPU hardware profiles).
+  auto r = run({"search", fixture("gpt2", "model.onnx"), "--seq-length", "32", "--num-gpus-per-node", "8",
+                "--settle-bsz", "16", "--settle-chunk", std::to_string(kChunks), "--disable-vtp", "1",
+                "--memory-constraint", "8", "--hardware-profiling-path",
+                std::string(GV_FIXTURES_DIR) + "/../../galvatron-profiles/hardware", "--output-config-path",
+                path("searched.json")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  expect_plan(m, 8, "searched", {"--galvatron-config-path", path("searched.json")});
+}
+
+// Checkpoints hold whole tensors whatever the plan: five steps with tensor parallelism, five more resumed as a
+// 1F1B pipeline with ZeRO-2, equal the single-process run's ten.
+TEST_F(ParallelPlans, ResumeUnderADifferentPlan) {
+  Model m = fixture_model("gpt2");
+  reference(m);
+  auto a = train_args(m, "resumed");
+  a[std::find(a.begin(), a.end(), "--steps") - a.begin() + 1] = "5";
+  a.insert(a.end(), {"--devices", "2", "--global-tp-deg", "2", "--chunks", std::to_string(kChunks)});
+  auto r = run(a);
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto b = train_args(m, "resumed");
+  b.insert(b.end(), {"--devices", "2", "--pp-deg", "2", "--pipeline-type", "pipedream_flush", "--default-dp-type",
+                     "zero2", "--chunks", std::to_string(kChunks), "--resume", path("resumed")});
+  r = run(b);
+  ASSERT_EQ(r.code, 0) << r.err;
+  expect_same_training(path("single.jsonl"), path("resumed.jsonl"), final_ckpt("single"), final_ckpt("resumed"),
+                       kSteps);
+}
+
+TEST_F(ParallelPlans, ImpossiblePlansAreClearErrors) {
+  Model m = fixture_model("llama");
+  // Two key/value heads cannot be split four ways.
+  auto a = train_args(m, "tp4");
+  a.insert(a.end(), {"--devices", "4", "--global-tp-deg", "4"});
+  auto r = run(a);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("head"), std::string::npos) << r.err;
+  // Three pipeline stages of two layers.
+  a = train_args(m, "pp3");
+  a.insert(a.end(), {"--devices", "3", "--pp-deg", "3"});
+  r = run(a);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--pp-deg 3"), std::string::npos) << r.err;
 }
 
 }  // namespace
