@@ -379,7 +379,12 @@ Expected<RunResult> forward_backward(Graph g, const TensorMap& batch, Communicat
   eo.comm = comm;
   eo.keep_alive = {logits};
   GV_ASSIGN_OR_RETURN(auto ex, Executor::create(tg.graph, *backend, eo));
-  GV_RETURN_IF_ERROR(ex->set_inputs(batch));
+  for (ValueId in : tg.graph.inputs) {
+    if (in == tg.lr || in == tg.step) continue;  // the optimizer's inputs; the optimizer does not run
+    auto it = batch.find(tg.graph.value(in).name);
+    if (it == batch.end()) return not_found("the batch has no '" + tg.graph.value(in).name + "'");
+    GV_RETURN_IF_ERROR(ex->set_value(in, it->second));
+  }
   GV_RETURN_IF_ERROR(ex->run_steps(0, tg.optimizer_begin));
   RunResult r;
   GV_ASSIGN_OR_RETURN(r.logits, ex->fetch(logits));
@@ -390,9 +395,8 @@ Expected<RunResult> forward_backward(Graph g, const TensorMap& batch, Communicat
   return r;
 }
 
-// ||a - b|| / max(||b||, floor): a gradient that is zero in exact arithmetic (attention key biases) is compared
-// against an absolute floor.
-double rel_l2(const Tensor& a, const Tensor& b, double floor = 1e-6) {
+// ||a - b|| / max(||b||, floor).
+double rel_l2(const Tensor& a, const Tensor& b, double floor) {
   double num = 0, den = 0;
   for (int64_t i = 0; i < b.numel(); ++i) {
     const double d = a.scalar_f64(i) - b.scalar_f64(i);
@@ -402,11 +406,23 @@ double rel_l2(const Tensor& a, const Tensor& b, double floor = 1e-6) {
   return std::sqrt(num) / std::max(std::sqrt(den), floor);
 }
 
+double l2(const Tensor& t) {
+  double s = 0;
+  for (int64_t i = 0; i < t.numel(); ++i) s += t.scalar_f64(i) * t.scalar_f64(i);
+  return std::sqrt(s);
+}
+
 struct TpCase {
   std::string model;
   int tp;
   std::vector<int> layers;  // empty: all
 };
+
+void PrintTo(const TpCase& c, std::ostream* os) {
+  *os << c.model << " tp " << c.tp << " layers";
+  if (c.layers.empty()) *os << " all";
+  for (int l : c.layers) *os << " " << l;
+}
 
 std::string case_name(const ::testing::TestParamInfo<TpCase>& info) {
   std::string s = info.param.model + "_tp" + std::to_string(info.param.tp);
@@ -455,7 +471,7 @@ TEST_P(TensorParallelNumerics, LogitsAndGradientPiecesMatchTheUnsplitGraph) {
     ASSERT_TRUE(results[r].has_value()) << "rank " << r << ": " << results[r].status().message();
     const RunResult& got = *results[r];
     ASSERT_EQ(got.logits.shape(), ref->logits.shape());
-    EXPECT_LE(rel_l2(got.logits, ref->logits), 1e-5) << "rank " << r << " logits";
+    EXPECT_LE(rel_l2(got.logits, ref->logits, 1e-30), 1e-5) << "rank " << r << " logits";
     double max_abs = 0, max_ref = 0;
     for (int64_t i = 0; i < got.logits.numel(); ++i) {
       max_abs = std::max(max_abs, std::fabs(got.logits.scalar_f64(i) - ref->logits.scalar_f64(i)));
@@ -463,6 +479,11 @@ TEST_P(TensorParallelNumerics, LogitsAndGradientPiecesMatchTheUnsplitGraph) {
     }
     EXPECT_LE(max_abs, 1e-5 * max_ref) << "rank " << r << " logits, largest difference";
     ASSERT_EQ(got.grads.size(), ref->grads.size());
+    // A gradient that is zero in exact arithmetic (attention key biases: the softmax cancels them) holds float32
+    // rounding noise only; it is compared against a floor of 1e-4 of the whole model's gradient norm.
+    double global = 0;
+    for (const auto& kv : ref->grads) global += l2(kv.second) * l2(kv.second);
+    const double floor = 1e-4 * std::sqrt(global);
     for (const auto& [name, whole] : ref->grads) {
       auto it = got.grads.find(name);
       ASSERT_NE(it, got.grads.end()) << "rank " << r << " has no gradient for " << name;
@@ -474,7 +495,7 @@ TEST_P(TensorParallelNumerics, LogitsAndGradientPiecesMatchTheUnsplitGraph) {
         want = *piece;
       }
       ASSERT_EQ(it->second.shape(), want.shape()) << "rank " << r << " " << name;
-      EXPECT_LE(rel_l2(it->second, want), 1e-5) << "rank " << r << " gradient of " << name;
+      EXPECT_LE(rel_l2(it->second, want, floor), 1e-5) << "rank " << r << " gradient of " << name;
     }
   }
 }
