@@ -403,12 +403,12 @@ Expected<RankProgram> build_rank_program(const ParallelPlan& plan, int world, in
     if (p.kind == Placement::Kind::kHead) return r.head;
     return r.embedding;
   };
-  std::map<ValueId, const LayerLayout*> param_layout;
+  std::map<std::string, const LayerLayout*> param_layout;  // by name: ZeRO-3 gives a parameter a new value
   for (const Node& n : g.nodes) {
     for (ValueId in : n.inputs) {
       if (in == kNoValue || g.value(in).kind != ValueKind::kParameter) continue;
       const LayerLayout& l = layout_of(n.place);
-      auto [it, fresh] = param_layout.emplace(in, &l);
+      auto [it, fresh] = param_layout.emplace(g.value(in).name, &l);
       if (!fresh && !(*it->second == l)) {
         return unsupported("parameter '" + g.value(in).name + "' is used by parts of the model with different "
                            "parallel layouts (e.g. layers of different TP degree); give them one strategy");
@@ -420,11 +420,13 @@ Expected<RankProgram> build_rank_program(const ParallelPlan& plan, int world, in
 
   // ZeRO-3 layers: shard their parameters over the DP group, gathered before use.
   std::vector<ShardedParam> zero3;
-  for (const auto& [p, l] : param_layout) {
-    if (l->zero3 && l->dp > 1 && shape_numel(g.value(p).shape) >= l->dp) {
-      zero3.push_back({g.value(p).name, l->dp_group, l->dp_index});
+  for (const auto& [name, l] : param_layout) {
+    if (l->zero3 && l->dp > 1 && shape_numel(g.value(g.find(name)).shape) >= l->dp) {
+      zero3.push_back({name, l->dp_group, l->dp_index});
     }
   }
+  std::map<std::string, Shape> piece_shapes;  // before ZeRO-3 flattens them: the TP piece (or whole) shape
+  for (ValueId p : g.parameters()) piece_shapes[g.value(p).name] = g.value(p).shape;
   std::map<std::string, std::pair<int64_t, int64_t>> zero3_ranges;
   if (!zero3.empty()) {
     GV_ASSIGN_OR_RETURN(zero3_ranges, apply_sharded_data_parallel(g, zero3));
@@ -433,8 +435,10 @@ Expected<RankProgram> build_rank_program(const ParallelPlan& plan, int world, in
   // Every parameter: its piece of the whole tensor, its gradient synchronisation, its weight in the global norm.
   for (ValueId p : g.parameters()) {
     const std::string& name = g.value(p).name;
-    auto pl = param_layout.find(p);
-    if (pl == param_layout.end()) continue;
+    auto pl = param_layout.find(name);
+    if (pl == param_layout.end()) {
+      return internal_error("parameter '" + name + "' is read by no node of this rank's graph");
+    }
     const LayerLayout& l = *pl->second;
     static const std::set<int> kNone;
     auto ps_it = param_stages.find(name);
@@ -444,7 +448,7 @@ Expected<RankProgram> build_rank_program(const ParallelPlan& plan, int world, in
       s = it->second;
     } else {
       s.global_name = name;
-      s.global_shape = g.value(p).shape;
+      s.global_shape = piece_shapes.at(name);
     }
     const bool tp_split = s.axis >= 0;
     const bool first_stage_copy = stages.empty() || *stages.begin() == r.stage;
@@ -464,8 +468,8 @@ Expected<RankProgram> build_rank_program(const ParallelPlan& plan, int world, in
     if (stages.size() > 1) {
       for (int st : stages) sync.tied_group.push_back(st * r.stage_size + r.position);
     }
-    double copies = (tp_split ? 1 : l.tp) * (zero3_sharded || (zero2 && l.dp > 1 &&
-                                                               shape_numel(g.value(p).shape) >= l.dp) ? 1 : l.dp) *
+    double copies = (tp_split ? 1 : l.tp) *
+                    (zero3_sharded || (zero2 && l.dp > 1 && shape_numel(piece_shapes.at(name)) >= l.dp) ? 1 : l.dp) *
                     std::max<size_t>(stages.size(), 1);
     sync.norm_weight = 1.0 / copies;
     out.param_sync[name] = sync;

@@ -217,6 +217,8 @@ TensorShard Trainer::shard_of(ValueId param) const {
   TensorShard whole;
   whole.global_name = v.name;
   whole.global_shape = v.shape;
+  // Without pieces every rank holds the whole tensor (plain data parallelism): rank 0's copy is the one.
+  whole.owner = whole.owner_of_dp_range = !parallel() || config_.comm->rank() == 0;
   return whole;
 }
 
