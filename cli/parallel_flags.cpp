@@ -16,12 +16,14 @@ std::vector<FlagSpec> parallel_flags() {
       int_flag("vocab-tp", "N", "1", "Tensor-parallel degree of the embedding and LM head."),
       int_flag("embed-sdp", "0|1", "0", "1: ZeRO-3 for the embedding and LM head."),
       string_flag("galvatron-config-path", "PLAN.json", "", "Train with this plan (Galvatron's strategy JSON, as `galvatron search` writes); overrides the flags above."),
+      bool_flag("auto", "Search the plan for this model, these devices and this batch (Galvatron's cost model and dynamic programming), then train with it."),
+      float_flag("auto-memory", "GB", "0", "--auto: memory budget per device in GB (0: physical memory / devices on the CPU)."),
   };
 }
 
 bool parallel_flags_given(const ParsedArgs& args) {
   for (const FlagSpec& f : parallel_flags()) {
-    if (args.given(f.name)) return true;
+    if (f.name == "auto" ? args.flag("auto") : args.given(f.name)) return true;
   }
   return false;
 }

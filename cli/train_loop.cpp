@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "cli/auto_plan.h"
 #include "cli/common.h"
 #include "cli/parallel_flags.h"
 #include "cli/progress.h"
@@ -231,7 +232,18 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
   std::map<std::string, std::pair<int, int>> input_slices;
   Graph forward;
   if (settings.parallel_plan) {
-    GV_ASSIGN_OR_RETURN(partitioner::ParallelPlan plan, plan_from_args(*settings.args, num_layers, ctx));
+    partitioner::ParallelPlan plan;
+    if (settings.args->flag("auto")) {
+      AutoPlanRequest req;
+      req.devices = ranks;
+      req.global_batch = settings.batch_size * settings.grad_accum;
+      req.chunks = settings.grad_accum;
+      req.memory_gb = settings.args->f64("auto-memory");
+      req.default_dp_type = settings.args->str("default-dp-type");
+      GV_ASSIGN_OR_RETURN(plan, search_plan_for_training(source, req, settings.trainer.comm, ctx));
+    } else {
+      GV_ASSIGN_OR_RETURN(plan, plan_from_args(*settings.args, num_layers, ctx));
+    }
     if (settings.grad_accum != 1 && settings.grad_accum != plan.chunks) {
       return ctx.usage("--grad-accum " + std::to_string(settings.grad_accum) + " disagrees with the plan's " +
                        std::to_string(plan.chunks) + " micro-batches (chunks); leave --grad-accum out");

@@ -1,0 +1,121 @@
+#include "cli/auto_plan.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "cli/common.h"
+
+namespace gv::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string tail_of(const std::string& path, size_t lines) {
+  std::ifstream in(path);
+  std::vector<std::string> all;
+  for (std::string l; std::getline(in, l);) all.push_back(l);
+  std::string out;
+  for (size_t i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i) out += "\n  " + all[i];
+  return out;
+}
+
+// Runs this binary with `args`, output appended to `log`.
+Status run_self(const std::vector<std::string>& args, const std::string& log, const std::string& what) {
+  std::error_code ec;
+  const std::string exe = fs::read_symlink("/proc/self/exe", ec).string();
+  if (ec) return internal_error("cannot find this program's path to run " + what);
+  std::string cmd = quote(exe);
+  for (const auto& a : args) cmd += " " + quote(a);
+  cmd += " >>" + quote(log) + " 2>&1 </dev/null";
+  std::ofstream(log, std::ios::app) << "$ " << cmd << "\n";
+  const int rc = std::system(cmd.c_str());
+  if (rc != 0) return invalid_argument("--auto: " + what + " failed; its output (" + log + "):" + tail_of(log, 12));
+  return Status::ok();
+}
+
+double detect_memory_gb(int devices) {
+  const double bytes = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  return bytes / (1024.0 * 1024.0 * 1024.0) / std::max(devices, 1);
+}
+
+Expected<std::string> search_on_rank0(const TrainModelSource& source, const AutoPlanRequest& req,
+                                      CommandContext& ctx) {
+  char tmpl[] = "/tmp/galvatron-auto-XXXXXX";
+  if (!mkdtemp(tmpl)) return io_error("--auto: cannot create a scratch folder in /tmp");
+  const std::string dir = tmpl;
+  const std::string log = dir + "/search.log";
+  std::string model = source.onnx_path;
+  if (source.from_zoo) {
+    // The search reads the model from a file: write the zoo model's graph (no weights needed).
+    GV_ASSIGN_OR_RETURN(auto proto, build_model(source.zoo_config, 1, source.seq, WeightInit::kNone));
+    model = dir + "/model.onnx";
+    GV_RETURN_IF_ERROR(write_model(proto, model));
+  }
+  const std::string n = std::to_string(req.devices);
+  GV_RETURN_IF_ERROR(run_self({"profile", "--hardware", "--num-nodes", "1", "--num-gpus-per-node", n, "--output-dir",
+                               dir},
+                              log, "galvatron profile --hardware"));
+  const double mem = req.memory_gb > 0 ? req.memory_gb : detect_memory_gb(req.devices);
+  char mem_s[32];
+  std::snprintf(mem_s, sizeof mem_s, "%.3f", mem);
+  std::vector<std::string> search = {"search", model, "--seq-length", std::to_string(source.seq),
+                                     "--num-nodes", "1", "--num-gpus-per-node", n, "--memory-constraint", mem_s,
+                                     "--settle-bsz", std::to_string(req.global_batch), "--disable-vtp", "1",
+                                     "--mixed-precision", req.precision, "--default-dp-type",
+                                     req.default_dp_type == "zero2" ? "zero2" : "ddp",
+                                     "--hardware-profiling-path", dir, "--output-config-path", dir + "/plan.json"};
+  if (req.chunks > 0) search.insert(search.end(), {"--settle-chunk", std::to_string(req.chunks)});
+  ctx.note("--auto: searching a plan for " + n + " devices, " + mem_s + " GB each, batch " +
+           std::to_string(req.global_batch) + " (log: " + log + ")");
+  GV_RETURN_IF_ERROR(run_self(search, log, "galvatron search"));
+  ctx.note("--auto: plan written to " + dir + "/plan.json (reuse it with --galvatron-config-path)");
+  std::ifstream in(dir + "/plan.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+Expected<partitioner::ParallelPlan> search_plan_for_training(const TrainModelSource& source,
+                                                             const AutoPlanRequest& req, Communicator* comm,
+                                                             CommandContext& ctx) {
+  const bool parallel = comm && comm->size() > 1;
+  const bool root = !parallel || comm->rank() == 0;
+  std::string text;
+  Status st;
+  if (root) {
+    auto r = search_on_rank0(source, req, ctx);
+    if (r) text = *r;
+    else st = r.status();
+  }
+  if (parallel) {
+    // Every rank learns the outcome (an empty plan: the search failed on rank 0, which reports why).
+    int64_t len = st.is_ok() ? static_cast<int64_t>(text.size()) : -1;
+    GV_RETURN_IF_ERROR(comm->broadcast(&len, sizeof len, 0));
+    if (len < 0) return root ? st : invalid_argument("--auto: the search failed on rank 0");
+    text.resize(static_cast<size_t>(len));
+    GV_RETURN_IF_ERROR(comm->broadcast(text.data(), text.size(), 0));
+  } else if (!st.is_ok()) {
+    return st;
+  }
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const std::exception& e) {
+    return corrupt(std::string("--auto: the search wrote an unreadable plan: ") + e.what());
+  }
+  return partitioner::plan_from_json(j, "the searched plan");
+}
+
+}  // namespace gv::cli

@@ -1,0 +1,28 @@
+// `galvatron train --auto`: Galvatron's search for this model on this run's devices, memory and batch, then the plan
+// it picks. Rank 0 runs `galvatron profile --hardware` and `galvatron search` as child processes (their log and the
+// plan stay in a scratch folder it names, so the plan can be reused with --galvatron-config-path) and broadcasts the
+// plan to the other ranks.
+#pragma once
+#include <string>
+
+#include "cli/commands.h"
+#include "cli/train_model_source.h"
+#include "partitioner/parallel_plan.h"
+#include "runtime/communicator.h"
+
+namespace gv::cli {
+
+struct AutoPlanRequest {
+  int devices = 1;
+  int64_t global_batch = 0;  // rows per step
+  int chunks = -1;           // micro-batches per step; -1: the search chooses
+  double memory_gb = 0;      // per device; 0: detect (CPU: physical memory / devices)
+  std::string precision = "fp32";
+  std::string default_dp_type = "ddp";
+};
+
+Expected<partitioner::ParallelPlan> search_plan_for_training(const TrainModelSource& source,
+                                                             const AutoPlanRequest& req, Communicator* comm,
+                                                             CommandContext& ctx);
+
+}  // namespace gv::cli
