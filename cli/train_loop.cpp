@@ -1,6 +1,7 @@
 #include "cli/train_loop.h"
 
 #include <cmath>
+#include <optional>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +11,7 @@
 #include "cli/common.h"
 #include "cli/parallel_flags.h"
 #include "cli/progress.h"
+#include "partitioner/comm_volume.h"
 #include "partitioner/rank_program.h"
 #include "runtime/communicator.h"
 #include "runtime/safetensors.h"
@@ -230,6 +232,8 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
   // A hybrid-parallel plan: this rank's graph and settings come from the partitioner's passes.
   int micro_batches = settings.grad_accum;
   std::map<std::string, std::pair<int, int>> input_slices;
+  std::optional<partitioner::CommVolume> predicted_comm;
+  std::map<std::string, double> measured_comm;  // summed over the steps of this run
   Graph forward;
   if (settings.parallel_plan) {
     partitioner::ParallelPlan plan;
@@ -265,6 +269,7 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
     cfg.shards = prog.shards;
     cfg.loss_divisor = prog.loss_divisor;
     input_slices = prog.input_slices;
+    predicted_comm = partitioner::predict_comm_volume(plan, prog.layout, model.graph, settings.batch_size);
     forward = std::move(prog.forward);
     model.graph = Graph();
   } else {
@@ -346,6 +351,7 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
                               "; lower --lr or set --grad-clip");
     }
     out.losses.emplace_back(m.step, m.loss);
+    for (const auto& [op, b] : m.comm_bytes) measured_comm[op] += b;
     const double tok_s = m.seconds > 0 ? static_cast<double>(step_tokens) / m.seconds : 0.0;
     if (metrics.is_open()) {
       nlohmann::json j = {{"step", m.step}, {"loss", m.loss}, {"lr", m.lr}, {"grad_norm", m.grad_norm},
@@ -373,6 +379,20 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
     }
   }
   if (!leader) return out;
+  if (predicted_comm && settings.steps > start) {
+    const double n = static_cast<double>(settings.steps - start);
+    partitioner::CommVolume got = partitioner::measured_comm_volume(measured_comm);
+    auto mb = [](double b) {
+      char s[32];
+      std::snprintf(s, sizeof s, "%.3f", b / 1e6);
+      return std::string(s);
+    };
+    const partitioner::CommVolume& p = *predicted_comm;
+    ctx.note("communication per step, rank 0 (MB; data-parallel / gathers / tensor-parallel / pipeline): sent " +
+             mb(got.total() / n) + " (" + mb(got.dp / n) + " / " + mb(got.zero3_extra / n) + " / " + mb(got.tp / n) +
+             " / " + mb(got.pp / n) + "); Galvatron's cost model " + mb(p.total()) + " (" + mb(p.dp) + " / " +
+             mb(p.zero3_extra) + " / " + mb(p.tp) + " / " + mb(p.pp) + ")");
+  }
   std::printf("trained %lld steps in %s; final loss %.4f\n", static_cast<long long>(settings.steps - start),
               format_duration(out.seconds).c_str(), out.losses.empty() ? NAN : out.losses.back().second);
   return out;
