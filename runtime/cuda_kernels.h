@@ -21,6 +21,12 @@ Status cuda_fallback_kernel(KernelContext& ctx);
 std::vector<std::string> cuda_fallback_ops();
 void note_cuda_fallback(const OpSchema& schema);
 
+// GALVATRON_CUDA_PROFILE=1: every CUDA kernel run (native or fallback) is timed with device events, per op type; the
+// table (total ms, calls, share) goes to stderr when the process exits. Off by default (no events, no syncs).
+bool cuda_profiling();
+// Times one kernel run under `name` when profiling is on.
+Status cuda_profiled_run(const std::string& name, KernelFn k, KernelContext& ctx);
+
 // Whether matrix products may use TF32 tensor cores (default off: float32 products are exact float32). Also
 // settable with GALVATRON_CUDA_TF32=1.
 void set_cuda_allow_tf32(bool allow);

@@ -2,7 +2,9 @@
 #ifdef GALVATRON_HAVE_CUDA
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <set>
 
@@ -14,8 +16,8 @@ namespace {
 
 std::mutex g_mu;
 std::set<std::string>& fallback_set() {
-  static std::set<std::string> s;
-  return s;
+  static auto* s = new std::set<std::string>();
+  return *s;
 }
 
 struct HostBuf {
@@ -26,7 +28,58 @@ struct HostBuf {
   }
 };
 
+struct Timing {
+  std::string name;
+  void* start;
+  void* stop;
+};
+// Never destroyed: print_profile runs at exit, after function-local statics constructed later would be gone.
+std::vector<Timing>& timings() {
+  static auto* t = new std::vector<Timing>();
+  return *t;
+}
+
+void print_profile() {
+  std::map<std::string, std::pair<double, int64_t>> by_op;
+  double total = 0;
+  for (const Timing& t : timings()) {
+    const double ms = t.start && t.stop ? cuda::event_elapsed_ms(t.start, t.stop) : 0.0;
+    by_op[t.name].first += ms;
+    by_op[t.name].second += 1;
+    total += ms;
+  }
+  std::vector<std::pair<double, std::string>> rows;
+  for (const auto& [name, v] : by_op) rows.emplace_back(v.first, name);
+  std::sort(rows.rbegin(), rows.rend());
+  std::fprintf(stderr, "cuda profile: %.1f ms of kernels over %zu runs\n%-40s %10s %8s %6s\n", total,
+               timings().size(), "op", "ms", "calls", "share");
+  for (const auto& [ms, name] : rows) {
+    std::fprintf(stderr, "%-40s %10.2f %8lld %5.1f%%\n", name.c_str(), ms,
+                 static_cast<long long>(by_op[name].second), total > 0 ? 100.0 * ms / total : 0.0);
+  }
+}
+
 }  // namespace
+
+bool cuda_profiling() {
+  static const bool on = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_PROFILE");
+    if (!e || std::strcmp(e, "1") != 0) return false;
+    timings().reserve(1 << 16);
+    std::atexit(print_profile);
+    return true;
+  }();
+  return on;
+}
+
+Status cuda_profiled_run(const std::string& name, KernelFn k, KernelContext& ctx) {
+  void* a = cuda::event_record();
+  Status st = k(ctx);
+  void* b = cuda::event_record();
+  std::lock_guard<std::mutex> lock(g_mu);
+  timings().push_back({name, a, b});
+  return st;
+}
 
 void note_cuda_fallback(const OpSchema& schema) {
   const std::string name = schema.domain + "::" + schema.name;
@@ -42,7 +95,17 @@ std::vector<std::string> cuda_fallback_ops() {
   return {fallback_set().begin(), fallback_set().end()};
 }
 
+namespace {
+Status fallback_run(KernelContext& ctx);
+}
+
 Status cuda_fallback_kernel(KernelContext& ctx) {
+  if (cuda_profiling()) return cuda_profiled_run("fallback " + ctx.node->domain + "::" + ctx.node->op_type, fallback_run, ctx);
+  return fallback_run(ctx);
+}
+
+namespace {
+Status fallback_run(KernelContext& ctx) {
   const OpSchema* schema = OpRegistry::global().find(ctx.node->domain, ctx.node->op_type);
   if (!schema || !schema->cpu) return ctx.fail("no CPU kernel to fall back to on CUDA");
   KernelContext host = ctx;
@@ -84,6 +147,7 @@ Status cuda_fallback_kernel(KernelContext& ctx) {
   }
   return Status::ok();
 }
+}  // namespace
 
 }  // namespace gv
 #endif

@@ -677,20 +677,26 @@ Status accumulate_cuda(KernelContext& ctx) {
 }
 
 Status grad_norm_cuda(KernelContext& ctx) {
-  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  if (!all_f32(ctx) || ctx.attrs().get_int("all_reduce", 0)) return cuda_fallback_kernel(ctx);
+  const std::vector<float> weights = ctx.attrs().get_floats("weights");
+  if (!weights.empty() && weights.size() != ctx.inputs.size()) return cuda_fallback_kernel(ctx);
   std::vector<const float*> ptrs;
   std::vector<int64_t> counts;
   for (const TensorRef& t : ctx.inputs) {
     ptrs.push_back(t.as<float>());
     counts.push_back(t.numel());
   }
-  return launch(ctx, cuda::grad_norm_f32(ptrs.data(), counts.data(), static_cast<int>(ptrs.size()),
+  return launch(ctx, cuda::grad_norm_f32(ptrs.data(), counts.data(), weights.empty() ? nullptr : weights.data(),
+                                         static_cast<int>(ptrs.size()),
                                          static_cast<float>(ctx.attrs().get_double("scale", 1.0)),
                                          ctx.outputs[0].as<float>()));
 }
 
+// AdamW(param, grad, m, v, lr, step, [grad_norm]); with attr shard_offset (ZeRO-2) the update covers numel(grad)
+// elements of param from there.
 Status adamw_cuda(KernelContext& ctx) {
   const TensorRef& p = ctx.inputs[0];
+  const int64_t offset = std::max<int64_t>(0, ctx.attrs().get_int("shard_offset", -1)), n = ctx.inputs[1].numel();
   for (int i = 0; i < 4; ++i)
     if (!is_f32(ctx.inputs[i])) return cuda_fallback_kernel(ctx);
   const TensorRef &lr = ctx.inputs[4], &step = ctx.inputs[5];
@@ -706,15 +712,24 @@ Status adamw_cuda(KernelContext& ctx) {
   a.max_norm = ctx.attrs().get_double("max_norm", 0.0);
   a.zero_grad = ctx.attrs().get_int("zero_grad", 0) != 0;
   const float* norm = ctx.has_input(6) && is_f32(ctx.inputs[6]) ? ctx.inputs[6].as<float>() : nullptr;
-  return launch(ctx, cuda::adamw_f32(p.as<float>(), ctx.inputs[1].as<float>(), ctx.inputs[2].as<float>(),
-                                     ctx.inputs[3].as<float>(), p.numel(), lr.data, lr.dtype == DType::kFloat64,
+  return launch(ctx, cuda::adamw_f32(p.as<float>() + offset, ctx.inputs[1].as<float>(), ctx.inputs[2].as<float>(),
+                                     ctx.inputs[3].as<float>(), n, lr.data, lr.dtype == DType::kFloat64,
                                      step.as<int64_t>(), norm, a));
 }
 
-// AllReduce without a communicator leaves the buffer as it is; with one, the CPU path (host copies) runs it.
+// AllReduce in a single process (no communicator, group empty or {0}) leaves the buffer as it is; otherwise the CPU
+// path (host copies) runs it.
 Status all_reduce_cuda(KernelContext& ctx) {
-  if (!ctx.comm) return Status::ok();
+  const std::vector<int64_t> g = ctx.attrs().get_ints("group");
+  if (!ctx.comm && (g.empty() || (g.size() == 1 && g[0] == 0))) return Status::ok();
   return cuda_fallback_kernel(ctx);
+}
+
+// The registered kernel: F, timed per op type when GALVATRON_CUDA_PROFILE is set.
+template <KernelFn F>
+Status profiled(KernelContext& ctx) {
+  if (!cuda_profiling()) return F(ctx);
+  return cuda_profiled_run(ctx.node->domain + "::" + ctx.node->op_type, F, ctx);
 }
 
 }  // namespace
@@ -726,65 +741,65 @@ void register_cuda_kernels(OpRegistry& r) {
     if (OpSchema* s = r.find_mutable(domain, name)) s->cuda = k;
   };
   const char* G = kGalvatronDomain;
-  for (const char* op : {"Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten"}) set("", op, copy_cuda);
-  set("", "Add", binary_cuda<cuda::Binary::kAdd>);
-  set("", "Sub", binary_cuda<cuda::Binary::kSub>);
-  set("", "Mul", binary_cuda<cuda::Binary::kMul>);
-  set("", "Div", binary_cuda<cuda::Binary::kDiv>);
-  set("", "Pow", binary_cuda<cuda::Binary::kPow>);
-  set("", "Equal", compare_cuda<cuda::Compare::kEqual>);
-  set("", "Less", compare_cuda<cuda::Compare::kLess>);
-  set("", "LessOrEqual", compare_cuda<cuda::Compare::kLessOrEqual>);
-  set("", "Greater", compare_cuda<cuda::Compare::kGreater>);
-  set("", "GreaterOrEqual", compare_cuda<cuda::Compare::kGreaterOrEqual>);
-  set("", "And", compare_cuda<cuda::Compare::kAnd>);
-  set("", "Or", compare_cuda<cuda::Compare::kOr>);
-  set("", "Xor", compare_cuda<cuda::Compare::kXor>);
-  set("", "Where", where_cuda);
-  set("", "Not", not_cuda);
-  set("", "Neg", unary_cuda<cuda::Unary::kNeg>);
-  set("", "Abs", unary_cuda<cuda::Unary::kAbs>);
-  set("", "Relu", unary_cuda<cuda::Unary::kRelu>);
-  set("", "Sqrt", unary_cuda<cuda::Unary::kSqrt>);
-  set("", "Reciprocal", unary_cuda<cuda::Unary::kReciprocal>);
-  set("", "Exp", unary_cuda<cuda::Unary::kExp>);
-  set("", "Log", unary_cuda<cuda::Unary::kLog>);
-  set("", "Tanh", unary_cuda<cuda::Unary::kTanh>);
-  set("", "Erf", unary_cuda<cuda::Unary::kErf>);
-  set("", "Sigmoid", unary_cuda<cuda::Unary::kSigmoid>);
-  set("", "Gelu", gelu_cuda);
-  set(G, "SigmoidGrad", act_grad_cuda<cuda::ActGrad::kSigmoid>);
-  set(G, "TanhGrad", act_grad_cuda<cuda::ActGrad::kTanh>);
-  set(G, "ErfGrad", act_grad_cuda<cuda::ActGrad::kErf>);
-  set(G, "GeluGrad", act_grad_cuda<cuda::ActGrad::kGelu>);
-  set("", "Cast", cast_cuda);
-  set("", "Transpose", transpose_cuda);
-  set("", "Expand", expand_cuda);
-  set("", "Concat", concat_cuda);
-  set("", "Split", split_cuda);
-  set(G, "SliceGrad", slice_grad_cuda);
-  set("", "MatMul", matmul_cuda);
-  set("", "Gemm", gemm_cuda);
-  set(G, "FusedMatMul", fused_matmul_cuda);
-  set("", "Softmax", softmax_cuda<false>);
-  set("", "LogSoftmax", softmax_cuda<true>);
-  set(G, "SoftmaxGrad", softmax_grad_cuda<false>);
-  set(G, "LogSoftmaxGrad", softmax_grad_cuda<true>);
-  set("", "LayerNormalization", layer_norm_cuda);
-  set(G, "LayerNormalizationGrad", layer_norm_grad_cuda);
-  set("", "RMSNormalization", rms_norm_cuda);
-  set(G, "RMSNormalizationGrad", rms_norm_grad_cuda);
-  set("", "ReduceSum", reduce_cuda<false>);
-  set("", "ReduceMean", reduce_cuda<true>);
-  set(G, "ReduceGrad", reduce_grad_cuda);
-  set("", "Gather", gather_cuda);
-  set(G, "GatherGrad", gather_grad_cuda);
-  set("", "SoftmaxCrossEntropyLoss", sce_cuda);
-  set(G, "SoftmaxCrossEntropyLossGrad", sce_grad_cuda);
-  set(G, "AccumulateGrad", accumulate_cuda);
-  set(G, "GradNorm", grad_norm_cuda);
-  set(G, "AdamW", adamw_cuda);
-  set(G, "AllReduce", all_reduce_cuda);
+  for (const char* op : {"Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten"}) set("", op, profiled<copy_cuda>);
+  set("", "Add", profiled<binary_cuda<cuda::Binary::kAdd>>);
+  set("", "Sub", profiled<binary_cuda<cuda::Binary::kSub>>);
+  set("", "Mul", profiled<binary_cuda<cuda::Binary::kMul>>);
+  set("", "Div", profiled<binary_cuda<cuda::Binary::kDiv>>);
+  set("", "Pow", profiled<binary_cuda<cuda::Binary::kPow>>);
+  set("", "Equal", profiled<compare_cuda<cuda::Compare::kEqual>>);
+  set("", "Less", profiled<compare_cuda<cuda::Compare::kLess>>);
+  set("", "LessOrEqual", profiled<compare_cuda<cuda::Compare::kLessOrEqual>>);
+  set("", "Greater", profiled<compare_cuda<cuda::Compare::kGreater>>);
+  set("", "GreaterOrEqual", profiled<compare_cuda<cuda::Compare::kGreaterOrEqual>>);
+  set("", "And", profiled<compare_cuda<cuda::Compare::kAnd>>);
+  set("", "Or", profiled<compare_cuda<cuda::Compare::kOr>>);
+  set("", "Xor", profiled<compare_cuda<cuda::Compare::kXor>>);
+  set("", "Where", profiled<where_cuda>);
+  set("", "Not", profiled<not_cuda>);
+  set("", "Neg", profiled<unary_cuda<cuda::Unary::kNeg>>);
+  set("", "Abs", profiled<unary_cuda<cuda::Unary::kAbs>>);
+  set("", "Relu", profiled<unary_cuda<cuda::Unary::kRelu>>);
+  set("", "Sqrt", profiled<unary_cuda<cuda::Unary::kSqrt>>);
+  set("", "Reciprocal", profiled<unary_cuda<cuda::Unary::kReciprocal>>);
+  set("", "Exp", profiled<unary_cuda<cuda::Unary::kExp>>);
+  set("", "Log", profiled<unary_cuda<cuda::Unary::kLog>>);
+  set("", "Tanh", profiled<unary_cuda<cuda::Unary::kTanh>>);
+  set("", "Erf", profiled<unary_cuda<cuda::Unary::kErf>>);
+  set("", "Sigmoid", profiled<unary_cuda<cuda::Unary::kSigmoid>>);
+  set("", "Gelu", profiled<gelu_cuda>);
+  set(G, "SigmoidGrad", profiled<act_grad_cuda<cuda::ActGrad::kSigmoid>>);
+  set(G, "TanhGrad", profiled<act_grad_cuda<cuda::ActGrad::kTanh>>);
+  set(G, "ErfGrad", profiled<act_grad_cuda<cuda::ActGrad::kErf>>);
+  set(G, "GeluGrad", profiled<act_grad_cuda<cuda::ActGrad::kGelu>>);
+  set("", "Cast", profiled<cast_cuda>);
+  set("", "Transpose", profiled<transpose_cuda>);
+  set("", "Expand", profiled<expand_cuda>);
+  set("", "Concat", profiled<concat_cuda>);
+  set("", "Split", profiled<split_cuda>);
+  set(G, "SliceGrad", profiled<slice_grad_cuda>);
+  set("", "MatMul", profiled<matmul_cuda>);
+  set("", "Gemm", profiled<gemm_cuda>);
+  set(G, "FusedMatMul", profiled<fused_matmul_cuda>);
+  set("", "Softmax", profiled<softmax_cuda<false>>);
+  set("", "LogSoftmax", profiled<softmax_cuda<true>>);
+  set(G, "SoftmaxGrad", profiled<softmax_grad_cuda<false>>);
+  set(G, "LogSoftmaxGrad", profiled<softmax_grad_cuda<true>>);
+  set("", "LayerNormalization", profiled<layer_norm_cuda>);
+  set(G, "LayerNormalizationGrad", profiled<layer_norm_grad_cuda>);
+  set("", "RMSNormalization", profiled<rms_norm_cuda>);
+  set(G, "RMSNormalizationGrad", profiled<rms_norm_grad_cuda>);
+  set("", "ReduceSum", profiled<reduce_cuda<false>>);
+  set("", "ReduceMean", profiled<reduce_cuda<true>>);
+  set(G, "ReduceGrad", profiled<reduce_grad_cuda>);
+  set("", "Gather", profiled<gather_cuda>);
+  set(G, "GatherGrad", profiled<gather_grad_cuda>);
+  set("", "SoftmaxCrossEntropyLoss", profiled<sce_cuda>);
+  set(G, "SoftmaxCrossEntropyLossGrad", profiled<sce_grad_cuda>);
+  set(G, "AccumulateGrad", profiled<accumulate_cuda>);
+  set(G, "GradNorm", profiled<grad_norm_cuda>);
+  set(G, "AdamW", profiled<adamw_cuda>);
+  set(G, "AllReduce", profiled<all_reduce_cuda>);
 }
 
 }  // namespace gv

@@ -23,6 +23,19 @@ bool memcpy_d2d_async(void* d, const void* s, size_t n) {
   return cudaMemcpyAsync(d, s, n, cudaMemcpyDeviceToDevice, 0) == cudaSuccess;
 }
 bool memset_async(void* p, size_t n) { return cudaMemsetAsync(p, 0, n, 0) == cudaSuccess; }
+void* event_record() {
+  cudaEvent_t e = nullptr;
+  if (cudaEventCreate(&e) != cudaSuccess) return nullptr;
+  cudaEventRecord(e, 0);
+  return e;
+}
+float event_elapsed_ms(void* start, void* stop) {
+  float ms = 0.0f;
+  cudaEventSynchronize(static_cast<cudaEvent_t>(stop));
+  if (cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(stop)) != cudaSuccess) return 0;
+  return ms;
+}
+void event_destroy(void* e) { cudaEventDestroy(static_cast<cudaEvent_t>(e)); }
 bool synchronize() { return cudaDeviceSynchronize() == cudaSuccess; }
 
 }  // namespace gv::cuda

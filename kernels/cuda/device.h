@@ -18,3 +18,9 @@ namespace gv::cuda {
 bool memcpy_d2d_async(void* dst, const void* src, size_t n);
 bool memset_async(void* p, size_t n);
 }  // namespace gv::cuda
+namespace gv::cuda {
+// Timing events on the default stream (GALVATRON_CUDA_PROFILE): record one, later the milliseconds between two.
+void* event_record();
+float event_elapsed_ms(void* start, void* stop);  // synchronizes on stop; destroys neither
+void event_destroy(void* e);
+}  // namespace gv::cuda

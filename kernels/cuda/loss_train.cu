@@ -135,7 +135,7 @@ __global__ void accumulate_kernel(float* acc, const float* g, int64_t n) {
   }
 }
 
-__global__ void sum_squares_kernel(const float* x, int64_t n, double* acc) {
+__global__ void sum_squares_kernel(const float* x, int64_t n, double weight, double* acc) {
   __shared__ double sh[32];
   double s = 0.0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -143,7 +143,7 @@ __global__ void sum_squares_kernel(const float* x, int64_t n, double* acc) {
     s += static_cast<double>(x[i]) * x[i];
   }
   s = block_sum(s, sh);
-  if (threadIdx.x == 0 && s != 0.0) atomicAdd(acc, s);
+  if (threadIdx.x == 0 && s != 0.0) atomicAdd(acc, s * weight);
 }
 
 __global__ void norm_finish(const double* acc, float scale, float* out) {
@@ -249,15 +249,16 @@ bool accumulate_f32(float* acc, const float* g, int64_t n) {
   return launched();
 }
 
-bool grad_norm_f32(const float* const* tensors, const int64_t* counts, int num, float scale, float* out) {
+bool grad_norm_f32(const float* const* tensors, const int64_t* counts, const float* weights, int num, float scale,
+                   float* out) {
   double* acc = static_cast<double*>(workspace(sizeof(double)));
   if (!acc) return false;
   if (cudaMemsetAsync(acc, 0, sizeof(double), 0) != cudaSuccess) return false;
   for (int i = 0; i < num; ++i) {
-    if (counts[i] == 0) continue;
+    if (counts[i] == 0 || (weights && weights[i] == 0.0f)) continue;
     unsigned g = grid_for(counts[i]);
     if (g > 1024) g = 1024;
-    sum_squares_kernel<<<g, kThreads>>>(tensors[i], counts[i], acc);
+    sum_squares_kernel<<<g, kThreads>>>(tensors[i], counts[i], weights ? static_cast<double>(weights[i]) : 1.0, acc);
   }
   norm_finish<<<1, 1>>>(acc, scale, out);
   return launched();

@@ -112,8 +112,10 @@ bool softmax_cross_entropy_grad_f32(const float* dloss, const float* scores, con
 
 // ---- training ----
 bool accumulate_f32(float* acc, const float* g, int64_t n);
-// out[0] = sqrt(sum of squares of all tensors) * scale (float32 scalar on the device).
-bool grad_norm_f32(const float* const* tensors, const int64_t* counts, int num, float scale, float* out);
+// out[0] = sqrt(sum_i weights[i] * sum of squares of tensor i) * scale (float32 scalar on the device); weights may be
+// null (all 1).
+bool grad_norm_f32(const float* const* tensors, const int64_t* counts, const float* weights, int num, float scale,
+                   float* out);
 struct AdamW {
   double beta1, beta2, eps, weight_decay, grad_scale, max_norm;
   bool zero_grad;
