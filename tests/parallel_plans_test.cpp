@@ -211,6 +211,18 @@ TEST_F(ParallelPlans, ResumeUnderADifferentPlan) {
                        kSteps);
 }
 
+// --auto: the search picks the plan for four processes (memory, batch and micro-batches of this run) and the run
+// trains with it.
+TEST_F(ParallelPlans, AutoSearchesThePlanThenTrains) {
+  Model m = fixture_model("gpt2");
+  reference(m);
+  auto a = train_args(m, "auto");
+  a.insert(a.end(), {"--devices", "4", "--auto", "--grad-accum", std::to_string(chunks_)});
+  auto r = run(a);
+  ASSERT_EQ(r.code, 0) << r.err;
+  expect_same_training(path("single.jsonl"), path("auto.jsonl"), final_ckpt("single"), final_ckpt("auto"), kSteps);
+}
+
 TEST_F(ParallelPlans, ImpossiblePlansAreClearErrors) {
   Model m = fixture_model("llama");
   // Two key/value heads cannot be split four ways.
