@@ -72,6 +72,9 @@ Expected<std::map<std::string, std::pair<int64_t, int64_t>>> apply_sharded_data_
     gather.attrs.set_ints("group", std::vector<int64_t>(sp.group.begin(), sp.group.end()));
     gather.attrs.set_ints("sizes", sizes);
     gather.attrs.set_string("backward", "reduce_scatter");
+    // Gathered again right before the backward pass uses it, so the whole parameter does not live in between.
+    const int64_t chain = static_cast<int64_t>(ranges.size());
+    gather.attrs.set_int("rematerialize", chain);
     gather.place = place;
     Node reshape;
     reshape.op_type = "Reshape";
@@ -79,6 +82,7 @@ Expected<std::map<std::string, std::pair<int64_t, int64_t>>> apply_sharded_data_
     reshape.name = "zero3/reshape/" + sp.name;
     reshape.inputs = {flat_id, shape_id};
     reshape.outputs = {p};
+    reshape.attrs.set_int("rematerialize", chain);
     reshape.place = place;
     insert_before[first_use].push_back(std::move(gather));
     insert_before[first_use].push_back(std::move(reshape));

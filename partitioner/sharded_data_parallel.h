@@ -1,7 +1,7 @@
 // Sharded data parallelism (ZeRO-3) as a graph pass: a parameter becomes this rank's flat shard of it; an AllGather
 // over the data-parallel group rebuilds the whole parameter right before its first use (its backward reduce-scatters
-// the gradient, so each rank's shard receives the group's summed gradient). In a checkpointed layer the gather runs
-// again in the backward pass, so the whole parameter lives only while it is used.
+// the gradient, so each rank's shard receives the group's summed gradient). The gather is marked `rematerialize`: it
+// runs again right before the backward pass needs the parameter, so the whole parameter lives only while it is used.
 #pragma once
 #include <map>
 #include <string>

@@ -8,14 +8,16 @@
 
 namespace gv {
 
-Status apply_activation_checkpointing(Graph& graph, size_t backward_begin, const std::set<int>& layers) {
+namespace {
+
+// Clones, for each group of forward nodes (in_group(i, group)), the ones whose values the backward pass reads, right
+// before the group's first backward read, and points the backward pass at the clones.
+template <typename InGroup>
+Status recompute_groups(Graph& graph, size_t backward_begin, const std::vector<int>& groups, InGroup in_group_of) {
   const size_t n_nodes = graph.nodes.size();
   std::vector<std::vector<Node>> insert_before(n_nodes + 1);
-  for (int layer : layers) {
-    auto in_layer = [&](size_t i) {
-      return i < backward_begin && graph.nodes[i].place.kind == Placement::Kind::kLayer &&
-             graph.nodes[i].place.layer == layer;
-    };
+  for (int group : groups) {
+    auto in_layer = [&](size_t i) { return i < backward_begin && in_group_of(i, group); };
     // Values produced by this layer's forward nodes.
     std::vector<char> produced(graph.values.size(), 0);
     for (size_t i = 0; i < backward_begin; ++i) {
@@ -90,6 +92,28 @@ Status apply_activation_checkpointing(Graph& graph, size_t backward_begin, const
   graph.nodes = std::move(out);
   graph.reindex();
   return Status::ok();
+}
+
+}  // namespace
+
+Status apply_activation_checkpointing(Graph& graph, size_t backward_begin, const std::set<int>& layers) {
+  std::vector<int> groups(layers.begin(), layers.end());
+  return recompute_groups(graph, backward_begin, groups, [&](size_t i, int layer) {
+    return graph.nodes[i].place.kind == Placement::Kind::kLayer && graph.nodes[i].place.layer == layer;
+  });
+}
+
+Status rematerialize_marked_nodes(Graph& graph, size_t backward_begin) {
+  // One group per marked chain (the attribute's value), so each is recomputed right before its own first use.
+  std::set<int64_t> ids;
+  for (size_t i = 0; i < backward_begin; ++i) {
+    const int64_t id = graph.nodes[i].attrs.get_int("rematerialize", -1);
+    if (id >= 0) ids.insert(id);
+  }
+  std::vector<int> groups(ids.begin(), ids.end());
+  return recompute_groups(graph, backward_begin, groups, [&](size_t i, int id) {
+    return graph.nodes[i].attrs.get_int("rematerialize", -1) == id;
+  });
 }
 
 }  // namespace gv

@@ -214,6 +214,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   if (!o.checkpoint_layers.empty()) {
     GV_RETURN_IF_ERROR(apply_activation_checkpointing(g, tg.backward_begin, o.checkpoint_layers));
   }
+  GV_RETURN_IF_ERROR(rematerialize_marked_nodes(g, tg.backward_begin));
   // Parameters the loss does not depend on have no gradient; like PyTorch (grad None) the optimizer skips them.
   std::vector<ValueId> trained;
   for (ValueId p : tg.params) {

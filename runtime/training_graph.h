@@ -85,5 +85,9 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
 // Rewrites `graph` so that nodes of the given layers ([0, backward_begin) and Node::place) are recomputed right
 // before their first use by the backward pass, instead of keeping their activations alive. Exposed for tests.
 Status apply_activation_checkpointing(Graph& graph, size_t backward_begin, const std::set<int>& layers);
+// The same for chains of forward nodes marked with an int attribute `rematerialize` (one chain per value), e.g.
+// ZeRO-3's gather of a parameter: recomputed before their first backward use instead of kept alive. Applied by
+// build_training_graph after checkpointing.
+Status rematerialize_marked_nodes(Graph& graph, size_t backward_begin);
 
 }  // namespace gv
