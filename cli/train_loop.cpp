@@ -104,23 +104,28 @@ Status split_tied_gradients(TensorMap& grads, const std::map<std::string, TiedPa
   return Status::ok();
 }
 
+// Slice `index` of `parts` equal slices of a batch tensor's rows.
+Expected<Tensor> take_rows(const std::string& name, const Tensor& t, int index, int parts) {
+  if (t.shape().empty()) return invalid_argument("batch tensor '" + name + "' is a scalar; cannot split it by rows");
+  const int64_t rows = t.shape()[0];
+  if (rows % parts != 0) {
+    return invalid_argument("batch tensor '" + name + "' has " + std::to_string(rows) + " rows, not divisible by " +
+                            std::to_string(parts) + " data-parallel workers");
+  }
+  const int64_t mine = rows / parts;
+  Shape shape = t.shape();
+  shape[0] = mine;
+  Tensor part(t.dtype(), shape);
+  const size_t row_bytes = t.nbytes() / static_cast<size_t>(rows);
+  std::memcpy(part.data(), static_cast<const char*>(t.data()) + row_bytes * mine * index, row_bytes * mine);
+  return part;
+}
+
 // Rank `rank` of `ranks` keeps rows [rank*B/ranks, (rank+1)*B/ranks) of every tensor of the batch.
 Status take_rank_rows(TensorMap& batch, int rank, int ranks) {
   if (ranks <= 1) return Status::ok();
   for (auto& [name, t] : batch) {
-    if (t.shape().empty()) return invalid_argument("batch tensor '" + name + "' is a scalar; cannot split it by rows");
-    const int64_t rows = t.shape()[0];
-    if (rows % ranks != 0) {
-      return invalid_argument("batch tensor '" + name + "' has " + std::to_string(rows) + " rows, not divisible by " +
-                              std::to_string(ranks) + " data-parallel workers");
-    }
-    const int64_t mine = rows / ranks;
-    Shape shape = t.shape();
-    shape[0] = mine;
-    Tensor part(t.dtype(), shape);
-    const size_t row_bytes = t.nbytes() / static_cast<size_t>(rows);
-    std::memcpy(part.data(), static_cast<const char*>(t.data()) + row_bytes * mine * rank, row_bytes * mine);
-    t = part;
+    GV_ASSIGN_OR_RETURN(t, take_rows(name, t, rank, ranks));
   }
   return Status::ok();
 }
@@ -132,20 +137,7 @@ Status take_plan_rows(TensorMap& batch, const std::map<std::string, std::pair<in
   for (auto& [name, t] : batch) {
     auto it = slices.find(name);
     if (it == slices.end()) continue;
-    const auto [index, parts] = it->second;
-    if (t.shape().empty()) return invalid_argument("batch tensor '" + name + "' is a scalar; cannot split it by rows");
-    const int64_t rows = t.shape()[0];
-    if (rows % parts != 0) {
-      return invalid_argument("batch tensor '" + name + "' has " + std::to_string(rows) + " rows, not divisible by " +
-                              std::to_string(parts) + " data-parallel slices");
-    }
-    const int64_t mine = rows / parts;
-    Shape shape = t.shape();
-    shape[0] = mine;
-    Tensor part(t.dtype(), shape);
-    const size_t row_bytes = t.nbytes() / static_cast<size_t>(rows);
-    std::memcpy(part.data(), static_cast<const char*>(t.data()) + row_bytes * mine * index, row_bytes * mine);
-    out[name] = std::move(part);
+    GV_ASSIGN_OR_RETURN(out[name], take_rows(name, t, it->second.first, it->second.second));
   }
   batch = std::move(out);
   return Status::ok();

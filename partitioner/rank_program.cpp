@@ -9,6 +9,16 @@
 namespace gv::partitioner {
 namespace {
 
+// A node of the galvatron domain (communication ops).
+Node galvatron_node(const char* op, std::string name) {
+  Node n;
+  n.op_type = op;
+  n.domain = kGalvatronDomain;
+  n.opset = 1;
+  n.name = std::move(name);
+  return n;
+}
+
 Attributes group_attr(const std::vector<int>& group) {
   Attributes a;
   a.set_ints("group", std::vector<int64_t>(group.begin(), group.end()));
@@ -107,11 +117,7 @@ Expected<ValueId> StageAssembler::redistribute(ValueId x, const std::string& nam
   Shape shape = sa;
   Placement none;
   if (a.dp > 1) {
-    Node n;
-    n.op_type = "AllGather";
-    n.domain = kGalvatronDomain;
-    n.opset = 1;
-    n.name = g_.unique_name("redistribute/gather/" + name);
+    Node n = galvatron_node("AllGather", g_.unique_name("redistribute/gather/" + name));
     n.inputs = {cur};
     n.attrs = group_attr(a.dp_group);
     n.attrs.set_ints("sizes", std::vector<int64_t>(a.dp, shape[0]));
@@ -123,11 +129,7 @@ Expected<ValueId> StageAssembler::redistribute(ValueId x, const std::string& nam
     GV_ASSIGN_OR_RETURN(cur, add_node(std::move(n), {v}));
   }
   if (b.dp > 1) {
-    Node n;
-    n.op_type = "SplitToGroup";
-    n.domain = kGalvatronDomain;
-    n.opset = 1;
-    n.name = g_.unique_name("redistribute/split/" + name);
+    Node n = galvatron_node("SplitToGroup", g_.unique_name("redistribute/split/" + name));
     n.inputs = {cur};
     n.attrs = group_attr(b.dp_group);
     n.attrs.set_ints("sizes", std::vector<int64_t>(b.dp, shape[0] / b.dp));
@@ -182,11 +184,7 @@ Expected<ValueId> StageAssembler::resolve(const Graph& src, ValueId vid, const L
       const LayerLayout& play = layout_of(imports_.begin()->second.nodes[pnode].place);
       GV_ASSIGN_OR_RETURN(const Graph* at_p, import_at(rows_of(play)));
       const Value& pv = at_p->value(at_p->find(v.name));
-      Node n;
-      n.op_type = "Recv";
-      n.domain = kGalvatronDomain;
-      n.opset = 1;
-      n.name = g_.unique_name("pipeline/recv/" + v.name);
+      Node n = galvatron_node("Recv", g_.unique_name("pipeline/recv/" + v.name));
       n.attrs.set_int("peer", pstage * r_.stage_size + r_.position);
       n.attrs.set_int("tag", p2p_tag_.at({v.name, r_.stage}));
       n.attrs.set_ints("shape", pv.shape);
@@ -265,11 +263,7 @@ Status StageAssembler::run(RankProgram& out) {
   auto emit_sends_for = [&](const std::string& name, ValueId id) -> Status {
     for (const auto& [key, tag] : sends_of_mine) {
       if (key.first != name) continue;
-      Node n;
-      n.op_type = "Send";
-      n.domain = kGalvatronDomain;
-      n.opset = 1;
-      n.name = g_.unique_name("pipeline/send/" + name);
+      Node n = galvatron_node("Send", g_.unique_name("pipeline/send/" + name));
       n.inputs = {id};
       n.attrs.set_int("peer", key.second * r_.stage_size + r_.position);
       n.attrs.set_int("tag", tag);
