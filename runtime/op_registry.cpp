@@ -22,6 +22,7 @@ OpRegistry& OpRegistry::global() {
     register_math_ops(*r);
     register_training_ops(*r);
     register_parallel_ops(*r);
+    register_vocab_parallel_ops(*r);
     register_sharded_update_ops(*r);
     return r;
   }();

@@ -9,4 +9,5 @@ void register_math_ops(OpRegistry& r);          // MatMul, Gemm, Softmax, norms,
 void register_training_ops(OpRegistry& r);
 void register_sharded_update_ops(OpRegistry& r);  // ZeRO-2's in-place gather of updated shards      // optimizer, gradient accumulation and norm ops (domain "galvatron")
 void register_parallel_ops(OpRegistry& r);      // AllGather, ReduceScatter, TensorParallel*, Send, Recv (galvatron)
+void register_vocab_parallel_ops(OpRegistry& r);  // VocabParallelCrossEntropy and its grad (galvatron)
 }  // namespace gv
