@@ -6,16 +6,52 @@
 #include <filesystem>
 
 #include "cli/commands.h"
+#include "cli/common.h"
+#include "cli/hardware_measure.h"
+#include "cli/mpi_launch.h"
 #include "cli/model_flags.h"
 #include "cli/search_ir_profile.h"
 #include "runtime/backend.h"
+#include "runtime/communicator.h"
 
 namespace gv::cli {
 namespace {
 
 using namespace gv::partitioner;
 
+// --hardware --devices N: measure on N local devices (one process each, under mpirun).
+Status measure_hardware_files(const ParsedArgs& args, CommandContext& ctx) {
+  const int64_t devices = args.i64("devices");
+  if (!launched_under_mpi()) return relaunch_under_mpirun(devices);
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, make_communicator());
+  if (comm->size() != devices) {
+    return ctx.usage("launched with " + std::to_string(comm->size()) + " MPI ranks but --devices " +
+                     std::to_string(devices));
+  }
+  if (comm->rank() != 0) ctx.quiet = true;
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, make_backend(args.str("device")));
+  HardwareMeasureOptions o;
+  o.start_mb = args.f64("start-mb");
+  o.end_mb = args.f64("end-mb");
+  if (o.end_mb <= 0) return ctx.usage("--end-mb must be positive");
+  GV_ASSIGN_OR_RETURN(MeasuredHardware m, measure_hardware(*comm, *backend, o, ctx));
+  m.num_nodes = static_cast<int>(args.i64("num-nodes"));
+  m.gpus_per_node = static_cast<int>(devices / std::max<int64_t>(1, m.num_nodes));
+  if (comm->rank() != 0) return Status::ok();
+  const std::string dir = args.str("output-dir");
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  std::printf("hardware profile measured on %lld %s devices (%s): overlap coefficient %.4f\n",
+              static_cast<long long>(devices), args.str("device").c_str(), comm->backend_name(), m.overlap_coe);
+  for (const auto& [k, v] : m.allreduce_gbps) std::printf("  %s: %.2f GB/s\n", k.c_str(), v);
+  for (const auto& [k, v] : m.p2p_gbps) std::printf("  %s: %.2f GB/s\n", k.c_str(), v);
+  GV_ASSIGN_OR_RETURN(auto paths, write_measured_hardware_files(dir, m));
+  for (const auto& p : paths) std::printf("wrote %s\n", p.c_str());
+  return Status::ok();
+}
+
 Status run_hardware(const ParsedArgs& args, CommandContext& ctx) {
+  if (args.i64("devices") > 1) return measure_hardware_files(args, ctx);
   HardwareNumbers h;
   h.num_nodes = static_cast<int>(args.i64("num-nodes"));
   h.gpus_per_node = static_cast<int>(args.i64("num-gpus-per-node"));
@@ -111,6 +147,10 @@ std::vector<FlagSpec> profile_flags() {
       float_flag("p2p-bandwidth", "GB/s", "130", "--hardware: pipeline send/recv bandwidth inside a node (shared: 109-164)."),
       float_flag("inter-node-p2p-bandwidth", "GB/s", "8", "--hardware: send/recv bandwidth across nodes (shared: 7.7-8.8)."),
       float_flag("overlap-coe", "X", "1.1256", "--hardware: compute/communication overlap slowdown (shared: 1.1256)."),
+      int_flag("devices", "N", "1", "--hardware: measure on N local devices instead (one process each under mpirun; NCCL on GPUs, MPI on CPUs)."),
+      float_flag("start-mb", "MB", "16", "--hardware --devices: smallest all-reduce message."),
+      float_flag("end-mb", "MB", "512", "--hardware --devices: largest all-reduce message (the bandwidth files use it)."),
+      device_flag(),
   };
   f.insert(f.end(), more.begin(), more.end());
   return f;

@@ -1,4 +1,5 @@
-// `galvatron train MODEL.onnx --data PATH ...`: trains an imported model on the CPU (or a built-in zoo model).
+// `galvatron train MODEL.onnx --data PATH ...`: trains an imported model on the CPU or GPUs (or a built-in zoo model).
+// --devices N runs N processes under mpirun (one GPU each with --device cuda, communicating through NCCL).
 // The loop: batches from the data loader, Trainer::step, a progress bar, metrics lines, checkpoints (temp file +
 // rename), and at the end the trained weights exported back into the ONNX model.
 #include <unistd.h>
@@ -18,73 +19,40 @@
 #include "cli/common.h"
 #include "cli/demo_addition.h"
 #include "cli/model_flags.h"
+#include "cli/mpi_launch.h"
 #include "cli/train_loop.h"
 #include "runtime/communicator.h"
+#include "runtime/nccl_communicator.h"
 
 namespace gv::cli {
 namespace {
 
-// The first `mpirun` on PATH ("" when there is none).
-std::string find_mpirun() {
-  const char* path = std::getenv("PATH");
-  std::string p = path ? path : "";
-  size_t pos = 0;
-  while (pos <= p.size()) {
-    size_t colon = p.find(':', pos);
-    std::string dir = p.substr(pos, colon == std::string::npos ? std::string::npos : colon - pos);
-    if (!dir.empty()) {
-      std::string candidate = dir + "/mpirun";
-      if (::access(candidate.c_str(), X_OK) == 0) return candidate;
-    }
-    if (colon == std::string::npos) break;
-    pos = colon + 1;
-  }
-  return "";
-}
-
-// Replaces this process by `mpirun -np N` running this same command line; returns only on failure.
-Status relaunch_under_mpirun(int64_t n) {
-  if (!mpi_backend_built()) {
-    return unsupported("--devices " + std::to_string(n) + " needs MPI, but galvatron was built without it (install "
-                       "libopenmpi-dev and rebuild)");
-  }
-  const std::string mpirun = find_mpirun();
-  if (mpirun.empty()) {
-    return not_found("--devices " + std::to_string(n) + " starts one process per worker with mpirun, but there is no "
-                     "mpirun on PATH (install openmpi-bin)");
-  }
-  std::ifstream in("/proc/self/cmdline", std::ios::binary);
-  std::vector<std::string> self_args;
-  for (std::string a; std::getline(in, a, '\0');) self_args.push_back(a);
-  std::error_code ec;
-  const std::string exe = std::filesystem::read_symlink("/proc/self/exe", ec).string();
-  if (ec || self_args.empty()) return internal_error("cannot read this process's command line to re-launch it");
-  // The workers share the cores: give each its part, unless the user chose.
-  if (!std::getenv("OMP_NUM_THREADS")) {
-    unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-    std::string threads = std::to_string(std::max<unsigned>(1, cores / static_cast<unsigned>(n)));
-    ::setenv("OMP_NUM_THREADS", threads.c_str(), 1);
-  }
-  std::vector<std::string> cmd = {mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
-                                  "-np", std::to_string(n), exe};
-  cmd.insert(cmd.end(), self_args.begin() + 1, self_args.end());
-  std::vector<char*> argv;
-  for (std::string& a : cmd) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::fflush(stdout);
-  std::fflush(stderr);
-  ::execv(mpirun.c_str(), argv.data());
-  return io_error("cannot run " + mpirun + ": " + std::strerror(errno));
-}
-
 Status run_train(const ParsedArgs& args, CommandContext& ctx) {
   if (args.positionals.empty() && !names_zoo_model(args) && !args.given("data")) return run_addition_demo(args, ctx);
   const int64_t devices = args.i64("devices");
-  if (devices > 1 && args.str("device") != "cpu") {
-    return ctx.usage("--devices " + std::to_string(devices) + " runs on the CPU only for now (--device cpu)");
+  const bool cuda = args.str("device") == "cuda";
+  if (devices > 1 && args.str("device") != "cpu" && !cuda) {
+    return ctx.usage("--devices " + std::to_string(devices) + " runs on --device cpu or --device cuda");
   }
   if (devices > 1 && !launched_under_mpi()) return relaunch_under_mpirun(devices);
+  // On GPUs: one GPU per process (local rank % visible GPUs), chosen before any other CUDA call; the world
+  // communicator is NCCL's, bootstrapped through MPI's (or a single process's), which keeps the host-buffer calls.
+  const int gpu = cuda ? select_cuda_device_for_local_rank() : -1;
   GV_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, make_communicator());
+  if (cuda && gpu >= 0 && nccl_backend_built()) {
+    const int size = comm->size();
+    auto nccl = make_nccl_communicator(std::move(comm));
+    if (nccl) {
+      comm = std::move(*nccl);
+    } else if (size == 1) {  // one GPU: nothing is communicated anyway
+      if (!ctx.quiet) std::fprintf(stderr, "note: no NCCL communicator (%s)\n", nccl.status().message().c_str());
+      GV_ASSIGN_OR_RETURN(comm, make_communicator());
+    } else {
+      return nccl.status().with_context("creating the NCCL communicator of " + std::to_string(size) + " GPUs");
+    }
+  } else if (cuda && devices > 1 && !ctx.quiet) {
+    std::fprintf(stderr, "note: galvatron was built without NCCL: the GPUs communicate through MPI and host copies\n");
+  }
   if (comm->size() != devices) {
     return ctx.usage("launched with " + std::to_string(comm->size()) + " MPI ranks but --devices " +
                      std::to_string(devices) + "; they must agree");

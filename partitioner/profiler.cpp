@@ -153,4 +153,19 @@ Expected<std::vector<std::string>> write_hardware_files(const std::string& dir, 
   return paths;
 }
 
+Expected<std::vector<std::string>> write_measured_hardware_files(const std::string& dir, const MeasuredHardware& m) {
+  const std::string cluster =
+      std::to_string(m.num_nodes) + "nodes_" + std::to_string(m.gpus_per_node) + "gpus_per_node.json";
+  std::string d = dir.empty() || dir.back() == '/' ? dir : dir + "/";
+  Json ar(m.allreduce_gbps), p2p(m.p2p_gbps), spt(m.sp_time_ms);
+  Json ov = {{"overlap_coe", m.overlap_coe}};
+  std::vector<std::string> paths = {d + "allreduce_bandwidth_" + cluster, d + "p2p_bandwidth_" + cluster,
+                                    d + "overlap_coefficient.json", d + "sp_time_" + cluster};
+  GV_RETURN_IF_ERROR(write_text_file(paths[0], ar.dump(4) + "\n"));
+  GV_RETURN_IF_ERROR(write_text_file(paths[1], p2p.dump(4) + "\n"));
+  GV_RETURN_IF_ERROR(write_text_file(paths[2], ov.dump(4) + "\n"));
+  GV_RETURN_IF_ERROR(write_text_file(paths[3], spt.dump(4) + "\n"));
+  return paths;
+}
+
 }  // namespace gv::partitioner

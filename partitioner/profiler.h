@@ -46,6 +46,16 @@ struct HardwareNumbers {
 // Writes allreduce_bandwidth_*, p2p_bandwidth_*, overlap_coefficient.json and sp_time_* under `dir`; returns the paths.
 Expected<std::vector<std::string>> write_hardware_files(const std::string& dir, const HardwareNumbers& h);
 
+// Hardware measured on this machine's devices (`galvatron profile --hardware --devices N`), in the same four files.
+struct MeasuredHardware {
+  int num_nodes = 1, gpus_per_node = 1;
+  std::map<std::string, double> allreduce_gbps;  // "allreduce_size_{g}_consec_{0|1}" -> bus bandwidth, GB/s
+  std::map<std::string, double> p2p_gbps;        // "pp_size_{p}" -> GB/s
+  double overlap_coe = 1.0;
+  std::map<std::string, double> sp_time_ms;      // "{allreduce|all2all}_size_{g}_{m}MB_time" -> ms
+};
+Expected<std::vector<std::string>> write_measured_hardware_files(const std::string& dir, const MeasuredHardware& m);
+
 Status write_text_file(const std::string& path, const std::string& text);
 
 }  // namespace gv::partitioner
