@@ -9,6 +9,7 @@
 #include "cli/common.h"
 #include "cli/hardware_measure.h"
 #include "cli/mpi_launch.h"
+#include "cli/world_communicator.h"
 #include "cli/model_flags.h"
 #include "cli/search_ir_profile.h"
 #include "runtime/backend.h"
@@ -23,11 +24,8 @@ using namespace gv::partitioner;
 Status measure_hardware_files(const ParsedArgs& args, CommandContext& ctx) {
   const int64_t devices = args.i64("devices");
   if (!launched_under_mpi()) return relaunch_under_mpirun(devices);
-  GV_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, make_communicator());
-  if (comm->size() != devices) {
-    return ctx.usage("launched with " + std::to_string(comm->size()) + " MPI ranks but --devices " +
-                     std::to_string(devices));
-  }
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm,
+                      make_world_communicator(args.str("device") == "cuda", devices, ctx));
   if (comm->rank() != 0) ctx.quiet = true;
   GV_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, make_backend(args.str("device")));
   HardwareMeasureOptions o;
