@@ -60,6 +60,7 @@ Expected<std::unique_ptr<Backend>> make_backend(const std::string& device) {
       const char* tf32 = std::getenv("GALVATRON_CUDA_TF32");
       if (tf32 && std::strcmp(tf32, "1") == 0) set_cuda_allow_tf32(true);
       register_cuda_kernels(OpRegistry::global());
+      void register_cuda_parallel_kernels(OpRegistry&); register_cuda_parallel_kernels(OpRegistry::global());  // runtime/cuda_parallel_ops.cpp
     });
     return std::unique_ptr<Backend>(std::make_unique<CudaBackend>());
   }

@@ -1,0 +1,229 @@
+// The NCCL communicator (runtime/nccl_communicator.h) and GPU runs of parallel plans. Label `gpu` (gv_gpu_tests):
+// skipped where NCCL is not built or no CUDA device is visible; the multi-GPU runs also need two GPUs and mpirun.
+//   - one rank: every communicator call on device buffers, host buffers forwarded, groups, errors;
+//   - the gpt2 fixture trained with a plan on one GPU equals the CPU run within float32 tolerance;
+//   - on two GPUs (one process each, NCCL bootstrapped through MPI): DDP, ZeRO-2, TP 2 and a 1F1B pipeline equal the
+//     one-GPU run that uses the same micro-batches (tests/parallel_equivalence.h).
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "kernels/cuda/device.h"
+#include "runtime/communicator.h"
+#include "runtime/nccl_communicator.h"
+#include "tests/parallel_equivalence.h"
+
+namespace gv {
+namespace {
+
+bool have_gpu_and_nccl() { return nccl_backend_built() && cuda::device_count() > 0; }
+
+// A device buffer of float32 or float64 values.
+template <typename T>
+struct DeviceBuf {
+  void* p = nullptr;
+  size_t n = 0;
+  explicit DeviceBuf(const std::vector<T>& v) : n(v.size()) {
+    EXPECT_TRUE(cuda::malloc_device(&p, std::max<size_t>(1, n) * sizeof(T)));
+    if (n) {
+      EXPECT_TRUE(cuda::memcpy_h2d(p, v.data(), n * sizeof(T)));
+    }
+  }
+  explicit DeviceBuf(size_t count) : n(count) {
+    EXPECT_TRUE(cuda::malloc_device(&p, std::max<size_t>(1, n) * sizeof(T)));
+    EXPECT_TRUE(cuda::memset_device(p, std::max<size_t>(1, n) * sizeof(T)));
+  }
+  ~DeviceBuf() { cuda::free_device(p); }
+  std::vector<T> get() const {
+    std::vector<T> v(n);
+    if (n) {
+      EXPECT_TRUE(cuda::memcpy_d2h(v.data(), p, n * sizeof(T)));
+    }
+    return v;
+  }
+  T* ptr(size_t off = 0) const { return static_cast<T*>(p) + off; }
+};
+
+class NcclOneRank : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!have_gpu_and_nccl()) GTEST_SKIP() << "NCCL is not built or no CUDA device is visible";
+    select_cuda_device_for_local_rank();
+    auto c = make_nccl_communicator(make_single_process_communicator());
+    ASSERT_TRUE(c.has_value()) << c.status().message();
+    comm_ = std::move(*c);
+  }
+  std::unique_ptr<Communicator> comm_;
+};
+
+TEST_F(NcclOneRank, Identity) {
+  EXPECT_EQ(comm_->rank(), 0);
+  EXPECT_EQ(comm_->size(), 1);
+  EXPECT_STREQ(comm_->backend_name(), "nccl");
+}
+
+TEST_F(NcclOneRank, AllReduceAndBroadcastOnTheDevice) {
+  DeviceBuf<float> f({1.5f, -2.0f, 3.25f});
+  ASSERT_TRUE(comm_->all_reduce(f.p, 3, DType::kFloat32, ReduceOp::kSum).is_ok());
+  EXPECT_EQ(f.get(), (std::vector<float>{1.5f, -2.0f, 3.25f}));
+  ASSERT_TRUE(comm_->all_reduce(f.p, 3, DType::kFloat32, ReduceOp::kAvg).is_ok());
+  EXPECT_EQ(f.get(), (std::vector<float>{1.5f, -2.0f, 3.25f}));
+  DeviceBuf<double> d({0.125, 7.0});
+  ASSERT_TRUE(comm_->all_reduce(d.p, 2, DType::kFloat64, ReduceOp::kAvg).is_ok());
+  EXPECT_EQ(d.get(), (std::vector<double>{0.125, 7.0}));
+  EXPECT_FALSE(comm_->all_reduce(d.p, 2, DType::kInt64, ReduceOp::kSum).is_ok());
+  ASSERT_TRUE(comm_->all_reduce(f.p, 0, DType::kFloat32, ReduceOp::kSum).is_ok());
+  ASSERT_TRUE(comm_->broadcast(f.p, 12, 0).is_ok());
+  EXPECT_EQ(f.get(), (std::vector<float>{1.5f, -2.0f, 3.25f}));
+  EXPECT_FALSE(comm_->broadcast(f.p, 12, 1).is_ok());
+  EXPECT_TRUE(comm_->barrier().is_ok());
+}
+
+TEST_F(NcclOneRank, AllGatherAndReduceScatterOnTheDevice) {
+  DeviceBuf<float> x({1, 2, 3, 4});
+  DeviceBuf<float> y(4);
+  ASSERT_TRUE(comm_->all_gather(x.p, y.p, {4}, DType::kFloat32).is_ok());
+  EXPECT_EQ(y.get(), x.get());
+  ASSERT_TRUE(comm_->all_gather(y.p, y.p, {4}, DType::kFloat32).is_ok());  // in place
+  EXPECT_EQ(y.get(), x.get());
+  DeviceBuf<double> z({5, 6});
+  DeviceBuf<double> w(2);
+  ASSERT_TRUE(comm_->reduce_scatter(z.p, w.p, {2}, DType::kFloat64, ReduceOp::kSum).is_ok());
+  EXPECT_EQ(w.get(), z.get());
+  EXPECT_FALSE(comm_->all_gather(x.p, y.p, {2, 2}, DType::kFloat32).is_ok());
+  EXPECT_FALSE(comm_->reduce_scatter(z.p, w.p, {1, 1}, DType::kFloat64, ReduceOp::kSum).is_ok());
+  // A host piece gathered into device memory.
+  std::vector<float> host = {9, 8};
+  DeviceBuf<float> g(2);
+  ASSERT_TRUE(comm_->all_gather(host.data(), g.p, {2}, DType::kFloat32).is_ok());
+  EXPECT_EQ(g.get(), host);
+}
+
+TEST_F(NcclOneRank, SendAndReceiveToItself) {
+  DeviceBuf<float> x({1, 2, 3});
+  DeviceBuf<float> y(3), z(3);
+  ASSERT_TRUE(comm_->send(x.p, 12, 0, 7).is_ok());
+  ASSERT_TRUE(comm_->send(y.p, 12, 0, 8).is_ok());  // zeros, tag 8
+  ASSERT_TRUE(cuda::memset_device(x.p, 12));        // the caller may reuse the buffer at once
+  ASSERT_TRUE(comm_->recv(z.p, 12, 0, 8).is_ok());   // matched by tag, not order
+  ASSERT_TRUE(comm_->recv(y.p, 12, 0, 7).is_ok());
+  EXPECT_EQ(y.get(), (std::vector<float>{1, 2, 3}));
+  EXPECT_EQ(z.get(), (std::vector<float>{0, 0, 0}));
+  EXPECT_FALSE(comm_->recv(y.p, 12, 0, 9).is_ok());  // nothing sent with tag 9
+  EXPECT_FALSE(comm_->send(x.p, 12, 1, 0).is_ok());
+  EXPECT_TRUE(comm_->wait_sends().is_ok());
+}
+
+TEST_F(NcclOneRank, HostBuffersAreForwarded) {
+  double loss = 2.5;
+  ASSERT_TRUE(comm_->all_reduce(&loss, 1, DType::kFloat64, ReduceOp::kSum).is_ok());
+  EXPECT_EQ(loss, 2.5);
+  std::vector<uint8_t> bytes = {1, 2, 3}, out(3);
+  ASSERT_TRUE(comm_->all_gather(bytes.data(), out.data(), {3}, DType::kUInt8).is_ok());
+  EXPECT_EQ(out, bytes);
+  int64_t n = 4;
+  ASSERT_TRUE(comm_->broadcast(&n, sizeof n, 0).is_ok());
+  std::vector<float> s = {1, 2}, r(2);
+  ASSERT_TRUE(comm_->reduce_scatter(s.data(), r.data(), {2}, DType::kFloat32, ReduceOp::kAvg).is_ok());
+  EXPECT_EQ(r, s);
+  ASSERT_TRUE(comm_->send(s.data(), 8, 0, 3).is_ok());
+  ASSERT_TRUE(comm_->recv(r.data(), 8, 0, 3).is_ok());
+  EXPECT_EQ(r, s);
+}
+
+TEST_F(NcclOneRank, Groups) {
+  auto g = comm_->group({0});
+  ASSERT_TRUE(g.has_value()) << g.status().message();
+  EXPECT_EQ(*g, comm_.get());
+  EXPECT_TRUE(comm_->prepare_groups({{0}}).is_ok());
+  EXPECT_FALSE(comm_->group({1}).has_value());
+  EXPECT_FALSE(comm_->group({0, 1}).has_value());
+}
+
+// ---- training through the CLI -------------------------------------------------------------------------------------
+
+constexpr int kSteps = 5;
+
+class GpuPlans : public Cli {
+ protected:
+  void SetUp() override {
+    if (!have_gpu_and_nccl()) GTEST_SKIP() << "NCCL is not built or no CUDA device is visible";
+    Cli::SetUp();
+    setenv("OMP_NUM_THREADS", "2", 1);
+    setenv("NCCL_NVLS_ENABLE", "0", 0);  // no NVLink multicast
+  }
+  std::vector<std::string> args(const std::string& device, const std::string& tag) const {
+    return {"train", fixture("gpt2", "model.onnx"), "--data", fixture("gpt2", "samples.safetensors"),
+            "--batch-size", "4", "--steps", std::to_string(kSteps), "--optimizer", "adamw", "--lr", "1e-3",
+            "--eps", "1e-6", "--quiet", "--device", device, "--metrics", path(tag + ".jsonl"),
+            "--checkpoint-dir", path(tag)};
+  }
+  std::string ckpt(const std::string& tag) const {
+    char name[32];
+    std::snprintf(name, sizeof name, "/step-%06d.safetensors", kSteps);
+    return path(tag + name);
+  }
+  void train(const std::string& device, const std::string& tag, const std::vector<std::string>& extra) {
+    auto a = args(device, tag);
+    a.insert(a.end(), extra.begin(), extra.end());
+    auto r = run(a);
+    ASSERT_EQ(r.code, 0) << tag << ":\n" << r.err << r.out;
+  }
+  bool two_gpus() const { return cuda::device_count() >= 2 && mpi_backend_built() && mpirun_on_path(); }
+};
+
+// Float32 on two devices: the losses, gradient norms and weights agree to float32 rounding over a few steps.
+void expect_close_training(const std::string& ma, const std::string& mb, const std::string& ca, const std::string& cb) {
+  auto a = read_metrics(ma), b = read_metrics(mb);
+  ASSERT_EQ(a.size(), static_cast<size_t>(kSteps));
+  ASSERT_EQ(b.size(), static_cast<size_t>(kSteps));
+  for (int i = 0; i < kSteps; ++i) {
+    EXPECT_LT(rel_diff(b[i]["loss"].get<double>(), a[i]["loss"].get<double>()), 1e-4) << "step " << i + 1;
+    EXPECT_LT(rel_diff(b[i]["grad_norm"].get<double>(), a[i]["grad_norm"].get<double>()), 1e-3) << "step " << i + 1;
+  }
+  auto wa = read_safetensors(ca), wb = read_safetensors(cb);
+  ASSERT_TRUE(wa.has_value() && wb.has_value());
+  for (const auto& [name, t] : *wa) {
+    if (name.rfind("optimizer.", 0) == 0 || t.dtype() != DType::kFloat32) continue;
+    ASSERT_TRUE(wb->count(name)) << name;
+    const Tensor& u = wb->at(name);
+    double max_diff = 0;
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      const double x = t.data_as<float>()[i], y = u.data_as<float>()[i];
+      max_diff = std::max(max_diff, std::fabs(x - y) / std::max(std::fabs(x), 1.0));
+    }
+    EXPECT_LE(max_diff, 1e-4) << name;
+  }
+}
+
+TEST_F(GpuPlans, PlanOnOneGpuEqualsTheCpuRun) {
+  const std::vector<std::string> plan = {"--chunks", "2", "--global-checkpoint", "1"};
+  train("cpu", "cpu", plan);
+  train("cuda", "cuda", plan);
+  expect_close_training(path("cpu.jsonl"), path("cuda.jsonl"), ckpt("cpu"), ckpt("cuda"));
+}
+
+TEST_F(GpuPlans, TwoGpusEqualOneGpu) {
+  if (!two_gpus()) GTEST_SKIP() << "needs two CUDA devices, MPI and mpirun";
+  train("cuda", "single", {"--grad-accum", "2"});
+  struct Plan {
+    std::string tag;
+    std::vector<std::string> flags;
+  };
+  for (const Plan& p : std::vector<Plan>{{"ddp", {"--default-dp-type", "ddp"}},
+                                         {"tp2", {"--global-tp-deg", "2"}},
+                                         {"zero2", {"--default-dp-type", "zero2"}},
+                                         {"zero3", {"--sdp", "1"}},
+                                         {"pp2-1f1b", {"--pp-deg", "2", "--pipeline-type", "pipedream_flush"}}}) {
+    SCOPED_TRACE(p.tag);
+    std::vector<std::string> extra = {"--devices", "2", "--chunks", "2"};
+    extra.insert(extra.end(), p.flags.begin(), p.flags.end());
+    train("cuda", p.tag, extra);
+    if (HasFatalFailure()) return;
+    expect_same_training(path("single.jsonl"), path(p.tag + ".jsonl"), ckpt("single"), ckpt(p.tag), kSteps);
+  }
+}
+
+}  // namespace
+}  // namespace gv
