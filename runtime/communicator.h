@@ -1,6 +1,7 @@
 // One communication interface for parallel training: collectives over the ranks of one group, and point-to-point
 // messages. Backends: a single process (every collective is the identity) and MPI on CPUs
-// (runtime/mpi_communicator.cpp, built where MPI is found); NCCL on GPUs comes with the CUDA backend.
+// (runtime/mpi_communicator.cpp, built where MPI is found), and NCCL on GPUs (runtime/nccl_communicator.h: device buffers
+// through NCCL, host buffers forwarded to the MPI communicator it was bootstrapped from).
 //
 // Groups: group(ranks) gives a communicator over a subset of the world's ranks (a TP group, a DP group, the ranks
 // holding a tied weight), in the order given; rank() inside it is the position in that list. Groups are created
@@ -47,7 +48,7 @@ class Communicator {
   virtual Expected<Communicator*> group(const std::vector<int>& ranks) = 0;
   // Creates every listed group this process belongs to, in the given order (see the file comment).
   Status prepare_groups(const std::vector<std::vector<int>>& groups);
-  // "mpi" or "single".
+  // "single", "mpi", "thread" or "nccl".
   virtual const char* backend_name() const = 0;
 };
 
