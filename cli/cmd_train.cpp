@@ -21,8 +21,8 @@
 #include "cli/model_flags.h"
 #include "cli/mpi_launch.h"
 #include "cli/train_loop.h"
+#include "cli/world_communicator.h"
 #include "runtime/communicator.h"
-#include "runtime/nccl_communicator.h"
 
 namespace gv::cli {
 namespace {
@@ -35,28 +35,8 @@ Status run_train(const ParsedArgs& args, CommandContext& ctx) {
     return ctx.usage("--devices " + std::to_string(devices) + " runs on --device cpu or --device cuda");
   }
   if (devices > 1 && !launched_under_mpi()) return relaunch_under_mpirun(devices);
-  // On GPUs: one GPU per process (local rank % visible GPUs), chosen before any other CUDA call; the world
-  // communicator is NCCL's, bootstrapped through MPI's (or a single process's), which keeps the host-buffer calls.
-  const int gpu = cuda ? select_cuda_device_for_local_rank() : -1;
-  GV_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, make_communicator());
-  if (cuda && gpu >= 0 && nccl_backend_built()) {
-    const int size = comm->size();
-    auto nccl = make_nccl_communicator(std::move(comm));
-    if (nccl) {
-      comm = std::move(*nccl);
-    } else if (size == 1) {  // one GPU: nothing is communicated anyway
-      if (!ctx.quiet) std::fprintf(stderr, "note: no NCCL communicator (%s)\n", nccl.status().message().c_str());
-      GV_ASSIGN_OR_RETURN(comm, make_communicator());
-    } else {
-      return nccl.status().with_context("creating the NCCL communicator of " + std::to_string(size) + " GPUs");
-    }
-  } else if (cuda && devices > 1 && !ctx.quiet) {
-    std::fprintf(stderr, "note: galvatron was built without NCCL: the GPUs communicate through MPI and host copies\n");
-  }
-  if (comm->size() != devices) {
-    return ctx.usage("launched with " + std::to_string(comm->size()) + " MPI ranks but --devices " +
-                     std::to_string(devices) + "; they must agree");
-  }
+  // On GPUs: one GPU per process and NCCL's communicator (cli/world_communicator.h).
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, make_world_communicator(cuda, devices, ctx));
   if (comm->rank() != 0) ctx.quiet = true;  // rank 0 alone reports
   GV_ASSIGN_OR_RETURN(TrainSettings settings, train_settings_from_args(args, ctx));
   settings.trainer.comm = comm.get();
