@@ -70,7 +70,7 @@ Expected<std::string> search_on_rank0(const TrainModelSource& source, const Auto
   std::snprintf(mem_s, sizeof mem_s, "%.3f", mem);
   std::vector<std::string> search = {"search", model, "--seq-length", std::to_string(source.seq),
                                      "--num-nodes", "1", "--num-gpus-per-node", n, "--memory-constraint", mem_s,
-                                     "--settle-bsz", std::to_string(req.global_batch), "--disable-vtp", "1",
+                                     "--settle-bsz", std::to_string(req.global_batch),
                                      "--mixed-precision", req.precision, "--default-dp-type",
                                      req.default_dp_type == "zero2" ? "zero2" : "ddp",
                                      "--hardware-profiling-path", dir, "--output-config-path", dir + "/plan.json"};

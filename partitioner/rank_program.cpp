@@ -4,6 +4,7 @@
 
 #include "partitioner/sharded_data_parallel.h"
 #include "partitioner/tensor_parallel.h"
+#include "partitioner/vocab_parallel.h"
 #include "runtime/op_registry.h"
 
 namespace gv::partitioner {
@@ -365,10 +366,6 @@ Expected<RankProgram> build_rank_program(const ParallelPlan& plan, int world, in
   GV_RETURN_IF_ERROR(validate_plan(plan, L, world, static_cast<int>(global_batch)));
   GV_ASSIGN_OR_RETURN(out.layout, rank_layout(plan, L, world, rank));
   const RankLayout& r = out.layout;
-  if (plan.vtp > 1) {
-    return unsupported("vocabulary tensor parallelism (vtp " + std::to_string(plan.vtp) +
-                       ") is not supported yet; use vtp 1");
-  }
   out.chunks = std::max(plan.chunks, 1);
   const int64_t micro_rows = global_batch / out.chunks;
   StageAssembler assembler(plan, r, micro_rows, import_at_rows);
@@ -389,6 +386,14 @@ Expected<RankProgram> build_rank_program(const ParallelPlan& plan, int world, in
   std::map<std::string, TensorShard> tp_shards;
   if (!tp_layers.empty()) {
     GV_ASSIGN_OR_RETURN(tp_shards, apply_tensor_parallel(g, tp_layers));
+  }
+
+  // Vocabulary parallelism of the embedding and head (the same TP group at this position of the first and last
+  // stage); the graph then computes its own vocabulary-parallel loss.
+  if (plan.vtp > 1 && (r.stage == 0 || r.stage == plan.pp_deg - 1)) {
+    const LayerLayout& v = r.stage == plan.pp_deg - 1 ? r.head : r.embedding;
+    GV_ASSIGN_OR_RETURN(auto vocab_shards, apply_vocab_parallel(g, {plan.vtp, v.tp_index, v.tp_group}));
+    for (auto& [name, shard] : vocab_shards) tp_shards[name] = shard;
   }
 
   // Which layout each parameter belongs to (its consumers' place), which stages hold it (tied weights).

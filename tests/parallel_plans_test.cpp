@@ -115,6 +115,7 @@ TEST_F(ParallelPlans, LlamaOnTwoProcesses) {
   expect_plan(m, 2, "tp2", {"--global-tp-deg", "2"});
   expect_plan(m, 2, "pp2-gpipe", {"--pp-deg", "2", "--pipeline-type", "gpipe"});
   expect_plan(m, 2, "pp2-1f1b", {"--pp-deg", "2", "--pipeline-type", "pipedream_flush"});
+  expect_plan(m, 2, "vtp2", {"--vocab-tp", "2"});
 }
 
 TEST_F(ParallelPlans, ZooGptOnTwoProcesses) {
@@ -134,6 +135,9 @@ TEST_F(ParallelPlans, Gpt2OnFourProcesses) {
   reference(m);
   expect_plan(m, 4, "tp4", {"--global-tp-deg", "4"});
   expect_plan(m, 4, "pp2-tp2-1f1b", {"--pp-deg", "2", "--global-tp-deg", "2", "--pipeline-type", "pipedream_flush"});
+  // Vocabulary parallelism: embedding and LM head (tied) cut over the vocabulary, vocab-parallel cross-entropy.
+  expect_plan(m, 4, "vtp2-tp2", {"--vocab-tp", "2", "--global-tp-deg", "2"});
+  expect_plan(m, 4, "vtp4-zero3", {"--vocab-tp", "4", "--sdp", "1", "--embed-sdp", "1"});
   // Mixed per-layer plan: layer 0 TP 2 on strided ranks and checkpointed, layer 1 ZeRO-3 over all four.
   nlohmann::json mixed = {{"pp_deg", 1}, {"tp_sizes_enc", "2,1"}, {"tp_consecutive_flags", "0,1"},
                           {"dp_types_enc", "0,1"}, {"use_sp", "0,0"}, {"checkpoint", "1,0"}, {"global_bsz", 16},
@@ -158,6 +162,7 @@ TEST_F(ParallelPlans, ZooGptOnFourProcesses) {
   expect_plan(m, 4, "tp4", {"--global-tp-deg", "4"});
   expect_plan(m, 4, "pp4-gpipe", {"--pp-deg", "4", "--pipeline-type", "gpipe"});
   expect_plan(m, 4, "pp4-1f1b", {"--pp-deg", "4", "--pipeline-type", "pipedream_flush"});
+  expect_plan(m, 4, "pp2-vtp2", {"--pp-deg", "2", "--vocab-tp", "2", "--pipeline-type", "pipedream_flush"});
   // Two stages of two ranks; different TP per layer, ZeRO-3 and checkpointed layers.
   nlohmann::json mixed = {{"pp_deg", 2}, {"tp_sizes_enc", "2,1,1,2"}, {"tp_consecutive_flags", "1,1,0,1"},
                           {"dp_types_enc", "0,1,0,0"}, {"checkpoint", "0,0,1,1"}, {"global_bsz", 16},
