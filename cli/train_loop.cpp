@@ -185,6 +185,10 @@ Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, Command
   s.resume = args.str("resume");
   s.export_path = args.str("export");
   s.device = args.str("device");
+  if (args.given("precision")) s.precision = args.str("precision");
+  if (!s.precision.empty() && s.precision != "fp32" && s.precision != "tf32" && s.precision != "bf16") {
+    return ctx.usage("--precision must be fp32, tf32 or bf16, got '" + s.precision + "'");
+  }
   s.devices = args.i64("devices");
   if (s.devices < 1) return ctx.usage("--devices must be at least 1");
   if (s.devices > 1 && !s.save_grads.empty()) {
@@ -217,6 +221,7 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
   if (!layer_st.is_ok()) return ctx.usage(layer_st.message());
 
   GV_ASSIGN_OR_RETURN(out.backend, make_backend(settings.device));
+  if (!settings.precision.empty()) GV_RETURN_IF_ERROR(out.backend->set_precision(settings.precision));
   auto t0 = std::chrono::steady_clock::now();
   int64_t n_params = 0;
   for (ValueId p : model.graph.parameters()) n_params += shape_numel(model.graph.value(p).shape);

@@ -21,6 +21,7 @@ struct TrainSettings {
   std::string metrics, save_grads, checkpoint_dir, resume, export_path;
   int64_t checkpoint_every = 0;
   std::string device = "cpu";
+  std::string precision;  // --precision fp32|tf32|bf16; empty: the backend's default (Backend::set_precision)
   int64_t devices = 1;  // data-parallel workers; the communicator is trainer.comm (set by the caller)
   bool parallel_plan = false;  // a hybrid-parallel plan from the flags or --galvatron-config-path
   const ParsedArgs* args = nullptr;  // to read the plan once the model's layers are known

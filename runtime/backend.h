@@ -24,6 +24,13 @@ class Backend {
   // The kernel this backend runs for the op, or null when it has none.
   virtual KernelFn kernel(const OpSchema& schema) const = 0;
   virtual Status synchronize() { return Status::ok(); }
+  // What the matrix products compute in (`--precision`): "fp32" everywhere; the CUDA backend also takes "tf32" and
+  // "bf16" (tensor cores on rounded operands; storage, accumulation and master weights stay float32).
+  virtual Status set_precision(const std::string& precision) {
+    if (precision == "fp32") return Status::ok();
+    return invalid_argument("--precision " + precision + " needs --device cuda: the " + name() +
+                            " backend computes in float32 only (use --precision fp32)");
+  }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/ops.h"
 #include "runtime/backend.h"
 #include "runtime/cuda_kernels.h"
 
@@ -45,6 +46,15 @@ class CudaBackend final : public Backend {
     return cuda_fallback_kernel;
   }
   Status synchronize() override { return cuda::synchronize() ? Status::ok() : cuda_error("synchronize"); }
+  // Process-wide (the cuBLAS mode is global): the last call wins for every CUDA backend of the process.
+  // GALVATRON_CUDA_TF32=1 sets "tf32" when the first CUDA backend is made.
+  Status set_precision(const std::string& precision) override {
+    if (precision == "fp32") cuda::set_math_mode(cuda::MathMode::kFloat32);
+    else if (precision == "tf32") cuda::set_math_mode(cuda::MathMode::kTf32);
+    else if (precision == "bf16") cuda::set_math_mode(cuda::MathMode::kBf16);
+    else return invalid_argument("--precision must be fp32, tf32 or bf16, got '" + precision + "'");
+    return Status::ok();
+  }
 };
 
 }  // namespace

@@ -9,7 +9,7 @@
 namespace gv::cuda {
 namespace {
 
-bool g_allow_tf32 = false;
+MathMode g_mode = MathMode::kFloat32;
 
 cublasHandle_t handle() {
   static cublasHandle_t h = [] {
@@ -38,7 +38,9 @@ void* workspace(size_t bytes) {
   return g_ws;
 }
 
-void set_allow_tf32(bool allow) { g_allow_tf32 = allow; }
+void set_math_mode(MathMode mode) { g_mode = mode; }
+MathMode math_mode() { return g_mode; }
+void set_allow_tf32(bool allow) { g_mode = allow ? MathMode::kTf32 : MathMode::kFloat32; }
 
 bool gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t stride_a,
               const float* b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch) {
@@ -59,7 +61,11 @@ bool gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, co
   // Row-major C[m, n] is column-major C^T[n, m] = op(B)^T op(A)^T.
   const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
   const int lda = static_cast<int>(ta ? m : k), ldb = static_cast<int>(tb ? k : n), ldc = static_cast<int>(n);
-  const cublasComputeType_t ct = g_allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  // Float32 operands and result in every mode; the mode picks what the tensor cores see (cuBLAS rounds the operands
+  // to tf32 or bf16 inside the product) and the sum stays float32.
+  const cublasComputeType_t ct = g_mode == MathMode::kBf16   ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                 : g_mode == MathMode::kTf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                             : CUBLAS_COMPUTE_32F;
   cublasStatus_t st;
   if (batch == 1) {
     st = cublasGemmEx(h, opb, opa, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b,

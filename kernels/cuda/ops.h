@@ -14,13 +14,18 @@ constexpr int kMaxDims = 8;
 // launches). Null when the allocation fails.
 void* workspace(size_t bytes);
 
-// ---- matrix products (cuBLAS, float32 compute, no TF32) ----
+// ---- matrix products (cuBLAS; float32 storage and accumulation, operand rounding per MathMode) ----
 // Row-major: C[i] = alpha * op(A[i]) @ op(B[i]) + beta * C[i] for i < batch, matrices `stride_*` elements apart
 // (stride 0 repeats one matrix). op(A) is [m, k] (stored [k, m] when ta), op(B) [k, n] (stored [n, k] when tb).
 bool gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t stride_a,
               const float* b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch);
-// The cuBLAS handle's math mode: TF32 tensor cores allowed or not (default: not, exact float32).
-void set_allow_tf32(bool allow);
+// What the products' tensor cores see, process-wide: kFloat32 exact float32 (CUBLAS_COMPUTE_32F, the default), kTf32
+// operands rounded to tf32 (CUBLAS_COMPUTE_32F_FAST_TF32), kBf16 operands rounded to bf16
+// (CUBLAS_COMPUTE_32F_FAST_16BF). Operands, results and the accumulation stay float32 in every mode.
+enum class MathMode { kFloat32, kTf32, kBf16 };
+void set_math_mode(MathMode mode);
+MathMode math_mode();
+void set_allow_tf32(bool allow);  // kTf32 when true, kFloat32 when false
 
 // ---- broadcasting elementwise ----
 // Output elements i < numel in row-major order over dims[0, rank); input k's element of output index (i_0..i_r) is
