@@ -19,7 +19,19 @@ inline unsigned grid_for(int64_t n, int threads = kThreads) {
 
 inline bool launched() { return cudaPeekAtLastError() == cudaSuccess; }
 
-// Offset of output element i in input k of a Broadcast.
+// n / d for 32-bit n < 2^31 without a division instruction (Granlund-Montgomery: one multiply-high, an add and a
+// shift). init() runs on the host.
+struct FastDiv {
+  uint32_t m = 1, l = 0;
+  void init(uint32_t d) {
+    l = 0;
+    while ((uint64_t{1} << l) < d) ++l;
+    m = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << l) - d)) / d + 1);
+  }
+  __device__ __forceinline__ uint32_t div(uint32_t n) const { return (__umulhi(m, n) + n) >> l; }
+};
+
+// Offset of output element i in input k of a Broadcast, with 64-bit divisions (outputs of 2^31 elements or more).
 __device__ __forceinline__ int64_t bc_offset(const Broadcast& bc, int k, int64_t i) {
   int64_t off = 0;
   for (int d = bc.rank - 1; d >= 0; --d) {

@@ -52,7 +52,112 @@ __device__ __forceinline__ T apply_binary(Binary op, T a, T b) {
   return T(0);
 }
 
-// Same-shape operands: no index arithmetic.
+// ---- broadcast indexing ----
+// Every broadcasting kernel calls f(i, off) for each output element i (row-major) with the element offsets off[k]
+// of its K strided operands. Three index paths, chosen on the host (no 64-bit division on the common ones):
+//  - rank <= 2 after collapsing, rows of 128 or more (same shapes, a trailing vector such as a bias, a leading scalar, the causal mask
+//    over [batch*heads, T*T]): a 2-D grid over (rows, columns), no division at all;
+//  - fewer than 2^31 elements: 32-bit indices, one multiply-high division per dimension (FastDiv), the offsets of
+//    all K operands from one decomposition;
+//  - otherwise 64-bit division per dimension (bc_offset).
+
+template <int K>
+struct Rank2 {
+  int64_t rows, cols;
+  int64_t s[K][2];
+};
+
+template <int K>
+struct Fast32 {
+  int rank;
+  uint32_t numel;
+  uint32_t dims[kMaxDims];
+  detail::FastDiv div[kMaxDims];
+  int64_t s[K][kMaxDims];
+};
+
+template <int K, class F>
+__global__ void each_rank2(Rank2<K> ix, F f) {
+  for (int64_t r = blockIdx.y; r < ix.rows; r += gridDim.y) {
+    int64_t base[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) base[k] = r * ix.s[k][0];
+    for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < ix.cols;
+         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      int64_t off[K];
+#pragma unroll
+      for (int k = 0; k < K; ++k) off[k] = base[k] + c * ix.s[k][1];
+      f(r * ix.cols + c, off);
+    }
+  }
+}
+
+template <int K, class F>
+__global__ void each_fast32(Fast32<K> ix, F f) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < ix.numel; i += gridDim.x * blockDim.x) {
+    int64_t off[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) off[k] = 0;
+    uint32_t rest = i;
+    for (int d = ix.rank - 1; d > 0; --d) {
+      const uint32_t q = ix.div[d].div(rest);
+      const uint32_t rem = rest - q * ix.dims[d];
+#pragma unroll
+      for (int k = 0; k < K; ++k) off[k] += static_cast<int64_t>(rem) * ix.s[k][d];
+      rest = q;
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) off[k] += static_cast<int64_t>(rest) * ix.s[k][0];
+    f(static_cast<int64_t>(i), off);
+  }
+}
+
+template <int K, class F>
+__global__ void each_wide(Broadcast bc, F f) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < bc.numel;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t off[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) off[k] = bc_offset(bc, k, i);
+    f(i, off);
+  }
+}
+
+// Launches f over bc's output elements (operands 0..K-1 of bc.strides).
+template <int K, class F>
+bool for_each_bc(const Broadcast& bc, F f) {
+  if (bc.numel == 0) return true;
+  if (bc.rank == 1 || (bc.rank == 2 && bc.dims[1] >= 128)) {  // short rows would idle most of a block
+    Rank2<K> ix{};
+    ix.rows = bc.rank == 2 ? bc.dims[0] : 1;
+    ix.cols = bc.dims[bc.rank - 1];
+    for (int k = 0; k < K; ++k) {
+      ix.s[k][0] = bc.rank == 2 ? bc.strides[k][0] : 0;
+      ix.s[k][1] = bc.strides[k][bc.rank - 1];
+    }
+    const unsigned by = static_cast<unsigned>(ix.rows < 65535 ? ix.rows : 65535);
+    int64_t bx = (ix.cols + kThreads - 1) / kThreads;
+    const int64_t cap = (int64_t{1} << 21) / by;  // about 2M blocks in all; the loops stride over the rest
+    if (bx > cap) bx = cap;
+    if (bx < 1) bx = 1;
+    each_rank2<K, F><<<dim3(static_cast<unsigned>(bx), by), kThreads>>>(ix, f);
+  } else if (bc.numel < (int64_t{1} << 31)) {
+    Fast32<K> ix{};
+    ix.rank = bc.rank;
+    ix.numel = static_cast<uint32_t>(bc.numel);
+    for (int d = 0; d < bc.rank; ++d) {
+      ix.dims[d] = static_cast<uint32_t>(bc.dims[d]);
+      ix.div[d].init(ix.dims[d]);
+      for (int k = 0; k < K; ++k) ix.s[k][d] = bc.strides[k][d];
+    }
+    each_fast32<K, F><<<grid_for(bc.numel), kThreads>>>(ix, f);
+  } else {
+    each_wide<K, F><<<grid_for(bc.numel), kThreads>>>(bc, f);
+  }
+  return launched();
+}
+
+// Same-shape operands (or a scalar one): no index arithmetic.
 template <typename T>
 __global__ void binary_flat(Binary op, const T* a, const T* b, T* out, int64_t n, int sa, int sb) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -62,12 +167,14 @@ __global__ void binary_flat(Binary op, const T* a, const T* b, T* out, int64_t n
 }
 
 template <typename T>
-__global__ void binary_bc(Binary op, const T* a, const T* b, T* out, Broadcast bc) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < bc.numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = apply_binary(op, a[bc_offset(bc, 0, i)], b[bc_offset(bc, 1, i)]);
+struct BinaryF {
+  Binary op;
+  const T *a, *b;
+  T* out;
+  __device__ __forceinline__ void operator()(int64_t i, const int64_t* off) const {
+    out[i] = apply_binary(op, a[off[0]], b[off[1]]);
   }
-}
+};
 
 // 0: same layout as the output, 1: a single element, -1: anything else.
 int flat_kind(const Broadcast& bc, int k) {
@@ -89,10 +196,9 @@ bool run_binary(Binary op, const T* a, const T* b, T* out, const Broadcast& bc) 
   const int ka = flat_kind(bc, 0), kb = flat_kind(bc, 1);
   if (ka >= 0 && kb >= 0) {
     binary_flat<T><<<grid_for(bc.numel), kThreads>>>(op, a, b, out, bc.numel, ka == 0, kb == 0);
-  } else {
-    binary_bc<T><<<grid_for(bc.numel), kThreads>>>(op, a, b, out, bc);
+    return launched();
   }
-  return launched();
+  return for_each_bc<2>(bc, BinaryF<T>{op, a, b, out});
 }
 
 template <typename T>
@@ -111,48 +217,47 @@ __device__ __forceinline__ uint8_t apply_compare(Compare op, T a, T b) {
 }
 
 template <typename T>
-__global__ void compare_bc(Compare op, const T* a, const T* b, uint8_t* out, Broadcast bc) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < bc.numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = apply_compare(op, a[bc_offset(bc, 0, i)], b[bc_offset(bc, 1, i)]);
+struct CompareF {
+  Compare op;
+  const T *a, *b;
+  uint8_t* out;
+  __device__ __forceinline__ void operator()(int64_t i, const int64_t* off) const {
+    out[i] = apply_compare(op, a[off[0]], b[off[1]]);
   }
-}
+};
 
 template <typename T>
 bool run_compare(Compare op, const T* a, const T* b, uint8_t* out, const Broadcast& bc) {
-  if (bc.numel == 0) return true;
-  compare_bc<T><<<grid_for(bc.numel), kThreads>>>(op, a, b, out, bc);
-  return launched();
+  return for_each_bc<2>(bc, CompareF<T>{op, a, b, out});
 }
 
 template <typename T>
-__global__ void where_bc(const uint8_t* c, const T* x, const T* y, T* out, Broadcast bc) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < bc.numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = c[bc_offset(bc, 0, i)] ? x[bc_offset(bc, 1, i)] : y[bc_offset(bc, 2, i)];
+struct WhereF {
+  const uint8_t* c;
+  const T *x, *y;
+  T* out;
+  __device__ __forceinline__ void operator()(int64_t i, const int64_t* off) const {
+    out[i] = c[off[0]] ? x[off[1]] : y[off[2]];
   }
-}
+};
 
 template <typename T>
-__global__ void copy_bc(const T* x, T* out, Broadcast bc) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < bc.numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = x[bc_offset(bc, 0, i)];
-  }
-}
+struct CopyF {
+  const T* x;
+  T* out;
+  __device__ __forceinline__ void operator()(int64_t i, const int64_t* off) const { out[i] = x[off[0]]; }
+};
 
 template <typename T>
-__global__ void box_copy_kernel(const T* x, T* out, Broadcast bc) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < bc.numel;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[bc_offset(bc, 1, i)] = x[bc_offset(bc, 0, i)];
-  }
-}
+struct BoxF {
+  const T* x;
+  T* out;
+  __device__ __forceinline__ void operator()(int64_t, const int64_t* off) const { out[off[1]] = x[off[0]]; }
+};
 
 template <typename T>
 bool run_box(const void* x, void* out, const Broadcast& bc) {
-  box_copy_kernel<T><<<grid_for(bc.numel), kThreads>>>(static_cast<const T*>(x), static_cast<T*>(out), bc);
-  return launched();
+  return for_each_bc<2>(bc, BoxF<T>{static_cast<const T*>(x), static_cast<T*>(out)});
 }
 
 __global__ void scale_kernel(float* x, int64_t n, float s) {
@@ -271,15 +376,12 @@ bool cast_from(char to, const From* x, void* y, int64_t n) {
 
 template <typename T>
 bool run_where(const uint8_t* c, const void* x, const void* y, void* out, const Broadcast& bc) {
-  where_bc<T><<<grid_for(bc.numel), kThreads>>>(c, static_cast<const T*>(x), static_cast<const T*>(y),
-                                                static_cast<T*>(out), bc);
-  return launched();
+  return for_each_bc<3>(bc, WhereF<T>{c, static_cast<const T*>(x), static_cast<const T*>(y), static_cast<T*>(out)});
 }
 
 template <typename T>
 bool run_copy(const void* x, void* out, const Broadcast& bc) {
-  copy_bc<T><<<grid_for(bc.numel), kThreads>>>(static_cast<const T*>(x), static_cast<T*>(out), bc);
-  return launched();
+  return for_each_bc<1>(bc, CopyF<T>{static_cast<const T*>(x), static_cast<T*>(out)});
 }
 
 }  // namespace
