@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # GPU training step of GPT-2 124M (the zoo's gpt2: HF layout, 12 layers, hidden 768, vocabulary 50257) at batch 8 x
-# sequence 1024: galvatron --device cuda (float32, and float32 with TF32 products) against PyTorch on the same GPU in
-# the same run (../shared/tools/torch_baseline.py: HF GPT2LMHeadModel, SDPA attention, fused AdamW; bf16 autocast as
-# shipped, and float32 through bench/cuda_torch_fp32.py). Prints a table; see bench/README.md.
-#   bash bench/cuda_train_step.sh GALVATRON TORCH_BASELINE_PY [OUT_DIR] [STEPS]
+# sequence 1024: galvatron --device cuda with --precision fp32, tf32 and bf16 (the products' arithmetic; storage stays
+# float32) against PyTorch on the same GPU in the same run (../shared/tools/torch_baseline.py: HF GPT2LMHeadModel, SDPA
+# attention, fused AdamW; bf16 autocast as shipped, and float32 through bench/cuda_torch_fp32.py). Prints a table; see
+# bench/README.md. BASELINE_GV: an earlier galvatron binary, timed in fp32 in the same run (row gv_fp32_before).
+# PROFILE=1: one more bf16 run of 8 steps under GALVATRON_CUDA_PROFILE=1 (the per-op table lands in gv_bf16_profile.log).
+#   bash bench/cuda_train_step.sh GALVATRON TORCH_BASELINE_PY [OUT_DIR] [STEPS] [BASELINE_GV]
 set -uo pipefail
 GV=${1:?galvatron binary}
 TB=${2:?path of torch_baseline.py}
 OUT=${3:-$(mktemp -d)}
 STEPS=${4:-12}
+BASE=${5:-}
 B=8 T=1024
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
@@ -19,14 +22,20 @@ import sys, numpy as np
 np.save(sys.argv[1], np.random.default_rng(0).integers(0, 50257, 1 << 21, dtype=np.int64))
 PY
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-run_gv() {  # name, extra env
-  local name=$1; shift
-  env "$@" "$GV" train --model-type gpt --model-size gpt2 --data "$DATA/tokens.npy" --seq-len $T --batch-size $B \
-    --steps $STEPS --lr 1e-4 --device cuda --metrics "$OUT/$name.jsonl" > "$OUT/$name.log" 2>&1
+run_gv() {  # name, binary, steps, then env assignments and/or flags
+  local name=$1 bin=$2 steps=$3; shift 3
+  local envs=() flags=()
+  for a in "$@"; do [[ $a == *=* && $a != --* ]] && envs+=("$a") || flags+=("$a"); done
+  env "${envs[@]}" "$bin" train --model-type gpt --model-size gpt2 --data "$DATA/tokens.npy" --seq-len $T \
+    --batch-size $B --steps $steps --lr 1e-4 --device cuda --metrics "$OUT/$name.jsonl" "${flags[@]}" \
+    > "$OUT/$name.log" 2>&1
   echo "$name exit $?" >> "$OUT/summary.txt"
 }
-run_gv gv_fp32 GALVATRON_VERBOSE=1
-run_gv gv_tf32 GALVATRON_CUDA_TF32=1
+[ -n "$BASE" ] && run_gv gv_fp32_before "$BASE" $STEPS GALVATRON_VERBOSE=1
+run_gv gv_fp32 "$GV" $STEPS GALVATRON_VERBOSE=1 --precision fp32
+run_gv gv_tf32 "$GV" $STEPS --precision tf32
+run_gv gv_bf16 "$GV" $STEPS --precision bf16
+[ "${PROFILE:-0}" = 1 ] && run_gv gv_bf16_profile "$GV" 8 GALVATRON_CUDA_PROFILE=1 --precision bf16
 for mode in eager compile; do
   timeout 300 python3 "$TB" 124m $B $T $mode > "$OUT/torch_bf16_$mode.json" 2> "$OUT/torch_bf16_$mode.err"
 done
@@ -38,9 +47,11 @@ tok = B * T
 N, L, H = 124439808, 12, 768
 flops_tok = 6 * N + 12 * L * H * T
 rows = []
-for name in ["gv_fp32", "gv_tf32"]:
+for name in ["gv_fp32_before", "gv_fp32", "gv_tf32", "gv_bf16"]:
     p = os.path.join(out, name + ".jsonl")
     m = [json.loads(l) for l in open(p)] if os.path.exists(p) else []
+    if not m and name == "gv_fp32_before":
+        continue
     m = m[2:]
     if m:
         ms = statistics.median(tok / r["tokens_per_s"] * 1000 for r in m)

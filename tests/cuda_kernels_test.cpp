@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <functional>
 #include <random>
 
 #include "runtime/cuda_kernels.h"
@@ -105,6 +107,18 @@ Expected<Ran> run_case(const Case& c, Backend& backend) {
   return r;
 }
 
+// ||a - b|| / ||b|| of two float tensors of one shape, NaN and inf skipped.
+double relative_error(const Tensor& a, const Tensor& b) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double x = a.scalar_f64(i), y = b.scalar_f64(i);
+    if (!std::isfinite(x) || !std::isfinite(y)) continue;
+    num += (x - y) * (x - y);
+    den += y * y;
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
 // ||a - b|| / ||b|| over float tensors (exact equality for integer and bool tensors); NaN in a fails unless b has it
 // at the same place.
 void expect_close(const Tensor& a, const Tensor& b, double tol, const std::string& what) {
@@ -180,6 +194,31 @@ TEST_F(CudaKernels, Binary) {
   check({"Where", {boolean({3, 1, 5}), randn({4, 5}), randn({3, 4, 1})}});
 }
 
+// The index paths of the broadcasting kernels (kernels/cuda/elementwise.cu): rank <= 2 after collapsing with rows of
+// 128 or more (2-D grid), shorter rows and higher ranks (32-bit FastDiv), more rows than a grid's y dimension.
+TEST_F(CudaKernels, BroadcastPaths) {
+  check({"Add", {randn({64, 256}), randn({256})}});                       // bias: trailing vector
+  check({"Add", {randn({2, 3, 128, 128}), randn({1, 1, 128, 128})}});     // causal mask over [B*H, T*T]
+  check({"Mul", {randn({300, 200}), randn({300, 1})}});                   // column vector
+  check({"Sub", {randn({1, 200}), randn({7, 200})}});                     // leading operand broadcast
+  check({"Div", {randn({5, 1, 130}), positive({1, 9, 130})}});            // both broadcast, rank 3
+  check({"Add", {randn({300, 20}), randn({20})}});                        // short rows: FastDiv path
+  check({"Add", {randn({70000, 128}), randn({128})}});                    // rows beyond gridDim.y
+  check({"Mul", {randn({3, 4, 5, 6, 7}), randn({4, 1, 6, 1})}});          // rank 4 after collapsing
+  check({"Add", {randint({3, 200}, -50, 50), randint({200}, -50, 50)}});
+  check({"Greater", {randn({9, 160}), randn({160})}});
+  check({"Where", {boolean({1, 256}), randn({6, 256}), randn({6, 1})}});
+  check({"Where", {boolean({4, 1, 6}), randn({5, 1}), randn({4, 5, 6})}});
+  Attributes perm;
+  perm.set_ints("perm", {0, 2, 1, 3});
+  check({"Transpose", {randn({2, 130, 3, 64})}, perm});
+  check({"Transpose", {randn({300, 200})}});
+  check({"Expand", {randn({200}), ints({5, 200})}, {}, 1, "", 20, {1}});
+  check({"Expand", {randn({3, 1, 7}), ints({3, 11, 7})}, {}, 1, "", 20, {1}});
+  check({"Concat", {randn({4, 300}), randn({4, 200})}, attrs({{"axis", 1}})});
+  check({"Split", {randn({3, 5, 400})}, attrs({{"axis", 2}}), 2});
+}
+
 TEST_F(CudaKernels, Unary) {
   for (const char* op : {"Neg", "Abs", "Relu", "Exp", "Tanh", "Erf", "Sigmoid", "Gelu"}) check({op, {randn({3, 1000})}});
   for (const char* op : {"Sqrt", "Reciprocal", "Log"}) check({op, {positive({7, 130})}});
@@ -248,6 +287,63 @@ TEST_F(CudaKernels, MatMul) {
   gab.set_float("beta", 0.5f);
   check({"Gemm", {randn({7, 5}), randn({7, 4}), randn({5, 4})}, gab});
   check({"Gemm", {randn({16, 768}), randn({768, 2304}), randn({2304})}});
+}
+
+// Sets the process-wide product precision (Backend::set_precision) for one test; back to fp32 at the end.
+class PrecisionScope {
+ public:
+  PrecisionScope(Backend& b, const std::string& p) : b_(b) { EXPECT_TRUE(b_.set_precision(p).is_ok()) << p; }
+  ~PrecisionScope() { EXPECT_TRUE(b_.set_precision("fp32").is_ok()); }
+
+ private:
+  Backend& b_;
+};
+
+// --precision bf16 / tf32: the products' operands rounded to bf16 / tf32 inside cuBLAS, float32 accumulation,
+// against the CPU's float32 products (device/METHOD.md: bf16 operands 1e-3 to 1e-2, tf32 near 3e-4).
+void check_products(const std::function<void(const Case&)>& check, double tol) {
+  const std::string G = kGalvatronDomain;
+  check({"MatMul", {randn({2, 3, 5, 7}), randn({2, 3, 7, 4})}, {}, 1, "", 20, {}, tol});
+  check({"MatMul", {randn({4, 5, 64}), randn({64, 96})}, {}, 1, "", 20, {}, tol});
+  check({"MatMul", {randn({2, 1, 5, 7}), randn({3, 7, 4})}, {}, 1, "", 20, {}, tol});
+  check({"MatMul", {randn({8, 64, 64}), randn({8, 64, 64})}, {}, 1, "", 20, {}, tol});
+  Attributes ta = attrs({{"transA", 1}});
+  ta.set_ints("out_batch", {});
+  check({"FusedMatMul", {randn({4, 96, 48}), randn({4, 96, 32})}, ta, 1, G, 20, {}, tol});
+  Attributes tb = attrs({{"transB", 1}});
+  tb.set_float("alpha", 0.5f);
+  check({"FusedMatMul", {randn({2, 3, 50, 64}), randn({2, 3, 40, 64})}, tb, 1, G, 20, {}, tol});
+  Attributes gab = attrs({{"transA", 1}});
+  gab.set_float("alpha", 2.0f);
+  gab.set_float("beta", 0.5f);
+  check({"Gemm", {randn({70, 50}), randn({70, 40}), randn({50, 40})}, gab, 1, "", 20, {}, tol});
+  check({"Gemm", {randn({16, 768}), randn({768, 2304}), randn({2304})}, {}, 1, "", 20, {}, tol});
+}
+
+TEST_F(CudaKernels, MatMulBf16) {
+  PrecisionScope scope(*cuda_, "bf16");
+  check_products([this](const Case& c) { check(c); }, 1e-2);
+  // The mode takes effect: a large product is off by bf16 rounding (a few 1e-3), not float32's ~1e-7.
+  Case big{"MatMul", {randn({256, 768}), randn({768, 768})}};
+  auto want = run_case(big, *cpu_);
+  auto got = run_case(big, *cuda_);
+  ASSERT_TRUE(want.has_value() && got.has_value());
+  const double rel = relative_error(got->outputs[0], want->outputs[0]);
+  std::printf("[ bf16 ] [256 x 768] @ [768 x 768]: relative error vs CPU float32 %.3g\n", rel);
+  EXPECT_GT(rel, 1e-4);
+  EXPECT_LE(rel, 1e-2);
+}
+
+TEST_F(CudaKernels, MatMulTf32) {
+  PrecisionScope scope(*cuda_, "tf32");
+  check_products([this](const Case& c) { check(c); }, 2e-3);
+}
+
+TEST_F(CudaKernels, PrecisionNames) {
+  EXPECT_FALSE(cuda_->set_precision("fp16").is_ok());
+  EXPECT_TRUE(cpu_->set_precision("fp32").is_ok());
+  EXPECT_FALSE(cpu_->set_precision("bf16").is_ok());
+  EXPECT_FALSE(cpu_->set_precision("tf32").is_ok());
 }
 
 TEST_F(CudaKernels, SoftmaxAndNorms) {
