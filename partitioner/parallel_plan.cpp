@@ -272,6 +272,7 @@ LayerLayout layer_layout(int world, int pp, int stage, int position, int tp, int
     for (int j = 0; j < tp; ++j) l.tp_group.push_back(base + j * l.dp + l.dp_index);
     for (int j = 0; j < l.dp; ++j) l.dp_group.push_back(base + l.tp_index * l.dp + j);
   }
+  for (int p = 0; p < n; ++p) l.stage_slices.push_back(consec ? p / tp : p % l.dp);
   return l;
 }
 

@@ -61,6 +61,7 @@ struct LayerLayout {
   int dp = 1, dp_index = 0;
   std::vector<int> tp_group;  // world ranks, in TP order
   std::vector<int> dp_group;  // world ranks, in DP order (batch slice order)
+  std::vector<int> stage_slices;  // the batch slice (DP index) of every position of the stage, in position order
   bool zero3 = false;
   bool checkpoint = false;
   bool operator==(const LayerLayout& o) const {

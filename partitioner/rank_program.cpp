@@ -96,7 +96,9 @@ Expected<ValueId> StageAssembler::add_node(Node n, std::vector<Value> outs) {
 
 Expected<ValueId> StageAssembler::redistribute(ValueId x, const std::string& name, const LayerLayout& a,
                                                const LayerLayout& b) {
-  if (a.dp == b.dp && a.dp_index == b.dp_index) return x;
+  // Decided by the two layouts over the whole stage, not by this rank's slices alone: where they differ, every rank
+  // takes part in the collectives (a rank whose own slice happens to stay must still serve the others).
+  if (a.dp == b.dp && a.stage_slices == b.stage_slices) return x;
   auto key = std::make_tuple(name, b.dp, b.dp_index);
   if (auto it = redistributed_.find(key); it != redistributed_.end()) return it->second;
   // Does the value carry the batch? Its shape changes with the rows of the import.

@@ -60,7 +60,8 @@ class Cli : public testing::ScratchDirTest {
   }
 
   CliResult run(const std::vector<std::string>& args) const {
-    std::string cmd = shell_quote(binary());
+    // A hung run (a deadlocked collective) fails the test after five minutes instead of stalling the suite.
+    std::string cmd = "timeout -k 10 300 " + shell_quote(binary());
     for (const auto& a : args) cmd += " " + shell_quote(a);
     const std::string out = (dir_ / ".stdout").string(), err = (dir_ / ".stderr").string();
     cmd += " >" + shell_quote(out) + " 2>" + shell_quote(err) + " </dev/null";

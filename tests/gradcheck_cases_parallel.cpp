@@ -44,6 +44,16 @@ std::vector<GradCase> gradcheck_cases_parallel() {
   cases.push_back(make("SplitToGroup", {2, 2, 2}, 4, sized({0}, 2), "group {0}"));
   cases.push_back(make("TensorParallelCopy", {2, 3}, 5, {}, ""));
   cases.push_back(make("TensorParallelReduce", {2, 3}, 6, {}, ""));
+  {  // one rank holding the whole vocabulary; row 2 ignored
+    Attributes a;
+    a.set_int("vocab_start", 0);
+    a.set_int("vocab_size", 5);
+    a.set_int("ignore_index", -100);
+    GradCase c = make("VocabParallelCrossEntropy", {4, 5}, 7, a, "one rank");
+    c.inputs.push_back(Tensor::from_i64({1, 4, -100, 0}, {4}));
+    c.as_constants = {false, true};
+    cases.push_back(c);
+  }
   return cases;
 }
 

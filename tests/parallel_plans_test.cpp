@@ -144,6 +144,12 @@ TEST_F(ParallelPlans, Gpt2OnFourProcesses) {
                           {"chunks", 4}, {"pp_division", "2"}, {"pipeline_type", "gpipe"},
                           {"default_dp_type", "zero2"}, {"vtp", 1}, {"vsp", 0}, {"embed_sdp", 0}};
   expect_plan(m, 4, "mixed", {"--galvatron-config-path", write_plan("mixed.json", mixed)});
+  // Layouts whose batch slices agree on some ranks only (vocab TP on consecutive ranks, layer TP strided): every rank
+  // must still join the redistribution (this deadlocked once).
+  nlohmann::json slices = {{"pp_deg", 1}, {"tp_sizes_enc", "2,1"}, {"tp_consecutive_flags", "0,1"},
+                           {"dp_types_enc", "0,1"}, {"checkpoint", "1,0"}, {"global_bsz", 16}, {"chunks", 4},
+                           {"pipeline_type", "gpipe"}, {"default_dp_type", "zero2"}, {"vtp", 2}};
+  expect_plan(m, 4, "mixed-vtp", {"--galvatron-config-path", write_plan("mixed-vtp.json", slices)});
 }
 
 TEST_F(ParallelPlans, LlamaOnFourProcesses) {
