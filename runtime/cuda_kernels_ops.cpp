@@ -11,6 +11,7 @@
 
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/ops.h"
+#include "runtime/communicator.h"
 #include "runtime/cuda_kernels.h"
 
 namespace gv {
@@ -677,7 +678,9 @@ Status accumulate_cuda(KernelContext& ctx) {
 }
 
 Status grad_norm_cuda(KernelContext& ctx) {
-  if (!all_f32(ctx) || ctx.attrs().get_int("all_reduce", 0)) return cuda_fallback_kernel(ctx);
+  const bool reduce = ctx.attrs().get_int("all_reduce", 0) != 0 && ctx.comm && ctx.comm->size() > 1;
+  // Across processes the squared norm is all-reduced on the device, which needs NCCL (device pointers).
+  if (!all_f32(ctx) || (reduce && std::string(ctx.comm->backend_name()) != "nccl")) return cuda_fallback_kernel(ctx);
   const std::vector<float> weights = ctx.attrs().get_floats("weights");
   if (!weights.empty() && weights.size() != ctx.inputs.size()) return cuda_fallback_kernel(ctx);
   std::vector<const float*> ptrs;
@@ -685,6 +688,22 @@ Status grad_norm_cuda(KernelContext& ctx) {
   for (const TensorRef& t : ctx.inputs) {
     ptrs.push_back(t.as<float>());
     counts.push_back(t.numel());
+  }
+  if (reduce) {
+    double* sq = cuda::grad_norm_sum_squares_f32(ptrs.data(), counts.data(), weights.empty() ? nullptr : weights.data(),
+                                                 static_cast<int>(ptrs.size()));
+    if (!sq) return ctx.fail(std::string("CUDA: ") + cuda::last_error());
+    auto g64 = ctx.attrs().get_ints("group");
+    std::vector<int> group(g64.begin(), g64.end());
+    if (group.empty()) {
+      for (int i = 0; i < ctx.comm->size(); ++i) group.push_back(i);
+    }
+    auto c = ctx.comm->group(group);
+    if (!c) return ctx.fail(c.status().message());
+    Status st = (*c)->all_reduce(sq, 1, DType::kFloat64, ReduceOp::kSum);
+    if (!st.is_ok()) return ctx.fail(st.message());
+    return launch(ctx, cuda::grad_norm_finish_f32(sq, static_cast<float>(ctx.attrs().get_double("scale", 1.0)),
+                                                  ctx.outputs[0].as<float>()));
   }
   return launch(ctx, cuda::grad_norm_f32(ptrs.data(), counts.data(), weights.empty() ? nullptr : weights.data(),
                                          static_cast<int>(ptrs.size()),

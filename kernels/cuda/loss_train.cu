@@ -249,19 +249,28 @@ bool accumulate_f32(float* acc, const float* g, int64_t n) {
   return launched();
 }
 
-bool grad_norm_f32(const float* const* tensors, const int64_t* counts, const float* weights, int num, float scale,
-                   float* out) {
+double* grad_norm_sum_squares_f32(const float* const* tensors, const int64_t* counts, const float* weights, int num) {
   double* acc = static_cast<double*>(workspace(sizeof(double)));
-  if (!acc) return false;
-  if (cudaMemsetAsync(acc, 0, sizeof(double), 0) != cudaSuccess) return false;
+  if (!acc) return nullptr;
+  if (cudaMemsetAsync(acc, 0, sizeof(double), 0) != cudaSuccess) return nullptr;
   for (int i = 0; i < num; ++i) {
     if (counts[i] == 0 || (weights && weights[i] == 0.0f)) continue;
     unsigned g = grid_for(counts[i]);
     if (g > 1024) g = 1024;
     sum_squares_kernel<<<g, kThreads>>>(tensors[i], counts[i], weights ? static_cast<double>(weights[i]) : 1.0, acc);
   }
-  norm_finish<<<1, 1>>>(acc, scale, out);
+  return launched() ? acc : nullptr;
+}
+
+bool grad_norm_finish_f32(const double* sum_squares, float scale, float* out) {
+  norm_finish<<<1, 1>>>(sum_squares, scale, out);
   return launched();
+}
+
+bool grad_norm_f32(const float* const* tensors, const int64_t* counts, const float* weights, int num, float scale,
+                   float* out) {
+  double* acc = grad_norm_sum_squares_f32(tensors, counts, weights, num);
+  return acc && grad_norm_finish_f32(acc, scale, out);
 }
 
 bool adamw_f32(float* p, float* g, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,

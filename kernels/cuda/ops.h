@@ -121,6 +121,10 @@ bool accumulate_f32(float* acc, const float* g, int64_t n);
 // null (all 1).
 bool grad_norm_f32(const float* const* tensors, const int64_t* counts, const float* weights, int num, float scale,
                    float* out);
+// The same in two halves, so that the sum of squares (a float64 on the device, in a workspace valid until the next
+// call) can be all-reduced across processes in between.
+double* grad_norm_sum_squares_f32(const float* const* tensors, const int64_t* counts, const float* weights, int num);
+bool grad_norm_finish_f32(const double* sum_squares, float scale, float* out);
 struct AdamW {
   double beta1, beta2, eps, weight_decay, grad_scale, max_norm;
   bool zero_grad;
