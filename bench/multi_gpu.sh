@@ -15,6 +15,9 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+# PARTS=throughput runs part 3 only.
+PARTS=${PARTS:-all}
+if [ "$PARTS" = all ]; then
 # 1. Hardware files measured through NCCL.
 stamp "hardware profile"
 timeout 150 "$GV" profile --hardware --devices "$N" --device cuda --start-mb 16 --end-mb 256 \
@@ -44,14 +47,14 @@ for f in sorted(os.listdir(out)):
     worst = max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(ref, got))
     print(f"{f[2:-6]:12s} 10-step losses vs 1 GPU: max rel diff {worst:.2e}, final {got[-1]['loss']:.6f} vs {ref[-1]['loss']:.6f}")
 PY
+fi
 # 3. Throughput: zoo GPT-2 124M, sequence 1024, 4 rows per GPU per step (TF32 products, as PyTorch's tf32 mode).
 stamp "throughput"
 python3 - "$OUT/tokens.npy" <<'PY'
 import sys, numpy as np
 np.save(sys.argv[1], np.random.default_rng(0).integers(0, 50257, 1 << 22, dtype=np.int64))
 PY
-G="train --model-type gpt --model-size gpt2 --data $OUT/tokens.npy --seq-len 1024 --steps 8 --lr 1e-4 --device cuda --quiet"
-export GALVATRON_CUDA_TF32=1
+G="train --model-type gpt --model-size gpt2 --data $OUT/tokens.npy --seq-len 1024 --steps 8 --lr 1e-4 --device cuda --quiet --precision tf32"
 run_t() { local name=$1 dev=$2 bsz=$3; shift 3; timeout 150 "$GV" $G --devices $dev --batch-size $bsz "$@" --metrics "$OUT/t_$name.jsonl" > "$OUT/t_$name.log" 2>&1; echo "$name exit $?"; }
 run_t one-gpu 1 4
 run_t ddp $N $((4 * N))
