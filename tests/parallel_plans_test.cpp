@@ -87,6 +87,16 @@ class ParallelPlans : public Cli {
   int batch_ = 4;   // rows per micro-batch (all processes together)
   int chunks_ = 4;  // micro-batches per step
 
+  // --auto on `devices` processes (the search sees this run's batch and micro-batches).
+  void expect_auto(const Model& m, int devices) {
+    SCOPED_TRACE(m.name + " --auto on " + std::to_string(devices) + " processes");
+    auto a = train_args(m, "auto");
+    a.insert(a.end(), {"--devices", std::to_string(devices), "--auto", "--grad-accum", std::to_string(chunks_)});
+    auto r = run(a);
+    ASSERT_EQ(r.code, 0) << r.err;
+    expect_same_training(path("single.jsonl"), path("auto.jsonl"), final_ckpt("single"), final_ckpt("auto"), kSteps);
+  }
+
   std::string write_plan(const std::string& name, const nlohmann::json& j) const {
     std::ofstream(path(name)) << j.dump(2);
     return path(name);
@@ -160,6 +170,7 @@ TEST_F(ParallelPlans, LlamaOnFourProcesses) {
                           {"dp_types_enc", "1,0"}, {"checkpoint", "0,1"}, {"global_bsz", 16}, {"chunks", 4},
                           {"pipeline_type", "gpipe"}, {"default_dp_type", "ddp"}};
   expect_plan(m, 4, "mixed", {"--galvatron-config-path", write_plan("mixed.json", mixed)});
+  expect_auto(m, 4);
 }
 
 TEST_F(ParallelPlans, ZooGptOnFourProcesses) {
@@ -169,6 +180,7 @@ TEST_F(ParallelPlans, ZooGptOnFourProcesses) {
   expect_plan(m, 4, "pp4-gpipe", {"--pp-deg", "4", "--pipeline-type", "gpipe"});
   expect_plan(m, 4, "pp4-1f1b", {"--pp-deg", "4", "--pipeline-type", "pipedream_flush"});
   expect_plan(m, 4, "pp2-vtp2", {"--pp-deg", "2", "--vocab-tp", "2", "--pipeline-type", "pipedream_flush"});
+  expect_auto(m, 4);
   // Two stages of two ranks; different TP per layer, ZeRO-3 and checkpointed layers.
   nlohmann::json mixed = {{"pp_deg", 2}, {"tp_sizes_enc", "2,1,1,2"}, {"tp_consecutive_flags", "1,1,0,1"},
                           {"dp_types_enc", "0,1,0,0"}, {"checkpoint", "0,0,1,1"}, {"global_bsz", 16},
@@ -227,11 +239,7 @@ TEST_F(ParallelPlans, ResumeUnderADifferentPlan) {
 TEST_F(ParallelPlans, AutoSearchesThePlanThenTrains) {
   Model m = fixture_model("gpt2");
   reference(m);
-  auto a = train_args(m, "auto");
-  a.insert(a.end(), {"--devices", "4", "--auto", "--grad-accum", std::to_string(chunks_)});
-  auto r = run(a);
-  ASSERT_EQ(r.code, 0) << r.err;
-  expect_same_training(path("single.jsonl"), path("auto.jsonl"), final_ckpt("single"), final_ckpt("auto"), kSteps);
+  expect_auto(m, 4);
 }
 
 TEST_F(ParallelPlans, ImpossiblePlansAreClearErrors) {
