@@ -144,4 +144,26 @@ Expected<std::unique_ptr<Communicator>> make_communicator() {
 #endif
 }
 
+std::string rank_list(const std::vector<int>& ranks) {
+  std::string s;
+  for (int r : ranks) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(r);
+  }
+  return "{" + s + "}";
+}
+
+Expected<Communicator*> communicator_of_group(Communicator* world, const std::vector<int64_t>& group) {
+  std::vector<int> ranks(group.begin(), group.end());
+  if (!world) {
+    if (ranks.empty() || (ranks.size() == 1 && ranks[0] == 0)) return static_cast<Communicator*>(nullptr);
+    return invalid_argument("group " + rank_list(ranks) + " needs a communicator, but this executor runs a single "
+                            "process (ExecutorOptions::comm is null)");
+  }
+  if (ranks.empty()) return world;
+  auto c = world->group(ranks);
+  if (!c) return c.status().with_context("group " + rank_list(ranks));
+  return *c;
+}
+
 }  // namespace gv

@@ -11,6 +11,7 @@
 #pragma once
 #include <cstddef>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "runtime/status.h"
@@ -51,6 +52,13 @@ class Communicator {
   // "single", "mpi", "thread" or "nccl".
   virtual const char* backend_name() const = 0;
 };
+
+// "{0,2,4}", for messages.
+std::string rank_list(const std::vector<int>& ranks);
+
+// The communicator of a node's `group` attribute (world ranks): `world` itself for an empty group, world->group(ranks)
+// otherwise; null when `world` is null and the group is empty or {0} (one process). Errors name the group.
+Expected<Communicator*> communicator_of_group(Communicator* world, const std::vector<int64_t>& group);
 
 // One rank of one: collectives leave buffers as they are (copying send to recv where they differ).
 std::unique_ptr<Communicator> make_single_process_communicator();

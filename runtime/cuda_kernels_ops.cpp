@@ -693,12 +693,7 @@ Status grad_norm_cuda(KernelContext& ctx) {
     double* sq = cuda::grad_norm_sum_squares_f32(ptrs.data(), counts.data(), weights.empty() ? nullptr : weights.data(),
                                                  static_cast<int>(ptrs.size()));
     if (!sq) return ctx.fail(std::string("CUDA: ") + cuda::last_error());
-    auto g64 = ctx.attrs().get_ints("group");
-    std::vector<int> group(g64.begin(), g64.end());
-    if (group.empty()) {
-      for (int i = 0; i < ctx.comm->size(); ++i) group.push_back(i);
-    }
-    auto c = ctx.comm->group(group);
+    auto c = communicator_of_group(ctx.comm, ctx.attrs().get_ints("group"));
     if (!c) return ctx.fail(c.status().message());
     Status st = (*c)->all_reduce(sq, 1, DType::kFloat64, ReduceOp::kSum);
     if (!st.is_ok()) return ctx.fail(st.message());

@@ -29,15 +29,6 @@ constexpr int64_t kTagsPerMicroBatch = 65536;  // as runtime/ops/parallel_ops.cp
 
 bool is_nccl(const Communicator* c) { return c && std::strcmp(c->backend_name(), "nccl") == 0; }
 
-std::string ints_str(const std::vector<int64_t>& v) {
-  std::string s;
-  for (int64_t x : v) {
-    if (!s.empty()) s += ',';
-    s += std::to_string(x);
-  }
-  return "[" + s + "]";
-}
-
 // No communicator and a trivial group: this process is the whole group.
 bool single(const KernelContext& ctx) {
   const std::vector<int64_t> g = ctx.attrs().get_ints("group");
@@ -46,10 +37,8 @@ bool single(const KernelContext& ctx) {
 
 // The communicator of attr group (ctx.comm itself for an empty group); ctx.comm must be set.
 Expected<Communicator*> group_comm(const KernelContext& ctx) {
-  const std::vector<int64_t> g = ctx.attrs().get_ints("group");
-  if (g.empty()) return ctx.comm;
-  auto c = ctx.comm->group(std::vector<int>(g.begin(), g.end()));
-  if (!c) return ctx.fail("group " + ints_str(g) + ": " + c.status().message());
+  auto c = communicator_of_group(ctx.comm, ctx.attrs().get_ints("group"));
+  if (!c) return ctx.fail(c.status().message());
   return *c;
 }
 

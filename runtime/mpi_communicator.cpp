@@ -48,15 +48,6 @@ void divide(void* data, size_t count, DType dtype, int n) {
   }
 }
 
-std::string rank_list(const std::vector<int>& ranks) {
-  std::string s;
-  for (int r : ranks) {
-    if (!s.empty()) s += ',';
-    s += std::to_string(r);
-  }
-  return "{" + s + "}";
-}
-
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(MPI_Comm comm, bool owns_init, bool owns_comm, int tag_ub)

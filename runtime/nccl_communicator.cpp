@@ -92,15 +92,6 @@ Expected<ncclDataType_t> reducible_type(DType t, const char* what) {
   return unsupported(std::string(what) + " of " + dtype_name(t) + " (float32, float64, bfloat16, float16 only)");
 }
 
-std::string rank_list(const std::vector<int>& ranks) {
-  std::string s;
-  for (int r : ranks) {
-    if (!s.empty()) s += ',';
-    s += std::to_string(r);
-  }
-  return "{" + s + "}";
-}
-
 bool nccl_p2p_enabled() {
   const char* v = std::getenv("GALVATRON_NCCL_P2P");
   return v && std::strcmp(v, "1") == 0;

@@ -23,15 +23,6 @@ namespace {
 
 constexpr auto kTimeout = std::chrono::seconds(60);
 
-std::string rank_list(const std::vector<int>& ranks) {
-  std::string s;
-  for (int r : ranks) {
-    if (!s.empty()) s += ',';
-    s += std::to_string(r);
-  }
-  return "{" + s + "}";
-}
-
 // What one rank posts for the current collective.
 struct Posted {
   const void* in = nullptr;

@@ -93,16 +93,8 @@ Status my_rows(const InferContext& ctx, int64_t& rows) {
 // The communicator of the node's group: ctx.comm's group(ranks), ctx.comm itself for the whole world, or null for one
 // process (then the group must be empty or {0}).
 Expected<Communicator*> group_comm(const KernelContext& ctx) {
-  const std::vector<int64_t> g = ctx.attrs().get_ints("group");
-  if (!ctx.comm) {
-    if (g.empty() || (g.size() == 1 && g[0] == 0)) return static_cast<Communicator*>(nullptr);
-    return ctx.fail("group " + ints_str(g) + " needs a communicator, but this executor runs a single process "
-                    "(ExecutorOptions::comm is null)");
-  }
-  if (g.empty()) return ctx.comm;
-  std::vector<int> ranks(g.begin(), g.end());
-  auto c = ctx.comm->group(ranks);
-  if (!c) return ctx.fail("group " + ints_str(g) + ": " + c.status().message());
+  auto c = communicator_of_group(ctx.comm, ctx.attrs().get_ints("group"));
+  if (!c) return ctx.fail(c.status().message());
   return *c;
 }
 

@@ -33,12 +33,7 @@ Status gather_shards_cpu(KernelContext& ctx) {
     if (sizes64.size() > 1) return ctx.fail("needs a communicator of " + std::to_string(sizes64.size()) + " ranks");
     return Status::ok();
   }
-  auto group64 = ctx.attrs().get_ints("group");
-  std::vector<int> group(group64.begin(), group64.end());
-  if (group.empty()) {
-    for (int i = 0; i < ctx.comm->size(); ++i) group.push_back(i);
-  }
-  auto g = ctx.comm->group(group);
+  auto g = communicator_of_group(ctx.comm, ctx.attrs().get_ints("group"));
   if (!g) return ctx.fail(g.status().message());
   Communicator& c = **g;
   std::vector<size_t> counts(sizes64.begin(), sizes64.end());
