@@ -55,7 +55,7 @@ GV_REGISTER_COMMAND(
         .spec =
             {
                 .name = "train",
-                .summary = "Train an ONNX model (or a zoo model) on the CPU.",
+                .summary = "Train an ONNX model (or a zoo model) on the CPU or GPUs, in one process or under a parallel plan.",
                 .description =
                     "Imports MODEL.onnx specialized to --batch-size x --seq-len, builds the backward pass, loss and\n"
                     "optimizer as one static plan, and trains on --data. The loss is the graph's scalar output if it\n"
@@ -63,6 +63,8 @@ GV_REGISTER_COMMAND(
                     "-100). --data is a token stream (llm.c .bin, or a 1-D .npy) cut into windows of seq+1 tokens and\n"
                     "shuffled with --seed, or samples (.safetensors, or a folder of .npy) named after the graph inputs\n"
                     "plus `labels`, taken in order. One step uses --grad-accum micro-batches of --batch-size rows.\n"
+                    "--devices N runs N processes under a hybrid-parallel plan (Galvatron's flags, a plan file, or\n"
+                    "--auto); --device cuda trains on GPUs.\n"
                     "With no model and no data, runs the built-in demo: a small GPT learns two-digit addition\n"
                     "and reports its accuracy on held-out problems (results in runs/NAME/, see --run-name).",
                 .positionals = {{.name = "MODEL.onnx", .help = "The model to train.", .optional = true}},

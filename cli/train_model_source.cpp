@@ -35,7 +35,7 @@ std::vector<FlagSpec> train_model_flags() {
       string_flag("resume", "DIR|FILE", "", "Continue from a checkpoint folder (its latest) or file."),
       string_flag("export", "OUT.onnx", "", "Write the trained weights back into the ONNX model."),
       string_flag("run-name", "NAME", "", "Demo only: results go to runs/NAME/ (default: addition)."),
-      int_flag("devices", "N", "1", "Data-parallel workers: N > 1 with --device cpu re-launches under mpirun -np N (one MPI rank per worker); each takes B/N rows of every batch and gradients are averaged."),
+      int_flag("devices", "N", "1", "Worker processes: N > 1 re-launches under mpirun -np N (one MPI rank per worker; one GPU each with --device cuda, NCCL between them). Without plan flags: data parallel, each takes B/N rows of every batch; with them: the plan's layout."),
       device_flag(),
       string_flag("precision", "fp32|tf32|bf16", "fp32", "What the matrix products compute in: fp32 (exact), tf32 or bf16 tensor cores on rounded operands (--device cuda only; storage, accumulation and master weights stay float32). GALVATRON_CUDA_TF32=1 is an alias of tf32 when the flag is not given."),
       dim_flag(),
