@@ -8,7 +8,15 @@
 namespace gv {
 namespace {
 
-class HardwareProfile : public Cli {};
+class HardwareProfile : public Cli {
+ protected:
+  void SetUp() override {
+    Cli::SetUp();
+#if defined(__SANITIZE_ADDRESS__)
+    setenv("ASAN_OPTIONS", "detect_leaks=0", 1);  // OpenMPI's plugins inside the workers: see data_parallel_test.cpp
+#endif
+  }
+};
 
 TEST_F(HardwareProfile, MeasuredFilesHaveGalvatronsKeysAndFeedTheSearch) {
   if (!mpi_backend_built()) GTEST_SKIP() << "galvatron was built without MPI";
