@@ -7,6 +7,7 @@
 #include <set>
 
 #include "partitioner/tensor_parallel_pass.h"
+#include "partitioner/weight_values.h"
 #include "runtime/op_registry.h"
 
 namespace gv::partitioner {
@@ -302,25 +303,10 @@ Expected<std::map<std::string, TensorShard>> Pass::run(const std::vector<TensorP
   const size_t nv = g_.values.size();
   global_.resize(nv);
   cut_.assign(nv, Cut{});
-  weight_.assign(nv, 0);
-  users_.assign(nv, {});
-  for (size_t v = 0; v < nv; ++v) {
-    global_[v] = g_.values[v].shape;
-    weight_[v] = g_.values[v].kind == ValueKind::kParameter;
-  }
-  for (NodeId n = 0; n < static_cast<NodeId>(g_.nodes.size()); ++n) {
-    const Node& node = g_.nodes[n];
-    bool any = false, all = true;
-    for (ValueId in : node.inputs) {
-      if (in == kNoValue) continue;
-      users_[in].push_back(n);
-      if (weight_[in]) any = true;
-      else if (g_.value(in).kind != ValueKind::kConstant) all = false;
-    }
-    if (any && all) {
-      for (ValueId o : node.outputs) weight_[o] = 1;
-    }
-  }
+  WeightValues wv = find_weight_values(g_);
+  weight_ = std::move(wv.weight);
+  users_ = std::move(wv.users);
+  for (size_t v = 0; v < nv; ++v) global_[v] = g_.values[v].shape;
   before_.assign(g_.nodes.size(), {});
   after_.assign(g_.nodes.size(), {});
 

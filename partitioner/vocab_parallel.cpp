@@ -9,6 +9,7 @@
 #include <set>
 
 #include "partitioner/tensor_parallel.h"
+#include "partitioner/weight_values.h"
 #include "runtime/op_registry.h"
 
 namespace gv::partitioner {
@@ -507,25 +508,9 @@ Expected<std::map<std::string, TensorShard>> VocabPass::run() {
   GV_RETURN_IF_ERROR(check_plan());
   std::map<std::string, TensorShard> shards;
   if (vp_.vtp == 1) return shards;
-  const size_t nv = g_.values.size();
-  users_.assign(nv, {});
-  weight_.assign(nv, 0);
-  for (size_t v = 0; v < nv; ++v) weight_[v] = g_.values[v].kind == ValueKind::kParameter;
-  for (NodeId n = 0; n < static_cast<NodeId>(g_.nodes.size()); ++n) {
-    const Node& node = g_.nodes[n];
-    bool any = false, all = true;
-    for (ValueId in : node.inputs) {
-      if (in == kNoValue) continue;
-      users_[in].push_back(n);
-      if (weight_[in]) any = true;
-      else if (g_.value(in).kind != ValueKind::kConstant) all = false;
-    }
-    if (any && all) {
-      for (ValueId o : node.outputs) {
-        if (o != kNoValue) weight_[o] = 1;
-      }
-    }
-  }
+  WeightValues wv = find_weight_values(g_);
+  weight_ = std::move(wv.weight);
+  users_ = std::move(wv.users);
   GV_RETURN_IF_ERROR(find_head());
   GV_RETURN_IF_ERROR(find_embedding());
   if (head_ < 0 && gather_ < 0) return shards;  // neither part on this rank (a middle pipeline stage)
