@@ -59,26 +59,24 @@ Status infer_nothing(InferContext&) { return Status::ok(); }
 
 }  // namespace
 
-void register_sharded_update_ops(OpRegistry& r) {
+// An in-place op of one input and no outputs.
+static OpSchema in_place_unary(const char* name, InferFn infer, KernelFn cpu, const char* doc) {
   OpSchema s;
   s.domain = kGalvatronDomain;
-  s.name = "GatherShardsInPlace";
+  s.name = name;
   s.min_inputs = s.max_inputs = 1;
   s.min_outputs = s.max_outputs = 0;
-  s.infer = infer_gather_shards;
-  s.cpu = gather_shards_cpu;
-  s.doc = "ZeRO-2: all-gather, in place, the flat ranges of a parameter that the ranks of a group updated";
-  r.add(s);
+  s.infer = infer;
+  s.cpu = cpu;
+  s.doc = doc;
+  return s;
+}
 
-  OpSchema z;
-  z.domain = kGalvatronDomain;
-  z.name = "ZeroBuffer";
-  z.min_inputs = z.max_inputs = 1;
-  z.min_outputs = z.max_outputs = 0;
-  z.infer = infer_nothing;
-  z.cpu = zero_buffer_cpu;
-  z.doc = "sets a buffer to zero in place (ZeRO-2: the accumulated gradient once it was reduce-scattered)";
-  r.add(z);
+void register_sharded_update_ops(OpRegistry& r) {
+  r.add(in_place_unary("GatherShardsInPlace", infer_gather_shards, gather_shards_cpu,
+                       "ZeRO-2: all-gather, in place, the flat ranges of a parameter that the ranks of a group updated"));
+  r.add(in_place_unary("ZeroBuffer", infer_nothing, zero_buffer_cpu,
+                       "sets a buffer to zero in place (ZeRO-2: the accumulated gradient once it was reduce-scattered)"));
 }
 
 }  // namespace gv
