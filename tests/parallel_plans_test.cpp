@@ -250,6 +250,24 @@ TEST_F(ParallelPlans, ImpossiblePlansAreClearErrors) {
   auto r = run(a);
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("head"), std::string::npos) << r.err;
+  // A plan file that is not a Galvatron plan, one for another model, and a missing file.
+  std::ofstream(path("bad.json")) << "{\"tp_sizes_enc\": \"1,1\"}";
+  a = train_args(m, "bad");
+  a.insert(a.end(), {"--devices", "2", "--galvatron-config-path", path("bad.json")});
+  r = run(a);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("missing key 'pp_deg'"), std::string::npos) << r.err;
+  std::ofstream(path("other.json")) << "{\"pp_deg\": 1, \"tp_sizes_enc\": \"1,1,1,1\"}";
+  a = train_args(m, "other");
+  a.insert(a.end(), {"--devices", "2", "--galvatron-config-path", path("other.json")});
+  r = run(a);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("the plan is for 4 layers, the model has 2"), std::string::npos) << r.err;
+  a = train_args(m, "missing");
+  a.insert(a.end(), {"--devices", "2", "--galvatron-config-path", path("nowhere.json")});
+  r = run(a);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("cannot open"), std::string::npos) << r.err;
   // Three pipeline stages of two layers.
   a = train_args(m, "pp3");
   a.insert(a.end(), {"--devices", "3", "--pp-deg", "3"});
