@@ -27,6 +27,27 @@ void set_math_mode(MathMode mode);
 MathMode math_mode();
 void set_allow_tf32(bool allow);  // kTf32 when true, kFloat32 when false
 
+// bfloat16 operands (raw bits, uint16_t), float32 result and accumulation (CUBLAS_COMPUTE_32F), whatever the MathMode;
+// same layout rules as gemm_f32.
+bool gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a, int64_t stride_a,
+               const uint16_t* b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch);
+// y[i] = bf16(x[i]), rounding to nearest even (NaN stays NaN).
+bool to_bf16(const float* x, uint16_t* y, int64_t n);
+
+// ---- attention (kernels/cuda/attention.cu): ONNX Attention's 4-D form, kernels/cpu/attention.h's contract ----
+struct AttentionDims {
+  int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0, head_dim = 0, v_head_dim = 0;
+  float scale = 0.0f;
+  bool causal = false;
+  const void* mask = nullptr;  // optional: uint8 keep-flags (mask_is_bool) or float32 additive
+  bool mask_is_bool = false;
+  int64_t mask_strides[4] = {0, 0, 0, 0};  // over [B, Hq, S, L], 0 along broadcast dims
+};
+// Products follow the MathMode (kBf16: bfloat16 operands). Scratch comes from workspace().
+bool attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y);
+bool attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v, const float* dy,
+                        float* dq, float* dk, float* dv);
+
 // ---- broadcasting elementwise ----
 // Output elements i < numel in row-major order over dims[0, rank); input k's element of output index (i_0..i_r) is
 // at sum_d i_d * strides[k][d] (0 along broadcast dims).

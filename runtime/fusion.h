@@ -1,0 +1,27 @@
+// Fusion passes over a forward graph: patterns the exporters emit, rewritten into single ops of exactly the same
+// meaning (same outputs for every input, up to float rounding), so that autograd, the memory planner and the kernels
+// see one node instead of a chain. build_training_graph runs them (TrainingGraphOptions::fuse_ops) before autograd,
+// after the partitioner has cut the graph for this rank, so they see each rank's own heads and columns.
+// Fused nodes keep the placement (layer) of the nodes they replace; values the pattern leaves unused are removed.
+#pragma once
+#include <string>
+
+#include "runtime/graph.h"
+#include "runtime/status.h"
+
+namespace gv {
+
+struct FusionCounts {
+  int attention = 0;  // MatMul-scale-mask-Softmax-MatMul chains -> Attention (ONNX opset 23 semantics, 4-D form)
+  int gelu = 0;       // tanh- or erf-approximation chains -> Gelu
+  std::string summary() const;  // "2 attention, 2 gelu"
+};
+
+// Every pass below, in order. Returns what was fused.
+Expected<FusionCounts> fuse_forward_graph(Graph& graph);
+
+// The passes (runtime/fuse_attention.cpp, runtime/fuse_gelu.cpp); each adds the number of patterns it rewrote.
+Status fuse_attention(Graph& graph, int* fused);
+Status fuse_gelu(Graph& graph, int* fused);
+
+}  // namespace gv
