@@ -1,13 +1,18 @@
-// Matrix products through cuBLAS, and the shared device workspace.
+// Matrix products through cuBLAS, the bfloat16 conversion, and the shared device workspace.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include <mutex>
+#include <cstdint>
+#include <cstdlib>
 
+#include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
 namespace gv::cuda {
 namespace {
+
+using detail::kThreads;
+using detail::launched;
 
 MathMode g_mode = MathMode::kFloat32;
 
@@ -24,6 +29,153 @@ cublasHandle_t handle() {
 
 void* g_ws = nullptr;
 size_t g_ws_bytes = 0;
+
+// gemm_f32's bf16 operand copies: its own grow-only buffer, never workspace() (callers such as the attention kernels
+// keep data in workspace() across their products).
+void* g_bf16 = nullptr;
+size_t g_bf16_bytes = 0;
+
+void* bf16_scratch(size_t bytes) {
+  if (bytes <= g_bf16_bytes) return g_bf16;
+  const size_t want = bytes < (size_t{1} << 20) ? (size_t{1} << 20) : bytes + bytes / 4;
+  if (g_bf16) cudaFree(g_bf16);  // synchronizes: products that read the old copies are done
+  g_bf16 = nullptr;
+  g_bf16_bytes = 0;
+  if (cudaMalloc(&g_bf16, want) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky allocation error for later launch checks
+    return nullptr;
+  }
+  g_bf16_bytes = want;
+  return g_bf16;
+}
+
+// kBf16 converts the operands only where the product's arithmetic outweighs the conversion's bytes: m*n/(m+n) at
+// least this (GALVATRON_CUDA_BF16_MIN_MN, default 128). Converting costs 6 B per operand element (read 4, write 2)
+// against 2 * m*n*k flops; with tf32 products at ~130 TFLOP/s and bf16 at ~350 (bench/cuda_notes.md), the faster
+// product pays for the conversion above m*n/(m+n) ~ 100-200. Below it (the unfused attention's
+// [1024 x 1024] @ [1024 x 64], whose 400 MB score operand would be converted for a 13 GFLOP product) the float32
+// operands go to cuBLAS with CUBLAS_COMPUTE_32F_FAST_16BF, which runs TF32 kernels (never less accurate than bf16).
+double bf16_min_mn() {
+  static const double v = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_BF16_MIN_MN");
+    if (!e || !*e) return 128.0;
+    char* end = nullptr;
+    const double x = std::strtod(e, &end);
+    return (end && *end == '\0' && x >= 0.0) ? x : 128.0;
+  }();
+  return v;
+}
+
+// Round to nearest even on the bits (the same as __float2bfloat16_rn on every architecture): NaN stays a (quiet) NaN
+// with its sign, overflow goes to infinity.
+__device__ __forceinline__ uint16_t bf16_bits(float f) {
+  const uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+__device__ __forceinline__ uint2 bf16_quad(float4 v) {
+  uint2 r;
+  r.x = static_cast<uint32_t>(bf16_bits(v.x)) | (static_cast<uint32_t>(bf16_bits(v.y)) << 16);
+  r.y = static_cast<uint32_t>(bf16_bits(v.z)) | (static_cast<uint32_t>(bf16_bits(v.w)) << 16);
+  return r;
+}
+
+// y[i] = bf16(x[i]) for i < n; x 16-byte and y 8-byte aligned (kVec) or anything (scalar).
+template <typename I, bool kVec>
+__global__ void to_bf16_kernel(const float* __restrict__ x, uint16_t* __restrict__ y, I n) {
+  const I stride = static_cast<I>(gridDim.x) * blockDim.x;
+  const I first = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if constexpr (kVec) {
+    const I quads = n / 4;
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    uint2* y4 = reinterpret_cast<uint2*>(y);
+    for (I q = first; q < quads; q += stride) y4[q] = bf16_quad(x4[q]);
+    const I i = quads * 4 + first;
+    if (i < n) y[i] = bf16_bits(x[i]);  // the last n % 4 elements
+  } else {
+    for (I i = first; i < n; i += stride) y[i] = bf16_bits(x[i]);
+  }
+}
+
+// Packs `batch` matrices of `count` elements, `stride` apart in x, into y (count apart).
+template <bool kVec>
+__global__ void pack_bf16_kernel(const float* __restrict__ x, int64_t stride, uint16_t* __restrict__ y, int64_t count,
+                                 int64_t batch) {
+  for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
+    const float* src = x + b * stride;
+    uint16_t* dst = y + b * count;
+    const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+    const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if constexpr (kVec) {
+      const int64_t quads = count / 4;  // count % 4 == 0 here
+      for (int64_t q = first; q < quads; q += step) {
+        reinterpret_cast<uint2*>(dst)[q] = bf16_quad(reinterpret_cast<const float4*>(src)[q]);
+      }
+    } else {
+      for (int64_t i = first; i < count; i += step) dst[i] = bf16_bits(src[i]);
+    }
+  }
+}
+
+bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// bf16 copies of `batch` [count] matrices `stride` apart (0: one matrix); returns the stride of the copy.
+bool convert_operand(const float* x, int64_t count, int64_t stride, int64_t batch, uint16_t* y, int64_t& out_stride) {
+  if (batch == 1 || stride == 0) {
+    out_stride = 0;
+    return to_bf16(x, y, count);
+  }
+  out_stride = count;
+  if (stride == count) return to_bf16(x, y, count * batch);
+  // Padded or overlapping matrices: pack them, converting only their elements.
+  const bool vec = count % 4 == 0 && stride % 4 == 0 && aligned(x, 16) && aligned(y, 8);
+  const int64_t units = vec ? count / 4 : count;
+  int64_t bx = (units + kThreads - 1) / kThreads;
+  const int64_t by = batch < 65535 ? batch : 65535;
+  const int64_t cap = (int64_t{1} << 16) / by + 1;
+  if (bx > cap) bx = cap;
+  const dim3 grid(static_cast<unsigned>(bx), static_cast<unsigned>(by));
+  if (vec) pack_bf16_kernel<true><<<grid, kThreads>>>(x, stride, y, count, batch);
+  else pack_bf16_kernel<false><<<grid, kThreads>>>(x, stride, y, count, batch);
+  return launched();
+}
+
+// C = beta * C for each of the batch matrices (a product with nothing to sum).
+bool scale_c(cublasHandle_t h, int64_t m, int64_t n, float beta, float* c, int64_t stride_c, int64_t batch) {
+  const int64_t count = m * n;
+  for (int64_t i = 0; i < batch; ++i) {
+    float* ci = c + i * stride_c;
+    if (i > 0 && stride_c == 0) break;
+    if (beta == 0.0f) {
+      if (cudaMemsetAsync(ci, 0, sizeof(float) * count, 0) != cudaSuccess) return false;
+    } else if (count <= INT32_MAX) {
+      if (cublasSscal(h, static_cast<int>(count), &beta, ci, 1) != CUBLAS_STATUS_SUCCESS) return false;
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+// The cuBLAS call of both gemm_f32 and gemm_bf16: operands of type `type`, float32 C.
+bool gemm_ex(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
+             int64_t stride_a, const void* b, int64_t stride_b, cudaDataType_t type, float beta, float* c,
+             int64_t stride_c, int64_t batch, cublasComputeType_t ct) {
+  // Row-major C[m, n] is column-major C^T[n, m] = op(B)^T op(A)^T.
+  const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int lda = static_cast<int>(ta ? m : k), ldb = static_cast<int>(tb ? k : n), ldc = static_cast<int>(n);
+  cublasStatus_t st;
+  if (batch == 1) {
+    st = cublasGemmEx(h, opb, opa, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, type, ldb,
+                      a, type, lda, &beta, c, CUDA_R_32F, ldc, ct, CUBLAS_GEMM_DEFAULT);
+  } else {
+    st = cublasGemmStridedBatchedEx(h, opb, opa, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+                                    b, type, ldb, stride_b, a, type, lda, stride_a, &beta, c, CUDA_R_32F, ldc,
+                                    stride_c, static_cast<int>(batch), ct, CUBLAS_GEMM_DEFAULT);
+  }
+  return st == CUBLAS_STATUS_SUCCESS;
+}
 
 }  // namespace
 
@@ -42,40 +194,63 @@ void set_math_mode(MathMode mode) { g_mode = mode; }
 MathMode math_mode() { return g_mode; }
 void set_allow_tf32(bool allow) { g_mode = allow ? MathMode::kTf32 : MathMode::kFloat32; }
 
+bool to_bf16(const float* x, uint16_t* y, int64_t n) {
+  if (n <= 0) return true;
+  const bool vec = aligned(x, 16) && aligned(y, 8);
+  const int64_t units = vec ? (n + 3) / 4 : n;
+  int64_t blocks = (units + kThreads - 1) / kThreads;
+  const int64_t cap = int64_t{detail::num_sms()} * 16;  // two waves of resident blocks; the loops stride on
+  if (blocks > cap) blocks = cap;
+  const unsigned g = static_cast<unsigned>(blocks);
+  if (n < (int64_t{1} << 31)) {
+    const uint32_t n32 = static_cast<uint32_t>(n);
+    if (vec) to_bf16_kernel<uint32_t, true><<<g, kThreads>>>(x, y, n32);
+    else to_bf16_kernel<uint32_t, false><<<g, kThreads>>>(x, y, n32);
+  } else {
+    if (vec) to_bf16_kernel<int64_t, true><<<g, kThreads>>>(x, y, n);
+    else to_bf16_kernel<int64_t, false><<<g, kThreads>>>(x, y, n);
+  }
+  return launched();
+}
+
+bool gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a, int64_t stride_a,
+               const uint16_t* b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch) {
+  if (m == 0 || n == 0 || batch == 0) return true;
+  cublasHandle_t h = handle();
+  if (!h) return false;
+  if (k == 0) return scale_c(h, m, n, beta, c, stride_c, batch);
+  return gemm_ex(h, ta, tb, m, n, k, alpha, a, stride_a, b, stride_b, CUDA_R_16BF, beta, c, stride_c, batch,
+                 CUBLAS_COMPUTE_32F);
+}
+
 bool gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t stride_a,
               const float* b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch) {
   if (m == 0 || n == 0 || batch == 0) return true;
   cublasHandle_t h = handle();
   if (!h) return false;
-  if (k == 0) {
-    // C = beta * C: a product with nothing to sum.
-    if (beta == 0.0f) {
-      for (int64_t i = 0; i < batch; ++i)
-        if (cudaMemsetAsync(c + i * stride_c, 0, sizeof(float) * m * n, 0) != cudaSuccess) return false;
-      return true;
-    }
-    return cublasSgeam(h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), &beta, c,
-                       static_cast<int>(n), &beta, c, static_cast<int>(n), c, static_cast<int>(n)) ==
-           CUBLAS_STATUS_SUCCESS;
+  if (k == 0) return scale_c(h, m, n, beta, c, stride_c, batch);
+  if (g_mode == MathMode::kBf16 &&
+      static_cast<double>(m) * static_cast<double>(n) >= bf16_min_mn() * static_cast<double>(m + n)) {
+    // bf16 copies of both operands in gemm_f32's own scratch, then the bf16 product (float32 accumulation).
+    const int64_t ca = m * k, cb = k * n;
+    const int64_t na = (batch == 1 || stride_a == 0) ? ca : ca * batch;
+    const int64_t nb = (batch == 1 || stride_b == 0) ? cb : cb * batch;
+    const int64_t na_padded = (na + 127) / 128 * 128;  // B's copy starts 256-byte aligned
+    uint16_t* ws = static_cast<uint16_t*>(bf16_scratch(sizeof(uint16_t) * static_cast<size_t>(na_padded + nb)));
+    if (!ws) return false;
+    uint16_t *a16 = ws, *b16 = ws + na_padded;
+    int64_t sa16 = 0, sb16 = 0;
+    if (!convert_operand(a, ca, stride_a, batch, a16, sa16)) return false;
+    if (!convert_operand(b, cb, stride_b, batch, b16, sb16)) return false;
+    return gemm_ex(h, ta, tb, m, n, k, alpha, a16, sa16, b16, sb16, CUDA_R_16BF, beta, c, stride_c, batch,
+                   CUBLAS_COMPUTE_32F);
   }
-  // Row-major C[m, n] is column-major C^T[n, m] = op(B)^T op(A)^T.
-  const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const int lda = static_cast<int>(ta ? m : k), ldb = static_cast<int>(tb ? k : n), ldc = static_cast<int>(n);
-  // Float32 operands and result in every mode; the mode picks what the tensor cores see (cuBLAS rounds the operands
-  // to tf32 or bf16 inside the product) and the sum stays float32.
+  // Float32 operands: the mode picks what the tensor cores see (FAST_TF32 rounds the operands to tf32 inside the
+  // product; FAST_16BF on float32 operands runs TF32 kernels too, bench/cuda_notes.md 4) and the sum stays float32.
   const cublasComputeType_t ct = g_mode == MathMode::kBf16   ? CUBLAS_COMPUTE_32F_FAST_16BF
                                  : g_mode == MathMode::kTf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
                                                              : CUBLAS_COMPUTE_32F;
-  cublasStatus_t st;
-  if (batch == 1) {
-    st = cublasGemmEx(h, opb, opa, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b,
-                      CUDA_R_32F, ldb, a, CUDA_R_32F, lda, &beta, c, CUDA_R_32F, ldc, ct, CUBLAS_GEMM_DEFAULT);
-  } else {
-    st = cublasGemmStridedBatchedEx(h, opb, opa, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k),
-                                    &alpha, b, CUDA_R_32F, ldb, stride_b, a, CUDA_R_32F, lda, stride_a, &beta, c,
-                                    CUDA_R_32F, ldc, stride_c, static_cast<int>(batch), ct, CUBLAS_GEMM_DEFAULT);
-  }
-  return st == CUBLAS_STATUS_SUCCESS;
+  return gemm_ex(h, ta, tb, m, n, k, alpha, a, stride_a, b, stride_b, CUDA_R_32F, beta, c, stride_c, batch, ct);
 }
 
 }  // namespace gv::cuda

@@ -19,6 +19,72 @@ inline unsigned grid_for(int64_t n, int threads = kThreads) {
 
 inline bool launched() { return cudaPeekAtLastError() == cudaSuccess; }
 
+// Streaming multiprocessors of the current device (queried once per process; 132 on an H100 SXM).
+inline int num_sms() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) !=
+                                                   cudaSuccess || v <= 0) {
+      cudaGetLastError();
+      return 132;
+    }
+    return v;
+  }();
+  return n;
+}
+
+// ---- flat elementwise launches: 16-byte accesses, 32-bit indices ----
+// A flat functor F has `template <class I> void one(I i)` (element i) and `template <class I> void quad(I q)`
+// (elements 4q .. 4q+3 through float4 accesses, only called when all its pointers are 16-byte aligned), and does the
+// same float operations per element in both, so results do not depend on the path.
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <class I, class F>
+__global__ void flat_quads_kernel(F f, I n) {
+  const I quads = n / 4;
+  const I stride = static_cast<I>(gridDim.x) * blockDim.x;
+  const I first = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (I q = first; q < quads; q += stride) f.quad(q);
+  const I i = quads * 4 + first;  // the last n % 4 elements: threads 0..2 of block 0
+  if (i < n) f.one(i);
+}
+
+template <class I, class F>
+__global__ void flat_ones_kernel(F f, I n) {
+  const I stride = static_cast<I>(gridDim.x) * blockDim.x;
+  for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f.one(i);
+}
+
+// Blocks for `units` work items: one per thread up to two waves of resident 256-thread blocks (8 per SM), then the
+// loops stride.
+inline unsigned flat_grid(int64_t units, int64_t max_blocks = 0) {
+  int64_t b = (units + kThreads - 1) / kThreads;
+  int64_t cap = int64_t{num_sms()} * 16;
+  if (max_blocks > 0 && max_blocks < cap) cap = max_blocks;
+  if (b > cap) b = cap;
+  if (b < 1) b = 1;
+  return static_cast<unsigned>(b);
+}
+
+// Runs f over n elements: quads when `vec` (every pointer of f 16-byte aligned), elements otherwise; 32-bit indices
+// below 2^31 elements.
+template <class F>
+bool launch_flat(const F& f, int64_t n, bool vec, int64_t max_blocks = 0) {
+  if (n <= 0) return true;
+  const unsigned g = flat_grid(vec ? (n + 3) / 4 : n, max_blocks);
+  if (n < (int64_t{1} << 31)) {
+    if (vec) flat_quads_kernel<uint32_t, F><<<g, kThreads>>>(f, static_cast<uint32_t>(n));
+    else flat_ones_kernel<uint32_t, F><<<g, kThreads>>>(f, static_cast<uint32_t>(n));
+  } else {
+    if (vec) flat_quads_kernel<int64_t, F><<<g, kThreads>>>(f, n);
+    else flat_ones_kernel<int64_t, F><<<g, kThreads>>>(f, n);
+  }
+  return launched();
+}
+
+__device__ __forceinline__ float4 load4(const float* p, size_t q) { return reinterpret_cast<const float4*>(p)[q]; }
+__device__ __forceinline__ void store4(float* p, size_t q, float4 v) { reinterpret_cast<float4*>(p)[q] = v; }
+
 // n / d for 32-bit n < 2^31 without a division instruction (Granlund-Montgomery: one multiply-high, an add and a
 // shift). init() runs on the host.
 struct FastDiv {
