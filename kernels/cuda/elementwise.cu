@@ -166,6 +166,48 @@ __global__ void binary_flat(Binary op, const T* a, const T* b, T* out, int64_t n
   }
 }
 
+// The float32 flat path with 16-byte accesses (detail::launch_flat); the op is a template argument.
+template <Binary OP>
+struct BinaryFlatF32 {
+  const float *a, *b;
+  float* out;
+  bool sa, sb;  // operand is an array (else a single element)
+  template <class I>
+  __device__ __forceinline__ void one(I i) const {
+    out[i] = apply_binary(OP, a[sa ? i : 0], b[sb ? i : 0]);
+  }
+  template <class I>
+  __device__ __forceinline__ void quad(I q) const {
+    const float4 x = sa ? detail::load4(a, q) : make_float4(a[0], a[0], a[0], a[0]);
+    const float4 y = sb ? detail::load4(b, q) : make_float4(b[0], b[0], b[0], b[0]);
+    float4 r;
+    r.x = apply_binary(OP, x.x, y.x);
+    r.y = apply_binary(OP, x.y, y.y);
+    r.z = apply_binary(OP, x.z, y.z);
+    r.w = apply_binary(OP, x.w, y.w);
+    detail::store4(out, q, r);
+  }
+};
+
+template <Binary OP>
+bool binary_flat_f32(const float* a, const float* b, float* out, int64_t n, bool sa, bool sb) {
+  const bool vec = detail::aligned16(out) && (!sa || detail::aligned16(a)) && (!sb || detail::aligned16(b));
+  return detail::launch_flat(BinaryFlatF32<OP>{a, b, out, sa, sb}, n, vec);
+}
+
+bool binary_flat_f32(Binary op, const float* a, const float* b, float* out, int64_t n, bool sa, bool sb) {
+  switch (op) {
+    case Binary::kAdd: return binary_flat_f32<Binary::kAdd>(a, b, out, n, sa, sb);
+    case Binary::kSub: return binary_flat_f32<Binary::kSub>(a, b, out, n, sa, sb);
+    case Binary::kMul: return binary_flat_f32<Binary::kMul>(a, b, out, n, sa, sb);
+    case Binary::kDiv: return binary_flat_f32<Binary::kDiv>(a, b, out, n, sa, sb);
+    case Binary::kPow: return binary_flat_f32<Binary::kPow>(a, b, out, n, sa, sb);
+    case Binary::kMax: return binary_flat_f32<Binary::kMax>(a, b, out, n, sa, sb);
+    case Binary::kMin: return binary_flat_f32<Binary::kMin>(a, b, out, n, sa, sb);
+  }
+  return false;
+}
+
 template <typename T>
 struct BinaryF {
   Binary op;
@@ -195,8 +237,12 @@ bool run_binary(Binary op, const T* a, const T* b, T* out, const Broadcast& bc) 
   if (bc.numel == 0) return true;
   const int ka = flat_kind(bc, 0), kb = flat_kind(bc, 1);
   if (ka >= 0 && kb >= 0) {
-    binary_flat<T><<<grid_for(bc.numel), kThreads>>>(op, a, b, out, bc.numel, ka == 0, kb == 0);
-    return launched();
+    if constexpr (std::is_same_v<T, float>) {
+      return binary_flat_f32(op, a, b, out, bc.numel, ka == 0, kb == 0);
+    } else {
+      binary_flat<T><<<grid_for(bc.numel), kThreads>>>(op, a, b, out, bc.numel, ka == 0, kb == 0);
+      return launched();
+    }
   }
   return for_each_bc<2>(bc, BinaryF<T>{op, a, b, out});
 }
@@ -260,12 +306,23 @@ bool run_box(const void* x, void* out, const Broadcast& bc) {
   return for_each_bc<2>(bc, BoxF<T>{static_cast<const T*>(x), static_cast<T*>(out)});
 }
 
-__global__ void scale_kernel(float* x, int64_t n, float s) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+struct ScaleF {
+  float* x;
+  float s;
+  template <class I>
+  __device__ __forceinline__ void one(I i) const {
     x[i] *= s;
   }
-}
+  template <class I>
+  __device__ __forceinline__ void quad(I q) const {
+    float4 v = detail::load4(x, q);
+    v.x *= s;
+    v.y *= s;
+    v.z *= s;
+    v.w *= s;
+    detail::store4(x, q, v);
+  }
+};
 
 __device__ __forceinline__ float sigmoidf_(float v) {
   if (v >= 0.0f) return 1.0f / (1.0f + expf(-v));
@@ -279,29 +336,41 @@ constexpr float kTwoOverSqrtPi = 1.1283791670955125739f;
 constexpr float kGeluTanhK = 0.79788456080286535588f;
 constexpr float kGeluTanhC = 0.044715f;
 
-__global__ void unary_kernel(Unary op, const float* x, float* y, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float v = x[i];
-    float r;
-    switch (op) {
-      case Unary::kNeg: r = -v; break;
-      case Unary::kAbs: r = fabsf(v); break;
-      case Unary::kRelu: r = v > 0.0f ? v : (v == v ? 0.0f : v); break;
-      case Unary::kSqrt: r = sqrtf(v); break;
-      case Unary::kReciprocal: r = 1.0f / v; break;
-      case Unary::kExp: r = expf(v); break;
-      case Unary::kLog: r = logf(v); break;
-      case Unary::kTanh: r = tanhf(v); break;
-      case Unary::kErf: r = erff(v); break;
-      case Unary::kSigmoid: r = sigmoidf_(v); break;
-      case Unary::kGelu: r = 0.5f * v * (1.0f + erff(v / kSqrt2)); break;
-      case Unary::kGeluTanh: r = v * sigmoidf_(2.0f * kGeluTanhK * (v + kGeluTanhC * v * v * v)); break;
-      default: r = v; break;
-    }
-    y[i] = r;
+__device__ __forceinline__ float unary_apply(Unary op, float v) {
+  float r;
+  switch (op) {
+    case Unary::kNeg: r = -v; break;
+    case Unary::kAbs: r = fabsf(v); break;
+    case Unary::kRelu: r = v > 0.0f ? v : (v == v ? 0.0f : v); break;
+    case Unary::kSqrt: r = sqrtf(v); break;
+    case Unary::kReciprocal: r = 1.0f / v; break;
+    case Unary::kExp: r = expf(v); break;
+    case Unary::kLog: r = logf(v); break;
+    case Unary::kTanh: r = tanhf(v); break;
+    case Unary::kErf: r = erff(v); break;
+    case Unary::kSigmoid: r = sigmoidf_(v); break;
+    case Unary::kGelu: r = 0.5f * v * (1.0f + erff(v / kSqrt2)); break;
+    case Unary::kGeluTanh: r = v * sigmoidf_(2.0f * kGeluTanhK * (v + kGeluTanhC * v * v * v)); break;
+    default: r = v; break;
   }
+  return r;
 }
+
+struct UnaryF {
+  Unary op;
+  const float* x;
+  float* y;
+  template <class I>
+  __device__ __forceinline__ void one(I i) const {
+    y[i] = unary_apply(op, x[i]);
+  }
+  template <class I>
+  __device__ __forceinline__ void quad(I q) const {
+    const float4 v = detail::load4(x, q);
+    detail::store4(y, q, make_float4(unary_apply(op, v.x), unary_apply(op, v.y), unary_apply(op, v.z),
+                                     unary_apply(op, v.w)));
+  }
+};
 
 __global__ void not_kernel(const uint8_t* x, uint8_t* y, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -310,32 +379,44 @@ __global__ void not_kernel(const uint8_t* x, uint8_t* y, int64_t n) {
   }
 }
 
-__global__ void act_grad_kernel(ActGrad op, const float* dy, const float* v, float* dx, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = dy[i], x = v[i];
-    float r;
-    switch (op) {
-      case ActGrad::kSigmoid: r = g * x * (1.0f - x); break;
-      case ActGrad::kTanh: r = g * (1.0f - x * x); break;
-      case ActGrad::kErf: r = g * kTwoOverSqrtPi * expf(-x * x); break;
-      case ActGrad::kGelu: {
-        const float cdf = 0.5f * (1.0f + erff(x / kSqrt2));
-        const float pdf = kInvSqrt2Pi * expf(-0.5f * x * x);
-        r = g * (cdf + x * pdf);
-        break;
-      }
-      default: {
-        const float x2 = x * x;
-        const float s = sigmoidf_(2.0f * kGeluTanhK * (x + kGeluTanhC * x2 * x));
-        const float du = kGeluTanhK * (1.0f + 3.0f * kGeluTanhC * x2);
-        r = g * (s + 2.0f * x * s * (1.0f - s) * du);
-        break;
-      }
+__device__ __forceinline__ float act_grad_apply(ActGrad op, float g, float x) {
+  float r;
+  switch (op) {
+    case ActGrad::kSigmoid: r = g * x * (1.0f - x); break;
+    case ActGrad::kTanh: r = g * (1.0f - x * x); break;
+    case ActGrad::kErf: r = g * kTwoOverSqrtPi * expf(-x * x); break;
+    case ActGrad::kGelu: {
+      const float cdf = 0.5f * (1.0f + erff(x / kSqrt2));
+      const float pdf = kInvSqrt2Pi * expf(-0.5f * x * x);
+      r = g * (cdf + x * pdf);
+      break;
     }
-    dx[i] = r;
+    default: {
+      const float x2 = x * x;
+      const float s = sigmoidf_(2.0f * kGeluTanhK * (x + kGeluTanhC * x2 * x));
+      const float du = kGeluTanhK * (1.0f + 3.0f * kGeluTanhC * x2);
+      r = g * (s + 2.0f * x * s * (1.0f - s) * du);
+      break;
+    }
   }
+  return r;
 }
+
+struct ActGradF {
+  ActGrad op;
+  const float *dy, *v;
+  float* dx;
+  template <class I>
+  __device__ __forceinline__ void one(I i) const {
+    dx[i] = act_grad_apply(op, dy[i], v[i]);
+  }
+  template <class I>
+  __device__ __forceinline__ void quad(I q) const {
+    const float4 g = detail::load4(dy, q), x = detail::load4(v, q);
+    detail::store4(dx, q, make_float4(act_grad_apply(op, g.x, x.x), act_grad_apply(op, g.y, x.y),
+                                      act_grad_apply(op, g.z, x.z), act_grad_apply(op, g.w, x.w)));
+  }
+};
 
 template <typename To, typename From>
 __device__ __forceinline__ To convert(From v) {
@@ -436,15 +517,11 @@ bool box_copy(int elem_size, const void* x, void* out, const Broadcast& bc) {
 }
 
 bool scale_f32(float* x, int64_t n, float s) {
-  if (n == 0) return true;
-  scale_kernel<<<grid_for(n), kThreads>>>(x, n, s);
-  return launched();
+  return detail::launch_flat(ScaleF{x, s}, n, detail::aligned16(x));
 }
 
 bool unary_f32(Unary op, const float* x, float* y, int64_t n) {
-  if (n == 0) return true;
-  unary_kernel<<<grid_for(n), kThreads>>>(op, x, y, n);
-  return launched();
+  return detail::launch_flat(UnaryF{op, x, y}, n, detail::aligned16(x) && detail::aligned16(y));
 }
 
 bool not_u8(const uint8_t* x, uint8_t* y, int64_t n) {
@@ -454,9 +531,8 @@ bool not_u8(const uint8_t* x, uint8_t* y, int64_t n) {
 }
 
 bool activation_grad_f32(ActGrad op, const float* dy, const float* v, float* dx, int64_t n) {
-  if (n == 0) return true;
-  act_grad_kernel<<<grid_for(n), kThreads>>>(op, dy, v, dx, n);
-  return launched();
+  const bool vec = detail::aligned16(dy) && detail::aligned16(v) && detail::aligned16(dx);
+  return detail::launch_flat(ActGradF{op, dy, v, dx}, n, vec);
 }
 
 bool cast(char from, char to, const void* x, void* y, int64_t n) {

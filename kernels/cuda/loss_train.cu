@@ -128,12 +128,24 @@ __global__ void sce_backward(const float* dloss, const float* scores, const L* l
   }
 }
 
-__global__ void accumulate_kernel(float* acc, const float* g, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+struct AccumulateF {
+  float* acc;
+  const float* g;
+  template <class I>
+  __device__ __forceinline__ void one(I i) const {
     acc[i] += g[i];
   }
-}
+  template <class I>
+  __device__ __forceinline__ void quad(I q) const {
+    float4 a = detail::load4(acc, q);
+    const float4 b = detail::load4(g, q);
+    a.x += b.x;
+    a.y += b.y;
+    a.z += b.z;
+    a.w += b.w;
+    detail::store4(acc, q, a);
+  }
+};
 
 __global__ void sum_squares_kernel(const float* x, int64_t n, double weight, double* acc) {
   __shared__ double sh[32];
@@ -150,7 +162,26 @@ __global__ void norm_finish(const double* acc, float scale, float* out) {
   *out = static_cast<float>(::sqrt(*acc) * static_cast<double>(scale));
 }
 
-__global__ void adamw_kernel(float* p, float* g, float* m, float* v, int64_t n, const void* lr_ptr, bool lr64,
+struct AdamWCoef {
+  float decay, step_size, bc2_sqrt, scale, omb1, omb2, b2, eps;
+};
+
+// One parameter's update; the same float operations in the element and the quad paths.
+__device__ __forceinline__ void adamw_one(float& p, float& g, float& m, float& v, const AdamWCoef& c, bool zero_grad) {
+  const float gi = g * c.scale;
+  const float w = p * c.decay;
+  const float mi = m + c.omb1 * (gi - m);
+  const float vi = v * c.b2 + c.omb2 * (gi * gi);
+  m = mi;
+  v = vi;
+  const float denom = sqrtf(vi) / c.bc2_sqrt + c.eps;
+  p = w - c.step_size * (mi / denom);
+  if (zero_grad) g = 0.0f;
+}
+
+// kVec: p, g, m, v 16-byte aligned, float4 accesses and a tail of n % 4 elements.
+template <typename I, bool kVec>
+__global__ void adamw_kernel(float* p, float* g, float* m, float* v, I n, const void* lr_ptr, bool lr64,
                              const int64_t* step_ptr, const float* norm_ptr, AdamW a) {
   __shared__ float coef[6];  // decay, step_size, bc2_sqrt, scale, one_minus_b1, one_minus_b2
   if (threadIdx.x == 0) {
@@ -171,20 +202,36 @@ __global__ void adamw_kernel(float* p, float* g, float* m, float* v, int64_t n, 
     coef[5] = static_cast<float>(1.0 - a.beta2);
   }
   __syncthreads();
-  const float decay = coef[0], step_size = coef[1], bc2_sqrt = coef[2], scale = coef[3];
-  const float omb1 = coef[4], omb2 = coef[5], b2 = static_cast<float>(a.beta2), eps = static_cast<float>(a.eps);
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float gi = g[i] * scale;
-    const float w = p[i] * decay;
-    const float mi = m[i] + omb1 * (gi - m[i]);
-    const float vi = v[i] * b2 + omb2 * (gi * gi);
-    m[i] = mi;
-    v[i] = vi;
-    const float denom = sqrtf(vi) / bc2_sqrt + eps;
-    p[i] = w - step_size * (mi / denom);
-    if (a.zero_grad) g[i] = 0.0f;
+  const AdamWCoef c{coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], static_cast<float>(a.beta2),
+                    static_cast<float>(a.eps)};
+  const bool zg = a.zero_grad;
+  const I stride = static_cast<I>(gridDim.x) * blockDim.x;
+  const I first = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if constexpr (kVec) {
+    const I quads = n / 4;
+    for (I q = first; q < quads; q += stride) {
+      float4 pq = detail::load4(p, q), gq = detail::load4(g, q), mq = detail::load4(m, q), vq = detail::load4(v, q);
+      adamw_one(pq.x, gq.x, mq.x, vq.x, c, zg);
+      adamw_one(pq.y, gq.y, mq.y, vq.y, c, zg);
+      adamw_one(pq.z, gq.z, mq.z, vq.z, c, zg);
+      adamw_one(pq.w, gq.w, mq.w, vq.w, c, zg);
+      detail::store4(p, q, pq);
+      detail::store4(m, q, mq);
+      detail::store4(v, q, vq);
+      if (zg) detail::store4(g, q, gq);
+    }
+    const I i = quads * 4 + first;
+    if (i < n) adamw_one(p[i], g[i], m[i], v[i], c, zg);
+  } else {
+    for (I i = first; i < n; i += stride) adamw_one(p[i], g[i], m[i], v[i], c, zg);
   }
+}
+
+template <typename I>
+void launch_adamw(unsigned blocks, bool vec, float* p, float* g, float* m, float* v, I n, const void* lr, bool lr64,
+                  const int64_t* step, const float* norm, const AdamW& a) {
+  if (vec) adamw_kernel<I, true><<<blocks, kThreads>>>(p, g, m, v, n, lr, lr64, step, norm, a);
+  else adamw_kernel<I, false><<<blocks, kThreads>>>(p, g, m, v, n, lr, lr64, step, norm, a);
 }
 
 }  // namespace
@@ -244,9 +291,7 @@ bool softmax_cross_entropy_grad_f32(const float* dloss, const float* scores, con
 }
 
 bool accumulate_f32(float* acc, const float* g, int64_t n) {
-  if (n == 0) return true;
-  accumulate_kernel<<<grid_for(n), kThreads>>>(acc, g, n);
-  return launched();
+  return detail::launch_flat(AccumulateF{acc, g}, n, detail::aligned16(acc) && detail::aligned16(g));
 }
 
 double* grad_norm_sum_squares_f32(const float* const* tensors, const int64_t* counts, const float* weights, int num) {
@@ -276,9 +321,13 @@ bool grad_norm_f32(const float* const* tensors, const int64_t* counts, const flo
 bool adamw_f32(float* p, float* g, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
                const int64_t* step, const float* grad_norm, const AdamW& a) {
   if (n == 0) return true;
-  unsigned blocks = grid_for(n);
-  if (blocks > 4096) blocks = 4096;
-  adamw_kernel<<<blocks, kThreads>>>(p, g, m, v, n, lr, lr_is_f64, step, grad_norm, a);
+  const bool vec = detail::aligned16(p) && detail::aligned16(g) && detail::aligned16(m) && detail::aligned16(v);
+  const unsigned blocks = detail::flat_grid(vec ? (n + 3) / 4 : n);
+  if (n < (int64_t{1} << 31)) {
+    launch_adamw<uint32_t>(blocks, vec, p, g, m, v, static_cast<uint32_t>(n), lr, lr_is_f64, step, grad_norm, a);
+  } else {
+    launch_adamw<int64_t>(blocks, vec, p, g, m, v, n, lr, lr_is_f64, step, grad_norm, a);
+  }
   return launched();
 }
 
