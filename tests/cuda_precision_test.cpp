@@ -240,7 +240,7 @@ int64_t extent_of(int64_t size, int64_t stride, int64_t batch) { return (batch -
 // the relative error against the double product.
 double run_layout(const Layout& L, bool use_bf16, bool exact_inputs) {
   const int64_t ca = L.m * L.k, cb = L.k * L.n, cc = L.m * L.n;
-  const int64_t sa = stride_of(ca, L.pad_a, L.batch), sb = stride_of(cb, L.pad_b, L.batch), sc = cc + 3;
+  const int64_t sa = stride_of(ca, L.pad_a, L.batch), sb = stride_of(cb, L.pad_b, L.batch), sc = cc + 4;  // gaps between the C matrices stay untouched
   const int64_t ea = extent_of(ca, sa, L.batch), eb = extent_of(cb, sb, L.batch), ec = extent_of(cc, sc, L.batch);
   std::vector<float> a = exact_inputs ? bf16_exact(ea) : randn(ea);
   std::vector<float> b = exact_inputs ? bf16_exact(eb) : randn(eb);
@@ -279,7 +279,8 @@ std::string describe(const Layout& L) {
 }
 
 // Layouts for the exactness checks: every transpose pair, batches packed, repeated (stride 0), padded by a multiple
-// of 4 and by an odd count, overlapping; shapes on both sides of gemm_f32's conversion threshold (m*n/(m+n) 128).
+// of 4 and by an odd count, overlapping; rows of odd lengths (gemm_f32 pads its bf16 copies' rows to 8 elements);
+// shapes on both sides of gemm_f32's conversion threshold (m*n/(m+n) 128) and C rows that keep float32 operands.
 std::vector<Layout> layouts() {
   std::vector<Layout> v;
   for (int t = 0; t < 4; ++t) {
@@ -293,6 +294,9 @@ std::vector<Layout> layouts() {
     v.push_back({ta, tb, 256, 256, 64, 4, -64, 0, 1.0f, 0.0f});    // A matrices overlap (stride = size - 64)
   }
   v.push_back({false, true, 1024, 1024, 64, 2, 0, 0, 0.125f, 0.0f});  // attention-like scores
+  v.push_back({false, false, 300, 301, 40, 2, 0, 0, 1.0f, 0.0f});     // C rows unaligned (n % 4): float32 operands
+  v.push_back({true, false, 301, 300, 37, 2, 0, 0, 1.0f, 0.5f});      // A and B rows padded in the bf16 copies
+  v.push_back({false, true, 400, 400, 1001, 1, 0, 0, 1.0f, 0.0f});    // logits-like: odd k, rows padded
   v.push_back({false, false, 1024, 64, 1024, 2, 0, 0, 1.0f, 0.0f});   // below the threshold (n = 64)
   return v;
 }

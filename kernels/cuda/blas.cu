@@ -120,13 +120,59 @@ __global__ void pack_bf16_kernel(const float* __restrict__ x, int64_t stride, ui
 
 bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-// bf16 copies of `batch` [count] matrices `stride` apart (0: one matrix); returns the stride of the copy.
-bool convert_operand(const float* x, int64_t count, int64_t stride, int64_t batch, uint16_t* y, int64_t& out_stride) {
-  if (batch == 1 || stride == 0) {
-    out_stride = 0;
-    return to_bf16(x, y, count);
+// Packs `batch` matrices of [rows, cols] (row-major, `stride` apart in x) into y as [rows_out, ldy] matrices
+// (rows_out >= rows, ldy >= cols) `out_stride` apart, with zeros in the padding: padded columns and rows along the
+// reduction dimension add nothing to a product.
+__global__ void pack_rows_bf16_kernel(const float* __restrict__ x, int64_t stride, int64_t rows, int64_t cols,
+                                      uint16_t* __restrict__ y, int64_t rows_out, int64_t ldy, int64_t out_stride,
+                                      int64_t batch) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t r = blockIdx.y; r < batch * rows_out; r += gridDim.y) {
+    const int64_t b = r / rows_out, rr = r - b * rows_out;
+    const float* src = x + b * stride + rr * cols;
+    uint16_t* dst = y + b * out_stride + rr * ldy;
+    const int64_t valid = rr < rows ? cols : 0;  // padding rows are all zeros
+    int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    for (; c + 3 * step < ldy; c += 4 * step) {  // four independent loads in flight per thread
+      float v[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = c + j * step < valid ? src[c + j * step] : 0.0f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) dst[c + j * step] = bf16_bits(v[j]);
+    }
+    for (; c < ldy; c += step) dst[c] = c < valid ? bf16_bits(src[c]) : uint16_t{0};
   }
-  out_stride = count;
+}
+
+// gemm_f32's bf16 copies have rows a multiple of 8 elements (16 bytes) apart, and the reduction dimension k padded
+// with zeros to a multiple of 8: cuBLAS's fast bf16 kernels need both (on an H200, GPT-2's [8192 x 50257] @
+// [50257 x 768] ran at ~140 TFLOP/s in bf16, slower than tf32 with the conversion, and [8192 x 50304] @ [50304 x 768]
+// at ~900).
+int64_t round8(int64_t v) { return (v + 7) / 8 * 8; }
+
+// bf16 copies of `batch` [rows, cols] matrices `stride` apart (0: one matrix) as [rows_out, round8(cols)] matrices
+// with zero padding (rows_out >= rows); returns the matrix stride of the copy (0 for one matrix).
+bool convert_operand(const float* x, int64_t rows, int64_t cols, int64_t rows_out, int64_t stride, int64_t batch,
+                     uint16_t* y, int64_t& out_stride) {
+  const int64_t count = rows * cols, ldy = round8(cols);
+  const int64_t copies = (batch == 1 || stride == 0) ? 1 : batch;
+  out_stride = copies == 1 ? 0 : rows_out * ldy;
+  if (ldy != cols || (rows_out != rows && copies > 1)) {
+    // Blocks over a row's columns (4 per thread), then over rows: about 4096 blocks that loop.
+    int64_t bx = (ldy + 4 * kThreads - 1) / (4 * kThreads);
+    if (bx > 64) bx = 64;
+    int64_t by = copies * rows_out;
+    const int64_t by_cap = 4096 / bx > 1 ? 4096 / bx : 1;
+    if (by > by_cap) by = by_cap;
+    const dim3 grid(static_cast<unsigned>(bx), static_cast<unsigned>(by));
+    pack_rows_bf16_kernel<<<grid, kThreads>>>(x, stride, rows, cols, y, rows_out, ldy, rows_out * ldy, copies);
+    return launched();
+  }
+  if (rows_out != rows) {  // one matrix with whole rows: convert it, zero the extra rows after it
+    if (!to_bf16(x, y, count)) return false;
+    return cudaMemsetAsync(y + count, 0, sizeof(uint16_t) * (rows_out - rows) * ldy, 0) == cudaSuccess;
+  }
+  if (copies == 1) return to_bf16(x, y, count);
   if (stride == count) return to_bf16(x, y, count * batch);
   // Padded or overlapping matrices: pack them, converting only their elements.
   const bool vec = count % 4 == 0 && stride % 4 == 0 && aligned(x, 16) && aligned(y, 8);
@@ -159,12 +205,14 @@ bool scale_c(cublasHandle_t h, int64_t m, int64_t n, float beta, float* c, int64
 }
 
 // The cuBLAS call of both gemm_f32 and gemm_bf16: operands of type `type`, float32 C.
+// lda_/ldb_ 0: the operands' rows are packed (k or m, n or k elements).
 bool gemm_ex(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
              int64_t stride_a, const void* b, int64_t stride_b, cudaDataType_t type, float beta, float* c,
-             int64_t stride_c, int64_t batch, cublasComputeType_t ct) {
+             int64_t stride_c, int64_t batch, cublasComputeType_t ct, int64_t lda_ = 0, int64_t ldb_ = 0) {
   // Row-major C[m, n] is column-major C^T[n, m] = op(B)^T op(A)^T.
   const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const int lda = static_cast<int>(ta ? m : k), ldb = static_cast<int>(tb ? k : n), ldc = static_cast<int>(n);
+  const int lda = static_cast<int>(lda_ ? lda_ : (ta ? m : k)), ldb = static_cast<int>(ldb_ ? ldb_ : (tb ? k : n)),
+            ldc = static_cast<int>(n);
   cublasStatus_t st;
   if (batch == 1) {
     st = cublasGemmEx(h, opb, opa, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, type, ldb,
@@ -230,20 +278,26 @@ bool gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, co
   if (!h) return false;
   if (k == 0) return scale_c(h, m, n, beta, c, stride_c, batch);
   if (g_mode == MathMode::kBf16 &&
-      static_cast<double>(m) * static_cast<double>(n) >= bf16_min_mn() * static_cast<double>(m + n)) {
-    // bf16 copies of both operands in gemm_f32's own scratch, then the bf16 product (float32 accumulation).
-    const int64_t ca = m * k, cb = k * n;
-    const int64_t na = (batch == 1 || stride_a == 0) ? ca : ca * batch;
-    const int64_t nb = (batch == 1 || stride_b == 0) ? cb : cb * batch;
+      static_cast<double>(m) * static_cast<double>(n) >= bf16_min_mn() * static_cast<double>(m + n) && n % 4 == 0 &&
+      (batch == 1 || stride_c % 4 == 0) && aligned(c, 16)) {
+    // bf16 copies of both operands in gemm_f32's own scratch (rows and k padded to 8), then the bf16 product
+    // (float32 accumulation). C's rows must be 16-byte aligned too (n % 4): with an unaligned C (GPT-2's 50257-wide
+    // logits) cuBLAS's bf16 kernels ran slower than TF32 on an H200, so those products stay float32 (below).
+    const int64_t k8 = round8(k);  // the reduction dimension, zero-padded
+    const int64_t ra = ta ? k : m, cola = ta ? m : k, ra_out = ta ? k8 : m;  // A stored [ra, cola]
+    const int64_t rb = tb ? n : k, colb = tb ? k : n, rb_out = tb ? n : k8;  // B stored [rb, colb]
+    const int64_t lda = round8(cola), ldb = round8(colb);
+    const int64_t na = ra_out * lda * ((batch == 1 || stride_a == 0) ? 1 : batch);
+    const int64_t nb = rb_out * ldb * ((batch == 1 || stride_b == 0) ? 1 : batch);
     const int64_t na_padded = (na + 127) / 128 * 128;  // B's copy starts 256-byte aligned
     uint16_t* ws = static_cast<uint16_t*>(bf16_scratch(sizeof(uint16_t) * static_cast<size_t>(na_padded + nb)));
     if (!ws) return false;
     uint16_t *a16 = ws, *b16 = ws + na_padded;
     int64_t sa16 = 0, sb16 = 0;
-    if (!convert_operand(a, ca, stride_a, batch, a16, sa16)) return false;
-    if (!convert_operand(b, cb, stride_b, batch, b16, sb16)) return false;
-    return gemm_ex(h, ta, tb, m, n, k, alpha, a16, sa16, b16, sb16, CUDA_R_16BF, beta, c, stride_c, batch,
-                   CUBLAS_COMPUTE_32F);
+    if (!convert_operand(a, ra, cola, ra_out, stride_a, batch, a16, sa16)) return false;
+    if (!convert_operand(b, rb, colb, rb_out, stride_b, batch, b16, sb16)) return false;
+    return gemm_ex(h, ta, tb, m, n, k8, alpha, a16, sa16, b16, sb16, CUDA_R_16BF, beta, c, stride_c, batch,
+                   CUBLAS_COMPUTE_32F, lda, ldb);
   }
   // Float32 operands: the mode picks what the tensor cores see (FAST_TF32 rounds the operands to tf32 inside the
   // product; FAST_16BF on float32 operands runs TF32 kernels too, bench/cuda_notes.md 4) and the sum stays float32.

@@ -166,16 +166,18 @@ struct AdamWCoef {
   float decay, step_size, bc2_sqrt, scale, omb1, omb2, b2, eps;
 };
 
-// One parameter's update; the same float operations in the element and the quad paths.
+// One parameter's update, in kernels/cpu/optimizer.cpp's order with every operation rounded on its own (the _rn
+// intrinsics are never contracted into FMAs): the element and the quad paths give the same bits, which the compiler's
+// free contraction did not guarantee (it fused differently in the two, 1 ulp apart), and so does the CPU.
 __device__ __forceinline__ void adamw_one(float& p, float& g, float& m, float& v, const AdamWCoef& c, bool zero_grad) {
-  const float gi = g * c.scale;
-  const float w = p * c.decay;
-  const float mi = m + c.omb1 * (gi - m);
-  const float vi = v * c.b2 + c.omb2 * (gi * gi);
+  const float gi = __fmul_rn(g, c.scale);
+  const float w = __fmul_rn(p, c.decay);
+  const float mi = __fadd_rn(m, __fmul_rn(c.omb1, __fsub_rn(gi, m)));
+  const float vi = __fadd_rn(__fmul_rn(v, c.b2), __fmul_rn(c.omb2, __fmul_rn(gi, gi)));
   m = mi;
   v = vi;
-  const float denom = sqrtf(vi) / c.bc2_sqrt + c.eps;
-  p = w - c.step_size * (mi / denom);
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), c.bc2_sqrt), c.eps);
+  p = __fsub_rn(w, __fmul_rn(c.step_size, __fdiv_rn(mi, denom)));
   if (zero_grad) g = 0.0f;
 }
 

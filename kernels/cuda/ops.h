@@ -22,9 +22,10 @@ bool gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, co
               const float* b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch);
 // What the products' tensor cores see, process-wide: kFloat32 exact float32 (CUBLAS_COMPUTE_32F, the default), kTf32
 // operands rounded to tf32 (CUBLAS_COMPUTE_32F_FAST_TF32), kBf16 operands rounded to bf16: gemm_f32 converts both
-// operands (to_bf16, into its own scratch, not workspace()) and calls gemm_bf16, except for products whose operands
-// outweigh their arithmetic (m*n/(m+n) under 128, GALVATRON_CUDA_BF16_MIN_MN), which keep float32 operands with
-// CUBLAS_COMPUTE_32F_FAST_16BF (TF32 kernels in practice). Results and the accumulation stay float32 in every mode.
+// operands (into its own scratch, not workspace(); rows padded to 16 bytes) and calls the bf16 product, except for
+// products whose operands outweigh their arithmetic (m*n/(m+n) under 128, GALVATRON_CUDA_BF16_MIN_MN) or whose C
+// rows are not 16-byte aligned (n % 4), which keep float32 operands with CUBLAS_COMPUTE_32F_FAST_16BF (TF32 kernels
+// in practice). Results and the accumulation stay float32 in every mode.
 enum class MathMode { kFloat32, kTf32, kBf16 };
 void set_math_mode(MathMode mode);
 MathMode math_mode();
