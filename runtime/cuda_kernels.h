@@ -11,6 +11,7 @@ namespace gv {
 // Fills OpSchema::cuda of the ops that have native CUDA kernels (runtime/cuda_kernels_*.cpp). Called once by the
 // CUDA backend before its first kernel lookup.
 void register_cuda_kernels(OpRegistry& r);
+void register_cuda_attention_kernels(OpRegistry& r);  // Attention, AttentionGrad (cuda_kernels_attention.cpp)
 
 // Copies the inputs to host buffers, runs the op's CPU kernel, copies the outputs back, and writes back every input
 // the CPU kernel changed (the in-place training ops). Correct for every op with a CPU kernel; slow.

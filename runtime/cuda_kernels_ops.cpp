@@ -814,6 +814,7 @@ void register_cuda_kernels(OpRegistry& r) {
   set(G, "GradNorm", profiled<grad_norm_cuda>);
   set(G, "AdamW", profiled<adamw_cuda>);
   set(G, "AllReduce", profiled<all_reduce_cuda>);
+  register_cuda_attention_kernels(r);
 }
 
 }  // namespace gv

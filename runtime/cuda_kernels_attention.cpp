@@ -1,0 +1,121 @@
+// The CUDA kernels of fused attention: ONNX Attention (opset 23, 4-D form) and galvatron AttentionGrad, glue from
+// KernelContext to kernels/cuda/attention.cu's launchers. Forms these launchers do not take (3-D inputs, past
+// key/value, extra outputs, softcap, operands other than float32, a mask of another dtype or shape) go to the fallback,
+// which runs the CPU kernel (and reports its errors).
+#ifdef GALVATRON_HAVE_CUDA
+#include <cmath>
+#include <string>
+
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/ops.h"
+#include "runtime/cuda_kernels.h"
+
+namespace gv {
+namespace {
+
+Status launch(const KernelContext& ctx, bool ok) {
+  return ok ? Status::ok() : ctx.fail(std::string("CUDA kernel failed: ") + cuda::last_error());
+}
+
+bool f32_4d(const TensorRef& t) { return t.data != nullptr && t.dtype == DType::kFloat32 && t.rank() == 4; }
+
+// Fills d from Q [B, Hq, S, D], K [B, Hkv, L, D], V [B, Hkv, L, Dv], the optional mask (input mask_index; omitted or
+// empty: none) and the attributes is_causal, scale. False: a form the CUDA kernels do not take.
+bool attention_dims(const KernelContext& ctx, int mask_index, cuda::AttentionDims& d) {
+  if (ctx.inputs.size() < 3) return false;
+  const TensorRef &q = ctx.inputs[0], &k = ctx.inputs[1], &v = ctx.inputs[2];
+  if (!f32_4d(q) || !f32_4d(k) || !f32_4d(v)) return false;
+  const Shape &qs = q.shape, &ks = k.shape, &vs = v.shape;
+  if (ks[0] != qs[0] || vs[0] != qs[0] || vs[1] != ks[1] || vs[2] != ks[2] || ks[3] != qs[3]) return false;
+  if (ks[1] <= 0 || qs[1] % ks[1] != 0) return false;
+  d = cuda::AttentionDims{};
+  d.batch = qs[0];
+  d.q_heads = qs[1];
+  d.kv_heads = ks[1];
+  d.q_len = qs[2];
+  d.kv_len = ks[2];
+  d.head_dim = qs[3];
+  d.v_head_dim = vs[3];
+  d.causal = ctx.attrs().get_int("is_causal", 0) != 0;
+  d.scale = ctx.attrs().has("scale") ? ctx.attrs().get_float("scale", 1.0f)
+                                     : static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.head_dim)));
+  if (ctx.has_input(mask_index) && ctx.inputs[mask_index].numel() > 0) {
+    const TensorRef& m = ctx.inputs[mask_index];
+    if (m.dtype == DType::kBool || m.dtype == DType::kUInt8) d.mask_is_bool = true;
+    else if (m.dtype != DType::kFloat32) return false;
+    // numpy broadcasting, right-aligned, to [B, Hq, S, L]: each mask dim is 1 (stride 0) or the target's size.
+    const int64_t target[4] = {d.batch, d.q_heads, d.q_len, d.kv_len};
+    const int rank = m.rank();
+    if (rank > 4) return false;
+    int64_t stride = 1;
+    for (int i = rank - 1; i >= 0; --i) {
+      const int t = 4 - rank + i;
+      const int64_t n = m.shape[i];
+      if (n != 1 && n != target[t]) return false;
+      d.mask_strides[t] = n == 1 ? 0 : stride;
+      stride *= n;
+    }
+    d.mask = m.data;
+  }
+  return true;
+}
+
+// Whether every output past the first `used` is absent or empty.
+bool only_outputs(const KernelContext& ctx, size_t used) {
+  for (size_t i = used; i < ctx.outputs.size(); ++i)
+    if (ctx.outputs[i].data && ctx.outputs[i].numel() > 0) return false;
+  return true;
+}
+
+bool output_ok(const TensorRef& t, const Shape& want) {
+  return t.dtype == DType::kFloat32 && t.shape == want && (t.data != nullptr || t.numel() == 0);
+}
+
+// Attention(Q, K, V, [attn_mask], [past_key], [past_value]) -> Y.
+Status attention_cuda(KernelContext& ctx) {
+  cuda::AttentionDims d;
+  if (!attention_dims(ctx, 3, d)) return cuda_fallback_kernel(ctx);
+  if (ctx.has_input(4) || ctx.has_input(5) || !only_outputs(ctx, 1) || ctx.outputs.empty()) {
+    return cuda_fallback_kernel(ctx);
+  }
+  if (ctx.attrs().get_float("softcap", 0.0f) != 0.0f) return cuda_fallback_kernel(ctx);
+  const TensorRef& y = ctx.outputs[0];
+  if (!output_ok(y, {d.batch, d.q_heads, d.q_len, d.v_head_dim})) return cuda_fallback_kernel(ctx);
+  return launch(ctx, cuda::attention_f32(d, ctx.inputs[0].as<float>(), ctx.inputs[1].as<float>(),
+                                         ctx.inputs[2].as<float>(), y.as<float>()));
+}
+
+// AttentionGrad(Q, K, V, [attn_mask], dY) -> dQ, dK, dV (overwritten).
+Status attention_grad_cuda(KernelContext& ctx) {
+  cuda::AttentionDims d;
+  if (!attention_dims(ctx, 3, d) || ctx.inputs.size() < 5 || ctx.outputs.size() != 3) return cuda_fallback_kernel(ctx);
+  const TensorRef& dy = ctx.inputs[4];
+  if (!f32_4d(dy) || dy.shape != Shape{d.batch, d.q_heads, d.q_len, d.v_head_dim}) return cuda_fallback_kernel(ctx);
+  if (ctx.attrs().get_float("softcap", 0.0f) != 0.0f) return cuda_fallback_kernel(ctx);
+  const TensorRef &dq = ctx.outputs[0], &dk = ctx.outputs[1], &dv = ctx.outputs[2];
+  if (!output_ok(dq, ctx.inputs[0].shape) || !output_ok(dk, ctx.inputs[1].shape) ||
+      !output_ok(dv, ctx.inputs[2].shape)) {
+    return cuda_fallback_kernel(ctx);
+  }
+  return launch(ctx, cuda::attention_grad_f32(d, ctx.inputs[0].as<float>(), ctx.inputs[1].as<float>(),
+                                              ctx.inputs[2].as<float>(), dy.as<float>(), dq.as<float>(),
+                                              dk.as<float>(), dv.as<float>()));
+}
+
+// The registered kernel: F, timed per op type when GALVATRON_CUDA_PROFILE is set (as in cuda_kernels_ops.cpp).
+template <KernelFn F>
+Status profiled(KernelContext& ctx) {
+  if (!cuda_profiling()) return F(ctx);
+  return cuda_profiled_run(ctx.node->domain + "::" + ctx.node->op_type, F, ctx);
+}
+
+}  // namespace
+
+void register_cuda_attention_kernels(OpRegistry& r) {
+  // An op whose schema is not registered (yet) keeps no CUDA kernel.
+  if (OpSchema* s = r.find_mutable("", "Attention")) s->cuda = profiled<attention_cuda>;
+  if (OpSchema* s = r.find_mutable(kGalvatronDomain, "AttentionGrad")) s->cuda = profiled<attention_grad_cuda>;
+}
+
+}  // namespace gv
+#endif
