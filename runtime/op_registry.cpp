@@ -24,6 +24,7 @@ OpRegistry& OpRegistry::global() {
     register_parallel_ops(*r);
     register_vocab_parallel_ops(*r);
     register_sharded_update_ops(*r);
+    register_attention_ops(*r);
     return r;
   }();
   return *reg;

@@ -182,6 +182,14 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   Graph& g = tg.graph;
   if (!g.opsets.count(kGalvatronDomain)) g.opsets[kGalvatronDomain] = 1;
   GV_RETURN_IF_ERROR(attach_loss(tg, o));
+  if (o.fuse_ops) {
+    // The passes renumber values: find the loss and labels again by name.
+    const std::string loss = g.value(tg.loss).name;
+    const std::string labels = tg.labels == kNoValue ? "" : g.value(tg.labels).name;
+    GV_ASSIGN_OR_RETURN(tg.fused, fuse_forward_graph(g));
+    tg.loss = g.find(loss);
+    tg.labels = labels.empty() ? kNoValue : g.find(labels);
+  }
   tg.params = g.parameters();
   if (tg.params.empty()) return invalid_argument("the model has no trainable parameters");
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/fusion.h"
 #include "runtime/graph.h"
 
 namespace gv {
@@ -56,6 +57,9 @@ struct TrainingGraphOptions {
   // Gradients are sums over this many data-parallel batch slices (each slice's loss a mean): the norm and the update
   // scale them by 1 / (loss_replicas * grad_accum_steps).
   int loss_replicas = 1;
+  // Fusion passes (runtime/fusion.h) over the forward graph before autograd: attention chains -> Attention, GELU
+  // chains -> Gelu. Off: the graph runs as imported.
+  bool fuse_ops = true;
   OptimizerConfig optimizer;
 };
 
@@ -75,6 +79,7 @@ struct TrainingGraph {
   std::map<ValueId, std::pair<int64_t, int64_t>> optimizer_state_range;
   size_t backward_begin = 0;
   size_t optimizer_begin = 0;
+  FusionCounts fused;  // what the fusion passes rewrote (all zero with fuse_ops off)
 };
 
 // Pipeline stages: graph outputs of Recv nodes (galvatron domain) with requires_grad = 1 are differentiated too, and

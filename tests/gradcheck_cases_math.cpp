@@ -1,5 +1,5 @@
 // Gradient-check cases of the math family: MatMul, Gemm, Softmax, LogSoftmax, LayerNormalization, RMSNormalization,
-// Reduce*, Dropout, SoftmaxCrossEntropyLoss, NegativeLogLikelihoodLoss.
+// Reduce*, Dropout, Attention, SoftmaxCrossEntropyLoss, NegativeLogLikelihoodLoss.
 #include <random>
 
 #include "tests/gradcheck_cases.h"
@@ -139,6 +139,25 @@ void add_dropout(std::vector<GradCase>& cases) {
   cases.push_back(make("Dropout", {rand64({4, 5}, 501)}, "inference"));
 }
 
+// Attention (runtime/ops/attention_ops.cpp): grouped-query heads, causal, masks broadcast (masks get no gradient).
+void add_attention(std::vector<GradCase>& cases) {
+  Attributes causal;
+  causal.set_int("is_causal", 1);
+  cases.push_back(make("Attention", {rand64({2, 4, 3, 4}, 700), rand64({2, 2, 5, 4}, 701), rand64({2, 2, 5, 3}, 702)},
+                       "GQA, causal, S < L, default scale", causal, 23));
+  Attributes scaled;
+  scaled.set_float("scale", 0.7f);
+  GradCase fm = make("Attention", {rand64({1, 2, 4, 3}, 703), rand64({1, 2, 4, 3}, 704), rand64({1, 2, 4, 2}, 705),
+                                   rand64({4, 4}, 706, -2.0, 0.0)},
+                     "float mask [S,L], scale 0.7", scaled, 23);
+  fm.as_constants = {false, false, false, true};
+  cases.push_back(fm);
+  Tensor keep(DType::kBool, {1, 1, 1, 4});
+  for (int j = 0; j < 4; ++j) keep.data_as<uint8_t>()[j] = j != 2;
+  cases.push_back(make("Attention", {rand64({2, 2, 3, 3}, 707), rand64({2, 1, 4, 3}, 708), rand64({2, 1, 4, 3}, 709), keep},
+                       "bool mask [1,1,1,L], one KV head", {}, 23));
+}
+
 void add_losses(std::vector<GradCase>& cases) {
   const Tensor labels = i64({1, 0, 4, 2}, {4});
   const Tensor weights = rand64({5}, 600, 0.2, 1.5);
@@ -173,6 +192,7 @@ std::vector<GradCase> gradcheck_cases_math() {
   add_norms(cases);
   add_reduce(cases);
   add_dropout(cases);
+  add_attention(cases);
   add_losses(cases);
   return cases;
 }

@@ -27,5 +27,10 @@ void attention_forward(const AttentionShape& s, const float* q, const float* k, 
 // dq, dk, dv are overwritten (not accumulated). The probabilities are recomputed from q, k and the mask.
 void attention_backward(const AttentionShape& s, const float* q, const float* k, const float* v,
                         const AttentionMask& mask, const float* dy, float* dq, float* dk, float* dv);
+// The same in float64 (gradient checks); there a float mask holds float64 values.
+void attention_forward(const AttentionShape& s, const double* q, const double* k, const double* v,
+                       const AttentionMask& mask, double* y);
+void attention_backward(const AttentionShape& s, const double* q, const double* k, const double* v,
+                        const AttentionMask& mask, const double* dy, double* dq, double* dk, double* dv);
 
 }  // namespace gv::cpu

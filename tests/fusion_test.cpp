@@ -1,0 +1,356 @@
+// The fusion passes (runtime/fusion.h): on every HF fixture and the zoo's tiny models, one Attention per layer, and
+// training with fuse_ops gives the loss and gradients of training without it; hand-built attention chains (scale on
+// Q and K, causal Where, constant and run-time masks, identity Dropout) fuse into nodes computing the same outputs;
+// chains whose intermediates are read elsewhere, or whose mask replaces scores by a moderate value, stay as they are.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+
+#include "importer/onnx_importer.h"
+#include "models/zoo.h"
+#include "runtime/executor.h"
+#include "runtime/fusion.h"
+#include "runtime/safetensors.h"
+#include "runtime/trainer.h"
+#include "tests/hf_fixtures.h"
+
+namespace gv {
+namespace {
+
+int count_ops(const Graph& g, const std::string& op) {
+  int n = 0;
+  for (const Node& node : g.nodes) n += node.op_type == op;
+  return n;
+}
+
+// ---- whole models ----------------------------------------------------------------------------------------------
+
+struct Model {
+  Graph graph;
+  TensorMap batch;
+  int64_t padding_idx = -1;
+};
+
+Expected<Model> load(const std::string& name) {
+  Model m;
+  if (name.rfind("zoo:", 0) == 0) {
+    GV_ASSIGN_OR_RETURN(ModelConfig cfg, zoo_config("", name.substr(4)));
+    GV_ASSIGN_OR_RETURN(ImportedModel im, build_and_import(cfg, 2, 16, WeightInit::kHuggingFace, 3));
+    m.graph = std::move(im.graph);
+    std::mt19937_64 rng(5);
+    Tensor ids(DType::kInt64, {2, 16}), labels(DType::kInt64, {2, 16});
+    for (int64_t i = 0; i < 32; ++i) {
+      ids.data_as<int64_t>()[i] = static_cast<int64_t>(rng() % cfg.vocab_size);
+      labels.data_as<int64_t>()[i] = static_cast<int64_t>(rng() % cfg.vocab_size);
+    }
+    m.batch = {{"input_ids", ids}, {"labels", labels}};
+    return m;
+  }
+  ImportOptions io;
+  io.batch = 2;
+  io.seq = 32;
+  GV_ASSIGN_OR_RETURN(ImportedModel im, import_onnx(testing::fixture_dir(name) + "/model.onnx", io));
+  m.graph = std::move(im.graph);
+  GV_ASSIGN_OR_RETURN(TensorMap ref, read_safetensors(testing::fixture_dir(name) + "/reference.safetensors"));
+  m.batch = {{"input_ids", ref.at("input_ids")}, {"labels", ref.at("labels")}};
+  const nlohmann::json pad = testing::read_meta(name)["config"]["pad_token_id"];
+  if (pad.is_number_integer()) m.padding_idx = pad.get<int64_t>();
+  return m;
+}
+
+class ModelFusion : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ModelFusion, OneAttentionPerLayerAndTheSameGradients) {
+  auto model = load(GetParam());
+  ASSERT_TRUE(model.has_value()) << model.status().message();
+  const int layers = model->graph.num_layers;
+  ASSERT_GT(layers, 0);
+  {
+    Graph g = model->graph;
+    const int softmax_before = count_ops(g, "Softmax");
+    auto counts = fuse_forward_graph(g);
+    ASSERT_TRUE(counts.has_value()) << counts.status().message();
+    EXPECT_EQ(counts->attention, layers) << counts->summary();
+    EXPECT_EQ(count_ops(g, "Attention"), layers);
+    EXPECT_EQ(count_ops(g, "Softmax"), softmax_before - layers);
+    for (const Node& n : g.nodes) {
+      if (n.op_type == "Attention") EXPECT_EQ(n.place.kind, Placement::Kind::kLayer) << n.name;
+    }
+  }
+  auto backend = make_cpu_backend();
+  auto run = [&](bool fuse, double* loss) -> Expected<TensorMap> {
+    TrainerConfig cfg;
+    cfg.graph.fuse_ops = fuse;
+    cfg.graph.padding_idx = model->padding_idx;
+    GV_ASSIGN_OR_RETURN(auto trainer, Trainer::create(model->graph, cfg, *backend));
+    EXPECT_EQ(trainer->training_graph().fused.attention, fuse ? layers : 0);
+    return trainer->compute_gradients(model->batch, loss);
+  };
+  double loss_plain = 0, loss_fused = 0;
+  auto plain = run(false, &loss_plain);
+  ASSERT_TRUE(plain.has_value()) << plain.status().message();
+  auto fused = run(true, &loss_fused);
+  ASSERT_TRUE(fused.has_value()) << fused.status().message();
+  EXPECT_NEAR(loss_fused, loss_plain, 1e-5 * std::fabs(loss_plain));
+  ASSERT_EQ(plain->size(), fused->size());
+  for (const auto& [name, g] : *plain) {
+    ASSERT_TRUE(fused->count(name)) << name;
+    const Tensor& f = fused->at(name);
+    ASSERT_EQ(f.shape(), g.shape()) << name;
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < g.numel(); ++i) {
+      const double d = static_cast<double>(f.data_as<float>()[i]) - g.data_as<float>()[i];
+      num += d * d;
+      den += static_cast<double>(g.data_as<float>()[i]) * g.data_as<float>()[i];
+    }
+    // Gradients that are zero in exact arithmetic (attention key biases: ~1e-11 of float32 rounding either way)
+    // against an absolute floor.
+    EXPECT_LE(std::sqrt(num) / std::max(std::sqrt(den), 1e-5), 1e-5) << GetParam() << ": gradient of " << name;
+  }
+}
+
+std::vector<std::string> model_names() {
+  std::vector<std::string> n = testing::kHfFixtures;
+  for (const char* z : {"zoo:gpt-tiny", "zoo:llama-tiny", "zoo:bert-tiny"}) n.push_back(z);
+  return n;
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, ModelFusion, ::testing::ValuesIn(model_names()),
+                         [](const ::testing::TestParamInfo<std::string>& i) {
+                           std::string s = i.param;
+                           for (char& c : s) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+                           return s;
+                         });
+
+// ---- hand-built chains -----------------------------------------------------------------------------------------
+
+constexpr int64_t B = 2, H = 4, S = 6, D = 8;
+
+Tensor randn(const Shape& s, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  Tensor t(DType::kFloat32, s);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data_as<float>()[i] = d(rng);
+  return t;
+}
+
+struct Builder {
+  Graph g;
+  Builder() { g.opsets[""] = 20; }
+  ValueId node(const std::string& op, std::vector<ValueId> in, Attributes a = {}) {
+    Node n;
+    n.op_type = op;
+    n.opset = 20;
+    n.name = g.unique_name(op);
+    n.inputs = std::move(in);
+    n.attrs = std::move(a);
+    n.place = {Placement::Kind::kLayer, 0};
+    auto r = g.add_node(std::move(n));
+    EXPECT_TRUE(r.has_value()) << r.status().message();
+    return r ? (*r)[0] : kNoValue;
+  }
+  ValueId constant(Tensor t) { return g.add_initializer(g.unique_name("c"), std::move(t), ValueKind::kConstant); }
+  ValueId scalar(float v) { return constant(Tensor::scalar(DType::kFloat32, v)); }
+  ValueId transpose(ValueId x, std::vector<int64_t> perm) {
+    Attributes a;
+    a.set_ints("perm", perm);
+    return node("Transpose", {x}, a);
+  }
+};
+
+// q [B,H,S,D], k as [B,H,S,D] transposed to Kt, v [B,H,S,D] (graph inputs).
+struct Chain {
+  Builder b;
+  ValueId q, k, v, kt;
+  Chain() {
+    q = b.g.add_input("q", DType::kFloat32, {B, H, S, D});
+    k = b.g.add_input("k", DType::kFloat32, {B, H, S, D});
+    v = b.g.add_input("v", DType::kFloat32, {B, H, S, D});
+    kt = b.transpose(k, {0, 1, 3, 2});
+  }
+};
+
+std::map<std::string, Tensor> feeds(const Graph& g) {
+  std::map<std::string, Tensor> f;
+  uint64_t seed = 11;
+  for (ValueId in : g.inputs) f[g.value(in).name] = randn(g.value(in).shape, seed++);
+  return f;
+}
+
+std::vector<Tensor> run(const Graph& g) {
+  auto backend = make_cpu_backend();
+  auto ex = Executor::create(g, *backend);
+  EXPECT_TRUE(ex.has_value()) << ex.status().message();
+  if (!ex) return {};
+  EXPECT_TRUE((*ex)->set_inputs(feeds(g)).is_ok());
+  EXPECT_TRUE((*ex)->run().is_ok());
+  std::vector<Tensor> out;
+  for (ValueId o : g.outputs) out.push_back(*(*ex)->fetch(o));
+  return out;
+}
+
+// Fuses a copy of `g`; checks the count and that every output is unchanged (NaN where the original had NaN).
+Graph fuse_and_compare(const Graph& g, int expected) {
+  Graph f = g;
+  int fused = 0;
+  EXPECT_TRUE(fuse_attention(f, &fused).is_ok());
+  EXPECT_EQ(fused, expected);
+  const std::vector<Tensor> a = run(g), b = run(f);
+  EXPECT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    EXPECT_EQ(a[i].shape(), b[i].shape());
+    if (a[i].shape() != b[i].shape()) continue;
+    for (int64_t j = 0; j < a[i].numel(); ++j) {
+      const float x = a[i].data_as<float>()[j], y = b[i].data_as<float>()[j];
+      if (std::isnan(x)) continue;
+      EXPECT_NEAR(x, y, 1e-5f) << "output " << i << " element " << j;
+    }
+  }
+  return f;
+}
+
+Tensor causal_bool() {
+  Tensor t(DType::kBool, {1, 1, S, S});
+  for (int64_t i = 0; i < S; ++i)
+    for (int64_t j = 0; j < S; ++j) t.data_as<uint8_t>()[i * S + j] = j <= i;
+  return t;
+}
+
+const Node* find_op(const Graph& g, const std::string& op) {
+  for (const Node& n : g.nodes)
+    if (n.op_type == op) return &n;
+  return nullptr;
+}
+
+TEST(FuseAttention, CausalWhereDivAndDropoutBecomeIsCausal) {
+  Chain c;
+  Builder& b = c.b;
+  ValueId s = b.node("MatMul", {c.q, c.kt});
+  s = b.node("Div", {s, b.scalar(std::sqrt(static_cast<float>(D)))});
+  s = b.node("Where", {b.constant(causal_bool()), s, b.scalar(-std::numeric_limits<float>::infinity())});
+  ValueId p = b.node("Softmax", {s});
+  p = b.node("Dropout", {p});
+  b.g.outputs = {b.node("MatMul", {p, c.v})};
+  Graph f = fuse_and_compare(b.g, 1);
+  const Node* a = find_op(f, "Attention");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->attrs.get_int("is_causal", 0), 1);
+  EXPECT_FLOAT_EQ(a->attrs.get_float("scale", 0), 1.0f / std::sqrt(static_cast<float>(D)));
+  EXPECT_EQ(a->inputs.size(), 3u);
+  EXPECT_EQ(a->inputs[1], f.find("k"));  // the two transposes cancel: K read directly
+  EXPECT_EQ(f.nodes.size(), 1u);         // everything else removed
+  EXPECT_EQ(a->place.kind, Placement::Kind::kLayer);
+}
+
+TEST(FuseAttention, SqrtScaleOnBothSidesAndConstantMask) {
+  Chain c;
+  Builder& b = c.b;
+  const float r = 1.0f / std::sqrt(std::sqrt(static_cast<float>(D)));
+  ValueId qs = b.node("Mul", {c.q, b.scalar(r)});
+  ValueId ks = b.node("Mul", {b.scalar(r), c.kt});
+  ValueId s = b.node("MatMul", {qs, ks});
+  Tensor mask(DType::kFloat32, {B, 1, 1, S});  // padding: the last key of batch 1, finfo.min
+  for (int64_t i = 0; i < mask.numel(); ++i) mask.data_as<float>()[i] = 0.0f;
+  mask.data_as<float>()[2 * S - 1] = std::numeric_limits<float>::lowest();
+  s = b.node("Add", {s, b.constant(mask)});
+  b.g.outputs = {b.node("MatMul", {b.node("Softmax", {s}), c.v})};
+  Graph f = fuse_and_compare(b.g, 1);
+  const Node* a = find_op(f, "Attention");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->attrs.get_int("is_causal", 1), 0);
+  EXPECT_NEAR(a->attrs.get_float("scale", 0), 1.0f / std::sqrt(static_cast<float>(D)), 1e-7);
+  ASSERT_EQ(a->inputs.size(), 4u);
+  EXPECT_EQ(f.value(a->inputs[3]).shape, (Shape{B, 1, 1, S}));
+  EXPECT_EQ(count_ops(f, "Mul"), 0);
+}
+
+TEST(FuseAttention, RuntimeMaskAndCausalTogether) {
+  Chain c;
+  Builder& b = c.b;
+  ValueId pad = b.g.add_input("pad", DType::kFloat32, {B, 1, 1, S});
+  ValueId s = b.node("Mul", {b.node("MatMul", {c.q, c.kt}), b.scalar(0.3f)});
+  Tensor causal(DType::kFloat32, {S, S});
+  for (int64_t i = 0; i < S; ++i)
+    for (int64_t j = 0; j < S; ++j) causal.data_as<float>()[i * S + j] = j <= i ? 0.0f : std::numeric_limits<float>::lowest();
+  s = b.node("Add", {b.constant(causal), s});
+  s = b.node("Add", {s, pad});
+  b.g.outputs = {b.node("MatMul", {b.node("Softmax", {s}), c.v})};
+  Graph f = fuse_and_compare(b.g, 1);
+  const Node* a = find_op(f, "Attention");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->attrs.get_int("is_causal", 0), 1);
+  ASSERT_EQ(a->inputs.size(), 4u);
+  EXPECT_EQ(a->inputs[3], f.find("pad"));
+}
+
+TEST(FuseAttention, GroupedQueryRepeatIsSkipped) {
+  Builder b;
+  const int64_t kv = 2, rep = H / kv;
+  ValueId q = b.g.add_input("q", DType::kFloat32, {B, H, S, D});
+  ValueId k = b.g.add_input("k", DType::kFloat32, {B, kv, S, D});
+  ValueId v = b.g.add_input("v", DType::kFloat32, {B, kv, S, D});
+  auto repeat = [&](ValueId x) {
+    ValueId u = b.node("Unsqueeze", {x, b.constant(Tensor::from_i64({2}, {1}))});
+    ValueId e = b.node("Expand", {u, b.constant(Tensor::from_i64({B, kv, rep, S, D}, {5}))});
+    return b.node("Reshape", {e, b.constant(Tensor::from_i64({B, H, S, D}, {4}))});
+  };
+  ValueId s = b.node("MatMul", {q, b.transpose(repeat(k), {0, 1, 3, 2})});
+  s = b.node("Mul", {s, b.scalar(0.25f)});
+  b.g.outputs = {b.node("MatMul", {b.node("Softmax", {s}), repeat(v)})};
+  Graph f = fuse_and_compare(b.g, 1);
+  const Node* a = find_op(f, "Attention");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->inputs[1], f.find("k"));
+  EXPECT_EQ(a->inputs[2], f.find("v"));
+  EXPECT_EQ(f.nodes.size(), 1u);
+}
+
+TEST(FuseAttention, ProbabilitiesAlsoAnOutputAreNotFused) {
+  Chain c;
+  Builder& b = c.b;
+  ValueId s = b.node("Mul", {b.node("MatMul", {c.q, c.kt}), b.scalar(0.25f)});
+  ValueId p = b.node("Softmax", {s});
+  b.g.outputs = {b.node("MatMul", {p, c.v}), p};
+  const size_t before = b.g.nodes.size();
+  Graph f = fuse_and_compare(b.g, 0);
+  EXPECT_EQ(f.nodes.size(), before);
+  EXPECT_EQ(count_ops(f, "Attention"), 0);
+}
+
+TEST(FuseAttention, ScoresReadElsewhereAreNotFused) {
+  Chain c;
+  Builder& b = c.b;
+  ValueId s = b.node("MatMul", {c.q, c.kt});
+  ValueId p = b.node("Softmax", {b.node("Mul", {s, b.scalar(0.25f)})});
+  b.g.outputs = {b.node("MatMul", {p, c.v}), b.node("ReduceSum", {s})};
+  fuse_and_compare(b.g, 0);
+}
+
+TEST(FuseAttention, ModerateWhereFillIsNotFused) {
+  Chain c;
+  Builder& b = c.b;
+  ValueId s = b.node("MatMul", {c.q, c.kt});
+  s = b.node("Where", {b.constant(causal_bool()), s, b.scalar(-10000.0f)});
+  b.g.outputs = {b.node("MatMul", {b.node("Softmax", {s}), c.v})};
+  fuse_and_compare(b.g, 0);
+}
+
+TEST(FuseAttention, LiveDropoutIsNotFused) {
+  Chain c;
+  Builder& b = c.b;
+  Tensor on(DType::kBool, {});
+  on.data_as<uint8_t>()[0] = 1;
+  ValueId p = b.node("Softmax", {b.node("MatMul", {c.q, c.kt})});
+  p = b.node("Dropout", {p, b.scalar(0.1f), b.constant(on)});
+  b.g.outputs = {b.node("MatMul", {p, c.v})};
+  Graph f = b.g;
+  int fused = 0;
+  ASSERT_TRUE(fuse_attention(f, &fused).is_ok());
+  EXPECT_EQ(fused, 0);
+}
+
+}  // namespace
+}  // namespace gv
