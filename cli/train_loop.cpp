@@ -158,6 +158,8 @@ Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, Command
   if (!kind) return ctx.usage(kind.status().message());
   const std::string schedule = args.str("schedule");
   if (schedule != "constant" && schedule != "cosine") return ctx.usage("--schedule must be constant or cosine");
+  const std::string fuse_ops = args.str("fuse-ops");
+  if (fuse_ops != "on" && fuse_ops != "off") return ctx.usage("--fuse-ops must be on or off");
   for (const char* f : {"metrics", "save-grads", "export"}) {
     if (args.given(f)) GV_RETURN_IF_ERROR(check_output_path(args.str(f), f));
   }
@@ -168,6 +170,7 @@ Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, Command
   cfg.warmup_steps = args.i64("warmup-steps");
   cfg.graph.grad_accum_steps = s.grad_accum;
   cfg.graph.padding_idx = args.i64("padding-idx");
+  cfg.graph.fuse_ops = fuse_ops == "on";
   OptimizerConfig& oc = cfg.graph.optimizer;
   oc.kind = *kind;
   oc.beta1 = args.f64("beta1");
@@ -278,7 +281,8 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
   const TrainingGraph& tg = trainer.training_graph();
   ctx.note("model: " + source.label + ", " + with_commas(n_params) + " parameters, " + std::to_string(num_layers) +
            " layers; training graph: " + std::to_string(tg.graph.nodes.size()) + " nodes (" +
-           std::to_string(tg.backward_begin) + " forward)");
+           std::to_string(tg.backward_begin) + " forward" +
+           (cfg.graph.fuse_ops ? "; fused " + tg.fused.summary() : "") + ")");
   ctx.note("memory plan: peak " + human_bytes(trainer.peak_memory_bytes()) + " (activations " +
            human_bytes(trainer.arena_bytes()) + "; parameters, constants and optimizer state " +
            human_bytes(trainer.peak_memory_bytes() - trainer.arena_bytes()) + ")");

@@ -28,6 +28,7 @@ std::vector<FlagSpec> train_model_flags() {
       int_flag("seed", "S", "0", "Seed of the data shuffle and of dropout masks."),
       int_flag("padding-idx", "ID", "-1", "Token whose embedding row gets no gradient from the lookup (PyTorch's Embedding padding_idx; HF pad_token_id of BERT-style models). -1: none."),
       string_flag("checkpoint-layers", "LIST", "", "Layers to recompute in the backward pass: all, none, or 0,2,5."),
+      string_flag("fuse-ops", "on|off", "on", "Rewrite the exporters' attention chains (MatMul, scale, mask, Softmax, MatMul) into one Attention node and GELU formulas into one Gelu node before the backward pass: the same results up to float rounding, less memory and time. off: train the graph as imported."),
       string_flag("metrics", "FILE.jsonl", "", "Write one JSON object per step: step, loss, lr, grad_norm, tokens_per_s, peak_mem_bytes."),
       string_flag("save-grads", "FILE.safetensors", "", "Write the first batch's gradients at the initial weights, keyed by initializer name."),
       string_flag("checkpoint-dir", "DIR", "", "Write checkpoints here (and at the end of the run)."),
