@@ -1,7 +1,8 @@
 // `galvatron profile`: our own profiles in Galvatron's file formats. For a model (MODEL.onnx or a zoo config): the
 // memory profile from the IR (exact: parameters and saved activations of the training graph) and the forward time per
-// layer and for the embedding/head, timed node by node on the CPU. With --hardware: the hardware files from given
-// numbers (on a machine with fewer than 2 GPUs there is nothing to measure; the output says so).
+// layer and for the embedding/head (+ loss), timed on --device (CPU: node by node; CUDA: by blocks of nodes, in
+// --precision). With --hardware: the hardware files from given numbers (on a machine with fewer than 2 GPUs there is
+// nothing to measure; the output says so), or measured with --devices N.
 #include <cstdio>
 #include <filesystem>
 
@@ -74,6 +75,7 @@ Status run_hardware(const ParsedArgs& args, CommandContext& ctx) {
 }
 
 Status run_profile(const ParsedArgs& args, CommandContext& ctx) {
+  GV_RETURN_IF_ERROR(check_device_flag(args, ctx));
   if (args.flag("hardware")) return run_hardware(args, ctx);
   IrModelSource src;
   if (!args.positionals.empty()) {
@@ -97,6 +99,13 @@ Status run_profile(const ParsedArgs& args, CommandContext& ctx) {
   std::filesystem::create_directories(dir, ec);
   const std::string base = dir.empty() || dir.back() == '/' ? dir : dir + "/";
 
+  // The timing backend first: a build without CUDA (or no GPU) fails before anything is written.
+  const std::string device = args.str("device"), precision = args.str("precision");
+  std::unique_ptr<Backend> backend;
+  if (!args.flag("memory-only")) {
+    GV_ASSIGN_OR_RETURN(backend, timing_backend(device, precision));
+  }
+
   auto t0 = std::chrono::steady_clock::now();
   GV_ASSIGN_OR_RETURN(IrMemory mem, ir_memory_of(src, prec == "fp32" ? 4 : 2));
   ctx.timing("memory profile from the IR", t0);
@@ -111,16 +120,21 @@ Status run_profile(const ParsedArgs& args, CommandContext& ctx) {
   std::printf("wrote %s\n", mem_path.c_str());
 
   if (!args.flag("memory-only")) {
+    const bool on_cpu = device == "cpu";
+    const std::string where = on_cpu ? "the CPU" : device + " (" + precision + ")";
     auto t1 = std::chrono::steady_clock::now();
-    GV_ASSIGN_OR_RETURN(ForwardTiming t, cpu_timing_of(src, *batches, static_cast<int>(args.i64("repeats"))));
-    ctx.timing("forward timing on the CPU", t1);
+    GV_ASSIGN_OR_RETURN(ForwardTiming t, forward_timing_of(src, *batches, static_cast<int>(args.i64("repeats")),
+                                                           *backend, precision));
+    ctx.timing("forward timing on " + where, t1);
     const std::string comp_path = base + "computation_profiling_" + prec + "_" + src.name + ".json";
     GV_RETURN_IF_ERROR(write_text_file(comp_path, computation_profile_json(t)));
     for (const auto& [b, ms] : t.layer_ms_per_sample) {
-      std::printf("forward on the CPU (fp32), batch %d x seq %d: %.4f ms per sample per layer, %.4f ms per sample "
-                  "for the embedding + head\n", b, t.seq, ms, t.other_ms_per_sample.at(b));
+      std::printf("forward on %s, batch %d x seq %d: %.4f ms per sample per layer, %.4f ms per sample "
+                  "for the embedding + head + loss; backward / forward %.2f (the cost model takes 2)\n",
+                  on_cpu ? "the CPU (fp32)" : where.c_str(), b, t.seq, ms, t.other_ms_per_sample.at(b),
+                  t.backward_ms_per_sample.at(b) / t.forward_ms_per_sample(b, t.num_layers));
     }
-    std::printf("wrote %s (CPU times: use a GPU profile for real plans)\n", comp_path.c_str());
+    std::printf("wrote %s%s\n", comp_path.c_str(), on_cpu ? " (CPU times: use a GPU profile for real plans)" : "");
   }
   return Status::ok();
 }
@@ -149,6 +163,9 @@ std::vector<FlagSpec> profile_flags() {
       float_flag("start-mb", "MB", "16", "--hardware --devices: smallest all-reduce message."),
       float_flag("end-mb", "MB", "512", "--hardware --devices: largest all-reduce message (the bandwidth files use it)."),
       device_flag(),
+      string_flag("precision", "fp32|tf32|bf16", "fp32", "What the timed matrix products compute in (as `train "
+                                                         "--precision`; tf32 and bf16 need --device cuda). The file "
+                                                         "name and activation bytes follow --mixed-precision."),
   };
   f.insert(f.end(), more.begin(), more.end());
   return f;
@@ -159,17 +176,21 @@ std::vector<FlagSpec> profile_flags() {
 GV_REGISTER_COMMAND(
     profile,
     (Command{.spec = {.name = "profile",
-                      .summary = "Write Galvatron-format profiles for a model (memory from the IR, CPU forward times) "
-                                 "or the hardware.",
+                      .summary = "Write Galvatron-format profiles for a model (memory from the IR, forward times "
+                                 "on the CPU or a GPU) or the hardware.",
                       .description =
                           "For MODEL.onnx or --model-type/--model-size: memory_profiling_{prec}_{name}.json with the "
                           "parameter and saved-activation sizes per layer and for the embedding/head, taken from the "
                           "training graph (exact), and computation_profiling_{prec}_{name}.json with forward times per "
-                          "layer and for the rest, timed node by node on the CPU. With --hardware: the four hardware "
+                          "layer and for the rest (the training graph's forward, loss included), timed on --device: "
+                          "node by node on the CPU, by blocks of nodes on a GPU (--device cuda, in --precision). "
+                          "With --hardware: the four hardware "
                           "files from given bandwidths (with fewer than 2 GPUs nothing can be measured).",
                       .positionals = {{"MODEL.onnx", "an ONNX model (else a zoo model)", true}},
                       .flags = profile_flags(),
                       .examples = {"galvatron profile --model-type gpt --model-size gpt-tiny --output-dir prof",
+                                   "galvatron profile --model-type gpt --model-size gpt-1.5b --device cuda --precision "
+                                   "tf32 --mixed-precision fp32 --profile-batch-sizes 1,2,3,4,5,6,7,8",
                                    "galvatron profile --hardware --output-dir prof/hardware"}},
              .run = run_profile,
              .order = 58}));

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/common.h"
 #include "cli/search_ir_profile.h"
 #include "cli/search_report.h"
 #include "models/zoo.h"
@@ -92,8 +93,8 @@ Status finish_search(const ParsedArgs& args, CommandContext& ctx, const SearchOp
 }
 
 // Our own profiles: memory from the IR (exact), forward times from --time-profiling-path (a `galvatron profile` file)
-// or timed inline on the CPU. Both go through Galvatron's readers (written to a scratch folder first), so the time and
-// memory modes mean what they mean for Galvatron's files.
+// or timed inline on --device (the CPU by default). Both go through Galvatron's readers (written to a scratch folder
+// first), so the time and memory modes mean what they mean for Galvatron's files.
 Status run_ir_search(const ParsedArgs& args, CommandContext& ctx, const SearchOptions& o) {
   IrModelSource src;
   if (!args.positionals.empty()) {
@@ -132,19 +133,28 @@ Status run_ir_search(const ParsedArgs& args, CommandContext& ctx, const SearchOp
   const std::string mem_path = join(scratch, "memory_profiling.json");
   GV_RETURN_IF_ERROR(write_text_file(mem_path, memory_profile_json(mem)));
 
-  std::string comp;
+  std::string comp, timed_on;
   if (args.given("time-profiling-path")) {
     GV_ASSIGN_OR_RETURN(comp, resolve(args, ctx, "time-profiling-path",
                                       {"computation_profiling_" + prec + "_" + src.name + ".json",
                                        "computation_profiling_" + prec + "_" + src.name + "_all.json"}, ""));
   } else {
-    ctx.note("no --time-profiling-path: timing the forward on the CPU now (batch 1); CPU times rank plans only "
-             "roughly -- run `galvatron profile` on the target GPU and pass its computation file");
+    const std::string device = args.str("device"), precision = args.str("precision");
+    const std::string where = device == "cpu" ? "the CPU" : device + " (" + precision + ")";
+    if (device == "cpu") {
+      ctx.note("no --time-profiling-path: timing the forward on the CPU now (batch 1); CPU times rank plans only "
+               "roughly -- run `galvatron profile --device cuda` on the target GPU and pass its computation file");
+    } else {
+      ctx.note("no --time-profiling-path: timing the forward on " + where + " now (batch 1, static mode); "
+               "`galvatron profile --device cuda` times more batch sizes");
+    }
+    GV_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, timing_backend(device, precision));
     auto t1 = std::chrono::steady_clock::now();
-    GV_ASSIGN_OR_RETURN(ForwardTiming t, cpu_timing_of(src, {1}, 1));
-    ctx.timing("forward timing on the CPU", t1);
+    GV_ASSIGN_OR_RETURN(ForwardTiming t, forward_timing_of(src, {1}, 1, *backend, precision));
+    ctx.timing("forward timing on " + where, t1);
     comp = join(scratch, "computation_profiling.json");
     GV_RETURN_IF_ERROR(write_text_file(comp, computation_profile_json(t)));
+    timed_on = where;
   }
   ModelFileOptions mo;
   mo.model_name = src.name;
@@ -159,7 +169,7 @@ Status run_ir_search(const ParsedArgs& args, CommandContext& ctx, const SearchOp
   mo.sequence_parallel = o.sequence_parallel;
   GV_ASSIGN_OR_RETURN(ModelProfile model, load_galvatron_model_profile(comp, mem_path, mo));
   model.source = "IR memory (" + (src.onnx_path.empty() ? "zoo " + src.name : src.onnx_path) + "), times from " +
-                 (args.given("time-profiling-path") ? comp : std::string("the CPU"));
+                 (args.given("time-profiling-path") ? comp : timed_on);
   std::printf("model profile from the IR: %s, %d layers, %.2f MB parameters per layer, %.3f MB activations per sample "
               "per layer (tp 1, %s)\n", src.name.c_str(), static_cast<int>(mem.layers.size()),
               model.layer_types[0].parameter_size_mb, model.layer_types[0].act_per_sample_mb[1], prec.c_str());
@@ -167,6 +177,7 @@ Status run_ir_search(const ParsedArgs& args, CommandContext& ctx, const SearchOp
 }
 
 Status run_search(const ParsedArgs& args, CommandContext& ctx) {
+  GV_RETURN_IF_ERROR(check_device_flag(args, ctx));
   SearchOptions o;
   o.num_nodes = static_cast<int>(args.i64("num-nodes"));
   o.num_gpus_per_node = static_cast<int>(args.i64("num-gpus-per-node"));
@@ -299,6 +310,10 @@ std::vector<FlagSpec> search_flags() {
       int_flag("seq-length", "S", "0", "Sequence length."),
       int_flag("vocab-size", "V", "0", "Vocabulary size (reaches the search through the profiles)."),
       int_flag("threads", "N", "0", "Search threads (0: OpenMP default)."),
+      string_flag("device", "DEVICE", "cpu", "Without --time-profiling-path (our own profiles): where the forward is "
+                                             "timed inline, cpu or cuda (when built with CUDA)."),
+      string_flag("precision", "fp32|tf32|bf16", "fp32", "With --device cuda: what the inline-timed matrix products "
+                                                         "compute in (as `train --precision`)."),
   };
 }
 

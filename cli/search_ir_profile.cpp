@@ -20,7 +20,8 @@ Expected<IrMemory> ir_memory_of(const IrModelSource& src, int float_bytes) {
   return measure_ir_memory(im.graph, mo);
 }
 
-Expected<ForwardTiming> cpu_timing_of(const IrModelSource& src, const std::vector<int>& batches, int repeats) {
+Expected<ForwardTiming> forward_timing_of(const IrModelSource& src, const std::vector<int>& batches, int repeats,
+                                          Backend& backend, const std::string& precision) {
   std::function<Expected<Graph>(int64_t)> make;
   if (src.onnx_path.empty()) {
     ModelConfig c = src.config;
@@ -38,7 +39,18 @@ Expected<ForwardTiming> cpu_timing_of(const IrModelSource& src, const std::vecto
       return std::move(im.graph);
     };
   }
-  return time_forward(make, batches, repeats);
+  GV_ASSIGN_OR_RETURN(ForwardTiming t, time_forward(make, batches, repeats, backend));
+  t.precision = precision;
+  return t;
+}
+
+Expected<std::unique_ptr<Backend>> timing_backend(const std::string& device, const std::string& precision) {
+  if (precision != "fp32" && precision != "tf32" && precision != "bf16") {
+    return invalid_argument("--precision must be fp32, tf32 or bf16, got '" + precision + "'");
+  }
+  GV_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, make_backend(device));
+  GV_RETURN_IF_ERROR(backend->set_precision(precision));
+  return backend;
 }
 
 Expected<std::vector<int>> parse_int_list(const std::string& s) {

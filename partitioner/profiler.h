@@ -1,6 +1,7 @@
-// `galvatron profile`'s measurements: forward time per layer and for the rest of the model (embedding + head), timed
-// node by node on a backend (the CPU here) and attributed by Node::place, at a few batch sizes; and the Galvatron-format
-// profile files (computation, memory, hardware) written from them and from the IR's memory profile.
+// `galvatron profile`'s measurements: forward time per layer and for the rest of the model (embedding + head + loss),
+// timed on a backend (CPU: node by node; CUDA: by blocks of nodes) and attributed by Node::place, at a few batch
+// sizes; and the Galvatron-format profile files (computation, memory, hardware) written from them and from the IR's
+// memory profile.
 #pragma once
 #include <functional>
 #include <map>
@@ -9,6 +10,7 @@
 
 #include "partitioner/ir_profile.h"
 #include "partitioner/profile.h"
+#include "runtime/backend.h"
 #include "runtime/graph.h"
 #include "runtime/status.h"
 
@@ -16,15 +18,31 @@ namespace gv::partitioner {
 
 struct ForwardTiming {
   int seq = 0;
-  std::map<int, double> layer_ms_per_sample;  // batch -> ms per sample per layer (mean over the layers)
-  std::map<int, double> other_ms_per_sample;  // batch -> ms per sample for everything outside the layers
+  std::string device = "cpu";     // the backend the times come from
+  std::string precision = "fp32"; // its matrix-product mode (Backend::set_precision)
+  int repeats = 1;
+  std::map<int, double> layer_ms_per_sample;     // batch -> ms per sample per layer (mean over the layers)
+  std::map<int, double> other_ms_per_sample;     // batch -> ms per sample for everything outside the layers (+ loss)
+  std::map<int, double> backward_ms_per_sample;  // batch -> ms per sample of the whole backward pass (all places)
+  // Whole forward (layers + other) per sample of the graph that was timed.
+  double forward_ms_per_sample(int batch, int num_layers) const {
+    return layer_ms_per_sample.at(batch) * num_layers + other_ms_per_sample.at(batch);
+  }
+  int num_layers = 0;  // layers of the graph that was timed (1 for zoo models)
 };
 
-// `make_graph(batch)` gives the forward graph for that batch. Each node runs alone (Executor::run_steps) and is timed;
-// a layer's time is the sum over its nodes (mean over layers), "other" the sum over the embedding / head / unplaced
-// nodes; the best of `repeats` runs after one warm-up.
+// What Galvatron's computation profile means: the forward pass of training, loss included (its profiler times
+// `forward_backward` with `--profile_forward`, and its models compute the loss in their last module), per sample, in
+// ms; the cost model takes the backward as 2x that (bct_fct_coe) and adds one more forward for checkpointed layers.
+// So the timed graph is the forward part ([0, backward_begin)) of the training graph `build_training_graph` makes of
+// `make_graph(batch)` (the trainer's own graph: loss node, and whatever passes it applies), on `backend` (its
+// precision already set). The backward part is timed too, as one block, for the backward / forward ratio.
+// CPU: each node runs alone (Executor::run_steps) and is timed; a layer's time is the sum over its nodes (mean over
+// layers), "other" the sum over the embedding / head / loss / unplaced nodes. Other backends (asynchronous: CUDA):
+// contiguous runs of nodes of one place are timed as a block between Backend::synchronize calls (a sync per node would
+// add its latency to every kernel). Best of `repeats` runs after one warm-up.
 Expected<ForwardTiming> time_forward(const std::function<Expected<Graph>(int64_t)>& make_graph,
-                                     const std::vector<int>& batches, int repeats = 2);
+                                     const std::vector<int>& batches, int repeats, Backend& backend);
 
 // Galvatron's processed computation profile: layertype_0_bsz{b}_seq{S} and layertype_other_bsz{b}_seq{S} (ms per
 // sample), batches in the order given (static mode reads the first key).

@@ -1,0 +1,129 @@
+// `galvatron profile --device` / `search --device`: the computation profile timed on a chosen backend (the CPU here;
+// in a build without CUDA, --device cuda is a clear error before anything is written), and time_forward itself on the
+// CPU backend. No timed assertions beyond "positive".
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "cli_fixture.h"
+#include "models/zoo.h"
+#include "partitioner/profiler.h"
+#include "runtime/backend.h"
+
+namespace gv {
+namespace {
+
+using namespace gv::partitioner;
+
+TEST(ProfileDevice, TimeForwardOnTheCpuBackendIncludesLossAndBackward) {
+  auto c = zoo_config("gpt", "gpt-tiny");
+  ASSERT_TRUE(c.has_value());
+  ModelConfig one = *c;
+  one.num_layers = 1;
+  auto make = [&](int64_t b) -> Expected<Graph> {
+    GV_ASSIGN_OR_RETURN(ImportedModel im, build_and_import(one, b, one.seq_length, WeightInit::kNone));
+    return std::move(im.graph);
+  };
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  auto t = time_forward(make, {1, 2}, 1, *cpu);
+  ASSERT_TRUE(t.has_value()) << t.status().message();
+  EXPECT_EQ(t->device, "cpu");
+  EXPECT_EQ(t->num_layers, 1);
+  EXPECT_EQ(t->seq, static_cast<int>(one.seq_length));
+  for (int b : {1, 2}) {
+    EXPECT_GT(t->layer_ms_per_sample.at(b), 0) << b;
+    EXPECT_GT(t->other_ms_per_sample.at(b), 0) << b;
+    EXPECT_GT(t->backward_ms_per_sample.at(b), 0) << b;
+  }
+  const std::string j = computation_profile_json(*t);
+  auto parsed = nlohmann::json::parse(j);
+  const std::string s = "_seq" + std::to_string(one.seq_length);
+  EXPECT_TRUE(parsed.contains("layertype_0_bsz1" + s)) << j;
+  EXPECT_TRUE(parsed.contains("layertype_other_bsz2" + s)) << j;
+  EXPECT_NE(parsed.value("profile_note", "").find("cpu (fp32)"), std::string::npos) << j;
+}
+
+class ProfileDeviceCli : public Cli {};
+
+TEST_F(ProfileDeviceCli, CpuIsTheDefaultAndStillWritesTheComputationProfile) {
+  const std::string prof = path("prof");
+  for (bool explicit_cpu : {false, true}) {
+    SCOPED_TRACE(explicit_cpu ? "--device cpu" : "default device");
+    std::vector<std::string> a = {"profile", "--model-type", "gpt", "--model-size", "gpt-tiny", "--output-dir", prof,
+                                  "--mixed-precision", "fp32", "--profile-batch-sizes", "1,2", "--repeats", "1"};
+    if (explicit_cpu) a.insert(a.end(), {"--device", "cpu", "--precision", "fp32"});
+    CliResult r = run(a);
+    ASSERT_EQ(r.code, 0) << r.err << r.out;
+    EXPECT_NE(r.out.find("forward on the CPU (fp32), batch 1"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("backward / forward"), std::string::npos) << r.out;
+    auto j = nlohmann::json::parse(slurp(prof + "/computation_profiling_fp32_gpt-tiny.json"));
+    int times = 0;
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      if (it.key().rfind("layertype_", 0) != 0) continue;
+      EXPECT_GT(it->get<double>(), 0) << it.key();
+      ++times;
+    }
+    EXPECT_EQ(times, 4);  // layer and other, two batch sizes
+    EXPECT_TRUE(fs::exists(prof + "/memory_profiling_fp32_gpt-tiny.json"));
+  }
+  // tf32 / bf16 products need a GPU backend.
+  CliResult r = run({"profile", "--model-type", "gpt", "--model-size", "gpt-tiny", "--output-dir", path("p2"),
+                     "--precision", "tf32"});
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--device cuda"), std::string::npos) << r.err;
+  r = run({"profile", "--model-type", "gpt", "--model-size", "gpt-tiny", "--output-dir", path("p2"),
+           "--precision", "fp16"});
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--precision must be fp32, tf32 or bf16"), std::string::npos) << r.err;
+  r = run({"profile", "--model-type", "gpt", "--model-size", "gpt-tiny", "--device", "gpu"});
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--device must be cpu or cuda"), std::string::npos) << r.err;
+}
+
+TEST_F(ProfileDeviceCli, CudaWithoutTheCudaBackendIsAClearError) {
+  const std::string prof = path("prof");
+  CliResult r = run({"profile", "--model-type", "gpt", "--model-size", "gpt-tiny", "--output-dir", prof, "--device",
+                     "cuda", "--precision", "tf32", "--profile-batch-sizes", "1", "--repeats", "1"});
+  if (cuda_backend_built()) {
+    // A CUDA build: on a GPU it profiles; without one, make_backend's error.
+    if (r.code == 0) {
+      EXPECT_NE(r.out.find("forward on cuda (tf32), batch 1"), std::string::npos) << r.out;
+      auto j = nlohmann::json::parse(slurp(prof + "/computation_profiling_bf16_gpt-tiny.json"));
+      EXPECT_NE(j.value("profile_note", "").find("cuda (tf32)"), std::string::npos);
+    } else {
+      EXPECT_NE(r.err.find("GPU"), std::string::npos) << r.err;
+    }
+    GTEST_SKIP() << "this build has the CUDA backend";
+  }
+  EXPECT_EQ(r.code, 1) << r.err << r.out;
+  EXPECT_NE(r.err.find("built without CUDA"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--device cpu"), std::string::npos) << r.err;
+  // Nothing written: the backend is made before the profiles.
+  EXPECT_FALSE(fs::exists(prof + "/computation_profiling_bf16_gpt-tiny.json"));
+  EXPECT_FALSE(fs::exists(prof + "/memory_profiling_bf16_gpt-tiny.json"));
+  // --memory-only needs no backend.
+  r = run({"profile", "--model-type", "gpt", "--model-size", "gpt-tiny", "--output-dir", prof, "--device", "cuda",
+           "--memory-only"});
+  EXPECT_EQ(r.code, 0) << r.err;
+
+  // The search's inline timing (no --time-profiling-path) takes the same flags.
+  const std::string hw = path("hw");
+  ASSERT_EQ(run({"profile", "--hardware", "--output-dir", hw}).code, 0);
+  std::vector<std::string> s = {"search", "--model-type", "gpt", "--model-size", "gpt-tiny",
+                                "--hardware-profiling-path", hw, "--memory-constraint", "8", "--settle-bsz", "8",
+                                "--output-config-path", path("plan.json")};
+  std::vector<std::string> on_cuda = s;
+  on_cuda.insert(on_cuda.end(), {"--device", "cuda"});
+  r = run(on_cuda);
+  EXPECT_EQ(r.code, 1) << r.err << r.out;
+  EXPECT_NE(r.err.find("built without CUDA"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(path("plan.json")));
+  s.insert(s.end(), {"--device", "cpu"});
+  r = run(s);
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  EXPECT_NE(r.err.find("timing the forward on the CPU"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(path("plan.json")));
+}
+
+}  // namespace
+}  // namespace gv
