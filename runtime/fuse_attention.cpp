@@ -78,6 +78,7 @@ class Matcher {
     bool keep_when_true = true;
     double fill = 0.0;
     ValueId runtime = kNoValue;
+    ValueId source = kNoValue;  // kAddConst: the constant value
   };
 
   const Node& node(NodeId n) const { return g_.nodes[n]; }
@@ -168,6 +169,7 @@ bool Matcher::collect_steps(ValueId x, const Shape& full, std::vector<Step>& ste
         Step s;
         s.kind = Step::kAddConst;
         s.t = g_.value(m).data;
+        s.source = m;
         rev.push_back(s);
         x = ca ? b : a;
         continue;
@@ -444,7 +446,23 @@ bool Matcher::try_fuse(NodeId sm_id) {
     take_last();
   }
   ValueId mask_value = runtime_mask;
-  if (mask.defined()) {
+  // A mask that is one constant of the graph, added as it is: read that value (shared by every layer) instead of a
+  // copy per instance.
+  ValueId as_is = kNoValue;
+  bool single_constant = true;  // exactly one mask step, an Add of a constant of Q's dtype, and no scale after it
+  for (const Step& st : steps) {
+    if (st.kind == Step::kScale) {
+      single_constant = single_constant && as_is == kNoValue;
+    } else if (st.kind == Step::kAddConst && as_is == kNoValue && g_.value(st.source).dtype == dt) {
+      as_is = st.source;
+    } else {
+      single_constant = false;
+    }
+  }
+  if (!single_constant) as_is = kNoValue;
+  if (mask.defined() && as_is != kNoValue) {
+    mask_value = as_is;
+  } else if (mask.defined()) {
     mask_value = g_.add_initializer(g_.unique_name(base + "/fused_attention_mask"), mask.cast(dt), ValueKind::kConstant);
   }
   Node a;

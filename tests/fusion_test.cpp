@@ -267,6 +267,31 @@ TEST(FuseAttention, SqrtScaleOnBothSidesAndConstantMask) {
   EXPECT_EQ(count_ops(f, "Mul"), 0);
 }
 
+// Two layers adding one constant mask read it as it is; a mask scaled after it is added becomes a new constant.
+TEST(FuseAttention, ConstantMaskSharedOrScaled) {
+  Chain c;
+  Builder& b = c.b;
+  Tensor mask = randn({1, 1, S, S}, 3);
+  mask.data_as<float>()[1] = -std::numeric_limits<float>::infinity();
+  const ValueId m = b.constant(mask);
+  ValueId s1 = b.node("Add", {b.node("Mul", {b.node("MatMul", {c.q, c.kt}), b.scalar(0.25f)}), m});
+  ValueId y1 = b.node("MatMul", {b.node("Softmax", {s1}), c.v});
+  ValueId s2 = b.node("Add", {b.node("MatMul", {c.q, c.kt}), m});
+  s2 = b.node("Mul", {s2, b.scalar(0.5f)});
+  ValueId y2 = b.node("MatMul", {b.node("Softmax", {s2}), c.v});
+  b.g.outputs = {y1, y2};
+  Graph f = fuse_and_compare(b.g, 2);
+  std::vector<const Node*> att;
+  for (const Node& n : f.nodes)
+    if (n.op_type == "Attention") att.push_back(&n);
+  ASSERT_EQ(att.size(), 2u);
+  ASSERT_EQ(att[0]->inputs.size(), 4u);
+  ASSERT_EQ(att[1]->inputs.size(), 4u);
+  EXPECT_EQ(f.value(att[0]->inputs[3]).name, b.g.value(m).name);  // as it is
+  EXPECT_NE(f.value(att[1]->inputs[3]).name, b.g.value(m).name);  // scaled by 0.5: a new constant
+  EXPECT_FLOAT_EQ(att[1]->attrs.get_float("scale", 0), 0.5f);
+}
+
 TEST(FuseAttention, RuntimeMaskAndCausalTogether) {
   Chain c;
   Builder& b = c.b;
