@@ -13,6 +13,7 @@
 #include "cli/common.h"
 #include "cli/onnx_scan.h"
 #include "importer/onnx_importer.h"
+#include "runtime/fusion.h"
 
 namespace gv::cli {
 namespace {
@@ -192,6 +193,12 @@ Status run_inspect(const ParsedArgs& args, CommandContext& ctx) {
     for (const auto& [d, v] : file.opsets) opsets[domain_name(d)] = v;
   const int64_t ir_version = m.ir_version ? m.ir_version : file.ir_version;
   const int64_t onnx_nodes = m.onnx_node_count ? m.onnx_node_count : file.node_count;
+  // What `train --fuse-ops on` rewrites (runtime/fusion.h), on a copy (tensors are shared, not copied).
+  Expected<FusionCounts> fused = FusionCounts{};
+  if (!m.partial) {
+    Graph copy = g;
+    fused = fuse_forward_graph(copy);
+  }
 
   if (args.flag("json")) {
     nlohmann::ordered_json j;
@@ -235,6 +242,7 @@ Status run_inspect(const ParsedArgs& args, CommandContext& ctx) {
                    {"other_params", s.unplaced_params},
                    {"shared_params", s.shared_params}};
     j["unsupported_ops"] = m.unsupported_ops;
+    if (fused) j["fused_ops"] = {{"attention", fused->attention}, {"gelu", fused->gelu}};
     if (args.flag("params")) {
       auto arr = nlohmann::ordered_json::array();
       for (const auto& p : s.params) {
@@ -299,6 +307,7 @@ Status run_inspect(const ParsedArgs& args, CommandContext& ctx) {
       for (size_t i = 0; i < s.shared_params.size(); ++i) os << (i ? ", " : "") << s.shared_params[i];
       os << " (counted where first used)\n";
     }
+    if (fused && !m.partial) os << "fused ops:   " << fused->summary() << " (what train --fuse-ops on rewrites)\n";
     if (args.flag("params")) {
       os << "\nparameter list:\n";
       size_t width = 0;
@@ -358,7 +367,7 @@ GV_REGISTER_COMMAND(
                         bool_flag("json",
                                   "Print one JSON object (keys: file, producer, ir_version, opsets, inputs, outputs,\n"
                                   "      parameters, constants, op_histogram, onnx_op_histogram, layers, "
-                                  "unsupported_ops)."),
+                                  "unsupported_ops, fused_ops)."),
                     },
                 .examples = {"galvatron inspect gpt2.onnx", "galvatron inspect llama.onnx --batch 8 --seq 512 --json"},
             },
