@@ -2,10 +2,23 @@
 
 #include <algorithm>
 
+
 namespace gv {
+namespace {
+
+// Ops whose output 0 is input 0's bytes unchanged, only with another shape.
+bool is_view_op(const Node& n) {
+  if (!n.domain.empty()) return false;
+  for (const char* op : {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}) {
+    if (n.op_type == op) return true;
+  }
+  return false;
+}
+
+}  // namespace
 
 MemoryPlan plan_memory(const Graph& graph, const std::vector<NodeId>& order, const std::vector<ValueId>& keep_alive,
-                       size_t alignment) {
+                       size_t alignment, bool alias_views) {
   const int n_values = static_cast<int>(graph.values.size());
   const int end = static_cast<int>(order.size());
   std::vector<int> first(n_values, -2), last(n_values, -2);
@@ -13,6 +26,28 @@ MemoryPlan plan_memory(const Graph& graph, const std::vector<NodeId>& order, con
     ValueKind k = graph.values[v].kind;
     return k == ValueKind::kActivation || k == ValueKind::kInput;
   };
+  MemoryPlan plan;
+  plan.alias_of.assign(n_values, kNoValue);
+  if (alias_views) {
+    // Values an in-place op may write (inputs of nodes without outputs) keep buffers of their own.
+    std::vector<bool> written(n_values, false);
+    for (NodeId id : order) {
+      const Node& n = graph.nodes[id];
+      if (!n.outputs.empty()) continue;
+      for (ValueId in : n.inputs) {
+        if (in != kNoValue) written[in] = true;
+      }
+    }
+    for (NodeId id : order) {
+      const Node& n = graph.nodes[id];
+      if (n.inputs.empty() || n.outputs.empty() || n.inputs[0] == kNoValue) continue;
+      const ValueId in = n.inputs[0], out = n.outputs[0];
+      if (!in_arena(in) || !in_arena(out) || written[in] || written[out]) continue;
+      if (graph.values[in].dtype != graph.values[out].dtype) continue;
+      if (!is_view_op(n)) continue;
+      plan.alias_of[out] = plan.alias_of[in] != kNoValue ? plan.alias_of[in] : in;
+    }
+  }
   for (ValueId v : graph.inputs) first[v] = last[v] = -1;
   for (int step = 0; step < end; ++step) {
     const Node& n = graph.nodes[order[step]];
@@ -30,6 +65,11 @@ MemoryPlan plan_memory(const Graph& graph, const std::vector<NodeId>& order, con
   for (ValueId v : graph.outputs) {
     if (in_arena(v)) last[v] = end;
   }
+  // A shared buffer lives from its root's first use to the last use of any value sharing it.
+  for (ValueId v = 0; v < n_values; ++v) {
+    const ValueId root = plan.alias_of[v];
+    if (root != kNoValue && first[v] != -2) last[root] = std::max(last[root], last[v]);
+  }
 
   struct Item {
     ValueId v;
@@ -37,10 +77,9 @@ MemoryPlan plan_memory(const Graph& graph, const std::vector<NodeId>& order, con
     int begin, end;
   };
   std::vector<Item> items;
-  MemoryPlan plan;
   plan.offset.assign(n_values, -1);
   for (ValueId v = 0; v < n_values; ++v) {
-    if (!in_arena(v) || first[v] == -2) continue;
+    if (!in_arena(v) || first[v] == -2 || plan.alias_of[v] != kNoValue) continue;
     size_t bytes = static_cast<size_t>(shape_numel(graph.values[v].shape)) * dtype_size(graph.values[v].dtype);
     bytes = std::max<size_t>((bytes + alignment - 1) / alignment * alignment, alignment);
     items.push_back({v, bytes, first[v], last[v]});
@@ -68,6 +107,9 @@ MemoryPlan plan_memory(const Graph& graph, const std::vector<NodeId>& order, con
     placed.push_back({off, it.size, it.begin, it.end});
     plan.offset[it.v] = static_cast<int64_t>(off);
     plan.arena_bytes = std::max(plan.arena_bytes, off + it.size);
+  }
+  for (ValueId v = 0; v < n_values; ++v) {
+    if (plan.alias_of[v] != kNoValue) plan.offset[v] = plan.offset[plan.alias_of[v]];
   }
   return plan;
 }

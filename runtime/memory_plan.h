@@ -10,13 +10,17 @@ namespace gv {
 
 struct MemoryPlan {
   std::vector<int64_t> offset;  // per value; -1 for values outside the arena (parameters, constants)
+  // Per value: the arena value whose buffer it shares, or kNoValue. A view op's output (Reshape, Flatten, Squeeze, Unsqueeze, Identity) shares its
+  // input's buffer unless an in-place op (one with no outputs, e.g. AllReduce) touches either, so that the node
+  // needs no copy; the shared buffer lives as long as the longest-lived of them.
+  std::vector<ValueId> alias_of;
   size_t arena_bytes = 0;
   size_t naive_bytes = 0;  // sum of all planned buffers, without reuse (for reports)
 };
 
-// `order` lists node indices in execution order. Values in `keep_alive` (e.g. graph outputs, gradients read after the
+// `order` lists node indices in execution order. With `alias_views`, view ops' outputs share their input's buffer. Values in `keep_alive` (e.g. graph outputs, gradients read after the
 // run) live to the end.
 MemoryPlan plan_memory(const Graph& graph, const std::vector<NodeId>& order, const std::vector<ValueId>& keep_alive,
-                       size_t alignment = 64);
+                       size_t alignment = 64, bool alias_views = true);
 
 }  // namespace gv

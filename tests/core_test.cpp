@@ -46,5 +46,62 @@ TEST(MemoryPlan, ReusesDeadBuffers) {
   for (int i = 0; i + 1 < 4; ++i) EXPECT_NE(p.offset[vals[i]], p.offset[vals[i + 1]]);
 }
 
+
+// x -> Relu -> a -> Reshape -> b -> Relu -> c, with `tail` appended after it.
+struct ViewChain {
+  Graph g;
+  ValueId a, b, c;
+  ValueId add(const std::string& name, Shape shape) {
+    Value v;
+    v.name = name;
+    v.dtype = DType::kFloat32;
+    v.shape = std::move(shape);
+    return g.add_value(v);
+  }
+  void node(const std::string& op, std::vector<ValueId> in, std::vector<ValueId> out, std::string domain = "") {
+    Node n;
+    n.op_type = op;
+    n.domain = std::move(domain);
+    n.inputs = std::move(in);
+    n.outputs = std::move(out);
+    g.nodes.push_back(n);
+  }
+  ViewChain() {
+    ValueId x = g.add_input("x", DType::kFloat32, {4, 4});
+    a = add("a", {4, 4});
+    b = add("b", {16});
+    c = add("c", {16});
+    node("Relu", {x}, {a});
+    node("Reshape", {a, kNoValue}, {b});
+    node("Relu", {b}, {c});
+    g.outputs = {c};
+  }
+  std::vector<NodeId> order() const {
+    std::vector<NodeId> o(g.nodes.size());
+    for (size_t i = 0; i < o.size(); ++i) o[i] = static_cast<NodeId>(i);
+    return o;
+  }
+};
+
+TEST(MemoryPlan, ViewsShareTheirInputsBuffer) {
+  ViewChain v;
+  MemoryPlan p = plan_memory(v.g, v.order(), {});
+  EXPECT_EQ(p.alias_of[v.b], v.a);
+  EXPECT_EQ(p.offset[v.b], p.offset[v.a]);
+  EXPECT_NE(p.offset[v.c], p.offset[v.a]);  // a lives while b is read
+  MemoryPlan no = plan_memory(v.g, v.order(), {}, 64, /*alias_views=*/false);
+  EXPECT_EQ(no.alias_of[v.b], kNoValue);
+  EXPECT_NE(no.offset[v.b], no.offset[v.a]);
+}
+
+TEST(MemoryPlan, ViewsOfBuffersWrittenInPlaceAreCopies) {
+  // An in-place op (no outputs) on the view's input must not change the view.
+  ViewChain v;
+  v.node("AllReduce", {v.a}, {}, "galvatron");
+  MemoryPlan p = plan_memory(v.g, v.order(), {});
+  EXPECT_EQ(p.alias_of[v.b], kNoValue);
+  EXPECT_NE(p.offset[v.b], p.offset[v.a]);
+}
+
 }  // namespace
 }  // namespace gv
