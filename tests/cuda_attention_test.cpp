@@ -3,6 +3,10 @@
 // inputs, ||cuda - cpu|| / ||cpu|| per output. fp32 mode asks 1e-5 (device/METHOD.md: float32 arithmetic); tf32
 // 2e-3 and bf16 2e-2 (operands rounded to 10 and 7 mantissa bits: ~5e-4 and ~4e-3 per product, two or three products
 // deep in the gradients). Also checks that the native kernels ran, not the host fallback.
+// The bf16 flash path (kernels/cuda/flash_attention.cu): its cases run three times, flash with the mma and the wmma
+// kernels (GALVATRON_CUDA_FLASH=1) and v1 (=0), each against the CPU, and cuda::flash_attention_calls() says which path
+// ran. The other bf16 cases run with the variable unset: flash forward (where eligible), v1 backward. FlashTiming
+// times the three paths at GPT-2's b8 shape and compares the flash results with v1's.
 // Label `gpu`: needs a CUDA device; skipped where none is visible.
 #include <gtest/gtest.h>
 
@@ -13,6 +17,8 @@
 #include <functional>
 #include <random>
 
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/ops.h"
 #include "runtime/cuda_kernels.h"
 #include "runtime/executor.h"
 
@@ -236,6 +242,144 @@ TEST_F(CudaAttention, Bf16) {
                             false, 2e-2});
   std::printf("[ bf16 ] Attention [2, 4, 256, 64] causal: relative error vs CPU float32 %.3g\n", rel);
   EXPECT_GT(rel, 1e-4);
+}
+
+// The attention paths of the bf16 mode: flash with mma.sync kernels (the default), flash with wmma kernels
+// (GALVATRON_CUDA_FLASH_WMMA=1), v1 (GALVATRON_CUDA_FLASH=0). The launchers read the variables per call.
+enum class Path { kMma, kWmma, kV1 };
+const char* path_name(Path p) { return p == Path::kMma ? "flash mma" : p == Path::kWmma ? "flash wmma" : "v1"; }
+
+class FlashEnv {
+ public:
+  explicit FlashEnv(Path p) {
+    setenv("GALVATRON_CUDA_FLASH", p == Path::kV1 ? "0" : "1", 1);
+    setenv("GALVATRON_CUDA_FLASH_WMMA", p == Path::kWmma ? "1" : "0", 1);
+  }
+  ~FlashEnv() {
+    unsetenv("GALVATRON_CUDA_FLASH");
+    unsetenv("GALVATRON_CUDA_FLASH_WMMA");
+  }
+};
+
+// Shapes the flash path takes (bf16, no mask, D == Dv <= 128): every case runs flash, then v1, both against the CPU.
+TEST_F(CudaAttention, Bf16Flash) {
+  PrecisionScope scope(*cuda_, "bf16");
+  struct FlashCase {
+    std::string name;
+    Dims d;
+    bool causal;
+  };
+  const std::vector<FlashCase> cases = {
+      {"D64 causal S=L=256", {2, 4, 4, 256, 256, 64, 64}, true},
+      {"D64 S=L=256", {2, 4, 4, 256, 256, 64, 64}, false},
+      {"D128 causal S=L=192", {1, 3, 3, 192, 192, 128, 128}, true},
+      {"D128 S=100 L=130", {1, 2, 2, 100, 130, 128, 128}, false},
+      {"D64 GQA Hq6 Hkv2 causal S=L=67", {2, 6, 2, 67, 67, 64, 64}, true},
+      {"D64 GQA Hq4 Hkv1 S=40 L=1000", {1, 4, 1, 40, 1000, 64, 64}, false},
+      {"D64 causal S=1000 L=1000", {1, 2, 2, 1000, 1000, 64, 64}, true},
+      {"D64 causal S=130 L=67 (S>L)", {1, 2, 2, 130, 67, 64, 64}, true},
+      {"D64 causal S=67 L=200 (S<L)", {1, 2, 2, 67, 200, 64, 64}, true},
+      {"D50 causal (padded to 64)", {2, 3, 3, 90, 90, 50, 50}, true},
+      {"D32 causal", {1, 2, 2, 100, 100, 32, 32}, true},
+      {"D80 GQA causal", {1, 4, 2, 70, 70, 80, 80}, true},
+      {"D96", {1, 2, 2, 65, 65, 96, 96}, false},
+      {"D8 S=1 L=5", {1, 1, 1, 1, 5, 8, 8}, false},
+  };
+  for (Path path : {Path::kMma, Path::kWmma, Path::kV1}) {
+    FlashEnv env(path);
+    const bool flash = path != Path::kV1;
+    for (const FlashCase& c : cases) {
+      const int64_t before = cuda::flash_attention_calls();
+      both(c.name + " [" + path_name(path) + "]", c.d, c.causal, Tensor(), 2e-2);
+      EXPECT_EQ(cuda::flash_attention_calls() - before, flash ? 2 : 0)
+          << c.name << ": the flash path " << (flash ? "did not run" : "ran with GALVATRON_CUDA_FLASH=0");
+    }
+  }
+  {
+    // GALVATRON_CUDA_FLASH=fwd: the forward only.
+    setenv("GALVATRON_CUDA_FLASH", "fwd", 1);
+    const int64_t before = cuda::flash_attention_calls();
+    both("D64 causal [flash forward only]", {1, 2, 2, 100, 100, 64, 64}, true, Tensor(), 2e-2);
+    EXPECT_EQ(cuda::flash_attention_calls() - before, 1);
+    unsetenv("GALVATRON_CUDA_FLASH");
+  }
+  // Not taken: a mask, Dv != D, D > 128, or another precision.
+  const int64_t before = cuda::flash_attention_calls();
+  both("bool mask", {1, 2, 2, 64, 64, 64, 64}, true, keep_flags({1, 1, 1, 64}, 0.8), 2e-2);
+  both("Dv != D", {1, 2, 2, 64, 64, 64, 32}, false, Tensor(), 2e-2);
+  both("D 160", {1, 1, 1, 40, 40, 160, 160}, false, Tensor(), 2e-2);
+  EXPECT_EQ(cuda::flash_attention_calls(), before) << "the flash path ran on a form it does not take";
+}
+
+// GPT-2 124M's attention at b8 (B8 H12 S=L=1024 D64 causal), bf16, called directly on device buffers: milliseconds per
+// forward and backward call, flash against v1, and the two paths' results against each other.
+TEST_F(CudaAttention, FlashTiming) {
+  PrecisionScope scope(*cuda_, "bf16");
+  cuda::AttentionDims d;
+  d.batch = 8;
+  d.q_heads = d.kv_heads = 12;
+  d.q_len = d.kv_len = 1024;
+  d.head_dim = d.v_head_dim = 64;
+  d.scale = 0.125f;
+  d.causal = true;
+  const int64_t n = d.batch * d.q_heads * d.q_len * d.head_dim;
+  std::vector<float*> buf(8, nullptr);  // q k v dy, then y dq dk dv (written by each path in turn)
+  for (auto& p : buf) ASSERT_TRUE(cuda::malloc_device(reinterpret_cast<void**>(&p), n * sizeof(float)));
+  for (int i = 0; i < 4; ++i) {
+    Tensor t = randn({n});
+    ASSERT_TRUE(cuda::memcpy_h2d(buf[i], t.data_as<float>(), n * sizeof(float)));
+  }
+  auto time_ms = [&](const std::function<bool()>& f) {
+    for (int w = 0; w < 3; ++w) EXPECT_TRUE(f());
+    void* a = cuda::event_record();
+    const int reps = 20;
+    for (int r = 0; r < reps; ++r) EXPECT_TRUE(f());
+    void* b = cuda::event_record();
+    const float ms = cuda::event_elapsed_ms(a, b) / reps;
+    cuda::event_destroy(a);
+    cuda::event_destroy(b);
+    return ms;
+  };
+  const Path paths[3] = {Path::kMma, Path::kWmma, Path::kV1};
+  double ms[3][2];  // [path][forward, backward]
+  std::vector<std::vector<float>> out[3];
+  for (int path = 0; path < 3; ++path) {
+    FlashEnv env(paths[path]);
+    const int64_t before = cuda::flash_attention_calls();
+    float *y = buf[4], *dq = buf[5], *dk = buf[6], *dv = buf[7];
+    ms[path][0] = time_ms([&] { return cuda::attention_f32(d, buf[0], buf[1], buf[2], y); });
+    ms[path][1] = time_ms([&] { return cuda::attention_grad_f32(d, buf[0], buf[1], buf[2], buf[3], dq, dk, dv); });
+    EXPECT_EQ(cuda::flash_attention_calls() - before, paths[path] != Path::kV1 ? 46 : 0);
+    ASSERT_TRUE(cuda::synchronize()) << cuda::last_error();
+    for (float* p : {y, dq, dk, dv}) {
+      std::vector<float> h(n);
+      ASSERT_TRUE(cuda::memcpy_d2h(h.data(), p, n * sizeof(float)));
+      out[path].push_back(std::move(h));
+    }
+  }
+  const char* names[4] = {"Y", "dQ", "dK", "dV"};
+  for (int f = 0; f < 2; ++f) {
+    for (int o = 0; o < 4; ++o) {
+    double num = 0, den = 0;
+    bool finite = true;
+    for (int64_t i = 0; i < n; ++i) {
+      const double a = out[f][o][i], b = out[2][o][i];
+      finite = finite && std::isfinite(a);
+      num += (a - b) * (a - b);
+      den += b * b;
+    }
+    const double rel = std::sqrt(num / std::max(den, 1e-30));
+    EXPECT_TRUE(finite) << names[o];
+    EXPECT_LE(rel, 2e-2) << names[o] << ": " << path_name(paths[f]) << " vs v1 relative difference " << rel;
+    std::printf("[ flash ] GPT-2 b8 %s: %s vs v1 relative difference %.3g\n", names[o], path_name(paths[f]), rel);
+    }
+  }
+  const double flop_fwd = 4.0 * d.batch * d.q_heads * d.q_len * d.kv_len * d.head_dim / 2;  // causal: half
+  for (int p = 0; p < 3; ++p) {
+    std::printf("[ flash ] GPT-2 b8 attention per call, %s: forward %.3f ms (%.0f TFLOP/s), backward %.3f ms\n",
+                path_name(paths[p]), ms[p][0], flop_fwd / ms[p][0] / 1e9, ms[p][1]);
+  }
+  for (float* p : buf) cuda::free_device(p);
 }
 
 // GPT-2 124M's shape at batch 1 (one batch row of the bench's b8), fp32: the workspace and products at size.

@@ -10,6 +10,8 @@
 //             dK = scale dS^T Q (summed over the group the same way).
 // kFloat32 / kTf32: gemm_f32 on the float32 operands (the mode rounds inside cuBLAS). kBf16: bf16 copies of Q, K, V
 // (and dY) made once per call, and gemm_bf16 for every product (never gemm_f32 on float32 operands).
+// kBf16 without a mask (causal allowed), head_dim == v_head_dim <= 128: the flash path (flash_attention.cu) instead
+// (the backward only with GALVATRON_CUDA_FLASH=1; see flash_attention_eligible in ops.h).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -278,6 +280,7 @@ bool zero(float* p, int64_t n) { return n <= 0 || cudaMemsetAsync(p, 0, sizeof(f
 
 bool attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y) {
   if (!dims_ok(d)) return false;
+  if (flash_attention_eligible(d, false)) return flash_attention_f32(d, q, k, v, y);
   const int64_t B = d.batch, Hq = d.q_heads, Hkv = d.kv_heads, S = d.q_len, L = d.kv_len, D = d.head_dim,
                 Dv = d.v_head_dim;
   const int64_t y_numel = B * Hq * S * Dv;
@@ -333,6 +336,7 @@ bool attention_f32(const AttentionDims& d, const float* q, const float* k, const
 bool attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v, const float* dy,
                         float* dq, float* dk, float* dv) {
   if (!dims_ok(d)) return false;
+  if (flash_attention_eligible(d, true)) return flash_attention_grad_f32(d, q, k, v, dy, dq, dk, dv);
   const int64_t B = d.batch, Hq = d.q_heads, Hkv = d.kv_heads, S = d.q_len, L = d.kv_len, D = d.head_dim,
                 Dv = d.v_head_dim;
   const int64_t units = B * Hkv;

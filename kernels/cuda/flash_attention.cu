@@ -1,0 +1,966 @@
+// Flash attention (FlashAttention-2 style) for the kBf16 math mode: kernels/cpu/attention.h's contract without a
+// materialized score matrix. Taken by attention.cu's launchers when flash_attention_eligible() (ops.h): the forward by
+// default, the backward with GALVATRON_CUDA_FLASH=1 only (slower than v1 so far, below).
+//
+// Tiles of kB = 64 query rows x 64 keys; 4 warps per block, each owning 16 rows of the block's tile. Q, K, V (and dY)
+// are float32 in global memory and converted to bf16 while a tile is loaded into shared memory, with the head dim
+// zero-padded to DP (64 for D <= 64, 128 for D <= 128). Softmax in float32 in the log2 domain (s * scale * log2 e,
+// exp2). Causal (key j <= query i): key tiles past the diagonal are skipped, the diagonal tile masked per element;
+// tail tiles (S, L not multiples of 64) masked likewise. Two kernel sets, same algorithm and results:
+//   mma (default)  mma.sync m16n8k16 via inline PTX; scores, probabilities and outputs stay in registers.
+//   wmma           (GALVATRON_CUDA_FLASH_WMMA=1) nvcuda::wmma 16x16x16; each warp stages its scores and its output
+//                  rows in shared memory (float32) for the softmax and the rescaling. Slower; kept as a cross-check.
+// GPT-2 b8 (B8 H12 S=L=1024 D64 causal) on an H200, per call: forward mma 0.295 ms (44 TFLOP/s), wmma 0.447 ms,
+// v1 0.456 ms; backward mma 1.25 ms, wmma 1.80 ms, v1 0.93 ms (tests/cuda_attention_test.cpp FlashTiming). Neither
+// set pipelines its tile loads (global load, convert, __syncthreads, compute, in turn), and the backward runs 9
+// products' worth of tiles (stats forward 2, dQ 3, dK/dV 4) against v1's 7.
+//
+//   forward        one block per (query tile, b, query head); online softmax, O rescaled in shared memory (float32).
+//   backward       (1) the forward again in "stats" mode: per row lse = m + log2(l) and delta = rowsum(dY * Y) into
+//                      workspace() (the op contract has no output for them, so the backward recomputes them);
+//                  (2) dQ: one block per (query tile, b, query head), looping over key tiles: P = exp2(s - lse),
+//                      dP = dY V^T, dS = P (dP - delta), dQ += dS K (register accumulators);
+//                  (3) dK, dV: one block per (key tile, b, kv head), looping over the group's query heads and their
+//                      query tiles (deterministic: no atomics): dV += P^T dY, dK += dS^T Q.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+
+#include "kernels/cuda/common.cuh"
+
+namespace gv::cuda {
+namespace {
+
+using namespace nvcuda;
+using bf16 = __nv_bfloat16;
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
+using FragBr = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
+using FragBc = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+constexpr int kB = 64;  // rows of a query or key tile
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int LDS = kB + 4;  // float32 [16 x 64] score scratch row stride
+constexpr int LDP = kB + 8;  // bf16 [16 x 64] probability scratch row stride
+constexpr float kLog2e = 1.4426950408889634f;
+
+std::atomic<int64_t> g_flash_calls{0};
+
+struct FlashArgs {
+  const float *q = nullptr, *k = nullptr, *v = nullptr, *dy = nullptr;
+  float* y = nullptr;
+  float *lse = nullptr, *delta = nullptr;  // [B*Hq*S]
+  float *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  int64_t S = 0, L = 0;
+  int Hq = 1, G = 1, D = 0;
+  float scale = 1.0f, scale_log2 = 1.0f;
+  bool causal = false, vec = false;  // vec: D % 4 == 0 and 16-byte aligned bases (float4 loads)
+};
+
+// Rows [row0, row0 + kB) of a row-major [rows, D] float32 matrix into a bf16 tile [kB, DP] (row stride DP + 8);
+// zeros past `rows` and past D. Whole block.
+template <int DP>
+__device__ __forceinline__ void load_tile(bf16* dst, const float* __restrict__ src, int64_t row0, int64_t rows, int D,
+                                          bool vec) {
+  constexpr int C4 = DP / 4;
+  constexpr int LDH = DP + 8;
+  for (int e = threadIdx.x; e < kB * C4; e += kThreads) {
+    const int r = e / C4, c = (e % C4) * 4;
+    const int64_t gr = row0 + r;
+    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (gr < rows && c < D) {
+      const float* p = src + gr * D + c;
+      if (vec) {
+        x = __ldg(reinterpret_cast<const float4*>(p));
+      } else {
+        x.x = __ldg(p);
+        if (c + 1 < D) x.y = __ldg(p + 1);
+        if (c + 2 < D) x.z = __ldg(p + 2);
+        if (c + 3 < D) x.w = __ldg(p + 3);
+      }
+    }
+    __nv_bfloat162* o = reinterpret_cast<__nv_bfloat162*>(dst + r * LDH + c);
+    o[0] = __floats2bfloat162_rn(x.x, x.y);
+    o[1] = __floats2bfloat162_rn(x.z, x.w);
+  }
+}
+
+// acc[n] (n < 4) = A[16 x DP] (row-major, stride lda) times B^T where B is [64 x DP] row-major (stride ldb): the
+// 16 x 64 product of a warp's rows with a tile's rows.
+template <int DP>
+__device__ __forceinline__ void rows_times_tile_t(FragC (&acc)[4], const bf16* a, const bf16* b) {
+  constexpr int LDH = DP + 8;
+#pragma unroll
+  for (int n = 0; n < 4; ++n) wmma::fill_fragment(acc[n], 0.0f);
+#pragma unroll
+  for (int kk = 0; kk < DP; kk += 16) {
+    FragA fa;
+    wmma::load_matrix_sync(fa, a + kk, LDH);
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      FragBc fb;
+      wmma::load_matrix_sync(fb, b + n * 16 * LDH + kk, LDH);
+      wmma::mma_sync(acc[n], fa, fb, acc[n]);
+    }
+  }
+}
+
+template <int DP>
+constexpr size_t fwd_smem() {
+  return sizeof(bf16) * 3 * kB * (DP + 8) + sizeof(float) * kWarps * 16 * (DP + 4) +
+         sizeof(float) * kWarps * 16 * LDS + sizeof(bf16) * kWarps * 16 * LDP;
+}
+
+// Forward: Y (kStats false) or lse and delta = rowsum(dY * Y) (kStats true). Grid (query tiles, B*Hq).
+template <int DP, bool kStats>
+__global__ void __launch_bounds__(kThreads) flash_fwd(FlashArgs a) {
+  constexpr int LDH = DP + 8, LDO = DP + 4;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem);
+  bf16* sK = sQ + kB * LDH;
+  bf16* sV = sK + kB * LDH;
+  float* sO = reinterpret_cast<float*>(sV + kB * LDH);
+  float* sS = sO + kWarps * 16 * LDO;
+  bf16* sP = reinterpret_cast<bf16*>(sS + kWarps * 16 * LDS);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t S = a.S, L = a.L;
+  const int D = a.D;
+  const int nqt = static_cast<int>((S + kB - 1) / kB);
+  const int qt = a.causal ? nqt - 1 - static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x);  // long first
+  const int64_t q0 = int64_t{qt} * kB;
+  const int64_t bh = blockIdx.y;
+  const int64_t h = bh % a.Hq, b = bh / a.Hq;
+  const int64_t bkv = b * (a.Hq / a.G) + h / a.G;
+  const float* Kg = a.k + bkv * L * D;
+  const float* Vg = a.v + bkv * L * D;
+  load_tile<DP>(sQ, a.q + bh * S * D, q0, S, D, a.vec);
+  float* myO = sO + warp * 16 * LDO;
+  float* myS = sS + warp * 16 * LDS;
+  bf16* myP = sP + warp * 16 * LDP;
+  for (int e = lane; e < 16 * LDO; e += 32) myO[e] = 0.0f;
+  const int r = lane >> 1, hf = lane & 1;
+  const int64_t i = q0 + warp * 16 + r;
+  float m = -INFINITY, l = 0.0f;
+  const int64_t kend = a.causal ? (q0 + kB < L ? q0 + kB : L) : L;
+  for (int64_t k0 = 0; k0 < kend; k0 += kB) {
+    __syncthreads();  // the previous tile's readers are done (and sQ is loaded)
+    load_tile<DP>(sK, Kg, k0, L, D, a.vec);
+    load_tile<DP>(sV, Vg, k0, L, D, a.vec);
+    __syncthreads();
+    {
+      FragC acc[4];
+      rows_times_tile_t<DP>(acc, sQ + warp * 16 * LDH, sK);
+#pragma unroll
+      for (int n = 0; n < 4; ++n) wmma::store_matrix_sync(myS + n * 16, acc[n], LDS, wmma::mem_row_major);
+    }
+    __syncwarp();
+    float s[32];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < 32; ++t) {
+      const int c = hf + 2 * t;
+      const int64_t j = k0 + c;
+      const bool ok = j < L && (!a.causal || j <= i);
+      s[t] = ok ? myS[r * LDS + c] * a.scale_log2 : -INFINITY;
+      mx = fmaxf(mx, s[t]);
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    const float m_new = fmaxf(m, mx);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    const float alpha = exp2f(m - m_use);
+    float sum = 0.0f;
+#pragma unroll
+    for (int t = 0; t < 32; ++t) {
+      const float p = exp2f(s[t] - m_use);
+      sum += p;
+      myP[r * LDP + hf + 2 * t] = __float2bfloat16_rn(p);
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    l = l * alpha + sum;
+    m = m_new;
+#pragma unroll 8
+    for (int t = 0; t < DP / 2; ++t) myO[r * LDO + hf + 2 * t] *= alpha;
+    __syncwarp();
+    FragA pa[4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wmma::load_matrix_sync(pa[kk], myP + kk * 16, LDP);
+#pragma unroll
+    for (int n = 0; n < DP / 16; ++n) {
+      FragC o;
+      wmma::load_matrix_sync(o, myO + n * 16, LDO, wmma::mem_row_major);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        FragBr vb;
+        wmma::load_matrix_sync(vb, sV + kk * 16 * LDH + n * 16, LDH);
+        wmma::mma_sync(o, pa[kk], vb, o);
+      }
+      wmma::store_matrix_sync(myO + n * 16, o, LDO, wmma::mem_row_major);
+    }
+    __syncwarp();
+  }
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+  if constexpr (!kStats) {
+    if (i < S) {
+      float* yr = a.y + (bh * S + i) * D;
+      for (int t = 0; t < DP / 2; ++t) {
+        const int c = hf + 2 * t;
+        if (c < D) yr[c] = myO[r * LDO + c] * inv;
+      }
+    }
+  } else {
+    float dd = 0.0f;
+    if (i < S) {
+      const float* dyr = a.dy + (bh * S + i) * D;
+      for (int t = 0; t < DP / 2; ++t) {
+        const int c = hf + 2 * t;
+        if (c < D) dd += __ldg(dyr + c) * (myO[r * LDO + c] * inv);
+      }
+    }
+    dd += __shfl_xor_sync(0xffffffffu, dd, 1);
+    if (i < S && hf == 0) {
+      a.lse[bh * S + i] = l > 0.0f ? m + log2f(l) : INFINITY;
+      a.delta[bh * S + i] = dd;
+    }
+  }
+}
+
+template <int DP>
+constexpr size_t dq_smem() {
+  return sizeof(bf16) * 4 * kB * (DP + 8) + sizeof(float) * kWarps * 16 * 2 * LDS + sizeof(bf16) * kWarps * 16 * LDP;
+}
+
+// dQ = scale * dS K over the visible key tiles. Grid (query tiles, B*Hq).
+template <int DP>
+__global__ void __launch_bounds__(kThreads) flash_bwd_dq(FlashArgs a) {
+  constexpr int LDH = DP + 8, LDO = DP + 4;
+  static_assert(LDO <= 2 * LDS, "the dQ staging reuses the two score scratches");
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem);
+  bf16* sdO = sQ + kB * LDH;
+  bf16* sK = sdO + kB * LDH;
+  bf16* sV = sK + kB * LDH;
+  float* sF = reinterpret_cast<float*>(sV + kB * LDH);
+  bf16* sdS = reinterpret_cast<bf16*>(sF + kWarps * 16 * 2 * LDS);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t S = a.S, L = a.L;
+  const int D = a.D;
+  const int nqt = static_cast<int>((S + kB - 1) / kB);
+  const int qt = a.causal ? nqt - 1 - static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x);
+  const int64_t q0 = int64_t{qt} * kB;
+  const int64_t bh = blockIdx.y;
+  const int64_t h = bh % a.Hq, b = bh / a.Hq;
+  const int64_t bkv = b * (a.Hq / a.G) + h / a.G;
+  const float* Kg = a.k + bkv * L * D;
+  const float* Vg = a.v + bkv * L * D;
+  load_tile<DP>(sQ, a.q + bh * S * D, q0, S, D, a.vec);
+  load_tile<DP>(sdO, a.dy + bh * S * D, q0, S, D, a.vec);
+  float* myS = sF + warp * 16 * 2 * LDS;
+  float* mydP = myS + 16 * LDS;
+  bf16* mydS = sdS + warp * 16 * LDP;
+  const int r = lane >> 1, hf = lane & 1;
+  const int64_t i = q0 + warp * 16 + r;
+  const float lse = i < S ? a.lse[bh * S + i] : 0.0f;
+  const float dlt = i < S ? a.delta[bh * S + i] : 0.0f;
+  FragC dq[DP / 16];
+#pragma unroll
+  for (int n = 0; n < DP / 16; ++n) wmma::fill_fragment(dq[n], 0.0f);
+  const int64_t kend = a.causal ? (q0 + kB < L ? q0 + kB : L) : L;
+  for (int64_t k0 = 0; k0 < kend; k0 += kB) {
+    __syncthreads();
+    load_tile<DP>(sK, Kg, k0, L, D, a.vec);
+    load_tile<DP>(sV, Vg, k0, L, D, a.vec);
+    __syncthreads();
+    {
+      FragC acc[4];
+      rows_times_tile_t<DP>(acc, sQ + warp * 16 * LDH, sK);
+#pragma unroll
+      for (int n = 0; n < 4; ++n) wmma::store_matrix_sync(myS + n * 16, acc[n], LDS, wmma::mem_row_major);
+      rows_times_tile_t<DP>(acc, sdO + warp * 16 * LDH, sV);
+#pragma unroll
+      for (int n = 0; n < 4; ++n) wmma::store_matrix_sync(mydP + n * 16, acc[n], LDS, wmma::mem_row_major);
+    }
+    __syncwarp();
+#pragma unroll 8
+    for (int t = 0; t < 32; ++t) {
+      const int c = hf + 2 * t;
+      const int64_t j = k0 + c;
+      const bool ok = i < S && j < L && (!a.causal || j <= i);
+      const float p = ok ? exp2f(myS[r * LDS + c] * a.scale_log2 - lse) : 0.0f;
+      mydS[r * LDP + c] = __float2bfloat16_rn(p * (mydP[r * LDS + c] - dlt));
+    }
+    __syncwarp();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      FragA da;
+      wmma::load_matrix_sync(da, mydS + kk * 16, LDP);
+#pragma unroll
+      for (int n = 0; n < DP / 16; ++n) {
+        FragBr kb;
+        wmma::load_matrix_sync(kb, sK + kk * 16 * LDH + n * 16, LDH);
+        wmma::mma_sync(dq[n], da, kb, dq[n]);
+      }
+    }
+  }
+  __syncwarp();
+#pragma unroll
+  for (int n = 0; n < DP / 16; ++n) wmma::store_matrix_sync(myS + n * 16, dq[n], LDO, wmma::mem_row_major);
+  __syncwarp();
+  if (i < S) {
+    float* o = a.dq + (bh * S + i) * D;
+    for (int t = 0; t < DP / 2; ++t) {
+      const int c = hf + 2 * t;
+      if (c < D) o[c] = myS[r * LDO + c] * a.scale;
+    }
+  }
+}
+
+template <int DP>
+constexpr size_t dkdv_smem() {
+  return sizeof(bf16) * 4 * kB * (DP + 8) + sizeof(float) * 2 * kB + sizeof(float) * kWarps * 16 * 2 * LDS +
+         sizeof(bf16) * kWarps * 2 * 16 * LDP;
+}
+
+// dK = scale * sum dS^T Q, dV = sum P^T dY over the group's query heads and their visible query tiles. Grid (key
+// tiles, B*Hkv).
+template <int DP>
+__global__ void __launch_bounds__(kThreads) flash_bwd_dkdv(FlashArgs a) {
+  constexpr int LDH = DP + 8, LDO = DP + 4;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* sK = reinterpret_cast<bf16*>(smem);
+  bf16* sV = sK + kB * LDH;
+  bf16* sQ = sV + kB * LDH;
+  bf16* sdO = sQ + kB * LDH;
+  float* sF = reinterpret_cast<float*>(sdO + kB * LDH);
+  bf16* sPT = reinterpret_cast<bf16*>(sF + kWarps * 16 * 2 * LDS);
+  float* sLse = reinterpret_cast<float*>(sPT + kWarps * 2 * 16 * LDP);
+  float* sDelta = sLse + kB;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t S = a.S, L = a.L;
+  const int D = a.D;
+  const int64_t k0 = int64_t{blockIdx.x} * kB;
+  const int64_t bkv = blockIdx.y;
+  const int64_t Hkv = a.Hq / a.G;
+  const int64_t b = bkv / Hkv, hk = bkv % Hkv;
+  load_tile<DP>(sK, a.k + bkv * L * D, k0, L, D, a.vec);
+  load_tile<DP>(sV, a.v + bkv * L * D, k0, L, D, a.vec);
+  float* myS = sF + warp * 16 * 2 * LDS;
+  float* mydP = myS + 16 * LDS;
+  bf16* myP = sPT + warp * 2 * 16 * LDP;
+  bf16* mydS = myP + 16 * LDP;
+  const int r = lane >> 1, hf = lane & 1;
+  const int64_t j = k0 + warp * 16 + r;
+  FragC dk[DP / 16], dv[DP / 16];
+#pragma unroll
+  for (int n = 0; n < DP / 16; ++n) {
+    wmma::fill_fragment(dk[n], 0.0f);
+    wmma::fill_fragment(dv[n], 0.0f);
+  }
+  const int64_t qstart = a.causal ? k0 : 0;
+  for (int g = 0; g < a.G; ++g) {
+    const int64_t bh = b * a.Hq + hk * a.G + g;
+    for (int64_t q0 = qstart; q0 < S; q0 += kB) {
+      __syncthreads();
+      load_tile<DP>(sQ, a.q + bh * S * D, q0, S, D, a.vec);
+      load_tile<DP>(sdO, a.dy + bh * S * D, q0, S, D, a.vec);
+      if (threadIdx.x < kB) {
+        const int64_t i = q0 + threadIdx.x;
+        sLse[threadIdx.x] = i < S ? a.lse[bh * S + i] : 0.0f;
+        sDelta[threadIdx.x] = i < S ? a.delta[bh * S + i] : 0.0f;
+      }
+      __syncthreads();
+      {
+        FragC acc[4];
+        rows_times_tile_t<DP>(acc, sK + warp * 16 * LDH, sQ);
+#pragma unroll
+        for (int n = 0; n < 4; ++n) wmma::store_matrix_sync(myS + n * 16, acc[n], LDS, wmma::mem_row_major);
+        rows_times_tile_t<DP>(acc, sV + warp * 16 * LDH, sdO);
+#pragma unroll
+        for (int n = 0; n < 4; ++n) wmma::store_matrix_sync(mydP + n * 16, acc[n], LDS, wmma::mem_row_major);
+      }
+      __syncwarp();
+#pragma unroll 8
+      for (int t = 0; t < 32; ++t) {
+        const int c = hf + 2 * t;
+        const int64_t i = q0 + c;
+        const bool ok = i < S && j < L && (!a.causal || j <= i);
+        const float p = ok ? exp2f(myS[r * LDS + c] * a.scale_log2 - sLse[c]) : 0.0f;
+        myP[r * LDP + c] = __float2bfloat16_rn(p);
+        mydS[r * LDP + c] = __float2bfloat16_rn(p * (mydP[r * LDS + c] - sDelta[c]));
+      }
+      __syncwarp();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        FragA pa, da;
+        wmma::load_matrix_sync(pa, myP + kk * 16, LDP);
+        wmma::load_matrix_sync(da, mydS + kk * 16, LDP);
+#pragma unroll
+        for (int n = 0; n < DP / 16; ++n) {
+          FragBr ob, qb;
+          wmma::load_matrix_sync(ob, sdO + kk * 16 * LDH + n * 16, LDH);
+          wmma::mma_sync(dv[n], pa, ob, dv[n]);
+          wmma::load_matrix_sync(qb, sQ + kk * 16 * LDH + n * 16, LDH);
+          wmma::mma_sync(dk[n], da, qb, dk[n]);
+        }
+      }
+    }
+  }
+  __syncwarp();
+#pragma unroll
+  for (int n = 0; n < DP / 16; ++n) wmma::store_matrix_sync(myS + n * 16, dv[n], LDO, wmma::mem_row_major);
+  __syncwarp();
+  if (j < L) {
+    float* o = a.dv + (bkv * L + j) * D;
+    for (int t = 0; t < DP / 2; ++t) {
+      const int c = hf + 2 * t;
+      if (c < D) o[c] = myS[r * LDO + c];
+    }
+  }
+  __syncwarp();
+#pragma unroll
+  for (int n = 0; n < DP / 16; ++n) wmma::store_matrix_sync(myS + n * 16, dk[n], LDO, wmma::mem_row_major);
+  __syncwarp();
+  if (j < L) {
+    float* o = a.dk + (bkv * L + j) * D;
+    for (int t = 0; t < DP / 2; ++t) {
+      const int c = hf + 2 * t;
+      if (c < D) o[c] = myS[r * LDO + c] * a.scale;
+    }
+  }
+}
+
+// ---- mma.sync m16n8k16 (bf16 in, float32 accumulate) kernels: the score, probability and output fragments stay
+// in registers (FlashAttention-2's layout). Fragment layouts (PTX ISA, m16n8k16 .bf16), g = lane / 4, t = lane % 4:
+// A 16x16 row-major: a0 (row g, cols 2t, 2t+1), a1 (row g+8, same), a2 (row g, cols 2t+8, 2t+9), a3 (row g+8, same);
+// B 16x8: b0 (k 2t, 2t+1; n g), b1 (k 2t+8, 2t+9; n g); C 16x8: c0, c1 (row g, cols 2t, 2t+1), c2, c3 (row g+8).
+// So a C fragment pair (keys 16kk..16kk+15) is the A fragment of the next product, and every operand is read as 32-bit
+// pairs from a tile whose rows run along the product's k: row-major [row][d] for Q, K, V, dY (k = d) and transposed
+// [d][row] copies (stride LDT) where k is the row (V in Y = P V, K in dQ = dS K, Q and dY in dK, dV).
+constexpr int LDT = kB + 8;
+
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+// A fragment: rows r0.. of a [rows][ld] tile, k columns k0..k0+15.
+__device__ __forceinline__ void frag_a(uint32_t (&f)[4], const bf16* T, int ld, int r0, int k0, int g, int t) {
+  f[0] = ld32(T + (r0 + g) * ld + k0 + 2 * t);
+  f[1] = ld32(T + (r0 + g + 8) * ld + k0 + 2 * t);
+  f[2] = ld32(T + (r0 + g) * ld + k0 + 8 + 2 * t);
+  f[3] = ld32(T + (r0 + g + 8) * ld + k0 + 8 + 2 * t);
+}
+// acc[nt] (nt < 8) = rows r0..r0+15 of A [.][lda] times B^T, B's rows n = 0..63 of [64][ldb], over k < K.
+template <int K>
+__device__ __forceinline__ void mma_rows_tile(float (&acc)[8][4], const bf16* A, int lda, int r0, const bf16* B,
+                                              int ldb, int g, int t) {
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < K; kk += 16) {
+    uint32_t fa[4];
+    frag_a(fa, A, lda, r0, kk, g, t);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const bf16* b = B + (nt * 8 + g) * ldb + kk + 2 * t;
+      mma16816(acc[nt], fa, ld32(b), ld32(b + 8));
+    }
+  }
+}
+// acc[n] (n < DP/8) += P (16 x 64, C fragments p[8][4]) times B (64 x DP) read from its transpose Bt [DP][LDT].
+template <int DP>
+__device__ __forceinline__ void mma_p_tile(float (&acc)[DP / 8][4], const float (&p)[8][4], const bf16* Bt, int g,
+                                           int t) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    const uint32_t fa[4] = {pack2(p[2 * kk][0], p[2 * kk][1]), pack2(p[2 * kk][2], p[2 * kk][3]),
+                            pack2(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+    for (int n = 0; n < DP / 8; ++n) {
+      const bf16* b = Bt + (n * 8 + g) * LDT + kk * 16 + 2 * t;
+      mma16816(acc[n], fa, ld32(b), ld32(b + 8));
+    }
+  }
+}
+
+// Rows [row0, row0 + kB) of a [rows, D] float32 matrix as bf16: row-major into T ([kB][DP + 8], when non-null) and
+// transposed into Tt ([DP][LDT], when non-null); zeros past rows and D. Whole block.
+template <int DP>
+__device__ __forceinline__ void load_tile2(bf16* T, bf16* Tt, const float* __restrict__ src, int64_t row0,
+                                           int64_t rows, int D, bool vec) {
+  constexpr int C4 = DP / 4;
+  constexpr int LDH = DP + 8;
+  for (int e = threadIdx.x; e < kB * C4; e += kThreads) {
+    // Transposed copies: consecutive threads take consecutive rows (conflict-free 16-bit stores).
+    const int r = Tt ? e % kB : e / C4, c = Tt ? (e / kB) * 4 : (e % C4) * 4;
+    const int64_t gr = row0 + r;
+    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (gr < rows && c < D) {
+      const float* p = src + gr * D + c;
+      if (vec) {
+        x = __ldg(reinterpret_cast<const float4*>(p));
+      } else {
+        x.x = __ldg(p);
+        if (c + 1 < D) x.y = __ldg(p + 1);
+        if (c + 2 < D) x.z = __ldg(p + 2);
+        if (c + 3 < D) x.w = __ldg(p + 3);
+      }
+    }
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
+    if (T) {
+      __nv_bfloat162* o = reinterpret_cast<__nv_bfloat162*>(T + r * LDH + c);
+      o[0] = lo;
+      o[1] = hi;
+    }
+    if (Tt) {
+      Tt[(c + 0) * LDT + r] = lo.x;
+      Tt[(c + 1) * LDT + r] = lo.y;
+      Tt[(c + 2) * LDT + r] = hi.x;
+      Tt[(c + 3) * LDT + r] = hi.y;
+    }
+  }
+}
+
+template <int DP>
+constexpr size_t mfwd_smem() {
+  return sizeof(bf16) * (2 * kB * (DP + 8) + DP * LDT);
+}
+
+// Forward (mma): Y (kStats false) or lse and delta = rowsum(dY * Y). Grid (query tiles, B*Hq).
+template <int DP, bool kStats>
+__global__ void __launch_bounds__(kThreads) mflash_fwd(FlashArgs a) {
+  constexpr int LDH = DP + 8;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem);
+  bf16* sK = sQ + kB * LDH;
+  bf16* sVt = sK + kB * LDH;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int64_t S = a.S, L = a.L;
+  const int D = a.D;
+  const int nqt = static_cast<int>((S + kB - 1) / kB);
+  const int qt = a.causal ? nqt - 1 - static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x);
+  const int64_t q0 = int64_t{qt} * kB;
+  const int64_t bh = blockIdx.y;
+  const int64_t h = bh % a.Hq, b = bh / a.Hq;
+  const int64_t bkv = b * (a.Hq / a.G) + h / a.G;
+  const float* Kg = a.k + bkv * L * D;
+  const float* Vg = a.v + bkv * L * D;
+  load_tile2<DP>(sQ, nullptr, a.q + bh * S * D, q0, S, D, a.vec);
+  __syncthreads();
+  uint32_t qf[DP / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < DP / 16; ++kk) frag_a(qf[kk], sQ, LDH, warp * 16, kk * 16, g, t);
+  const int64_t i0 = q0 + warp * 16 + g, i1 = i0 + 8;
+  float o[DP / 8][4];
+#pragma unroll
+  for (int n = 0; n < DP / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // l: this lane's part of the row sum
+  const int64_t kend = a.causal ? (q0 + kB < L ? q0 + kB : L) : L;
+  for (int64_t k0 = 0; k0 < kend; k0 += kB) {
+    __syncthreads();
+    load_tile2<DP>(sK, nullptr, Kg, k0, L, D, a.vec);
+    load_tile2<DP>(nullptr, sVt, Vg, k0, L, D, a.vec);
+    __syncthreads();
+    float s[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; ++kk) {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const bf16* bp = sK + (nt * 8 + g) * LDH + kk * 16 + 2 * t;
+        mma16816(s[nt], qf[kk], ld32(bp), ld32(bp + 8));
+      }
+    }
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+    const bool full = k0 + kB <= L && (!a.causal || k0 + kB - 1 <= q0);  // no key of the tile masked for any row
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
+        const int64_t i = e < 2 ? i0 : i1;
+        const bool ok = full || (j < L && (!a.causal || j <= i));
+        const float v = ok ? s[nt][e] * a.scale_log2 : -INFINITY;
+        s[nt][e] = v;
+        if (e < 2) mx0 = fmaxf(mx0, v);
+        else mx1 = fmaxf(mx1, v);
+      }
+    }
+#pragma unroll
+    for (int x = 1; x <= 2; x <<= 1) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, x));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, x));
+    }
+    const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+    const float u0 = n0 == -INFINITY ? 0.0f : n0, u1 = n1 == -INFINITY ? 0.0f : n1;
+    const float al0 = ex2(m0 - u0), al1 = ex2(m1 - u1);
+    m0 = n0;
+    m1 = n1;
+    float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      s[nt][0] = ex2(s[nt][0] - u0);
+      s[nt][1] = ex2(s[nt][1] - u0);
+      s[nt][2] = ex2(s[nt][2] - u1);
+      s[nt][3] = ex2(s[nt][3] - u1);
+      sum0 += s[nt][0] + s[nt][1];
+      sum1 += s[nt][2] + s[nt][3];
+    }
+    l0 = l0 * al0 + sum0;
+    l1 = l1 * al1 + sum1;
+#pragma unroll
+    for (int n = 0; n < DP / 8; ++n) {
+      o[n][0] *= al0;
+      o[n][1] *= al0;
+      o[n][2] *= al1;
+      o[n][3] *= al1;
+    }
+    mma_p_tile<DP>(o, s, sVt, g, t);
+  }
+#pragma unroll
+  for (int x = 1; x <= 2; x <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, x);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, x);
+  }
+  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+  if constexpr (!kStats) {
+#pragma unroll
+    for (int n = 0; n < DP / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = n * 8 + 2 * t + (e & 1);
+        const int64_t i = e < 2 ? i0 : i1;
+        if (c < D && i < S) a.y[(bh * S + i) * D + c] = o[n][e] * (e < 2 ? inv0 : inv1);
+      }
+    }
+  } else {
+    float dd0 = 0.0f, dd1 = 0.0f;
+#pragma unroll
+    for (int n = 0; n < DP / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = n * 8 + 2 * t + (e & 1);
+        const int64_t i = e < 2 ? i0 : i1;
+        if (c < D && i < S) {
+          const float x = __ldg(a.dy + (bh * S + i) * D + c) * o[n][e];
+          if (e < 2) dd0 += x;
+          else dd1 += x;
+        }
+      }
+    }
+#pragma unroll
+    for (int x = 1; x <= 2; x <<= 1) {
+      dd0 += __shfl_xor_sync(0xffffffffu, dd0, x);
+      dd1 += __shfl_xor_sync(0xffffffffu, dd1, x);
+    }
+    if (t == 0) {
+      if (i0 < S) {
+        a.lse[bh * S + i0] = l0 > 0.0f ? m0 + log2f(l0) : INFINITY;
+        a.delta[bh * S + i0] = dd0 * inv0;
+      }
+      if (i1 < S) {
+        a.lse[bh * S + i1] = l1 > 0.0f ? m1 + log2f(l1) : INFINITY;
+        a.delta[bh * S + i1] = dd1 * inv1;
+      }
+    }
+  }
+}
+
+template <int DP>
+constexpr size_t mdq_smem() {
+  return sizeof(bf16) * (4 * kB * (DP + 8) + DP * LDT);
+}
+
+// dQ (mma). Grid (query tiles, B*Hq).
+template <int DP>
+__global__ void __launch_bounds__(kThreads) mflash_bwd_dq(FlashArgs a) {
+  constexpr int LDH = DP + 8;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem);
+  bf16* sdO = sQ + kB * LDH;
+  bf16* sK = sdO + kB * LDH;
+  bf16* sV = sK + kB * LDH;
+  bf16* sKt = sV + kB * LDH;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int64_t S = a.S, L = a.L;
+  const int D = a.D;
+  const int nqt = static_cast<int>((S + kB - 1) / kB);
+  const int qt = a.causal ? nqt - 1 - static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x);
+  const int64_t q0 = int64_t{qt} * kB;
+  const int64_t bh = blockIdx.y;
+  const int64_t h = bh % a.Hq, b = bh / a.Hq;
+  const int64_t bkv = b * (a.Hq / a.G) + h / a.G;
+  const float* Kg = a.k + bkv * L * D;
+  const float* Vg = a.v + bkv * L * D;
+  load_tile2<DP>(sQ, nullptr, a.q + bh * S * D, q0, S, D, a.vec);
+  load_tile2<DP>(sdO, nullptr, a.dy + bh * S * D, q0, S, D, a.vec);
+  const int64_t i0 = q0 + warp * 16 + g, i1 = i0 + 8;
+  const float lse0 = i0 < S ? a.lse[bh * S + i0] : 0.0f, lse1 = i1 < S ? a.lse[bh * S + i1] : 0.0f;
+  const float dl0 = i0 < S ? a.delta[bh * S + i0] : 0.0f, dl1 = i1 < S ? a.delta[bh * S + i1] : 0.0f;
+  float dq[DP / 8][4];
+#pragma unroll
+  for (int n = 0; n < DP / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+  const int64_t kend = a.causal ? (q0 + kB < L ? q0 + kB : L) : L;
+  for (int64_t k0 = 0; k0 < kend; k0 += kB) {
+    __syncthreads();
+    load_tile2<DP>(sK, sKt, Kg, k0, L, D, a.vec);
+    load_tile2<DP>(sV, nullptr, Vg, k0, L, D, a.vec);
+    __syncthreads();
+    float s[8][4], dp[8][4];
+    mma_rows_tile<DP>(s, sQ, LDH, warp * 16, sK, LDH, g, t);
+    mma_rows_tile<DP>(dp, sdO, LDH, warp * 16, sV, LDH, g, t);
+    const bool full = k0 + kB <= L && (!a.causal || k0 + kB - 1 <= q0);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
+        const int64_t i = e < 2 ? i0 : i1;
+        const bool ok = full || (j < L && (!a.causal || j <= i));
+        const float p = ok ? ex2(s[nt][e] * a.scale_log2 - (e < 2 ? lse0 : lse1)) : 0.0f;
+        s[nt][e] = p * (dp[nt][e] - (e < 2 ? dl0 : dl1));
+      }
+    }
+    mma_p_tile<DP>(dq, s, sKt, g, t);
+  }
+#pragma unroll
+  for (int n = 0; n < DP / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = n * 8 + 2 * t + (e & 1);
+      const int64_t i = e < 2 ? i0 : i1;
+      if (c < D && i < S) a.dq[(bh * S + i) * D + c] = dq[n][e] * a.scale;
+    }
+  }
+}
+
+template <int DP>
+constexpr size_t mdkdv_smem() {
+  return sizeof(bf16) * (4 * kB * (DP + 8) + 2 * DP * LDT) + sizeof(float) * 2 * kB;
+}
+
+// dK, dV (mma). Grid (key tiles, B*Hkv).
+template <int DP>
+__global__ void __launch_bounds__(kThreads) mflash_bwd_dkdv(FlashArgs a) {
+  constexpr int LDH = DP + 8;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* sK = reinterpret_cast<bf16*>(smem);
+  bf16* sV = sK + kB * LDH;
+  bf16* sQ = sV + kB * LDH;
+  bf16* sdO = sQ + kB * LDH;
+  bf16* sQt = sdO + kB * LDH;
+  bf16* sdOt = sQt + DP * LDT;
+  float* sLse = reinterpret_cast<float*>(sdOt + DP * LDT);
+  float* sDelta = sLse + kB;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const int64_t S = a.S, L = a.L;
+  const int D = a.D;
+  const int64_t k0 = int64_t{blockIdx.x} * kB;
+  const int64_t bkv = blockIdx.y;
+  const int64_t Hkv = a.Hq / a.G;
+  const int64_t b = bkv / Hkv, hk = bkv % Hkv;
+  load_tile2<DP>(sK, nullptr, a.k + bkv * L * D, k0, L, D, a.vec);
+  load_tile2<DP>(sV, nullptr, a.v + bkv * L * D, k0, L, D, a.vec);
+  const int64_t j0 = k0 + warp * 16 + g, j1 = j0 + 8;
+  float dk[DP / 8][4], dv[DP / 8][4];
+#pragma unroll
+  for (int n = 0; n < DP / 8; ++n) {
+    dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
+    dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
+  }
+  const int64_t qstart = a.causal ? k0 : 0;
+  for (int gq = 0; gq < a.G; ++gq) {
+    const int64_t bh = b * a.Hq + hk * a.G + gq;
+    for (int64_t q0 = qstart; q0 < S; q0 += kB) {
+      __syncthreads();
+      load_tile2<DP>(sQ, sQt, a.q + bh * S * D, q0, S, D, a.vec);
+      load_tile2<DP>(sdO, sdOt, a.dy + bh * S * D, q0, S, D, a.vec);
+      if (threadIdx.x < kB) {
+        const int64_t i = q0 + threadIdx.x;
+        sLse[threadIdx.x] = i < S ? a.lse[bh * S + i] : 0.0f;
+        sDelta[threadIdx.x] = i < S ? a.delta[bh * S + i] : 0.0f;
+      }
+      __syncthreads();
+      float s[8][4], dp[8][4];
+      mma_rows_tile<DP>(s, sK, LDH, warp * 16, sQ, LDH, g, t);
+      mma_rows_tile<DP>(dp, sV, LDH, warp * 16, sdO, LDH, g, t);
+      const bool full = q0 + kB <= S && j0 < L && j1 < L && (!a.causal || k0 + kB - 1 <= q0);
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = nt * 8 + 2 * t + (e & 1);
+          const int64_t i = q0 + c;
+          const int64_t j = e < 2 ? j0 : j1;
+          const bool ok = full || (i < S && j < L && (!a.causal || j <= i));
+          const float p = ok ? ex2(s[nt][e] * a.scale_log2 - sLse[c]) : 0.0f;
+          s[nt][e] = p;
+          dp[nt][e] = p * (dp[nt][e] - sDelta[c]);
+        }
+      }
+      mma_p_tile<DP>(dv, s, sdOt, g, t);
+      mma_p_tile<DP>(dk, dp, sQt, g, t);
+    }
+  }
+#pragma unroll
+  for (int n = 0; n < DP / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = n * 8 + 2 * t + (e & 1);
+      const int64_t j = e < 2 ? j0 : j1;
+      if (c < D && j < L) {
+        a.dv[(bkv * L + j) * D + c] = dv[n][e];
+        a.dk[(bkv * L + j) * D + c] = dk[n][e] * a.scale;
+      }
+    }
+  }
+}
+
+// Opts a kernel into `bytes` of dynamic shared memory (once per kernel).
+template <class K>
+bool allow_smem(K kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return true;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)) ==
+         cudaSuccess;
+}
+
+FlashArgs args_of(const AttentionDims& d, const float* q, const float* k, const float* v, const float* dy) {
+  FlashArgs a;
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.dy = dy;
+  a.S = d.q_len;
+  a.L = d.kv_len;
+  a.Hq = static_cast<int>(d.q_heads);
+  a.G = static_cast<int>(d.q_heads / d.kv_heads);
+  a.D = static_cast<int>(d.head_dim);
+  a.scale = d.scale;
+  a.scale_log2 = d.scale * kLog2e;
+  a.causal = d.causal;
+  a.vec = d.head_dim % 4 == 0 && detail::aligned16(q) && detail::aligned16(k) && detail::aligned16(v) &&
+          (!dy || detail::aligned16(dy));
+  return a;
+}
+
+// The wmma kernels (GALVATRON_CUDA_FLASH_WMMA=1) or the mma.sync ones (default).
+bool use_wmma() {
+  const char* e = std::getenv("GALVATRON_CUDA_FLASH_WMMA");
+  return e && e[0] == '1';
+}
+
+template <int DP>
+bool forward(const AttentionDims& d, const FlashArgs& a, bool stats) {
+  const dim3 grid(static_cast<unsigned>((d.q_len + kB - 1) / kB), static_cast<unsigned>(d.batch * d.q_heads));
+  if (use_wmma()) {
+    constexpr size_t bytes = fwd_smem<DP>();
+    if (stats) {
+      static const bool ok = allow_smem(flash_fwd<DP, true>, bytes);
+      if (!ok) return false;
+      flash_fwd<DP, true><<<grid, kThreads, bytes>>>(a);
+    } else {
+      static const bool ok = allow_smem(flash_fwd<DP, false>, bytes);
+      if (!ok) return false;
+      flash_fwd<DP, false><<<grid, kThreads, bytes>>>(a);
+    }
+    return detail::launched();
+  }
+  constexpr size_t bytes = mfwd_smem<DP>();
+  if (stats) {
+    static const bool ok = allow_smem(mflash_fwd<DP, true>, bytes);
+    if (!ok) return false;
+    mflash_fwd<DP, true><<<grid, kThreads, bytes>>>(a);
+  } else {
+    static const bool ok = allow_smem(mflash_fwd<DP, false>, bytes);
+    if (!ok) return false;
+    mflash_fwd<DP, false><<<grid, kThreads, bytes>>>(a);
+  }
+  return detail::launched();
+}
+
+template <int DP>
+bool backward(const AttentionDims& d, const FlashArgs& a) {
+  if (!forward<DP>(d, a, true)) return false;
+  const dim3 gq(static_cast<unsigned>((d.q_len + kB - 1) / kB), static_cast<unsigned>(d.batch * d.q_heads));
+  const dim3 gk(static_cast<unsigned>((d.kv_len + kB - 1) / kB), static_cast<unsigned>(d.batch * d.kv_heads));
+  if (use_wmma()) {
+    static const bool ok1 = allow_smem(flash_bwd_dq<DP>, dq_smem<DP>());
+    static const bool ok2 = allow_smem(flash_bwd_dkdv<DP>, dkdv_smem<DP>());
+    if (!ok1 || !ok2) return false;
+    flash_bwd_dq<DP><<<gq, kThreads, dq_smem<DP>()>>>(a);
+    if (!detail::launched()) return false;
+    flash_bwd_dkdv<DP><<<gk, kThreads, dkdv_smem<DP>()>>>(a);
+    return detail::launched();
+  }
+  static const bool ok1 = allow_smem(mflash_bwd_dq<DP>, mdq_smem<DP>());
+  static const bool ok2 = allow_smem(mflash_bwd_dkdv<DP>, mdkdv_smem<DP>());
+  if (!ok1 || !ok2) return false;
+  mflash_bwd_dq<DP><<<gq, kThreads, mdq_smem<DP>()>>>(a);
+  if (!detail::launched()) return false;
+  mflash_bwd_dkdv<DP><<<gk, kThreads, mdkdv_smem<DP>()>>>(a);
+  return detail::launched();
+}
+
+}  // namespace
+
+int64_t flash_attention_calls() { return g_flash_calls.load(); }
+
+bool flash_attention_eligible(const AttentionDims& d, bool backward) {
+  const char* env = std::getenv("GALVATRON_CUDA_FLASH");
+  if (env && env[0] == '0') return false;
+  // The backward only when asked for (GALVATRON_CUDA_FLASH=1): it is slower than v1's cuBLAS products so far.
+  if (backward && !(env && env[0] == '1')) return false;
+  if (math_mode() != MathMode::kBf16 || d.mask != nullptr) return false;
+  if (d.head_dim != d.v_head_dim || d.head_dim < 1 || d.head_dim > 128) return false;
+  if (d.batch <= 0 || d.q_heads <= 0 || d.kv_heads <= 0 || d.q_len <= 0 || d.kv_len <= 0) return false;
+  if (d.q_heads % d.kv_heads != 0 || d.q_heads > INT32_MAX) return false;
+  if (d.batch * d.q_heads > 65535 || (d.q_len + kB - 1) / kB > INT32_MAX || (d.kv_len + kB - 1) / kB > INT32_MAX) {
+    return false;
+  }
+  return true;
+}
+
+bool flash_attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y) {
+  FlashArgs a = args_of(d, q, k, v, nullptr);
+  a.y = y;
+  const bool ok = d.head_dim <= 64 ? forward<64>(d, a, false) : forward<128>(d, a, false);
+  if (ok) ++g_flash_calls;
+  return ok;
+}
+
+bool flash_attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v, const float* dy,
+                              float* dq, float* dk, float* dv) {
+  FlashArgs a = args_of(d, q, k, v, dy);
+  const int64_t rows = d.batch * d.q_heads * d.q_len;
+  const size_t half = (static_cast<size_t>(rows) * sizeof(float) + 255) / 256 * 256;
+  char* ws = static_cast<char*>(workspace(2 * half));
+  if (!ws) return false;
+  a.lse = reinterpret_cast<float*>(ws);
+  a.delta = reinterpret_cast<float*>(ws + half);
+  a.dq = dq;
+  a.dk = dk;
+  a.dv = dv;
+  const bool ok = d.head_dim <= 64 ? backward<64>(d, a) : backward<128>(d, a);
+  if (ok) ++g_flash_calls;
+  return ok;
+}
+
+}  // namespace gv::cuda
