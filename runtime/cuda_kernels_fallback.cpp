@@ -7,6 +7,8 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "kernels/cuda/device.h"
 #include "runtime/cuda_kernels.h"
@@ -39,6 +41,24 @@ std::vector<Timing>& timings() {
   return *t;
 }
 
+// GALVATRON_CUDA_PROFILE: 1 times each op; 2 also prints a table by operand shapes and kernel notes.
+int profile_level() {
+  static const int level = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_PROFILE");
+    if (!e) return 0;
+    if (std::strcmp(e, "1") == 0) return 1;
+    if (std::strcmp(e, "2") == 0) return 2;
+    return 0;
+  }();
+  return level;
+}
+
+// Level 2: one "shapes  note" string per timing.
+std::vector<std::string>& details() {
+  static auto* d = new std::vector<std::string>();
+  return *d;
+}
+
 void print_profile() {
   std::map<std::string, std::pair<double, int64_t>> by_op;
   double total = 0;
@@ -57,14 +77,60 @@ void print_profile() {
     std::fprintf(stderr, "%-40s %10.2f %8lld %5.1f%%\n", name.c_str(), ms,
                  static_cast<long long>(by_op[name].second), total > 0 ? 100.0 * ms / total : 0.0);
   }
+  if (profile_level() < 2) return;
+  // Per op, operand shapes and the kernel's note (products: the route and gemm path): the median per call is the
+  // steady-state cost (the first step's one-off costs land in the total only).
+  std::map<std::string, std::vector<double>> by_shape;
+  for (size_t i = 0; i < timings().size(); ++i) {
+    const Timing& t = timings()[i];
+    const double ms = t.start && t.stop ? cuda::event_elapsed_ms(t.start, t.stop) : 0.0;
+    by_shape[t.name + "  " + details()[i]].push_back(ms);
+  }
+  std::vector<std::pair<double, std::string>> srows;
+  for (auto& [key, v] : by_shape) {
+    double sum = 0;
+    for (double x : v) sum += x;
+    srows.emplace_back(sum, key);
+  }
+  std::sort(srows.rbegin(), srows.rend());
+  std::fprintf(stderr, "\ncuda profile by shape:\n%10s %8s %10s %10s  %s\n", "ms", "calls", "median", "min",
+               "op  shapes  note");
+  for (const auto& [ms, key] : srows) {
+    std::vector<double>& v = by_shape[key];
+    std::sort(v.begin(), v.end());
+    std::fprintf(stderr, "%10.2f %8zu %10.4f %10.4f  %s\n", ms, v.size(), v[v.size() / 2], v[0], key.c_str());
+  }
+}
+
+std::string& profile_note() {
+  static thread_local std::string note;
+  return note;
+}
+
+std::string shapes_of(const KernelContext& ctx) {
+  std::string s;
+  auto one = [&s](const TensorRef& t) {
+    s += "[";
+    for (size_t d = 0; d < t.shape.size(); ++d) s += (d ? "," : "") + std::to_string(t.shape[d]);
+    s += "]";
+  };
+  for (size_t i = 0; i < ctx.inputs.size(); ++i) {
+    if (i) s += " ";
+    one(ctx.inputs[i]);
+  }
+  s += " ->";
+  for (const TensorRef& t : ctx.outputs) {
+    s += " ";
+    one(t);
+  }
+  return s;
 }
 
 }  // namespace
 
 bool cuda_profiling() {
   static const bool on = [] {
-    const char* e = std::getenv("GALVATRON_CUDA_PROFILE");
-    if (!e || std::strcmp(e, "1") != 0) return false;
+    if (profile_level() == 0) return false;
     timings().reserve(1 << 16);
     std::atexit(print_profile);
     return true;
@@ -73,12 +139,25 @@ bool cuda_profiling() {
 }
 
 Status cuda_profiled_run(const std::string& name, KernelFn k, KernelContext& ctx) {
+  if (profile_level() >= 2) profile_note().clear();
   void* a = cuda::event_record();
   Status st = k(ctx);
   void* b = cuda::event_record();
   std::lock_guard<std::mutex> lock(g_mu);
   timings().push_back({name, a, b});
+  if (profile_level() >= 2) {
+    details().push_back(shapes_of(ctx) + (profile_note().empty() ? "" : "  " + profile_note()));
+    profile_note().clear();
+  }
   return st;
+}
+
+bool cuda_profile_detail() { return cuda_profiling() && profile_level() >= 2; }
+
+void cuda_profile_note(const std::string& note) {
+  std::string& n = profile_note();
+  if (!n.empty()) n += "; ";
+  n += note;
 }
 
 void note_cuda_fallback(const OpSchema& schema) {

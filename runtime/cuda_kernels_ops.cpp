@@ -15,6 +15,11 @@
 #include "runtime/cuda_kernels.h"
 
 namespace gv {
+
+// runtime/cuda_kernels_fallback.cpp: GALVATRON_CUDA_PROFILE=2's per-shape notes.
+bool cuda_profile_detail();
+void cuda_profile_note(const std::string& note);
+
 namespace {
 
 Status launch(const KernelContext& ctx, bool ok) {
@@ -339,6 +344,14 @@ bool affine(const std::vector<int64_t>& v, int64_t& stride) {
   return true;
 }
 
+// GALVATRON_CUDA_PROFILE=2: the product's route and gemm path, printed beside its shapes.
+void note_product(const char* route, int64_t m, int64_t n, int64_t k, int64_t batch, bool ta, bool tb) {
+  if (!cuda_profile_detail()) return;
+  cuda_profile_note(std::string(route) + " m=" + std::to_string(m) + " n=" + std::to_string(n) +
+                    " k=" + std::to_string(k) + " batch=" + std::to_string(batch) + (ta ? " ta" : "") +
+                    (tb ? " tb" : "") + " path=" + cuda::gemm_last_path());
+}
+
 // C[c_batch] = alpha * sum over the broadcast batch of op(A) @ op(B) (kernels/cpu/matmul.h semantics).
 Status run_products(KernelContext& ctx, const Shape& a_batch, const Shape& b_batch, const Shape& batch,
                     const Shape& c_batch, int64_t m, int64_t n, int64_t k, bool ta, bool tb, float alpha) {
@@ -354,16 +367,23 @@ Status run_products(KernelContext& ctx, const Shape& a_batch, const Shape& b_bat
   if (c_count == count && c_aff && dc == 1) {
     if (count > 1 && !ta && da == 1 && db == 0 && a_aff && b_aff) {
       // [batch, m, k] @ [k, n]: one product over the stacked rows.
-      return launch(ctx, cuda::gemm_f32(false, tb, m * count, n, k, alpha, a, 0, b, 0, 0.0f, c, 0, 1));
+      const bool ok = cuda::gemm_f32(false, tb, m * count, n, k, alpha, a, 0, b, 0, 0.0f, c, 0, 1);
+      note_product("stacked rows", m * count, n, k, 1, false, tb);
+      return launch(ctx, ok);
     }
     if (a_aff && b_aff) {
-      return launch(ctx, cuda::gemm_f32(ta, tb, m, n, k, alpha, a, da * sa, b, db * sb, 0.0f, c, sc, count));
+      const bool ok = cuda::gemm_f32(ta, tb, m, n, k, alpha, a, da * sa, b, db * sb, 0.0f, c, sc, count);
+      note_product("strided batch", m, n, k, count, ta, tb);
+      return launch(ctx, ok);
     }
   }
   if (c_count == 1 && count > 1 && ta && !tb && a_aff && da == 1 && b_aff && db == 1) {
     // sum_i A_i^T @ B_i with A [batch, k, m], B [batch, k, n]: one product over the stacked k.
-    return launch(ctx, cuda::gemm_f32(true, false, m, n, k * count, alpha, a, 0, b, 0, 0.0f, c, 0, 1));
+    const bool ok = cuda::gemm_f32(true, false, m, n, k * count, alpha, a, 0, b, 0, 0.0f, c, 0, 1);
+    note_product("stacked k", m, n, k * count, 1, true, false);
+    return launch(ctx, ok);
   }
+  note_product("loop", m, n, k, count, ta, tb);
   // General: one product per batch element, later products for the same C matrix accumulate.
   std::vector<char> written(static_cast<size_t>(c_count), 0);
   for (int64_t i = 0; i < count; ++i) {

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
@@ -66,6 +67,36 @@ double bf16_min_mn() {
   return v;
 }
 
+// gemm_f32's padded copy of C (products whose C rows are not 16-byte aligned): grow-only, at most kPadCBytes.
+void* g_cpad = nullptr;
+size_t g_cpad_bytes = 0;
+constexpr size_t kPadCBytes = size_t{256} << 20;
+
+float* cpad_scratch(size_t bytes) {
+  if (bytes > g_cpad_bytes) {
+    if (g_cpad) cudaFree(g_cpad);  // synchronizes
+    g_cpad = nullptr;
+    g_cpad_bytes = 0;
+    if (cudaMalloc(&g_cpad, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      return nullptr;
+    }
+    g_cpad_bytes = bytes;
+  }
+  return static_cast<float*>(g_cpad);
+}
+
+const char* g_path = "";
+
+// GALVATRON_CUDA_PAD_C=0 turns gemm_padded_c off (A/B measurements).
+bool pad_c_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_PAD_C");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+
 // Round to nearest even on the bits (the same as __float2bfloat16_rn on every architecture): NaN stays a (quiet) NaN
 // with its sign, overflow goes to infinity.
 __device__ __forceinline__ uint16_t bf16_bits(float f) {
@@ -120,17 +151,20 @@ __global__ void pack_bf16_kernel(const float* __restrict__ x, int64_t stride, ui
 
 bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
+__device__ __forceinline__ uint16_t store_as(float v, uint16_t*) { return bf16_bits(v); }
+__device__ __forceinline__ float store_as(float v, float*) { return v; }
+
 // Packs `batch` matrices of [rows, cols] (row-major, `stride` apart in x) into y as [rows_out, ldy] matrices
 // (rows_out >= rows, ldy >= cols) `out_stride` apart, with zeros in the padding: padded columns and rows along the
-// reduction dimension add nothing to a product.
-__global__ void pack_rows_bf16_kernel(const float* __restrict__ x, int64_t stride, int64_t rows, int64_t cols,
-                                      uint16_t* __restrict__ y, int64_t rows_out, int64_t ldy, int64_t out_stride,
-                                      int64_t batch) {
+// reduction dimension add nothing to a product. T: uint16_t (bf16 bits) or float (a float32 copy).
+template <typename T>
+__global__ void pack_rows_kernel(const float* __restrict__ x, int64_t stride, int64_t rows, int64_t cols,
+                                 T* __restrict__ y, int64_t rows_out, int64_t ldy, int64_t out_stride, int64_t batch) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t r = blockIdx.y; r < batch * rows_out; r += gridDim.y) {
     const int64_t b = r / rows_out, rr = r - b * rows_out;
     const float* src = x + b * stride + rr * cols;
-    uint16_t* dst = y + b * out_stride + rr * ldy;
+    T* dst = y + b * out_stride + rr * ldy;
     const int64_t valid = rr < rows ? cols : 0;  // padding rows are all zeros
     int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     for (; c + 3 * step < ldy; c += 4 * step) {  // four independent loads in flight per thread
@@ -138,10 +172,54 @@ __global__ void pack_rows_bf16_kernel(const float* __restrict__ x, int64_t strid
 #pragma unroll
       for (int j = 0; j < 4; ++j) v[j] = c + j * step < valid ? src[c + j * step] : 0.0f;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) dst[c + j * step] = bf16_bits(v[j]);
+      for (int j = 0; j < 4; ++j) dst[c + j * step] = store_as(v[j], dst);
     }
-    for (; c < ldy; c += step) dst[c] = c < valid ? bf16_bits(src[c]) : uint16_t{0};
+    for (; c < ldy; c += step) dst[c] = store_as(c < valid ? src[c] : 0.0f, dst);
   }
+}
+
+template <typename T>
+bool pack_rows(const float* x, int64_t stride, int64_t rows, int64_t cols, T* y, int64_t rows_out, int64_t ldy,
+               int64_t copies) {
+  // Blocks over a row's columns (4 per thread), then over rows: about 4096 blocks that loop.
+  int64_t bx = (ldy + 4 * kThreads - 1) / (4 * kThreads);
+  if (bx > 64) bx = 64;
+  int64_t by = copies * rows_out;
+  const int64_t by_cap = 4096 / bx > 1 ? 4096 / bx : 1;
+  if (by > by_cap) by = by_cap;
+  const dim3 grid(static_cast<unsigned>(bx), static_cast<unsigned>(by));
+  pack_rows_kernel<T><<<grid, kThreads>>>(x, stride, rows, cols, y, rows_out, ldy, rows_out * ldy, copies);
+  return launched();
+}
+
+// y[r, c] = x[r, c] for r < rows, c < cols: rows ldx apart in x (16-byte aligned rows), ldy apart in y (any).
+__global__ void copy_rows_kernel(const float* __restrict__ x, int64_t ldx, float* __restrict__ y, int64_t ldy,
+                                 int64_t rows, int64_t cols) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float* src = x + r * ldx;
+    float* dst = y + r * ldy;
+    int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    for (; c + 3 * step < cols; c += 4 * step) {
+      float v[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = src[c + j * step];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) dst[c + j * step] = v[j];
+    }
+    for (; c < cols; c += step) dst[c] = src[c];
+  }
+}
+
+bool copy_rows(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows, int64_t cols) {
+  int64_t bx = (cols + 4 * kThreads - 1) / (4 * kThreads);
+  if (bx > 64) bx = 64;
+  int64_t by = rows;
+  const int64_t by_cap = 8192 / bx > 1 ? 8192 / bx : 1;
+  if (by > by_cap) by = by_cap;
+  copy_rows_kernel<<<dim3(static_cast<unsigned>(bx), static_cast<unsigned>(by)), kThreads>>>(x, ldx, y, ldy, rows,
+                                                                                             cols);
+  return launched();
 }
 
 // gemm_f32's bf16 copies have rows a multiple of 8 elements (16 bytes) apart, and the reduction dimension k padded
@@ -158,15 +236,7 @@ bool convert_operand(const float* x, int64_t rows, int64_t cols, int64_t rows_ou
   const int64_t copies = (batch == 1 || stride == 0) ? 1 : batch;
   out_stride = copies == 1 ? 0 : rows_out * ldy;
   if (ldy != cols || (rows_out != rows && copies > 1)) {
-    // Blocks over a row's columns (4 per thread), then over rows: about 4096 blocks that loop.
-    int64_t bx = (ldy + 4 * kThreads - 1) / (4 * kThreads);
-    if (bx > 64) bx = 64;
-    int64_t by = copies * rows_out;
-    const int64_t by_cap = 4096 / bx > 1 ? 4096 / bx : 1;
-    if (by > by_cap) by = by_cap;
-    const dim3 grid(static_cast<unsigned>(bx), static_cast<unsigned>(by));
-    pack_rows_bf16_kernel<<<grid, kThreads>>>(x, stride, rows, cols, y, rows_out, ldy, rows_out * ldy, copies);
-    return launched();
+    return pack_rows<uint16_t>(x, stride, rows, cols, y, rows_out, ldy, copies);
   }
   if (rows_out != rows) {  // one matrix with whole rows: convert it, zero the extra rows after it
     if (!to_bf16(x, y, count)) return false;
@@ -205,14 +275,15 @@ bool scale_c(cublasHandle_t h, int64_t m, int64_t n, float beta, float* c, int64
 }
 
 // The cuBLAS call of both gemm_f32 and gemm_bf16: operands of type `type`, float32 C.
-// lda_/ldb_ 0: the operands' rows are packed (k or m, n or k elements).
+// lda_/ldb_/ldc_ 0: the rows are packed (k or m, n or k, n elements).
 bool gemm_ex(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
              int64_t stride_a, const void* b, int64_t stride_b, cudaDataType_t type, float beta, float* c,
-             int64_t stride_c, int64_t batch, cublasComputeType_t ct, int64_t lda_ = 0, int64_t ldb_ = 0) {
+             int64_t stride_c, int64_t batch, cublasComputeType_t ct, int64_t lda_ = 0, int64_t ldb_ = 0,
+             int64_t ldc_ = 0) {
   // Row-major C[m, n] is column-major C^T[n, m] = op(B)^T op(A)^T.
   const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
   const int lda = static_cast<int>(lda_ ? lda_ : (ta ? m : k)), ldb = static_cast<int>(ldb_ ? ldb_ : (tb ? k : n)),
-            ldc = static_cast<int>(n);
+            ldc = static_cast<int>(ldc_ ? ldc_ : n);
   cublasStatus_t st;
   if (batch == 1) {
     st = cublasGemmEx(h, opb, opa, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, type, ldb,
@@ -271,18 +342,89 @@ bool gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, c
                  CUBLAS_COMPUTE_32F);
 }
 
+namespace {
+
+int64_t round4(int64_t v) { return (v + 3) / 4 * 4; }
+
+// C rows not 16-byte aligned (GPT-2's 50,257-wide logits), beta == 0, one matrix: cuBLAS runs such products far
+// below its rate (no vector loads of C, nor of B when B's rows are as wide), in TF32 and bf16 alike. Instead the
+// operands are copied with padded rows (bf16: rows and k padded to 8 as below; otherwise float32 rows padded to 4,
+// copied only where they are not aligned already), the product of n rounded up to 8 goes into a scratch C with
+// aligned rows, chunk by chunk of rows (at most kPadCBytes of scratch), and each chunk's rows are copied out.
+bool gemm_padded_c(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                   const float* b, float* c) {
+  const bool bf16 = g_mode == MathMode::kBf16;
+  const int64_t n8 = round8(n);
+  const int64_t kk = bf16 ? round8(k) : k;
+  const int64_t ra = ta ? k : m, cola = ta ? m : k, ra_out = ta ? kk : m;
+  const int64_t rb = tb ? n : k, colb = tb ? k : n;
+  const int64_t rb_out = tb ? n8 : kk;  // B's padded rows (tb: along n, zeros give zero columns of C)
+  const int64_t colb_out = tb ? colb : n8;
+  const int64_t lda = bf16 ? round8(cola) : round4(cola), ldb = bf16 ? round8(colb_out) : round4(colb_out);
+  const size_t elem = bf16 ? 2 : 4;
+  const bool copy_a = bf16 || lda != cola || ra_out != ra || !aligned(a, 16);
+  const int64_t na = copy_a ? (ra_out * lda + 127) / 128 * 128 : 0;
+  const int64_t nb = rb_out * ldb;
+  char* ws = static_cast<char*>(bf16_scratch(elem * static_cast<size_t>(na + nb)));
+  if (!ws) return false;
+  void* a_ws = ws;
+  void* b_ws = ws + elem * na;
+  const void* a_op = a;
+  if (bf16) {
+    if (!pack_rows<uint16_t>(a, 0, ra, cola, static_cast<uint16_t*>(a_ws), ra_out, lda, 1)) return false;
+    if (!pack_rows<uint16_t>(b, 0, rb, colb, static_cast<uint16_t*>(b_ws), rb_out, ldb, 1)) return false;
+    a_op = a_ws;
+  } else {
+    if (copy_a) {
+      if (!pack_rows<float>(a, 0, ra, cola, static_cast<float*>(a_ws), ra_out, lda, 1)) return false;
+      a_op = a_ws;
+    }
+    if (!pack_rows<float>(b, 0, rb, colb, static_cast<float*>(b_ws), rb_out, ldb, 1)) return false;
+  }
+  // Rows of C per chunk: a multiple of 64 under kPadCBytes (the whole of C when it fits).
+  int64_t rows = static_cast<int64_t>(kPadCBytes / (sizeof(float) * static_cast<size_t>(n8)));
+  rows = rows >= 64 ? rows / 64 * 64 : (rows > 0 ? rows : 1);
+  if (rows >= m) rows = m;
+  else rows = round8((m + (m + rows - 1) / rows - 1) / ((m + rows - 1) / rows));  // balanced, 8-row aligned
+  float* cs = cpad_scratch(sizeof(float) * static_cast<size_t>(rows * n8));
+  if (!cs) return false;
+  const cudaDataType_t type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cublasComputeType_t ct = bf16 ? CUBLAS_COMPUTE_32F
+                                 : g_mode == MathMode::kTf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                             : CUBLAS_COMPUTE_32F;
+  for (int64_t r0 = 0; r0 < m; r0 += rows) {
+    const int64_t mm = m - r0 < rows ? m - r0 : rows;
+    const char* ap = static_cast<const char*>(a_op) + elem * static_cast<size_t>(ta ? r0 : r0 * lda);
+    if (!gemm_ex(h, ta, tb, mm, n8, kk, alpha, ap, 0, b_ws, 0, type, 0.0f, cs, 0, 1, ct, lda, ldb, n8)) return false;
+    if (!copy_rows(cs, n8, c + r0 * n, n, mm, n)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+const char* gemm_last_path() { return g_path; }
+
 bool gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t stride_a,
               const float* b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch) {
   if (m == 0 || n == 0 || batch == 0) return true;
   cublasHandle_t h = handle();
   if (!h) return false;
+  g_path = "k0";
   if (k == 0) return scale_c(h, m, n, beta, c, stride_c, batch);
-  if (g_mode == MathMode::kBf16 &&
-      static_cast<double>(m) * static_cast<double>(n) >= bf16_min_mn() * static_cast<double>(m + n) && n % 4 == 0 &&
-      (batch == 1 || stride_c % 4 == 0) && aligned(c, 16)) {
+  const bool c_aligned = n % 4 == 0 && (batch == 1 || stride_c % 4 == 0) && aligned(c, 16);
+  const bool big = static_cast<double>(m) * static_cast<double>(n) >= bf16_min_mn() * static_cast<double>(m + n);
+  if (!c_aligned && beta == 0.0f && batch == 1 && big && m * n >= (int64_t{1} << 20) && g_mode != MathMode::kFloat32 &&
+      pad_c_enabled()) {
+    g_path = g_mode == MathMode::kBf16 ? "bf16 padded C" : "tf32 padded C";
+    return gemm_padded_c(h, ta, tb, m, n, k, alpha, a, b, c);
+  }
+  if (g_mode == MathMode::kBf16 && big && c_aligned) {
+    g_path = "bf16";
     // bf16 copies of both operands in gemm_f32's own scratch (rows and k padded to 8), then the bf16 product
-    // (float32 accumulation). C's rows must be 16-byte aligned too (n % 4): with an unaligned C (GPT-2's 50257-wide
-    // logits) cuBLAS's bf16 kernels ran slower than TF32 on an H200, so those products stay float32 (below).
+    // (float32 accumulation). C's rows must be 16-byte aligned too (n % 4): with an unaligned C cuBLAS's bf16
+    // kernels ran slower than TF32 on an H200; those products go through gemm_padded_c (above) when they can,
+    // else stay float32 (below).
     const int64_t k8 = round8(k);  // the reduction dimension, zero-padded
     const int64_t ra = ta ? k : m, cola = ta ? m : k, ra_out = ta ? k8 : m;  // A stored [ra, cola]
     const int64_t rb = tb ? n : k, colb = tb ? k : n, rb_out = tb ? n : k8;  // B stored [rb, colb]
@@ -299,6 +441,7 @@ bool gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, co
     return gemm_ex(h, ta, tb, m, n, k8, alpha, a16, sa16, b16, sb16, CUDA_R_16BF, beta, c, stride_c, batch,
                    CUBLAS_COMPUTE_32F, lda, ldb);
   }
+  g_path = g_mode == MathMode::kBf16 ? "f32 ops (fast16bf)" : g_mode == MathMode::kTf32 ? "tf32" : "f32";
   // Float32 operands: the mode picks what the tensor cores see (FAST_TF32 rounds the operands to tf32 inside the
   // product; FAST_16BF on float32 operands runs TF32 kernels too, bench/cuda_notes.md 4) and the sum stays float32.
   const cublasComputeType_t ct = g_mode == MathMode::kBf16   ? CUBLAS_COMPUTE_32F_FAST_16BF

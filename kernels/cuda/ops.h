@@ -23,10 +23,14 @@ bool gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, co
 // What the products' tensor cores see, process-wide: kFloat32 exact float32 (CUBLAS_COMPUTE_32F, the default), kTf32
 // operands rounded to tf32 (CUBLAS_COMPUTE_32F_FAST_TF32), kBf16 operands rounded to bf16: gemm_f32 converts both
 // operands (into its own scratch, not workspace(); rows padded to 16 bytes) and calls the bf16 product, except for
-// products whose operands outweigh their arithmetic (m*n/(m+n) under 128, GALVATRON_CUDA_BF16_MIN_MN) or whose C
-// rows are not 16-byte aligned (n % 4), which keep float32 operands with CUBLAS_COMPUTE_32F_FAST_16BF (TF32 kernels
-// in practice). Results and the accumulation stay float32 in every mode.
+// products whose operands outweigh their arithmetic (m*n/(m+n) under 128, GALVATRON_CUDA_BF16_MIN_MN), which keep
+// float32 operands with CUBLAS_COMPUTE_32F_FAST_16BF (TF32 kernels in practice). A large single product (kTf32 or
+// kBf16, beta == 0) whose C rows are not 16-byte aligned (n % 4, GPT-2's logits) runs on padded operand copies into a
+// scratch C with aligned rows (chunks of rows, 256 MB at most), copied out after (GALVATRON_CUDA_PAD_C=0: off); other
+// unaligned-C products keep float32 operands. Results and the accumulation stay float32 in every mode.
 enum class MathMode { kFloat32, kTf32, kBf16 };
+// The path of the last gemm_f32 call (for the profiler): "bf16", "bf16 padded C", "tf32 padded C", "tf32", ...
+const char* gemm_last_path();
 void set_math_mode(MathMode mode);
 MathMode math_mode();
 void set_allow_tf32(bool allow);  // kTf32 when true, kFloat32 when false
@@ -130,6 +134,10 @@ struct Reduce {
   int64_t kept_numel = 1, red_numel = 1;
 };
 bool reduce_sum_f32(const float* x, float* y, const Reduce& r, float scale);
+// y[c] = scale * sum over r of x[r, c] for a row-major [rows, cols] x (reduce_sum_f32's path for leading reduced
+// dims): tiles of 128 columns (float4) by slabs of rows, partial sums per slab, then a double sum over the slabs in
+// order (deterministic).
+bool column_sums_f32(const float* x, float* y, int64_t rows, int64_t cols, float scale);
 
 // ---- indexing ----
 // out[outer, n_idx, inner] = data[outer, idx[j], inner] (negative indices count from the end); idx int64 or int32.
