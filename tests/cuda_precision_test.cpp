@@ -7,6 +7,9 @@
 //    where tf32 gives ~3e-4) and that bf16 bounds (< 1e-2);
 //  - binary, unary, scale, activation-gradient, accumulate and AdamW flat paths: the 16-byte path (aligned pointers)
 //    and the element path (pointers offset by one float) agree bit for bit and follow the CPU.
+//  - gemm_f32's padded-C route (C rows not 16-byte aligned, beta 0, one matrix) in tf32 and bf16, one chunk and two;
+//  - reduce_sum_f32 over leading dims (the column-sum path) and softmax cross-entropy over contiguous rows (one-read
+//    statistics) against double CPU sums (1e-5 relative).
 // Label `gpu`: needs a CUDA device; skipped where none is visible.
 #include <gtest/gtest.h>
 
@@ -591,6 +594,105 @@ TEST_F(CudaPrecision, FlatAccumulateAdamW) {
     expect_near_cpu(out[0][0], p, 1e-6, "adamw p vs CPU");
     expect_near_cpu(out[0][2], m, 1e-6, "adamw m vs CPU");
     expect_near_cpu(out[0][3], v, 1e-6, "adamw v vs CPU");
+  }
+}
+
+// ---- padded C, column sums, cross-entropy rows ----
+
+TEST_F(CudaPrecision, GemmPaddedC) {
+  // Unaligned C rows (n % 4 != 0), beta 0, one matrix, m*n >= 2^20: the padded-C route in tf32 and bf16 (exact
+  // inputs: every mode is exact to float32 accumulation); the last shape needs two chunks of scratch C (256 MB).
+  std::vector<Layout> v;
+  for (int t = 0; t < 4; ++t) v.push_back({(t & 1) != 0, (t & 2) != 0, 1100, 1001, 37, 1, 0, 0, 1.0f, 0.0f});
+  v.push_back({false, false, 1030, 1027, 40, 1, 0, 0, 0.5f, 0.0f});
+  v.push_back({true, true, 9000, 7457, 8, 1, 0, 0, 1.0f, 0.0f});
+  for (const Layout& L : v) {
+    SCOPED_TRACE(describe(L));
+    for (auto mode : {cuda::MathMode::kTf32, cuda::MathMode::kBf16}) {
+      cuda::set_math_mode(mode);
+      EXPECT_LE(run_layout(L, false, true), 1e-5) << "mode " << static_cast<int>(mode);
+      EXPECT_NE(std::string(cuda::gemm_last_path()).find("padded C"), std::string::npos) << cuda::gemm_last_path();
+    }
+  }
+}
+
+TEST_F(CudaPrecision, ColumnSums) {
+  struct Case {
+    int64_t rows, cols, pad;
+  };
+  const Case cases[] = {{8192, 768, 0}, {1000, 2304, 0}, {37, 1001, 0}, {8, 4096, 0}, {3, 50, 1}, {513, 132, 1},
+                        {1, 64, 0}, {70000, 36, 0}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::to_string(c.rows) + " x " + std::to_string(c.cols) + " pad " + std::to_string(c.pad));
+    const std::vector<float> x = randn(c.rows * c.cols, 1.0, 0.5);
+    Dev<float> dx(x, c.pad), dy(c.cols);
+    cuda::Reduce r;
+    r.kept_rank = 1;
+    r.red_rank = 1;
+    r.kept_dims[0] = c.cols;
+    r.kept_strides[0] = 1;
+    r.red_dims[0] = c.rows;
+    r.red_strides[0] = c.cols;
+    r.kept_numel = c.cols;
+    r.red_numel = c.rows;
+    ASSERT_TRUE(cuda::reduce_sum_f32(dx.get(), dy.get(), r, 0.5f)) << cuda::last_error();
+    const std::vector<float> got = dy.download();
+    for (int64_t j = 0; j < c.cols; ++j) {
+      double s = 0, a = 0;
+      for (int64_t i = 0; i < c.rows; ++i) {
+        s += x[i * c.cols + j];
+        a += std::fabs(x[i * c.cols + j]);
+      }
+      ASSERT_NEAR(got[j], 0.5 * s, 1e-5 * 0.5 * a + 1e-30) << "column " << j;
+    }
+  }
+}
+
+TEST_F(CudaPrecision, CrossEntropyRows) {
+  // Contiguous rows (d == 1) of odd widths (unaligned rows), masked (-inf) scores, an ignored label; mean reduction:
+  // the loss and the score gradient against double CPU formulas.
+  for (int64_t c : {int64_t{1001}, int64_t{50257}, int64_t{4}}) {
+    SCOPED_TRACE("classes " + std::to_string(c));
+    const int64_t n = 37;
+    std::vector<float> x = randn(n * c, 3.0);
+    for (int64_t j = 0; j < c; j += 3) x[2 * c + j] = -INFINITY;  // row 2 partly masked
+    std::vector<int64_t> labels(n);
+    for (int64_t i = 0; i < n; ++i) labels[i] = static_cast<int64_t>(rng()() % static_cast<uint64_t>(c));
+    labels[2] = 1;
+    labels[5] = -100;  // ignored
+    Dev<float> dx(x), loss(1), dscores(n * c);
+    Dev<int64_t> dl(labels);
+    ASSERT_TRUE(cuda::softmax_cross_entropy_f32(dx.get(), dl.get(), true, nullptr, n, c, 1, true, -100, 2, loss.get(),
+                                                nullptr))
+        << cuda::last_error();
+    const float one = 1.0f;
+    Dev<float> dloss(std::vector<float>{one});
+    ASSERT_TRUE(cuda::softmax_cross_entropy_grad_f32(dloss.get(), dx.get(), dl.get(), true, nullptr, nullptr, n, c, 1,
+                                                     true, -100, 2, dscores.get()))
+        << cuda::last_error();
+    double total = 0, count = 0;
+    std::vector<double> lse(n);
+    for (int64_t i = 0; i < n; ++i) {
+      double m = -INFINITY;
+      for (int64_t j = 0; j < c; ++j) m = std::max(m, static_cast<double>(x[i * c + j]));
+      double s = 0;
+      for (int64_t j = 0; j < c; ++j) s += std::exp(x[i * c + j] - m);
+      lse[i] = m + std::log(s);
+      if (labels[i] == -100) continue;
+      total += lse[i] - x[i * c + labels[i]];
+      count += 1;
+    }
+    const float got_loss = loss.download()[0];
+    EXPECT_NEAR(got_loss, total / count, 1e-5 * std::fabs(total / count));
+    const std::vector<float> g = dscores.download();
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < c; ++j) {
+        double want = 0;
+        if (labels[i] != -100) want = (std::exp(x[i * c + j] - lse[i]) - (j == labels[i] ? 1.0 : 0.0)) / count;
+        // Absolute slack for the label's prob - 1 (float expf near 1: ~1e-7 before the 1/count).
+        ASSERT_NEAR(g[i * c + j], want, 1e-5 * std::fabs(want) + 1e-6 / count) << "row " << i << " class " << j;
+      }
+    }
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "kernels/cuda/common.cuh"
 
@@ -17,6 +18,15 @@ using detail::kThreads;
 using detail::launched;
 
 constexpr int kLossThreads = 512;
+
+// GALVATRON_CUDA_SCE_ROWS=0: the per-position kernels for contiguous rows too (A/B measurements).
+bool fast_rows() {
+  static const bool on = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_SCE_ROWS");
+    return !(e && e[0] == '0' && e[1] == '\0');
+  }();
+  return on;
+}
 
 template <typename L>
 __device__ __forceinline__ int64_t label_of(const L* labels, int64_t p, int64_t c, bool has_ignore, int64_t ignore) {
@@ -37,6 +47,153 @@ __device__ void log_sum_exp(const float* x, int64_t c, int64_t d, float* shf, do
   s = block_sum(s, shd);
   mx = m;
   lse = ::log(s);
+}
+
+// ---- contiguous rows (d == 1): one read per row for the statistics ----
+
+constexpr int kRowBlock = 1024;
+
+// Online max and sum of exp over this thread's share of a row: s = sum exp(x - m) with m the largest value seen;
+// a larger value rescales s. m == -inf (nothing finite seen yet) adds exp(x - 0), as the two-pass form does.
+__device__ __forceinline__ void online_quad(float& m, double& s, float a, float b, float c, float d) {
+  const float mq = fmaxf(fmaxf(a, b), fmaxf(c, d));
+  if (mq > m) {
+    s *= static_cast<double>(expf(m - mq));
+    m = mq;
+  }
+  const float r = m == -INFINITY ? 0.0f : m;
+  s += expf(a - r);
+  s += expf(b - r);
+  s += expf(c - r);
+  s += expf(d - r);
+}
+__device__ __forceinline__ void online_one(float& m, double& s, float a) {
+  if (a > m) {
+    s *= static_cast<double>(expf(m - a));
+    m = a;
+  }
+  s += expf(a - (m == -INFINITY ? 0.0f : m));
+}
+
+// Elements before the first 16-byte boundary of a row (rows of odd width start anywhere).
+__device__ __forceinline__ int64_t row_head(const float* x, int64_t c) {
+  const int64_t h = (4 - static_cast<int64_t>((reinterpret_cast<uintptr_t>(x) / 4) % 4)) % 4;
+  return h < c ? h : c;
+}
+
+// Max and log(sum(exp(x - max))) of one contiguous row in one read (float4 loads); rows whose max is not finite
+// take the two-pass log_sum_exp (its exact semantics for inf and NaN rows). Every thread gets them.
+__device__ void row_log_sum_exp(const float* x, int64_t c, float* shf, double* shd, float& mx, double& lse) {
+  float m = -INFINITY;
+  double s = 0.0;
+  const int64_t head = row_head(x, c), quads = (c - head) / 4;
+  for (int64_t j = threadIdx.x; j < head; j += blockDim.x) online_one(m, s, x[j]);
+  const float4* x4 = reinterpret_cast<const float4*>(x + head);
+  int64_t q = threadIdx.x;
+  for (; q + blockDim.x < quads; q += 2 * blockDim.x) {  // two loads in flight
+    const float4 u = x4[q], v = x4[q + blockDim.x];
+    online_quad(m, s, u.x, u.y, u.z, u.w);
+    online_quad(m, s, v.x, v.y, v.z, v.w);
+  }
+  if (q < quads) {
+    const float4 u = x4[q];
+    online_quad(m, s, u.x, u.y, u.z, u.w);
+  }
+  for (int64_t j = head + quads * 4 + threadIdx.x; j < c; j += blockDim.x) online_one(m, s, x[j]);
+  const float big = block_max(m, shf);
+  if (!isfinite(big)) {
+    log_sum_exp(x, c, 1, shf, shd, mx, lse);
+    return;
+  }
+  s = block_sum(s * static_cast<double>(expf(m - big)), shd);
+  mx = big;
+  lse = ::log(s);
+}
+
+// sce_forward for d == 1: blocks loop over rows (grid of one block per SM).
+template <typename L>
+__global__ void __launch_bounds__(kRowBlock) sce_forward_rows(const float* scores, const L* labels,
+                                                              const float* weights, int64_t n, int64_t c,
+                                                              bool has_ignore, int64_t ignore, double* pos_loss,
+                                                              double* pos_weight, float* loss_none, float* log_prob) {
+  __shared__ float shf[32];
+  __shared__ double shd[32];
+  for (int64_t p = blockIdx.x; p < n; p += gridDim.x) {
+    const float* x = scores + p * c;
+    float mx;
+    double lse;
+    row_log_sum_exp(x, c, shf, shd, mx, lse);
+    if (log_prob) {
+      for (int64_t j = threadIdx.x; j < c; j += blockDim.x) log_prob[p * c + j] = static_cast<float>(x[j] - mx - lse);
+    }
+    if (threadIdx.x == 0) {
+      const int64_t y = label_of(labels, p, c, has_ignore, ignore);
+      const double w = y < 0 ? 0.0 : (weights ? static_cast<double>(weights[y]) : 1.0);
+      const double l = y < 0 ? 0.0 : -w * (x[y] - mx - lse);
+      if (loss_none) {
+        loss_none[p] = static_cast<float>(l);
+      } else {
+        pos_loss[p] = l;
+        pos_weight[p] = w;
+      }
+    }
+  }
+}
+
+// sce_backward for d == 1: the statistics in one read, then one read and one write of the row (float4 where the
+// score and gradient rows share their alignment). Blocks loop over rows, one block per SM: the ~132 rows in flight
+// (~27 MB for GPT-2's 50,257 classes) stay in L2 between the two reads.
+template <typename L>
+__global__ void __launch_bounds__(kRowBlock) sce_backward_rows(const float* dloss, const float* scores,
+                                                               const L* labels, const float* weights,
+                                                               const float* dlog_prob, int64_t n, int64_t c,
+                                                               bool has_ignore, int64_t ignore, bool per_position,
+                                                               const double* total, float* dscores) {
+  __shared__ float shf[32];
+  __shared__ double shd[32];
+  for (int64_t p = blockIdx.x; p < n; p += gridDim.x) {
+    const float* x = scores + p * c;
+    float* dx = dscores + p * c;
+    const float* dlp = dlog_prob ? dlog_prob + p * c : nullptr;
+    float mx;
+    double lse;
+    row_log_sum_exp(x, c, shf, shd, mx, lse);
+    const int64_t y = label_of(labels, p, c, has_ignore, ignore);
+    double coef = 0.0;
+    if (y >= 0 && dloss) {
+      double scale = 1.0;
+      if (total) scale = *total > 0.0 ? 1.0 / *total : 0.0;
+      coef = static_cast<double>(dloss[per_position ? p : 0]) * scale * (weights ? weights[y] : 1.0f);
+    }
+    double dlp_sum = 0.0;
+    if (dlp) {
+      for (int64_t j = threadIdx.x; j < c; j += blockDim.x) dlp_sum += dlp[j];
+      dlp_sum = block_sum(dlp_sum, shd);
+    }
+    const float shift = static_cast<float>(mx + lse);
+    auto grad = [&](int64_t j, float v) {
+      const double prob = expf(v - shift);
+      double g = coef * (prob - (j == y ? 1.0 : 0.0));
+      if (dlp) g += dlp[j] - prob * dlp_sum;
+      return static_cast<float>(g);
+    };
+    const bool vec = (reinterpret_cast<uintptr_t>(x) - reinterpret_cast<uintptr_t>(dx)) % 16 == 0;
+    const int64_t head = vec ? row_head(x, c) : c, quads = (c - head) / 4;
+    for (int64_t j = threadIdx.x; j < head; j += blockDim.x) dx[j] = grad(j, x[j]);
+    const float4* x4 = reinterpret_cast<const float4*>(x + head);
+    float4* d4 = reinterpret_cast<float4*>(dx + head);
+    for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
+      const float4 u = x4[q];
+      const int64_t j = head + 4 * q;
+      d4[q] = make_float4(grad(j, u.x), grad(j + 1, u.y), grad(j + 2, u.z), grad(j + 3, u.w));
+    }
+    for (int64_t j = head + quads * 4 + threadIdx.x; j < c; j += blockDim.x) dx[j] = grad(j, x[j]);
+  }
+}
+
+unsigned row_grid(int64_t rows) {
+  const int64_t g = int64_t{detail::num_sms()};
+  return static_cast<unsigned>(rows < g ? rows : g);
 }
 
 template <typename L>
@@ -253,7 +410,17 @@ bool softmax_cross_entropy_f32(const float* scores, const void* labels, bool lab
   }
   float* none = reduction == 0 ? loss : nullptr;
   const unsigned g = static_cast<unsigned>(positions);
-  if (labels64) {
+  if (d == 1 && fast_rows()) {
+    if (labels64) {
+      sce_forward_rows<int64_t><<<row_grid(n), kRowBlock>>>(scores, static_cast<const int64_t*>(labels), weights, n,
+                                                             c, has_ignore, ignore_index, ws,
+                                                             ws ? ws + positions : nullptr, none, log_prob);
+    } else {
+      sce_forward_rows<int32_t><<<row_grid(n), kRowBlock>>>(scores, static_cast<const int32_t*>(labels), weights, n,
+                                                             c, has_ignore, ignore_index, ws,
+                                                             ws ? ws + positions : nullptr, none, log_prob);
+    }
+  } else if (labels64) {
     sce_forward<int64_t><<<g, kLossThreads>>>(scores, static_cast<const int64_t*>(labels), weights, c, d, has_ignore,
                                                ignore_index, ws, ws ? ws + positions : nullptr, none, log_prob);
   } else {
@@ -282,7 +449,17 @@ bool softmax_cross_entropy_grad_f32(const float* dloss, const float* scores, con
     }
   }
   const unsigned g = static_cast<unsigned>(positions);
-  if (labels64) {
+  if (d == 1 && fast_rows()) {
+    if (labels64) {
+      sce_backward_rows<int64_t><<<row_grid(n), kRowBlock>>>(dloss, scores, static_cast<const int64_t*>(labels),
+                                                              weights, dlog_prob, n, c, has_ignore, ignore_index,
+                                                              reduction == 0, total, dscores);
+    } else {
+      sce_backward_rows<int32_t><<<row_grid(n), kRowBlock>>>(dloss, scores, static_cast<const int32_t*>(labels),
+                                                              weights, dlog_prob, n, c, has_ignore, ignore_index,
+                                                              reduction == 0, total, dscores);
+    }
+  } else if (labels64) {
     sce_backward<int64_t><<<g, kLossThreads>>>(dloss, scores, static_cast<const int64_t*>(labels), weights, dlog_prob,
                                                 c, d, has_ignore, ignore_index, reduction == 0, total, dscores);
   } else {

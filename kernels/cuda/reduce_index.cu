@@ -2,6 +2,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 
 #include "kernels/cuda/common.cuh"
 
@@ -63,6 +64,77 @@ __global__ void reduce_cols_finish(const float* part, float* y, int64_t kept, in
   y[o] = static_cast<float>(s * scale);
 }
 
+// Sums over the leading rows of a row-major [rows, cols] x (the kept dims trailing and contiguous: bias gradients).
+// Block (32, 8): a tile of 32 * V columns (V = 4: float4 loads) by a slab of rows; the 8 row lanes stride through the
+// slab, then add up in a fixed order into part[slab, col]. Deterministic: no atomics.
+template <int V>
+__global__ void col_sums_partial(const float* __restrict__ x, int64_t rows, int64_t cols, int64_t rows_per_slab,
+                                 float* __restrict__ part) {
+  __shared__ float sh[8][32 * V + 1];
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x) * V;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_slab;
+  const int64_t r1 = min(rows, r0 + rows_per_slab);
+  float acc[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) acc[v] = 0.0f;
+  if (c0 < cols) {
+    int64_t r = r0 + threadIdx.y;
+    if constexpr (V == 4) {
+      for (; r + 8 < r1; r += 16) {  // two independent loads in flight
+        const float4 a = *reinterpret_cast<const float4*>(x + r * cols + c0);
+        const float4 b = *reinterpret_cast<const float4*>(x + (r + 8) * cols + c0);
+        acc[0] += a.x;
+        acc[1] += a.y;
+        acc[2] += a.z;
+        acc[3] += a.w;
+        acc[0] += b.x;
+        acc[1] += b.y;
+        acc[2] += b.z;
+        acc[3] += b.w;
+      }
+      for (; r < r1; r += 8) {
+        const float4 a = *reinterpret_cast<const float4*>(x + r * cols + c0);
+        acc[0] += a.x;
+        acc[1] += a.y;
+        acc[2] += a.z;
+        acc[3] += a.w;
+      }
+    } else {
+      for (; r < r1; r += 8) acc[0] += x[r * cols + c0];
+    }
+  }
+#pragma unroll
+  for (int v = 0; v < V; ++v) sh[threadIdx.y][threadIdx.x * V + v] = acc[v];
+  __syncthreads();
+  // 256 threads, 32 * V columns: each thread finishes columns t, t + 256, ... of the tile.
+  const int t = threadIdx.y * 32 + threadIdx.x;
+  for (int j = t; j < 32 * V; j += 256) {
+    const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 * V + j;
+    if (c >= cols) continue;
+    float s = sh[0][j];
+    for (int k = 1; k < 8; ++k) s += sh[k][j];
+    part[static_cast<int64_t>(blockIdx.y) * cols + c] = s;
+  }
+}
+
+// y[c] = scale * sum over slabs of part[slab, c] in double. Block (32, 8): lane y sums slabs y, y + 8, ...; the 8
+// lane sums then add up in lane order (a fixed order: deterministic).
+__global__ void col_sums_finish(const float* __restrict__ part, int64_t slabs, int64_t cols, float* __restrict__ y,
+                                float scale) {
+  __shared__ double sh[8][33];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  double s = 0.0;
+  if (c < cols) {
+    for (int64_t k = threadIdx.y; k < slabs; k += 8) s += part[k * cols + c];
+  }
+  sh[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    for (int k = 1; k < 8; ++k) s += sh[k][threadIdx.x];
+    y[c] = static_cast<float>(s * scale);
+  }
+}
+
 template <typename T, typename I>
 __global__ void gather_kernel(const T* data, const I* idx, T* out, int64_t axis_dim, int64_t n_idx, int64_t inner,
                               int64_t total) {
@@ -111,9 +183,43 @@ bool run_gather(const void* data, const void* idx, bool idx64, void* out, int64_
 
 }  // namespace
 
+bool column_sums_f32(const float* x, float* y, int64_t rows, int64_t cols, float scale) {
+  if (cols == 0) return true;
+  if (rows == 0) return cudaMemsetAsync(y, 0, sizeof(float) * cols, 0) == cudaSuccess;
+  const bool vec = cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const int64_t tile = vec ? 128 : 32;
+  const int64_t tiles = (cols + tile - 1) / tile;
+  // Slabs: enough blocks for ~2 waves of 8 resident blocks per SM, each slab at least 64 rows (8 per row lane).
+  const int64_t want = int64_t{detail::num_sms()} * 16;
+  int64_t slabs = (want + tiles - 1) / tiles;
+  const int64_t max_slabs = (rows + 63) / 64;
+  if (slabs > max_slabs) slabs = max_slabs;
+  if (slabs > 65535) slabs = 65535;
+  if (slabs < 1) slabs = 1;
+  const int64_t per = (rows + slabs - 1) / slabs;
+  slabs = (rows + per - 1) / per;
+  if (tiles > 0x7fffffff) return false;
+  float* part = static_cast<float*>(workspace(sizeof(float) * slabs * cols));
+  if (!part) return false;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(slabs)), block(32, 8);
+  if (vec) col_sums_partial<4><<<grid, block>>>(x, rows, cols, per, part);
+  else col_sums_partial<1><<<grid, block>>>(x, rows, cols, per, part);
+  col_sums_finish<<<static_cast<unsigned>((cols + 31) / 32), block>>>(part, slabs, cols, y, scale);
+  return launched();
+}
+
 bool reduce_sum_f32(const float* x, float* y, const Reduce& r, float scale) {
   if (r.kept_numel == 0) return true;
   if (r.red_numel == 0) return cudaMemsetAsync(y, 0, sizeof(float) * r.kept_numel, 0) == cudaSuccess;
+  // Leading dims reduced, trailing dims kept and contiguous (merged by the caller into one of each): [rows, cols].
+  static const bool colsum = [] {  // GALVATRON_CUDA_COLSUM=0: the general path (A/B measurements)
+    const char* e = std::getenv("GALVATRON_CUDA_COLSUM");
+    return !(e && e[0] == '0' && e[1] == '\0');
+  }();
+  if (colsum && r.red_rank == 1 && r.kept_rank == 1 && r.kept_strides[0] == 1 && r.red_strides[0] == r.kept_dims[0] &&
+      r.kept_numel >= 32) {
+    return column_sums_f32(x, y, r.red_numel, r.kept_numel, scale);
+  }
   const bool last_reduced = r.red_rank > 0 && r.red_strides[r.red_rank - 1] == 1;
   if (last_reduced || r.kept_numel < 64) {
     reduce_rows<<<static_cast<unsigned>(r.kept_numel), kThreads>>>(x, y, r, scale);
