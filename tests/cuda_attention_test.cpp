@@ -5,7 +5,7 @@
 // deep in the gradients). Also checks that the native kernels ran, not the host fallback.
 // The bf16 flash path (kernels/cuda/flash_attention.cu): its cases run three times, flash with the mma and the wmma
 // kernels (GALVATRON_CUDA_FLASH=1) and v1 (=0), each against the CPU, and cuda::flash_attention_calls() says which path
-// ran. The other bf16 cases run with the variable unset: flash forward (where eligible), v1 backward. FlashTiming
+// ran. The other bf16 cases run with the variable unset (the default): flash forward and backward where eligible. FlashTiming
 // times the three paths at GPT-2's b8 shape and compares the flash results with v1's.
 // Label `gpu`: needs a CUDA device; skipped where none is visible.
 #include <gtest/gtest.h>
@@ -244,7 +244,7 @@ TEST_F(CudaAttention, Bf16) {
   EXPECT_GT(rel, 1e-4);
 }
 
-// The attention paths of the bf16 mode: flash with mma.sync kernels (the default), flash with wmma kernels
+// The attention paths of the bf16 mode: flash with mma.sync kernels (the default, forward and backward), flash with wmma kernels
 // (GALVATRON_CUDA_FLASH_WMMA=1), v1 (GALVATRON_CUDA_FLASH=0). The launchers read the variables per call.
 enum class Path { kMma, kWmma, kV1 };
 const char* path_name(Path p) { return p == Path::kMma ? "flash mma" : p == Path::kWmma ? "flash wmma" : "v1"; }

@@ -11,7 +11,7 @@
 // kFloat32 / kTf32: gemm_f32 on the float32 operands (the mode rounds inside cuBLAS). kBf16: bf16 copies of Q, K, V
 // (and dY) made once per call, and gemm_bf16 for every product (never gemm_f32 on float32 operands).
 // kBf16 without a mask (causal allowed), head_dim == v_head_dim <= 128: the flash path (flash_attention.cu) instead
-// (the backward only with GALVATRON_CUDA_FLASH=1; see flash_attention_eligible in ops.h).
+// (forward and backward by default; GALVATRON_CUDA_FLASH=fwd the forward only; see flash_attention_eligible in ops.h).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 

@@ -1,35 +1,39 @@
 // Flash attention (FlashAttention-2 style) for the kBf16 math mode: kernels/cpu/attention.h's contract without a
-// materialized score matrix. Taken by attention.cu's launchers when flash_attention_eligible() (ops.h): the forward by
-// default, the backward with GALVATRON_CUDA_FLASH=1 only (slower than v1 so far, below).
+// materialized score matrix. Taken by attention.cu's launchers when flash_attention_eligible() (ops.h): the forward and
+// the backward by default (GALVATRON_CUDA_FLASH=fwd: the forward only; =0: neither).
 //
-// Tiles of kB = 64 query rows x 64 keys; 4 warps per block, each owning 16 rows of the block's tile. Q, K, V (and dY)
-// are float32 in global memory and converted to bf16 while a tile is loaded into shared memory, with the head dim
+// Tiles of kB = 64 query rows x 64 keys; 4 warps per block, each owning 16 rows of the block's tile, the head dim
 // zero-padded to DP (64 for D <= 64, 128 for D <= 128). Softmax in float32 in the log2 domain (s * scale * log2 e,
 // exp2). Causal (key j <= query i): key tiles past the diagonal are skipped, the diagonal tile masked per element;
-// tail tiles (S, L not multiples of 64) masked likewise. Two kernel sets, same algorithm and results:
-//   mma (default)  mma.sync m16n8k16 via inline PTX; scores, probabilities and outputs stay in registers.
-//   wmma           (GALVATRON_CUDA_FLASH_WMMA=1) nvcuda::wmma 16x16x16; each warp stages its scores and its output
-//                  rows in shared memory (float32) for the softmax and the rescaling. Slower; kept as a cross-check.
-// GPT-2 b8 (B8 H12 S=L=1024 D64 causal) on an H200, per call: forward mma 0.295 ms (44 TFLOP/s), wmma 0.447 ms,
-// v1 0.456 ms; backward mma 1.25 ms, wmma 1.80 ms, v1 0.93 ms (tests/cuda_attention_test.cpp FlashTiming). Neither
-// set pipelines its tile loads (global load, convert, __syncthreads, compute, in turn), and the backward runs 9
-// products' worth of tiles (stats forward 2, dQ 3, dK/dV 4) against v1's 7.
+// tail tiles (S, L not multiples of 64) masked likewise. Two kernel sets, same algorithm:
+//   mma (default)  mma.sync m16n8k16 via inline PTX, operands through ldmatrix (.trans where a tile's rows run along
+//                  k); K, V (and Q, dY in the backward) converted to bf16 once per call into workspace(), tiles
+//                  double-buffered with cp.async; scores, probabilities and outputs stay in registers.
+//   wmma           (GALVATRON_CUDA_FLASH_WMMA=1) nvcuda::wmma 16x16x16, float32 tiles converted while loaded, no
+//                  pipelining, a separate dQ kernel. Slower; kept as a cross-check.
+// GPT-2 b8 (B8 H12 S=L=1024 D64 causal) on an H200, per call (tests/cuda_attention_test.cpp FlashTiming):
+//   forward   mma 0.149 ms (87 TFLOP/s; 0.295 before the bf16 copies, cp.async and ldmatrix), wmma 0.467, v1 0.457
+//   backward  mma 0.518 ms (1.246 with a separate dQ kernel and no pipelining), wmma 1.83, v1 0.931
 //
-//   forward        one block per (query tile, b, query head); online softmax, O rescaled in shared memory (float32).
-//   backward       (1) the forward again in "stats" mode: per row lse = m + log2(l) and delta = rowsum(dY * Y) into
+//   forward        one block per (query tile, b, query head); online softmax, O in registers.
+//   backward mma   (1) the forward again in "stats" mode: per row lse = m + log2(l) and delta = rowsum(dY * Y) into
 //                      workspace() (the op contract has no output for them, so the backward recomputes them);
-//                  (2) dQ: one block per (query tile, b, query head), looping over key tiles: P = exp2(s - lse),
-//                      dP = dY V^T, dS = P (dP - delta), dQ += dS K (register accumulators);
-//                  (3) dK, dV: one block per (key tile, b, kv head), looping over the group's query heads and their
-//                      query tiles (deterministic: no atomics): dV += P^T dY, dK += dS^T Q.
+//                  (2) one pass (mflash_bwd): one block per (key tile, b, kv head), looping over the group's query
+//                      heads and their query tiles: dV += P^T dY, dK += dS^T Q in registers, dQ += dS K added into
+//                      the zeroed dQ with float32 atomics (dQ's summation order varies run to run; dK, dV are
+//                      deterministic).
+//   backward wmma  stats forward, then dQ (one block per query tile, dQ += dS K) and dK/dV (one block per key tile)
+//                  as separate kernels, no atomics.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 #include "kernels/cuda/common.cuh"
 
@@ -57,10 +61,12 @@ struct FlashArgs {
   float* y = nullptr;
   float *lse = nullptr, *delta = nullptr;  // [B*Hq*S]
   float *dq = nullptr, *dk = nullptr, *dv = nullptr;
-  int64_t S = 0, L = 0;
+  const bf16 *qb = nullptr, *kb = nullptr, *vb = nullptr, *dob = nullptr;  // mma: bf16 [heads][Sp or Lp][DP]
+  int64_t S = 0, L = 0, Sp = 0, Lp = 0;  // Sp, Lp: S, L rounded up to kB
   int Hq = 1, G = 1, D = 0;
   float scale = 1.0f, scale_log2 = 1.0f;
   bool causal = false, vec = false;  // vec: D % 4 == 0 and 16-byte aligned bases (float4 loads)
+  bool vec2 = false;                 // D even and dq 8-byte aligned (float2 atomics)
 };
 
 // Rows [row0, row0 + kB) of a row-major [rows, D] float32 matrix into a bf16 tile [kB, DP] (row stride DP + 8);
@@ -438,10 +444,13 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv(FlashArgs a) {
 // in registers (FlashAttention-2's layout). Fragment layouts (PTX ISA, m16n8k16 .bf16), g = lane / 4, t = lane % 4:
 // A 16x16 row-major: a0 (row g, cols 2t, 2t+1), a1 (row g+8, same), a2 (row g, cols 2t+8, 2t+9), a3 (row g+8, same);
 // B 16x8: b0 (k 2t, 2t+1; n g), b1 (k 2t+8, 2t+9; n g); C 16x8: c0, c1 (row g, cols 2t, 2t+1), c2, c3 (row g+8).
-// So a C fragment pair (keys 16kk..16kk+15) is the A fragment of the next product, and every operand is read as 32-bit
-// pairs from a tile whose rows run along the product's k: row-major [row][d] for Q, K, V, dY (k = d) and transposed
-// [d][row] copies (stride LDT) where k is the row (V in Y = P V, K in dQ = dS K, Q and dY in dK, dV).
-constexpr int LDT = kB + 8;
+// So a C fragment pair (keys 16kk..16kk+15) is the A fragment of the next product. Operands are read from row-major
+// bf16 tiles [rows][DP + 8] with ldmatrix: plain where the tile's rows run along the product's m or n (Q, K in
+// S = Q K^T), .trans where they run along k (V in Y = P V, K in dQ = dS K, Q and dY in dK, dV), so no transposed
+// copies. K, V (and Q, dY in the backward) are converted to bf16 once per call into workspace() ([heads][rows padded
+// to 64][DP], zeros in the padding) and tiles stream in with cp.async, double-buffered (the next tile's copy runs
+// under the current tile's products).
+constexpr int LDT = kB + 8;  // the backward's dS tile [64 keys][64 queries] row stride
 
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -450,7 +459,6 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-__device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
@@ -460,56 +468,131 @@ __device__ __forceinline__ float ex2(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
-// A fragment: rows r0.. of a [rows][ld] tile, k columns k0..k0+15.
-__device__ __forceinline__ void frag_a(uint32_t (&f)[4], const bf16* T, int ld, int r0, int k0, int g, int t) {
-  f[0] = ld32(T + (r0 + g) * ld + k0 + 2 * t);
-  f[1] = ld32(T + (r0 + g + 8) * ld + k0 + 2 * t);
-  f[2] = ld32(T + (r0 + g) * ld + k0 + 8 + 2 * t);
-  f[3] = ld32(T + (r0 + g + 8) * ld + k0 + 8 + 2 * t);
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
-// acc[nt] (nt < 8) = rows r0..r0+15 of A [.][lda] times B^T, B's rows n = 0..63 of [64][ldb], over k < K.
-template <int K>
-__device__ __forceinline__ void mma_rows_tile(float (&acc)[8][4], const bf16* A, int lda, int r0, const bf16* B,
-                                              int ldb, int g, int t) {
+__device__ __forceinline__ void cp16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldm4(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldm4t(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+// ldmatrix x4: lane l gives the address of row l % 8 of 8x8 matrix l / 8; register i holds matrix i's fragment.
+// A fragment: rows r0..r0+15, k k0..k0+15 of a row-major [row][k] tile.
+__device__ __forceinline__ void frag_a(uint32_t (&f)[4], const bf16* T, int ld, int r0, int k0, int lane) {
+  const int m = lane >> 3, rr = lane & 7;
+  ldm4(f, T + (r0 + (m & 1) * 8 + rr) * ld + k0 + (m >> 1) * 8);
+}
+// A fragment from a [k][row] tile (the transpose stored): rows r0..r0+15, k k0..k0+15.
+__device__ __forceinline__ void frag_a_t(uint32_t (&f)[4], const bf16* T, int ld, int r0, int k0, int lane) {
+  const int m = lane >> 3, rr = lane & 7;
+  ldm4t(f, T + (k0 + (m >> 1) * 8 + rr) * ld + r0 + (m & 1) * 8);
+}
+// B fragments {b0, b1} of n tiles n0..n0+7 (f[0], f[1]) and n0+8..n0+15 (f[2], f[3]), k k0..k0+15, from a [n][k]
+// tile (B^T row-major: K in S = Q K^T).
+__device__ __forceinline__ void frag_b_nk(uint32_t (&f)[4], const bf16* T, int ld, int n0, int k0, int lane) {
+  const int m = lane >> 3, rr = lane & 7;
+  ldm4(f, T + (n0 + (m >> 1) * 8 + rr) * ld + k0 + (m & 1) * 8);
+}
+// The same from a [k][n] tile (B row-major: V in Y = P V).
+__device__ __forceinline__ void frag_b_kn(uint32_t (&f)[4], const bf16* T, int ld, int n0, int k0, int lane) {
+  const int m = lane >> 3, rr = lane & 7;
+  ldm4t(f, T + (k0 + (m & 1) * 8 + rr) * ld + n0 + (m >> 1) * 8);
+}
+// acc[nt] (nt < 8) = A (16 x DP, fragments af) times B^T, B the 64 rows of a [64][DP + 8] tile.
+template <int DP>
+__device__ __forceinline__ void mma_a_bt(float (&acc)[8][4], const uint32_t (&af)[DP / 16][4], const bf16* B,
+                                         int lane) {
 #pragma unroll
   for (int nt = 0; nt < 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
 #pragma unroll
-  for (int kk = 0; kk < K; kk += 16) {
-    uint32_t fa[4];
-    frag_a(fa, A, lda, r0, kk, g, t);
+  for (int kk = 0; kk < DP / 16; ++kk) {
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      const bf16* b = B + (nt * 8 + g) * ldb + kk + 2 * t;
-      mma16816(acc[nt], fa, ld32(b), ld32(b + 8));
+    for (int nt = 0; nt < 8; nt += 2) {
+      uint32_t b[4];
+      frag_b_nk(b, B, DP + 8, nt * 8, kk * 16, lane);
+      mma16816(acc[nt], af[kk], b[0], b[1]);
+      mma16816(acc[nt + 1], af[kk], b[2], b[3]);
     }
   }
 }
-// acc[n] (n < DP/8) += P (16 x 64, C fragments p[8][4]) times B (64 x DP) read from its transpose Bt [DP][LDT].
+// acc[n] (n < DP/8) += P (16 x 64, C fragments p[8][4]) times B, a [64][DP + 8] tile (rows along k).
 template <int DP>
-__device__ __forceinline__ void mma_p_tile(float (&acc)[DP / 8][4], const float (&p)[8][4], const bf16* Bt, int g,
-                                           int t) {
+__device__ __forceinline__ void mma_p_b(float (&acc)[DP / 8][4], const float (&p)[8][4], const bf16* B, int lane) {
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     const uint32_t fa[4] = {pack2(p[2 * kk][0], p[2 * kk][1]), pack2(p[2 * kk][2], p[2 * kk][3]),
                             pack2(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
 #pragma unroll
-    for (int n = 0; n < DP / 8; ++n) {
-      const bf16* b = Bt + (n * 8 + g) * LDT + kk * 16 + 2 * t;
-      mma16816(acc[n], fa, ld32(b), ld32(b + 8));
+    for (int n = 0; n < DP / 8; n += 2) {
+      uint32_t b[4];
+      frag_b_kn(b, B, DP + 8, n * 8, kk * 16, lane);
+      mma16816(acc[n], fa, b[0], b[1]);
+      mma16816(acc[n + 1], fa, b[2], b[3]);
     }
   }
 }
 
-// Rows [row0, row0 + kB) of a [rows, D] float32 matrix as bf16: row-major into T ([kB][DP + 8], when non-null) and
-// transposed into Tt ([DP][LDT], when non-null); zeros past rows and D. Whole block.
+// A float32 [heads][rows][D] tensor as bf16 [heads][rows_p][DP]: zeros past rows and D. One thread per 8 outputs.
 template <int DP>
-__device__ __forceinline__ void load_tile2(bf16* T, bf16* Tt, const float* __restrict__ src, int64_t row0,
-                                           int64_t rows, int D, bool vec) {
+__global__ void to_bf16_padded(const float* __restrict__ src, bf16* __restrict__ dst, int64_t heads, int64_t rows,
+                               int64_t rows_p, int D, bool vec) {
+  constexpr int C = DP / 8;
+  const int64_t n = heads * rows_p * C;
+  for (int64_t e = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; e < n; e += int64_t{gridDim.x} * blockDim.x) {
+    const int c = static_cast<int>(e % C) * 8;
+    const int64_t rp = e / C, h = rp / rows_p, r = rp % rows_p;
+    float x[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (r < rows && c < D) {
+      const float* p = src + (h * rows + r) * D + c;
+      if (vec && c + 8 <= D) {
+        const float4 u = __ldg(reinterpret_cast<const float4*>(p)), w = __ldg(reinterpret_cast<const float4*>(p + 4));
+        x[0] = u.x, x[1] = u.y, x[2] = u.z, x[3] = u.w, x[4] = w.x, x[5] = w.y, x[6] = w.z, x[7] = w.w;
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k)
+          if (c + k < D) x[k] = __ldg(p + k);
+      }
+    }
+    uint4 o;
+    o.x = pack2(x[0], x[1]);
+    o.y = pack2(x[2], x[3]);
+    o.z = pack2(x[4], x[5]);
+    o.w = pack2(x[6], x[7]);
+    *reinterpret_cast<uint4*>(dst + rp * DP + c) = o;
+  }
+}
+
+// kB rows of a padded bf16 [.][DP] tensor into a [kB][DP + 8] tile, cp.async (the caller commits). Whole block.
+template <int DP>
+__device__ __forceinline__ void cp_tile(bf16* dst, const bf16* src) {
+  constexpr int C = DP / 8;
+#pragma unroll
+  for (int e = threadIdx.x; e < kB * C; e += kThreads) {
+    const int r = e / C, c = (e % C) * 8;
+    cp16(dst + r * (DP + 8) + c, src + r * DP + c);
+  }
+}
+
+// Rows [row0, row0 + kB) of a [rows, D] float32 matrix as bf16 into T ([kB][DP + 8]); zeros past rows and D.
+template <int DP>
+__device__ __forceinline__ void load_tile_f32(bf16* T, const float* __restrict__ src, int64_t row0, int64_t rows,
+                                              int D, bool vec) {
   constexpr int C4 = DP / 4;
-  constexpr int LDH = DP + 8;
   for (int e = threadIdx.x; e < kB * C4; e += kThreads) {
-    // Transposed copies: consecutive threads take consecutive rows (conflict-free 16-bit stores).
-    const int r = Tt ? e % kB : e / C4, c = Tt ? (e / kB) * 4 : (e % C4) * 4;
+    const int r = e / C4, c = (e % C4) * 4;
     const int64_t gr = row0 + r;
     float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
     if (gr < rows && c < D) {
@@ -523,72 +606,68 @@ __device__ __forceinline__ void load_tile2(bf16* T, bf16* Tt, const float* __res
         if (c + 3 < D) x.w = __ldg(p + 3);
       }
     }
-    const __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
-    if (T) {
-      __nv_bfloat162* o = reinterpret_cast<__nv_bfloat162*>(T + r * LDH + c);
-      o[0] = lo;
-      o[1] = hi;
-    }
-    if (Tt) {
-      Tt[(c + 0) * LDT + r] = lo.x;
-      Tt[(c + 1) * LDT + r] = lo.y;
-      Tt[(c + 2) * LDT + r] = hi.x;
-      Tt[(c + 3) * LDT + r] = hi.y;
-    }
+    uint2 o;
+    o.x = pack2(x.x, x.y);
+    o.y = pack2(x.z, x.w);
+    *reinterpret_cast<uint2*>(T + r * (DP + 8) + c) = o;
   }
 }
 
 template <int DP>
 constexpr size_t mfwd_smem() {
-  return sizeof(bf16) * (2 * kB * (DP + 8) + DP * LDT);
+  return sizeof(bf16) * 5 * kB * (DP + 8);
 }
 
-// Forward (mma): Y (kStats false) or lse and delta = rowsum(dY * Y). Grid (query tiles, B*Hq).
+// Forward (mma): Y (kStats false) or lse and delta = rowsum(dY * Y) for every row of the padded layout
+// ([B*Hq][Sp], rows past S included: finite values, masked in the backward). Q from float32; K, V from a.kb, a.vb.
+// Grid (query tiles, B*Hq).
 template <int DP, bool kStats>
 __global__ void __launch_bounds__(kThreads) mflash_fwd(FlashArgs a) {
-  constexpr int LDH = DP + 8;
+  constexpr int LDH = DP + 8, TILE = kB * LDH;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* sQ = reinterpret_cast<bf16*>(smem);
-  bf16* sK = sQ + kB * LDH;
-  bf16* sVt = sK + kB * LDH;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  bf16* sK = sQ + TILE;      // [2][TILE]
+  bf16* sV = sK + 2 * TILE;  // [2][TILE]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3, g = lane >> 2;
   const int64_t S = a.S, L = a.L;
   const int D = a.D;
   const int nqt = static_cast<int>((S + kB - 1) / kB);
-  const int qt = a.causal ? nqt - 1 - static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x);
+  const int qt = a.causal ? nqt - 1 - static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x);  // long first
   const int64_t q0 = int64_t{qt} * kB;
   const int64_t bh = blockIdx.y;
   const int64_t h = bh % a.Hq, b = bh / a.Hq;
   const int64_t bkv = b * (a.Hq / a.G) + h / a.G;
-  const float* Kg = a.k + bkv * L * D;
-  const float* Vg = a.v + bkv * L * D;
-  load_tile2<DP>(sQ, nullptr, a.q + bh * S * D, q0, S, D, a.vec);
+  const bf16* Kg = a.kb + bkv * a.Lp * DP;
+  const bf16* Vg = a.vb + bkv * a.Lp * DP;
+  const int64_t kend = a.causal ? (q0 + kB < L ? q0 + kB : L) : L;
+  const int nk = static_cast<int>((kend + kB - 1) / kB);
+  cp_tile<DP>(sK, Kg);
+  cp_tile<DP>(sV, Vg);
+  cp_commit();
+  load_tile_f32<DP>(sQ, a.q + bh * S * a.D, q0, S, D, a.vec);
   __syncthreads();
   uint32_t qf[DP / 16][4];
 #pragma unroll
-  for (int kk = 0; kk < DP / 16; ++kk) frag_a(qf[kk], sQ, LDH, warp * 16, kk * 16, g, t);
+  for (int kk = 0; kk < DP / 16; ++kk) frag_a(qf[kk], sQ, LDH, warp * 16, kk * 16, lane);
   const int64_t i0 = q0 + warp * 16 + g, i1 = i0 + 8;
   float o[DP / 8][4];
 #pragma unroll
   for (int n = 0; n < DP / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // l: this lane's part of the row sum
-  const int64_t kend = a.causal ? (q0 + kB < L ? q0 + kB : L) : L;
-  for (int64_t k0 = 0; k0 < kend; k0 += kB) {
-    __syncthreads();
-    load_tile2<DP>(sK, nullptr, Kg, k0, L, D, a.vec);
-    load_tile2<DP>(nullptr, sVt, Vg, k0, L, D, a.vec);
+  for (int it = 0; it < nk; ++it) {
+    const int buf = it & 1;
+    const int64_t k0 = int64_t{it} * kB;
+    if (it + 1 < nk) {
+      cp_tile<DP>(sK + (buf ^ 1) * TILE, Kg + (k0 + kB) * DP);
+      cp_tile<DP>(sV + (buf ^ 1) * TILE, Vg + (k0 + kB) * DP);
+      cp_commit();
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
     __syncthreads();
     float s[8][4];
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < DP / 16; ++kk) {
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const bf16* bp = sK + (nt * 8 + g) * LDH + kk * 16 + 2 * t;
-        mma16816(s[nt], qf[kk], ld32(bp), ld32(bp + 8));
-      }
-    }
+    mma_a_bt<DP>(s, qf, sK + buf * TILE, lane);
     float mx0 = -INFINITY, mx1 = -INFINITY;
     const bool full = k0 + kB <= L && (!a.causal || k0 + kB - 1 <= q0);  // no key of the tile masked for any row
 #pragma unroll
@@ -633,7 +712,8 @@ __global__ void __launch_bounds__(kThreads) mflash_fwd(FlashArgs a) {
       o[n][2] *= al1;
       o[n][3] *= al1;
     }
-    mma_p_tile<DP>(o, s, sVt, g, t);
+    mma_p_b<DP>(o, s, sV + buf * TILE, lane);
+    __syncthreads();  // every warp is done with this buffer before the next iteration's copy refills it
   }
 #pragma unroll
   for (int x = 1; x <= 2; x <<= 1) {
@@ -671,114 +751,63 @@ __global__ void __launch_bounds__(kThreads) mflash_fwd(FlashArgs a) {
       dd0 += __shfl_xor_sync(0xffffffffu, dd0, x);
       dd1 += __shfl_xor_sync(0xffffffffu, dd1, x);
     }
-    if (t == 0) {
-      if (i0 < S) {
-        a.lse[bh * S + i0] = l0 > 0.0f ? m0 + log2f(l0) : INFINITY;
-        a.delta[bh * S + i0] = dd0 * inv0;
-      }
-      if (i1 < S) {
-        a.lse[bh * S + i1] = l1 > 0.0f ? m1 + log2f(l1) : INFINITY;
-        a.delta[bh * S + i1] = dd1 * inv1;
-      }
+    if (t == 0) {  // i0, i1 < Sp always
+      a.lse[bh * a.Sp + i0] = l0 > 0.0f ? m0 + log2f(l0) : INFINITY;
+      a.delta[bh * a.Sp + i0] = dd0 * inv0;
+      a.lse[bh * a.Sp + i1] = l1 > 0.0f ? m1 + log2f(l1) : INFINITY;
+      a.delta[bh * a.Sp + i1] = dd1 * inv1;
     }
   }
 }
 
 template <int DP>
-constexpr size_t mdq_smem() {
-  return sizeof(bf16) * (4 * kB * (DP + 8) + DP * LDT);
+constexpr size_t mbwd_smem() {
+  return sizeof(bf16) * (6 * kB * (DP + 8) + kB * LDT) + sizeof(float) * 4 * kB;
 }
 
-// dQ (mma). Grid (query tiles, B*Hq).
+// Backward (mma), FlashAttention-2's single pass: one block per (key tile, b, kv head), looping over the group's
+// query heads and their visible query tiles (Q, dY, lse, delta double-buffered with cp.async). Per query tile each
+// warp (16 keys) forms S^T = K Q^T and dP^T = V dY^T, P^T = exp2(S^T scale log2e - lse), dS^T = P^T (dP^T - delta),
+// then dV += P^T dY and dK += dS^T Q in registers; dS^T goes to shared memory (bf16) and each warp takes 16 query
+// rows of dQ += dS K, added into the zeroed float32 dQ with atomics (float2 where aligned). The order in which the
+// key tiles' contributions reach a dQ element is not fixed: dQ is not bitwise deterministic run to run (dK, dV are).
 template <int DP>
-__global__ void __launch_bounds__(kThreads) mflash_bwd_dq(FlashArgs a) {
-  constexpr int LDH = DP + 8;
-  extern __shared__ __align__(128) unsigned char smem[];
-  bf16* sQ = reinterpret_cast<bf16*>(smem);
-  bf16* sdO = sQ + kB * LDH;
-  bf16* sK = sdO + kB * LDH;
-  bf16* sV = sK + kB * LDH;
-  bf16* sKt = sV + kB * LDH;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int64_t S = a.S, L = a.L;
-  const int D = a.D;
-  const int nqt = static_cast<int>((S + kB - 1) / kB);
-  const int qt = a.causal ? nqt - 1 - static_cast<int>(blockIdx.x) : static_cast<int>(blockIdx.x);
-  const int64_t q0 = int64_t{qt} * kB;
-  const int64_t bh = blockIdx.y;
-  const int64_t h = bh % a.Hq, b = bh / a.Hq;
-  const int64_t bkv = b * (a.Hq / a.G) + h / a.G;
-  const float* Kg = a.k + bkv * L * D;
-  const float* Vg = a.v + bkv * L * D;
-  load_tile2<DP>(sQ, nullptr, a.q + bh * S * D, q0, S, D, a.vec);
-  load_tile2<DP>(sdO, nullptr, a.dy + bh * S * D, q0, S, D, a.vec);
-  const int64_t i0 = q0 + warp * 16 + g, i1 = i0 + 8;
-  const float lse0 = i0 < S ? a.lse[bh * S + i0] : 0.0f, lse1 = i1 < S ? a.lse[bh * S + i1] : 0.0f;
-  const float dl0 = i0 < S ? a.delta[bh * S + i0] : 0.0f, dl1 = i1 < S ? a.delta[bh * S + i1] : 0.0f;
-  float dq[DP / 8][4];
-#pragma unroll
-  for (int n = 0; n < DP / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
-  const int64_t kend = a.causal ? (q0 + kB < L ? q0 + kB : L) : L;
-  for (int64_t k0 = 0; k0 < kend; k0 += kB) {
-    __syncthreads();
-    load_tile2<DP>(sK, sKt, Kg, k0, L, D, a.vec);
-    load_tile2<DP>(sV, nullptr, Vg, k0, L, D, a.vec);
-    __syncthreads();
-    float s[8][4], dp[8][4];
-    mma_rows_tile<DP>(s, sQ, LDH, warp * 16, sK, LDH, g, t);
-    mma_rows_tile<DP>(dp, sdO, LDH, warp * 16, sV, LDH, g, t);
-    const bool full = k0 + kB <= L && (!a.causal || k0 + kB - 1 <= q0);
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t j = k0 + nt * 8 + 2 * t + (e & 1);
-        const int64_t i = e < 2 ? i0 : i1;
-        const bool ok = full || (j < L && (!a.causal || j <= i));
-        const float p = ok ? ex2(s[nt][e] * a.scale_log2 - (e < 2 ? lse0 : lse1)) : 0.0f;
-        s[nt][e] = p * (dp[nt][e] - (e < 2 ? dl0 : dl1));
-      }
-    }
-    mma_p_tile<DP>(dq, s, sKt, g, t);
-  }
-#pragma unroll
-  for (int n = 0; n < DP / 8; ++n) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int c = n * 8 + 2 * t + (e & 1);
-      const int64_t i = e < 2 ? i0 : i1;
-      if (c < D && i < S) a.dq[(bh * S + i) * D + c] = dq[n][e] * a.scale;
-    }
-  }
-}
-
-template <int DP>
-constexpr size_t mdkdv_smem() {
-  return sizeof(bf16) * (4 * kB * (DP + 8) + 2 * DP * LDT) + sizeof(float) * 2 * kB;
-}
-
-// dK, dV (mma). Grid (key tiles, B*Hkv).
-template <int DP>
-__global__ void __launch_bounds__(kThreads) mflash_bwd_dkdv(FlashArgs a) {
-  constexpr int LDH = DP + 8;
+__global__ void __launch_bounds__(kThreads) mflash_bwd(FlashArgs a) {
+  constexpr int LDH = DP + 8, TILE = kB * LDH;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* sK = reinterpret_cast<bf16*>(smem);
-  bf16* sV = sK + kB * LDH;
-  bf16* sQ = sV + kB * LDH;
-  bf16* sdO = sQ + kB * LDH;
-  bf16* sQt = sdO + kB * LDH;
-  bf16* sdOt = sQt + DP * LDT;
-  float* sLse = reinterpret_cast<float*>(sdOt + DP * LDT);
-  float* sDelta = sLse + kB;
+  bf16* sV = sK + TILE;
+  bf16* sQ = sV + TILE;       // [2][TILE]
+  bf16* sdO = sQ + 2 * TILE;  // [2][TILE]
+  bf16* sdS = sdO + 2 * TILE;  // [kB keys][LDT]
+  float* sLse = reinterpret_cast<float*>(sdS + kB * LDT);  // [2][kB]
+  float* sDl = sLse + 2 * kB;                              // [2][kB]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const int64_t S = a.S, L = a.L;
+  const int64_t S = a.S, L = a.L, Sp = a.Sp;
   const int D = a.D;
   const int64_t k0 = int64_t{blockIdx.x} * kB;
   const int64_t bkv = blockIdx.y;
   const int64_t Hkv = a.Hq / a.G;
   const int64_t b = bkv / Hkv, hk = bkv % Hkv;
-  load_tile2<DP>(sK, nullptr, a.k + bkv * L * D, k0, L, D, a.vec);
-  load_tile2<DP>(sV, nullptr, a.v + bkv * L * D, k0, L, D, a.vec);
+  const int64_t qstart = a.causal ? k0 : 0;
+  const int nq = qstart < S ? static_cast<int>((S - qstart + kB - 1) / kB) : 0;
+  const int total = a.G * nq;
+  auto issue = [&](int it, int buf) {
+    const int64_t bh = b * a.Hq + hk * a.G + it / nq;
+    const int64_t q0 = qstart + int64_t{it % nq} * kB;
+    cp_tile<DP>(sQ + buf * TILE, a.qb + (bh * Sp + q0) * DP);
+    cp_tile<DP>(sdO + buf * TILE, a.dob + (bh * Sp + q0) * DP);
+    if (threadIdx.x < kB / 4) {
+      cp16(sLse + buf * kB + threadIdx.x * 4, a.lse + bh * Sp + q0 + threadIdx.x * 4);
+    } else if (threadIdx.x < kB / 2) {
+      const int x = threadIdx.x - kB / 4;
+      cp16(sDl + buf * kB + x * 4, a.delta + bh * Sp + q0 + x * 4);
+    }
+  };
+  cp_tile<DP>(sK, a.kb + (bkv * a.Lp + k0) * DP);
+  cp_tile<DP>(sV, a.vb + (bkv * a.Lp + k0) * DP);
+  if (total > 0) issue(0, 0);
+  cp_commit();
   const int64_t j0 = k0 + warp * 16 + g, j1 = j0 + 8;
   float dk[DP / 8][4], dv[DP / 8][4];
 #pragma unroll
@@ -786,39 +815,93 @@ __global__ void __launch_bounds__(kThreads) mflash_bwd_dkdv(FlashArgs a) {
     dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = 0.0f;
     dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
   }
-  const int64_t qstart = a.causal ? k0 : 0;
-  for (int gq = 0; gq < a.G; ++gq) {
-    const int64_t bh = b * a.Hq + hk * a.G + gq;
-    for (int64_t q0 = qstart; q0 < S; q0 += kB) {
-      __syncthreads();
-      load_tile2<DP>(sQ, sQt, a.q + bh * S * D, q0, S, D, a.vec);
-      load_tile2<DP>(sdO, sdOt, a.dy + bh * S * D, q0, S, D, a.vec);
-      if (threadIdx.x < kB) {
-        const int64_t i = q0 + threadIdx.x;
-        sLse[threadIdx.x] = i < S ? a.lse[bh * S + i] : 0.0f;
-        sDelta[threadIdx.x] = i < S ? a.delta[bh * S + i] : 0.0f;
+  for (int it = 0; it < total; ++it) {
+    const int buf = it & 1;
+    if (it + 1 < total) {
+      issue(it + 1, buf ^ 1);
+      cp_commit();
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    __syncthreads();
+    const int64_t bh = b * a.Hq + hk * a.G + it / nq;
+    const int64_t q0 = qstart + int64_t{it % nq} * kB;
+    const bf16* tQ = sQ + buf * TILE;
+    const bf16* tdO = sdO + buf * TILE;
+    const float* lse = sLse + buf * kB;
+    const float* dl = sDl + buf * kB;
+    float s[8][4], dp[8][4];
+    {
+      uint32_t f[DP / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < DP / 16; ++kk) frag_a(f[kk], sK, LDH, warp * 16, kk * 16, lane);
+      mma_a_bt<DP>(s, f, tQ, lane);
+#pragma unroll
+      for (int kk = 0; kk < DP / 16; ++kk) frag_a(f[kk], sV, LDH, warp * 16, kk * 16, lane);
+      mma_a_bt<DP>(dp, f, tdO, lane);
+    }
+    const bool full = q0 + kB <= S && k0 + kB <= L && (!a.causal || k0 + kB - 1 <= q0);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = nt * 8 + 2 * t + (e & 1);
+        const int64_t i = q0 + c;
+        const int64_t j = e < 2 ? j0 : j1;
+        const bool ok = full || (i < S && j < L && (!a.causal || j <= i));
+        const float p = ok ? ex2(s[nt][e] * a.scale_log2 - lse[c]) : 0.0f;
+        s[nt][e] = p;
+        dp[nt][e] = ok ? p * (dp[nt][e] - dl[c]) : 0.0f;
       }
-      __syncthreads();
-      float s[8][4], dp[8][4];
-      mma_rows_tile<DP>(s, sK, LDH, warp * 16, sQ, LDH, g, t);
-      mma_rows_tile<DP>(dp, sV, LDH, warp * 16, sdO, LDH, g, t);
-      const bool full = q0 + kB <= S && j0 < L && j1 < L && (!a.causal || k0 + kB - 1 <= q0);
+    }
+    mma_p_b<DP>(dv, s, tdO, lane);
+    mma_p_b<DP>(dk, dp, tQ, lane);
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
+    for (int nt = 0; nt < 8; ++nt) {
+      *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g) * LDT + nt * 8 + 2 * t) = pack2(dp[nt][0], dp[nt][1]);
+      *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8) * LDT + nt * 8 + 2 * t) = pack2(dp[nt][2], dp[nt][3]);
+    }
+    __syncthreads();
+    // dQ rows q0 + warp*16 .. +15 += dS (16 x 64 keys, from the stored dS^T) K (64 x DP), 64 columns at a time.
+    const int64_t i0 = q0 + warp * 16 + g, i1 = i0 + 8;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int c = nt * 8 + 2 * t + (e & 1);
-          const int64_t i = q0 + c;
-          const int64_t j = e < 2 ? j0 : j1;
-          const bool ok = full || (i < S && j < L && (!a.causal || j <= i));
-          const float p = ok ? ex2(s[nt][e] * a.scale_log2 - sLse[c]) : 0.0f;
-          s[nt][e] = p;
-          dp[nt][e] = p * (dp[nt][e] - sDelta[c]);
+    for (int c0 = 0; c0 < DP; c0 += 64) {
+      float acc[8][4];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        uint32_t fa[4];
+        frag_a_t(fa, sdS, LDT, warp * 16, kk * 16, lane);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt += 2) {
+          uint32_t fb[4];
+          frag_b_kn(fb, sK, LDH, c0 + nt * 8, kk * 16, lane);
+          mma16816(acc[nt], fa, fb[0], fb[1]);
+          mma16816(acc[nt + 1], fa, fb[2], fb[3]);
         }
       }
-      mma_p_tile<DP>(dv, s, sdOt, g, t);
-      mma_p_tile<DP>(dk, dp, sQt, g, t);
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const int c = c0 + nt * 8 + 2 * t;
+        if (c >= D) continue;
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          const int64_t i = hr ? i1 : i0;
+          if (i >= S) continue;
+          float* p = a.dq + (bh * S + i) * D + c;
+          const float x0 = acc[nt][2 * hr] * a.scale, x1 = acc[nt][2 * hr + 1] * a.scale;
+          if (a.vec2) {
+            atomicAdd(reinterpret_cast<float2*>(p), make_float2(x0, x1));
+          } else {
+            atomicAdd(p, x0);
+            if (c + 1 < D) atomicAdd(p + 1, x1);
+          }
+        }
+      }
     }
+    __syncthreads();  // sdS and this buffer are free for the next iteration
   }
 #pragma unroll
   for (int n = 0; n < DP / 8; ++n) {
@@ -867,22 +950,33 @@ bool use_wmma() {
   return e && e[0] == '1';
 }
 
-template <int DP>
-bool forward(const AttentionDims& d, const FlashArgs& a, bool stats) {
-  const dim3 grid(static_cast<unsigned>((d.q_len + kB - 1) / kB), static_cast<unsigned>(d.batch * d.q_heads));
-  if (use_wmma()) {
-    constexpr size_t bytes = fwd_smem<DP>();
-    if (stats) {
-      static const bool ok = allow_smem(flash_fwd<DP, true>, bytes);
-      if (!ok) return false;
-      flash_fwd<DP, true><<<grid, kThreads, bytes>>>(a);
-    } else {
-      static const bool ok = allow_smem(flash_fwd<DP, false>, bytes);
-      if (!ok) return false;
-      flash_fwd<DP, false><<<grid, kThreads, bytes>>>(a);
-    }
-    return detail::launched();
+// One workspace() carve: regions rounded to 256 bytes.
+struct Carve {
+  char* base;
+  size_t off = 0;
+  template <class T>
+  T* take(int64_t n) {
+    T* p = reinterpret_cast<T*>(base + off);
+    off += (static_cast<size_t>(n) * sizeof(T) + 255) / 256 * 256;
+    return p;
   }
+};
+
+template <int DP>
+bool convert(const float* src, const bf16* dst, int64_t heads, int64_t rows, int64_t rows_p, int D) {
+  const int64_t n = heads * rows_p * (DP / 8);
+  const int64_t cap = int64_t{detail::num_sms()} * 16;
+  const int64_t blocks = std::min<int64_t>((n + 255) / 256, cap);
+  const bool vec = D % 4 == 0 && detail::aligned16(src);
+  to_bf16_padded<DP><<<static_cast<unsigned>(blocks), 256>>>(src, const_cast<bf16*>(dst), heads, rows, rows_p, D,
+                                                              vec);
+  return detail::launched();
+}
+
+// The mma forward (Y, or lse and delta when stats) on a.kb, a.vb.
+template <int DP>
+bool mma_forward(const AttentionDims& d, const FlashArgs& a, bool stats) {
+  const dim3 grid(static_cast<unsigned>((d.q_len + kB - 1) / kB), static_cast<unsigned>(d.batch * d.q_heads));
   constexpr size_t bytes = mfwd_smem<DP>();
   if (stats) {
     static const bool ok = allow_smem(mflash_fwd<DP, true>, bytes);
@@ -897,25 +991,74 @@ bool forward(const AttentionDims& d, const FlashArgs& a, bool stats) {
 }
 
 template <int DP>
-bool backward(const AttentionDims& d, const FlashArgs& a) {
-  if (!forward<DP>(d, a, true)) return false;
+bool forward(const AttentionDims& d, FlashArgs a) {
+  const dim3 grid(static_cast<unsigned>((d.q_len + kB - 1) / kB), static_cast<unsigned>(d.batch * d.q_heads));
+  if (use_wmma()) {
+    constexpr size_t bytes = fwd_smem<DP>();
+    static const bool ok = allow_smem(flash_fwd<DP, false>, bytes);
+    if (!ok) return false;
+    flash_fwd<DP, false><<<grid, kThreads, bytes>>>(a);
+    return detail::launched();
+  }
+  const int64_t kvh = d.batch * d.kv_heads;
+  a.Lp = (d.kv_len + kB - 1) / kB * kB;
+  char* ws = static_cast<char*>(workspace(2 * ((static_cast<size_t>(kvh * a.Lp * DP) * 2 + 255) / 256 * 256)));
+  if (!ws) return false;
+  Carve cv{ws};
+  a.kb = cv.take<bf16>(kvh * a.Lp * DP);
+  a.vb = cv.take<bf16>(kvh * a.Lp * DP);
+  if (!convert<DP>(a.k, a.kb, kvh, d.kv_len, a.Lp, a.D) || !convert<DP>(a.v, a.vb, kvh, d.kv_len, a.Lp, a.D)) {
+    return false;
+  }
+  return mma_forward<DP>(d, a, false);
+}
+
+template <int DP>
+bool backward(const AttentionDims& d, FlashArgs a) {
   const dim3 gq(static_cast<unsigned>((d.q_len + kB - 1) / kB), static_cast<unsigned>(d.batch * d.q_heads));
   const dim3 gk(static_cast<unsigned>((d.kv_len + kB - 1) / kB), static_cast<unsigned>(d.batch * d.kv_heads));
+  const int64_t qh = d.batch * d.q_heads, kvh = d.batch * d.kv_heads;
   if (use_wmma()) {
+    const int64_t rows = qh * d.q_len;
+    const size_t half = (static_cast<size_t>(rows) * sizeof(float) + 255) / 256 * 256;
+    char* ws = static_cast<char*>(workspace(2 * half));
+    if (!ws) return false;
+    a.lse = reinterpret_cast<float*>(ws);
+    a.delta = reinterpret_cast<float*>(ws + half);
+    static const bool ok0 = allow_smem(flash_fwd<DP, true>, fwd_smem<DP>());
     static const bool ok1 = allow_smem(flash_bwd_dq<DP>, dq_smem<DP>());
     static const bool ok2 = allow_smem(flash_bwd_dkdv<DP>, dkdv_smem<DP>());
-    if (!ok1 || !ok2) return false;
+    if (!ok0 || !ok1 || !ok2) return false;
+    flash_fwd<DP, true><<<gq, kThreads, fwd_smem<DP>()>>>(a);
+    if (!detail::launched()) return false;
     flash_bwd_dq<DP><<<gq, kThreads, dq_smem<DP>()>>>(a);
     if (!detail::launched()) return false;
     flash_bwd_dkdv<DP><<<gk, kThreads, dkdv_smem<DP>()>>>(a);
     return detail::launched();
   }
-  static const bool ok1 = allow_smem(mflash_bwd_dq<DP>, mdq_smem<DP>());
-  static const bool ok2 = allow_smem(mflash_bwd_dkdv<DP>, mdkdv_smem<DP>());
-  if (!ok1 || !ok2) return false;
-  mflash_bwd_dq<DP><<<gq, kThreads, mdq_smem<DP>()>>>(a);
-  if (!detail::launched()) return false;
-  mflash_bwd_dkdv<DP><<<gk, kThreads, mdkdv_smem<DP>()>>>(a);
+  a.Sp = (d.q_len + kB - 1) / kB * kB;
+  a.Lp = (d.kv_len + kB - 1) / kB * kB;
+  auto r256 = [](size_t b) { return (b + 255) / 256 * 256; };
+  const size_t bytes = 2 * r256(static_cast<size_t>(qh * a.Sp) * 4) + 2 * r256(static_cast<size_t>(qh * a.Sp * DP) * 2) +
+                       2 * r256(static_cast<size_t>(kvh * a.Lp * DP) * 2);
+  char* ws = static_cast<char*>(workspace(bytes));
+  if (!ws) return false;
+  Carve cv{ws};
+  a.lse = cv.take<float>(qh * a.Sp);
+  a.delta = cv.take<float>(qh * a.Sp);
+  a.qb = cv.take<bf16>(qh * a.Sp * DP);
+  a.dob = cv.take<bf16>(qh * a.Sp * DP);
+  a.kb = cv.take<bf16>(kvh * a.Lp * DP);
+  a.vb = cv.take<bf16>(kvh * a.Lp * DP);
+  if (!convert<DP>(a.q, a.qb, qh, d.q_len, a.Sp, a.D) || !convert<DP>(a.dy, a.dob, qh, d.q_len, a.Sp, a.D) ||
+      !convert<DP>(a.k, a.kb, kvh, d.kv_len, a.Lp, a.D) || !convert<DP>(a.v, a.vb, kvh, d.kv_len, a.Lp, a.D)) {
+    return false;
+  }
+  if (!mma_forward<DP>(d, a, true)) return false;
+  if (cudaMemsetAsync(a.dq, 0, sizeof(float) * qh * d.q_len * d.head_dim, 0) != cudaSuccess) return false;
+  static const bool ok = allow_smem(mflash_bwd<DP>, mbwd_smem<DP>());
+  if (!ok) return false;
+  mflash_bwd<DP><<<gk, kThreads, mbwd_smem<DP>()>>>(a);
   return detail::launched();
 }
 
@@ -926,8 +1069,8 @@ int64_t flash_attention_calls() { return g_flash_calls.load(); }
 bool flash_attention_eligible(const AttentionDims& d, bool backward) {
   const char* env = std::getenv("GALVATRON_CUDA_FLASH");
   if (env && env[0] == '0') return false;
-  // The backward only when asked for (GALVATRON_CUDA_FLASH=1): it is slower than v1's cuBLAS products so far.
-  if (backward && !(env && env[0] == '1')) return false;
+  // GALVATRON_CUDA_FLASH=fwd: the forward only (the backward on v1).
+  if (backward && env && std::strcmp(env, "fwd") == 0) return false;
   if (math_mode() != MathMode::kBf16 || d.mask != nullptr) return false;
   if (d.head_dim != d.v_head_dim || d.head_dim < 1 || d.head_dim > 128) return false;
   if (d.batch <= 0 || d.q_heads <= 0 || d.kv_heads <= 0 || d.q_len <= 0 || d.kv_len <= 0) return false;
@@ -941,7 +1084,7 @@ bool flash_attention_eligible(const AttentionDims& d, bool backward) {
 bool flash_attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y) {
   FlashArgs a = args_of(d, q, k, v, nullptr);
   a.y = y;
-  const bool ok = d.head_dim <= 64 ? forward<64>(d, a, false) : forward<128>(d, a, false);
+  const bool ok = d.head_dim <= 64 ? forward<64>(d, a) : forward<128>(d, a);
   if (ok) ++g_flash_calls;
   return ok;
 }
@@ -949,13 +1092,8 @@ bool flash_attention_f32(const AttentionDims& d, const float* q, const float* k,
 bool flash_attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v, const float* dy,
                               float* dq, float* dk, float* dv) {
   FlashArgs a = args_of(d, q, k, v, dy);
-  const int64_t rows = d.batch * d.q_heads * d.q_len;
-  const size_t half = (static_cast<size_t>(rows) * sizeof(float) + 255) / 256 * 256;
-  char* ws = static_cast<char*>(workspace(2 * half));
-  if (!ws) return false;
-  a.lse = reinterpret_cast<float*>(ws);
-  a.delta = reinterpret_cast<float*>(ws + half);
   a.dq = dq;
+  a.vec2 = d.head_dim % 2 == 0 && reinterpret_cast<uintptr_t>(dq) % 8 == 0;
   a.dk = dk;
   a.dv = dv;
   const bool ok = d.head_dim <= 64 ? backward<64>(d, a) : backward<128>(d, a);

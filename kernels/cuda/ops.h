@@ -58,7 +58,7 @@ bool attention_grad_f32(const AttentionDims& d, const float* q, const float* k, 
 // Flash path (kernels/cuda/flash_attention.cu, FlashAttention-2 style: bf16 tensor-core tiles, online softmax in
 // float32, no score matrix), which attention_f32 / attention_grad_f32 take when flash_attention_eligible(d, backward):
 // the kBf16 mode, no mask (is_causal allowed), head_dim == v_head_dim <= 128, any GQA ratio, batch * q_heads <= 65535;
-// GALVATRON_CUDA_FLASH (read per call): unset or "fwd" the forward only, "1" the backward too, "0" neither.
+// GALVATRON_CUDA_FLASH (read per call): unset or "1" forward and backward, "fwd" the forward only, "0" neither.
 // Otherwise v1 (materialized scores) runs.
 bool flash_attention_eligible(const AttentionDims& d, bool backward);
 bool flash_attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y);
