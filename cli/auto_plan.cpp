@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -48,6 +51,62 @@ double detect_memory_gb(int devices) {
   return bytes / (1024.0 * 1024.0 * 1024.0) / std::max(devices, 1);
 }
 
+// Batch sizes timed for the search's batch time mode (it fits time = m * batch + c and needs 8 of them): 1 up to the
+// largest micro-batch one device can get under a plan (global batch / chunks, data parallelism 1), at least 8 and at
+// most 16 (the 1-layer model's logits at 16 x seq rows are the biggest buffer), 8 sizes spread evenly.
+std::vector<int> timing_batches(int64_t global_batch, int chunks) {
+  const int64_t c = std::max(chunks, 1);
+  const int top = static_cast<int>(std::clamp<int64_t>((global_batch + c - 1) / c, 8, 16));
+  std::vector<int> out;
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<int>(std::lround(1 + i * (top - 1) / 7.0)));
+  return out;
+}
+
+std::string join_ints(const std::vector<int>& v) {
+  std::string out;
+  for (int b : v) {
+    if (!out.empty()) out += ',';
+    out += std::to_string(b);
+  }
+  return out;
+}
+
+// The compute profile for a search on a GPU, timed on this run's device and precision. Zoo models: `galvatron profile`
+// (a child process, before this rank's trainer has put anything on the GPU; its CUDA context and buffers go when it
+// exits) times a 1-layer build with the real vocabulary at 8 batch sizes, and the search reads them in the batch time
+// mode. ONNX models (no 1-layer build): the search times the whole model inline on the device, batch 1, static mode.
+// Returns the search's extra flags.
+Expected<std::vector<std::string>> gpu_time_profile(const TrainModelSource& source, const AutoPlanRequest& req,
+                                                    const std::string& dir, const std::string& log,
+                                                    CommandContext& ctx) {
+  const std::string prec = req.compute_precision.empty() ? "fp32" : req.compute_precision;
+  const std::string where = req.device + " (" + prec + ")";
+  if (!source.from_zoo) {
+    ctx.note("--auto: search: compute profile timed on " + where + ", 1 batch size (the whole ONNX model, batch 1, "
+             "static mode) by the search");
+    return std::vector<std::string>{"--device", req.device, "--precision", prec};
+  }
+  ModelConfig one = source.zoo_config;
+  one.num_layers = 1;
+  GV_ASSIGN_OR_RETURN(auto proto, build_model(one, 1, source.seq, WeightInit::kNone));
+  const std::string layer = dir + "/layer.onnx", out = dir + "/compute";
+  GV_RETURN_IF_ERROR(write_model(proto, layer));
+  const std::vector<int> batches = timing_batches(req.global_batch, req.chunks);
+  const auto t0 = std::chrono::steady_clock::now();
+  GV_RETURN_IF_ERROR(run_self({"profile", layer, "--model-name", "auto", "--seq-length", std::to_string(source.seq),
+                               "--mixed-precision", req.precision, "--device", req.device, "--precision", prec,
+                               "--profile-batch-sizes", join_ints(batches), "--repeats", "3", "--output-dir", out},
+                              log, "galvatron profile --device " + req.device));
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  char secs[32];
+  std::snprintf(secs, sizeof secs, "%.1f", s);
+  ctx.note("--auto: search: compute profile timed on " + where + ", " + std::to_string(batches.size()) +
+           " batch sizes (" + join_ints(batches) + ", 1-layer build, " + secs + " s)");
+  return std::vector<std::string>{"--time-profiling-path",
+                                  out + "/computation_profiling_" + req.precision + "_auto.json",
+                                  "--time-profile-mode", "batch"};
+}
+
 Expected<std::string> search_on_rank0(const TrainModelSource& source, const AutoPlanRequest& req,
                                       CommandContext& ctx) {
   char tmpl[] = "/tmp/galvatron-auto-XXXXXX";
@@ -75,6 +134,12 @@ Expected<std::string> search_on_rank0(const TrainModelSource& source, const Auto
                                      req.default_dp_type == "zero2" ? "zero2" : "ddp",
                                      "--hardware-profiling-path", dir, "--output-config-path", dir + "/plan.json"};
   if (req.chunks > 0) search.insert(search.end(), {"--settle-chunk", std::to_string(req.chunks)});
+  if (req.device != "cpu") {
+    GV_ASSIGN_OR_RETURN(std::vector<std::string> timing, gpu_time_profile(source, req, dir, log, ctx));
+    search.insert(search.end(), timing.begin(), timing.end());
+  } else {
+    ctx.note("--auto: search: compute profile timed on the CPU (fp32), batch 1, by the search");
+  }
   ctx.note("--auto: searching a plan for " + n + " devices, " + mem_s + " GB each, batch " +
            std::to_string(req.global_batch) + " (log: " + log + ")");
   GV_RETURN_IF_ERROR(run_self(search, log, "galvatron search"));

@@ -1,7 +1,7 @@
 // `galvatron train --auto`: Galvatron's search for this model on this run's devices, memory and batch, then the plan
 // it picks. Rank 0 runs `galvatron profile --hardware` and `galvatron search` as child processes (their log and the
 // plan stay in a scratch folder it names, so the plan can be reused with --galvatron-config-path) and broadcasts the
-// plan to the other ranks.
+// plan to the other ranks. With --device cuda the search's compute times come from this run's GPU and precision.
 #pragma once
 #include <string>
 
@@ -17,7 +17,9 @@ struct AutoPlanRequest {
   int64_t global_batch = 0;  // rows per step
   int chunks = -1;           // micro-batches per step; -1: the search chooses
   double memory_gb = 0;      // per device; 0: detect (CPU: physical memory / devices)
-  std::string precision = "fp32";
+  std::string precision = "fp32";  // the search's --mixed-precision (activation bytes, gradient traffic)
+  std::string device = "cpu";       // where the forward is timed for the search: the training run's --device
+  std::string compute_precision;    // cuda: the training run's --precision (fp32 | tf32 | bf16; "": fp32)
   std::string default_dp_type = "ddp";
 };
 

@@ -171,6 +171,7 @@ Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, Command
   cfg.graph.grad_accum_steps = s.grad_accum;
   cfg.graph.padding_idx = args.i64("padding-idx");
   cfg.graph.fuse_ops = fuse_ops == "on";
+  GV_RETURN_IF_ERROR(graph_options_from_args(args, cfg.graph, ctx));
   OptimizerConfig& oc = cfg.graph.optimizer;
   oc.kind = *kind;
   oc.beta1 = args.f64("beta1");
@@ -244,6 +245,8 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
       req.chunks = settings.grad_accum;
       req.memory_gb = settings.args->f64("auto-memory");
       req.default_dp_type = settings.args->str("default-dp-type");
+      req.device = settings.device;
+      req.compute_precision = settings.precision;
       GV_ASSIGN_OR_RETURN(plan, search_plan_for_training(source, req, settings.trainer.comm, ctx));
     } else {
       GV_ASSIGN_OR_RETURN(plan, plan_from_args(*settings.args, num_layers, ctx));
