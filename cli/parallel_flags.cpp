@@ -18,14 +18,23 @@ std::vector<FlagSpec> parallel_flags() {
       string_flag("galvatron-config-path", "PLAN.json", "", "Train with this plan (Galvatron's strategy JSON, as `galvatron search` writes); overrides the flags above."),
       bool_flag("auto", "Search the plan for this model, these devices and this batch (Galvatron's cost model and dynamic programming), then train with it."),
       float_flag("auto-memory", "GB", "0", "--auto: memory budget per device in GB (0: physical memory / devices on the CPU)."),
+      string_flag("overlap-grad-sync", "on|off", "on", "Data parallelism: all-reduce each gradient during the backward pass, as soon as it is computed (on GPUs on a second stream, overlapping the rest of the backward; one micro-batch per step and no pipeline only); off: after the whole backward pass."),
   };
 }
 
 bool parallel_flags_given(const ParsedArgs& args) {
   for (const FlagSpec& f : parallel_flags()) {
+    if (f.name == "overlap-grad-sync") continue;  // a tuning of any data-parallel run, not a plan
     if (f.name == "auto" ? args.flag("auto") : args.given(f.name)) return true;
   }
   return false;
+}
+
+Status graph_options_from_args(const ParsedArgs& args, TrainingGraphOptions& graph, CommandContext& ctx) {
+  const std::string overlap = args.str("overlap-grad-sync");
+  if (overlap != "on" && overlap != "off") return ctx.usage("--overlap-grad-sync must be on or off");
+  graph.overlap_grad_sync = overlap == "on";
+  return Status::ok();
 }
 
 Expected<partitioner::ParallelPlan> plan_from_args(const ParsedArgs& args, int num_layers, CommandContext& ctx) {

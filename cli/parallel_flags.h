@@ -6,12 +6,15 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "partitioner/parallel_plan.h"
+#include "runtime/training_graph.h"
 
 namespace gv::cli {
 
 std::vector<FlagSpec> parallel_flags();
 // True when any flag that asks for a parallel plan was given.
 bool parallel_flags_given(const ParsedArgs& args);
+// The training-graph options these flags set (--overlap-grad-sync), for plans and plain data parallelism alike.
+Status graph_options_from_args(const ParsedArgs& args, TrainingGraphOptions& graph, CommandContext& ctx);
 // The plan for a model of `num_layers` layers (usage errors for bad values).
 Expected<partitioner::ParallelPlan> plan_from_args(const ParsedArgs& args, int num_layers, CommandContext& ctx);
 

@@ -28,6 +28,19 @@ class Communicator {
   virtual int size() const = 0;
   // In place: every rank ends with the element-wise sum (or mean) of all ranks' buffers. float32 / float64.
   virtual Status all_reduce(void* data, size_t count, DType dtype, ReduceOp op) = 0;
+  // all_reduce that may return before the reduction is done (overlapping it with later work), for data-parallel
+  // gradient sums issued during the backward pass. The buffer must not be read or written until wait_async()
+  // returned, or, for device buffers, until work the caller enqueues on the compute stream after wait_async() runs.
+  // Every rank issues the same async and blocking collectives in the same order (program order), as for all_reduce.
+  // Default: the blocking all_reduce (MPI, thread and single-process communicators: the buffer is final on return).
+  // NCCL (runtime/nccl_communicator.h): device buffers are reduced on a separate communication stream, ordered after
+  // the compute work enqueued so far; host buffers block as all_reduce does.
+  virtual Status all_reduce_async(void* data, size_t count, DType dtype, ReduceOp op) {
+    return all_reduce(data, count, dtype, op);
+  }
+  // Orders every async collective issued so far in this process (on any group of this world) before later work:
+  // NCCL makes the compute stream wait for them without blocking the host. Default: nothing to wait for.
+  virtual Status wait_async() { return Status::ok(); }
   // In place: every rank ends with `root`'s bytes.
   virtual Status broadcast(void* data, size_t bytes, int root) = 0;
   virtual Status barrier() = 0;

@@ -1,6 +1,6 @@
 // CUDA kernels of the communication ops (runtime/ops/parallel_ops.cpp, sharded_update_ops.cpp, and the training op
 // AllReduce): AllGather, ReduceScatter, SplitToGroup, TensorParallelCopy, TensorParallelReduce, Send, Recv, AllReduce,
-// GatherShardsInPlace, ZeroBuffer. Registered into OpSchema::cuda by register_cuda_parallel_kernels(), which the CUDA
+// GatherShardsInPlace, ZeroBuffer, WaitCollectives. Registered into OpSchema::cuda by register_cuda_parallel_kernels(), which the CUDA
 // backend calls after register_cuda_kernels() (so AllReduce's kernel here replaces the one there).
 //
 // Three cases per op:
@@ -187,7 +187,17 @@ Status all_reduce_cuda(KernelContext& ctx) {
   if (!is_nccl(ctx.comm)) return cuda_fallback_kernel(ctx);
   GV_ASSIGN_OR_RETURN(Communicator * c, group_comm(ctx));
   const ReduceOp op = ctx.attrs().get_string("reduction", "mean") == "sum" ? ReduceOp::kSum : ReduceOp::kAvg;
-  return comm_result(ctx, c->all_reduce(g.data, static_cast<size_t>(g.numel()), g.dtype, op));
+  const size_t n = static_cast<size_t>(g.numel());
+  // attr async = 1: on the communicator's comm stream, overlapping the rest of the backward pass; a later
+  // WaitCollectives orders it before the optimizer (runtime/nccl_communicator.h).
+  if (ctx.attrs().get_int("async", 0) == 1) return comm_result(ctx, c->all_reduce_async(g.data, n, g.dtype, op));
+  return comm_result(ctx, c->all_reduce(g.data, n, g.dtype, op));
+}
+
+// Stream 0 waits (without blocking the host) for every async collective of this process's communicators.
+Status wait_collectives_cuda(KernelContext& ctx) {
+  if (!ctx.comm) return Status::ok();
+  return comm_result(ctx, ctx.comm->wait_async());
 }
 
 // Every rank's range of the parameter, gathered in place: my range is the send buffer at its own place in the output
@@ -233,6 +243,7 @@ void register_cuda_parallel_kernels(OpRegistry& r) {
   set("AllReduce", all_reduce_cuda);
   set("GatherShardsInPlace", gather_shards_cuda);
   set("ZeroBuffer", zero_buffer_cuda);
+  set("WaitCollectives", wait_collectives_cuda);
 }
 
 }  // namespace gv

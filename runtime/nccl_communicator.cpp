@@ -100,6 +100,48 @@ bool nccl_p2p_enabled() {
 // The legacy default stream: the project's kernels and copies run there.
 const cudaStream_t kStream = 0;
 
+// Async collectives (all_reduce_async) of one process, shared by the world communicator and all its groups: one
+// communication stream (non-blocking, so the legacy default stream does not implicitly synchronise with it) on which
+// every async collective of every group runs in issue order, and whether any was issued since the last fence.
+// See runtime/nccl_communicator.h for the ordering rules.
+struct AsyncState {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t ready = nullptr;  // recorded on stream 0 before each async collective
+  cudaEvent_t done = nullptr;   // recorded on the comm stream by fence()
+  bool pending = false;         // async work issued that stream 0 was not yet made to wait for
+
+  ~AsyncState() {
+    if (stream) {
+      cudaStreamSynchronize(stream);
+      cudaStreamDestroy(stream);
+    }
+    if (ready) cudaEventDestroy(ready);
+    if (done) cudaEventDestroy(done);
+    cudaGetLastError();
+  }
+  Status ensure() {
+    if (stream) return Status::ok();
+    GV_RETURN_IF_ERROR(cuda_status(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "event creation"));
+    GV_RETURN_IF_ERROR(cuda_status(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "event creation"));
+    return cuda_status(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "communication stream creation");
+  }
+  // The comm stream, after waiting for everything enqueued on stream 0 so far.
+  Expected<cudaStream_t> begin() {
+    GV_RETURN_IF_ERROR(ensure());
+    GV_RETURN_IF_ERROR(cuda_status(cudaEventRecord(ready, kStream), "event record (compute stream)"));
+    GV_RETURN_IF_ERROR(cuda_status(cudaStreamWaitEvent(stream, ready, 0), "comm stream wait"));
+    pending = true;
+    return stream;
+  }
+  // Stream 0 waits (on the device; the host goes on) for every async collective issued so far.
+  Status fence() {
+    if (!pending) return Status::ok();
+    pending = false;
+    GV_RETURN_IF_ERROR(cuda_status(cudaEventRecord(done, stream), "event record (comm stream)"));
+    return cuda_status(cudaStreamWaitEvent(kStream, done, 0), "compute stream wait");
+  }
+};
+
 // A ncclComm_t over the ranks of `host` (its rank and size): rank 0 makes the id, the host broadcasts it.
 Expected<ncclComm_t> init_over(Communicator& host) {
   ncclUniqueId id;
@@ -115,10 +157,13 @@ Expected<ncclComm_t> init_over(Communicator& host) {
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(Communicator* host, std::unique_ptr<Communicator> owned_host, ncclComm_t comm)
-      : host_(host), owned_host_(std::move(owned_host)), comm_(comm), rank_(host->rank()), size_(host->size()) {}
+  NcclCommunicator(Communicator* host, std::unique_ptr<Communicator> owned_host, ncclComm_t comm,
+                   std::shared_ptr<AsyncState> async)
+      : host_(host), owned_host_(std::move(owned_host)), comm_(comm), rank_(host->rank()), size_(host->size()),
+        async_(std::move(async)) {}
   ~NcclCommunicator() override {
-    (void)wait_sends();
+    (void)wait_sends();  // fences and completes async collectives too
+    if (async_ && async_->stream) cudaStreamSynchronize(async_->stream);
     groups_.clear();  // sub-communicators first
     if (scratch_) cudaFree(scratch_);
     if (comm_) ncclCommDestroy(comm_);
@@ -131,19 +176,34 @@ class NcclCommunicator final : public Communicator {
     if (!on_device(data)) return host_->all_reduce(data, count, dtype, op);
     GV_ASSIGN_OR_RETURN(ncclDataType_t t, reducible_type(dtype, "all_reduce"));
     if (count == 0) return Status::ok();
+    GV_RETURN_IF_ERROR(async_->fence());
     return nccl_status(ncclAllReduce(data, data, count, t, nccl_op(op), comm_, kStream), "all-reduce");
   }
+
+  // Device buffers: on the shared comm stream after the compute work enqueued so far (the reduction, ncclAvg
+  // included, happens there); host buffers: the blocking host all-reduce.
+  Status all_reduce_async(void* data, size_t count, DType dtype, ReduceOp op) override {
+    if (!on_device(data)) return host_->all_reduce(data, count, dtype, op);
+    GV_ASSIGN_OR_RETURN(ncclDataType_t t, reducible_type(dtype, "all_reduce_async"));
+    if (count == 0) return Status::ok();
+    GV_ASSIGN_OR_RETURN(cudaStream_t s, async_->begin());
+    return nccl_status(ncclAllReduce(data, data, count, t, nccl_op(op), comm_, s), "async all-reduce");
+  }
+
+  Status wait_async() override { return async_->fence(); }
 
   Status broadcast(void* data, size_t bytes, int root) override {
     GV_RETURN_IF_ERROR(check_peer(root, "broadcast root"));
     if (!on_device(data)) return host_->broadcast(data, bytes, root);
     if (bytes == 0 || size_ == 1) return Status::ok();
+    GV_RETURN_IF_ERROR(async_->fence());
     return nccl_status(ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, kStream), "broadcast");
   }
 
   // A one-element all-reduce on the device and a wait for the stream: every rank enqueued everything before it.
   Status barrier() override {
     GV_RETURN_IF_ERROR(ensure_scratch(sizeof(float)));
+    GV_RETURN_IF_ERROR(async_->fence());
     GV_RETURN_IF_ERROR(
         nccl_status(ncclAllReduce(scratch_, scratch_, 1, ncclFloat32, ncclSum, comm_, kStream), "barrier"));
     return cuda_status(cudaStreamSynchronize(kStream), "barrier synchronize");
@@ -177,6 +237,7 @@ class NcclCommunicator final : public Communicator {
       }
       return Status::ok();
     }
+    GV_RETURN_IF_ERROR(async_->fence());
     const bool equal = std::all_of(counts.begin(), counts.end(), [&](size_t c) { return c == counts[0]; });
     if (equal) {
       return nccl_status(ncclAllGather(src, out, counts[0] * elem, ncclUint8, comm_, kStream), "all-gather");
@@ -221,6 +282,7 @@ class NcclCommunicator final : public Communicator {
       }
       return Status::ok();
     }
+    GV_RETURN_IF_ERROR(async_->fence());
     const bool equal = std::all_of(counts.begin(), counts.end(), [&](size_t c) { return c == counts[0]; });
     if (equal) {
       return nccl_status(ncclReduceScatter(send, recv, counts[0], t, nccl_op(op), comm_, kStream), "reduce-scatter");
@@ -246,6 +308,7 @@ class NcclCommunicator final : public Communicator {
     if (!on_device(data)) return host_->send(data, bytes, dst, tag);
     if (p2p_ && dst != rank_) {
       if (bytes == 0) return Status::ok();
+      GV_RETURN_IF_ERROR(async_->fence());
       return nccl_status(ncclSend(data, bytes, ncclUint8, dst, comm_, kStream), "send");
     }
     std::vector<char> h(bytes);
@@ -258,6 +321,7 @@ class NcclCommunicator final : public Communicator {
     if (!on_device(data)) return host_->recv(data, bytes, src, tag);
     if (p2p_ && src != rank_) {
       if (bytes == 0) return Status::ok();
+      GV_RETURN_IF_ERROR(async_->fence());
       return nccl_status(ncclRecv(data, bytes, ncclUint8, src, comm_, kStream), "recv");
     }
     std::vector<char> h(bytes);
@@ -268,6 +332,8 @@ class NcclCommunicator final : public Communicator {
   }
 
   Status wait_sends() override {
+    Status f = async_->fence();  // so that synchronising stream 0 completes the async collectives too
+    if (!f.is_ok()) return f;
     Status s = host_->wait_sends();
     Status c = cuda_status(cudaStreamSynchronize(kStream), "completing sends");
     return s.is_ok() ? c : s;
@@ -283,7 +349,7 @@ class NcclCommunicator final : public Communicator {
     if (!hg) return hg.status();
     auto comm = init_over(**hg);
     if (!comm) return comm.status().with_context("creating the NCCL communicator of group " + rank_list(ranks));
-    auto c = std::make_unique<NcclCommunicator>(*hg, nullptr, *comm);
+    auto c = std::make_unique<NcclCommunicator>(*hg, nullptr, *comm, async_);
     Communicator* raw = c.get();
     groups_[ranks] = std::move(c);
     return raw;
@@ -319,6 +385,7 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<Communicator> owned_host_;
   ncclComm_t comm_;
   int rank_, size_;
+  std::shared_ptr<AsyncState> async_;  // shared with the world and every group
   bool p2p_ = nccl_p2p_enabled();
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
@@ -337,7 +404,8 @@ Expected<std::unique_ptr<Communicator>> make_nccl_communicator(std::unique_ptr<C
   auto comm = init_over(*host);
   if (!comm) return comm.status().with_context("creating the NCCL world communicator");
   Communicator* raw = host.get();
-  return std::unique_ptr<Communicator>(new NcclCommunicator(raw, std::move(host), *comm));
+  return std::unique_ptr<Communicator>(
+      new NcclCommunicator(raw, std::move(host), *comm, std::make_shared<AsyncState>()));
 }
 
 #endif

@@ -26,7 +26,26 @@
 // of ranks to post its messages in the same order on both sides (tags are checked for nothing), and (2) no host
 // synchronisation (a fallback kernel's device-to-host copy, a host-buffer collective) between a send and the point
 // where its peer enqueues the matching receive, since the send holds the stream until then.
-// wait_sends() completes the host communicator's staged sends and synchronises the stream.
+// wait_sends() completes the host communicator's staged sends and synchronises the stream (async collectives too).
+//
+// Async collectives (all_reduce_async / wait_async: data-parallel gradient all-reduces overlapped with the backward
+// pass). One communication stream per process, created with cudaStreamNonBlocking (so the legacy stream 0 does not
+// implicitly synchronise with it) and shared by the world communicator and all its groups. all_reduce_async on a
+// device buffer records an event on stream 0 and makes the comm stream wait for it (the gradient was written by the
+// kernels enqueued so far), then enqueues ncclAllReduce on the comm stream (ncclSum or ncclAvg: the averaging
+// happens there as well) and returns at once; host buffers block through the host communicator as all_reduce does.
+// wait_async() records an event on the comm stream and makes stream 0 wait for it (cudaStreamWaitEvent: the host is
+// not blocked); on any communicator of the world it covers the async collectives of every group.
+// Ordering rules. NCCL needs every rank to launch the collectives of a communicator in the same order (program
+// order, the same on every rank), and two NCCL kernels in flight at once on different streams can deadlock each
+// other (on one ncclComm or several: each waits for peers whose SMs or FIFO slots the other holds). So no two NCCL
+// operations of this process ever run concurrently: async collectives run one after another on the one comm stream,
+// each after the stream-0 work enqueued before it; and every blocking NCCL operation on stream 0 (all_reduce,
+// broadcast, barrier, all_gather, reduce_scatter, NCCL point to point, on any group) first fences, i.e. makes stream 0
+// wait for the pending async ones (as wait_async()). A blocking collective issued during the backward pass (a tensor-
+// parallel reduction) therefore waits for the data-parallel all-reduces issued before it. Host-buffer operations
+// (MPI) need no fence: they do not touch the GPU, and every rank issues the async collectives before any later
+// host-side wait in the same program order, so each launched NCCL kernel's peers do launch theirs.
 #pragma once
 #include <memory>
 

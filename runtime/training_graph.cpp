@@ -174,6 +174,76 @@ Status send_back_gradients(Graph& g, const std::vector<NodeId>& recvs, const std
   return Status::ok();
 }
 
+bool has_pipeline_nodes(const Graph& g) {
+  for (const Node& n : g.nodes) {
+    if (n.domain == kGalvatronDomain && (n.op_type == "Send" || n.op_type == "Recv")) return true;
+  }
+  return false;
+}
+
+bool refers_to(const Node& n, ValueId v) {
+  return std::find(n.inputs.begin(), n.inputs.end(), v) != n.inputs.end() ||
+         std::find(n.outputs.begin(), n.outputs.end(), v) != n.outputs.end();
+}
+
+// TrainingGraphOptions::overlap_grad_sync: moves the data-parallel gradient AllReduce nodes `dp_all_reduces`
+// (indices in the optimizer region) to right after the last node of [backward_begin, optimizer_begin) that reads or
+// writes their gradient, marks them async, and ends the backward region with one WaitCollectives. Nothing after that
+// node touches the gradient before the optimizer region, and its buffer lives until the update reads it (the memory
+// planner: its last use is there; a value an output-less node writes is never aliased by a view), so an all-reduce
+// still in flight on another stream races with nothing. Gradients not produced in the backward region stay put.
+Status overlap_gradient_sync(TrainingGraph& tg, const std::vector<NodeId>& dp_all_reduces) {
+  Graph& g = tg.graph;
+  const size_t opt = tg.optimizer_begin;
+  std::map<size_t, std::vector<NodeId>> after;  // backward node -> the all-reduces that follow it, in graph order
+  std::set<NodeId> moved;
+  for (NodeId m : dp_all_reduces) {
+    const ValueId grad = g.nodes[m].inputs[0];
+    if (g.value(grad).kind != ValueKind::kActivation) continue;
+    size_t last = opt;
+    for (size_t i = opt; i-- > tg.backward_begin;) {
+      if (refers_to(g.nodes[i], grad)) {
+        last = i;
+        break;
+      }
+    }
+    if (last == opt) continue;
+    after[last].push_back(m);
+    moved.insert(m);
+  }
+  if (moved.empty()) return Status::ok();
+  for (NodeId m : moved) g.nodes[m].attrs.set_int("async", 1);
+  {
+    Node w;
+    w.op_type = "WaitCollectives";
+    w.domain = kGalvatronDomain;
+    w.opset = 1;
+    w.name = g.unique_name("wait_collectives");
+    GV_RETURN_IF_ERROR(g.add_node(std::move(w)).status());
+  }
+  const NodeId wait = static_cast<NodeId>(g.nodes.size()) - 1;
+  std::vector<NodeId> order;
+  order.reserve(g.nodes.size());
+  for (size_t i = 0; i < opt; ++i) {
+    order.push_back(static_cast<NodeId>(i));
+    auto it = after.find(i);
+    if (it != after.end()) order.insert(order.end(), it->second.begin(), it->second.end());
+  }
+  order.push_back(wait);
+  const size_t optimizer_begin = order.size();
+  for (size_t i = opt; i < static_cast<size_t>(wait); ++i) {
+    if (!moved.count(static_cast<NodeId>(i))) order.push_back(static_cast<NodeId>(i));
+  }
+  if (order.size() != g.nodes.size()) return internal_error("overlap_grad_sync: lost nodes while reordering");
+  std::vector<Node> nodes;
+  nodes.reserve(order.size());
+  for (NodeId id : order) nodes.push_back(std::move(g.nodes[id]));
+  g.nodes = std::move(nodes);
+  g.reindex();
+  tg.optimizer_begin = optimizer_begin;
+  return Status::ok();
+}
+
 }  // namespace
 
 Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphOptions& o) {
@@ -254,6 +324,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     if (it != o.param_sync.end()) sync[p] = it->second;
   }
   std::map<ValueId, std::vector<int64_t>> zero2_sizes;  // param -> flat shard sizes over its dp_group
+  std::vector<NodeId> dp_all_reduces;                   // plain data-parallel gradient all-reduces (overlap_grad_sync)
   for (ValueId p : tg.params) {
     if (!sync.count(p)) continue;
     const auto& ps = sync[p];
@@ -295,6 +366,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
       } else {
         Attributes a = group_attrs(ps.dp_group);
         a.set_string("reduction", "sum");
+        dp_all_reduces.push_back(static_cast<NodeId>(g.nodes.size()));
         GV_RETURN_IF_ERROR(add_update(g, "AllReduce", {final_grad[p]}, a, place,
                                       g.unique_name("all_reduce/" + pname)));
       }
@@ -372,6 +444,9 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
       ga.set_ints("sizes", zero2_sizes[p]);
       GV_RETURN_IF_ERROR(add_update(g, "GatherShardsInPlace", {p}, ga, place, "zero2/all_gather/" + pname));
     }
+  }
+  if (o.overlap_grad_sync && o.grad_accum_steps == 1 && !dp_all_reduces.empty() && !has_pipeline_nodes(g)) {
+    GV_RETURN_IF_ERROR(overlap_gradient_sync(tg, dp_all_reduces));
   }
   return tg;
 }

@@ -80,6 +80,52 @@ TEST_F(NcclOneRank, AllReduceAndBroadcastOnTheDevice) {
   EXPECT_TRUE(comm_->barrier().is_ok());
 }
 
+// all_reduce_async + wait_async (the comm stream, runtime/nccl_communicator.h) give what the blocking all_reduce gives,
+// ordered after the stream-0 work before them and before the stream-0 work after wait_async.
+TEST_F(NcclOneRank, AsyncAllReduceEqualsBlocking) {
+  const size_t n = size_t{1} << 22;  // 16 MB: big enough for a missing dependency to show as a race
+  std::vector<float> host(n);
+  for (size_t i = 0; i < n; ++i) host[i] = static_cast<float>(i % 1000) * 0.25f - 7.0f;
+  DeviceBuf<float> src(host), a(n), b(n), after(n);
+  for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg}) {
+    ASSERT_TRUE(cuda::memset_device(a.p, n * sizeof(float)));
+    ASSERT_TRUE(cuda::memset_device(b.p, n * sizeof(float)));
+    // Stream 0 writes the buffers, the async all-reduce must see those bytes.
+    ASSERT_TRUE(cuda::memcpy_d2d_async(a.p, src.p, n * sizeof(float)));
+    ASSERT_TRUE(cuda::memcpy_d2d_async(b.p, src.p, n * sizeof(float)));
+    ASSERT_TRUE(comm_->all_reduce_async(a.p, n, DType::kFloat32, op).is_ok());
+    ASSERT_TRUE(comm_->all_reduce(b.p, n, DType::kFloat32, op).is_ok());  // fences the async one first
+    ASSERT_TRUE(comm_->all_reduce_async(a.p, n, DType::kFloat32, op).is_ok());
+    ASSERT_TRUE(comm_->wait_async().is_ok());
+    // Stream-0 work after wait_async sees the reduced buffer.
+    ASSERT_TRUE(cuda::memcpy_d2d_async(after.p, a.p, n * sizeof(float)));
+    ASSERT_TRUE(comm_->all_reduce(b.p, n, DType::kFloat32, op).is_ok());
+    EXPECT_EQ(after.get(), b.get());
+    EXPECT_EQ(a.get(), host);
+  }
+  // float64, a group of one (the world itself), zero elements, wait without pending work, host buffers (blocking).
+  DeviceBuf<double> d({0.5, -3.0, 8.0});
+  auto g = comm_->group({0});
+  ASSERT_TRUE(g.has_value());
+  ASSERT_TRUE((*g)->all_reduce_async(d.p, 3, DType::kFloat64, ReduceOp::kSum).is_ok());
+  ASSERT_TRUE(comm_->wait_async().is_ok());
+  EXPECT_EQ(d.get(), (std::vector<double>{0.5, -3.0, 8.0}));
+  ASSERT_TRUE(comm_->all_reduce_async(d.p, 0, DType::kFloat64, ReduceOp::kSum).is_ok());
+  EXPECT_FALSE(comm_->all_reduce_async(d.p, 3, DType::kInt64, ReduceOp::kSum).is_ok());
+  ASSERT_TRUE(comm_->wait_async().is_ok());
+  ASSERT_TRUE(comm_->wait_async().is_ok());
+  double loss = 1.25;
+  ASSERT_TRUE(comm_->all_reduce_async(&loss, 1, DType::kFloat64, ReduceOp::kSum).is_ok());
+  EXPECT_EQ(loss, 1.25);
+  // Pending async work is completed by wait_sends (the end of a step) and by the destructor.
+  ASSERT_TRUE(comm_->all_reduce_async(a.p, n, DType::kFloat32, ReduceOp::kSum).is_ok());
+  ASSERT_TRUE(comm_->wait_sends().is_ok());
+  EXPECT_EQ(a.get(), host);
+  ASSERT_TRUE(comm_->all_reduce_async(a.p, n, DType::kFloat32, ReduceOp::kSum).is_ok());
+  comm_.reset();
+  EXPECT_EQ(a.get(), host);
+}
+
 TEST_F(NcclOneRank, AllGatherAndReduceScatterOnTheDevice) {
   DeviceBuf<float> x({1, 2, 3, 4});
   DeviceBuf<float> y(4);
@@ -222,6 +268,37 @@ TEST_F(GpuPlans, TwoGpusEqualOneGpu) {
     train("cuda", p.tag, extra);
     if (HasFatalFailure()) return;
     expect_same_training(path("single.jsonl"), path(p.tag + ".jsonl"), ckpt("single"), ckpt(p.tag), kSteps);
+  }
+}
+
+// DDP with the gradient all-reduces overlapped with the backward pass (the default with one micro-batch per step;
+// runtime/training_graph.h) on two and four GPUs: equals the same run without overlap and the one-GPU run over the
+// same micro-batches.
+TEST_F(GpuPlans, DdpOverlapEqualsNoOverlap) {
+  if (!two_gpus()) GTEST_SKIP() << "needs two CUDA devices, MPI and mpirun";
+  train("cuda", "single", {"--grad-accum", "2"});
+  for (int devices : {2, 4}) {
+    if (cuda::device_count() < devices) continue;
+    SCOPED_TRACE(std::to_string(devices) + " GPUs");
+    const std::string n = std::to_string(devices);
+    train("cuda", "on" + n, {"--devices", n, "--overlap-grad-sync", "on"});
+    if (HasFatalFailure()) return;
+    train("cuda", "off" + n, {"--devices", n, "--overlap-grad-sync", "off"});
+    if (HasFatalFailure()) return;
+    expect_same_training(path("off" + n + ".jsonl"), path("on" + n + ".jsonl"), ckpt("off" + n), ckpt("on" + n),
+                         kSteps);
+    if (devices == 2) {
+      expect_same_training(path("single.jsonl"), path("on2.jsonl"), ckpt("single"), ckpt("on2"), kSteps);
+    }
+  }
+  // With tensor parallelism inside (blocking all-reduces in the backward pass, fenced after the pending async ones).
+  if (cuda::device_count() >= 4) {
+    train("cuda", "dp2tp2", {"--devices", "4", "--global-tp-deg", "2", "--default-dp-type", "ddp", "--chunks", "1"});
+    if (HasFatalFailure()) return;
+    train("cuda", "dp2tp2-off", {"--devices", "4", "--global-tp-deg", "2", "--default-dp-type", "ddp", "--chunks",
+                                 "1", "--overlap-grad-sync", "off"});
+    if (HasFatalFailure()) return;
+    expect_same_training(path("dp2tp2-off.jsonl"), path("dp2tp2.jsonl"), ckpt("dp2tp2-off"), ckpt("dp2tp2"), kSteps);
   }
 }
 

@@ -180,7 +180,9 @@ Status sgd_cpu(KernelContext& ctx) {
 
 // AllReduce(grad): grad = mean (attr reduction "mean", the default) or sum ("sum") of grad over attr group (world
 // ranks; default the whole world), in place (data parallelism). Without a communicator (a single process) it leaves
-// the buffer as it is.
+// the buffer as it is. Attr async = 1 (overlap_grad_sync, runtime/training_graph.h): the CUDA kernel uses
+// Communicator::all_reduce_async, so the buffer is final only after the next WaitCollectives; the CPU kernel blocks
+// as without it.
 Status infer_all_reduce(InferContext& ctx) {
   const std::string r = ctx.attrs().get_string("reduction", "mean");
   if (r != "mean" && r != "sum") return ctx.fail("attr reduction is '" + r + "': use mean or sum");
@@ -196,6 +198,10 @@ Status all_reduce_cpu(KernelContext& ctx) {
   Status st = c->all_reduce(g.data, static_cast<size_t>(g.numel()), g.dtype, op);
   return st.is_ok() ? st : ctx.fail(st.message());
 }
+
+// WaitCollectives(): every async collective issued so far (AllReduce with async = 1) is complete before the nodes
+// after it run. CPU: nothing to do (the CPU kernels block). CUDA: Communicator::wait_async (runtime/cuda_parallel_ops).
+Status wait_collectives_cpu(KernelContext&) { return Status::ok(); }
 
 }  // namespace
 
@@ -221,6 +227,8 @@ void register_training_ops(OpRegistry& r) {
                                     "group, reduction)");
   all_reduce.infer = infer_all_reduce;
   r.add(all_reduce);
+  r.add(in_place_op("WaitCollectives", 0, 0, wait_collectives_cpu,
+                    "waits for the async collectives issued so far (AllReduce with attr async = 1); no-op on the CPU"));
   OpSchema adamw = in_place_op("AdamW", 6, 7, adamw_cpu,
                                "AdamW update of one parameter (or its flat range from shard_offset) in place");
   adamw.infer = infer_adamw;

@@ -1,0 +1,392 @@
+// TrainingGraphOptions::overlap_grad_sync (runtime/training_graph.h): data-parallel gradient all-reduces move into the
+// backward pass (attr async = 1), right after the last node that touches their gradient, and one WaitCollectives
+// ends the backward region; with gradient accumulation or a pipeline nothing moves. On the CPU the all-reduces block
+// either way, so training with the overlap on equals training with it off bit for bit: thread communicators (2 and 4
+// ranks, in-process) and MPI (`galvatron train --devices N --overlap-grad-sync on|off`) on the gpt2 fixture and the
+// zoo gpt-tiny. The NCCL side (a second stream) is tested in tests/nccl_communicator_test.cpp (label gpu).
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <thread>
+
+#include "importer/onnx_importer.h"
+#include "runtime/backend.h"
+#include "runtime/communicator.h"
+#include "runtime/trainer.h"
+#include "runtime/training_graph.h"
+#include "tests/hf_fixtures.h"
+#include "tests/parallel_equivalence.h"
+
+namespace gv {
+namespace {
+
+Expected<Graph> gpt2_graph(int64_t batch) {
+  ImportOptions io;
+  io.batch = batch;
+  io.seq = 32;
+  GV_ASSIGN_OR_RETURN(ImportedModel im, import_onnx(testing::fixture_dir("gpt2") + "/model.onnx", io));
+  return std::move(im.graph);
+}
+
+// Every parameter's gradient summed over `dp` (plain data parallelism, as Trainer sets it up), from `rank`'s view.
+TrainingGraphOptions ddp_options(const Graph& g, const std::vector<int>& dp, int rank) {
+  TrainingGraphOptions o;
+  for (ValueId p : g.parameters()) o.param_sync[g.value(p).name].dp_group = dp;
+  o.rank = rank;
+  o.loss_replicas = static_cast<int>(dp.size());
+  return o;
+}
+
+std::vector<size_t> nodes_of(const Graph& g, const std::string& op) {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    if (g.nodes[i].op_type == op) out.push_back(i);
+  }
+  return out;
+}
+
+bool refers_to(const Node& n, ValueId v) {
+  return std::find(n.inputs.begin(), n.inputs.end(), v) != n.inputs.end() ||
+         std::find(n.outputs.begin(), n.outputs.end(), v) != n.outputs.end();
+}
+
+// Overlap on: every AllReduce inside the backward region, async, after every backward use of its gradient; one
+// WaitCollectives right before the first optimizer node (GradNorm).
+void expect_overlapped(const TrainingGraph& tg, size_t expected_all_reduces) {
+  const Graph& g = tg.graph;
+  const auto ars = nodes_of(g, "AllReduce");
+  ASSERT_EQ(ars.size(), expected_all_reduces);
+  const auto waits = nodes_of(g, "WaitCollectives");
+  ASSERT_EQ(waits.size(), 1u);
+  ASSERT_GT(tg.optimizer_begin, tg.backward_begin);
+  EXPECT_EQ(waits[0], tg.optimizer_begin - 1);
+  EXPECT_EQ(g.nodes[tg.optimizer_begin].op_type, "GradNorm");
+  for (size_t i : ars) {
+    const Node& ar = g.nodes[i];
+    SCOPED_TRACE(ar.name);
+    EXPECT_EQ(ar.attrs.get_int("async", 0), 1);
+    EXPECT_GE(i, tg.backward_begin);
+    EXPECT_LT(i, tg.optimizer_begin - 1);
+    const ValueId grad = ar.inputs[0];
+    // Produced before it in the backward region, touched by nothing else until the optimizer region.
+    ASSERT_GE(g.value(grad).producer, static_cast<NodeId>(tg.backward_begin));
+    EXPECT_LT(g.value(grad).producer, static_cast<NodeId>(i));
+    for (size_t j = i + 1; j < tg.optimizer_begin; ++j) {
+      if (g.nodes[j].op_type == "AllReduce") continue;  // the others that follow the same node
+      EXPECT_FALSE(refers_to(g.nodes[j], grad)) << g.nodes[j].name << " touches the gradient after its all-reduce";
+    }
+    // Right after the last node that touches it (possibly behind other all-reduces placed there).
+    size_t k = i;
+    while (k > 0 && g.nodes[k - 1].op_type == "AllReduce") --k;
+    ASSERT_GT(k, 0u);
+    bool found = false;
+    for (size_t j = k - 1; j < i; ++j) found = found || refers_to(g.nodes[j], grad);
+    EXPECT_TRUE(found) << "not right after the last node that touches " << g.value(grad).name;
+    // The optimizer still reads it.
+    bool read = false;
+    for (size_t j = tg.optimizer_begin; j < g.nodes.size(); ++j) read = read || refers_to(g.nodes[j], grad);
+    EXPECT_TRUE(read);
+  }
+}
+
+// Overlap off or not applicable: the all-reduces first in the optimizer region, blocking; no WaitCollectives.
+void expect_not_overlapped(const TrainingGraph& tg, size_t expected_all_reduces) {
+  const Graph& g = tg.graph;
+  const auto ars = nodes_of(g, "AllReduce");
+  EXPECT_EQ(ars.size(), expected_all_reduces);
+  EXPECT_TRUE(nodes_of(g, "WaitCollectives").empty());
+  for (size_t i : ars) {
+    EXPECT_GE(i, tg.optimizer_begin) << g.nodes[i].name;
+    EXPECT_EQ(g.nodes[i].attrs.get_int("async", 0), 0) << g.nodes[i].name;
+  }
+}
+
+TEST(OverlapGradSync, AllReducesMoveIntoTheBackwardPass) {
+  auto g = gpt2_graph(2);
+  ASSERT_TRUE(g.has_value()) << g.status().message();
+  const size_t params = g->parameters().size();
+  for (bool checkpoint : {false, true}) {
+    SCOPED_TRACE(checkpoint ? "with activation checkpointing" : "plain");
+    TrainingGraphOptions o = ddp_options(*g, {0, 1}, 1);
+    if (checkpoint) o.checkpoint_layers = {0, 1};
+    auto tg = build_training_graph(*g, o);
+    ASSERT_TRUE(tg.has_value()) << tg.status().message();
+    expect_overlapped(*tg, tg->params.size());
+    EXPECT_EQ(tg->params.size(), params);
+    o.overlap_grad_sync = false;
+    auto off = build_training_graph(*g, o);
+    ASSERT_TRUE(off.has_value()) << off.status().message();
+    expect_not_overlapped(*off, params);
+    // The same nodes, only in another order: one more node, the backward region grown by the moved ones.
+    EXPECT_EQ(tg->graph.nodes.size(), off->graph.nodes.size() + 1);
+    EXPECT_EQ(tg->backward_begin, off->backward_begin);
+    EXPECT_EQ(tg->optimizer_begin, off->optimizer_begin + params + 1);
+  }
+}
+
+TEST(OverlapGradSync, NothingMovesWithGradientAccumulationOrWithoutDataParallelism) {
+  auto g = gpt2_graph(2);
+  ASSERT_TRUE(g.has_value()) << g.status().message();
+  const size_t params = g->parameters().size();
+  TrainingGraphOptions o = ddp_options(*g, {0, 1}, 0);
+  o.grad_accum_steps = 2;
+  auto tg = build_training_graph(*g, o);
+  ASSERT_TRUE(tg.has_value()) << tg.status().message();
+  expect_not_overlapped(*tg, params);
+  auto single = build_training_graph(*g, TrainingGraphOptions{});
+  ASSERT_TRUE(single.has_value()) << single.status().message();
+  expect_not_overlapped(*single, 0);
+}
+
+// A last pipeline stage: x = Recv() from stage 0 (its gradient is sent back), loss = mean(x W). With the Recv nothing
+// moves; the same graph with x a plain input overlaps its one all-reduce.
+Graph tiny_stage(bool pipeline) {
+  Graph g;
+  g.opsets[""] = 17;
+  g.opsets[kGalvatronDomain] = 1;
+  Tensor w(DType::kFloat32, {4, 3});
+  for (int i = 0; i < 12; ++i) w.data_as<float>()[i] = 0.1f * static_cast<float>(i - 5);
+  const ValueId wv = g.add_initializer("w", w, ValueKind::kParameter);
+  ValueId x;
+  if (pipeline) {
+    Node recv;
+    recv.op_type = "Recv";
+    recv.domain = kGalvatronDomain;
+    recv.opset = 1;
+    recv.name = "recv_x";
+    recv.attrs.set_int("peer", 0);
+    recv.attrs.set_int("tag", 0);
+    recv.attrs.set_ints("shape", {2, 4});
+    recv.attrs.set_int("dtype", 1);
+    recv.attrs.set_int("requires_grad", 1);
+    auto outs = g.add_node(recv, {"x"});
+    EXPECT_TRUE(outs.has_value()) << outs.status().message();
+    x = outs ? (*outs)[0] : kNoValue;
+  } else {
+    x = g.add_input("x", DType::kFloat32, {2, 4});
+  }
+  Node mm;
+  mm.op_type = "MatMul";
+  mm.opset = 17;
+  mm.name = "mm";
+  mm.inputs = {x, wv};
+  auto y = g.add_node(mm, {"y"});
+  EXPECT_TRUE(y.has_value()) << y.status().message();
+  Node mean;
+  mean.op_type = "ReduceMean";
+  mean.opset = 17;
+  mean.name = "mean";
+  mean.inputs = {(*y)[0]};
+  mean.attrs.set_int("keepdims", 0);
+  auto l = g.add_node(mean, {"loss"});
+  EXPECT_TRUE(l.has_value()) << l.status().message();
+  g.outputs = {(*l)[0]};
+  return g;
+}
+
+TEST(OverlapGradSync, NothingMovesInAPipelineStage) {
+  for (bool pipeline : {false, true}) {
+    SCOPED_TRACE(pipeline ? "pipeline stage" : "no pipeline");
+    Graph g = tiny_stage(pipeline);
+    TrainingGraphOptions o = ddp_options(g, {1, 3}, 1);
+    auto tg = build_training_graph(g, o);
+    ASSERT_TRUE(tg.has_value()) << tg.status().message();
+    if (pipeline) {
+      expect_not_overlapped(*tg, 1);
+      EXPECT_EQ(nodes_of(tg->graph, "Send").size(), 1u);  // the gradient of x goes back
+    } else {
+      expect_overlapped(*tg, 1);
+    }
+  }
+}
+
+// ---- training with thread communicators: overlap on == overlap off, bit for bit -------------------------------------
+
+struct RankRun {
+  std::vector<double> losses, norms;
+  TensorMap weights;
+};
+
+constexpr int kSteps = 3;
+constexpr int kRows = 4;  // rows per step over all ranks
+
+Expected<RankRun> train_rank(Graph g, const TensorMap& samples, Communicator* comm, bool overlap) {
+  const int n = comm->size(), r = comm->rank();
+  auto backend = make_cpu_backend();
+  TrainerConfig cfg;
+  cfg.comm = comm;
+  cfg.lr = 1e-3;
+  cfg.graph.overlap_grad_sync = overlap;
+  GV_ASSIGN_OR_RETURN(auto trainer, Trainer::create(std::move(g), cfg, *backend));
+  const auto& tg = trainer->training_graph();
+  if (overlap != !nodes_of(tg.graph, "WaitCollectives").empty()) {
+    return internal_error("overlap " + std::to_string(overlap) + " but the graph says otherwise");
+  }
+  RankRun out;
+  const int64_t rows = kRows / n, total = samples.at("input_ids").shape()[0], seq = 32;
+  for (int s = 0; s < kSteps; ++s) {
+    TensorMap batch;
+    for (const char* name : {"input_ids", "labels"}) {
+      const Tensor& all = samples.at(name);
+      Tensor t(DType::kInt64, {rows, seq});
+      const int64_t first = (s * kRows + r * rows) % total;
+      std::memcpy(t.data(), all.data_as<int64_t>() + first * seq, rows * seq * sizeof(int64_t));
+      batch[name] = t;
+    }
+    GV_ASSIGN_OR_RETURN(StepMetrics m, trainer->step({batch}));
+    out.losses.push_back(m.loss);
+    out.norms.push_back(m.grad_norm);
+  }
+  GV_ASSIGN_OR_RETURN(out.weights, trainer->parameters());
+  return out;
+}
+
+std::vector<Expected<RankRun>> train_threads(int n, bool overlap) {
+  auto samples = read_safetensors(testing::fixture_dir("gpt2") + "/samples.safetensors");
+  std::vector<Expected<RankRun>> results(n, Expected<RankRun>(internal_error("not run")));
+  if (!samples) {
+    results[0] = samples.status();
+    return results;
+  }
+  std::vector<Graph> graphs;
+  for (int r = 0; r < n; ++r) {
+    auto g = gpt2_graph(kRows / n);
+    if (!g) {
+      results[0] = g.status();
+      return results;
+    }
+    graphs.push_back(std::move(*g));
+  }
+  auto comms = make_thread_communicators(n);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back(
+        [&, r] { results[r] = train_rank(std::move(graphs[r]), *samples, comms[r].get(), overlap); });
+  }
+  for (auto& t : threads) t.join();
+  return results;
+}
+
+void expect_identical(const TensorMap& a, const TensorMap& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, t] : a) {
+    ASSERT_TRUE(b.count(name)) << name;
+    const Tensor& u = b.at(name);
+    ASSERT_EQ(t.shape(), u.shape()) << name;
+    ASSERT_EQ(t.nbytes(), u.nbytes()) << name;
+    EXPECT_EQ(std::memcmp(t.data(), u.data(), t.nbytes()), 0) << name << " differs";
+  }
+}
+
+class OverlapThreads : public ::testing::TestWithParam<int> {};
+
+TEST_P(OverlapThreads, Gpt2TrainsTheSameWithAndWithoutOverlap) {
+  const int n = GetParam();
+  auto on = train_threads(n, true);
+  auto off = train_threads(n, false);
+  for (int r = 0; r < n; ++r) {
+    SCOPED_TRACE("rank " + std::to_string(r));
+    ASSERT_TRUE(on[r].has_value()) << on[r].status().message();
+    ASSERT_TRUE(off[r].has_value()) << off[r].status().message();
+    EXPECT_EQ(on[r]->losses, off[r]->losses);
+    EXPECT_EQ(on[r]->norms, off[r]->norms);
+    expect_identical(on[r]->weights, off[r]->weights);
+    // Data parallelism keeps the replicas equal.
+    expect_identical(on[r]->weights, on[0]->weights);
+  }
+  EXPECT_NE(on[0]->losses[0], on[0]->losses[kSteps - 1]);  // it trained
+}
+
+INSTANTIATE_TEST_SUITE_P(Ranks, OverlapThreads, ::testing::Values(2, 4),
+                         [](const ::testing::TestParamInfo<int>& i) { return std::to_string(i.param) + "Ranks"; });
+
+// ---- MPI through the CLI ------------------------------------------------------------------------------------------
+
+class OverlapMpi : public Cli {
+ protected:
+  void SetUp() override {
+    Cli::SetUp();
+    if (!mpi_backend_built()) GTEST_SKIP() << "galvatron was built without MPI (install libopenmpi-dev)";
+    if (!mpirun_on_path()) GTEST_SKIP() << "mpirun is not on PATH (install openmpi-bin)";
+#if defined(__SANITIZE_ADDRESS__)
+    setenv("ASAN_OPTIONS", "detect_leaks=0", 1);  // see data_parallel_test.cpp
+#endif
+    setenv("OMP_NUM_THREADS", "1", 1);
+  }
+  void train(const std::vector<std::string>& model, int devices, const std::string& overlap,
+             const std::vector<std::string>& plan = {}) {
+    const std::string tag = overlap + std::to_string(devices);
+    std::vector<std::string> a = {"train"};
+    a.insert(a.end(), model.begin(), model.end());
+    a.insert(a.end(), {"--batch-size", "4", "--steps", "5", "--optimizer", "adamw", "--lr", "1e-3", "--quiet",
+                       "--device", "cpu", "--devices", std::to_string(devices), "--overlap-grad-sync", overlap,
+                       "--metrics", path(tag + ".jsonl"), "--checkpoint-dir", path(tag)});
+    a.insert(a.end(), plan.begin(), plan.end());
+    auto r = run(a);
+    ASSERT_EQ(r.code, 0) << tag << ": " << r.err;
+  }
+  // Losses, gradient norms, weights and optimizer state: bit for bit.
+  void expect_same_runs(int devices) {
+    const std::string n = std::to_string(devices);
+    auto a = read_metrics(path("on" + n + ".jsonl")), b = read_metrics(path("off" + n + ".jsonl"));
+    ASSERT_EQ(a.size(), 5u);
+    ASSERT_EQ(b.size(), 5u);
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << i + 1;
+      EXPECT_EQ(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>()) << "step " << i + 1;
+    }
+    auto wa = read_safetensors(path("on" + n + "/step-000005.safetensors"));
+    auto wb = read_safetensors(path("off" + n + "/step-000005.safetensors"));
+    ASSERT_TRUE(wa.has_value()) << wa.status().message();
+    ASSERT_TRUE(wb.has_value()) << wb.status().message();
+    expect_identical(*wa, *wb);
+  }
+  void check(const std::vector<std::string>& model) {
+    for (int devices : {2, 4}) {
+      SCOPED_TRACE(std::to_string(devices) + " processes");
+      train(model, devices, "on");
+      if (HasFatalFailure()) return;
+      train(model, devices, "off");
+      if (HasFatalFailure()) return;
+      expect_same_runs(devices);
+    }
+  }
+};
+
+TEST_F(OverlapMpi, Gpt2FixtureOnTwoAndFourProcesses) {
+  check({fixture("gpt2", "model.onnx"), "--data", fixture("gpt2", "samples.safetensors")});
+}
+
+// DP 2 x TP 2: the tensor-parallel all-reduces of the backward pass interleave with the moved DP all-reduces (over
+// other groups); every rank must still issue them in one consistent order.
+TEST_F(OverlapMpi, Gpt2DataAndTensorParallelOnFourProcesses) {
+  const std::vector<std::string> model = {fixture("gpt2", "model.onnx"), "--data",
+                                          fixture("gpt2", "samples.safetensors")};
+  const std::vector<std::string> plan = {"--global-tp-deg", "2", "--default-dp-type", "ddp", "--chunks", "1"};
+  train(model, 4, "on", plan);
+  if (HasFatalFailure()) return;
+  train(model, 4, "off", plan);
+  if (HasFatalFailure()) return;
+  expect_same_runs(4);
+}
+
+TEST_F(OverlapMpi, ZooGptTinyOnTwoAndFourProcesses) {
+  check({"--model-type", "gpt", "--model-size", "gpt-tiny", "--seq-length", "32", "--data",
+         fixture("gpt2", "samples.safetensors")});
+}
+
+class OverlapFlag : public Cli {};
+
+TEST_F(OverlapFlag, BadValueIsAUsageError) {
+  auto r = run({"train", fixture("gpt2", "model.onnx"), "--data", fixture("gpt2", "samples.safetensors"), "--steps",
+                "1", "--quiet", "--overlap-grad-sync", "maybe"});
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("--overlap-grad-sync must be on or off"), std::string::npos) << r.err;
+  // Not a plan flag: a single-process run with it trains as usual.
+  r = run({"train", fixture("gpt2", "model.onnx"), "--data", fixture("gpt2", "samples.safetensors"), "--steps", "1",
+           "--quiet", "--device", "cpu", "--overlap-grad-sync", "off"});
+  EXPECT_EQ(r.code, 0) << r.err;
+}
+
+}  // namespace
+}  // namespace gv
