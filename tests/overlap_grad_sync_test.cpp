@@ -34,6 +34,7 @@ TrainingGraphOptions ddp_options(const Graph& g, const std::vector<int>& dp, int
   for (ValueId p : g.parameters()) o.param_sync[g.value(p).name].dp_group = dp;
   o.rank = rank;
   o.loss_replicas = static_cast<int>(dp.size());
+  o.overlap_grad_sync = true;  // off by default (runtime/training_graph.h); these tests are about turning it on
   return o;
 }
 
