@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cli/args.h"
+#include "cli/blas_cpu_check.h"
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "runtime/backend.h"
@@ -140,6 +141,7 @@ int run_main(const std::vector<std::string>& argv) {
 }  // namespace gv::cli
 
 int main(int argc, char** argv) {
+  gv::cli::restart_with_fast_blas_kernels(argv);
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
     return gv::cli::run_main(args);

@@ -89,4 +89,9 @@ template void gemm<int32_t>(bool, bool, int64_t, int64_t, int64_t, double, const
 template void gemm<int64_t>(bool, bool, int64_t, int64_t, int64_t, double, const int64_t*, const int64_t*, double,
                             int64_t*);
 
+const char* blas_core_name() {
+  const char* name = openblas_get_corename();  // <cblas.h> here is OpenBLAS's (CMakeLists.txt)
+  return name ? name : "";
+}
+
 }  // namespace gv::cpu

@@ -26,4 +26,7 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const T* a, const T* b,
           double beta, T* c);
 
+// The kernel set OpenBLAS chose for this CPU at load time ("Haswell", "SkylakeX", "Prescott", ...).
+const char* blas_core_name();
+
 }  // namespace gv::cpu
