@@ -2,20 +2,9 @@
 
 #include <algorithm>
 
+#include "runtime/op_registry.h"
 
 namespace gv {
-namespace {
-
-// Ops whose output 0 is input 0's bytes unchanged, only with another shape.
-bool is_view_op(const Node& n) {
-  if (!n.domain.empty()) return false;
-  for (const char* op : {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}) {
-    if (n.op_type == op) return true;
-  }
-  return false;
-}
-
-}  // namespace
 
 MemoryPlan plan_memory(const Graph& graph, const std::vector<NodeId>& order, const std::vector<ValueId>& keep_alive,
                        size_t alignment, bool alias_views) {
@@ -44,7 +33,8 @@ MemoryPlan plan_memory(const Graph& graph, const std::vector<NodeId>& order, con
       const ValueId in = n.inputs[0], out = n.outputs[0];
       if (!in_arena(in) || !in_arena(out) || written[in] || written[out]) continue;
       if (graph.values[in].dtype != graph.values[out].dtype) continue;
-      if (!is_view_op(n)) continue;
+      const OpSchema* schema = OpRegistry::global().find(n.domain, n.op_type);
+      if (!schema || !schema->view) continue;
       plan.alias_of[out] = plan.alias_of[in] != kNoValue ? plan.alias_of[in] : in;
     }
   }

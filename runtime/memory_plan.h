@@ -10,7 +10,7 @@ namespace gv {
 
 struct MemoryPlan {
   std::vector<int64_t> offset;  // per value; -1 for values outside the arena (parameters, constants)
-  // Per value: the arena value whose buffer it shares, or kNoValue. A view op's output (Reshape, Flatten, Squeeze, Unsqueeze, Identity) shares its
+  // Per value: the arena value whose buffer it shares, or kNoValue. A view op's output (OpSchema::view: Reshape, Flatten, Squeeze, ...) shares its
   // input's buffer unless an in-place op (one with no outputs, e.g. AllReduce) touches either, so that the node
   // needs no copy; the shared buffer lives as long as the longest-lived of them.
   std::vector<ValueId> alias_of;

@@ -91,6 +91,9 @@ struct OpSchema {
   GradFn grad = nullptr;
   // Inputs that never receive a gradient even when `grad` is set (indices, shapes, masks, labels).
   std::vector<int> nondiff_inputs;
+  // Output 0 holds input 0's bytes unchanged, only with another shape (Reshape, Squeeze, ...): the memory planner may
+  // give both one buffer and the executor then skips the node.
+  bool view = false;
   std::string doc;  // one line, for `galvatron inspect` and errors
 };
 

@@ -85,7 +85,9 @@ void register_cast_ops(OpRegistry& r) {
                               "Y = X converted to the dtype of target_type");
   like.nondiff_inputs = {1};
   r.add(std::move(like));
-  r.add(make_schema("Identity", 1, 1, infer_identity, identity_kernel, grad_identity, "Y = X"));
+  OpSchema identity = make_schema("Identity", 1, 1, infer_identity, identity_kernel, grad_identity, "Y = X");
+  identity.view = true;
+  r.add(std::move(identity));
 }
 
 }  // namespace gv::elementwise

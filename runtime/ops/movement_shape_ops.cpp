@@ -332,18 +332,24 @@ Status range_cpu(KernelContext& ctx) {
 
 }  // namespace
 
+// Marks an op whose output is its input's bytes (OpSchema::view).
+static OpSchema view_op(OpSchema s) {
+  s.view = true;
+  return s;
+}
+
 void register_shape_ops(OpRegistry& r) {
-  r.add(make_op("Reshape", 2, 2, infer_reshape, copy_kernel, reshape_back_grad, {1},
-                "new shape from a constant shape input (0 copies a dim, -1 is inferred; allowzero from opset 14)"));
-  r.add(make_op("Flatten", 1, 1, infer_flatten, copy_kernel, reshape_back_grad, {},
-                "2-D view: dims before axis and from axis on"));
-  r.add(make_op("Squeeze", 1, 2, infer_squeeze, copy_kernel, reshape_back_grad, {1},
-                "removes size-1 dims (axes input from opset 13)"));
-  r.add(make_op("Unsqueeze", 1, 2, infer_unsqueeze, copy_kernel, reshape_back_grad, {1},
-                "inserts size-1 dims (axes input from opset 13)"));
+  r.add(view_op(make_op("Reshape", 2, 2, infer_reshape, copy_kernel, reshape_back_grad, {1},
+                        "new shape from a constant shape input (0 copies a dim, -1 is inferred; allowzero from opset 14)")));
+  r.add(view_op(make_op("Flatten", 1, 1, infer_flatten, copy_kernel, reshape_back_grad, {},
+                        "2-D view: dims before axis and from axis on")));
+  r.add(view_op(make_op("Squeeze", 1, 2, infer_squeeze, copy_kernel, reshape_back_grad, {1},
+                        "removes size-1 dims (axes input from opset 13)")));
+  r.add(view_op(make_op("Unsqueeze", 1, 2, infer_unsqueeze, copy_kernel, reshape_back_grad, {1},
+                        "inserts size-1 dims (axes input from opset 13)")));
   // Identity may also be registered by another family; keep the first entry.
   if (!r.find("", "Identity")) {
-    r.add(make_op("Identity", 1, 1, infer_identity, copy_kernel, identity_grad, {}, "copy of the input"));
+    r.add(view_op(make_op("Identity", 1, 1, infer_identity, copy_kernel, identity_grad, {}, "copy of the input")));
   }
   r.add(make_op("Shape", 1, 1, infer_shape, shape_cpu, nullptr, {}, "the input's dims [start, end) as int64"));
   r.add(make_op("Size", 1, 1, infer_size, size_cpu, nullptr, {}, "the input's element count as an int64 scalar"));
