@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Search accuracy (issue 8): Galvatron's predicted time per iteration against the measured one, on $NGPU GPUs.
-# Per model (zoo gpt2 124M, quick, then gpt-1.5b): the hardware files measured through NCCL, the computation profile
-# timed on one GPU (`galvatron profile --device cuda --precision tf32`, 8 batch sizes for the batch time mode), the
-# search for a fixed global batch and memory budget, a few training steps with the searched plan, and the same for pure
-# DDP (the search restricted to `--search-space dp`, then `train` with no plan flags). Prints predicted vs measured
-# seconds per iteration and the error. Measured: global batch x seq / the step's tokens_per_s (--metrics), median of
-# the steps after the first two.
+# Per model (zoo gpt2 124M, quick, then gpt-1.5b; llama-* and bert-* sizes work too): the hardware files measured
+# through NCCL, the computation profile timed on one GPU (`galvatron profile --device cuda`, 8 batch sizes for the batch
+# time mode, the optimizer step per MB of parameters), the search for a fixed global batch and memory budget, a few
+# training steps with the searched plan, and the same for single strategies (BASELINES: the search restricted to
+# `--search-space dp|sdp|tp|pp`, then `train` with its plan). Prints predicted vs measured seconds per iteration and
+# the error. Measured: global batch x seq / the step's tokens_per_s (--metrics), median of the steps after the first
+# two.
 #   GALVATRON=./galvatron NGPU=4 bash bench/search_accuracy.sh [OUT_DIR]
 # Optional: MODELS ("gpt2 gpt-1.5b"), MEM_GB (64, the search's --memory-constraint), PRECISION (tf32), STEPS (6),
-# DP_TYPE (zero2, the searched plan's --default-dp-type), BSZ_gpt2 / BSZ_gpt_1_5b (global batches: 4 and 2 per GPU).
+# DP_TYPE (zero2, the searched plan's --default-dp-type), BSZ_gpt2 / BSZ_gpt_1_5b (global batches: 4 and 2 per GPU),
+# BASELINES ("dp"), ONE_GPU=1 (one GPU with the per-GPU batch: scaling efficiency), FSDP=1 (PyTorch FSDP through
+# torchrun bench/torch_fsdp.py, GPT-2 sizes; FSDP_SHARDING "full grad_op"), TRAIN_TIMEOUT (240 s per run).
 set -uo pipefail
 GV=${GALVATRON:-./galvatron}
 N=${NGPU:-4}
 OUT=${1:-${OUT:-$(mktemp -d)}}
+HERE=$(cd "$(dirname "$0")" && pwd)
 MODELS=${MODELS:-"gpt2 gpt-1.5b"}
 MEM=${MEM_GB:-64}
 PREC=${PRECISION:-tf32}
@@ -65,50 +69,72 @@ for M in $MODELS; do
   case $M in gpt2) def=$((4 * N));; *) def=$((2 * N));; esac
   GBS=${!key:-$def}
   P="$OUT/$M"
+  case $M in llama*) MT=llama;; bert*) MT=bert;; *) MT=gpt;; esac
   mkdir -p "$P"
   rm -f "$P"/plan*.json "$P"/*.jsonl  # a reused OUT_DIR: no stale plan or metrics
   # 2. Computation profile on one GPU (memory profile from the IR beside it). --mixed-precision fp32: galvatron stores
   # float32 under every --precision, so activations count 4 bytes and gradients travel in fp32.
   stamp "$M: computation profile (cuda, $PREC)"
-  timeout 180 "$GV" profile --model-type gpt --model-size "$M" --device cuda --precision "$PREC" \
+  timeout 180 "$GV" profile --model-type $MT --model-size "$M" --device cuda --precision "$PREC" \
     --mixed-precision fp32 --profile-batch-sizes 1,2,3,4,5,6,7,8 --repeats 3 --output-dir "$P/prof" \
     > "$P/profile.log" 2>&1; echo "profile exit $?"; grep "^forward on\|^memory" "$P/profile.log"
-  S="search --model-type gpt --model-size $M --num-nodes 1 --num-gpus-per-node $N --settle-bsz $GBS
+  S="search --model-type $MT --model-size $M --num-nodes 1 --num-gpus-per-node $N --settle-bsz $GBS
      --mixed-precision fp32 --time-profiling-path $P/prof --time-profile-mode batch --hardware-profiling-path $OUT/hw"
-  # 3. The search, and the cost of pure DDP (one strategy, one micro-batch; a large budget so that it is priced even
-  # where it does not fit MEM_GB: the DDP run below shows whether it fits the GPU).
+  # 3. The search.
   stamp "$M: search, global batch $GBS, $MEM GB"
   timeout 120 "$GV" $S --memory-constraint "$MEM" --default-dp-type "$DP_TYPE" --pipeline-type pipedream_flush \
     --output-config-path "$P/plan.json" > "$P/search.log" 2>&1; echo "search exit $?"
   sed -n '/^Galvatron search/,$p' "$P/search.log"
-  timeout 120 "$GV" $S --memory-constraint 512 --search-space dp --settle-chunk 1 --disable-sdp 1 --disable-vtp 1 \
-    --default-dp-type ddp --output-config-path "$P/plan_ddp.json" > "$P/search_ddp.log" 2>&1
-  echo "search (dp only) exit $?"
-  T="train --model-type gpt --model-size $M --data $OUT/tokens.npy --seq-len $SEQ --steps $STEPS --lr 1e-4
+  T="train --model-type $MT --model-size $M --data $OUT/tokens.npy --seq-len $SEQ --steps $STEPS --lr 1e-4
      --device cuda --devices $N --precision $PREC"
   # 4. Training steps under the searched plan: --batch-size is one micro-batch over all GPUs (global / chunks).
-  if [ -f "$P/plan.json" ]; then
-    CH=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('chunks', 1))" "$P/plan.json")
-    stamp "$M: train with the searched plan ($CH micro-batches of $((GBS / CH)))"
-    timeout 240 "$GV" $T --batch-size $((GBS / CH)) --galvatron-config-path "$P/plan.json" \
-      --metrics "$P/train_plan.jsonl" > "$P/train_plan.log" 2>&1; echo "train (plan) exit $?"
-    grep -h "parallel plan\|memory plan" "$P/train_plan.log" | head -2
-    printf "%s\tsearched\t%s\t%s\n" "$M" "$(predicted "$P/search.log" "$GBS")" \
-      "$(measured "$P/train_plan.jsonl" "$GBS")" >> "$RES"
-  else
-    printf "%s\tsearched\t%s\tnan\n" "$M" "nan" >> "$RES"
+  train_plan() {  # name, plan.json, search.log
+    if [ -f "$2" ]; then
+      local CH; CH=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('chunks', 1))" "$2")
+      stamp "$M: train with the $1 plan ($CH micro-batches of $((GBS / CH)))"
+      timeout "${TRAIN_TIMEOUT:-240}" "$GV" $T --batch-size $((GBS / CH)) --galvatron-config-path "$2" \
+        --metrics "$P/train_$1.jsonl" > "$P/train_$1.log" 2>&1; echo "train ($1) exit $?"
+      grep -h "parallel plan\|memory plan" "$P/train_$1.log" | head -2; grep -ih "out of memory" "$P/train_$1.log" | head -1
+      printf "%s\t%s\t%s\t%s\n" "$M" "$1" "$(predicted "$3" "$GBS")" "$(measured "$P/train_$1.jsonl" "$GBS")" >> "$RES"
+    else
+      printf "%s\t%s\tnan\tnan\n" "$M" "$1" >> "$RES"
+    fi
+  }
+  train_plan searched "$P/plan.json" "$P/search.log"
+  # 5. Single strategies (BASELINES, any of dp sdp tp pp; default dp): the search restricted to that strategy (a large
+  # budget, so that it is priced even where it does not fit MEM_GB: the run shows whether it fits the GPU), then the
+  # same training steps with its plan. dp: one micro-batch, the default DP type (plain all-reduce).
+  for B in ${BASELINES:-dp}; do
+    extra=""
+    [ "$B" = dp ] && extra="--settle-chunk 1 --disable-sdp 1 --disable-vtp 1 --default-dp-type ddp"
+    stamp "$M: search restricted to $B"
+    timeout 120 "$GV" $S --memory-constraint 512 --search-space "$B" $extra --pipeline-type pipedream_flush \
+      --output-config-path "$P/plan_$B.json" > "$P/search_$B.log" 2>&1; echo "search ($B) exit $?"
+    grep -h "^predicted time per iteration" "$P/search_$B.log"
+    train_plan "$B" "$P/plan_$B.json" "$P/search_$B.log"
+  done
+  # 6. One GPU with the same rows per GPU (scaling efficiency at a fixed per-GPU batch), and PyTorch FSDP beside it.
+  if [ -n "${ONE_GPU:-}" ]; then
+    stamp "$M: one GPU, $((GBS / N)) rows"
+    timeout 240 "$GV" ${T/--devices $N/--devices 1} --batch-size $((GBS / N)) --metrics "$P/train_one.jsonl" \
+      > "$P/train_one.log" 2>&1; echo "train (one GPU) exit $?"
+    printf "%s\tone-gpu\t\t%s\n" "$M" "$(measured "$P/train_one.jsonl" "$((GBS / N))")" >> "$RES"
   fi
-  # 5. Pure DDP: no plan flags (each GPU takes global / N rows, gradients all-reduced).
-  stamp "$M: train DDP"
-  timeout 240 "$GV" $T --batch-size "$GBS" --metrics "$P/train_ddp.jsonl" > "$P/train_ddp.log" 2>&1
-  echo "train (ddp) exit $?"; grep -ih "out of memory" "$P/train_ddp.log" | head -1
-  printf "%s\tddp\t%s\t%s\n" "$M" "$(predicted "$P/search_ddp.log" "$GBS")" \
-    "$(measured "$P/train_ddp.jsonl" "$GBS")" >> "$RES"
+  if [ -n "${FSDP:-}" ]; then
+    case $M in gpt2) TS=124m;; gpt-1.5b) TS=1.5b;; *) TS="";; esac
+    for SH in ${FSDP_SHARDING:-full}; do
+      [ -n "$TS" ] || break
+      stamp "$M: PyTorch FSDP ($SH), $((GBS / N)) rows per GPU"
+      SHARDING=$SH timeout 300 torchrun --nproc_per_node "$N" "$HERE/torch_fsdp.py" "$TS" $((GBS / N)) "$SEQ" \
+        "${PREC/tf32/tf32}" > "$P/fsdp_$SH.log" 2>&1; echo "fsdp exit $?"; grep '^{' "$P/fsdp_$SH.log" | tail -1
+    done
+  fi
 done
 
 stamp "summary ($N GPUs, --precision $PREC, $STEPS steps each, median of steps 3-$STEPS)"
-python3 - "$RES" <<'PY'
+python3 - "$RES" "$N" <<'PY'
 import math, sys
+rows = {}
 print(f"{'model':10s} {'run':9s} {'predicted s/it':>14s} {'measured s/it':>14s} {'error':>8s}")
 for line in open(sys.argv[1]):
     m, run, p, t = line.rstrip("\n").split("\t")
@@ -116,5 +142,12 @@ for line in open(sys.argv[1]):
     t = float(t) if t else math.nan
     err = (p - t) / t * 100 if t == t and p == p and t > 0 else math.nan
     print(f"{m:10s} {run:9s} {p:14.4f} {t:14.4f} {err:+7.1f}%")
+    rows.setdefault(m, {})[run] = t
+n = int(sys.argv[2])
+for m, r in rows.items():
+    one = r.get("one-gpu", math.nan)
+    for run, t in r.items():
+        if run != "one-gpu" and one == one and t == t and t > 0:
+            print(f"{m}: {run} scaling 1 -> {n} GPUs at a fixed per-GPU batch: {one / t * 100:.1f}%")
 PY
 stamp "done"

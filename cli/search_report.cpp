@@ -48,12 +48,12 @@ void print_search_report(const ModelProfile& model, const HardwareProfile& hw, c
     }
   }
   // Time breakdown of one micro-batch, per stage (the layers' shares from the cost model).
-  std::printf("\n%-6s %12s %12s %12s %12s %14s\n", "stage", "compute ms", "tp comm ms", "dp comm ms", "p2p ms",
-              "stage ms/mb");
+  std::printf("\n%-6s %12s %12s %12s %12s %14s %14s\n", "stage", "compute ms", "tp comm ms", "dp comm ms", "p2p ms",
+              "stage ms/mb", "optimizer ms");
   const double mb = r.micro_batches > 0 ? static_cast<double>(r.bsz) / r.micro_batches : r.bsz;
   for (int st = 0; st < r.pp_deg; ++st) {
     const StagePlan& sp = r.stages[st];
-    double comp = 0, tpc = 0, dpc = 0, p2p = 0;
+    double comp = 0, tpc = 0, dpc = 0, p2p = 0, optim = 0;
     for (int l = sp.first_layer; l < sp.first_layer + sp.num_layers; ++l) {
       Strategy c = canonical_strategy(r.layers[l]);
       LayerTime t = layer_time(ci, 0, c, mb, false);
@@ -62,10 +62,20 @@ void print_search_report(const ModelProfile& model, const HardwareProfile& hw, c
       tpc += t.tp_time / L;
       dpc += (t.dp_message_mb * t.dc + t.fsdp_time) / L;
       p2p += t.p2p_time / L;
+      optim += t.optimizer_time / L;
     }
-    std::printf("%-6d %12.2f %12.2f %12.2f %12.2f %14.2f\n", st, comp, tpc, dpc, p2p, sp.compute_s * 1000);
+    std::printf("%-6d %12.2f %12.2f %12.2f %12.2f %14.2f %14.2f\n", st, comp, tpc, dpc, p2p, sp.compute_s * 1000,
+                optim);
   }
-  std::printf("\nun-overlapped gradient reduce: %.2f ms\n", r.reduce_s * 1000);
+  if (model.optimizer_ms_per_param_mb > 0) {
+    std::printf("\noptimizer step: %.4f ms per MB of parameters (the profile's optimizer_ms_per_param_mb), once per "
+                "iteration with the gradient sync\n", model.optimizer_ms_per_param_mb);
+  }
+  if (model.optimizer_ms_per_param_mb > 0) {
+    std::printf("gradient reduce and optimizer step not overlapped: %.2f ms\n", r.reduce_s * 1000);
+  } else {
+    std::printf("\nun-overlapped gradient reduce: %.2f ms\n", r.reduce_s * 1000);
+  }
   std::printf("predicted time per iteration: %.4f s\n", r.cost_s);
 }
 

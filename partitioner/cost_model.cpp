@@ -225,6 +225,13 @@ LayerTime layer_time(const CostInputs& in, int lt_idx, const Strategy& s, double
     r.fsdp_time = fsdp_msg * dc;
     result = result + r.fsdp_time * 1;
   }
+  // galvatron's extension: the optimizer step over the parameters this GPU updates (sharded over the data-parallel
+  // group under ZeRO-2 / ZeRO-3), once per iteration like the gradient sync (so not in the no_comm time).
+  if (!no_comm && in.model->optimizer_ms_per_param_mb > 0) {
+    const bool sharded = s.is_fsdp() || (o.use_zero2_for_dp && sdp > 1);
+    r.optimizer_time = in.model->optimizer_ms_per_param_mb * param / (sharded ? sdp : 1) * L;
+    result += r.optimizer_time;
+  }
   if (pp > 1) {
     auto it = hw.p2p_coe.find(pp);
     double pcoe = it == hw.p2p_coe.end() ? std::numeric_limits<double>::quiet_NaN() : it->second;
@@ -309,12 +316,20 @@ OtherTime other_time(const CostInputs& in, int mbsz, int pp, int world, bool vsp
       return ft + bt + tpt;
     };
     std::vector<double> w(pp, 0.0), n(pp, 0.0);
-    w[0] = 0.001 * ot(ds0 * dp_coe * ff, f0, ds0 * dp_coe * bf, f0 * o.bct_fct_coe, tp_first);
+    // galvatron's extension: the optimizer step over the embedding / head parameters (ds0, ds1: MB at this vocab TP),
+    // sharded under vocab ZeRO-3 or ZeRO-2; with the sync, once per iteration.
+    const int shard = vocab_sdp || o.use_zero2_for_dp ? (vsp ? world / pp : world / pp / k) : 1;
+    const double opt0 = m.optimizer_ms_per_param_mb * ds0 / shard, opt1 = m.optimizer_ms_per_param_mb * ds1 / shard;
+    w[0] = 0.001 * (ot(ds0 * dp_coe * ff, f0, ds0 * dp_coe * bf, f0 * o.bct_fct_coe, tp_first) + opt0);
     n[0] = 0.001 * ot(ds0 * dp_coe * ff, f0, ds0 * dp_coe * (bf - 0.5), f0 * o.bct_fct_coe, tp_first);
     if (pp > 1) {
-      w[pp - 1] = 0.001 * ot(ds1 * dp_coe * ff, f1, ds1 * dp_coe * bf, f1 * o.bct_fct_coe, tp_last);
+      w[pp - 1] = 0.001 * (ot(ds1 * dp_coe * ff, f1, ds1 * dp_coe * bf, f1 * o.bct_fct_coe, tp_last) + opt1);
       n[pp - 1] = 0.001 * ot(ds1 * dp_coe * ff, f1, ds1 * dp_coe * (bf - 0.5), f1 * o.bct_fct_coe, tp_last);
     }
+    std::vector<double> opt(pp, 0.0);
+    opt[0] = 0.001 * opt0;
+    if (pp > 1) opt[pp - 1] = 0.001 * opt1;
+    r.optimizer[k] = std::move(opt);
     r.with_sync[k] = std::move(w);
     r.no_sync[k] = std::move(n);
   }
@@ -323,7 +338,8 @@ OtherTime other_time(const CostInputs& in, int mbsz, int pp, int world, bool vsp
 
 PipelineCost pipeline_cost(const CostInputs& in, const std::vector<Strategy>& plan, const std::vector<int>& partition,
                            const std::vector<double>& chunks_per_type, int bsz, int min_tp,
-                           const std::vector<double>& other_no_sync) {
+                           const std::vector<double>& other_no_sync,
+                           const std::vector<double>& other_optimizer) {
   PipelineCost r;
   const ModelProfile& m = *in.model;
   std::vector<int> type_of;
@@ -359,6 +375,7 @@ PipelineCost pipeline_cost(const CostInputs& in, const std::vector<Strategy>& pl
     start += partition[st];
   }
   for (int i = 0; i < pp && i < static_cast<int>(other_no_sync.size()); ++i) sc[i] += other_no_sync[i];
+  for (int i = 0; i < pp && i < static_cast<int>(other_optimizer.size()); ++i) sf[i] += other_optimizer[i];
   double sum_c = 0, sum_rest = 0;
   for (int i = 0; i < pp; ++i) sum_c += sc[i];
   for (int i = 1; i < pp; ++i) sum_rest += sc[i];

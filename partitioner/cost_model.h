@@ -50,6 +50,7 @@ LayerMemory layer_memory(const CostInputs& in, int layer_type, const Strategy& s
 struct LayerTime {
   double fct = 0, bct = 0;         // ms, whole dummy model (x layer_num)
   double dp_message_mb = 0, dc = 0, tp_time = 0, p2p_time = 0, fsdp_time = 0;
+  double optimizer_time = 0;       // ms, whole dummy model (ModelProfile::optimizer_ms_per_param_mb; 0 without it)
   double total_s = 0;              // seconds per layer
 };
 // TimeCostModel(strategy, global_batch_size=gbsz, no_comm).gen_result().
@@ -57,6 +58,7 @@ LayerTime layer_time(const CostInputs& in, int layer_type, const Strategy& s, do
 
 struct OtherTime {
   std::map<int, std::vector<double>> with_sync, no_sync;  // vocab-TP degree -> seconds per stage
+  std::map<int, std::vector<double>> optimizer;           // the part of with_sync that is the optimizer step (ext.)
 };
 // OtherTimeCostModel(mbsz, pp_deg, world_size, vsp, vocab_sdp, min_tp, max_tp).gen_result().
 OtherTime other_time(const CostInputs& in, int mbsz, int pp, int world, bool vsp, bool vocab_sdp, int min_tp,
@@ -76,6 +78,9 @@ struct PipelineCost {
 // pipeline_costmodel(TimeCostModel, layer_num_list, ..., strategies, partition, chunks, bsz, min_tp, other_time_cost).
 PipelineCost pipeline_cost(const CostInputs& in, const std::vector<Strategy>& plan, const std::vector<int>& partition,
                            const std::vector<double>& chunks_per_type, int bsz, int min_tp,
-                           const std::vector<double>& other_no_sync);
+                           const std::vector<double>& other_no_sync,
+                           const std::vector<double>& other_optimizer = {});
+// other_optimizer (galvatron's extension): per stage, seconds of the optimizer step over the embedding / head
+// parameters (OtherTime::optimizer), counted once per iteration with the gradient sync; empty: none.
 
 }  // namespace gv::partitioner

@@ -174,6 +174,9 @@ Expected<ModelProfile> load_galvatron_model_profile(const std::string& computati
     p.layer_types[i].seq_length = opt.layers[i].seq_len;
   }
   const std::string& cf = computation_path;
+  if (auto it = time.find("optimizer_ms_per_param_mb"); it != time.end() && it->is_number()) {
+    p.optimizer_ms_per_param_mb = it->get<double>();
+  }
 
   // ---- computation ----
   if (opt.time_mode == ProfileMode::kStatic) {

@@ -42,6 +42,9 @@ struct ModelProfile {
   std::vector<LayerTypeProfile> layer_types;
   OtherMemory pp_off, pp_on_first, pp_on_last;
   TimeFn other_forward;  // ms for the embedding + LM head
+  // galvatron's extension of the computation profile (key "optimizer_ms_per_param_mb"): the optimizer step's ms per MB
+  // of float32 parameters one GPU updates. 0 (Galvatron's own files): the step is not in the cost, as in Galvatron.
+  double optimizer_ms_per_param_mb = 0;
   std::string source;    // where the numbers came from (file names)
   int total_layers() const {
     int n = 0;

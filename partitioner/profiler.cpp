@@ -45,9 +45,8 @@ Expected<ForwardTiming> time_forward(const std::function<Expected<Graph>(int64_t
     t.num_layers = num_layers;
     for (ValueId v : fwd.inputs)
       if (fwd.value(v).shape.size() >= 2) t.seq = static_cast<int>(fwd.value(v).shape[1]);
-    // The trainer's graph: loss, backward; plain SGD so that no optimizer state is allocated (never run here).
+    // The trainer's graph: loss, backward, AdamW (timed with learning rate 0 and step 1: the weights stay as they are).
     TrainingGraphOptions to;
-    to.optimizer.kind = OptimizerConfig::Kind::kSgd;
     to.optimizer.weight_decay = 0;
     GV_ASSIGN_OR_RETURN(TrainingGraph tg, build_training_graph(std::move(fwd), to));
     const Graph& g = tg.graph;
@@ -56,7 +55,12 @@ Expected<ForwardTiming> time_forward(const std::function<Expected<Graph>(int64_t
     const size_t bwd_end = std::min(tg.optimizer_begin, ex->num_steps());
     // The arena may reuse an input's buffer once it is read: feed the inputs before every pass.
     auto feed = [&]() -> Status {
-      for (ValueId v : g.inputs) GV_RETURN_IF_ERROR(ex->set_value(v, feed_for(g.value(v))));
+      for (ValueId v : g.inputs) {
+        Tensor t = feed_for(g.value(v));
+        if (v == tg.lr) std::fill(t.data_as<double>(), t.data_as<double>() + t.numel(), 0.0);
+        if (v == tg.step) std::fill(t.data_as<int64_t>(), t.data_as<int64_t>() + t.numel(), int64_t{1});
+        GV_RETURN_IF_ERROR(ex->set_value(v, t));
+      }
       return backend.synchronize();
     };
     // Blocks [begin, end) of the forward part timed as one: single nodes on the CPU, runs of one place elsewhere.
@@ -83,11 +87,18 @@ Expected<ForwardTiming> time_forward(const std::function<Expected<Graph>(int64_t
     GV_RETURN_IF_ERROR(ex->run_steps(0, bwd_end));  // warm-up (kernel selection, first-touch allocations)
     GV_RETURN_IF_ERROR(backend.synchronize());
     std::vector<double> best(blocks.size(), std::numeric_limits<double>::infinity());
-    double best_bwd = std::numeric_limits<double>::infinity();
+    double best_bwd = std::numeric_limits<double>::infinity(), best_opt = best_bwd;
     for (int r = 0; r < t.repeats; ++r) {
       GV_RETURN_IF_ERROR(feed());
       for (size_t k = 0; k < blocks.size(); ++k) GV_RETURN_IF_ERROR(timed(blocks[k].first, blocks[k].second, &best[k]));
       GV_RETURN_IF_ERROR(timed(fwd_end, bwd_end, &best_bwd));
+      GV_RETURN_IF_ERROR(timed(bwd_end, ex->num_steps(), &best_opt));
+    }
+    double param_mb = 0;
+    for (ValueId p : tg.params) param_mb += static_cast<double>(shape_numel(g.value(p).shape)) * 4 / kMB;
+    if (param_mb > 0) {
+      const double rate = best_opt / param_mb;
+      if (t.optimizer_ms_per_param_mb == 0 || rate < t.optimizer_ms_per_param_mb) t.optimizer_ms_per_param_mb = rate;
     }
     double layers = 0, other = 0;
     for (size_t k = 0; k < blocks.size(); ++k) (layer_of(blocks[k].first) >= 0 ? layers : other) += best[k];
@@ -104,7 +115,9 @@ std::string computation_profile_json(const ForwardTiming& t) {
     j[fmt_key("0", b, t.seq)] = ms;
     j[fmt_key("other", b, t.seq)] = t.other_ms_per_sample.at(b);
   }
-  // Not a time (Galvatron's readers and ours take numbers under layertype_* only): where the numbers come from.
+  // galvatron's extension (Galvatron's readers take numbers under layertype_* only and skip it).
+  if (t.optimizer_ms_per_param_mb > 0) j["optimizer_ms_per_param_mb"] = t.optimizer_ms_per_param_mb;
+  // Not a time: where the numbers come from.
   j["profile_note"] = "training forward (loss included), ms per sample, on " + t.device + " (" + t.precision +
                       "), best of " + std::to_string(t.repeats);
   return j.dump(4) + "\n";

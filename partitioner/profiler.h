@@ -24,6 +24,8 @@ struct ForwardTiming {
   std::map<int, double> layer_ms_per_sample;     // batch -> ms per sample per layer (mean over the layers)
   std::map<int, double> other_ms_per_sample;     // batch -> ms per sample for everything outside the layers (+ loss)
   std::map<int, double> backward_ms_per_sample;  // batch -> ms per sample of the whole backward pass (all places)
+  // The AdamW step (gradient norm + updates), ms per MB of float32 parameters (best over batches and repeats).
+  double optimizer_ms_per_param_mb = 0;
   // Whole forward (layers + other) per sample of the graph that was timed.
   double forward_ms_per_sample(int batch, int num_layers) const {
     return layer_ms_per_sample.at(batch) * num_layers + other_ms_per_sample.at(batch);
@@ -40,7 +42,8 @@ struct ForwardTiming {
 // CPU: each node runs alone (Executor::run_steps) and is timed; a layer's time is the sum over its nodes (mean over
 // layers), "other" the sum over the embedding / head / loss / unplaced nodes. Other backends (asynchronous: CUDA):
 // contiguous runs of nodes of one place are timed as a block between Backend::synchronize calls (a sync per node would
-// add its latency to every kernel). Best of `repeats` runs after one warm-up.
+// add its latency to every kernel). Best of `repeats` runs after one warm-up. The optimizer region (AdamW, learning
+// rate 0) is timed as one block too, per MB of parameters.
 Expected<ForwardTiming> time_forward(const std::function<Expected<Graph>(int64_t)>& make_graph,
                                      const std::vector<int>& batches, int repeats, Backend& backend);
 

@@ -227,7 +227,8 @@ struct Engine {
             for (int st = 0; st < pp; ++st) ok = ok && remain[k][st] != -1;
             if (!ok) continue;
             std::vector<Strategy> plan(L, ss[si]);
-            PipelineCost pc = pipeline_cost(ci, plan, part, chunks, bsz, min_tp, otime[e].no_sync[k]);
+            PipelineCost pc =
+                pipeline_cost(ci, plan, part, chunks, bsz, min_tp, otime[e].no_sync[k], otime[e].optimizer[k]);
             if (final_cost > pc.total_s) {
               final_cost = pc.total_s;
               vtp = k;
@@ -302,7 +303,7 @@ struct Engine {
         double c;
         PipelineCost pc;
         if (opt.use_pipeline_costmodel) {
-          pc = pipeline_cost(ci, plan, part, chunks, bsz, min_tp, otime[e].no_sync[k]);
+          pc = pipeline_cost(ci, plan, part, chunks, bsz, min_tp, otime[e].no_sync[k], otime[e].optimizer[k]);
           c = pc.total_s;
         } else {
           c = 0;

@@ -51,6 +51,16 @@ class Communicator {
   // counts[i] elements at offset counts[0] + ... + counts[i-1]. float32 / float64.
   virtual Status reduce_scatter(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype,
                                 ReduceOp op) = 0;
+  // all_gather / reduce_scatter that may return before the data moved, as all_reduce_async (the same ordering rules:
+  // neither buffer may be touched until wait_async()). ZeRO-2's gradient reduce-scatters during the backward pass and
+  // its parameter gathers during the optimizer step. Default: the blocking collectives.
+  virtual Status all_gather_async(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype) {
+    return all_gather(send, recv, counts, dtype);
+  }
+  virtual Status reduce_scatter_async(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype,
+                                      ReduceOp op) {
+    return reduce_scatter(send, recv, counts, dtype, op);
+  }
   // Point to point, ranks of this communicator. send() does not wait for the matching recv() (the bytes are copied
   // out first); recv() blocks until the message with that tag from `src` arrived. wait_sends() completes every send
   // started so far (call it at the end of a step).

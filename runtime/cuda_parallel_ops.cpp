@@ -107,6 +107,10 @@ Status reduce_scatter_cuda(KernelContext& ctx) {
   if (!is_nccl(ctx.comm)) return cuda_fallback_kernel(ctx);
   GV_ASSIGN_OR_RETURN(Communicator * c, group_comm(ctx));
   if (!sized(c, ctx, row_elems(x.shape), g) || y.shape[0] != g.sizes[g.pos]) return cuda_fallback_kernel(ctx);
+  // attr async = 1 (ZeRO-2 under overlap_grad_sync): on the comm stream; a later WaitCollectives orders it.
+  if (ctx.attrs().get_int("async", 0) == 1) {
+    return comm_result(ctx, c->reduce_scatter_async(x.data, y.data, g.counts, x.dtype, ReduceOp::kSum));
+  }
   return comm_result(ctx, c->reduce_scatter(x.data, y.data, g.counts, x.dtype, ReduceOp::kSum));
 }
 
@@ -216,6 +220,7 @@ Status gather_shards_cuda(KernelContext& ctx) {
   size_t offset = 0;
   for (int i = 0; i < c->rank(); ++i) offset += counts[i];
   const char* mine = static_cast<const char*>(p.data) + offset * dtype_size(p.dtype);
+  if (ctx.attrs().get_int("async", 0) == 1) return comm_result(ctx, c->all_gather_async(mine, p.data, counts, p.dtype));
   return comm_result(ctx, c->all_gather(mine, p.data, counts, p.dtype));
 }
 

@@ -18,11 +18,14 @@ MemoryPlan plan_memory(const Graph& graph, const std::vector<NodeId>& order, con
   MemoryPlan plan;
   plan.alias_of.assign(n_values, kNoValue);
   if (alias_views) {
-    // Values an in-place op may write (inputs of nodes without outputs) keep buffers of their own.
+    // Values an in-place op may write (inputs of nodes without outputs, unless the op only reads them) keep buffers
+    // of their own.
     std::vector<bool> written(n_values, false);
     for (NodeId id : order) {
       const Node& n = graph.nodes[id];
       if (!n.outputs.empty()) continue;
+      const OpSchema* schema = OpRegistry::global().find(n.domain, n.op_type);
+      if (schema && schema->reads_only) continue;
       for (ValueId in : n.inputs) {
         if (in != kNoValue) written[in] = true;
       }

@@ -192,6 +192,14 @@ class NcclCommunicator final : public Communicator {
 
   Status wait_async() override { return async_->fence(); }
 
+  // Where a collective goes: async, the comm stream (after the stream-0 work so far); blocking, stream 0 after the
+  // pending async collectives (the ordering rules in runtime/nccl_communicator.h).
+  Expected<cudaStream_t> collective_stream(bool async) {
+    if (async) return async_->begin();
+    GV_RETURN_IF_ERROR(async_->fence());
+    return kStream;
+  }
+
   Status broadcast(void* data, size_t bytes, int root) override {
     GV_RETURN_IF_ERROR(check_peer(root, "broadcast root"));
     if (!on_device(data)) return host_->broadcast(data, bytes, root);
@@ -210,6 +218,13 @@ class NcclCommunicator final : public Communicator {
   }
 
   Status all_gather(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype) override {
+    return gather(send, recv, counts, dtype, false);
+  }
+  Status all_gather_async(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype) override {
+    return gather(send, recv, counts, dtype, true);
+  }
+  // all_gather (async: on the comm stream, after the stream-0 work so far, including the staging copy below).
+  Status gather(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype, bool async) {
     GV_RETURN_IF_ERROR(check_counts(counts, "all_gather"));
     if (!on_device(recv)) {
       if (on_device(send)) return invalid_argument("all_gather from device memory into host memory");
@@ -237,24 +252,24 @@ class NcclCommunicator final : public Communicator {
       }
       return Status::ok();
     }
-    GV_RETURN_IF_ERROR(async_->fence());
     const bool equal = std::all_of(counts.begin(), counts.end(), [&](size_t c) { return c == counts[0]; });
-    if (equal) {
-      return nccl_status(ncclAllGather(src, out, counts[0] * elem, ncclUint8, comm_, kStream), "all-gather");
-    }
-    // Unequal counts: each rank broadcasts its piece into its place (in place at the root).
-    if (counts[rank_] && src != out + my_off * elem) {
+    if (!equal && counts[rank_] && src != out + my_off * elem) {
       GV_RETURN_IF_ERROR(cuda_status(
           cudaMemcpyAsync(out + my_off * elem, src, counts[rank_] * elem, cudaMemcpyDeviceToDevice, kStream),
           "all_gather copy"));
     }
+    GV_ASSIGN_OR_RETURN(cudaStream_t stream, collective_stream(async));
+    if (equal) {
+      return nccl_status(ncclAllGather(src, out, counts[0] * elem, ncclUint8, comm_, stream), "all-gather");
+    }
+    // Unequal counts: each rank broadcasts its piece (copied to its place above) in place.
     GV_RETURN_IF_ERROR(nccl_status(ncclGroupStart(), "group start"));
     size_t off = 0;
     Status st;
     for (int r = 0; r < size_ && st.is_ok(); ++r) {
       if (counts[r]) {
         char* p = out + off * elem;
-        st = nccl_status(ncclBroadcast(p, p, counts[r] * elem, ncclUint8, r, comm_, kStream), "all-gather (bcast)");
+        st = nccl_status(ncclBroadcast(p, p, counts[r] * elem, ncclUint8, r, comm_, stream), "all-gather (bcast)");
       }
       off += counts[r];
     }
@@ -264,6 +279,15 @@ class NcclCommunicator final : public Communicator {
 
   Status reduce_scatter(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype,
                         ReduceOp op) override {
+    return scatter(send, recv, counts, dtype, op, false);
+  }
+  Status reduce_scatter_async(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype,
+                              ReduceOp op) override {
+    return scatter(send, recv, counts, dtype, op, true);
+  }
+  // reduce_scatter (async: on the comm stream, after the stream-0 work so far).
+  Status scatter(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype, ReduceOp op,
+                 bool async) {
     GV_RETURN_IF_ERROR(check_counts(counts, "reduce_scatter"));
     if (!on_device(send)) {
       if (on_device(recv)) return invalid_argument("reduce_scatter from host memory into device memory");
@@ -282,10 +306,10 @@ class NcclCommunicator final : public Communicator {
       }
       return Status::ok();
     }
-    GV_RETURN_IF_ERROR(async_->fence());
+    GV_ASSIGN_OR_RETURN(cudaStream_t stream, collective_stream(async));
     const bool equal = std::all_of(counts.begin(), counts.end(), [&](size_t c) { return c == counts[0]; });
     if (equal) {
-      return nccl_status(ncclReduceScatter(send, recv, counts[0], t, nccl_op(op), comm_, kStream), "reduce-scatter");
+      return nccl_status(ncclReduceScatter(send, recv, counts[0], t, nccl_op(op), comm_, stream), "reduce-scatter");
     }
     // Unequal counts: one reduction to each rank in turn, grouped.
     GV_RETURN_IF_ERROR(nccl_status(ncclGroupStart(), "group start"));
@@ -294,7 +318,7 @@ class NcclCommunicator final : public Communicator {
     for (int r = 0; r < size_ && st.is_ok(); ++r) {
       if (counts[r]) {
         void* dst = r == rank_ ? recv : const_cast<char*>(in + off * elem);  // written at the root only
-        st = nccl_status(ncclReduce(in + off * elem, dst, counts[r], t, nccl_op(op), r, comm_, kStream),
+        st = nccl_status(ncclReduce(in + off * elem, dst, counts[r], t, nccl_op(op), r, comm_, stream),
                          "reduce-scatter (reduce)");
       }
       off += counts[r];

@@ -94,6 +94,9 @@ struct OpSchema {
   // Output 0 holds input 0's bytes unchanged, only with another shape (Reshape, Squeeze, ...): the memory planner may
   // give both one buffer and the executor then skips the node.
   bool view = false;
+  // A node of this op without outputs only reads its inputs (WaitCollectives, which lists them to keep the buffers of
+  // collectives in flight alive): the memory planner need not treat them as written in place.
+  bool reads_only = false;
   std::string doc;  // one line, for `galvatron inspect` and errors
 };
 

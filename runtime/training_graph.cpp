@@ -186,42 +186,66 @@ bool refers_to(const Node& n, ValueId v) {
          std::find(n.outputs.begin(), n.outputs.end(), v) != n.outputs.end();
 }
 
-// TrainingGraphOptions::overlap_grad_sync: moves the data-parallel gradient AllReduce nodes `dp_all_reduces`
-// (indices in the optimizer region) to right after the last node of [backward_begin, optimizer_begin) that reads or
-// writes their gradient, marks them async, and ends the backward region with one WaitCollectives. Nothing after that
-// node touches the gradient before the optimizer region, and its buffer lives until the update reads it (the memory
-// planner: its last use is there; a value an output-less node writes is never aliased by a view), so an all-reduce
-// still in flight on another stream races with nothing. Gradients not produced in the backward region stay put.
-Status overlap_gradient_sync(TrainingGraph& tg, const std::vector<NodeId>& dp_all_reduces) {
+// One data-parallel gradient reduction of the optimizer region that overlap_grad_sync moves into the backward pass:
+// `nodes` (in order; the last one is the collective, marked async) go right after the last backward node that reads
+// or writes `grad`; `in_flight` (if any) is a buffer the collective reads that nothing after it uses, which
+// WaitCollectives keeps alive. Plain DP: {AllReduce(grad)}, in place. ZeRO-2: {Reshape(grad) -> flat,
+// ReduceScatter(flat) -> shard}, with flat in flight.
+struct GradSync {
+  ValueId grad = kNoValue;
+  std::vector<NodeId> nodes;
+  ValueId in_flight = kNoValue;
+};
+
+// TrainingGraphOptions::overlap_grad_sync: moves each GradSync to right after the last node of [backward_begin,
+// optimizer_begin) that reads or writes its gradient, marks its collective async, and ends the backward region with
+// one WaitCollectives over the in-flight buffers. Nothing after that node touches the gradient before the optimizer
+// region, and the buffers the collectives use live until the wait (the memory planner: the update reads the all-reduced
+// gradient after it, WaitCollectives reads the reduce-scatter inputs; a value an output-less node writes is never
+// aliased by a view, and WaitCollectives only reads), so a collective still in flight on another stream races with
+// nothing. Gradients not produced in the backward region stay put. ZeRO-2's parameter gathers after the updates
+// (`gathers`) become async as well, with a WaitCollectives at the end of the step: each gather runs while the
+// next parameters are updated.
+Status overlap_gradient_sync(TrainingGraph& tg, const std::vector<GradSync>& syncs, const std::vector<NodeId>& gathers) {
   Graph& g = tg.graph;
   const size_t opt = tg.optimizer_begin;
-  std::map<size_t, std::vector<NodeId>> after;  // backward node -> the all-reduces that follow it, in graph order
+  std::map<size_t, std::vector<NodeId>> after;  // backward node -> the nodes that follow it, in graph order
   std::set<NodeId> moved;
-  for (NodeId m : dp_all_reduces) {
-    const ValueId grad = g.nodes[m].inputs[0];
-    if (g.value(grad).kind != ValueKind::kActivation) continue;
+  std::vector<ValueId> in_flight;
+  for (const GradSync& sync : syncs) {
+    if (g.value(sync.grad).kind != ValueKind::kActivation) continue;
     size_t last = opt;
     for (size_t i = opt; i-- > tg.backward_begin;) {
-      if (refers_to(g.nodes[i], grad)) {
+      if (refers_to(g.nodes[i], sync.grad)) {
         last = i;
         break;
       }
     }
     if (last == opt) continue;
-    after[last].push_back(m);
-    moved.insert(m);
+    auto& slot = after[last];
+    slot.insert(slot.end(), sync.nodes.begin(), sync.nodes.end());
+    moved.insert(sync.nodes.begin(), sync.nodes.end());
+    g.nodes[sync.nodes.back()].attrs.set_int("async", 1);
+    if (sync.in_flight != kNoValue) in_flight.push_back(sync.in_flight);
   }
-  if (moved.empty()) return Status::ok();
-  for (NodeId m : moved) g.nodes[m].attrs.set_int("async", 1);
-  {
+  if (moved.empty() && gathers.empty()) return Status::ok();
+  for (NodeId id : gathers) g.nodes[id].attrs.set_int("async", 1);
+  auto add_wait = [&g](const std::vector<ValueId>& inputs) -> Expected<NodeId> {
     Node w;
     w.op_type = "WaitCollectives";
     w.domain = kGalvatronDomain;
     w.opset = 1;
     w.name = g.unique_name("wait_collectives");
+    w.inputs = inputs;
     GV_RETURN_IF_ERROR(g.add_node(std::move(w)).status());
+    return static_cast<NodeId>(g.nodes.size()) - 1;
+  };
+  const size_t n_old = g.nodes.size();
+  GV_ASSIGN_OR_RETURN(const NodeId wait, add_wait(in_flight));
+  NodeId final_wait = -1;
+  if (!gathers.empty()) {
+    GV_ASSIGN_OR_RETURN(final_wait, add_wait({}));
   }
-  const NodeId wait = static_cast<NodeId>(g.nodes.size()) - 1;
   std::vector<NodeId> order;
   order.reserve(g.nodes.size());
   for (size_t i = 0; i < opt; ++i) {
@@ -231,9 +255,10 @@ Status overlap_gradient_sync(TrainingGraph& tg, const std::vector<NodeId>& dp_al
   }
   order.push_back(wait);
   const size_t optimizer_begin = order.size();
-  for (size_t i = opt; i < static_cast<size_t>(wait); ++i) {
+  for (size_t i = opt; i < n_old; ++i) {
     if (!moved.count(static_cast<NodeId>(i))) order.push_back(static_cast<NodeId>(i));
   }
+  if (final_wait >= 0) order.push_back(final_wait);
   if (order.size() != g.nodes.size()) return internal_error("overlap_grad_sync: lost nodes while reordering");
   std::vector<Node> nodes;
   nodes.reserve(order.size());
@@ -324,7 +349,8 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     if (it != o.param_sync.end()) sync[p] = it->second;
   }
   std::map<ValueId, std::vector<int64_t>> zero2_sizes;  // param -> flat shard sizes over its dp_group
-  std::vector<NodeId> dp_all_reduces;                   // plain data-parallel gradient all-reduces (overlap_grad_sync)
+  std::vector<GradSync> dp_syncs;                       // data-parallel gradient reductions (overlap_grad_sync)
+  std::vector<NodeId> zero2_gathers;                    // ZeRO-2's parameter gathers (overlap_grad_sync)
   for (ValueId p : tg.params) {
     if (!sync.count(p)) continue;
     const auto& ps = sync[p];
@@ -340,6 +366,9 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
         std::vector<int64_t> sizes = flat_shard_sizes(n, d);
         Attributes a = group_attrs(ps.dp_group);
         a.set_ints("sizes", sizes);
+        GradSync gs;
+        gs.grad = final_grad[p];
+        gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));
         GV_ASSIGN_OR_RETURN(ValueId flat, add1(g, "Reshape", {final_grad[p], g.add_initializer(
                                                   g.unique_name("flat_shape"), Tensor::from_i64({n}, {1}),
                                                   ValueKind::kConstant)}, {}, g.unique_name("zero2/flatten/" + pname),
@@ -352,7 +381,10 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
         rs.inputs = {flat};
         rs.attrs = a;
         rs.place = place;
+        gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));
+        gs.in_flight = flat;
         GV_ASSIGN_OR_RETURN(auto outs, g.add_node(std::move(rs)));
+        dp_syncs.push_back(std::move(gs));
         if (o.grad_accum_steps > 1) {
           // The accumulator was read: clear it for the next step (the update reads the reduced shard instead).
           GV_RETURN_IF_ERROR(add_update(g, "ZeroBuffer", {final_grad[p]}, {}, place,
@@ -366,7 +398,10 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
       } else {
         Attributes a = group_attrs(ps.dp_group);
         a.set_string("reduction", "sum");
-        dp_all_reduces.push_back(static_cast<NodeId>(g.nodes.size()));
+        GradSync gs;
+        gs.grad = final_grad[p];
+        gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));
+        dp_syncs.push_back(std::move(gs));
         GV_RETURN_IF_ERROR(add_update(g, "AllReduce", {final_grad[p]}, a, place,
                                       g.unique_name("all_reduce/" + pname)));
       }
@@ -442,11 +477,12 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     if (sharded) {
       Attributes ga = group_attrs(sync[p].dp_group);
       ga.set_ints("sizes", zero2_sizes[p]);
+      zero2_gathers.push_back(static_cast<NodeId>(g.nodes.size()));
       GV_RETURN_IF_ERROR(add_update(g, "GatherShardsInPlace", {p}, ga, place, "zero2/all_gather/" + pname));
     }
   }
-  if (o.overlap_grad_sync && o.grad_accum_steps == 1 && !dp_all_reduces.empty() && !has_pipeline_nodes(g)) {
-    GV_RETURN_IF_ERROR(overlap_gradient_sync(tg, dp_all_reduces));
+  if (o.overlap_grad_sync && o.grad_accum_steps == 1 && !dp_syncs.empty() && !has_pipeline_nodes(g)) {
+    GV_RETURN_IF_ERROR(overlap_gradient_sync(tg, dp_syncs, zero2_gathers));
   }
   return tg;
 }

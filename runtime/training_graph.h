@@ -4,9 +4,10 @@
 // Node order of the result:  [0, optimizer_begin)        forward + backward (+ accumulation), run once per micro-batch
 //                            [optimizer_begin, end)       (data parallel: gradient all-reduces,) gradient norm and
 //                                                         optimizer updates, run once per step
-// With overlap_grad_sync (one micro-batch, no pipeline) the data-parallel gradient all-reduces sit inside the backward
-// pass instead, each right after the last node that touches its gradient, with attr async = 1, and the backward region
-// ends with one WaitCollectives node (so [0, optimizer_begin) leaves every gradient reduced and ready).
+// With overlap_grad_sync (one micro-batch, no pipeline) the data-parallel gradient all-reduces (and ZeRO-2's
+// reduce-scatters) sit inside the backward pass instead, each right after the last node that touches its gradient,
+// with attr async = 1, and the backward region ends with one WaitCollectives node (so [0, optimizer_begin) leaves every
+// gradient reduced and ready).
 #pragma once
 #include <map>
 #include <set>
@@ -60,11 +61,13 @@ struct TrainingGraphOptions {
   // Gradients are sums over this many data-parallel batch slices (each slice's loss a mean): the norm and the update
   // scale them by 1 / (loss_replicas * grad_accum_steps).
   int loss_replicas = 1;
-  // Overlap data-parallel gradient all-reduces with the backward pass: each plain DP AllReduce (not ZeRO-2's
-  // reduce-scatter, not tied-copy sums) moves from the optimizer region to right after the last backward node that
-  // reads or writes its gradient, with attr async = 1 (CUDA + NCCL: Communicator::all_reduce_async on a separate
+  // Overlap data-parallel gradient reductions with the backward pass: each plain DP AllReduce, and each ZeRO-2
+  // flatten + ReduceScatter (not tied-copy sums), moves from the optimizer region to right after the last backward
+  // node that reads or writes its gradient, with attr async = 1 (CUDA + NCCL: Communicator::*_async on a separate
   // stream; the CPU kernels block as before, so results are identical), and one WaitCollectives ends the backward
-  // region. Applies only with grad_accum_steps == 1 and no pipeline (no Send/Recv nodes); otherwise no effect.
+  // region. ZeRO-2's GatherShardsInPlace after each update becomes async too (overlapping the next updates), with a
+  // WaitCollectives at the end of the step. Applies only with grad_accum_steps == 1 and no pipeline (no Send/Recv
+  // nodes); otherwise no effect.
   bool overlap_grad_sync = true;
   // Fusion passes (runtime/fusion.h) over the forward graph before autograd: attention chains -> Attention, GELU
   // chains -> Gelu. Off: the graph runs as imported.

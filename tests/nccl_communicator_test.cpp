@@ -302,5 +302,31 @@ TEST_F(GpuPlans, DdpOverlapEqualsNoOverlap) {
   }
 }
 
+// ZeRO-2 with one micro-batch: the gradient reduce-scatters run async during the backward pass and the parameter
+// gathers async during the optimizer step (runtime/training_graph.h); equal to the blocking order and to one GPU.
+TEST_F(GpuPlans, Zero2OverlapEqualsNoOverlap) {
+  if (!two_gpus()) GTEST_SKIP() << "needs two CUDA devices, MPI and mpirun";
+  train("cuda", "z-single", {});
+  for (int devices : {2, 4}) {
+    if (cuda::device_count() < devices) continue;
+    SCOPED_TRACE(std::to_string(devices) + " GPUs");
+    const std::string n = std::to_string(devices);
+    const std::vector<std::string> plan = {"--devices", n, "--default-dp-type", "zero2", "--chunks", "1"};
+    auto with = [&](const char* overlap) {
+      std::vector<std::string> a = plan;
+      a.insert(a.end(), {"--overlap-grad-sync", overlap});
+      return a;
+    };
+    train("cuda", "z-on" + n, with("on"));
+    if (HasFatalFailure()) return;
+    train("cuda", "z-off" + n, with("off"));
+    if (HasFatalFailure()) return;
+    expect_same_training(path("z-off" + n + ".jsonl"), path("z-on" + n + ".jsonl"), ckpt("z-off" + n),
+                         ckpt("z-on" + n), kSteps);
+    expect_same_training(path("z-single.jsonl"), path("z-on" + n + ".jsonl"), ckpt("z-single"), ckpt("z-on" + n),
+                         kSteps);
+  }
+}
+
 }  // namespace
 }  // namespace gv

@@ -12,6 +12,7 @@
 #include "importer/onnx_importer.h"
 #include "runtime/backend.h"
 #include "runtime/communicator.h"
+#include "runtime/memory_plan.h"
 #include "runtime/trainer.h"
 #include "runtime/training_graph.h"
 #include "tests/hf_fixtures.h"
@@ -137,6 +138,63 @@ TEST(OverlapGradSync, NothingMovesWithGradientAccumulationOrWithoutDataParalleli
   auto single = build_training_graph(*g, TrainingGraphOptions{});
   ASSERT_TRUE(single.has_value()) << single.status().message();
   expect_not_overlapped(*single, 0);
+}
+
+// ZeRO-2: each flatten + ReduceScatter moves into the backward pass (the reduce-scatter async), the backward region
+// ends with one WaitCollectives that lists the flat gradients the reduce-scatters still read, and the parameter
+// gathers after the updates are async with a second WaitCollectives ending the step. The memory plan keeps each flat
+// gradient's buffer (a view of the gradient) to itself until that wait: nothing the backward pass computes after the
+// reduce-scatter is placed on top of it.
+TEST(OverlapGradSync, Zero2ReduceScattersMoveAndTheirBuffersLiveUntilTheWait) {
+  auto g = gpt2_graph(2);
+  ASSERT_TRUE(g.has_value()) << g.status().message();
+  TrainingGraphOptions o = ddp_options(*g, {0, 1}, 1);
+  for (auto& [name, ps] : o.param_sync) ps.zero2 = true;
+  auto tg = build_training_graph(*g, o);
+  ASSERT_TRUE(tg.has_value()) << tg.status().message();
+  const Graph& gr = tg->graph;
+  const auto rss = nodes_of(gr, "ReduceScatter");
+  const auto waits = nodes_of(gr, "WaitCollectives");
+  const auto gathers = nodes_of(gr, "GatherShardsInPlace");
+  ASSERT_FALSE(rss.empty());
+  ASSERT_EQ(waits.size(), 2u);
+  EXPECT_EQ(waits[0], tg->optimizer_begin - 1);
+  EXPECT_EQ(waits[1], gr.nodes.size() - 1);
+  EXPECT_EQ(gr.nodes[waits[0]].inputs.size(), rss.size());
+  EXPECT_TRUE(gr.nodes[waits[1]].inputs.empty());
+  ASSERT_EQ(gathers.size(), rss.size());
+  for (size_t i : gathers) EXPECT_EQ(gr.nodes[i].attrs.get_int("async", 0), 1) << gr.nodes[i].name;
+  std::vector<NodeId> order(gr.nodes.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<NodeId>(i);
+  const MemoryPlan plan = plan_memory(gr, order, {}, 256, true);
+  for (size_t i : rss) {
+    const Node& rs = gr.nodes[i];
+    SCOPED_TRACE(rs.name);
+    EXPECT_EQ(rs.attrs.get_int("async", 0), 1);
+    EXPECT_GE(i, tg->backward_begin);
+    EXPECT_LT(i, tg->optimizer_begin - 1);
+    const ValueId flat = rs.inputs[0];
+    const auto& wi = gr.nodes[waits[0]].inputs;
+    EXPECT_NE(std::find(wi.begin(), wi.end(), flat), wi.end()) << "the wait does not keep the flat gradient alive";
+    const Node& flatten = gr.nodes[gr.value(flat).producer];
+    EXPECT_EQ(flatten.op_type, "Reshape");
+    EXPECT_EQ(static_cast<size_t>(gr.value(flat).producer), i - 1);
+    // The flat gradient is a view of the gradient: the same buffer.
+    const ValueId grad = flatten.inputs[0];
+    ASSERT_GE(plan.offset[flat], 0);
+    EXPECT_EQ(plan.offset[flat], plan.offset[grad]);
+    const size_t lo = static_cast<size_t>(plan.offset[flat]);
+    const size_t hi = lo + static_cast<size_t>(shape_numel(gr.value(flat).shape)) * dtype_size(gr.value(flat).dtype);
+    // Every value produced between the reduce-scatter and the wait lies outside [lo, hi).
+    for (size_t j = i + 1; j < waits[0]; ++j) {
+      for (ValueId out : gr.nodes[j].outputs) {
+        if (plan.offset[out] < 0 || plan.alias_of[out] != kNoValue) continue;
+        const size_t a = static_cast<size_t>(plan.offset[out]);
+        const size_t b = a + static_cast<size_t>(shape_numel(gr.value(out).shape)) * dtype_size(gr.value(out).dtype);
+        EXPECT_TRUE(b <= lo || a >= hi) << gr.nodes[j].name << " writes over the buffer a reduce-scatter reads";
+      }
+    }
+  }
 }
 
 // A last pipeline stage: x = Recv() from stage 0 (its gradient is sent back), loss = mean(x W). With the Recv nothing
@@ -369,6 +427,18 @@ TEST_F(OverlapMpi, Gpt2DataAndTensorParallelOnFourProcesses) {
   train(model, 4, "off", plan);
   if (HasFatalFailure()) return;
   expect_same_runs(4);
+}
+
+// ZeRO-2 (`--default-dp-type zero2`): async reduce-scatters in the backward pass and async parameter gathers.
+TEST_F(OverlapMpi, Gpt2Zero2OnTwoProcesses) {
+  const std::vector<std::string> model = {fixture("gpt2", "model.onnx"), "--data",
+                                          fixture("gpt2", "samples.safetensors")};
+  const std::vector<std::string> plan = {"--default-dp-type", "zero2", "--chunks", "1"};
+  train(model, 2, "on", plan);
+  if (HasFatalFailure()) return;
+  train(model, 2, "off", plan);
+  if (HasFatalFailure()) return;
+  expect_same_runs(2);
 }
 
 TEST_F(OverlapMpi, ZooGptTinyOnTwoAndFourProcesses) {

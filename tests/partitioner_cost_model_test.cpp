@@ -139,6 +139,40 @@ TEST(PartitionerCostModel, PipelineFormulaByHand) {
   EXPECT_NEAR(q.total_s, t + std::max(0.0, red), 1e-14);
 }
 
+// galvatron's extension: optimizer_ms_per_param_mb adds the optimizer step over the parameters a GPU updates to the
+// time with the gradient sync (not to the compute-only time): param / tp under DDP, further / dp under ZeRO-3 (and
+// ZeRO-2 with --default-dp-type zero2). 0 leaves Galvatron's formulas untouched.
+TEST(PartitionerCostModel, OptimizerStepOnlyWithTheExtensionKey) {
+  Fixture f;
+  const Strategy ddp = S(1, 2, 4, 1, 0), zero3 = S(1, 2, 4, 1, 1);
+  const LayerTime base = layer_time(f.ci, 0, ddp, 8, false);
+  const LayerTime base3 = layer_time(f.ci, 0, zero3, 8, false);
+  EXPECT_EQ(base.optimizer_time, 0.0);
+  f.m.optimizer_ms_per_param_mb = 0.01;
+  const LayerTime t = layer_time(f.ci, 0, ddp, 8, false);
+  EXPECT_NEAR(t.optimizer_time, 0.01 * 100 / 2 * 4, 1e-12);  // 100 MB per layer / tp 2, x 4 layers
+  EXPECT_NEAR(t.total_s, base.total_s + 0.001 * t.optimizer_time / 4, 1e-15);
+  const LayerTime t3 = layer_time(f.ci, 0, zero3, 8, false);
+  EXPECT_NEAR(t3.optimizer_time, 0.01 * 100 / 2 / 4 * 4, 1e-12);
+  EXPECT_NEAR(t3.total_s, base3.total_s + 0.001 * t3.optimizer_time / 4, 1e-15);
+  f.ci.opt.use_zero2_for_dp = true;
+  EXPECT_NEAR(layer_time(f.ci, 0, ddp, 8, false).optimizer_time, t3.optimizer_time, 1e-12);
+  // Not in the compute-only time, and once per iteration in the pipeline formula (through the reduce term).
+  EXPECT_EQ(layer_time(f.ci, 0, ddp, 8, true).optimizer_time, 0.0);
+  f.ci.opt.use_zero2_for_dp = false;
+  std::vector<Strategy> plan(4, ddp);
+  const PipelineCost with = pipeline_cost(f.ci, plan, {4}, {2}, 16, 1, {0.0}, {0.003});
+  f.m.optimizer_ms_per_param_mb = 0;
+  const PipelineCost without = pipeline_cost(f.ci, plan, {4}, {2}, 16, 1, {0.0});
+  EXPECT_NEAR(with.total_s - without.total_s, 0.001 * 0.01 * 100 / 2 * 4 + 0.003, 1e-12);
+  // The embedding / head: ds = model_states / 4 MB of parameters at vocab TP k, in with_sync and on its own.
+  f.m.optimizer_ms_per_param_mb = 0.01;
+  OtherTime o = other_time(f.ci, 1, 1, 8, false, false, 8, 8);
+  EXPECT_NEAR(o.optimizer[8][0], 0.001 * 0.01 * (800.0 / 8 / 4), 1e-15);
+  const double tp = 2 * (7.0 / 8 * 1 * 2) * 0.01;
+  EXPECT_NEAR(o.with_sync[8][0], 0.001 * (3.0 / 8 + 6.0 / 8 + tp) + o.optimizer[8][0], 1e-15);
+}
+
 TEST(PartitionerCostModel, OtherTimeByHand) {
   Fixture f;
   // pp 1, vtp 8 (dp 1): no DP sync; TP 2x (7/8 x 1 x 1024 x 1024 / 1 MB x 2 B) at coe['8']; compute 3 ms x mbsz 1 /

@@ -11,6 +11,8 @@
 //   AllGather(x) -> y            y = concat over members of x along axis 0; attr backward = "reduce_scatter"
 //                                (default) | "split" (grad_y is identical on every member)
 //   ReduceScatter(x) -> y        my rows [off, off + sizes[me]) of the element-wise sum over members
+//                                (attr async = 1: the CUDA kernel returns before the data moved; WaitCollectives
+//                                orders it, runtime/training_graph.h)
 //   SplitToGroup(x) -> y         my rows of x (x replicated on the members); no communication
 //   TensorParallelCopy(x) -> y   y = x; backward all-reduces the gradient (Megatron's f)
 //   TensorParallelReduce(x) -> y y = sum of x over the group; backward is the identity (Megatron's g)

@@ -1,8 +1,9 @@
 // ZeRO-2's last step of an update: every rank of a data-parallel group updated its own flat range of a parameter
 // (AdamW / SGD with shard_offset); GatherShardsInPlace(param) gives every rank the whole updated parameter.
 // ZeroBuffer(buf) clears a buffer in place (the accumulated gradient, once reduce-scattered).
-// Attributes of GatherShardsInPlace: group (world ranks, in shard order; absent = the whole world), sizes (elements of each rank's range, in
-// group order, adding up to the parameter's size).
+// Attributes of GatherShardsInPlace: group (world ranks, in shard order; absent = the whole world), sizes (elements of
+// each rank's range, in group order, adding up to the parameter's size), async (1: the CUDA kernel returns before the
+// data moved and a later WaitCollectives orders it; overlap_grad_sync, runtime/training_graph.h).
 #include <cstring>
 #include <vector>
 

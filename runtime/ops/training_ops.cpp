@@ -199,9 +199,12 @@ Status all_reduce_cpu(KernelContext& ctx) {
   return st.is_ok() ? st : ctx.fail(st.message());
 }
 
-// WaitCollectives(): every async collective issued so far (AllReduce with async = 1) is complete before the nodes
-// after it run. CPU: nothing to do (the CPU kernels block). CUDA: Communicator::wait_async (runtime/cuda_parallel_ops).
+// WaitCollectives(buffers...): every async collective issued so far (AllReduce, ReduceScatter, GatherShardsInPlace with
+// async = 1) is complete before the nodes after it run. Its inputs are only read: they list buffers that collectives
+// in flight still read or write, so that the memory planner keeps them alive until here. CPU: nothing to do (the CPU
+// kernels block). CUDA: Communicator::wait_async (runtime/cuda_parallel_ops).
 Status wait_collectives_cpu(KernelContext&) { return Status::ok(); }
+Status infer_any(InferContext&) { return Status::ok(); }
 
 }  // namespace
 
@@ -227,8 +230,12 @@ void register_training_ops(OpRegistry& r) {
                                     "group, reduction)");
   all_reduce.infer = infer_all_reduce;
   r.add(all_reduce);
-  r.add(in_place_op("WaitCollectives", 0, 0, wait_collectives_cpu,
-                    "waits for the async collectives issued so far (AllReduce with attr async = 1); no-op on the CPU"));
+  OpSchema wait = in_place_op("WaitCollectives", 0, 1 << 20, wait_collectives_cpu,
+                              "waits for the async collectives issued so far (attr async = 1) and keeps the buffers "
+                              "they use (its inputs) alive until then; no-op on the CPU");
+  wait.infer = infer_any;  // any buffers, of any shapes and dtypes
+  wait.reads_only = true;
+  r.add(wait);
   OpSchema adamw = in_place_op("AdamW", 6, 7, adamw_cpu,
                                "AdamW update of one parameter (or its flat range from shard_offset) in place");
   adamw.infer = infer_adamw;
