@@ -15,16 +15,18 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-# PARTS=throughput runs part 3 only.
+# PARTS=throughput runs part 3 only, PARTS=correctness part 2 only (CPREC=bf16: in bf16, default fp32).
 PARTS=${PARTS:-all}
 if [ "$PARTS" = all ]; then
 # 1. Hardware files measured through NCCL.
 stamp "hardware profile"
 timeout 150 "$GV" profile --hardware --devices "$N" --device cuda --start-mb 16 --end-mb 256 \
   --output-dir "$OUT/hw" > "$OUT/hw.log" 2>&1; echo "hardware exit $?"; tail -12 "$OUT/hw.log"
+fi
+if [ "$PARTS" = all ] || [ "$PARTS" = correctness ]; then
 # 2. Correctness: the gpt2 fixture, ten steps, one GPU against N GPUs under the CPU tests' plans.
 stamp "correctness"
-A="train $FIX/gpt2/model.onnx --data $FIX/gpt2/samples.safetensors --batch-size 4 --steps 10 --lr 1e-3 --eps 1e-6 --quiet --device cuda"
+A="train $FIX/gpt2/model.onnx --data $FIX/gpt2/samples.safetensors --batch-size 4 --steps 10 --lr 1e-3 --eps 1e-6 --quiet --device cuda --precision ${CPREC:-fp32}"
 timeout 60 "$GV" $A --grad-accum 4 --metrics "$OUT/c_one.jsonl" > "$OUT/c_one.log" 2>&1
 cat > "$OUT/mixed.json" <<'J'
 {"pp_deg": 1, "tp_sizes_enc": "2,1", "tp_consecutive_flags": "0,1", "dp_types_enc": "0,1", "checkpoint": "1,0",
@@ -48,6 +50,7 @@ for f in sorted(os.listdir(out)):
     print(f"{f[2:-6]:12s} 10-step losses vs 1 GPU: max rel diff {worst:.2e}, final {got[-1]['loss']:.6f} vs {ref[-1]['loss']:.6f}")
 PY
 fi
+[ "$PARTS" = correctness ] && exit 0
 # 3. Throughput: zoo GPT-2 124M, sequence 1024, 4 rows per GPU per step (TF32 products, as PyTorch's tf32 mode).
 stamp "throughput"
 python3 - "$OUT/tokens.npy" <<'PY'

@@ -9,9 +9,10 @@
 # two.
 #   GALVATRON=./galvatron NGPU=4 bash bench/search_accuracy.sh [OUT_DIR]
 # Optional: MODELS ("gpt2 gpt-1.5b"), MEM_GB (64, the search's --memory-constraint), PRECISION (tf32), STEPS (6),
-# DP_TYPE (zero2, the searched plan's --default-dp-type), BSZ_gpt2 / BSZ_gpt_1_5b (global batches: 4 and 2 per GPU),
-# BASELINES ("dp"), ONE_GPU=1 (one GPU with the per-GPU batch: scaling efficiency), FSDP=1 (PyTorch FSDP through
-# torchrun bench/torch_fsdp.py, GPT-2 sizes; FSDP_SHARDING "full grad_op"), TRAIN_TIMEOUT (240 s per run).
+# DP_TYPE (ddp, the searched plan's --default-dp-type, Galvatron's default; zero2 lets the search pick ZeRO-2), BSZ_gpt2 / BSZ_gpt_1_5b (global batches: 4 and 2 per GPU),
+# BASELINES ("dp"; "none" for none; per model: BASELINES_llama_7b ...), ONE_GPU=1 (one GPU with the per-GPU batch: scaling efficiency), FSDP=1 (PyTorch FSDP through
+# torchrun bench/torch_fsdp.py, GPT-2 sizes; FSDP_SHARDING "full grad_op"), TRAIN_TIMEOUT (240 s per run),
+# HW_DIR (hardware files measured before, on the same kind of machine: skips the hardware profile).
 set -uo pipefail
 GV=${GALVATRON:-./galvatron}
 N=${NGPU:-4}
@@ -21,7 +22,7 @@ MODELS=${MODELS:-"gpt2 gpt-1.5b"}
 MEM=${MEM_GB:-64}
 PREC=${PRECISION:-tf32}
 STEPS=${STEPS:-6}
-DP_TYPE=${DP_TYPE:-zero2}
+DP_TYPE=${DP_TYPE:-ddp}
 SEQ=${SEQ:-1024}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -34,9 +35,13 @@ RES="$OUT/results.tsv"
 : > "$RES"
 
 # 1. Hardware files (all-reduce / p2p bandwidths, overlap coefficient) measured through NCCL.
-stamp "hardware profile on $N GPUs"
-timeout 150 "$GV" profile --hardware --devices "$N" --device cuda --start-mb 16 --end-mb 256 \
-  --output-dir "$OUT/hw" > "$OUT/hw.log" 2>&1; echo "hardware exit $?"; grep -v "^wrote" "$OUT/hw.log" | tail -8
+if [ -n "${HW_DIR:-}" ]; then
+  stamp "hardware files from $HW_DIR"; mkdir -p "$OUT/hw"; cp "$HW_DIR"/*.json "$OUT/hw/"
+else
+  stamp "hardware profile on $N GPUs"
+  timeout 150 "$GV" profile --hardware --devices "$N" --device cuda --start-mb 16 --end-mb 256 \
+    --output-dir "$OUT/hw" > "$OUT/hw.log" 2>&1; echo "hardware exit $?"; grep -v "^wrote" "$OUT/hw.log" | tail -8
+fi
 
 # Random tokens as a 1-D int64 .npy (written without NumPy).
 python3 - "$OUT/tokens.npy" "${VOCAB:-50257}" <<'PY'
@@ -75,17 +80,17 @@ for M in $MODELS; do
   # 2. Computation profile on one GPU (memory profile from the IR beside it). --mixed-precision fp32: galvatron stores
   # float32 under every --precision, so activations count 4 bytes and gradients travel in fp32.
   stamp "$M: computation profile (cuda, $PREC)"
-  timeout 180 "$GV" profile --model-type $MT --model-size "$M" --device cuda --precision "$PREC" \
+  timeout 180 "$GV" profile --model-type $MT --model-size "$M" --seq-length "$SEQ" --device cuda --precision "$PREC" \
     --mixed-precision fp32 --profile-batch-sizes 1,2,3,4,5,6,7,8 --repeats 3 --output-dir "$P/prof" \
     > "$P/profile.log" 2>&1; echo "profile exit $?"; grep "^forward on\|^memory" "$P/profile.log"
-  S="search --model-type $MT --model-size $M --num-nodes 1 --num-gpus-per-node $N --settle-bsz $GBS
+  S="search --model-type $MT --model-size $M --seq-length $SEQ --num-nodes 1 --num-gpus-per-node $N --settle-bsz $GBS
      --mixed-precision fp32 --time-profiling-path $P/prof --time-profile-mode batch --hardware-profiling-path $OUT/hw"
   # 3. The search.
   stamp "$M: search, global batch $GBS, $MEM GB"
   timeout 120 "$GV" $S --memory-constraint "$MEM" --default-dp-type "$DP_TYPE" --pipeline-type pipedream_flush \
     --output-config-path "$P/plan.json" > "$P/search.log" 2>&1; echo "search exit $?"
   sed -n '/^Galvatron search/,$p' "$P/search.log"
-  T="train --model-type $MT --model-size $M --data $OUT/tokens.npy --seq-len $SEQ --steps $STEPS --lr 1e-4
+  T="train --model-type $MT --model-size $M --seq-length $SEQ --data $OUT/tokens.npy --seq-len $SEQ --steps $STEPS --lr 1e-4
      --device cuda --devices $N --precision $PREC"
   # 4. Training steps under the searched plan: --batch-size is one micro-batch over all GPUs (global / chunks).
   train_plan() {  # name, plan.json, search.log
@@ -104,9 +109,15 @@ for M in $MODELS; do
   # 5. Single strategies (BASELINES, any of dp sdp tp pp; default dp): the search restricted to that strategy (a large
   # budget, so that it is priced even where it does not fit MEM_GB: the run shows whether it fits the GPU), then the
   # same training steps with its plan. dp: one micro-batch, the default DP type (plain all-reduce).
-  for B in ${BASELINES:-dp}; do
+  bl_key=BASELINES_${M//[-.]/_}
+  for B in ${!bl_key:-${BASELINES:-dp}}; do
     extra=""
-    [ "$B" = dp ] && extra="--settle-chunk 1 --disable-sdp 1 --disable-vtp 1 --default-dp-type ddp"
+    case $B in
+      none) continue;;
+      dp) extra="--settle-chunk 1 --disable-sdp 1 --disable-vtp 1 --default-dp-type ddp";;
+      tp) extra="--max-tp-deg $N";;
+      pp) extra="--max-pp-deg $N";;
+    esac
     stamp "$M: search restricted to $B"
     timeout 120 "$GV" $S --memory-constraint 512 --search-space "$B" $extra --pipeline-type pipedream_flush \
       --output-config-path "$P/plan_$B.json" > "$P/search_$B.log" 2>&1; echo "search ($B) exit $?"

@@ -60,7 +60,7 @@ void print_search_report(const ModelProfile& model, const HardwareProfile& hw, c
       const double L = model.layer_types[0].layer_num;
       comp += (t.fct + t.bct) / L;
       tpc += t.tp_time / L;
-      dpc += (t.dp_message_mb * t.dc + t.fsdp_time) / L;
+      dpc += (t.dp_message_mb * t.dc + t.fsdp_time + t.gather_time) / L;
       p2p += t.p2p_time / L;
       optim += t.optimizer_time / L;
     }

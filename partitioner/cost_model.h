@@ -51,6 +51,7 @@ struct LayerTime {
   double fct = 0, bct = 0;         // ms, whole dummy model (x layer_num)
   double dp_message_mb = 0, dc = 0, tp_time = 0, p2p_time = 0, fsdp_time = 0;
   double optimizer_time = 0;       // ms, whole dummy model (ModelProfile::optimizer_ms_per_param_mb; 0 without it)
+  double gather_time = 0;          // ms, ZeRO-2's parameter gather after the update (this runtime's profiles only)
   double total_s = 0;              // seconds per layer
 };
 // TimeCostModel(strategy, global_batch_size=gbsz, no_comm).gen_result().

@@ -27,6 +27,13 @@ void note_cuda_fallback(const OpSchema& schema);
 bool cuda_profiling();
 // Times one kernel run under `name` when profiling is on.
 Status cuda_profiled_run(const std::string& name, KernelFn k, KernelContext& ctx);
+// The kernel to register: F, timed under "domain::Op" when profiling is on. Collectives on the compute stream count
+// their stream-0 time: an async one its launch, WaitCollectives the wait (the communication left exposed).
+template <KernelFn F>
+Status cuda_profiled(KernelContext& ctx) {
+  if (!cuda_profiling()) return F(ctx);
+  return cuda_profiled_run(ctx.node->domain + "::" + ctx.node->op_type, F, ctx);
+}
 
 // Whether matrix products may use TF32 tensor cores (default off: float32 products are exact float32). Also
 // settable with GALVATRON_CUDA_TF32=1.

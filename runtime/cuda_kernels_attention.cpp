@@ -102,19 +102,13 @@ Status attention_grad_cuda(KernelContext& ctx) {
                                               dk.as<float>(), dv.as<float>()));
 }
 
-// The registered kernel: F, timed per op type when GALVATRON_CUDA_PROFILE is set (as in cuda_kernels_ops.cpp).
-template <KernelFn F>
-Status profiled(KernelContext& ctx) {
-  if (!cuda_profiling()) return F(ctx);
-  return cuda_profiled_run(ctx.node->domain + "::" + ctx.node->op_type, F, ctx);
-}
 
 }  // namespace
 
 void register_cuda_attention_kernels(OpRegistry& r) {
   // An op whose schema is not registered (yet) keeps no CUDA kernel.
-  if (OpSchema* s = r.find_mutable("", "Attention")) s->cuda = profiled<attention_cuda>;
-  if (OpSchema* s = r.find_mutable(kGalvatronDomain, "AttentionGrad")) s->cuda = profiled<attention_grad_cuda>;
+  if (OpSchema* s = r.find_mutable("", "Attention")) s->cuda = cuda_profiled<attention_cuda>;
+  if (OpSchema* s = r.find_mutable(kGalvatronDomain, "AttentionGrad")) s->cuda = cuda_profiled<attention_grad_cuda>;
 }
 
 }  // namespace gv

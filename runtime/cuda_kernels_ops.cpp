@@ -13,6 +13,7 @@
 #include "kernels/cuda/ops.h"
 #include "runtime/communicator.h"
 #include "runtime/cuda_kernels.h"
+#include "runtime/ops/movement_common.h"
 
 namespace gv {
 
@@ -84,6 +85,26 @@ bool make_bc(const Shape& dims, const std::vector<Shape>& strides, cuda::Broadca
 }
 
 // Reads a small int64/int32 constant input to the host (a synchronous copy).
+bool read_ints(const TensorRef& t, std::vector<int64_t>& out);
+
+// Input i as integers: from the graph's host copy when it is a constant (KernelContext::host_inputs), else from the
+// device (read_ints: a synchronous copy).
+bool input_ints(const KernelContext& ctx, int i, std::vector<int64_t>& out) {
+  const TensorRef& t = ctx.inputs[i];
+  const void* host = i < static_cast<int>(ctx.host_inputs.size()) ? ctx.host_inputs[i] : nullptr;
+  if (!host) return read_ints(t, out);
+  out.assign(static_cast<size_t>(t.numel()), 0);
+  if (t.dtype == DType::kInt64) {
+    std::copy_n(static_cast<const int64_t*>(host), out.size(), out.begin());
+    return true;
+  }
+  if (t.dtype == DType::kInt32) {
+    std::copy_n(static_cast<const int32_t*>(host), out.size(), out.begin());
+    return true;
+  }
+  return false;
+}
+
 bool read_ints(const TensorRef& t, std::vector<int64_t>& out) {
   out.assign(static_cast<size_t>(t.numel()), 0);
   if (t.numel() == 0) return true;
@@ -288,6 +309,32 @@ Status split_cuda(KernelContext& ctx) {
       return ctx.fail(std::string("CUDA kernel failed: ") + cuda::last_error());
     }
     offset += w;
+  }
+  return Status::ok();
+}
+
+// Slice(data, starts, ends[, axes[, steps]]): the box of the input (any steps, negative ones included), copied on
+// the device; the index inputs come from the host when they are constants (RoPE's half-slices in Llama graphs).
+Status slice_cuda(KernelContext& ctx) {
+  const TensorRef &x = ctx.inputs[0], &y = ctx.outputs[0];
+  std::vector<int64_t> v[5];
+  for (int i = 1; i < 5; ++i) {
+    if (ctx.has_input(i) && !input_ints(ctx, i, v[i])) return cuda_fallback_kernel(ctx);
+  }
+  movement::SliceBox box;
+  const std::string err = movement::normalize_slice(x.shape, v[1], v[2], v[3], v[4], box);
+  if (!err.empty()) return ctx.fail(err);
+  if (box.out_shape != y.shape) return ctx.fail("output shape " + shape_str(y.shape) + " is not the slice's");
+  const Shape xs = contiguous_strides(x.shape);
+  Shape src(xs.size());
+  int64_t off = 0;
+  for (size_t d = 0; d < xs.size(); ++d) {
+    src[d] = xs[d] * box.steps[d];
+    off += box.starts[d] * xs[d];
+  }
+  const int elem = static_cast<int>(dtype_size(y.dtype));
+  if (!box_copy(elem, x.data, src, off, y.data, contiguous_strides(y.shape), 0, y.shape)) {
+    return cuda_fallback_kernel(ctx);
   }
   return Status::ok();
 }
@@ -759,12 +806,6 @@ Status all_reduce_cuda(KernelContext& ctx) {
   return cuda_fallback_kernel(ctx);
 }
 
-// The registered kernel: F, timed per op type when GALVATRON_CUDA_PROFILE is set.
-template <KernelFn F>
-Status profiled(KernelContext& ctx) {
-  if (!cuda_profiling()) return F(ctx);
-  return cuda_profiled_run(ctx.node->domain + "::" + ctx.node->op_type, F, ctx);
-}
 
 }  // namespace
 
@@ -775,65 +816,66 @@ void register_cuda_kernels(OpRegistry& r) {
     if (OpSchema* s = r.find_mutable(domain, name)) s->cuda = k;
   };
   const char* G = kGalvatronDomain;
-  for (const char* op : {"Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten"}) set("", op, profiled<copy_cuda>);
-  set("", "Add", profiled<binary_cuda<cuda::Binary::kAdd>>);
-  set("", "Sub", profiled<binary_cuda<cuda::Binary::kSub>>);
-  set("", "Mul", profiled<binary_cuda<cuda::Binary::kMul>>);
-  set("", "Div", profiled<binary_cuda<cuda::Binary::kDiv>>);
-  set("", "Pow", profiled<binary_cuda<cuda::Binary::kPow>>);
-  set("", "Equal", profiled<compare_cuda<cuda::Compare::kEqual>>);
-  set("", "Less", profiled<compare_cuda<cuda::Compare::kLess>>);
-  set("", "LessOrEqual", profiled<compare_cuda<cuda::Compare::kLessOrEqual>>);
-  set("", "Greater", profiled<compare_cuda<cuda::Compare::kGreater>>);
-  set("", "GreaterOrEqual", profiled<compare_cuda<cuda::Compare::kGreaterOrEqual>>);
-  set("", "And", profiled<compare_cuda<cuda::Compare::kAnd>>);
-  set("", "Or", profiled<compare_cuda<cuda::Compare::kOr>>);
-  set("", "Xor", profiled<compare_cuda<cuda::Compare::kXor>>);
-  set("", "Where", profiled<where_cuda>);
-  set("", "Not", profiled<not_cuda>);
-  set("", "Neg", profiled<unary_cuda<cuda::Unary::kNeg>>);
-  set("", "Abs", profiled<unary_cuda<cuda::Unary::kAbs>>);
-  set("", "Relu", profiled<unary_cuda<cuda::Unary::kRelu>>);
-  set("", "Sqrt", profiled<unary_cuda<cuda::Unary::kSqrt>>);
-  set("", "Reciprocal", profiled<unary_cuda<cuda::Unary::kReciprocal>>);
-  set("", "Exp", profiled<unary_cuda<cuda::Unary::kExp>>);
-  set("", "Log", profiled<unary_cuda<cuda::Unary::kLog>>);
-  set("", "Tanh", profiled<unary_cuda<cuda::Unary::kTanh>>);
-  set("", "Erf", profiled<unary_cuda<cuda::Unary::kErf>>);
-  set("", "Sigmoid", profiled<unary_cuda<cuda::Unary::kSigmoid>>);
-  set("", "Gelu", profiled<gelu_cuda>);
-  set(G, "SigmoidGrad", profiled<act_grad_cuda<cuda::ActGrad::kSigmoid>>);
-  set(G, "TanhGrad", profiled<act_grad_cuda<cuda::ActGrad::kTanh>>);
-  set(G, "ErfGrad", profiled<act_grad_cuda<cuda::ActGrad::kErf>>);
-  set(G, "GeluGrad", profiled<act_grad_cuda<cuda::ActGrad::kGelu>>);
-  set("", "Cast", profiled<cast_cuda>);
-  set("", "Transpose", profiled<transpose_cuda>);
-  set("", "Expand", profiled<expand_cuda>);
-  set("", "Concat", profiled<concat_cuda>);
-  set("", "Split", profiled<split_cuda>);
-  set(G, "SliceGrad", profiled<slice_grad_cuda>);
-  set("", "MatMul", profiled<matmul_cuda>);
-  set("", "Gemm", profiled<gemm_cuda>);
-  set(G, "FusedMatMul", profiled<fused_matmul_cuda>);
-  set("", "Softmax", profiled<softmax_cuda<false>>);
-  set("", "LogSoftmax", profiled<softmax_cuda<true>>);
-  set(G, "SoftmaxGrad", profiled<softmax_grad_cuda<false>>);
-  set(G, "LogSoftmaxGrad", profiled<softmax_grad_cuda<true>>);
-  set("", "LayerNormalization", profiled<layer_norm_cuda>);
-  set(G, "LayerNormalizationGrad", profiled<layer_norm_grad_cuda>);
-  set("", "RMSNormalization", profiled<rms_norm_cuda>);
-  set(G, "RMSNormalizationGrad", profiled<rms_norm_grad_cuda>);
-  set("", "ReduceSum", profiled<reduce_cuda<false>>);
-  set("", "ReduceMean", profiled<reduce_cuda<true>>);
-  set(G, "ReduceGrad", profiled<reduce_grad_cuda>);
-  set("", "Gather", profiled<gather_cuda>);
-  set(G, "GatherGrad", profiled<gather_grad_cuda>);
-  set("", "SoftmaxCrossEntropyLoss", profiled<sce_cuda>);
-  set(G, "SoftmaxCrossEntropyLossGrad", profiled<sce_grad_cuda>);
-  set(G, "AccumulateGrad", profiled<accumulate_cuda>);
-  set(G, "GradNorm", profiled<grad_norm_cuda>);
-  set(G, "AdamW", profiled<adamw_cuda>);
-  set(G, "AllReduce", profiled<all_reduce_cuda>);
+  for (const char* op : {"Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten"}) set("", op, cuda_profiled<copy_cuda>);
+  set("", "Add", cuda_profiled<binary_cuda<cuda::Binary::kAdd>>);
+  set("", "Sub", cuda_profiled<binary_cuda<cuda::Binary::kSub>>);
+  set("", "Mul", cuda_profiled<binary_cuda<cuda::Binary::kMul>>);
+  set("", "Div", cuda_profiled<binary_cuda<cuda::Binary::kDiv>>);
+  set("", "Pow", cuda_profiled<binary_cuda<cuda::Binary::kPow>>);
+  set("", "Equal", cuda_profiled<compare_cuda<cuda::Compare::kEqual>>);
+  set("", "Less", cuda_profiled<compare_cuda<cuda::Compare::kLess>>);
+  set("", "LessOrEqual", cuda_profiled<compare_cuda<cuda::Compare::kLessOrEqual>>);
+  set("", "Greater", cuda_profiled<compare_cuda<cuda::Compare::kGreater>>);
+  set("", "GreaterOrEqual", cuda_profiled<compare_cuda<cuda::Compare::kGreaterOrEqual>>);
+  set("", "And", cuda_profiled<compare_cuda<cuda::Compare::kAnd>>);
+  set("", "Or", cuda_profiled<compare_cuda<cuda::Compare::kOr>>);
+  set("", "Xor", cuda_profiled<compare_cuda<cuda::Compare::kXor>>);
+  set("", "Where", cuda_profiled<where_cuda>);
+  set("", "Not", cuda_profiled<not_cuda>);
+  set("", "Neg", cuda_profiled<unary_cuda<cuda::Unary::kNeg>>);
+  set("", "Abs", cuda_profiled<unary_cuda<cuda::Unary::kAbs>>);
+  set("", "Relu", cuda_profiled<unary_cuda<cuda::Unary::kRelu>>);
+  set("", "Sqrt", cuda_profiled<unary_cuda<cuda::Unary::kSqrt>>);
+  set("", "Reciprocal", cuda_profiled<unary_cuda<cuda::Unary::kReciprocal>>);
+  set("", "Exp", cuda_profiled<unary_cuda<cuda::Unary::kExp>>);
+  set("", "Log", cuda_profiled<unary_cuda<cuda::Unary::kLog>>);
+  set("", "Tanh", cuda_profiled<unary_cuda<cuda::Unary::kTanh>>);
+  set("", "Erf", cuda_profiled<unary_cuda<cuda::Unary::kErf>>);
+  set("", "Sigmoid", cuda_profiled<unary_cuda<cuda::Unary::kSigmoid>>);
+  set("", "Gelu", cuda_profiled<gelu_cuda>);
+  set(G, "SigmoidGrad", cuda_profiled<act_grad_cuda<cuda::ActGrad::kSigmoid>>);
+  set(G, "TanhGrad", cuda_profiled<act_grad_cuda<cuda::ActGrad::kTanh>>);
+  set(G, "ErfGrad", cuda_profiled<act_grad_cuda<cuda::ActGrad::kErf>>);
+  set(G, "GeluGrad", cuda_profiled<act_grad_cuda<cuda::ActGrad::kGelu>>);
+  set("", "Cast", cuda_profiled<cast_cuda>);
+  set("", "Transpose", cuda_profiled<transpose_cuda>);
+  set("", "Expand", cuda_profiled<expand_cuda>);
+  set("", "Concat", cuda_profiled<concat_cuda>);
+  set("", "Split", cuda_profiled<split_cuda>);
+  set("", "Slice", cuda_profiled<slice_cuda>);
+  set(G, "SliceGrad", cuda_profiled<slice_grad_cuda>);
+  set("", "MatMul", cuda_profiled<matmul_cuda>);
+  set("", "Gemm", cuda_profiled<gemm_cuda>);
+  set(G, "FusedMatMul", cuda_profiled<fused_matmul_cuda>);
+  set("", "Softmax", cuda_profiled<softmax_cuda<false>>);
+  set("", "LogSoftmax", cuda_profiled<softmax_cuda<true>>);
+  set(G, "SoftmaxGrad", cuda_profiled<softmax_grad_cuda<false>>);
+  set(G, "LogSoftmaxGrad", cuda_profiled<softmax_grad_cuda<true>>);
+  set("", "LayerNormalization", cuda_profiled<layer_norm_cuda>);
+  set(G, "LayerNormalizationGrad", cuda_profiled<layer_norm_grad_cuda>);
+  set("", "RMSNormalization", cuda_profiled<rms_norm_cuda>);
+  set(G, "RMSNormalizationGrad", cuda_profiled<rms_norm_grad_cuda>);
+  set("", "ReduceSum", cuda_profiled<reduce_cuda<false>>);
+  set("", "ReduceMean", cuda_profiled<reduce_cuda<true>>);
+  set(G, "ReduceGrad", cuda_profiled<reduce_grad_cuda>);
+  set("", "Gather", cuda_profiled<gather_cuda>);
+  set(G, "GatherGrad", cuda_profiled<gather_grad_cuda>);
+  set("", "SoftmaxCrossEntropyLoss", cuda_profiled<sce_cuda>);
+  set(G, "SoftmaxCrossEntropyLossGrad", cuda_profiled<sce_grad_cuda>);
+  set(G, "AccumulateGrad", cuda_profiled<accumulate_cuda>);
+  set(G, "GradNorm", cuda_profiled<grad_norm_cuda>);
+  set(G, "AdamW", cuda_profiled<adamw_cuda>);
+  set(G, "AllReduce", cuda_profiled<all_reduce_cuda>);
   register_cuda_attention_kernels(r);
 }
 

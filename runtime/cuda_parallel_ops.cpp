@@ -238,17 +238,17 @@ void register_cuda_parallel_kernels(OpRegistry& r) {
   auto set = [&r](const char* name, KernelFn k) {
     if (OpSchema* s = r.find_mutable(kGalvatronDomain, name)) s->cuda = k;
   };
-  set("AllGather", all_gather_cuda);
-  set("ReduceScatter", reduce_scatter_cuda);
-  set("SplitToGroup", split_to_group_cuda);
-  set("TensorParallelCopy", tp_copy_cuda);
-  set("TensorParallelReduce", tp_reduce_cuda);
-  set("Send", send_cuda);
-  set("Recv", recv_cuda);
-  set("AllReduce", all_reduce_cuda);
-  set("GatherShardsInPlace", gather_shards_cuda);
-  set("ZeroBuffer", zero_buffer_cuda);
-  set("WaitCollectives", wait_collectives_cuda);
+  set("AllGather", cuda_profiled<all_gather_cuda>);
+  set("ReduceScatter", cuda_profiled<reduce_scatter_cuda>);
+  set("SplitToGroup", cuda_profiled<split_to_group_cuda>);
+  set("TensorParallelCopy", cuda_profiled<tp_copy_cuda>);
+  set("TensorParallelReduce", cuda_profiled<tp_reduce_cuda>);
+  set("Send", cuda_profiled<send_cuda>);
+  set("Recv", cuda_profiled<recv_cuda>);
+  set("AllReduce", cuda_profiled<all_reduce_cuda>);
+  set("GatherShardsInPlace", cuda_profiled<gather_shards_cuda>);
+  set("ZeroBuffer", cuda_profiled<zero_buffer_cuda>);
+  set("WaitCollectives", cuda_profiled<wait_collectives_cuda>);
 }
 
 }  // namespace gv

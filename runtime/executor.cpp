@@ -84,9 +84,11 @@ Expected<std::unique_ptr<Executor>> Executor::create(const Graph& graph, Backend
     for (ValueId in : n.inputs) {
       if (in == kNoValue) {
         s.ctx.inputs.push_back(TensorRef{});
+        s.ctx.host_inputs.push_back(nullptr);
       } else {
         const Value& v = graph.values[in];
         s.ctx.inputs.push_back(TensorRef{v.dtype, v.shape, ex->ptrs_[in]});
+        s.ctx.host_inputs.push_back(v.kind == ValueKind::kConstant && v.data.nbytes() ? v.data.data() : nullptr);
       }
     }
     for (ValueId o : n.outputs) {

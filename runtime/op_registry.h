@@ -60,6 +60,9 @@ struct KernelContext {
   const Node* node = nullptr;
   std::vector<TensorRef> inputs;   // an omitted optional input has data == nullptr
   std::vector<TensorRef> outputs;  // allocated with the inferred shapes
+  // Per input: the graph's host copy of a constant (initializer) input, else null. Index inputs (Slice's starts, ...)
+  // are read from here without a device round trip; the graph outlives the run.
+  std::vector<const void*> host_inputs;
   uint64_t rng_seed = 0;           // for ops that draw random numbers (Dropout): the run's seed
   uint64_t rng_counter = 0;        // and a counter that advances with each step and micro-batch
   int64_t micro_batch = 0;         // index of the micro-batch within the step (pipeline Send/Recv tags)

@@ -260,8 +260,15 @@ TEST_F(CudaKernels, Layout) {
   sg.set_ints("starts", {1, 2, 0});
   sg.set_ints("steps", {1, 3, 2});
   check({"SliceGrad", {randn({2, 3, 3})}, sg, 1, kGalvatronDomain});
-  // Slice has no native kernel: the fallback runs it.
+  // Slice (its index inputs are graph constants, read on the host: KernelContext::host_inputs).
   check({"Slice", {randn({4, 10}), ints({1, 2}), ints({3, 9}), ints({0, 1}), ints({1, 2})}, {}, 1, "", 20,
+         {1, 2, 3, 4}});
+  // RoPE's halves of the last dim of [B, H, S, D], negative starts / ends, reversed steps, clamped ends.
+  check({"Slice", {randn({2, 4, 16, 8}), ints({0}), ints({4}), ints({-1})}, {}, 1, "", 20, {1, 2, 3}});
+  check({"Slice", {randn({2, 4, 16, 8}), ints({4}), ints({1000}), ints({3})}, {}, 1, "", 20, {1, 2, 3}});
+  check({"Slice", {randn({5, 7, 3}), ints({-1, 6}), ints({-6, -100}), ints({0, 1}), ints({-2, -3})}, {}, 1, "",
+         20, {1, 2, 3, 4}});
+  check({"Slice", {randint({6, 9}, -50, 50), ints({2}), ints({8}), ints({1}), ints({3})}, {}, 1, "", 20,
          {1, 2, 3, 4}});
 }
 

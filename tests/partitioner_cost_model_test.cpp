@@ -156,7 +156,19 @@ TEST(PartitionerCostModel, OptimizerStepOnlyWithTheExtensionKey) {
   EXPECT_NEAR(t3.optimizer_time, 0.01 * 100 / 2 / 4 * 4, 1e-12);
   EXPECT_NEAR(t3.total_s, base3.total_s + 0.001 * t3.optimizer_time / 4, 1e-15);
   f.ci.opt.use_zero2_for_dp = true;
-  EXPECT_NEAR(layer_time(f.ci, 0, ddp, 8, false).optimizer_time, t3.optimizer_time, 1e-12);
+  const LayerTime z2 = layer_time(f.ci, 0, ddp, 8, false);
+  EXPECT_NEAR(z2.optimizer_time, t3.optimizer_time, 1e-12);
+  // This runtime's ZeRO-2: half the DP message (the reduce-scatter) overlaps the backward pass, the other half (the
+  // parameter gather) comes on top of the update.
+  EXPECT_NEAR(z2.dp_message_mb, t.dp_message_mb / 2, 1e-9);
+  EXPECT_NEAR(z2.gather_time, t.dp_message_mb / 2 * t.dc, 1e-9);
+  EXPECT_GT(z2.gather_time, z2.optimizer_time);
+  Strategy ddp_nc = ddp;
+  f.ci.opt.use_zero2_for_dp = false;
+  const LayerTime plain = layer_time(f.ci, 0, ddp_nc, 8, false);
+  f.ci.opt.use_zero2_for_dp = true;
+  // Same compute; the gather and the (sharded) update added where DDP has its whole update.
+  EXPECT_NEAR(z2.fct + z2.bct, plain.fct + plain.bct, 1e-12);
   // Not in the compute-only time, and once per iteration in the pipeline formula (through the reduce term).
   EXPECT_EQ(layer_time(f.ci, 0, ddp, 8, true).optimizer_time, 0.0);
   f.ci.opt.use_zero2_for_dp = false;
