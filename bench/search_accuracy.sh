@@ -12,6 +12,7 @@
 # DP_TYPE (ddp, the searched plan's --default-dp-type, Galvatron's default; zero2 lets the search pick ZeRO-2), BSZ_gpt2 / BSZ_gpt_1_5b (global batches: 4 and 2 per GPU),
 # BASELINES ("dp"; "none" for none; per model: BASELINES_llama_7b ...), ONE_GPU=1 (one GPU with the per-GPU batch: scaling efficiency), FSDP=1 (PyTorch FSDP through
 # torchrun bench/torch_fsdp.py, GPT-2 sizes; FSDP_SHARDING "full grad_op"), TRAIN_TIMEOUT (240 s per run),
+# TP_DEGREES (2,4: the layer timed per TP degree, galvatron's extension of the profile; "" for none),
 # HW_DIR (hardware files measured before, on the same kind of machine: skips the hardware profile).
 set -uo pipefail
 GV=${GALVATRON:-./galvatron}
@@ -81,8 +82,9 @@ for M in $MODELS; do
   # float32 under every --precision, so activations count 4 bytes and gradients travel in fp32.
   stamp "$M: computation profile (cuda, $PREC)"
   timeout 180 "$GV" profile --model-type $MT --model-size "$M" --seq-length "$SEQ" --device cuda --precision "$PREC" \
-    --mixed-precision fp32 --profile-batch-sizes 1,2,3,4,5,6,7,8 --repeats 3 --output-dir "$P/prof" \
-    > "$P/profile.log" 2>&1; echo "profile exit $?"; grep "^forward on\|^memory" "$P/profile.log"
+    --mixed-precision fp32 --profile-batch-sizes 1,2,3,4,5,6,7,8 --repeats 3 --profile-tp-degrees "${TP_DEGREES:-2,4}" \
+    --output-dir "$P/prof" \
+    > "$P/profile.log" 2>&1; echo "profile exit $?"; grep "^forward on\|^memory\|^TP" "$P/profile.log"
   S="search --model-type $MT --model-size $M --seq-length $SEQ --num-nodes 1 --num-gpus-per-node $N --settle-bsz $GBS
      --mixed-precision fp32 --time-profiling-path $P/prof --time-profile-mode batch --hardware-profiling-path $OUT/hw"
   # 3. The search.

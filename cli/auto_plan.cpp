@@ -92,11 +92,16 @@ Expected<std::vector<std::string>> gpu_time_profile(const TrainModelSource& sour
   const std::string layer = dir + "/layer.onnx", out = dir + "/compute";
   GV_RETURN_IF_ERROR(write_model(proto, layer));
   const std::vector<int> batches = timing_batches(req.global_batch, req.chunks);
+  // The layer at each TP degree the plan could use (powers of two up to the devices), so that the search prices TP
+  // from measured times rather than Galvatron's TP 1 time / degree.
+  std::vector<int> tps;
+  for (int k = 2; k <= req.devices; k *= 2) tps.push_back(k);
+  std::vector<std::string> pargs = {"profile", layer, "--model-name", "auto", "--seq-length", std::to_string(source.seq),
+                                    "--mixed-precision", req.precision, "--device", req.device, "--precision", prec,
+                                    "--profile-batch-sizes", join_ints(batches), "--repeats", "3", "--output-dir", out};
+  if (!tps.empty()) pargs.insert(pargs.end(), {"--profile-tp-degrees", join_ints(tps)});
   const auto t0 = std::chrono::steady_clock::now();
-  GV_RETURN_IF_ERROR(run_self({"profile", layer, "--model-name", "auto", "--seq-length", std::to_string(source.seq),
-                               "--mixed-precision", req.precision, "--device", req.device, "--precision", prec,
-                               "--profile-batch-sizes", join_ints(batches), "--repeats", "3", "--output-dir", out},
-                              log, "galvatron profile --device " + req.device));
+  GV_RETURN_IF_ERROR(run_self(pargs, log, "galvatron profile --device " + req.device));
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   char secs[32];
   std::snprintf(secs, sizeof secs, "%.1f", s);

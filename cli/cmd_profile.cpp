@@ -123,8 +123,14 @@ Status run_profile(const ParsedArgs& args, CommandContext& ctx) {
     const bool on_cpu = device == "cpu";
     const std::string where = on_cpu ? "the CPU" : device + " (" + precision + ")";
     auto t1 = std::chrono::steady_clock::now();
+    std::vector<int> tps;
+    if (!args.str("profile-tp-degrees").empty()) {
+      auto parsed = parse_int_list(args.str("profile-tp-degrees"));
+      if (!parsed) return ctx.usage("--profile-tp-degrees: " + parsed.status().message());
+      tps = *parsed;
+    }
     GV_ASSIGN_OR_RETURN(ForwardTiming t, forward_timing_of(src, *batches, static_cast<int>(args.i64("repeats")),
-                                                           *backend, precision));
+                                                           *backend, precision, tps));
     ctx.timing("forward timing on " + where, t1);
     const std::string comp_path = base + "computation_profiling_" + prec + "_" + src.name + ".json";
     GV_RETURN_IF_ERROR(write_text_file(comp_path, computation_profile_json(t)));
@@ -134,6 +140,14 @@ Status run_profile(const ParsedArgs& args, CommandContext& ctx) {
                   on_cpu ? "the CPU (fp32)" : where.c_str(), b, t.seq, ms, t.other_ms_per_sample.at(b),
                   t.backward_ms_per_sample.at(b) / t.forward_ms_per_sample(b, t.num_layers));
     }
+    for (const auto& [tp, by_batch] : t.tp_layer_ms_per_sample) {
+      for (const auto& [b, ms] : by_batch) {
+        std::printf("forward on %s, TP %d (one rank, computation only), batch %d: %.4f ms per sample per layer "
+                    "(%.2fx the TP 1 time / %d)\n", on_cpu ? "the CPU (fp32)" : where.c_str(), tp, b, ms,
+                    ms / (t.layer_ms_per_sample.at(b) / tp), tp);
+      }
+    }
+    for (const auto& [tp, why] : t.tp_skipped) std::printf("TP %d not timed: %s\n", tp, why.c_str());
     std::printf("wrote %s%s\n", comp_path.c_str(), on_cpu ? " (CPU times: use a GPU profile for real plans)" : "");
   }
   return Status::ok();
@@ -147,6 +161,7 @@ std::vector<FlagSpec> profile_flags() {
       string_flag("mixed-precision", "fp32|fp16|bf16", "bf16", "Training precision: float activations are counted "
                                                               "in 2 bytes under fp16/bf16, 4 under fp32."),
       string_flag("profile-batch-sizes", "B,B,..", "1,2,4", "Batch sizes timed (the first is what static mode reads)."),
+      string_flag("profile-tp-degrees", "K,K,..", "", "Also time the layer as one rank of a K-way tensor-parallel group computes it (communication left out), for each K: the search then uses these times instead of Galvatron's TP 1 time / K (keys tp{K}_layertype_0_...)."),
       int_flag("repeats", "N", "2", "Timed runs per batch size (the best is kept), after one warm-up."),
       bool_flag("memory-only", "Write the memory profile only (no timing)."),
       bool_flag("hardware", "Write the hardware files (all-reduce, p2p, overlap, sp_time) from the numbers below."),

@@ -150,7 +150,12 @@ Status run_ir_search(const ParsedArgs& args, CommandContext& ctx, const SearchOp
     }
     GV_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, timing_backend(device, precision));
     auto t1 = std::chrono::steady_clock::now();
-    GV_ASSIGN_OR_RETURN(ForwardTiming t, forward_timing_of(src, {1}, 1, *backend, precision));
+    // The layer at each TP degree the search may use (galvatron's extension; degrees the heads do not divide are
+    // skipped), so that TP is priced from measured times.
+    std::vector<int> tps;
+    const int64_t world = args.i64("num-nodes") * args.i64("num-gpus-per-node");
+    for (int64_t k = 2; k <= std::min<int64_t>(world, args.i64("max-tp-deg")); k *= 2) tps.push_back(static_cast<int>(k));
+    GV_ASSIGN_OR_RETURN(ForwardTiming t, forward_timing_of(src, {1}, 1, *backend, precision, tps));
     ctx.timing("forward timing on " + where, t1);
     comp = join(scratch, "computation_profiling.json");
     GV_RETURN_IF_ERROR(write_text_file(comp, computation_profile_json(t)));

@@ -21,7 +21,8 @@ Expected<IrMemory> ir_memory_of(const IrModelSource& src, int float_bytes) {
 }
 
 Expected<ForwardTiming> forward_timing_of(const IrModelSource& src, const std::vector<int>& batches, int repeats,
-                                          Backend& backend, const std::string& precision) {
+                                          Backend& backend, const std::string& precision,
+                                          const std::vector<int>& tp_degrees) {
   std::function<Expected<Graph>(int64_t)> make;
   if (src.onnx_path.empty()) {
     ModelConfig c = src.config;
@@ -39,7 +40,7 @@ Expected<ForwardTiming> forward_timing_of(const IrModelSource& src, const std::v
       return std::move(im.graph);
     };
   }
-  GV_ASSIGN_OR_RETURN(ForwardTiming t, time_forward(make, batches, repeats, backend));
+  GV_ASSIGN_OR_RETURN(ForwardTiming t, time_forward(make, batches, repeats, backend, tp_degrees));
   t.precision = precision;
   return t;
 }

@@ -28,7 +28,8 @@ Expected<partitioner::IrMemory> ir_memory_of(const IrModelSource& src, int float
 // precision is set already: ONNX models whole, zoo models as a 1-layer build with the real vocabulary (per-node
 // attribution makes one layer enough). The result's `precision` is `precision`.
 Expected<partitioner::ForwardTiming> forward_timing_of(const IrModelSource& src, const std::vector<int>& batches,
-                                                       int repeats, Backend& backend, const std::string& precision);
+                                                       int repeats, Backend& backend, const std::string& precision,
+                                                       const std::vector<int>& tp_degrees = {});
 // The backend for --device (cpu | cuda; make_backend's error in a build without CUDA or without a GPU) in --precision
 // (fp32 | tf32 | bf16; anything but fp32 needs cuda).
 Expected<std::unique_ptr<Backend>> timing_backend(const std::string& device, const std::string& precision);

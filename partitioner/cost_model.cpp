@@ -171,6 +171,11 @@ LayerTime layer_time(const CostInputs& in, int lt_idx, const Strategy& s, double
 
   if (lt.forward.linear) r.fct = (lt.forward.m * (bsz / tp) + lt.forward.c) * L;
   else r.fct = lt.forward.t * bsz / tp * L;
+  // galvatron's extension: the layer timed as one rank of a TP group computes it (profile keys tp{k}_...).
+  if (!sp && tp > 1) {
+    auto it = lt.forward_tp.find(tp);
+    if (it != lt.forward_tp.end()) r.fct = it->second.at(bsz) * L;
+  }
   r.bct = r.fct * o.bct_fct_coe;
   if (s.is_cpt()) r.bct += r.fct;
 

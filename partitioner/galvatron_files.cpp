@@ -8,6 +8,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <set>
+
 #include <nlohmann/json.hpp>
 
 namespace gv::partitioner {
@@ -38,6 +40,18 @@ bool is_digits(const std::string& s) {
 }
 
 bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
+
+// The TP degrees k of galvatron's extension keys "tp{k}<suffix>..." (suffix: "_layertype_<i>_").
+std::set<int> tp_degrees_in(const Json& time, const std::string& suffix) {
+  std::set<int> out;
+  for (auto it = time.begin(); it != time.end(); ++it) {
+    const std::string& k = it.key();
+    const size_t at = k.find(suffix);
+    if (!starts_with(k, "tp") || at == std::string::npos || at <= 2 || !is_digits(k.substr(2, at - 2))) continue;
+    out.insert(std::stoi(k.substr(2, at - 2)));
+  }
+  return out;
+}
 
 Status number_of(const Json& j, const std::string& file, const std::string& key, double* out) {
   if (!j.is_number()) return corrupt("'" + file + "': '" + key + "' is not a number");
@@ -196,6 +210,18 @@ Expected<ModelProfile> load_galvatron_model_profile(const std::string& computati
     if (other_list.empty()) return corrupt("computation profile '" + cf + "' has no 'layertype_other_...' time");
     for (size_t i = 0; i < ntypes; ++i) p.layer_types[i].forward = TimeFn{false, layer_list[i], 0, 0};
     p.other_forward = TimeFn{false, other_list[0], 0, 0};
+    // galvatron's extension: the first key of each TP degree.
+    for (size_t i = 0; i < ntypes; ++i) {
+      for (int tp : tp_degrees_in(time, "_layertype_" + std::to_string(i) + "_")) {
+        const std::string pre = "tp" + std::to_string(tp) + "_layertype_" + std::to_string(i) + "_";
+        for (auto it = time.begin(); it != time.end(); ++it) {
+          if (it->is_number() && starts_with(it.key(), pre)) {
+            p.layer_types[i].forward_tp[tp] = TimeFn{false, it->get<double>(), 0, 0};
+            break;
+          }
+        }
+      }
+    }
   } else if (opt.time_mode == ProfileMode::kBatch) {
     auto fit_for = [&](const std::string& pre, int seq, TimeFn* out) -> Status {
       std::vector<double> xs, ys;
@@ -223,8 +249,13 @@ Expected<ModelProfile> load_galvatron_model_profile(const std::string& computati
       if (!fit_linear(xs, ys, &out->m, &out->c)) return corrupt("computation profile '" + cf + "': degenerate fit");
       return Status::ok();
     };
-    for (size_t i = 0; i < ntypes; ++i)
+    for (size_t i = 0; i < ntypes; ++i) {
       GV_RETURN_IF_ERROR(fit_for("layertype_" + std::to_string(i) + "_", opt.layers[i].seq_len, &p.layer_types[i].forward));
+      for (int tp : tp_degrees_in(time, "_layertype_" + std::to_string(i) + "_")) {  // galvatron's extension
+        GV_RETURN_IF_ERROR(fit_for("tp" + std::to_string(tp) + "_layertype_" + std::to_string(i) + "_",
+                                   opt.layers[i].seq_len, &p.layer_types[i].forward_tp[tp]));
+      }
+    }
     // G24 fits "other" for each layer type and uses the first.
     GV_RETURN_IF_ERROR(fit_for("layertype_other_", opt.layers[0].seq_len, &p.other_forward));
   } else {

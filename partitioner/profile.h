@@ -29,6 +29,10 @@ struct LayerTypeProfile {
   double act_checkpoint_mb = 0;              // activation MB per sample kept when checkpointed
   bool has_checkpoint = false;
   TimeFn forward;                            // ms per layer, as a function of the per-GPU batch
+  // galvatron's extension (computation profile keys tp{k}_layertype_<i>_bsz{b}_seq{S}): TP degree -> the layer's
+  // forward on one rank of the TP group (computation only), as a function of the batch the group takes. Absent:
+  // Galvatron's forward at batch / tp.
+  std::map<int, TimeFn> forward_tp;
 };
 
 // Embedding + LM head memory for one pipeline placement, per vocab-TP degree.

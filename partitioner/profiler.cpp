@@ -10,6 +10,7 @@
 #include "runtime/backend.h"
 #include "runtime/executor.h"
 #include "runtime/training_graph.h"
+#include "partitioner/tensor_parallel.h"
 
 namespace gv::partitioner {
 namespace {
@@ -32,79 +33,130 @@ std::string fmt_key(const std::string& what, int b, int s) {
 
 }  // namespace
 
+namespace {
+
+// One timed graph: the layer blocks, the rest of the forward, the backward and the optimizer region (ms, best of
+// the repeats), and the parameters' float32 MB.
+struct GraphTimes {
+  double layers_ms = 0, other_ms = 0, backward_ms = 0, optimizer_ms = 0, param_mb = 0;
+  int num_layers = 0, seq = 0;
+};
+
+Expected<GraphTimes> time_graph(Graph fwd, int repeats, Backend& backend) {
+  if (fwd.num_layers <= 0) return invalid_argument("the model has no detected transformer layers to time");
+  GraphTimes out;
+  out.num_layers = fwd.num_layers;
+  const bool per_node = backend.kind() == DeviceKind::kCpu;
+  for (ValueId v : fwd.inputs)
+    if (fwd.value(v).shape.size() >= 2) out.seq = static_cast<int>(fwd.value(v).shape[1]);
+  // The trainer's graph: loss, backward, AdamW (timed with learning rate 0 and step 1: the weights stay as they are).
+  TrainingGraphOptions to;
+  to.optimizer.weight_decay = 0;
+  GV_ASSIGN_OR_RETURN(TrainingGraph tg, build_training_graph(std::move(fwd), to));
+  const Graph& g = tg.graph;
+  GV_ASSIGN_OR_RETURN(auto ex, Executor::create(g, backend));
+  const size_t fwd_end = std::min(tg.backward_begin, ex->num_steps());
+  const size_t bwd_end = std::min(tg.optimizer_begin, ex->num_steps());
+  // The arena may reuse an input's buffer once it is read: feed the inputs before every pass.
+  auto feed = [&]() -> Status {
+    for (ValueId v : g.inputs) {
+      Tensor t = feed_for(g.value(v));
+      if (v == tg.lr) std::fill(t.data_as<double>(), t.data_as<double>() + t.numel(), 0.0);
+      if (v == tg.step) std::fill(t.data_as<int64_t>(), t.data_as<int64_t>() + t.numel(), int64_t{1});
+      GV_RETURN_IF_ERROR(ex->set_value(v, t));
+    }
+    return backend.synchronize();
+  };
+  // Blocks [begin, end) of the forward part timed as one: single nodes on the CPU, runs of one place elsewhere.
+  auto layer_of = [&](size_t i) {
+    return g.nodes[i].place.kind == Placement::Kind::kLayer ? g.nodes[i].place.layer : -1;
+  };
+  std::vector<std::pair<size_t, size_t>> blocks;
+  for (size_t i = 0; i < fwd_end;) {
+    size_t j = i + 1;
+    if (!per_node)
+      while (j < fwd_end && layer_of(j) == layer_of(i)) ++j;
+    blocks.emplace_back(i, j);
+    i = j;
+  }
+  auto timed = [&](size_t begin, size_t end, double* best) -> Status {
+    auto t0 = std::chrono::steady_clock::now();
+    GV_RETURN_IF_ERROR(ex->run_steps(begin, end));
+    GV_RETURN_IF_ERROR(backend.synchronize());
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    *best = std::min(*best, ms);
+    return Status::ok();
+  };
+  GV_RETURN_IF_ERROR(feed());
+  GV_RETURN_IF_ERROR(ex->run_steps(0, bwd_end));  // warm-up (kernel selection, first-touch allocations)
+  GV_RETURN_IF_ERROR(backend.synchronize());
+  std::vector<double> best(blocks.size(), std::numeric_limits<double>::infinity());
+  double best_bwd = std::numeric_limits<double>::infinity(), best_opt = best_bwd;
+  for (int r = 0; r < std::max(repeats, 1); ++r) {
+    GV_RETURN_IF_ERROR(feed());
+    for (size_t k = 0; k < blocks.size(); ++k) GV_RETURN_IF_ERROR(timed(blocks[k].first, blocks[k].second, &best[k]));
+    GV_RETURN_IF_ERROR(timed(fwd_end, bwd_end, &best_bwd));
+    GV_RETURN_IF_ERROR(timed(bwd_end, ex->num_steps(), &best_opt));
+  }
+  for (size_t k = 0; k < blocks.size(); ++k) (layer_of(blocks[k].first) >= 0 ? out.layers_ms : out.other_ms) += best[k];
+  out.backward_ms = best_bwd;
+  out.optimizer_ms = best_opt;
+  for (ValueId p : tg.params) out.param_mb += static_cast<double>(shape_numel(g.value(p).shape)) * 4 / kMB;
+  return out;
+}
+
+}  // namespace
+
+Status make_compute_only_tensor_parallel(Graph& g, int tp) {
+  std::vector<TensorParallelLayer> layers;
+  std::vector<int> group(static_cast<size_t>(tp));
+  for (int r = 0; r < tp; ++r) group[r] = r;
+  for (int l = 0; l < g.num_layers; ++l) layers.push_back({l, tp, 0, group});
+  GV_RETURN_IF_ERROR(apply_tensor_parallel(g, layers).status());
+  for (Node& n : g.nodes) {
+    if (n.domain != kGalvatronDomain || (n.op_type != kTensorParallelCopyOp && n.op_type != kTensorParallelReduceOp)) {
+      continue;
+    }
+    n.op_type = "Identity";
+    n.domain = "";
+    n.opset = g.opsets.count("") ? g.opsets.at("") : 13;
+    n.attrs = Attributes{};
+  }
+  return Status::ok();
+}
+
 Expected<ForwardTiming> time_forward(const std::function<Expected<Graph>(int64_t)>& make_graph,
-                                     const std::vector<int>& batches, int repeats, Backend& backend) {
+                                     const std::vector<int>& batches, int repeats, Backend& backend,
+                                     const std::vector<int>& tp_degrees) {
   ForwardTiming t;
   t.device = backend.name();
   t.repeats = std::max(repeats, 1);
-  const bool per_node = backend.kind() == DeviceKind::kCpu;
   for (int b : batches) {
     GV_ASSIGN_OR_RETURN(Graph fwd, make_graph(b));
-    if (fwd.num_layers <= 0) return invalid_argument("the model has no detected transformer layers to time");
-    const int num_layers = fwd.num_layers;
-    t.num_layers = num_layers;
-    for (ValueId v : fwd.inputs)
-      if (fwd.value(v).shape.size() >= 2) t.seq = static_cast<int>(fwd.value(v).shape[1]);
-    // The trainer's graph: loss, backward, AdamW (timed with learning rate 0 and step 1: the weights stay as they are).
-    TrainingGraphOptions to;
-    to.optimizer.weight_decay = 0;
-    GV_ASSIGN_OR_RETURN(TrainingGraph tg, build_training_graph(std::move(fwd), to));
-    const Graph& g = tg.graph;
-    GV_ASSIGN_OR_RETURN(auto ex, Executor::create(g, backend));
-    const size_t fwd_end = std::min(tg.backward_begin, ex->num_steps());
-    const size_t bwd_end = std::min(tg.optimizer_begin, ex->num_steps());
-    // The arena may reuse an input's buffer once it is read: feed the inputs before every pass.
-    auto feed = [&]() -> Status {
-      for (ValueId v : g.inputs) {
-        Tensor t = feed_for(g.value(v));
-        if (v == tg.lr) std::fill(t.data_as<double>(), t.data_as<double>() + t.numel(), 0.0);
-        if (v == tg.step) std::fill(t.data_as<int64_t>(), t.data_as<int64_t>() + t.numel(), int64_t{1});
-        GV_RETURN_IF_ERROR(ex->set_value(v, t));
-      }
-      return backend.synchronize();
-    };
-    // Blocks [begin, end) of the forward part timed as one: single nodes on the CPU, runs of one place elsewhere.
-    auto layer_of = [&](size_t i) {
-      return g.nodes[i].place.kind == Placement::Kind::kLayer ? g.nodes[i].place.layer : -1;
-    };
-    std::vector<std::pair<size_t, size_t>> blocks;
-    for (size_t i = 0; i < fwd_end;) {
-      size_t j = i + 1;
-      if (!per_node)
-        while (j < fwd_end && layer_of(j) == layer_of(i)) ++j;
-      blocks.emplace_back(i, j);
-      i = j;
-    }
-    auto timed = [&](size_t begin, size_t end, double* best) -> Status {
-      auto t0 = std::chrono::steady_clock::now();
-      GV_RETURN_IF_ERROR(ex->run_steps(begin, end));
-      GV_RETURN_IF_ERROR(backend.synchronize());
-      double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      *best = std::min(*best, ms);
-      return Status::ok();
-    };
-    GV_RETURN_IF_ERROR(feed());
-    GV_RETURN_IF_ERROR(ex->run_steps(0, bwd_end));  // warm-up (kernel selection, first-touch allocations)
-    GV_RETURN_IF_ERROR(backend.synchronize());
-    std::vector<double> best(blocks.size(), std::numeric_limits<double>::infinity());
-    double best_bwd = std::numeric_limits<double>::infinity(), best_opt = best_bwd;
-    for (int r = 0; r < t.repeats; ++r) {
-      GV_RETURN_IF_ERROR(feed());
-      for (size_t k = 0; k < blocks.size(); ++k) GV_RETURN_IF_ERROR(timed(blocks[k].first, blocks[k].second, &best[k]));
-      GV_RETURN_IF_ERROR(timed(fwd_end, bwd_end, &best_bwd));
-      GV_RETURN_IF_ERROR(timed(bwd_end, ex->num_steps(), &best_opt));
-    }
-    double param_mb = 0;
-    for (ValueId p : tg.params) param_mb += static_cast<double>(shape_numel(g.value(p).shape)) * 4 / kMB;
-    if (param_mb > 0) {
-      const double rate = best_opt / param_mb;
+    GV_ASSIGN_OR_RETURN(GraphTimes gt, time_graph(std::move(fwd), t.repeats, backend));
+    t.num_layers = gt.num_layers;
+    t.seq = gt.seq;
+    t.layer_ms_per_sample[b] = gt.layers_ms / gt.num_layers / b;
+    t.other_ms_per_sample[b] = gt.other_ms / b;
+    t.backward_ms_per_sample[b] = gt.backward_ms / b;
+    if (gt.param_mb > 0) {
+      const double rate = gt.optimizer_ms / gt.param_mb;
       if (t.optimizer_ms_per_param_mb == 0 || rate < t.optimizer_ms_per_param_mb) t.optimizer_ms_per_param_mb = rate;
     }
-    double layers = 0, other = 0;
-    for (size_t k = 0; k < blocks.size(); ++k) (layer_of(blocks[k].first) >= 0 ? layers : other) += best[k];
-    t.layer_ms_per_sample[b] = layers / num_layers / b;
-    t.other_ms_per_sample[b] = other / b;
-    t.backward_ms_per_sample[b] = best_bwd / b;
+  }
+  for (int tp : tp_degrees) {
+    if (tp <= 1) continue;
+    for (int b : batches) {
+      GV_ASSIGN_OR_RETURN(Graph fwd, make_graph(b));
+      Status st = make_compute_only_tensor_parallel(fwd, tp);
+      if (!st.is_ok()) {
+        t.tp_skipped[tp] = st.message();
+        t.tp_layer_ms_per_sample.erase(tp);
+        break;
+      }
+      GV_ASSIGN_OR_RETURN(GraphTimes gt, time_graph(std::move(fwd), t.repeats, backend));
+      t.tp_layer_ms_per_sample[tp][b] = gt.layers_ms / gt.num_layers / b;
+    }
   }
   return t;
 }
@@ -115,8 +167,11 @@ std::string computation_profile_json(const ForwardTiming& t) {
     j[fmt_key("0", b, t.seq)] = ms;
     j[fmt_key("other", b, t.seq)] = t.other_ms_per_sample.at(b);
   }
-  // galvatron's extension (Galvatron's readers take numbers under layertype_* only and skip it).
+  // galvatron's extensions (Galvatron's readers take numbers under layertype_* only and skip them).
   if (t.optimizer_ms_per_param_mb > 0) j["optimizer_ms_per_param_mb"] = t.optimizer_ms_per_param_mb;
+  for (const auto& [tp, by_batch] : t.tp_layer_ms_per_sample) {
+    for (const auto& [b, ms] : by_batch) j["tp" + std::to_string(tp) + "_" + fmt_key("0", b, t.seq)] = ms;
+  }
   // Not a time: where the numbers come from.
   j["profile_note"] = "training forward (loss included), ms per sample, on " + t.device + " (" + t.precision +
                       "), best of " + std::to_string(t.repeats);

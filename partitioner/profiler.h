@@ -26,6 +26,10 @@ struct ForwardTiming {
   std::map<int, double> backward_ms_per_sample;  // batch -> ms per sample of the whole backward pass (all places)
   // The AdamW step (gradient norm + updates), ms per MB of float32 parameters (best over batches and repeats).
   double optimizer_ms_per_param_mb = 0;
+  // TP degree (> 1) -> batch -> ms per sample per layer on one rank of a TP group of that degree, computation only
+  // (make_compute_only_tensor_parallel); degrees the model cannot be split into: the reason, in tp_skipped.
+  std::map<int, std::map<int, double>> tp_layer_ms_per_sample;
+  std::map<int, std::string> tp_skipped;
   // Whole forward (layers + other) per sample of the graph that was timed.
   double forward_ms_per_sample(int batch, int num_layers) const {
     return layer_ms_per_sample.at(batch) * num_layers + other_ms_per_sample.at(batch);
@@ -43,12 +47,22 @@ struct ForwardTiming {
 // layers), "other" the sum over the embedding / head / loss / unplaced nodes. Other backends (asynchronous: CUDA):
 // contiguous runs of nodes of one place are timed as a block between Backend::synchronize calls (a sync per node would
 // add its latency to every kernel). Best of `repeats` runs after one warm-up. The optimizer region (AdamW, learning
-// rate 0) is timed as one block too, per MB of parameters.
+// rate 0) is timed as one block too, per MB of parameters. For each of `tp_degrees` (> 1) the layers are timed again
+// as one rank of a TP group of that degree computes them (galvatron's extension: Galvatron divides the tp-1 time by
+// the degree, which misses the replicated parts and the smaller products).
 Expected<ForwardTiming> time_forward(const std::function<Expected<Graph>(int64_t)>& make_graph,
-                                     const std::vector<int>& batches, int repeats, Backend& backend);
+                                     const std::vector<int>& batches, int repeats, Backend& backend,
+                                     const std::vector<int>& tp_degrees = {});
+
+// Rewrites a forward graph as rank 0 of a `tp`-way tensor-parallel group computes it (apply_tensor_parallel on every
+// layer), with the TensorParallelCopy / Reduce nodes made Identity: the computation without the communication, for
+// timing on one device. Errors as apply_tensor_parallel's (heads not divisible by tp, ...).
+Status make_compute_only_tensor_parallel(Graph& g, int tp);
 
 // Galvatron's processed computation profile: layertype_0_bsz{b}_seq{S} and layertype_other_bsz{b}_seq{S} (ms per
-// sample), batches in the order given (static mode reads the first key).
+// sample), batches in the order given (static mode reads the first key); beside them galvatron's extensions
+// optimizer_ms_per_param_mb and tp{k}_layertype_0_bsz{b}_seq{S} (the per-TP-degree layer times), which Galvatron's
+// readers skip (they read keys that start with layertype_).
 std::string computation_profile_json(const ForwardTiming& t);
 // Galvatron's processed memory profile: layertype_0 / other_memory_pp_{off,on_first,on_last}, with and without _sp,
 // keyed by sequence length.

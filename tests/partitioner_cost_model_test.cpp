@@ -262,6 +262,71 @@ TEST(PartitionerInputs, MissingAndMalformedFiles) {
   std::remove(bad.c_str());
 }
 
+// galvatron's extension keys in a computation profile: tp{k}_layertype_0_bsz{b}_seq{S} become LayerTypeProfile::
+// forward_tp[k] (a fit over the batch in batch mode, the first value in static mode), and layer_time then takes the
+// layer's compute at TP k from them instead of Galvatron's TP 1 time at batch / k. A file without them reads as before.
+TEST(PartitionerInputs, PerTensorParallelDegreeTimes) {
+  const std::string dir = ::testing::TempDir();
+  const std::string comp = dir + "/gv_tp_comp.json", plain = dir + "/gv_tp_plain.json", mem = dir + "/gv_tp_mem.json";
+  {
+    std::ofstream o(comp), q(plain);
+    o.precision(17);
+    o << "{";
+    q << "{";
+    for (int b = 1; b <= 8; ++b) {
+      const std::string sep = b == 1 ? "" : ", ";
+      const std::string k = "_bsz" + std::to_string(b) + "_seq1024";
+      // TP 1: 2 ms per sample; TP 2: a constant 0.5 ms plus 1.5 ms per sample of the group's batch.
+      o << sep << "\"layertype_0" << k << "\": 2.0, \"layertype_other" << k << "\": 1.0, \"tp2_layertype_0" << k
+        << "\": " << (0.5 + 1.5 * b) / b;
+      q << sep << "\"layertype_0" << k << "\": 2.0, \"layertype_other" << k << "\": 1.0";
+    }
+    o << ", \"optimizer_ms_per_param_mb\": 0.002}";
+    q << "}";
+    std::ofstream m(mem);
+    m << R"({"layertype_0": {"1024": {"parameter_size": 100.0, "tp_activation_per_bsz_dict": {"1": 50.0, "2": 25.0,)"
+      << R"( "4": 12.5, "8": 6.25, "checkpoint": 10.0}}}, )";
+    for (const char* sec : {"other_memory_pp_off", "other_memory_pp_on_first", "other_memory_pp_on_last"}) {
+      m << "\"" << sec << R"(": {"1024": {"model_states": {"1": 800.0, "2": 400.0, "4": 200.0, "8": 100.0},)"
+        << R"( "activation": {"1": 40.0, "2": 20.0, "4": 10.0, "8": 5.0}}})"
+        << (std::string(sec) == "other_memory_pp_on_last" ? "" : ", ");
+    }
+    m << "}";
+  }
+  ModelFileOptions mo;
+  mo.layers = {{1024, 4, 1024}};
+  mo.time_mode = ProfileMode::kBatch;
+  auto with = load_galvatron_model_profile(comp, mem, mo);
+  ASSERT_TRUE(with.has_value()) << with.status().message();
+  auto without = load_galvatron_model_profile(plain, mem, mo);
+  ASSERT_TRUE(without.has_value()) << without.status().message();
+  ASSERT_EQ(with->layer_types[0].forward_tp.count(2), 1u);
+  EXPECT_TRUE(without->layer_types[0].forward_tp.empty());
+  EXPECT_EQ(without->optimizer_ms_per_param_mb, 0.0);
+  EXPECT_DOUBLE_EQ(with->optimizer_ms_per_param_mb, 0.002);
+  const TimeFn& f = with->layer_types[0].forward_tp.at(2);
+  EXPECT_NEAR(f.at(6), 0.5 + 1.5 * 6, 1e-9);
+  HardwareProfile hw;
+  hw.world_size = 4;
+  hw.allreduce_coe = {{"4", 0.01}, {"2_0", 0.01}, {"2_1", 0.01}, {"1", 0}};
+  hw.overlap_coe = 1.0;
+  CostInputs ci;
+  ci.hw = &hw;
+  const Strategy tp2 = S(1, 2, 2, 1, 0);
+  ci.model = &*with;
+  const LayerTime a = layer_time(ci, 0, tp2, 8, false);
+  ci.model = &*without;
+  const LayerTime b = layer_time(ci, 0, tp2, 8, false);
+  // Group batch 8 / dp 2 = 4 samples per TP group: 0.5 + 1.5 * 4 ms per layer (with) vs 2 ms x 4 / 2 (without).
+  EXPECT_NEAR(a.fct, (0.5 + 1.5 * 4) * 4, 1e-9);
+  EXPECT_NEAR(b.fct, 2.0 * 4 / 2 * 4, 1e-9);
+  // TP 1 layers (and TP degrees without keys) keep Galvatron's formula.
+  ci.model = &*with;
+  EXPECT_NEAR(layer_time(ci, 0, S(1, 1, 4, -1, 0), 8, false).fct, 2.0 * 2 * 4, 1e-9);
+  EXPECT_NEAR(layer_time(ci, 0, S(1, 4, 1, -1, 0), 8, false).fct, 2.0 * 8 / 4 * 4, 1e-9);
+  for (const std::string& p : {comp, plain, mem}) std::remove(p.c_str());
+}
+
 TEST(PartitionerInputs, ImpossibleBudgetSaysWhatIsNeeded) {
   const std::string P = std::string(GV_SOURCE_DIR) + "/../shared/galvatron-profiles/";
   ModelFileOptions mo;

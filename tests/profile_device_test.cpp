@@ -43,6 +43,46 @@ TEST(ProfileDevice, TimeForwardOnTheCpuBackendIncludesLossAndBackward) {
   EXPECT_NE(parsed.value("profile_note", "").find("cpu (fp32)"), std::string::npos) << j;
 }
 
+// Per-TP-degree timing: the layer as rank 0 of a TP group computes it (weights cut, the Copy / Reduce nodes made
+// Identity, so no communicator is needed), written as tp{k}_ keys; a degree the heads do not divide is skipped with
+// the pass's reason. gpt-tiny: 4 heads.
+TEST(ProfileDevice, TimeForwardPerTensorParallelDegree) {
+  auto c = zoo_config("gpt", "gpt-tiny");
+  ASSERT_TRUE(c.has_value());
+  ModelConfig one = *c;
+  one.num_layers = 1;
+  auto make = [&](int64_t b) -> Expected<Graph> {
+    GV_ASSIGN_OR_RETURN(ImportedModel im, build_and_import(one, b, one.seq_length, WeightInit::kNone));
+    return std::move(im.graph);
+  };
+  auto whole = make(2);
+  auto cut = make(2);
+  ASSERT_TRUE(whole.has_value() && cut.has_value());
+  ASSERT_TRUE(make_compute_only_tensor_parallel(*cut, 2).is_ok());
+  int64_t n_whole = 0, n_cut = 0;
+  for (ValueId p : whole->parameters()) n_whole += shape_numel(whole->value(p).shape);
+  for (ValueId p : cut->parameters()) n_cut += shape_numel(cut->value(p).shape);
+  EXPECT_LT(n_cut, n_whole);
+  for (const Node& n : cut->nodes) {
+    EXPECT_NE(n.op_type, "TensorParallelCopy") << n.name;
+    EXPECT_NE(n.op_type, "TensorParallelReduce") << n.name;
+  }
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  auto t = time_forward(make, {1, 2}, 1, *cpu, {2, 3});
+  ASSERT_TRUE(t.has_value()) << t.status().message();
+  ASSERT_EQ(t->tp_layer_ms_per_sample.count(2), 1u);
+  for (int b : {1, 2}) EXPECT_GT(t->tp_layer_ms_per_sample.at(2).at(b), 0) << b;
+  EXPECT_EQ(t->tp_layer_ms_per_sample.count(3), 0u);
+  ASSERT_EQ(t->tp_skipped.count(3), 1u);
+  EXPECT_NE(t->tp_skipped.at(3).find("not divisible"), std::string::npos) << t->tp_skipped.at(3);
+  EXPECT_GT(t->optimizer_ms_per_param_mb, 0);
+  auto j = nlohmann::json::parse(computation_profile_json(*t));
+  const std::string s = "_seq" + std::to_string(one.seq_length);
+  EXPECT_TRUE(j.contains("tp2_layertype_0_bsz1" + s)) << j.dump();
+  EXPECT_TRUE(j.contains("tp2_layertype_0_bsz2" + s)) << j.dump();
+  EXPECT_TRUE(j.contains("optimizer_ms_per_param_mb")) << j.dump();
+}
+
 class ProfileDeviceCli : public Cli {};
 
 TEST_F(ProfileDeviceCli, CpuIsTheDefaultAndStillWritesTheComputationProfile) {
