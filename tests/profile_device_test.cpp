@@ -3,6 +3,8 @@
 // CPU backend. No timed assertions beyond "positive".
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include <nlohmann/json.hpp>
 
 #include "cli_fixture.h"
@@ -15,15 +17,22 @@ namespace {
 
 using namespace gv::partitioner;
 
-TEST(ProfileDevice, TimeForwardOnTheCpuBackendIncludesLossAndBackward) {
-  auto c = zoo_config("gpt", "gpt-tiny");
-  ASSERT_TRUE(c.has_value());
-  ModelConfig one = *c;
+// gpt-tiny with one layer (4 heads), and a graph of it for `b` rows.
+ModelConfig one_layer_gpt_tiny() {
+  ModelConfig one = *zoo_config("gpt", "gpt-tiny");
   one.num_layers = 1;
-  auto make = [&](int64_t b) -> Expected<Graph> {
+  return one;
+}
+std::function<Expected<Graph>(int64_t)> graph_maker(const ModelConfig& one) {
+  return [one](int64_t b) -> Expected<Graph> {
     GV_ASSIGN_OR_RETURN(ImportedModel im, build_and_import(one, b, one.seq_length, WeightInit::kNone));
     return std::move(im.graph);
   };
+}
+
+TEST(ProfileDevice, TimeForwardOnTheCpuBackendIncludesLossAndBackward) {
+  const ModelConfig one = one_layer_gpt_tiny();
+  auto make = graph_maker(one);
   std::unique_ptr<Backend> cpu = make_cpu_backend();
   auto t = time_forward(make, {1, 2}, 1, *cpu);
   ASSERT_TRUE(t.has_value()) << t.status().message();
@@ -47,14 +56,8 @@ TEST(ProfileDevice, TimeForwardOnTheCpuBackendIncludesLossAndBackward) {
 // Identity, so no communicator is needed), written as tp{k}_ keys; a degree the heads do not divide is skipped with
 // the pass's reason. gpt-tiny: 4 heads.
 TEST(ProfileDevice, TimeForwardPerTensorParallelDegree) {
-  auto c = zoo_config("gpt", "gpt-tiny");
-  ASSERT_TRUE(c.has_value());
-  ModelConfig one = *c;
-  one.num_layers = 1;
-  auto make = [&](int64_t b) -> Expected<Graph> {
-    GV_ASSIGN_OR_RETURN(ImportedModel im, build_and_import(one, b, one.seq_length, WeightInit::kNone));
-    return std::move(im.graph);
-  };
+  const ModelConfig one = one_layer_gpt_tiny();
+  auto make = graph_maker(one);
   auto whole = make(2);
   auto cut = make(2);
   ASSERT_TRUE(whole.has_value() && cut.has_value());
