@@ -106,8 +106,11 @@ Expected<TrainModelSource> load_zoo_model(const ParsedArgs& args, CommandContext
   ctx.note("building " + src.zoo_config.describe() + " (" + with_commas(parameter_count(src.zoo_config)) +
            " parameters, HuggingFace initialisation, seed " + std::to_string(args.i64("seed")) + ")");
   src.seed = static_cast<uint64_t>(args.i64("seed"));
-  GV_ASSIGN_OR_RETURN(src.model, build_and_import(src.zoo_config, src.batch, src.seq, WeightInit::kHuggingFace,
-                                                  src.seed));
+  // Under a parallel plan the partitioner imports the model again for each batch slice (import_model_at_rows), with
+  // the seeded weights; this import only gives the structure (layers, shapes, tied parameters), so its weights stay
+  // zero: no random initialisation of a model that is thrown away (most of a large model's start-up time).
+  const WeightInit init = parallel_flags_given(args) ? WeightInit::kNone : WeightInit::kHuggingFace;
+  GV_ASSIGN_OR_RETURN(src.model, build_and_import(src.zoo_config, src.batch, src.seq, init, src.seed));
   return src;
 }
 

@@ -18,7 +18,7 @@ struct TrainingSetup {
 };
 
 struct TrainModelSource {
-  ImportedModel model;
+  ImportedModel model;  // zoo models under a parallel plan: structure only (zero weights; the plan re-imports)
   std::string onnx_path;  // the file --export writes weights back into ("" for a zoo model)
   std::string label;      // for messages and checkpoints
   bool from_zoo = false;

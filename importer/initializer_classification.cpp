@@ -34,22 +34,34 @@ bool is_shape_only_op(const std::string& op) { return op == "Shape" || op == "Si
 
 // Masks: every element is 0, 1 or "minus infinity" (inf, or beyond 1e30, like finfo.min), with at least one such
 // infinity, or a rank >= 2 tensor of zeros and ones. Stops at the first ordinary value, so real weights cost nothing.
-bool values_look_like_mask(const Tensor& t) {
-  const int64_t n = t.numel();
+template <typename Get>
+bool values_look_like_mask(int64_t n, int rank, Get get) {
   bool zero = false, one = false, huge = false;
   for (int64_t i = 0; i < n; ++i) {
-    const double v = t.scalar_f64(i);
+    const double v = get(i);
     if (v == 0.0) zero = true;
     else if (v == 1.0) one = true;
     else if (!std::isfinite(v) || std::fabs(v) >= 1e30) huge = true;
     else return false;
   }
-  return huge || (t.rank() >= 2 && n >= 16 && zero && one);
+  return huge || (rank >= 2 && n >= 16 && zero && one);
+}
+bool values_look_like_mask(const Tensor& t) {
+  if (t.dtype() == DType::kFloat32) {  // the common case, read directly (a zero-filled weight is read to the end)
+    const float* p = t.data_as<float>();
+    return values_look_like_mask(t.numel(), t.rank(), [p](int64_t i) { return static_cast<double>(p[i]); });
+  }
+  return values_look_like_mask(t.numel(), t.rank(), [&t](int64_t i) { return t.scalar_f64(i); });
 }
 
+// Every element compares equal to the first (as numbers: 0.0 == -0.0, a NaN equals nothing).
 bool all_equal(const Tensor& t) {
   const int64_t n = t.numel();
   if (n == 0) return true;
+  if (t.dtype() == DType::kFloat32) {  // read directly: a zero-filled weight is read to the end
+    const float* p = t.data_as<float>();
+    return std::all_of(p + 1, p + n, [first = p[0]](float v) { return v == first; });
+  }
   const double first = t.scalar_f64(0);
   for (int64_t i = 1; i < n; ++i) {
     if (t.scalar_f64(i) != first) return false;

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -435,6 +436,29 @@ TEST(ZooBuild, HuggingFaceInitialization) {
   const onnx::TensorProto* w = find_initializer(*bert, "bert.embeddings.word_embeddings.weight");
   for (int64_t j = 0; j < 64; ++j) EXPECT_EQ(floats_of(*w)[j], 0.0f);
   EXPECT_NE(floats_of(*w)[64], 0.0f);
+}
+
+// `train` under a parallel plan imports a zoo model zero-filled (WeightInit::kNone) for its structure only: the
+// importer must find the same parameters (names, shapes), layers and tied weights as with the seeded weights, even
+// though zero tensors look like fills.
+TEST(ZooBuild, ZeroFilledImportHasTheSeededStructure) {
+  for (const auto& [type, size] : std::vector<std::pair<std::string, std::string>>{
+           {"gpt", "gpt-tiny"}, {"llama", "llama-tiny"}, {"bert", "bert-tiny"}}) {
+    SCOPED_TRACE(size);
+    auto c = zoo_config(type, size);
+    ASSERT_TRUE(c.has_value());
+    auto seeded = build_and_import(*c, 2, 16, WeightInit::kHuggingFace, 3);
+    auto zero = build_and_import(*c, 2, 16, WeightInit::kNone);
+    ASSERT_TRUE(seeded.has_value()) << seeded.status().message();
+    ASSERT_TRUE(zero.has_value()) << zero.status().message();
+    EXPECT_EQ(zero->graph.num_layers, seeded->graph.num_layers);
+    std::map<std::string, Shape> a, b;
+    for (ValueId p : seeded->graph.parameters()) a[seeded->graph.value(p).name] = seeded->graph.value(p).shape;
+    for (ValueId p : zero->graph.parameters()) b[zero->graph.value(p).name] = zero->graph.value(p).shape;
+    EXPECT_EQ(a, b);
+    EXPECT_EQ(zero->tied_parameters.size(), seeded->tied_parameters.size());
+    EXPECT_EQ(zero->graph.nodes.size(), seeded->graph.nodes.size());
+  }
 }
 
 TEST(ZooBuild, TiedAndUntiedHeads) {
