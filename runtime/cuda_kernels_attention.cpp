@@ -1,7 +1,7 @@
-// The CUDA kernels of fused attention: ONNX Attention (opset 23, 4-D form) and galvatron AttentionGrad, glue from
-// KernelContext to kernels/cuda/attention.cu's launchers. Forms these launchers do not take (3-D inputs, past
-// key/value, extra outputs, softcap, operands other than float32, a mask of another dtype or shape) go to the fallback,
-// which runs the CPU kernel (and reports its errors).
+// The CUDA kernels of fused attention: ONNX Attention (opset 23, 4-D and 3-D forms) and galvatron AttentionGrad, glue
+// from KernelContext to kernels/cuda/attention.cu's launchers. Forms these launchers do not take (past key/value,
+// extra outputs, softcap, operands other than float32, a mask of another dtype or shape) go to the fallback, which
+// runs the CPU kernel (and reports its errors).
 #ifdef GALVATRON_HAVE_CUDA
 #include <cmath>
 #include <string>
@@ -9,6 +9,7 @@
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/ops.h"
 #include "runtime/cuda_kernels.h"
+#include "runtime/ops/attention_form.h"
 
 namespace gv {
 namespace {
@@ -17,28 +18,28 @@ Status launch(const KernelContext& ctx, bool ok) {
   return ok ? Status::ok() : ctx.fail(std::string("CUDA kernel failed: ") + cuda::last_error());
 }
 
-bool f32_4d(const TensorRef& t) { return t.data != nullptr && t.dtype == DType::kFloat32 && t.rank() == 4; }
+bool f32_34d(const TensorRef& t) {
+  return t.data != nullptr && t.dtype == DType::kFloat32 && (t.rank() == 4 || t.rank() == 3);
+}
 
-// Fills d from Q [B, Hq, S, D], K [B, Hkv, L, D], V [B, Hkv, L, Dv], the optional mask (input mask_index; omitted or
-// empty: none) and the attributes is_causal, scale. False: a form the CUDA kernels do not take.
-bool attention_dims(const KernelContext& ctx, int mask_index, cuda::AttentionDims& d) {
+// Fills d from Q, K, V in either form (runtime/ops/attention_form.h), the optional mask (input mask_index; omitted or
+// empty: none) and the attributes. False: a form the CUDA kernels do not take.
+bool attention_dims(const KernelContext& ctx, int mask_index, cuda::AttentionDims& d, AttentionForm& f) {
   if (ctx.inputs.size() < 3) return false;
   const TensorRef &q = ctx.inputs[0], &k = ctx.inputs[1], &v = ctx.inputs[2];
-  if (!f32_4d(q) || !f32_4d(k) || !f32_4d(v)) return false;
-  const Shape &qs = q.shape, &ks = k.shape, &vs = v.shape;
-  if (ks[0] != qs[0] || vs[0] != qs[0] || vs[1] != ks[1] || vs[2] != ks[2] || ks[3] != qs[3]) return false;
-  if (ks[1] <= 0 || qs[1] % ks[1] != 0) return false;
+  if (!f32_34d(q) || !f32_34d(k) || !f32_34d(v)) return false;
+  if (!read_attention_form(q.shape, k.shape, v.shape, ctx.attrs(), f).empty()) return false;
   d = cuda::AttentionDims{};
-  d.batch = qs[0];
-  d.q_heads = qs[1];
-  d.kv_heads = ks[1];
-  d.q_len = qs[2];
-  d.kv_len = ks[2];
-  d.head_dim = qs[3];
-  d.v_head_dim = vs[3];
-  d.causal = ctx.attrs().get_int("is_causal", 0) != 0;
-  d.scale = ctx.attrs().has("scale") ? ctx.attrs().get_float("scale", 1.0f)
-                                     : static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.head_dim)));
+  d.batch = f.batch;
+  d.q_heads = f.q_heads;
+  d.kv_heads = f.kv_heads;
+  d.q_len = f.q_len;
+  d.kv_len = f.kv_len;
+  d.head_dim = f.head_dim;
+  d.v_head_dim = f.v_head_dim;
+  d.causal = f.causal;
+  d.scale = f.scale;
+  d.seq_major = f.three_d;
   if (ctx.has_input(mask_index) && ctx.inputs[mask_index].numel() > 0) {
     const TensorRef& m = ctx.inputs[mask_index];
     if (m.dtype == DType::kBool || m.dtype == DType::kUInt8) d.mask_is_bool = true;
@@ -74,13 +75,14 @@ bool output_ok(const TensorRef& t, const Shape& want) {
 // Attention(Q, K, V, [attn_mask], [past_key], [past_value]) -> Y.
 Status attention_cuda(KernelContext& ctx) {
   cuda::AttentionDims d;
-  if (!attention_dims(ctx, 3, d)) return cuda_fallback_kernel(ctx);
+  AttentionForm f;
+  if (!attention_dims(ctx, 3, d, f)) return cuda_fallback_kernel(ctx);
   if (ctx.has_input(4) || ctx.has_input(5) || !only_outputs(ctx, 1) || ctx.outputs.empty()) {
     return cuda_fallback_kernel(ctx);
   }
   if (ctx.attrs().get_float("softcap", 0.0f) != 0.0f) return cuda_fallback_kernel(ctx);
   const TensorRef& y = ctx.outputs[0];
-  if (!output_ok(y, {d.batch, d.q_heads, d.q_len, d.v_head_dim})) return cuda_fallback_kernel(ctx);
+  if (!output_ok(y, f.y_shape())) return cuda_fallback_kernel(ctx);
   return launch(ctx, cuda::attention_f32(d, ctx.inputs[0].as<float>(), ctx.inputs[1].as<float>(),
                                          ctx.inputs[2].as<float>(), y.as<float>()));
 }
@@ -88,9 +90,12 @@ Status attention_cuda(KernelContext& ctx) {
 // AttentionGrad(Q, K, V, [attn_mask], dY) -> dQ, dK, dV (overwritten).
 Status attention_grad_cuda(KernelContext& ctx) {
   cuda::AttentionDims d;
-  if (!attention_dims(ctx, 3, d) || ctx.inputs.size() < 5 || ctx.outputs.size() != 3) return cuda_fallback_kernel(ctx);
+  AttentionForm f;
+  if (!attention_dims(ctx, 3, d, f) || ctx.inputs.size() < 5 || ctx.outputs.size() != 3) {
+    return cuda_fallback_kernel(ctx);
+  }
   const TensorRef& dy = ctx.inputs[4];
-  if (!f32_4d(dy) || dy.shape != Shape{d.batch, d.q_heads, d.q_len, d.v_head_dim}) return cuda_fallback_kernel(ctx);
+  if (!f32_34d(dy) || dy.shape != f.y_shape()) return cuda_fallback_kernel(ctx);
   if (ctx.attrs().get_float("softcap", 0.0f) != 0.0f) return cuda_fallback_kernel(ctx);
   const TensorRef &dq = ctx.outputs[0], &dk = ctx.outputs[1], &dv = ctx.outputs[2];
   if (!output_ok(dq, ctx.inputs[0].shape) || !output_ok(dk, ctx.inputs[1].shape) ||

@@ -1,15 +1,18 @@
-// The fusion pass runner (runtime/fusion.h): attention first (its chains contain no GELU), then GELU.
+// The fusion pass runner (runtime/fusion.h): attention first (its chains contain no GELU), its layout, then GELU.
 #include "runtime/fusion.h"
 
 namespace gv {
 
 std::string FusionCounts::summary() const {
-  return std::to_string(attention) + " attention, " + std::to_string(gelu) + " gelu";
+  return std::to_string(attention) + " attention" +
+         (attention_3d ? " (" + std::to_string(attention_3d) + " in the 3-D form)" : std::string()) + ", " +
+         std::to_string(gelu) + " gelu";
 }
 
 Expected<FusionCounts> fuse_forward_graph(Graph& graph) {
   FusionCounts counts;
   GV_RETURN_IF_ERROR(fuse_attention(graph, &counts.attention));
+  GV_RETURN_IF_ERROR(fuse_attention_layout(graph, &counts.attention_3d));
   GV_RETURN_IF_ERROR(fuse_gelu(graph, &counts.gelu));
   return counts;
 }

@@ -14,14 +14,16 @@ namespace gv {
 struct FusionCounts {
   int attention = 0;  // MatMul-scale-mask-Softmax-MatMul chains -> Attention (ONNX opset 23 semantics, 4-D form)
   int gelu = 0;       // tanh- or erf-approximation chains -> Gelu
-  std::string summary() const;  // "2 attention, 2 gelu"
+  int attention_3d = 0;  // Attention nodes between head transposes -> the 3-D form (counted apart from `attention`)
+  std::string summary() const;  // "2 attention (2 in the 3-D form), 2 gelu"
 };
 
 // Every pass below, in order. Returns what was fused.
 Expected<FusionCounts> fuse_forward_graph(Graph& graph);
 
-// The passes (runtime/fuse_attention.cpp, runtime/fuse_gelu.cpp); each adds the number of patterns it rewrote.
+// The passes (runtime/fuse_attention.cpp, runtime/fuse_attention_layout.cpp, runtime/fuse_gelu.cpp); each adds the number of patterns it rewrote.
 Status fuse_attention(Graph& graph, int* fused);
 Status fuse_gelu(Graph& graph, int* fused);
+Status fuse_attention_layout(Graph& graph, int* rewritten);
 
 }  // namespace gv

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 
@@ -287,7 +288,16 @@ TEST(AttentionOp, InferenceErrorsNameTheProblem) {
   Attributes mode;
   mode.set_int("qk_matmul_output_mode", 1);
   EXPECT_NE(error_of({q, k, v}, mode).find("qk_matmul_output_mode"), std::string::npos);
-  EXPECT_NE(error_of({rand_tensor({1, 3, 4}, 6), rand_tensor({1, 5, 4}, 7), rand_tensor({1, 5, 4}, 8)}).find("rank 4"),
+  // The 3-D form needs the head counts; ranks cannot be mixed.
+  EXPECT_NE(error_of({rand_tensor({1, 3, 4}, 6), rand_tensor({1, 5, 4}, 7), rand_tensor({1, 5, 4}, 8)})
+                .find("q_num_heads"),
+            std::string::npos);
+  EXPECT_NE(error_of({rand_tensor({1, 3, 8}, 6), k, v}).find("rank 4"), std::string::npos);
+  Attributes heads;
+  heads.set_int("q_num_heads", 3);
+  heads.set_int("kv_num_heads", 3);
+  EXPECT_NE(error_of({rand_tensor({1, 3, 8}, 6), rand_tensor({1, 5, 6}, 7), rand_tensor({1, 5, 6}, 8)}, heads)
+                .find("multiples of q_num_heads"),
             std::string::npos);
   EXPECT_NE(error_of({q, rand_tensor({1, 3, 5, 4}, 9), rand_tensor({1, 3, 5, 4}, 10)}).find("heads"), std::string::npos);
   EXPECT_NE(error_of({q, k, v, rand_tensor({4, 5}, 11)}).find("does not broadcast"), std::string::npos);
@@ -296,6 +306,53 @@ TEST(AttentionOp, InferenceErrorsNameTheProblem) {
   const std::string msg = error_of({q, rand_tensor({1, 2, 5, 3}, 12), v});
   EXPECT_NE(msg.find("test_node"), std::string::npos) << msg;
   EXPECT_NE(msg.find("Attention"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace gv
+
+namespace gv {
+namespace {
+
+// [B, H, S, D] -> [B, S, H * D] (the 3-D form's layout) and back.
+Tensor to_3d(const Tensor& t) {
+  const Shape& s = t.shape();
+  Tensor r(DType::kFloat32, {s[0], s[2], s[1] * s[3]});
+  for (int64_t b = 0; b < s[0]; ++b)
+    for (int64_t h = 0; h < s[1]; ++h)
+      for (int64_t i = 0; i < s[2]; ++i)
+        for (int64_t d = 0; d < s[3]; ++d)
+          r.data_as<float>()[((b * s[2] + i) * s[1] + h) * s[3] + d] = t.data_as<float>()[((b * s[1] + h) * s[2] + i) * s[3] + d];
+  return r;
+}
+
+// ONNX's 3-D form is the 4-D form with the heads interleaved along the last axis: same outputs and gradients, bit for
+// bit (the CPU kernel permutes and runs the same code), with grouped-query heads, a mask and causal masking.
+TEST(AttentionOp, ThreeDFormIsTheFourDFormWithHeadsInterleaved) {
+  const Tensor q = rand_tensor({2, 4, 3, 4}, 21), k = rand_tensor({2, 2, 5, 4}, 22), v = rand_tensor({2, 2, 5, 6}, 23);
+  const Tensor mask = rand_tensor({1, 1, 3, 5}, 24), dy = rand_tensor({2, 4, 3, 6}, 25);
+  Attributes a4;
+  a4.set_int("is_causal", 1);
+  Attributes a3 = a4;
+  a3.set_int("q_num_heads", 4);
+  a3.set_int("kv_num_heads", 2);
+  auto y4 = testing::run_op("Attention", {q, k, v, mask}, a4, 1, 23);
+  auto y3 = testing::run_op("Attention", {to_3d(q), to_3d(k), to_3d(v), mask}, a3, 1, 23);
+  ASSERT_TRUE(y4.has_value()) << y4.status().message();
+  ASSERT_TRUE(y3.has_value()) << y3.status().message();
+  ASSERT_EQ(y3->outputs[0].shape(), (Shape{2, 3, 24}));
+  const Tensor want = to_3d(y4->outputs[0]);
+  EXPECT_EQ(std::memcmp(want.data(), y3->outputs[0].data(), want.nbytes()), 0);
+  auto g4 = testing::run_op("AttentionGrad", {q, k, v, mask, dy}, a4, 3, 1, {}, kGalvatronDomain);
+  auto g3 = testing::run_op("AttentionGrad", {to_3d(q), to_3d(k), to_3d(v), mask, to_3d(dy)}, a3, 3, 1, {},
+                            kGalvatronDomain);
+  ASSERT_TRUE(g4.has_value()) << g4.status().message();
+  ASSERT_TRUE(g3.has_value()) << g3.status().message();
+  for (int i = 0; i < 3; ++i) {
+    const Tensor w = to_3d(g4->outputs[i]);
+    ASSERT_EQ(w.shape(), g3->outputs[i].shape()) << i;
+    EXPECT_EQ(std::memcmp(w.data(), g3->outputs[i].data(), w.nbytes()), 0) << "gradient " << i;
+  }
 }
 
 }  // namespace

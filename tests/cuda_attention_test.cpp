@@ -159,16 +159,24 @@ class CudaAttention : public ::testing::Test {
     return worst;
   }
 
-  // Attention and AttentionGrad on fresh Q, K, V (and dY) with the given mask (undefined: none).
+  // Attention and AttentionGrad on fresh Q, K, V (and dY) with the given mask (undefined: none); three_d: ONNX's 3-D
+  // form (Q [B, S, Hq * D], ...; heads read in place by the flash kernels, permuted through scratch by v1).
   void both(const std::string& name, const Dims& d, bool causal, const Tensor& mask, double tol,
-            Attributes extra = {}) {
+            Attributes extra = {}, bool three_d = false) {
     Attributes a = extra;
     if (causal) a.set_int("is_causal", 1);
-    Tensor q = randn({d.b, d.hq, d.s, d.d}), k = randn({d.b, d.hkv, d.l, d.d}), v = randn({d.b, d.hkv, d.l, d.dv});
+    auto shape = [&](int64_t h, int64_t len, int64_t dim) {
+      return three_d ? Shape{d.b, len, h * dim} : Shape{d.b, h, len, dim};
+    };
+    if (three_d) {
+      a.set_int("q_num_heads", d.hq);
+      a.set_int("kv_num_heads", d.hkv);
+    }
+    Tensor q = randn(shape(d.hq, d.s, d.d)), k = randn(shape(d.hkv, d.l, d.d)), v = randn(shape(d.hkv, d.l, d.dv));
     std::vector<Tensor> in = {q, k, v};
     if (mask.defined()) in.push_back(mask);
     check({name, in, a, false, tol});
-    std::vector<Tensor> gin = {q, k, v, mask, randn({d.b, d.hq, d.s, d.dv})};
+    std::vector<Tensor> gin = {q, k, v, mask, randn(shape(d.hq, d.s, d.dv))};
     check({name + " (grad)", gin, a, true, tol});
   }
 
@@ -207,6 +215,10 @@ class CudaAttention : public ::testing::Test {
     // Rows longer than the row kernels keep in registers (8 * 1024 keys): the three-pass path.
     both("long rows L=9000", {1, 2, 2, 5, 9000, 16, 16}, false, keep_flags({1, 1, 1, 9000}, 0.9), tol);
     both("long rows L=8400 causal", {1, 1, 1, 8300, 8400, 8, 8}, true, Tensor(), tol);
+    // The 3-D form.
+    both("3-D GQA Hq4 Hkv2 causal", {2, 4, 2, 67, 67, 32, 32}, true, Tensor(), tol, {}, true);
+    both("3-D Dv!=D S!=L", {2, 2, 2, 37, 90, 32, 48}, false, Tensor(), tol, {}, true);
+    both("3-D bool mask [B,1,1,L]", {2, 3, 3, 40, 40, 16, 16}, true, keep_flags({2, 1, 1, 40}, 0.7), tol, {}, true);
   }
 
   std::unique_ptr<Backend> cuda_, cpu_;
@@ -268,6 +280,7 @@ TEST_F(CudaAttention, Bf16Flash) {
     std::string name;
     Dims d;
     bool causal;
+    bool three_d = false;
   };
   const std::vector<FlashCase> cases = {
       {"D64 causal S=L=256", {2, 4, 4, 256, 256, 64, 64}, true},
@@ -284,13 +297,17 @@ TEST_F(CudaAttention, Bf16Flash) {
       {"D80 GQA causal", {1, 4, 2, 70, 70, 80, 80}, true},
       {"D96", {1, 2, 2, 65, 65, 96, 96}, false},
       {"D8 S=1 L=5", {1, 1, 1, 1, 5, 8, 8}, false},
+      // The 3-D form (sequence-major, heads in place; the wmma path hands it to the mma kernels).
+      {"3-D D50 causal (gpt-1.5b heads)", {2, 4, 4, 130, 130, 50, 50}, true, true},
+      {"3-D D64 GQA Hq6 Hkv2 causal", {2, 6, 2, 67, 67, 64, 64}, true, true},
+      {"3-D D128 S=100 L=130", {1, 2, 2, 100, 130, 128, 128}, false, true},
   };
   for (Path path : {Path::kMma, Path::kWmma, Path::kV1}) {
     FlashEnv env(path);
     const bool flash = path != Path::kV1;
     for (const FlashCase& c : cases) {
       const int64_t before = cuda::flash_attention_calls();
-      both(c.name + " [" + path_name(path) + "]", c.d, c.causal, Tensor(), 2e-2);
+      both(c.name + " [" + path_name(path) + "]", c.d, c.causal, Tensor(), 2e-2, {}, c.three_d);
       EXPECT_EQ(cuda::flash_attention_calls() - before, flash ? 2 : 0)
           << c.name << ": the flash path " << (flash ? "did not run" : "ran with GALVATRON_CUDA_FLASH=0");
     }
@@ -380,6 +397,89 @@ TEST_F(CudaAttention, FlashTiming) {
                 path_name(paths[p]), ms[p][0], flop_fwd / ms[p][0] / 1e9, ms[p][1]);
   }
   for (float* p : buf) cuda::free_device(p);
+}
+
+// The flash kernels on the 3-D form's layout (heads read in place, sequence-major) against the 4-D form's, at GPT-2
+// b8's and gpt-1.5b b4's shapes: the same results (up to dQ's atomic summation order) and the time per call of each.
+TEST_F(CudaAttention, FlashLayoutTiming) {
+  PrecisionScope scope(*cuda_, "bf16");
+  struct Shape4 {
+    const char* name;
+    int64_t b, h, s, d;
+  };
+  for (const Shape4& sh : {Shape4{"GPT-2 b8", 8, 12, 1024, 64}, Shape4{"gpt-1.5b b4", 4, 32, 1024, 50}}) {
+    cuda::AttentionDims d;
+    d.batch = sh.b;
+    d.q_heads = d.kv_heads = sh.h;
+    d.q_len = d.kv_len = sh.s;
+    d.head_dim = d.v_head_dim = sh.d;
+    d.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(sh.d)));
+    d.causal = true;
+    const int64_t n = sh.b * sh.h * sh.s * sh.d;
+    // [layout][q k v dy y dq dk dv]
+    std::vector<float*> buf[2];
+    for (auto& b : buf) {
+      b.assign(8, nullptr);
+      for (auto& p : b) ASSERT_TRUE(cuda::malloc_device(reinterpret_cast<void**>(&p), n * sizeof(float)));
+    }
+    // Head-major inputs, and the same tensors sequence-major.
+    for (int i = 0; i < 4; ++i) {
+      Tensor t = randn({sh.b, sh.h, sh.s, sh.d});
+      Tensor u(DType::kFloat32, {sh.b, sh.s, sh.h, sh.d});
+      for (int64_t b = 0; b < sh.b; ++b)
+        for (int64_t h = 0; h < sh.h; ++h)
+          for (int64_t s = 0; s < sh.s; ++s)
+            std::memcpy(u.data_as<float>() + ((b * sh.s + s) * sh.h + h) * sh.d,
+                        t.data_as<float>() + ((b * sh.h + h) * sh.s + s) * sh.d, sh.d * sizeof(float));
+      ASSERT_TRUE(cuda::memcpy_h2d(buf[0][i], t.data_as<float>(), n * sizeof(float)));
+      ASSERT_TRUE(cuda::memcpy_h2d(buf[1][i], u.data_as<float>(), n * sizeof(float)));
+    }
+    auto time_ms = [&](const std::function<bool()>& f) {
+      for (int w = 0; w < 3; ++w) EXPECT_TRUE(f());
+      void* a = cuda::event_record();
+      for (int r = 0; r < 20; ++r) EXPECT_TRUE(f());
+      void* b = cuda::event_record();
+      const float ms = cuda::event_elapsed_ms(a, b) / 20;
+      cuda::event_destroy(a);
+      cuda::event_destroy(b);
+      return ms;
+    };
+    double ms[2][2];
+    std::vector<float> out[2][4];
+    for (int l = 0; l < 2; ++l) {
+      cuda::AttentionDims dl = d;
+      dl.seq_major = l == 1;
+      const std::vector<float*>& b = buf[l];
+      const int64_t before = cuda::flash_attention_calls();
+      ms[l][0] = time_ms([&] { return cuda::attention_f32(dl, b[0], b[1], b[2], b[4]); });
+      ms[l][1] = time_ms([&] { return cuda::attention_grad_f32(dl, b[0], b[1], b[2], b[3], b[5], b[6], b[7]); });
+      EXPECT_EQ(cuda::flash_attention_calls() - before, 46);
+      ASSERT_TRUE(cuda::synchronize()) << cuda::last_error();
+      for (int o = 0; o < 4; ++o) {
+        out[l][o].resize(n);
+        ASSERT_TRUE(cuda::memcpy_d2h(out[l][o].data(), b[4 + o], n * sizeof(float)));
+      }
+    }
+    const char* names[4] = {"Y", "dQ", "dK", "dV"};
+    for (int o = 0; o < 4; ++o) {
+      double num = 0, den = 0;
+      for (int64_t b = 0; b < sh.b; ++b)
+        for (int64_t h = 0; h < sh.h; ++h)
+          for (int64_t s = 0; s < sh.s; ++s)
+            for (int64_t c = 0; c < sh.d; ++c) {
+              const double x = out[0][o][((b * sh.h + h) * sh.s + s) * sh.d + c];
+              const double y = out[1][o][((b * sh.s + s) * sh.h + h) * sh.d + c];
+              num += (x - y) * (x - y);
+              den += x * x;
+            }
+      const double rel = std::sqrt(num / std::max(den, 1e-30));
+      EXPECT_LE(rel, 1e-5) << sh.name << " " << names[o] << ": 3-D vs 4-D layout relative difference " << rel;
+    }
+    std::printf("[ flash ] %s per call: 4-D forward %.3f ms, backward %.3f ms; 3-D forward %.3f ms, backward %.3f ms\n",
+                sh.name, ms[0][0], ms[0][1], ms[1][0], ms[1][1]);
+    for (auto& b : buf)
+      for (float* p : b) cuda::free_device(p);
+  }
 }
 
 // GPT-2 124M's shape at batch 1 (one batch row of the bench's b8), fp32: the workspace and products at size.

@@ -1,4 +1,6 @@
-// Fused attention (ONNX Attention, 4-D form) and its backward on the device: kernels/cpu/attention.h's contract.
+// Fused attention (ONNX Attention, 4-D and 3-D forms) and its backward on the device: kernels/cpu/attention.h's
+// contract. The 3-D form (AttentionDims::seq_major) runs in place on the flash path; v1 permutes it to head-major
+// copies in its own scratch and back.
 //
 // v1 materializes the scores, a chunk of (batch, kv head) units at a time, in workspace():
 //   forward   S = scale * Q K^T (one strided-batched product per chunk: the Hq/Hkv query heads of a kv head are
@@ -15,6 +17,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -276,11 +279,55 @@ Rows rows_of(const AttentionDims& d) {
 
 bool zero(float* p, int64_t n) { return n <= 0 || cudaMemsetAsync(p, 0, sizeof(float) * n, 0) == cudaSuccess; }
 
+// x [B, A1, A2, D] -> y [B, A2, A1, D]: the 3-D form's operands to head-major and back (v1's path for seq_major).
+__global__ void swap_middle_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t B, int64_t A1, int64_t A2,
+                            int64_t D) {
+  const int64_t n = B * A1 * A2 * D;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t d = i % D, t = i / D, a2 = t % A2, t2 = t / A2, a1 = t2 % A1, b = t2 / A1;
+    y[((b * A2 + a2) * A1 + a1) * D + d] = x[i];
+  }
+}
+
+bool swap_middle(const float* x, float* y, int64_t B, int64_t A1, int64_t A2, int64_t D) {
+  const int64_t n = B * A1 * A2 * D;
+  if (n == 0) return true;
+  const int64_t blocks = std::min<int64_t>((n + 255) / 256, int64_t{detail::num_sms()} * 16);
+  swap_middle_kernel<<<static_cast<unsigned>(blocks), 256>>>(x, y, B, A1, A2, D);
+  return launched();
+}
+
+// v1's head-major copies of seq_major operands: its own grow-only buffer (v1 itself uses workspace()).
+float* layout_scratch(int64_t floats) {
+  static float* buf = nullptr;
+  static int64_t cap = 0;
+  if (floats <= cap) return buf;
+  if (buf) cudaFree(buf);
+  buf = nullptr;
+  cap = 0;
+  if (cudaMalloc(&buf, sizeof(float) * static_cast<size_t>(floats)) != cudaSuccess) return nullptr;
+  cap = floats;
+  return buf;
+}
+
 }  // namespace
 
 bool attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y) {
   if (!dims_ok(d)) return false;
   if (flash_attention_eligible(d, false)) return flash_attention_f32(d, q, k, v, y);
+  if (d.seq_major) {
+    const int64_t B = d.batch, S = d.q_len, L = d.kv_len, Hq = d.q_heads, Hkv = d.kv_heads;
+    const int64_t nq = B * S * Hq * d.head_dim, nk = B * L * Hkv * d.head_dim, nv = B * L * Hkv * d.v_head_dim,
+                  ny = B * S * Hq * d.v_head_dim;
+    float* q4 = layout_scratch(nq + nk + nv + ny);
+    if (!q4) return false;
+    float *k4 = q4 + nq, *v4 = k4 + nk, *y4 = v4 + nv;
+    AttentionDims d4 = d;
+    d4.seq_major = false;
+    return swap_middle(q, q4, B, S, Hq, d.head_dim) && swap_middle(k, k4, B, L, Hkv, d.head_dim) &&
+           swap_middle(v, v4, B, L, Hkv, d.v_head_dim) && attention_f32(d4, q4, k4, v4, y4) &&
+           swap_middle(y4, y, B, Hq, S, d.v_head_dim);
+  }
   const int64_t B = d.batch, Hq = d.q_heads, Hkv = d.kv_heads, S = d.q_len, L = d.kv_len, D = d.head_dim,
                 Dv = d.v_head_dim;
   const int64_t y_numel = B * Hq * S * Dv;
@@ -337,6 +384,20 @@ bool attention_grad_f32(const AttentionDims& d, const float* q, const float* k, 
                         float* dq, float* dk, float* dv) {
   if (!dims_ok(d)) return false;
   if (flash_attention_eligible(d, true)) return flash_attention_grad_f32(d, q, k, v, dy, dq, dk, dv);
+  if (d.seq_major) {
+    const int64_t B = d.batch, S = d.q_len, L = d.kv_len, Hq = d.q_heads, Hkv = d.kv_heads, D = d.head_dim,
+                  Dv = d.v_head_dim;
+    const int64_t nq = B * S * Hq * D, nk = B * L * Hkv * D, nv = B * L * Hkv * Dv, ny = B * S * Hq * Dv;
+    float* q4 = layout_scratch(2 * (nq + nk + nv) + ny);
+    if (!q4) return false;
+    float *k4 = q4 + nq, *v4 = k4 + nk, *dy4 = v4 + nv, *dq4 = dy4 + ny, *dk4 = dq4 + nq, *dv4 = dk4 + nk;
+    AttentionDims d4 = d;
+    d4.seq_major = false;
+    return swap_middle(q, q4, B, S, Hq, D) && swap_middle(k, k4, B, L, Hkv, D) && swap_middle(v, v4, B, L, Hkv, Dv) &&
+           swap_middle(dy, dy4, B, S, Hq, Dv) && attention_grad_f32(d4, q4, k4, v4, dy4, dq4, dk4, dv4) &&
+           swap_middle(dq4, dq, B, Hq, S, D) && swap_middle(dk4, dk, B, Hkv, L, D) &&
+           swap_middle(dv4, dv, B, Hkv, L, Dv);
+  }
   const int64_t B = d.batch, Hq = d.q_heads, Hkv = d.kv_heads, S = d.q_len, L = d.kv_len, D = d.head_dim,
                 Dv = d.v_head_dim;
   const int64_t units = B * Hkv;

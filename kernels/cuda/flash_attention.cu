@@ -67,7 +67,16 @@ struct FlashArgs {
   float scale = 1.0f, scale_log2 = 1.0f;
   bool causal = false, vec = false;  // vec: D % 4 == 0 and 16-byte aligned bases (float4 loads)
   bool vec2 = false;                 // D even and dq 8-byte aligned (float2 atomics)
+  bool seq_major = false;            // the 3-D form's layout (strides below); the wmma kernels take head-major only
+  // Element strides (batch, head, row; the head dim is contiguous) of Q, Y, dY, dQ (q*) and of K, V, dK, dV (k*):
+  // head-major [B, H, S, D] is (H*S*D, S*D, D), sequence-major [B, S, H, D] is (S*H*D, D, H*D).
+  int64_t qs_b = 0, qs_h = 0, qs_r = 0, ks_b = 0, ks_h = 0, ks_r = 0;
 };
+
+// Offsets of row 0 of query head h (< Hq) of batch b, and of key/value head h (< Hkv); rows are qs_r / ks_r apart.
+// The kernels form these once per head, outside their loops (no division in the hot paths).
+__device__ __forceinline__ int64_t qhead(const FlashArgs& a, int64_t b, int64_t h) { return b * a.qs_b + h * a.qs_h; }
+__device__ __forceinline__ int64_t khead(const FlashArgs& a, int64_t b, int64_t h) { return b * a.ks_b + h * a.ks_h; }
 
 // Rows [row0, row0 + kB) of a row-major [rows, D] float32 matrix into a bf16 tile [kB, DP] (row stride DP + 8);
 // zeros past `rows` and past D. Whole block.
@@ -545,18 +554,21 @@ __device__ __forceinline__ void mma_p_b(float (&acc)[DP / 8][4], const float (&p
   }
 }
 
-// A float32 [heads][rows][D] tensor as bf16 [heads][rows_p][DP]: zeros past rows and D. One thread per 8 outputs.
+// A float32 tensor of B*H heads of [rows][D] (strides sb, sh, sr: FlashArgs' layouts) as bf16 [B*H][rows_p][DP]:
+// zeros past rows and D. Grid (.., B*H): blockIdx.y is the head; one thread per 8 outputs; 32-bit index math.
 template <int DP>
-__global__ void to_bf16_padded(const float* __restrict__ src, bf16* __restrict__ dst, int64_t heads, int64_t rows,
-                               int64_t rows_p, int D, bool vec) {
+__global__ void to_bf16_padded(const float* __restrict__ src, bf16* __restrict__ dst, int rows, int rows_p, int D,
+                               bool vec, int H, int64_t sb, int64_t sh, int64_t sr) {
   constexpr int C = DP / 8;
-  const int64_t n = heads * rows_p * C;
-  for (int64_t e = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; e < n; e += int64_t{gridDim.x} * blockDim.x) {
-    const int c = static_cast<int>(e % C) * 8;
-    const int64_t rp = e / C, h = rp / rows_p, r = rp % rows_p;
+  const int head = blockIdx.y;
+  const float* hs = src + (head / H) * sb + (head % H) * sh;
+  bf16* hd = dst + static_cast<int64_t>(head) * rows_p * DP;
+  const int n = rows_p * C;
+  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x) {
+    const int c = (e % C) * 8, r = e / C;
     float x[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     if (r < rows && c < D) {
-      const float* p = src + (h * rows + r) * D + c;
+      const float* p = hs + r * sr + c;
       if (vec && c + 8 <= D) {
         const float4 u = __ldg(reinterpret_cast<const float4*>(p)), w = __ldg(reinterpret_cast<const float4*>(p + 4));
         x[0] = u.x, x[1] = u.y, x[2] = u.z, x[3] = u.w, x[4] = w.x, x[5] = w.y, x[6] = w.z, x[7] = w.w;
@@ -571,7 +583,7 @@ __global__ void to_bf16_padded(const float* __restrict__ src, bf16* __restrict__
     o.y = pack2(x[2], x[3]);
     o.z = pack2(x[4], x[5]);
     o.w = pack2(x[6], x[7]);
-    *reinterpret_cast<uint4*>(dst + rp * DP + c) = o;
+    *reinterpret_cast<uint4*>(hd + static_cast<int64_t>(r) * DP + c) = o;
   }
 }
 
@@ -586,17 +598,18 @@ __device__ __forceinline__ void cp_tile(bf16* dst, const bf16* src) {
   }
 }
 
-// Rows [row0, row0 + kB) of a [rows, D] float32 matrix as bf16 into T ([kB][DP + 8]); zeros past rows and D.
+// Rows [row0, row0 + kB) of a [rows, D] float32 matrix (rows ld elements apart) as bf16 into T ([kB][DP + 8]); zeros
+// past rows and D.
 template <int DP>
-__device__ __forceinline__ void load_tile_f32(bf16* T, const float* __restrict__ src, int64_t row0, int64_t rows,
-                                              int D, bool vec) {
+__device__ __forceinline__ void load_tile_f32(bf16* T, const float* __restrict__ src, int64_t ld, int64_t row0,
+                                              int64_t rows, int D, bool vec) {
   constexpr int C4 = DP / 4;
   for (int e = threadIdx.x; e < kB * C4; e += kThreads) {
     const int r = e / C4, c = (e % C4) * 4;
     const int64_t gr = row0 + r;
     float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
     if (gr < rows && c < D) {
-      const float* p = src + gr * D + c;
+      const float* p = src + gr * ld + c;
       if (vec) {
         x = __ldg(reinterpret_cast<const float4*>(p));
       } else {
@@ -644,7 +657,8 @@ __global__ void __launch_bounds__(kThreads) mflash_fwd(FlashArgs a) {
   cp_tile<DP>(sK, Kg);
   cp_tile<DP>(sV, Vg);
   cp_commit();
-  load_tile_f32<DP>(sQ, a.q + bh * S * a.D, q0, S, D, a.vec);
+  const int64_t qh0 = qhead(a, b, h);
+  load_tile_f32<DP>(sQ, a.q + qh0, a.qs_r, q0, S, D, a.vec);
   __syncthreads();
   uint32_t qf[DP / 16][4];
 #pragma unroll
@@ -728,7 +742,7 @@ __global__ void __launch_bounds__(kThreads) mflash_fwd(FlashArgs a) {
       for (int e = 0; e < 4; ++e) {
         const int c = n * 8 + 2 * t + (e & 1);
         const int64_t i = e < 2 ? i0 : i1;
-        if (c < D && i < S) a.y[(bh * S + i) * D + c] = o[n][e] * (e < 2 ? inv0 : inv1);
+        if (c < D && i < S) a.y[qh0 + i * a.qs_r + c] = o[n][e] * (e < 2 ? inv0 : inv1);
       }
     }
   } else {
@@ -740,7 +754,7 @@ __global__ void __launch_bounds__(kThreads) mflash_fwd(FlashArgs a) {
         const int c = n * 8 + 2 * t + (e & 1);
         const int64_t i = e < 2 ? i0 : i1;
         if (c < D && i < S) {
-          const float x = __ldg(a.dy + (bh * S + i) * D + c) * o[n][e];
+          const float x = __ldg(a.dy + qh0 + i * a.qs_r + c) * o[n][e];
           if (e < 2) dd0 += x;
           else dd1 += x;
         }
@@ -809,6 +823,7 @@ __global__ void __launch_bounds__(kThreads) mflash_bwd(FlashArgs a) {
   if (total > 0) issue(0, 0);
   cp_commit();
   const int64_t j0 = k0 + warp * 16 + g, j1 = j0 + 8;
+  const int64_t kh0 = khead(a, b, hk);
   float dk[DP / 8][4], dv[DP / 8][4];
 #pragma unroll
   for (int n = 0; n < DP / 8; ++n) {
@@ -825,7 +840,6 @@ __global__ void __launch_bounds__(kThreads) mflash_bwd(FlashArgs a) {
       cp_wait<0>();
     }
     __syncthreads();
-    const int64_t bh = b * a.Hq + hk * a.G + it / nq;
     const int64_t q0 = qstart + int64_t{it % nq} * kB;
     const bf16* tQ = sQ + buf * TILE;
     const bf16* tdO = sdO + buf * TILE;
@@ -865,6 +879,7 @@ __global__ void __launch_bounds__(kThreads) mflash_bwd(FlashArgs a) {
     __syncthreads();
     // dQ rows q0 + warp*16 .. +15 += dS (16 x 64 keys, from the stored dS^T) K (64 x DP), 64 columns at a time.
     const int64_t i0 = q0 + warp * 16 + g, i1 = i0 + 8;
+    float* const dqh = a.dq + qhead(a, b, hk * a.G + it / nq);
 #pragma unroll
     for (int c0 = 0; c0 < DP; c0 += 64) {
       float acc[8][4];
@@ -890,7 +905,7 @@ __global__ void __launch_bounds__(kThreads) mflash_bwd(FlashArgs a) {
         for (int hr = 0; hr < 2; ++hr) {
           const int64_t i = hr ? i1 : i0;
           if (i >= S) continue;
-          float* p = a.dq + (bh * S + i) * D + c;
+          float* p = dqh + i * a.qs_r + c;
           const float x0 = acc[nt][2 * hr] * a.scale, x1 = acc[nt][2 * hr + 1] * a.scale;
           if (a.vec2) {
             atomicAdd(reinterpret_cast<float2*>(p), make_float2(x0, x1));
@@ -910,8 +925,8 @@ __global__ void __launch_bounds__(kThreads) mflash_bwd(FlashArgs a) {
       const int c = n * 8 + 2 * t + (e & 1);
       const int64_t j = e < 2 ? j0 : j1;
       if (c < D && j < L) {
-        a.dv[(bkv * L + j) * D + c] = dv[n][e];
-        a.dk[(bkv * L + j) * D + c] = dk[n][e] * a.scale;
+        a.dv[kh0 + j * a.ks_r + c] = dv[n][e];
+        a.dk[kh0 + j * a.ks_r + c] = dk[n][e] * a.scale;
       }
     }
   }
@@ -939,6 +954,16 @@ FlashArgs args_of(const AttentionDims& d, const float* q, const float* k, const 
   a.scale = d.scale;
   a.scale_log2 = d.scale * kLog2e;
   a.causal = d.causal;
+  a.seq_major = d.seq_major;
+  const int64_t D = d.head_dim, Hq = d.q_heads, Hkv = d.kv_heads, S = d.q_len, L = d.kv_len;
+  if (d.seq_major) {
+    a.qs_b = S * Hq * D, a.qs_h = D, a.qs_r = Hq * D;
+    a.ks_b = L * Hkv * D, a.ks_h = D, a.ks_r = Hkv * D;
+  } else {
+    a.qs_b = Hq * S * D, a.qs_h = S * D, a.qs_r = D;
+    a.ks_b = Hkv * L * D, a.ks_h = L * D, a.ks_r = D;
+  }
+  // Every stride is a multiple of D, so D % 4 == 0 keeps rows 16-byte aligned in both layouts.
   a.vec = d.head_dim % 4 == 0 && detail::aligned16(q) && detail::aligned16(k) && detail::aligned16(v) &&
           (!dy || detail::aligned16(dy));
   return a;
@@ -962,14 +987,19 @@ struct Carve {
   }
 };
 
+// src in the query layout (q = true: Q, dY) or the key/value layout (K, V) of a.
 template <int DP>
-bool convert(const float* src, const bf16* dst, int64_t heads, int64_t rows, int64_t rows_p, int D) {
-  const int64_t n = heads * rows_p * (DP / 8);
-  const int64_t cap = int64_t{detail::num_sms()} * 16;
-  const int64_t blocks = std::min<int64_t>((n + 255) / 256, cap);
+bool convert(const FlashArgs& a, bool q, const float* src, const bf16* dst, int64_t heads, int64_t rows,
+             int64_t rows_p, int D) {
+  const int64_t per_head = rows_p * (DP / 8);
+  const int64_t want = (per_head + 255) / 256;
+  const int64_t cap = std::max<int64_t>(1, int64_t{detail::num_sms()} * 16 / std::max<int64_t>(heads, 1));
+  const unsigned bx = static_cast<unsigned>(std::max<int64_t>(1, std::min(want, cap)));
   const bool vec = D % 4 == 0 && detail::aligned16(src);
-  to_bf16_padded<DP><<<static_cast<unsigned>(blocks), 256>>>(src, const_cast<bf16*>(dst), heads, rows, rows_p, D,
-                                                              vec);
+  const int H = q ? a.Hq : a.Hq / a.G;
+  to_bf16_padded<DP><<<dim3(bx, static_cast<unsigned>(heads)), 256>>>(
+      src, const_cast<bf16*>(dst), static_cast<int>(rows), static_cast<int>(rows_p), D, vec, H,
+      q ? a.qs_b : a.ks_b, q ? a.qs_h : a.ks_h, q ? a.qs_r : a.ks_r);
   return detail::launched();
 }
 
@@ -993,7 +1023,7 @@ bool mma_forward(const AttentionDims& d, const FlashArgs& a, bool stats) {
 template <int DP>
 bool forward(const AttentionDims& d, FlashArgs a) {
   const dim3 grid(static_cast<unsigned>((d.q_len + kB - 1) / kB), static_cast<unsigned>(d.batch * d.q_heads));
-  if (use_wmma()) {
+  if (use_wmma() && !a.seq_major) {
     constexpr size_t bytes = fwd_smem<DP>();
     static const bool ok = allow_smem(flash_fwd<DP, false>, bytes);
     if (!ok) return false;
@@ -1007,7 +1037,8 @@ bool forward(const AttentionDims& d, FlashArgs a) {
   Carve cv{ws};
   a.kb = cv.take<bf16>(kvh * a.Lp * DP);
   a.vb = cv.take<bf16>(kvh * a.Lp * DP);
-  if (!convert<DP>(a.k, a.kb, kvh, d.kv_len, a.Lp, a.D) || !convert<DP>(a.v, a.vb, kvh, d.kv_len, a.Lp, a.D)) {
+  if (!convert<DP>(a, false, a.k, a.kb, kvh, d.kv_len, a.Lp, a.D) ||
+      !convert<DP>(a, false, a.v, a.vb, kvh, d.kv_len, a.Lp, a.D)) {
     return false;
   }
   return mma_forward<DP>(d, a, false);
@@ -1018,7 +1049,7 @@ bool backward(const AttentionDims& d, FlashArgs a) {
   const dim3 gq(static_cast<unsigned>((d.q_len + kB - 1) / kB), static_cast<unsigned>(d.batch * d.q_heads));
   const dim3 gk(static_cast<unsigned>((d.kv_len + kB - 1) / kB), static_cast<unsigned>(d.batch * d.kv_heads));
   const int64_t qh = d.batch * d.q_heads, kvh = d.batch * d.kv_heads;
-  if (use_wmma()) {
+  if (use_wmma() && !a.seq_major) {
     const int64_t rows = qh * d.q_len;
     const size_t half = (static_cast<size_t>(rows) * sizeof(float) + 255) / 256 * 256;
     char* ws = static_cast<char*>(workspace(2 * half));
@@ -1050,12 +1081,14 @@ bool backward(const AttentionDims& d, FlashArgs a) {
   a.dob = cv.take<bf16>(qh * a.Sp * DP);
   a.kb = cv.take<bf16>(kvh * a.Lp * DP);
   a.vb = cv.take<bf16>(kvh * a.Lp * DP);
-  if (!convert<DP>(a.q, a.qb, qh, d.q_len, a.Sp, a.D) || !convert<DP>(a.dy, a.dob, qh, d.q_len, a.Sp, a.D) ||
-      !convert<DP>(a.k, a.kb, kvh, d.kv_len, a.Lp, a.D) || !convert<DP>(a.v, a.vb, kvh, d.kv_len, a.Lp, a.D)) {
+  if (!convert<DP>(a, true, a.q, a.qb, qh, d.q_len, a.Sp, a.D) ||
+      !convert<DP>(a, true, a.dy, a.dob, qh, d.q_len, a.Sp, a.D) ||
+      !convert<DP>(a, false, a.k, a.kb, kvh, d.kv_len, a.Lp, a.D) ||
+      !convert<DP>(a, false, a.v, a.vb, kvh, d.kv_len, a.Lp, a.D)) {
     return false;
   }
   if (!mma_forward<DP>(d, a, true)) return false;
-  if (cudaMemsetAsync(a.dq, 0, sizeof(float) * qh * d.q_len * d.head_dim, 0) != cudaSuccess) return false;
+  if (cudaMemsetAsync(a.dq, 0, sizeof(float) * qh * d.q_len * d.head_dim, 0) != cudaSuccess) return false;  // any layout
   static const bool ok = allow_smem(mflash_bwd<DP>, mbwd_smem<DP>());
   if (!ok) return false;
   mflash_bwd<DP><<<gk, kThreads, mbwd_smem<DP>()>>>(a);
@@ -1075,6 +1108,7 @@ bool flash_attention_eligible(const AttentionDims& d, bool backward) {
   if (d.head_dim != d.v_head_dim || d.head_dim < 1 || d.head_dim > 128) return false;
   if (d.batch <= 0 || d.q_heads <= 0 || d.kv_heads <= 0 || d.q_len <= 0 || d.kv_len <= 0) return false;
   if (d.q_heads % d.kv_heads != 0 || d.q_heads > INT32_MAX) return false;
+  if (d.q_len > (int64_t{1} << 26) || d.kv_len > (int64_t{1} << 26)) return false;  // 32-bit row math
   if (d.batch * d.q_heads > 65535 || (d.q_len + kB - 1) / kB > INT32_MAX || (d.kv_len + kB - 1) / kB > INT32_MAX) {
     return false;
   }

@@ -1,11 +1,13 @@
 // LayerNormalization, RMSNormalization and Softmax / LogSoftmax, forward and backward. One block per row; row
-// statistics are accumulated in double, as on the CPU.
+// statistics are accumulated in double, as on the CPU. The norms take norm_rows.cu's register-resident kernels where
+// the rows fit (norm_rows.h).
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/norm_rows.h"
 
 namespace gv::cuda {
 namespace {
@@ -267,6 +269,9 @@ unsigned rows_grid(int64_t rows) { return static_cast<unsigned>(rows); }
 bool layer_norm_f32(const float* x, const float* scale, const float* bias, float* y, float* mean, float* inv_std,
                     int64_t rows, int64_t cols, float eps) {
   if (rows == 0) return true;
+  if (norm_rows_eligible(rows, cols, {x, scale, bias, y})) {
+    return norm_rows_forward(true, x, scale, bias, y, mean, inv_std, rows, cols, eps);
+  }
   layer_norm_kernel<<<rows_grid(rows), kRowThreads>>>(x, scale, bias, y, mean, inv_std, cols, eps);
   return launched();
 }
@@ -278,6 +283,9 @@ bool layer_norm_grad_f32(const float* dy, const float* x, const float* scale, co
     if (dscale) cudaMemsetAsync(dscale, 0, sizeof(float) * cols, 0);
     if (dbias) cudaMemsetAsync(dbias, 0, sizeof(float) * cols, 0);
     return launched();
+  }
+  if (dy && !dmean && !dinv_std && norm_rows_eligible(rows, cols, {dy, x, scale, dx})) {
+    return norm_rows_backward(true, dy, x, scale, mean, inv_std, dx, dscale, dbias, rows, cols, eps);
   }
   float* ws = static_cast<float*>(workspace(sizeof(float) * (2 * rows + column_ws_floats(rows, cols))));
   if (!ws) return false;
@@ -295,6 +303,9 @@ bool layer_norm_grad_f32(const float* dy, const float* x, const float* scale, co
 
 bool rms_norm_f32(const float* x, const float* scale, float* y, int64_t rows, int64_t cols, float eps) {
   if (rows == 0) return true;
+  if (norm_rows_eligible(rows, cols, {x, scale, y})) {
+    return norm_rows_forward(false, x, scale, nullptr, y, nullptr, nullptr, rows, cols, eps);
+  }
   rms_norm_kernel<<<rows_grid(rows), kRowThreads>>>(x, scale, y, cols, eps);
   return launched();
 }
@@ -304,6 +315,9 @@ bool rms_norm_grad_f32(const float* dy, const float* x, const float* scale, floa
   if (rows == 0 || cols == 0) {
     if (dscale) cudaMemsetAsync(dscale, 0, sizeof(float) * cols, 0);
     return launched();
+  }
+  if (dy && norm_rows_eligible(rows, cols, {dy, x, scale, dx})) {
+    return norm_rows_backward(false, dy, x, scale, nullptr, nullptr, dx, dscale, nullptr, rows, cols, eps);
   }
   float* ws = static_cast<float*>(workspace(sizeof(float) * (rows + column_ws_floats(rows, cols))));
   if (!ws) return false;

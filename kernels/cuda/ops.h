@@ -42,7 +42,7 @@ bool gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, c
 // y[i] = bf16(x[i]), rounding to nearest even (NaN stays NaN).
 bool to_bf16(const float* x, uint16_t* y, int64_t n);
 
-// ---- attention (kernels/cuda/attention.cu): ONNX Attention's 4-D form, kernels/cpu/attention.h's contract ----
+// ---- attention (kernels/cuda/attention.cu): ONNX Attention's 4-D and 3-D forms, kernels/cpu/attention.h's contract ----
 struct AttentionDims {
   int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0, head_dim = 0, v_head_dim = 0;
   float scale = 0.0f;
@@ -50,6 +50,9 @@ struct AttentionDims {
   const void* mask = nullptr;  // optional: uint8 keep-flags (mask_is_bool) or float32 additive
   bool mask_is_bool = false;
   int64_t mask_strides[4] = {0, 0, 0, 0};  // over [B, Hq, S, L], 0 along broadcast dims
+  // The 3-D form's layout: Q [B, S, Hq, D], K [B, L, Hkv, D], V [B, L, Hkv, Dv] (and Y, dY, dQ, dK, dV alike)
+  // instead of [B, H, S, D]. The flash kernels read and write it in place; v1 permutes through its own scratch.
+  bool seq_major = false;
 };
 // Products follow the MathMode (kBf16: bfloat16 operands). Scratch comes from workspace().
 bool attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y);

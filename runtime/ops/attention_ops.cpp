@@ -1,19 +1,24 @@
-// ONNX Attention (opset 23 semantics, 4-D form) and its fused gradient op galvatron AttentionGrad. The IR pass
-// runtime/fuse_attention.cpp writes Attention nodes for the exporters' MatMul-scale-mask-Softmax-MatMul chains; files
-// may also contain them directly.
+// ONNX Attention (opset 23 semantics, 4-D and 3-D forms) and its fused gradient op galvatron AttentionGrad. The IR
+// pass runtime/fuse_attention.cpp writes Attention nodes for the exporters' MatMul-scale-mask-Softmax-MatMul chains
+// and runtime/fuse_attention_layout.cpp turns those between head transposes into the 3-D form; files may also contain
+// them directly.
 //
 //   Attention(Q [B, Hq, S, D], K [B, Hkv, L, D], V [B, Hkv, L, Dv], attn_mask?) -> Y [B, Hq, S, Dv]
 //     attn_mask: bool keep-flags (false: the score is -inf) or an additive float mask of Q's dtype, broadcastable to
-//     [B, Hq, S, L] by numpy rules. Attributes: is_causal (0), scale (1/sqrt(D)), q_num_heads / kv_num_heads (3-D form
-//     only, ignored), softcap (must be 0), qk_matmul_output_mode (must be 0), softmax_precision (ignored: sums are in
-//     double). Inputs past_key / past_value and outputs present_key / present_value / qk_matmul_output are refused:
-//     training has no KV cache.
+//     [B, Hq, S, L] by numpy rules. Attributes: is_causal (0), scale (1/sqrt(D)), q_num_heads / kv_num_heads (the
+//     3-D form: Q [B, S, Hq * D], K [B, L, Hkv * D], V [B, L, Hkv * Dv] -> Y [B, S, Hq * Dv];
+//     runtime/ops/attention_form.h), softcap (must be 0), qk_matmul_output_mode (must be 0), softmax_precision
+//     (ignored: sums are in double). Inputs past_key / past_value and outputs present_key / present_value /
+//     qk_matmul_output are refused: training has no KV cache.
 //   galvatron AttentionGrad(Q, K, V, attn_mask or omitted, dY) -> dQ, dK, dV; the same attributes. Probabilities are
 //     recomputed from Q, K and the mask (nothing of the forward pass is saved but its inputs).
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/cpu/attention.h"
 #include "runtime/ops/all_ops.h"
+#include "runtime/ops/attention_form.h"
 #include "runtime/ops/math_common.h"
 
 namespace gv {
@@ -37,8 +42,8 @@ Status check_attrs(const InferContext& ctx) {
   return Status::ok();
 }
 
-// Validates Q, K, V and the mask of an Attention or AttentionGrad node (the 4-D form).
-Status check_operands(const InferContext& ctx) {
+// Validates Q, K, V and the mask of an Attention or AttentionGrad node (either form) and reads its sizes.
+Status check_operands(const InferContext& ctx, AttentionForm& f) {
   GV_RETURN_IF_ERROR(check_attrs(ctx));
   const char* names[3] = {"Q", "K", "V"};
   for (int i = 0; i < 3; ++i) {
@@ -47,21 +52,9 @@ Status check_operands(const InferContext& ctx) {
     if (ctx.dtype(i) != ctx.dtype(0)) {
       return ctx.fail(std::string(names[i]) + " is " + dtype_name(ctx.dtype(i)) + " but Q is " + dtype_name(ctx.dtype(0)));
     }
-    if (ctx.rank(i) != 4) {
-      return ctx.fail(std::string(names[i]) + " " + shape_str(ctx.shape(i)) +
-                      " must have rank 4 [batch, heads, sequence, head size] (the 3-D form is not supported)");
-    }
   }
-  const Shape &q = ctx.shape(0), &k = ctx.shape(1), &v = ctx.shape(2);
-  if (k[0] != q[0] || v[0] != q[0]) {
-    return ctx.fail("batch sizes differ: Q " + shape_str(q) + ", K " + shape_str(k) + ", V " + shape_str(v));
-  }
-  if (k[1] != v[1] || k[1] <= 0 || q[1] % k[1] != 0) {
-    return ctx.fail("K " + shape_str(k) + " and V " + shape_str(v) + " must have the same number of heads, dividing Q's " +
-                    shape_str(q));
-  }
-  if (k[3] != q[3]) return ctx.fail("head sizes of Q " + shape_str(q) + " and K " + shape_str(k) + " differ");
-  if (v[2] != k[2]) return ctx.fail("sequence lengths of K " + shape_str(k) + " and V " + shape_str(v) + " differ");
+  const std::string err = read_attention_form(ctx.shape(0), ctx.shape(1), ctx.shape(2), ctx.attrs(), f);
+  if (!err.empty()) return ctx.fail(err);
   if (ctx.has_input(kMask)) {
     const DType mt = ctx.dtype(kMask);
     if (mt != DType::kBool && mt != ctx.dtype(0)) {
@@ -69,7 +62,7 @@ Status check_operands(const InferContext& ctx) {
                       dtype_name(mt));
     }
     const Shape& m = ctx.shape(kMask);
-    const Shape full = {q[0], q[1], q[2], k[2]};
+    const Shape full = {f.batch, f.q_heads, f.q_len, f.kv_len};
     bool ok = m.size() <= 4;
     for (size_t i = 0; ok && i < m.size(); ++i) {
       const int64_t d = m[m.size() - 1 - i], want = full[3 - i];
@@ -87,16 +80,16 @@ Status infer_attention(InferContext& ctx) {
   if (ctx.num_outputs() > 1) {
     return ctx.fail("outputs present_key, present_value and qk_matmul_output are not supported (only Y)");
   }
-  GV_RETURN_IF_ERROR(check_operands(ctx));
-  const Shape &q = ctx.shape(0), &v = ctx.shape(2);
-  ctx.set_output(0, ctx.dtype(0), {q[0], q[1], q[2], v[3]});
+  AttentionForm f;
+  GV_RETURN_IF_ERROR(check_operands(ctx, f));
+  ctx.set_output(0, ctx.dtype(0), f.y_shape());
   return Status::ok();
 }
 
 Status infer_attention_grad(InferContext& ctx) {
-  GV_RETURN_IF_ERROR(check_operands(ctx));
-  const Shape &q = ctx.shape(0), &v = ctx.shape(2);
-  const Shape y = {q[0], q[1], q[2], v[3]};
+  AttentionForm f;
+  GV_RETURN_IF_ERROR(check_operands(ctx, f));
+  const Shape y = f.y_shape();
   if (!ctx.has_input(4) || ctx.shape(4) != y || ctx.dtype(4) != ctx.dtype(0)) {
     return ctx.fail("dY must be " + std::string(dtype_name(ctx.dtype(0))) + " " + shape_str(y));
   }
@@ -105,14 +98,14 @@ Status infer_attention_grad(InferContext& ctx) {
 }
 
 // Sizes, scale and mask view of a node's operands (already validated by inference).
-void describe(const KernelContext& ctx, cpu::AttentionShape& s, cpu::AttentionMask& m) {
-  const Shape &q = ctx.inputs[0].shape, &k = ctx.inputs[1].shape, &v = ctx.inputs[2].shape;
-  s.batch = q[0], s.q_heads = q[1], s.q_len = q[2], s.head_dim = q[3];
-  s.kv_heads = k[1], s.kv_len = k[2], s.v_head_dim = v[3];
-  s.scale = ctx.attrs().has("scale") ? ctx.attrs().get_float("scale", 1.0f)
-                                     : static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
-  s.causal = ctx.attrs().get_int("is_causal", 0) != 0;
-  if (!ctx.has_input(kMask)) return;
+AttentionForm describe(const KernelContext& ctx, cpu::AttentionShape& s, cpu::AttentionMask& m) {
+  AttentionForm f;
+  read_attention_form(ctx.inputs[0].shape, ctx.inputs[1].shape, ctx.inputs[2].shape, ctx.attrs(), f);
+  s.batch = f.batch, s.q_heads = f.q_heads, s.q_len = f.q_len, s.head_dim = f.head_dim;
+  s.kv_heads = f.kv_heads, s.kv_len = f.kv_len, s.v_head_dim = f.v_head_dim;
+  s.scale = f.scale;
+  s.causal = f.causal;
+  if (!ctx.has_input(kMask)) return f;
   const TensorRef& mask = ctx.inputs[kMask];
   m.data = mask.data;
   m.is_bool = mask.dtype == DType::kBool;
@@ -124,28 +117,70 @@ void describe(const KernelContext& ctx, cpu::AttentionShape& s, cpu::AttentionMa
     m.strides[d] = (md < 0 || mask.shape[md] != full[d]) ? 0 : stride;
     if (md >= 0) stride *= mask.shape[md];
   }
+  return f;
+}
+
+// [B, S, H * D] <-> [B, H, S, D] (the 3-D form's operands as the 4-D kernels take them).
+template <typename T>
+std::vector<T> heads_first(const T* x, int64_t B, int64_t S, int64_t H, int64_t D) {
+  std::vector<T> y(static_cast<size_t>(B * S * H * D));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t h = 0; h < H; ++h)
+        std::copy_n(x + ((b * S + s) * H + h) * D, D, y.data() + ((b * H + h) * S + s) * D);
+  return y;
+}
+template <typename T>
+void sequence_first(const T* x, int64_t B, int64_t S, int64_t H, int64_t D, T* y) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t s = 0; s < S; ++s)
+        std::copy_n(x + ((b * H + h) * S + s) * D, D, y + ((b * S + s) * H + h) * D);
 }
 
 Status attention_cpu(KernelContext& ctx) {
   cpu::AttentionShape s;
   cpu::AttentionMask m;
-  describe(ctx, s, m);
+  const AttentionForm f = describe(ctx, s, m);
   const TensorRef &q = ctx.inputs[0], &k = ctx.inputs[1], &v = ctx.inputs[2];
   return dispatch_float(q.dtype, ctx, [&](auto tag) {
     using T = decltype(tag);
-    cpu::attention_forward(s, q.as<T>(), k.as<T>(), v.as<T>(), m, ctx.outputs[0].as<T>());
+    if (!f.three_d) {
+      cpu::attention_forward(s, q.as<T>(), k.as<T>(), v.as<T>(), m, ctx.outputs[0].as<T>());
+      return;
+    }
+    const int64_t B = s.batch, S = s.q_len, L = s.kv_len;
+    const auto q4 = heads_first(q.as<T>(), B, S, s.q_heads, s.head_dim);
+    const auto k4 = heads_first(k.as<T>(), B, L, s.kv_heads, s.head_dim);
+    const auto v4 = heads_first(v.as<T>(), B, L, s.kv_heads, s.v_head_dim);
+    std::vector<T> y4(static_cast<size_t>(B * s.q_heads * S * s.v_head_dim));
+    cpu::attention_forward(s, q4.data(), k4.data(), v4.data(), m, y4.data());
+    sequence_first(y4.data(), B, S, s.q_heads, s.v_head_dim, ctx.outputs[0].as<T>());
   });
 }
 
 Status attention_grad_cpu(KernelContext& ctx) {
   cpu::AttentionShape s;
   cpu::AttentionMask m;
-  describe(ctx, s, m);
+  const AttentionForm f = describe(ctx, s, m);
   const TensorRef &q = ctx.inputs[0], &k = ctx.inputs[1], &v = ctx.inputs[2], &dy = ctx.inputs[4];
   return dispatch_float(q.dtype, ctx, [&](auto tag) {
     using T = decltype(tag);
-    cpu::attention_backward(s, q.as<T>(), k.as<T>(), v.as<T>(), m, dy.as<T>(), ctx.outputs[0].as<T>(),
-                            ctx.outputs[1].as<T>(), ctx.outputs[2].as<T>());
+    if (!f.three_d) {
+      cpu::attention_backward(s, q.as<T>(), k.as<T>(), v.as<T>(), m, dy.as<T>(), ctx.outputs[0].as<T>(),
+                              ctx.outputs[1].as<T>(), ctx.outputs[2].as<T>());
+      return;
+    }
+    const int64_t B = s.batch, S = s.q_len, L = s.kv_len;
+    const auto q4 = heads_first(q.as<T>(), B, S, s.q_heads, s.head_dim);
+    const auto k4 = heads_first(k.as<T>(), B, L, s.kv_heads, s.head_dim);
+    const auto v4 = heads_first(v.as<T>(), B, L, s.kv_heads, s.v_head_dim);
+    const auto dy4 = heads_first(dy.as<T>(), B, S, s.q_heads, s.v_head_dim);
+    std::vector<T> dq4(q4.size()), dk4(k4.size()), dv4(v4.size());
+    cpu::attention_backward(s, q4.data(), k4.data(), v4.data(), m, dy4.data(), dq4.data(), dk4.data(), dv4.data());
+    sequence_first(dq4.data(), B, S, s.q_heads, s.head_dim, ctx.outputs[0].as<T>());
+    sequence_first(dk4.data(), B, L, s.kv_heads, s.head_dim, ctx.outputs[1].as<T>());
+    sequence_first(dv4.data(), B, L, s.kv_heads, s.v_head_dim, ctx.outputs[2].as<T>());
   });
 }
 
@@ -165,7 +200,7 @@ Status attention_grad(GradBuilder& gb) {
 
 void register_attention_ops(OpRegistry& r) {
   OpSchema att = make_schema("", "Attention", 3, 6, 1, 4, infer_attention, attention_cpu,
-                             "softmax(scale * Q K^T + mask, causal) V, 4-D form, grouped-query heads; no KV cache");
+                             "softmax(scale * Q K^T + mask, causal) V, 4-D or 3-D form, grouped-query heads; no KV cache");
   att.grad = attention_grad;
   att.nondiff_inputs = {kMask, 4, 5};
   r.add(att);

@@ -1,0 +1,22 @@
+// Register-resident row kernels for LayerNormalization (center) and RMSNormalization (kernels/cuda/norm_rows.cu),
+// taken by norm_softmax.cu's launchers where norm_rows_eligible() holds (GALVATRON_CUDA_NORM_ROWS=0: never, for
+// comparisons). Internal to kernels/cuda.
+#pragma once
+#include <cstdint>
+#include <initializer_list>
+
+namespace gv::cuda {
+
+// rows > 0, cols % 4 == 0 and <= 8192, every non-null tensor 16-byte aligned, and not switched off by the variable.
+bool norm_rows_eligible(int64_t rows, int64_t cols, std::initializer_list<const void*> tensors);
+// y = (x - mean) * inv_std * scale + bias (center; bias may be null), or x * inv_rms * scale; mean, inv_std may be
+// null (RMS: both ignored).
+bool norm_rows_forward(bool center, const float* x, const float* scale, const float* bias, float* y, float* mean,
+                       float* inv_std, int64_t rows, int64_t cols, float eps);
+// dx, and dscale / dbias (either may be null; dbias only when center) from dy; mean and inv_std from the forward or
+// null (recomputed with eps).
+bool norm_rows_backward(bool center, const float* dy, const float* x, const float* scale, const float* mean,
+                        const float* inv_std, float* dx, float* dscale, float* dbias, int64_t rows, int64_t cols,
+                        float eps);
+
+}  // namespace gv::cuda
