@@ -52,6 +52,7 @@ Expected<GraphTimes> time_graph(Graph fwd, int repeats, Backend& backend) {
   // The trainer's graph: loss, backward, AdamW (timed with learning rate 0 and step 1: the weights stay as they are).
   TrainingGraphOptions to;
   to.optimizer.weight_decay = 0;
+  to.save_attention_lse = backend.saves_attention_statistics();  // as the trainer builds it
   GV_ASSIGN_OR_RETURN(TrainingGraph tg, build_training_graph(std::move(fwd), to));
   const Graph& g = tg.graph;
   GV_ASSIGN_OR_RETURN(auto ex, Executor::create(g, backend));

@@ -31,6 +31,9 @@ class Backend {
     return invalid_argument("--precision " + precision + " needs --device cuda: the " + name() +
                             " backend computes in float32 only (use --precision fp32)");
   }
+  // Whether this backend's attention kernels, in the current precision, take the forward's row log-sum-exp in the
+  // backward (galvatron AttentionWithLse; TrainingGraphOptions::save_attention_lse): the CUDA backend in bf16.
+  virtual bool saves_attention_statistics() const { return false; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -55,6 +55,7 @@ class CudaBackend final : public Backend {
     else return invalid_argument("--precision must be fp32, tf32 or bf16, got '" + precision + "'");
     return Status::ok();
   }
+  bool saves_attention_statistics() const override { return cuda::math_mode() == cuda::MathMode::kBf16; }
 };
 
 }  // namespace

@@ -87,7 +87,21 @@ Status attention_cuda(KernelContext& ctx) {
                                          ctx.inputs[2].as<float>(), y.as<float>()));
 }
 
-// AttentionGrad(Q, K, V, [attn_mask], dY) -> dQ, dK, dV (overwritten).
+// galvatron AttentionWithLse(Q, K, V) -> Y, LSE: the flash forward writes both; forms it does not take go to the
+// fallback (the CPU kernel computes both).
+Status attention_with_lse_cuda(KernelContext& ctx) {
+  cuda::AttentionDims d;
+  AttentionForm f;
+  if (!attention_dims(ctx, 3, d, f) || ctx.outputs.size() != 2 || !cuda::flash_attention_eligible(d, false)) {
+    return cuda_fallback_kernel(ctx);
+  }
+  const TensorRef &y = ctx.outputs[0], &lse = ctx.outputs[1];
+  if (!output_ok(y, f.y_shape()) || !output_ok(lse, {f.batch, f.q_heads, f.q_len})) return cuda_fallback_kernel(ctx);
+  return launch(ctx, cuda::attention_f32(d, ctx.inputs[0].as<float>(), ctx.inputs[1].as<float>(),
+                                         ctx.inputs[2].as<float>(), y.as<float>(), lse.as<float>()));
+}
+
+// AttentionGrad(Q, K, V, [attn_mask], dY, [Y, LSE]) -> dQ, dK, dV (overwritten).
 Status attention_grad_cuda(KernelContext& ctx) {
   cuda::AttentionDims d;
   AttentionForm f;
@@ -102,9 +116,18 @@ Status attention_grad_cuda(KernelContext& ctx) {
       !output_ok(dv, ctx.inputs[2].shape)) {
     return cuda_fallback_kernel(ctx);
   }
+  const float *y = nullptr, *lse = nullptr;  // AttentionWithLse's outputs, when given
+  if (ctx.has_input(5) && ctx.has_input(6)) {
+    const TensorRef &yt = ctx.inputs[5], &lt = ctx.inputs[6];
+    if (yt.dtype == DType::kFloat32 && yt.shape == f.y_shape() && lt.dtype == DType::kFloat32 &&
+        lt.shape == Shape{f.batch, f.q_heads, f.q_len}) {
+      y = yt.as<float>();
+      lse = lt.as<float>();
+    }
+  }
   return launch(ctx, cuda::attention_grad_f32(d, ctx.inputs[0].as<float>(), ctx.inputs[1].as<float>(),
                                               ctx.inputs[2].as<float>(), dy.as<float>(), dq.as<float>(),
-                                              dk.as<float>(), dv.as<float>()));
+                                              dk.as<float>(), dv.as<float>(), y, lse));
 }
 
 
@@ -114,6 +137,9 @@ void register_cuda_attention_kernels(OpRegistry& r) {
   // An op whose schema is not registered (yet) keeps no CUDA kernel.
   if (OpSchema* s = r.find_mutable("", "Attention")) s->cuda = cuda_profiled<attention_cuda>;
   if (OpSchema* s = r.find_mutable(kGalvatronDomain, "AttentionGrad")) s->cuda = cuda_profiled<attention_grad_cuda>;
+  if (OpSchema* s = r.find_mutable(kGalvatronDomain, "AttentionWithLse")) {
+    s->cuda = cuda_profiled<attention_with_lse_cuda>;
+  }
 }
 
 }  // namespace gv

@@ -4,8 +4,10 @@
 namespace gv {
 
 std::string FusionCounts::summary() const {
-  return std::to_string(attention) + " attention" +
-         (attention_3d ? " (" + std::to_string(attention_3d) + " in the 3-D form)" : std::string()) + ", " +
+  std::string notes;
+  if (attention_3d) notes += std::to_string(attention_3d) + " in the 3-D form";
+  if (attention_lse) notes += (notes.empty() ? "" : ", ") + std::to_string(attention_lse) + " keeping their LSE";
+  return std::to_string(attention) + " attention" + (notes.empty() ? "" : " (" + notes + ")") + ", " +
          std::to_string(gelu) + " gelu";
 }
 

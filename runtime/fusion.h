@@ -15,7 +15,8 @@ struct FusionCounts {
   int attention = 0;  // MatMul-scale-mask-Softmax-MatMul chains -> Attention (ONNX opset 23 semantics, 4-D form)
   int gelu = 0;       // tanh- or erf-approximation chains -> Gelu
   int attention_3d = 0;  // Attention nodes between head transposes -> the 3-D form (counted apart from `attention`)
-  std::string summary() const;  // "2 attention (2 in the 3-D form), 2 gelu"
+  int attention_lse = 0;  // Attention nodes that keep their log-sum-exp for the backward (save_attention_lse)
+  std::string summary() const;  // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu"
 };
 
 // Every pass below, in order. Returns what was fused.
@@ -25,5 +26,9 @@ Expected<FusionCounts> fuse_forward_graph(Graph& graph);
 Status fuse_attention(Graph& graph, int* fused);
 Status fuse_gelu(Graph& graph, int* fused);
 Status fuse_attention_layout(Graph& graph, int* rewritten);
+// Not a fusion: Attention nodes the flash kernels take -> galvatron AttentionWithLse, whose row statistics the
+// backward reuses (runtime/attention_lse.cpp). build_training_graph runs it after the passes above when
+// TrainingGraphOptions::save_attention_lse is set (the trainer sets it from Backend::saves_attention_statistics).
+Status save_attention_lse(Graph& graph, int* rewritten);
 
 }  // namespace gv

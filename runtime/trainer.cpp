@@ -27,6 +27,7 @@ Expected<std::unique_ptr<Trainer>> Trainer::create(Graph forward, const TrainerC
   t->config_ = config;
   t->backend_ = &backend;
   TrainingGraphOptions go = config.graph;
+  go.save_attention_lse = go.save_attention_lse || backend.saves_attention_statistics();
   const bool parallel = config.comm && config.comm->size() > 1;
   if (parallel) go.rank = config.comm->rank();
   if (parallel && go.param_sync.empty() && config.shards.empty() && config.pipeline_schedule.empty()) {

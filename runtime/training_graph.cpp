@@ -282,6 +282,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     const std::string loss = g.value(tg.loss).name;
     const std::string labels = tg.labels == kNoValue ? "" : g.value(tg.labels).name;
     GV_ASSIGN_OR_RETURN(tg.fused, fuse_forward_graph(g));
+    if (o.save_attention_lse) GV_RETURN_IF_ERROR(save_attention_lse(g, &tg.fused.attention_lse));
     tg.loss = g.find(loss);
     tg.labels = labels.empty() ? kNoValue : g.find(labels);
   }

@@ -46,6 +46,9 @@ struct TrainingGraphOptions {
   // Data parallelism: one galvatron AllReduce node per gradient, averaging it across the ranks of the executor's
   // communicator, first in the optimizer region (before GradNorm). Set it only when there is more than one rank.
   bool data_parallel = false;
+  // Attention nodes the backend's flash kernels take keep their row statistics for the backward
+  // (runtime/fusion.h save_attention_lse; after fuse_ops' passes). Set from Backend::saves_attention_statistics.
+  bool save_attention_lse = false;
   // Parallel execution, as a plan lays it out (runtime knows groups of world ranks, not plans). Per parameter name:
   // how its gradient is combined across processes before the update. Parameters not listed: no communication
   // (or, with data_parallel, a mean over the whole world).

@@ -355,5 +355,71 @@ TEST(AttentionOp, ThreeDFormIsTheFourDFormWithHeadsInterleaved) {
   }
 }
 
+// galvatron AttentionWithLse: Y as Attention's, bit for bit, and LSE each query row's log-sum-exp of its masked,
+// scaled scores (computed here in double), +inf for a row whose every score is masked; in both forms. AttentionGrad
+// takes Y and LSE as optional inputs and gives the same gradients.
+TEST(AttentionOp, WithLseReturnsTheRowLogSumExp) {
+  const int64_t B = 2, H = 4, Hk = 2, S = 3, L = 5, D = 4;
+  const Tensor q = rand_tensor({B, H, S, D}, 31), k = rand_tensor({B, Hk, L, D}, 32), v = rand_tensor({B, Hk, L, D}, 33);
+  Tensor keep(DType::kBool, {B, 1, S, L});
+  std::mt19937_64 rng(34);
+  for (int64_t i = 0; i < keep.numel(); ++i) keep.data_as<uint8_t>()[i] = rng() % 4 != 0;
+  for (int64_t j = 0; j < L; ++j) keep.data_as<uint8_t>()[(1 * S + 2) * L + j] = 0;  // batch 1, row 2: all masked
+  Attributes a4;
+  a4.set_int("is_causal", 1);
+  auto plain = testing::run_op("Attention", {q, k, v, keep}, a4, 1, 23);
+  auto with = testing::run_op("AttentionWithLse", {q, k, v, keep}, a4, 2, 1, {}, kGalvatronDomain);
+  ASSERT_TRUE(plain.has_value()) << plain.status().message();
+  ASSERT_TRUE(with.has_value()) << with.status().message();
+  EXPECT_EQ(std::memcmp(plain->outputs[0].data(), with->outputs[0].data(), plain->outputs[0].nbytes()), 0);
+  const Tensor& lse = with->outputs[1];
+  ASSERT_EQ(lse.shape(), (Shape{B, H, S}));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  int infinite = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < S; ++i) {
+        double mx = -INFINITY, sum = 0;
+        std::vector<double> sc;
+        for (int64_t j = 0; j <= i && j < L; ++j) {
+          if (!keep.data_as<uint8_t>()[(b * S + i) * L + j]) continue;
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d)
+            dot += static_cast<double>(q.data_as<float>()[((b * H + h) * S + i) * D + d]) *
+                   k.data_as<float>()[((b * Hk + h / 2) * L + j) * D + d];
+          sc.push_back(dot * scale);
+          mx = std::max(mx, dot * scale);
+        }
+        for (double x : sc) sum += std::exp(x - mx);
+        const float got = lse.data_as<float>()[(b * H + h) * S + i];
+        if (sc.empty()) {
+          EXPECT_TRUE(std::isinf(got) && got > 0) << b << " " << h << " " << i;
+          ++infinite;
+        } else {
+          EXPECT_NEAR(got, mx + std::log(sum), 1e-5) << b << " " << h << " " << i;
+        }
+      }
+  EXPECT_GE(infinite, H);  // the fully masked row of batch 1, in every head
+  // The 3-D form: the same LSE.
+  Attributes a3 = a4;
+  a3.set_int("q_num_heads", H);
+  a3.set_int("kv_num_heads", Hk);
+  auto with3 = testing::run_op("AttentionWithLse", {to_3d(q), to_3d(k), to_3d(v), keep}, a3, 2, 1, {}, kGalvatronDomain);
+  ASSERT_TRUE(with3.has_value()) << with3.status().message();
+  EXPECT_EQ(std::memcmp(lse.data(), with3->outputs[1].data(), lse.nbytes()), 0);
+  // AttentionGrad with and without Y, LSE.
+  const Tensor dy = rand_tensor({B, H, S, D}, 35);
+  auto g0 = testing::run_op("AttentionGrad", {q, k, v, keep, dy}, a4, 3, 1, {}, kGalvatronDomain);
+  auto g1 = testing::run_op("AttentionGrad", {q, k, v, keep, dy, with->outputs[0], lse}, a4, 3, 1, {}, kGalvatronDomain);
+  ASSERT_TRUE(g0.has_value()) << g0.status().message();
+  ASSERT_TRUE(g1.has_value()) << g1.status().message();
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(std::memcmp(g0->outputs[i].data(), g1->outputs[i].data(), g0->outputs[i].nbytes()), 0) << i;
+  auto bad = testing::run_op("AttentionGrad", {q, k, v, keep, dy, with->outputs[0], rand_tensor({B, H, S + 1}, 36)},
+                             a4, 3, 1, {}, kGalvatronDomain);
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_NE(bad.status().message().find("LSE must be"), std::string::npos) << bad.status().message();
+}
+
 }  // namespace
 }  // namespace gv

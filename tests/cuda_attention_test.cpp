@@ -51,6 +51,7 @@ struct Case {
   Attributes attrs = {};
   bool grad = false;  // AttentionGrad (Q, K, V, mask, dY) -> 3 outputs; else Attention -> Y
   double tol = 1e-5;
+  bool with_lse = false;  // galvatron AttentionWithLse -> Y, LSE (instead of Attention)
 };
 
 struct Ran {
@@ -59,12 +60,12 @@ struct Ran {
 
 Expected<Ran> run_case(const Case& c, Backend& backend) {
   Graph g;
-  const std::string domain = c.grad ? kGalvatronDomain : "";
-  const int opset = c.grad ? 1 : 23;
+  const std::string domain = c.grad || c.with_lse ? kGalvatronDomain : "";
+  const int opset = c.grad || c.with_lse ? 1 : 23;
   g.opsets[domain] = opset;
   Node n;
   n.name = "node";
-  n.op_type = c.grad ? "AttentionGrad" : "Attention";
+  n.op_type = c.grad ? "AttentionGrad" : c.with_lse ? "AttentionWithLse" : "Attention";
   n.domain = domain;
   n.opset = opset;
   n.attrs = c.attrs;
@@ -82,7 +83,7 @@ Expected<Ran> run_case(const Case& c, Backend& backend) {
     feeds[name] = c.inputs[i];
   }
   std::vector<std::string> outs;
-  for (int i = 0; i < (c.grad ? 3 : 1); ++i) outs.push_back("out" + std::to_string(i));
+  for (int i = 0; i < (c.grad ? 3 : c.with_lse ? 2 : 1); ++i) outs.push_back("out" + std::to_string(i));
   GV_ASSIGN_OR_RETURN(g.outputs, g.add_node(std::move(n), outs));
   ExecutorOptions eo;
   eo.keep_alive = fed;
@@ -133,6 +134,7 @@ class CudaAttention : public ::testing::Test {
     for (const std::string& op : cuda_fallback_ops()) {
       EXPECT_NE(op, "::Attention") << "Attention took the CUDA fallback";
       EXPECT_NE(op, std::string(kGalvatronDomain) + "::AttentionGrad") << "AttentionGrad took the CUDA fallback";
+      EXPECT_NE(op, std::string(kGalvatronDomain) + "::AttentionWithLse") << "AttentionWithLse took the CUDA fallback";
     }
   }
 
@@ -326,6 +328,45 @@ TEST_F(CudaAttention, Bf16Flash) {
   both("Dv != D", {1, 2, 2, 64, 64, 64, 32}, false, Tensor(), 2e-2);
   both("D 160", {1, 1, 1, 40, 40, 160, 160}, false, Tensor(), 2e-2);
   EXPECT_EQ(cuda::flash_attention_calls(), before) << "the flash path ran on a form it does not take";
+}
+
+// galvatron AttentionWithLse on the flash path (Y and each row's log-sum-exp against the CPU), and AttentionGrad given
+// the forward's Y and LSE (the flash backward then skips its statistics rerun) against the CPU, in both forms.
+TEST_F(CudaAttention, Bf16FlashWithLse) {
+  PrecisionScope scope(*cuda_, "bf16");
+  struct LseCase {
+    std::string name;
+    Dims d;
+    bool causal, three_d;
+  };
+  const std::vector<LseCase> cases = {
+      {"D64 causal S=L=256", {2, 4, 4, 256, 256, 64, 64}, true, false},
+      {"D50 causal S=L=130 3-D", {2, 4, 4, 130, 130, 50, 50}, true, true},
+      {"D64 GQA Hq6 Hkv2 S=67 L=90 3-D", {2, 6, 2, 67, 90, 64, 64}, false, true},
+      {"D128 causal S=130 L=67 (S>L)", {1, 2, 2, 130, 67, 128, 128}, true, false},
+  };
+  for (const LseCase& c : cases) {
+    Attributes a;
+    if (c.causal) a.set_int("is_causal", 1);
+    auto shape = [&](int64_t h, int64_t len, int64_t dim) {
+      return c.three_d ? Shape{c.d.b, len, h * dim} : Shape{c.d.b, h, len, dim};
+    };
+    if (c.three_d) {
+      a.set_int("q_num_heads", c.d.hq);
+      a.set_int("kv_num_heads", c.d.hkv);
+    }
+    Tensor q = randn(shape(c.d.hq, c.d.s, c.d.d)), k = randn(shape(c.d.hkv, c.d.l, c.d.d)),
+           v = randn(shape(c.d.hkv, c.d.l, c.d.dv)), dy = randn(shape(c.d.hq, c.d.s, c.d.dv));
+    int64_t before = cuda::flash_attention_calls();
+    Case fwd{c.name + " with LSE", {q, k, v}, a, false, 2e-2, true};
+    check(fwd);
+    EXPECT_EQ(cuda::flash_attention_calls() - before, 1) << c.name << ": the forward did not take the flash path";
+    auto ref = run_case(fwd, *cpu_);
+    ASSERT_TRUE(ref.has_value()) << ref.status().message();
+    before = cuda::flash_attention_calls();
+    check({c.name + " (grad given Y, LSE)", {q, k, v, Tensor(), dy, ref->outputs[0], ref->outputs[1]}, a, true, 2e-2});
+    EXPECT_EQ(cuda::flash_attention_calls() - before, 1) << c.name << ": the backward did not take the flash path";
+  }
 }
 
 // GPT-2 124M's attention at b8 (B8 H12 S=L=1024 D64 causal), bf16, called directly on device buffers: milliseconds per

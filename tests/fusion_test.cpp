@@ -95,12 +95,18 @@ TEST_P(ModelFusion, OneAttentionPerLayerAndTheSameGradients) {
     }
   }
   auto backend = make_cpu_backend();
-  auto run = [&](bool fuse, double* loss) -> Expected<TensorMap> {
+  auto run = [&](bool fuse, double* loss, bool lse = false) -> Expected<TensorMap> {
     TrainerConfig cfg;
     cfg.graph.fuse_ops = fuse;
+    cfg.graph.save_attention_lse = lse;
     cfg.graph.padding_idx = model->padding_idx;
     GV_ASSIGN_OR_RETURN(auto trainer, Trainer::create(model->graph, cfg, *backend));
     EXPECT_EQ(trainer->training_graph().fused.attention, fuse ? layers : 0);
+    // Masked attention (BERT's padding mask) keeps the plain op; the others all keep their LSE when asked.
+    const int lse_nodes = count_ops(trainer->training_graph().graph, "AttentionWithLse");
+    EXPECT_EQ(trainer->training_graph().fused.attention_lse, lse_nodes);
+    if (!lse) EXPECT_EQ(lse_nodes, 0);
+    if (lse && GetParam().find("bert") == std::string::npos) EXPECT_EQ(lse_nodes, layers) << GetParam();
     return trainer->compute_gradients(model->batch, loss);
   };
   double loss_plain = 0, loss_fused = 0;
@@ -108,6 +114,18 @@ TEST_P(ModelFusion, OneAttentionPerLayerAndTheSameGradients) {
   ASSERT_TRUE(plain.has_value()) << plain.status().message();
   auto fused = run(true, &loss_fused);
   ASSERT_TRUE(fused.has_value()) << fused.status().message();
+  {
+    // Attention nodes keeping their LSE for the backward (what the CUDA backend asks for in bf16): the same loss and
+    // gradients, bit for bit on the CPU (its AttentionGrad recomputes the statistics either way).
+    double loss_lse = 0;
+    auto with_lse = run(true, &loss_lse, true);
+    ASSERT_TRUE(with_lse.has_value()) << with_lse.status().message();
+    EXPECT_EQ(loss_lse, loss_fused);
+    for (const auto& [name, g] : *fused) {
+      ASSERT_TRUE(with_lse->count(name)) << name;
+      EXPECT_EQ(std::memcmp(g.data(), with_lse->at(name).data(), g.nbytes()), 0) << GetParam() << ": " << name;
+    }
+  }
   EXPECT_NEAR(loss_fused, loss_plain, 1e-5 * std::fabs(loss_plain));
   ASSERT_EQ(plain->size(), fused->size());
   for (const auto& [name, g] : *plain) {

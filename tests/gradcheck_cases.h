@@ -18,6 +18,7 @@ struct GradCase {
   int opset = 20;
   std::string domain;
   std::string label;             // distinguishes several cases of one op
+  std::vector<int> nondiff_outputs;  // outputs left out of the checked loss (declared non-differentiable by the op)
 };
 
 std::vector<GradCase> gradcheck_cases_elementwise();

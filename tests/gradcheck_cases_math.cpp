@@ -156,6 +156,19 @@ void add_attention(std::vector<GradCase>& cases) {
   for (int j = 0; j < 4; ++j) keep.data_as<uint8_t>()[j] = j != 2;
   cases.push_back(make("Attention", {rand64({2, 2, 3, 3}, 707), rand64({2, 1, 4, 3}, 708), rand64({2, 1, 4, 3}, 709), keep},
                        "bool mask [1,1,1,L], one KV head", {}, 23));
+  // The 3-D form, and AttentionWithLse (its LSE output is declared non-differentiable: only Y enters the loss).
+  Attributes three = causal;
+  three.set_int("q_num_heads", 4);
+  three.set_int("kv_num_heads", 2);
+  cases.push_back(make("Attention", {rand64({2, 3, 16}, 710), rand64({2, 5, 8}, 711), rand64({2, 5, 6}, 712)},
+                       "3-D form, GQA, causal", three, 23));
+  GradCase lse = make("AttentionWithLse", {rand64({2, 4, 3, 4}, 713), rand64({2, 2, 5, 4}, 714),
+                                           rand64({2, 2, 5, 4}, 715)},
+                      "GQA, causal", causal, 1);
+  lse.domain = "galvatron";
+  lse.num_outputs = 2;
+  lse.nondiff_outputs = {1};
+  cases.push_back(lse);
 }
 
 void add_losses(std::vector<GradCase>& cases) {

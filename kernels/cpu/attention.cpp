@@ -24,10 +24,11 @@ int64_t visible_keys(const AttentionShape& s, int64_t i0, int64_t rows) {
 }
 
 // p[rows, cols] (row stride cols) holds scale * q . k on entry; leaves the probabilities: mask applied, causal keys
-// j > i dropped, softmax per row; a row with every score masked becomes zeros.
+// j > i dropped, softmax per row; a row with every score masked becomes zeros. lse (may be null): each row's
+// log-sum-exp of its masked scores (+inf for a fully masked row).
 template <typename T>
 void scores_to_probabilities(const AttentionShape& s, const AttentionMask& m, int64_t b, int64_t h, int64_t i0,
-                             int64_t rows, int64_t cols, T* p) {
+                             int64_t rows, int64_t cols, T* p, T* lse = nullptr) {
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = i0 + r;
@@ -50,6 +51,7 @@ void scores_to_probabilities(const AttentionShape& s, const AttentionMask& m, in
     for (int64_t j = 0; j < cols; ++j) mx = std::max(mx, row[j]);
     if (mx == kNegInf) {
       std::fill(row, row + cols, T(0));
+      if (lse) lse[r] = std::numeric_limits<T>::infinity();
       continue;
     }
     double sum = 0.0;
@@ -58,13 +60,14 @@ void scores_to_probabilities(const AttentionShape& s, const AttentionMask& m, in
       row[j] = e;
       sum += e;
     }
+    if (lse) lse[r] = static_cast<T>(mx + std::log(sum));
     const T inv = static_cast<T>(1.0 / sum);
     for (int64_t j = 0; j < cols; ++j) row[j] *= inv;
   }
 }
 
 template <typename T>
-void forward(const AttentionShape& s, const T* q, const T* k, const T* v, const AttentionMask& m, T* y) {
+void forward(const AttentionShape& s, const T* q, const T* k, const T* v, const AttentionMask& m, T* y, T* lse) {
   const int64_t S = s.q_len, L = s.kv_len, D = s.head_dim, Dv = s.v_head_dim;
   const int64_t group = s.q_heads / s.kv_heads;
   const int64_t pairs = s.batch * s.q_heads;
@@ -80,12 +83,14 @@ void forward(const AttentionShape& s, const T* q, const T* k, const T* v, const 
       T* yb = y + bh * S * Dv;
       for (int64_t i0 = 0; i0 < S; i0 += kRowBlock) {
         const int64_t rows = std::min(kRowBlock, S - i0), cols = visible_keys(s, i0, rows);
+        T* lse_rows = lse ? lse + bh * S + i0 : nullptr;
         if (cols == 0) {
           std::fill(yb + i0 * Dv, yb + (i0 + rows) * Dv, T(0));
+          if (lse_rows) std::fill(lse_rows, lse_rows + rows, std::numeric_limits<T>::infinity());
           continue;
         }
         gemm<T>(false, true, rows, cols, D, s.scale, qb + i0 * D, kb, 0.0, p.data());
-        scores_to_probabilities(s, m, b, h, i0, rows, cols, p.data());
+        scores_to_probabilities(s, m, b, h, i0, rows, cols, p.data(), lse_rows);
         gemm<T>(false, false, rows, Dv, cols, 1.0, p.data(), vb, 0.0, yb + i0 * Dv);
       }
     }
@@ -147,16 +152,16 @@ void backward(const AttentionShape& s, const T* q, const T* k, const T* v, const
 }  // namespace
 
 void attention_forward(const AttentionShape& s, const float* q, const float* k, const float* v,
-                       const AttentionMask& mask, float* y) {
-  forward(s, q, k, v, mask, y);
+                       const AttentionMask& mask, float* y, float* lse) {
+  forward(s, q, k, v, mask, y, lse);
 }
 void attention_backward(const AttentionShape& s, const float* q, const float* k, const float* v,
                         const AttentionMask& mask, const float* dy, float* dq, float* dk, float* dv) {
   backward(s, q, k, v, mask, dy, dq, dk, dv);
 }
 void attention_forward(const AttentionShape& s, const double* q, const double* k, const double* v,
-                       const AttentionMask& mask, double* y) {
-  forward(s, q, k, v, mask, y);
+                       const AttentionMask& mask, double* y, double* lse) {
+  forward(s, q, k, v, mask, y, lse);
 }
 void attention_backward(const AttentionShape& s, const double* q, const double* k, const double* v,
                         const AttentionMask& mask, const double* dy, double* dq, double* dk, double* dv) {

@@ -22,14 +22,16 @@ struct AttentionMask {
   int64_t strides[4] = {0, 0, 0, 0};
 };
 
+// lse (may be null): [B, Hq, S], each query row's natural log-sum-exp of its masked, scaled scores (+inf where every
+// score is masked): what a flash-attention forward keeps for its backward.
 void attention_forward(const AttentionShape& s, const float* q, const float* k, const float* v,
-                       const AttentionMask& mask, float* y);
+                       const AttentionMask& mask, float* y, float* lse = nullptr);
 // dq, dk, dv are overwritten (not accumulated). The probabilities are recomputed from q, k and the mask.
 void attention_backward(const AttentionShape& s, const float* q, const float* k, const float* v,
                         const AttentionMask& mask, const float* dy, float* dq, float* dk, float* dv);
 // The same in float64 (gradient checks); there a float mask holds float64 values.
 void attention_forward(const AttentionShape& s, const double* q, const double* k, const double* v,
-                       const AttentionMask& mask, double* y);
+                       const AttentionMask& mask, double* y, double* lse = nullptr);
 void attention_backward(const AttentionShape& s, const double* q, const double* k, const double* v,
                         const AttentionMask& mask, const double* dy, double* dq, double* dk, double* dv);
 

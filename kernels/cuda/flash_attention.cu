@@ -53,6 +53,7 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int LDS = kB + 4;  // float32 [16 x 64] score scratch row stride
 constexpr int LDP = kB + 8;  // bf16 [16 x 64] probability scratch row stride
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
 
 std::atomic<int64_t> g_flash_calls{0};
 
@@ -60,6 +61,8 @@ struct FlashArgs {
   const float *q = nullptr, *k = nullptr, *v = nullptr, *dy = nullptr;
   float* y = nullptr;
   float *lse = nullptr, *delta = nullptr;  // [B*Hq*S]
+  float* lse_out = nullptr;                // forward: the rows' natural log-sum-exp [B*Hq][S] (AttentionWithLse)
+  const float *y_in = nullptr, *lse_in = nullptr;  // backward: the forward's Y and lse_out (no statistics rerun)
   float *dq = nullptr, *dk = nullptr, *dv = nullptr;
   const bf16 *qb = nullptr, *kb = nullptr, *vb = nullptr, *dob = nullptr;  // mma: bf16 [heads][Sp or Lp][DP]
   int64_t S = 0, L = 0, Sp = 0, Lp = 0;  // Sp, Lp: S, L rounded up to kB
@@ -736,6 +739,10 @@ __global__ void __launch_bounds__(kThreads) mflash_fwd(FlashArgs a) {
   }
   const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
   if constexpr (!kStats) {
+    if (a.lse_out && t == 0) {  // scores were in the log2 domain: ln(sum e^s) = (m + log2 l) ln 2
+      if (i0 < S) a.lse_out[bh * S + i0] = l0 > 0.0f ? (m0 + log2f(l0)) * kLn2 : INFINITY;
+      if (i1 < S) a.lse_out[bh * S + i1] = l1 > 0.0f ? (m1 + log2f(l1)) * kLn2 : INFINITY;
+    }
 #pragma unroll
     for (int n = 0; n < DP / 8; ++n) {
 #pragma unroll
@@ -771,6 +778,27 @@ __global__ void __launch_bounds__(kThreads) mflash_fwd(FlashArgs a) {
       a.lse[bh * a.Sp + i1] = l1 > 0.0f ? m1 + log2f(l1) : INFINITY;
       a.delta[bh * a.Sp + i1] = dd1 * inv1;
     }
+  }
+}
+
+// The backward's row statistics from the forward's outputs (AttentionWithLse): lse in the log2 domain and
+// delta = rowsum(dY * Y) for every row of the padded layout ([B*Hq][Sp]; rows past S get 0, masked in the backward).
+// One warp per row.
+__global__ void stats_from_forward(FlashArgs a, int64_t rows_padded) {
+  const int64_t row = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows_padded) return;
+  const int64_t bh = row / a.Sp, i = row % a.Sp;
+  float dd = 0.0f;
+  if (i < a.S) {
+    const int64_t off = qhead(a, bh / a.Hq, bh % a.Hq) + i * a.qs_r;
+    for (int c = lane; c < a.D; c += 32) dd += __ldg(a.dy + off + c) * __ldg(a.y_in + off + c);
+  }
+#pragma unroll
+  for (int x = 16; x > 0; x >>= 1) dd += __shfl_xor_sync(0xffffffffu, dd, x);
+  if (lane == 0) {
+    a.delta[row] = i < a.S ? dd : 0.0f;
+    a.lse[row] = i < a.S ? a.lse_in[bh * a.S + i] * kLog2e : 0.0f;
   }
 }
 
@@ -1023,7 +1051,7 @@ bool mma_forward(const AttentionDims& d, const FlashArgs& a, bool stats) {
 template <int DP>
 bool forward(const AttentionDims& d, FlashArgs a) {
   const dim3 grid(static_cast<unsigned>((d.q_len + kB - 1) / kB), static_cast<unsigned>(d.batch * d.q_heads));
-  if (use_wmma() && !a.seq_major) {
+  if (use_wmma() && !a.seq_major && !a.lse_out) {  // the wmma kernels: head-major, no lse output
     constexpr size_t bytes = fwd_smem<DP>();
     static const bool ok = allow_smem(flash_fwd<DP, false>, bytes);
     if (!ok) return false;
@@ -1049,7 +1077,7 @@ bool backward(const AttentionDims& d, FlashArgs a) {
   const dim3 gq(static_cast<unsigned>((d.q_len + kB - 1) / kB), static_cast<unsigned>(d.batch * d.q_heads));
   const dim3 gk(static_cast<unsigned>((d.kv_len + kB - 1) / kB), static_cast<unsigned>(d.batch * d.kv_heads));
   const int64_t qh = d.batch * d.q_heads, kvh = d.batch * d.kv_heads;
-  if (use_wmma() && !a.seq_major) {
+  if (use_wmma() && !a.seq_major && !a.y_in) {
     const int64_t rows = qh * d.q_len;
     const size_t half = (static_cast<size_t>(rows) * sizeof(float) + 255) / 256 * 256;
     char* ws = static_cast<char*>(workspace(2 * half));
@@ -1087,7 +1115,13 @@ bool backward(const AttentionDims& d, FlashArgs a) {
       !convert<DP>(a, false, a.v, a.vb, kvh, d.kv_len, a.Lp, a.D)) {
     return false;
   }
-  if (!mma_forward<DP>(d, a, true)) return false;
+  if (a.y_in && a.lse_in) {
+    const int64_t rows = qh * a.Sp;
+    stats_from_forward<<<static_cast<unsigned>((rows * 32 + 255) / 256), 256>>>(a, rows);
+    if (!detail::launched()) return false;
+  } else if (!mma_forward<DP>(d, a, true)) {
+    return false;
+  }
   if (cudaMemsetAsync(a.dq, 0, sizeof(float) * qh * d.q_len * d.head_dim, 0) != cudaSuccess) return false;  // any layout
   static const bool ok = allow_smem(mflash_bwd<DP>, mbwd_smem<DP>());
   if (!ok) return false;
@@ -1115,17 +1149,21 @@ bool flash_attention_eligible(const AttentionDims& d, bool backward) {
   return true;
 }
 
-bool flash_attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y) {
+bool flash_attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y,
+                         float* lse) {
   FlashArgs a = args_of(d, q, k, v, nullptr);
   a.y = y;
+  a.lse_out = lse;
   const bool ok = d.head_dim <= 64 ? forward<64>(d, a) : forward<128>(d, a);
   if (ok) ++g_flash_calls;
   return ok;
 }
 
 bool flash_attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v, const float* dy,
-                              float* dq, float* dk, float* dv) {
+                              float* dq, float* dk, float* dv, const float* y, const float* lse) {
   FlashArgs a = args_of(d, q, k, v, dy);
+  a.y_in = y;
+  a.lse_in = lse;
   a.dq = dq;
   a.vec2 = d.head_dim % 2 == 0 && reinterpret_cast<uintptr_t>(dq) % 8 == 0;
   a.dk = dk;

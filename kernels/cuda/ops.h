@@ -55,18 +55,24 @@ struct AttentionDims {
   bool seq_major = false;
 };
 // Products follow the MathMode (kBf16: bfloat16 operands). Scratch comes from workspace().
-bool attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y);
+// lse (may be null): also each query row's natural log-sum-exp [B, Hq, S] (galvatron AttentionWithLse); the flash
+// path only (false otherwise). y, lse (both or neither): the forward's outputs, which let the flash backward skip
+// rerunning the forward for its row statistics (v1 ignores them).
+bool attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y,
+                   float* lse = nullptr);
 bool attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v, const float* dy,
-                        float* dq, float* dk, float* dv);
+                        float* dq, float* dk, float* dv, const float* y = nullptr, const float* lse = nullptr);
 // Flash path (kernels/cuda/flash_attention.cu, FlashAttention-2 style: bf16 tensor-core tiles, online softmax in
 // float32, no score matrix), which attention_f32 / attention_grad_f32 take when flash_attention_eligible(d, backward):
 // the kBf16 mode, no mask (is_causal allowed), head_dim == v_head_dim <= 128, any GQA ratio, batch * q_heads <= 65535;
 // GALVATRON_CUDA_FLASH (read per call): unset or "1" forward and backward, "fwd" the forward only, "0" neither.
 // Otherwise v1 (materialized scores) runs.
 bool flash_attention_eligible(const AttentionDims& d, bool backward);
-bool flash_attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y);
+bool flash_attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y,
+                         float* lse = nullptr);
 bool flash_attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v,
-                              const float* dy, float* dq, float* dk, float* dv);
+                              const float* dy, float* dq, float* dk, float* dv, const float* y = nullptr,
+                              const float* lse = nullptr);
 // Debug counter: successful flash launches (forward and backward calls) in this process.
 int64_t flash_attention_calls();
 

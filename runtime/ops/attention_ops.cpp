@@ -10,8 +10,13 @@
 //     runtime/ops/attention_form.h), softcap (must be 0), qk_matmul_output_mode (must be 0), softmax_precision
 //     (ignored: sums are in double). Inputs past_key / past_value and outputs present_key / present_value /
 //     qk_matmul_output are refused: training has no KV cache.
-//   galvatron AttentionGrad(Q, K, V, attn_mask or omitted, dY) -> dQ, dK, dV; the same attributes. Probabilities are
-//     recomputed from Q, K and the mask (nothing of the forward pass is saved but its inputs).
+//   galvatron AttentionWithLse(Q, K, V, attn_mask?) -> Y, LSE [B, Hq, S]: Attention that also returns each query row's
+//     log-sum-exp of its masked, scaled scores (+inf for a fully masked row), so that a flash backward need not
+//     recompute it. runtime/attention_lse.cpp turns Attention nodes into it where the backend keeps these statistics
+//     (Backend::saves_attention_statistics: the CUDA backend in bf16).
+//   galvatron AttentionGrad(Q, K, V, attn_mask or omitted, dY, Y?, LSE?) -> dQ, dK, dV; the same attributes.
+//     Probabilities are recomputed from Q, K and the mask; Y and LSE, when given (AttentionWithLse's outputs), let the
+//     CUDA flash kernels skip recomputing the row statistics (the CPU ignores them: the same result).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -86,12 +91,28 @@ Status infer_attention(InferContext& ctx) {
   return Status::ok();
 }
 
+Status infer_attention_with_lse(InferContext& ctx) {
+  AttentionForm f;
+  GV_RETURN_IF_ERROR(check_operands(ctx, f));
+  ctx.set_output(0, ctx.dtype(0), f.y_shape());
+  ctx.set_output(1, ctx.dtype(0), {f.batch, f.q_heads, f.q_len});
+  return Status::ok();
+}
+
 Status infer_attention_grad(InferContext& ctx) {
   AttentionForm f;
   GV_RETURN_IF_ERROR(check_operands(ctx, f));
   const Shape y = f.y_shape();
   if (!ctx.has_input(4) || ctx.shape(4) != y || ctx.dtype(4) != ctx.dtype(0)) {
     return ctx.fail("dY must be " + std::string(dtype_name(ctx.dtype(0))) + " " + shape_str(y));
+  }
+  if (ctx.has_input(5) != ctx.has_input(6)) return ctx.fail("Y and LSE are given together or not at all");
+  if (ctx.has_input(5) && (ctx.shape(5) != y || ctx.dtype(5) != ctx.dtype(0))) {
+    return ctx.fail("Y must be " + std::string(dtype_name(ctx.dtype(0))) + " " + shape_str(y));
+  }
+  const Shape lse = {f.batch, f.q_heads, f.q_len};
+  if (ctx.has_input(6) && (ctx.shape(6) != lse || ctx.dtype(6) != ctx.dtype(0))) {
+    return ctx.fail("LSE must be " + std::string(dtype_name(ctx.dtype(0))) + " " + shape_str(lse));
   }
   for (int i = 0; i < 3; ++i) ctx.set_output(i, ctx.dtype(i), ctx.shape(i));
   return Status::ok();
@@ -138,15 +159,18 @@ void sequence_first(const T* x, int64_t B, int64_t S, int64_t H, int64_t D, T* y
         std::copy_n(x + ((b * H + h) * S + s) * D, D, y + ((b * S + s) * H + h) * D);
 }
 
+// Attention, and AttentionWithLse (a second output: the rows' log-sum-exp).
 Status attention_cpu(KernelContext& ctx) {
   cpu::AttentionShape s;
   cpu::AttentionMask m;
   const AttentionForm f = describe(ctx, s, m);
   const TensorRef &q = ctx.inputs[0], &k = ctx.inputs[1], &v = ctx.inputs[2];
+  const bool with_lse = ctx.outputs.size() > 1 && ctx.outputs[1].data != nullptr;
   return dispatch_float(q.dtype, ctx, [&](auto tag) {
     using T = decltype(tag);
+    T* lse = with_lse ? ctx.outputs[1].as<T>() : nullptr;
     if (!f.three_d) {
-      cpu::attention_forward(s, q.as<T>(), k.as<T>(), v.as<T>(), m, ctx.outputs[0].as<T>());
+      cpu::attention_forward(s, q.as<T>(), k.as<T>(), v.as<T>(), m, ctx.outputs[0].as<T>(), lse);
       return;
     }
     const int64_t B = s.batch, S = s.q_len, L = s.kv_len;
@@ -154,7 +178,7 @@ Status attention_cpu(KernelContext& ctx) {
     const auto k4 = heads_first(k.as<T>(), B, L, s.kv_heads, s.head_dim);
     const auto v4 = heads_first(v.as<T>(), B, L, s.kv_heads, s.v_head_dim);
     std::vector<T> y4(static_cast<size_t>(B * s.q_heads * S * s.v_head_dim));
-    cpu::attention_forward(s, q4.data(), k4.data(), v4.data(), m, y4.data());
+    cpu::attention_forward(s, q4.data(), k4.data(), v4.data(), m, y4.data(), lse);
     sequence_first(y4.data(), B, S, s.q_heads, s.v_head_dim, ctx.outputs[0].as<T>());
   });
 }
@@ -184,11 +208,17 @@ Status attention_grad_cpu(KernelContext& ctx) {
   });
 }
 
-// dQ, dK, dV from one AttentionGrad node; the mask gets no gradient.
+// dQ, dK, dV from one AttentionGrad node; the mask gets no gradient. AttentionWithLse passes its Y and LSE along
+// (LSE itself takes no gradient: nothing in the forward graph reads it).
 Status attention_grad(GradBuilder& gb) {
-  const std::vector<ValueId> g =
-      gb.emit("AttentionGrad", {gb.input(0), gb.input(1), gb.input(2), gb.input(kMask), gb.grad_output(0)},
-              gb.attrs(), 3, kGalvatronDomain);
+  if (gb.num_outputs() == 2 && gb.grad_output(1) != kNoValue) {
+    return invalid_argument("node '" + gb.node().name +
+                            "' (galvatron::AttentionWithLse): its LSE output is not differentiable, but the loss "
+                            "depends on it; read the statistics only in the backward (AttentionGrad)");
+  }
+  std::vector<ValueId> in = {gb.input(0), gb.input(1), gb.input(2), gb.input(kMask), gb.grad_output(0)};
+  if (gb.num_outputs() == 2) in.insert(in.end(), {gb.output(0), gb.output(1)});
+  const std::vector<ValueId> g = gb.emit("AttentionGrad", in, gb.attrs(), 3, kGalvatronDomain);
   if (g.size() != 3) return gb.status();
   for (int i = 0; i < 3; ++i) {
     if (gb.needs_grad(i)) gb.set_grad_input(i, g[i]);
@@ -204,8 +234,13 @@ void register_attention_ops(OpRegistry& r) {
   att.grad = attention_grad;
   att.nondiff_inputs = {kMask, 4, 5};
   r.add(att);
-  r.add(make_schema(kGalvatronDomain, "AttentionGrad", 5, 5, 3, 3, infer_attention_grad, attention_grad_cpu,
-                    "(Q, K, V, mask?, dY) -> dQ, dK, dV of Attention, probabilities recomputed"));
+  OpSchema lse = make_schema(kGalvatronDomain, "AttentionWithLse", 3, 4, 2, 2, infer_attention_with_lse, attention_cpu,
+                             "Attention that also returns each query row's log-sum-exp [B, Hq, S] for the backward");
+  lse.grad = attention_grad;
+  lse.nondiff_inputs = {kMask};
+  r.add(lse);
+  r.add(make_schema(kGalvatronDomain, "AttentionGrad", 5, 7, 3, 3, infer_attention_grad, attention_grad_cpu,
+                    "(Q, K, V, mask?, dY, Y?, LSE?) -> dQ, dK, dV of Attention, probabilities recomputed"));
 }
 
 }  // namespace gv
