@@ -258,10 +258,12 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
     micro_batches = std::max(plan.chunks, 1);
     ctx.note("parallel plan over " + std::to_string(ranks) + " process" + (ranks == 1 ? "" : "es") + ": " +
              partitioner::describe_plan(plan));
-    auto import = [&](int64_t rows) { return import_model_at_rows(source, rows); };
+    RowImports imports(source);
+    auto import = [&](int64_t rows) { return imports(rows); };
     GV_ASSIGN_OR_RETURN(partitioner::RankProgram prog,
                         partitioner::build_rank_program(plan, ranks, rank, settings.batch_size * micro_batches,
                                                         import));
+    imports.release();
     cfg.graph.param_sync = prog.param_sync;
     cfg.graph.global_grad_norm = true;
     cfg.graph.loss_replicas = prog.loss_replicas;

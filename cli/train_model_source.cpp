@@ -71,6 +71,35 @@ Expected<Graph> import_model_at_rows(const TrainModelSource& source, int64_t row
   return std::move(m.graph);
 }
 
+Expected<Graph> RowImports::operator()(int64_t rows) {
+  if (!source_.from_zoo) return import_model_at_rows(source_, rows);
+  if (weights_.empty()) {
+    GV_ASSIGN_OR_RETURN(Graph g, import_model_at_rows(source_, rows));
+    for (ValueId v : g.parameters()) weights_[g.value(v).name] = g.value(v).data;
+    return g;
+  }
+  // The structure at these rows, and the weights drawn once: the random initialisation of a large model (llama-7b:
+  // 6.7B draws per process) is most of a plan's start-up time.
+  GV_ASSIGN_OR_RETURN(ImportedModel m, build_and_import(source_.zoo_config, rows, source_.seq, WeightInit::kNone,
+                                                        source_.seed));
+  const std::vector<ValueId> params = m.graph.parameters();
+  if (params.size() != weights_.size()) {
+    return internal_error("zoo model imported at " + std::to_string(rows) + " rows has " +
+                          std::to_string(params.size()) + " parameters, the first import " +
+                          std::to_string(weights_.size()));
+  }
+  for (ValueId v : params) {
+    Value& val = m.graph.value(v);
+    auto it = weights_.find(val.name);
+    if (it == weights_.end() || it->second.shape() != val.data.shape() || it->second.dtype() != val.data.dtype()) {
+      return internal_error("zoo model imported at " + std::to_string(rows) + " rows: parameter '" + val.name +
+                            "' differs from the first import");
+    }
+    val.data = it->second;
+  }
+  return std::move(m.graph);
+}
+
 namespace {
 
 // Rows of each batch this process trains on: B / --devices (rank r takes rows [r*B/N, (r+1)*B/N)).

@@ -1,6 +1,7 @@
 // Where `galvatron train` gets its model and data: an ONNX file, or a built-in zoo model, specialized to the batch and
 // the sequence length that the data (or the flags) give.
 #pragma once
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +33,20 @@ struct TrainModelSource {
 // The same model imported again with every input's batch dimension set to `rows` (parallel plans give layers
 // different batch slices).
 Expected<Graph> import_model_at_rows(const TrainModelSource& source, int64_t rows);
+
+// import_model_at_rows for the partitioner, which may ask for several row counts: zoo weights do not depend on the
+// rows, so only the first import draws them (seeded); later ones are built zero-filled and take the first one's
+// parameter tensors (shared buffers). Call release() once the partitioner is done, to free what no graph uses.
+class RowImports {
+ public:
+  explicit RowImports(const TrainModelSource& source) : source_(source) {}
+  Expected<Graph> operator()(int64_t rows);
+  void release() { weights_.clear(); }
+
+ private:
+  const TrainModelSource& source_;
+  std::map<std::string, Tensor> weights_;  // the first zoo import's parameters, by name
+};
 
 // Writes trained weights as an ONNX model: back into the source file's graph, or a freshly built zoo graph.
 Status export_trained_model(const TrainModelSource& source, const std::map<std::string, Tensor>& params,
