@@ -182,11 +182,14 @@ Expected<ParsedArgs> parse_args(const CommandSpec& spec, const std::vector<std::
       flags_done = true;
       continue;
     }
-    if (a.rfind("--", 0) != 0) {
+    // One-letter flags may also be spelled with one dash (-o out.onnx, -o=out.onnx).
+    const bool short_form = a.rfind("--", 0) != 0 && a.size() >= 2 && (a.size() == 2 || a[2] == '=') &&
+                            out.specs_.count(a.substr(1, 1));
+    if (a.rfind("--", 0) != 0 && !short_form) {
       // "-5" style negative numbers are not flags, but no command takes a negative positional; be explicit.
       return invalid_argument("unknown flag " + a + " (flags are spelled --name)");
     }
-    std::string name = a.substr(2), value;
+    std::string name = a.substr(short_form ? 1 : 2), value;
     bool has_value = false;
     size_t eq = name.find('=');
     if (eq != std::string::npos) {
@@ -248,7 +251,7 @@ std::string format_help(const CommandSpec& spec) {
   }
   os << "\nflags:\n";
   for (const auto& f : spec.flags) {
-    os << "  --" << f.name;
+    os << (f.name.size() == 1 ? "  -" : "  --") << f.name;  // one-letter flags take one dash (both work)
     if (f.kind != FlagSpec::Kind::kBool) os << " " << (f.value_name.empty() ? "VALUE" : f.value_name);
     os << "\n      " << f.help;
     if (f.required) os << " (required)";

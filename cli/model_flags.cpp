@@ -11,10 +11,10 @@ std::vector<FlagSpec> zoo_model_flags() {
   return {
       string_flag("model-type", "gpt|llama|bert", "", "A built-in model type (see `galvatron models`)."),
       string_flag("model-size", "NAME", "", "A built-in size, e.g. gpt-1.5b, llama-7b, bert-large, gpt2 (see `galvatron models`)."),
-      int_flag("hidden-size", "H", "0", "Zoo model: hidden size (overrides the named size)."),
+      int_flag("hidden-size", "H", "0", "Zoo model: hidden size (overrides the named size; the FFN width then follows the type's rule unless --ffn-size is given)."),
       int_flag("num-layers", "L", "0", "Zoo model: number of transformer layers."),
-      int_flag("num-heads", "N", "0", "Zoo model: attention heads."),
-      int_flag("ffn-size", "F", "0", "Zoo model: feed-forward size (default 4*H for gpt and bert)."),
+      int_flag("num-heads", "N", "0", "Zoo model: attention heads (a multi-head size stays multi-head: its key/value heads follow unless --kv-heads is given)."),
+      int_flag("ffn-size", "F", "0", "Zoo model: feed-forward size (default 4*H for gpt and bert, 2/3 of 4*H rounded up to 256 for llama)."),
       int_flag("kv-heads", "K", "0", "Zoo model (llama): key/value heads."),
       int_flag("seq-length", "T", "0", "Zoo model: sequence length."),
       int_flag("vocab-size", "V", "0", "Zoo model: vocabulary size."),
@@ -49,6 +49,14 @@ Expected<ModelConfig> zoo_model_from_flags(const ParsedArgs& args, CommandContex
   auto set = [&](const char* flag, int64_t* field) {
     if (args.given(flag)) *field = args.i64(flag);
   };
+  // A named size's dependent shapes follow the overridden ones unless given too: its FFN width follows a new hidden
+  // size (the type's rule: 4H, Llama's 2/3 of 4H rounded up to 256), and multi-head attention stays multi-head when
+  // the heads change (llama-7b with --num-heads 8 gets 8 key/value heads, not its 32).
+  if (args.given("hidden-size") && !args.given("ffn-size")) cfg.ffn_size = 0;
+  if (args.given("num-heads") && !args.given("kv-heads") &&
+      (cfg.kv_heads == 0 || cfg.kv_heads == cfg.num_heads)) {
+    cfg.kv_heads = 0;
+  }
   set("hidden-size", &cfg.hidden_size);
   set("num-layers", &cfg.num_layers);
   set("num-heads", &cfg.num_heads);

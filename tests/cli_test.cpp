@@ -204,6 +204,31 @@ TEST_F(Cli, UnknownFlag) {
   expect_failure(r, 2, {"--bogus", "see galvatron run --help"}, before);
 }
 
+// The README's `galvatron export-model gpt2 -o gpt2.onnx`: one-letter flags take one dash as well as two; other
+// single-dash words stay errors. A named size's dependent shapes follow overrides: llama-7b with --hidden-size 256
+// --num-heads 8 gets Llama's FFN rule (768) and 8 key/value heads, not its own 11008 and 32.
+TEST_F(Cli, ExportModelShortOutputFlagAndFollowingShapes) {
+  CliResult r = run({"export-model", "--model-type", "gpt", "--hidden-size", "32", "--num-layers", "1", "--num-heads",
+                     "2", "--vocab-size", "64", "--seq-length", "8", "-o", path("a.onnx")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(std::filesystem::exists(path("a.onnx")));
+  r = run({"export-model", "--model-type", "gpt", "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2",
+           "--vocab-size", "64", "--seq-length", "8", "-o=" + path("b.onnx")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(std::filesystem::exists(path("b.onnx")));
+  r = run({"export-model", "gpt2", "-x", path("c.onnx")});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("unknown flag -x"), std::string::npos) << r.err;
+  r = run({"export-model", "--help"});
+  EXPECT_NE(r.out.find("  -o FILE.onnx"), std::string::npos) << r.out;
+  r = run({"export-model", "--model-type", "llama", "--model-size", "llama-7b", "--hidden-size", "256", "--num-heads",
+           "8", "--num-layers", "1", "--vocab-size", "64", "--seq-length", "8", "--no-weights", "-o", path("l.onnx")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string all = r.out + r.err;
+  EXPECT_NE(all.find("ffn 768"), std::string::npos) << all;
+  EXPECT_EQ(all.find("ffn 11008"), std::string::npos) << all;
+}
+
 TEST_F(Cli, MissingAndMalformedValues) {
   auto before = listing();
   expect_failure(run({"inspect", fixture("gpt2", "model.onnx"), "--batch"}), 2, {"--batch", "value"}, before);
