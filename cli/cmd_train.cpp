@@ -34,7 +34,11 @@ Status run_train(const ParsedArgs& args, CommandContext& ctx) {
   if (devices > 1 && args.str("device") != "cpu" && !cuda) {
     return ctx.usage("--devices " + std::to_string(devices) + " runs on --device cpu or --device cuda");
   }
-  if (devices > 1 && !launched_under_mpi()) return relaunch_under_mpirun(devices);
+  if (devices > 1 && !launched_under_mpi()) {
+    // A zoo shape the flags get wrong is one error here, not one per worker process.
+    if (names_zoo_model(args)) GV_RETURN_IF_ERROR(zoo_model_from_flags(args, ctx).status());
+    return relaunch_under_mpirun(devices);
+  }
   // On GPUs: one GPU per process and NCCL's communicator (cli/world_communicator.h).
   GV_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, make_world_communicator(cuda, devices, ctx));
   if (comm->rank() != 0) ctx.quiet = true;  // rank 0 alone reports

@@ -153,6 +153,13 @@ TEST_F(TrainCli, BadDataIsOneClearLine) {
   r = run({"train", fixture("gpt2", "model.onnx"), "--data", fixture("gpt2", "samples.safetensors"), "--resume",
            path("nowhere"), "--quiet"});
   expect_failure(r, 1, {"nowhere"}, before);
+  // A zoo shape that cannot be built, under --devices: one error from the launching process, no worker started.
+  r = run({"train", "--model-type", "llama", "--model-size", "llama-7b", "--hidden-size", "256", "--num-heads", "7",
+           "--data", fixture("gpt2", "samples.safetensors"), "--devices", "4", "--quiet"});
+  expect_failure(r, 2, {"num_heads 7"}, before);
+  size_t lines = 0;
+  for (size_t p = r.err.find("error:"); p != std::string::npos; p = r.err.find("error:", p + 1)) ++lines;
+  EXPECT_EQ(lines, 1u) << r.err;
 }
 
 TEST_F(TrainCli, DemoRunsAndWritesItsFiles) {
