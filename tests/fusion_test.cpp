@@ -95,18 +95,23 @@ TEST_P(ModelFusion, OneAttentionPerLayerAndTheSameGradients) {
     }
   }
   auto backend = make_cpu_backend();
-  auto run = [&](bool fuse, double* loss, bool lse = false) -> Expected<TensorMap> {
+  auto run = [&](bool fuse, double* loss, bool lse = false, bool checkpoint = false) -> Expected<TensorMap> {
     TrainerConfig cfg;
     cfg.graph.fuse_ops = fuse;
     cfg.graph.save_attention_lse = lse;
+    if (checkpoint) {
+      for (int l = 0; l < layers; ++l) cfg.graph.checkpoint_layers.insert(l);
+    }
     cfg.graph.padding_idx = model->padding_idx;
     GV_ASSIGN_OR_RETURN(auto trainer, Trainer::create(model->graph, cfg, *backend));
     EXPECT_EQ(trainer->training_graph().fused.attention, fuse ? layers : 0);
-    // Masked attention (BERT's padding mask) keeps the plain op; the others all keep their LSE when asked.
+    // Masked attention (BERT's padding mask) keeps the plain op; the others all keep their LSE when asked (a
+    // checkpointed layer also has the recomputing copy).
     const int lse_nodes = count_ops(trainer->training_graph().graph, "AttentionWithLse");
-    EXPECT_EQ(trainer->training_graph().fused.attention_lse, lse_nodes);
+    const int copies = checkpoint ? 2 : 1;
+    EXPECT_EQ(trainer->training_graph().fused.attention_lse * copies, lse_nodes);
     if (!lse) EXPECT_EQ(lse_nodes, 0);
-    if (lse && GetParam().find("bert") == std::string::npos) EXPECT_EQ(lse_nodes, layers) << GetParam();
+    if (lse && GetParam().find("bert") == std::string::npos) EXPECT_EQ(lse_nodes, layers * copies) << GetParam();
     return trainer->compute_gradients(model->batch, loss);
   };
   double loss_plain = 0, loss_fused = 0;
@@ -124,6 +129,22 @@ TEST_P(ModelFusion, OneAttentionPerLayerAndTheSameGradients) {
     for (const auto& [name, g] : *fused) {
       ASSERT_TRUE(with_lse->count(name)) << name;
       EXPECT_EQ(std::memcmp(g.data(), with_lse->at(name).data(), g.nbytes()), 0) << GetParam() << ": " << name;
+    }
+    // With every layer checkpointed, the recomputed AttentionWithLse feeds the backward its Y and LSE.
+    double loss_ckpt = 0;
+    auto ckpt = run(true, &loss_ckpt, true, true);
+    ASSERT_TRUE(ckpt.has_value()) << ckpt.status().message();
+    EXPECT_EQ(loss_ckpt, loss_fused);
+    for (const auto& [name, g] : *fused) {
+      ASSERT_TRUE(ckpt->count(name)) << name;
+      const Tensor& c = ckpt->at(name);
+      double num = 0, den = 0;
+      for (int64_t i = 0; i < g.numel(); ++i) {
+        const double d = static_cast<double>(c.data_as<float>()[i]) - g.data_as<float>()[i];
+        num += d * d;
+        den += static_cast<double>(g.data_as<float>()[i]) * g.data_as<float>()[i];
+      }
+      EXPECT_LE(std::sqrt(num) / std::max(std::sqrt(den), 1e-5), 1e-6) << GetParam() << ": checkpointed " << name;
     }
   }
   EXPECT_NEAR(loss_fused, loss_plain, 1e-5 * std::fabs(loss_plain));
