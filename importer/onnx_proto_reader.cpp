@@ -203,9 +203,10 @@ Expected<Tensor> tensor_from_proto(const onnx::TensorProto& tp, const TensorSour
   const std::string where = what + " in '" + src.owner + "'";
   // Sizes are checked against the data actually present before anything is allocated: a corrupt header cannot make
   // the reader allocate more than the file holds.
-  auto allocate = [&]() -> Expected<Tensor> {
+  // zero: false where every byte is written next (raw data, external data).
+  auto allocate = [&](bool zero = true) -> Expected<Tensor> {
     try {
-      return Tensor(dtype, shape);
+      return zero ? Tensor(dtype, shape) : Tensor::uninitialized(dtype, shape);
     } catch (const std::bad_alloc&) {
       return Status(StatusCode::kOutOfMemory,
                     where + ": cannot allocate " + std::to_string(nbytes) + " bytes for " + shape_str(shape));
@@ -223,7 +224,7 @@ Expected<Tensor> tensor_from_proto(const onnx::TensorProto& tp, const TensorSour
       return corrupt(where + ": raw_data has " + std::to_string(tp.raw_data().size()) + " bytes, its " +
                      dtype_name(dtype) + " " + shape_str(shape) + " shape needs " + std::to_string(nbytes));
     }
-    GV_ASSIGN_OR_RETURN(Tensor t, allocate());
+    GV_ASSIGN_OR_RETURN(Tensor t, allocate(false));
     if (nbytes) std::memcpy(t.data(), tp.raw_data().data(), nbytes);
     if (dtype == DType::kBool) {
       for (int64_t i = 0; i < numel; ++i) t.data_as<uint8_t>()[i] = t.data_as<uint8_t>()[i] ? 1 : 0;

@@ -13,12 +13,13 @@ struct AlignedDelete {
   void operator()(uint8_t* p) const { std::free(p); }
 };
 
-std::shared_ptr<uint8_t[]> alloc_zeroed(size_t nbytes) {
+std::shared_ptr<uint8_t[]> alloc_aligned(size_t nbytes, bool zero) {
   size_t n = (nbytes + 63) / 64 * 64;
   if (n == 0) n = 64;
   auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, n));
   if (!p) throw std::bad_alloc();
-  std::memset(p, 0, n);
+  if (zero) std::memset(p, 0, n);
+  else if (n > nbytes) std::memset(p + nbytes, 0, n - nbytes);  // the padding, so no byte is ever undefined
   return std::shared_ptr<uint8_t[]>(p, AlignedDelete());
 }
 
@@ -139,11 +140,19 @@ void convert_elements(const void* src, DType from, void* dst, DType to, int64_t 
 }
 
 Tensor::Tensor(DType dtype, Shape shape) : dtype_(dtype), shape_(std::move(shape)) {
-  buf_ = alloc_zeroed(nbytes());
+  buf_ = alloc_aligned(nbytes(), true);
+}
+
+Tensor Tensor::uninitialized(DType dtype, Shape shape) {
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.buf_ = alloc_aligned(t.nbytes(), false);
+  return t;
 }
 
 Tensor Tensor::clone() const {
-  Tensor t(dtype_, shape_);
+  Tensor t = uninitialized(dtype_, shape_);
   if (nbytes()) std::memcpy(t.data(), data(), nbytes());
   return t;
 }
