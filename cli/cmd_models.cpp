@@ -27,6 +27,8 @@ GV_REGISTER_COMMAND(models, (Command{.spec = {.name = "models",
                                               .summary = "List the built-in model zoo with parameter counts.",
                                               .description = "Every type and size that --model-type / --model-size "
                                                              "accept, with its shape and parameter count.",
+                                              .positionals = {},
+                                              .flags = {},
                                               .examples = {"galvatron models"}},
                                      .run = run_models,
                                      .order = 40}));

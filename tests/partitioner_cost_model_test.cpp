@@ -213,7 +213,9 @@ TEST(PartitionerDp, MatchesReferenceAndBruteForce) {
     for (size_t q = 0; q < qs.size(); ++q) {
       ASSERT_EQ(fast[q].remaining_mb, ref[q].remaining_mb) << trial;
       ASSERT_EQ(fast[q].plan, ref[q].plan) << trial;
-      if (ref[q].remaining_mb >= 0) ASSERT_EQ(fast[q].cost, ref[q].cost);
+      if (ref[q].remaining_mb >= 0) {
+        ASSERT_EQ(fast[q].cost, ref[q].cost);
+      }
       // brute force
       double best = std::numeric_limits<double>::infinity();
       std::vector<int> idx(L, 0);
