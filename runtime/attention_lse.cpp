@@ -31,13 +31,12 @@ Status save_attention_lse(Graph& graph, int* rewritten) {
     lse.shape = {f.batch, f.q_heads, f.q_len};
     lse.kind = ValueKind::kActivation;
     lse.producer = id;
-    const ValueId v = graph.add_value(std::move(lse));
-    Node& again = graph.nodes[id];
-    again.op_type = "AttentionWithLse";
-    again.domain = kGalvatronDomain;
-    again.opset = 1;
-    again.inputs.resize(3);
-    again.outputs.push_back(v);
+    const ValueId v = graph.add_value(std::move(lse));  // values only: `node` stays valid
+    node.op_type = "AttentionWithLse";
+    node.domain = kGalvatronDomain;
+    node.opset = 1;
+    node.inputs.resize(3);
+    node.outputs.push_back(v);
     ++count;
   }
   if (count > 0) graph.reindex();

@@ -549,24 +549,8 @@ void Matcher::finish() {
     for (Node& r : insert_at_[n]) nodes.push_back(std::move(r));
     if (!gone[n]) nodes.push_back(std::move(g_.nodes[n]));
   }
-  std::vector<ValueId> remap(g_.values.size(), kNoValue);
-  std::vector<Value> kept;
-  for (size_t i = 0; i < g_.values.size(); ++i) {
-    if (drop[i]) continue;
-    remap[i] = static_cast<ValueId>(kept.size());
-    kept.push_back(std::move(g_.values[i]));
-  }
-  for (Node& n : nodes) {
-    for (ValueId& v : n.inputs) {
-      if (v != kNoValue) v = remap[v];
-    }
-    for (ValueId& v : n.outputs) v = remap[v];
-  }
-  g_.values = std::move(kept);
   g_.nodes = std::move(nodes);
-  for (ValueId& v : g_.inputs) v = remap[v];
-  for (ValueId& v : g_.outputs) v = remap[v];
-  g_.reindex();
+  g_.drop_values(drop);
 }
 
 }  // namespace

@@ -156,22 +156,9 @@ void LayoutRewriter::finish() {
   }
   for (ValueId v : g_.inputs) keep[v] = 1;
   for (ValueId v : g_.outputs) keep[v] = 1;
-  std::vector<ValueId> remap(g_.values.size(), kNoValue);
-  std::vector<Value> kept;
-  for (size_t i = 0; i < g_.values.size(); ++i) {
-    if (!keep[i]) continue;
-    remap[i] = static_cast<ValueId>(kept.size());
-    kept.push_back(std::move(g_.values[i]));
-  }
-  for (Node& n : g_.nodes) {
-    for (ValueId& v : n.inputs)
-      if (v != kNoValue) v = remap[v];
-    for (ValueId& v : n.outputs) v = remap[v];
-  }
-  g_.values = std::move(kept);
-  for (ValueId& v : g_.inputs) v = remap[v];
-  for (ValueId& v : g_.outputs) v = remap[v];
-  g_.reindex();
+  std::vector<char> drop(keep.size());
+  for (size_t i = 0; i < keep.size(); ++i) drop[i] = !keep[i];
+  g_.drop_values(drop);
 }
 
 }  // namespace

@@ -137,26 +137,31 @@ void Graph::prune_dead() {
     }
   }
   for (ValueId v : inputs) live_value[v] = 1;  // graph inputs stay, even when unused
-  // Compact values.
+  std::vector<Node> kept_nodes;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (live_node[i]) kept_nodes.push_back(std::move(nodes[i]));
+  }
+  nodes = std::move(kept_nodes);
+  std::vector<char> drop(values.size());
+  for (size_t i = 0; i < values.size(); ++i) drop[i] = !live_value[i];
+  drop_values(drop);
+}
+
+void Graph::drop_values(const std::vector<char>& drop) {
   std::vector<ValueId> remap(values.size(), kNoValue);
   std::vector<Value> kept;
   for (size_t i = 0; i < values.size(); ++i) {
-    if (!live_value[i]) continue;
+    if (drop[i]) continue;
     remap[i] = static_cast<ValueId>(kept.size());
     kept.push_back(std::move(values[i]));
   }
-  std::vector<Node> kept_nodes;
-  for (size_t i = 0; i < nodes.size(); ++i) {
-    if (!live_node[i]) continue;
-    Node n = std::move(nodes[i]);
+  for (Node& n : nodes) {
     for (ValueId& v : n.inputs) {
       if (v != kNoValue) v = remap[v];
     }
     for (ValueId& v : n.outputs) v = remap[v];
-    kept_nodes.push_back(std::move(n));
   }
   values = std::move(kept);
-  nodes = std::move(kept_nodes);
   for (ValueId& v : inputs) v = remap[v];
   for (ValueId& v : outputs) v = remap[v];
   reindex();

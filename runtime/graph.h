@@ -79,6 +79,9 @@ class Graph {
 
   // Removes nodes whose outputs reach no graph output, then values nothing refers to. Renumbers ids.
   void prune_dead();
+  // Removes the values marked in `drop` (no node, graph input or output may still refer to them) and renumbers the
+  // rest in order, in nodes, inputs and outputs; then reindexes. For passes that rewrite nodes and orphan values.
+  void drop_values(const std::vector<char>& drop);
   // Rebuilds the producer links and the name index after nodes or values were edited in place.
   void reindex();
   // Number of users of each value (graph outputs count as a use).

@@ -9,6 +9,7 @@
 #include <random>
 
 #include "kernels/cpu/attention.h"
+#include "runtime/autograd.h"
 #include "tests/op_test_util.h"
 
 namespace gv {
@@ -419,6 +420,37 @@ TEST(AttentionOp, WithLseReturnsTheRowLogSumExp) {
                              a4, 3, 1, {}, kGalvatronDomain);
   ASSERT_FALSE(bad.has_value());
   EXPECT_NE(bad.status().message().find("LSE must be"), std::string::npos) << bad.status().message();
+}
+
+// LSE is declared non-differentiable: a loss that reads it is an error naming the node, not a silently wrong gradient.
+TEST(AttentionOp, WithLseRefusesALossThatReadsLse) {
+  Graph g;
+  g.opsets[""] = 23;
+  g.opsets[kGalvatronDomain] = 1;
+  const ValueId q = g.add_initializer("q", rand_tensor({1, 2, 3, 4}, 41), ValueKind::kParameter);
+  const ValueId k = g.add_initializer("k", rand_tensor({1, 2, 3, 4}, 42), ValueKind::kParameter);
+  const ValueId v = g.add_initializer("v", rand_tensor({1, 2, 3, 4}, 43), ValueKind::kParameter);
+  Node att;
+  att.name = "att";
+  att.op_type = "AttentionWithLse";
+  att.domain = kGalvatronDomain;
+  att.opset = 1;
+  att.inputs = {q, k, v};
+  auto outs = g.add_node(att);
+  ASSERT_TRUE(outs.has_value()) << outs.status().message();
+  Node sum;
+  sum.op_type = "ReduceSum";
+  sum.opset = 23;
+  sum.attrs.set_int("keepdims", 0);
+  sum.inputs = {(*outs)[1]};
+  auto loss = g.add_node(sum);
+  ASSERT_TRUE(loss.has_value()) << loss.status().message();
+  g.outputs = {(*loss)[0]};
+  auto ag = build_backward(g, (*loss)[0], {q, k, v});
+  ASSERT_FALSE(ag.has_value());
+  EXPECT_NE(ag.status().message().find("'att'"), std::string::npos) << ag.status().message();
+  EXPECT_NE(ag.status().message().find("LSE output is not differentiable"), std::string::npos)
+      << ag.status().message();
 }
 
 }  // namespace

@@ -377,6 +377,18 @@ TEST_F(CudaKernels, SoftmaxAndNorms) {
   check({"LayerNormalizationGrad", {randn({32, 48}), x, scale, fw->outputs[1], fw->outputs[2]}, {}, 3, G, 17});
   check({"RMSNormalization", {randn({6, 64}), randn({64})}, {}, 1, "", 23});
   check({"RMSNormalizationGrad", {randn({6, 64}), randn({6, 64}), randn({64})}, {}, 2, G, 23});
+  // Rows held in registers (kernels/cuda/norm_rows.cu) at 1, 2, 4 and 8 float4 per thread (gpt-1.5b's 1600, Llama's
+  // 4096, the 8192 limit, 4100 with a partial last vector), more rows than blocks (partial column sums over blocks),
+  // and the one-block-per-row kernels past the limit (8196) or with cols % 4 != 0 (1602).
+  for (int64_t cols : {1600, 4096, 4100, 8192, 8196, 1602}) {
+    SCOPED_TRACE(cols);
+    const int64_t rows = cols <= 4100 ? 600 : 300;
+    check({"LayerNormalization", {randn({rows, cols}, 2.0, 1.0), randn({cols}), randn({cols})}, {}, 3, "", 17});
+    check({"LayerNormalizationGrad", {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})}, {}, 3, G,
+           17});
+    check({"RMSNormalization", {randn({rows, cols}, 2.0, 1.0), randn({cols})}, {}, 1, "", 23});
+    check({"RMSNormalizationGrad", {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})}, {}, 2, G, 23});
+  }
 }
 
 TEST_F(CudaKernels, Reductions) {

@@ -61,6 +61,18 @@ Expected<Model> load(const std::string& name) {
   return m;
 }
 
+// ||a - b|| / ||b|| over float32 tensors of one shape; ||b|| floored at 1e-5 for gradients that are zero in exact
+// arithmetic (attention key biases: ~1e-11 of float32 rounding either way).
+double relative_gap(const Tensor& a, const Tensor& b) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < b.numel(); ++i) {
+    const double d = static_cast<double>(a.data_as<float>()[i]) - b.data_as<float>()[i];
+    num += d * d;
+    den += static_cast<double>(b.data_as<float>()[i]) * b.data_as<float>()[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-5);
+}
+
 class ModelFusion : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ModelFusion, OneAttentionPerLayerAndTheSameGradients) {
@@ -142,14 +154,8 @@ TEST_P(ModelFusion, OneAttentionPerLayerAndTheSameGradients) {
     EXPECT_EQ(loss_ckpt, loss_fused);
     for (const auto& [name, g] : *fused) {
       ASSERT_TRUE(ckpt->count(name)) << name;
-      const Tensor& c = ckpt->at(name);
-      double num = 0, den = 0;
-      for (int64_t i = 0; i < g.numel(); ++i) {
-        const double d = static_cast<double>(c.data_as<float>()[i]) - g.data_as<float>()[i];
-        num += d * d;
-        den += static_cast<double>(g.data_as<float>()[i]) * g.data_as<float>()[i];
-      }
-      EXPECT_LE(std::sqrt(num) / std::max(std::sqrt(den), 1e-5), 1e-6) << GetParam() << ": checkpointed " << name;
+      ASSERT_EQ(ckpt->at(name).shape(), g.shape()) << name;
+      EXPECT_LE(relative_gap(ckpt->at(name), g), 1e-6) << GetParam() << ": checkpointed " << name;
     }
   }
   EXPECT_NEAR(loss_fused, loss_plain, 1e-5 * std::fabs(loss_plain));
@@ -158,15 +164,7 @@ TEST_P(ModelFusion, OneAttentionPerLayerAndTheSameGradients) {
     ASSERT_TRUE(fused->count(name)) << name;
     const Tensor& f = fused->at(name);
     ASSERT_EQ(f.shape(), g.shape()) << name;
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < g.numel(); ++i) {
-      const double d = static_cast<double>(f.data_as<float>()[i]) - g.data_as<float>()[i];
-      num += d * d;
-      den += static_cast<double>(g.data_as<float>()[i]) * g.data_as<float>()[i];
-    }
-    // Gradients that are zero in exact arithmetic (attention key biases: ~1e-11 of float32 rounding either way)
-    // against an absolute floor.
-    EXPECT_LE(std::sqrt(num) / std::max(std::sqrt(den), 1e-5), 1e-5) << GetParam() << ": gradient of " << name;
+    EXPECT_LE(relative_gap(f, g), 1e-5) << GetParam() << ": gradient of " << name;
   }
 }
 
