@@ -273,26 +273,18 @@ struct BinaryRowsF32 {
   }
 };
 
-template <Binary OP>
-bool binary_rows_f32(const float* a, const float* b, float* out, const Broadcast& bc) {
-  Broadcast b3 = bc;  // the output as a third operand, contiguous
-  b3.strides[2][0] = bc.dims[1];
-  b3.strides[2][1] = 1;
-  return for_each_rank2_vec4<3>(b3, BinaryRowsF32<OP>{a, b, out});
-}
-
 // The 16-byte rank-2 path for float32 (false: not taken).
 bool try_binary_rows_f32(Binary op, const float* a, const float* b, float* out, const Broadcast& bc, bool* ok) {
   const void* const ptrs[3] = {a, b, out};
-  Broadcast b3 = bc;
+  Broadcast b3 = bc;  // the output as a third operand, contiguous
   b3.strides[2][0] = bc.dims[1];
   b3.strides[2][1] = 1;
   if (!rank2_vec4_ok<3>(b3, ptrs)) return false;
   switch (op) {
-    case Binary::kAdd: *ok = binary_rows_f32<Binary::kAdd>(a, b, out, bc); return true;
-    case Binary::kSub: *ok = binary_rows_f32<Binary::kSub>(a, b, out, bc); return true;
-    case Binary::kMul: *ok = binary_rows_f32<Binary::kMul>(a, b, out, bc); return true;
-    case Binary::kDiv: *ok = binary_rows_f32<Binary::kDiv>(a, b, out, bc); return true;
+    case Binary::kAdd: *ok = for_each_rank2_vec4<3>(b3, BinaryRowsF32<Binary::kAdd>{a, b, out}); return true;
+    case Binary::kSub: *ok = for_each_rank2_vec4<3>(b3, BinaryRowsF32<Binary::kSub>{a, b, out}); return true;
+    case Binary::kMul: *ok = for_each_rank2_vec4<3>(b3, BinaryRowsF32<Binary::kMul>{a, b, out}); return true;
+    case Binary::kDiv: *ok = for_each_rank2_vec4<3>(b3, BinaryRowsF32<Binary::kDiv>{a, b, out}); return true;
     default: return false;
   }
 }
