@@ -55,7 +55,11 @@ class CudaBackend final : public Backend {
     else return invalid_argument("--precision must be fp32, tf32 or bf16, got '" + precision + "'");
     return Status::ok();
   }
-  bool saves_attention_statistics() const override { return cuda::math_mode() == cuda::MathMode::kBf16; }
+  // The flash kernels write and read the statistics; with them switched off (GALVATRON_CUDA_FLASH=0) v1 runs, which
+  // has no use for them (and AttentionWithLse would fall back to the host).
+  bool saves_attention_statistics() const override {
+    return cuda::math_mode() == cuda::MathMode::kBf16 && cuda::flash_attention_enabled();
+  }
 };
 
 }  // namespace

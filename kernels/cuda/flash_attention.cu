@@ -1133,9 +1133,14 @@ bool backward(const AttentionDims& d, FlashArgs a) {
 
 int64_t flash_attention_calls() { return g_flash_calls.load(); }
 
+bool flash_attention_enabled() {
+  const char* env = std::getenv("GALVATRON_CUDA_FLASH");
+  return !(env && env[0] == '0');
+}
+
 bool flash_attention_eligible(const AttentionDims& d, bool backward) {
   const char* env = std::getenv("GALVATRON_CUDA_FLASH");
-  if (env && env[0] == '0') return false;
+  if (!flash_attention_enabled()) return false;
   // GALVATRON_CUDA_FLASH=fwd: the forward only (the backward on v1).
   if (backward && env && std::strcmp(env, "fwd") == 0) return false;
   if (math_mode() != MathMode::kBf16 || d.mask != nullptr) return false;

@@ -68,6 +68,8 @@ bool attention_grad_f32(const AttentionDims& d, const float* q, const float* k, 
 // GALVATRON_CUDA_FLASH (read per call): unset or "1" forward and backward, "fwd" the forward only, "0" neither.
 // Otherwise v1 (materialized scores) runs.
 bool flash_attention_eligible(const AttentionDims& d, bool backward);
+// Whether GALVATRON_CUDA_FLASH leaves the flash path on at all (not "0").
+bool flash_attention_enabled();
 bool flash_attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y,
                          float* lse = nullptr);
 bool flash_attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v,
