@@ -737,6 +737,38 @@ Status sce_grad_cuda(KernelContext& ctx) {
                          ctx.attrs().get_int("ignore_index", 0), reduction_code(ctx), ctx.outputs[0].as<float>()));
 }
 
+// LinearCrossEntropy(X, W, labels) and LinearCrossEntropyGrad(dLoss?, X, W, labels): float32, int32/int64 labels.
+bool lce_args(const KernelContext& ctx, int xi, cuda::LinearCrossEntropyArgs& a) {
+  const TensorRef &x = ctx.inputs[xi], &w = ctx.inputs[xi + 1], &labels = ctx.inputs[xi + 2];
+  if (!is_f32(x) || !is_f32(w) || (labels.dtype != DType::kInt64 && labels.dtype != DType::kInt32)) return false;
+  a.x = x.as<float>();
+  a.w = w.as<float>();
+  a.labels = labels.data;
+  a.labels64 = labels.dtype == DType::kInt64;
+  a.trans_w = ctx.attrs().get_int("trans_w", 1) != 0;
+  a.n = x.shape[0];
+  a.k = x.shape[1];
+  a.v = a.trans_w ? w.shape[0] : w.shape[1];
+  a.mean = ctx.attrs().get_string("reduction", "mean") == "mean";
+  a.has_ignore = ctx.attrs().has("ignore_index");
+  a.ignore_index = ctx.attrs().get_int("ignore_index", 0);
+  a.chunk_rows = ctx.attrs().get_int("chunk_rows", 0);
+  return true;
+}
+
+Status lce_cuda(KernelContext& ctx) {
+  cuda::LinearCrossEntropyArgs a;
+  if (!lce_args(ctx, 0, a)) return cuda_fallback_kernel(ctx);
+  return launch(ctx, cuda::linear_cross_entropy_f32(a, ctx.outputs[0].as<float>()));
+}
+
+Status lce_grad_cuda(KernelContext& ctx) {
+  cuda::LinearCrossEntropyArgs a;
+  if (!lce_args(ctx, 1, a) || (ctx.has_input(0) && !is_f32(ctx.inputs[0]))) return cuda_fallback_kernel(ctx);
+  return launch(ctx, cuda::linear_cross_entropy_grad_f32(a, opt<float>(ctx, 0), ctx.outputs[0].as<float>(),
+                                                         ctx.outputs[1].as<float>()));
+}
+
 // ---- training ----
 
 Status accumulate_cuda(KernelContext& ctx) {
@@ -872,6 +904,8 @@ void register_cuda_kernels(OpRegistry& r) {
   set(G, "GatherGrad", cuda_profiled<gather_grad_cuda>);
   set("", "SoftmaxCrossEntropyLoss", cuda_profiled<sce_cuda>);
   set(G, "SoftmaxCrossEntropyLossGrad", cuda_profiled<sce_grad_cuda>);
+  set(G, "LinearCrossEntropy", cuda_profiled<lce_cuda>);
+  set(G, "LinearCrossEntropyGrad", cuda_profiled<lce_grad_cuda>);
   set(G, "AccumulateGrad", cuda_profiled<accumulate_cuda>);
   set(G, "GradNorm", cuda_profiled<grad_norm_cuda>);
   set(G, "AdamW", cuda_profiled<adamw_cuda>);

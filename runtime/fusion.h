@@ -4,6 +4,7 @@
 // after the partitioner has cut the graph for this rank, so they see each rank's own heads and columns.
 // Fused nodes keep the placement (layer) of the nodes they replace; values the pattern leaves unused are removed.
 #pragma once
+#include <set>
 #include <string>
 
 #include "runtime/graph.h"
@@ -16,7 +17,9 @@ struct FusionCounts {
   int gelu = 0;       // tanh- or erf-approximation chains -> Gelu
   int attention_3d = 0;  // Attention nodes between head transposes -> the 3-D form (counted apart from `attention`)
   int attention_lse = 0;  // Attention nodes that keep their log-sum-exp for the backward (save_attention_lse)
-  std::string summary() const;  // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu"
+  int linear_cross_entropy = 0;  // head MatMul + SoftmaxCrossEntropyLoss -> LinearCrossEntropy (after the loss is attached)
+  // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu, 1 linear cross-entropy"
+  std::string summary() const;
 };
 
 // Every pass below, in order. Returns what was fused.
@@ -30,5 +33,9 @@ Status fuse_attention_layout(Graph& graph, int* rewritten);
 // backward reuses (runtime/attention_lse.cpp). build_training_graph runs it after the passes above when
 // TrainingGraphOptions::save_attention_lse is set (the trainer sets it from Backend::saves_attention_statistics).
 Status save_attention_lse(Graph& graph, int* rewritten);
+// The loss's head product and SoftmaxCrossEntropyLoss -> galvatron LinearCrossEntropy, which never holds the [N, V]
+// logits whole (runtime/fuse_linear_cross_entropy.cpp). build_training_graph runs it after attaching the loss;
+// values named in `keep` (gradients reported by name) are not fused away.
+Status fuse_linear_cross_entropy(Graph& graph, const std::set<std::string>& keep, int* fused);
 
 }  // namespace gv

@@ -73,8 +73,10 @@ struct TrainingGraphOptions {
   // nodes); otherwise no effect.
   bool overlap_grad_sync = true;
   // Fusion passes (runtime/fusion.h) over the forward graph before autograd: attention chains -> Attention, GELU
-  // chains -> Gelu. Off: the graph runs as imported.
+  // chains -> Gelu, the head product and the loss -> LinearCrossEntropy. Off: the graph runs as imported.
   bool fuse_ops = true;
+  // With fuse_ops: whether the head product and the loss fuse (off: the logits exist whole, for comparisons).
+  bool fuse_linear_cross_entropy = true;
   OptimizerConfig optimizer;
 };
 

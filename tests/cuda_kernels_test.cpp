@@ -377,17 +377,41 @@ TEST_F(CudaKernels, SoftmaxAndNorms) {
   check({"LayerNormalizationGrad", {randn({32, 48}), x, scale, fw->outputs[1], fw->outputs[2]}, {}, 3, G, 17});
   check({"RMSNormalization", {randn({6, 64}), randn({64})}, {}, 1, "", 23});
   check({"RMSNormalizationGrad", {randn({6, 64}), randn({6, 64}), randn({64})}, {}, 2, G, 23});
-  // Rows held in registers (kernels/cuda/norm_rows.cu) at 1, 2, 4 and 8 float4 per thread (gpt-1.5b's 1600, Llama's
-  // 4096, the 8192 limit, 4100 with a partial last vector), more rows than blocks (partial column sums over blocks),
-  // and the one-block-per-row kernels past the limit (8196) or with cols % 4 != 0 (1602).
-  for (int64_t cols : {1600, 4096, 4100, 8192, 8196, 1602}) {
-    SCOPED_TRACE(cols);
-    const int64_t rows = cols <= 4100 ? 600 : 300;
+  // Rows held in registers (kernels/cuda/norm_rows.cu): a warp per row (64 with idle lanes, GPT-2's 768 with several
+  // rows per warp, gpt-1.5b's 1600 with a half-filled last vector, 2048), 2, 4 or 8 warps per row (forward 4096 and
+  // up, backward 2048 and up; 4100 with a partial last vector, the 8192 limit), more rows than blocks (partial column
+  // sums over blocks), row counts that leave groups idle, saved statistics, and the one-block-per-row kernels past the
+  // limit (8196) or with cols % 4 != 0 (1602).
+  // The backward twice more on the GPU: bit-identical run to run (the column sums are added in a fixed order).
+  auto same_bits = [&](const Case& c) {
+    SCOPED_TRACE(c.op + " twice");
+    auto a = run_case(c, *cuda_);
+    auto b = run_case(c, *cuda_);
+    ASSERT_TRUE(a.has_value() && b.has_value());
+    for (size_t i = 0; i < a->outputs.size(); ++i) {
+      EXPECT_EQ(std::memcmp(a->outputs[i].data(), b->outputs[i].data(), a->outputs[i].nbytes()), 0) << "output " << i;
+    }
+  };
+  const std::pair<int64_t, int64_t> shapes[] = {{1001, 64}, {8192, 768}, {600, 1600}, {333, 2048}, {600, 4096},
+                                                {600, 4100}, {300, 8192}, {300, 8196}, {600, 1602}};
+  for (const auto& [rows, cols] : shapes) {
+    SCOPED_TRACE(std::to_string(rows) + " x " + std::to_string(cols));
     check({"LayerNormalization", {randn({rows, cols}, 2.0, 1.0), randn({cols}), randn({cols})}, {}, 3, "", 17});
-    check({"LayerNormalizationGrad", {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})}, {}, 3, G,
-           17});
+    const Case ln_grad{"LayerNormalizationGrad", {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})},
+                       {}, 3, G, 17};
+    check(ln_grad);
     check({"RMSNormalization", {randn({rows, cols}, 2.0, 1.0), randn({cols})}, {}, 1, "", 23});
-    check({"RMSNormalizationGrad", {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})}, {}, 2, G, 23});
+    const Case rms_grad{"RMSNormalizationGrad", {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})},
+                        {}, 2, G, 23};
+    check(rms_grad);
+    if (cols % 4 != 0 || cols > 8192) continue;
+    same_bits(ln_grad);
+    same_bits(rms_grad);
+    Tensor xs = randn({rows, cols}, 2.0, 1.0), ss = randn({cols});
+    auto saved = run_case({"LayerNormalization", {xs, ss, randn({cols})}, {}, 3, "", 17}, *cpu_);
+    ASSERT_TRUE(saved.has_value());
+    check({"LayerNormalizationGrad", {randn({rows, cols}), xs, ss, saved->outputs[1], saved->outputs[2]}, {}, 3, G,
+           17});
   }
 }
 
@@ -441,6 +465,39 @@ TEST_F(CudaKernels, Loss) {
   check({"SoftmaxCrossEntropyLossGrad", {randn({4, 5}), randn({4, 37, 5}), randint({4, 5}, 0, 37)}, none, 1, G});
   check({"SoftmaxCrossEntropyLoss", {randn({64, 50257}, 3.0), randint({64}, 0, 50257)}, ign});
   check({"SoftmaxCrossEntropyLossGrad", {randn({}), randn({64, 50257}, 3.0), randint({64}, 0, 50257)}, ign, 1, G});
+}
+
+// galvatron LinearCrossEntropy and its grad: both weight layouts, chunks of rows with a short last one, ignored
+// and int32 labels, GPT-2's vocabulary (50,257: the bf16 path's padded rows); float32 products, then the bf16 path
+// (bf16 logits and dlogits: ~1e-3 to 1e-2 relative, like the bf16 products).
+std::vector<Case> linear_cross_entropy_cases(double tol) {
+  const std::string G = kGalvatronDomain;
+  std::vector<Case> cases;
+  for (int trans : {1, 0}) {
+    for (int64_t v : {37, 50257}) {
+      const int64_t n = v == 37 ? 16 : 96, k = v == 37 ? 24 : 64;
+      Tensor labels = randint({n}, 0, v);
+      labels.data_as<int64_t>()[3] = -100;
+      Attributes a = attrs({{"ignore_index", -100}, {"trans_w", trans}, {"chunk_rows", v == 37 ? 5 : 40}});
+      if (v == 37) a.set_string("reduction", "sum");
+      const Tensor x = randn({n, k}), w = randn(trans ? Shape{v, k} : Shape{k, v}, 0.3);
+      cases.push_back({"LinearCrossEntropy", {x, w, labels}, a, 1, G, 20, {}, tol});
+      cases.push_back({"LinearCrossEntropyGrad", {randn({}), x, w, labels}, a, 2, G, 20, {}, tol});
+    }
+  }
+  Tensor l32(DType::kInt32, {8});
+  for (int i = 0; i < 8; ++i) l32.data_as<int32_t>()[i] = (i * 7) % 37;
+  cases.push_back({"LinearCrossEntropyGrad", {randn({}), randn({8, 13}), randn({37, 13}), l32}, {}, 2, G, 20, {}, tol});
+  return cases;
+}
+
+TEST_F(CudaKernels, LinearCrossEntropy) {
+  for (const Case& c : linear_cross_entropy_cases(1e-5)) check(c);
+}
+
+TEST_F(CudaKernels, LinearCrossEntropyBf16) {
+  PrecisionScope scope(*cuda_, "bf16");
+  for (const Case& c : linear_cross_entropy_cases(2e-2)) check(c);
 }
 
 TEST_F(CudaKernels, Training) {

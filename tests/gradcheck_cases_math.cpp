@@ -1,5 +1,5 @@
 // Gradient-check cases of the math family: MatMul, Gemm, Softmax, LogSoftmax, LayerNormalization, RMSNormalization,
-// Reduce*, Dropout, Attention, SoftmaxCrossEntropyLoss, NegativeLogLikelihoodLoss.
+// Reduce*, Dropout, Attention, SoftmaxCrossEntropyLoss, NegativeLogLikelihoodLoss, galvatron LinearCrossEntropy.
 #include <random>
 
 #include "tests/gradcheck_cases.h"
@@ -193,6 +193,23 @@ void add_losses(std::vector<GradCase>& cases) {
                      "log_prob output used too", ii);
   lp.num_outputs = 2;
   cases.push_back(lp);
+  // galvatron LinearCrossEntropy: X [N, K], W [V, K] (trans_w 1) or [K, V]; chunks of 2 rows over N = 5 (a short
+  // last chunk), with and without an ignored label.
+  for (int trans : {1, 0}) {
+    for (const char* red : {"mean", "sum"}) {
+      Attributes a;
+      a.set_string("reduction", red);
+      a.set_int("trans_w", trans);
+      a.set_int("chunk_rows", 2);
+      a.set_int("ignore_index", 1);
+      const Shape ws = trans ? Shape{6, 3} : Shape{3, 6};
+      GradCase c = make("LinearCrossEntropy", {rand64({5, 3}, 606, -2, 2), rand64(ws, 607), i64({0, 5, 1, 3, 2}, {5})},
+                        std::string(red) + (trans ? ", W [V,K]" : ", W [K,V]"), a);
+      c.domain = "galvatron";
+      c.as_constants = {false, false, true};
+      cases.push_back(c);
+    }
+  }
 }
 
 }  // namespace

@@ -371,6 +371,7 @@ struct RunResult {
 // Forward and backward of `g` on one rank: the logits and every parameter's gradient.
 Expected<RunResult> forward_backward(Graph g, const TensorMap& batch, Communicator* comm) {
   TrainingGraphOptions opts;  // data_parallel stays off: gradients are combined by the TP ops alone
+  opts.fuse_linear_cross_entropy = false;  // the logits are compared, so they must exist
   GV_ASSIGN_OR_RETURN(TrainingGraph tg, build_training_graph(std::move(g), opts));
   const ValueId logits = tg.graph.find("logits");
   if (logits == kNoValue) return not_found("no value named logits");

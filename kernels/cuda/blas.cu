@@ -342,6 +342,25 @@ bool gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, c
                  CUBLAS_COMPUTE_32F);
 }
 
+bool pack_bf16(const float* x, int64_t rows, int64_t cols, uint16_t* y, int64_t rows_out, int64_t ldy) {
+  if (rows_out <= 0 || ldy <= 0) return true;
+  if (rows_out == rows && ldy == cols) return to_bf16(x, y, rows * cols);
+  return pack_rows<uint16_t>(x, 0, rows, cols, y, rows_out, ldy, 1);
+}
+
+bool gemm_bf16_ld(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a, int64_t lda,
+                  const uint16_t* b, int64_t ldb, float beta, void* c, int64_t ldc, bool c_bf16) {
+  if (m == 0 || n == 0) return true;
+  cublasHandle_t h = handle();
+  if (!h || k == 0) return false;
+  // Row-major C[m, n] is column-major C^T[n, m] = op(B)^T op(A)^T.
+  const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  return cublasGemmEx(h, opb, opa, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b,
+                      CUDA_R_16BF, static_cast<int>(ldb), a, CUDA_R_16BF, static_cast<int>(lda), &beta, c,
+                      c_bf16 ? CUDA_R_16BF : CUDA_R_32F, static_cast<int>(ldc), CUBLAS_COMPUTE_32F,
+                      CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
+}
+
 namespace {
 
 int64_t round4(int64_t v) { return (v + 3) / 4 * 4; }

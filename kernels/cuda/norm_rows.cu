@@ -2,16 +2,25 @@
 // launchers for rows of up to 8192 float32 columns, cols % 4 == 0, 16-byte aligned tensors (GPT-2's 768, gpt-1.5b's
 // 1600, Llama's 4096). Same formulas and statistics in double as the one-block-per-row kernels, fewer passes:
 //   forward   x read once (the row stays in registers for the moments and the output), y written once;
-//   backward  x and dy read once, dx written once, and the scale/bias gradients accumulated in registers across the
-//             rows a block visits: one partial row per block, summed in double in block order by a second kernel
-//             (deterministic). The one-block-per-row kernels read x four times, dy twice, then x and dy again for the
-//             column sums.
-// 256 threads per block; thread t owns float4 columns t, t + 256, ... (V of them).
+//   backward  x and dy read once, dx written once, and the scale/bias gradients accumulated across the rows a block
+//             visits: one partial row per block, summed in double by a second kernel in a fixed order
+//             (deterministic). The one-block-per-row kernels read x four times, dy twice, then x and dy again for
+//             the column sums.
+// Latency, not bandwidth, limited the first version (a 256-thread block per row, eight barriers per row, one row
+// after another; bench/cuda_notes.md entry 10). Now a row belongs to a group of W warps (W = 1 up to 2048 columns in
+// the forward, 1024 in the backward; 2, 4 or 8 warps for wider rows), thread t of a group owning float4 columns
+// t, t + 32 W, ... (V of them, zeros past the row's end). A 256-thread block holds 8 / W groups, each on its own rows,
+// so 8 / W rows per block are in flight and no barrier spans the block per row: the sums over a row are warp
+// butterflies, and for W > 1 the warps' totals meet in shared memory behind a named barrier of the group's threads.
+// The backward keeps each group's scale/bias gradient sums in shared memory (its own columns per thread: no barrier;
+// registers would double the backward's), adds the groups up once at the end, and the partial-row sum spreads over
+// columns and partial rows (64 partial rows at a time per column).
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/norm_rows.h"
@@ -19,61 +28,109 @@
 namespace gv::cuda {
 namespace {
 
-using detail::block_sum;
 using detail::launched;
+using detail::warp_sum;
 
-constexpr int kThreadsPerRow = 256;
-constexpr int kMaxV = 8;  // 8 * 4 * 256 = 8192 columns
+constexpr int kBlock = 256;
+constexpr int kWarps = kBlock / 32;
+constexpr int kMaxCols = 8192;  // 8 warps x 32 lanes x 8 float4 (the backward's widest shape)
+constexpr size_t kStaticSmem = 48 * 1024;
 
 __device__ __forceinline__ float4 f4(float a) { return make_float4(a, a, a, a); }
 
-// Loads row r's float4 columns owned by this thread (zeros past c4).
-template <int V>
-__device__ __forceinline__ void load_row(float4 (&v)[V], const float* base, int64_t r, int c4) {
+// The W warps that share a row. Each thread gets the same bits from sum(): the butterflies give every lane the same
+// value, and the warps' totals are added in warp order by every thread.
+template <int W>
+struct RowGroup {
+  static constexpr int kPerBlock = kWarps / W;
+  static constexpr int kThreads = 32 * W;
+  int g;       // group within the block
+  int t;       // thread within the group
+  double* sh;  // W > 1: this group's 4 W doubles, two reductions' worth
+  int flip = 0;
+
+  __device__ explicit RowGroup(double* block_sh)
+      : g(static_cast<int>(threadIdx.x) / kThreads), t(static_cast<int>(threadIdx.x) % kThreads),
+        sh(block_sh + g * 4 * W) {}
+
+  // Consecutive sums use alternate halves of sh: a thread can only write a half again after the barrier of the sum
+  // in between, which every thread reaches after reading that half, so one barrier per sum suffices.
+  template <int N>
+  __device__ __forceinline__ void sum(double (&v)[N]) {
+    static_assert(N <= 2, "two values per sum at most");
+#pragma unroll
+    for (int n = 0; n < N; ++n) v[n] = warp_sum(v[n]);
+    if constexpr (W > 1) {
+      double* s = sh + flip * 2 * W;
+      flip ^= 1;
+      if ((t & 31) == 0) {
+#pragma unroll
+        for (int n = 0; n < N; ++n) s[n * W + (t >> 5)] = v[n];
+      }
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + g), "r"(kThreads) : "memory");  // 0 is __syncthreads'
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        double a = s[n * W];
+#pragma unroll
+        for (int k = 1; k < W; ++k) a += s[n * W + k];
+        v[n] = a;
+      }
+    }
+  }
+};
+
+// Loads row r's float4 columns owned by thread t of a group of W warps (zeros past c4).
+template <int W, int V>
+__device__ __forceinline__ void load_row(float4 (&v)[V], const float* base, int64_t r, int c4, int t) {
   const float4* p = reinterpret_cast<const float4*>(base) + r * c4;
 #pragma unroll
   for (int k = 0; k < V; ++k) {
-    const int i = threadIdx.x + k * kThreadsPerRow;
+    const int i = t + k * 32 * W;
     v[k] = i < c4 ? p[i] : f4(0.0f);
   }
 }
 
 // Mean (0 for RMS) and 1/sqrt(var + eps) (RMS: of mean(x^2) + eps) of a row in registers, in double; every thread
-// gets them.
-template <int V, bool kCenter>
-__device__ __forceinline__ void moments(const float4 (&v)[V], int c4, int cols, float eps, double* sh, double& mean,
-                                        double& inv_std) {
+// of the group gets them.
+template <int W, int V, bool kCenter>
+__device__ __forceinline__ void moments(const float4 (&v)[V], RowGroup<W>& grp, int c4, int cols, float eps,
+                                        double& mean, double& inv_std) {
   mean = 0.0;
   if constexpr (kCenter) {
-    double s = 0.0;
+    double s[1] = {0.0};
 #pragma unroll
-    for (int k = 0; k < V; ++k) s += static_cast<double>(v[k].x) + v[k].y + v[k].z + v[k].w;
-    mean = block_sum(s, sh) / cols;
+    for (int k = 0; k < V; ++k) s[0] += static_cast<double>(v[k].x) + v[k].y + v[k].z + v[k].w;
+    grp.sum(s);
+    mean = s[0] / cols;
   }
-  double q = 0.0;
+  double q[1] = {0.0};
 #pragma unroll
   for (int k = 0; k < V; ++k) {
-    if (threadIdx.x + k * kThreadsPerRow >= c4) continue;
+    if (grp.t + k * 32 * W >= c4) continue;
     const double a = v[k].x - mean, b = v[k].y - mean, c = v[k].z - mean, d = v[k].w - mean;
-    q += a * a + b * b + c * c + d * d;
+    q[0] += a * a + b * b + c * c + d * d;
   }
-  inv_std = 1.0 / sqrt(block_sum(q, sh) / cols + static_cast<double>(eps));
+  grp.sum(q);
+  inv_std = 1.0 / sqrt(q[0] / cols + static_cast<double>(eps));
 }
 
-template <int V, bool kCenter>
-__global__ void __launch_bounds__(kThreadsPerRow) norm_forward_rows(const float* __restrict__ x,
-                                                                    const float* __restrict__ scale,
-                                                                    const float* __restrict__ bias, float* y,
-                                                                    float* mean_out, float* inv_std_out, int64_t rows,
-                                                                    int cols, float eps) {
-  __shared__ double sh[32];
+// Rows blockIdx.x * G + g, then + gridDim.x * G, ... for group g of the block's G.
+template <int W, int V, bool kCenter>
+__global__ void __launch_bounds__(kBlock, V <= 8 ? 3 : 2) norm_forward_rows(const float* __restrict__ x,
+                                                               const float* __restrict__ scale,
+                                                               const float* __restrict__ bias, float* y,
+                                                               float* mean_out, float* inv_std_out, int64_t rows,
+                                                               int cols, float eps) {
+  __shared__ double red[4 * kWarps];
+  RowGroup<W> grp(red);
+  constexpr int G = RowGroup<W>::kPerBlock;
   const int c4 = cols / 4;
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+  for (int64_t r = int64_t{blockIdx.x} * G + grp.g; r < rows; r += int64_t{gridDim.x} * G) {
     float4 v[V];
-    load_row<V>(v, x, r, c4);
+    load_row<W, V>(v, x, r, c4, grp.t);
     double m, is;
-    moments<V, kCenter>(v, c4, cols, eps, sh, m, is);
-    if (threadIdx.x == 0) {
+    moments<W, V, kCenter>(v, grp, c4, cols, eps, m, is);
+    if (grp.t == 0) {
       if (mean_out) mean_out[r] = static_cast<float>(m);
       if (inv_std_out) inv_std_out[r] = static_cast<float>(is);
     }
@@ -81,7 +138,7 @@ __global__ void __launch_bounds__(kThreadsPerRow) norm_forward_rows(const float*
     float4* out = reinterpret_cast<float4*>(y) + r * c4;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      const int i = threadIdx.x + k * kThreadsPerRow;
+      const int i = grp.t + k * 32 * W;
       if (i >= c4) continue;
       const float4 s = reinterpret_cast<const float4*>(scale)[i];
       const float4 b = bias ? reinterpret_cast<const float4*>(bias)[i] : f4(0.0f);
@@ -91,119 +148,227 @@ __global__ void __launch_bounds__(kThreadsPerRow) norm_forward_rows(const float*
   }
 }
 
-// dx for every row the block visits (rows blockIdx.x, + gridDim.x, ...), and the block's partial column sums
-// part[blockIdx.x][0][cols] = sum dy * xhat, part[blockIdx.x][1][cols] = sum dy.
-template <int V, bool kCenter>
-__global__ void __launch_bounds__(kThreadsPerRow) norm_backward_rows(
+// dx for every row the block visits (as in the forward), and with na > 0 the block's partial column sums
+// part[blockIdx.x][0][cols] = sum dy * xhat and (na == 2) part[blockIdx.x][1][cols] = sum dy. Dynamic shared
+// memory: [group][na][c4] float4 sums, each thread adding into its own columns only.
+template <int W, int V, bool kCenter>
+__global__ void __launch_bounds__(kBlock, 2) norm_backward_rows(
     const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ scale,
-    const float* __restrict__ mean_in, const float* __restrict__ inv_std_in, float* dx, float* part, int64_t rows,
-    int cols, float eps) {
-  __shared__ double sh[32];
+    const float* __restrict__ mean_in, const float* __restrict__ inv_std_in, float* dx, float* part, int na,
+    int64_t rows, int cols, float eps) {
+  __shared__ double red[4 * kWarps];
+  extern __shared__ float4 acc[];
+  RowGroup<W> grp(red);
+  constexpr int G = RowGroup<W>::kPerBlock;
   const int c4 = cols / 4;
-  float4 acc_g[V], acc_b[V];
+  float4* ag = acc + grp.g * na * c4;  // sums of dy * xhat
+  float4* ab = ag + c4;                // sums of dy (na == 2)
+  if (na) {
 #pragma unroll
-  for (int k = 0; k < V; ++k) acc_g[k] = acc_b[k] = f4(0.0f);
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    for (int k = 0; k < V; ++k) {
+      const int i = grp.t + k * 32 * W;
+      if (i >= c4) continue;
+      ag[i] = f4(0.0f);
+      if (na == 2) ab[i] = f4(0.0f);
+    }
+  }
+  const bool saved = inv_std_in && (mean_in || !kCenter);
+  for (int64_t r = int64_t{blockIdx.x} * G + grp.g; r < rows; r += int64_t{gridDim.x} * G) {
     float4 xv[V], gv[V];
-    load_row<V>(xv, x, r, c4);
-    load_row<V>(gv, dy, r, c4);
+    load_row<W, V>(xv, x, r, c4, grp.t);
+    load_row<W, V>(gv, dy, r, c4, grp.t);
     double m, is;
-    if (inv_std_in && (mean_in || !kCenter)) {
+    if (saved) {
       m = kCenter ? mean_in[r] : 0.0;
       is = inv_std_in[r];
     } else {
-      moments<V, kCenter>(xv, c4, cols, eps, sh, m, is);
+      moments<W, V, kCenter>(xv, grp, c4, cols, eps, m, is);
     }
     const float mf = static_cast<float>(m), isf = static_cast<float>(is);
-    double sum_g = 0.0, sum_gx = 0.0;
+    double sums[2] = {0.0, 0.0};  // sum g, sum g * xhat
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      const int i = threadIdx.x + k * kThreadsPerRow;
+      const int i = grp.t + k * 32 * W;
       if (i >= c4) continue;
       const float4 s = reinterpret_cast<const float4*>(scale)[i];
       float4& xh = xv[k];  // becomes xhat
       xh = make_float4((xh.x - mf) * isf, (xh.y - mf) * isf, (xh.z - mf) * isf, (xh.w - mf) * isf);
       const float4 d = gv[k];
-      acc_g[k].x += d.x * xh.x, acc_g[k].y += d.y * xh.y, acc_g[k].z += d.z * xh.z, acc_g[k].w += d.w * xh.w;
-      acc_b[k].x += d.x, acc_b[k].y += d.y, acc_b[k].z += d.z, acc_b[k].w += d.w;
+      if (na) {
+        float4 a = ag[i];
+        a.x += d.x * xh.x, a.y += d.y * xh.y, a.z += d.z * xh.z, a.w += d.w * xh.w;
+        ag[i] = a;
+        if (na == 2) {
+          float4 b = ab[i];
+          b.x += d.x, b.y += d.y, b.z += d.z, b.w += d.w;
+          ab[i] = b;
+        }
+      }
       const float4 g = make_float4(d.x * s.x, d.y * s.y, d.z * s.z, d.w * s.w);  // becomes gv
       gv[k] = g;
-      sum_g += static_cast<double>(g.x) + g.y + g.z + g.w;
-      sum_gx += static_cast<double>(g.x) * xh.x + static_cast<double>(g.y) * xh.y +
-                static_cast<double>(g.z) * xh.z + static_cast<double>(g.w) * xh.w;
+      sums[0] += static_cast<double>(g.x) + g.y + g.z + g.w;
+      sums[1] += static_cast<double>(g.x) * xh.x + static_cast<double>(g.y) * xh.y +
+                 static_cast<double>(g.z) * xh.z + static_cast<double>(g.w) * xh.w;
     }
-    const float mg = kCenter ? static_cast<float>(block_sum(sum_g, sh) / cols) : 0.0f;
-    const float mgx = static_cast<float>(block_sum(sum_gx, sh) / cols);
+    if constexpr (kCenter) {
+      grp.sum(sums);
+    } else {
+      double q[1] = {sums[1]};
+      grp.sum(q);
+      sums[1] = q[0];
+    }
+    const float mg = kCenter ? static_cast<float>(sums[0] / cols) : 0.0f;
+    const float mgx = static_cast<float>(sums[1] / cols);
     float4* out = reinterpret_cast<float4*>(dx) + r * c4;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      const int i = threadIdx.x + k * kThreadsPerRow;
+      const int i = grp.t + k * 32 * W;
       if (i >= c4) continue;
       const float4 g = gv[k], xh = xv[k];
       out[i] = make_float4(isf * (g.x - mg - xh.x * mgx), isf * (g.y - mg - xh.y * mgx),
                            isf * (g.z - mg - xh.z * mgx), isf * (g.w - mg - xh.w * mgx));
     }
   }
-  float4* pg = reinterpret_cast<float4*>(part + static_cast<int64_t>(blockIdx.x) * 2 * cols);
-  float4* pb = reinterpret_cast<float4*>(part + (static_cast<int64_t>(blockIdx.x) * 2 + 1) * cols);
+  if (!na) return;
+  __syncthreads();
+  // The groups' sums in group order, in double, as the block's partial rows.
+  for (int q = static_cast<int>(threadIdx.x); q < c4; q += kBlock) {
 #pragma unroll
-  for (int k = 0; k < V; ++k) {
-    const int i = threadIdx.x + k * kThreadsPerRow;
-    if (i >= c4) continue;
-    pg[i] = acc_g[k];
-    pb[i] = acc_b[k];
+    for (int j = 0; j < 2; ++j) {
+      if (j >= na) break;
+      double a[4] = {0.0, 0.0, 0.0, 0.0};
+#pragma unroll
+      for (int h = 0; h < G; ++h) {
+        const float4 v = acc[(h * na + j) * c4 + q];
+        a[0] += v.x, a[1] += v.y, a[2] += v.z, a[3] += v.w;
+      }
+      reinterpret_cast<float4*>(part + (static_cast<int64_t>(blockIdx.x) * 2 + j) * cols)[q] =
+          make_float4(static_cast<float>(a[0]), static_cast<float>(a[1]), static_cast<float>(a[2]),
+                      static_cast<float>(a[3]));
+    }
   }
 }
 
-__global__ void sum_partials(const float* part, int blocks, int cols, float* dscale, float* dbias) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= cols) return;
-  double a = 0.0, b = 0.0;
-  for (int c = 0; c < blocks; ++c) {
-    a += part[(static_cast<int64_t>(c) * 2) * cols + j];
-    b += part[(static_cast<int64_t>(c) * 2 + 1) * cols + j];
+// dscale[j] = sum over blocks of part[block][0][j], dbias[j] likewise of part[block][1][j] (either may be null), in
+// double. A block takes kSumCols float4 columns; its threads split the partial rows into kSumPhases strided sets
+// (so 64 partial rows are read at a time per column, not one after another), and a fixed tree adds the sets up.
+constexpr int kSumCols = 4;
+constexpr int kSumPhases = kBlock / kSumCols;
+
+__global__ void __launch_bounds__(kBlock) sum_partials(const float* part, int blocks, int cols, float* dscale,
+                                                      float* dbias) {
+  __shared__ double sh[8][kBlock];  // [array * 4 + component][thread]
+  const int c4 = cols / 4;
+  const int t = static_cast<int>(threadIdx.x), p = t / kSumCols;
+  const int q = static_cast<int>(blockIdx.x) * kSumCols + t % kSumCols;
+  double a[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  if (q < c4) {
+    const float4* pq = reinterpret_cast<const float4*>(part) + q;
+#pragma unroll 4
+    for (int c = p; c < blocks; c += kSumPhases) {
+      if (dscale) {
+        const float4 v = pq[static_cast<int64_t>(c) * 2 * c4];
+        a[0] += v.x, a[1] += v.y, a[2] += v.z, a[3] += v.w;
+      }
+      if (dbias) {
+        const float4 v = pq[(static_cast<int64_t>(c) * 2 + 1) * c4];
+        a[4] += v.x, a[5] += v.y, a[6] += v.z, a[7] += v.w;
+      }
+    }
   }
-  if (dscale) dscale[j] = static_cast<float>(a);
-  if (dbias) dbias[j] = static_cast<float>(b);
+#pragma unroll
+  for (int n = 0; n < 8; ++n) sh[n][t] = a[n];
+  __syncthreads();
+  for (int s = kSumPhases / 2; s > 0; s >>= 1) {
+    if (p < s) {
+#pragma unroll
+      for (int n = 0; n < 8; ++n) sh[n][t] += sh[n][t + s * kSumCols];
+    }
+    __syncthreads();
+  }
+  if (p != 0 || q >= c4) return;
+#pragma unroll
+  for (int n = 0; n < 4; ++n) {  // scalar stores: dscale and dbias need not be 16-byte aligned
+    if (dscale) dscale[4 * q + n] = static_cast<float>(sh[n][t]);
+    if (dbias) dbias[4 * q + n] = static_cast<float>(sh[4 + n][t]);
+  }
 }
 
-int vectors_per_thread(int64_t cols) {
-  const int64_t v = (cols / 4 + kThreadsPerRow - 1) / kThreadsPerRow;
-  return v <= 1 ? 1 : v <= 2 ? 2 : v <= 4 ? 4 : 8;
+template <int N>
+using Int = std::integral_constant<int, N>;
+
+// Calls f(Int<W>, Int<V>): W warps per row, V float4 per thread. The forward holds one row (4 V floats per thread),
+// so a warp takes rows of up to 2048 columns; the backward holds x and dy (8 V), so V stays at 8 or less and wider
+// rows take more warps. V values between powers of two where the rows of GPT-2 (768: 6) and gpt-1.5b (1600: 12.5)
+// would otherwise leave registers idle.
+template <class F>
+bool with_forward_shape(int c4, F&& f) {
+  if (c4 <= 32) return f(Int<1>{}, Int<1>{});
+  if (c4 <= 64) return f(Int<1>{}, Int<2>{});
+  if (c4 <= 128) return f(Int<1>{}, Int<4>{});
+  if (c4 <= 192) return f(Int<1>{}, Int<6>{});
+  if (c4 <= 256) return f(Int<1>{}, Int<8>{});
+  if (c4 <= 416) return f(Int<1>{}, Int<13>{});
+  if (c4 <= 512) return f(Int<1>{}, Int<16>{});
+  if (c4 <= 1024) return f(Int<2>{}, Int<16>{});
+  return f(Int<4>{}, Int<16>{});
+}
+
+template <class F>
+bool with_backward_shape(int c4, F&& f) {
+  if (c4 <= 32) return f(Int<1>{}, Int<1>{});
+  if (c4 <= 64) return f(Int<1>{}, Int<2>{});
+  if (c4 <= 128) return f(Int<1>{}, Int<4>{});
+  if (c4 <= 192) return f(Int<1>{}, Int<6>{});
+  if (c4 <= 256) return f(Int<1>{}, Int<8>{});
+  if (c4 <= 512) return f(Int<2>{}, Int<8>{});
+  if (c4 <= 1024) return f(Int<4>{}, Int<8>{});
+  return f(Int<8>{}, Int<8>{});
 }
 
 template <bool kCenter>
 bool forward(const float* x, const float* scale, const float* bias, float* y, float* mean, float* inv_std,
              int64_t rows, int cols, float eps) {
-  const unsigned grid = static_cast<unsigned>(rows < 65535 * 16 ? rows : 65535 * 16);
-  switch (vectors_per_thread(cols)) {
-    case 1: norm_forward_rows<1, kCenter><<<grid, kThreadsPerRow>>>(x, scale, bias, y, mean, inv_std, rows, cols, eps); break;
-    case 2: norm_forward_rows<2, kCenter><<<grid, kThreadsPerRow>>>(x, scale, bias, y, mean, inv_std, rows, cols, eps); break;
-    case 4: norm_forward_rows<4, kCenter><<<grid, kThreadsPerRow>>>(x, scale, bias, y, mean, inv_std, rows, cols, eps); break;
-    default: norm_forward_rows<8, kCenter><<<grid, kThreadsPerRow>>>(x, scale, bias, y, mean, inv_std, rows, cols, eps); break;
-  }
-  return launched();
+  return with_forward_shape(cols / 4, [&](auto w, auto v) {
+    constexpr int W = decltype(w)::value, V = decltype(v)::value, G = kWarps / W;
+    // A group per row; past 2^20 blocks the groups stride over the rest.
+    const int64_t want = (rows + G - 1) / G;
+    const unsigned grid = static_cast<unsigned>(want < (int64_t{1} << 20) ? want : (int64_t{1} << 20));
+    norm_forward_rows<W, V, kCenter><<<grid, kBlock>>>(x, scale, bias, y, mean, inv_std, rows, cols, eps);
+    return launched();
+  });
 }
 
 template <bool kCenter>
 bool backward(const float* dy, const float* x, const float* scale, const float* mean, const float* inv_std, float* dx,
               float* dscale, float* dbias, int64_t rows, int cols, float eps) {
-  // Two blocks per SM: one partial row per block for sum_partials to add up. Measured at gpt-1.5b's [4096, 1600]
-  // (H200): 0.0705 ms per call; eight blocks per SM took 0.123 ms (sum_partials, 7 blocks over 1056 partial rows,
-  // became the bottleneck).
-  const int64_t want = int64_t{2} * detail::num_sms();
-  const int blocks = static_cast<int>(rows < want ? rows : want);
-  float* part = static_cast<float*>(workspace(sizeof(float) * 2 * static_cast<size_t>(blocks) * cols));
-  if (!part) return false;
-  switch (vectors_per_thread(cols)) {
-    case 1: norm_backward_rows<1, kCenter><<<blocks, kThreadsPerRow>>>(dy, x, scale, mean, inv_std, dx, part, rows, cols, eps); break;
-    case 2: norm_backward_rows<2, kCenter><<<blocks, kThreadsPerRow>>>(dy, x, scale, mean, inv_std, dx, part, rows, cols, eps); break;
-    case 4: norm_backward_rows<4, kCenter><<<blocks, kThreadsPerRow>>>(dy, x, scale, mean, inv_std, dx, part, rows, cols, eps); break;
-    default: norm_backward_rows<8, kCenter><<<blocks, kThreadsPerRow>>>(dy, x, scale, mean, inv_std, dx, part, rows, cols, eps); break;
-  }
-  if (!launched()) return false;
-  if (dscale || dbias) sum_partials<<<(cols + 255) / 256, 256>>>(part, blocks, cols, dscale, dbias);
-  return launched();
+  const int na = dbias ? 2 : dscale ? 1 : 0;  // column sums kept: dy * xhat, and dy for dbias
+  return with_backward_shape(cols / 4, [&](auto w, auto v) {
+    constexpr int W = decltype(w)::value, V = decltype(v)::value, G = kWarps / W;
+    const auto kernel = norm_backward_rows<W, V, kCenter>;
+    const size_t smem = sizeof(float) * G * static_cast<size_t>(na) * cols;
+    if (smem > kStaticSmem && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(smem)) != cudaSuccess) {
+      return false;
+    }
+    // As many blocks as are resident at once, then as few as keep each group's row count (fewer partial rows for
+    // sum_partials, same critical path): [8192, 768] at 3 blocks per SM on 132 SMs visits 3 rows per group in 342
+    // blocks instead of 2.6 on average in 396.
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kBlock, smem) != cudaSuccess) return false;
+    const int64_t fit = int64_t{per_sm < 1 ? 1 : per_sm} * detail::num_sms() * G;
+    const int64_t per_group = (rows + fit - 1) / fit;
+    const int blocks = static_cast<int>((rows + per_group * G - 1) / (per_group * G));
+    float* part = nullptr;
+    if (na) {
+      part = static_cast<float*>(workspace(sizeof(float) * 2 * static_cast<size_t>(blocks) * cols));
+      if (!part) return false;
+    }
+    kernel<<<blocks, kBlock, smem>>>(dy, x, scale, mean, inv_std, dx, part, na, rows, cols, eps);
+    if (!launched()) return false;
+    if (na) sum_partials<<<(cols / 4 + kSumCols - 1) / kSumCols, kBlock>>>(part, blocks, cols, dscale, dbias);
+    return launched();
+  });
 }
 
 }  // namespace
@@ -213,7 +378,7 @@ bool norm_rows_eligible(int64_t rows, int64_t cols, std::initializer_list<const 
     const char* e = std::getenv("GALVATRON_CUDA_NORM_ROWS");
     return e && e[0] == '0';
   }();
-  if (off || rows <= 0 || cols <= 0 || cols % 4 != 0 || cols > int64_t{kMaxV} * 4 * kThreadsPerRow) return false;
+  if (off || rows <= 0 || cols <= 0 || cols % 4 != 0 || cols > kMaxCols) return false;
   for (const void* p : tensors)
     if (p && !detail::aligned16(p)) return false;
   return true;

@@ -41,6 +41,14 @@ bool gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, c
                const uint16_t* b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch);
 // y[i] = bf16(x[i]), rounding to nearest even (NaN stays NaN).
 bool to_bf16(const float* x, uint16_t* y, int64_t n);
+// y [rows_out, ldy] = bf16 of x [rows, cols] (row-major, contiguous), zeros in the padding (rows_out >= rows,
+// ldy >= cols): operands for gemm_bf16_ld with rows 16 bytes apart and a zero-padded reduction dimension.
+bool pack_bf16(const float* x, int64_t rows, int64_t cols, uint16_t* y, int64_t rows_out, int64_t ldy);
+// One row-major product with explicit leading dimensions (elements between rows): C = alpha * op(A) @ op(B) + beta * C,
+// bf16 A and B, float32 accumulation, C bfloat16 (c_bf16) or float32. For cuBLAS's fast kernels keep lda, ldb, ldc
+// multiples of 8 and the bases 16-byte aligned.
+bool gemm_bf16_ld(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a, int64_t lda,
+                  const uint16_t* b, int64_t ldb, float beta, void* c, int64_t ldc, bool c_bf16);
 
 // ---- attention (kernels/cuda/attention.cu): ONNX Attention's 4-D and 3-D forms, kernels/cpu/attention.h's contract ----
 struct AttentionDims {
@@ -169,6 +177,24 @@ bool softmax_cross_entropy_f32(const float* scores, const void* labels, bool lab
 bool softmax_cross_entropy_grad_f32(const float* dloss, const float* scores, const void* labels, bool labels64,
                                     const float* weights, const float* dlog_prob, int64_t n, int64_t c, int64_t d,
                                     bool has_ignore, int64_t ignore_index, int reduction, float* dscores);
+
+// The head product and its cross-entropy (kernels/cuda/linear_cross_entropy.cu; galvatron LinearCrossEntropy):
+// loss = cross-entropy(X [n, k] @ op(W), labels [n]) with op(W) = W^T for W [v, k] (trans_w) or W for W [k, v];
+// reduction mean (over the counted labels; 0 when none counts) or sum; labels equal to ignore_index (has_ignore) or
+// outside [0, v) count as ignored. Chunks of chunk_rows rows of logits (0: what fits 512 MB).
+struct LinearCrossEntropyArgs {
+  const float* x = nullptr;
+  const float* w = nullptr;
+  const void* labels = nullptr;
+  bool labels64 = true;
+  int64_t n = 0, k = 0, v = 0;
+  bool trans_w = true, mean = true, has_ignore = false;
+  int64_t ignore_index = 0;
+  int64_t chunk_rows = 0;
+};
+bool linear_cross_entropy_f32(const LinearCrossEntropyArgs& a, float* loss);
+// dx [n, k] and dw (W's layout) from the loss gradient dloss (a device scalar; null: no gradient, zeros).
+bool linear_cross_entropy_grad_f32(const LinearCrossEntropyArgs& a, const float* dloss, float* dx, float* dw);
 
 // ---- training ----
 bool accumulate_f32(float* acc, const float* g, int64_t n);

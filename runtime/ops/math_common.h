@@ -16,6 +16,8 @@ void register_dropout_ops(OpRegistry& r);  // math_dropout.cpp: Dropout, Dropout
 void register_norm_ops(OpRegistry& r);     // norm_ops.cpp: LayerNormalization, RMSNormalization and their grads
 void register_reduce_ops(OpRegistry& r);   // reduce_ops.cpp: Reduce*, ArgMax, ArgMin, ReduceGrad
 void register_loss_ops(OpRegistry& r);     // loss_ops.cpp: SoftmaxCrossEntropyLoss, NegativeLogLikelihoodLoss, grads
+// linear_cross_entropy_ops.cpp: galvatron LinearCrossEntropy (head product + loss in chunks) and its grad
+void register_linear_cross_entropy_ops(OpRegistry& r);
 
 // Resolves a possibly negative axis in place; false when it is outside [-rank, rank).
 inline bool normalize_axis(int64_t& axis, int64_t rank) {
