@@ -759,7 +759,10 @@ bool lce_args(const KernelContext& ctx, int xi, cuda::LinearCrossEntropyArgs& a)
 Status lce_cuda(KernelContext& ctx) {
   cuda::LinearCrossEntropyArgs a;
   if (!lce_args(ctx, 0, a)) return cuda_fallback_kernel(ctx);
-  return launch(ctx, cuda::linear_cross_entropy_f32(a, ctx.outputs[0].as<float>()));
+  const bool grads = ctx.outputs.size() == 3;
+  return launch(ctx, cuda::linear_cross_entropy_f32(a, ctx.outputs[0].as<float>(),
+                                                    grads ? ctx.outputs[1].as<float>() : nullptr,
+                                                    grads ? ctx.outputs[2].as<float>() : nullptr));
 }
 
 Status lce_grad_cuda(KernelContext& ctx) {

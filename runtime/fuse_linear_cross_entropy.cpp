@@ -4,10 +4,13 @@
 //
 // with B = Transpose(W [V, K]) (tied or Linear weights as the exporters write them) or any [K, V] matrix, becomes
 //
-//   Reshape(X) [N, K]  ->  galvatron LinearCrossEntropy(X, W, labels; trans_w = 1)   (B itself with trans_w = 0)
+//   Reshape(X) [N, K]  ->  galvatron LinearCrossEntropy(X, W, labels; trans_w = 1) -> loss, dX1, dW1
+//                          (B itself with trans_w = 0)
 //
 // whose kernels never hold the [N, V] logits or their gradient whole (runtime/ops/linear_cross_entropy_ops.cpp). For
-// GPT-2 at batch 8 x 1024 those are 1.6 GB each in float32. Only chains whose logits nothing else reads are taken
+// GPT-2 at batch 8 x 1024 those are 1.6 GB each in float32. The node also returns the gradients for dLoss = 1 from
+// the same logits, so the backward recomputes nothing (the pass runs on training graphs only, after the loss is
+// attached). Only chains whose logits nothing else reads are taken
 // (the loss has no class weights and no log-prob output; reduction mean or sum). `keep` names values that must stay
 // (gradients reported by name): a Transpose output listed there is used as B with trans_w = 0.
 #include <map>
@@ -105,9 +108,10 @@ class Fuser {
     if (sce.attrs.has("ignore_index")) f.attrs.set_int("ignore_index", sce.attrs.get_int("ignore_index", 0));
     f.attrs.set_int("trans_w", m.trans_w ? 1 : 0);
     f.inputs = {x2, m.w, m.labels};
+    f.outputs.assign(3, kNoValue);  // the loss, and dX, dW for dLoss = 1 (the backward only scales them)
     GV_RETURN_IF_ERROR(build(std::move(f), added).status());
     candidates_.push_back(added.back().outputs[0]);
-    added.back().outputs = sce.outputs;  // writes the loss value itself: its readers need no change
+    added.back().outputs[0] = sce.outputs[0];  // writes the loss value itself: its readers need no change
     const Node& mat = g_.nodes[m.matmul];
     candidates_.insert(candidates_.end(), {mat.outputs[0], mat.inputs[1]});
     gone_.insert(m.matmul);

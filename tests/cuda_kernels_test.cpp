@@ -482,6 +482,7 @@ std::vector<Case> linear_cross_entropy_cases(double tol) {
       if (v == 37) a.set_string("reduction", "sum");
       const Tensor x = randn({n, k}), w = randn(trans ? Shape{v, k} : Shape{k, v}, 0.3);
       cases.push_back({"LinearCrossEntropy", {x, w, labels}, a, 1, G, 20, {}, tol});
+      cases.push_back({"LinearCrossEntropy", {x, w, labels}, a, 3, G, 20, {}, tol});  // with dX, dW for dLoss = 1
       cases.push_back({"LinearCrossEntropyGrad", {randn({}), x, w, labels}, a, 2, G, 20, {}, tol});
     }
   }

@@ -208,6 +208,11 @@ void add_losses(std::vector<GradCase>& cases) {
       c.domain = "galvatron";
       c.as_constants = {false, false, true};
       cases.push_back(c);
+      // The training graph's form: the gradients for dLoss = 1 as extra (non-differentiable) outputs.
+      c.label += ", gradient outputs";
+      c.num_outputs = 3;
+      c.nondiff_outputs = {1, 2};
+      cases.push_back(c);
     }
   }
 }

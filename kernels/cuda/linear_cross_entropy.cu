@@ -7,9 +7,10 @@
 // the padding columns exactly zero), and:
 //   forward   one block per row: max and log-sum-exp in one read, the row's loss and weight in float64; one block
 //             sums them in a fixed order (deterministic).
-//   backward  the chunk's logits again (the same product), turned in place into
-//             dlogits = dLoss * scale * (softmax - onehot) in bf16, then dX rows = dlogits @ op(W)^T and
-//             dW (+)= dlogits^T X (float32 results, float32 accumulation across chunks through beta = 1).
+//   gradients the same block turns its row in place into dlogits = dLoss * scale * (softmax - onehot) in bf16
+//             (dLoss = 1 in the forward's own gradient outputs; LinearCrossEntropyGrad recomputes the chunk first),
+//             then dX rows = dlogits @ op(W)^T and dW (+)= dlogits^T X (float32 results, float32 accumulation
+//             across chunks through beta = 1).
 // Other math modes keep float32 logits [rows, V] and gemm_f32's products (its own tf32 / float32 rules).
 // Labels outside [0, V) count as ignored, as in the SoftmaxCrossEntropyLoss kernels (the CPU kernel reports them).
 #include <cuda_bf16.h>
@@ -109,38 +110,32 @@ __device__ __forceinline__ int64_t label_of(const L* labels, int64_t r, int64_t 
   return y;
 }
 
+// One block per row: the row's loss and weight (pos_loss non-null) and, with `grads`, the row turned in place into
+// dLoss * scale * (softmax - onehot); dLoss = *dloss (null: 1), scale 1 / *total (mean; 0 when nothing counts) or 1.
 template <typename T, typename L, bool kVec>
-__global__ void __launch_bounds__(kRowThreads) lce_rows_forward(const T* logits, int64_t ld, int64_t rows, int64_t v,
-                                                                const L* labels, bool has_ignore, int64_t ignore,
-                                                                double* pos_loss, double* pos_weight) {
-  __shared__ float shf[32];
-  __shared__ double shd[32];
-  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const T* x = logits + r * ld;
-    const float lse = row_lse<T, kVec>(x, v, shf, shd);
-    if (threadIdx.x == 0) {
-      const int64_t y = label_of(labels, r, v, has_ignore, ignore);
-      pos_loss[r] = y < 0 ? 0.0 : static_cast<double>(lse) - static_cast<double>(to_f(x[y]));
-      pos_weight[r] = y < 0 ? 0.0 : 1.0;
-    }
-  }
-}
-
-// logits -> dLoss * scale * (softmax - onehot) in place; scale 1 / *total (mean; 0 when nothing counts) or 1 (sum).
-template <typename T, typename L, bool kVec>
-__global__ void __launch_bounds__(kRowThreads) lce_rows_backward(T* logits, int64_t ld, int64_t rows, int64_t v,
-                                                                 const L* labels, bool has_ignore, int64_t ignore,
-                                                                 const float* dloss, const double* total) {
+__global__ void __launch_bounds__(kRowThreads) lce_rows(T* logits, int64_t ld, int64_t rows, int64_t v,
+                                                        const L* labels, bool has_ignore, int64_t ignore,
+                                                        double* pos_loss, double* pos_weight, bool grads,
+                                                        const float* dloss, const double* total) {
   __shared__ float shf[32];
   __shared__ double shd[32];
   double scale = 1.0;
-  if (total) scale = *total > 0.0 ? 1.0 / *total : 0.0;
-  const float dl = dloss ? *dloss : 0.0f;
+  if (grads && total) scale = *total > 0.0 ? 1.0 / *total : 0.0;
+  const float dl = dloss ? *dloss : 1.0f;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     T* x = logits + r * ld;
     const int64_t y = label_of(labels, r, v, has_ignore, ignore);
-    const float coef = y < 0 ? 0.0f : static_cast<float>(dl * scale);
-    const float lse = coef == 0.0f ? 0.0f : row_lse<T, kVec>(x, v, shf, shd);
+    const float coef = (!grads || y < 0) ? 0.0f : static_cast<float>(dl * scale);
+    const bool need_lse = pos_loss != nullptr || coef != 0.0f;  // the same for the whole block
+    const float lse = need_lse ? row_lse<T, kVec>(x, v, shf, shd) : 0.0f;
+    if (pos_loss) {
+      if (threadIdx.x == 0) {
+        pos_loss[r] = y < 0 ? 0.0 : static_cast<double>(lse) - static_cast<double>(to_f(x[y]));
+        pos_weight[r] = y < 0 ? 0.0 : 1.0;
+      }
+      if (grads) __syncthreads();  // x[y] is read before the row is overwritten
+    }
+    if (!grads) continue;
     auto grad = [&](int64_t j, float xv) {
       return coef == 0.0f ? 0.0f : coef * (expf(xv - lse) - (j == y ? 1.0f : 0.0f));
     };
@@ -190,7 +185,7 @@ struct Plan {
   float* dw_pad = nullptr;  // !trans_w in bf16 with V % 8 != 0: dW as [k, vp] before the copy out
 };
 
-bool make_plan(const LinearCrossEntropyArgs& a, bool backward, Plan& p) {
+bool make_plan(const LinearCrossEntropyArgs& a, bool loss, bool grads, Plan& p) {
   p.bf16 = math_mode() == MathMode::kBf16;
   const size_t elem = p.bf16 ? 2 : 4;
   p.k8 = round8(a.k);
@@ -202,8 +197,8 @@ bool make_plan(const LinearCrossEntropyArgs& a, bool backward, Plan& p) {
   const size_t xb = p.bf16 ? align256(2 * static_cast<size_t>(a.n * p.k8)) : 0;
   const size_t wb = p.bf16 ? align256(2 * static_cast<size_t>(p.vp * p.k8)) : 0;
   const size_t lg = align256(elem * static_cast<size_t>(p.rows * p.ld));
-  const size_t pos = backward ? 0 : align256(8 * static_cast<size_t>(a.n));
-  const size_t dwp = backward && p.bf16 && !a.trans_w && p.vp != a.v ? align256(4 * static_cast<size_t>(a.k * p.vp)) : 0;
+  const size_t pos = loss ? align256(8 * static_cast<size_t>(a.n)) : 0;
+  const size_t dwp = grads && p.bf16 && !a.trans_w && p.vp != a.v ? align256(4 * static_cast<size_t>(a.k * p.vp)) : 0;
   char* ws = static_cast<char*>(workspace(xb + wb + lg + 2 * pos + 256 + dwp));
   if (!ws) return false;
   p.xb = xb ? reinterpret_cast<uint16_t*>(ws) : nullptr;
@@ -242,46 +237,29 @@ unsigned row_blocks(int64_t rows) {
   return static_cast<unsigned>(rows < cap ? rows : cap);
 }
 
+// The row kernel over chunk rows [r0, r0 + r): losses when p.pos_loss, gradients when grads.
+template <typename T, typename L, bool kVec>
+void lce_rows_launch(const LinearCrossEntropyArgs& a, const Plan& p, int64_t r0, int64_t r, bool grads,
+                     const float* dloss) {
+  lce_rows<T, L, kVec><<<row_blocks(r), kRowThreads>>>(
+      static_cast<T*>(p.logits), p.ld, r, a.v, static_cast<const L*>(a.labels) + r0, a.has_ignore, a.ignore_index,
+      p.pos_loss ? p.pos_loss + r0 : nullptr, p.pos_loss ? p.pos_weight + r0 : nullptr, grads, dloss,
+      a.mean ? p.total : nullptr);
+}
+
 template <typename L>
-bool launch_rows(const LinearCrossEntropyArgs& a, const Plan& p, int64_t r0, int64_t r, bool backward,
+bool launch_rows(const LinearCrossEntropyArgs& a, const Plan& p, int64_t r0, int64_t r, bool grads,
                  const float* dloss) {
-  const L* labels = static_cast<const L*>(a.labels) + r0;
-  const unsigned g = row_blocks(r);
-  const bool vec = p.ld % (p.bf16 ? 8 : 4) == 0;  // the workspace's chunk is 256-byte aligned
-  if (p.bf16) {
-    bf16* x = static_cast<bf16*>(p.logits);
-    if (backward) {
-      lce_rows_backward<bf16, L, true><<<g, kRowThreads>>>(x, p.ld, r, a.v, labels, a.has_ignore, a.ignore_index,
-                                                           dloss, a.mean ? p.total : nullptr);
-    } else {
-      lce_rows_forward<bf16, L, true><<<g, kRowThreads>>>(x, p.ld, r, a.v, labels, a.has_ignore, a.ignore_index,
-                                                          p.pos_loss + r0, p.pos_weight + r0);
-    }
-    return launched();
-  }
-  float* x = static_cast<float*>(p.logits);
-  if (backward) {
-    if (vec) {
-      lce_rows_backward<float, L, true><<<g, kRowThreads>>>(x, p.ld, r, a.v, labels, a.has_ignore, a.ignore_index,
-                                                            dloss, a.mean ? p.total : nullptr);
-    } else {
-      lce_rows_backward<float, L, false><<<g, kRowThreads>>>(x, p.ld, r, a.v, labels, a.has_ignore, a.ignore_index,
-                                                             dloss, a.mean ? p.total : nullptr);
-    }
-  } else if (vec) {
-    lce_rows_forward<float, L, true><<<g, kRowThreads>>>(x, p.ld, r, a.v, labels, a.has_ignore, a.ignore_index,
-                                                         p.pos_loss + r0, p.pos_weight + r0);
-  } else {
-    lce_rows_forward<float, L, false><<<g, kRowThreads>>>(x, p.ld, r, a.v, labels, a.has_ignore, a.ignore_index,
-                                                          p.pos_loss + r0, p.pos_weight + r0);
-  }
+  if (p.bf16) lce_rows_launch<bf16, L, true>(a, p, r0, r, grads, dloss);  // ld = round8(V), 256-byte aligned chunk
+  else if (p.ld % 4 == 0) lce_rows_launch<float, L, true>(a, p, r0, r, grads, dloss);
+  else lce_rows_launch<float, L, false>(a, p, r0, r, grads, dloss);
   return launched();
 }
 
-bool rows_kernel(const LinearCrossEntropyArgs& a, const Plan& p, int64_t r0, int64_t r, bool backward,
+bool rows_kernel(const LinearCrossEntropyArgs& a, const Plan& p, int64_t r0, int64_t r, bool grads,
                  const float* dloss) {
-  return a.labels64 ? launch_rows<int64_t>(a, p, r0, r, backward, dloss)
-                    : launch_rows<int32_t>(a, p, r0, r, backward, dloss);
+  return a.labels64 ? launch_rows<int64_t>(a, p, r0, r, grads, dloss)
+                    : launch_rows<int32_t>(a, p, r0, r, grads, dloss);
 }
 
 // dX rows [r0, r0 + r) and the chunk's share of dW from the chunk's dlogits in p.logits.
@@ -307,28 +285,11 @@ bool chunk_grads(const LinearCrossEntropyArgs& a, const Plan& p, int64_t r0, int
   return gemm_f32(true, false, a.k, a.v, r, 1.0f, xc, 0, g, 0, beta, dw, 0, 1);
 }
 
-}  // namespace
-
-bool linear_cross_entropy_f32(const LinearCrossEntropyArgs& a, float* loss) {
-  if (a.n == 0) return cudaMemsetAsync(loss, 0, sizeof(float), 0) == cudaSuccess;
+// The loss into `loss` (when non-null) and, when dx is, dX and dW for dLoss = *dloss (null: 1).
+bool run(const LinearCrossEntropyArgs& a, float* loss, const float* dloss, float* dx, float* dw) {
   Plan p;
-  if (!make_plan(a, false, p)) return false;
-  for (int64_t r0 = 0; r0 < a.n; r0 += p.rows) {
-    const int64_t r = a.n - r0 < p.rows ? a.n - r0 : p.rows;
-    if (!chunk_logits(a, p, r0, r) || !rows_kernel(a, p, r0, r, false, nullptr)) return false;
-  }
-  lce_reduce<<<1, 1024>>>(p.pos_loss, p.pos_weight, a.n, a.mean, loss);
-  return launched();
-}
-
-bool linear_cross_entropy_grad_f32(const LinearCrossEntropyArgs& a, const float* dloss, float* dx, float* dw) {
-  if (a.n == 0) {
-    const int64_t wn = a.v * a.k;
-    return cudaMemsetAsync(dw, 0, sizeof(float) * static_cast<size_t>(wn), 0) == cudaSuccess;
-  }
-  Plan p;
-  if (!make_plan(a, true, p)) return false;
-  if (a.mean) {
+  if (!make_plan(a, loss != nullptr, dx != nullptr, p)) return false;
+  if (dx && a.mean) {
     if (a.labels64) {
       lce_count<int64_t><<<1, 1024>>>(static_cast<const int64_t*>(a.labels), a.n, a.v, a.has_ignore, a.ignore_index,
                                       p.total);
@@ -340,9 +301,12 @@ bool linear_cross_entropy_grad_f32(const LinearCrossEntropyArgs& a, const float*
   }
   for (int64_t r0 = 0; r0 < a.n; r0 += p.rows) {
     const int64_t r = a.n - r0 < p.rows ? a.n - r0 : p.rows;
-    if (!chunk_logits(a, p, r0, r) || !rows_kernel(a, p, r0, r, true, dloss) || !chunk_grads(a, p, r0, r, dx, dw)) {
-      return false;
-    }
+    if (!chunk_logits(a, p, r0, r) || !rows_kernel(a, p, r0, r, dx != nullptr, dloss)) return false;
+    if (dx && !chunk_grads(a, p, r0, r, dx, dw)) return false;
+  }
+  if (loss) {
+    lce_reduce<<<1, 1024>>>(p.pos_loss, p.pos_weight, a.n, a.mean, loss);
+    if (!launched()) return false;
   }
   if (p.dw_pad) {
     return cudaMemcpy2DAsync(dw, sizeof(float) * static_cast<size_t>(a.v), p.dw_pad,
@@ -350,6 +314,23 @@ bool linear_cross_entropy_grad_f32(const LinearCrossEntropyArgs& a, const float*
                              static_cast<size_t>(a.k), cudaMemcpyDeviceToDevice, 0) == cudaSuccess;
   }
   return true;
+}
+
+bool zero_grads(const LinearCrossEntropyArgs& a, float* dx, float* dw) {
+  return cudaMemsetAsync(dx, 0, sizeof(float) * static_cast<size_t>(a.n * a.k), 0) == cudaSuccess &&
+         cudaMemsetAsync(dw, 0, sizeof(float) * static_cast<size_t>(a.v * a.k), 0) == cudaSuccess;
+}
+
+}  // namespace
+
+bool linear_cross_entropy_f32(const LinearCrossEntropyArgs& a, float* loss, float* dx, float* dw) {
+  if (a.n == 0) return cudaMemsetAsync(loss, 0, sizeof(float), 0) == cudaSuccess && (!dx || zero_grads(a, dx, dw));
+  return run(a, loss, nullptr, dx, dw);
+}
+
+bool linear_cross_entropy_grad_f32(const LinearCrossEntropyArgs& a, const float* dloss, float* dx, float* dw) {
+  if (a.n == 0 || !dloss) return zero_grads(a, dx, dw);
+  return run(a, nullptr, dloss, dx, dw);
 }
 
 }  // namespace gv::cuda

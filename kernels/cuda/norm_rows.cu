@@ -12,9 +12,9 @@
 // t, t + 32 W, ... (V of them, zeros past the row's end). A 256-thread block holds 8 / W groups, each on its own rows,
 // so 8 / W rows per block are in flight and no barrier spans the block per row: the sums over a row are warp
 // butterflies, and for W > 1 the warps' totals meet in shared memory behind a named barrier of the group's threads.
-// The backward keeps each group's scale/bias gradient sums in shared memory (its own columns per thread: no barrier;
-// registers would double the backward's), adds the groups up once at the end, and the partial-row sum spreads over
-// columns and partial rows (64 partial rows at a time per column).
+// The backward keeps each group's scale/bias gradient sums in shared memory (each thread adds into its own columns:
+// no barrier; in registers they would double the 8 V registers that x and dy take), adds the groups up once at the
+// end, and the partial-row sum spreads over columns and partial rows (64 partial rows at a time per column).
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -114,13 +114,12 @@ __device__ __forceinline__ void moments(const float4 (&v)[V], RowGroup<W>& grp, 
   inv_std = 1.0 / sqrt(q[0] / cols + static_cast<double>(eps));
 }
 
-// Rows blockIdx.x * G + g, then + gridDim.x * G, ... for group g of the block's G.
+// Rows blockIdx.x * G + g, then + gridDim.x * G, ... for group g of the block's G. Three blocks per SM where ptxas
+// fits them without spills (sm_90: up to 8 float4 per thread here, 4 in the backward), two otherwise.
 template <int W, int V, bool kCenter>
-__global__ void __launch_bounds__(kBlock, V <= 8 ? 3 : 2) norm_forward_rows(const float* __restrict__ x,
-                                                               const float* __restrict__ scale,
-                                                               const float* __restrict__ bias, float* y,
-                                                               float* mean_out, float* inv_std_out, int64_t rows,
-                                                               int cols, float eps) {
+__global__ void __launch_bounds__(kBlock, V <= 8 ? 3 : 2)
+    norm_forward_rows(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ bias,
+                      float* y, float* mean_out, float* inv_std_out, int64_t rows, int cols, float eps) {
   __shared__ double red[4 * kWarps];
   RowGroup<W> grp(red);
   constexpr int G = RowGroup<W>::kPerBlock;
@@ -148,28 +147,34 @@ __global__ void __launch_bounds__(kBlock, V <= 8 ? 3 : 2) norm_forward_rows(cons
   }
 }
 
-// dx for every row the block visits (as in the forward), and with na > 0 the block's partial column sums
-// part[blockIdx.x][0][cols] = sum dy * xhat and (na == 2) part[blockIdx.x][1][cols] = sum dy. Dynamic shared
-// memory: [group][na][c4] float4 sums, each thread adding into its own columns only.
+// Column sums the backward keeps per block: dy * xhat (dscale), and dy (dbias) for LayerNorm, with or without a
+// bias (fewer template variants; a LayerNorm without bias only adds shared-memory traffic).
+template <bool kCenter>
+constexpr int kArrays = kCenter ? 2 : 1;
+
+// dx for every row the block visits (as in the forward), and unless part is null the block's partial column sums
+// part[blockIdx.x][0][cols] = sum dy * xhat and (center) part[blockIdx.x][1][cols] = sum dy. Dynamic shared memory:
+// [group][kArrays][c4] float4 sums, each thread adding into its own columns only.
 template <int W, int V, bool kCenter>
-__global__ void __launch_bounds__(kBlock, 2) norm_backward_rows(
-    const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ scale,
-    const float* __restrict__ mean_in, const float* __restrict__ inv_std_in, float* dx, float* part, int na,
-    int64_t rows, int cols, float eps) {
+__global__ void __launch_bounds__(kBlock, V <= 4 ? 3 : 2)
+    norm_backward_rows(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ scale,
+                       const float* __restrict__ mean_in, const float* __restrict__ inv_std_in, float* dx, float* part,
+                       int64_t rows, int cols, float eps) {
+  constexpr int G = RowGroup<W>::kPerBlock, NA = kArrays<kCenter>;
   __shared__ double red[4 * kWarps];
   extern __shared__ float4 acc[];
   RowGroup<W> grp(red);
-  constexpr int G = RowGroup<W>::kPerBlock;
   const int c4 = cols / 4;
-  float4* ag = acc + grp.g * na * c4;  // sums of dy * xhat
-  float4* ab = ag + c4;                // sums of dy (na == 2)
-  if (na) {
+  const bool sums_on = part != nullptr;
+  float4* ag = acc + grp.g * NA * c4;  // sums of dy * xhat
+  float4* ab = ag + c4;                // sums of dy (center)
+  if (sums_on) {
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const int i = grp.t + k * 32 * W;
       if (i >= c4) continue;
       ag[i] = f4(0.0f);
-      if (na == 2) ab[i] = f4(0.0f);
+      if constexpr (kCenter) ab[i] = f4(0.0f);
     }
   }
   const bool saved = inv_std_in && (mean_in || !kCenter);
@@ -194,11 +199,11 @@ __global__ void __launch_bounds__(kBlock, 2) norm_backward_rows(
       float4& xh = xv[k];  // becomes xhat
       xh = make_float4((xh.x - mf) * isf, (xh.y - mf) * isf, (xh.z - mf) * isf, (xh.w - mf) * isf);
       const float4 d = gv[k];
-      if (na) {
+      if (sums_on) {
         float4 a = ag[i];
         a.x += d.x * xh.x, a.y += d.y * xh.y, a.z += d.z * xh.z, a.w += d.w * xh.w;
         ag[i] = a;
-        if (na == 2) {
+        if constexpr (kCenter) {
           float4 b = ab[i];
           b.x += d.x, b.y += d.y, b.z += d.z, b.w += d.w;
           ab[i] = b;
@@ -229,17 +234,16 @@ __global__ void __launch_bounds__(kBlock, 2) norm_backward_rows(
                            isf * (g.z - mg - xh.z * mgx), isf * (g.w - mg - xh.w * mgx));
     }
   }
-  if (!na) return;
+  if (!sums_on) return;
   __syncthreads();
   // The groups' sums in group order, in double, as the block's partial rows.
   for (int q = static_cast<int>(threadIdx.x); q < c4; q += kBlock) {
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      if (j >= na) break;
+    for (int j = 0; j < NA; ++j) {
       double a[4] = {0.0, 0.0, 0.0, 0.0};
 #pragma unroll
       for (int h = 0; h < G; ++h) {
-        const float4 v = acc[(h * na + j) * c4 + q];
+        const float4 v = acc[(h * NA + j) * c4 + q];
         a[0] += v.x, a[1] += v.y, a[2] += v.z, a[3] += v.w;
       }
       reinterpret_cast<float4*>(part + (static_cast<int64_t>(blockIdx.x) * 2 + j) * cols)[q] =
@@ -255,6 +259,23 @@ __global__ void __launch_bounds__(kBlock, 2) norm_backward_rows(
 constexpr int kSumCols = 4;
 constexpr int kSumPhases = kBlock / kSumCols;
 
+// Adds partial rows first, first + kSumPhases, ... of float4 column pq (arrays 0 and / or 1) into a[0..3] / a[4..7];
+// the arrays are template flags so that the unrolled loads carry no branches between them.
+template <bool kA, bool kB>
+__device__ __forceinline__ void add_partials(const float4* pq, int first, int blocks, int c4, double (&a)[8]) {
+#pragma unroll 4
+  for (int c = first; c < blocks; c += kSumPhases) {
+    if constexpr (kA) {
+      const float4 v = pq[static_cast<int64_t>(c) * 2 * c4];
+      a[0] += v.x, a[1] += v.y, a[2] += v.z, a[3] += v.w;
+    }
+    if constexpr (kB) {
+      const float4 v = pq[(static_cast<int64_t>(c) * 2 + 1) * c4];
+      a[4] += v.x, a[5] += v.y, a[6] += v.z, a[7] += v.w;
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kBlock) sum_partials(const float* part, int blocks, int cols, float* dscale,
                                                       float* dbias) {
   __shared__ double sh[8][kBlock];  // [array * 4 + component][thread]
@@ -264,16 +285,12 @@ __global__ void __launch_bounds__(kBlock) sum_partials(const float* part, int bl
   double a[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
   if (q < c4) {
     const float4* pq = reinterpret_cast<const float4*>(part) + q;
-#pragma unroll 4
-    for (int c = p; c < blocks; c += kSumPhases) {
-      if (dscale) {
-        const float4 v = pq[static_cast<int64_t>(c) * 2 * c4];
-        a[0] += v.x, a[1] += v.y, a[2] += v.z, a[3] += v.w;
-      }
-      if (dbias) {
-        const float4 v = pq[(static_cast<int64_t>(c) * 2 + 1) * c4];
-        a[4] += v.x, a[5] += v.y, a[6] += v.z, a[7] += v.w;
-      }
+    if (dscale && dbias) {
+      add_partials<true, true>(pq, p, blocks, c4, a);
+    } else if (dscale) {
+      add_partials<true, false>(pq, p, blocks, c4, a);
+    } else {
+      add_partials<false, true>(pq, p, blocks, c4, a);
     }
   }
 #pragma unroll
@@ -342,31 +359,31 @@ bool forward(const float* x, const float* scale, const float* bias, float* y, fl
 template <bool kCenter>
 bool backward(const float* dy, const float* x, const float* scale, const float* mean, const float* inv_std, float* dx,
               float* dscale, float* dbias, int64_t rows, int cols, float eps) {
-  const int na = dbias ? 2 : dscale ? 1 : 0;  // column sums kept: dy * xhat, and dy for dbias
+  const bool sums_on = dscale || dbias;
   return with_backward_shape(cols / 4, [&](auto w, auto v) {
     constexpr int W = decltype(w)::value, V = decltype(v)::value, G = kWarps / W;
     const auto kernel = norm_backward_rows<W, V, kCenter>;
-    const size_t smem = sizeof(float) * G * static_cast<size_t>(na) * cols;
+    const size_t smem = sums_on ? sizeof(float) * G * kArrays<kCenter> * static_cast<size_t>(cols) : 0;
     if (smem > kStaticSmem && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                    static_cast<int>(smem)) != cudaSuccess) {
       return false;
     }
     // As many blocks as are resident at once, then as few as keep each group's row count (fewer partial rows for
-    // sum_partials, same critical path): [8192, 768] at 3 blocks per SM on 132 SMs visits 3 rows per group in 342
-    // blocks instead of 2.6 on average in 396.
+    // sum_partials, same critical path): 8192 rows on 3168 resident groups take 3 rows per group in 342 blocks
+    // rather than 396.
     int per_sm = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kBlock, smem) != cudaSuccess) return false;
     const int64_t fit = int64_t{per_sm < 1 ? 1 : per_sm} * detail::num_sms() * G;
     const int64_t per_group = (rows + fit - 1) / fit;
     const int blocks = static_cast<int>((rows + per_group * G - 1) / (per_group * G));
     float* part = nullptr;
-    if (na) {
+    if (sums_on) {
       part = static_cast<float*>(workspace(sizeof(float) * 2 * static_cast<size_t>(blocks) * cols));
       if (!part) return false;
     }
-    kernel<<<blocks, kBlock, smem>>>(dy, x, scale, mean, inv_std, dx, part, na, rows, cols, eps);
+    kernel<<<blocks, kBlock, smem>>>(dy, x, scale, mean, inv_std, dx, part, rows, cols, eps);
     if (!launched()) return false;
-    if (na) sum_partials<<<(cols / 4 + kSumCols - 1) / kSumCols, kBlock>>>(part, blocks, cols, dscale, dbias);
+    if (sums_on) sum_partials<<<(cols / 4 + kSumCols - 1) / kSumCols, kBlock>>>(part, blocks, cols, dscale, dbias);
     return launched();
   });
 }

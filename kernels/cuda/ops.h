@@ -192,7 +192,8 @@ struct LinearCrossEntropyArgs {
   int64_t ignore_index = 0;
   int64_t chunk_rows = 0;
 };
-bool linear_cross_entropy_f32(const LinearCrossEntropyArgs& a, float* loss);
+// With dx, dw non-null also the gradients dx [n, k] and dw (W's layout) for dLoss = 1, from the same logits.
+bool linear_cross_entropy_f32(const LinearCrossEntropyArgs& a, float* loss, float* dx, float* dw);
 // dx [n, k] and dw (W's layout) from the loss gradient dloss (a device scalar; null: no gradient, zeros).
 bool linear_cross_entropy_grad_f32(const LinearCrossEntropyArgs& a, const float* dloss, float* dx, float* dw);
 

@@ -2,10 +2,12 @@
 // [N, V] logits and their gradient never exist whole (runtime/fuse_linear_cross_entropy.cpp forms it from
 // SoftmaxCrossEntropyLoss(MatMul(X, W)) chains).
 //
-//   LinearCrossEntropy(X [N, K], W, labels [N]) -> loss
+//   LinearCrossEntropy(X [N, K], W, labels [N]) -> loss, (dX1, dW1)?
 //     loss = SoftmaxCrossEntropyLoss(X @ op(W), labels) with the same reduction ("mean" or "sum") and ignore_index;
 //     op(W) = W^T for trans_w = 1 (W stored [V, K], PyTorch's Linear weight / a tied embedding), W for trans_w = 0
-//     (W stored [K, V]).
+//     (W stored [K, V]). With three outputs, also the gradients of the loss for dLoss = 1, computed from the same
+//     logits while they are at hand (the training graph's form: its backward only scales them by dLoss, and nothing
+//     is recomputed); they take no gradient themselves.
 //   LinearCrossEntropyGrad(dLoss, X, W, labels) -> dX [N, K], dW (W's shape); same attributes.
 //     Recomputes each chunk of logits, turns it into dlogits = dLoss * scale * (softmax - onehot), then
 //     dX = dlogits @ op(W)^T and dW += the chunk's share.
@@ -92,39 +94,75 @@ Status bad_label(const KernelContext& ctx, const TensorRef& labels, int64_t pos,
                        : ""));
 }
 
+// The chunk loop of both ops: the loss (when `loss`), and dX, dW for the loss gradient *dloss (when dx).
+template <typename T, typename L>
+int64_t run_chunks(const KernelContext& ctx, const LceDims& d, const T* x, const T* w, const L* labels, T* loss,
+                   const T* dloss, T* dx, T* dw) {
+  const int64_t rows = chunk_rows<T>(ctx, d);
+  std::vector<T> logits(static_cast<size_t>(rows * d.v)), grad(dx ? logits.size() : 0);
+  std::vector<double> pos_loss(loss ? static_cast<size_t>(d.n) : 0), pos_weight(pos_loss.size());
+  double scale = 1.0;
+  if (dx && d.mean) {
+    const double total = cpu::loss_weight_total<T, L>(labels, nullptr, chunk_shape(ctx, d.n, d.v));
+    scale = total > 0.0 ? 1.0 / total : 0.0;
+  }
+  for (int64_t r0 = 0; r0 < d.n; r0 += rows) {
+    const int64_t r = std::min(rows, d.n - r0);
+    const T* xc = x + r0 * d.k;
+    cpu::gemm<T>(false, d.trans_w, r, d.v, d.k, 1.0, xc, w, 0.0, logits.data());
+    const cpu::LossShape s = chunk_shape(ctx, r, d.v);
+    if (loss) {
+      const int64_t b = cpu::softmax_cross_entropy<T, L>(logits.data(), labels + r0, nullptr, s,
+                                                         pos_loss.data() + r0, pos_weight.data() + r0, nullptr);
+      if (b >= 0) return r0 + b;
+    }
+    if (!dx) continue;
+    const int64_t b = cpu::softmax_cross_entropy_backward<T, L>(logits.data(), labels + r0, nullptr, s, dloss, false,
+                                                                scale, nullptr, grad.data());
+    if (b >= 0) return r0 + b;
+    // dX rows = dlogits @ op(W)^T; dW (+)= the chunk's dlogits^T X (trans_w) or X^T dlogits.
+    cpu::gemm<T>(false, !d.trans_w, r, d.k, d.v, 1.0, grad.data(), w, 0.0, dx + r0 * d.k);
+    const double beta = r0 == 0 ? 0.0 : 1.0;
+    if (d.trans_w) cpu::gemm<T>(true, false, d.v, d.k, r, 1.0, grad.data(), xc, beta, dw);
+    else cpu::gemm<T>(true, false, d.k, d.v, r, 1.0, xc, grad.data(), beta, dw);
+  }
+  if (dx && d.n == 0) std::fill(dw, dw + d.v * d.k, T(0));
+  if (loss) {
+    double sum = 0.0, total = 0.0;
+    for (int64_t i = 0; i < d.n; ++i) sum += pos_loss[i], total += pos_weight[i];
+    *loss = static_cast<T>(d.mean ? (total > 0.0 ? sum / total : 0.0) : sum);
+  }
+  return -1;
+}
+
 // ---- LinearCrossEntropy ----
 
 Status infer_lce(InferContext& ctx) {
   LceDims d;
   GV_RETURN_IF_ERROR(check_lce(ctx, 0, d));
+  if (ctx.num_outputs() == 2) return ctx.fail("has 2 outputs: expected the loss alone, or the loss, dX and dW");
   ctx.set_output(0, ctx.dtype(0), Shape{});
+  if (ctx.num_outputs() == 3) {
+    ctx.set_output(1, ctx.dtype(0), ctx.shape(0));
+    ctx.set_output(2, ctx.dtype(0), ctx.shape(1));
+  }
   return Status::ok();
 }
 
 Status lce_cpu(KernelContext& ctx) {
   const LceDims d = dims_of(ctx, 0);
   const TensorRef& labels = ctx.inputs[2];
+  const bool grads = ctx.outputs.size() == 3;
   int64_t bad = -1;
   GV_RETURN_IF_ERROR(dispatch_float(ctx.inputs[0].dtype, ctx, [&](auto t_tag) {
     using T = decltype(t_tag);
-    const T *x = ctx.inputs[0].as<T>(), *w = ctx.inputs[1].as<T>();
-    const int64_t rows = chunk_rows<T>(ctx, d);
-    std::vector<T> logits(static_cast<size_t>(rows * d.v));
-    std::vector<double> loss(static_cast<size_t>(d.n)), weight(static_cast<size_t>(d.n));
+    const T one = T(1);
     (void)dispatch_index(labels.dtype, ctx, [&](auto l_tag) {
       using L = decltype(l_tag);
-      for (int64_t r0 = 0; r0 < d.n && bad < 0; r0 += rows) {
-        const int64_t r = std::min(rows, d.n - r0);
-        cpu::gemm<T>(false, d.trans_w, r, d.v, d.k, 1.0, x + r0 * d.k, w, 0.0, logits.data());
-        const int64_t b = cpu::softmax_cross_entropy<T, L>(logits.data(), labels.as<L>() + r0, nullptr,
-                                                            chunk_shape(ctx, r, d.v), loss.data() + r0,
-                                                            weight.data() + r0, nullptr);
-        if (b >= 0) bad = r0 + b;
-      }
+      bad = run_chunks<T, L>(ctx, d, ctx.inputs[0].as<T>(), ctx.inputs[1].as<T>(), labels.as<L>(),
+                             ctx.outputs[0].as<T>(), &one, grads ? ctx.outputs[1].as<T>() : nullptr,
+                             grads ? ctx.outputs[2].as<T>() : nullptr);
     });
-    double sum = 0.0, total = 0.0;
-    for (int64_t i = 0; i < d.n; ++i) sum += loss[i], total += weight[i];
-    *ctx.outputs[0].as<T>() = static_cast<T>(d.mean ? (total > 0.0 ? sum / total : 0.0) : sum);
   }));
   return bad >= 0 ? bad_label(ctx, labels, bad, d.v) : Status::ok();
 }
@@ -148,42 +186,35 @@ Status lce_grad_cpu(KernelContext& ctx) {
   int64_t bad = -1;
   GV_RETURN_IF_ERROR(dispatch_float(ctx.inputs[1].dtype, ctx, [&](auto t_tag) {
     using T = decltype(t_tag);
-    const T *x = ctx.inputs[1].as<T>(), *w = ctx.inputs[2].as<T>();
-    const T* dloss = ctx.has_input(0) ? ctx.inputs[0].as<T>() : nullptr;
-    T *dx = ctx.outputs[0].as<T>(), *dw = ctx.outputs[1].as<T>();
-    const int64_t rows = chunk_rows<T>(ctx, d);
-    std::vector<T> logits(static_cast<size_t>(rows * d.v)), grad(logits.size());
     (void)dispatch_index(labels.dtype, ctx, [&](auto l_tag) {
       using L = decltype(l_tag);
-      double scale = 1.0;
-      if (d.mean) {
-        const double total = cpu::loss_weight_total<T, L>(labels.as<L>(), nullptr, chunk_shape(ctx, d.n, d.v));
-        scale = total > 0.0 ? 1.0 / total : 0.0;
-      }
-      for (int64_t r0 = 0; r0 < d.n && bad < 0; r0 += rows) {
-        const int64_t r = std::min(rows, d.n - r0);
-        const T* xc = x + r0 * d.k;
-        cpu::gemm<T>(false, d.trans_w, r, d.v, d.k, 1.0, xc, w, 0.0, logits.data());
-        const int64_t b = cpu::softmax_cross_entropy_backward<T, L>(logits.data(), labels.as<L>() + r0, nullptr,
-                                                                     chunk_shape(ctx, r, d.v), dloss, false, scale,
-                                                                     nullptr, grad.data());
-        if (b >= 0) {
-          bad = r0 + b;
-          break;
-        }
-        // dX rows = dlogits @ op(W)^T; dW (+)= the chunk's dlogits^T X (trans_w) or X^T dlogits.
-        cpu::gemm<T>(false, !d.trans_w, r, d.k, d.v, 1.0, grad.data(), w, 0.0, dx + r0 * d.k);
-        const double beta = r0 == 0 ? 0.0 : 1.0;
-        if (d.trans_w) cpu::gemm<T>(true, false, d.v, d.k, r, 1.0, grad.data(), xc, beta, dw);
-        else cpu::gemm<T>(true, false, d.k, d.v, r, 1.0, xc, grad.data(), beta, dw);
-      }
-      if (d.n == 0) std::fill(dw, dw + ctx.outputs[1].numel(), T(0));
+      bad = run_chunks<T, L>(ctx, d, ctx.inputs[1].as<T>(), ctx.inputs[2].as<T>(), labels.as<L>(), nullptr,
+                             ctx.has_input(0) ? ctx.inputs[0].as<T>() : nullptr, ctx.outputs[0].as<T>(),
+                             ctx.outputs[1].as<T>());
     });
   }));
   return bad >= 0 ? bad_label(ctx, labels, bad, d.v) : Status::ok();
 }
 
+bool is_constant_one(const Graph& g, ValueId v) {
+  const Value& val = g.value(v);
+  return val.kind == ValueKind::kConstant && val.data.defined() && val.data.numel() == 1 && val.data.scalar_f64(0) == 1.0;
+}
+
 Status lce_grad(GradBuilder& gb) {
+  if (gb.num_outputs() == 3) {
+    // The forward's dX1, dW1 scaled by dLoss (nothing to do for the constant 1 autograd seeds the loss with).
+    if (gb.grad_output(1) != kNoValue || gb.grad_output(2) != kNoValue) {
+      return invalid_argument("node '" + gb.node().name + "' (galvatron::LinearCrossEntropy): its gradient outputs "
+                              "are not differentiable, but the loss depends on them");
+    }
+    const ValueId dloss = gb.grad_output(0);
+    const bool one = is_constant_one(gb.graph(), dloss);
+    for (int i = 0; i < 2; ++i) {
+      if (gb.needs_grad(i)) gb.set_grad_input(i, one ? gb.output(1 + i) : gb.emit1("Mul", {gb.output(1 + i), dloss}));
+    }
+    return gb.status();
+  }
   Attributes a;
   a.set_string("reduction", gb.attrs().get_string("reduction", "mean"));
   a.set_int("trans_w", gb.attrs().get_int("trans_w", 1));
@@ -202,9 +233,9 @@ Status lce_grad(GradBuilder& gb) {
 }  // namespace
 
 void register_linear_cross_entropy_ops(OpRegistry& r) {
-  OpSchema lce = make_schema(kGalvatronDomain, "LinearCrossEntropy", 3, 3, 1, 1, infer_lce, lce_cpu,
+  OpSchema lce = make_schema(kGalvatronDomain, "LinearCrossEntropy", 3, 3, 1, 3, infer_lce, lce_cpu,
                              "(X [N,K], W [V,K] or [K,V] (trans_w), labels [N]) -> cross-entropy of X op(W), "
-                             "logits in chunks");
+                             "(dX, dW for dLoss = 1)?; logits in chunks");
   lce.grad = lce_grad;
   lce.nondiff_inputs = {2};
   r.add(lce);
