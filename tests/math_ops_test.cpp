@@ -781,3 +781,30 @@ TEST(MathBackward, LinearCrossEntropyGradient) {
 
 }  // namespace
 }  // namespace gv::testing
+
+namespace gv {
+namespace {
+
+// galvatron LinearCrossEntropy's bad inputs: clear errors naming what is wrong (shape inference and the CPU kernel).
+TEST(LinearCrossEntropyErrors, ShapesReductionAndLabels) {
+  auto error = [](const std::vector<Tensor>& in, Attributes a, int outputs = 1) -> std::string {
+    auto r = testing::run_op("LinearCrossEntropy", in, std::move(a), outputs, 20, {}, kGalvatronDomain);
+    EXPECT_FALSE(r.has_value()) << "should have failed";
+    return r ? "" : r.status().message();
+  };
+  const Tensor x(DType::kFloat32, {4, 3}), w(DType::kFloat32, {6, 3}), labels = Tensor::from_i64({0, 1, 2, 3}, {4});
+  EXPECT_NE(error({x, Tensor(DType::kFloat32, {6, 5}), labels}, {}).find("does not match X"), std::string::npos);
+  Attributes kv;
+  kv.set_int("trans_w", 0);
+  EXPECT_NE(error({x, w, labels}, kv).find("trans_w = 0: W is [K, V]"), std::string::npos);
+  EXPECT_NE(error({x, w, Tensor::from_i64({0, 1, 2}, {3})}, {}).find("labels must be"), std::string::npos);
+  Attributes none;
+  none.set_string("reduction", "none");
+  EXPECT_NE(error({x, w, labels}, none).find("mean or sum"), std::string::npos);
+  EXPECT_NE(error({x, w, labels}, {}, 2).find("has 2 outputs"), std::string::npos);
+  EXPECT_NE(error({x, w, Tensor::from_i64({0, 1, 9, 3}, {4})}, {}).find("label 9 at position 2 is outside [0, 6)"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace gv
