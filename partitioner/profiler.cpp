@@ -53,6 +53,7 @@ Expected<GraphTimes> time_graph(Graph fwd, int repeats, Backend& backend) {
   TrainingGraphOptions to;
   to.optimizer.weight_decay = 0;
   to.save_attention_lse = backend.saves_attention_statistics();  // as the trainer builds it
+  to.bf16_operands = backend.shares_bf16_operands();
   GV_ASSIGN_OR_RETURN(TrainingGraph tg, build_training_graph(std::move(fwd), to));
   const Graph& g = tg.graph;
   GV_ASSIGN_OR_RETURN(auto ex, Executor::create(g, backend));

@@ -34,6 +34,9 @@ class Backend {
   // Whether this backend's attention kernels, in the current precision, take the forward's row log-sum-exp in the
   // backward (galvatron AttentionWithLse; TrainingGraphOptions::save_attention_lse): the CUDA backend in bf16.
   virtual bool saves_attention_statistics() const { return false; }
+  // Whether this backend, in the current precision, rounds product operands to bfloat16 anyway, so that the training
+  // graph may hold one shared bf16 copy per operand (TrainingGraphOptions::bf16_operands): the CUDA backend in bf16.
+  virtual bool shares_bf16_operands() const { return false; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -60,6 +60,14 @@ class CudaBackend final : public Backend {
   bool saves_attention_statistics() const override {
     return cuda::math_mode() == cuda::MathMode::kBf16 && cuda::flash_attention_enabled();
   }
+  // GALVATRON_CUDA_BF16_OPERANDS=0 keeps every product converting its own operands (for comparisons).
+  bool shares_bf16_operands() const override {
+    static const bool enabled = [] {
+      const char* e = std::getenv("GALVATRON_CUDA_BF16_OPERANDS");
+      return !(e && std::string(e) == "0");
+    }();
+    return cuda::math_mode() == cuda::MathMode::kBf16 && enabled;
+  }
 };
 
 }  // namespace

@@ -231,6 +231,12 @@ char cast_code(DType t) {
 Status cast_cuda(KernelContext& ctx) {
   const TensorRef &x = ctx.inputs[0], &y = ctx.outputs[0];
   const char from = cast_code(x.dtype), to = cast_code(y.dtype);
+  if (x.dtype == DType::kFloat32 && y.dtype == DType::kBFloat16) {
+    return launch(ctx, cuda::to_bf16(x.as<float>(), static_cast<uint16_t*>(y.data), x.numel()));
+  }
+  if (x.dtype == DType::kBFloat16 && y.dtype == DType::kFloat32) {
+    return launch(ctx, cuda::from_bf16(static_cast<const uint16_t*>(x.data), y.as<float>(), x.numel()));
+  }
   if (!from || !to) return cuda_fallback_kernel(ctx);
   if (from == to) return copy_cuda(ctx);
   return launch(ctx, cuda::cast(from, to, x.data, y.data, x.numel()));
@@ -399,11 +405,24 @@ void note_product(const char* route, int64_t m, int64_t n, int64_t k, int64_t ba
                     (tb ? " tb" : "") + " path=" + cuda::gemm_last_path());
 }
 
+// An input as a product operand (float32 or bf16), `elems` elements on.
+cuda::GemmOperand operand(const TensorRef& t, int64_t elems = 0) {
+  return {static_cast<const char*>(t.data) + elems * static_cast<int64_t>(dtype_size(t.dtype)),
+          t.dtype == DType::kBFloat16};
+}
+
+// Products read float32 or bfloat16 operands (runtime/bf16_operands.h) into a float32 result.
+bool product_types(const KernelContext& ctx) {
+  for (int i = 0; i < 2; ++i) {
+    if (ctx.inputs[i].dtype != DType::kFloat32 && ctx.inputs[i].dtype != DType::kBFloat16) return false;
+  }
+  return ctx.outputs[0].dtype == DType::kFloat32;
+}
+
 // C[c_batch] = alpha * sum over the broadcast batch of op(A) @ op(B) (kernels/cpu/matmul.h semantics).
 Status run_products(KernelContext& ctx, const Shape& a_batch, const Shape& b_batch, const Shape& batch,
                     const Shape& c_batch, int64_t m, int64_t n, int64_t k, bool ta, bool tb, float alpha) {
-  const float* a = ctx.inputs[0].as<float>();
-  const float* b = ctx.inputs[1].as<float>();
+  const TensorRef &a = ctx.inputs[0], &b = ctx.inputs[1];
   float* c = ctx.outputs[0].as<float>();
   std::vector<int64_t> ai = batch_index(batch, a_batch), bi = batch_index(batch, b_batch),
                        ci = batch_index(batch, c_batch);
@@ -414,19 +433,20 @@ Status run_products(KernelContext& ctx, const Shape& a_batch, const Shape& b_bat
   if (c_count == count && c_aff && dc == 1) {
     if (count > 1 && !ta && da == 1 && db == 0 && a_aff && b_aff) {
       // [batch, m, k] @ [k, n]: one product over the stacked rows.
-      const bool ok = cuda::gemm_f32(false, tb, m * count, n, k, alpha, a, 0, b, 0, 0.0f, c, 0, 1);
+      const bool ok = cuda::gemm_mixed(false, tb, m * count, n, k, alpha, operand(a), 0, operand(b), 0, 0.0f, c, 0, 1);
       note_product("stacked rows", m * count, n, k, 1, false, tb);
       return launch(ctx, ok);
     }
     if (a_aff && b_aff) {
-      const bool ok = cuda::gemm_f32(ta, tb, m, n, k, alpha, a, da * sa, b, db * sb, 0.0f, c, sc, count);
+      const bool ok =
+          cuda::gemm_mixed(ta, tb, m, n, k, alpha, operand(a), da * sa, operand(b), db * sb, 0.0f, c, sc, count);
       note_product("strided batch", m, n, k, count, ta, tb);
       return launch(ctx, ok);
     }
   }
   if (c_count == 1 && count > 1 && ta && !tb && a_aff && da == 1 && b_aff && db == 1) {
     // sum_i A_i^T @ B_i with A [batch, k, m], B [batch, k, n]: one product over the stacked k.
-    const bool ok = cuda::gemm_f32(true, false, m, n, k * count, alpha, a, 0, b, 0, 0.0f, c, 0, 1);
+    const bool ok = cuda::gemm_mixed(true, false, m, n, k * count, alpha, operand(a), 0, operand(b), 0, 0.0f, c, 0, 1);
     note_product("stacked k", m, n, k * count, 1, true, false);
     return launch(ctx, ok);
   }
@@ -436,7 +456,8 @@ Status run_products(KernelContext& ctx, const Shape& a_batch, const Shape& b_bat
   for (int64_t i = 0; i < count; ++i) {
     const float beta = written[ci[i]] ? 1.0f : 0.0f;
     written[ci[i]] = 1;
-    if (!cuda::gemm_f32(ta, tb, m, n, k, alpha, a + ai[i] * sa, 0, b + bi[i] * sb, 0, beta, c + ci[i] * sc, 0, 1)) {
+    if (!cuda::gemm_mixed(ta, tb, m, n, k, alpha, operand(a, ai[i] * sa), 0, operand(b, bi[i] * sb), 0, beta,
+                          c + ci[i] * sc, 0, 1)) {
       return launch(ctx, false);
     }
   }
@@ -472,7 +493,7 @@ Status matmul_cuda(KernelContext& ctx) {
 }
 
 Status fused_matmul_cuda(KernelContext& ctx) {
-  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  if (!product_types(ctx)) return cuda_fallback_kernel(ctx);
   const Shape &as = ctx.inputs[0].shape, &bs = ctx.inputs[1].shape;
   const bool ta = ctx.attrs().get_int("transA", 0) != 0, tb = ctx.attrs().get_int("transB", 0) != 0;
   const int64_t ar = as[as.size() - 2], ac = as.back(), br = bs[bs.size() - 2], bc = bs.back();

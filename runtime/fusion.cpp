@@ -9,7 +9,8 @@ std::string FusionCounts::summary() const {
   if (attention_lse) notes += (notes.empty() ? "" : ", ") + std::to_string(attention_lse) + " keeping their LSE";
   return std::to_string(attention) + " attention" + (notes.empty() ? "" : " (" + notes + ")") + ", " +
          std::to_string(gelu) + " gelu" +
-         (linear_cross_entropy ? ", " + std::to_string(linear_cross_entropy) + " linear cross-entropy" : "");
+         (linear_cross_entropy ? ", " + std::to_string(linear_cross_entropy) + " linear cross-entropy" : "") +
+         (bf16_operands ? ", " + std::to_string(bf16_operands) + " shared bf16 operands" : "");
 }
 
 Expected<FusionCounts> fuse_forward_graph(Graph& graph) {

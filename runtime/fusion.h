@@ -18,7 +18,8 @@ struct FusionCounts {
   int attention_3d = 0;  // Attention nodes between head transposes -> the 3-D form (counted apart from `attention`)
   int attention_lse = 0;  // Attention nodes that keep their log-sum-exp for the backward (save_attention_lse)
   int linear_cross_entropy = 0;  // head MatMul + SoftmaxCrossEntropyLoss -> LinearCrossEntropy (after the loss is attached)
-  // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu, 1 linear cross-entropy"
+  int bf16_operands = 0;  // not a fusion: product operands given one shared bf16 copy (runtime/bf16_operands.h)
+  // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu, 1 linear cross-entropy, 40 shared bf16 operands"
   std::string summary() const;
 };
 

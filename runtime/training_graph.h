@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/bf16_operands.h"
 #include "runtime/fusion.h"
 #include "runtime/graph.h"
 
@@ -49,6 +50,10 @@ struct TrainingGraphOptions {
   // Attention nodes the backend's flash kernels take keep their row statistics for the backward
   // (runtime/fusion.h save_attention_lse; after fuse_ops' passes). Set from Backend::saves_attention_statistics.
   bool save_attention_lse = false;
+  // Product operands read by several large products get one shared bfloat16 copy (runtime/bf16_operands.h; after
+  // autograd, whatever fuse_ops says). Set from Backend::shares_bf16_operands.
+  bool bf16_operands = false;
+  Bf16OperandOptions bf16_operand_options;  // which products and operands qualify (tests lower min_mn)
   // Parallel execution, as a plan lays it out (runtime knows groups of world ranks, not plans). Per parameter name:
   // how its gradient is combined across processes before the update. Parameters not listed: no communication
   // (or, with data_parallel, a mean over the whole world).

@@ -306,6 +306,39 @@ class PrecisionScope {
   Backend& b_;
 };
 
+// Shared bf16 operands (runtime/bf16_operands.h): FusedMatMul with one or both operands bfloat16 and a float32 result,
+// against the CPU's float32 product of the same (exactly widened) values: 1e-5 in fp32 mode (a float32 operand keeps
+// its precision) and where both operands are bf16 in any mode; in bf16 mode a float32 operand is rounded too
+// (device/METHOD.md's 1e-3 to 1e-2 for bf16 operands; the random normal inputs give ~1.6e-3 with one rounded).
+void check_shared_bf16(const std::function<void(const Case&)>& check, double mixed_tol) {
+  const std::string G = kGalvatronDomain;
+  auto bf16 = [](Tensor t) { return t.cast(DType::kBFloat16); };
+  Attributes plain = attrs({{"out_dtype", 1}});
+  check({"FusedMatMul", {bf16(randn({4, 96, 64})), bf16(randn({64, 96}))}, plain, 1, G});  // stacked rows
+  check({"FusedMatMul", {bf16(randn({256, 768})), bf16(randn({768, 2304}))}, plain, 1, G});
+  Attributes tb = attrs({{"transB", 1}, {"out_dtype", 1}});
+  check({"FusedMatMul", {bf16(randn({2, 3, 40, 64})), bf16(randn({2, 3, 24, 64}))}, tb, 1, G});  // strided batch
+  check({"FusedMatMul", {randn({4, 96, 64}), bf16(randn({64, 96}))}, plain, 1, G, 20, {}, mixed_tol});  // B given
+  check({"FusedMatMul", {bf16(randn({96, 64})), randn({80, 64})}, tb, 1, G, 20, {}, mixed_tol});  // A given, op(B)
+  check({"FusedMatMul", {bf16(randn({2, 3, 40, 64})), randn({2, 3, 24, 64})}, tb, 1, G, 20, {}, mixed_tol});
+  Attributes ta = attrs({{"transA", 1}, {"out_dtype", 1}});
+  ta.set_ints("out_batch", {});
+  check({"FusedMatMul", {randn({4, 96, 48}), bf16(randn({4, 96, 32}))}, ta, 1, G, 20, {}, mixed_tol});  // dW form
+  check({"FusedMatMul", {bf16(randn({2, 1, 5, 8})), randn({3, 8, 16})}, plain, 1, G, 20, {}, mixed_tol});  // loop
+}
+
+TEST_F(CudaKernels, MatMulSharedBf16Operands) {
+  check_shared_bf16([this](const Case& c) { check(c); }, 1e-5);
+  // Cast to bf16 and back: rounding to nearest even on both backends, bit for bit.
+  check({"Cast", {randn({3, 1001}, 100.0)}, attrs({{"to", 16}})});
+  check({"Cast", {randn({4, 1024}).cast(DType::kBFloat16)}, attrs({{"to", 1}})});
+}
+
+TEST_F(CudaKernels, MatMulSharedBf16OperandsInBf16Mode) {
+  PrecisionScope scope(*cuda_, "bf16");
+  check_shared_bf16([this](const Case& c) { check(c); }, 1e-2);
+}
+
 // --precision bf16 / tf32: the products' operands rounded to bf16 / tf32 inside cuBLAS, float32 accumulation,
 // against the CPU's float32 products (device/METHOD.md: bf16 operands 1e-3 to 1e-2, tf32 near 3e-4).
 void check_products(const std::function<void(const Case&)>& check, double tol) {

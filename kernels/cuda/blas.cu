@@ -332,6 +332,39 @@ bool to_bf16(const float* x, uint16_t* y, int64_t n) {
   return launched();
 }
 
+namespace {
+
+// y[i] = float32(x[i]): four elements per thread where both are aligned (8-byte x, 16-byte y).
+template <bool kVec>
+__global__ void from_bf16_kernel(const uint16_t* __restrict__ x, float* __restrict__ y, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  auto wide = [](uint32_t bits) { return __uint_as_float(bits << 16); };
+  if constexpr (kVec) {
+    for (int64_t q = first; q < n / 4; q += stride) {
+      const uint2 v = reinterpret_cast<const uint2*>(x)[q];
+      reinterpret_cast<float4*>(y)[q] =
+          make_float4(wide(v.x & 0xffffu), wide(v.x >> 16), wide(v.y & 0xffffu), wide(v.y >> 16));
+    }
+    for (int64_t i = n / 4 * 4 + first; i < n; i += stride) y[i] = wide(x[i]);
+  } else {
+    for (int64_t i = first; i < n; i += stride) y[i] = wide(x[i]);
+  }
+}
+
+}  // namespace
+
+bool from_bf16(const uint16_t* x, float* y, int64_t n) {
+  if (n <= 0) return true;
+  const bool vec = aligned(x, 8) && aligned(y, 16);
+  int64_t blocks = ((vec ? (n + 3) / 4 : n) + kThreads - 1) / kThreads;
+  const int64_t cap = int64_t{detail::num_sms()} * 16;
+  if (blocks > cap) blocks = cap;
+  if (vec) from_bf16_kernel<true><<<static_cast<unsigned>(blocks), kThreads>>>(x, y, n);
+  else from_bf16_kernel<false><<<static_cast<unsigned>(blocks), kThreads>>>(x, y, n);
+  return launched();
+}
+
 bool gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a, int64_t stride_a,
                const uint16_t* b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch) {
   if (m == 0 || n == 0 || batch == 0) return true;
@@ -467,6 +500,80 @@ bool gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, co
                                  : g_mode == MathMode::kTf32 ? CUBLAS_COMPUTE_32F_FAST_TF32
                                                              : CUBLAS_COMPUTE_32F;
   return gemm_ex(h, ta, tb, m, n, k, alpha, a, stride_a, b, stride_b, CUDA_R_32F, beta, c, stride_c, batch, ct);
+}
+
+namespace {
+
+// gemm_mixed's float32 copy of a bf16 operand outside bf16 mode: grow-only, its own (gemm_f32 may use the others).
+float* widen_scratch(size_t bytes) {
+  static void* buf = nullptr;
+  static size_t have = 0;
+  if (bytes <= have) return static_cast<float*>(buf);
+  if (buf) cudaFree(buf);  // synchronizes: products that read the old copy are done
+  buf = nullptr;
+  have = 0;
+  const size_t want = bytes + bytes / 4;
+  if (cudaMalloc(&buf, want) != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  have = want;
+  return static_cast<float*>(buf);
+}
+
+}  // namespace
+
+bool gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, GemmOperand a, int64_t stride_a,
+                GemmOperand b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch) {
+  if (!a.bf16 && !b.bf16) {
+    return gemm_f32(ta, tb, m, n, k, alpha, static_cast<const float*>(a.data), stride_a,
+                    static_cast<const float*>(b.data), stride_b, beta, c, stride_c, batch);
+  }
+  if (m == 0 || n == 0 || batch == 0) return true;
+  if (g_mode != MathMode::kBf16 && a.bf16 != b.bf16) {
+    // fp32 / tf32 modes keep the float32 operand's precision: the bf16 one is widened (exactly) instead.
+    const bool wide_a = a.bf16;
+    const int64_t rows = wide_a ? (ta ? k : m) : (tb ? n : k), cols = wide_a ? (ta ? m : k) : (tb ? k : n);
+    const int64_t stride = wide_a ? stride_a : stride_b;
+    const int64_t extent = (batch > 1 && stride > 0 ? stride * (batch - 1) : 0) + rows * cols;
+    float* w = widen_scratch(sizeof(float) * static_cast<size_t>(extent));
+    if (!w || !from_bf16(static_cast<const uint16_t*>(wide_a ? a.data : b.data), w, extent)) return false;
+    const float* fa = wide_a ? w : static_cast<const float*>(a.data);
+    const float* fb = wide_a ? static_cast<const float*>(b.data) : w;
+    return gemm_f32(ta, tb, m, n, k, alpha, fa, stride_a, fb, stride_b, beta, c, stride_c, batch);
+  }
+  cublasHandle_t h = handle();
+  if (!h) return false;
+  g_path = a.bf16 && b.bf16 ? "bf16 given" : "bf16 one given";
+  if (k == 0) return scale_c(h, m, n, beta, c, stride_c, batch);
+  // k cannot be zero-padded here (the given bf16 operand has exactly k rows or columns): the converted copy keeps
+  // its rows, padded to 8 elements only along its columns.
+  const int64_t ra = ta ? k : m, cola = ta ? m : k;  // A stored [ra, cola]
+  const int64_t rb = tb ? n : k, colb = tb ? k : n;  // B stored [rb, colb]
+  const int64_t lda = a.bf16 ? cola : round8(cola), ldb = b.bf16 ? colb : round8(colb);
+  const int64_t na = a.bf16 ? 0 : ra * lda * ((batch == 1 || stride_a == 0) ? 1 : batch);
+  const int64_t nb = b.bf16 ? 0 : rb * ldb * ((batch == 1 || stride_b == 0) ? 1 : batch);
+  const int64_t na_padded = (na + 127) / 128 * 128;
+  uint16_t* ws = nullptr;
+  if (na + nb > 0) {
+    ws = static_cast<uint16_t*>(bf16_scratch(sizeof(uint16_t) * static_cast<size_t>(na_padded + nb)));
+    if (!ws) return false;
+  }
+  const void* a16 = a.data;
+  const void* b16 = b.data;
+  int64_t sa16 = stride_a, sb16 = stride_b;
+  if (!a.bf16) {
+    if (!convert_operand(static_cast<const float*>(a.data), ra, cola, ra, stride_a, batch, ws, sa16)) return false;
+    a16 = ws;
+  }
+  if (!b.bf16) {
+    if (!convert_operand(static_cast<const float*>(b.data), rb, colb, rb, stride_b, batch, ws + na_padded, sb16)) {
+      return false;
+    }
+    b16 = ws + na_padded;
+  }
+  return gemm_ex(h, ta, tb, m, n, k, alpha, a16, sa16, b16, sb16, CUDA_R_16BF, beta, c, stride_c, batch,
+                 CUBLAS_COMPUTE_32F, lda, ldb);
 }
 
 }  // namespace gv::cuda

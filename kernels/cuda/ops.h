@@ -41,6 +41,20 @@ bool gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, c
                const uint16_t* b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch);
 // y[i] = bf16(x[i]), rounding to nearest even (NaN stays NaN).
 bool to_bf16(const float* x, uint16_t* y, int64_t n);
+// y[i] = float32 of the bf16 x[i] (exact).
+bool from_bf16(const uint16_t* x, float* y, int64_t n);
+// An operand of gemm_mixed: float32 or bfloat16 elements, rows packed (as gemm_f32's).
+struct GemmOperand {
+  const void* data = nullptr;
+  bool bf16 = false;
+};
+// gemm_f32's contract with each operand float32 or bfloat16 (a training graph's shared bf16 copies,
+// runtime/bf16_operands.h). Both float32: gemm_f32. Both bf16: the bf16 product. One of each: in kBf16 mode a bf16
+// product, the float32 operand converted into scratch with rows padded to 8 elements and the bf16 one read in place
+// (rows a multiple of 8 elements for cuBLAS's fast kernels); in the other modes the bf16 operand widened to float32
+// and gemm_f32 (the float32 operand keeps its precision). Float32 accumulation and C throughout.
+bool gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, GemmOperand a, int64_t stride_a,
+                GemmOperand b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch);
 // y [rows_out, ldy] = bf16 of x [rows, cols] (row-major, contiguous), zeros in the padding (rows_out >= rows,
 // ldy >= cols): operands for gemm_bf16_ld with rows 16 bytes apart and a zero-padded reduction dimension.
 bool pack_bf16(const float* x, int64_t rows, int64_t cols, uint16_t* y, int64_t rows_out, int64_t ldy);

@@ -196,14 +196,34 @@ std::string fused_dims(const Node& node, const Shape& a, const Shape& b, FusedDi
   return "";
 }
 
+// Mixed precision (runtime/bf16_operands.cpp): float32 and bfloat16 operands in any combination, the result in
+// attr out_dtype (ONNX data type; default: the operands' dtype when they agree, else float32). Otherwise MatMul's
+// rules (both operands of one dtype).
+bool mixed_float(DType t) { return t == DType::kFloat32 || t == DType::kBFloat16; }
+
+Expected<DType> fused_out_dtype(const Node& node, DType a, DType b) {
+  if (mixed_float(a) && mixed_float(b)) {
+    if (node.attrs.has("out_dtype")) {
+      const DType t = dtype_from_onnx(static_cast<int32_t>(node.attrs.get_int("out_dtype", 0)));
+      if (!mixed_float(t)) return invalid_argument("out_dtype must be float32 or bfloat16");
+      return t;
+    }
+    return a == b ? a : DType::kFloat32;
+  }
+  return a;
+}
+
 Status infer_fused_matmul(InferContext& ctx) {
-  GV_RETURN_IF_ERROR(check_operand_types(ctx));
+  const bool mixed = mixed_float(ctx.dtype(0)) && mixed_float(ctx.dtype(1));
+  if (!mixed) GV_RETURN_IF_ERROR(check_operand_types(ctx));
   FusedDims d;
   std::string err = fused_dims(ctx.node(), ctx.shape(0), ctx.shape(1), d);
   if (!err.empty()) return ctx.fail(err);
+  Expected<DType> out_dtype = fused_out_dtype(ctx.node(), ctx.dtype(0), ctx.dtype(1));
+  if (!out_dtype) return ctx.fail(out_dtype.status().message());
   Shape out = d.out_batch;
   out.insert(out.end(), {d.m, d.n});
-  ctx.set_output(0, ctx.dtype(0), out);
+  ctx.set_output(0, *out_dtype, out);
   return Status::ok();
 }
 
@@ -212,7 +232,29 @@ Status fused_matmul_cpu(KernelContext& ctx) {
   std::string err = fused_dims(*ctx.node, ctx.inputs[0].shape, ctx.inputs[1].shape, d);
   if (!err.empty()) return ctx.fail(err);
   const double alpha = ctx.attrs().get_double("alpha", 1.0);
-  return run_products(ctx, plan_products(d.a_batch, d.b_batch, d.batch, d.out_batch, d.m, d.n, d.k, d.ta, d.tb, alpha));
+  const cpu::MatMulBatch p = plan_products(d.a_batch, d.b_batch, d.batch, d.out_batch, d.m, d.n, d.k, d.ta, d.tb, alpha);
+  const DType out = ctx.outputs[0].dtype;
+  if (ctx.inputs[0].dtype == out && ctx.inputs[1].dtype == out && out != DType::kBFloat16) return run_products(ctx, p);
+  // Mixed precision: the reference computes in float32 on widened operands (bf16 -> float32 is exact), then rounds
+  // the result to out_dtype.
+  KernelContext wide = ctx;
+  std::vector<Tensor> keep;
+  for (int i = 0; i < 2; ++i) {
+    if (ctx.inputs[i].dtype == DType::kFloat32) continue;
+    keep.push_back(Tensor::uninitialized(DType::kFloat32, ctx.inputs[i].shape));
+    convert_elements(ctx.inputs[i].data, ctx.inputs[i].dtype, keep.back().data(), DType::kFloat32,
+                     ctx.inputs[i].numel());
+    wide.inputs[i] = keep.back().ref();
+  }
+  if (out != DType::kFloat32) {
+    keep.push_back(Tensor::uninitialized(DType::kFloat32, ctx.outputs[0].shape));
+    wide.outputs[0] = keep.back().ref();
+  }
+  GV_RETURN_IF_ERROR(run_products(wide, p));
+  if (out != DType::kFloat32) {
+    convert_elements(wide.outputs[0].data, DType::kFloat32, ctx.outputs[0].data, out, ctx.outputs[0].numel());
+  }
+  return Status::ok();
 }
 
 // ---- Gemm: Y[M, N] = alpha * op(A) @ op(B) + beta * C, C unidirectionally broadcast to [M, N] ----

@@ -1,0 +1,30 @@
+// Mixed precision for the matrix products of a training graph: one bfloat16 copy per float32 product operand that
+// several products read, instead of each product converting it again. A layer's weight is read by its forward
+// product and by the backward's dX product; its input activation by the forward product and the dW product; the
+// output gradient by the dX and dW products: each is converted once (a Cast node) and the products read the copy.
+// Where the products were the float32 activation's only readers past the forward, only the half-size copy is kept
+// for the backward.
+//
+// Not a change of meaning beyond rounding: the backends that ask for it (Backend::shares_bf16_operands: CUDA in
+// bf16) round these operands to bfloat16 inside every product already. The products become galvatron FusedMatMul
+// with out_dtype float32 (float32 accumulation and result, as before).
+#pragma once
+#include "runtime/graph.h"
+#include "runtime/status.h"
+
+namespace gv {
+
+struct Bf16OperandOptions {
+  // A product qualifies when m*n >= min_mn * (m + n): its arithmetic outweighs an operand conversion (the CUDA
+  // backend's own threshold for converting, kernels/cuda/blas.cu bf16_min_mn).
+  double min_mn = 128.0;
+  // Operands whose rows are not a multiple of this many elements stay float32 (bf16 rows 16-byte aligned).
+  int64_t row_multiple = 8;
+};
+
+// Rewrites `graph` in place. The Cast nodes are inserted before each copy's first reader, so node indices shift:
+// *boundary (optional; a node index such as TrainingGraph::backward_begin) moves by the number of nodes inserted
+// before it. Adds the number of copies made to *copies.
+Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size_t* boundary, int* copies);
+
+}  // namespace gv

@@ -1,0 +1,292 @@
+// share_bf16_operands (runtime/bf16_operands.h) and FusedMatMul's mixed-precision operands, on the CPU: a bf16
+// operand gives exactly the float32 product of the rounded values; in whole training graphs every weight, layer input
+// and output gradient read by two products is converted once, no product reads a float32 value that has a copy, and
+// the loss and gradients stay those of the float32 graph within bf16 rounding; products too small to qualify, values
+// read once, rows of an odd width and values written in place keep float32 operands.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "models/zoo.h"
+#include "runtime/bf16_operands.h"
+#include "runtime/executor.h"
+#include "runtime/trainer.h"
+
+namespace gv {
+namespace {
+
+Tensor randn(const Shape& s, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  Tensor t(DType::kFloat32, s);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data_as<float>()[i] = d(rng);
+  return t;
+}
+
+// ||a - b|| / ||b||, ||b|| floored at 1e-5 for gradients that are zero in exact arithmetic (BERT's attention key
+// biases: ~1e-12 of rounding either way).
+double relative_gap(const Tensor& a, const Tensor& b) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < b.numel(); ++i) {
+    const double d = static_cast<double>(a.data_as<float>()[i]) - b.data_as<float>()[i];
+    num += d * d;
+    den += static_cast<double>(b.data_as<float>()[i]) * b.data_as<float>()[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-5);
+}
+
+Expected<std::vector<Tensor>> run_graph(const Graph& g, const std::map<std::string, Tensor>& feeds) {
+  auto backend = make_cpu_backend();
+  GV_ASSIGN_OR_RETURN(auto ex, Executor::create(g, *backend, ExecutorOptions()));
+  GV_RETURN_IF_ERROR(ex->set_inputs(feeds));
+  GV_RETURN_IF_ERROR(ex->run());
+  std::vector<Tensor> out;
+  for (ValueId o : g.outputs) {
+    GV_ASSIGN_OR_RETURN(Tensor t, ex->fetch(o));
+    out.push_back(t);
+  }
+  return out;
+}
+
+Node product(const std::string& name, ValueId a, ValueId b, bool fused = false, bool tb = false) {
+  Node n;
+  n.name = name;
+  n.op_type = fused ? "FusedMatMul" : "MatMul";
+  n.domain = fused ? kGalvatronDomain : "";
+  n.opset = fused ? 1 : 13;
+  n.inputs = {a, b};
+  if (fused) {
+    n.attrs.set_int("transA", 0);
+    n.attrs.set_int("transB", tb);
+  }
+  return n;
+}
+
+TEST(Bf16Operands, MixedFusedMatMulIsTheProductOfTheRoundedOperands) {
+  const Tensor a = randn({3, 16, 24}, 1), b = randn({40, 24}, 2);
+  const Tensor a16 = a.cast(DType::kBFloat16), b16 = b.cast(DType::kBFloat16);
+  const Tensor a_rounded = a16.cast(DType::kFloat32), b_rounded = b16.cast(DType::kFloat32);
+  auto run = [](const Tensor& x, const Tensor& y, int64_t out_dtype) -> Expected<Tensor> {
+    Graph g;
+    g.opsets[""] = 13;
+    g.opsets[kGalvatronDomain] = 1;
+    Node n = product("p", g.add_input("a", x.dtype(), x.shape()), g.add_input("b", y.dtype(), y.shape()), true, true);
+    if (out_dtype) n.attrs.set_int("out_dtype", out_dtype);
+    GV_ASSIGN_OR_RETURN(g.outputs, g.add_node(std::move(n), {"y"}));
+    GV_ASSIGN_OR_RETURN(auto out, run_graph(g, {{"a", x}, {"b", y}}));
+    return out[0];
+  };
+  auto want = run(a_rounded, b_rounded, 0);
+  ASSERT_TRUE(want.has_value()) << want.status().message();
+  for (auto [x, y] : {std::pair{a16, b}, std::pair{a, b16}, std::pair{a16, b16}}) {
+    // Against the float32 product of the same values (the bf16 operands widened exactly).
+    const Tensor xr = x.dtype() == DType::kBFloat16 ? a_rounded : a;
+    const Tensor yr = y.dtype() == DType::kBFloat16 ? b_rounded : b;
+    auto expect = run(xr, yr, 0);
+    auto got = run(x, y, 1);
+    ASSERT_TRUE(expect.has_value() && got.has_value()) << got.status().message();
+    ASSERT_EQ(got->dtype(), DType::kFloat32);
+    ASSERT_EQ(got->shape(), (Shape{3, 16, 40}));
+    EXPECT_EQ(std::memcmp(got->data(), expect->data(), got->nbytes()), 0) << dtype_name(x.dtype()) << " x "
+                                                                           << dtype_name(y.dtype());
+  }
+  // Both bf16 without out_dtype: a bf16 result (the operands' type), the float32 product rounded.
+  auto both = run(a16, b16, 0);
+  ASSERT_TRUE(both.has_value()) << both.status().message();
+  ASSERT_EQ(both->dtype(), DType::kBFloat16);
+  const Tensor rounded = want->cast(DType::kBFloat16);
+  EXPECT_EQ(std::memcmp(both->data(), rounded.data(), rounded.nbytes()), 0);
+  // Other mixes are refused at inference with the node named.
+  Graph g;
+  g.opsets[kGalvatronDomain] = 1;
+  Node n = product("mixed_int", g.add_input("a", DType::kFloat32, {4, 8}), g.add_input("b", DType::kInt64, {8, 4}),
+                   true);
+  auto bad = g.add_node(std::move(n));
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_NE(bad.status().message().find("mixed_int"), std::string::npos) << bad.status().message();
+}
+
+// X read by two products and W1 by one; X [64, 64] qualifies with min_mn 16, not with the default 128.
+struct SmallGraph {
+  Graph g;
+  ValueId x, w1, w2, w3;
+};
+
+SmallGraph small_graph(int64_t width) {
+  SmallGraph s;
+  Graph& g = s.g;
+  g.opsets[""] = 13;
+  s.x = g.add_input("x", DType::kFloat32, {64, width});
+  s.w1 = g.add_input("w1", DType::kFloat32, {width, 48});
+  s.w2 = g.add_input("w2", DType::kFloat32, {width, 48});
+  s.w3 = g.add_input("w3", DType::kFloat32, {48, 48});
+  auto y1 = g.add_node(product("p1", s.x, s.w1), {"y1"});
+  auto y2 = g.add_node(product("p2", s.x, s.w2), {"y2"});
+  auto y3 = g.add_node(product("p3", (*y1)[0], s.w3), {"y3"});
+  g.outputs = {(*y2)[0], (*y3)[0]};
+  return s;
+}
+
+int count_casts(const Graph& g) {
+  int n = 0;
+  for (const Node& node : g.nodes) n += node.op_type == "Cast";
+  return n;
+}
+
+TEST(Bf16Operands, SharesOnlyValuesReadByTwoQualifyingProducts) {
+  Bf16OperandOptions opt;
+  opt.min_mn = 16;
+  {
+    SmallGraph s = small_graph(64);
+    size_t boundary = 2;  // a node index after the first reader: moves with the inserted copy
+    int copies = 0;
+    ASSERT_TRUE(share_bf16_operands(s.g, opt, &boundary, &copies).is_ok());
+    EXPECT_EQ(copies, 1);
+    EXPECT_EQ(boundary, 3u);
+    ASSERT_EQ(s.g.nodes.size(), 4u);
+    EXPECT_EQ(s.g.nodes[0].op_type, "Cast");  // before the first reader
+    EXPECT_EQ(s.g.nodes[0].inputs[0], s.x);
+    const ValueId copy = s.g.nodes[0].outputs[0];
+    EXPECT_EQ(s.g.value(copy).dtype, DType::kBFloat16);
+    for (int i : {1, 2}) {
+      EXPECT_EQ(s.g.nodes[i].op_type, "FusedMatMul");
+      EXPECT_EQ(s.g.nodes[i].inputs[0], copy);
+      EXPECT_EQ(s.g.nodes[i].attrs.get_int("out_dtype", 0), 1);
+      EXPECT_EQ(s.g.value(s.g.nodes[i].outputs[0]).dtype, DType::kFloat32);
+    }
+    EXPECT_EQ(s.g.nodes[3].op_type, "MatMul");  // its operands are read once each
+    // The rewritten graph computes the products of the rounded X.
+    const Tensor x = randn({64, 64}, 3), w1 = randn({64, 48}, 4), w2 = randn({64, 48}, 5), w3 = randn({48, 48}, 6);
+    auto got = run_graph(s.g, {{"x", x}, {"w1", w1}, {"w2", w2}, {"w3", w3}});
+    SmallGraph ref = small_graph(64);
+    auto want = run_graph(ref.g, {{"x", x.cast(DType::kBFloat16).cast(DType::kFloat32)}, {"w1", w1}, {"w2", w2},
+                                  {"w3", w3}});
+    ASSERT_TRUE(got.has_value() && want.has_value()) << got.status().message();
+    for (size_t i = 0; i < want->size(); ++i) {
+      EXPECT_EQ(std::memcmp((*got)[i].data(), (*want)[i].data(), (*want)[i].nbytes()), 0) << "output " << i;
+    }
+  }
+  {  // too small for the default threshold
+    SmallGraph s = small_graph(64);
+    int copies = 0;
+    ASSERT_TRUE(share_bf16_operands(s.g, Bf16OperandOptions(), nullptr, &copies).is_ok());
+    EXPECT_EQ(copies, 0);
+    EXPECT_EQ(count_casts(s.g), 0);
+  }
+  {  // rows of 60 elements: not 16-byte aligned in bf16
+    SmallGraph s = small_graph(60);
+    int copies = 0;
+    ASSERT_TRUE(share_bf16_operands(s.g, opt, nullptr, &copies).is_ok());
+    EXPECT_EQ(copies, 0);
+  }
+  {  // X is also updated in place (an accumulation after its readers): no copy could stay current
+    SmallGraph s = small_graph(64);
+    Node acc;
+    acc.name = "accumulate";
+    acc.op_type = "AccumulateGrad";
+    acc.domain = kGalvatronDomain;
+    acc.opset = 1;
+    acc.inputs = {s.x, s.x};
+    ASSERT_TRUE(s.g.add_node(std::move(acc)).has_value());
+    int copies = 0;
+    ASSERT_TRUE(share_bf16_operands(s.g, opt, nullptr, &copies).is_ok());
+    EXPECT_EQ(copies, 0);
+  }
+}
+
+class ModelBf16Operands : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ModelBf16Operands, EveryProductOperandConvertedOnceSameGradientsWithinBf16) {
+  auto cfg = zoo_config("", GetParam());
+  ASSERT_TRUE(cfg.has_value()) << cfg.status().message();
+  auto im = build_and_import(*cfg, 2, 16, WeightInit::kHuggingFace, 3);
+  ASSERT_TRUE(im.has_value()) << im.status().message();
+  std::mt19937_64 rng(5);
+  Tensor ids(DType::kInt64, {2, 16}), labels(DType::kInt64, {2, 16});
+  for (int64_t i = 0; i < 32; ++i) {
+    ids.data_as<int64_t>()[i] = static_cast<int64_t>(rng() % cfg->vocab_size);
+    labels.data_as<int64_t>()[i] = static_cast<int64_t>(rng() % cfg->vocab_size);
+  }
+  const TensorMap batch = {{"input_ids", ids}, {"labels", labels}};
+  auto backend = make_cpu_backend();
+  auto run = [&](bool share, double* loss, const Graph** graph, std::unique_ptr<Trainer>* keep) -> Expected<TensorMap> {
+    TrainerConfig tc;
+    tc.graph.bf16_operands = share;
+    tc.graph.bf16_operand_options.min_mn = 8;  // the tiny models' products (32 rows) qualify
+    GV_ASSIGN_OR_RETURN(*keep, Trainer::create(im->graph, tc, *backend));
+    *graph = &(*keep)->training_graph().graph;
+    return (*keep)->compute_gradients(batch, loss);
+  };
+  double loss32 = 0, loss16 = 0;
+  const Graph *g32 = nullptr, *g16 = nullptr;
+  std::unique_ptr<Trainer> t32, t16;
+  auto grads32 = run(false, &loss32, &g32, &t32);
+  ASSERT_TRUE(grads32.has_value()) << grads32.status().message();
+  auto grads16 = run(true, &loss16, &g16, &t16);
+  ASSERT_TRUE(grads16.has_value()) << grads16.status().message();
+
+  const Graph& g = *g16;
+  EXPECT_EQ(t16->training_graph().fused.bf16_operands, count_casts(g) - count_casts(*g32));
+  // Each copy is read by two or more products and by nothing else; no product reads a value that has a copy.
+  std::map<ValueId, ValueId> copy_of;
+  for (const Node& n : g.nodes) {
+    if (n.op_type == "Cast" && n.name.rfind("bf16_copy/", 0) == 0) copy_of[n.inputs[0]] = n.outputs[0];
+  }
+  ASSERT_GT(copy_of.size(), 0u);
+  std::map<ValueId, int> readers;
+  for (const Node& n : g.nodes) {
+    for (ValueId in : n.inputs) {
+      if (in == kNoValue) continue;
+      const bool is_copy = g.value(in).dtype == DType::kBFloat16;
+      if (is_copy) {
+        EXPECT_EQ(n.op_type, "FusedMatMul") << n.name;
+        ++readers[in];
+      }
+      if (n.op_type == "FusedMatMul" || n.op_type == "MatMul") {
+        EXPECT_FALSE(copy_of.count(in)) << n.name << " reads float32 " << g.value(in).name << ", which has a copy";
+      }
+    }
+  }
+  for (const auto& [v, c] : copy_of) EXPECT_GE(readers[c], 2) << g.value(v).name;
+  // Every 2-D weight the forward products read (directly, or through the Transpose of an [out, in] Linear weight)
+  // has its copy: the forward and dX products share it.
+  int weights = 0;
+  for (ValueId p : t16->training_graph().params) {
+    const Value& pv = g.value(p);
+    if (pv.shape.size() != 2) continue;
+    ValueId operand = p;
+    for (const Node& n : g.nodes) {
+      if (n.op_type == "Transpose" && n.inputs[0] == p) operand = n.outputs[0];
+    }
+    bool product_reads = false;
+    for (const Node& n : g.nodes) {
+      if (n.op_type != "MatMul" && n.op_type != "FusedMatMul") continue;
+      for (ValueId in : n.inputs) {
+        product_reads = product_reads || in == operand || (copy_of.count(operand) && in == copy_of[operand]);
+      }
+    }
+    if (!product_reads || g.value(operand).shape.back() % 8 != 0) continue;
+    ++weights;
+    EXPECT_TRUE(copy_of.count(operand)) << GetParam() << ": weight " << pv.name << " has no bf16 copy";
+  }
+  EXPECT_GE(weights, 4 * im->graph.num_layers) << GetParam();
+  // Same loss and gradients within bf16 operand rounding (2^-9 relative per operand, summed over the layers).
+  EXPECT_NEAR(loss16, loss32, 1e-2 * std::fabs(loss32)) << GetParam();
+  EXPECT_NE(loss16, loss32) << "the copies changed nothing: are they read?";
+  for (const auto& [name, g32t] : *grads32) {
+    ASSERT_TRUE(grads16->count(name)) << name;
+    EXPECT_LE(relative_gap(grads16->at(name), g32t), 3e-2) << GetParam() << ": gradient of " << name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Zoo, ModelBf16Operands, ::testing::Values("gpt-tiny", "llama-tiny", "bert-tiny"),
+                         [](const ::testing::TestParamInfo<std::string>& i) {
+                           std::string s = i.param;
+                           for (char& c : s) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+                           return s;
+                         });
+
+}  // namespace
+}  // namespace gv
