@@ -54,6 +54,7 @@ Expected<GraphTimes> time_graph(Graph fwd, int repeats, Backend& backend) {
   to.optimizer.weight_decay = 0;
   to.save_attention_lse = backend.saves_attention_statistics();  // as the trainer builds it
   to.bf16_operands = backend.shares_bf16_operands();
+  to.fuse_linear = backend.fuses_linear();
   GV_ASSIGN_OR_RETURN(TrainingGraph tg, build_training_graph(std::move(fwd), to));
   const Graph& g = tg.graph;
   GV_ASSIGN_OR_RETURN(auto ex, Executor::create(g, backend));

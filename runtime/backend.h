@@ -37,6 +37,9 @@ class Backend {
   // Whether this backend, in the current precision, rounds product operands to bfloat16 anyway, so that the training
   // graph may hold one shared bf16 copy per operand (TrainingGraphOptions::bf16_operands): the CUDA backend in bf16.
   virtual bool shares_bf16_operands() const { return false; }
+  // Whether this backend runs galvatron Linear (a product with its bias and GELU in one node) faster than the chain,
+  // so that the training graph fuses them (TrainingGraphOptions::fuse_linear): the CUDA backend in bf16.
+  virtual bool fuses_linear() const { return false; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

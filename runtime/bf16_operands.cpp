@@ -13,18 +13,28 @@ namespace {
 constexpr int64_t kOnnxBFloat16 = 16;
 constexpr int64_t kOnnxFloat = 1;
 
+bool is_linear(const Node& n) { return n.op_type == "Linear" && n.domain == kGalvatronDomain; }
+
 bool is_product(const Node& n) {
-  return (n.op_type == "MatMul" && n.domain.empty()) || (n.op_type == "FusedMatMul" && n.domain == kGalvatronDomain);
+  return (n.op_type == "MatMul" && n.domain.empty()) || (n.op_type == "FusedMatMul" && n.domain == kGalvatronDomain) ||
+         is_linear(n);
 }
 
 // The product's m, n, k when it is a float32-result product of rank >= 2 operands whose operands are float32 or
 // bfloat16; false otherwise.
 bool product_dims(const Graph& g, const Node& n, int64_t& m, int64_t& nn, int64_t& k) {
-  if (n.inputs.size() != 2 || n.outputs.size() != 1) return false;
+  const bool linear = is_linear(n);
+  if (linear ? n.inputs.size() < 2 : (n.inputs.size() != 2 || n.outputs.size() != 1)) return false;
   const Value &a = g.value(n.inputs[0]), &b = g.value(n.inputs[1]);
   if (a.shape.size() < 2 || b.shape.size() < 2 || g.value(n.outputs[0]).dtype != DType::kFloat32) return false;
   for (const Value* v : {&a, &b}) {
     if (v->dtype != DType::kFloat32 && v->dtype != DType::kBFloat16) return false;
+  }
+  if (linear) {  // X [.., K] @ op(W): rows stacked
+    k = a.shape.back();
+    m = k > 0 ? shape_numel(a.shape) / k : 0;
+    nn = n.attrs.get_int("transB", 0) != 0 ? b.shape[0] : b.shape[1];
+    return b.shape.size() == 2;
   }
   const bool fused = n.op_type == "FusedMatMul";
   const bool ta = fused && n.attrs.get_int("transA", 0) != 0, tb = fused && n.attrs.get_int("transB", 0) != 0;
@@ -99,7 +109,7 @@ Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size
         n.attrs.set_int("transA", 0);
         n.attrs.set_int("transB", 0);
       }
-      n.attrs.set_int("out_dtype", kOnnxFloat);
+      if (!is_linear(n)) n.attrs.set_int("out_dtype", kOnnxFloat);  // Linear's results are float32 anyway
       n.inputs[u.slot] = c;
     }
     ++made;

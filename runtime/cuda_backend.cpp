@@ -68,6 +68,14 @@ class CudaBackend final : public Backend {
     }();
     return cuda::math_mode() == cuda::MathMode::kBf16 && enabled;
   }
+  // GALVATRON_CUDA_FUSE_LINEAR=0 keeps the products, bias adds and GELUs apart (for comparisons).
+  bool fuses_linear() const override {
+    static const bool enabled = [] {
+      const char* e = std::getenv("GALVATRON_CUDA_FUSE_LINEAR");
+      return !(e && std::string(e) == "0");
+    }();
+    return cuda::math_mode() == cuda::MathMode::kBf16 && enabled;
+  }
 };
 
 }  // namespace

@@ -28,6 +28,11 @@ Status launch(const KernelContext& ctx, bool ok) {
 }
 
 bool is_f32(const TensorRef& t) { return t.dtype == DType::kFloat32; }
+bool all_outputs_f32(const KernelContext& ctx) {
+  for (const TensorRef& t : ctx.outputs)
+    if (t.data && !is_f32(t)) return false;
+  return true;
+}
 bool all_f32(const KernelContext& ctx) {
   for (const TensorRef& t : ctx.inputs)
     if (t.data && !is_f32(t)) return false;
@@ -506,6 +511,30 @@ Status fused_matmul_cuda(KernelContext& ctx) {
                       static_cast<float>(ctx.attrs().get_double("alpha", 1.0)));
 }
 
+// galvatron Linear (runtime/ops/math_linear.cpp): X [.., K] @ op(W) + bias, then the activation.
+Status linear_cuda(KernelContext& ctx) {
+  const TensorRef &x = ctx.inputs[0], &w = ctx.inputs[1];
+  const bool has_bias = ctx.has_input(2);
+  bool types = (x.dtype == DType::kFloat32 || x.dtype == DType::kBFloat16) &&
+               (w.dtype == DType::kFloat32 || w.dtype == DType::kBFloat16) && all_outputs_f32(ctx);
+  if (has_bias) types = types && is_f32(ctx.inputs[2]);
+  if (!types || w.shape.size() != 2 || x.shape.empty()) return cuda_fallback_kernel(ctx);
+  const bool tb = ctx.attrs().get_int("transB", 0) != 0;
+  const std::string act = ctx.attrs().get_string("activation", "none");
+  const cuda::LinearAct a = act == "gelu_tanh" ? cuda::LinearAct::kGeluTanh
+                            : act == "gelu"    ? cuda::LinearAct::kGelu
+                                               : cuda::LinearAct::kNone;
+  const int64_t k = x.shape.back(), rows = k > 0 ? x.numel() / k : 0, n = tb ? w.shape[0] : w.shape[1];
+  float* pre = a == cuda::LinearAct::kNone ? nullptr : ctx.outputs[1].as<float>();
+  const bool ok = cuda::linear_forward(rows, n, k, tb, operand(x), operand(w), has_bias ? ctx.inputs[2].as<float>() : nullptr,
+                                       a, ctx.outputs[0].as<float>(), pre);
+  if (cuda_profile_detail()) {
+    cuda_profile_note("m=" + std::to_string(rows) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                      (tb ? " tb" : "") + " path=" + cuda::linear_last_path());
+  }
+  return launch(ctx, ok);
+}
+
 Status gemm_cuda(KernelContext& ctx) {
   if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
   const TensorRef &a = ctx.inputs[0], &b = ctx.inputs[1], &y = ctx.outputs[0];
@@ -913,6 +942,7 @@ void register_cuda_kernels(OpRegistry& r) {
   set("", "MatMul", cuda_profiled<matmul_cuda>);
   set("", "Gemm", cuda_profiled<gemm_cuda>);
   set(G, "FusedMatMul", cuda_profiled<fused_matmul_cuda>);
+  set(G, "Linear", cuda_profiled<linear_cuda>);
   set("", "Softmax", cuda_profiled<softmax_cuda<false>>);
   set("", "LogSoftmax", cuda_profiled<softmax_cuda<true>>);
   set(G, "SoftmaxGrad", cuda_profiled<softmax_grad_cuda<false>>);

@@ -10,6 +10,7 @@ std::string FusionCounts::summary() const {
   return std::to_string(attention) + " attention" + (notes.empty() ? "" : " (" + notes + ")") + ", " +
          std::to_string(gelu) + " gelu" +
          (linear_cross_entropy ? ", " + std::to_string(linear_cross_entropy) + " linear cross-entropy" : "") +
+         (linear ? ", " + std::to_string(linear) + " linear" : "") +
          (bf16_operands ? ", " + std::to_string(bf16_operands) + " shared bf16 operands" : "");
 }
 

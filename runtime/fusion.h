@@ -18,6 +18,7 @@ struct FusionCounts {
   int attention_3d = 0;  // Attention nodes between head transposes -> the 3-D form (counted apart from `attention`)
   int attention_lse = 0;  // Attention nodes that keep their log-sum-exp for the backward (save_attention_lse)
   int linear_cross_entropy = 0;  // head MatMul + SoftmaxCrossEntropyLoss -> LinearCrossEntropy (after the loss is attached)
+  int linear = 0;  // MatMul [+ bias Add [+ Gelu]] or MatMul(X, Transpose(W)) -> Linear (fuse_linear)
   int bf16_operands = 0;  // not a fusion: product operands given one shared bf16 copy (runtime/bf16_operands.h)
   // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu, 1 linear cross-entropy, 40 shared bf16 operands"
   std::string summary() const;
@@ -38,5 +39,9 @@ Status save_attention_lse(Graph& graph, int* rewritten);
 // logits whole (runtime/fuse_linear_cross_entropy.cpp). build_training_graph runs it after attaching the loss;
 // values named in `keep` (gradients reported by name) are not fused away.
 Status fuse_linear_cross_entropy(Graph& graph, const std::set<std::string>& keep, int* fused);
+// Products with their bias Add and Gelu, or with a transposed weight -> galvatron Linear (runtime/fuse_linear.cpp),
+// run by the CUDA backend as one cuBLASLt product with a bias / GELU epilogue. build_training_graph runs it after
+// fuse_linear_cross_entropy when TrainingGraphOptions::fuse_linear is set (from Backend::fuses_linear).
+Status fuse_linear(Graph& graph, const std::set<std::string>& keep, int* fused);
 
 }  // namespace gv

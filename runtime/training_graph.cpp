@@ -287,6 +287,10 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
       const std::set<std::string> keep(o.report_grads_of.begin(), o.report_grads_of.end());
       GV_RETURN_IF_ERROR(fuse_linear_cross_entropy(g, keep, &tg.fused.linear_cross_entropy));
     }
+    if (o.fuse_linear) {
+      const std::set<std::string> keep(o.report_grads_of.begin(), o.report_grads_of.end());
+      GV_RETURN_IF_ERROR(fuse_linear(g, keep, &tg.fused.linear));
+    }
     tg.loss = g.find(loss);
     tg.labels = labels.empty() ? kNoValue : g.find(labels);
   }

@@ -82,6 +82,9 @@ struct TrainingGraphOptions {
   bool fuse_ops = true;
   // With fuse_ops: whether the head product and the loss fuse (off: the logits exist whole, for comparisons).
   bool fuse_linear_cross_entropy = true;
+  // With fuse_ops: products with their bias and GELU -> galvatron Linear (runtime/fusion.h fuse_linear). Set from
+  // Backend::fuses_linear (the CUDA backend's cuBLASLt epilogues); the CPU gains nothing from it.
+  bool fuse_linear = false;
   OptimizerConfig optimizer;
 };
 

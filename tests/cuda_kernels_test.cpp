@@ -339,6 +339,39 @@ TEST_F(CudaKernels, MatMulSharedBf16OperandsInBf16Mode) {
   check_shared_bf16([this](const Case& c) { check(c); }, 1e-2);
 }
 
+// galvatron Linear: the cuBLASLt epilogue paths (bias, tanh GELU with the pre-activation as its auxiliary output, both,
+// neither) on bf16 operands, and the product + bias/activation pass (erf GELU, float32 operands in fp32 mode, widths
+// that are not a multiple of 8), against the CPU on the same (exactly widened) operand values; then float32 operands
+// in bf16 mode, which rounds them (1e-2).
+void check_linear(const std::function<void(const Case&)>& check, bool bf16_given, double tol) {
+  const std::string G = kGalvatronDomain;
+  auto op = [&](Tensor t) { return bf16_given ? t.cast(DType::kBFloat16) : t; };
+  auto lin = [](const char* act, int tb) {
+    Attributes a;
+    a.set_string("activation", act);
+    a.set_int("transB", tb);
+    return a;
+  };
+  for (const char* act : {"none", "gelu_tanh", "gelu"}) {
+    const int outs = std::string(act) == "none" ? 1 : 2;
+    check({"Linear", {op(randn({4, 96, 64})), op(randn({64, 96})), randn({96})}, lin(act, 0), outs, G, 20, {}, tol});
+    check({"Linear", {op(randn({256, 64})), op(randn({80, 64})), randn({80})}, lin(act, 1), outs, G, 20, {}, tol});
+    check({"Linear", {op(randn({256, 64})), op(randn({80, 64}))}, lin(act, 1), outs, G, 20, {}, tol});  // no bias
+    check({"Linear", {op(randn({50, 24})), op(randn({24, 20})), randn({20})}, lin(act, 0), outs, G, 20, {}, tol});
+  }
+}
+
+TEST_F(CudaKernels, Linear) {
+  check_linear([this](const Case& c) { check(c); }, true, 1e-5);
+  check_linear([this](const Case& c) { check(c); }, false, 1e-5);
+}
+
+TEST_F(CudaKernels, LinearBf16) {
+  PrecisionScope scope(*cuda_, "bf16");
+  check_linear([this](const Case& c) { check(c); }, true, 1e-5);
+  check_linear([this](const Case& c) { check(c); }, false, 1e-2);
+}
+
 // --precision bf16 / tf32: the products' operands rounded to bf16 / tf32 inside cuBLAS, float32 accumulation,
 // against the CPU's float32 products (device/METHOD.md: bf16 operands 1e-3 to 1e-2, tf32 near 3e-4).
 void check_products(const std::function<void(const Case&)>& check, double tol) {

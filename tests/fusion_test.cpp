@@ -178,6 +178,52 @@ TEST_P(ModelFusion, OneAttentionPerLayerAndTheSameGradients) {
   }
 }
 
+// fuse_linear (the CUDA backend's cuBLASLt epilogues): products with their bias Add and Gelu, and products of a
+// Transpose'd weight, become galvatron Linear; the loss and gradients stay those of the unfused graph.
+TEST_P(ModelFusion, LinearFusionSameGradients) {
+  auto model = load(GetParam());
+  ASSERT_TRUE(model.has_value()) << model.status().message();
+  const int layers = model->graph.num_layers;
+  auto backend = make_cpu_backend();
+  int linear = 0, gelu_left = 0, linear_gelu = 0;
+  auto run = [&](bool fuse_linear, double* loss) -> Expected<TensorMap> {
+    TrainerConfig cfg;
+    cfg.graph.fuse_linear = fuse_linear;
+    cfg.graph.padding_idx = model->padding_idx;
+    GV_ASSIGN_OR_RETURN(auto trainer, Trainer::create(model->graph, cfg, *backend));
+    const Graph& g = trainer->training_graph().graph;
+    if (fuse_linear) {
+      linear = count_ops(g, "Linear");
+      gelu_left = count_ops(g, "Gelu");
+      for (const Node& n : g.nodes) {
+        if (n.op_type == "Linear" && n.attrs.get_string("activation", "none") != "none") ++linear_gelu;
+      }
+      EXPECT_EQ(trainer->training_graph().fused.linear, linear);
+    }
+    return trainer->compute_gradients(model->batch, loss);
+  };
+  double loss_plain = 0, loss_fused = 0;
+  auto plain = run(false, &loss_plain);
+  ASSERT_TRUE(plain.has_value()) << plain.status().message();
+  auto fused = run(true, &loss_fused);
+  ASSERT_TRUE(fused.has_value()) << fused.status().message();
+  const std::string name = GetParam();
+  if (name.find("gpt") != std::string::npos) {
+    // c_attn, attention c_proj, c_fc with its GELU, mlp c_proj: four per layer, every GELU taken.
+    EXPECT_EQ(linear, 4 * layers) << name;
+    EXPECT_EQ(linear_gelu, layers) << name;
+    EXPECT_EQ(gelu_left, 0) << name;
+  } else if (name.rfind("zoo:", 0) == 0) {
+    EXPECT_GE(linear, 4 * layers) << name;  // the zoo's nn.Linear weights are read through a Transpose
+  }
+  EXPECT_NEAR(loss_fused, loss_plain, 1e-5 * std::fabs(loss_plain));
+  ASSERT_EQ(plain->size(), fused->size());
+  for (const auto& [param, g] : *plain) {
+    ASSERT_TRUE(fused->count(param)) << param;
+    EXPECT_LE(relative_gap(fused->at(param), g), 1e-5) << name << ": gradient of " << param;
+  }
+}
+
 std::vector<std::string> model_names() {
   std::vector<std::string> n = testing::kHfFixtures;
   for (const char* z : {"zoo:gpt-tiny", "zoo:llama-tiny", "zoo:bert-tiny"}) n.push_back(z);

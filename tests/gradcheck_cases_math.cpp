@@ -1,5 +1,6 @@
 // Gradient-check cases of the math family: MatMul, Gemm, Softmax, LogSoftmax, LayerNormalization, RMSNormalization,
-// Reduce*, Dropout, Attention, SoftmaxCrossEntropyLoss, NegativeLogLikelihoodLoss, galvatron LinearCrossEntropy.
+// Reduce*, Dropout, Attention, SoftmaxCrossEntropyLoss, NegativeLogLikelihoodLoss, galvatron LinearCrossEntropy and
+// Linear.
 #include <random>
 
 #include "tests/gradcheck_cases.h"
@@ -215,6 +216,26 @@ void add_losses(std::vector<GradCase>& cases) {
       cases.push_back(c);
     }
   }
+  // galvatron Linear: X [2, 3, 4] @ W [4, 5] (or [5, 4] with transB) + bias [5], then none / gelu / gelu_tanh (the
+  // pre-activation a second output that also carries a gradient of its own).
+  for (const char* act : {"none", "gelu", "gelu_tanh"}) {
+    for (int tb : {0, 1}) {
+      Attributes a;
+      a.set_string("activation", act);
+      a.set_int("transB", tb);
+      const Shape ws = tb ? Shape{5, 4} : Shape{4, 5};
+      GradCase c = make("Linear", {rand64({2, 3, 4}, 700, -2, 2), rand64(ws, 701), rand64({5}, 702)},
+                        std::string(act) + (tb ? ", transB" : ""), a);
+      c.domain = "galvatron";
+      if (std::string(act) != "none") c.num_outputs = 2;
+      cases.push_back(c);
+    }
+  }
+  Attributes no_bias;
+  no_bias.set_int("transB", 1);
+  GradCase nb = make("Linear", {rand64({6, 4}, 703), rand64({3, 4}, 704)}, "no bias, transB", no_bias);
+  nb.domain = "galvatron";
+  cases.push_back(nb);
 }
 
 }  // namespace

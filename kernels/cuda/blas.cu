@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "kernels/cuda/blas_operands.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -546,34 +547,46 @@ bool gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, 
   if (!h) return false;
   g_path = a.bf16 && b.bf16 ? "bf16 given" : "bf16 one given";
   if (k == 0) return scale_c(h, m, n, beta, c, stride_c, batch);
-  // k cannot be zero-padded here (the given bf16 operand has exactly k rows or columns): the converted copy keeps
-  // its rows, padded to 8 elements only along its columns.
+  Bf16Operands ops;
+  if (!prepare_bf16_operands(ta, tb, m, n, k, a, stride_a, b, stride_b, batch, ops)) return false;
+  return gemm_ex(h, ta, tb, m, n, k, alpha, ops.a, ops.stride_a, ops.b, ops.stride_b, CUDA_R_16BF, beta, c, stride_c,
+                 batch, CUBLAS_COMPUTE_32F, ops.lda, ops.ldb);
+}
+
+bool prepare_bf16_operands(bool ta, bool tb, int64_t m, int64_t n, int64_t k, GemmOperand a, int64_t stride_a,
+                           GemmOperand b, int64_t stride_b, int64_t batch, Bf16Operands& out) {
+  // k cannot be zero-padded here (a given bf16 operand has exactly k rows or columns): a converted copy keeps its
+  // rows, padded to 8 elements only along its columns.
   const int64_t ra = ta ? k : m, cola = ta ? m : k;  // A stored [ra, cola]
   const int64_t rb = tb ? n : k, colb = tb ? k : n;  // B stored [rb, colb]
-  const int64_t lda = a.bf16 ? cola : round8(cola), ldb = b.bf16 ? colb : round8(colb);
-  const int64_t na = a.bf16 ? 0 : ra * lda * ((batch == 1 || stride_a == 0) ? 1 : batch);
-  const int64_t nb = b.bf16 ? 0 : rb * ldb * ((batch == 1 || stride_b == 0) ? 1 : batch);
+  out.lda = a.bf16 ? cola : round8(cola);
+  out.ldb = b.bf16 ? colb : round8(colb);
+  const int64_t na = a.bf16 ? 0 : ra * out.lda * ((batch == 1 || stride_a == 0) ? 1 : batch);
+  const int64_t nb = b.bf16 ? 0 : rb * out.ldb * ((batch == 1 || stride_b == 0) ? 1 : batch);
   const int64_t na_padded = (na + 127) / 128 * 128;
   uint16_t* ws = nullptr;
   if (na + nb > 0) {
     ws = static_cast<uint16_t*>(bf16_scratch(sizeof(uint16_t) * static_cast<size_t>(na_padded + nb)));
     if (!ws) return false;
   }
-  const void* a16 = a.data;
-  const void* b16 = b.data;
-  int64_t sa16 = stride_a, sb16 = stride_b;
+  out.a = static_cast<const uint16_t*>(a.data);
+  out.b = static_cast<const uint16_t*>(b.data);
+  out.stride_a = stride_a;
+  out.stride_b = stride_b;
   if (!a.bf16) {
-    if (!convert_operand(static_cast<const float*>(a.data), ra, cola, ra, stride_a, batch, ws, sa16)) return false;
-    a16 = ws;
-  }
-  if (!b.bf16) {
-    if (!convert_operand(static_cast<const float*>(b.data), rb, colb, rb, stride_b, batch, ws + na_padded, sb16)) {
+    if (!convert_operand(static_cast<const float*>(a.data), ra, cola, ra, stride_a, batch, ws, out.stride_a)) {
       return false;
     }
-    b16 = ws + na_padded;
+    out.a = ws;
   }
-  return gemm_ex(h, ta, tb, m, n, k, alpha, a16, sa16, b16, sb16, CUDA_R_16BF, beta, c, stride_c, batch,
-                 CUBLAS_COMPUTE_32F, lda, ldb);
+  if (!b.bf16) {
+    if (!convert_operand(static_cast<const float*>(b.data), rb, colb, rb, stride_b, batch, ws + na_padded,
+                         out.stride_b)) {
+      return false;
+    }
+    out.b = ws + na_padded;
+  }
+  return true;
 }
 
 }  // namespace gv::cuda

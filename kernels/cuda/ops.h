@@ -64,6 +64,17 @@ bool pack_bf16(const float* x, int64_t rows, int64_t cols, uint16_t* y, int64_t 
 bool gemm_bf16_ld(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a, int64_t lda,
                   const uint16_t* b, int64_t ldb, float beta, void* c, int64_t ldc, bool c_bf16);
 
+// ---- galvatron Linear (kernels/cuda/linear.cu) ----
+enum class LinearAct { kNone, kGelu, kGeluTanh };  // GELU: exact (erf) or the tanh approximation
+// Y[rows, n] = act(X[rows, k] @ op(W) + bias), W [k, n] (or [n, k] with tb), bias [n] or null; with an activation
+// `pre` [rows, n] receives X @ op(W) + bias. Operands float32 or bf16 (gemm_mixed's rules); bias, y, pre float32.
+// bf16 products with n % 8 == 0 and no erf GELU run as one cuBLASLt product with a bias / GELU epilogue
+// (GALVATRON_CUDA_LT=0: off); the rest as a product and one bias + activation pass.
+bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, GemmOperand w, const float* bias,
+                    LinearAct act, float* y, float* pre);
+// The path of the last linear_forward call (for the profiler): "lt bias+gelu", "lt bias", "gemm + bias/act", ...
+const char* linear_last_path();
+
 // ---- attention (kernels/cuda/attention.cu): ONNX Attention's 4-D and 3-D forms, kernels/cpu/attention.h's contract ----
 struct AttentionDims {
   int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0, head_dim = 0, v_head_dim = 0;

@@ -18,6 +18,7 @@ void register_reduce_ops(OpRegistry& r);   // reduce_ops.cpp: Reduce*, ArgMax, A
 void register_loss_ops(OpRegistry& r);     // loss_ops.cpp: SoftmaxCrossEntropyLoss, NegativeLogLikelihoodLoss, grads
 // linear_cross_entropy_ops.cpp: galvatron LinearCrossEntropy (head product + loss in chunks) and its grad
 void register_linear_cross_entropy_ops(OpRegistry& r);
+void register_linear_ops(OpRegistry& r);  // math_linear.cpp: galvatron Linear (product + bias + activation)
 
 // Resolves a possibly negative axis in place; false when it is outside [-rank, rank).
 inline bool normalize_axis(int64_t& axis, int64_t rank) {

@@ -13,6 +13,7 @@ void register_math_ops(OpRegistry& r) {
   math::register_reduce_ops(r);
   math::register_loss_ops(r);
   math::register_linear_cross_entropy_ops(r);
+  math::register_linear_ops(r);
 }
 
 }  // namespace gv

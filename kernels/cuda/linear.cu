@@ -1,0 +1,198 @@
+// galvatron Linear on the GPU: Y = act(X @ op(W) + bias) as one cuBLASLt product whose epilogue adds the bias and
+// applies the GELU (tanh form), writing the pre-activation as its auxiliary output; otherwise (an erf GELU, float32
+// modes, shapes cuBLASLt declines) the product, then one pass adding the bias and applying the activation.
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+#include <tuple>
+
+#include "kernels/cuda/blas_operands.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.h"
+
+namespace gv::cuda {
+namespace {
+
+using detail::kThreads;
+using detail::launched;
+
+constexpr float kGeluTanhK = 0.79788456080286535588f;  // sqrt(2 / pi)
+constexpr float kGeluTanhC = 0.044715f;
+
+__device__ __forceinline__ float apply(LinearAct act, float v) {
+  switch (act) {
+    case LinearAct::kGelu: return 0.5f * v * (1.0f + erff(v * 0.70710678118654752440f));
+    case LinearAct::kGeluTanh: return v / (1.0f + __expf(-2.0f * kGeluTanhK * (v + kGeluTanhC * v * v * v)));
+    default: return v;
+  }
+}
+
+// pre[r, c] += bias[c] (when given); y[r, c] = act(pre[r, c]) (y may be pre itself for act == kNone).
+__global__ void bias_act_kernel(float* __restrict__ pre, const float* __restrict__ bias, float* y, int64_t rows,
+                                int64_t n, LinearAct act) {
+  const int64_t total = rows * n;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
+    float v = pre[i];
+    if (bias) {
+      v += bias[i % n];
+      pre[i] = v;
+    }
+    if (act != LinearAct::kNone || y != pre) y[i] = apply(act, v);
+  }
+}
+
+bool bias_act(float* pre, const float* bias, float* y, int64_t rows, int64_t n, LinearAct act) {
+  if (!bias && act == LinearAct::kNone && y == pre) return true;
+  int64_t blocks = (rows * n + kThreads - 1) / kThreads;
+  const int64_t cap = int64_t{detail::num_sms()} * 16;
+  if (blocks > cap) blocks = cap;
+  bias_act_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(pre, bias, y, rows, n, act);
+  return launched();
+}
+
+cublasLtHandle_t lt_handle() {
+  static cublasLtHandle_t h = [] {
+    cublasLtHandle_t x = nullptr;
+    return cublasLtCreate(&x) == CUBLAS_STATUS_SUCCESS ? x : static_cast<cublasLtHandle_t>(nullptr);
+  }();
+  return h;
+}
+
+constexpr size_t kLtWorkspace = size_t{32} << 20;
+
+void* lt_workspace() {
+  static void* ws = [] {
+    void* p = nullptr;
+    if (cudaMalloc(&p, kLtWorkspace) != cudaSuccess) {
+      cudaGetLastError();
+      return static_cast<void*>(nullptr);
+    }
+    return p;
+  }();
+  return ws;
+}
+
+// The largest power of two (up to 256) dividing the address: cuBLASLt picks kernels for the alignment it is told.
+uint32_t alignment(const void* p) {
+  const uintptr_t v = reinterpret_cast<uintptr_t>(p);
+  uint32_t a = 256;
+  while (a > 1 && v % a != 0) a /= 2;
+  return a;
+}
+
+// One cached cuBLASLt product: descriptors and the heuristic's algorithm, per shape, epilogue and alignment.
+struct LtPlan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo;
+  bool ok = false;
+};
+
+using LtKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, uint32_t, uint32_t, uint32_t, uint32_t>;
+
+// Column-major view of row-major Y[m, n] = X[m, k] @ op(W): Y^T [n, m] = op(W)^T [n, k] @ X^T [k, m], so cuBLASLt's
+// A is W, its B is X and its D is Y^T; the bias runs along D's n rows. ldw / ldx: elements between stored rows.
+LtPlan* lt_plan(int64_t m, int64_t n, int64_t k, int64_t ldw, int64_t ldx, bool tb, cublasLtEpilogue_t epi,
+                uint32_t align_w, uint32_t align_x, uint32_t align_y, uint32_t align_aux) {
+  static std::map<LtKey, LtPlan> plans;
+  const LtKey key{m, n, k, ldw, ldx, tb, static_cast<int>(epi), align_w, align_x, align_y, align_aux};
+  auto it = plans.find(key);
+  if (it != plans.end()) return it->second.ok ? &it->second : nullptr;
+  LtPlan& p = plans[key];
+  cublasLtHandle_t h = lt_handle();
+  if (!h || !lt_workspace()) return nullptr;
+  if (cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return nullptr;
+  // W stored row-major [k, n] is column-major [n, k] (op N); stored [n, k] (tb) it is column-major [k, n] (op T).
+  const cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = CUBLAS_OP_N;
+  cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa));
+  cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb));
+  cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi));
+  if (epi == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || epi == CUBLASLT_EPILOGUE_GELU_AUX) {
+    const int64_t aux_ld = n;
+    cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld));
+  }
+  const uint64_t rows_a = tb ? k : n, cols_a = tb ? n : k;
+  if (cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, rows_a, cols_a, ldw) != CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, k, m, ldx) != CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, n, m, n) != CUBLAS_STATUS_SUCCESS) {
+    return nullptr;
+  }
+  cublasLtMatmulPreference_t pref = nullptr;
+  if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return nullptr;
+  const uint64_t ws = kLtWorkspace;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_w, sizeof(align_w));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_x, sizeof(align_x));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_y, sizeof(align_y));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_y, sizeof(align_y));
+  (void)align_aux;  // part of the key: the epilogue's pointers are set per call
+  cublasLtMatmulHeuristicResult_t result;
+  int found = 0;
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(h, p.desc, p.a, p.b, p.d, p.d, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) return nullptr;
+  p.algo = result.algo;
+  p.ok = true;
+  return &p;
+}
+
+bool lt_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_LT");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+
+const char* g_linear_path = "";
+
+}  // namespace
+
+const char* linear_last_path() { return g_linear_path; }
+
+bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, GemmOperand w, const float* bias,
+                    LinearAct act, float* y, float* pre) {
+  if (rows == 0 || n == 0) return true;
+  float* out = act == LinearAct::kNone ? y : pre;  // where the product (plus bias) lands
+  // bf16 products: in bf16 mode, or both operands given in bf16 (gemm_mixed's rules otherwise).
+  const bool bf16 = math_mode() == MathMode::kBf16 || (x.bf16 && w.bf16);
+  // The epilogue path: bf16 operands, n a multiple of 8 (the auxiliary output's leading dimension), the tanh GELU
+  // (cuBLASLt's GELU) or none.
+  if (bf16 && lt_enabled() && k > 0 && n % 8 == 0 && act != LinearAct::kGelu) {
+    Bf16Operands ops;
+    // Y = X @ op(W): X is gemm's A (rows x k), W its B.
+    if (!prepare_bf16_operands(false, tb, rows, n, k, x, 0, w, 0, 1, ops)) return false;
+    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
+    if (act == LinearAct::kGeluTanh) epi = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+    else if (bias) epi = CUBLASLT_EPILOGUE_BIAS;
+    LtPlan* p = lt_plan(rows, n, k, ops.ldb, ops.lda, tb, epi, alignment(ops.b), alignment(ops.a), alignment(y),
+                        act == LinearAct::kNone ? 0 : alignment(pre));
+    if (p) {
+      if (bias) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
+      if (act != LinearAct::kNone) {
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &pre, sizeof(pre));
+      }
+      const float one = 1.0f, zero = 0.0f;
+      const cublasStatus_t st = cublasLtMatmul(lt_handle(), p->desc, &one, ops.b, p->a, ops.a, p->b, &zero, y, p->d,
+                                               y, p->d, &p->algo, lt_workspace(), kLtWorkspace, 0);
+      if (st == CUBLAS_STATUS_SUCCESS) {
+        g_linear_path = act == LinearAct::kGeluTanh ? "lt bias+gelu" : bias ? "lt bias" : "lt";
+        return true;
+      }
+    }
+    g_linear_path = "gemm + bias/act (lt declined)";
+    if (!gemm_bf16_ld(false, tb, rows, n, k, 1.0f, ops.a, ops.lda, ops.b, ops.ldb, 0.0f, out, n, false)) return false;
+    return bias_act(out, bias, y, rows, n, act);
+  }
+  g_linear_path = "gemm + bias/act";
+  if (!gemm_mixed(false, tb, rows, n, k, 1.0f, x, 0, w, 0, 0.0f, out, 0, 1)) return false;
+  return bias_act(out, bias, y, rows, n, act);
+}
+
+}  // namespace gv::cuda
