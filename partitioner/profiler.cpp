@@ -55,6 +55,7 @@ Expected<GraphTimes> time_graph(Graph fwd, int repeats, Backend& backend) {
   to.save_attention_lse = backend.saves_attention_statistics();  // as the trainer builds it
   to.bf16_operands = backend.shares_bf16_operands();
   to.fuse_linear = backend.fuses_linear();
+  to.pack_attention_qkv = backend.packs_attention_qkv();
   GV_ASSIGN_OR_RETURN(TrainingGraph tg, build_training_graph(std::move(fwd), to));
   const Graph& g = tg.graph;
   GV_ASSIGN_OR_RETURN(auto ex, Executor::create(g, backend));

@@ -40,6 +40,9 @@ class Backend {
   // Whether this backend runs galvatron Linear (a product with its bias and GELU in one node) faster than the chain,
   // so that the training graph fuses them (TrainingGraphOptions::fuse_linear): the CUDA backend in bf16.
   virtual bool fuses_linear() const { return false; }
+  // Whether this backend's attention kernels read Q, K, V in place from one packed QKV tensor (galvatron
+  // AttentionPacked; TrainingGraphOptions::pack_attention_qkv): the CUDA backend's flash kernels.
+  virtual bool packs_attention_qkv() const { return false; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

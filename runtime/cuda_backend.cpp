@@ -68,6 +68,14 @@ class CudaBackend final : public Backend {
     }();
     return cuda::math_mode() == cuda::MathMode::kBf16 && enabled;
   }
+  // GALVATRON_CUDA_PACKED_QKV=0 keeps Q, K, V split (for comparisons).
+  bool packs_attention_qkv() const override {
+    static const bool enabled = [] {
+      const char* e = std::getenv("GALVATRON_CUDA_PACKED_QKV");
+      return !(e && std::string(e) == "0");
+    }();
+    return saves_attention_statistics() && enabled;
+  }
   // GALVATRON_CUDA_FUSE_LINEAR=0 keeps the products, bias adds and GELUs apart (for comparisons).
   bool fuses_linear() const override {
     static const bool enabled = [] {

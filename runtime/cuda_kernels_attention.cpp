@@ -131,9 +131,55 @@ Status attention_grad_cuda(KernelContext& ctx) {
 }
 
 
+// galvatron AttentionPacked / AttentionPackedGrad: the sizes from QKV [B, S, 3 * H * D]; false where the flash
+// kernels do not take them (the fallback runs the CPU kernels).
+bool packed_dims(const KernelContext& ctx, bool backward, cuda::AttentionDims& d, AttentionForm& f) {
+  const TensorRef& qkv = ctx.inputs[0];
+  if (qkv.data == nullptr || qkv.dtype != DType::kFloat32 || qkv.rank() != 3) return false;
+  if (!read_packed_attention_form(qkv.shape, ctx.attrs(), f).empty()) return false;
+  d = cuda::AttentionDims{};
+  d.batch = f.batch;
+  d.q_heads = d.kv_heads = f.q_heads;
+  d.q_len = d.kv_len = f.q_len;
+  d.head_dim = d.v_head_dim = f.head_dim;
+  d.causal = f.causal;
+  d.scale = f.scale;
+  d.seq_major = true;
+  return cuda::flash_attention_eligible(d, backward);
+}
+
+Status attention_packed_cuda(KernelContext& ctx) {
+  cuda::AttentionDims d;
+  AttentionForm f;
+  if (!packed_dims(ctx, false, d, f) || ctx.outputs.size() != 2) return cuda_fallback_kernel(ctx);
+  const TensorRef &y = ctx.outputs[0], &lse = ctx.outputs[1];
+  if (!output_ok(y, f.y_shape()) || !output_ok(lse, {f.batch, f.q_heads, f.q_len})) return cuda_fallback_kernel(ctx);
+  return launch(ctx, cuda::flash_attention_packed_f32(d, ctx.inputs[0].as<float>(), y.as<float>(), lse.as<float>()));
+}
+
+Status attention_packed_grad_cuda(KernelContext& ctx) {
+  cuda::AttentionDims d;
+  AttentionForm f;
+  if (!packed_dims(ctx, true, d, f) || ctx.inputs.size() != 4 || ctx.outputs.size() != 1) {
+    return cuda_fallback_kernel(ctx);
+  }
+  const TensorRef &dy = ctx.inputs[1], &y = ctx.inputs[2], &lse = ctx.inputs[3], &dqkv = ctx.outputs[0];
+  const Shape ys = f.y_shape(), ls = {f.batch, f.q_heads, f.q_len};
+  if (!output_ok(dqkv, ctx.inputs[0].shape) || dy.dtype != DType::kFloat32 || dy.shape != ys ||
+      y.dtype != DType::kFloat32 || y.shape != ys || lse.dtype != DType::kFloat32 || lse.shape != ls) {
+    return cuda_fallback_kernel(ctx);
+  }
+  return launch(ctx, cuda::flash_attention_packed_grad_f32(d, ctx.inputs[0].as<float>(), dy.as<float>(),
+                                                           y.as<float>(), lse.as<float>(), dqkv.as<float>()));
+}
+
 }  // namespace
 
 void register_cuda_attention_kernels(OpRegistry& r) {
+  if (OpSchema* s = r.find_mutable(kGalvatronDomain, "AttentionPacked")) s->cuda = cuda_profiled<attention_packed_cuda>;
+  if (OpSchema* s = r.find_mutable(kGalvatronDomain, "AttentionPackedGrad")) {
+    s->cuda = cuda_profiled<attention_packed_grad_cuda>;
+  }
   // An op whose schema is not registered (yet) keeps no CUDA kernel.
   if (OpSchema* s = r.find_mutable("", "Attention")) s->cuda = cuda_profiled<attention_cuda>;
   if (OpSchema* s = r.find_mutable(kGalvatronDomain, "AttentionGrad")) s->cuda = cuda_profiled<attention_grad_cuda>;

@@ -7,6 +7,7 @@ std::string FusionCounts::summary() const {
   std::string notes;
   if (attention_3d) notes += std::to_string(attention_3d) + " in the 3-D form";
   if (attention_lse) notes += (notes.empty() ? "" : ", ") + std::to_string(attention_lse) + " keeping their LSE";
+  if (attention_packed) notes += (notes.empty() ? "" : ", ") + std::to_string(attention_packed) + " on packed QKV";
   return std::to_string(attention) + " attention" + (notes.empty() ? "" : " (" + notes + ")") + ", " +
          std::to_string(gelu) + " gelu" +
          (linear_cross_entropy ? ", " + std::to_string(linear_cross_entropy) + " linear cross-entropy" : "") +

@@ -25,6 +25,7 @@ OpRegistry& OpRegistry::global() {
     register_vocab_parallel_ops(*r);
     register_sharded_update_ops(*r);
     register_attention_ops(*r);
+    register_attention_packed_ops(*r);
     return r;
   }();
   return *reg;

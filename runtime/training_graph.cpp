@@ -283,6 +283,9 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     const std::string labels = tg.labels == kNoValue ? "" : g.value(tg.labels).name;
     GV_ASSIGN_OR_RETURN(tg.fused, fuse_forward_graph(g));
     if (o.save_attention_lse) GV_RETURN_IF_ERROR(save_attention_lse(g, &tg.fused.attention_lse));
+    if (o.save_attention_lse && o.pack_attention_qkv) {
+      GV_RETURN_IF_ERROR(pack_attention_qkv(g, &tg.fused.attention_packed));
+    }
     if (o.fuse_linear_cross_entropy) {
       const std::set<std::string> keep(o.report_grads_of.begin(), o.report_grads_of.end());
       GV_RETURN_IF_ERROR(fuse_linear_cross_entropy(g, keep, &tg.fused.linear_cross_entropy));

@@ -50,6 +50,9 @@ struct TrainingGraphOptions {
   // Attention nodes the backend's flash kernels take keep their row statistics for the backward
   // (runtime/fusion.h save_attention_lse; after fuse_ops' passes). Set from Backend::saves_attention_statistics.
   bool save_attention_lse = false;
+  // With save_attention_lse: attention reads Q, K, V in place from the QKV product (runtime/fusion.h
+  // pack_attention_qkv). Set from Backend::packs_attention_qkv.
+  bool pack_attention_qkv = false;
   // Product operands read by several large products get one shared bfloat16 copy (runtime/bf16_operands.h; after
   // autograd, whatever fuse_ops says). Set from Backend::shares_bf16_operands.
   bool bf16_operands = false;

@@ -9,6 +9,7 @@
 #include <functional>
 #include <random>
 
+#include "kernels/cuda/ops.h"
 #include "runtime/cuda_kernels.h"
 #include "runtime/executor.h"
 
@@ -370,6 +371,30 @@ TEST_F(CudaKernels, LinearBf16) {
   PrecisionScope scope(*cuda_, "bf16");
   check_linear([this](const Case& c) { check(c); }, true, 1e-5);
   check_linear([this](const Case& c) { check(c); }, false, 1e-2);
+}
+
+// galvatron AttentionPacked / AttentionPackedGrad: the flash kernels reading Q, K, V (and writing dQ, dK, dV) in place
+// in one [B, S, 3 * H * D] tensor, against the CPU (bf16 mode: the flash path's 2e-2, as tests/cuda_attention_test.cpp);
+// the backward gets the CPU forward's Y and LSE. gpt-1.5b's heads of 50 (padded to 64 in the tiles) and GPT-2's 64.
+TEST_F(CudaKernels, AttentionPackedBf16) {
+  PrecisionScope scope(*cuda_, "bf16");
+  const std::string G = kGalvatronDomain;
+  struct Shape4 {
+    int64_t b, s, h, d;
+    int causal;
+  };
+  for (const Shape4& c : {Shape4{2, 130, 4, 50, 1}, Shape4{1, 256, 3, 64, 0}, Shape4{2, 67, 2, 64, 1}}) {
+    Attributes a = attrs({{"num_heads", c.h}, {"is_causal", c.causal}});
+    const Tensor qkv = randn({c.b, c.s, 3 * c.h * c.d});
+    const int64_t before = cuda::flash_attention_calls();
+    check({"AttentionPacked", {qkv}, a, 2, G, 20, {}, 2e-2});
+    Case fwd{"AttentionPacked", {qkv}, a, 2, G};
+    auto ref = run_case(fwd, *cpu_);
+    ASSERT_TRUE(ref.has_value()) << ref.status().message();
+    check({"AttentionPackedGrad", {qkv, randn({c.b, c.s, c.h * c.d}), ref->outputs[0], ref->outputs[1]}, a, 1, G, 20,
+           {}, 2e-2});
+    EXPECT_EQ(cuda::flash_attention_calls() - before, 2) << "the flash kernels did not take the packed form";
+  }
 }
 
 // --precision bf16 / tf32: the products' operands rounded to bf16 / tf32 inside cuBLAS, float32 accumulation,

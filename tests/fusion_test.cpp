@@ -224,6 +224,53 @@ TEST_P(ModelFusion, LinearFusionSameGradients) {
   }
 }
 
+// pack_attention_qkv (the CUDA flash kernels' packed heads): Split(QKV) -> AttentionWithLse becomes AttentionPacked
+// on the GPT models (one fused QKV product per layer), not on Llama's or BERT's separate projections; the loss and
+// gradients are bit-identical to the split graph's on the CPU.
+TEST_P(ModelFusion, PackedQkvSameGradients) {
+  auto model = load(GetParam());
+  ASSERT_TRUE(model.has_value()) << model.status().message();
+  const int layers = model->graph.num_layers;
+  auto backend = make_cpu_backend();
+  int packed = 0, splits = -1, concats = -1, splits_before = -1;
+  auto run = [&](bool pack, double* loss) -> Expected<TensorMap> {
+    TrainerConfig cfg;
+    cfg.graph.save_attention_lse = true;
+    cfg.graph.pack_attention_qkv = pack;
+    cfg.graph.padding_idx = model->padding_idx;
+    GV_ASSIGN_OR_RETURN(auto trainer, Trainer::create(model->graph, cfg, *backend));
+    const Graph& g = trainer->training_graph().graph;
+    if (pack) {
+      packed = trainer->training_graph().fused.attention_packed;
+      EXPECT_EQ(count_ops(g, "AttentionPacked"), packed);
+      EXPECT_EQ(count_ops(g, "AttentionPackedGrad"), packed);
+      splits = count_ops(g, "Split");
+      concats = count_ops(g, "Concat");
+    } else {
+      splits_before = count_ops(g, "Split");
+    }
+    return trainer->compute_gradients(model->batch, loss);
+  };
+  double loss_split = 0, loss_packed = 0;
+  auto split = run(false, &loss_split);
+  ASSERT_TRUE(split.has_value()) << split.status().message();
+  auto packed_grads = run(true, &loss_packed);
+  ASSERT_TRUE(packed_grads.has_value()) << packed_grads.status().message();
+  const std::string name = GetParam();
+  if (name.find("gpt") != std::string::npos) {
+    EXPECT_EQ(packed, layers) << name;
+    EXPECT_EQ(splits, splits_before - layers) << name;
+  } else {
+    EXPECT_EQ(packed, 0) << name;
+  }
+  EXPECT_EQ(loss_packed, loss_split);
+  for (const auto& [param, g] : *split) {
+    ASSERT_TRUE(packed_grads->count(param)) << param;
+    EXPECT_EQ(std::memcmp(g.data(), packed_grads->at(param).data(), g.nbytes()), 0) << name << ": " << param;
+  }
+  (void)concats;
+}
+
 std::vector<std::string> model_names() {
   std::vector<std::string> n = testing::kHfFixtures;
   for (const char* z : {"zoo:gpt-tiny", "zoo:llama-tiny", "zoo:bert-tiny"}) n.push_back(z);

@@ -231,6 +231,17 @@ void add_losses(std::vector<GradCase>& cases) {
       cases.push_back(c);
     }
   }
+  // galvatron AttentionPacked: QKV [B 2, S 5, 3 * H 2 * D 3], causal or not; LSE is not differentiable.
+  for (int causal : {0, 1}) {
+    Attributes a;
+    a.set_int("num_heads", 2);
+    a.set_int("is_causal", causal);
+    GradCase c = make("AttentionPacked", {rand64({2, 5, 18}, 710 + causal, -1.5, 1.5)}, causal ? "causal" : "full", a);
+    c.domain = "galvatron";
+    c.num_outputs = 2;
+    c.nondiff_outputs = {1};
+    cases.push_back(c);
+  }
   Attributes no_bias;
   no_bias.set_int("transB", 1);
   GradCase nb = make("Linear", {rand64({6, 4}, 703), rand64({3, 4}, 704)}, "no bias, transB", no_bias);

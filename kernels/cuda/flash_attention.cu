@@ -74,12 +74,18 @@ struct FlashArgs {
   // Element strides (batch, head, row; the head dim is contiguous) of Q, Y, dY, dQ (q*) and of K, V, dK, dV (k*):
   // head-major [B, H, S, D] is (H*S*D, S*D, D), sequence-major [B, S, H, D] is (S*H*D, D, H*D).
   int64_t qs_b = 0, qs_h = 0, qs_r = 0, ks_b = 0, ks_h = 0, ks_r = 0;
+  // Y, dY and the forward's Y in the backward (y*): Q's strides, except for packed QKV (Q, K, V and dQ, dK, dV rows
+  // 3 * H * D apart inside one [B, S, 3 * H * D] tensor, Y's rows H * D apart).
+  int64_t ys_b = 0, ys_h = 0, ys_r = 0;
+  // dQ's zeroing before the backward accumulates into it: dq_rows rows of dq_width elements, dq_pitch apart.
+  int64_t dq_rows = 0, dq_width = 0, dq_pitch = 0;
 };
 
 // Offsets of row 0 of query head h (< Hq) of batch b, and of key/value head h (< Hkv); rows are qs_r / ks_r apart.
 // The kernels form these once per head, outside their loops (no division in the hot paths).
 __device__ __forceinline__ int64_t qhead(const FlashArgs& a, int64_t b, int64_t h) { return b * a.qs_b + h * a.qs_h; }
 __device__ __forceinline__ int64_t khead(const FlashArgs& a, int64_t b, int64_t h) { return b * a.ks_b + h * a.ks_h; }
+__device__ __forceinline__ int64_t yhead(const FlashArgs& a, int64_t b, int64_t h) { return b * a.ys_b + h * a.ys_h; }
 
 // Rows [row0, row0 + kB) of a row-major [rows, D] float32 matrix into a bf16 tile [kB, DP] (row stride DP + 8);
 // zeros past `rows` and past D. Whole block.
@@ -660,7 +666,7 @@ __global__ void __launch_bounds__(kThreads) mflash_fwd(FlashArgs a) {
   cp_tile<DP>(sK, Kg);
   cp_tile<DP>(sV, Vg);
   cp_commit();
-  const int64_t qh0 = qhead(a, b, h);
+  const int64_t qh0 = qhead(a, b, h), yh0 = yhead(a, b, h);
   load_tile_f32<DP>(sQ, a.q + qh0, a.qs_r, q0, S, D, a.vec);
   __syncthreads();
   uint32_t qf[DP / 16][4];
@@ -749,7 +755,7 @@ __global__ void __launch_bounds__(kThreads) mflash_fwd(FlashArgs a) {
       for (int e = 0; e < 4; ++e) {
         const int c = n * 8 + 2 * t + (e & 1);
         const int64_t i = e < 2 ? i0 : i1;
-        if (c < D && i < S) a.y[qh0 + i * a.qs_r + c] = o[n][e] * (e < 2 ? inv0 : inv1);
+        if (c < D && i < S) a.y[yh0 + i * a.ys_r + c] = o[n][e] * (e < 2 ? inv0 : inv1);
       }
     }
   } else {
@@ -761,7 +767,7 @@ __global__ void __launch_bounds__(kThreads) mflash_fwd(FlashArgs a) {
         const int c = n * 8 + 2 * t + (e & 1);
         const int64_t i = e < 2 ? i0 : i1;
         if (c < D && i < S) {
-          const float x = __ldg(a.dy + qh0 + i * a.qs_r + c) * o[n][e];
+          const float x = __ldg(a.dy + yh0 + i * a.ys_r + c) * o[n][e];
           if (e < 2) dd0 += x;
           else dd1 += x;
         }
@@ -791,7 +797,7 @@ __global__ void stats_from_forward(FlashArgs a, int64_t rows_padded) {
   const int64_t bh = row / a.Sp, i = row % a.Sp;
   float dd = 0.0f;
   if (i < a.S) {
-    const int64_t off = qhead(a, bh / a.Hq, bh % a.Hq) + i * a.qs_r;
+    const int64_t off = yhead(a, bh / a.Hq, bh % a.Hq) + i * a.ys_r;
     for (int c = lane; c < a.D; c += 32) dd += __ldg(a.dy + off + c) * __ldg(a.y_in + off + c);
   }
 #pragma unroll
@@ -991,6 +997,8 @@ FlashArgs args_of(const AttentionDims& d, const float* q, const float* k, const 
     a.qs_b = Hq * S * D, a.qs_h = S * D, a.qs_r = D;
     a.ks_b = Hkv * L * D, a.ks_h = L * D, a.ks_r = D;
   }
+  a.ys_b = a.qs_b, a.ys_h = a.qs_h, a.ys_r = a.qs_r;
+  a.dq_rows = 1, a.dq_width = a.dq_pitch = Hq * S * D * d.batch;  // one contiguous block, any layout
   // Every stride is a multiple of D, so D % 4 == 0 keeps rows 16-byte aligned in both layouts.
   a.vec = d.head_dim % 4 == 0 && detail::aligned16(q) && detail::aligned16(k) && detail::aligned16(v) &&
           (!dy || detail::aligned16(dy));
@@ -1015,10 +1023,12 @@ struct Carve {
   }
 };
 
-// src in the query layout (q = true: Q, dY) or the key/value layout (K, V) of a.
+// src in the query layout (Q), the key/value layout (K, V) or the output layout (dY) of a.
+enum class Layout { kQ, kKV, kY };
 template <int DP>
-bool convert(const FlashArgs& a, bool q, const float* src, const bf16* dst, int64_t heads, int64_t rows,
+bool convert(const FlashArgs& a, Layout layout, const float* src, const bf16* dst, int64_t heads, int64_t rows,
              int64_t rows_p, int D) {
+  const bool q = layout != Layout::kKV;
   const int64_t per_head = rows_p * (DP / 8);
   const int64_t want = (per_head + 255) / 256;
   const int64_t cap = std::max<int64_t>(1, int64_t{detail::num_sms()} * 16 / std::max<int64_t>(heads, 1));
@@ -1027,7 +1037,9 @@ bool convert(const FlashArgs& a, bool q, const float* src, const bf16* dst, int6
   const int H = q ? a.Hq : a.Hq / a.G;
   to_bf16_padded<DP><<<dim3(bx, static_cast<unsigned>(heads)), 256>>>(
       src, const_cast<bf16*>(dst), static_cast<int>(rows), static_cast<int>(rows_p), D, vec, H,
-      q ? a.qs_b : a.ks_b, q ? a.qs_h : a.ks_h, q ? a.qs_r : a.ks_r);
+      layout == Layout::kQ ? a.qs_b : layout == Layout::kY ? a.ys_b : a.ks_b,
+      layout == Layout::kQ ? a.qs_h : layout == Layout::kY ? a.ys_h : a.ks_h,
+      layout == Layout::kQ ? a.qs_r : layout == Layout::kY ? a.ys_r : a.ks_r);
   return detail::launched();
 }
 
@@ -1065,8 +1077,8 @@ bool forward(const AttentionDims& d, FlashArgs a) {
   Carve cv{ws};
   a.kb = cv.take<bf16>(kvh * a.Lp * DP);
   a.vb = cv.take<bf16>(kvh * a.Lp * DP);
-  if (!convert<DP>(a, false, a.k, a.kb, kvh, d.kv_len, a.Lp, a.D) ||
-      !convert<DP>(a, false, a.v, a.vb, kvh, d.kv_len, a.Lp, a.D)) {
+  if (!convert<DP>(a, Layout::kKV, a.k, a.kb, kvh, d.kv_len, a.Lp, a.D) ||
+      !convert<DP>(a, Layout::kKV, a.v, a.vb, kvh, d.kv_len, a.Lp, a.D)) {
     return false;
   }
   return mma_forward<DP>(d, a, false);
@@ -1109,10 +1121,10 @@ bool backward(const AttentionDims& d, FlashArgs a) {
   a.dob = cv.take<bf16>(qh * a.Sp * DP);
   a.kb = cv.take<bf16>(kvh * a.Lp * DP);
   a.vb = cv.take<bf16>(kvh * a.Lp * DP);
-  if (!convert<DP>(a, true, a.q, a.qb, qh, d.q_len, a.Sp, a.D) ||
-      !convert<DP>(a, true, a.dy, a.dob, qh, d.q_len, a.Sp, a.D) ||
-      !convert<DP>(a, false, a.k, a.kb, kvh, d.kv_len, a.Lp, a.D) ||
-      !convert<DP>(a, false, a.v, a.vb, kvh, d.kv_len, a.Lp, a.D)) {
+  if (!convert<DP>(a, Layout::kQ, a.q, a.qb, qh, d.q_len, a.Sp, a.D) ||
+      !convert<DP>(a, Layout::kY, a.dy, a.dob, qh, d.q_len, a.Sp, a.D) ||
+      !convert<DP>(a, Layout::kKV, a.k, a.kb, kvh, d.kv_len, a.Lp, a.D) ||
+      !convert<DP>(a, Layout::kKV, a.v, a.vb, kvh, d.kv_len, a.Lp, a.D)) {
     return false;
   }
   if (a.y_in && a.lse_in) {
@@ -1122,7 +1134,10 @@ bool backward(const AttentionDims& d, FlashArgs a) {
   } else if (!mma_forward<DP>(d, a, true)) {
     return false;
   }
-  if (cudaMemsetAsync(a.dq, 0, sizeof(float) * qh * d.q_len * d.head_dim, 0) != cudaSuccess) return false;  // any layout
+  if (cudaMemset2DAsync(a.dq, sizeof(float) * a.dq_pitch, 0, sizeof(float) * a.dq_width, a.dq_rows, 0) !=
+      cudaSuccess) {
+    return false;
+  }
   static const bool ok = allow_smem(mflash_bwd<DP>, mbwd_smem<DP>());
   if (!ok) return false;
   mflash_bwd<DP><<<gk, kThreads, mbwd_smem<DP>()>>>(a);
@@ -1173,6 +1188,46 @@ bool flash_attention_grad_f32(const AttentionDims& d, const float* q, const floa
   a.vec2 = d.head_dim % 2 == 0 && reinterpret_cast<uintptr_t>(dq) % 8 == 0;
   a.dk = dk;
   a.dv = dv;
+  const bool ok = d.head_dim <= 64 ? backward<64>(d, a) : backward<128>(d, a);
+  if (ok) ++g_flash_calls;
+  return ok;
+}
+
+namespace {
+
+// FlashArgs over one packed [B, S, 3 * H * D] tensor: Q, K, V (or dQ, dK, dV) side by side in each row.
+FlashArgs packed_args(const AttentionDims& d, const float* qkv, const float* dy) {
+  const int64_t hd = d.q_heads * d.head_dim;
+  FlashArgs a = args_of(d, qkv, qkv + hd, qkv + 2 * hd, dy);
+  a.qs_b = a.ks_b = d.q_len * 3 * hd;
+  a.qs_r = a.ks_r = 3 * hd;
+  a.qs_h = a.ks_h = d.head_dim;
+  a.ys_b = d.q_len * hd, a.ys_h = d.head_dim, a.ys_r = hd;
+  a.dq_rows = d.batch * d.q_len, a.dq_width = hd, a.dq_pitch = 3 * hd;  // dQ's third of each row
+  return a;
+}
+
+}  // namespace
+
+bool flash_attention_packed_f32(const AttentionDims& d, const float* qkv, float* y, float* lse) {
+  FlashArgs a = packed_args(d, qkv, nullptr);
+  a.y = y;
+  a.lse_out = lse;
+  const bool ok = d.head_dim <= 64 ? forward<64>(d, a) : forward<128>(d, a);
+  if (ok) ++g_flash_calls;
+  return ok;
+}
+
+bool flash_attention_packed_grad_f32(const AttentionDims& d, const float* qkv, const float* dy, const float* y,
+                                     const float* lse, float* dqkv) {
+  FlashArgs a = packed_args(d, qkv, dy);
+  const int64_t hd = d.q_heads * d.head_dim;
+  a.y_in = y;
+  a.lse_in = lse;
+  a.dq = dqkv;
+  a.dk = dqkv + hd;
+  a.dv = dqkv + 2 * hd;
+  a.vec2 = d.head_dim % 2 == 0 && reinterpret_cast<uintptr_t>(dqkv) % 8 == 0;
   const bool ok = d.head_dim <= 64 ? backward<64>(d, a) : backward<128>(d, a);
   if (ok) ++g_flash_calls;
   return ok;

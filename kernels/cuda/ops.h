@@ -108,6 +108,12 @@ bool flash_attention_f32(const AttentionDims& d, const float* q, const float* k,
 bool flash_attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v,
                               const float* dy, float* dq, float* dk, float* dv, const float* y = nullptr,
                               const float* lse = nullptr);
+// Packed QKV [B, S, 3 * H * D] (galvatron AttentionPacked: Q, K, V side by side in each row, d.q_heads == d.kv_heads,
+// sequence-major): Y [B, S, H * D] and LSE [B, H, S]; the backward writes dQKV (same layout). Flash path only
+// (flash_attention_eligible).
+bool flash_attention_packed_f32(const AttentionDims& d, const float* qkv, float* y, float* lse);
+bool flash_attention_packed_grad_f32(const AttentionDims& d, const float* qkv, const float* dy, const float* y,
+                                     const float* lse, float* dqkv);
 // Debug counter: successful flash launches (forward and backward calls) in this process.
 int64_t flash_attention_calls();
 

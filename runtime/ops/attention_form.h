@@ -73,4 +73,23 @@ inline std::string read_attention_form(const Shape& q, const Shape& k, const Sha
   return "";
 }
 
+// galvatron AttentionPacked's QKV [B, S, 3 * H * D] (runtime/ops/attention_packed_ops.cpp): the 3-D form with
+// H = attribute num_heads query and key/value heads and L = S.
+inline std::string read_packed_attention_form(const Shape& qkv, const Attributes& attrs, AttentionForm& f) {
+  f = AttentionForm{};
+  const int64_t h = attrs.get_int("num_heads", 0);
+  if (qkv.size() != 3 || h <= 0 || qkv[2] % (3 * h) != 0) {
+    return "QKV " + shape_str(qkv) + " must be [batch, sequence, 3 * num_heads * head size] with num_heads " +
+           std::to_string(h) + " > 0";
+  }
+  f.three_d = true;
+  f.batch = qkv[0], f.q_len = f.kv_len = qkv[1];
+  f.q_heads = f.kv_heads = h;
+  f.head_dim = f.v_head_dim = qkv[2] / (3 * h);
+  f.scale = attrs.has("scale") ? attrs.get_float("scale", 1.0f)
+                               : static_cast<float>(1.0 / std::sqrt(static_cast<double>(f.head_dim)));
+  f.causal = attrs.get_int("is_causal", 0) != 0;
+  return "";
+}
+
 }  // namespace gv

@@ -1,0 +1,148 @@
+// Attention over a packed QKV tensor, so that a layer's QKV product output is read in place instead of being split
+// into Q, K, V copies (and their gradients concatenated back). runtime/attention_packed.cpp forms these from
+// Split -> AttentionWithLse where the backend's flash kernels read strided heads.
+//
+//   galvatron AttentionPacked(QKV [B, S, 3 * H * D]) -> Y [B, S, H * D], LSE [B, H, S]
+//     Q, K, V are QKV's three [B, S, H * D] blocks along the last axis (ONNX Attention's 3-D form each, H query and
+//     key/value heads). Attributes: num_heads (H), is_causal, scale (default 1/sqrt(D)).
+//   galvatron AttentionPackedGrad(QKV, dY, Y, LSE) -> dQKV [B, S, 3 * H * D]
+// The CPU kernels unpack and run the 4-D reference (kernels/cpu/attention.h); the result is bit-identical to
+// Split + AttentionWithLse and its gradient + Concat.
+#include <algorithm>
+#include <vector>
+
+#include "kernels/cpu/attention.h"
+#include "runtime/ops/all_ops.h"
+#include "runtime/ops/attention_form.h"
+#include "runtime/ops/math_common.h"
+
+namespace gv {
+namespace {
+
+using math::dispatch_float;
+using math::make_schema;
+
+Status check_packed(const InferContext& ctx, AttentionForm& f) {
+  if (ctx.dtype(0) != DType::kFloat32 && ctx.dtype(0) != DType::kFloat64) {
+    return ctx.fail(std::string("QKV must be float32 or float64, got ") + dtype_name(ctx.dtype(0)));
+  }
+  const std::string err = read_packed_attention_form(ctx.shape(0), ctx.attrs(), f);
+  return err.empty() ? Status::ok() : ctx.fail(err);
+}
+
+Status infer_packed(InferContext& ctx) {
+  AttentionForm f;
+  GV_RETURN_IF_ERROR(check_packed(ctx, f));
+  ctx.set_output(0, ctx.dtype(0), f.y_shape());
+  ctx.set_output(1, ctx.dtype(0), {f.batch, f.q_heads, f.q_len});
+  return Status::ok();
+}
+
+Status infer_packed_grad(InferContext& ctx) {
+  AttentionForm f;
+  GV_RETURN_IF_ERROR(check_packed(ctx, f));
+  const Shape y = f.y_shape(), lse = {f.batch, f.q_heads, f.q_len};
+  const char* names[3] = {"dY", "Y", "LSE"};
+  const Shape want[3] = {y, y, lse};
+  for (int i = 1; i <= 3; ++i) {
+    if (!ctx.has_input(i) || ctx.shape(i) != want[i - 1] || ctx.dtype(i) != ctx.dtype(0)) {
+      return ctx.fail(std::string(names[i - 1]) + " must be " + dtype_name(ctx.dtype(0)) + " " +
+                      shape_str(want[i - 1]));
+    }
+  }
+  ctx.set_output(0, ctx.dtype(0), ctx.shape(0));
+  return Status::ok();
+}
+
+cpu::AttentionShape shape_of(const AttentionForm& f) {
+  cpu::AttentionShape s;
+  s.batch = f.batch, s.q_heads = f.q_heads, s.kv_heads = f.kv_heads, s.q_len = f.q_len, s.kv_len = f.kv_len;
+  s.head_dim = f.head_dim, s.v_head_dim = f.v_head_dim, s.scale = f.scale, s.causal = f.causal;
+  return s;
+}
+
+// Block `part` (0: Q, 1: K, 2: V) of x [B, S, 3, H, D] as [B, H, S, D], or back (scatter into x).
+template <typename T>
+void unpack(const T* x, int part, int64_t B, int64_t S, int64_t H, int64_t D, T* y) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t h = 0; h < H; ++h)
+        std::copy_n(x + ((b * S + s) * 3 + part) * H * D + h * D, D, y + ((b * H + h) * S + s) * D);
+}
+template <typename T>
+void pack(const T* y, int part, int64_t B, int64_t S, int64_t H, int64_t D, T* x) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t h = 0; h < H; ++h)
+        std::copy_n(y + ((b * H + h) * S + s) * D, D, x + ((b * S + s) * 3 + part) * H * D + h * D);
+}
+
+Status packed_cpu(KernelContext& ctx) {
+  AttentionForm f;
+  read_packed_attention_form(ctx.inputs[0].shape, ctx.attrs(), f);
+  const cpu::AttentionShape s = shape_of(f);
+  const int64_t B = f.batch, S = f.q_len, H = f.q_heads, D = f.head_dim, n = B * S * H * D;
+  return dispatch_float(ctx.inputs[0].dtype, ctx, [&](auto tag) {
+    using T = decltype(tag);
+    const T* qkv = ctx.inputs[0].as<T>();
+    std::vector<T> q(n), k(n), v(n), y(n);
+    unpack(qkv, 0, B, S, H, D, q.data());
+    unpack(qkv, 1, B, S, H, D, k.data());
+    unpack(qkv, 2, B, S, H, D, v.data());
+    cpu::attention_forward(s, q.data(), k.data(), v.data(), cpu::AttentionMask{}, y.data(), ctx.outputs[1].as<T>());
+    T* out = ctx.outputs[0].as<T>();  // [B, S, H * D]
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < S; ++i) std::copy_n(y.data() + ((b * H + h) * S + i) * D, D, out + ((b * S + i) * H + h) * D);
+  });
+}
+
+Status packed_grad_cpu(KernelContext& ctx) {
+  AttentionForm f;
+  read_packed_attention_form(ctx.inputs[0].shape, ctx.attrs(), f);
+  const cpu::AttentionShape s = shape_of(f);
+  const int64_t B = f.batch, S = f.q_len, H = f.q_heads, D = f.head_dim, n = B * S * H * D;
+  return dispatch_float(ctx.inputs[0].dtype, ctx, [&](auto tag) {
+    using T = decltype(tag);
+    const T* qkv = ctx.inputs[0].as<T>();
+    const T* dy3 = ctx.inputs[1].as<T>();
+    std::vector<T> q(n), k(n), v(n), dy(n), dq(n), dk(n), dv(n);
+    unpack(qkv, 0, B, S, H, D, q.data());
+    unpack(qkv, 1, B, S, H, D, k.data());
+    unpack(qkv, 2, B, S, H, D, v.data());
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < S; ++i)
+        for (int64_t h = 0; h < H; ++h) std::copy_n(dy3 + ((b * S + i) * H + h) * D, D, dy.data() + ((b * H + h) * S + i) * D);
+    cpu::attention_backward(s, q.data(), k.data(), v.data(), cpu::AttentionMask{}, dy.data(), dq.data(), dk.data(),
+                            dv.data());
+    T* out = ctx.outputs[0].as<T>();
+    pack(dq.data(), 0, B, S, H, D, out);
+    pack(dk.data(), 1, B, S, H, D, out);
+    pack(dv.data(), 2, B, S, H, D, out);
+  });
+}
+
+Status packed_grad(GradBuilder& gb) {
+  if (gb.grad_output(1) != kNoValue) {
+    return invalid_argument("node '" + gb.node().name +
+                            "' (galvatron::AttentionPacked): its LSE output is not differentiable, but the loss "
+                            "depends on it");
+  }
+  if (gb.grad_output(0) == kNoValue || !gb.needs_grad(0)) return gb.status();
+  gb.set_grad_input(0, gb.emit1("AttentionPackedGrad", {gb.input(0), gb.grad_output(0), gb.output(0), gb.output(1)},
+                                gb.attrs(), kGalvatronDomain));
+  return gb.status();
+}
+
+}  // namespace
+
+void register_attention_packed_ops(OpRegistry& r) {
+  OpSchema fwd = make_schema(kGalvatronDomain, "AttentionPacked", 1, 1, 2, 2, infer_packed, packed_cpu,
+                             "Attention over packed QKV [B, S, 3 * H * D] -> Y [B, S, H * D], LSE [B, H, S]");
+  fwd.grad = packed_grad;
+  r.add(std::move(fwd));
+  r.add(make_schema(kGalvatronDomain, "AttentionPackedGrad", 4, 4, 1, 1, infer_packed_grad, packed_grad_cpu,
+                    "(QKV, dY, Y, LSE) -> dQKV of AttentionPacked"));
+}
+
+}  // namespace gv
