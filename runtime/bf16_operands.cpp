@@ -51,9 +51,60 @@ struct Use {
   int slot;
 };
 
+// A copy of a Linear's output that nothing else reads: the Linear writes the bf16 values itself (out_dtype), with its
+// pre-activation in bf16 too when only GeluGrad nodes read that (as PyTorch's autocast keeps it). The Cast and the
+// float32 output go.
+Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded) {
+  const std::vector<int> uses = graph.use_counts();
+  std::vector<char> is_output(graph.values.size(), 0);
+  for (ValueId o : graph.outputs) is_output[o] = 1;
+  // Values some node other than GeluGrad (as its saved input) reads.
+  std::vector<char> other_reader(graph.values.size(), 0);
+  for (const Node& n : graph.nodes) {
+    for (size_t i = 0; i < n.inputs.size(); ++i) {
+      const bool gelu_saved = n.op_type == "GeluGrad" && n.domain == kGalvatronDomain && i == 1;
+      if (n.inputs[i] != kNoValue && !gelu_saved) other_reader[n.inputs[i]] = 1;
+    }
+  }
+  std::vector<char> gone(graph.nodes.size(), 0);
+  int count = 0;
+  size_t removed_before_boundary = 0;
+  for (NodeId id = 0; id < static_cast<NodeId>(graph.nodes.size()); ++id) {
+    const Node& cast = graph.nodes[id];
+    if (cast.op_type != "Cast" || !cast.domain.empty() || cast.name.rfind("bf16_copy/", 0) != 0) continue;
+    const ValueId v = cast.inputs[0];
+    const NodeId p = graph.value(v).producer;
+    if (p < 0 || uses[v] != 1 || is_output[v] || !is_linear(graph.nodes[p]) || graph.nodes[p].outputs[0] != v) continue;
+    Node& lin = graph.nodes[p];
+    if (lin.outputs.size() > 1) {
+      const ValueId pre = lin.outputs[1];
+      if (is_output[pre] || other_reader[pre]) continue;
+      graph.value(pre).dtype = DType::kBFloat16;
+    }
+    lin.attrs.set_int("out_dtype", kOnnxBFloat16);
+    lin.outputs[0] = cast.outputs[0];
+    gone[id] = 1;  // v stays an orphan value (no node writes or reads it): dropping would renumber the values that
+                   // the training graph's maps (gradients, optimizer state) already hold
+    if (boundary && static_cast<size_t>(id) < *boundary) ++removed_before_boundary;
+    ++count;
+  }
+  if (count == 0) return Status::ok();
+  std::vector<Node> nodes;
+  nodes.reserve(graph.nodes.size());
+  for (size_t i = 0; i < graph.nodes.size(); ++i) {
+    if (!gone[i]) nodes.push_back(std::move(graph.nodes[i]));
+  }
+  graph.nodes = std::move(nodes);
+  graph.reindex();
+  if (boundary) *boundary -= removed_before_boundary;
+  *folded += count;
+  return Status::ok();
+}
+
 }  // namespace
 
-Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size_t* boundary, int* copies) {
+Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size_t* boundary, int* copies,
+                           int* linear_outputs) {
   const OpRegistry& reg = OpRegistry::global();
   // Values some node writes in place (an output-less node that is not read-only): a copy made before such a write
   // would go stale.
@@ -114,7 +165,7 @@ Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size
     }
     ++made;
   }
-  if (made == 0) return Status::ok();
+  if (made == 0) return Status::ok();  // no copies: nothing to fold either
   if (!graph.opsets.count(kGalvatronDomain)) graph.opsets[kGalvatronDomain] = 1;
   std::vector<Node> nodes;
   nodes.reserve(graph.nodes.size() + static_cast<size_t>(made));
@@ -131,7 +182,7 @@ Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size
   graph.reindex();
   if (boundary) *boundary += inserted_before_boundary;
   *copies += made;
-  return Status::ok();
+  return fold_linear_outputs(graph, boundary, linear_outputs);
 }
 
 }  // namespace gv

@@ -24,7 +24,10 @@ struct Bf16OperandOptions {
 
 // Rewrites `graph` in place. The Cast nodes are inserted before each copy's first reader, so node indices shift:
 // *boundary (optional; a node index such as TrainingGraph::backward_begin) moves by the number of nodes inserted
-// before it. Adds the number of copies made to *copies.
-Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size_t* boundary, int* copies);
+// (or removed) before it. Adds the number of copies made to *copies. A copy of a galvatron Linear's output that
+// nothing else reads is then written by the Linear itself in bf16 (out_dtype; its pre-activation too, when only
+// GeluGrad reads that): the number of such Linears is added to *linear_outputs.
+Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size_t* boundary, int* copies,
+                           int* linear_outputs);
 
 }  // namespace gv

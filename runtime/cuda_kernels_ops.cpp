@@ -213,13 +213,17 @@ Status not_cuda(KernelContext& ctx) {
 
 template <cuda::ActGrad Op>
 Status act_grad_cuda(KernelContext& ctx) {
-  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
   cuda::ActGrad op = Op;
   if (op == cuda::ActGrad::kGelu && ctx.attrs().get_string("approximate", "none") == "tanh") {
     op = cuda::ActGrad::kGeluTanh;
   }
-  return launch(ctx, cuda::activation_grad_f32(op, ctx.inputs[0].as<float>(), ctx.inputs[1].as<float>(),
-                                               ctx.outputs[0].as<float>(), ctx.inputs[0].numel()));
+  const TensorRef &dy = ctx.inputs[0], &v = ctx.inputs[1], &dx = ctx.outputs[0];
+  if (is_f32(dy) && v.dtype == DType::kBFloat16 && is_f32(dx)) {  // a bf16 saved pre-activation
+    return launch(ctx, cuda::activation_grad_bf16_saved(op, dy.as<float>(), static_cast<const uint16_t*>(v.data),
+                                                        dx.as<float>(), dy.numel()));
+  }
+  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  return launch(ctx, cuda::activation_grad_f32(op, dy.as<float>(), v.as<float>(), dx.as<float>(), dy.numel()));
 }
 
 char cast_code(DType t) {
@@ -515,8 +519,9 @@ Status fused_matmul_cuda(KernelContext& ctx) {
 Status linear_cuda(KernelContext& ctx) {
   const TensorRef &x = ctx.inputs[0], &w = ctx.inputs[1];
   const bool has_bias = ctx.has_input(2);
+  const bool out_bf16 = ctx.outputs[0].dtype == DType::kBFloat16;
   bool types = (x.dtype == DType::kFloat32 || x.dtype == DType::kBFloat16) &&
-               (w.dtype == DType::kFloat32 || w.dtype == DType::kBFloat16) && all_outputs_f32(ctx);
+               (w.dtype == DType::kFloat32 || w.dtype == DType::kBFloat16) && (out_bf16 || all_outputs_f32(ctx));
   if (has_bias) types = types && is_f32(ctx.inputs[2]);
   if (!types || w.shape.size() != 2 || x.shape.empty()) return cuda_fallback_kernel(ctx);
   const bool tb = ctx.attrs().get_int("transB", 0) != 0;
@@ -525,9 +530,10 @@ Status linear_cuda(KernelContext& ctx) {
                             : act == "gelu"    ? cuda::LinearAct::kGelu
                                                : cuda::LinearAct::kNone;
   const int64_t k = x.shape.back(), rows = k > 0 ? x.numel() / k : 0, n = tb ? w.shape[0] : w.shape[1];
-  float* pre = a == cuda::LinearAct::kNone ? nullptr : ctx.outputs[1].as<float>();
-  const bool ok = cuda::linear_forward(rows, n, k, tb, operand(x), operand(w), has_bias ? ctx.inputs[2].as<float>() : nullptr,
-                                       a, ctx.outputs[0].as<float>(), pre);
+  void* pre = a == cuda::LinearAct::kNone ? nullptr : ctx.outputs[1].data;
+  const bool ok = cuda::linear_forward(rows, n, k, tb, operand(x), operand(w),
+                                       has_bias ? ctx.inputs[2].as<float>() : nullptr, a, ctx.outputs[0].data, pre,
+                                       out_bf16);
   if (cuda_profile_detail()) {
     cuda_profile_note("m=" + std::to_string(rows) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
                       (tb ? " tb" : "") + " path=" + cuda::linear_last_path());

@@ -20,7 +20,8 @@ struct FusionCounts {
   int attention_packed = 0;  // of those, the ones reading their Q, K, V in place from one QKV tensor (pack_attention_qkv)
   int linear_cross_entropy = 0;  // head MatMul + SoftmaxCrossEntropyLoss -> LinearCrossEntropy (after the loss is attached)
   int linear = 0;  // MatMul [+ bias Add [+ Gelu]] or MatMul(X, Transpose(W)) -> Linear (fuse_linear)
-  int bf16_operands = 0;  // not a fusion: product operands given one shared bf16 copy (runtime/bf16_operands.h)
+  int bf16_operands = 0;
+  int bf16_linear_outputs = 0;  // of those copies, the ones a Linear writes itself (runtime/bf16_operands.h)  // not a fusion: product operands given one shared bf16 copy (runtime/bf16_operands.h)
   // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu, 1 linear cross-entropy, 40 shared bf16 operands"
   std::string summary() const;
 };

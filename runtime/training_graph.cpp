@@ -331,7 +331,8 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   }
   GV_RETURN_IF_ERROR(rematerialize_marked_nodes(g, tg.backward_begin));
   if (o.bf16_operands) {
-    GV_RETURN_IF_ERROR(share_bf16_operands(g, o.bf16_operand_options, &tg.backward_begin, &tg.fused.bf16_operands));
+    GV_RETURN_IF_ERROR(share_bf16_operands(g, o.bf16_operand_options, &tg.backward_begin, &tg.fused.bf16_operands,
+                                           &tg.fused.bf16_linear_outputs));
   }
   // Parameters the loss does not depend on have no gradient; like PyTorch (grad None) the optimizer skips them.
   std::vector<ValueId> trained;

@@ -141,8 +141,8 @@ TEST(Bf16Operands, SharesOnlyValuesReadByTwoQualifyingProducts) {
   {
     SmallGraph s = small_graph(64);
     size_t boundary = 2;  // a node index after the first reader: moves with the inserted copy
-    int copies = 0;
-    ASSERT_TRUE(share_bf16_operands(s.g, opt, &boundary, &copies).is_ok());
+    int copies = 0, folded = 0;
+    ASSERT_TRUE(share_bf16_operands(s.g, opt, &boundary, &copies, &folded).is_ok());
     EXPECT_EQ(copies, 1);
     EXPECT_EQ(boundary, 3u);
     ASSERT_EQ(s.g.nodes.size(), 4u);
@@ -170,15 +170,15 @@ TEST(Bf16Operands, SharesOnlyValuesReadByTwoQualifyingProducts) {
   }
   {  // too small for the default threshold
     SmallGraph s = small_graph(64);
-    int copies = 0;
-    ASSERT_TRUE(share_bf16_operands(s.g, Bf16OperandOptions(), nullptr, &copies).is_ok());
+    int copies = 0, folded = 0;
+    ASSERT_TRUE(share_bf16_operands(s.g, Bf16OperandOptions(), nullptr, &copies, &folded).is_ok());
     EXPECT_EQ(copies, 0);
     EXPECT_EQ(count_casts(s.g), 0);
   }
   {  // rows of 60 elements: not 16-byte aligned in bf16
     SmallGraph s = small_graph(60);
-    int copies = 0;
-    ASSERT_TRUE(share_bf16_operands(s.g, opt, nullptr, &copies).is_ok());
+    int copies = 0, folded = 0;
+    ASSERT_TRUE(share_bf16_operands(s.g, opt, nullptr, &copies, &folded).is_ok());
     EXPECT_EQ(copies, 0);
   }
   {  // X is also updated in place (an accumulation after its readers): no copy could stay current
@@ -190,8 +190,8 @@ TEST(Bf16Operands, SharesOnlyValuesReadByTwoQualifyingProducts) {
     acc.opset = 1;
     acc.inputs = {s.x, s.x};
     ASSERT_TRUE(s.g.add_node(std::move(acc)).has_value());
-    int copies = 0;
-    ASSERT_TRUE(share_bf16_operands(s.g, opt, nullptr, &copies).is_ok());
+    int copies = 0, folded = 0;
+    ASSERT_TRUE(share_bf16_operands(s.g, opt, nullptr, &copies, &folded).is_ok());
     EXPECT_EQ(copies, 0);
   }
 }
@@ -231,7 +231,21 @@ TEST_P(ModelBf16Operands, EveryProductOperandConvertedOnceSameGradientsWithinBf1
   ASSERT_TRUE(grads16.has_value()) << grads16.status().message();
 
   const Graph& g = *g16;
-  EXPECT_EQ(t16->training_graph().fused.bf16_operands, count_casts(g) - count_casts(*g32));
+  const FusionCounts& fc = t16->training_graph().fused;
+  EXPECT_EQ(fc.bf16_operands - fc.bf16_linear_outputs, count_casts(g) - count_casts(*g32));
+  if (std::get<1>(GetParam()) && model == "gpt-tiny") {
+    // The MLP's c_fc Linear (its GELU output read only by c_proj's products) writes bf16 itself, pre-activation too.
+    EXPECT_EQ(fc.bf16_linear_outputs, im->graph.num_layers);
+    int bf16_linears = 0;
+    for (const Node& n : g.nodes) {
+      if (n.op_type != "Linear" || n.attrs.get_int("out_dtype", 1) != 16) continue;
+      ++bf16_linears;
+      for (ValueId o : n.outputs) EXPECT_EQ(g.value(o).dtype, DType::kBFloat16) << n.name;
+    }
+    EXPECT_EQ(bf16_linears, fc.bf16_linear_outputs);
+  } else if (!std::get<1>(GetParam())) {
+    EXPECT_EQ(fc.bf16_linear_outputs, 0);
+  }
   // Each copy is read by two or more products and by nothing else; no product reads a value that has a copy.
   std::map<ValueId, ValueId> copy_of;
   for (const Node& n : g.nodes) {
@@ -244,7 +258,8 @@ TEST_P(ModelBf16Operands, EveryProductOperandConvertedOnceSameGradientsWithinBf1
       if (in == kNoValue) continue;
       const bool is_copy = g.value(in).dtype == DType::kBFloat16;
       if (is_copy) {
-        EXPECT_TRUE(n.op_type == "FusedMatMul" || n.op_type == "Linear") << n.name;
+        // Products, and GeluGrad reading a Linear's bf16 pre-activation.
+        EXPECT_TRUE(n.op_type == "FusedMatMul" || n.op_type == "Linear" || n.op_type == "GeluGrad") << n.name;
         ++readers[in];
       }
       if (n.op_type == "FusedMatMul" || n.op_type == "MatMul" || n.op_type == "Linear") {

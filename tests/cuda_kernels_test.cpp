@@ -125,7 +125,7 @@ double relative_error(const Tensor& a, const Tensor& b) {
 void expect_close(const Tensor& a, const Tensor& b, double tol, const std::string& what) {
   ASSERT_EQ(a.dtype(), b.dtype()) << what;
   ASSERT_EQ(a.shape(), b.shape()) << what;
-  if (a.dtype() != DType::kFloat32 && a.dtype() != DType::kFloat64) {
+  if (a.dtype() != DType::kFloat32 && a.dtype() != DType::kFloat64 && a.dtype() != DType::kBFloat16) {
     EXPECT_EQ(std::memcmp(a.data(), b.data(), a.nbytes()), 0) << what << ": integer results differ";
     return;
   }
@@ -331,8 +331,8 @@ void check_shared_bf16(const std::function<void(const Case&)>& check, double mix
 TEST_F(CudaKernels, MatMulSharedBf16Operands) {
   check_shared_bf16([this](const Case& c) { check(c); }, 1e-5);
   // Cast to bf16 and back: rounding to nearest even on both backends, bit for bit.
-  check({"Cast", {randn({3, 1001}, 100.0)}, attrs({{"to", 16}})});
-  check({"Cast", {randn({4, 1024}).cast(DType::kBFloat16)}, attrs({{"to", 1}})});
+  check({"Cast", {randn({3, 1001}, 100.0)}, attrs({{"to", 16}}), 1, "", 20, {}, 0.0});
+  check({"Cast", {randn({4, 1024}).cast(DType::kBFloat16)}, attrs({{"to", 1}}), 1, "", 20, {}, 0.0});
 }
 
 TEST_F(CudaKernels, MatMulSharedBf16OperandsInBf16Mode) {
@@ -359,7 +359,18 @@ void check_linear(const std::function<void(const Case&)>& check, bool bf16_given
     check({"Linear", {op(randn({256, 64})), op(randn({80, 64})), randn({80})}, lin(act, 1), outs, G, 20, {}, tol});
     check({"Linear", {op(randn({256, 64})), op(randn({80, 64}))}, lin(act, 1), outs, G, 20, {}, tol});  // no bias
     check({"Linear", {op(randn({50, 24})), op(randn({24, 20})), randn({20})}, lin(act, 0), outs, G, 20, {}, tol});
+    // bf16 outputs (and pre-activation): float32 results rounded once, so a float32 sum that differs in its last
+    // bits may round the other way: bf16's 1e-2.
+    Attributes a16 = lin(act, 0);
+    a16.set_int("out_dtype", 16);
+    check({"Linear", {op(randn({4, 96, 64})), op(randn({64, 96})), randn({96})}, a16, outs, G, 20, {}, 1e-2});
+    check({"Linear", {op(randn({50, 24})), op(randn({24, 20})), randn({20})}, a16, outs, G, 20, {}, 1e-2});
   }
+  // GeluGrad reading a bf16 pre-activation (such a Linear's second output).
+  Attributes tanh_grad;
+  tanh_grad.set_string("approximate", "tanh");
+  check({"GeluGrad", {randn({4, 1000}), randn({4, 1000}).cast(DType::kBFloat16)}, tanh_grad, 1, G});
+  check({"GeluGrad", {randn({3, 333}), randn({3, 333}).cast(DType::kBFloat16)}, {}, 1, G});
 }
 
 TEST_F(CudaKernels, Linear) {

@@ -98,13 +98,7 @@ bool pad_c_enabled() {
   return on;
 }
 
-// Round to nearest even on the bits (the same as __float2bfloat16_rn on every architecture): NaN stays a (quiet) NaN
-// with its sign, overflow goes to infinity.
-__device__ __forceinline__ uint16_t bf16_bits(float f) {
-  const uint32_t u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
+using detail::bf16_bits;
 
 __device__ __forceinline__ uint2 bf16_quad(float4 v) {
   uint2 r;

@@ -83,6 +83,15 @@ bool launch_flat(const F& f, int64_t n, bool vec, int64_t max_blocks = 0) {
 }
 
 __device__ __forceinline__ float4 load4(const float* p, size_t q) { return reinterpret_cast<const float4*>(p)[q]; }
+
+// float -> bfloat16 bits, rounding to nearest even (the same as __float2bfloat16_rn on every architecture): NaN stays
+// a (quiet) NaN with its sign, overflow goes to infinity. And back (exact).
+__device__ __forceinline__ uint16_t bf16_bits(float f) {
+  const uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+__device__ __forceinline__ float bf16_float(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
 __device__ __forceinline__ void store4(float* p, size_t q, float4 v) { reinterpret_cast<float4*>(p)[q] = v; }
 
 // n / d for 32-bit n < 2^31 without a division instruction (Granlund-Montgomery: one multiply-high, an add and a

@@ -508,6 +508,26 @@ struct ActGradF {
   }
 };
 
+struct ActGradBf16F {
+  ActGrad op;
+  const float* dy;
+  const uint16_t* v;
+  float* dx;
+  template <class I>
+  __device__ __forceinline__ void one(I i) const {
+    dx[i] = act_grad_apply(op, dy[i], detail::bf16_float(v[i]));
+  }
+  template <class I>
+  __device__ __forceinline__ void quad(I q) const {
+    const float4 g = detail::load4(dy, q);
+    const uint2 b = reinterpret_cast<const uint2*>(v)[q];
+    const float x0 = detail::bf16_float(b.x & 0xffffu), x1 = detail::bf16_float(b.x >> 16);
+    const float x2 = detail::bf16_float(b.y & 0xffffu), x3 = detail::bf16_float(b.y >> 16);
+    detail::store4(dx, q, make_float4(act_grad_apply(op, g.x, x0), act_grad_apply(op, g.y, x1),
+                                      act_grad_apply(op, g.z, x2), act_grad_apply(op, g.w, x3)));
+  }
+};
+
 template <typename To, typename From>
 __device__ __forceinline__ To convert(From v) {
   if constexpr (std::is_same_v<To, uint8_t>) {
@@ -623,6 +643,11 @@ bool not_u8(const uint8_t* x, uint8_t* y, int64_t n) {
 bool activation_grad_f32(ActGrad op, const float* dy, const float* v, float* dx, int64_t n) {
   const bool vec = detail::aligned16(dy) && detail::aligned16(v) && detail::aligned16(dx);
   return detail::launch_flat(ActGradF{op, dy, v, dx}, n, vec);
+}
+
+bool activation_grad_bf16_saved(ActGrad op, const float* dy, const uint16_t* v, float* dx, int64_t n) {
+  const bool vec = detail::aligned16(dy) && reinterpret_cast<uintptr_t>(v) % 8 == 0 && detail::aligned16(dx);
+  return detail::launch_flat(ActGradBf16F{op, dy, v, dx}, n, vec);
 }
 
 bool cast(char from, char to, const void* x, void* y, int64_t n) {

@@ -32,28 +32,63 @@ __device__ __forceinline__ float apply(LinearAct act, float v) {
   }
 }
 
-// pre[r, c] += bias[c] (when given); y[r, c] = act(pre[r, c]) (y may be pre itself for act == kNone).
-__global__ void bias_act_kernel(float* __restrict__ pre, const float* __restrict__ bias, float* y, int64_t rows,
+__device__ __forceinline__ void put(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void put(uint16_t* p, int64_t i, float v) { p[i] = detail::bf16_bits(v); }
+
+// v = src[r, c] + bias[c] (bias optional); pre[r, c] = v (when pre is given); y[r, c] = act(v). src may be pre (or y,
+// without an activation): each element is read before it is written.
+template <typename Out>
+__global__ void bias_act_kernel(const float* src, const float* __restrict__ bias, Out* pre, Out* y, int64_t rows,
                                 int64_t n, LinearAct act) {
   const int64_t total = rows * n;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
-    float v = pre[i];
-    if (bias) {
-      v += bias[i % n];
-      pre[i] = v;
-    }
-    if (act != LinearAct::kNone || y != pre) y[i] = apply(act, v);
+    float v = src[i];
+    if (bias) v += bias[i % n];
+    if (pre) put(pre, i, v);
+    put(y, i, apply(act, v));
   }
 }
 
-bool bias_act(float* pre, const float* bias, float* y, int64_t rows, int64_t n, LinearAct act) {
-  if (!bias && act == LinearAct::kNone && y == pre) return true;
+template <typename Out>
+bool bias_act(const float* src, const float* bias, Out* pre, Out* y, int64_t rows, int64_t n, LinearAct act) {
   int64_t blocks = (rows * n + kThreads - 1) / kThreads;
   const int64_t cap = int64_t{detail::num_sms()} * 16;
   if (blocks > cap) blocks = cap;
-  bias_act_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(pre, bias, y, rows, n, act);
+  bias_act_kernel<Out><<<static_cast<unsigned>(blocks), kThreads>>>(src, bias, pre, y, rows, n, act);
   return launched();
+}
+
+// A bf16 copy of a bias for a bf16-output epilogue: grow-only.
+uint16_t* bias_scratch(int64_t n) {
+  static void* buf = nullptr;
+  static int64_t have = 0;
+  if (n <= have) return static_cast<uint16_t*>(buf);
+  if (buf) cudaFree(buf);
+  buf = nullptr;
+  have = 0;
+  if (cudaMalloc(&buf, sizeof(uint16_t) * static_cast<size_t>(n)) != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  have = n;
+  return static_cast<uint16_t*>(buf);
+}
+
+// The float32 product of a Linear with bfloat16 outputs, before its bias / activation pass: grow-only.
+float* product_scratch(size_t bytes) {
+  static void* buf = nullptr;
+  static size_t have = 0;
+  if (bytes <= have) return static_cast<float*>(buf);
+  if (buf) cudaFree(buf);  // synchronizes: the passes that read the old buffer are done
+  buf = nullptr;
+  have = 0;
+  if (cudaMalloc(&buf, bytes + bytes / 4) != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  have = bytes + bytes / 4;
+  return static_cast<float*>(buf);
 }
 
 cublasLtHandle_t lt_handle() {
@@ -94,14 +129,15 @@ struct LtPlan {
   bool ok = false;
 };
 
-using LtKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, uint32_t, uint32_t, uint32_t, uint32_t>;
+using LtKey =
+    std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, uint32_t, uint32_t, uint32_t, uint32_t, bool>;
 
 // Column-major view of row-major Y[m, n] = X[m, k] @ op(W): Y^T [n, m] = op(W)^T [n, k] @ X^T [k, m], so cuBLASLt's
 // A is W, its B is X and its D is Y^T; the bias runs along D's n rows. ldw / ldx: elements between stored rows.
 LtPlan* lt_plan(int64_t m, int64_t n, int64_t k, int64_t ldw, int64_t ldx, bool tb, cublasLtEpilogue_t epi,
-                uint32_t align_w, uint32_t align_x, uint32_t align_y, uint32_t align_aux) {
+                uint32_t align_w, uint32_t align_x, uint32_t align_y, uint32_t align_aux, bool out_bf16) {
   static std::map<LtKey, LtPlan> plans;
-  const LtKey key{m, n, k, ldw, ldx, tb, static_cast<int>(epi), align_w, align_x, align_y, align_aux};
+  const LtKey key{m, n, k, ldw, ldx, tb, static_cast<int>(epi), align_w, align_x, align_y, align_aux, out_bf16};
   auto it = plans.find(key);
   if (it != plans.end()) return it->second.ok ? &it->second : nullptr;
   LtPlan& p = plans[key];
@@ -120,7 +156,7 @@ LtPlan* lt_plan(int64_t m, int64_t n, int64_t k, int64_t ldw, int64_t ldx, bool 
   const uint64_t rows_a = tb ? k : n, cols_a = tb ? n : k;
   if (cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, rows_a, cols_a, ldw) != CUBLAS_STATUS_SUCCESS ||
       cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, k, m, ldx) != CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, n, m, n) != CUBLAS_STATUS_SUCCESS) {
+      cublasLtMatrixLayoutCreate(&p.d, out_bf16 ? CUDA_R_16BF : CUDA_R_32F, n, m, n) != CUBLAS_STATUS_SUCCESS) {
     return nullptr;
   }
   cublasLtMatmulPreference_t pref = nullptr;
@@ -157,11 +193,25 @@ const char* g_linear_path = "";
 const char* linear_last_path() { return g_linear_path; }
 
 bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, GemmOperand w, const float* bias,
-                    LinearAct act, float* y, float* pre) {
+                    LinearAct act, void* y, void* pre, bool out_bf16) {
   if (rows == 0 || n == 0) return true;
-  float* out = act == LinearAct::kNone ? y : pre;  // where the product (plus bias) lands
+  const bool has_act = act != LinearAct::kNone;
   // bf16 products: in bf16 mode, or both operands given in bf16 (gemm_mixed's rules otherwise).
   const bool bf16 = math_mode() == MathMode::kBf16 || (x.bf16 && w.bf16);
+  // The float32 product lands in the output itself (float32 outputs: Y, or PreAct with an activation) or, for
+  // bfloat16 outputs, in scratch; one pass then adds the bias, keeps the pre-activation and applies the activation.
+  auto finish = [&](const float* product) {
+    if (out_bf16) {
+      return bias_act<uint16_t>(product, bias, has_act ? static_cast<uint16_t*>(pre) : nullptr,
+                                static_cast<uint16_t*>(y), rows, n, act);
+    }
+    if (!bias && !has_act) return true;
+    return bias_act<float>(product, bias, has_act ? static_cast<float*>(pre) : nullptr, static_cast<float*>(y), rows,
+                           n, act);
+  };
+  float* out = out_bf16 ? product_scratch(sizeof(float) * static_cast<size_t>(rows * n))
+                        : static_cast<float*>(has_act ? pre : y);
+  if (!out) return false;
   // The epilogue path: bf16 operands, n a multiple of 8 (the auxiliary output's leading dimension), the tanh GELU
   // (cuBLASLt's GELU) or none.
   if (bf16 && lt_enabled() && k > 0 && n % 8 == 0 && act != LinearAct::kGelu) {
@@ -172,27 +222,34 @@ bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, 
     if (act == LinearAct::kGeluTanh) epi = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
     else if (bias) epi = CUBLASLT_EPILOGUE_BIAS;
     LtPlan* p = lt_plan(rows, n, k, ops.ldb, ops.lda, tb, epi, alignment(ops.b), alignment(ops.a), alignment(y),
-                        act == LinearAct::kNone ? 0 : alignment(pre));
+                        has_act ? alignment(pre) : 0, out_bf16);
+    // With a bf16 D the epilogue takes a bf16 bias (cuBLASLt's bias type is D's): a rounded copy, as autocast's.
+    const void* lt_bias = bias;
+    if (p && bias && out_bf16) {
+      uint16_t* b16 = bias_scratch(n);
+      if (!b16 || !to_bf16(bias, b16, n)) return false;
+      lt_bias = b16;
+    }
     if (p) {
-      if (bias) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
-      if (act != LinearAct::kNone) {
-        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &pre, sizeof(pre));
-      }
+      if (bias) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &lt_bias, sizeof(lt_bias));
+      if (has_act) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &pre, sizeof(pre));
       const float one = 1.0f, zero = 0.0f;
       const cublasStatus_t st = cublasLtMatmul(lt_handle(), p->desc, &one, ops.b, p->a, ops.a, p->b, &zero, y, p->d,
                                                y, p->d, &p->algo, lt_workspace(), kLtWorkspace, 0);
       if (st == CUBLAS_STATUS_SUCCESS) {
-        g_linear_path = act == LinearAct::kGeluTanh ? "lt bias+gelu" : bias ? "lt bias" : "lt";
+        g_linear_path = act == LinearAct::kGeluTanh ? (out_bf16 ? "lt bias+gelu bf16" : "lt bias+gelu")
+                        : bias                      ? (out_bf16 ? "lt bias bf16" : "lt bias")
+                                                    : (out_bf16 ? "lt bf16" : "lt");
         return true;
       }
     }
     g_linear_path = "gemm + bias/act (lt declined)";
     if (!gemm_bf16_ld(false, tb, rows, n, k, 1.0f, ops.a, ops.lda, ops.b, ops.ldb, 0.0f, out, n, false)) return false;
-    return bias_act(out, bias, y, rows, n, act);
+    return finish(out);
   }
   g_linear_path = "gemm + bias/act";
   if (!gemm_mixed(false, tb, rows, n, k, 1.0f, x, 0, w, 0, 0.0f, out, 0, 1)) return false;
-  return bias_act(out, bias, y, rows, n, act);
+  return finish(out);
 }
 
 }  // namespace gv::cuda

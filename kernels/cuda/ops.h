@@ -67,11 +67,13 @@ bool gemm_bf16_ld(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha
 // ---- galvatron Linear (kernels/cuda/linear.cu) ----
 enum class LinearAct { kNone, kGelu, kGeluTanh };  // GELU: exact (erf) or the tanh approximation
 // Y[rows, n] = act(X[rows, k] @ op(W) + bias), W [k, n] (or [n, k] with tb), bias [n] or null; with an activation
-// `pre` [rows, n] receives X @ op(W) + bias. Operands float32 or bf16 (gemm_mixed's rules); bias, y, pre float32.
+// `pre` [rows, n] receives X @ op(W) + bias. Operands float32 or bf16 (gemm_mixed's rules); bias float32; y and pre
+// float32, or bf16 (out_bf16: float32 results rounded; the epilogue path then adds a bf16-rounded bias, cuBLASLt's
+// bias type being its output's, as PyTorch's autocast does).
 // bf16 products with n % 8 == 0 and no erf GELU run as one cuBLASLt product with a bias / GELU epilogue
 // (GALVATRON_CUDA_LT=0: off); the rest as a product and one bias + activation pass.
 bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, GemmOperand w, const float* bias,
-                    LinearAct act, float* y, float* pre);
+                    LinearAct act, void* y, void* pre, bool out_bf16);
 // The path of the last linear_forward call (for the profiler): "lt bias+gelu", "lt bias", "gemm + bias/act", ...
 const char* linear_last_path();
 
@@ -153,6 +155,8 @@ bool not_u8(const uint8_t* x, uint8_t* y, int64_t n);
 enum class ActGrad { kSigmoid, kTanh, kErf, kGelu, kGeluTanh };
 // dx = dy * f'(v): v is the forward output for kSigmoid and kTanh, the forward input otherwise.
 bool activation_grad_f32(ActGrad op, const float* dy, const float* v, float* dx, int64_t n);
+// The same with the saved tensor v in bfloat16 (bits).
+bool activation_grad_bf16_saved(ActGrad op, const float* dy, const uint16_t* v, float* dx, int64_t n);
 
 // Cast between element kinds: 'f' float32, 'd' float64, 'l' int64, 'i' int32, 'b' bool/uint8. Float to int
 // saturates (NaN to 0); to bool is x != 0.

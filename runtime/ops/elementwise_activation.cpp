@@ -75,9 +75,13 @@ Status grad_fused(GradBuilder& b) {
 
 // ---- fused gradient ops: dX = <Op>Grad(dY, saved), saved = Y or X of the forward op, same shape as dY ----
 
+// The saved tensor may also be bfloat16 with a float32 dY (a galvatron Linear that writes its pre-activation in bf16,
+// runtime/bf16_operands.cpp); dX is float32 then.
 Status infer_activation_grad(InferContext& ctx) {
   GV_RETURN_IF_ERROR(check_dtype(ctx, 0, kFloatTypes));
-  GV_RETURN_IF_ERROR(check_same_dtype(ctx, 0, 1));
+  if (!(ctx.dtype(0) == DType::kFloat32 && ctx.dtype(1) == DType::kBFloat16)) {
+    GV_RETURN_IF_ERROR(check_same_dtype(ctx, 0, 1));
+  }
   if (ctx.shape(0) != ctx.shape(1)) {
     return ctx.fail("dY " + shape_str(ctx.shape(0)) + " and the saved tensor " + shape_str(ctx.shape(1)) +
                     " must have the same shape");
@@ -94,6 +98,12 @@ Status activation_grad_kernel(KernelContext& ctx) {
     op = ActivationGrad::kGeluTanh;
   }
   const TensorRef& dy = ctx.inputs[0];
+  if (ctx.inputs[1].dtype == DType::kBFloat16 && dy.dtype == DType::kFloat32) {
+    Tensor wide = Tensor::uninitialized(DType::kFloat32, ctx.inputs[1].shape);
+    convert_elements(ctx.inputs[1].data, DType::kBFloat16, wide.data(), DType::kFloat32, wide.numel());
+    cpu::activation_grad<float>(op, dy.as<float>(), wide.data_as<float>(), ctx.outputs[0].as<float>(), dy.numel());
+    return Status::ok();
+  }
   return visit_float(ctx, dy.dtype, [&](auto tag) {
     using T = decltype(tag);
     cpu::activation_grad<T>(op, dy.as<T>(), ctx.inputs[1].as<T>(), ctx.outputs[0].as<T>(), dy.numel());

@@ -5,7 +5,9 @@
 // Inputs: X [..., K] (rank >= 2), W [K, N] (or [N, K] with transB = 1), bias [N] (optional). X and W may be float32
 // or bfloat16 in any combination (shared bf16 operands, runtime/bf16_operands.h); bias and results are float32. All
 // float64 (gradient checks) gives float64.
-// Attributes: transB (0/1), activation = "none" | "gelu" (erf) | "gelu_tanh".
+// Attributes: transB (0/1), activation = "none" | "gelu" (erf) | "gelu_tanh", out_dtype (ONNX data type of the
+// outputs: 1 float32, the default, or 16 bfloat16: computed in float32 and rounded, for a Linear whose output only
+// products read; runtime/bf16_operands.cpp sets it).
 // Outputs: Y [..., N]; with an activation, PreAct [..., N] = X @ op(W) + bias, which the backward reads.
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/matmul.h"
@@ -54,7 +56,10 @@ Status infer_linear(InferContext& ctx) {
                     dtype_name(ctx.dtype(0)) + " and " + dtype_name(ctx.dtype(1)));
   }
   if (!f64 && has_bias && ctx.dtype(2) != DType::kFloat32) return ctx.fail("bias must be float32");
-  const DType out_type = f64 ? DType::kFloat64 : DType::kFloat32;
+  const int64_t out_code = ctx.attrs().get_int("out_dtype", 1);
+  if (out_code != 1 && out_code != 16) return ctx.fail("out_dtype must be 1 (float32) or 16 (bfloat16)");
+  if (f64 && out_code != 1) return ctx.fail("float64 operands give float64 results (no out_dtype)");
+  const DType out_type = f64 ? DType::kFloat64 : out_code == 16 ? DType::kBFloat16 : DType::kFloat32;
   LinearDims d;
   const Shape bias = has_bias ? ctx.shape(2) : Shape{};
   std::string err = linear_dims(ctx.node(), ctx.shape(0), ctx.shape(1), has_bias ? &bias : nullptr, d);
@@ -104,8 +109,19 @@ Status linear_cpu(KernelContext& ctx) {
     return Status::ok();
   }
   std::vector<Tensor> keep;
-  linear_forward<float>(d, as_float(ctx.inputs[0], keep), as_float(ctx.inputs[1], keep),
-                        has_bias ? ctx.inputs[2].as<float>() : nullptr, pre.as<float>(), y.as<float>());
+  const float* x = as_float(ctx.inputs[0], keep);
+  const float* w = as_float(ctx.inputs[1], keep);
+  const float* bias = has_bias ? ctx.inputs[2].as<float>() : nullptr;
+  if (y.dtype == DType::kFloat32) {
+    linear_forward<float>(d, x, w, bias, pre.as<float>(), y.as<float>());
+    return Status::ok();
+  }
+  // bfloat16 outputs: float32 results rounded once.
+  Tensor pre32 = Tensor::uninitialized(DType::kFloat32, pre.shape);
+  Tensor y32 = act ? Tensor::uninitialized(DType::kFloat32, y.shape) : pre32;
+  linear_forward<float>(d, x, w, bias, pre32.data_as<float>(), y32.data_as<float>());
+  convert_elements(y32.data(), DType::kFloat32, y.data, y.dtype, y.numel());
+  if (act) convert_elements(pre32.data(), DType::kFloat32, pre.data, pre.dtype, pre.numel());
   return Status::ok();
 }
 
