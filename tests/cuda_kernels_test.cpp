@@ -625,6 +625,20 @@ TEST_F(CudaKernels, Training) {
   Attributes gw;
   gw.set_floats("weights", {1.0f, 0.0f, 0.5f});
   check({"GradNorm", {randn({1000}), randn({3, 7}), randn({70000})}, gw, 1, G});
+  {
+    // A model's worth of gradients: 130 tensors (launched in chunks of 48) from 1 to 3M elements, some weighted.
+    std::vector<Tensor> grads;
+    std::vector<float> weights;
+    for (int i = 0; i < 130; ++i) {
+      const int64_t n = i % 13 == 0 ? 3000001 : i % 5 == 0 ? 1 : 37 * (i + 1);
+      grads.push_back(randn({n}));
+      weights.push_back(i % 7 == 0 ? 0.25f : 1.0f);
+    }
+    Attributes many;
+    many.set_float("scale", 0.5f);
+    many.set_floats("weights", weights);
+    check({"GradNorm", grads, many, 1, G});
+  }
   Attributes clip = a;
   clip.set_float("max_norm", 1.0f);
   clip.set_int("zero_grad", 1);

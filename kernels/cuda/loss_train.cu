@@ -304,15 +304,39 @@ struct AccumulateF {
   }
 };
 
-__global__ void sum_squares_kernel(const float* x, int64_t n, double weight, double* acc) {
+// Up to kNormChunk tensors' sums of squares in one launch: tensor t owns blocks [start[t], start[t + 1]) (several for
+// large tensors, one for small ones), so a model's hundreds of bias and norm vectors cost one launch, not one each.
+constexpr int kNormChunk = 48;
+struct NormChunk {
+  const float* x[kNormChunk];
+  int64_t n[kNormChunk];
+  double weight[kNormChunk];
+  int start[kNormChunk + 1];
+  int count;
+};
+
+__global__ void sum_squares_multi_kernel(NormChunk c, double* acc) {
   __shared__ double sh[32];
+  int t = 0;
+  while (t + 1 < c.count && static_cast<int>(blockIdx.x) >= c.start[t + 1]) ++t;
+  const int64_t blocks = c.start[t + 1] - c.start[t], b = static_cast<int64_t>(blockIdx.x) - c.start[t];
+  const float* x = c.x[t];
+  const int64_t n = c.n[t];
+  const int64_t step = blocks * blockDim.x;
   double s = 0.0;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    s += static_cast<double>(x[i]) * x[i];
+  int64_t i = b * blockDim.x + threadIdx.x;
+  if (reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    const int64_t quads = n / 4;
+    for (int64_t q = i; q < quads; q += step) {
+      const float4 v = reinterpret_cast<const float4*>(x)[q];
+      s += static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y + static_cast<double>(v.z) * v.z +
+           static_cast<double>(v.w) * v.w;
+    }
+    i += quads * 4;
   }
+  for (; i < n; i += step) s += static_cast<double>(x[i]) * x[i];
   s = block_sum(s, sh);
-  if (threadIdx.x == 0 && s != 0.0) atomicAdd(acc, s * weight);
+  if (threadIdx.x == 0 && s != 0.0) atomicAdd(acc, s * c.weight[t]);
 }
 
 __global__ void norm_finish(const double* acc, float scale, float* out) {
@@ -477,13 +501,27 @@ double* grad_norm_sum_squares_f32(const float* const* tensors, const int64_t* co
   double* acc = static_cast<double*>(workspace(sizeof(double)));
   if (!acc) return nullptr;
   if (cudaMemsetAsync(acc, 0, sizeof(double), 0) != cudaSuccess) return nullptr;
+  NormChunk c;
+  c.count = 0;
+  c.start[0] = 0;
+  auto flush = [&]() {
+    if (c.count == 0) return true;
+    sum_squares_multi_kernel<<<static_cast<unsigned>(c.start[c.count]), kThreads>>>(c, acc);
+    c.count = 0;
+    return launched();
+  };
   for (int i = 0; i < num; ++i) {
     if (counts[i] == 0 || (weights && weights[i] == 0.0f)) continue;
-    unsigned g = grid_for(counts[i]);
-    if (g > 1024) g = 1024;
-    sum_squares_kernel<<<g, kThreads>>>(tensors[i], counts[i], weights ? static_cast<double>(weights[i]) : 1.0, acc);
+    // About 16 elements per thread, at most 1024 blocks per tensor.
+    const int64_t want = (counts[i] + 16 * kThreads - 1) / (16 * kThreads);
+    const int blocks = static_cast<int>(want < 1024 ? want : 1024);
+    c.x[c.count] = tensors[i];
+    c.n[c.count] = counts[i];
+    c.weight[c.count] = weights ? static_cast<double>(weights[i]) : 1.0;
+    c.start[c.count + 1] = c.start[c.count] + blocks;
+    if (++c.count == kNormChunk && !flush()) return nullptr;
   }
-  return launched() ? acc : nullptr;
+  return flush() ? acc : nullptr;
 }
 
 bool grad_norm_finish_f32(const double* sum_squares, float scale, float* out) {
