@@ -889,6 +889,36 @@ Status adamw_cuda(KernelContext& ctx) {
                                      step.as<int64_t>(), norm, a));
 }
 
+// AdamWMulti(lr, step, grad_norm?, then param, grad, m, v per parameter).
+Status adamw_multi_cuda(KernelContext& ctx) {
+  const TensorRef &lr = ctx.inputs[0], &step = ctx.inputs[1];
+  if ((lr.dtype != DType::kFloat64 && lr.dtype != DType::kFloat32) || step.dtype != DType::kInt64) {
+    return cuda_fallback_kernel(ctx);
+  }
+  std::vector<float*> p, g, m, v;
+  std::vector<int64_t> n;
+  for (size_t i = 3; i + 3 < ctx.inputs.size(); i += 4) {
+    for (size_t j = 0; j < 4; ++j)
+      if (!is_f32(ctx.inputs[i + j])) return cuda_fallback_kernel(ctx);
+    p.push_back(ctx.inputs[i].as<float>());
+    g.push_back(ctx.inputs[i + 1].as<float>());
+    m.push_back(ctx.inputs[i + 2].as<float>());
+    v.push_back(ctx.inputs[i + 3].as<float>());
+    n.push_back(ctx.inputs[i].numel());
+  }
+  cuda::AdamW a;
+  a.beta1 = ctx.attrs().get_double("beta1", 0.9);
+  a.beta2 = ctx.attrs().get_double("beta2", 0.999);
+  a.eps = ctx.attrs().get_double("epsilon", 1e-8);
+  a.weight_decay = ctx.attrs().get_double("weight_decay", 0.01);
+  a.grad_scale = ctx.attrs().get_double("grad_scale", 1.0);
+  a.max_norm = ctx.attrs().get_double("max_norm", 0.0);
+  a.zero_grad = ctx.attrs().get_int("zero_grad", 0) != 0;
+  const float* norm = ctx.has_input(2) && is_f32(ctx.inputs[2]) ? ctx.inputs[2].as<float>() : nullptr;
+  return launch(ctx, cuda::adamw_multi_f32(p.data(), g.data(), m.data(), v.data(), n.data(), static_cast<int>(n.size()),
+                                           lr.data, lr.dtype == DType::kFloat64, step.as<int64_t>(), norm, a));
+}
+
 // AllReduce in a single process (no communicator, group empty or {0}) leaves the buffer as it is; otherwise the CPU
 // path (host copies) runs it.
 Status all_reduce_cuda(KernelContext& ctx) {
@@ -969,6 +999,7 @@ void register_cuda_kernels(OpRegistry& r) {
   set(G, "AccumulateGrad", cuda_profiled<accumulate_cuda>);
   set(G, "GradNorm", cuda_profiled<grad_norm_cuda>);
   set(G, "AdamW", cuda_profiled<adamw_cuda>);
+  set(G, "AdamWMulti", cuda_profiled<adamw_multi_cuda>);
   set(G, "AllReduce", cuda_profiled<all_reduce_cuda>);
   register_cuda_attention_kernels(r);
 }

@@ -456,6 +456,25 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     tg.grad_norm = outs[0];
   }
   const OptimizerConfig& oc = o.optimizer;
+  // Small whole parameters (biases, norm scales) are updated kMultiChunk at a time by AdamWMulti nodes, after the
+  // per-parameter updates: one kernel launch each instead of one per parameter.
+  constexpr int64_t kMultiMaxNumel = int64_t{1} << 20;
+  constexpr size_t kMultiChunk = 48;
+  std::vector<ValueId> multi_inputs;
+  Attributes multi_attrs;
+  Placement multi_place;
+  size_t multi_count = 0;
+  int multi_nodes = 0;
+  auto flush_multi = [&]() -> Status {
+    if (multi_count == 0) return Status::ok();
+    std::vector<ValueId> in = {tg.lr, tg.step, tg.grad_norm};
+    in.insert(in.end(), multi_inputs.begin(), multi_inputs.end());
+    GV_RETURN_IF_ERROR(add_update(g, "AdamWMulti", std::move(in), multi_attrs, multi_place,
+                                  "optimizer/adamw_multi/" + std::to_string(multi_nodes++)));
+    multi_inputs.clear();
+    multi_count = 0;
+    return Status::ok();
+  };
   for (ValueId p : tg.params) {
     const Value& pv = g.value(p);
     Attributes a;
@@ -479,6 +498,15 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
       a.set_float("beta1", (oc.beta1));
       a.set_float("beta2", (oc.beta2));
       a.set_float("epsilon", (oc.eps));
+      // (g.value(p) again: add_state above may have moved the values, and `pv` with them)
+      const bool multi = o.multi_tensor_optimizer && !sharded && shape_numel(g.value(p).shape) < kMultiMaxNumel &&
+                         g.value(p).dtype == g.value(final_grad[p]).dtype;
+      if (multi) {
+        if (multi_count == 0) multi_attrs = a, multi_place = place;
+        multi_inputs.insert(multi_inputs.end(), {p, final_grad[p], m, v});
+        if (++multi_count == kMultiChunk) GV_RETURN_IF_ERROR(flush_multi());
+        continue;
+      }
       GV_RETURN_IF_ERROR(add_update(g, "AdamW", {p, final_grad[p], m, v, tg.lr, tg.step, tg.grad_norm}, a, place,
                                     "optimizer/adamw/" + pname));
     } else {
@@ -497,6 +525,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
       GV_RETURN_IF_ERROR(add_update(g, "GatherShardsInPlace", {p}, ga, place, "zero2/all_gather/" + pname));
     }
   }
+  GV_RETURN_IF_ERROR(flush_multi());
   if (o.overlap_grad_sync && o.grad_accum_steps == 1 && !dp_syncs.empty() && !has_pipeline_nodes(g)) {
     GV_RETURN_IF_ERROR(overlap_gradient_sync(tg, dp_syncs, zero2_gathers));
   }

@@ -639,6 +639,19 @@ TEST_F(CudaKernels, Training) {
     many.set_floats("weights", weights);
     check({"GradNorm", grads, many, 1, G});
   }
+  {
+    // AdamWMulti: 60 parameters (two launches of up to 48) of odd and even sizes, clipping by the norm input and
+    // zeroing the gradients, against the CPU (the same rounded operations; coefficients from the device's pow).
+    Attributes ma = a;
+    ma.set_float("max_norm", 1.0f);
+    ma.set_int("zero_grad", 1);
+    std::vector<Tensor> in = {Tensor::scalar(DType::kFloat64, 1e-2), step, Tensor::scalar(DType::kFloat32, 7.0)};
+    for (int i = 0; i < 60; ++i) {
+      const int64_t n = i % 9 == 0 ? 70001 : 3 + 5 * i;
+      in.insert(in.end(), {randn({n}), randn({n}), randn({n}, 0.1), positive({n})});
+    }
+    check({"AdamWMulti", in, ma, 0, G, 20, {}, 1e-6});
+  }
   Attributes clip = a;
   clip.set_float("max_norm", 1.0f);
   clip.set_int("zero_grad", 1);

@@ -410,6 +410,66 @@ __global__ void adamw_kernel(float* p, float* g, float* m, float* v, I n, const 
   }
 }
 
+// AdamW over up to kAdamChunk whole parameters in one launch: parameter t owns blocks [start[t], start[t + 1]).
+constexpr int kAdamChunk = 48;
+struct AdamWChunk {
+  float* p[kAdamChunk];
+  float* g[kAdamChunk];
+  float* m[kAdamChunk];
+  float* v[kAdamChunk];
+  int64_t n[kAdamChunk];
+  int start[kAdamChunk + 1];
+  int count;
+};
+
+__global__ void adamw_multi_kernel(AdamWChunk c, const void* lr_ptr, bool lr64, const int64_t* step_ptr,
+                                   const float* norm_ptr, AdamW a) {
+  __shared__ float coef[6];
+  if (threadIdx.x == 0) {
+    const double lr = lr64 ? *static_cast<const double*>(lr_ptr) : *static_cast<const float*>(lr_ptr);
+    const double step = static_cast<double>(*step_ptr);
+    double scale = a.grad_scale;
+    if (a.max_norm > 0 && norm_ptr) {
+      const double k = a.max_norm / (static_cast<double>(*norm_ptr) + 1e-6);
+      if (k < 1.0) scale *= k;
+    }
+    coef[0] = static_cast<float>(1.0 - lr * a.weight_decay);
+    coef[1] = static_cast<float>(lr / (1.0 - ::pow(a.beta1, step)));
+    coef[2] = static_cast<float>(::sqrt(1.0 - ::pow(a.beta2, step)));
+    coef[3] = static_cast<float>(scale);
+    coef[4] = static_cast<float>(1.0 - a.beta1);
+    coef[5] = static_cast<float>(1.0 - a.beta2);
+  }
+  __syncthreads();
+  const AdamWCoef k{coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], static_cast<float>(a.beta2),
+                    static_cast<float>(a.eps)};
+  int t = 0;
+  while (t + 1 < c.count && static_cast<int>(blockIdx.x) >= c.start[t + 1]) ++t;
+  const int64_t blocks = c.start[t + 1] - c.start[t], b = static_cast<int64_t>(blockIdx.x) - c.start[t];
+  float *p = c.p[t], *g = c.g[t], *m = c.m[t], *v = c.v[t];
+  const int64_t n = c.n[t], step = blocks * blockDim.x;
+  int64_t i = b * blockDim.x + threadIdx.x;
+  const bool zg = a.zero_grad;
+  const uintptr_t bits = reinterpret_cast<uintptr_t>(p) | reinterpret_cast<uintptr_t>(g) |
+                         reinterpret_cast<uintptr_t>(m) | reinterpret_cast<uintptr_t>(v);
+  if (bits % 16 == 0) {
+    const int64_t quads = n / 4;
+    for (int64_t q = i; q < quads; q += step) {
+      float4 pq = detail::load4(p, q), gq = detail::load4(g, q), mq = detail::load4(m, q), vq = detail::load4(v, q);
+      adamw_one(pq.x, gq.x, mq.x, vq.x, k, zg);
+      adamw_one(pq.y, gq.y, mq.y, vq.y, k, zg);
+      adamw_one(pq.z, gq.z, mq.z, vq.z, k, zg);
+      adamw_one(pq.w, gq.w, mq.w, vq.w, k, zg);
+      detail::store4(p, q, pq);
+      detail::store4(m, q, mq);
+      detail::store4(v, q, vq);
+      if (zg) detail::store4(g, q, gq);
+    }
+    i += quads * 4;
+  }
+  for (; i < n; i += step) adamw_one(p[i], g[i], m[i], v[i], k, zg);
+}
+
 template <typename I>
 void launch_adamw(unsigned blocks, bool vec, float* p, float* g, float* m, float* v, I n, const void* lr, bool lr64,
                   const int64_t* step, const float* norm, const AdamW& a) {
@@ -546,6 +606,27 @@ bool adamw_f32(float* p, float* g, float* m, float* v, int64_t n, const void* lr
     launch_adamw<int64_t>(blocks, vec, p, g, m, v, n, lr, lr_is_f64, step, grad_norm, a);
   }
   return launched();
+}
+
+bool adamw_multi_f32(float* const* p, float* const* g, float* const* m, float* const* v, const int64_t* n, int num,
+                     const void* lr, bool lr_is_f64, const int64_t* step, const float* grad_norm, const AdamW& a) {
+  AdamWChunk c;
+  c.count = 0;
+  c.start[0] = 0;
+  auto flush = [&]() {
+    if (c.count == 0) return true;
+    adamw_multi_kernel<<<static_cast<unsigned>(c.start[c.count]), kThreads>>>(c, lr, lr_is_f64, step, grad_norm, a);
+    c.count = 0;
+    return launched();
+  };
+  for (int i = 0; i < num; ++i) {
+    if (n[i] == 0) continue;
+    const int64_t want = (n[i] + 8 * kThreads - 1) / (8 * kThreads);  // about 8 elements per thread
+    c.p[c.count] = p[i], c.g[c.count] = g[i], c.m[c.count] = m[i], c.v[c.count] = v[i], c.n[c.count] = n[i];
+    c.start[c.count + 1] = c.start[c.count] + static_cast<int>(want < 1024 ? want : 1024);
+    if (++c.count == kAdamChunk && !flush()) return false;
+  }
+  return flush();
 }
 
 }  // namespace gv::cuda

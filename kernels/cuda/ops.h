@@ -250,5 +250,8 @@ struct AdamW {
 // optional grad norm (float32, for clipping at max_norm > 0) from device scalars.
 bool adamw_f32(float* p, float* g, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
                const int64_t* step, const float* grad_norm, const AdamW& a);
+// The same update of `num` whole parameters (p[i], g[i], m[i], v[i] of n[i] elements), up to 48 per launch.
+bool adamw_multi_f32(float* const* p, float* const* g, float* const* m, float* const* v, const int64_t* n, int num,
+                     const void* lr, bool lr_is_f64, const int64_t* step, const float* grad_norm, const AdamW& a);
 
 }  // namespace gv::cuda

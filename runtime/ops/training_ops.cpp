@@ -154,6 +154,48 @@ Status adamw_cpu(KernelContext& ctx) {
   return Status::ok();
 }
 
+// AdamWMulti(lr, step, grad_norm or omitted, param_1, grad_1, m_1, v_1, ..., param_k, grad_k, m_k, v_k): AdamW's
+// update (the same attributes, no shard_offset) of k whole parameters in one node, so that a model's hundreds of bias
+// and norm vectors cost one kernel launch per chunk instead of one each (runtime/training_graph.cpp groups them).
+Status infer_adamw_multi(InferContext& ctx) {
+  const int n = ctx.num_inputs();
+  if (n < 7 || (n - 3) % 4 != 0) return ctx.fail("inputs must be lr, step, grad_norm, then four per parameter");
+  if (ctx.attrs().get_int("shard_offset", -1) >= 0) return ctx.fail("shard_offset is not supported (whole parameters)");
+  for (int i = 3; i < n; i += 4) {
+    if (ctx.dtype(i) != DType::kFloat32 && ctx.dtype(i) != DType::kFloat64) {
+      return ctx.fail("parameter input " + std::to_string(i) + " must be float32 or float64");
+    }
+    for (int j = 1; j < 4; ++j) {
+      if (ctx.dtype(i + j) != ctx.dtype(i) || shape_numel(ctx.shape(i + j)) != shape_numel(ctx.shape(i))) {
+        return ctx.fail("inputs " + std::to_string(i) + " .. " + std::to_string(i + 3) +
+                        " (parameter, gradient, m, v) must have one dtype and size");
+      }
+    }
+  }
+  return Status::ok();
+}
+
+Status adamw_multi_cpu(KernelContext& ctx) {
+  cpu::AdamWParams a;
+  a.lr = ctx.inputs[0].dtype == DType::kFloat64 ? *ctx.inputs[0].as<double>() : *ctx.inputs[0].as<float>();
+  a.step = *ctx.inputs[1].as<int64_t>();
+  a.beta1 = ctx.attrs().get_double("beta1", 0.9);
+  a.beta2 = ctx.attrs().get_double("beta2", 0.999);
+  a.eps = ctx.attrs().get_double("epsilon", 1e-8);
+  a.weight_decay = ctx.attrs().get_double("weight_decay", 0.01);
+  a.grad_scale = effective_grad_scale(ctx, 2);
+  for (size_t i = 3; i + 3 < ctx.inputs.size(); i += 4) {
+    const TensorRef &p = ctx.inputs[i], &g = ctx.inputs[i + 1], &m = ctx.inputs[i + 2], &v = ctx.inputs[i + 3];
+    if (p.dtype == DType::kFloat32) {
+      cpu::adamw_update(p.as<float>(), g.as<float>(), m.as<float>(), v.as<float>(), p.numel(), a);
+    } else {
+      cpu::adamw_update(p.as<double>(), g.as<double>(), m.as<double>(), v.as<double>(), p.numel(), a);
+    }
+    zero_if_asked(ctx, g);
+  }
+  return Status::ok();
+}
+
 // SGD(param, grad, momentum_buffer, lr, step, [grad_norm]); attrs momentum dampening nesterov weight_decay ...
 // shard_offset (as AdamW's).
 Status sgd_cpu(KernelContext& ctx) {
@@ -240,6 +282,11 @@ void register_training_ops(OpRegistry& r) {
                                "AdamW update of one parameter (or its flat range from shard_offset) in place");
   adamw.infer = infer_adamw;
   r.add(adamw);
+  OpSchema multi = in_place_op("AdamWMulti", 7, 3 + 4 * 1024, adamw_multi_cpu,
+                               "AdamW updates of several whole parameters in place: (lr, step, grad_norm?, then "
+                               "param, grad, m, v per parameter)");
+  multi.infer = infer_adamw_multi;
+  r.add(multi);
   OpSchema sgd = in_place_op("SGD", 5, 6, sgd_cpu,
                              "SGD with momentum, update of one parameter (or its flat range from shard_offset) in place");
   sgd.infer = infer_sgd;
