@@ -866,6 +866,19 @@ Status grad_norm_cuda(KernelContext& ctx) {
 
 // AdamW(param, grad, m, v, lr, step, [grad_norm]); with attr shard_offset (ZeRO-2) the update covers numel(grad)
 // elements of param from there.
+// AdamW and AdamWMulti's attributes.
+cuda::AdamW adamw_attrs(const KernelContext& ctx) {
+  cuda::AdamW a;
+  a.beta1 = ctx.attrs().get_double("beta1", 0.9);
+  a.beta2 = ctx.attrs().get_double("beta2", 0.999);
+  a.eps = ctx.attrs().get_double("epsilon", 1e-8);
+  a.weight_decay = ctx.attrs().get_double("weight_decay", 0.01);
+  a.grad_scale = ctx.attrs().get_double("grad_scale", 1.0);
+  a.max_norm = ctx.attrs().get_double("max_norm", 0.0);
+  a.zero_grad = ctx.attrs().get_int("zero_grad", 0) != 0;
+  return a;
+}
+
 Status adamw_cuda(KernelContext& ctx) {
   const TensorRef& p = ctx.inputs[0];
   const int64_t offset = std::max<int64_t>(0, ctx.attrs().get_int("shard_offset", -1)), n = ctx.inputs[1].numel();
@@ -875,14 +888,7 @@ Status adamw_cuda(KernelContext& ctx) {
   if ((lr.dtype != DType::kFloat64 && lr.dtype != DType::kFloat32) || step.dtype != DType::kInt64) {
     return cuda_fallback_kernel(ctx);
   }
-  cuda::AdamW a;
-  a.beta1 = ctx.attrs().get_double("beta1", 0.9);
-  a.beta2 = ctx.attrs().get_double("beta2", 0.999);
-  a.eps = ctx.attrs().get_double("epsilon", 1e-8);
-  a.weight_decay = ctx.attrs().get_double("weight_decay", 0.01);
-  a.grad_scale = ctx.attrs().get_double("grad_scale", 1.0);
-  a.max_norm = ctx.attrs().get_double("max_norm", 0.0);
-  a.zero_grad = ctx.attrs().get_int("zero_grad", 0) != 0;
+  const cuda::AdamW a = adamw_attrs(ctx);
   const float* norm = ctx.has_input(6) && is_f32(ctx.inputs[6]) ? ctx.inputs[6].as<float>() : nullptr;
   return launch(ctx, cuda::adamw_f32(p.as<float>() + offset, ctx.inputs[1].as<float>(), ctx.inputs[2].as<float>(),
                                      ctx.inputs[3].as<float>(), n, lr.data, lr.dtype == DType::kFloat64,
@@ -906,14 +912,7 @@ Status adamw_multi_cuda(KernelContext& ctx) {
     v.push_back(ctx.inputs[i + 3].as<float>());
     n.push_back(ctx.inputs[i].numel());
   }
-  cuda::AdamW a;
-  a.beta1 = ctx.attrs().get_double("beta1", 0.9);
-  a.beta2 = ctx.attrs().get_double("beta2", 0.999);
-  a.eps = ctx.attrs().get_double("epsilon", 1e-8);
-  a.weight_decay = ctx.attrs().get_double("weight_decay", 0.01);
-  a.grad_scale = ctx.attrs().get_double("grad_scale", 1.0);
-  a.max_norm = ctx.attrs().get_double("max_norm", 0.0);
-  a.zero_grad = ctx.attrs().get_int("zero_grad", 0) != 0;
+  const cuda::AdamW a = adamw_attrs(ctx);
   const float* norm = ctx.has_input(2) && is_f32(ctx.inputs[2]) ? ctx.inputs[2].as<float>() : nullptr;
   return launch(ctx, cuda::adamw_multi_f32(p.data(), g.data(), m.data(), v.data(), n.data(), static_cast<int>(n.size()),
                                            lr.data, lr.dtype == DType::kFloat64, step.as<int64_t>(), norm, a));

@@ -362,10 +362,10 @@ __device__ __forceinline__ void adamw_one(float& p, float& g, float& m, float& v
   if (zero_grad) g = 0.0f;
 }
 
-// kVec: p, g, m, v 16-byte aligned, float4 accesses and a tail of n % 4 elements.
-template <typename I, bool kVec>
-__global__ void adamw_kernel(float* p, float* g, float* m, float* v, I n, const void* lr_ptr, bool lr64,
-                             const int64_t* step_ptr, const float* norm_ptr, AdamW a) {
+// The update's coefficients from the device scalars (lr, step, the grad norm for clipping), computed once per block
+// in double (thread 0) and shared. Every thread of the block must call it (it synchronizes).
+__device__ AdamWCoef adamw_coef(const void* lr_ptr, bool lr64, const int64_t* step_ptr, const float* norm_ptr,
+                                const AdamW& a) {
   __shared__ float coef[6];  // decay, step_size, bc2_sqrt, scale, one_minus_b1, one_minus_b2
   if (threadIdx.x == 0) {
     const double lr = lr64 ? *static_cast<const double*>(lr_ptr) : *static_cast<const float*>(lr_ptr);
@@ -375,18 +375,23 @@ __global__ void adamw_kernel(float* p, float* g, float* m, float* v, I n, const 
       const double c = a.max_norm / (static_cast<double>(*norm_ptr) + 1e-6);
       if (c < 1.0) scale *= c;
     }
-    const double bc1 = 1.0 - ::pow(a.beta1, step);
-    const double bc2 = 1.0 - ::pow(a.beta2, step);
     coef[0] = static_cast<float>(1.0 - lr * a.weight_decay);
-    coef[1] = static_cast<float>(lr / bc1);
-    coef[2] = static_cast<float>(::sqrt(bc2));
+    coef[1] = static_cast<float>(lr / (1.0 - ::pow(a.beta1, step)));
+    coef[2] = static_cast<float>(::sqrt(1.0 - ::pow(a.beta2, step)));
     coef[3] = static_cast<float>(scale);
     coef[4] = static_cast<float>(1.0 - a.beta1);
     coef[5] = static_cast<float>(1.0 - a.beta2);
   }
   __syncthreads();
-  const AdamWCoef c{coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], static_cast<float>(a.beta2),
-                    static_cast<float>(a.eps)};
+  return AdamWCoef{coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], static_cast<float>(a.beta2),
+                   static_cast<float>(a.eps)};
+}
+
+// kVec: p, g, m, v 16-byte aligned, float4 accesses and a tail of n % 4 elements.
+template <typename I, bool kVec>
+__global__ void adamw_kernel(float* p, float* g, float* m, float* v, I n, const void* lr_ptr, bool lr64,
+                             const int64_t* step_ptr, const float* norm_ptr, AdamW a) {
+  const AdamWCoef c = adamw_coef(lr_ptr, lr64, step_ptr, norm_ptr, a);
   const bool zg = a.zero_grad;
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
   const I first = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -424,25 +429,7 @@ struct AdamWChunk {
 
 __global__ void adamw_multi_kernel(AdamWChunk c, const void* lr_ptr, bool lr64, const int64_t* step_ptr,
                                    const float* norm_ptr, AdamW a) {
-  __shared__ float coef[6];
-  if (threadIdx.x == 0) {
-    const double lr = lr64 ? *static_cast<const double*>(lr_ptr) : *static_cast<const float*>(lr_ptr);
-    const double step = static_cast<double>(*step_ptr);
-    double scale = a.grad_scale;
-    if (a.max_norm > 0 && norm_ptr) {
-      const double k = a.max_norm / (static_cast<double>(*norm_ptr) + 1e-6);
-      if (k < 1.0) scale *= k;
-    }
-    coef[0] = static_cast<float>(1.0 - lr * a.weight_decay);
-    coef[1] = static_cast<float>(lr / (1.0 - ::pow(a.beta1, step)));
-    coef[2] = static_cast<float>(::sqrt(1.0 - ::pow(a.beta2, step)));
-    coef[3] = static_cast<float>(scale);
-    coef[4] = static_cast<float>(1.0 - a.beta1);
-    coef[5] = static_cast<float>(1.0 - a.beta2);
-  }
-  __syncthreads();
-  const AdamWCoef k{coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], static_cast<float>(a.beta2),
-                    static_cast<float>(a.eps)};
+  const AdamWCoef k = adamw_coef(lr_ptr, lr64, step_ptr, norm_ptr, a);
   int t = 0;
   while (t + 1 < c.count && static_cast<int>(blockIdx.x) >= c.start[t + 1]) ++t;
   const int64_t blocks = c.start[t + 1] - c.start[t], b = static_cast<int64_t>(blockIdx.x) - c.start[t];
