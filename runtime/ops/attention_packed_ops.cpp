@@ -77,6 +77,17 @@ void pack(const T* y, int part, int64_t B, int64_t S, int64_t H, int64_t D, T* x
         std::copy_n(y + ((b * H + h) * S + s) * D, D, x + ((b * S + s) * 3 + part) * H * D + h * D);
 }
 
+// Q, K, V of a packed [B, S, 3 * H * D] tensor, each as [B, H, S, D] (the 4-D reference's layout).
+template <typename T>
+void unpack_qkv(const T* qkv, int64_t B, int64_t S, int64_t H, int64_t D, std::vector<T>& q, std::vector<T>& k,
+                std::vector<T>& v) {
+  const size_t n = static_cast<size_t>(B * S * H * D);
+  q.resize(n), k.resize(n), v.resize(n);
+  unpack(qkv, 0, B, S, H, D, q.data());
+  unpack(qkv, 1, B, S, H, D, k.data());
+  unpack(qkv, 2, B, S, H, D, v.data());
+}
+
 Status packed_cpu(KernelContext& ctx) {
   AttentionForm f;
   read_packed_attention_form(ctx.inputs[0].shape, ctx.attrs(), f);
@@ -84,11 +95,8 @@ Status packed_cpu(KernelContext& ctx) {
   const int64_t B = f.batch, S = f.q_len, H = f.q_heads, D = f.head_dim, n = B * S * H * D;
   return dispatch_float(ctx.inputs[0].dtype, ctx, [&](auto tag) {
     using T = decltype(tag);
-    const T* qkv = ctx.inputs[0].as<T>();
-    std::vector<T> q(n), k(n), v(n), y(n);
-    unpack(qkv, 0, B, S, H, D, q.data());
-    unpack(qkv, 1, B, S, H, D, k.data());
-    unpack(qkv, 2, B, S, H, D, v.data());
+    std::vector<T> q, k, v, y(n);
+    unpack_qkv(ctx.inputs[0].as<T>(), B, S, H, D, q, k, v);
     cpu::attention_forward(s, q.data(), k.data(), v.data(), cpu::AttentionMask{}, y.data(), ctx.outputs[1].as<T>());
     T* out = ctx.outputs[0].as<T>();  // [B, S, H * D]
     for (int64_t b = 0; b < B; ++b)
@@ -104,12 +112,9 @@ Status packed_grad_cpu(KernelContext& ctx) {
   const int64_t B = f.batch, S = f.q_len, H = f.q_heads, D = f.head_dim, n = B * S * H * D;
   return dispatch_float(ctx.inputs[0].dtype, ctx, [&](auto tag) {
     using T = decltype(tag);
-    const T* qkv = ctx.inputs[0].as<T>();
     const T* dy3 = ctx.inputs[1].as<T>();
-    std::vector<T> q(n), k(n), v(n), dy(n), dq(n), dk(n), dv(n);
-    unpack(qkv, 0, B, S, H, D, q.data());
-    unpack(qkv, 1, B, S, H, D, k.data());
-    unpack(qkv, 2, B, S, H, D, v.data());
+    std::vector<T> q, k, v, dy(n), dq(n), dk(n), dv(n);
+    unpack_qkv(ctx.inputs[0].as<T>(), B, S, H, D, q, k, v);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t i = 0; i < S; ++i)
         for (int64_t h = 0; h < H; ++h) std::copy_n(dy3 + ((b * S + i) * H + h) * D, D, dy.data() + ((b * H + h) * S + i) * D);
