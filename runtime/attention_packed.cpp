@@ -96,12 +96,7 @@ Status pack_attention_qkv(Graph& graph, int* rewritten) {
     ++count;
   }
   if (count == 0) return Status::ok();
-  std::vector<Node> nodes;
-  nodes.reserve(graph.nodes.size());
-  for (size_t i = 0; i < graph.nodes.size(); ++i) {
-    if (!gone[i]) nodes.push_back(std::move(graph.nodes[i]));
-  }
-  graph.nodes = std::move(nodes);
+  graph.erase_nodes(gone);
   graph.drop_values(drop);
   *rewritten += count;
   return Status::ok();

@@ -89,13 +89,7 @@ Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded) {
     ++count;
   }
   if (count == 0) return Status::ok();
-  std::vector<Node> nodes;
-  nodes.reserve(graph.nodes.size());
-  for (size_t i = 0; i < graph.nodes.size(); ++i) {
-    if (!gone[i]) nodes.push_back(std::move(graph.nodes[i]));
-  }
-  graph.nodes = std::move(nodes);
-  graph.reindex();
+  graph.erase_nodes(gone);
   if (boundary) *boundary -= removed_before_boundary;
   *folded += count;
   return Status::ok();

@@ -167,6 +167,16 @@ void Graph::drop_values(const std::vector<char>& drop) {
   reindex();
 }
 
+void Graph::erase_nodes(const std::vector<char>& gone) {
+  std::vector<Node> kept;
+  kept.reserve(nodes.size());
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (!gone[i]) kept.push_back(std::move(nodes[i]));
+  }
+  nodes = std::move(kept);
+  reindex();
+}
+
 void Graph::reindex() {
   by_name_.clear();
   for (ValueId i = 0; i < static_cast<ValueId>(values.size()); ++i) {

@@ -82,6 +82,8 @@ class Graph {
   // Removes the values marked in `drop` (no node, graph input or output may still refer to them) and renumbers the
   // rest in order, in nodes, inputs and outputs; then reindexes. For passes that rewrite nodes and orphan values.
   void drop_values(const std::vector<char>& drop);
+  // Removes the nodes marked in `gone` (indexed by NodeId), keeping the others' order, then reindexes. Values stay.
+  void erase_nodes(const std::vector<char>& gone);
   // Rebuilds the producer links and the name index after nodes or values were edited in place.
   void reindex();
   // Number of users of each value (graph outputs count as a use).

@@ -24,6 +24,7 @@
 #include "kernels/cpu/attention.h"
 #include "runtime/ops/all_ops.h"
 #include "runtime/ops/attention_form.h"
+#include "runtime/ops/attention_heads.h"
 #include "runtime/ops/math_common.h"
 
 namespace gv {
@@ -139,24 +140,6 @@ AttentionForm describe(const KernelContext& ctx, cpu::AttentionShape& s, cpu::At
     if (md >= 0) stride *= mask.shape[md];
   }
   return f;
-}
-
-// [B, S, H * D] <-> [B, H, S, D] (the 3-D form's operands as the 4-D kernels take them).
-template <typename T>
-std::vector<T> heads_first(const T* x, int64_t B, int64_t S, int64_t H, int64_t D) {
-  std::vector<T> y(static_cast<size_t>(B * S * H * D));
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t s = 0; s < S; ++s)
-      for (int64_t h = 0; h < H; ++h)
-        std::copy_n(x + ((b * S + s) * H + h) * D, D, y.data() + ((b * H + h) * S + s) * D);
-  return y;
-}
-template <typename T>
-void sequence_first(const T* x, int64_t B, int64_t S, int64_t H, int64_t D, T* y) {
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t s = 0; s < S; ++s)
-        std::copy_n(x + ((b * H + h) * S + s) * D, D, y + ((b * S + s) * H + h) * D);
 }
 
 // Attention, and AttentionWithLse (a second output: the rows' log-sum-exp).

@@ -14,6 +14,7 @@
 #include "kernels/cpu/attention.h"
 #include "runtime/ops/all_ops.h"
 #include "runtime/ops/attention_form.h"
+#include "runtime/ops/attention_heads.h"
 #include "runtime/ops/math_common.h"
 
 namespace gv {
@@ -61,47 +62,20 @@ cpu::AttentionShape shape_of(const AttentionForm& f) {
   return s;
 }
 
-// Block `part` (0: Q, 1: K, 2: V) of x [B, S, 3, H, D] as [B, H, S, D], or back (scatter into x).
-template <typename T>
-void unpack(const T* x, int part, int64_t B, int64_t S, int64_t H, int64_t D, T* y) {
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t s = 0; s < S; ++s)
-      for (int64_t h = 0; h < H; ++h)
-        std::copy_n(x + ((b * S + s) * 3 + part) * H * D + h * D, D, y + ((b * H + h) * S + s) * D);
-}
-template <typename T>
-void pack(const T* y, int part, int64_t B, int64_t S, int64_t H, int64_t D, T* x) {
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t s = 0; s < S; ++s)
-      for (int64_t h = 0; h < H; ++h)
-        std::copy_n(y + ((b * H + h) * S + s) * D, D, x + ((b * S + s) * 3 + part) * H * D + h * D);
-}
-
-// Q, K, V of a packed [B, S, 3 * H * D] tensor, each as [B, H, S, D] (the 4-D reference's layout).
-template <typename T>
-void unpack_qkv(const T* qkv, int64_t B, int64_t S, int64_t H, int64_t D, std::vector<T>& q, std::vector<T>& k,
-                std::vector<T>& v) {
-  const size_t n = static_cast<size_t>(B * S * H * D);
-  q.resize(n), k.resize(n), v.resize(n);
-  unpack(qkv, 0, B, S, H, D, q.data());
-  unpack(qkv, 1, B, S, H, D, k.data());
-  unpack(qkv, 2, B, S, H, D, v.data());
-}
-
+// QKV's rows hold Q, K, V side by side: block p starts p * H * D into each row of 3 * H * D.
 Status packed_cpu(KernelContext& ctx) {
   AttentionForm f;
   read_packed_attention_form(ctx.inputs[0].shape, ctx.attrs(), f);
   const cpu::AttentionShape s = shape_of(f);
-  const int64_t B = f.batch, S = f.q_len, H = f.q_heads, D = f.head_dim, n = B * S * H * D;
+  const int64_t B = f.batch, S = f.q_len, H = f.q_heads, D = f.head_dim, hd = H * D;
   return dispatch_float(ctx.inputs[0].dtype, ctx, [&](auto tag) {
     using T = decltype(tag);
-    std::vector<T> q, k, v, y(n);
-    unpack_qkv(ctx.inputs[0].as<T>(), B, S, H, D, q, k, v);
+    const T* qkv = ctx.inputs[0].as<T>();
+    const auto q = heads_first(qkv, B, S, H, D, 3 * hd), k = heads_first(qkv + hd, B, S, H, D, 3 * hd),
+               v = heads_first(qkv + 2 * hd, B, S, H, D, 3 * hd);
+    std::vector<T> y(q.size());
     cpu::attention_forward(s, q.data(), k.data(), v.data(), cpu::AttentionMask{}, y.data(), ctx.outputs[1].as<T>());
-    T* out = ctx.outputs[0].as<T>();  // [B, S, H * D]
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t i = 0; i < S; ++i) std::copy_n(y.data() + ((b * H + h) * S + i) * D, D, out + ((b * S + i) * H + h) * D);
+    sequence_first(y.data(), B, S, H, D, ctx.outputs[0].as<T>());
   });
 }
 
@@ -109,21 +83,19 @@ Status packed_grad_cpu(KernelContext& ctx) {
   AttentionForm f;
   read_packed_attention_form(ctx.inputs[0].shape, ctx.attrs(), f);
   const cpu::AttentionShape s = shape_of(f);
-  const int64_t B = f.batch, S = f.q_len, H = f.q_heads, D = f.head_dim, n = B * S * H * D;
+  const int64_t B = f.batch, S = f.q_len, H = f.q_heads, D = f.head_dim, hd = H * D;
   return dispatch_float(ctx.inputs[0].dtype, ctx, [&](auto tag) {
     using T = decltype(tag);
-    const T* dy3 = ctx.inputs[1].as<T>();
-    std::vector<T> q, k, v, dy(n), dq(n), dk(n), dv(n);
-    unpack_qkv(ctx.inputs[0].as<T>(), B, S, H, D, q, k, v);
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < S; ++i)
-        for (int64_t h = 0; h < H; ++h) std::copy_n(dy3 + ((b * S + i) * H + h) * D, D, dy.data() + ((b * H + h) * S + i) * D);
+    const T* qkv = ctx.inputs[0].as<T>();
+    const auto q = heads_first(qkv, B, S, H, D, 3 * hd), k = heads_first(qkv + hd, B, S, H, D, 3 * hd),
+               v = heads_first(qkv + 2 * hd, B, S, H, D, 3 * hd), dy = heads_first(ctx.inputs[1].as<T>(), B, S, H, D);
+    std::vector<T> dq(q.size()), dk(q.size()), dv(q.size());
     cpu::attention_backward(s, q.data(), k.data(), v.data(), cpu::AttentionMask{}, dy.data(), dq.data(), dk.data(),
                             dv.data());
     T* out = ctx.outputs[0].as<T>();
-    pack(dq.data(), 0, B, S, H, D, out);
-    pack(dk.data(), 1, B, S, H, D, out);
-    pack(dv.data(), 2, B, S, H, D, out);
+    sequence_first(dq.data(), B, S, H, D, out, 3 * hd);
+    sequence_first(dk.data(), B, S, H, D, out + hd, 3 * hd);
+    sequence_first(dv.data(), B, S, H, D, out + 2 * hd, 3 * hd);
   });
 }
 
