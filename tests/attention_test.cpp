@@ -309,6 +309,34 @@ TEST(AttentionOp, InferenceErrorsNameTheProblem) {
   EXPECT_NE(msg.find("Attention"), std::string::npos) << msg;
 }
 
+// galvatron AttentionPacked / AttentionPackedGrad: QKV must be [B, S, 3 * num_heads * D] float, and the gradient's
+// dY, Y, LSE must have the forward's shapes; each error names the node and what is wrong.
+TEST(AttentionOp, PackedInferenceErrorsNameTheProblem) {
+  auto error_of = [](const char* op, std::vector<Tensor> in, int64_t heads, int outputs) {
+    Attributes a;
+    if (heads > 0) a.set_int("num_heads", heads);
+    auto r = testing::run_op(op, in, a, outputs, 1, {}, kGalvatronDomain);
+    return r.has_value() ? std::string("ok") : r.status().message();
+  };
+  const Tensor qkv = rand_tensor({2, 3, 24}, 1);  // 2 heads of 4
+  EXPECT_EQ(error_of("AttentionPacked", {qkv}, 2, 2), "ok");
+  for (const auto& [in, heads] : std::vector<std::pair<Tensor, int64_t>>{
+           {qkv, 0}, {qkv, 5}, {rand_tensor({2, 24}, 2), 2}, {rand_tensor({2, 3, 25}, 3), 2}}) {
+    const std::string msg = error_of("AttentionPacked", {in}, heads, 2);
+    EXPECT_NE(msg.find("3 * num_heads"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("test_node"), std::string::npos) << msg;
+  }
+  EXPECT_NE(error_of("AttentionPacked", {Tensor::from_i64(std::vector<int64_t>(24, 1), {1, 1, 24})}, 2, 2)
+                .find("float32 or float64"),
+            std::string::npos);
+  const Tensor y = rand_tensor({2, 3, 8}, 4), lse = rand_tensor({2, 2, 3}, 5);
+  EXPECT_EQ(error_of("AttentionPackedGrad", {qkv, y, y, lse}, 2, 1), "ok");
+  EXPECT_NE(error_of("AttentionPackedGrad", {qkv, rand_tensor({2, 3, 9}, 6), y, lse}, 2, 1).find("dY must be"),
+            std::string::npos);
+  EXPECT_NE(error_of("AttentionPackedGrad", {qkv, y, y, rand_tensor({2, 3, 2}, 7)}, 2, 1).find("LSE must be"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace gv
 

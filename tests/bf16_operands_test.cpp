@@ -13,42 +13,16 @@
 #include "runtime/bf16_operands.h"
 #include "runtime/executor.h"
 #include "runtime/trainer.h"
+#include "tests/op_test_util.h"
 
 namespace gv {
 namespace {
 
-Tensor randn(const Shape& s, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  Tensor t(DType::kFloat32, s);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data_as<float>()[i] = d(rng);
-  return t;
-}
+using testing::random_lm_batch;
+using testing::relative_gap;
+using testing::run_graph;
+Tensor randn(const Shape& s, uint64_t seed) { return testing::randn_f32(s, seed); }
 
-// ||a - b|| / ||b||, ||b|| floored at 1e-5 for gradients that are zero in exact arithmetic (BERT's attention key
-// biases: ~1e-12 of rounding either way).
-double relative_gap(const Tensor& a, const Tensor& b) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < b.numel(); ++i) {
-    const double d = static_cast<double>(a.data_as<float>()[i]) - b.data_as<float>()[i];
-    num += d * d;
-    den += static_cast<double>(b.data_as<float>()[i]) * b.data_as<float>()[i];
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-5);
-}
-
-Expected<std::vector<Tensor>> run_graph(const Graph& g, const std::map<std::string, Tensor>& feeds) {
-  auto backend = make_cpu_backend();
-  GV_ASSIGN_OR_RETURN(auto ex, Executor::create(g, *backend, ExecutorOptions()));
-  GV_RETURN_IF_ERROR(ex->set_inputs(feeds));
-  GV_RETURN_IF_ERROR(ex->run());
-  std::vector<Tensor> out;
-  for (ValueId o : g.outputs) {
-    GV_ASSIGN_OR_RETURN(Tensor t, ex->fetch(o));
-    out.push_back(t);
-  }
-  return out;
-}
 
 Node product(const std::string& name, ValueId a, ValueId b, bool fused = false, bool tb = false) {
   Node n;
@@ -205,13 +179,7 @@ TEST_P(ModelBf16Operands, EveryProductOperandConvertedOnceSameGradientsWithinBf1
   ASSERT_TRUE(cfg.has_value()) << cfg.status().message();
   auto im = build_and_import(*cfg, 2, 16, WeightInit::kHuggingFace, 3);
   ASSERT_TRUE(im.has_value()) << im.status().message();
-  std::mt19937_64 rng(5);
-  Tensor ids(DType::kInt64, {2, 16}), labels(DType::kInt64, {2, 16});
-  for (int64_t i = 0; i < 32; ++i) {
-    ids.data_as<int64_t>()[i] = static_cast<int64_t>(rng() % cfg->vocab_size);
-    labels.data_as<int64_t>()[i] = static_cast<int64_t>(rng() % cfg->vocab_size);
-  }
-  const TensorMap batch = {{"input_ids", ids}, {"labels", labels}};
+  const TensorMap batch = random_lm_batch(cfg->vocab_size, 2, 16, 5);
   auto backend = make_cpu_backend();
   auto run = [&](bool share, double* loss, const Graph** graph, std::unique_ptr<Trainer>* keep) -> Expected<TensorMap> {
     TrainerConfig tc;

@@ -4,22 +4,15 @@
 // their nodes.
 #include <gtest/gtest.h>
 
-#include <cmath>
-#include <random>
 
-#include "runtime/executor.h"
 #include "runtime/fusion.h"
+#include "tests/op_test_util.h"
 
 namespace gv {
 namespace {
 
-Tensor randn(const Shape& s, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  Tensor t(DType::kFloat32, s);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data_as<float>()[i] = d(rng);
-  return t;
-}
+Tensor randn(const Shape& s, uint64_t seed) { return testing::randn_f32(s, seed); }
+
 
 int count_ops(const Graph& g, const std::string& op) {
   int n = 0;
@@ -39,39 +32,19 @@ ValueId op(Graph& g, const std::string& type, std::vector<ValueId> in, Attribute
   return r.has_value() ? (*r)[0] : kNoValue;
 }
 
-Expected<std::vector<Tensor>> run(const Graph& g, const std::map<std::string, Tensor>& feeds) {
-  auto backend = make_cpu_backend();
-  GV_ASSIGN_OR_RETURN(auto ex, Executor::create(g, *backend, ExecutorOptions()));
-  GV_RETURN_IF_ERROR(ex->set_inputs(feeds));
-  GV_RETURN_IF_ERROR(ex->run());
-  std::vector<Tensor> out;
-  for (ValueId o : g.outputs) {
-    GV_ASSIGN_OR_RETURN(Tensor t, ex->fetch(o));
-    out.push_back(t);
-  }
-  return out;
-}
-
 // Fuses a copy of g and checks the outputs against the unfused graph's (1e-6 relative).
 int fuse_and_compare(const Graph& g, const std::map<std::string, Tensor>& feeds, const std::set<std::string>& keep,
                      Graph* fused_out = nullptr) {
   Graph f = g;
   int fused = 0;
   EXPECT_TRUE(fuse_linear(f, keep, &fused).is_ok());
-  auto want = run(g, feeds);
-  auto got = run(f, feeds);
+  auto want = testing::run_graph(g, feeds);
+  auto got = testing::run_graph(f, feeds);
   EXPECT_TRUE(want.has_value() && got.has_value()) << (got.has_value() ? "" : got.status().message());
   if (want.has_value() && got.has_value()) {
     for (size_t i = 0; i < want->size(); ++i) {
-      const Tensor &a = (*got)[i], &b = (*want)[i];
-      EXPECT_EQ(a.shape(), b.shape());
-      double num = 0, den = 0;
-      for (int64_t j = 0; j < b.numel(); ++j) {
-        const double d = a.data_as<float>()[j] - b.data_as<float>()[j];
-        num += d * d;
-        den += static_cast<double>(b.data_as<float>()[j]) * b.data_as<float>()[j];
-      }
-      EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-6) << "output " << i;
+      EXPECT_EQ((*got)[i].shape(), (*want)[i].shape());
+      EXPECT_LE(testing::relative_gap((*got)[i], (*want)[i], 1e-30), 1e-6) << "output " << i;
     }
   }
   if (fused_out) *fused_out = std::move(f);
@@ -168,6 +141,33 @@ TEST(FuseLinear, IntermediatesReadElsewhereOrKeptStay) {
     int fused = 0;
     ASSERT_TRUE(fuse_linear(g, {}, &fused).is_ok());
     EXPECT_EQ(fused, 0);
+  }
+}
+
+// galvatron Linear's inference: operand dtypes, W's rank and inner size, the bias's length, the activation and
+// out_dtype each give an error naming the node and the problem.
+TEST(FuseLinear, LinearInferenceErrorsNameTheProblem) {
+  auto error_of = [](std::vector<Tensor> in, Attributes a = {}, int outputs = 1) {
+    auto r = testing::run_op("Linear", in, a, outputs, 1, {}, kGalvatronDomain);
+    return r.has_value() ? std::string("ok") : r.status().message();
+  };
+  const Tensor x = randn({3, 4}, 1), w = randn({4, 5}, 2), b = randn({5}, 3);
+  EXPECT_EQ(error_of({x, w, b}), "ok");
+  Attributes gelu;
+  gelu.set_string("activation", "gelu");
+  EXPECT_EQ(error_of({x, w, b}, gelu, 2), "ok");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {error_of({x, randn({3, 5}, 4), b}), "has 4 columns but W"},
+      {error_of({x, randn({4, 5, 1}, 5), b}), "W must be a matrix"},
+      {error_of({randn({4}, 6), w, b}), "X must have rank >= 2"},
+      {error_of({x, w, randn({4}, 7)}), "bias must be [5]"},
+      {error_of({Tensor::from_i64({1, 2, 3, 4}, {1, 4}), w}), "float32 or bfloat16"},
+      {error_of({x, w, b}, [] { Attributes a; a.set_string("activation", "relu"); return a; }()), "activation must be"},
+      {error_of({x, w, b}, [] { Attributes a; a.set_int("out_dtype", 7); return a; }()), "out_dtype must be"},
+  };
+  for (const auto& [msg, want] : cases) {
+    EXPECT_NE(msg.find(want), std::string::npos) << msg;
+    EXPECT_NE(msg.find("test_node"), std::string::npos) << msg;
   }
 }
 

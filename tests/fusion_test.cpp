@@ -16,9 +16,12 @@
 #include "runtime/safetensors.h"
 #include "runtime/trainer.h"
 #include "tests/hf_fixtures.h"
+#include "tests/op_test_util.h"
 
 namespace gv {
 namespace {
+
+using testing::relative_gap;
 
 int count_ops(const Graph& g, const std::string& op) {
   int n = 0;
@@ -59,18 +62,6 @@ Expected<Model> load(const std::string& name) {
   const nlohmann::json pad = testing::read_meta(name)["config"]["pad_token_id"];
   if (pad.is_number_integer()) m.padding_idx = pad.get<int64_t>();
   return m;
-}
-
-// ||a - b|| / ||b|| over float32 tensors of one shape; ||b|| floored at 1e-5 for gradients that are zero in exact
-// arithmetic (attention key biases: ~1e-11 of float32 rounding either way).
-double relative_gap(const Tensor& a, const Tensor& b) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < b.numel(); ++i) {
-    const double d = static_cast<double>(a.data_as<float>()[i]) - b.data_as<float>()[i];
-    num += d * d;
-    den += static_cast<double>(b.data_as<float>()[i]) * b.data_as<float>()[i];
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-5);
 }
 
 class ModelFusion : public ::testing::TestWithParam<std::string> {};

@@ -4,10 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <random>
 
 #include "models/zoo.h"
 #include "runtime/trainer.h"
+#include "tests/op_test_util.h"
 
 namespace gv {
 namespace {
@@ -23,13 +23,7 @@ TEST(MultiTensorOptimizer, SameUpdatesAsOneNodePerParameter) {
   ASSERT_TRUE(cfg.has_value()) << cfg.status().message();
   auto im = build_and_import(*cfg, 2, 16, WeightInit::kHuggingFace, 3);
   ASSERT_TRUE(im.has_value()) << im.status().message();
-  std::mt19937_64 rng(11);
-  Tensor ids(DType::kInt64, {2, 16}), labels(DType::kInt64, {2, 16});
-  for (int64_t i = 0; i < 32; ++i) {
-    ids.data_as<int64_t>()[i] = static_cast<int64_t>(rng() % cfg->vocab_size);
-    labels.data_as<int64_t>()[i] = static_cast<int64_t>(rng() % cfg->vocab_size);
-  }
-  const TensorMap batch = {{"input_ids", ids}, {"labels", labels}};
+  const TensorMap batch = testing::random_lm_batch(cfg->vocab_size, 2, 16, 11);
   auto backend = make_cpu_backend();
   auto train = [&](bool multi, int* multi_nodes, int* single_nodes) -> Expected<TensorMap> {
     TrainerConfig tc;

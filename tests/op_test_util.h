@@ -1,11 +1,62 @@
-// Runs one op on the CPU for tests: inputs given as host tensors, outputs returned as host tensors.
+// CPU helpers for tests: running one op or a whole graph on host tensors, seeded random tensors and batches, and the
+// relative gap the model-level tests compare gradients with.
 #pragma once
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "runtime/executor.h"
 
 namespace gv::testing {
+
+// Runs `g` on the CPU backend with `feeds` (by input name); returns its outputs in order.
+inline Expected<std::vector<Tensor>> run_graph(const Graph& g, const std::map<std::string, Tensor>& feeds) {
+  auto backend = make_cpu_backend();
+  GV_ASSIGN_OR_RETURN(auto ex, Executor::create(g, *backend));
+  GV_RETURN_IF_ERROR(ex->set_inputs(feeds));
+  GV_RETURN_IF_ERROR(ex->run());
+  std::vector<Tensor> out;
+  for (ValueId o : g.outputs) {
+    GV_ASSIGN_OR_RETURN(Tensor t, ex->fetch(o));
+    out.push_back(t);
+  }
+  return out;
+}
+
+// float32 standard normal values, reproducible from `seed`.
+inline Tensor randn_f32(const Shape& s, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  Tensor t(DType::kFloat32, s);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data_as<float>()[i] = d(rng);
+  return t;
+}
+
+// ||a - b|| / ||b|| over float32 tensors of one shape; ||b|| floored at `floor` for gradients that are zero in exact
+// arithmetic (attention key biases: ~1e-11 of float32 rounding either way).
+inline double relative_gap(const Tensor& a, const Tensor& b, double floor = 1e-5) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < b.numel(); ++i) {
+    const double d = static_cast<double>(a.data_as<float>()[i]) - b.data_as<float>()[i];
+    num += d * d;
+    den += static_cast<double>(b.data_as<float>()[i]) * b.data_as<float>()[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), floor);
+}
+
+// A language model's batch: `input_ids` and `labels` [batch, seq] drawn below `vocab` from `seed`.
+inline std::map<std::string, Tensor> random_lm_batch(int64_t vocab, int64_t batch, int64_t seq, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Tensor ids(DType::kInt64, {batch, seq}), labels(DType::kInt64, {batch, seq});
+  for (int64_t i = 0; i < batch * seq; ++i) {
+    ids.data_as<int64_t>()[i] = static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab));
+    labels.data_as<int64_t>()[i] = static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab));
+  }
+  return {{"input_ids", ids}, {"labels", labels}};
+}
 
 struct OpRun {
   Graph graph;
@@ -47,16 +98,7 @@ inline Expected<OpRun> run_op(const std::string& op_type, const std::vector<Tens
   auto outs = g.add_node(std::move(n), out_names);
   if (!outs) return outs.status();
   g.outputs = *outs;
-  auto backend = make_cpu_backend();
-  auto ex = Executor::create(g, *backend);
-  if (!ex) return ex.status();
-  GV_RETURN_IF_ERROR((*ex)->set_inputs(feeds));
-  GV_RETURN_IF_ERROR((*ex)->run());
-  for (ValueId o : g.outputs) {
-    auto t = (*ex)->fetch(o);
-    if (!t) return t.status();
-    r.outputs.push_back(*t);
-  }
+  GV_ASSIGN_OR_RETURN(r.outputs, run_graph(g, feeds));
   return r;
 }
 
