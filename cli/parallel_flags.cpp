@@ -19,12 +19,13 @@ std::vector<FlagSpec> parallel_flags() {
       bool_flag("auto", "Search the plan for this model, these devices and this batch (Galvatron's cost model and dynamic programming), then train with it."),
       float_flag("auto-memory", "GB", "0", "--auto: memory budget per device in GB (0: physical memory / devices on the CPU)."),
       string_flag("overlap-grad-sync", "on|off", "on", "Data parallelism: all-reduce each gradient during the backward pass, as soon as it is computed (on GPUs on a second stream, overlapping the rest of the backward; one micro-batch per step and no pipeline only); off: after the whole backward pass. The results are the same."),
+      string_flag("grad-reduce-dtype", "fp32|bf16", "fp32", "Data parallelism: the type in which gradients are all-reduced. bf16 sends half the bytes (a bf16 copy of each float32 gradient, widened back for the update; on GPUs in bf16 a weight's gradient product writes the copy directly); sums are rounded to bf16, so results differ from fp32 within bf16 precision. ZeRO-2/3 reductions stay fp32."),
   };
 }
 
 bool parallel_flags_given(const ParsedArgs& args) {
   for (const FlagSpec& f : parallel_flags()) {
-    if (f.name == "overlap-grad-sync") continue;  // a tuning of any data-parallel run, not a plan
+    if (f.name == "overlap-grad-sync" || f.name == "grad-reduce-dtype") continue;  // tunings of any DP run, not plans
     if (f.name == "auto" ? args.flag("auto") : args.given(f.name)) return true;
   }
   return false;
@@ -34,6 +35,9 @@ Status graph_options_from_args(const ParsedArgs& args, TrainingGraphOptions& gra
   const std::string overlap = args.str("overlap-grad-sync");
   if (overlap != "on" && overlap != "off") return ctx.usage("--overlap-grad-sync must be on or off");
   graph.overlap_grad_sync = overlap == "on";
+  const std::string reduce = args.str("grad-reduce-dtype");
+  if (reduce != "fp32" && reduce != "bf16") return ctx.usage("--grad-reduce-dtype must be fp32 or bf16");
+  graph.bf16_grad_reduce = reduce == "bf16";
   return Status::ok();
 }
 

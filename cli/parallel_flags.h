@@ -13,7 +13,7 @@ namespace gv::cli {
 std::vector<FlagSpec> parallel_flags();
 // True when any flag that asks for a parallel plan was given.
 bool parallel_flags_given(const ParsedArgs& args);
-// The training-graph options these flags set (--overlap-grad-sync), for plans and plain data parallelism alike.
+// The training-graph options these flags set (--overlap-grad-sync, --grad-reduce-dtype), for plans and plain data parallelism alike.
 Status graph_options_from_args(const ParsedArgs& args, TrainingGraphOptions& graph, CommandContext& ctx);
 // The plan for a model of `num_layers` layers (usage errors for bad values).
 Expected<partitioner::ParallelPlan> plan_from_args(const ParsedArgs& args, int num_layers, CommandContext& ctx);

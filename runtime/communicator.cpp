@@ -34,7 +34,9 @@ class SingleProcessCommunicator final : public Communicator {
  public:
   int rank() const override { return 0; }
   int size() const override { return 1; }
-  Status all_reduce(void*, size_t, DType dtype, ReduceOp) override { return check_reducible(dtype, "all_reduce"); }
+  Status all_reduce(void*, size_t, DType dtype, ReduceOp) override {
+    return dtype == DType::kBFloat16 ? Status::ok() : check_reducible(dtype, "all_reduce");
+  }
   Status broadcast(void*, size_t, int root) override {
     return root == 0 ? Status::ok() : invalid_argument("broadcast root " + std::to_string(root) + " of 1 rank");
   }
@@ -142,6 +144,14 @@ Expected<std::unique_ptr<Communicator>> make_communicator() {
   }
   return make_single_process_communicator();
 #endif
+}
+
+Status all_reduce_bf16_widened(Communicator& c, void* data, size_t count, ReduceOp op) {
+  std::vector<float> wide(count);
+  convert_elements(data, DType::kBFloat16, wide.data(), DType::kFloat32, static_cast<int64_t>(count));
+  GV_RETURN_IF_ERROR(c.all_reduce(wide.data(), count, DType::kFloat32, op));
+  convert_elements(wide.data(), DType::kFloat32, data, DType::kBFloat16, static_cast<int64_t>(count));
+  return Status::ok();
 }
 
 std::string rank_list(const std::vector<int>& ranks) {

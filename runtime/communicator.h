@@ -26,7 +26,9 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // In place: every rank ends with the element-wise sum (or mean) of all ranks' buffers. float32 / float64.
+  // In place: every rank ends with the element-wise sum (or mean) of all ranks' buffers. float32 / float64, and
+  // bfloat16 (data-parallel gradients reduced in bf16, TrainingGraphOptions::bf16_grad_reduce): NCCL natively, the
+  // other backends through all_reduce_bf16_widened.
   virtual Status all_reduce(void* data, size_t count, DType dtype, ReduceOp op) = 0;
   // all_reduce that may return before the reduction is done (overlapping it with later work), for data-parallel
   // gradient sums issued during the backward pass. The buffer must not be read or written until wait_async()
@@ -82,6 +84,12 @@ std::string rank_list(const std::vector<int>& ranks);
 // The communicator of a node's `group` attribute (world ranks): `world` itself for an empty group, world->group(ranks)
 // otherwise; null when `world` is null and the group is empty or {0} (one process). Errors name the group.
 Expected<Communicator*> communicator_of_group(Communicator* world, const std::vector<int64_t>& group);
+
+// bfloat16 all_reduce for communicators without a native bfloat16 sum (MPI, threads): the buffer widened to float32,
+// reduced by c.all_reduce, and rounded to bfloat16 once (round to nearest even). The result is the correctly rounded
+// float32 sum of the ranks' bf16 values; NCCL's ring rounds partial sums on the way, so the two may differ in the last
+// bf16 bit.
+Status all_reduce_bf16_widened(Communicator& c, void* data, size_t count, ReduceOp op);
 
 // One rank of one: collectives leave buffers as they are (copying send to recv where they differ).
 std::unique_ptr<Communicator> make_single_process_communicator();

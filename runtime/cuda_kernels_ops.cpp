@@ -420,19 +420,23 @@ cuda::GemmOperand operand(const TensorRef& t, int64_t elems = 0) {
           t.dtype == DType::kBFloat16};
 }
 
-// Products read float32 or bfloat16 operands (runtime/bf16_operands.h) into a float32 result.
+// Products read float32 or bfloat16 operands (runtime/bf16_operands.h) into a float32 result, or a bfloat16 one
+// (FusedMatMul's out_dtype: a gradient reduced in bf16, runtime/training_graph.h).
 bool product_types(const KernelContext& ctx) {
   for (int i = 0; i < 2; ++i) {
     if (ctx.inputs[i].dtype != DType::kFloat32 && ctx.inputs[i].dtype != DType::kBFloat16) return false;
   }
-  return ctx.outputs[0].dtype == DType::kFloat32;
+  return ctx.outputs[0].dtype == DType::kFloat32 || ctx.outputs[0].dtype == DType::kBFloat16;
 }
 
 // C[c_batch] = alpha * sum over the broadcast batch of op(A) @ op(B) (kernels/cpu/matmul.h semantics).
 Status run_products(KernelContext& ctx, const Shape& a_batch, const Shape& b_batch, const Shape& batch,
                     const Shape& c_batch, int64_t m, int64_t n, int64_t k, bool ta, bool tb, float alpha) {
   const TensorRef &a = ctx.inputs[0], &b = ctx.inputs[1];
-  float* c = ctx.outputs[0].as<float>();
+  const bool c_bf16 = ctx.outputs[0].dtype == DType::kBFloat16;
+  char* const c_base = static_cast<char*>(ctx.outputs[0].data);
+  const size_t c_elem = dtype_size(ctx.outputs[0].dtype);
+  void* const c = c_base;
   std::vector<int64_t> ai = batch_index(batch, a_batch), bi = batch_index(batch, b_batch),
                        ci = batch_index(batch, c_batch);
   const int64_t count = static_cast<int64_t>(ci.size()), c_count = shape_numel(c_batch);
@@ -442,23 +446,27 @@ Status run_products(KernelContext& ctx, const Shape& a_batch, const Shape& b_bat
   if (c_count == count && c_aff && dc == 1) {
     if (count > 1 && !ta && da == 1 && db == 0 && a_aff && b_aff) {
       // [batch, m, k] @ [k, n]: one product over the stacked rows.
-      const bool ok = cuda::gemm_mixed(false, tb, m * count, n, k, alpha, operand(a), 0, operand(b), 0, 0.0f, c, 0, 1);
+      const bool ok =
+          cuda::gemm_mixed(false, tb, m * count, n, k, alpha, operand(a), 0, operand(b), 0, 0.0f, c, 0, 1, c_bf16);
       note_product("stacked rows", m * count, n, k, 1, false, tb);
       return launch(ctx, ok);
     }
     if (a_aff && b_aff) {
       const bool ok =
-          cuda::gemm_mixed(ta, tb, m, n, k, alpha, operand(a), da * sa, operand(b), db * sb, 0.0f, c, sc, count);
+          cuda::gemm_mixed(ta, tb, m, n, k, alpha, operand(a), da * sa, operand(b), db * sb, 0.0f, c, sc, count, c_bf16);
       note_product("strided batch", m, n, k, count, ta, tb);
       return launch(ctx, ok);
     }
   }
   if (c_count == 1 && count > 1 && ta && !tb && a_aff && da == 1 && b_aff && db == 1) {
     // sum_i A_i^T @ B_i with A [batch, k, m], B [batch, k, n]: one product over the stacked k.
-    const bool ok = cuda::gemm_mixed(true, false, m, n, k * count, alpha, operand(a), 0, operand(b), 0, 0.0f, c, 0, 1);
+    const bool ok =
+        cuda::gemm_mixed(true, false, m, n, k * count, alpha, operand(a), 0, operand(b), 0, 0.0f, c, 0, 1, c_bf16);
     note_product("stacked k", m, n, k * count, 1, true, false);
     return launch(ctx, ok);
   }
+  // A bf16 C that several products add into would be rounded after each: the CPU kernel sums in float32 instead.
+  if (c_bf16 && count > c_count) return cuda_fallback_kernel(ctx);
   note_product("loop", m, n, k, count, ta, tb);
   // General: one product per batch element, later products for the same C matrix accumulate.
   std::vector<char> written(static_cast<size_t>(c_count), 0);
@@ -466,12 +474,12 @@ Status run_products(KernelContext& ctx, const Shape& a_batch, const Shape& b_bat
     const float beta = written[ci[i]] ? 1.0f : 0.0f;
     written[ci[i]] = 1;
     if (!cuda::gemm_mixed(ta, tb, m, n, k, alpha, operand(a, ai[i] * sa), 0, operand(b, bi[i] * sb), 0, beta,
-                          c + ci[i] * sc, 0, 1)) {
+                          c_base + ci[i] * sc * c_elem, 0, 1, c_bf16)) {
       return launch(ctx, false);
     }
   }
   for (int64_t i = 0; i < c_count; ++i) {
-    if (!written[i] && !cuda::memset_async(c + i * sc, sizeof(float) * sc)) return launch(ctx, false);
+    if (!written[i] && !cuda::memset_async(c_base + i * sc * c_elem, c_elem * sc)) return launch(ctx, false);
   }
   return Status::ok();
 }

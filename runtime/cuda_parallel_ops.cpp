@@ -186,7 +186,9 @@ Status recv_cuda(KernelContext& ctx) {
 
 Status all_reduce_cuda(KernelContext& ctx) {
   const TensorRef& g = ctx.inputs[0];
-  if (g.dtype != DType::kFloat32 && g.dtype != DType::kFloat64) return cuda_fallback_kernel(ctx);
+  if (g.dtype != DType::kFloat32 && g.dtype != DType::kFloat64 && g.dtype != DType::kBFloat16) {
+    return cuda_fallback_kernel(ctx);
+  }
   if (single(ctx)) return Status::ok();
   if (!is_nccl(ctx.comm)) return cuda_fallback_kernel(ctx);
   GV_ASSIGN_OR_RETURN(Communicator * c, group_comm(ctx));

@@ -69,6 +69,7 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
 
   Status all_reduce(void* data, size_t count, DType dtype, ReduceOp op) override {
+    if (dtype == DType::kBFloat16) return all_reduce_bf16_widened(*this, data, count, op);
     GV_ASSIGN_OR_RETURN(MPI_Datatype t, float_type(dtype, "all_reduce"));
     const size_t elem = dtype_size(dtype);
     for (size_t off = 0; off < count; off += kChunk) {

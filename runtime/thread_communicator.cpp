@@ -91,6 +91,7 @@ class ThreadCommunicator final : public Communicator {
   Status barrier() override { return wait_all("barrier"); }
 
   Status all_reduce(void* data, size_t count, DType dtype, ReduceOp op) override {
+    if (dtype == DType::kBFloat16) return all_reduce_bf16_widened(*this, data, count, op);
     GV_RETURN_IF_ERROR(check_reducible(dtype, "all_reduce"));
     std::vector<size_t> counts(size(), count);
     return reduce(data, data, counts, dtype, op, /*scatter=*/false, "all_reduce");

@@ -195,6 +195,7 @@ struct GradSync {
   ValueId grad = kNoValue;
   std::vector<NodeId> nodes;
   ValueId in_flight = kNoValue;
+  std::vector<NodeId> after_wait;  // nodes that go right after the wait (bf16_grad_reduce's widening Cast)
 };
 
 // TrainingGraphOptions::overlap_grad_sync: moves each GradSync to right after the last node of [backward_begin,
@@ -212,6 +213,7 @@ Status overlap_gradient_sync(TrainingGraph& tg, const std::vector<GradSync>& syn
   std::map<size_t, std::vector<NodeId>> after;  // backward node -> the nodes that follow it, in graph order
   std::set<NodeId> moved;
   std::vector<ValueId> in_flight;
+  std::vector<NodeId> after_wait;
   for (const GradSync& sync : syncs) {
     if (g.value(sync.grad).kind != ValueKind::kActivation) continue;
     size_t last = opt;
@@ -227,6 +229,8 @@ Status overlap_gradient_sync(TrainingGraph& tg, const std::vector<GradSync>& syn
     moved.insert(sync.nodes.begin(), sync.nodes.end());
     g.nodes[sync.nodes.back()].attrs.set_int("async", 1);
     if (sync.in_flight != kNoValue) in_flight.push_back(sync.in_flight);
+    after_wait.insert(after_wait.end(), sync.after_wait.begin(), sync.after_wait.end());
+    moved.insert(sync.after_wait.begin(), sync.after_wait.end());
   }
   if (moved.empty() && gathers.empty()) return Status::ok();
   for (NodeId id : gathers) g.nodes[id].attrs.set_int("async", 1);
@@ -254,6 +258,7 @@ Status overlap_gradient_sync(TrainingGraph& tg, const std::vector<GradSync>& syn
     if (it != after.end()) order.insert(order.end(), it->second.begin(), it->second.end());
   }
   order.push_back(wait);
+  order.insert(order.end(), after_wait.begin(), after_wait.end());
   const size_t optimizer_begin = order.size();
   for (size_t i = opt; i < n_old; ++i) {
     if (!moved.count(static_cast<NodeId>(i))) order.push_back(static_cast<NodeId>(i));
@@ -267,6 +272,49 @@ Status overlap_gradient_sync(TrainingGraph& tg, const std::vector<GradSync>& syn
   g.reindex();
   tg.optimizer_begin = optimizer_begin;
   return Status::ok();
+}
+
+constexpr int64_t kOnnxFloat = 1, kOnnxBFloat16 = 16;
+
+// TrainingGraphOptions::bf16_grad_reduce for one float32 gradient `grad` of a plain DP all-reduce: Cast(grad) -> bf16
+// copy [, ZeroBuffer(accumulator) when `clear` is given], AllReduce(copy) (the sync), then Cast(copy) -> float32 for the
+// norm and the update (after the wait under overlap). With `fold`, the gradient's producer, a FusedMatMul (a weight's
+// dW) whose output only this sync reads, writes the bf16 copy itself and the first Cast is not made. Returns the
+// widened gradient.
+Expected<ValueId> add_bf16_grad_sync(Graph& g, ValueId grad, bool fold, ValueId clear, const Attributes& reduce,
+                                     const Placement& place, const std::string& pname, GradSync& gs) {
+  ValueId copy = kNoValue;
+  const NodeId producer = g.value(grad).producer;
+  if (fold && producer >= 0 && g.nodes[producer].op_type == "FusedMatMul" &&
+      g.nodes[producer].domain == kGalvatronDomain && g.nodes[producer].outputs[0] == grad) {
+    Value v;
+    v.name = g.unique_name(pname + ".grad_bf16");
+    v.dtype = DType::kBFloat16;
+    v.shape = g.value(grad).shape;
+    copy = g.add_value(std::move(v));
+    Node& mm = g.nodes[producer];
+    mm.attrs.set_int("out_dtype", kOnnxBFloat16);
+    mm.outputs[0] = copy;
+    g.value(copy).producer = producer;
+    // grad stays an orphan value (nothing writes or reads it): dropping it would renumber the values that the
+    // training graph's maps hold. build_training_graph points tg.grads at the widened gradient.
+    gs.grad = copy;
+  } else {
+    Attributes to;
+    to.set_int("to", kOnnxBFloat16);
+    gs.grad = grad;
+    gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));
+    GV_ASSIGN_OR_RETURN(copy, add1(g, "Cast", {grad}, to, g.unique_name("grad_reduce/bf16/" + pname), place));
+    if (clear != kNoValue) {
+      GV_RETURN_IF_ERROR(add_update(g, "ZeroBuffer", {clear}, {}, place, g.unique_name("grad_reduce/clear/" + pname)));
+    }
+  }
+  gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));
+  GV_RETURN_IF_ERROR(add_update(g, "AllReduce", {copy}, reduce, place, g.unique_name("all_reduce/" + pname)));
+  Attributes back;
+  back.set_int("to", kOnnxFloat);
+  gs.after_wait.push_back(static_cast<NodeId>(g.nodes.size()));
+  return add1(g, "Cast", {copy}, back, g.unique_name("grad_reduce/float/" + pname), place);
 }
 
 }  // namespace
@@ -364,6 +412,16 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     auto it = o.param_sync.find(g.value(p).name);
     if (it != o.param_sync.end()) sync[p] = it->second;
   }
+  // Whether the data-parallel syncs will move into the backward pass (overlap_gradient_sync below).
+  const bool overlap = o.overlap_grad_sync && o.grad_accum_steps == 1 && !has_pipeline_nodes(g);
+  // bf16_grad_reduce: which gradients a product may write in bf16 (read by nothing yet, not reported or output), and
+  // the parameters whose update reads a fresh widened gradient (their accumulator is cleared by the sync instead).
+  const std::vector<int> uses = g.use_counts();
+  std::vector<char> is_output(g.values.size(), 0);
+  for (ValueId v : g.outputs) is_output[v] = 1;
+  std::set<ValueId> reported;
+  for (const auto& [name, v] : tg.reported_grads) reported.insert(v);
+  std::set<ValueId> fresh_grad;
   std::map<ValueId, std::vector<int64_t>> zero2_sizes;  // param -> flat shard sizes over its dp_group
   std::vector<GradSync> dp_syncs;                       // data-parallel gradient reductions (overlap_grad_sync)
   std::vector<NodeId> zero2_gathers;                    // ZeRO-2's parameter gathers (overlap_grad_sync)
@@ -411,6 +469,17 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
         for (int i = 0; i < me; ++i) begin += sizes[i];
         tg.optimizer_state_range[p] = {begin, begin + sizes[me]};
         zero2_sizes[p] = sizes;
+      } else if (o.bf16_grad_reduce && g.value(final_grad[p]).dtype == DType::kFloat32) {
+        Attributes a = group_attrs(ps.dp_group);
+        a.set_string("reduction", "sum");
+        const ValueId grad = final_grad[p];
+        const bool fold = o.bf16_operands && overlap && uses[grad] == 0 && !is_output[grad] && !reported.count(grad);
+        const ValueId clear = o.grad_accum_steps > 1 ? grad : kNoValue;  // the accumulator, read by the Cast
+        GradSync gs;
+        GV_ASSIGN_OR_RETURN(final_grad[p], add_bf16_grad_sync(g, grad, fold, clear, a, place, pname, gs));
+        if (clear != kNoValue) fresh_grad.insert(p);
+        if (overlap) tg.grads[p] = final_grad[p];  // computed before optimizer_begin (after the wait)
+        dp_syncs.push_back(std::move(gs));
       } else {
         Attributes a = group_attrs(ps.dp_group);
         a.set_string("reduction", "sum");
@@ -481,7 +550,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     a.set_float("grad_scale", grad_scale);
     a.set_float("max_norm", (oc.grad_clip));
     a.set_float("weight_decay", (oc.weight_decay));
-    a.set_int("zero_grad", o.grad_accum_steps > 1 ? 1 : 0);
+    a.set_int("zero_grad", o.grad_accum_steps > 1 && !fresh_grad.count(p) ? 1 : 0);
     Placement place = param_place(g, p);
     std::string pname = pv.name;
     // ZeRO-2: the optimizer state covers this rank's flat range of the parameter only.
@@ -502,6 +571,10 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
       const bool multi = o.multi_tensor_optimizer && !sharded && shape_numel(g.value(p).shape) < kMultiMaxNumel &&
                          g.value(p).dtype == g.value(final_grad[p]).dtype;
       if (multi) {
+        // One node's attributes serve all its parameters: a parameter that zeroes its gradient otherwise starts a node.
+        if (multi_count > 0 && multi_attrs.get_int("zero_grad", 0) != a.get_int("zero_grad", 0)) {
+          GV_RETURN_IF_ERROR(flush_multi());
+        }
         if (multi_count == 0) multi_attrs = a, multi_place = place;
         multi_inputs.insert(multi_inputs.end(), {p, final_grad[p], m, v});
         if (++multi_count == kMultiChunk) GV_RETURN_IF_ERROR(flush_multi());
@@ -526,7 +599,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     }
   }
   GV_RETURN_IF_ERROR(flush_multi());
-  if (o.overlap_grad_sync && o.grad_accum_steps == 1 && !dp_syncs.empty() && !has_pipeline_nodes(g)) {
+  if (overlap && !dp_syncs.empty()) {
     GV_RETURN_IF_ERROR(overlap_gradient_sync(tg, dp_syncs, zero2_gathers));
   }
   return tg;

@@ -80,6 +80,13 @@ struct TrainingGraphOptions {
   // WaitCollectives at the end of the step. Applies only with grad_accum_steps == 1 and no pipeline (no Send/Recv
   // nodes); otherwise no effect.
   bool overlap_grad_sync = true;
+  // Plain data-parallel gradients all-reduced in bfloat16 (PyTorch DDP's bf16 compression hook, Megatron's
+  // grad-reduce-in-bf16): each float32 gradient's AllReduce reads a bf16 copy (half the bytes on the wire), widened
+  // back to float32 for the norm and the update; under overlap_grad_sync the widening Cast follows the wait and the
+  // gradient a weight's dW product writes goes straight to bf16 (with bf16_operands: the backend's bf16 products).
+  // The sum is rounded to bf16 (NCCL: partial sums too), so results differ from float32 reduction within bf16
+  // precision. ZeRO-2 reduce-scatters and tied-copy sums stay float32. Off: float32 all-reduces.
+  bool bf16_grad_reduce = false;
   // Fusion passes (runtime/fusion.h) over the forward graph before autograd: attention chains -> Attention, GELU
   // chains -> Gelu, the head product and the loss -> LinearCrossEntropy. Off: the graph runs as imported.
   bool fuse_ops = true;

@@ -326,6 +326,15 @@ void check_shared_bf16(const std::function<void(const Case&)>& check, double mix
   ta.set_ints("out_batch", {});
   check({"FusedMatMul", {randn({4, 96, 48}), bf16(randn({4, 96, 32}))}, ta, 1, G, 20, {}, mixed_tol});  // dW form
   check({"FusedMatMul", {bf16(randn({2, 1, 5, 8})), randn({3, 8, 16})}, plain, 1, G, 20, {}, mixed_tol});  // loop
+  // bf16 results (a weight gradient all-reduced in bf16, runtime/training_graph.h bf16_grad_reduce): the bf16 product
+  // in every math mode, float32 sums rounded once: bf16's 1e-2.
+  Attributes ta16 = ta, p16 = attrs({{"out_dtype", 16}}), tb16 = attrs({{"transB", 1}, {"out_dtype", 16}});
+  ta16.set_int("out_dtype", 16);
+  check({"FusedMatMul", {randn({4, 96, 48}), bf16(randn({4, 96, 32}))}, ta16, 1, G, 20, {}, 1e-2});  // dW form
+  check({"FusedMatMul", {randn({4, 96, 48}), randn({4, 96, 32})}, ta16, 1, G, 20, {}, 1e-2});
+  check({"FusedMatMul", {bf16(randn({4, 96, 64})), randn({64, 96})}, p16, 1, G, 20, {}, 1e-2});  // stacked rows
+  check({"FusedMatMul", {randn({2, 3, 40, 64}), randn({2, 3, 24, 64})}, tb16, 1, G, 20, {}, 1e-2});  // strided
+  check({"FusedMatMul", {randn({2, 1, 5, 8}), randn({3, 8, 16})}, p16, 1, G, 20, {}, 1e-2});  // loop
 }
 
 TEST_F(CudaKernels, MatMulSharedBf16Operands) {

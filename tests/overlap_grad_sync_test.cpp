@@ -17,17 +17,12 @@
 #include "runtime/training_graph.h"
 #include "tests/hf_fixtures.h"
 #include "tests/parallel_equivalence.h"
+#include "tests/thread_training.h"
 
 namespace gv {
 namespace {
 
-Expected<Graph> gpt2_graph(int64_t batch) {
-  ImportOptions io;
-  io.batch = batch;
-  io.seq = 32;
-  GV_ASSIGN_OR_RETURN(ImportedModel im, import_onnx(testing::fixture_dir("gpt2") + "/model.onnx", io));
-  return std::move(im.graph);
-}
+Expected<Graph> gpt2_graph(int64_t batch) { return testing::gpt2_fixture_graph(batch); }
 
 // Every parameter's gradient summed over `dp` (plain data parallelism, as Trainer sets it up), from `rank`'s view.
 TrainingGraphOptions ddp_options(const Graph& g, const std::vector<int>& dp, int rank) {
@@ -261,81 +256,20 @@ TEST(OverlapGradSync, NothingMovesInAPipelineStage) {
 
 // ---- training with thread communicators: overlap on == overlap off, bit for bit -------------------------------------
 
-struct RankRun {
-  std::vector<double> losses, norms;
-  TensorMap weights;
-};
-
-constexpr int kSteps = 3;
-constexpr int kRows = 4;  // rows per step over all ranks
-
-Expected<RankRun> train_rank(Graph g, const TensorMap& samples, Communicator* comm, bool overlap) {
-  const int n = comm->size(), r = comm->rank();
-  auto backend = make_cpu_backend();
-  TrainerConfig cfg;
-  cfg.comm = comm;
-  cfg.lr = 1e-3;
-  cfg.graph.overlap_grad_sync = overlap;
-  GV_ASSIGN_OR_RETURN(auto trainer, Trainer::create(std::move(g), cfg, *backend));
-  const auto& tg = trainer->training_graph();
-  if (overlap != !nodes_of(tg.graph, "WaitCollectives").empty()) {
-    return internal_error("overlap " + std::to_string(overlap) + " but the graph says otherwise");
-  }
-  RankRun out;
-  const int64_t rows = kRows / n, total = samples.at("input_ids").shape()[0], seq = 32;
-  for (int s = 0; s < kSteps; ++s) {
-    TensorMap batch;
-    for (const char* name : {"input_ids", "labels"}) {
-      const Tensor& all = samples.at(name);
-      Tensor t(DType::kInt64, {rows, seq});
-      const int64_t first = (s * kRows + r * rows) % total;
-      std::memcpy(t.data(), all.data_as<int64_t>() + first * seq, rows * seq * sizeof(int64_t));
-      batch[name] = t;
+std::vector<Expected<testing::RankRun>> train_threads(int n, bool overlap) {
+  testing::ThreadTraining t;
+  t.ranks = n;
+  t.configure = [overlap](TrainerConfig& cfg) { cfg.graph.overlap_grad_sync = overlap; };
+  t.check = [overlap](const TrainingGraph& tg) {
+    if (overlap == nodes_of(tg.graph, "WaitCollectives").empty()) {
+      return internal_error("overlap " + std::to_string(overlap) + " but the graph says otherwise");
     }
-    GV_ASSIGN_OR_RETURN(StepMetrics m, trainer->step({batch}));
-    out.losses.push_back(m.loss);
-    out.norms.push_back(m.grad_norm);
-  }
-  GV_ASSIGN_OR_RETURN(out.weights, trainer->parameters());
-  return out;
+    return Status::ok();
+  };
+  return testing::train_gpt2_threads(t);
 }
 
-std::vector<Expected<RankRun>> train_threads(int n, bool overlap) {
-  auto samples = read_safetensors(testing::fixture_dir("gpt2") + "/samples.safetensors");
-  std::vector<Expected<RankRun>> results(n, Expected<RankRun>(internal_error("not run")));
-  if (!samples) {
-    results[0] = samples.status();
-    return results;
-  }
-  std::vector<Graph> graphs;
-  for (int r = 0; r < n; ++r) {
-    auto g = gpt2_graph(kRows / n);
-    if (!g) {
-      results[0] = g.status();
-      return results;
-    }
-    graphs.push_back(std::move(*g));
-  }
-  auto comms = make_thread_communicators(n);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) {
-    threads.emplace_back(
-        [&, r] { results[r] = train_rank(std::move(graphs[r]), *samples, comms[r].get(), overlap); });
-  }
-  for (auto& t : threads) t.join();
-  return results;
-}
-
-void expect_identical(const TensorMap& a, const TensorMap& b) {
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& [name, t] : a) {
-    ASSERT_TRUE(b.count(name)) << name;
-    const Tensor& u = b.at(name);
-    ASSERT_EQ(t.shape(), u.shape()) << name;
-    ASSERT_EQ(t.nbytes(), u.nbytes()) << name;
-    EXPECT_EQ(std::memcmp(t.data(), u.data(), t.nbytes()), 0) << name << " differs";
-  }
-}
+using testing::expect_identical;
 
 class OverlapThreads : public ::testing::TestWithParam<int> {};
 
@@ -353,7 +287,7 @@ TEST_P(OverlapThreads, Gpt2TrainsTheSameWithAndWithoutOverlap) {
     // Data parallelism keeps the replicas equal.
     expect_identical(on[r]->weights, on[0]->weights);
   }
-  EXPECT_NE(on[0]->losses[0], on[0]->losses[kSteps - 1]);  // it trained
+  EXPECT_NE(on[0]->losses.front(), on[0]->losses.back());  // it trained
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, OverlapThreads, ::testing::Values(2, 4),

@@ -269,12 +269,12 @@ bool scale_c(cublasHandle_t h, int64_t m, int64_t n, float beta, float* c, int64
   return true;
 }
 
-// The cuBLAS call of both gemm_f32 and gemm_bf16: operands of type `type`, float32 C.
-// lda_/ldb_/ldc_ 0: the rows are packed (k or m, n or k, n elements).
+// The cuBLAS call of both gemm_f32 and gemm_bf16: operands of type `type`, C of type `ctype` (float32 unless a
+// bf16 product writes bf16). lda_/ldb_/ldc_ 0: the rows are packed (k or m, n or k, n elements).
 bool gemm_ex(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
-             int64_t stride_a, const void* b, int64_t stride_b, cudaDataType_t type, float beta, float* c,
+             int64_t stride_a, const void* b, int64_t stride_b, cudaDataType_t type, float beta, void* c,
              int64_t stride_c, int64_t batch, cublasComputeType_t ct, int64_t lda_ = 0, int64_t ldb_ = 0,
-             int64_t ldc_ = 0) {
+             int64_t ldc_ = 0, cudaDataType_t ctype = CUDA_R_32F) {
   // Row-major C[m, n] is column-major C^T[n, m] = op(B)^T op(A)^T.
   const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
   const int lda = static_cast<int>(lda_ ? lda_ : (ta ? m : k)), ldb = static_cast<int>(ldb_ ? ldb_ : (tb ? k : n)),
@@ -282,10 +282,10 @@ bool gemm_ex(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k
   cublasStatus_t st;
   if (batch == 1) {
     st = cublasGemmEx(h, opb, opa, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, type, ldb,
-                      a, type, lda, &beta, c, CUDA_R_32F, ldc, ct, CUBLAS_GEMM_DEFAULT);
+                      a, type, lda, &beta, c, ctype, ldc, ct, CUBLAS_GEMM_DEFAULT);
   } else {
     st = cublasGemmStridedBatchedEx(h, opb, opa, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
-                                    b, type, ldb, stride_b, a, type, lda, stride_a, &beta, c, CUDA_R_32F, ldc,
+                                    b, type, ldb, stride_b, a, type, lda, stride_a, &beta, c, ctype, ldc,
                                     stride_c, static_cast<int>(batch), ct, CUBLAS_GEMM_DEFAULT);
   }
   return st == CUBLAS_STATUS_SUCCESS;
@@ -519,13 +519,23 @@ float* widen_scratch(size_t bytes) {
 }  // namespace
 
 bool gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, GemmOperand a, int64_t stride_a,
-                GemmOperand b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch) {
-  if (!a.bf16 && !b.bf16) {
+                GemmOperand b, int64_t stride_b, float beta, void* c, int64_t stride_c, int64_t batch, bool c_bf16) {
+  if (!a.bf16 && !b.bf16 && !c_bf16) {
     return gemm_f32(ta, tb, m, n, k, alpha, static_cast<const float*>(a.data), stride_a,
-                    static_cast<const float*>(b.data), stride_b, beta, c, stride_c, batch);
+                    static_cast<const float*>(b.data), stride_b, beta, static_cast<float*>(c), stride_c, batch);
   }
   if (m == 0 || n == 0 || batch == 0) return true;
-  if (g_mode != MathMode::kBf16 && a.bf16 != b.bf16) {
+  if (c_bf16 && k == 0) {
+    // Nothing to sum: C = beta * C, which a bf16 C supports for beta 0 only.
+    if (beta != 0.0f) return false;
+    for (int64_t i = 0; i < batch && (i == 0 || stride_c != 0); ++i) {
+      if (cudaMemsetAsync(static_cast<uint16_t*>(c) + i * stride_c, 0, sizeof(uint16_t) * m * n, 0) != cudaSuccess) {
+        return false;
+      }
+    }
+    return true;
+  }
+  if (g_mode != MathMode::kBf16 && a.bf16 != b.bf16 && !c_bf16) {
     // fp32 / tf32 modes keep the float32 operand's precision: the bf16 one is widened (exactly) instead.
     const bool wide_a = a.bf16;
     const int64_t rows = wide_a ? (ta ? k : m) : (tb ? n : k), cols = wide_a ? (ta ? m : k) : (tb ? k : n);
@@ -535,16 +545,17 @@ bool gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, 
     if (!w || !from_bf16(static_cast<const uint16_t*>(wide_a ? a.data : b.data), w, extent)) return false;
     const float* fa = wide_a ? w : static_cast<const float*>(a.data);
     const float* fb = wide_a ? static_cast<const float*>(b.data) : w;
-    return gemm_f32(ta, tb, m, n, k, alpha, fa, stride_a, fb, stride_b, beta, c, stride_c, batch);
+    return gemm_f32(ta, tb, m, n, k, alpha, fa, stride_a, fb, stride_b, beta, static_cast<float*>(c), stride_c,
+                    batch);
   }
   cublasHandle_t h = handle();
   if (!h) return false;
-  g_path = a.bf16 && b.bf16 ? "bf16 given" : "bf16 one given";
-  if (k == 0) return scale_c(h, m, n, beta, c, stride_c, batch);
+  g_path = a.bf16 && b.bf16 ? "bf16 given" : a.bf16 || b.bf16 ? "bf16 one given" : "bf16 none given";
+  if (k == 0) return scale_c(h, m, n, beta, static_cast<float*>(c), stride_c, batch);
   Bf16Operands ops;
   if (!prepare_bf16_operands(ta, tb, m, n, k, a, stride_a, b, stride_b, batch, ops)) return false;
   return gemm_ex(h, ta, tb, m, n, k, alpha, ops.a, ops.stride_a, ops.b, ops.stride_b, CUDA_R_16BF, beta, c, stride_c,
-                 batch, CUBLAS_COMPUTE_32F, ops.lda, ops.ldb);
+                 batch, CUBLAS_COMPUTE_32F, ops.lda, ops.ldb, 0, c_bf16 ? CUDA_R_16BF : CUDA_R_32F);
 }
 
 bool prepare_bf16_operands(bool ta, bool tb, int64_t m, int64_t n, int64_t k, GemmOperand a, int64_t stride_a,

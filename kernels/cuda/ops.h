@@ -52,9 +52,11 @@ struct GemmOperand {
 // runtime/bf16_operands.h). Both float32: gemm_f32. Both bf16: the bf16 product. One of each: in kBf16 mode a bf16
 // product, the float32 operand converted into scratch with rows padded to 8 elements and the bf16 one read in place
 // (rows a multiple of 8 elements for cuBLAS's fast kernels); in the other modes the bf16 operand widened to float32
-// and gemm_f32 (the float32 operand keeps its precision). Float32 accumulation and C throughout.
+// and gemm_f32 (the float32 operand keeps its precision). Float32 accumulation; C float32, or bfloat16 (c_bf16: the
+// bf16 product in every math mode, float32 operands converted; beta * C in bf16, and k == 0 only with beta 0).
 bool gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, GemmOperand a, int64_t stride_a,
-                GemmOperand b, int64_t stride_b, float beta, float* c, int64_t stride_c, int64_t batch);
+                GemmOperand b, int64_t stride_b, float beta, void* c, int64_t stride_c, int64_t batch,
+                bool c_bf16 = false);
 // y [rows_out, ldy] = bf16 of x [rows, cols] (row-major, contiguous), zeros in the padding (rows_out >= rows,
 // ldy >= cols): operands for gemm_bf16_ld with rows 16 bytes apart and a zero-padded reduction dimension.
 bool pack_bf16(const float* x, int64_t rows, int64_t cols, uint16_t* y, int64_t rows_out, int64_t ldy);

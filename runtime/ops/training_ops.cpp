@@ -221,7 +221,7 @@ Status sgd_cpu(KernelContext& ctx) {
 }
 
 // AllReduce(grad): grad = mean (attr reduction "mean", the default) or sum ("sum") of grad over attr group (world
-// ranks; default the whole world), in place (data parallelism). Without a communicator (a single process) it leaves
+// ranks; default the whole world), in place (data parallelism); float32, float64 or bfloat16 (bf16_grad_reduce). Without a communicator (a single process) it leaves
 // the buffer as it is. Attr async = 1 (overlap_grad_sync, runtime/training_graph.h): the CUDA kernel uses
 // Communicator::all_reduce_async, so the buffer is final only after the next WaitCollectives; the CPU kernel blocks
 // as without it.
@@ -233,7 +233,9 @@ Status infer_all_reduce(InferContext& ctx) {
 
 Status all_reduce_cpu(KernelContext& ctx) {
   const TensorRef& g = ctx.inputs[0];
-  if (g.dtype != DType::kFloat32 && g.dtype != DType::kFloat64) return ctx.fail("unsupported dtype");
+  if (g.dtype != DType::kFloat32 && g.dtype != DType::kFloat64 && g.dtype != DType::kBFloat16) {
+    return ctx.fail(std::string("gradient of ") + dtype_name(g.dtype) + ": float32, float64 or bfloat16 only");
+  }
   GV_ASSIGN_OR_RETURN(Communicator * c, group_comm(ctx));
   if (!c) return Status::ok();
   const ReduceOp op = ctx.attrs().get_string("reduction", "mean") == "sum" ? ReduceOp::kSum : ReduceOp::kAvg;
