@@ -40,6 +40,9 @@ class Backend {
   // Whether this backend runs galvatron Linear (a product with its bias and GELU in one node) faster than the chain,
   // so that the training graph fuses them (TrainingGraphOptions::fuse_linear): the CUDA backend in bf16.
   virtual bool fuses_linear() const { return false; }
+  // Whether this backend runs galvatron GeluGradMatMul (a backward product with the GELU and bias gradients in its
+  // epilogue) faster than the chain (TrainingGraphOptions::fuse_gelu_grad_product): the CUDA backend in bf16.
+  virtual bool fuses_gelu_grad_product() const { return false; }
   // Whether this backend's attention kernels read Q, K, V in place from one packed QKV tensor (galvatron
   // AttentionPacked; TrainingGraphOptions::pack_attention_qkv): the CUDA backend's flash kernels.
   virtual bool packs_attention_qkv() const { return false; }

@@ -84,6 +84,14 @@ class CudaBackend final : public Backend {
     }();
     return cuda::math_mode() == cuda::MathMode::kBf16 && enabled;
   }
+  // GALVATRON_CUDA_DGELU=0 keeps the backward product, GELU gradient, Cast and bias sum apart (for comparisons).
+  bool fuses_gelu_grad_product() const override {
+    static const bool enabled = [] {
+      const char* e = std::getenv("GALVATRON_CUDA_DGELU");
+      return !(e && std::string(e) == "0");
+    }();
+    return cuda::math_mode() == cuda::MathMode::kBf16 && enabled;
+  }
 };
 
 }  // namespace

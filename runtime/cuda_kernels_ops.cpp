@@ -549,6 +549,29 @@ Status linear_cuda(KernelContext& ctx) {
   return launch(ctx, ok);
 }
 
+// galvatron GeluGradMatMul (runtime/ops/math_gelu_grad_product.cpp): dP = Gelu'(Pre) * (X @ op(W)), dBias.
+Status gelu_grad_matmul_cuda(KernelContext& ctx) {
+  const TensorRef &x = ctx.inputs[0], &w = ctx.inputs[1], &pre = ctx.inputs[2], &dp = ctx.outputs[0];
+  auto mixed = [](const TensorRef& t) { return t.dtype == DType::kFloat32 || t.dtype == DType::kBFloat16; };
+  const bool has_bias = ctx.outputs.size() > 1 && ctx.outputs[1].data;
+  if (!mixed(x) || !mixed(w) || !mixed(pre) || !mixed(dp) || w.shape.size() != 2 || x.shape.size() < 2 ||
+      (has_bias && !is_f32(ctx.outputs[1]))) {
+    return cuda_fallback_kernel(ctx);
+  }
+  const bool tb = ctx.attrs().get_int("transB", 0) != 0;
+  const bool tanh = ctx.attrs().get_string("approximate", "none") == "tanh";
+  const int64_t k = x.shape.back(), rows = k > 0 ? x.numel() / k : 0, n = tb ? w.shape[0] : w.shape[1];
+  const bool ok = cuda::linear_gelu_backward(rows, n, k, tb, operand(x), operand(w), pre.data,
+                                             pre.dtype == DType::kBFloat16, tanh, dp.data,
+                                             dp.dtype == DType::kBFloat16,
+                                             has_bias ? ctx.outputs[1].as<float>() : nullptr);
+  if (cuda_profile_detail()) {
+    cuda_profile_note("m=" + std::to_string(rows) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                      (tb ? " tb" : "") + " path=" + cuda::linear_last_path());
+  }
+  return launch(ctx, ok);
+}
+
 Status gemm_cuda(KernelContext& ctx) {
   if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
   const TensorRef &a = ctx.inputs[0], &b = ctx.inputs[1], &y = ctx.outputs[0];
@@ -985,6 +1008,7 @@ void register_cuda_kernels(OpRegistry& r) {
   set("", "MatMul", cuda_profiled<matmul_cuda>);
   set("", "Gemm", cuda_profiled<gemm_cuda>);
   set(G, "FusedMatMul", cuda_profiled<fused_matmul_cuda>);
+  set(G, "GeluGradMatMul", cuda_profiled<gelu_grad_matmul_cuda>);
   set(G, "Linear", cuda_profiled<linear_cuda>);
   set("", "Softmax", cuda_profiled<softmax_cuda<false>>);
   set("", "LogSoftmax", cuda_profiled<softmax_cuda<true>>);

@@ -13,7 +13,8 @@ std::string FusionCounts::summary() const {
          (linear_cross_entropy ? ", " + std::to_string(linear_cross_entropy) + " linear cross-entropy" : "") +
          (linear ? ", " + std::to_string(linear) + " linear" : "") +
          (bf16_operands ? ", " + std::to_string(bf16_operands) + " shared bf16 operands" : "") +
-         (bf16_linear_outputs ? " (" + std::to_string(bf16_linear_outputs) + " written in bf16 by their Linear)" : "");
+         (bf16_linear_outputs ? " (" + std::to_string(bf16_linear_outputs) + " written in bf16 by their Linear)" : "") +
+         (gelu_grad_products ? ", " + std::to_string(gelu_grad_products) + " GELU gradients in product epilogues" : "");
 }
 
 Expected<FusionCounts> fuse_forward_graph(Graph& graph) {

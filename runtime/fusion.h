@@ -20,8 +20,9 @@ struct FusionCounts {
   int attention_packed = 0;  // of those, the ones reading their Q, K, V in place from one QKV tensor (pack_attention_qkv)
   int linear_cross_entropy = 0;  // head MatMul + SoftmaxCrossEntropyLoss -> LinearCrossEntropy (after the loss is attached)
   int linear = 0;  // MatMul [+ bias Add [+ Gelu]] or MatMul(X, Transpose(W)) -> Linear (fuse_linear)
-  int bf16_operands = 0;
-  int bf16_linear_outputs = 0;  // of those copies, the ones a Linear writes itself (runtime/bf16_operands.h)  // not a fusion: product operands given one shared bf16 copy (runtime/bf16_operands.h)
+  int bf16_operands = 0;  // not a fusion: product operands given one shared bf16 copy (runtime/bf16_operands.h)
+  int bf16_linear_outputs = 0;  // of those copies, the ones a Linear writes itself (runtime/bf16_operands.h)
+  int gelu_grad_products = 0;   // backward product + GeluGrad (+ bf16 copy, bias sum) -> GeluGradMatMul
   // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu, 1 linear cross-entropy, 40 shared bf16 operands"
   std::string summary() const;
 };
@@ -49,5 +50,10 @@ Status fuse_linear_cross_entropy(Graph& graph, const std::set<std::string>& keep
 // run by the CUDA backend as one cuBLASLt product with a bias / GELU epilogue. build_training_graph runs it after
 // fuse_linear_cross_entropy when TrainingGraphOptions::fuse_linear is set (from Backend::fuses_linear).
 Status fuse_linear(Graph& graph, const std::set<std::string>& keep, int* fused);
+// In a training graph (nodes from backward_begin on): FusedMatMul -> GeluGrad -> (bf16 copy, bias-gradient ReduceSum)
+// -> galvatron GeluGradMatMul, which the CUDA backend runs as one cuBLASLt product with a DGELU epilogue
+// (runtime/fuse_gelu_grad_product.cpp). build_training_graph runs it after share_bf16_operands when
+// TrainingGraphOptions::fuse_gelu_grad_product is set (from Backend::fuses_gelu_grad_product).
+Status fuse_gelu_grad_products(Graph& graph, size_t backward_begin, int* fused);
 
 }  // namespace gv

@@ -382,6 +382,9 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     GV_RETURN_IF_ERROR(share_bf16_operands(g, o.bf16_operand_options, &tg.backward_begin, &tg.fused.bf16_operands,
                                            &tg.fused.bf16_linear_outputs));
   }
+  if (o.fuse_gelu_grad_product) {
+    GV_RETURN_IF_ERROR(fuse_gelu_grad_products(g, tg.backward_begin, &tg.fused.gelu_grad_products));
+  }
   // Parameters the loss does not depend on have no gradient; like PyTorch (grad None) the optimizer skips them.
   std::vector<ValueId> trained;
   for (ValueId p : tg.params) {

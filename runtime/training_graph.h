@@ -57,6 +57,10 @@ struct TrainingGraphOptions {
   // autograd, whatever fuse_ops says). Set from Backend::shares_bf16_operands.
   bool bf16_operands = false;
   Bf16OperandOptions bf16_operand_options;  // which products and operands qualify (tests lower min_mn)
+  // The backward product into a GELU's output, the GELU's gradient and the layer's bias gradient as one galvatron
+  // GeluGradMatMul (runtime/fusion.h fuse_gelu_grad_products; after bf16_operands). Set from
+  // Backend::fuses_gelu_grad_product (the CUDA backend's cuBLASLt DGELU epilogue).
+  bool fuse_gelu_grad_product = false;
   // Parallel execution, as a plan lays it out (runtime knows groups of world ranks, not plans). Per parameter name:
   // how its gradient is combined across processes before the update. Parameters not listed: no communication
   // (or, with data_parallel, a mean over the whole world).

@@ -393,6 +393,38 @@ TEST_F(CudaKernels, LinearBf16) {
   check_linear([this](const Case& c) { check(c); }, false, 1e-2);
 }
 
+// galvatron GeluGradMatMul (the backward product into a GELU with the GELU and bias gradients): the cuBLASLt DGELU
+// path (bf16 mode, tanh, bf16 pre-activation and dP, width a multiple of 8; the bias gradient summed from the bf16
+// dP) and the product + passes fallback (erf GELU, float32 dP, other widths, float32
+// mode), against the CPU: bf16's 1e-2 where the GPU rounds, 1e-5 on the fallback in fp32 mode.
+TEST_F(CudaKernels, GeluGradMatMul) {
+  const std::string G = kGalvatronDomain;
+  auto bf16 = [](Tensor t) { return t.cast(DType::kBFloat16); };
+  auto a = [](int tb, const char* approx, int out) {
+    Attributes x;
+    x.set_int("transB", tb);
+    x.set_string("approximate", approx);
+    x.set_int("out_dtype", out);
+    return x;
+  };
+  {
+    PrecisionScope scope(*cuda_, "bf16");
+    // GPT-2's MLP: dY [.., 768] @ W_proj^T ([3072, 768] stored, transB) into the c_fc pre-activation's shape.
+    check({"GeluGradMatMul", {bf16(randn({4, 64, 96})), bf16(randn({256, 96})), bf16(randn({4, 64, 256}))},
+           a(1, "tanh", 16), 2, G, 20, {}, 1e-2});
+    check({"GeluGradMatMul", {randn({256, 64}), randn({64, 128}), bf16(randn({256, 128}))}, a(0, "tanh", 16), 2, G, 20,
+           {}, 1e-2});
+    check({"GeluGradMatMul", {bf16(randn({256, 64})), bf16(randn({64, 128})), bf16(randn({256, 128}))},
+           a(0, "tanh", 16), 1, G, 20, {}, 1e-2});  // no bias gradient: DGELU alone
+    check({"GeluGradMatMul", {bf16(randn({100, 48})), bf16(randn({48, 60})), randn({100, 60})}, a(0, "none", 1), 2, G, 20,
+           {}, 1e-2});  // erf, float32 dP and Pre: the fallback
+    check({"GeluGradMatMul", {bf16(randn({50, 24})), bf16(randn({20, 24})), bf16(randn({50, 20}))}, a(1, "tanh", 16), 2,
+           G, 20, {}, 1e-2});  // width 20: the fallback writing bf16
+  }
+  // fp32 mode with float32 operands: the float32 product, exact passes.
+  check({"GeluGradMatMul", {randn({2, 30, 40}), randn({40, 24}), randn({60, 24})}, a(0, "tanh", 1), 2, G});
+}
+
 // galvatron AttentionPacked / AttentionPackedGrad: the flash kernels reading Q, K, V (and writing dQ, dK, dV) in place
 // in one [B, S, 3 * H * D] tensor, against the CPU (bf16 mode: the flash path's 2e-2, as tests/cuda_attention_test.cpp);
 // the backward gets the CPU forward's Y and LSE. gpt-1.5b's heads of 50 (padded to 64 in the tiles) and GPT-2's 64.

@@ -215,6 +215,60 @@ TEST_P(ModelFusion, LinearFusionSameGradients) {
   }
 }
 
+// fuse_gelu_grad_products (the CUDA backend's DGELU_BGRAD epilogue), on a graph with Linear and shared bf16 operands
+// as the CUDA backend builds it in bf16: each tanh-GELU layer's backward product, GeluGrad, bf16 copy and bias sum
+// become one GeluGradMatMul; the loss and gradients equal those of the unfused graph (the bf16 copy of dP is the same
+// rounding of the same float32 values; the bias sums differ in order only), also with every layer checkpointed (the
+// pre-activation then recomputed after the product it used to follow).
+TEST_P(ModelFusion, GeluGradProductSameGradients) {
+  auto model = load(GetParam());
+  ASSERT_TRUE(model.has_value()) << model.status().message();
+  const int layers = model->graph.num_layers;
+  auto backend = make_cpu_backend();
+  auto run = [&](bool fuse, bool checkpoint, double* loss, int* fused) -> Expected<TensorMap> {
+    TrainerConfig cfg;
+    cfg.graph.fuse_linear = true;
+    cfg.graph.bf16_operands = true;
+    cfg.graph.bf16_operand_options.min_mn = 1;
+    cfg.graph.fuse_gelu_grad_product = fuse;
+    if (checkpoint) {
+      for (int l = 0; l < layers; ++l) cfg.graph.checkpoint_layers.insert(l);
+    }
+    cfg.graph.padding_idx = model->padding_idx;
+    GV_ASSIGN_OR_RETURN(auto trainer, Trainer::create(model->graph, cfg, *backend));
+    const Graph& g = trainer->training_graph().graph;
+    *fused = trainer->training_graph().fused.gelu_grad_products;
+    EXPECT_EQ(count_ops(g, "GeluGradMatMul"), *fused);
+    if (fuse && *fused > 0) {
+      for (const Node& n : g.nodes) {
+        if (n.op_type != "GeluGradMatMul") continue;
+        EXPECT_EQ(n.attrs.get_int("out_dtype", 0), 16) << n.name;  // it writes the shared bf16 copy
+        EXPECT_EQ(n.outputs.size(), 2u) << n.name;                  // and the bias gradient
+      }
+    }
+    return trainer->compute_gradients(model->batch, loss);
+  };
+  const std::string name = GetParam();
+  for (bool checkpoint : {false, true}) {
+    SCOPED_TRACE(checkpoint ? "checkpointed" : "plain");
+    double loss_plain = 0, loss_fused = 0;
+    int fused_plain = -1, fused = -1;
+    auto plain = run(false, checkpoint, &loss_plain, &fused_plain);
+    ASSERT_TRUE(plain.has_value()) << plain.status().message();
+    auto with = run(true, checkpoint, &loss_fused, &fused);
+    ASSERT_TRUE(with.has_value()) << with.status().message();
+    EXPECT_EQ(fused_plain, 0);
+    // GPT-2's gelu_new and the zoo gpt's tanh GELU: one per layer; BERT's erf GELU too (the CPU and the fallback
+    // take it; the GPU epilogue only the tanh form); Llama has no GELU.
+    EXPECT_EQ(fused, name.find("llama") != std::string::npos ? 0 : layers) << name;
+    EXPECT_EQ(loss_fused, loss_plain);
+    for (const auto& [param, g] : *plain) {
+      ASSERT_TRUE(with->count(param)) << param;
+      EXPECT_LE(relative_gap(with->at(param), g), 1e-5) << name << ": gradient of " << param;
+    }
+  }
+}
+
 // pack_attention_qkv (the CUDA flash kernels' packed heads): Split(QKV) -> AttentionWithLse becomes AttentionPacked
 // on the GPT models (one fused QKV product per layer), not on Llama's or BERT's separate projections; the loss and
 // gradients are bit-identical to the split graph's on the CPU.

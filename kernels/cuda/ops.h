@@ -76,7 +76,16 @@ enum class LinearAct { kNone, kGelu, kGeluTanh };  // GELU: exact (erf) or the t
 // (GALVATRON_CUDA_LT=0: off); the rest as a product and one bias + activation pass.
 bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, GemmOperand w, const float* bias,
                     LinearAct act, void* y, void* pre, bool out_bf16);
-// The path of the last linear_forward call (for the profiler): "lt bias+gelu", "lt bias", "gemm + bias/act", ...
+// galvatron GeluGradMatMul: dP[rows, n] = Gelu'(pre) * (dY[rows, k] @ op(W)), W [k, n] (or [n, k] with tb);
+// dbias[n] (optional) = the column sums of dP. Operands float32 or bf16 (gemm_mixed's rules); pre and dP float32 or
+// bf16; dbias float32. bf16 products with the tanh GELU, pre in dP's type and n % 8 == 0 run as one cuBLASLt product
+// with a DGELU epilogue, then column sums of the dP it wrote (cuBLASLt's DGELU_BGRAD, measured, was slower than the
+// unfused chain); otherwise the product into float32, the GELU gradient, the column sums (of the float32 dP) and the
+// rounding as passes.
+bool linear_gelu_backward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand dy, GemmOperand w, const void* pre,
+                          bool pre_bf16, bool tanh, void* dp, bool dp_bf16, float* dbias);
+// The path of the last linear_forward / linear_gelu_backward call (for the profiler): "lt bias+gelu", "lt bias",
+// "gemm + bias/act", "lt dgelu+bgrad", ...
 const char* linear_last_path();
 
 // ---- attention (kernels/cuda/attention.cu): ONNX Attention's 4-D and 3-D forms, kernels/cpu/attention.h's contract ----
@@ -194,6 +203,8 @@ bool reduce_sum_f32(const float* x, float* y, const Reduce& r, float scale);
 // dims): tiles of 128 columns (float4) by slabs of rows, partial sums per slab, then a double sum over the slabs in
 // order (deterministic).
 bool column_sums_f32(const float* x, float* y, int64_t rows, int64_t cols, float scale);
+// The same over bfloat16 elements (bits), summed in float32 (GeluGradMatMul's bias gradient from its bf16 dP).
+bool column_sums_bf16(const uint16_t* x, float* y, int64_t rows, int64_t cols, float scale);
 
 // ---- indexing ----
 // out[outer, n_idx, inner] = data[outer, idx[j], inner] (negative indices count from the end); idx int64 or int32.

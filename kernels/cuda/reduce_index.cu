@@ -67,8 +67,18 @@ __global__ void reduce_cols_finish(const float* part, float* y, int64_t kept, in
 // Sums over the leading rows of a row-major [rows, cols] x (the kept dims trailing and contiguous: bias gradients).
 // Block (32, 8): a tile of 32 * V columns (V = 4: float4 loads) by a slab of rows; the 8 row lanes stride through the
 // slab, then add up in a fixed order into part[slab, col]. Deterministic: no atomics.
-template <int V>
-__global__ void col_sums_partial(const float* __restrict__ x, int64_t rows, int64_t cols, int64_t rows_per_slab,
+// Loads of float32 or bf16 (bits) elements as float32: one, or four (16 / 8 bytes, aligned).
+__device__ __forceinline__ float load1(const float* x, int64_t i) { return x[i]; }
+__device__ __forceinline__ float load1(const uint16_t* x, int64_t i) { return detail::bf16_float(x[i]); }
+__device__ __forceinline__ float4 load4(const float* x, int64_t i) { return *reinterpret_cast<const float4*>(x + i); }
+__device__ __forceinline__ float4 load4(const uint16_t* x, int64_t i) {
+  const uint2 b = *reinterpret_cast<const uint2*>(x + i);
+  return make_float4(detail::bf16_float(b.x & 0xffffu), detail::bf16_float(b.x >> 16),
+                     detail::bf16_float(b.y & 0xffffu), detail::bf16_float(b.y >> 16));
+}
+
+template <typename T, int V>
+__global__ void col_sums_partial(const T* __restrict__ x, int64_t rows, int64_t cols, int64_t rows_per_slab,
                                  float* __restrict__ part) {
   __shared__ float sh[8][32 * V + 1];
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x) * V;
@@ -81,8 +91,8 @@ __global__ void col_sums_partial(const float* __restrict__ x, int64_t rows, int6
     int64_t r = r0 + threadIdx.y;
     if constexpr (V == 4) {
       for (; r + 8 < r1; r += 16) {  // two independent loads in flight
-        const float4 a = *reinterpret_cast<const float4*>(x + r * cols + c0);
-        const float4 b = *reinterpret_cast<const float4*>(x + (r + 8) * cols + c0);
+        const float4 a = load4(x, r * cols + c0);
+        const float4 b = load4(x, (r + 8) * cols + c0);
         acc[0] += a.x;
         acc[1] += a.y;
         acc[2] += a.z;
@@ -93,14 +103,14 @@ __global__ void col_sums_partial(const float* __restrict__ x, int64_t rows, int6
         acc[3] += b.w;
       }
       for (; r < r1; r += 8) {
-        const float4 a = *reinterpret_cast<const float4*>(x + r * cols + c0);
+        const float4 a = load4(x, r * cols + c0);
         acc[0] += a.x;
         acc[1] += a.y;
         acc[2] += a.z;
         acc[3] += a.w;
       }
     } else {
-      for (; r < r1; r += 8) acc[0] += x[r * cols + c0];
+      for (; r < r1; r += 8) acc[0] += load1(x, r * cols + c0);
     }
   }
 #pragma unroll
@@ -183,10 +193,13 @@ bool run_gather(const void* data, const void* idx, bool idx64, void* out, int64_
 
 }  // namespace
 
-bool column_sums_f32(const float* x, float* y, int64_t rows, int64_t cols, float scale) {
+namespace {
+
+template <typename T>
+bool column_sums(const T* x, float* y, int64_t rows, int64_t cols, float scale) {
   if (cols == 0) return true;
   if (rows == 0) return cudaMemsetAsync(y, 0, sizeof(float) * cols, 0) == cudaSuccess;
-  const bool vec = cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  const bool vec = cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % (4 * sizeof(T)) == 0;
   const int64_t tile = vec ? 128 : 32;
   const int64_t tiles = (cols + tile - 1) / tile;
   // Slabs: enough blocks for ~2 waves of 8 resident blocks per SM, each slab at least 64 rows (8 per row lane).
@@ -202,10 +215,20 @@ bool column_sums_f32(const float* x, float* y, int64_t rows, int64_t cols, float
   float* part = static_cast<float*>(workspace(sizeof(float) * slabs * cols));
   if (!part) return false;
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(slabs)), block(32, 8);
-  if (vec) col_sums_partial<4><<<grid, block>>>(x, rows, cols, per, part);
-  else col_sums_partial<1><<<grid, block>>>(x, rows, cols, per, part);
+  if (vec) col_sums_partial<T, 4><<<grid, block>>>(x, rows, cols, per, part);
+  else col_sums_partial<T, 1><<<grid, block>>>(x, rows, cols, per, part);
   col_sums_finish<<<static_cast<unsigned>((cols + 31) / 32), block>>>(part, slabs, cols, y, scale);
   return launched();
+}
+
+}  // namespace
+
+bool column_sums_f32(const float* x, float* y, int64_t rows, int64_t cols, float scale) {
+  return column_sums<float>(x, y, rows, cols, scale);
+}
+
+bool column_sums_bf16(const uint16_t* x, float* y, int64_t rows, int64_t cols, float scale) {
+  return column_sums<uint16_t>(x, y, rows, cols, scale);
 }
 
 bool reduce_sum_f32(const float* x, float* y, const Reduce& r, float scale) {

@@ -19,6 +19,8 @@ void register_loss_ops(OpRegistry& r);     // loss_ops.cpp: SoftmaxCrossEntropyL
 // linear_cross_entropy_ops.cpp: galvatron LinearCrossEntropy (head product + loss in chunks) and its grad
 void register_linear_cross_entropy_ops(OpRegistry& r);
 void register_linear_ops(OpRegistry& r);  // math_linear.cpp: galvatron Linear (product + bias + activation)
+// math_gelu_grad_product.cpp: galvatron GeluGradMatMul (backward product + GELU gradient + bias gradient)
+void register_gelu_grad_product_ops(OpRegistry& r);
 
 // Resolves a possibly negative axis in place; false when it is outside [-rank, rank).
 inline bool normalize_axis(int64_t& axis, int64_t rank) {

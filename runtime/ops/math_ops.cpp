@@ -14,6 +14,7 @@ void register_math_ops(OpRegistry& r) {
   math::register_loss_ops(r);
   math::register_linear_cross_entropy_ops(r);
   math::register_linear_ops(r);
+  math::register_gelu_grad_product_ops(r);
 }
 
 }  // namespace gv
