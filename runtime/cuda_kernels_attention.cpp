@@ -132,7 +132,8 @@ Status attention_grad_cuda(KernelContext& ctx) {
 
 
 // galvatron AttentionPacked / AttentionPackedGrad: the sizes from QKV [B, S, 3 * H * D]; false where the flash
-// kernels do not take them (the fallback runs the CPU kernels).
+// kernels do not take them (the fallback runs the CPU kernels). Where cuDNN's fused attention takes the shape (both
+// directions), it runs instead of the flash kernels (kernels/cuda/cudnn_attention.cpp).
 bool packed_dims(const KernelContext& ctx, bool backward, cuda::AttentionDims& d, AttentionForm& f) {
   const TensorRef& qkv = ctx.inputs[0];
   if (qkv.data == nullptr || qkv.dtype != DType::kFloat32 || qkv.rank() != 3) return false;
@@ -154,6 +155,9 @@ Status attention_packed_cuda(KernelContext& ctx) {
   if (!packed_dims(ctx, false, d, f) || ctx.outputs.size() != 2) return cuda_fallback_kernel(ctx);
   const TensorRef &y = ctx.outputs[0], &lse = ctx.outputs[1];
   if (!output_ok(y, f.y_shape()) || !output_ok(lse, {f.batch, f.q_heads, f.q_len})) return cuda_fallback_kernel(ctx);
+  if (cuda::cudnn_attention_supported(d, true)) {  // cuDNN's fused attention where it takes both directions
+    return launch(ctx, cuda::cudnn_attention_packed_f32(d, ctx.inputs[0].as<float>(), y.as<float>(), lse.as<float>()));
+  }
   return launch(ctx, cuda::flash_attention_packed_f32(d, ctx.inputs[0].as<float>(), y.as<float>(), lse.as<float>()));
 }
 
@@ -168,6 +172,10 @@ Status attention_packed_grad_cuda(KernelContext& ctx) {
   if (!output_ok(dqkv, ctx.inputs[0].shape) || dy.dtype != DType::kFloat32 || dy.shape != ys ||
       y.dtype != DType::kFloat32 || y.shape != ys || lse.dtype != DType::kFloat32 || lse.shape != ls) {
     return cuda_fallback_kernel(ctx);
+  }
+  if (cuda::cudnn_attention_supported(d, true)) {
+    return launch(ctx, cuda::cudnn_attention_packed_grad_f32(d, ctx.inputs[0].as<float>(), dy.as<float>(),
+                                                             y.as<float>(), lse.as<float>(), dqkv.as<float>()));
   }
   return launch(ctx, cuda::flash_attention_packed_grad_f32(d, ctx.inputs[0].as<float>(), dy.as<float>(),
                                                            y.as<float>(), lse.as<float>(), dqkv.as<float>()));

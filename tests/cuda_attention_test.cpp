@@ -523,6 +523,99 @@ TEST_F(CudaAttention, FlashLayoutTiming) {
   }
 }
 
+// cuDNN's fused attention on packed QKV (kernels/cuda/cudnn_attention.cpp) against the flash kernels on the same
+// inputs: Y, LSE and dQKV (each backward fed its own forward's Y and LSE) within bf16's 2e-2; both per-call times at
+// the bench's shapes. gpt-1.5b's heads of 50 go through cuDNN padded to 56. (The CPU reference of the same op, which
+// the runtime now sends to cuDNN: CudaKernels.AttentionPackedBf16.)
+TEST_F(CudaAttention, CudnnPackedAgainstFlash) {
+  if (!cuda::cudnn_attention_enabled()) GTEST_SKIP() << "built without the cuDNN frontend (or switched off)";
+  PrecisionScope scope(*cuda_, "bf16");
+  struct Shape4 {
+    const char* name;
+    int64_t b, h, s, d;
+    bool causal, timed;
+  };
+  for (const Shape4& sh : {Shape4{"B2 S130 H4 D50 causal", 2, 4, 130, 50, true, false},
+                           Shape4{"B1 S256 H3 D64", 1, 3, 256, 64, false, false},
+                           Shape4{"GPT-2 b8", 8, 12, 1024, 64, true, true},
+                           Shape4{"gpt-1.5b b4", 4, 32, 1024, 50, true, true}}) {
+    SCOPED_TRACE(sh.name);
+    cuda::AttentionDims d;
+    d.batch = sh.b;
+    d.q_heads = d.kv_heads = sh.h;
+    d.q_len = d.kv_len = sh.s;
+    d.head_dim = d.v_head_dim = sh.d;
+    d.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(sh.d)));
+    d.causal = sh.causal;
+    d.seq_major = true;
+    ASSERT_TRUE(cuda::cudnn_attention_supported(d, true)) << "cuDNN declined the shape";
+    const int64_t nqkv = sh.b * sh.s * 3 * sh.h * sh.d, ny = sh.b * sh.s * sh.h * sh.d, nl = sh.b * sh.h * sh.s;
+    // [path][qkv dy y lse dqkv]
+    float* buf[2][5];
+    const int64_t sizes[5] = {nqkv, ny, ny, nl, nqkv};
+    Tensor qkv = randn({nqkv}), dy = randn({ny});
+    for (auto& b : buf) {
+      for (int i = 0; i < 5; ++i) ASSERT_TRUE(cuda::malloc_device(reinterpret_cast<void**>(&b[i]), sizes[i] * 4));
+      ASSERT_TRUE(cuda::memcpy_h2d(b[0], qkv.data(), nqkv * 4));
+      ASSERT_TRUE(cuda::memcpy_h2d(b[1], dy.data(), ny * 4));
+    }
+    auto fwd = [&](int p) {
+      float* const* b = buf[p];
+      return p == 0 ? cuda::flash_attention_packed_f32(d, b[0], b[2], b[3])
+                    : cuda::cudnn_attention_packed_f32(d, b[0], b[2], b[3]);
+    };
+    auto bwd = [&](int p) {
+      float* const* b = buf[p];
+      return p == 0 ? cuda::flash_attention_packed_grad_f32(d, b[0], b[1], b[2], b[3], b[4])
+                    : cuda::cudnn_attention_packed_grad_f32(d, b[0], b[1], b[2], b[3], b[4]);
+    };
+    auto time_ms = [&](const std::function<bool()>& f) {
+      for (int w = 0; w < 3; ++w) EXPECT_TRUE(f());
+      void* a = cuda::event_record();
+      for (int r = 0; r < 20; ++r) EXPECT_TRUE(f());
+      void* b = cuda::event_record();
+      const float ms = cuda::event_elapsed_ms(a, b) / 20;
+      cuda::event_destroy(a);
+      cuda::event_destroy(b);
+      return ms;
+    };
+    double ms[2][2] = {};
+    std::vector<float> out[2][3];
+    for (int p = 0; p < 2; ++p) {
+      ASSERT_TRUE(fwd(p)) << cuda::last_error();
+      ASSERT_TRUE(bwd(p)) << cuda::last_error();
+      if (sh.timed) {
+        ms[p][0] = time_ms([&] { return fwd(p); });
+        ms[p][1] = time_ms([&] { return bwd(p); });
+      }
+      ASSERT_TRUE(cuda::synchronize()) << cuda::last_error();
+      const int idx[3] = {2, 3, 4};
+      for (int o = 0; o < 3; ++o) {
+        out[p][o].resize(sizes[idx[o]]);
+        ASSERT_TRUE(cuda::memcpy_d2h(out[p][o].data(), buf[p][idx[o]], sizes[idx[o]] * 4));
+      }
+    }
+    const char* names[3] = {"Y", "LSE", "dQKV"};
+    for (int o = 0; o < 3; ++o) {
+      double num = 0, den = 0;
+      for (size_t i = 0; i < out[0][o].size(); ++i) {
+        const double x = out[0][o][i], y = out[1][o][i];
+        num += (x - y) * (x - y);
+        den += x * x;
+      }
+      const double rel = std::sqrt(num / std::max(den, 1e-30));
+      EXPECT_LE(rel, 2e-2) << names[o] << ": cuDNN vs flash relative difference " << rel;
+      std::printf("[ cudnn ] %s %s: cuDNN vs flash relative difference %.3g\n", sh.name, names[o], rel);
+    }
+    if (sh.timed) {
+      std::printf("[ cudnn ] %s per call: flash forward %.3f ms, backward %.3f ms; cuDNN forward %.3f ms, backward "
+                  "%.3f ms\n", sh.name, ms[0][0], ms[0][1], ms[1][0], ms[1][1]);
+    }
+    for (auto& b : buf)
+      for (float* q : b) cuda::free_device(q);
+  }
+}
+
 // GPT-2 124M's shape at batch 1 (one batch row of the bench's b8), fp32: the workspace and products at size.
 TEST_F(CudaAttention, Gpt2Shape) {
   both("GPT-2 B1 H12 S=L=1024 D64 causal", {1, 12, 12, 1024, 1024, 64, 64}, true, Tensor(), 1e-5);

@@ -426,8 +426,9 @@ TEST_F(CudaKernels, GeluGradMatMul) {
 }
 
 // galvatron AttentionPacked / AttentionPackedGrad: the flash kernels reading Q, K, V (and writing dQ, dK, dV) in place
-// in one [B, S, 3 * H * D] tensor, against the CPU (bf16 mode: the flash path's 2e-2, as tests/cuda_attention_test.cpp);
-// the backward gets the CPU forward's Y and LSE. gpt-1.5b's heads of 50 (padded to 64 in the tiles) and GPT-2's 64.
+// in one [B, S, 3 * H * D] tensor, and cuDNN's fused attention (the default where it is built), against the CPU
+// (bf16 mode: the flash path's 2e-2, as tests/cuda_attention_test.cpp); the backward gets the CPU forward's Y and LSE.
+// gpt-1.5b's heads of 50 (padded to 64 in the flash tiles, to 56 for cuDNN) and GPT-2's 64.
 TEST_F(CudaKernels, AttentionPackedBf16) {
   PrecisionScope scope(*cuda_, "bf16");
   const std::string G = kGalvatronDomain;
@@ -435,18 +436,31 @@ TEST_F(CudaKernels, AttentionPackedBf16) {
     int64_t b, s, h, d;
     int causal;
   };
-  for (const Shape4& c : {Shape4{2, 130, 4, 50, 1}, Shape4{1, 256, 3, 64, 0}, Shape4{2, 67, 2, 64, 1}}) {
-    Attributes a = attrs({{"num_heads", c.h}, {"is_causal", c.causal}});
-    const Tensor qkv = randn({c.b, c.s, 3 * c.h * c.d});
-    const int64_t before = cuda::flash_attention_calls();
-    check({"AttentionPacked", {qkv}, a, 2, G, 20, {}, 2e-2});
-    Case fwd{"AttentionPacked", {qkv}, a, 2, G};
-    auto ref = run_case(fwd, *cpu_);
-    ASSERT_TRUE(ref.has_value()) << ref.status().message();
-    check({"AttentionPackedGrad", {qkv, randn({c.b, c.s, c.h * c.d}), ref->outputs[0], ref->outputs[1]}, a, 1, G, 20,
-           {}, 2e-2});
-    EXPECT_EQ(cuda::flash_attention_calls() - before, 2) << "the flash kernels did not take the packed form";
+  for (bool cudnn : {false, true}) {
+    SCOPED_TRACE(cudnn ? "cuDNN" : "flash");
+    setenv("GALVATRON_CUDA_CUDNN_ATTENTION", cudnn ? "1" : "0", 1);
+    if (cudnn && !cuda::cudnn_attention_enabled()) {
+      std::printf("[ skipped ] cuDNN attention: not built\n");
+      continue;
+    }
+    for (const Shape4& c : {Shape4{2, 130, 4, 50, 1}, Shape4{1, 256, 3, 64, 0}, Shape4{2, 67, 2, 64, 1}}) {
+      Attributes a = attrs({{"num_heads", c.h}, {"is_causal", c.causal}});
+      const Tensor qkv = randn({c.b, c.s, 3 * c.h * c.d});
+      const int64_t before = cuda::flash_attention_calls();
+      check({"AttentionPacked", {qkv}, a, 2, G, 20, {}, 2e-2});
+      Case fwd{"AttentionPacked", {qkv}, a, 2, G};
+      auto ref = run_case(fwd, *cpu_);
+      ASSERT_TRUE(ref.has_value()) << ref.status().message();
+      check({"AttentionPackedGrad", {qkv, randn({c.b, c.s, c.h * c.d}), ref->outputs[0], ref->outputs[1]}, a, 1, G,
+             20, {}, 2e-2});
+      // cuDNN takes these shapes, or the flash kernels do: never the CPU fallback.
+      EXPECT_EQ(cuda::flash_attention_calls() - before, cudnn ? 0 : 2) << "the expected kernels did not run";
+    }
   }
+  for (const std::string& op : cuda_fallback_ops()) {
+    EXPECT_EQ(op.find("AttentionPacked"), std::string::npos) << op << " took the CUDA fallback";
+  }
+  unsetenv("GALVATRON_CUDA_CUDNN_ATTENTION");
 }
 
 // --precision bf16 / tf32: the products' operands rounded to bf16 / tf32 inside cuBLAS, float32 accumulation,

@@ -127,6 +127,18 @@ bool flash_attention_grad_f32(const AttentionDims& d, const float* q, const floa
 bool flash_attention_packed_f32(const AttentionDims& d, const float* qkv, float* y, float* lse);
 bool flash_attention_packed_grad_f32(const AttentionDims& d, const float* qkv, const float* dy, const float* y,
                                      const float* lse, float* dqkv);
+// The same through cuDNN's fused attention (kernels/cuda/cudnn_attention.cpp; built where the cuDNN frontend headers
+// are found, GALVATRON_CUDA_CUDNN_ATTENTION=0 off): bf16 copies of QKV, Y, dY and dQKV with heads padded to a multiple
+// of 8; LSE is cuDNN's (the same natural log-sum-exp). cudnn_attention_supported builds (and caches) the shape's graphs
+// and says whether cuDNN takes the forward (and the backward); the calls return false where it does not.
+bool cudnn_attention_enabled();
+bool cudnn_attention_supported(const AttentionDims& d, bool backward);
+bool cudnn_attention_packed_f32(const AttentionDims& d, const float* qkv, float* y, float* lse);
+bool cudnn_attention_packed_grad_f32(const AttentionDims& d, const float* qkv, const float* dy, const float* y,
+                                     const float* lse, float* dqkv);
+// float32 rows of `heads` heads of d elements <-> bf16 heads padded to dp elements (zeros in the padding).
+bool pack_heads_bf16(const float* src, int64_t heads, int64_t d, int64_t dp, uint16_t* dst);
+bool unpack_heads_f32(const uint16_t* src, int64_t heads, int64_t d, int64_t dp, float* dst);
 // Debug counter: successful flash launches (forward and backward calls) in this process.
 int64_t flash_attention_calls();
 
