@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <map>
 
+#include "runtime/bias_sum.h"
 #include "runtime/op_registry.h"
 
 namespace gv {
@@ -51,10 +52,37 @@ struct Use {
   int slot;
 };
 
+bool is_attention_packed_grad(const Node& n) {
+  return n.op_type == "AttentionPackedGrad" && n.domain == kGalvatronDomain && n.outputs.size() == 1;
+}
+
+// Bias-gradient sums of a value that has a bf16 copy read the copy instead (galvatron BiasGrad, keepdims: the
+// ReduceSum's own output value and shape), where the copy is made before the sum: half the bytes, and the float32
+// value may then have no reader but its Cast. Not for GeluGrad outputs: fuse_gelu_grad_products takes those whole.
+// The sums then add bf16-rounded values, as autocast's bf16 output gradients give.
+void bias_sums_read_copies(Graph& graph, const std::map<ValueId, ValueId>& copy_of) {
+  for (NodeId id = 0; id < static_cast<NodeId>(graph.nodes.size()); ++id) {
+    Node& n = graph.nodes[id];
+    if (n.op_type != "ReduceSum" || n.inputs.empty()) continue;
+    const ValueId v = n.inputs[0];
+    auto it = copy_of.find(v);
+    if (it == copy_of.end() || !is_bias_sum(graph, n, v)) continue;
+    const NodeId src = graph.value(v).producer;
+    if (src >= 0 && graph.nodes[src].op_type == "GeluGrad") continue;
+    if (graph.value(it->second).producer >= id) continue;  // the copy comes later
+    n.op_type = "BiasGrad";
+    n.domain = kGalvatronDomain;
+    n.opset = 1;
+    n.attrs = Attributes();
+    n.attrs.set_int("keepdims", 1);
+    n.inputs = {it->second};
+  }
+}
+
 // A copy of a Linear's output that nothing else reads: the Linear writes the bf16 values itself (out_dtype), with its
-// pre-activation in bf16 too when only GeluGrad nodes read that (as PyTorch's autocast keeps it). The Cast and the
-// float32 output go.
-Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded) {
+// pre-activation in bf16 too when only GeluGrad nodes read that (as PyTorch's autocast keeps it). The same for an
+// AttentionPackedGrad's dQKV (counted in *attention_grads). The Cast and the float32 output go.
+Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded, int* attention_grads) {
   const std::vector<int> uses = graph.use_counts();
   std::vector<char> is_output(graph.values.size(), 0);
   for (ValueId o : graph.outputs) is_output[o] = 1;
@@ -74,7 +102,17 @@ Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded) {
     if (cast.op_type != "Cast" || !cast.domain.empty() || cast.name.rfind("bf16_copy/", 0) != 0) continue;
     const ValueId v = cast.inputs[0];
     const NodeId p = graph.value(v).producer;
-    if (p < 0 || uses[v] != 1 || is_output[v] || !is_linear(graph.nodes[p]) || graph.nodes[p].outputs[0] != v) continue;
+    if (p < 0 || uses[v] != 1 || is_output[v] || graph.nodes[p].outputs[0] != v) continue;
+    if (is_attention_packed_grad(graph.nodes[p])) {
+      // dQKV, read only by its copy (the QKV product's dX and dW, the bias sum): the attention backward writes bf16.
+      graph.nodes[p].attrs.set_int("out_dtype", kOnnxBFloat16);
+      graph.nodes[p].outputs[0] = cast.outputs[0];
+      gone[id] = 1;
+      if (boundary && static_cast<size_t>(id) < *boundary) ++removed_before_boundary;
+      ++*attention_grads;
+      continue;
+    }
+    if (!is_linear(graph.nodes[p])) continue;
     Node& lin = graph.nodes[p];
     if (lin.outputs.size() > 1) {
       const ValueId pre = lin.outputs[1];
@@ -88,7 +126,7 @@ Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded) {
     if (boundary && static_cast<size_t>(id) < *boundary) ++removed_before_boundary;
     ++count;
   }
-  if (count == 0) return Status::ok();
+  if (std::find(gone.begin(), gone.end(), 1) == gone.end()) return Status::ok();
   graph.erase_nodes(gone);
   if (boundary) *boundary -= removed_before_boundary;
   *folded += count;
@@ -98,7 +136,9 @@ Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded) {
 }  // namespace
 
 Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size_t* boundary, int* copies,
-                           int* linear_outputs) {
+                           int* linear_outputs, int* attention_grads) {
+  int unused = 0;
+  if (!attention_grads) attention_grads = &unused;
   const OpRegistry& reg = OpRegistry::global();
   // Values some node writes in place (an output-less node that is not read-only): a copy made before such a write
   // would go stale.
@@ -126,6 +166,7 @@ Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size
   }
   // Each copy goes right before its first reader: new nodes by the index they precede.
   std::map<NodeId, std::vector<Node>> before;
+  std::map<ValueId, ValueId> copy_of;
   int made = 0;
   for (auto& [v, list] : uses) {
     if (list.size() < 2) continue;
@@ -135,6 +176,7 @@ Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size
     copy.dtype = DType::kBFloat16;
     copy.shape = graph.value(v).shape;
     const ValueId c = graph.add_value(std::move(copy));
+    copy_of[v] = c;
     Node cast;
     cast.name = graph.unique_name("bf16_copy/" + graph.value(v).name);
     cast.op_type = "Cast";
@@ -176,7 +218,8 @@ Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size
   graph.reindex();
   if (boundary) *boundary += inserted_before_boundary;
   *copies += made;
-  return fold_linear_outputs(graph, boundary, linear_outputs);
+  bias_sums_read_copies(graph, copy_of);
+  return fold_linear_outputs(graph, boundary, linear_outputs, attention_grads);
 }
 
 }  // namespace gv

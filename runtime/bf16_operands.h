@@ -26,8 +26,10 @@ struct Bf16OperandOptions {
 // *boundary (optional; a node index such as TrainingGraph::backward_begin) moves by the number of nodes inserted
 // (or removed) before it. Adds the number of copies made to *copies. A copy of a galvatron Linear's output that
 // nothing else reads is then written by the Linear itself in bf16 (out_dtype; its pre-activation too, when only
-// GeluGrad reads that): the number of such Linears is added to *linear_outputs.
+// GeluGrad reads that): the number of such Linears is added to *linear_outputs; likewise a galvatron
+// AttentionPackedGrad's dQKV (counted in *attention_grads, optional). Bias-gradient sums (ReduceSum over the leading
+// axes) of a copied value read the copy instead (galvatron BiasGrad): they no longer keep the float32 value alive.
 Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size_t* boundary, int* copies,
-                           int* linear_outputs);
+                           int* linear_outputs, int* attention_grads = nullptr);
 
 }  // namespace gv

@@ -169,16 +169,23 @@ Status attention_packed_grad_cuda(KernelContext& ctx) {
   }
   const TensorRef &dy = ctx.inputs[1], &y = ctx.inputs[2], &lse = ctx.inputs[3], &dqkv = ctx.outputs[0];
   const Shape ys = f.y_shape(), ls = {f.batch, f.q_heads, f.q_len};
-  if (!output_ok(dqkv, ctx.inputs[0].shape) || dy.dtype != DType::kFloat32 || dy.shape != ys ||
-      y.dtype != DType::kFloat32 || y.shape != ys || lse.dtype != DType::kFloat32 || lse.shape != ls) {
+  const bool bf16 = dqkv.dtype == DType::kBFloat16;  // out_dtype 16: the QKV product's bf16 copy of dQKV
+  if (!(bf16 ? dqkv.data && dqkv.shape == ctx.inputs[0].shape : output_ok(dqkv, ctx.inputs[0].shape)) ||
+      dy.dtype != DType::kFloat32 || dy.shape != ys || y.dtype != DType::kFloat32 || y.shape != ys ||
+      lse.dtype != DType::kFloat32 || lse.shape != ls) {
     return cuda_fallback_kernel(ctx);
   }
+  const float* qkv = ctx.inputs[0].as<float>();
   if (cuda::cudnn_attention_supported(d, true)) {
-    return launch(ctx, cuda::cudnn_attention_packed_grad_f32(d, ctx.inputs[0].as<float>(), dy.as<float>(),
-                                                             y.as<float>(), lse.as<float>(), dqkv.as<float>()));
+    return launch(ctx, cuda::cudnn_attention_packed_grad(d, qkv, dy.as<float>(), y.as<float>(), lse.as<float>(),
+                                                         dqkv.data, bf16));
   }
-  return launch(ctx, cuda::flash_attention_packed_grad_f32(d, ctx.inputs[0].as<float>(), dy.as<float>(),
-                                                           y.as<float>(), lse.as<float>(), dqkv.as<float>()));
+  if (bf16) {
+    return launch(ctx, cuda::flash_attention_packed_grad_bf16(d, qkv, dy.as<float>(), y.as<float>(), lse.as<float>(),
+                                                              static_cast<uint16_t*>(dqkv.data)));
+  }
+  return launch(ctx, cuda::flash_attention_packed_grad_f32(d, qkv, dy.as<float>(), y.as<float>(), lse.as<float>(),
+                                                           dqkv.as<float>()));
 }
 
 }  // namespace

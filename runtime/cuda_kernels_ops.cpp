@@ -572,6 +572,18 @@ Status gelu_grad_matmul_cuda(KernelContext& ctx) {
   return launch(ctx, ok);
 }
 
+// galvatron BiasGrad (runtime/ops/math_bias_grad.cpp): column sums of a float32 or bf16 dY into float32.
+Status bias_grad_cuda(KernelContext& ctx) {
+  const TensorRef &dy = ctx.inputs[0], &db = ctx.outputs[0];
+  if (!is_f32(db) || dy.shape.empty()) return cuda_fallback_kernel(ctx);
+  const int64_t n = dy.shape.back(), rows = n > 0 ? dy.numel() / n : 0;
+  if (dy.dtype == DType::kFloat32) return launch(ctx, cuda::column_sums_f32(dy.as<float>(), db.as<float>(), rows, n, 1));
+  if (dy.dtype == DType::kBFloat16) {
+    return launch(ctx, cuda::column_sums_bf16(static_cast<const uint16_t*>(dy.data), db.as<float>(), rows, n, 1));
+  }
+  return cuda_fallback_kernel(ctx);
+}
+
 Status gemm_cuda(KernelContext& ctx) {
   if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
   const TensorRef &a = ctx.inputs[0], &b = ctx.inputs[1], &y = ctx.outputs[0];
@@ -1009,6 +1021,7 @@ void register_cuda_kernels(OpRegistry& r) {
   set("", "Gemm", cuda_profiled<gemm_cuda>);
   set(G, "FusedMatMul", cuda_profiled<fused_matmul_cuda>);
   set(G, "GeluGradMatMul", cuda_profiled<gelu_grad_matmul_cuda>);
+  set(G, "BiasGrad", cuda_profiled<bias_grad_cuda>);
   set(G, "Linear", cuda_profiled<linear_cuda>);
   set("", "Softmax", cuda_profiled<softmax_cuda<false>>);
   set("", "LogSoftmax", cuda_profiled<softmax_cuda<true>>);

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/bias_sum.h"
 #include "runtime/fusion.h"
 #include "runtime/op_registry.h"
 
@@ -21,20 +22,6 @@ namespace gv {
 namespace {
 
 bool is_galvatron(const Node& n, const char* op) { return n.op_type == op && n.domain == kGalvatronDomain; }
-
-// A ReduceSum of `v` (rank r) over axes 0 .. r-2 with keepdims (the bias gradient sum_to_shape emits).
-bool is_bias_sum(const Graph& g, const Node& n, ValueId v) {
-  if (n.op_type != "ReduceSum" || !n.domain.empty() || n.inputs.size() != 2 || n.inputs[0] != v) return false;
-  if (n.attrs.get_int("keepdims", 1) != 1 || !g.is_constant(n.inputs[1])) return false;
-  const int64_t r = static_cast<int64_t>(g.value(v).shape.size());
-  std::vector<int64_t> axes = g.value(n.inputs[1]).data.to_i64_vector();
-  for (int64_t& a : axes) a = a < 0 ? a + r : a;
-  std::sort(axes.begin(), axes.end());
-  if (static_cast<int64_t>(axes.size()) != r - 1) return false;
-  for (int64_t i = 0; i < r - 1; ++i)
-    if (axes[i] != i) return false;
-  return true;
-}
 
 bool is_bf16_copy(const Node& n) {
   return n.op_type == "Cast" && n.domain.empty() && n.attrs.get_int("to", 0) == 16 &&

@@ -14,6 +14,7 @@ std::string FusionCounts::summary() const {
          (linear ? ", " + std::to_string(linear) + " linear" : "") +
          (bf16_operands ? ", " + std::to_string(bf16_operands) + " shared bf16 operands" : "") +
          (bf16_linear_outputs ? " (" + std::to_string(bf16_linear_outputs) + " written in bf16 by their Linear)" : "") +
+         (bf16_attention_grads ? ", " + std::to_string(bf16_attention_grads) + " dQKV written in bf16" : "") +
          (gelu_grad_products ? ", " + std::to_string(gelu_grad_products) + " GELU gradients in product epilogues" : "");
 }
 

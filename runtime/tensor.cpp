@@ -50,21 +50,6 @@ uint16_t float_to_half(float f) {
   return static_cast<uint16_t>(sign | (exp << 10) | mant);
 }
 
-float bf16_to_float(uint16_t b) {
-  uint32_t x = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
-
-uint16_t float_to_bf16(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  if (std::isnan(f)) return 0x7fc0;
-  uint32_t rounding = 0x7fff + ((x >> 16) & 1);
-  return static_cast<uint16_t>((x + rounding) >> 16);
-}
-
 double load_as_double(const void* p, DType t, int64_t i) {
   switch (t) {
     case DType::kFloat32: return static_cast<const float*>(p)[i];
@@ -114,6 +99,21 @@ void store_from(void* dst, DType to, int64_t i, T v) {
 }
 
 }  // namespace
+
+float bf16_to_float(uint16_t b) {
+  uint32_t x = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
+uint16_t float_to_bf16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if (std::isnan(f)) return 0x7fc0;
+  uint32_t rounding = 0x7fff + ((x >> 16) & 1);
+  return static_cast<uint16_t>((x + rounding) >> 16);
+}
 
 void convert_elements(const void* src, DType from, void* dst, DType to, int64_t n) {
   if (n <= 0) return;

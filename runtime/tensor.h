@@ -54,6 +54,10 @@ class Tensor {
   std::shared_ptr<uint8_t[]> buf_;
 };
 
+// One bfloat16 value (bits) as float32 (exact), and a float32 rounded to bfloat16 (nearest even; NaN stays NaN).
+float bf16_to_float(uint16_t b);
+uint16_t float_to_bf16(float f);
+
 // Converts between element types (all supported dtypes; float16/bfloat16 round to nearest even).
 void convert_elements(const void* src, DType from, void* dst, DType to, int64_t n);
 

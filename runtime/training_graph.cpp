@@ -380,7 +380,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   GV_RETURN_IF_ERROR(rematerialize_marked_nodes(g, tg.backward_begin));
   if (o.bf16_operands) {
     GV_RETURN_IF_ERROR(share_bf16_operands(g, o.bf16_operand_options, &tg.backward_begin, &tg.fused.bf16_operands,
-                                           &tg.fused.bf16_linear_outputs));
+                                           &tg.fused.bf16_linear_outputs, &tg.fused.bf16_attention_grads));
   }
   if (o.fuse_gelu_grad_product) {
     GV_RETURN_IF_ERROR(fuse_gelu_grad_products(g, tg.backward_begin, &tg.fused.gelu_grad_products));

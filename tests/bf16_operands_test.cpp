@@ -200,7 +200,7 @@ TEST_P(ModelBf16Operands, EveryProductOperandConvertedOnceSameGradientsWithinBf1
 
   const Graph& g = *g16;
   const FusionCounts& fc = t16->training_graph().fused;
-  EXPECT_EQ(fc.bf16_operands - fc.bf16_linear_outputs, count_casts(g) - count_casts(*g32));
+  EXPECT_EQ(fc.bf16_operands - fc.bf16_linear_outputs - fc.bf16_attention_grads, count_casts(g) - count_casts(*g32));
   if (std::get<1>(GetParam()) && model == "gpt-tiny") {
     // The MLP's c_fc Linear (its GELU output read only by c_proj's products) writes bf16 itself, pre-activation too.
     EXPECT_EQ(fc.bf16_linear_outputs, im->graph.num_layers);
@@ -214,7 +214,8 @@ TEST_P(ModelBf16Operands, EveryProductOperandConvertedOnceSameGradientsWithinBf1
   } else if (!std::get<1>(GetParam())) {
     EXPECT_EQ(fc.bf16_linear_outputs, 0);
   }
-  // Each copy is read by two or more products and by nothing else; no product reads a value that has a copy.
+  // Each copy is read by two or more products and by nothing else but bias-gradient sums (BiasGrad); no product reads
+  // a value that has a copy.
   std::map<ValueId, ValueId> copy_of;
   for (const Node& n : g.nodes) {
     if (n.op_type == "Cast" && n.name.rfind("bf16_copy/", 0) == 0) copy_of[n.inputs[0]] = n.outputs[0];
@@ -226,9 +227,11 @@ TEST_P(ModelBf16Operands, EveryProductOperandConvertedOnceSameGradientsWithinBf1
       if (in == kNoValue) continue;
       const bool is_copy = g.value(in).dtype == DType::kBFloat16;
       if (is_copy) {
-        // Products, and GeluGrad reading a Linear's bf16 pre-activation.
-        EXPECT_TRUE(n.op_type == "FusedMatMul" || n.op_type == "Linear" || n.op_type == "GeluGrad") << n.name;
-        ++readers[in];
+        // Products, GeluGrad reading a Linear's bf16 pre-activation, bias sums of an output gradient's copy.
+        EXPECT_TRUE(n.op_type == "FusedMatMul" || n.op_type == "Linear" || n.op_type == "GeluGrad" ||
+                    n.op_type == "BiasGrad")
+            << n.name;
+        if (n.op_type != "BiasGrad") ++readers[in];
       }
       if (n.op_type == "FusedMatMul" || n.op_type == "MatMul" || n.op_type == "Linear") {
         EXPECT_FALSE(copy_of.count(in)) << n.name << " reads float32 " << g.value(in).name << ", which has a copy";
@@ -273,6 +276,90 @@ TEST_P(ModelBf16Operands, EveryProductOperandConvertedOnceSameGradientsWithinBf1
   for (const auto& [name, g32t] : *grads32) {
     ASSERT_TRUE(grads16->count(name)) << name;
     EXPECT_LE(relative_gap(grads16->at(name), g32t), 3e-2) << model << ": gradient of " << name;
+  }
+}
+
+// galvatron BiasGrad: the column sums of dY over its leading dims, from float32, bf16 or float64, against sums in
+// double of the same (widened) values; keepdims keeps ReduceSum's shape.
+TEST(Bf16Operands, BiasGradSumsTheLeadingDims) {
+  const Tensor x = randn({3, 5, 16}, 7);
+  std::vector<double> want(16, 0.0);
+  for (DType t : {DType::kFloat32, DType::kBFloat16, DType::kFloat64}) {
+    SCOPED_TRACE(dtype_name(t));
+    const Tensor in = x.cast(t);
+    const Tensor wide = in.cast(DType::kFloat64);
+    std::fill(want.begin(), want.end(), 0.0);
+    for (int64_t i = 0; i < 15; ++i)
+      for (int64_t c = 0; c < 16; ++c) want[c] += wide.data_as<double>()[i * 16 + c];
+    for (int keep : {0, 1}) {
+      Attributes a;
+      a.set_int("keepdims", keep);
+      auto r = testing::run_op("BiasGrad", {in}, a, 1, 1, {}, kGalvatronDomain);
+      ASSERT_TRUE(r.has_value()) << r.status().message();
+      const Tensor& out = r->outputs[0];
+      EXPECT_EQ(out.shape(), keep ? Shape({1, 1, 16}) : Shape({16}));
+      EXPECT_EQ(out.dtype(), t == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32);
+      const Tensor o = out.cast(DType::kFloat64);
+      for (int64_t c = 0; c < 16; ++c) EXPECT_NEAR(o.data_as<double>()[c], want[c], 1e-5) << c;
+    }
+  }
+  auto bad = testing::run_op("BiasGrad", {Tensor(DType::kInt64, {2, 3})}, {}, 1, 1, {}, kGalvatronDomain);
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_NE(bad.status().message().find("dY must be float32, bfloat16 or float64"), std::string::npos)
+      << bad.status().message();
+}
+
+// Packed-QKV attention (as the CUDA backend builds it in bf16): each AttentionPackedGrad's dQKV is read only by its bf16
+// copy (the QKV product's dX and dW; the bias sum reads the copy too, as galvatron BiasGrad), so the attention backward
+// writes bf16 itself (out_dtype 16) and the Cast goes; the copy holds the same rounding of the same float32 values, so
+// the gradients equal those of the split Q, K, V graph with the same copies (whose bias sums read their copies too).
+TEST(Bf16Operands, PackedAttentionGradientWritesItsBf16Copy) {
+  auto cfg = zoo_config("", "gpt-tiny");
+  ASSERT_TRUE(cfg.has_value()) << cfg.status().message();
+  auto im = build_and_import(*cfg, 2, 16, WeightInit::kHuggingFace, 3);
+  ASSERT_TRUE(im.has_value()) << im.status().message();
+  const TensorMap batch = random_lm_batch(cfg->vocab_size, 2, 16, 5);
+  auto backend = make_cpu_backend();
+  auto run = [&](bool packed, int* folded, int* bf16_grads, int* bias_grads) -> Expected<TensorMap> {
+    TrainerConfig tc;
+    tc.graph.bf16_operands = true;
+    tc.graph.fuse_linear = true;
+    tc.graph.bf16_operand_options.min_mn = 8;
+    tc.graph.save_attention_lse = true;
+    tc.graph.pack_attention_qkv = packed;
+    GV_ASSIGN_OR_RETURN(auto t, Trainer::create(im->graph, tc, *backend));
+    *folded = t->training_graph().fused.bf16_attention_grads;
+    *bf16_grads = *bias_grads = 0;
+    const Graph& g = t->training_graph().graph;
+    for (const Node& n : g.nodes) {
+      if (n.op_type == "AttentionPackedGrad" && g.value(n.outputs[0]).dtype == DType::kBFloat16 &&
+          n.attrs.get_int("out_dtype", 1) == 16) {
+        ++*bf16_grads;
+      }
+      if (n.op_type == "BiasGrad") {
+        ++*bias_grads;
+        EXPECT_EQ(g.value(n.inputs[0]).dtype, DType::kBFloat16) << n.name;
+      }
+    }
+    double loss = 0;
+    return t->compute_gradients(batch, &loss);
+  };
+  int folded = -1, bf16_grads = -1, bias_grads = -1, folded_split = -1, unused = -1, bias_split = -1;
+  auto packed = run(true, &folded, &bf16_grads, &bias_grads);
+  ASSERT_TRUE(packed.has_value()) << packed.status().message();
+  auto split = run(false, &folded_split, &unused, &bias_split);
+  ASSERT_TRUE(split.has_value()) << split.status().message();
+  const int layers = im->graph.num_layers;
+  EXPECT_EQ(folded, layers);
+  EXPECT_EQ(bf16_grads, folded);
+  EXPECT_EQ(folded_split, 0);
+  // Per layer: the QKV, attention-projection and MLP down-projection biases sum their output gradient's copy (the
+  // MLP up-projection's sum stays with its GeluGrad).
+  EXPECT_EQ(bias_grads, 3 * layers);
+  EXPECT_EQ(bias_split, 3 * layers);
+  for (const auto& [name, g] : *split) {
+    ASSERT_TRUE(packed->count(name)) << name;
+    EXPECT_LE(relative_gap(packed->at(name), g), 1e-6) << "gradient of " << name;
   }
 }
 

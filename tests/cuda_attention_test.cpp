@@ -567,7 +567,7 @@ TEST_F(CudaAttention, CudnnPackedAgainstFlash) {
     auto bwd = [&](int p) {
       float* const* b = buf[p];
       return p == 0 ? cuda::flash_attention_packed_grad_f32(d, b[0], b[1], b[2], b[3], b[4])
-                    : cuda::cudnn_attention_packed_grad_f32(d, b[0], b[1], b[2], b[3], b[4]);
+                    : cuda::cudnn_attention_packed_grad(d, b[0], b[1], b[2], b[3], b[4], false);
     };
     auto time_ms = [&](const std::function<bool()>& f) {
       for (int w = 0; w < 3; ++w) EXPECT_TRUE(f());

@@ -423,6 +423,11 @@ TEST_F(CudaKernels, GeluGradMatMul) {
   }
   // fp32 mode with float32 operands: the float32 product, exact passes.
   check({"GeluGradMatMul", {randn({2, 30, 40}), randn({40, 24}), randn({60, 24})}, a(0, "tanh", 1), 2, G});
+  // galvatron BiasGrad (bias sums of an output gradient's bf16 copy): the column sums over float32 or bf16.
+  Attributes keep = attrs({{"keepdims", 1}});
+  check({"BiasGrad", {randn({4, 256, 96})}, keep, 1, G});
+  check({"BiasGrad", {bf16(randn({4, 256, 96}))}, {}, 1, G});
+  check({"BiasGrad", {bf16(randn({1000, 30}))}, keep, 1, G});  // width not a multiple of 4: scalar loads
 }
 
 // galvatron AttentionPacked / AttentionPackedGrad: the flash kernels reading Q, K, V (and writing dQ, dK, dV) in place
@@ -451,10 +456,13 @@ TEST_F(CudaKernels, AttentionPackedBf16) {
       Case fwd{"AttentionPacked", {qkv}, a, 2, G};
       auto ref = run_case(fwd, *cpu_);
       ASSERT_TRUE(ref.has_value()) << ref.status().message();
-      check({"AttentionPackedGrad", {qkv, randn({c.b, c.s, c.h * c.d}), ref->outputs[0], ref->outputs[1]}, a, 1, G,
-             20, {}, 2e-2});
+      const Tensor dy = randn({c.b, c.s, c.h * c.d});
+      check({"AttentionPackedGrad", {qkv, dy, ref->outputs[0], ref->outputs[1]}, a, 1, G, 20, {}, 2e-2});
+      Attributes a16 = a;  // dQKV written in bf16 (its copy for the QKV product's backward)
+      a16.set_int("out_dtype", 16);
+      check({"AttentionPackedGrad", {qkv, dy, ref->outputs[0], ref->outputs[1]}, a16, 1, G, 20, {}, 2e-2});
       // cuDNN takes these shapes, or the flash kernels do: never the CPU fallback.
-      EXPECT_EQ(cuda::flash_attention_calls() - before, cudnn ? 0 : 2) << "the expected kernels did not run";
+      EXPECT_EQ(cuda::flash_attention_calls() - before, cudnn ? 0 : 3) << "the expected kernels did not run";
     }
   }
   for (const std::string& op : cuda_fallback_ops()) {

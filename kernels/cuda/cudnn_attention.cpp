@@ -161,15 +161,18 @@ bool cudnn_attention_packed_f32(const AttentionDims& d, const float* qkv, float*
   return execute(*p, pack) && unpack_heads_f32(o16, rows * H, D, Dp, y);
 }
 
-bool cudnn_attention_packed_grad_f32(const AttentionDims& d, const float* qkv, const float* dy, const float* y,
-                                     const float* lse, float* dqkv) {
+bool cudnn_attention_packed_grad(const AttentionDims& d, const float* qkv, const float* dy, const float* y,
+                                 const float* lse, void* dqkv, bool dqkv_bf16) {
   Plan* p = plan_for(d, true);
   if (!p || !shape_ok(d)) return false;
   const int64_t rows = d.batch * d.q_len, H = d.q_heads, D = d.head_dim, Dp = round8(D);
   auto* qkv16 = static_cast<uint16_t*>(g_qkv.get(sizeof(uint16_t) * rows * 3 * H * Dp));
   auto* o16 = static_cast<uint16_t*>(g_o.get(sizeof(uint16_t) * rows * H * Dp));
   auto* do16 = static_cast<uint16_t*>(g_do.get(sizeof(uint16_t) * rows * H * Dp));
-  auto* dqkv16 = static_cast<uint16_t*>(g_dqkv.get(sizeof(uint16_t) * rows * 3 * H * Dp));
+  // A bf16 dQKV without head padding is cuDNN's own output layout: written in place.
+  const bool direct = dqkv_bf16 && D == Dp;
+  auto* dqkv16 = direct ? static_cast<uint16_t*>(dqkv)
+                        : static_cast<uint16_t*>(g_dqkv.get(sizeof(uint16_t) * rows * 3 * H * Dp));
   if (!qkv16 || !o16 || !do16 || !dqkv16) return false;
   if (!pack_heads_bf16(qkv, rows * 3 * H, D, Dp, qkv16) || !pack_heads_bf16(y, rows * H, D, Dp, o16) ||
       !pack_heads_bf16(dy, rows * H, D, Dp, do16)) {
@@ -184,7 +187,10 @@ bool cudnn_attention_packed_grad_f32(const AttentionDims& d, const float* qkv, c
                                                {p->dq, dqkv16},
                                                {p->dk, dqkv16 + H * Dp},
                                                {p->dv, dqkv16 + 2 * H * Dp}};
-  return execute(*p, pack) && unpack_heads_f32(dqkv16, rows * 3 * H, D, Dp, dqkv);
+  if (!execute(*p, pack)) return false;
+  if (direct) return true;
+  return dqkv_bf16 ? unpack_heads_bf16(dqkv16, rows * 3 * H, D, Dp, static_cast<uint16_t*>(dqkv))
+                   : unpack_heads_f32(dqkv16, rows * 3 * H, D, Dp, static_cast<float*>(dqkv));
 }
 
 #else  // built without the cuDNN frontend: the flash kernels take every call
@@ -192,8 +198,8 @@ bool cudnn_attention_packed_grad_f32(const AttentionDims& d, const float* qkv, c
 bool cudnn_attention_enabled() { return false; }
 bool cudnn_attention_supported(const AttentionDims&, bool) { return false; }
 bool cudnn_attention_packed_f32(const AttentionDims&, const float*, float*, float*) { return false; }
-bool cudnn_attention_packed_grad_f32(const AttentionDims&, const float*, const float*, const float*, const float*,
-                                     float*) {
+bool cudnn_attention_packed_grad(const AttentionDims&, const float*, const float*, const float*, const float*, void*,
+                                 bool) {
   return false;
 }
 

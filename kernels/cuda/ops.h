@@ -134,11 +134,16 @@ bool flash_attention_packed_grad_f32(const AttentionDims& d, const float* qkv, c
 bool cudnn_attention_enabled();
 bool cudnn_attention_supported(const AttentionDims& d, bool backward);
 bool cudnn_attention_packed_f32(const AttentionDims& d, const float* qkv, float* y, float* lse);
-bool cudnn_attention_packed_grad_f32(const AttentionDims& d, const float* qkv, const float* dy, const float* y,
-                                     const float* lse, float* dqkv);
+// dqkv float32, or bfloat16 (dqkv_bf16: AttentionPackedGrad's out_dtype 16).
+bool cudnn_attention_packed_grad(const AttentionDims& d, const float* qkv, const float* dy, const float* y,
+                                 const float* lse, void* dqkv, bool dqkv_bf16);
+// flash_attention_packed_grad_f32 into float32 scratch, then rounded into a bf16 dQKV.
+bool flash_attention_packed_grad_bf16(const AttentionDims& d, const float* qkv, const float* dy, const float* y,
+                                      const float* lse, uint16_t* dqkv);
 // float32 rows of `heads` heads of d elements <-> bf16 heads padded to dp elements (zeros in the padding).
 bool pack_heads_bf16(const float* src, int64_t heads, int64_t d, int64_t dp, uint16_t* dst);
 bool unpack_heads_f32(const uint16_t* src, int64_t heads, int64_t d, int64_t dp, float* dst);
+bool unpack_heads_bf16(const uint16_t* src, int64_t heads, int64_t d, int64_t dp, uint16_t* dst);
 // Debug counter: successful flash launches (forward and backward calls) in this process.
 int64_t flash_attention_calls();
 

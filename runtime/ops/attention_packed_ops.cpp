@@ -5,7 +5,9 @@
 //   galvatron AttentionPacked(QKV [B, S, 3 * H * D]) -> Y [B, S, H * D], LSE [B, H, S]
 //     Q, K, V are QKV's three [B, S, H * D] blocks along the last axis (ONNX Attention's 3-D form each, H query and
 //     key/value heads). Attributes: num_heads (H), is_causal, scale (default 1/sqrt(D)).
-//   galvatron AttentionPackedGrad(QKV, dY, Y, LSE) -> dQKV [B, S, 3 * H * D]
+//   galvatron AttentionPackedGrad(QKV, dY, Y, LSE) -> dQKV [B, S, 3 * H * D]; attribute out_dtype (ONNX type: 1
+//     float32, the default, or 16 bfloat16: computed in float32 and rounded, for a dQKV that only its bf16 copy reads;
+//     runtime/bf16_operands.cpp sets it)
 // The CPU kernels unpack and run the 4-D reference (kernels/cpu/attention.h); the result is bit-identical to
 // Split + AttentionWithLse and its gradient + Concat.
 #include <algorithm>
@@ -51,7 +53,10 @@ Status infer_packed_grad(InferContext& ctx) {
                       shape_str(want[i - 1]));
     }
   }
-  ctx.set_output(0, ctx.dtype(0), ctx.shape(0));
+  const int64_t out = ctx.attrs().get_int("out_dtype", 1);
+  if (out != 1 && out != 16) return ctx.fail("out_dtype must be 1 (float32) or 16 (bfloat16)");
+  if (out == 16 && ctx.dtype(0) != DType::kFloat32) return ctx.fail("out_dtype 16 needs float32 inputs");
+  ctx.set_output(0, out == 16 ? DType::kBFloat16 : ctx.dtype(0), ctx.shape(0));
   return Status::ok();
 }
 
@@ -92,10 +97,13 @@ Status packed_grad_cpu(KernelContext& ctx) {
     std::vector<T> dq(q.size()), dk(q.size()), dv(q.size());
     cpu::attention_backward(s, q.data(), k.data(), v.data(), cpu::AttentionMask{}, dy.data(), dq.data(), dk.data(),
                             dv.data());
-    T* out = ctx.outputs[0].as<T>();
+    const TensorRef& o = ctx.outputs[0];
+    std::vector<T> wide(o.dtype == DType::kBFloat16 ? static_cast<size_t>(o.numel()) : 0);
+    T* out = o.dtype == DType::kBFloat16 ? wide.data() : o.as<T>();
     sequence_first(dq.data(), B, S, H, D, out, 3 * hd);
     sequence_first(dk.data(), B, S, H, D, out + hd, 3 * hd);
     sequence_first(dv.data(), B, S, H, D, out + 2 * hd, 3 * hd);
+    if (o.dtype == DType::kBFloat16) convert_elements(wide.data(), DType::kFloat32, o.data, o.dtype, o.numel());
   });
 }
 

@@ -21,6 +21,7 @@ void register_linear_cross_entropy_ops(OpRegistry& r);
 void register_linear_ops(OpRegistry& r);  // math_linear.cpp: galvatron Linear (product + bias + activation)
 // math_gelu_grad_product.cpp: galvatron GeluGradMatMul (backward product + GELU gradient + bias gradient)
 void register_gelu_grad_product_ops(OpRegistry& r);
+void register_bias_grad_ops(OpRegistry& r);  // math_bias_grad.cpp: galvatron BiasGrad (column sums, bf16 input)
 
 // Resolves a possibly negative axis in place; false when it is outside [-rank, rank).
 inline bool normalize_axis(int64_t& axis, int64_t rank) {

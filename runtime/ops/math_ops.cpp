@@ -15,6 +15,7 @@ void register_math_ops(OpRegistry& r) {
   math::register_linear_cross_entropy_ops(r);
   math::register_linear_ops(r);
   math::register_gelu_grad_product_ops(r);
+  math::register_bias_grad_ops(r);
 }
 
 }  // namespace gv
