@@ -120,6 +120,18 @@ struct Dims {
   int64_t b, hq, hkv, s, l, d, dv;
 };
 
+// Milliseconds per call of f on the default stream: 3 warm-up calls, then the mean of 20 between two events.
+float time_ms(const std::function<bool()>& f) {
+  for (int w = 0; w < 3; ++w) EXPECT_TRUE(f());
+  void* a = cuda::event_record();
+  for (int r = 0; r < 20; ++r) EXPECT_TRUE(f());
+  void* b = cuda::event_record();
+  const float ms = cuda::event_elapsed_ms(a, b) / 20;
+  cuda::event_destroy(a);
+  cuda::event_destroy(b);
+  return ms;
+}
+
 class CudaAttention : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -387,17 +399,6 @@ TEST_F(CudaAttention, FlashTiming) {
     Tensor t = randn({n});
     ASSERT_TRUE(cuda::memcpy_h2d(buf[i], t.data_as<float>(), n * sizeof(float)));
   }
-  auto time_ms = [&](const std::function<bool()>& f) {
-    for (int w = 0; w < 3; ++w) EXPECT_TRUE(f());
-    void* a = cuda::event_record();
-    const int reps = 20;
-    for (int r = 0; r < reps; ++r) EXPECT_TRUE(f());
-    void* b = cuda::event_record();
-    const float ms = cuda::event_elapsed_ms(a, b) / reps;
-    cuda::event_destroy(a);
-    cuda::event_destroy(b);
-    return ms;
-  };
   const Path paths[3] = {Path::kMma, Path::kWmma, Path::kV1};
   double ms[3][2];  // [path][forward, backward]
   std::vector<std::vector<float>> out[3];
@@ -475,16 +476,6 @@ TEST_F(CudaAttention, FlashLayoutTiming) {
       ASSERT_TRUE(cuda::memcpy_h2d(buf[0][i], t.data_as<float>(), n * sizeof(float)));
       ASSERT_TRUE(cuda::memcpy_h2d(buf[1][i], u.data_as<float>(), n * sizeof(float)));
     }
-    auto time_ms = [&](const std::function<bool()>& f) {
-      for (int w = 0; w < 3; ++w) EXPECT_TRUE(f());
-      void* a = cuda::event_record();
-      for (int r = 0; r < 20; ++r) EXPECT_TRUE(f());
-      void* b = cuda::event_record();
-      const float ms = cuda::event_elapsed_ms(a, b) / 20;
-      cuda::event_destroy(a);
-      cuda::event_destroy(b);
-      return ms;
-    };
     double ms[2][2];
     std::vector<float> out[2][4];
     for (int l = 0; l < 2; ++l) {
@@ -568,16 +559,6 @@ TEST_F(CudaAttention, CudnnPackedAgainstFlash) {
       float* const* b = buf[p];
       return p == 0 ? cuda::flash_attention_packed_grad_f32(d, b[0], b[1], b[2], b[3], b[4])
                     : cuda::cudnn_attention_packed_grad(d, b[0], b[1], b[2], b[3], b[4], false);
-    };
-    auto time_ms = [&](const std::function<bool()>& f) {
-      for (int w = 0; w < 3; ++w) EXPECT_TRUE(f());
-      void* a = cuda::event_record();
-      for (int r = 0; r < 20; ++r) EXPECT_TRUE(f());
-      void* b = cuda::event_record();
-      const float ms = cuda::event_elapsed_ms(a, b) / 20;
-      cuda::event_destroy(a);
-      cuda::event_destroy(b);
-      return ms;
     };
     double ms[2][2] = {};
     std::vector<float> out[2][3];

@@ -260,17 +260,8 @@ INSTANTIATE_TEST_SUITE_P(Configs, Bf16GradReduceTraining,
 
 // ---- MPI through the CLI ------------------------------------------------------------------------------------------
 
-class Bf16GradReduceMpi : public Cli {
+class Bf16GradReduceMpi : public MpiCli {
  protected:
-  void SetUp() override {
-    Cli::SetUp();
-    if (!mpi_backend_built()) GTEST_SKIP() << "galvatron was built without MPI (install libopenmpi-dev)";
-    if (!mpirun_on_path()) GTEST_SKIP() << "mpirun is not on PATH (install openmpi-bin)";
-#if defined(__SANITIZE_ADDRESS__)
-    setenv("ASAN_OPTIONS", "detect_leaks=0", 1);  // see data_parallel_test.cpp
-#endif
-    setenv("OMP_NUM_THREADS", "1", 1);
-  }
   std::vector<std::string> args(const std::string& dtype) {
     return {"train", fixture("gpt2", "model.onnx"), "--data", fixture("gpt2", "samples.safetensors"), "--batch-size",
             "4", "--steps", "4", "--optimizer", "adamw", "--lr", "1e-3", "--quiet", "--device", "cpu", "--devices",

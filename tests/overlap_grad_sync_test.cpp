@@ -295,17 +295,8 @@ INSTANTIATE_TEST_SUITE_P(Ranks, OverlapThreads, ::testing::Values(2, 4),
 
 // ---- MPI through the CLI ------------------------------------------------------------------------------------------
 
-class OverlapMpi : public Cli {
+class OverlapMpi : public MpiCli {
  protected:
-  void SetUp() override {
-    Cli::SetUp();
-    if (!mpi_backend_built()) GTEST_SKIP() << "galvatron was built without MPI (install libopenmpi-dev)";
-    if (!mpirun_on_path()) GTEST_SKIP() << "mpirun is not on PATH (install openmpi-bin)";
-#if defined(__SANITIZE_ADDRESS__)
-    setenv("ASAN_OPTIONS", "detect_leaks=0", 1);  // see data_parallel_test.cpp
-#endif
-    setenv("OMP_NUM_THREADS", "1", 1);
-  }
   void train(const std::vector<std::string>& model, int devices, const std::string& overlap,
              const std::vector<std::string>& plan = {}) {
     const std::string tag = overlap + std::to_string(devices);

@@ -79,4 +79,19 @@ inline bool mpirun_on_path() {
   return false;
 }
 
+// A CLI test that starts galvatron under mpirun (`--devices N` on the CPU): skipped where galvatron was built without
+// MPI or mpirun is missing; one OpenMP thread per rank.
+class MpiCli : public Cli {
+ protected:
+  void SetUp() override {
+    Cli::SetUp();
+    if (!mpi_backend_built()) GTEST_SKIP() << "galvatron was built without MPI (install libopenmpi-dev)";
+    if (!mpirun_on_path()) GTEST_SKIP() << "mpirun is not on PATH (install openmpi-bin)";
+#if defined(__SANITIZE_ADDRESS__)
+    setenv("ASAN_OPTIONS", "detect_leaks=0", 1);  // see data_parallel_test.cpp
+#endif
+    setenv("OMP_NUM_THREADS", "1", 1);
+  }
+};
+
 }  // namespace gv

@@ -33,18 +33,8 @@ Model zoo_gpt() {
                       "--vocab-size", "256", "--seq-length", "32", "--data", fixture("gpt2", "samples.safetensors")}};
 }
 
-class ParallelPlans : public Cli {
+class ParallelPlans : public MpiCli {
  protected:
-  void SetUp() override {
-    Cli::SetUp();
-    if (!mpi_backend_built()) GTEST_SKIP() << "galvatron was built without MPI (install libopenmpi-dev)";
-    if (!mpirun_on_path()) GTEST_SKIP() << "mpirun is not on PATH (install openmpi-bin)";
-#if defined(__SANITIZE_ADDRESS__)
-    setenv("ASAN_OPTIONS", "detect_leaks=0", 1);  // see data_parallel_test.cpp
-#endif
-    setenv("OMP_NUM_THREADS", "1", 1);
-  }
-
   std::vector<std::string> train_args(const Model& m, const std::string& tag) const {
     std::vector<std::string> a = {"train"};
     a.insert(a.end(), m.args.begin(), m.args.end());

@@ -23,6 +23,23 @@ void register_linear_ops(OpRegistry& r);  // math_linear.cpp: galvatron Linear (
 void register_gelu_grad_product_ops(OpRegistry& r);
 void register_bias_grad_ops(OpRegistry& r);  // math_bias_grad.cpp: galvatron BiasGrad (column sums, bf16 input)
 
+// The product X [..., K] (rank >= 2) @ op(W), W [K, N] (or [N, K] with tb), as rows x K times K x N (rows = X's
+// elements / K): galvatron Linear and GeluGradMatMul. Empty on success, else the reason.
+inline std::string linear_product_dims(const Shape& x, const Shape& w, bool tb, int64_t& rows, int64_t& k,
+                                       int64_t& n) {
+  if (x.size() < 2) return "X must have rank >= 2, got " + shape_str(x);
+  if (w.size() != 2) return "W must be a matrix, got " + shape_str(w);
+  k = x.back();
+  rows = shape_numel(x) / std::max<int64_t>(k, 1);
+  const int64_t wk = tb ? w[1] : w[0];
+  n = tb ? w[0] : w[1];
+  if (wk != k) {
+    return "X " + shape_str(x) + " has " + std::to_string(k) + " columns but W " + shape_str(w) +
+           (tb ? " (transB)" : "") + " has " + std::to_string(wk) + " rows";
+  }
+  return "";
+}
+
 // Resolves a possibly negative axis in place; false when it is outside [-rank, rank).
 inline bool normalize_axis(int64_t& axis, int64_t rank) {
   if (axis < -rank || axis >= rank) return false;

@@ -31,16 +31,8 @@ std::string dims_of(const Node& node, const Shape& x, const Shape& w, const Shap
   const std::string approx = node.attrs.get_string("approximate", "none");
   if (approx != "none" && approx != "tanh") return "approximate must be none or tanh, got '" + approx + "'";
   d.tanh = approx == "tanh";
-  if (x.size() < 2) return "X must have rank >= 2, got " + shape_str(x);
-  if (w.size() != 2) return "W must be a matrix, got " + shape_str(w);
-  d.k = x.back();
-  d.rows = shape_numel(x) / std::max<int64_t>(d.k, 1);
-  const int64_t wk = d.tb ? w[1] : w[0];
-  d.n = d.tb ? w[0] : w[1];
-  if (wk != d.k) {
-    return "X " + shape_str(x) + " has " + std::to_string(d.k) + " columns but W " + shape_str(w) +
-           (d.tb ? " (transB)" : "") + " has " + std::to_string(wk) + " rows";
-  }
+  const std::string err = linear_product_dims(x, w, d.tb, d.rows, d.k, d.n);
+  if (!err.empty()) return err;
   if (pre.empty() || pre.back() != d.n || shape_numel(pre) != d.rows * d.n) {
     return "Pre " + shape_str(pre) + " must have " + std::to_string(d.n) + " columns and " + std::to_string(d.rows) +
            " rows in all (the product's)";

@@ -31,16 +31,8 @@ std::string linear_dims(const Node& node, const Shape& x, const Shape& w, const 
   if (d.activation != "none" && d.activation != "gelu" && d.activation != "gelu_tanh") {
     return "activation must be none, gelu or gelu_tanh, got '" + d.activation + "'";
   }
-  if (x.size() < 2) return "X must have rank >= 2, got " + shape_str(x);
-  if (w.size() != 2) return "W must be a matrix, got " + shape_str(w);
-  d.k = x.back();
-  d.rows = shape_numel(x) / std::max<int64_t>(d.k, 1);
-  const int64_t wk = d.tb ? w[1] : w[0];
-  d.n = d.tb ? w[0] : w[1];
-  if (wk != d.k) {
-    return "X " + shape_str(x) + " has " + std::to_string(d.k) + " columns but W " + shape_str(w) +
-           (d.tb ? " (transB)" : "") + " has " + std::to_string(wk) + " rows";
-  }
+  const std::string err = linear_product_dims(x, w, d.tb, d.rows, d.k, d.n);
+  if (!err.empty()) return err;
   if (bias && (bias->size() != 1 || (*bias)[0] != d.n)) {
     return "bias must be [" + std::to_string(d.n) + "], got " + shape_str(*bias);
   }
