@@ -5,6 +5,8 @@
 // read once, rows of an odd width and values written in place keep float32 operands.
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -307,6 +309,30 @@ TEST(Bf16Operands, BiasGradSumsTheLeadingDims) {
   ASSERT_FALSE(bad.has_value());
   EXPECT_NE(bad.status().message().find("dY must be float32, bfloat16 or float64"), std::string::npos)
       << bad.status().message();
+}
+
+// AttentionPackedGrad's out_dtype: 1 or 16, and 16 only for float32 inputs; the errors name the node.
+TEST(Bf16Operands, AttentionPackedGradOutDtypeErrors) {
+  for (const auto& [dtype, code, needle] :
+       std::vector<std::tuple<DType, int64_t, std::string>>{{DType::kFloat32, 10, "out_dtype must be 1"},
+                                                           {DType::kFloat64, 16, "out_dtype 16 needs float32 inputs"}}) {
+    SCOPED_TRACE(needle);
+    Graph g;
+    g.opsets[kGalvatronDomain] = 1;
+    Node n;
+    n.name = "my_grad";
+    n.op_type = "AttentionPackedGrad";
+    n.domain = kGalvatronDomain;
+    n.opset = 1;
+    n.attrs.set_int("num_heads", 2);
+    n.attrs.set_int("out_dtype", code);
+    n.inputs = {g.add_input("qkv", dtype, {1, 4, 24}), g.add_input("dy", dtype, {1, 4, 8}),
+                g.add_input("y", dtype, {1, 4, 8}), g.add_input("lse", dtype, {1, 2, 4})};
+    auto r = g.add_node(n);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_NE(r.status().message().find("my_grad"), std::string::npos) << r.status().message();
+    EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status().message();
+  }
 }
 
 // Packed-QKV attention (as the CUDA backend builds it in bf16): each AttentionPackedGrad's dQKV is read only by its bf16

@@ -74,22 +74,13 @@ TEST(Bf16AllReduce, OneProcessLeavesTheBufferAndOtherTypesStillFail) {
 
 // ---- the training graph -------------------------------------------------------------------------------------------
 
+using testing::nodes_of;
+
 TrainingGraphOptions ddp2(const Graph& g, bool overlap) {
-  TrainingGraphOptions o;
-  for (ValueId p : g.parameters()) o.param_sync[g.value(p).name].dp_group = {0, 1};
-  o.rank = 1;
-  o.loss_replicas = 2;
+  TrainingGraphOptions o = testing::ddp_options(g, {0, 1}, 1);
   o.overlap_grad_sync = overlap;
   o.bf16_grad_reduce = true;
   return o;
-}
-
-std::vector<size_t> nodes_of(const Graph& g, const std::string& op) {
-  std::vector<size_t> out;
-  for (size_t i = 0; i < g.nodes.size(); ++i) {
-    if (g.nodes[i].op_type == op) out.push_back(i);
-  }
-  return out;
 }
 
 // The single node reading v at or after `from` with op `op`; -1 if none or several.

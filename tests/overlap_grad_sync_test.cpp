@@ -24,23 +24,8 @@ namespace {
 
 Expected<Graph> gpt2_graph(int64_t batch) { return testing::gpt2_fixture_graph(batch); }
 
-// Every parameter's gradient summed over `dp` (plain data parallelism, as Trainer sets it up), from `rank`'s view.
-TrainingGraphOptions ddp_options(const Graph& g, const std::vector<int>& dp, int rank) {
-  TrainingGraphOptions o;
-  for (ValueId p : g.parameters()) o.param_sync[g.value(p).name].dp_group = dp;
-  o.rank = rank;
-  o.loss_replicas = static_cast<int>(dp.size());
-  o.overlap_grad_sync = true;  // off by default (runtime/training_graph.h); these tests are about turning it on
-  return o;
-}
-
-std::vector<size_t> nodes_of(const Graph& g, const std::string& op) {
-  std::vector<size_t> out;
-  for (size_t i = 0; i < g.nodes.size(); ++i) {
-    if (g.nodes[i].op_type == op) out.push_back(i);
-  }
-  return out;
-}
+using testing::ddp_options;
+using testing::nodes_of;
 
 bool refers_to(const Node& n, ValueId v) {
   return std::find(n.inputs.begin(), n.inputs.end(), v) != n.inputs.end() ||

@@ -14,6 +14,7 @@
 #include "runtime/communicator.h"
 #include "runtime/safetensors.h"
 #include "runtime/trainer.h"
+#include "runtime/training_graph.h"
 #include "tests/hf_fixtures.h"
 
 namespace gv::testing {
@@ -25,6 +26,26 @@ inline Expected<Graph> gpt2_fixture_graph(int64_t batch) {
   io.seq = 32;
   GV_ASSIGN_OR_RETURN(ImportedModel im, import_onnx(fixture_dir("gpt2") + "/model.onnx", io));
   return std::move(im.graph);
+}
+
+// Every parameter's gradient summed over `dp` (plain data parallelism, as Trainer sets it up), from `rank`'s view,
+// with the all-reduces overlapped with the backward pass.
+inline TrainingGraphOptions ddp_options(const Graph& g, const std::vector<int>& dp, int rank) {
+  TrainingGraphOptions o;
+  for (ValueId p : g.parameters()) o.param_sync[g.value(p).name].dp_group = dp;
+  o.rank = rank;
+  o.loss_replicas = static_cast<int>(dp.size());
+  o.overlap_grad_sync = true;
+  return o;
+}
+
+// Indices of the nodes running `op`, in graph order.
+inline std::vector<size_t> nodes_of(const Graph& g, const std::string& op) {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    if (g.nodes[i].op_type == op) out.push_back(i);
+  }
+  return out;
 }
 
 struct RankRun {
