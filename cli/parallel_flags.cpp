@@ -20,12 +20,13 @@ std::vector<FlagSpec> parallel_flags() {
       float_flag("auto-memory", "GB", "0", "--auto: memory budget per device in GB (0: physical memory / devices on the CPU)."),
       string_flag("overlap-grad-sync", "on|off", "on", "Data parallelism: all-reduce each gradient during the backward pass, as soon as it is computed (on GPUs on a second stream, overlapping the rest of the backward; one micro-batch per step and no pipeline only); off: after the whole backward pass. The results are the same."),
       string_flag("grad-reduce-dtype", "fp32|bf16", "fp32", "Data parallelism: the type in which gradients are all-reduced. bf16 sends half the bytes (a bf16 copy of each float32 gradient, widened back for the update; on GPUs in bf16 a weight's gradient product writes the copy directly); sums are rounded to bf16, so results differ from fp32 within bf16 precision. ZeRO-2/3 reductions stay fp32."),
+      int_flag("grad-reduce-bf16-min-numel", "N", "65536", "With --grad-reduce-dtype bf16: gradients of fewer elements (biases, norm scales) are all-reduced in fp32, saving their two conversion kernels where the bytes saved are negligible."),
   };
 }
 
 bool parallel_flags_given(const ParsedArgs& args) {
   for (const FlagSpec& f : parallel_flags()) {
-    if (f.name == "overlap-grad-sync" || f.name == "grad-reduce-dtype") continue;  // tunings of any DP run, not plans
+    if (f.name == "overlap-grad-sync" || f.name.rfind("grad-reduce-", 0) == 0) continue;  // DP tunings, not plans
     if (f.name == "auto" ? args.flag("auto") : args.given(f.name)) return true;
   }
   return false;
@@ -38,6 +39,9 @@ Status graph_options_from_args(const ParsedArgs& args, TrainingGraphOptions& gra
   const std::string reduce = args.str("grad-reduce-dtype");
   if (reduce != "fp32" && reduce != "bf16") return ctx.usage("--grad-reduce-dtype must be fp32 or bf16");
   graph.bf16_grad_reduce = reduce == "bf16";
+  const int64_t min_numel = args.i64("grad-reduce-bf16-min-numel");
+  if (min_numel < 0) return ctx.usage("--grad-reduce-bf16-min-numel must be 0 or more");
+  graph.bf16_grad_reduce_min_numel = min_numel;
   return Status::ok();
 }
 

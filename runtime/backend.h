@@ -46,6 +46,9 @@ class Backend {
   // Whether this backend's attention kernels read Q, K, V in place from one packed QKV tensor (galvatron
   // AttentionPacked; TrainingGraphOptions::pack_attention_qkv): the CUDA backend's flash kernels.
   virtual bool packs_attention_qkv() const { return false; }
+  // Whether this backend's packed attention reads and writes bfloat16 anyway, so that the training graph stores its
+  // QKV, Y and dY in bf16 where only attention reads them (TrainingGraphOptions::bf16_attention_io): CUDA in bf16.
+  virtual bool bf16_attention_io() const { return false; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

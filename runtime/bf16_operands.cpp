@@ -52,6 +52,8 @@ struct Use {
   int slot;
 };
 
+bool is_layer_norm(const Node& n) { return n.op_type == "LayerNormalization" && n.domain.empty(); }
+
 bool is_attention_packed_grad(const Node& n) {
   return n.op_type == "AttentionPackedGrad" && n.domain == kGalvatronDomain && n.outputs.size() == 1;
 }
@@ -81,8 +83,9 @@ void bias_sums_read_copies(Graph& graph, const std::map<ValueId, ValueId>& copy_
 
 // A copy of a Linear's output that nothing else reads: the Linear writes the bf16 values itself (out_dtype), with its
 // pre-activation in bf16 too when only GeluGrad nodes read that (as PyTorch's autocast keeps it). The same for an
-// AttentionPackedGrad's dQKV (counted in *attention_grads). The Cast and the float32 output go.
-Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded, int* attention_grads) {
+// AttentionPackedGrad's dQKV (counted in *attention_grads) and a LayerNormalization's Y (it becomes galvatron
+// LayerNormalization, out_dtype 16; counted in *norm_outputs). The Cast and the float32 output go.
+Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded, int* attention_grads, int* norm_outputs) {
   const std::vector<int> uses = graph.use_counts();
   std::vector<char> is_output(graph.values.size(), 0);
   for (ValueId o : graph.outputs) is_output[o] = 1;
@@ -112,6 +115,18 @@ Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded, int* att
       ++*attention_grads;
       continue;
     }
+    if (is_layer_norm(graph.nodes[p])) {
+      // A LayerNormalization output that only products read: galvatron LayerNormalization writes it in bf16.
+      Node& ln = graph.nodes[p];
+      ln.domain = kGalvatronDomain;
+      ln.opset = 1;
+      ln.attrs.set_int("out_dtype", kOnnxBFloat16);
+      ln.outputs[0] = cast.outputs[0];
+      gone[id] = 1;
+      if (boundary && static_cast<size_t>(id) < *boundary) ++removed_before_boundary;
+      ++*norm_outputs;
+      continue;
+    }
     if (!is_linear(graph.nodes[p])) continue;
     Node& lin = graph.nodes[p];
     if (lin.outputs.size() > 1) {
@@ -136,9 +151,10 @@ Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded, int* att
 }  // namespace
 
 Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size_t* boundary, int* copies,
-                           int* linear_outputs, int* attention_grads) {
-  int unused = 0;
+                           int* linear_outputs, int* attention_grads, int* norm_outputs) {
+  int unused = 0, unused_norms = 0;
   if (!attention_grads) attention_grads = &unused;
+  if (!norm_outputs) norm_outputs = &unused_norms;
   const OpRegistry& reg = OpRegistry::global();
   // Values some node writes in place (an output-less node that is not read-only): a copy made before such a write
   // would go stale.
@@ -219,7 +235,7 @@ Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size
   if (boundary) *boundary += inserted_before_boundary;
   *copies += made;
   bias_sums_read_copies(graph, copy_of);
-  return fold_linear_outputs(graph, boundary, linear_outputs, attention_grads);
+  return fold_linear_outputs(graph, boundary, linear_outputs, attention_grads, norm_outputs);
 }
 
 }  // namespace gv

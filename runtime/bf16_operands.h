@@ -27,9 +27,19 @@ struct Bf16OperandOptions {
 // (or removed) before it. Adds the number of copies made to *copies. A copy of a galvatron Linear's output that
 // nothing else reads is then written by the Linear itself in bf16 (out_dtype; its pre-activation too, when only
 // GeluGrad reads that): the number of such Linears is added to *linear_outputs; likewise a galvatron
-// AttentionPackedGrad's dQKV (counted in *attention_grads, optional). Bias-gradient sums (ReduceSum over the leading
+// AttentionPackedGrad's dQKV (counted in *attention_grads, optional) and a LayerNormalization's Y (galvatron
+// LayerNormalization, out_dtype 16; counted in *norm_outputs, optional). Bias-gradient sums (ReduceSum over the leading
 // axes) of a copied value read the copy instead (galvatron BiasGrad): they no longer keep the float32 value alive.
 Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size_t* boundary, int* copies,
-                           int* linear_outputs, int* attention_grads = nullptr);
+                           int* linear_outputs, int* attention_grads = nullptr, int* norm_outputs = nullptr);
+
+// bf16 attention I/O (runtime/bf16_attention_io.cpp), after share_bf16_operands: cuDNN's fused attention reads and
+// writes bfloat16, so the float32 values around galvatron AttentionPacked / AttentionPackedGrad are stored in bf16
+// where only attention nodes read them: the QKV (its Linear writes bf16: out_dtype 16), Y (the node writes Y's shared
+// bf16 copy itself: y_dtype 16; the copy's Cast goes and the backward reads the copy) and dY (its FusedMatMul writes
+// bf16). cuDNN's path rounds these values to bf16 itself, so it computes the same, except that the QKV product's bias
+// is added in bf16 (cuBLASLt's bf16 epilogue); elsewhere the attention computes on the bf16-rounded values. *boundary
+// as above; adds the number of values turned bf16 to *values.
+Status bf16_attention_io(Graph& graph, size_t* boundary, int* values);
 
 }  // namespace gv

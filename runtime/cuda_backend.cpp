@@ -76,6 +76,14 @@ class CudaBackend final : public Backend {
     }();
     return saves_attention_statistics() && enabled;
   }
+  // GALVATRON_CUDA_BF16_ATTENTION_IO=0 keeps the attention's inputs and Y float32 (for comparisons).
+  bool bf16_attention_io() const override {
+    static const bool enabled = [] {
+      const char* e = std::getenv("GALVATRON_CUDA_BF16_ATTENTION_IO");
+      return !(e && std::string(e) == "0");
+    }();
+    return packs_attention_qkv() && shares_bf16_operands() && enabled;
+  }
   // GALVATRON_CUDA_FUSE_LINEAR=0 keeps the products, bias adds and GELUs apart (for comparisons).
   bool fuses_linear() const override {
     static const bool enabled = [] {

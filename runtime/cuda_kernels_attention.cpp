@@ -131,12 +131,14 @@ Status attention_grad_cuda(KernelContext& ctx) {
 }
 
 
-// galvatron AttentionPacked / AttentionPackedGrad: the sizes from QKV [B, S, 3 * H * D]; false where the flash
-// kernels do not take them (the fallback runs the CPU kernels). Where cuDNN's fused attention takes the shape (both
-// directions), it runs instead of the flash kernels (kernels/cuda/cudnn_attention.cpp).
+// galvatron AttentionPacked / AttentionPackedGrad: the sizes from QKV [B, S, 3 * H * D] (float32 or bf16); false where
+// the flash kernels do not take them (the fallback runs the CPU kernels). Where cuDNN's fused attention takes the shape
+// (both directions), it runs instead of the flash kernels (kernels/cuda/cudnn_attention.cpp).
 bool packed_dims(const KernelContext& ctx, bool backward, cuda::AttentionDims& d, AttentionForm& f) {
   const TensorRef& qkv = ctx.inputs[0];
-  if (qkv.data == nullptr || qkv.dtype != DType::kFloat32 || qkv.rank() != 3) return false;
+  if (qkv.data == nullptr || (qkv.dtype != DType::kFloat32 && qkv.dtype != DType::kBFloat16) || qkv.rank() != 3) {
+    return false;
+  }
   if (!read_packed_attention_form(qkv.shape, ctx.attrs(), f).empty()) return false;
   d = cuda::AttentionDims{};
   d.batch = f.batch;
@@ -149,16 +151,25 @@ bool packed_dims(const KernelContext& ctx, bool backward, cuda::AttentionDims& d
   return cuda::flash_attention_eligible(d, backward);
 }
 
+// A float32 or bf16 tensor of the given shape (data present unless empty).
+bool mixed_ok(const TensorRef& t, const Shape& want) {
+  return (t.dtype == DType::kFloat32 || t.dtype == DType::kBFloat16) && t.shape == want &&
+         (t.data != nullptr || t.numel() == 0);
+}
+
+cuda::MixedTensor mixed(const TensorRef& t) { return {t.data, t.dtype == DType::kBFloat16}; }
+
 Status attention_packed_cuda(KernelContext& ctx) {
   cuda::AttentionDims d;
   AttentionForm f;
   if (!packed_dims(ctx, false, d, f) || ctx.outputs.size() != 2) return cuda_fallback_kernel(ctx);
   const TensorRef &y = ctx.outputs[0], &lse = ctx.outputs[1];
-  if (!output_ok(y, f.y_shape()) || !output_ok(lse, {f.batch, f.q_heads, f.q_len})) return cuda_fallback_kernel(ctx);
+  if (!mixed_ok(y, f.y_shape()) || !output_ok(lse, {f.batch, f.q_heads, f.q_len})) return cuda_fallback_kernel(ctx);
+  const bool y_bf16 = y.dtype == DType::kBFloat16;
   if (cuda::cudnn_attention_supported(d, true)) {  // cuDNN's fused attention where it takes both directions
-    return launch(ctx, cuda::cudnn_attention_packed_f32(d, ctx.inputs[0].as<float>(), y.as<float>(), lse.as<float>()));
+    return launch(ctx, cuda::cudnn_attention_packed(d, mixed(ctx.inputs[0]), y.data, y_bf16, lse.as<float>()));
   }
-  return launch(ctx, cuda::flash_attention_packed_f32(d, ctx.inputs[0].as<float>(), y.as<float>(), lse.as<float>()));
+  return launch(ctx, cuda::flash_attention_packed(d, mixed(ctx.inputs[0]), y.data, y_bf16, lse.as<float>()));
 }
 
 Status attention_packed_grad_cuda(KernelContext& ctx) {
@@ -169,23 +180,17 @@ Status attention_packed_grad_cuda(KernelContext& ctx) {
   }
   const TensorRef &dy = ctx.inputs[1], &y = ctx.inputs[2], &lse = ctx.inputs[3], &dqkv = ctx.outputs[0];
   const Shape ys = f.y_shape(), ls = {f.batch, f.q_heads, f.q_len};
-  const bool bf16 = dqkv.dtype == DType::kBFloat16;  // out_dtype 16: the QKV product's bf16 copy of dQKV
-  if (!(bf16 ? dqkv.data && dqkv.shape == ctx.inputs[0].shape : output_ok(dqkv, ctx.inputs[0].shape)) ||
-      dy.dtype != DType::kFloat32 || dy.shape != ys || y.dtype != DType::kFloat32 || y.shape != ys ||
-      lse.dtype != DType::kFloat32 || lse.shape != ls) {
+  if (!mixed_ok(dqkv, ctx.inputs[0].shape) || !mixed_ok(dy, ys) || !mixed_ok(y, ys) || lse.dtype != DType::kFloat32 ||
+      lse.shape != ls) {
     return cuda_fallback_kernel(ctx);
   }
-  const float* qkv = ctx.inputs[0].as<float>();
+  const bool bf16 = dqkv.dtype == DType::kBFloat16;  // out_dtype 16: the QKV product's bf16 copy of dQKV
   if (cuda::cudnn_attention_supported(d, true)) {
-    return launch(ctx, cuda::cudnn_attention_packed_grad(d, qkv, dy.as<float>(), y.as<float>(), lse.as<float>(),
-                                                         dqkv.data, bf16));
+    return launch(ctx, cuda::cudnn_attention_packed_grad(d, mixed(ctx.inputs[0]), mixed(dy), mixed(y),
+                                                         lse.as<float>(), dqkv.data, bf16));
   }
-  if (bf16) {
-    return launch(ctx, cuda::flash_attention_packed_grad_bf16(d, qkv, dy.as<float>(), y.as<float>(), lse.as<float>(),
-                                                              static_cast<uint16_t*>(dqkv.data)));
-  }
-  return launch(ctx, cuda::flash_attention_packed_grad_f32(d, qkv, dy.as<float>(), y.as<float>(), lse.as<float>(),
-                                                           dqkv.as<float>()));
+  return launch(ctx, cuda::flash_attention_packed_grad(d, mixed(ctx.inputs[0]), mixed(dy), mixed(y), lse.as<float>(),
+                                                       dqkv.data, bf16));
 }
 
 }  // namespace

@@ -638,16 +638,27 @@ P* opt(const KernelContext& ctx, int i) {
   return ctx.has_input(i) ? ctx.inputs[i].as<P>() : nullptr;
 }
 
+// ONNX LayerNormalization, and galvatron LayerNormalization with Y in bf16 (out_dtype 16).
 Status layer_norm_cuda(KernelContext& ctx) {
-  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  const TensorRef& y = ctx.outputs[0];
+  const bool y_bf16 = y.dtype == DType::kBFloat16 && y.data;
+  for (const TensorRef& t : ctx.inputs)
+    if (t.data && !is_f32(t)) return cuda_fallback_kernel(ctx);
+  for (size_t i = y_bf16 ? 1 : 0; i < ctx.outputs.size(); ++i)
+    if (ctx.outputs[i].data && !is_f32(ctx.outputs[i])) return cuda_fallback_kernel(ctx);
   const TensorRef& x = ctx.inputs[0];
   int64_t rows, cols;
   norm_view(ctx, x, rows, cols);
   const size_t n_out = ctx.outputs.size();
+  float* mean = n_out > 1 ? ctx.outputs[1].as<float>() : nullptr;
+  float* inv_std = n_out > 2 ? ctx.outputs[2].as<float>() : nullptr;
+  const float eps = static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5));
+  if (y_bf16) {
+    return launch(ctx, cuda::layer_norm_to_bf16(x.as<float>(), ctx.inputs[1].as<float>(), opt<float>(ctx, 2),
+                                                static_cast<uint16_t*>(y.data), mean, inv_std, rows, cols, eps));
+  }
   return launch(ctx, cuda::layer_norm_f32(x.as<float>(), ctx.inputs[1].as<float>(), opt<float>(ctx, 2),
-                                          ctx.outputs[0].as<float>(), n_out > 1 ? ctx.outputs[1].as<float>() : nullptr,
-                                          n_out > 2 ? ctx.outputs[2].as<float>() : nullptr, rows, cols,
-                                          static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5))));
+                                          y.as<float>(), mean, inv_std, rows, cols, eps));
 }
 
 Status layer_norm_grad_cuda(KernelContext& ctx) {
@@ -1028,6 +1039,7 @@ void register_cuda_kernels(OpRegistry& r) {
   set(G, "SoftmaxGrad", cuda_profiled<softmax_grad_cuda<false>>);
   set(G, "LogSoftmaxGrad", cuda_profiled<softmax_grad_cuda<true>>);
   set("", "LayerNormalization", cuda_profiled<layer_norm_cuda>);
+  set(G, "LayerNormalization", cuda_profiled<layer_norm_cuda>);
   set(G, "LayerNormalizationGrad", cuda_profiled<layer_norm_grad_cuda>);
   set("", "RMSNormalization", cuda_profiled<rms_norm_cuda>);
   set(G, "RMSNormalizationGrad", cuda_profiled<rms_norm_grad_cuda>);

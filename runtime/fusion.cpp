@@ -15,6 +15,8 @@ std::string FusionCounts::summary() const {
          (bf16_operands ? ", " + std::to_string(bf16_operands) + " shared bf16 operands" : "") +
          (bf16_linear_outputs ? " (" + std::to_string(bf16_linear_outputs) + " written in bf16 by their Linear)" : "") +
          (bf16_attention_grads ? ", " + std::to_string(bf16_attention_grads) + " dQKV written in bf16" : "") +
+         (bf16_norm_outputs ? ", " + std::to_string(bf16_norm_outputs) + " LayerNorm outputs in bf16" : "") +
+         (bf16_attention_io ? ", " + std::to_string(bf16_attention_io) + " attention inputs and outputs in bf16" : "") +
          (gelu_grad_products ? ", " + std::to_string(gelu_grad_products) + " GELU gradients in product epilogues" : "");
 }
 

@@ -23,6 +23,8 @@ struct FusionCounts {
   int bf16_operands = 0;  // not a fusion: product operands given one shared bf16 copy (runtime/bf16_operands.h)
   int bf16_linear_outputs = 0;  // of those copies, the ones a Linear writes itself (runtime/bf16_operands.h)
   int bf16_attention_grads = 0;  // and the dQKV copies an AttentionPackedGrad writes itself
+  int bf16_norm_outputs = 0;     // and the LayerNormalization outputs written in bf16
+  int bf16_attention_io = 0;     // QKV, Y and dY values around packed attention stored in bf16 (bf16_attention_io)
   int gelu_grad_products = 0;   // backward product + GeluGrad (+ bf16 copy, bias sum) -> GeluGradMatMul
   // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu, 1 linear cross-entropy, 40 shared bf16 operands"
   std::string summary() const;

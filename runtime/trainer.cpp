@@ -32,6 +32,7 @@ Expected<std::unique_ptr<Trainer>> Trainer::create(Graph forward, const TrainerC
   go.fuse_linear = go.fuse_linear || backend.fuses_linear();
   go.fuse_gelu_grad_product = go.fuse_gelu_grad_product || backend.fuses_gelu_grad_product();
   go.pack_attention_qkv = go.pack_attention_qkv || backend.packs_attention_qkv();
+  go.bf16_attention_io = go.bf16_attention_io || backend.bf16_attention_io();
   const bool parallel = config.comm && config.comm->size() > 1;
   if (parallel) go.rank = config.comm->rank();
   if (parallel && go.param_sync.empty() && config.shards.empty() && config.pipeline_schedule.empty()) {

@@ -380,7 +380,11 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   GV_RETURN_IF_ERROR(rematerialize_marked_nodes(g, tg.backward_begin));
   if (o.bf16_operands) {
     GV_RETURN_IF_ERROR(share_bf16_operands(g, o.bf16_operand_options, &tg.backward_begin, &tg.fused.bf16_operands,
-                                           &tg.fused.bf16_linear_outputs, &tg.fused.bf16_attention_grads));
+                                           &tg.fused.bf16_linear_outputs, &tg.fused.bf16_attention_grads,
+                                           &tg.fused.bf16_norm_outputs));
+    if (o.bf16_attention_io) {
+      GV_RETURN_IF_ERROR(bf16_attention_io(g, &tg.backward_begin, &tg.fused.bf16_attention_io));
+    }
   }
   if (o.fuse_gelu_grad_product) {
     GV_RETURN_IF_ERROR(fuse_gelu_grad_products(g, tg.backward_begin, &tg.fused.gelu_grad_products));
@@ -472,7 +476,8 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
         for (int i = 0; i < me; ++i) begin += sizes[i];
         tg.optimizer_state_range[p] = {begin, begin + sizes[me]};
         zero2_sizes[p] = sizes;
-      } else if (o.bf16_grad_reduce && g.value(final_grad[p]).dtype == DType::kFloat32) {
+      } else if (o.bf16_grad_reduce && g.value(final_grad[p]).dtype == DType::kFloat32 &&
+                 n >= o.bf16_grad_reduce_min_numel) {
         Attributes a = group_attrs(ps.dp_group);
         a.set_string("reduction", "sum");
         const ValueId grad = final_grad[p];

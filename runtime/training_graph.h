@@ -57,6 +57,9 @@ struct TrainingGraphOptions {
   // autograd, whatever fuse_ops says). Set from Backend::shares_bf16_operands.
   bool bf16_operands = false;
   Bf16OperandOptions bf16_operand_options;  // which products and operands qualify (tests lower min_mn)
+  // With bf16_operands: the packed attention's QKV, Y and dY stored in bf16 where only attention nodes read them
+  // (runtime/bf16_operands.h bf16_attention_io). Set from Backend::bf16_attention_io.
+  bool bf16_attention_io = false;
   // The backward product into a GELU's output, the GELU's gradient and the layer's bias gradient as one galvatron
   // GeluGradMatMul (runtime/fusion.h fuse_gelu_grad_products; after bf16_operands). Set from
   // Backend::fuses_gelu_grad_product (the CUDA backend's cuBLASLt DGELU epilogue).
@@ -91,6 +94,9 @@ struct TrainingGraphOptions {
   // The sum is rounded to bf16 (NCCL: partial sums too), so results differ from float32 reduction within bf16
   // precision. ZeRO-2 reduce-scatters and tied-copy sums stay float32. Off: float32 all-reduces.
   bool bf16_grad_reduce = false;
+  // With bf16_grad_reduce: gradients of fewer elements stay float32 (a bias saves a few KB on the wire but costs two
+  // conversion kernels of a few microseconds each; gpt-1.5b has ~390 of them).
+  int64_t bf16_grad_reduce_min_numel = 65536;
   // Fusion passes (runtime/fusion.h) over the forward graph before autograd: attention chains -> Attention, GELU
   // chains -> Gelu, the head product and the loss -> LinearCrossEntropy. Off: the graph runs as imported.
   bool fuse_ops = true;

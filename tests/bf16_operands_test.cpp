@@ -202,7 +202,28 @@ TEST_P(ModelBf16Operands, EveryProductOperandConvertedOnceSameGradientsWithinBf1
 
   const Graph& g = *g16;
   const FusionCounts& fc = t16->training_graph().fused;
-  EXPECT_EQ(fc.bf16_operands - fc.bf16_linear_outputs - fc.bf16_attention_grads, count_casts(g) - count_casts(*g32));
+  EXPECT_EQ(fc.bf16_operands - fc.bf16_linear_outputs - fc.bf16_attention_grads - fc.bf16_norm_outputs,
+            count_casts(g) - count_casts(*g32));
+  // LayerNorm outputs that only products read are written in bf16 by the norm itself (galvatron LayerNormalization):
+  // GPT-2's ln_1 and ln_2 of every layer (ln_f's output reaches the LM head's products through a Reshape, which keeps
+  // the Cast); Llama's RMSNorms stay as they are.
+  int bf16_norms = 0;
+  for (const Node& n : g.nodes) {
+    if (n.op_type != "LayerNormalization" || n.domain != kGalvatronDomain) continue;
+    ++bf16_norms;
+    EXPECT_EQ(n.attrs.get_int("out_dtype", 1), 16) << n.name;
+    EXPECT_EQ(g.value(n.outputs[0]).dtype, DType::kBFloat16) << n.name;
+    for (const Node& m : g.nodes) {
+      for (ValueId in : m.inputs) {
+        if (in == n.outputs[0]) {
+          EXPECT_TRUE(m.op_type == "FusedMatMul" || m.op_type == "Linear") << n.name << " read by " << m.name;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(bf16_norms, fc.bf16_norm_outputs);
+  if (model == "gpt-tiny") EXPECT_EQ(fc.bf16_norm_outputs, 2 * im->graph.num_layers);
+  if (model == "llama-tiny") EXPECT_EQ(fc.bf16_norm_outputs, 0);
   if (std::get<1>(GetParam()) && model == "gpt-tiny") {
     // The MLP's c_fc Linear (its GELU output read only by c_proj's products) writes bf16 itself, pre-activation too.
     EXPECT_EQ(fc.bf16_linear_outputs, im->graph.num_layers);
@@ -315,7 +336,7 @@ TEST(Bf16Operands, BiasGradSumsTheLeadingDims) {
 TEST(Bf16Operands, AttentionPackedGradOutDtypeErrors) {
   for (const auto& [dtype, code, needle] :
        std::vector<std::tuple<DType, int64_t, std::string>>{{DType::kFloat32, 10, "out_dtype must be 1"},
-                                                           {DType::kFloat64, 16, "out_dtype 16 needs float32 inputs"}}) {
+                                                           {DType::kFloat64, 16, "out_dtype 16 needs float32 or bfloat16 inputs"}}) {
     SCOPED_TRACE(needle);
     Graph g;
     g.opsets[kGalvatronDomain] = 1;

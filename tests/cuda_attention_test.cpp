@@ -553,12 +553,13 @@ TEST_F(CudaAttention, CudnnPackedAgainstFlash) {
     auto fwd = [&](int p) {
       float* const* b = buf[p];
       return p == 0 ? cuda::flash_attention_packed_f32(d, b[0], b[2], b[3])
-                    : cuda::cudnn_attention_packed_f32(d, b[0], b[2], b[3]);
+                    : cuda::cudnn_attention_packed(d, {b[0], false}, b[2], false, b[3]);
     };
     auto bwd = [&](int p) {
       float* const* b = buf[p];
       return p == 0 ? cuda::flash_attention_packed_grad_f32(d, b[0], b[1], b[2], b[3], b[4])
-                    : cuda::cudnn_attention_packed_grad(d, b[0], b[1], b[2], b[3], b[4], false);
+                    : cuda::cudnn_attention_packed_grad(d, {b[0], false}, {b[1], false}, {b[2], false}, b[3], b[4],
+                                                        false);
     };
     double ms[2][2] = {};
     std::vector<float> out[2][3];

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <random>
 
@@ -437,6 +438,10 @@ TEST_F(CudaKernels, GeluGradMatMul) {
 TEST_F(CudaKernels, AttentionPackedBf16) {
   PrecisionScope scope(*cuda_, "bf16");
   const std::string G = kGalvatronDomain;
+  auto bf16 = [](Tensor t) { return t.cast(DType::kBFloat16); };
+  auto same_bits = [](const Tensor& x, const Tensor& y) {
+    return x.dtype() == y.dtype() && x.shape() == y.shape() && std::memcmp(x.data(), y.data(), x.nbytes()) == 0;
+  };
   struct Shape4 {
     int64_t b, s, h, d;
     int causal;
@@ -461,8 +466,34 @@ TEST_F(CudaKernels, AttentionPackedBf16) {
       Attributes a16 = a;  // dQKV written in bf16 (its copy for the QKV product's backward)
       a16.set_int("out_dtype", 16);
       check({"AttentionPackedGrad", {qkv, dy, ref->outputs[0], ref->outputs[1]}, a16, 1, G, 20, {}, 2e-2});
+      // bf16 attention I/O (runtime/bf16_attention_io.cpp): bf16 QKV, Y and dY, Y written in bf16, against the CPU on
+      // the same bf16 inputs; and against the CUDA kernels on the widened float32 values: the same bits on cuDNN's
+      // path (it rounds its float32 inputs to bf16 itself), Y the rounding of the float32 Y.
+      const Tensor qkv16 = bf16(qkv), dy16 = bf16(dy);
+      Attributes ay = a;
+      ay.set_int("y_dtype", 16);
+      check({"AttentionPacked", {qkv16}, ay, 2, G, 20, {}, 2e-2});
+      auto y16 = run_case({"AttentionPacked", {qkv16}, ay, 2, G}, *cuda_);
+      ASSERT_TRUE(y16.has_value()) << y16.status().message();
+      const Tensor lse = y16->outputs[1];
+      check({"AttentionPackedGrad", {qkv16, dy16, y16->outputs[0], lse}, a, 1, G, 20, {}, 2e-2});
+      check({"AttentionPackedGrad", {qkv16, dy16, y16->outputs[0], lse}, a16, 1, G, 20, {}, 2e-2});
+      if (cudnn) {
+        auto y32 = run_case({"AttentionPacked", {qkv16.cast(DType::kFloat32)}, a, 2, G}, *cuda_);
+        ASSERT_TRUE(y32.has_value()) << y32.status().message();
+        EXPECT_TRUE(same_bits(y16->outputs[0], bf16(y32->outputs[0]))) << "Y";
+        EXPECT_TRUE(same_bits(y16->outputs[1], y32->outputs[1])) << "LSE";
+        auto g16 = run_case({"AttentionPackedGrad", {qkv16, dy16, y16->outputs[0], lse}, a16, 1, G}, *cuda_);
+        auto g32 = run_case({"AttentionPackedGrad",
+                             {qkv16.cast(DType::kFloat32), dy16.cast(DType::kFloat32),
+                              y16->outputs[0].cast(DType::kFloat32), lse},
+                             a, 1, G},
+                            *cuda_);
+        ASSERT_TRUE(g16.has_value() && g32.has_value());
+        EXPECT_TRUE(same_bits(g16->outputs[0], bf16(g32->outputs[0]))) << "dQKV";
+      }
       // cuDNN takes these shapes, or the flash kernels do: never the CPU fallback.
-      EXPECT_EQ(cuda::flash_attention_calls() - before, cudnn ? 0 : 3) << "the expected kernels did not run";
+      EXPECT_EQ(cuda::flash_attention_calls() - before, cudnn ? 0 : 7) << "the expected kernels did not run";
     }
   }
   for (const std::string& op : cuda_fallback_ops()) {
@@ -562,6 +593,22 @@ TEST_F(CudaKernels, SoftmaxAndNorms) {
   for (const auto& [rows, cols] : shapes) {
     SCOPED_TRACE(std::to_string(rows) + " x " + std::to_string(cols));
     check({"LayerNormalization", {randn({rows, cols}, 2.0, 1.0), randn({cols}), randn({cols})}, {}, 3, "", 17});
+    {
+      // galvatron LayerNormalization writing Y in bf16 (out_dtype 16): against the CPU, and exactly the rounding of
+      // the float32 kernel's Y (both the row kernels and the fallback through float32 scratch).
+      const std::vector<Tensor> in = {randn({rows, cols}, 2.0, 1.0), randn({cols}), randn({cols})};
+      const Attributes a16 = attrs({{"out_dtype", 16}});
+      check({"LayerNormalization", in, a16, 3, G, 1, {}, 1e-3});
+      auto y16 = run_case({"LayerNormalization", in, a16, 3, G, 1}, *cuda_);
+      auto y32 = run_case({"LayerNormalization", in, {}, 3, "", 17}, *cuda_);
+      ASSERT_TRUE(y16.has_value() && y32.has_value());
+      const Tensor want = y32->outputs[0].cast(DType::kBFloat16);
+      EXPECT_EQ(y16->outputs[0].dtype(), DType::kBFloat16);
+      EXPECT_EQ(std::memcmp(y16->outputs[0].data(), want.data(), want.nbytes()), 0) << "bf16 Y";
+      for (int o : {1, 2}) {
+        EXPECT_EQ(std::memcmp(y16->outputs[o].data(), y32->outputs[o].data(), want.numel() / cols * 4), 0) << o;
+      }
+    }
     const Case ln_grad{"LayerNormalizationGrad", {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})},
                        {}, 3, G, 17};
     check(ln_grad);

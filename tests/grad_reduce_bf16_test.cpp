@@ -80,6 +80,7 @@ TrainingGraphOptions ddp2(const Graph& g, bool overlap) {
   TrainingGraphOptions o = testing::ddp_options(g, {0, 1}, 1);
   o.overlap_grad_sync = overlap;
   o.bf16_grad_reduce = true;
+  o.bf16_grad_reduce_min_numel = 0;  // the fixture's parameters are all small: every gradient in bf16
   return o;
 }
 
@@ -172,6 +173,35 @@ TEST(Bf16GradReduce, EveryGradientReducedAsABf16Copy) {
   }
 }
 
+// bf16_grad_reduce_min_numel: gradients of fewer elements keep a plain float32 all-reduce (no Casts), the others go
+// through bf16 copies.
+TEST(Bf16GradReduce, SmallGradientsStayFloat32) {
+  auto g = testing::gpt2_fixture_graph(2);
+  ASSERT_TRUE(g.has_value()) << g.status().message();
+  TrainingGraphOptions o = ddp2(*g, true);
+  o.bf16_grad_reduce_min_numel = 1000;  // the fixture's 64-wide biases and norms stay float32, its matrices do not
+  auto tg = build_training_graph(*g, o);
+  ASSERT_TRUE(tg.has_value()) << tg.status().message();
+  const Graph& gr = tg->graph;
+  size_t small = 0, large = 0;
+  for (size_t i : nodes_of(gr, "AllReduce")) {
+    const Value& in = gr.value(gr.nodes[i].inputs[0]);
+    if (shape_numel(in.shape) < 1000) {
+      ++small;
+      EXPECT_EQ(in.dtype, DType::kFloat32) << gr.nodes[i].name;
+    } else {
+      ++large;
+      EXPECT_EQ(in.dtype, DType::kBFloat16) << gr.nodes[i].name;
+    }
+  }
+  EXPECT_GE(small, 4u * static_cast<size_t>(g->num_layers));  // ln_1, ln_2 scales and biases at least
+  EXPECT_GE(large, 4u * static_cast<size_t>(g->num_layers));  // c_attn, attn c_proj, c_fc, mlp c_proj weights
+  EXPECT_EQ(small + large, g->parameters().size());
+  size_t casts = 0;  // the gradient syncs' Casts (the model has Casts of its own)
+  for (size_t i : nodes_of(gr, "Cast")) casts += gr.nodes[i].name.rfind("grad_reduce/", 0) == 0;
+  EXPECT_EQ(casts, 2 * large) << "one bf16 copy and one widening per large gradient";
+}
+
 TEST(Bf16GradReduce, AccumulatorsAreClearedByTheSyncNotTheUpdate) {
   auto g = testing::gpt2_fixture_graph(2);
   ASSERT_TRUE(g.has_value()) << g.status().message();
@@ -211,6 +241,7 @@ std::vector<Expected<RankRun>> train(bool bf16, bool products, int micro_batches
   t.micro_batches = micro_batches;
   t.configure = [=](TrainerConfig& cfg) {
     cfg.graph.bf16_grad_reduce = bf16;
+    cfg.graph.bf16_grad_reduce_min_numel = 0;
     cfg.graph.bf16_operands = products;
     cfg.graph.bf16_operand_options.min_mn = 1;  // the fixture's small products qualify
   };
@@ -256,7 +287,8 @@ class Bf16GradReduceMpi : public MpiCli {
   std::vector<std::string> args(const std::string& dtype) {
     return {"train", fixture("gpt2", "model.onnx"), "--data", fixture("gpt2", "samples.safetensors"), "--batch-size",
             "4", "--steps", "4", "--optimizer", "adamw", "--lr", "1e-3", "--quiet", "--device", "cpu", "--devices",
-            "2", "--grad-reduce-dtype", dtype, "--metrics", path(dtype + ".jsonl")};
+            "2", "--grad-reduce-dtype", dtype, "--metrics", path(dtype + ".jsonl"), "--grad-reduce-bf16-min-numel",
+            "0"};
   }
 };
 
@@ -283,6 +315,14 @@ TEST_F(Bf16GradReduceMpi, UnknownTypeIsAUsageError) {
   a.erase(a.begin() + 15, a.begin() + 17);  // one process: the flag is checked all the same
   const auto before = listing();
   expect_failure(run(a), 2, {"--grad-reduce-dtype", "fp32 or bf16"}, before);
+}
+
+TEST_F(Bf16GradReduceMpi, NegativeMinNumelIsAUsageError) {
+  auto a = args("bf16");
+  a.back() = "-1";
+  a.erase(a.begin() + 15, a.begin() + 17);
+  const auto before = listing();
+  expect_failure(run(a), 2, {"--grad-reduce-bf16-min-numel", "0 or more"}, before);
 }
 
 }  // namespace

@@ -312,7 +312,8 @@ TEST_F(GpuPlans, DdpBf16GradReduceFollowsFloat32) {
     const std::string p = precision;
     train("cuda", "f32-" + p, {"--devices", "2", "--precision", p});
     if (HasFatalFailure()) return;
-    train("cuda", "b16-" + p, {"--devices", "2", "--precision", p, "--grad-reduce-dtype", "bf16"});
+    train("cuda", "b16-" + p, {"--devices", "2", "--precision", p, "--grad-reduce-dtype", "bf16",
+                                   "--grad-reduce-bf16-min-numel", "0"});
     if (HasFatalFailure()) return;
     auto a = read_metrics(path("b16-" + p + ".jsonl")), b = read_metrics(path("f32-" + p + ".jsonl"));
     ASSERT_EQ(a.size(), static_cast<size_t>(kSteps));

@@ -18,9 +18,22 @@
 #ifdef GALVATRON_HAVE_CUDNN_FRONTEND
 #include <cuda_runtime.h>
 #include <cudnn_frontend.h>
+
+#include "kernels/cuda/grow_buffer.h"
 #endif
 
 namespace gv::cuda {
+
+// GALVATRON_CUDA_CUDNN_HEAD_PAD: the multiple head dims are padded to (8, 16, ..., 128; read once). cuDNN's fastest
+// Hopper kernels are specialised on the common head dims (64, 128); padding 50 to 64 does more work in them.
+int64_t cudnn_padded_head_dim(int64_t d) {
+  static const int64_t multiple = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_CUDNN_HEAD_PAD");
+    const long v = e ? std::strtol(e, nullptr, 10) : 8;
+    return v >= 8 && v <= 128 && v % 8 == 0 ? static_cast<int64_t>(v) : int64_t{8};
+  }();
+  return (d + multiple - 1) / multiple * multiple;
+}
 
 #ifdef GALVATRON_HAVE_CUDNN_FRONTEND
 namespace {
@@ -38,25 +51,7 @@ cudnnHandle_t handle() {
   return h;
 }
 
-// A grow-only device buffer (cudaFree synchronizes: work that used the old one is done).
-struct Scratch {
-  void* p = nullptr;
-  size_t have = 0;
-  void* get(size_t bytes) {
-    if (bytes <= have) return p;
-    if (p) cudaFree(p);
-    p = nullptr;
-    have = 0;
-    if (cudaMalloc(&p, bytes) != cudaSuccess) {
-      cudaGetLastError();
-      return nullptr;
-    }
-    have = bytes;
-    return p;
-  }
-};
-
-Scratch g_qkv, g_o, g_do, g_dqkv, g_ws;
+GrowBuffer g_qkv, g_o, g_do, g_dqkv, g_ws;
 
 using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, float, bool, bool>;  // b, s, h, dp, scale, causal, bwd
 
@@ -67,11 +62,10 @@ struct Plan {
   bool ok = false;
 };
 
-int64_t round8(int64_t v) { return (v + 7) / 8 * 8; }
 
 Plan* plan_for(const AttentionDims& d, bool backward) {
   static std::map<Key, Plan> plans;
-  const int64_t B = d.batch, S = d.q_len, H = d.q_heads, Dp = round8(d.head_dim);
+  const int64_t B = d.batch, S = d.q_len, H = d.q_heads, Dp = cudnn_padded_head_dim(d.head_dim);
   const Key key{B, S, H, Dp, d.scale, d.causal, backward};
   auto it = plans.find(key);
   if (it != plans.end()) return it->second.ok ? &it->second : nullptr;
@@ -149,35 +143,49 @@ bool cudnn_attention_supported(const AttentionDims& d, bool backward) {
   return cudnn_attention_enabled() && shape_ok(d) && plan_for(d, false) && (!backward || plan_for(d, true));
 }
 
-bool cudnn_attention_packed_f32(const AttentionDims& d, const float* qkv, float* y, float* lse) {
-  Plan* p = plan_for(d, false);
-  if (!p || !shape_ok(d)) return false;
-  const int64_t rows = d.batch * d.q_len, H = d.q_heads, D = d.head_dim, Dp = round8(D);
-  auto* qkv16 = static_cast<uint16_t*>(g_qkv.get(sizeof(uint16_t) * rows * 3 * H * Dp));
-  auto* o16 = static_cast<uint16_t*>(g_o.get(sizeof(uint16_t) * rows * H * Dp));
-  if (!qkv16 || !o16 || !pack_heads_bf16(qkv, rows * 3 * H, D, Dp, qkv16)) return false;
-  std::unordered_map<TensorPtr, void*> pack = {
-      {p->q, qkv16}, {p->k, qkv16 + H * Dp}, {p->v, qkv16 + 2 * H * Dp}, {p->o, o16}, {p->stats, lse}};
-  return execute(*p, pack) && unpack_heads_f32(o16, rows * H, D, Dp, y);
+namespace {
+
+// `src` as cuDNN reads it, bf16 heads of Dp elements: a bf16 source without padding in place, otherwise packed into
+// `buf`; nullptr on failure.
+uint16_t* cudnn_heads(MixedTensor src, int64_t heads, int64_t D, int64_t Dp, GrowBuffer& buf) {
+  if (src.bf16 && D == Dp) return static_cast<uint16_t*>(const_cast<void*>(src.data));
+  auto* dst = buf.get_as<uint16_t>(static_cast<size_t>(heads * Dp));
+  return dst && pack_heads_bf16(src, heads, D, Dp, dst) ? dst : nullptr;
 }
 
-bool cudnn_attention_packed_grad(const AttentionDims& d, const float* qkv, const float* dy, const float* y,
+// cuDNN's bf16 result `src` (heads of Dp) into `dst` of float32 or bf16 heads of D; nothing where it was written there.
+bool from_cudnn_heads(const uint16_t* src, int64_t heads, int64_t D, int64_t Dp, void* dst, bool dst_bf16) {
+  if (src == dst) return true;
+  return dst_bf16 ? unpack_heads_bf16(src, heads, D, Dp, static_cast<uint16_t*>(dst))
+                  : unpack_heads_f32(src, heads, D, Dp, static_cast<float*>(dst));
+}
+
+}  // namespace
+
+bool cudnn_attention_packed(const AttentionDims& d, MixedTensor qkv, void* y, bool y_bf16, float* lse) {
+  Plan* p = plan_for(d, false);
+  if (!p || !shape_ok(d)) return false;
+  const int64_t rows = d.batch * d.q_len, H = d.q_heads, D = d.head_dim, Dp = cudnn_padded_head_dim(D);
+  uint16_t* qkv16 = cudnn_heads(qkv, rows * 3 * H, D, Dp, g_qkv);
+  // A bf16 Y without head padding is cuDNN's own output layout: written in place.
+  auto* o16 = y_bf16 && D == Dp ? static_cast<uint16_t*>(y) : g_o.get_as<uint16_t>(static_cast<size_t>(rows * H * Dp));
+  if (!qkv16 || !o16) return false;
+  std::unordered_map<TensorPtr, void*> pack = {
+      {p->q, qkv16}, {p->k, qkv16 + H * Dp}, {p->v, qkv16 + 2 * H * Dp}, {p->o, o16}, {p->stats, lse}};
+  return execute(*p, pack) && from_cudnn_heads(o16, rows * H, D, Dp, y, y_bf16);
+}
+
+bool cudnn_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedTensor dy, MixedTensor y,
                                  const float* lse, void* dqkv, bool dqkv_bf16) {
   Plan* p = plan_for(d, true);
   if (!p || !shape_ok(d)) return false;
-  const int64_t rows = d.batch * d.q_len, H = d.q_heads, D = d.head_dim, Dp = round8(D);
-  auto* qkv16 = static_cast<uint16_t*>(g_qkv.get(sizeof(uint16_t) * rows * 3 * H * Dp));
-  auto* o16 = static_cast<uint16_t*>(g_o.get(sizeof(uint16_t) * rows * H * Dp));
-  auto* do16 = static_cast<uint16_t*>(g_do.get(sizeof(uint16_t) * rows * H * Dp));
-  // A bf16 dQKV without head padding is cuDNN's own output layout: written in place.
-  const bool direct = dqkv_bf16 && D == Dp;
-  auto* dqkv16 = direct ? static_cast<uint16_t*>(dqkv)
-                        : static_cast<uint16_t*>(g_dqkv.get(sizeof(uint16_t) * rows * 3 * H * Dp));
+  const int64_t rows = d.batch * d.q_len, H = d.q_heads, D = d.head_dim, Dp = cudnn_padded_head_dim(D);
+  uint16_t* qkv16 = cudnn_heads(qkv, rows * 3 * H, D, Dp, g_qkv);
+  uint16_t* o16 = cudnn_heads(y, rows * H, D, Dp, g_o);
+  uint16_t* do16 = cudnn_heads(dy, rows * H, D, Dp, g_do);
+  auto* dqkv16 = dqkv_bf16 && D == Dp ? static_cast<uint16_t*>(dqkv)
+                                      : g_dqkv.get_as<uint16_t>(static_cast<size_t>(rows * 3 * H * Dp));
   if (!qkv16 || !o16 || !do16 || !dqkv16) return false;
-  if (!pack_heads_bf16(qkv, rows * 3 * H, D, Dp, qkv16) || !pack_heads_bf16(y, rows * H, D, Dp, o16) ||
-      !pack_heads_bf16(dy, rows * H, D, Dp, do16)) {
-    return false;
-  }
   std::unordered_map<TensorPtr, void*> pack = {{p->q, qkv16},
                                                {p->k, qkv16 + H * Dp},
                                                {p->v, qkv16 + 2 * H * Dp},
@@ -187,18 +195,15 @@ bool cudnn_attention_packed_grad(const AttentionDims& d, const float* qkv, const
                                                {p->dq, dqkv16},
                                                {p->dk, dqkv16 + H * Dp},
                                                {p->dv, dqkv16 + 2 * H * Dp}};
-  if (!execute(*p, pack)) return false;
-  if (direct) return true;
-  return dqkv_bf16 ? unpack_heads_bf16(dqkv16, rows * 3 * H, D, Dp, static_cast<uint16_t*>(dqkv))
-                   : unpack_heads_f32(dqkv16, rows * 3 * H, D, Dp, static_cast<float*>(dqkv));
+  return execute(*p, pack) && from_cudnn_heads(dqkv16, rows * 3 * H, D, Dp, dqkv, dqkv_bf16);
 }
 
 #else  // built without the cuDNN frontend: the flash kernels take every call
 
 bool cudnn_attention_enabled() { return false; }
 bool cudnn_attention_supported(const AttentionDims&, bool) { return false; }
-bool cudnn_attention_packed_f32(const AttentionDims&, const float*, float*, float*) { return false; }
-bool cudnn_attention_packed_grad(const AttentionDims&, const float*, const float*, const float*, const float*, void*,
+bool cudnn_attention_packed(const AttentionDims&, MixedTensor, void*, bool, float*) { return false; }
+bool cudnn_attention_packed_grad(const AttentionDims&, MixedTensor, MixedTensor, MixedTensor, const float*, void*,
                                  bool) {
   return false;
 }

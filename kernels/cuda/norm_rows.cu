@@ -116,10 +116,18 @@ __device__ __forceinline__ void moments(const float4 (&v)[V], RowGroup<W>& grp, 
 
 // Rows blockIdx.x * G + g, then + gridDim.x * G, ... for group g of the block's G. Three blocks per SM where ptxas
 // fits them without spills (sm_90: up to 8 float4 per thread here, 4 in the backward), two otherwise.
-template <int W, int V, bool kCenter>
+// Four results stored as float4, or as four bf16 (round to nearest even) in 8 bytes.
+__device__ __forceinline__ void store4(float* y, int64_t i, float4 v) { reinterpret_cast<float4*>(y)[i] = v; }
+__device__ __forceinline__ void store4(uint16_t* y, int64_t i, float4 v) {
+  const uint32_t lo = detail::bf16_bits(v.x) | (static_cast<uint32_t>(detail::bf16_bits(v.y)) << 16);
+  const uint32_t hi = detail::bf16_bits(v.z) | (static_cast<uint32_t>(detail::bf16_bits(v.w)) << 16);
+  reinterpret_cast<uint2*>(y)[i] = make_uint2(lo, hi);
+}
+
+template <int W, int V, bool kCenter, typename Out>
 __global__ void __launch_bounds__(kBlock, V <= 8 ? 3 : 2)
     norm_forward_rows(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ bias,
-                      float* y, float* mean_out, float* inv_std_out, int64_t rows, int cols, float eps) {
+                      Out* y, float* mean_out, float* inv_std_out, int64_t rows, int cols, float eps) {
   __shared__ double red[4 * kWarps];
   RowGroup<W> grp(red);
   constexpr int G = RowGroup<W>::kPerBlock;
@@ -134,15 +142,15 @@ __global__ void __launch_bounds__(kBlock, V <= 8 ? 3 : 2)
       if (inv_std_out) inv_std_out[r] = static_cast<float>(is);
     }
     const float mf = static_cast<float>(m), isf = static_cast<float>(is);
-    float4* out = reinterpret_cast<float4*>(y) + r * c4;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const int i = grp.t + k * 32 * W;
       if (i >= c4) continue;
       const float4 s = reinterpret_cast<const float4*>(scale)[i];
       const float4 b = bias ? reinterpret_cast<const float4*>(bias)[i] : f4(0.0f);
-      out[i] = make_float4((v[k].x - mf) * isf * s.x + b.x, (v[k].y - mf) * isf * s.y + b.y,
-                           (v[k].z - mf) * isf * s.z + b.z, (v[k].w - mf) * isf * s.w + b.w);
+      store4(y, r * c4 + i,
+             make_float4((v[k].x - mf) * isf * s.x + b.x, (v[k].y - mf) * isf * s.y + b.y,
+                         (v[k].z - mf) * isf * s.z + b.z, (v[k].w - mf) * isf * s.w + b.w));
     }
   }
 }
@@ -343,15 +351,15 @@ bool with_backward_shape(int c4, F&& f) {
   return f(Int<8>{}, Int<8>{});
 }
 
-template <bool kCenter>
-bool forward(const float* x, const float* scale, const float* bias, float* y, float* mean, float* inv_std,
+template <bool kCenter, typename Out>
+bool forward(const float* x, const float* scale, const float* bias, Out* y, float* mean, float* inv_std,
              int64_t rows, int cols, float eps) {
   return with_forward_shape(cols / 4, [&](auto w, auto v) {
     constexpr int W = decltype(w)::value, V = decltype(v)::value, G = kWarps / W;
     // A group per row; past 2^20 blocks the groups stride over the rest.
     const int64_t want = (rows + G - 1) / G;
     const unsigned grid = static_cast<unsigned>(want < (int64_t{1} << 20) ? want : (int64_t{1} << 20));
-    norm_forward_rows<W, V, kCenter><<<grid, kBlock>>>(x, scale, bias, y, mean, inv_std, rows, cols, eps);
+    norm_forward_rows<W, V, kCenter, Out><<<grid, kBlock>>>(x, scale, bias, y, mean, inv_std, rows, cols, eps);
     return launched();
   });
 }
@@ -401,11 +409,17 @@ bool norm_rows_eligible(int64_t rows, int64_t cols, std::initializer_list<const 
   return true;
 }
 
-bool norm_rows_forward(bool center, const float* x, const float* scale, const float* bias, float* y, float* mean,
-                       float* inv_std, int64_t rows, int64_t cols, float eps) {
+bool norm_rows_forward(bool center, const float* x, const float* scale, const float* bias, void* y, bool y_bf16,
+                       float* mean, float* inv_std, int64_t rows, int64_t cols, float eps) {
   const int c = static_cast<int>(cols);
-  return center ? forward<true>(x, scale, bias, y, mean, inv_std, rows, c, eps)
-                : forward<false>(x, scale, nullptr, y, nullptr, inv_std, rows, c, eps);
+  if (y_bf16) {
+    auto* yb = static_cast<uint16_t*>(y);
+    return center ? forward<true>(x, scale, bias, yb, mean, inv_std, rows, c, eps)
+                  : forward<false>(x, scale, nullptr, yb, nullptr, inv_std, rows, c, eps);
+  }
+  auto* yf = static_cast<float*>(y);
+  return center ? forward<true>(x, scale, bias, yf, mean, inv_std, rows, c, eps)
+                : forward<false>(x, scale, nullptr, yf, nullptr, inv_std, rows, c, eps);
 }
 
 bool norm_rows_backward(bool center, const float* dy, const float* x, const float* scale, const float* mean,

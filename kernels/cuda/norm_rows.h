@@ -10,9 +10,9 @@ namespace gv::cuda {
 // rows > 0, cols % 4 == 0 and <= 8192, every non-null tensor 16-byte aligned, and not switched off by the variable.
 bool norm_rows_eligible(int64_t rows, int64_t cols, std::initializer_list<const void*> tensors);
 // y = (x - mean) * inv_std * scale + bias (center; bias may be null), or x * inv_rms * scale; mean, inv_std may be
-// null (RMS: both ignored).
-bool norm_rows_forward(bool center, const float* x, const float* scale, const float* bias, float* y, float* mean,
-                       float* inv_std, int64_t rows, int64_t cols, float eps);
+// null (RMS: both ignored). y float32, or bfloat16 (y_bf16: the float32 results rounded).
+bool norm_rows_forward(bool center, const float* x, const float* scale, const float* bias, void* y, bool y_bf16,
+                       float* mean, float* inv_std, int64_t rows, int64_t cols, float eps);
 // dx, and dscale / dbias (either may be null; dbias only when center) from dy; mean and inv_std from the forward or
 // null (recomputed with eps).
 bool norm_rows_backward(bool center, const float* dy, const float* x, const float* scale, const float* mean,

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/grow_buffer.h"
 #include "kernels/cuda/norm_rows.h"
 
 namespace gv::cuda {
@@ -270,10 +271,21 @@ bool layer_norm_f32(const float* x, const float* scale, const float* bias, float
                     int64_t rows, int64_t cols, float eps) {
   if (rows == 0) return true;
   if (norm_rows_eligible(rows, cols, {x, scale, bias, y})) {
-    return norm_rows_forward(true, x, scale, bias, y, mean, inv_std, rows, cols, eps);
+    return norm_rows_forward(true, x, scale, bias, y, false, mean, inv_std, rows, cols, eps);
   }
   layer_norm_kernel<<<rows_grid(rows), kRowThreads>>>(x, scale, bias, y, mean, inv_std, cols, eps);
   return launched();
+}
+
+bool layer_norm_to_bf16(const float* x, const float* scale, const float* bias, uint16_t* y, float* mean,
+                        float* inv_std, int64_t rows, int64_t cols, float eps) {
+  if (rows == 0) return true;
+  if (norm_rows_eligible(rows, cols, {x, scale, bias, y})) {
+    return norm_rows_forward(true, x, scale, bias, y, true, mean, inv_std, rows, cols, eps);
+  }
+  static GrowBuffer wide;
+  float* w = wide.get_as<float>(static_cast<size_t>(rows * cols));
+  return w && layer_norm_f32(x, scale, bias, w, mean, inv_std, rows, cols, eps) && to_bf16(w, y, rows * cols);
 }
 
 bool layer_norm_grad_f32(const float* dy, const float* x, const float* scale, const float* mean, const float* inv_std,
@@ -304,7 +316,7 @@ bool layer_norm_grad_f32(const float* dy, const float* x, const float* scale, co
 bool rms_norm_f32(const float* x, const float* scale, float* y, int64_t rows, int64_t cols, float eps) {
   if (rows == 0) return true;
   if (norm_rows_eligible(rows, cols, {x, scale, y})) {
-    return norm_rows_forward(false, x, scale, nullptr, y, nullptr, nullptr, rows, cols, eps);
+    return norm_rows_forward(false, x, scale, nullptr, y, false, nullptr, nullptr, rows, cols, eps);
   }
   rms_norm_kernel<<<rows_grid(rows), kRowThreads>>>(x, scale, y, cols, eps);
   return launched();

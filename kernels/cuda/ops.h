@@ -43,11 +43,13 @@ bool gemm_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, c
 bool to_bf16(const float* x, uint16_t* y, int64_t n);
 // y[i] = float32 of the bf16 x[i] (exact).
 bool from_bf16(const uint16_t* x, float* y, int64_t n);
-// An operand of gemm_mixed: float32 or bfloat16 elements, rows packed (as gemm_f32's).
-struct GemmOperand {
+// Read-only elements of float32 or bfloat16 (bits): the operands of gemm_mixed (rows packed, as gemm_f32's) and the
+// packed attention's inputs.
+struct MixedTensor {
   const void* data = nullptr;
   bool bf16 = false;
 };
+using GemmOperand = MixedTensor;
 // gemm_f32's contract with each operand float32 or bfloat16 (a training graph's shared bf16 copies,
 // runtime/bf16_operands.h). Both float32: gemm_f32. Both bf16: the bf16 product. One of each: in kBf16 mode a bf16
 // product, the float32 operand converted into scratch with rows padded to 8 elements and the bf16 one read in place
@@ -133,15 +135,22 @@ bool flash_attention_packed_grad_f32(const AttentionDims& d, const float* qkv, c
 // and says whether cuDNN takes the forward (and the backward); the calls return false where it does not.
 bool cudnn_attention_enabled();
 bool cudnn_attention_supported(const AttentionDims& d, bool backward);
-bool cudnn_attention_packed_f32(const AttentionDims& d, const float* qkv, float* y, float* lse);
-// dqkv float32, or bfloat16 (dqkv_bf16: AttentionPackedGrad's out_dtype 16).
-bool cudnn_attention_packed_grad(const AttentionDims& d, const float* qkv, const float* dy, const float* y,
+// QKV, Y and dY float32 or bfloat16 (the training graph's bf16 attention I/O, runtime/bf16_attention_io.cpp); Y and
+// dQKV written in float32 or bfloat16 (y_bf16, dqkv_bf16); LSE float32. Heads cuDNN can read in place (bf16, D a
+// multiple of the padding) are read and written in place.
+bool cudnn_attention_packed(const AttentionDims& d, MixedTensor qkv, void* y, bool y_bf16, float* lse);
+bool cudnn_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedTensor dy, MixedTensor y,
                                  const float* lse, void* dqkv, bool dqkv_bf16);
-// flash_attention_packed_grad_f32 into float32 scratch, then rounded into a bf16 dQKV.
-bool flash_attention_packed_grad_bf16(const AttentionDims& d, const float* qkv, const float* dy, const float* y,
-                                      const float* lse, uint16_t* dqkv);
-// float32 rows of `heads` heads of d elements <-> bf16 heads padded to dp elements (zeros in the padding).
-bool pack_heads_bf16(const float* src, int64_t heads, int64_t d, int64_t dp, uint16_t* dst);
+// The head dim cuDNN computes with: D rounded up to GALVATRON_CUDA_CUDNN_HEAD_PAD (a multiple of 8; default 8).
+int64_t cudnn_padded_head_dim(int64_t d);
+// The flash kernels with the same mixed operands: bf16 inputs widened into float32 scratch, bf16 results rounded
+// from float32 scratch.
+bool flash_attention_packed(const AttentionDims& d, MixedTensor qkv, void* y, bool y_bf16, float* lse);
+bool flash_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedTensor dy, MixedTensor y,
+                                 const float* lse, void* dqkv, bool dqkv_bf16);
+// Rows of `heads` heads of d float32 or bf16 elements -> bf16 heads padded to dp elements (zeros in the padding), and
+// back (to float32 or bf16).
+bool pack_heads_bf16(MixedTensor src, int64_t heads, int64_t d, int64_t dp, uint16_t* dst);
 bool unpack_heads_f32(const uint16_t* src, int64_t heads, int64_t d, int64_t dp, float* dst);
 bool unpack_heads_bf16(const uint16_t* src, int64_t heads, int64_t d, int64_t dp, uint16_t* dst);
 // Debug counter: successful flash launches (forward and backward calls) in this process.
@@ -194,6 +203,9 @@ bool cast(char from, char to, const void* x, void* y, int64_t n);
 // y[rows, cols] = (x - mean) * inv_std * scale + bias (bias may be null); mean, inv_std [rows] may be null.
 bool layer_norm_f32(const float* x, const float* scale, const float* bias, float* y, float* mean, float* inv_std,
                     int64_t rows, int64_t cols, float eps);
+// The same with y in bfloat16 (the float32 results rounded).
+bool layer_norm_to_bf16(const float* x, const float* scale, const float* bias, uint16_t* y, float* mean,
+                        float* inv_std, int64_t rows, int64_t cols, float eps);
 // Backward (kernels/cpu/norm.h's formula). dy, mean, inv_std, dmean, dinv_std may be null (statistics recomputed
 // when mean/inv_std are null, with eps); dscale, dbias may be null.
 bool layer_norm_grad_f32(const float* dy, const float* x, const float* scale, const float* mean, const float* inv_std,

@@ -4,10 +4,13 @@
 //
 //   galvatron AttentionPacked(QKV [B, S, 3 * H * D]) -> Y [B, S, H * D], LSE [B, H, S]
 //     Q, K, V are QKV's three [B, S, H * D] blocks along the last axis (ONNX Attention's 3-D form each, H query and
-//     key/value heads). Attributes: num_heads (H), is_causal, scale (default 1/sqrt(D)).
+//     key/value heads). Attributes: num_heads (H), is_causal, scale (default 1/sqrt(D)), y_dtype (ONNX type of Y: 1
+//     float32 or 16 bfloat16, computed in float32 and rounded; default float32, or float64 for float64 QKV).
 //   galvatron AttentionPackedGrad(QKV, dY, Y, LSE) -> dQKV [B, S, 3 * H * D]; attribute out_dtype (ONNX type: 1
 //     float32, the default, or 16 bfloat16: computed in float32 and rounded, for a dQKV that only its bf16 copy reads;
 //     runtime/bf16_operands.cpp sets it)
+// QKV, Y and dY may be bfloat16 (runtime/bf16_attention_io.cpp: what cuDNN's attention reads anyway); the computation
+// is then float32 over the widened values, LSE float32. float64 QKV: everything float64.
 // The CPU kernels unpack and run the 4-D reference (kernels/cpu/attention.h); the result is bit-identical to
 // Split + AttentionWithLse and its gradient + Concat.
 #include <algorithm>
@@ -26,37 +29,55 @@ using math::dispatch_float;
 using math::make_schema;
 
 Status check_packed(const InferContext& ctx, AttentionForm& f) {
-  if (ctx.dtype(0) != DType::kFloat32 && ctx.dtype(0) != DType::kFloat64) {
-    return ctx.fail(std::string("QKV must be float32 or float64, got ") + dtype_name(ctx.dtype(0)));
+  const DType t = ctx.dtype(0);
+  if (t != DType::kFloat32 && t != DType::kFloat64 && t != DType::kBFloat16) {
+    return ctx.fail(std::string("QKV must be float32, bfloat16 or float64, got ") + dtype_name(t));
   }
   const std::string err = read_packed_attention_form(ctx.shape(0), ctx.attrs(), f);
   return err.empty() ? Status::ok() : ctx.fail(err);
 }
 
+// The type the op computes in: float64 for float64 QKV, float32 otherwise.
+DType compute_type(DType qkv) { return qkv == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32; }
+
+// The dtype an ONNX type attribute asks for: 1 (the default) the compute type, 16 bfloat16 (float32 computation).
+Status result_dtype(const InferContext& ctx, const char* attr, DType& out) {
+  const int64_t v = ctx.attrs().get_int(attr, 1);
+  if (v != 1 && v != 16) return ctx.fail(std::string(attr) + " must be 1 (float32) or 16 (bfloat16)");
+  const DType c = compute_type(ctx.dtype(0));
+  if (v == 16 && c != DType::kFloat32) return ctx.fail(std::string(attr) + " 16 needs float32 or bfloat16 inputs");
+  out = v == 16 ? DType::kBFloat16 : c;
+  return Status::ok();
+}
+
 Status infer_packed(InferContext& ctx) {
   AttentionForm f;
   GV_RETURN_IF_ERROR(check_packed(ctx, f));
-  ctx.set_output(0, ctx.dtype(0), f.y_shape());
-  ctx.set_output(1, ctx.dtype(0), {f.batch, f.q_heads, f.q_len});
+  DType y;
+  GV_RETURN_IF_ERROR(result_dtype(ctx, "y_dtype", y));
+  ctx.set_output(0, y, f.y_shape());
+  ctx.set_output(1, compute_type(ctx.dtype(0)), {f.batch, f.q_heads, f.q_len});
   return Status::ok();
 }
 
 Status infer_packed_grad(InferContext& ctx) {
   AttentionForm f;
   GV_RETURN_IF_ERROR(check_packed(ctx, f));
+  const DType c = compute_type(ctx.dtype(0));
   const Shape y = f.y_shape(), lse = {f.batch, f.q_heads, f.q_len};
   const char* names[3] = {"dY", "Y", "LSE"};
   const Shape want[3] = {y, y, lse};
   for (int i = 1; i <= 3; ++i) {
-    if (!ctx.has_input(i) || ctx.shape(i) != want[i - 1] || ctx.dtype(i) != ctx.dtype(0)) {
-      return ctx.fail(std::string(names[i - 1]) + " must be " + dtype_name(ctx.dtype(0)) + " " +
-                      shape_str(want[i - 1]));
+    const bool bf16_ok = i < 3 && c == DType::kFloat32;  // dY and Y may be bf16 beside float32 or bf16 QKV
+    const std::string types = std::string(dtype_name(c)) + (bf16_ok ? " or bfloat16" : "");
+    if (!ctx.has_input(i) || ctx.shape(i) != want[i - 1] ||
+        !(ctx.dtype(i) == c || (bf16_ok && ctx.dtype(i) == DType::kBFloat16))) {
+      return ctx.fail(std::string(names[i - 1]) + " must be " + types + " " + shape_str(want[i - 1]));
     }
   }
-  const int64_t out = ctx.attrs().get_int("out_dtype", 1);
-  if (out != 1 && out != 16) return ctx.fail("out_dtype must be 1 (float32) or 16 (bfloat16)");
-  if (out == 16 && ctx.dtype(0) != DType::kFloat32) return ctx.fail("out_dtype 16 needs float32 inputs");
-  ctx.set_output(0, out == 16 ? DType::kBFloat16 : ctx.dtype(0), ctx.shape(0));
+  DType out;
+  GV_RETURN_IF_ERROR(result_dtype(ctx, "out_dtype", out));
+  ctx.set_output(0, out, ctx.shape(0));
   return Status::ok();
 }
 
@@ -67,20 +88,40 @@ cpu::AttentionShape shape_of(const AttentionForm& f) {
   return s;
 }
 
+// t's elements as T: t's own, or a bf16 t widened into `tmp`.
+template <typename T>
+const T* widened(const TensorRef& t, std::vector<T>& tmp) {
+  if (t.dtype != DType::kBFloat16) return t.as<T>();
+  tmp.resize(static_cast<size_t>(t.numel()));
+  convert_elements(t.data, t.dtype, tmp.data(), sizeof(T) == 8 ? DType::kFloat64 : DType::kFloat32, t.numel());
+  return tmp.data();
+}
+
+// Writes `out` from T values computed into `wide` (when out is bf16) or straight into out: `fill` gets the pointer.
+template <typename T, typename F>
+void write_result(const TensorRef& out, F&& fill) {
+  if (out.dtype != DType::kBFloat16) return fill(out.as<T>());
+  std::vector<T> wide(static_cast<size_t>(out.numel()));
+  fill(wide.data());
+  convert_elements(wide.data(), sizeof(T) == 8 ? DType::kFloat64 : DType::kFloat32, out.data, out.dtype,
+                   out.numel());
+}
+
 // QKV's rows hold Q, K, V side by side: block p starts p * H * D into each row of 3 * H * D.
 Status packed_cpu(KernelContext& ctx) {
   AttentionForm f;
   read_packed_attention_form(ctx.inputs[0].shape, ctx.attrs(), f);
   const cpu::AttentionShape s = shape_of(f);
   const int64_t B = f.batch, S = f.q_len, H = f.q_heads, D = f.head_dim, hd = H * D;
-  return dispatch_float(ctx.inputs[0].dtype, ctx, [&](auto tag) {
+  return dispatch_float(compute_type(ctx.inputs[0].dtype), ctx, [&](auto tag) {
     using T = decltype(tag);
-    const T* qkv = ctx.inputs[0].as<T>();
+    std::vector<T> tmp;
+    const T* qkv = widened(ctx.inputs[0], tmp);
     const auto q = heads_first(qkv, B, S, H, D, 3 * hd), k = heads_first(qkv + hd, B, S, H, D, 3 * hd),
                v = heads_first(qkv + 2 * hd, B, S, H, D, 3 * hd);
     std::vector<T> y(q.size());
     cpu::attention_forward(s, q.data(), k.data(), v.data(), cpu::AttentionMask{}, y.data(), ctx.outputs[1].as<T>());
-    sequence_first(y.data(), B, S, H, D, ctx.outputs[0].as<T>());
+    write_result<T>(ctx.outputs[0], [&](T* out) { sequence_first(y.data(), B, S, H, D, out); });
   });
 }
 
@@ -89,21 +130,21 @@ Status packed_grad_cpu(KernelContext& ctx) {
   read_packed_attention_form(ctx.inputs[0].shape, ctx.attrs(), f);
   const cpu::AttentionShape s = shape_of(f);
   const int64_t B = f.batch, S = f.q_len, H = f.q_heads, D = f.head_dim, hd = H * D;
-  return dispatch_float(ctx.inputs[0].dtype, ctx, [&](auto tag) {
+  return dispatch_float(compute_type(ctx.inputs[0].dtype), ctx, [&](auto tag) {
     using T = decltype(tag);
-    const T* qkv = ctx.inputs[0].as<T>();
+    std::vector<T> tmp_qkv, tmp_dy;
+    const T* qkv = widened(ctx.inputs[0], tmp_qkv);
     const auto q = heads_first(qkv, B, S, H, D, 3 * hd), k = heads_first(qkv + hd, B, S, H, D, 3 * hd),
-               v = heads_first(qkv + 2 * hd, B, S, H, D, 3 * hd), dy = heads_first(ctx.inputs[1].as<T>(), B, S, H, D);
+               v = heads_first(qkv + 2 * hd, B, S, H, D, 3 * hd),
+               dy = heads_first(widened(ctx.inputs[1], tmp_dy), B, S, H, D);
     std::vector<T> dq(q.size()), dk(q.size()), dv(q.size());
     cpu::attention_backward(s, q.data(), k.data(), v.data(), cpu::AttentionMask{}, dy.data(), dq.data(), dk.data(),
                             dv.data());
-    const TensorRef& o = ctx.outputs[0];
-    std::vector<T> wide(o.dtype == DType::kBFloat16 ? static_cast<size_t>(o.numel()) : 0);
-    T* out = o.dtype == DType::kBFloat16 ? wide.data() : o.as<T>();
-    sequence_first(dq.data(), B, S, H, D, out, 3 * hd);
-    sequence_first(dk.data(), B, S, H, D, out + hd, 3 * hd);
-    sequence_first(dv.data(), B, S, H, D, out + 2 * hd, 3 * hd);
-    if (o.dtype == DType::kBFloat16) convert_elements(wide.data(), DType::kFloat32, o.data, o.dtype, o.numel());
+    write_result<T>(ctx.outputs[0], [&](T* out) {
+      sequence_first(dq.data(), B, S, H, D, out, 3 * hd);
+      sequence_first(dk.data(), B, S, H, D, out + hd, 3 * hd);
+      sequence_first(dv.data(), B, S, H, D, out + 2 * hd, 3 * hd);
+    });
   });
 }
 

@@ -83,11 +83,19 @@ Status infer_layer_norm(InferContext& ctx) {
   GV_RETURN_IF_ERROR(stats_dtype(ctx, ctx.dtype(0), u));
   Shape stats = ctx.shape(0);
   for (size_t i = v.axis; i < stats.size(); ++i) stats[i] = 1;
-  ctx.set_output(0, ctx.dtype(0), ctx.shape(0));
+  DType y = ctx.dtype(0);
+  if (ctx.node().domain == kGalvatronDomain) {  // galvatron LayerNormalization: Y's dtype from out_dtype
+    const int64_t out = ctx.attrs().get_int("out_dtype", 1);
+    if (out != 1 && out != 16) return ctx.fail("out_dtype must be 1 (float32) or 16 (bfloat16)");
+    if (out == 16 && y != DType::kFloat32) return ctx.fail("out_dtype 16 needs a float32 X");
+    if (out == 16) y = DType::kBFloat16;
+  }
+  ctx.set_output(0, y, ctx.shape(0));
   for (int i = 1; i < ctx.num_outputs(); ++i) ctx.set_output(i, u, stats);
   return Status::ok();
 }
 
+// Y in bfloat16 (galvatron LayerNormalization, out_dtype 16): computed in float32, then rounded.
 Status layer_norm_cpu(KernelContext& ctx) {
   const TensorRef& x = ctx.inputs[0];
   const NormView v = kernel_view(ctx, x);
@@ -97,9 +105,12 @@ Status layer_norm_cpu(KernelContext& ctx) {
   return dispatch_norm(x.dtype, u, ctx, [&](auto t_tag, auto u_tag) {
     using T = decltype(t_tag);
     using U = decltype(u_tag);
-    cpu::layer_norm<T, U>(x.as<T>(), ctx.inputs[1].as<T>(), data_or_null<T>(ctx, 2), ctx.outputs[0].as<T>(),
-                          n_out > 1 ? ctx.outputs[1].as<U>() : nullptr, n_out > 2 ? ctx.outputs[2].as<U>() : nullptr,
-                          v.rows, v.cols, eps);
+    const TensorRef& y = ctx.outputs[0];
+    std::vector<T> wide(y.dtype == DType::kBFloat16 ? static_cast<size_t>(y.numel()) : 0);
+    cpu::layer_norm<T, U>(x.as<T>(), ctx.inputs[1].as<T>(), data_or_null<T>(ctx, 2),
+                          wide.empty() ? y.as<T>() : wide.data(), n_out > 1 ? ctx.outputs[1].as<U>() : nullptr,
+                          n_out > 2 ? ctx.outputs[2].as<U>() : nullptr, v.rows, v.cols, eps);
+    if (!wide.empty()) convert_elements(wide.data(), x.dtype, y.data, y.dtype, y.numel());
   });
 }
 
@@ -238,6 +249,10 @@ void register_norm_ops(OpRegistry& r) {
                             "(X, Scale, B?) -> (Y, Mean?, InvStdDev?) over axes [axis, rank); epsilon, stash_type");
   ln.grad = layer_norm_grad;
   r.add(ln);
+  // The same op writing Y in bfloat16 (attr out_dtype 16), for a Y only products read (runtime/bf16_operands.cpp);
+  // formed after autograd, so without a gradient rule.
+  r.add(make_schema(kGalvatronDomain, "LayerNormalization", 2, 3, 1, 3, infer_layer_norm, layer_norm_cpu,
+                    "ONNX LayerNormalization with attr out_dtype (1 float32, 16 bfloat16: Y rounded)"));
   OpSchema rms = make_schema("", "RMSNormalization", 2, 2, 1, 1, infer_rms_norm, rms_norm_cpu,
                              "(X, scale) -> X / sqrt(mean(X^2) + epsilon) * scale over axes [axis, rank)");
   rms.grad = rms_norm_grad;

@@ -1,0 +1,185 @@
+// bf16 attention I/O (runtime/bf16_operands.h bf16_attention_io) on the CPU: the packed attention ops with bf16 QKV,
+// Y and dY compute exactly what they compute on the widened float32 values, and round Y / dQKV as a Cast would; in a
+// training graph the pass stores each layer's QKV, Y and dY in bf16, removes Y's Cast, keeps every node's inferred
+// types true, and leaves the gradients those of the float32 attention within bf16 rounding.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "models/zoo.h"
+#include "runtime/bf16_operands.h"
+#include "runtime/trainer.h"
+#include "tests/op_test_util.h"
+
+namespace gv {
+namespace {
+
+using testing::random_lm_batch;
+using testing::relative_gap;
+using testing::run_op;
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
+}
+
+Attributes packed_attrs(int64_t y_dtype = 0, int64_t out_dtype = 0) {
+  Attributes a;
+  a.set_int("num_heads", 2);
+  a.set_int("is_causal", 1);
+  if (y_dtype) a.set_int("y_dtype", y_dtype);
+  if (out_dtype) a.set_int("out_dtype", out_dtype);
+  return a;
+}
+
+// B 2, S 5, H 2, D 3: QKV [2, 5, 18].
+TEST(Bf16AttentionIo, PackedOpsOnBf16EqualTheWidenedFloat32) {
+  const Tensor qkv16 = testing::randn_f32({2, 5, 18}, 1).cast(DType::kBFloat16);
+  const Tensor qkv = qkv16.cast(DType::kFloat32);
+  auto ref = run_op("AttentionPacked", {qkv}, packed_attrs(), 2, 1, {}, kGalvatronDomain);
+  ASSERT_TRUE(ref.has_value()) << ref.status().message();
+  auto mixed = run_op("AttentionPacked", {qkv16}, packed_attrs(16), 2, 1, {}, kGalvatronDomain);
+  ASSERT_TRUE(mixed.has_value()) << mixed.status().message();
+  EXPECT_TRUE(same_bits(mixed->outputs[0], ref->outputs[0].cast(DType::kBFloat16))) << "Y is Y's rounding";
+  EXPECT_TRUE(same_bits(mixed->outputs[1], ref->outputs[1])) << "LSE float32, the same";
+
+  const Tensor dy16 = testing::randn_f32({2, 5, 6}, 2).cast(DType::kBFloat16);
+  const Tensor y16 = mixed->outputs[0];
+  auto gref = run_op("AttentionPackedGrad",
+                     {qkv, dy16.cast(DType::kFloat32), y16.cast(DType::kFloat32), ref->outputs[1]}, packed_attrs(), 1,
+                     1, {}, kGalvatronDomain);
+  ASSERT_TRUE(gref.has_value()) << gref.status().message();
+  for (int64_t out : {1, 16}) {
+    SCOPED_TRACE(out);
+    auto g = run_op("AttentionPackedGrad", {qkv16, dy16, y16, ref->outputs[1]}, packed_attrs(0, out), 1, 1, {},
+                    kGalvatronDomain);
+    ASSERT_TRUE(g.has_value()) << g.status().message();
+    const Tensor want = out == 16 ? gref->outputs[0].cast(DType::kBFloat16) : gref->outputs[0];
+    EXPECT_TRUE(same_bits(g->outputs[0], want));
+  }
+}
+
+TEST(Bf16AttentionIo, BadTypesNameTheNode) {
+  const Tensor qkv = testing::randn_f32({1, 4, 18}, 3);
+  // float64 QKV has no bf16 results; LSE must be float32 beside bf16 inputs.
+  auto f64 = run_op("AttentionPacked", {qkv.cast(DType::kFloat64)}, packed_attrs(16), 2, 1, {}, kGalvatronDomain);
+  ASSERT_FALSE(f64.has_value());
+  EXPECT_NE(f64.status().message().find("y_dtype 16 needs float32 or bfloat16 inputs"), std::string::npos)
+      << f64.status().message();
+  EXPECT_NE(f64.status().message().find("test_node"), std::string::npos) << f64.status().message();
+  auto lse = run_op("AttentionPackedGrad",
+                    {qkv.cast(DType::kBFloat16), testing::randn_f32({1, 4, 6}, 4), testing::randn_f32({1, 4, 6}, 5),
+                     testing::randn_f32({1, 2, 4}, 6).cast(DType::kBFloat16)},
+                    packed_attrs(), 1, 1, {}, kGalvatronDomain);
+  ASSERT_FALSE(lse.has_value());
+  EXPECT_NE(lse.status().message().find("LSE must be float32 [1,2,4]"), std::string::npos)
+      << lse.status().message();
+}
+
+// Every node's inputs re-inferred in a graph of their own give the output types and shapes the graph records.
+void expect_inference_agrees(const Graph& g) {
+  for (const Node& n : g.nodes) {
+    Graph one;
+    one.opsets = g.opsets;
+    Node copy = n;
+    copy.inputs.clear();
+    for (size_t i = 0; i < n.inputs.size(); ++i) {
+      if (n.inputs[i] == kNoValue) {
+        copy.inputs.push_back(kNoValue);
+        continue;
+      }
+      const Value& v = g.value(n.inputs[i]);
+      if (v.kind == ValueKind::kConstant && v.data.defined()) {
+        copy.inputs.push_back(one.add_initializer("in" + std::to_string(i), v.data, ValueKind::kConstant));
+      } else {
+        copy.inputs.push_back(one.add_input("in" + std::to_string(i), v.dtype, v.shape));
+      }
+    }
+    std::vector<std::string> names;
+    for (size_t i = 0; i < n.outputs.size(); ++i) names.push_back("out" + std::to_string(i));
+    auto outs = one.add_node(copy, names);
+    ASSERT_TRUE(outs.has_value()) << n.name << ": " << outs.status().message();
+    for (size_t i = 0; i < n.outputs.size(); ++i) {
+      if (n.outputs[i] == kNoValue) continue;
+      EXPECT_EQ(one.value((*outs)[i]).dtype, g.value(n.outputs[i]).dtype) << n.name << " output " << i;
+      EXPECT_EQ(one.value((*outs)[i]).shape, g.value(n.outputs[i]).shape) << n.name << " output " << i;
+    }
+  }
+}
+
+// gpt-tiny as the CUDA backend builds it in bf16 (packed QKV, shared bf16 operands, fused Linear), on the CPU; with and
+// without activation checkpointing (the recomputed forward's attention reads and writes bf16 too).
+class GptTinyBf16AttentionIo : public ::testing::TestWithParam<bool> {};
+
+TEST_P(GptTinyBf16AttentionIo, StoresQkvYAndDyInBf16) {
+  const bool checkpoint = GetParam();
+  auto cfg = zoo_config("", "gpt-tiny");
+  ASSERT_TRUE(cfg.has_value()) << cfg.status().message();
+  auto im = build_and_import(*cfg, 2, 16, WeightInit::kHuggingFace, 3);
+  ASSERT_TRUE(im.has_value()) << im.status().message();
+  const TensorMap batch = random_lm_batch(cfg->vocab_size, 2, 16, 5);
+  auto backend = make_cpu_backend();
+  const int layers = im->graph.num_layers;
+  auto run = [&](bool io, double* loss) -> Expected<TensorMap> {
+    TrainerConfig tc;
+    tc.graph.bf16_operands = true;
+    tc.graph.fuse_linear = true;
+    tc.graph.bf16_operand_options.min_mn = 8;
+    tc.graph.save_attention_lse = true;
+    tc.graph.pack_attention_qkv = true;
+    tc.graph.bf16_attention_io = io;
+    if (checkpoint) tc.graph.checkpoint_layers = {0, 1};
+    GV_ASSIGN_OR_RETURN(auto t, Trainer::create(im->graph, tc, *backend));
+    const Graph& g = t->training_graph().graph;
+    if (io) {
+      // Per layer QKV, Y and dY; checkpointed, the recomputed QKV and Y too (the forward's Y then has no copy).
+      EXPECT_EQ(t->training_graph().fused.bf16_attention_io, (checkpoint ? 4 : 3) * layers);
+      int forwards = 0, backwards = 0, bf16_ys = 0;
+      for (const Node& n : g.nodes) {
+        if (n.op_type == "AttentionPacked") {
+          ++forwards;  // per layer: the forward, and its recomputation under checkpointing
+          EXPECT_EQ(g.value(n.inputs[0]).dtype, DType::kBFloat16) << n.name << ": QKV";
+          bf16_ys += g.value(n.outputs[0]).dtype == DType::kBFloat16;
+          EXPECT_EQ(g.value(n.outputs[1]).dtype, DType::kFloat32) << n.name << ": LSE";
+          const NodeId qkv_producer = g.value(n.inputs[0]).producer;
+          EXPECT_TRUE(qkv_producer >= 0 && g.nodes[qkv_producer].op_type == "Linear") << n.name;
+        }
+        if (n.op_type == "AttentionPackedGrad") {
+          ++backwards;
+          for (int i : {0, 1, 2}) EXPECT_EQ(g.value(n.inputs[i]).dtype, DType::kBFloat16) << n.name << " input " << i;
+        }
+        if (n.op_type == "Cast") {  // no copy of an attention output is made any more
+          const NodeId p = g.value(n.inputs[0]).producer;
+          EXPECT_FALSE(p >= 0 && g.nodes[p].op_type == "AttentionPacked") << n.name;
+        }
+      }
+      EXPECT_EQ(forwards, (checkpoint ? 2 : 1) * layers);
+      // Checkpointed, the first forward's Y feeds one product (no shared copy) and stays float32.
+      EXPECT_EQ(bf16_ys, layers);
+      EXPECT_EQ(backwards, layers);
+      expect_inference_agrees(g);
+    } else {
+      EXPECT_EQ(t->training_graph().fused.bf16_attention_io, 0);
+    }
+    return t->compute_gradients(batch, loss);
+  };
+  double loss_io = 0, loss_f32 = 0;
+  auto io = run(true, &loss_io);
+  ASSERT_TRUE(io.has_value()) << io.status().message();
+  auto f32 = run(false, &loss_f32);
+  ASSERT_TRUE(f32.has_value()) << f32.status().message();
+  EXPECT_NEAR(loss_io, loss_f32, 1e-2 * std::abs(loss_f32));
+  double largest = 0;
+  for (const auto& [name, g] : *f32) {
+    ASSERT_TRUE(io->count(name)) << name;
+    const double gap = relative_gap(io->at(name), g);
+    largest = std::max(largest, gap);
+    EXPECT_LE(gap, 1e-2) << "gradient of " << name;
+  }
+  EXPECT_GT(largest, 0.0) << "the attention should see bf16-rounded values";
+  std::printf("[ bf16 io ] loss %.6f vs %.6f; largest relative gradient gap %.3g\n", loss_io, loss_f32, largest);
+}
+
+INSTANTIATE_TEST_SUITE_P(Checkpointing, GptTinyBf16AttentionIo, ::testing::Bool());
+
+}  // namespace
+}  // namespace gv
