@@ -6,15 +6,14 @@
 
 #include <cstring>
 
-#include "models/zoo.h"
 #include "runtime/bf16_operands.h"
 #include "runtime/trainer.h"
 #include "tests/op_test_util.h"
+#include "tests/tiny_model.h"
 
 namespace gv {
 namespace {
 
-using testing::random_lm_batch;
 using testing::relative_gap;
 using testing::run_op;
 
@@ -112,11 +111,10 @@ class GptTinyBf16AttentionIo : public ::testing::TestWithParam<bool> {};
 
 TEST_P(GptTinyBf16AttentionIo, StoresQkvYAndDyInBf16) {
   const bool checkpoint = GetParam();
-  auto cfg = zoo_config("", "gpt-tiny");
-  ASSERT_TRUE(cfg.has_value()) << cfg.status().message();
-  auto im = build_and_import(*cfg, 2, 16, WeightInit::kHuggingFace, 3);
-  ASSERT_TRUE(im.has_value()) << im.status().message();
-  const TensorMap batch = random_lm_batch(cfg->vocab_size, 2, 16, 5);
+  auto tiny = testing::tiny_model("gpt-tiny");
+  ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
+  const ImportedModel* im = &tiny->im;
+  const TensorMap& batch = tiny->batch;
   auto backend = make_cpu_backend();
   const int layers = im->graph.num_layers;
   auto run = [&](bool io, double* loss) -> Expected<TensorMap> {

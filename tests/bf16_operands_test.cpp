@@ -16,11 +16,11 @@
 #include "runtime/executor.h"
 #include "runtime/trainer.h"
 #include "tests/op_test_util.h"
+#include "tests/tiny_model.h"
 
 namespace gv {
 namespace {
 
-using testing::random_lm_batch;
 using testing::relative_gap;
 using testing::run_graph;
 Tensor randn(const Shape& s, uint64_t seed) { return testing::randn_f32(s, seed); }
@@ -177,11 +177,10 @@ class ModelBf16Operands : public ::testing::TestWithParam<std::tuple<std::string
 
 TEST_P(ModelBf16Operands, EveryProductOperandConvertedOnceSameGradientsWithinBf16) {
   const std::string model = std::get<0>(GetParam());
-  auto cfg = zoo_config("", model);
-  ASSERT_TRUE(cfg.has_value()) << cfg.status().message();
-  auto im = build_and_import(*cfg, 2, 16, WeightInit::kHuggingFace, 3);
-  ASSERT_TRUE(im.has_value()) << im.status().message();
-  const TensorMap batch = random_lm_batch(cfg->vocab_size, 2, 16, 5);
+  auto tiny = testing::tiny_model(model);
+  ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
+  const ImportedModel* im = &tiny->im;
+  const TensorMap& batch = tiny->batch;
   auto backend = make_cpu_backend();
   auto run = [&](bool share, double* loss, const Graph** graph, std::unique_ptr<Trainer>* keep) -> Expected<TensorMap> {
     TrainerConfig tc;
@@ -361,11 +360,10 @@ TEST(Bf16Operands, AttentionPackedGradOutDtypeErrors) {
 // writes bf16 itself (out_dtype 16) and the Cast goes; the copy holds the same rounding of the same float32 values, so
 // the gradients equal those of the split Q, K, V graph with the same copies (whose bias sums read their copies too).
 TEST(Bf16Operands, PackedAttentionGradientWritesItsBf16Copy) {
-  auto cfg = zoo_config("", "gpt-tiny");
-  ASSERT_TRUE(cfg.has_value()) << cfg.status().message();
-  auto im = build_and_import(*cfg, 2, 16, WeightInit::kHuggingFace, 3);
-  ASSERT_TRUE(im.has_value()) << im.status().message();
-  const TensorMap batch = random_lm_batch(cfg->vocab_size, 2, 16, 5);
+  auto tiny = testing::tiny_model("gpt-tiny");
+  ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
+  const ImportedModel* im = &tiny->im;
+  const TensorMap& batch = tiny->batch;
   auto backend = make_cpu_backend();
   auto run = [&](bool packed, int* folded, int* bf16_grads, int* bias_grads) -> Expected<TensorMap> {
     TrainerConfig tc;

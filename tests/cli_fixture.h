@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/hf_fixtures.h"
 #include "tests/scratch_dir.h"
 
 namespace gv {
@@ -22,7 +23,7 @@ namespace fs = std::filesystem;
 
 inline std::string binary() { return std::string(GV_BINARY_DIR) + "/galvatron"; }
 inline std::string fixture(const std::string& name, const std::string& file) {
-  return std::string(GV_FIXTURES_DIR) + "/" + name + "/" + file;
+  return testing::fixture_dir(name) + "/" + file;
 }
 
 inline std::string shell_quote(const std::string& s) {

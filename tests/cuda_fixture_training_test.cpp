@@ -16,21 +16,14 @@
 #include "runtime/cuda_kernels.h"
 #include "runtime/safetensors.h"
 #include "runtime/trainer.h"
+#include "tests/hf_fixtures.h"
 
 namespace gv {
 namespace {
 
-const std::vector<std::string> kFixtures = {"gpt2", "gpt2_loss", "llama", "bert", "bert_opset14"};
-
-std::string fixture_dir(const std::string& name) {
-  const char* env = std::getenv("GV_FIXTURES_DIR");
-  return std::string(env && *env ? env : GV_FIXTURES_DIR) + "/" + name;
-}
-
-nlohmann::json read_meta(const std::string& name) {
-  std::ifstream f(fixture_dir(name) + "/meta.json");
-  return nlohmann::json::parse(f);
-}
+using testing::fixture_dir;
+using testing::read_meta;
+const std::vector<std::string>& kFixtures = testing::kHfFixtures;
 
 Tensor transpose2d(const Tensor& t) {
   Tensor r(t.dtype(), {t.shape()[1], t.shape()[0]});

@@ -8,6 +8,7 @@
 #include "models/zoo.h"
 #include "runtime/trainer.h"
 #include "tests/op_test_util.h"
+#include "tests/tiny_model.h"
 
 namespace gv {
 namespace {
@@ -19,11 +20,10 @@ int count_ops(const Graph& g, const std::string& op) {
 }
 
 TEST(MultiTensorOptimizer, SameUpdatesAsOneNodePerParameter) {
-  auto cfg = zoo_config("", "gpt-tiny");
-  ASSERT_TRUE(cfg.has_value()) << cfg.status().message();
-  auto im = build_and_import(*cfg, 2, 16, WeightInit::kHuggingFace, 3);
-  ASSERT_TRUE(im.has_value()) << im.status().message();
-  const TensorMap batch = testing::random_lm_batch(cfg->vocab_size, 2, 16, 11);
+  auto tiny = testing::tiny_model("gpt-tiny", 11);
+  ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
+  const ImportedModel* im = &tiny->im;
+  const TensorMap& batch = tiny->batch;
   auto backend = make_cpu_backend();
   auto train = [&](bool multi, int* multi_nodes, int* single_nodes) -> Expected<TensorMap> {
     TrainerConfig tc;
