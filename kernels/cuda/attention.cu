@@ -23,6 +23,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/grow_buffer.h"
 
 namespace gv::cuda {
 namespace {
@@ -299,15 +300,8 @@ bool swap_middle(const float* x, float* y, int64_t B, int64_t A1, int64_t A2, in
 
 // v1's head-major copies of seq_major operands: its own grow-only buffer (v1 itself uses workspace()).
 float* layout_scratch(int64_t floats) {
-  static float* buf = nullptr;
-  static int64_t cap = 0;
-  if (floats <= cap) return buf;
-  if (buf) cudaFree(buf);
-  buf = nullptr;
-  cap = 0;
-  if (cudaMalloc(&buf, sizeof(float) * static_cast<size_t>(floats)) != cudaSuccess) return nullptr;
-  cap = floats;
-  return buf;
+  static GrowBuffer buf;
+  return buf.get_as<float>(static_cast<size_t>(floats));
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/blas_operands.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/grow_buffer.h"
 #include "kernels/cuda/ops.h"
 
 namespace gv::cuda {
@@ -29,27 +30,13 @@ cublasHandle_t handle() {
   return h;
 }
 
-void* g_ws = nullptr;
-size_t g_ws_bytes = 0;
+GrowBuffer g_ws;
 
 // gemm_f32's bf16 operand copies: its own grow-only buffer, never workspace() (callers such as the attention kernels
 // keep data in workspace() across their products).
-void* g_bf16 = nullptr;
-size_t g_bf16_bytes = 0;
+GrowBuffer g_bf16;
 
-void* bf16_scratch(size_t bytes) {
-  if (bytes <= g_bf16_bytes) return g_bf16;
-  const size_t want = bytes < (size_t{1} << 20) ? (size_t{1} << 20) : bytes + bytes / 4;
-  if (g_bf16) cudaFree(g_bf16);  // synchronizes: products that read the old copies are done
-  g_bf16 = nullptr;
-  g_bf16_bytes = 0;
-  if (cudaMalloc(&g_bf16, want) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky allocation error for later launch checks
-    return nullptr;
-  }
-  g_bf16_bytes = want;
-  return g_bf16;
-}
+void* bf16_scratch(size_t bytes) { return g_bf16.get(bytes, true, size_t{1} << 20); }
 
 // kBf16 converts the operands only where the product's arithmetic outweighs the conversion's bytes: m*n/(m+n) at
 // least this (GALVATRON_CUDA_BF16_MIN_MN, default 128). Converting costs 6 B per operand element (read 4, write 2)
@@ -69,23 +56,10 @@ double bf16_min_mn() {
 }
 
 // gemm_f32's padded copy of C (products whose C rows are not 16-byte aligned): grow-only, at most kPadCBytes.
-void* g_cpad = nullptr;
-size_t g_cpad_bytes = 0;
+GrowBuffer g_cpad;
 constexpr size_t kPadCBytes = size_t{256} << 20;
 
-float* cpad_scratch(size_t bytes) {
-  if (bytes > g_cpad_bytes) {
-    if (g_cpad) cudaFree(g_cpad);  // synchronizes
-    g_cpad = nullptr;
-    g_cpad_bytes = 0;
-    if (cudaMalloc(&g_cpad, bytes) != cudaSuccess) {
-      cudaGetLastError();
-      return nullptr;
-    }
-    g_cpad_bytes = bytes;
-  }
-  return static_cast<float*>(g_cpad);
-}
+float* cpad_scratch(size_t bytes) { return static_cast<float*>(g_cpad.get(bytes)); }
 
 const char* g_path = "";
 
@@ -293,16 +267,7 @@ bool gemm_ex(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k
 
 }  // namespace
 
-void* workspace(size_t bytes) {
-  if (bytes <= g_ws_bytes) return g_ws;
-  size_t want = bytes < (1u << 20) ? (1u << 20) : bytes + bytes / 4;
-  if (g_ws) cudaFree(g_ws);  // synchronizes: kernels that used the old buffer are done
-  g_ws = nullptr;
-  g_ws_bytes = 0;
-  if (cudaMalloc(&g_ws, want) != cudaSuccess) return nullptr;
-  g_ws_bytes = want;
-  return g_ws;
-}
+void* workspace(size_t bytes) { return g_ws.get(bytes, true, size_t{1} << 20); }
 
 void set_math_mode(MathMode mode) { g_mode = mode; }
 MathMode math_mode() { return g_mode; }
@@ -501,19 +466,8 @@ namespace {
 
 // gemm_mixed's float32 copy of a bf16 operand outside bf16 mode: grow-only, its own (gemm_f32 may use the others).
 float* widen_scratch(size_t bytes) {
-  static void* buf = nullptr;
-  static size_t have = 0;
-  if (bytes <= have) return static_cast<float*>(buf);
-  if (buf) cudaFree(buf);  // synchronizes: products that read the old copy are done
-  buf = nullptr;
-  have = 0;
-  const size_t want = bytes + bytes / 4;
-  if (cudaMalloc(&buf, want) != cudaSuccess) {
-    cudaGetLastError();
-    return nullptr;
-  }
-  have = want;
-  return static_cast<float*>(buf);
+  static GrowBuffer buf;
+  return static_cast<float*>(buf.get(bytes, true));
 }
 
 }  // namespace

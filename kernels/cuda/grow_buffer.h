@@ -11,18 +11,21 @@ namespace gv::cuda {
 
 class GrowBuffer {
  public:
-  // At least `bytes` of device memory, or nullptr (the CUDA error cleared) when it cannot be had.
-  void* get(size_t bytes) {
+  // At least `bytes` of device memory, or nullptr (the CUDA error cleared) when it cannot be had. Growing allocates
+  // exactly `bytes`, or with `slack` a quarter more and at least `floor` bytes (fewer regrowths when sizes creep up).
+  void* get(size_t bytes, bool slack = false, size_t floor = 0) {
     if (bytes <= have_) return data_;
     if (data_) cudaFree(data_);
     data_ = nullptr;
     have_ = 0;
-    if (cudaMalloc(&data_, bytes) != cudaSuccess) {
+    size_t want = slack ? bytes + bytes / 4 : bytes;
+    if (want < floor) want = floor;
+    if (cudaMalloc(&data_, want) != cudaSuccess) {
       data_ = nullptr;
       cudaGetLastError();
       return nullptr;
     }
-    have_ = bytes;
+    have_ = want;
     return data_;
   }
   template <typename T>

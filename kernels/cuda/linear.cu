@@ -15,6 +15,7 @@
 
 #include "kernels/cuda/blas_operands.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/grow_buffer.h"
 #include "kernels/cuda/ops.h"
 
 namespace gv::cuda {
@@ -63,34 +64,14 @@ bool bias_act(const float* src, const float* bias, Out* pre, Out* y, int64_t row
 
 // A bf16 copy of a bias for a bf16-output epilogue: grow-only.
 uint16_t* bias_scratch(int64_t n) {
-  static void* buf = nullptr;
-  static int64_t have = 0;
-  if (n <= have) return static_cast<uint16_t*>(buf);
-  if (buf) cudaFree(buf);
-  buf = nullptr;
-  have = 0;
-  if (cudaMalloc(&buf, sizeof(uint16_t) * static_cast<size_t>(n)) != cudaSuccess) {
-    cudaGetLastError();
-    return nullptr;
-  }
-  have = n;
-  return static_cast<uint16_t*>(buf);
+  static GrowBuffer buf;
+  return buf.get_as<uint16_t>(static_cast<size_t>(n));
 }
 
 // The float32 product of a Linear with bfloat16 outputs, before its bias / activation pass: grow-only.
 float* product_scratch(size_t bytes) {
-  static void* buf = nullptr;
-  static size_t have = 0;
-  if (bytes <= have) return static_cast<float*>(buf);
-  if (buf) cudaFree(buf);  // synchronizes: the passes that read the old buffer are done
-  buf = nullptr;
-  have = 0;
-  if (cudaMalloc(&buf, bytes + bytes / 4) != cudaSuccess) {
-    cudaGetLastError();
-    return nullptr;
-  }
-  have = bytes + bytes / 4;
-  return static_cast<float*>(buf);
+  static GrowBuffer buf;
+  return static_cast<float*>(buf.get(bytes, true));
 }
 
 cublasLtHandle_t lt_handle() {
