@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Issue 8's scaling measurement, one device call: plain data parallelism (`--devices N`) at a fixed per-GPU batch
+# against one GPU at that batch, with fp32 and bf16 gradient all-reduces; tokens/s are the median of steps 3-STEPS
+# (metrics JSONL), scaling = per-GPU tokens/s over one GPU's. Prints a table; results go in bench/README.md.
+#   bash bench/ddp_scaling.sh GALVATRON [OUT_DIR]
+# Env: MODEL (zoo size, default gpt-1.5b), NGPUS (default "2"; e.g. "2 4"), ROWS (rows per GPU, default "2 4"),
+# SEQ (1024), STEPS (10), DEVICE (cuda; cpu with a tiny MODEL for a smoke test), VOCAB (token ids drawn below it,
+# 50257), EXTRA (more galvatron flags).
+set -uo pipefail
+GV=${1:?galvatron binary}
+OUT=${2:-$(mktemp -d)}
+MODEL=${MODEL:-gpt-1.5b}
+NGPUS=${NGPUS:-2}
+ROWS=${ROWS:-"2 4"}
+SEQ=${SEQ:-1024}
+STEPS=${STEPS:-10}
+DEVICE=${DEVICE:-cuda}
+PRECISION=bf16
+[ "$DEVICE" = cpu ] && PRECISION=fp32
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+python3 - "$OUT/tokens.npy" "${VOCAB:-50257}" <<'PY'
+import sys, numpy as np
+np.save(sys.argv[1], np.random.default_rng(0).integers(0, int(sys.argv[2]), 1 << 21, dtype=np.int64))
+PY
+run() {  # name, devices, global batch, extra flags...
+  local name=$1 n=$2 b=$3
+  shift 3
+  timeout 300 "$GV" train --model-type gpt --model-size "$MODEL" --data "$OUT/tokens.npy" --seq-len "$SEQ" \
+    --batch-size "$b" --steps "$STEPS" --lr 1e-4 --device "$DEVICE" --precision "$PRECISION" --devices "$n" \
+    --metrics "$OUT/$name.jsonl" ${EXTRA:-} "$@" > "$OUT/$name.log" 2>&1
+  echo "$name exit $?"
+}
+for r in $ROWS; do
+  CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} run "one_r$r" 1 "$r"
+  for n in $NGPUS; do
+    run "ddp${n}_r${r}_fp32" "$n" $((n * r)) --grad-reduce-dtype fp32
+    run "ddp${n}_r${r}_bf16" "$n" $((n * r)) --grad-reduce-dtype bf16
+  done
+done
+python3 - "$OUT" "$ROWS" "$NGPUS" "$SEQ" <<'PY'
+import json, os, statistics, sys
+out, rows, ngpus, seq = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4])
+def tps(name):
+    p = os.path.join(out, name + ".jsonl")
+    m = [json.loads(l) for l in open(p)][2:] if os.path.exists(p) else []
+    return statistics.median(r["tokens_per_s"] for r in m) if m else float("nan")
+print(f"{'run':24s} {'rows/GPU':>8s} {'tokens/s':>10s} {'per GPU':>9s} {'scaling':>8s}")
+for r in rows:
+    one = tps(f"one_r{r}")
+    print(f"{'one GPU':24s} {r:>8s} {one:10.0f} {one:9.0f}")
+    for n in ngpus:
+        for red in ("fp32", "bf16"):
+            t = tps(f"ddp{n}_r{r}_{red}")
+            print(f"{f'DDP x{n}, {red} reduce':24s} {r:>8s} {t:10.0f} {t / int(n):9.0f} {100 * t / int(n) / one:7.1f}%")
+PY
