@@ -118,12 +118,7 @@ TEST_P(GptTinyBf16AttentionIo, StoresQkvYAndDyInBf16) {
   auto backend = make_cpu_backend();
   const int layers = im->graph.num_layers;
   auto run = [&](bool io, double* loss) -> Expected<TensorMap> {
-    TrainerConfig tc;
-    tc.graph.bf16_operands = true;
-    tc.graph.fuse_linear = true;
-    tc.graph.bf16_operand_options.min_mn = 8;
-    tc.graph.save_attention_lse = true;
-    tc.graph.pack_attention_qkv = true;
+    TrainerConfig tc = testing::cuda_bf16_like_config();
     tc.graph.bf16_attention_io = io;
     if (checkpoint) tc.graph.checkpoint_layers = {0, 1};
     GV_ASSIGN_OR_RETURN(auto t, Trainer::create(im->graph, tc, *backend));

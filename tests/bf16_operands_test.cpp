@@ -366,12 +366,7 @@ TEST(Bf16Operands, PackedAttentionGradientWritesItsBf16Copy) {
   const TensorMap& batch = tiny->batch;
   auto backend = make_cpu_backend();
   auto run = [&](bool packed, int* folded, int* bf16_grads, int* bias_grads) -> Expected<TensorMap> {
-    TrainerConfig tc;
-    tc.graph.bf16_operands = true;
-    tc.graph.fuse_linear = true;
-    tc.graph.bf16_operand_options.min_mn = 8;
-    tc.graph.save_attention_lse = true;
-    tc.graph.pack_attention_qkv = packed;
+    TrainerConfig tc = testing::cuda_bf16_like_config(packed);
     GV_ASSIGN_OR_RETURN(auto t, Trainer::create(im->graph, tc, *backend));
     *folded = t->training_graph().fused.bf16_attention_grads;
     *bf16_grads = *bias_grads = 0;

@@ -120,6 +120,19 @@ struct Dims {
   int64_t b, hq, hkv, s, l, d, dv;
 };
 
+// Self-attention dims: B batch rows, H heads (as many key/value heads), S positions, heads of D, scale 1/sqrt(D).
+cuda::AttentionDims self_attention(int64_t b, int64_t h, int64_t s, int64_t d, bool causal, bool seq_major) {
+  cuda::AttentionDims a;
+  a.batch = b;
+  a.q_heads = a.kv_heads = h;
+  a.q_len = a.kv_len = s;
+  a.head_dim = a.v_head_dim = d;
+  a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  a.causal = causal;
+  a.seq_major = seq_major;
+  return a;
+}
+
 // Milliseconds per call of f on the default stream: 3 warm-up calls, then the mean of 20 between two events.
 float time_ms(const std::function<bool()>& f) {
   for (int w = 0; w < 3; ++w) EXPECT_TRUE(f());
@@ -385,13 +398,7 @@ TEST_F(CudaAttention, Bf16FlashWithLse) {
 // forward and backward call, flash against v1, and the two paths' results against each other.
 TEST_F(CudaAttention, FlashTiming) {
   PrecisionScope scope(*cuda_, "bf16");
-  cuda::AttentionDims d;
-  d.batch = 8;
-  d.q_heads = d.kv_heads = 12;
-  d.q_len = d.kv_len = 1024;
-  d.head_dim = d.v_head_dim = 64;
-  d.scale = 0.125f;
-  d.causal = true;
+  const cuda::AttentionDims d = self_attention(8, 12, 1024, 64, true, false);  // scale 1/8
   const int64_t n = d.batch * d.q_heads * d.q_len * d.head_dim;
   std::vector<float*> buf(8, nullptr);  // q k v dy, then y dq dk dv (written by each path in turn)
   for (auto& p : buf) ASSERT_TRUE(cuda::malloc_device(reinterpret_cast<void**>(&p), n * sizeof(float)));
@@ -450,13 +457,7 @@ TEST_F(CudaAttention, FlashLayoutTiming) {
     int64_t b, h, s, d;
   };
   for (const Shape4& sh : {Shape4{"GPT-2 b8", 8, 12, 1024, 64}, Shape4{"gpt-1.5b b4", 4, 32, 1024, 50}}) {
-    cuda::AttentionDims d;
-    d.batch = sh.b;
-    d.q_heads = d.kv_heads = sh.h;
-    d.q_len = d.kv_len = sh.s;
-    d.head_dim = d.v_head_dim = sh.d;
-    d.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(sh.d)));
-    d.causal = true;
+    const cuda::AttentionDims d = self_attention(sh.b, sh.h, sh.s, sh.d, true, false);
     const int64_t n = sh.b * sh.h * sh.s * sh.d;
     // [layout][q k v dy y dq dk dv]
     std::vector<float*> buf[2];
@@ -531,14 +532,7 @@ TEST_F(CudaAttention, CudnnPackedAgainstFlash) {
                            Shape4{"GPT-2 b8", 8, 12, 1024, 64, true, true},
                            Shape4{"gpt-1.5b b4", 4, 32, 1024, 50, true, true}}) {
     SCOPED_TRACE(sh.name);
-    cuda::AttentionDims d;
-    d.batch = sh.b;
-    d.q_heads = d.kv_heads = sh.h;
-    d.q_len = d.kv_len = sh.s;
-    d.head_dim = d.v_head_dim = sh.d;
-    d.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(sh.d)));
-    d.causal = sh.causal;
-    d.seq_major = true;
+    const cuda::AttentionDims d = self_attention(sh.b, sh.h, sh.s, sh.d, sh.causal, true);
     ASSERT_TRUE(cuda::cudnn_attention_supported(d, true)) << "cuDNN declined the shape";
     const int64_t nqkv = sh.b * sh.s * 3 * sh.h * sh.d, ny = sh.b * sh.s * sh.h * sh.d, nl = sh.b * sh.h * sh.s;
     // [path][qkv dy y lse dqkv]

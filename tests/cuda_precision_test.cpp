@@ -27,6 +27,7 @@
 #include "kernels/cpu/optimizer.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/ops.h"
+#include "runtime/tensor.h"
 
 namespace gv {
 namespace {
@@ -53,7 +54,6 @@ float from_bits(uint32_t u) {
   std::memcpy(&f, &u, 4);
   return f;
 }
-float bf16_to_float(uint16_t h) { return from_bits(static_cast<uint32_t>(h) << 16); }
 
 // Reference rounding, by value rather than by the kernel's bit trick: the nearer of the two bf16 neighbours (the
 // truncation and the next one up in magnitude), ties to the even one; NaN to a NaN.

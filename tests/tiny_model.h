@@ -15,6 +15,18 @@ struct TinyModel {
   TensorMap batch;
 };
 
+// The training-graph options the CUDA backend asks for in bf16 (shared bf16 operands, fused Linear, saved attention
+// statistics, packed QKV), for the CPU; min_mn lowered so that the tiny models' products qualify.
+inline TrainerConfig cuda_bf16_like_config(bool packed_qkv = true) {
+  TrainerConfig tc;
+  tc.graph.bf16_operands = true;
+  tc.graph.fuse_linear = true;
+  tc.graph.bf16_operand_options.min_mn = 8;
+  tc.graph.save_attention_lse = true;
+  tc.graph.pack_attention_qkv = packed_qkv;
+  return tc;
+}
+
 inline Expected<TinyModel> tiny_model(const std::string& name, uint64_t batch_seed = 5) {
   GV_ASSIGN_OR_RETURN(ModelConfig cfg, zoo_config("", name));
   GV_ASSIGN_OR_RETURN(ImportedModel im, build_and_import(cfg, 2, 16, WeightInit::kHuggingFace, 3));
