@@ -331,6 +331,36 @@ TEST(Bf16Operands, BiasGradSumsTheLeadingDims) {
       << bad.status().message();
 }
 
+// galvatron LayerNormalization (a LayerNorm writing its output in bf16): out_dtype 1 or 16, 16 only for a float32 X;
+// the errors name the node. With out_dtype 16 its Y is the rounding of ONNX LayerNormalization's, statistics equal.
+TEST(Bf16Operands, GalvatronLayerNormOutDtype) {
+  const Tensor x = randn({3, 5, 16}, 7), scale = randn({16}, 8), bias = randn({16}, 9);
+  Attributes a16;
+  a16.set_int("out_dtype", 16);
+  auto ref = testing::run_op("LayerNormalization", {x, scale, bias}, {}, 3, 17);
+  ASSERT_TRUE(ref.has_value()) << ref.status().message();
+  auto got = testing::run_op("LayerNormalization", {x, scale, bias}, a16, 3, 1, {}, kGalvatronDomain);
+  ASSERT_TRUE(got.has_value()) << got.status().message();
+  const Tensor want = ref->outputs[0].cast(DType::kBFloat16);
+  ASSERT_EQ(got->outputs[0].dtype(), DType::kBFloat16);
+  EXPECT_EQ(std::memcmp(got->outputs[0].data(), want.data(), want.nbytes()), 0);
+  for (int o : {1, 2}) {
+    EXPECT_EQ(std::memcmp(got->outputs[o].data(), ref->outputs[o].data(), ref->outputs[o].nbytes()), 0) << o;
+  }
+  for (const auto& [dtype, code, needle] :
+       std::vector<std::tuple<DType, int64_t, std::string>>{{DType::kFloat32, 10, "out_dtype must be 1"},
+                                                           {DType::kFloat64, 16, "out_dtype 16 needs a float32 X"}}) {
+    SCOPED_TRACE(needle);
+    Attributes a;
+    a.set_int("out_dtype", code);
+    auto r = testing::run_op("LayerNormalization", {x.cast(dtype), scale.cast(dtype), bias.cast(dtype)}, a, 1, 1, {},
+                             kGalvatronDomain);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_NE(r.status().message().find("test_node"), std::string::npos) << r.status().message();
+    EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status().message();
+  }
+}
+
 // AttentionPackedGrad's out_dtype: 1 or 16, and 16 only for float32 inputs; the errors name the node.
 TEST(Bf16Operands, AttentionPackedGradOutDtypeErrors) {
   for (const auto& [dtype, code, needle] :
