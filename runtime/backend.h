@@ -49,6 +49,9 @@ class Backend {
   // Whether this backend's packed attention reads and writes bfloat16 anyway, so that the training graph stores its
   // QKV, Y and dY in bf16 where only attention reads them (TrainingGraphOptions::bf16_attention_io): CUDA in bf16.
   virtual bool bf16_attention_io() const { return false; }
+  // Whether this backend adds a residual in a Linear's epilogue and a gradient addend in LayerNormalizationGrad's
+  // store faster than separate Adds (TrainingGraphOptions::fuse_residual_add): the CUDA backend in bf16.
+  virtual bool fuses_residual_add() const { return false; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -127,7 +127,7 @@ Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded, int* att
       ++*norm_outputs;
       continue;
     }
-    if (!is_linear(graph.nodes[p])) continue;
+    if (!is_linear(graph.nodes[p]) || graph.nodes[p].inputs.size() > 3) continue;  // a residual's sum stays float32
     Node& lin = graph.nodes[p];
     if (lin.outputs.size() > 1) {
       const ValueId pre = lin.outputs[1];

@@ -92,6 +92,14 @@ class CudaBackend final : public Backend {
     }();
     return cuda::math_mode() == cuda::MathMode::kBf16 && enabled;
   }
+  // GALVATRON_CUDA_FUSE_RESIDUAL=0 keeps the residual adds and their gradient sums as Add nodes (for comparisons).
+  bool fuses_residual_add() const override {
+    static const bool enabled = [] {
+      const char* e = std::getenv("GALVATRON_CUDA_FUSE_RESIDUAL");
+      return !(e && std::string(e) == "0");
+    }();
+    return fuses_linear() && enabled;
+  }
   // GALVATRON_CUDA_DGELU=0 keeps the backward product, GELU gradient, Cast and bias sum apart (for comparisons).
   bool fuses_gelu_grad_product() const override {
     static const bool enabled = [] {

@@ -531,6 +531,8 @@ Status linear_cuda(KernelContext& ctx) {
   bool types = (x.dtype == DType::kFloat32 || x.dtype == DType::kBFloat16) &&
                (w.dtype == DType::kFloat32 || w.dtype == DType::kBFloat16) && (out_bf16 || all_outputs_f32(ctx));
   if (has_bias) types = types && is_f32(ctx.inputs[2]);
+  const bool has_residual = ctx.has_input(3);
+  if (has_residual) types = types && is_f32(ctx.inputs[3]) && !out_bf16;
   if (!types || w.shape.size() != 2 || x.shape.empty()) return cuda_fallback_kernel(ctx);
   const bool tb = ctx.attrs().get_int("transB", 0) != 0;
   const std::string act = ctx.attrs().get_string("activation", "none");
@@ -541,7 +543,7 @@ Status linear_cuda(KernelContext& ctx) {
   void* pre = a == cuda::LinearAct::kNone ? nullptr : ctx.outputs[1].data;
   const bool ok = cuda::linear_forward(rows, n, k, tb, operand(x), operand(w),
                                        has_bias ? ctx.inputs[2].as<float>() : nullptr, a, ctx.outputs[0].data, pre,
-                                       out_bf16);
+                                       out_bf16, has_residual ? ctx.inputs[3].as<float>() : nullptr);
   if (cuda_profile_detail()) {
     cuda_profile_note("m=" + std::to_string(rows) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
                       (tb ? " tb" : "") + " path=" + cuda::linear_last_path());
@@ -672,7 +674,7 @@ Status layer_norm_grad_cuda(KernelContext& ctx) {
                          opt<float>(ctx, 4), opt<float>(ctx, 5), opt<float>(ctx, 6), ctx.outputs[0].as<float>(),
                          n_out > 1 ? ctx.outputs[1].as<float>() : nullptr,
                          n_out > 2 ? ctx.outputs[2].as<float>() : nullptr, rows, cols,
-                         static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5))));
+                         static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5)), opt<float>(ctx, 7)));
 }
 
 Status rms_norm_cuda(KernelContext& ctx) {

@@ -17,7 +17,9 @@ std::string FusionCounts::summary() const {
          (bf16_attention_grads ? ", " + std::to_string(bf16_attention_grads) + " dQKV written in bf16" : "") +
          (bf16_norm_outputs ? ", " + std::to_string(bf16_norm_outputs) + " LayerNorm outputs in bf16" : "") +
          (bf16_attention_io ? ", " + std::to_string(bf16_attention_io) + " attention inputs and outputs in bf16" : "") +
-         (gelu_grad_products ? ", " + std::to_string(gelu_grad_products) + " GELU gradients in product epilogues" : "");
+         (gelu_grad_products ? ", " + std::to_string(gelu_grad_products) + " GELU gradients in product epilogues" : "") +
+         (residual_adds ? ", " + std::to_string(residual_adds) + " residual adds in Linear epilogues" : "") +
+         (norm_grad_adds ? ", " + std::to_string(norm_grad_adds) + " residual gradient adds in LayerNorm gradients" : "");
 }
 
 Expected<FusionCounts> fuse_forward_graph(Graph& graph) {

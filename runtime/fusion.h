@@ -26,6 +26,8 @@ struct FusionCounts {
   int bf16_norm_outputs = 0;     // and the LayerNormalization outputs written in bf16
   int bf16_attention_io = 0;     // QKV, Y and dY values around packed attention stored in bf16 (bf16_attention_io)
   int gelu_grad_products = 0;   // backward product + GeluGrad (+ bf16 copy, bias sum) -> GeluGradMatMul
+  int residual_adds = 0;        // Add(Linear, R) -> Linear with a residual input (fuse_linear_residual_adds)
+  int norm_grad_adds = 0;       // Add(LayerNormalizationGrad's dX, G) -> the grad with an addend
   // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu, 1 linear cross-entropy, 40 shared bf16 operands"
   std::string summary() const;
 };
@@ -58,5 +60,12 @@ Status fuse_linear(Graph& graph, const std::set<std::string>& keep, int* fused);
 // (runtime/fuse_gelu_grad_product.cpp). build_training_graph runs it after share_bf16_operands when
 // TrainingGraphOptions::fuse_gelu_grad_product is set (from Backend::fuses_gelu_grad_product).
 Status fuse_gelu_grad_products(Graph& graph, size_t backward_begin, int* fused);
+// Residual adds folded into their producer (runtime/fuse_residual_add.cpp): before autograd, Add(Linear(..), R) ->
+// Linear(.., R) (a Linear without activation; the CUDA backend adds R in cuBLASLt's epilogue); after it, from
+// backward_begin on, Add(LayerNormalizationGrad(..).dX, G) -> LayerNormalizationGrad(.., Addend = G). build_training_graph
+// runs them when TrainingGraphOptions::fuse_residual_add is set (from Backend::fuses_residual_add); values named in
+// `keep` are not fused away.
+Status fuse_linear_residual_adds(Graph& graph, const std::set<std::string>& keep, int* fused);
+Status fuse_norm_grad_residual_adds(Graph& graph, size_t backward_begin, int* fused);
 
 }  // namespace gv

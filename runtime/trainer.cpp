@@ -33,6 +33,7 @@ Expected<std::unique_ptr<Trainer>> Trainer::create(Graph forward, const TrainerC
   go.fuse_gelu_grad_product = go.fuse_gelu_grad_product || backend.fuses_gelu_grad_product();
   go.pack_attention_qkv = go.pack_attention_qkv || backend.packs_attention_qkv();
   go.bf16_attention_io = go.bf16_attention_io || backend.bf16_attention_io();
+  go.fuse_residual_add = go.fuse_residual_add || backend.fuses_residual_add();
   const bool parallel = config.comm && config.comm->size() > 1;
   if (parallel) go.rank = config.comm->rank();
   if (parallel && go.param_sync.empty() && config.shards.empty() && config.pipeline_schedule.empty()) {

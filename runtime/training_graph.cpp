@@ -342,6 +342,10 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
       const std::set<std::string> keep(o.report_grads_of.begin(), o.report_grads_of.end());
       GV_RETURN_IF_ERROR(fuse_linear(g, keep, &tg.fused.linear));
     }
+    if (o.fuse_residual_add) {
+      const std::set<std::string> keep(o.report_grads_of.begin(), o.report_grads_of.end());
+      GV_RETURN_IF_ERROR(fuse_linear_residual_adds(g, keep, &tg.fused.residual_adds));
+    }
     tg.loss = g.find(loss);
     tg.labels = labels.empty() ? kNoValue : g.find(labels);
   }
@@ -378,6 +382,9 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     GV_RETURN_IF_ERROR(apply_activation_checkpointing(g, tg.backward_begin, o.checkpoint_layers));
   }
   GV_RETURN_IF_ERROR(rematerialize_marked_nodes(g, tg.backward_begin));
+  if (o.fuse_ops && o.fuse_residual_add) {
+    GV_RETURN_IF_ERROR(fuse_norm_grad_residual_adds(g, tg.backward_begin, &tg.fused.norm_grad_adds));
+  }
   if (o.bf16_operands) {
     GV_RETURN_IF_ERROR(share_bf16_operands(g, o.bf16_operand_options, &tg.backward_begin, &tg.fused.bf16_operands,
                                            &tg.fused.bf16_linear_outputs, &tg.fused.bf16_attention_grads,

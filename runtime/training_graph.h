@@ -105,6 +105,9 @@ struct TrainingGraphOptions {
   // With fuse_ops: products with their bias and GELU -> galvatron Linear (runtime/fusion.h fuse_linear). Set from
   // Backend::fuses_linear (the CUDA backend's cuBLASLt epilogues); the CPU gains nothing from it.
   bool fuse_linear = false;
+  // With fuse_ops: residual adds folded into their Linear (forward) and LayerNormalizationGrad (backward)
+  // (runtime/fusion.h fuse_linear_residual_adds, fuse_norm_grad_residual_adds). Set from Backend::fuses_residual_add.
+  bool fuse_residual_add = false;
   // AdamW updates of small whole parameters (under 2^20 elements) grouped into galvatron AdamWMulti nodes of 48.
   bool multi_tensor_optimizer = true;
   OptimizerConfig optimizer;

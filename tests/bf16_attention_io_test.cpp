@@ -8,6 +8,7 @@
 
 #include "runtime/bf16_operands.h"
 #include "runtime/trainer.h"
+#include "tests/graph_checks.h"
 #include "tests/op_test_util.h"
 #include "tests/tiny_model.h"
 
@@ -74,37 +75,6 @@ TEST(Bf16AttentionIo, BadTypesNameTheNode) {
       << lse.status().message();
 }
 
-// Every node's inputs re-inferred in a graph of their own give the output types and shapes the graph records.
-void expect_inference_agrees(const Graph& g) {
-  for (const Node& n : g.nodes) {
-    Graph one;
-    one.opsets = g.opsets;
-    Node copy = n;
-    copy.inputs.clear();
-    for (size_t i = 0; i < n.inputs.size(); ++i) {
-      if (n.inputs[i] == kNoValue) {
-        copy.inputs.push_back(kNoValue);
-        continue;
-      }
-      const Value& v = g.value(n.inputs[i]);
-      if (v.kind == ValueKind::kConstant && v.data.defined()) {
-        copy.inputs.push_back(one.add_initializer("in" + std::to_string(i), v.data, ValueKind::kConstant));
-      } else {
-        copy.inputs.push_back(one.add_input("in" + std::to_string(i), v.dtype, v.shape));
-      }
-    }
-    std::vector<std::string> names;
-    for (size_t i = 0; i < n.outputs.size(); ++i) names.push_back("out" + std::to_string(i));
-    auto outs = one.add_node(copy, names);
-    ASSERT_TRUE(outs.has_value()) << n.name << ": " << outs.status().message();
-    for (size_t i = 0; i < n.outputs.size(); ++i) {
-      if (n.outputs[i] == kNoValue) continue;
-      EXPECT_EQ(one.value((*outs)[i]).dtype, g.value(n.outputs[i]).dtype) << n.name << " output " << i;
-      EXPECT_EQ(one.value((*outs)[i]).shape, g.value(n.outputs[i]).shape) << n.name << " output " << i;
-    }
-  }
-}
-
 // gpt-tiny as the CUDA backend builds it in bf16 (packed QKV, shared bf16 operands, fused Linear), on the CPU; with and
 // without activation checkpointing (the recomputed forward's attention reads and writes bf16 too).
 class GptTinyBf16AttentionIo : public ::testing::TestWithParam<bool> {};
@@ -149,7 +119,7 @@ TEST_P(GptTinyBf16AttentionIo, StoresQkvYAndDyInBf16) {
       // Checkpointed, the first forward's Y feeds one product (no shared copy) and stays float32.
       EXPECT_EQ(bf16_ys, layers);
       EXPECT_EQ(backwards, layers);
-      expect_inference_agrees(g);
+      testing::expect_inference_agrees(g);
     } else {
       EXPECT_EQ(t->training_graph().fused.bf16_attention_io, 0);
     }

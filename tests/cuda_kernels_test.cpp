@@ -376,6 +376,14 @@ void check_linear(const std::function<void(const Case&)>& check, bool bf16_given
     check({"Linear", {op(randn({4, 96, 64})), op(randn({64, 96})), randn({96})}, a16, outs, G, 20, {}, 1e-2});
     check({"Linear", {op(randn({50, 24})), op(randn({24, 20})), randn({20})}, a16, outs, G, 20, {}, 1e-2});
   }
+  // With a Residual input (the folded residual add, no activation, float32 Y): cuBLASLt's C matrix on the epilogue
+  // path (with and without bias), a copy of R under the product elsewhere (a width not a multiple of 8).
+  check({"Linear", {op(randn({4, 96, 64})), op(randn({64, 96})), randn({96}), randn({4, 96, 96})}, lin("none", 0), 1,
+         G, 20, {}, tol});
+  check({"Linear", {op(randn({256, 64})), op(randn({80, 64})), Tensor(), randn({256, 80})}, lin("none", 1), 1, G, 20,
+         {}, tol});
+  check({"Linear", {op(randn({50, 24})), op(randn({24, 20})), randn({20}), randn({50, 20})}, lin("none", 0), 1, G, 20,
+         {}, tol});
   // GeluGrad reading a bf16 pre-activation (such a Linear's second output).
   Attributes tanh_grad;
   tanh_grad.set_string("approximate", "tanh");
@@ -612,6 +620,11 @@ TEST_F(CudaKernels, SoftmaxAndNorms) {
     const Case ln_grad{"LayerNormalizationGrad", {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})},
                        {}, 3, G, 17};
     check(ln_grad);
+    // With an Addend (the residual stream's gradient, folded into the store of dX).
+    check({"LayerNormalizationGrad",
+           {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols}), Tensor(), Tensor(), Tensor(), Tensor(),
+            randn({rows, cols})},
+           {}, 3, G, 17});
     check({"RMSNormalization", {randn({rows, cols}, 2.0, 1.0), randn({cols})}, {}, 1, "", 23});
     const Case rms_grad{"RMSNormalizationGrad", {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})},
                         {}, 2, G, 23};

@@ -247,6 +247,11 @@ void add_losses(std::vector<GradCase>& cases) {
   GradCase nb = make("Linear", {rand64({6, 4}, 703), rand64({3, 4}, 704)}, "no bias, transB", no_bias);
   nb.domain = "galvatron";
   cases.push_back(nb);
+  // With a Residual input (the folded residual add): its gradient is Y's.
+  GradCase res = make("Linear", {rand64({2, 3, 4}, 705), rand64({5, 4}, 706), rand64({5}, 707), rand64({2, 3, 5}, 708)},
+                      "residual, transB", no_bias);
+  res.domain = "galvatron";
+  cases.push_back(res);
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 // V at 2 * H * Dp); Y, dY and dQKV pass through bf16 copies of the same layout. The log-sum-exp statistics are
 // cuDNN's own (float32 [B, H, S], natural log), so the forward's LSE output feeds its backward directly. One graph per
 // shape, built on first use and cached (a shape cuDNN does not support is remembered as such: the flash kernels run).
+#include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -60,7 +62,24 @@ struct Plan {
   TensorPtr q, k, v, o, stats, d_o, dq, dk, dv;
   int64_t workspace = 0;
   bool ok = false;
+  bool tuned = false;  // autotuned on its first call (or tuning is off: the heuristics' first plan runs)
 };
+
+// GALVATRON_CUDA_CUDNN_TUNE (read once): 1 builds every engine configuration cuDNN's heuristics (modes A and B) offer
+// for a shape and times them on the shape's first call (cuDNN frontend's autotune, a device synchronisation each),
+// keeping the fastest; 0 runs the heuristics' first choice.
+bool tuning_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_CUDNN_TUNE");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+
+bool report_plans() {
+  static const bool on = std::getenv("GALVATRON_CUDA_PROFILE") != nullptr;
+  return on;
+}
 
 
 Plan* plan_for(const AttentionDims& d, bool backward) {
@@ -109,20 +128,42 @@ Plan* plan_for(const AttentionDims& d, bool backward) {
     p.dk = dk;
     p.dv = dv;
   }
+  const bool tune = tuning_enabled();
+  std::vector<fe::HeurMode_t> modes = {fe::HeurMode_t::A};
+  if (tune) modes.push_back(fe::HeurMode_t::B);
   if (!g->validate().is_good() || !g->build_operation_graph(h).is_good() ||
-      !g->create_execution_plans({fe::HeurMode_t::A}).is_good() || !g->check_support(h).is_good() ||
-      !g->build_plans(h, fe::BuildPlanPolicy_t::HEURISTICS_CHOICE).is_good() ||
-      !g->get_workspace_size(p.workspace).is_good()) {
+      !g->create_execution_plans(modes).is_good() || !g->check_support(h).is_good() ||
+      !g->build_plans(h, tune ? fe::BuildPlanPolicy_t::ALL : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE).is_good()) {
     return nullptr;
   }
+  // The workspace is the largest any built plan needs (autotuning runs them all in it).
+  const int64_t count = tune ? g->get_execution_plan_count() : 1;
+  for (int64_t i = 0; i < count; ++i) {
+    int64_t ws = 0;
+    if (!(tune ? g->get_workspace_size_plan_at_index(i, ws) : g->get_workspace_size(ws)).is_good()) continue;
+    p.workspace = std::max(p.workspace, ws);
+  }
+  p.tuned = !tune || count <= 1;
   p.graph = g;
   p.ok = true;
   return &p;
 }
 
-bool execute(Plan& p, std::unordered_map<TensorPtr, void*>& pack) {
+bool execute(Plan& p, std::unordered_map<TensorPtr, void*>& pack, const char* what) {
   void* ws = p.workspace > 0 ? g_ws.get(static_cast<size_t>(p.workspace)) : nullptr;
   if (p.workspace > 0 && !ws) return false;
+  if (!p.tuned) {
+    // The first call times every plan on its real operands (they are all rewritten by the run below), then runs the
+    // fastest. A failed tuning keeps the heuristics' order.
+    p.tuned = true;
+    const bool ok = p.graph->autotune(handle(), pack, ws).is_good();
+    if (report_plans()) {
+      std::string name = "?";
+      if (!p.graph->get_plan_name(name).is_good()) name = "?";
+      std::fprintf(stderr, "[cuda] cuDNN %s: %s of %lld plans%s\n", what, name.c_str(),
+                   static_cast<long long>(p.graph->get_execution_plan_count()), ok ? " (autotuned)" : " (tuning failed)");
+    }
+  }
   return p.graph->execute(handle(), pack, ws).is_good();
 }
 
@@ -172,7 +213,7 @@ bool cudnn_attention_packed(const AttentionDims& d, MixedTensor qkv, void* y, bo
   if (!qkv16 || !o16) return false;
   std::unordered_map<TensorPtr, void*> pack = {
       {p->q, qkv16}, {p->k, qkv16 + H * Dp}, {p->v, qkv16 + 2 * H * Dp}, {p->o, o16}, {p->stats, lse}};
-  return execute(*p, pack) && from_cudnn_heads(o16, rows * H, D, Dp, y, y_bf16);
+  return execute(*p, pack, "attention forward") && from_cudnn_heads(o16, rows * H, D, Dp, y, y_bf16);
 }
 
 bool cudnn_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedTensor dy, MixedTensor y,
@@ -195,7 +236,7 @@ bool cudnn_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedT
                                                {p->dq, dqkv16},
                                                {p->dk, dqkv16 + H * Dp},
                                                {p->dv, dqkv16 + 2 * H * Dp}};
-  return execute(*p, pack) && from_cudnn_heads(dqkv16, rows * 3 * H, D, Dp, dqkv, dqkv_bf16);
+  return execute(*p, pack, "attention backward") && from_cudnn_heads(dqkv16, rows * 3 * H, D, Dp, dqkv, dqkv_bf16);
 }
 
 #else  // built without the cuDNN frontend: the flash kernels take every call

@@ -6,6 +6,7 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -180,9 +181,10 @@ const char* g_linear_path = "";
 const char* linear_last_path() { return g_linear_path; }
 
 bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, GemmOperand w, const float* bias,
-                    LinearAct act, void* y, void* pre, bool out_bf16) {
+                    LinearAct act, void* y, void* pre, bool out_bf16, const float* residual) {
   if (rows == 0 || n == 0) return true;
   const bool has_act = act != LinearAct::kNone;
+  if (residual && (has_act || out_bf16)) return false;  // the op's inference rules these out
   // bf16 products: in bf16 mode, or both operands given in bf16 (gemm_mixed's rules otherwise).
   const bool bf16 = math_mode() == MathMode::kBf16 || (x.bf16 && w.bf16);
   // The float32 product lands in the output itself (float32 outputs: Y, or PreAct with an activation) or, for
@@ -199,6 +201,13 @@ bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, 
   float* out = out_bf16 ? product_scratch(sizeof(float) * static_cast<size_t>(rows * n))
                         : static_cast<float*>(has_act ? pre : y);
   if (!out) return false;
+  // With a residual (Y float32, no activation: out is Y) the products accumulate onto it: beta 1 over a copy of R, or
+  // cuBLASLt's C = R.
+  const float beta = residual ? 1.0f : 0.0f;
+  auto start_from_residual = [&] {
+    return !residual || cudaMemcpyAsync(out, residual, sizeof(float) * static_cast<size_t>(rows * n),
+                                        cudaMemcpyDeviceToDevice, 0) == cudaSuccess;
+  };
   // The epilogue path: bf16 operands, n a multiple of 8 (the auxiliary output's leading dimension), the tanh GELU
   // (cuBLASLt's GELU) or none.
   if (bf16 && lt_enabled() && k > 0 && n % 8 == 0 && act != LinearAct::kGelu) {
@@ -208,7 +217,8 @@ bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, 
     cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
     if (act == LinearAct::kGeluTanh) epi = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
     else if (bias) epi = CUBLASLT_EPILOGUE_BIAS;
-    LtPlan* p = lt_plan(rows, n, k, ops.ldb, ops.lda, tb, epi, alignment(ops.b), alignment(ops.a), alignment(y),
+    const uint32_t align_y = residual ? std::min(alignment(y), alignment(residual)) : alignment(y);  // C is R
+    LtPlan* p = lt_plan(rows, n, k, ops.ldb, ops.lda, tb, epi, alignment(ops.b), alignment(ops.a), align_y,
                         has_act ? alignment(pre) : 0, out_bf16);
     // With a bf16 D the epilogue takes a bf16 bias (cuBLASLt's bias type is D's): a rounded copy, as autocast's.
     const void* lt_bias = bias;
@@ -220,22 +230,27 @@ bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, 
     if (p) {
       if (bias) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &lt_bias, sizeof(lt_bias));
       if (has_act) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &pre, sizeof(pre));
-      const float one = 1.0f, zero = 0.0f;
-      const cublasStatus_t st = cublasLtMatmul(lt_handle(), p->desc, &one, ops.b, p->a, ops.a, p->b, &zero, y, p->d,
+      const float one = 1.0f;
+      const void* c = residual ? static_cast<const void*>(residual) : y;
+      const cublasStatus_t st = cublasLtMatmul(lt_handle(), p->desc, &one, ops.b, p->a, ops.a, p->b, &beta, c, p->d,
                                                y, p->d, &p->algo, lt_workspace(), kLtWorkspace, 0);
       if (st == CUBLAS_STATUS_SUCCESS) {
         g_linear_path = act == LinearAct::kGeluTanh ? (out_bf16 ? "lt bias+gelu bf16" : "lt bias+gelu")
+                        : residual                  ? (bias ? "lt bias+residual" : "lt residual")
                         : bias                      ? (out_bf16 ? "lt bias bf16" : "lt bias")
                                                     : (out_bf16 ? "lt bf16" : "lt");
         return true;
       }
     }
     g_linear_path = "gemm + bias/act (lt declined)";
-    if (!gemm_bf16_ld(false, tb, rows, n, k, 1.0f, ops.a, ops.lda, ops.b, ops.ldb, 0.0f, out, n, false)) return false;
+    if (!start_from_residual() ||
+        !gemm_bf16_ld(false, tb, rows, n, k, 1.0f, ops.a, ops.lda, ops.b, ops.ldb, beta, out, n, false)) {
+      return false;
+    }
     return finish(out);
   }
   g_linear_path = "gemm + bias/act";
-  if (!gemm_mixed(false, tb, rows, n, k, 1.0f, x, 0, w, 0, 0.0f, out, 0, 1)) return false;
+  if (!start_from_residual() || !gemm_mixed(false, tb, rows, n, k, 1.0f, x, 0, w, 0, beta, out, 0, 1)) return false;
   return finish(out);
 }
 

@@ -166,8 +166,8 @@ constexpr int kArrays = kCenter ? 2 : 1;
 template <int W, int V, bool kCenter>
 __global__ void __launch_bounds__(kBlock, V <= 4 ? 3 : 2)
     norm_backward_rows(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ scale,
-                       const float* __restrict__ mean_in, const float* __restrict__ inv_std_in, float* dx, float* part,
-                       int64_t rows, int cols, float eps) {
+                       const float* __restrict__ mean_in, const float* __restrict__ inv_std_in,
+                       const float* __restrict__ addend, float* dx, float* part, int64_t rows, int cols, float eps) {
   constexpr int G = RowGroup<W>::kPerBlock, NA = kArrays<kCenter>;
   __shared__ double red[4 * kWarps];
   extern __shared__ float4 acc[];
@@ -238,8 +238,13 @@ __global__ void __launch_bounds__(kBlock, V <= 4 ? 3 : 2)
       const int i = grp.t + k * 32 * W;
       if (i >= c4) continue;
       const float4 g = gv[k], xh = xv[k];
-      out[i] = make_float4(isf * (g.x - mg - xh.x * mgx), isf * (g.y - mg - xh.y * mgx),
-                           isf * (g.z - mg - xh.z * mgx), isf * (g.w - mg - xh.w * mgx));
+      float4 o = make_float4(isf * (g.x - mg - xh.x * mgx), isf * (g.y - mg - xh.y * mgx),
+                             isf * (g.z - mg - xh.z * mgx), isf * (g.w - mg - xh.w * mgx));
+      if (addend) {
+        const float4 a = reinterpret_cast<const float4*>(addend)[r * c4 + i];
+        o.x += a.x, o.y += a.y, o.z += a.z, o.w += a.w;
+      }
+      out[i] = o;
     }
   }
   if (!sums_on) return;
@@ -365,8 +370,8 @@ bool forward(const float* x, const float* scale, const float* bias, Out* y, floa
 }
 
 template <bool kCenter>
-bool backward(const float* dy, const float* x, const float* scale, const float* mean, const float* inv_std, float* dx,
-              float* dscale, float* dbias, int64_t rows, int cols, float eps) {
+bool backward(const float* dy, const float* x, const float* scale, const float* mean, const float* inv_std,
+              const float* addend, float* dx, float* dscale, float* dbias, int64_t rows, int cols, float eps) {
   const bool sums_on = dscale || dbias;
   return with_backward_shape(cols / 4, [&](auto w, auto v) {
     constexpr int W = decltype(w)::value, V = decltype(v)::value, G = kWarps / W;
@@ -389,7 +394,7 @@ bool backward(const float* dy, const float* x, const float* scale, const float* 
       part = static_cast<float*>(workspace(sizeof(float) * 2 * static_cast<size_t>(blocks) * cols));
       if (!part) return false;
     }
-    kernel<<<blocks, kBlock, smem>>>(dy, x, scale, mean, inv_std, dx, part, rows, cols, eps);
+    kernel<<<blocks, kBlock, smem>>>(dy, x, scale, mean, inv_std, addend, dx, part, rows, cols, eps);
     if (!launched()) return false;
     if (sums_on) sum_partials<<<(cols / 4 + kSumCols - 1) / kSumCols, kBlock>>>(part, blocks, cols, dscale, dbias);
     return launched();
@@ -424,10 +429,10 @@ bool norm_rows_forward(bool center, const float* x, const float* scale, const fl
 
 bool norm_rows_backward(bool center, const float* dy, const float* x, const float* scale, const float* mean,
                         const float* inv_std, float* dx, float* dscale, float* dbias, int64_t rows, int64_t cols,
-                        float eps) {
+                        float eps, const float* addend) {
   const int c = static_cast<int>(cols);
-  return center ? backward<true>(dy, x, scale, mean, inv_std, dx, dscale, dbias, rows, c, eps)
-                : backward<false>(dy, x, scale, nullptr, inv_std, dx, dscale, nullptr, rows, c, eps);
+  return center ? backward<true>(dy, x, scale, mean, inv_std, addend, dx, dscale, dbias, rows, c, eps)
+                : backward<false>(dy, x, scale, nullptr, inv_std, addend, dx, dscale, nullptr, rows, c, eps);
 }
 
 }  // namespace gv::cuda

@@ -14,9 +14,9 @@ bool norm_rows_eligible(int64_t rows, int64_t cols, std::initializer_list<const 
 bool norm_rows_forward(bool center, const float* x, const float* scale, const float* bias, void* y, bool y_bf16,
                        float* mean, float* inv_std, int64_t rows, int64_t cols, float eps);
 // dx, and dscale / dbias (either may be null; dbias only when center) from dy; mean and inv_std from the forward or
-// null (recomputed with eps).
+// null (recomputed with eps). addend (optional, [rows, cols], 16-byte aligned) is added to dx.
 bool norm_rows_backward(bool center, const float* dy, const float* x, const float* scale, const float* mean,
                         const float* inv_std, float* dx, float* dscale, float* dbias, int64_t rows, int64_t cols,
-                        float eps);
+                        float eps, const float* addend = nullptr);
 
 }  // namespace gv::cuda

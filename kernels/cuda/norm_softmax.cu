@@ -58,8 +58,9 @@ __global__ void layer_norm_kernel(const float* x, const float* scale, const floa
 
 // dx per row; also stores the row statistics used (for the column sums).
 __global__ void layer_norm_dx_kernel(const float* dy, const float* x, const float* scale, const float* mean,
-                                     const float* inv_std, const float* dmean, const float* dinv_std, float* dx,
-                                     float* mean_out, float* inv_std_out, int64_t cols, float eps) {
+                                     const float* inv_std, const float* dmean, const float* dinv_std,
+                                     const float* addend, float* dx, float* mean_out, float* inv_std_out, int64_t cols,
+                                     float eps) {
   __shared__ double sh[32];
   const int64_t r = blockIdx.x;
   const float* xr = x + r * cols;
@@ -94,7 +95,8 @@ __global__ void layer_norm_dx_kernel(const float* dy, const float* x, const floa
   for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
     const double xc = xr[j] - m;
     const double g = dyr ? static_cast<double>(dyr[j]) * scale[j] : 0.0;
-    dxr[j] = static_cast<float>(is * (g - mg - xc * is * mgx) + shift + slope * xc);
+    const float d = static_cast<float>(is * (g - mg - xc * is * mgx) + shift + slope * xc);
+    dxr[j] = addend ? d + addend[r * cols + j] : d;
   }
 }
 
@@ -290,21 +292,21 @@ bool layer_norm_to_bf16(const float* x, const float* scale, const float* bias, u
 
 bool layer_norm_grad_f32(const float* dy, const float* x, const float* scale, const float* mean, const float* inv_std,
                          const float* dmean, const float* dinv_std, float* dx, float* dscale, float* dbias,
-                         int64_t rows, int64_t cols, float eps) {
+                         int64_t rows, int64_t cols, float eps, const float* addend) {
   if (rows == 0 || cols == 0) {
     if (dscale) cudaMemsetAsync(dscale, 0, sizeof(float) * cols, 0);
     if (dbias) cudaMemsetAsync(dbias, 0, sizeof(float) * cols, 0);
     return launched();
   }
-  if (dy && !dmean && !dinv_std && norm_rows_eligible(rows, cols, {dy, x, scale, dx})) {
-    return norm_rows_backward(true, dy, x, scale, mean, inv_std, dx, dscale, dbias, rows, cols, eps);
+  if (dy && !dmean && !dinv_std && norm_rows_eligible(rows, cols, {dy, x, scale, dx, addend})) {
+    return norm_rows_backward(true, dy, x, scale, mean, inv_std, dx, dscale, dbias, rows, cols, eps, addend);
   }
   float* ws = static_cast<float*>(workspace(sizeof(float) * (2 * rows + column_ws_floats(rows, cols))));
   if (!ws) return false;
   float* m = ws;
   float* is = ws + rows;
-  layer_norm_dx_kernel<<<rows_grid(rows), kRowThreads>>>(dy, x, scale, mean, inv_std, dmean, dinv_std, dx, m, is,
-                                                          cols, eps);
+  layer_norm_dx_kernel<<<rows_grid(rows), kRowThreads>>>(dy, x, scale, mean, inv_std, dmean, dinv_std, addend, dx,
+                                                          m, is, cols, eps);
   if (!dy) {
     if (dscale) cudaMemsetAsync(dscale, 0, sizeof(float) * cols, 0);
     if (dbias) cudaMemsetAsync(dbias, 0, sizeof(float) * cols, 0);

@@ -76,8 +76,10 @@ enum class LinearAct { kNone, kGelu, kGeluTanh };  // GELU: exact (erf) or the t
 // bias type being its output's, as PyTorch's autocast does).
 // bf16 products with n % 8 == 0 and no erf GELU run as one cuBLASLt product with a bias / GELU epilogue
 // (GALVATRON_CUDA_LT=0: off); the rest as a product and one bias + activation pass.
+// residual (optional, float32 [rows, n]; only without an activation and with float32 Y): Y = R + X @ op(W) + bias,
+// cuBLASLt's C matrix with beta 1 (the other paths start Y from a copy of R).
 bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, GemmOperand w, const float* bias,
-                    LinearAct act, void* y, void* pre, bool out_bf16);
+                    LinearAct act, void* y, void* pre, bool out_bf16, const float* residual = nullptr);
 // galvatron GeluGradMatMul: dP[rows, n] = Gelu'(pre) * (dY[rows, k] @ op(W)), W [k, n] (or [n, k] with tb);
 // dbias[n] (optional) = the column sums of dP. Operands float32 or bf16 (gemm_mixed's rules); pre and dP float32 or
 // bf16; dbias float32. bf16 products with the tanh GELU, pre in dP's type and n % 8 == 0 run as one cuBLASLt product
@@ -207,10 +209,10 @@ bool layer_norm_f32(const float* x, const float* scale, const float* bias, float
 bool layer_norm_to_bf16(const float* x, const float* scale, const float* bias, uint16_t* y, float* mean,
                         float* inv_std, int64_t rows, int64_t cols, float eps);
 // Backward (kernels/cpu/norm.h's formula). dy, mean, inv_std, dmean, dinv_std may be null (statistics recomputed
-// when mean/inv_std are null, with eps); dscale, dbias may be null.
+// when mean/inv_std are null, with eps); dscale, dbias may be null; addend (optional, [rows, cols]) is added to dx.
 bool layer_norm_grad_f32(const float* dy, const float* x, const float* scale, const float* mean, const float* inv_std,
                          const float* dmean, const float* dinv_std, float* dx, float* dscale, float* dbias,
-                         int64_t rows, int64_t cols, float eps);
+                         int64_t rows, int64_t cols, float eps, const float* addend = nullptr);
 // y = x / sqrt(mean(x^2) + eps) * scale, and its backward (statistic recomputed).
 bool rms_norm_f32(const float* x, const float* scale, float* y, int64_t rows, int64_t cols, float eps);
 bool rms_norm_grad_f32(const float* dy, const float* x, const float* scale, float* dx, float* dscale, int64_t rows,

@@ -2,9 +2,11 @@
 // CUDA backend runs it as one cuBLASLt product with a bias / GELU epilogue (runtime/fuse_linear.cpp forms it from
 // MatMul -> Add -> Gelu chains and from MatMul(X, Transpose(W))).
 //
-// Inputs: X [..., K] (rank >= 2), W [K, N] (or [N, K] with transB = 1), bias [N] (optional). X and W may be float32
-// or bfloat16 in any combination (shared bf16 operands, runtime/bf16_operands.h); bias and results are float32. All
-// float64 (gradient checks) gives float64.
+// Inputs: X [..., K] (rank >= 2), W [K, N] (or [N, K] with transB = 1), bias [N] (optional), Residual [..., N]
+// (optional: added to the result, the transformer's residual connection Y = R + X @ op(W) + bias, which the CUDA
+// backend adds in cuBLASLt's epilogue; only without an activation, float32 results; runtime/fuse_residual_add.cpp).
+// X and W may be float32 or bfloat16 in any combination (shared bf16 operands, runtime/bf16_operands.h); bias,
+// residual and results are float32. All float64 (gradient checks) gives float64.
 // Attributes: transB (0/1), activation = "none" | "gelu" (erf) | "gelu_tanh", out_dtype (ONNX data type of the
 // outputs: 1 float32, the default, or 16 bfloat16: computed in float32 and rounded, for a Linear whose output only
 // products read; runtime/bf16_operands.cpp sets it).
@@ -41,8 +43,9 @@ std::string linear_dims(const Node& node, const Shape& x, const Shape& w, const 
 
 Status infer_linear(InferContext& ctx) {
   const bool has_bias = ctx.has_input(2);
+  const bool has_residual = ctx.has_input(3);
   const bool f64 = ctx.dtype(0) == DType::kFloat64 && ctx.dtype(1) == DType::kFloat64 &&
-                   (!has_bias || ctx.dtype(2) == DType::kFloat64);
+                   (!has_bias || ctx.dtype(2) == DType::kFloat64) && (!has_residual || ctx.dtype(3) == DType::kFloat64);
   if (!f64 && (!operand_type(ctx.dtype(0)) || !operand_type(ctx.dtype(1)))) {
     return ctx.fail(std::string("X and W must be float32 or bfloat16 (or both float64), got ") +
                     dtype_name(ctx.dtype(0)) + " and " + dtype_name(ctx.dtype(1)));
@@ -58,6 +61,12 @@ Status infer_linear(InferContext& ctx) {
   if (!err.empty()) return ctx.fail(err);
   Shape out = ctx.shape(0);
   out.back() = d.n;
+  if (has_residual) {
+    if (d.activation != "none") return ctx.fail("a Residual input needs activation none");
+    if (out_type == DType::kBFloat16) return ctx.fail("a Residual input needs float32 results (out_dtype 1)");
+    if (!f64 && ctx.dtype(3) != DType::kFloat32) return ctx.fail("Residual must be float32");
+    if (ctx.shape(3) != out) return ctx.fail("Residual must be " + shape_str(out) + ", got " + shape_str(ctx.shape(3)));
+  }
   ctx.set_output(0, out_type, out);
   if (d.activation != "none") ctx.set_output(1, out_type, out);
   return Status::ok();
@@ -69,6 +78,12 @@ const float* as_float(const TensorRef& t, std::vector<Tensor>& keep) {
   keep.push_back(Tensor::uninitialized(DType::kFloat32, t.shape));
   convert_elements(t.data, t.dtype, keep.back().data(), DType::kFloat32, t.numel());
   return keep.back().data_as<float>();
+}
+
+template <typename T>
+void add_residual(const T* r, T* y, int64_t n) {
+#pragma omp parallel for if (n > cpu::kParallelThreshold) schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] += r[i];
 }
 
 template <typename T>
@@ -95,9 +110,12 @@ Status linear_cpu(KernelContext& ctx) {
   const bool act = d.activation != "none";
   const TensorRef& y = ctx.outputs[0];
   const TensorRef& pre = act ? ctx.outputs[1] : ctx.outputs[0];
+  // The residual is added after the bias, as the Add it replaces did: (X @ op(W) + bias) + R.
+  const bool has_residual = ctx.has_input(3);
   if (y.dtype == DType::kFloat64) {
     linear_forward<double>(d, ctx.inputs[0].as<double>(), ctx.inputs[1].as<double>(),
                            has_bias ? ctx.inputs[2].as<double>() : nullptr, pre.as<double>(), y.as<double>());
+    if (has_residual) add_residual(ctx.inputs[3].as<double>(), y.as<double>(), y.numel());
     return Status::ok();
   }
   std::vector<Tensor> keep;
@@ -106,6 +124,7 @@ Status linear_cpu(KernelContext& ctx) {
   const float* bias = has_bias ? ctx.inputs[2].as<float>() : nullptr;
   if (y.dtype == DType::kFloat32) {
     linear_forward<float>(d, x, w, bias, pre.as<float>(), y.as<float>());
+    if (has_residual) add_residual(ctx.inputs[3].as<float>(), y.as<float>(), y.numel());
     return Status::ok();
   }
   // bfloat16 outputs: float32 results rounded once.
@@ -120,7 +139,7 @@ Status linear_cpu(KernelContext& ctx) {
 // dP = dY * act'(PreAct) (+ PreAct's own gradient); dX = dP @ op(W)^T, dW = the products' transpose, dbias = the
 // column sums of dP: the nodes autograd would have emitted for MatMul, Add and Gelu.
 Status linear_grad(GradBuilder& gb) {
-  const ValueId x = gb.input(0), w = gb.input(1), bias = gb.input(2);
+  const ValueId x = gb.input(0), w = gb.input(1), bias = gb.input(2), residual = gb.input(3);
   const Shape xs = gb.shape(x);
   LinearDims d;
   const Shape bias_shape = bias != kNoValue ? gb.shape(bias) : Shape{};
@@ -136,6 +155,8 @@ Status linear_grad(GradBuilder& gb) {
     dp = dp == kNoValue ? gb.grad_output(1) : gb.emit1("Add", {dp, gb.grad_output(1)});
   }
   if (dp == kNoValue) return gb.status();
+  // The residual's gradient is Y's (no activation with a residual).
+  if (residual != kNoValue && gb.needs_grad(3)) gb.set_grad_input(3, dp);
   // The products read X and dP in their own shapes (no reshaped views), so that shared bf16 copies of X and dP
   // (runtime/bf16_operands.h) serve the forward and both backward products alike. dW sums over X's leading dims.
   auto product = [&](ValueId a, ValueId b, bool ta, bool tb, bool sum_batch) {
@@ -157,8 +178,9 @@ Status linear_grad(GradBuilder& gb) {
 }  // namespace
 
 void register_linear_ops(OpRegistry& r) {
-  OpSchema s = make_schema(kGalvatronDomain, "Linear", 2, 3, 1, 2, infer_linear, linear_cpu,
-                           "Y = act(X @ op(W) + bias), act none | gelu | gelu_tanh; PreAct second output with act");
+  OpSchema s = make_schema(kGalvatronDomain, "Linear", 2, 4, 1, 2, infer_linear, linear_cpu,
+                           "Y = act(X @ op(W) + bias) (+ Residual without act), act none | gelu | gelu_tanh; PreAct "
+                           "second output with act");
   s.grad = linear_grad;
   r.add(std::move(s));
 }

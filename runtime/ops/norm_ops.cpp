@@ -4,6 +4,7 @@
 // X is float64. Scale and B must hold exactly the normalized shape (leading 1s allowed).
 #include <vector>
 
+#include "kernels/cpu/broadcast.h"
 #include "kernels/cpu/norm.h"
 #include "runtime/ops/math_common.h"
 
@@ -114,8 +115,10 @@ Status layer_norm_cpu(KernelContext& ctx) {
   });
 }
 
-// LayerNormalizationGrad(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?) -> (dX, dScale, dBias).
-// Uses the saved statistics when given, else recomputes them (attr epsilon).
+// LayerNormalizationGrad(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?, Addend?) -> (dX, dScale, dBias).
+// Uses the saved statistics when given, else recomputes them (attr epsilon). Addend (X's shape and type) is added to
+// dX: X's other gradient contributions (the residual stream's), which a separate Add summed before
+// (runtime/fuse_residual_add.cpp).
 Status infer_layer_norm_grad(InferContext& ctx) {
   GV_RETURN_IF_ERROR(expect_float(ctx, 1, "X"));
   NormView v;
@@ -126,6 +129,9 @@ Status infer_layer_norm_grad(InferContext& ctx) {
   }
   for (int i = 3; i < 7; ++i) {
     if (ctx.has_input(i) && shape_numel(ctx.shape(i)) != v.rows) return ctx.fail("statistics must have one value per row");
+  }
+  if (ctx.has_input(7) && (ctx.shape(7) != ctx.shape(1) || ctx.dtype(7) != ctx.dtype(1))) {
+    return ctx.fail("Addend must match X " + shape_str(ctx.shape(1)));
   }
   ctx.set_output(0, ctx.dtype(1), ctx.shape(1));
   for (int i = 1; i < ctx.num_outputs(); ++i) ctx.set_output(i, ctx.dtype(2), ctx.shape(2));
@@ -159,6 +165,12 @@ Status layer_norm_grad_cpu(KernelContext& ctx) {
                                    data_or_null<U>(ctx, 5), data_or_null<U>(ctx, 6), ctx.outputs[0].as<T>(),
                                    n_out > 1 ? ctx.outputs[1].as<T>() : nullptr,
                                    n_out > 2 ? ctx.outputs[2].as<T>() : nullptr, v.rows, v.cols);
+    if (const T* add = data_or_null<T>(ctx, 7)) {
+      T* dx = ctx.outputs[0].as<T>();
+      const int64_t n = ctx.outputs[0].numel();
+#pragma omp parallel for if (n > cpu::kParallelThreshold) schedule(static)
+      for (int64_t i = 0; i < n; ++i) dx[i] += add[i];
+    }
   });
 }
 
@@ -257,9 +269,9 @@ void register_norm_ops(OpRegistry& r) {
                              "(X, scale) -> X / sqrt(mean(X^2) + epsilon) * scale over axes [axis, rank)");
   rms.grad = rms_norm_grad;
   r.add(rms);
-  r.add(make_schema(kGalvatronDomain, "LayerNormalizationGrad", 3, 7, 1, 3, infer_layer_norm_grad,
+  r.add(make_schema(kGalvatronDomain, "LayerNormalizationGrad", 3, 8, 1, 3, infer_layer_norm_grad,
                     layer_norm_grad_cpu,
-                    "(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?) -> (dX, dScale, dBias)"));
+                    "(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?, Addend?) -> (dX + Addend, dScale, dBias)"));
   r.add(make_schema(kGalvatronDomain, "RMSNormalizationGrad", 3, 3, 1, 2, infer_rms_norm_grad, rms_norm_grad_cpu,
                     "(dY, X, scale) -> (dX, dscale)"));
 }
