@@ -52,6 +52,9 @@ class Backend {
   // Whether this backend adds a residual in a Linear's epilogue and a gradient addend in LayerNormalizationGrad's
   // store faster than separate Adds (TrainingGraphOptions::fuse_residual_add): the CUDA backend in bf16.
   virtual bool fuses_residual_add() const { return false; }
+  // Whether the weights' shared bf16 copies should persist across steps, rewritten by AdamW from the updated weights
+  // (TrainingGraphOptions::optimizer_bf16_copies): the CUDA backend in bf16.
+  virtual bool optimizer_writes_bf16_copies() const { return false; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

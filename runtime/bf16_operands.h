@@ -42,4 +42,13 @@ Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size
 // as above; adds the number of values turned bf16 to *values.
 Status bf16_attention_io(Graph& graph, size_t* boundary, int* values);
 
+// Persistent parameter copies (runtime/bf16_param_copies.cpp), on a whole training graph (after its optimizer nodes):
+// the shared bf16 copy (Cast) of a float32 parameter that one whole-parameter AdamW node updates, and nothing else
+// writes, becomes a kState value that the AdamW rewrites from the updated weights (its input 7, ParamBf16): the Cast no
+// longer runs every step. Those Casts move to the front of the graph, nodes [0, *prologue_end), which the trainer runs
+// before its first step and after it loads parameters; the rest of the graph never writes their inputs but through
+// the AdamW. Only Casts before backward_begin move (so backward_begin and later indices keep their nodes). Adds the
+// number of copies kept to *kept.
+Status keep_bf16_param_copies(Graph& graph, size_t backward_begin, size_t* prologue_end, int* kept);
+
 }  // namespace gv

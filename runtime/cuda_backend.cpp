@@ -100,6 +100,14 @@ class CudaBackend final : public Backend {
     }();
     return fuses_linear() && enabled;
   }
+  // GALVATRON_CUDA_ADAMW_BF16_COPIES=0 converts the weights to bf16 again every step (for comparisons).
+  bool optimizer_writes_bf16_copies() const override {
+    static const bool enabled = [] {
+      const char* e = std::getenv("GALVATRON_CUDA_ADAMW_BF16_COPIES");
+      return !(e && std::string(e) == "0");
+    }();
+    return shares_bf16_operands() && enabled;
+  }
   // GALVATRON_CUDA_DGELU=0 keeps the backward product, GELU gradient, Cast and bias sum apart (for comparisons).
   bool fuses_gelu_grad_product() const override {
     static const bool enabled = [] {

@@ -946,9 +946,14 @@ Status adamw_cuda(KernelContext& ctx) {
   }
   const cuda::AdamW a = adamw_attrs(ctx);
   const float* norm = ctx.has_input(6) && is_f32(ctx.inputs[6]) ? ctx.inputs[6].as<float>() : nullptr;
+  uint16_t* p16 = nullptr;
+  if (ctx.has_input(7)) {
+    if (ctx.inputs[7].dtype != DType::kBFloat16 || offset != 0 || n != p.numel()) return cuda_fallback_kernel(ctx);
+    p16 = static_cast<uint16_t*>(ctx.inputs[7].data);
+  }
   return launch(ctx, cuda::adamw_f32(p.as<float>() + offset, ctx.inputs[1].as<float>(), ctx.inputs[2].as<float>(),
                                      ctx.inputs[3].as<float>(), n, lr.data, lr.dtype == DType::kFloat64,
-                                     step.as<int64_t>(), norm, a));
+                                     step.as<int64_t>(), norm, a, p16));
 }
 
 // AdamWMulti(lr, step, grad_norm?, then param, grad, m, v per parameter).

@@ -19,7 +19,8 @@ std::string FusionCounts::summary() const {
          (bf16_attention_io ? ", " + std::to_string(bf16_attention_io) + " attention inputs and outputs in bf16" : "") +
          (gelu_grad_products ? ", " + std::to_string(gelu_grad_products) + " GELU gradients in product epilogues" : "") +
          (residual_adds ? ", " + std::to_string(residual_adds) + " residual adds in Linear epilogues" : "") +
-         (norm_grad_adds ? ", " + std::to_string(norm_grad_adds) + " residual gradient adds in LayerNorm gradients" : "");
+         (norm_grad_adds ? ", " + std::to_string(norm_grad_adds) + " residual gradient adds in LayerNorm gradients" : "") +
+         (bf16_param_copies ? ", " + std::to_string(bf16_param_copies) + " weight bf16 copies kept by AdamW" : "");
 }
 
 Expected<FusionCounts> fuse_forward_graph(Graph& graph) {

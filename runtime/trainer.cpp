@@ -34,6 +34,7 @@ Expected<std::unique_ptr<Trainer>> Trainer::create(Graph forward, const TrainerC
   go.pack_attention_qkv = go.pack_attention_qkv || backend.packs_attention_qkv();
   go.bf16_attention_io = go.bf16_attention_io || backend.bf16_attention_io();
   go.fuse_residual_add = go.fuse_residual_add || backend.fuses_residual_add();
+  go.optimizer_bf16_copies = go.optimizer_bf16_copies || backend.optimizer_writes_bf16_copies();
   const bool parallel = config.comm && config.comm->size() > 1;
   if (parallel) go.rank = config.comm->rank();
   if (parallel && go.param_sync.empty() && config.shards.empty() && config.pipeline_schedule.empty()) {
@@ -112,11 +113,20 @@ Status Trainer::feed(Executor& ex, const TensorMap& batch) {
   return Status::ok();
 }
 
+Status Trainer::refresh_param_copies() {
+  if (!param_copies_stale_) return Status::ok();
+  // The copies are state buffers, which every micro-batch slot shares with slot 0.
+  if (tg_->prologue_end > 0) GV_RETURN_IF_ERROR(executor_->run_steps(0, tg_->prologue_end));
+  param_copies_stale_ = false;
+  return Status::ok();
+}
+
 Status Trainer::run_forward_backward(const TensorMap& batch, int64_t micro_index, double* loss) {
   GV_RETURN_IF_ERROR(feed(*executor_, batch));
   executor_->rng_counter = static_cast<uint64_t>(micro_index);
   executor_->micro_batch = 0;
-  GV_RETURN_IF_ERROR(executor_->run_steps(0, tg_->optimizer_begin));
+  GV_RETURN_IF_ERROR(refresh_param_copies());
+  GV_RETURN_IF_ERROR(executor_->run_steps(tg_->prologue_end, tg_->optimizer_begin));
   GV_ASSIGN_OR_RETURN(Tensor l, executor_->fetch(tg_->loss));
   *loss = l.scalar_f64(0);
   return Status::ok();
@@ -146,6 +156,7 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
   const int slots = 1 + static_cast<int>(more_slots_.size());
   auto slot = [&](int micro) -> Executor& { return micro % slots == 0 ? *executor_ : *more_slots_[micro % slots - 1]; };
   double loss_sum = 0.0;
+  GV_RETURN_IF_ERROR(refresh_param_copies());
   for (const auto& ps : schedule) {
     if (ps.micro < 0 || ps.micro >= accum) return internal_error("pipeline schedule names micro-batch " +
                                                                  std::to_string(ps.micro));
@@ -154,7 +165,7 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
     ex.rng_counter = static_cast<uint64_t>(steps_done_ * accum + ps.micro);
     if (!ps.backward) {
       GV_RETURN_IF_ERROR(feed(ex, micro_batches[ps.micro]));
-      GV_RETURN_IF_ERROR(ex.run_steps(0, tg_->backward_begin));
+      GV_RETURN_IF_ERROR(ex.run_steps(tg_->prologue_end, tg_->backward_begin));
       GV_ASSIGN_OR_RETURN(Tensor l, ex.fetch(tg_->loss));
       loss_sum += l.scalar_f64(0);
     } else {
@@ -212,7 +223,8 @@ Expected<TensorMap> Trainer::compute_gradients(const TensorMap& batch, double* l
 Expected<double> Trainer::evaluate_loss(const TensorMap& batch) {
   // The forward pass ends where the backward begins; the loss is its last value.
   GV_RETURN_IF_ERROR(feed(*executor_, batch));
-  GV_RETURN_IF_ERROR(executor_->run_steps(0, tg_->backward_begin));
+  GV_RETURN_IF_ERROR(refresh_param_copies());
+  GV_RETURN_IF_ERROR(executor_->run_steps(tg_->prologue_end, tg_->backward_begin));
   GV_ASSIGN_OR_RETURN(Tensor l, executor_->fetch(tg_->loss));
   return l.scalar_f64(0);
 }
@@ -366,6 +378,7 @@ Expected<std::map<std::string, std::string>> Trainer::load_checkpoint(const std:
     return executor_->set_value(v, piece).with_context(path);
   };
   for (ValueId p : g.parameters()) GV_RETURN_IF_ERROR(restore(p, shard_of(p)));
+  parameters_changed();
   for (const auto& [p, states] : tg_->optimizer_state) {
     for (size_t i = 0; i < states.size(); ++i) {
       TensorShard s = state_shard_of(p);

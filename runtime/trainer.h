@@ -88,12 +88,19 @@ class Trainer {
   size_t arena_bytes() const { return executor_->arena_bytes(); }
   const TrainingGraph& training_graph() const { return *tg_; }
   const TrainerConfig& config() const { return config_; }
+  // The executor of micro-batch slot 0 (which also runs the optimizer region). Whoever writes parameters through it
+  // calls parameters_changed() afterwards.
   Executor& executor() { return *executor_; }
+  // Marks the persistent bf16 parameter copies (TrainingGraph::prologue_end) stale: they are rebuilt from the
+  // parameters before the next forward pass. load_checkpoint calls it.
+  void parameters_changed() { param_copies_stale_ = true; }
 
  private:
   Trainer() = default;
   Status feed(Executor& ex, const TensorMap& batch);
   Status run_forward_backward(const TensorMap& batch, int64_t micro_index, double* loss);
+  // Runs the prologue (the persistent bf16 parameter copies' Casts) when the copies are stale.
+  Status refresh_param_copies();
   bool parallel() const;
   std::vector<Executor*> all_slots();
   // The whole tensor of a parameter or optimizer state (assembled across ranks when it is a piece).
@@ -108,6 +115,7 @@ class Trainer {
   std::vector<std::unique_ptr<Executor>> more_slots_;  // pipeline: arenas of further micro-batches in flight
   Backend* backend_ = nullptr;
   int64_t steps_done_ = 0;
+  bool param_copies_stale_ = true;
 };
 
 }  // namespace gv

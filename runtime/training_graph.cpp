@@ -540,6 +540,16 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     tg.grad_norm = outs[0];
   }
   const OptimizerConfig& oc = o.optimizer;
+  // Parameters whose shared bf16 copy AdamW will keep (keep_bf16_param_copies, below) take a node of their own.
+  std::set<ValueId> keeps_copy;
+  if (o.optimizer_bf16_copies && o.bf16_operands) {
+    for (const Node& n : g.nodes) {
+      if (n.op_type == "Cast" && n.domain.empty() && n.name.rfind("bf16_copy/", 0) == 0 && n.inputs.size() == 1 &&
+          g.value(n.inputs[0]).kind == ValueKind::kParameter) {
+        keeps_copy.insert(n.inputs[0]);
+      }
+    }
+  }
   // Small whole parameters (biases, norm scales) are updated kMultiChunk at a time by AdamWMulti nodes, after the
   // per-parameter updates: one kernel launch each instead of one per parameter.
   constexpr int64_t kMultiMaxNumel = int64_t{1} << 20;
@@ -584,7 +594,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
       a.set_float("epsilon", (oc.eps));
       // (g.value(p) again: add_state above may have moved the values, and `pv` with them)
       const bool multi = o.multi_tensor_optimizer && !sharded && shape_numel(g.value(p).shape) < kMultiMaxNumel &&
-                         g.value(p).dtype == g.value(final_grad[p]).dtype;
+                         g.value(p).dtype == g.value(final_grad[p]).dtype && !keeps_copy.count(p);
       if (multi) {
         // One node's attributes serve all its parameters: a parameter that zeroes its gradient otherwise starts a node.
         if (multi_count > 0 && multi_attrs.get_int("zero_grad", 0) != a.get_int("zero_grad", 0)) {
@@ -616,6 +626,9 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   GV_RETURN_IF_ERROR(flush_multi());
   if (overlap && !dp_syncs.empty()) {
     GV_RETURN_IF_ERROR(overlap_gradient_sync(tg, dp_syncs, zero2_gathers));
+  }
+  if (o.optimizer_bf16_copies && o.bf16_operands && oc.kind == OptimizerConfig::Kind::kAdamW) {
+    GV_RETURN_IF_ERROR(keep_bf16_param_copies(g, tg.backward_begin, &tg.prologue_end, &tg.fused.bf16_param_copies));
   }
   return tg;
 }

@@ -1,7 +1,9 @@
 // Turns a forward graph into one static training step: loss, backward pass (runtime/autograd.h), optional activation
 // checkpointing per layer, gradient accumulation, global gradient norm and the optimizer, all as graph nodes.
 //
-// Node order of the result:  [0, optimizer_begin)        forward + backward (+ accumulation), run once per micro-batch
+// Node order of the result:  [0, prologue_end)           the parameters' persistent bf16 copies (optimizer_bf16_copies),
+//                                                         run before the first step and after parameters are loaded
+//                            [prologue_end, optimizer_begin) forward + backward (+ accumulation), once per micro-batch
 //                            [optimizer_begin, end)       (data parallel: gradient all-reduces,) gradient norm and
 //                                                         optimizer updates, run once per step
 // With overlap_grad_sync (one micro-batch, no pipeline) the data-parallel gradient all-reduces (and ZeRO-2's
@@ -108,6 +110,10 @@ struct TrainingGraphOptions {
   // With fuse_ops: residual adds folded into their Linear (forward) and LayerNormalizationGrad (backward)
   // (runtime/fusion.h fuse_linear_residual_adds, fuse_norm_grad_residual_adds). Set from Backend::fuses_residual_add.
   bool fuse_residual_add = false;
+  // With bf16_operands and AdamW: the weights' bf16 copies persist across steps and AdamW rewrites them from the
+  // updated weights (runtime/bf16_operands.h keep_bf16_param_copies) instead of a Cast per weight per step. Set from
+  // Backend::optimizer_writes_bf16_copies.
+  bool optimizer_bf16_copies = false;
   // AdamW updates of small whole parameters (under 2^20 elements) grouped into galvatron AdamWMulti nodes of 48.
   bool multi_tensor_optimizer = true;
   OptimizerConfig optimizer;
@@ -127,6 +133,7 @@ struct TrainingGraph {
   std::map<ValueId, std::vector<ValueId>> optimizer_state;  // param -> kState buffers ([m, v] or [momentum])
   // ZeRO-2: param -> [begin, end) of its flat range that this rank updates (its optimizer state covers only that).
   std::map<ValueId, std::pair<int64_t, int64_t>> optimizer_state_range;
+  size_t prologue_end = 0;  // nodes [0, prologue_end): Casts refreshing the persistent bf16 parameter copies
   size_t backward_begin = 0;
   size_t optimizer_begin = 0;
   FusionCounts fused;  // what the fusion passes rewrote (all zero with fuse_ops off)

@@ -775,6 +775,12 @@ TEST_F(CudaKernels, Training) {
     }
     check({"AdamWMulti", in, ma, 0, G, 20, {}, 1e-6});
   }
+  // With the parameter's persistent bf16 copy (input 7), rewritten from the update: the quad path, with a tail.
+  for (int64_t n : {5000, 5001, 4999}) {
+    check({"AdamW", {randn({n}), randn({n}), randn({n}, 0.1), positive({n}), Tensor::scalar(DType::kFloat64, 1e-2), step,
+                     Tensor(), randn({n}).cast(DType::kBFloat16)},
+           a, 0, G});
+  }
   Attributes clip = a;
   clip.set_float("max_norm", 1.0f);
   clip.set_int("zero_grad", 1);

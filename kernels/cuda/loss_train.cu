@@ -11,6 +11,7 @@
 namespace gv::cuda {
 namespace {
 
+using detail::bf16_bits;
 using detail::block_max;
 using detail::block_sum;
 using detail::grid_for;
@@ -387,10 +388,11 @@ __device__ AdamWCoef adamw_coef(const void* lr_ptr, bool lr64, const int64_t* st
                    static_cast<float>(a.eps)};
 }
 
-// kVec: p, g, m, v 16-byte aligned, float4 accesses and a tail of n % 4 elements.
+// kVec: p, g, m, v 16-byte aligned (p16 8-byte), float4 accesses and a tail of n % 4 elements. p16 (optional): the
+// parameter's bf16 copy, rewritten from the updated values.
 template <typename I, bool kVec>
-__global__ void adamw_kernel(float* p, float* g, float* m, float* v, I n, const void* lr_ptr, bool lr64,
-                             const int64_t* step_ptr, const float* norm_ptr, AdamW a) {
+__global__ void adamw_kernel(float* p, float* g, float* m, float* v, uint16_t* p16, I n, const void* lr_ptr,
+                             bool lr64, const int64_t* step_ptr, const float* norm_ptr, AdamW a) {
   const AdamWCoef c = adamw_coef(lr_ptr, lr64, step_ptr, norm_ptr, a);
   const bool zg = a.zero_grad;
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
@@ -407,11 +409,22 @@ __global__ void adamw_kernel(float* p, float* g, float* m, float* v, I n, const 
       detail::store4(m, q, mq);
       detail::store4(v, q, vq);
       if (zg) detail::store4(g, q, gq);
+      if (p16) {
+        reinterpret_cast<uint2*>(p16)[q] =
+            make_uint2(bf16_bits(pq.x) | (static_cast<uint32_t>(bf16_bits(pq.y)) << 16),
+                       bf16_bits(pq.z) | (static_cast<uint32_t>(bf16_bits(pq.w)) << 16));
+      }
     }
     const I i = quads * 4 + first;
-    if (i < n) adamw_one(p[i], g[i], m[i], v[i], c, zg);
+    if (i < n) {
+      adamw_one(p[i], g[i], m[i], v[i], c, zg);
+      if (p16) p16[i] = bf16_bits(p[i]);
+    }
   } else {
-    for (I i = first; i < n; i += stride) adamw_one(p[i], g[i], m[i], v[i], c, zg);
+    for (I i = first; i < n; i += stride) {
+      adamw_one(p[i], g[i], m[i], v[i], c, zg);
+      if (p16) p16[i] = bf16_bits(p[i]);
+    }
   }
 }
 
@@ -458,10 +471,10 @@ __global__ void adamw_multi_kernel(AdamWChunk c, const void* lr_ptr, bool lr64, 
 }
 
 template <typename I>
-void launch_adamw(unsigned blocks, bool vec, float* p, float* g, float* m, float* v, I n, const void* lr, bool lr64,
-                  const int64_t* step, const float* norm, const AdamW& a) {
-  if (vec) adamw_kernel<I, true><<<blocks, kThreads>>>(p, g, m, v, n, lr, lr64, step, norm, a);
-  else adamw_kernel<I, false><<<blocks, kThreads>>>(p, g, m, v, n, lr, lr64, step, norm, a);
+void launch_adamw(unsigned blocks, bool vec, float* p, float* g, float* m, float* v, uint16_t* p16, I n,
+                  const void* lr, bool lr64, const int64_t* step, const float* norm, const AdamW& a) {
+  if (vec) adamw_kernel<I, true><<<blocks, kThreads>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
+  else adamw_kernel<I, false><<<blocks, kThreads>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
 }
 
 }  // namespace
@@ -583,14 +596,16 @@ bool grad_norm_f32(const float* const* tensors, const int64_t* counts, const flo
 }
 
 bool adamw_f32(float* p, float* g, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
-               const int64_t* step, const float* grad_norm, const AdamW& a) {
+               const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16) {
   if (n == 0) return true;
-  const bool vec = detail::aligned16(p) && detail::aligned16(g) && detail::aligned16(m) && detail::aligned16(v);
+  const bool vec = detail::aligned16(p) && detail::aligned16(g) && detail::aligned16(m) && detail::aligned16(v) &&
+                   reinterpret_cast<uintptr_t>(p16) % 8 == 0;
   const unsigned blocks = detail::flat_grid(vec ? (n + 3) / 4 : n);
   if (n < (int64_t{1} << 31)) {
-    launch_adamw<uint32_t>(blocks, vec, p, g, m, v, static_cast<uint32_t>(n), lr, lr_is_f64, step, grad_norm, a);
+    launch_adamw<uint32_t>(blocks, vec, p, g, m, v, p16, static_cast<uint32_t>(n), lr, lr_is_f64, step, grad_norm,
+                           a);
   } else {
-    launch_adamw<int64_t>(blocks, vec, p, g, m, v, n, lr, lr_is_f64, step, grad_norm, a);
+    launch_adamw<int64_t>(blocks, vec, p, g, m, v, p16, n, lr, lr_is_f64, step, grad_norm, a);
   }
   return launched();
 }

@@ -291,9 +291,10 @@ struct AdamW {
   bool zero_grad;
 };
 // PyTorch's AdamW (kernels/cpu/optimizer.h), reading lr (float64 when lr_is_f64, else float32), step (int64) and the
-// optional grad norm (float32, for clipping at max_norm > 0) from device scalars.
+// optional grad norm (float32, for clipping at max_norm > 0) from device scalars. p16 (optional, n elements): the
+// parameter's bf16 copy, rewritten from the updated values (rounded to nearest even, as to_bf16).
 bool adamw_f32(float* p, float* g, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
-               const int64_t* step, const float* grad_norm, const AdamW& a);
+               const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16 = nullptr);
 // The same update of `num` whole parameters (p[i], g[i], m[i], v[i] of n[i] elements), up to 48 per launch.
 bool adamw_multi_f32(float* const* p, float* const* g, float* const* m, float* const* v, const int64_t* n, int num,
                      const void* lr, bool lr_is_f64, const int64_t* step, const float* grad_norm, const AdamW& a);

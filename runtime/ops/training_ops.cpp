@@ -45,7 +45,18 @@ Status infer_update(InferContext& ctx, int num_state) {
   }
   return Status::ok();
 }
-Status infer_adamw(InferContext& ctx) { return infer_update(ctx, 2); }
+// AdamW's optional input 7, ParamBf16: the parameter's persistent bfloat16 copy (the products' operand), rewritten
+// from the updated float32 values (runtime/training_graph.h optimizer_bf16_copies). Whole float32 parameters only.
+Status infer_adamw(InferContext& ctx) {
+  GV_RETURN_IF_ERROR(infer_update(ctx, 2));
+  if (!ctx.has_input(7)) return Status::ok();
+  if (ctx.attrs().get_int("shard_offset", -1) >= 0) return ctx.fail("ParamBf16 needs a whole parameter (no shard_offset)");
+  if (ctx.dtype(0) != DType::kFloat32 || ctx.dtype(7) != DType::kBFloat16 || ctx.shape(7) != ctx.shape(0)) {
+    return ctx.fail("ParamBf16 must be the bfloat16 twin of the float32 parameter " + shape_str(ctx.shape(0)) +
+                    ", got " + dtype_name(ctx.dtype(7)) + " " + shape_str(ctx.shape(7)));
+  }
+  return Status::ok();
+}
 Status infer_sgd(InferContext& ctx) { return infer_update(ctx, 1); }
 
 // The communicator of a node's attr `group` (world ranks; empty: the whole world). Null for one process, where the
@@ -128,8 +139,9 @@ void zero_if_asked(const KernelContext& ctx, const TensorRef& grad) {
 // The first updated element of the parameter: attr shard_offset (ZeRO-2), or 0 for the whole parameter.
 int64_t shard_offset(const KernelContext& ctx) { return std::max<int64_t>(0, ctx.attrs().get_int("shard_offset", -1)); }
 
-// AdamW(param, grad, m, v, lr, step, [grad_norm]); attrs beta1 beta2 epsilon weight_decay grad_scale max_norm zero_grad
-// shard_offset. Updates numel(grad) elements of param from shard_offset on (the whole parameter by default).
+// AdamW(param, grad, m, v, lr, step, [grad_norm], [param_bf16]); attrs beta1 beta2 epsilon weight_decay grad_scale
+// max_norm zero_grad shard_offset. Updates numel(grad) elements of param from shard_offset on (the whole parameter by
+// default); param_bf16, when given, becomes the bf16 rounding of the updated parameter (as a Cast would give).
 Status adamw_cpu(KernelContext& ctx) {
   const TensorRef& p = ctx.inputs[0];
   const int64_t off = shard_offset(ctx), n = ctx.inputs[1].numel();
@@ -144,6 +156,7 @@ Status adamw_cpu(KernelContext& ctx) {
   if (p.dtype == DType::kFloat32) {
     cpu::adamw_update(p.as<float>() + off, ctx.inputs[1].as<float>(), ctx.inputs[2].as<float>(),
                       ctx.inputs[3].as<float>(), n, a);
+    if (ctx.has_input(7)) convert_elements(p.data, DType::kFloat32, ctx.inputs[7].data, DType::kBFloat16, p.numel());
   } else if (p.dtype == DType::kFloat64) {
     cpu::adamw_update(p.as<double>() + off, ctx.inputs[1].as<double>(), ctx.inputs[2].as<double>(),
                       ctx.inputs[3].as<double>(), n, a);
@@ -280,8 +293,9 @@ void register_training_ops(OpRegistry& r) {
   wait.infer = infer_any;  // any buffers, of any shapes and dtypes
   wait.reads_only = true;
   r.add(wait);
-  OpSchema adamw = in_place_op("AdamW", 6, 7, adamw_cpu,
-                               "AdamW update of one parameter (or its flat range from shard_offset) in place");
+  OpSchema adamw = in_place_op("AdamW", 6, 8, adamw_cpu,
+                               "AdamW update of one parameter (or its flat range from shard_offset) in place; its "
+                               "bf16 copy (input 7) rewritten from the result");
   adamw.infer = infer_adamw;
   r.add(adamw);
   OpSchema multi = in_place_op("AdamWMulti", 7, 3 + 4 * 1024, adamw_multi_cpu,
