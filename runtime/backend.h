@@ -55,6 +55,9 @@ class Backend {
   // Whether the weights' shared bf16 copies should persist across steps, rewritten by AdamW from the updated weights
   // (TrainingGraphOptions::optimizer_bf16_copies): the CUDA backend in bf16.
   virtual bool optimizer_writes_bf16_copies() const { return false; }
+  // Whether GradNorm and AdamW may read bf16 gradients (the reduced copies of --grad-reduce-dtype bf16) rather than
+  // float32 widenings of them (TrainingGraphOptions::optimizer_reads_bf16_grads): both backends' kernels do.
+  virtual bool reads_bf16_grads() const { return true; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -108,6 +108,14 @@ class CudaBackend final : public Backend {
     }();
     return shares_bf16_operands() && enabled;
   }
+  // GALVATRON_CUDA_BF16_GRADS=0 widens the reduced bf16 gradients to float32 for the optimizer (for comparisons).
+  bool reads_bf16_grads() const override {
+    static const bool enabled = [] {
+      const char* e = std::getenv("GALVATRON_CUDA_BF16_GRADS");
+      return !(e && std::string(e) == "0");
+    }();
+    return enabled;
+  }
   // GALVATRON_CUDA_DGELU=0 keeps the backward product, GELU gradient, Cast and bias sum apart (for comparisons).
   bool fuses_gelu_grad_product() const override {
     static const bool enabled = [] {

@@ -894,13 +894,15 @@ Status accumulate_cuda(KernelContext& ctx) {
 Status grad_norm_cuda(KernelContext& ctx) {
   const bool reduce = ctx.attrs().get_int("all_reduce", 0) != 0 && ctx.comm && ctx.comm->size() > 1;
   // Across processes the squared norm is all-reduced on the device, which needs NCCL (device pointers).
-  if (!all_f32(ctx) || (reduce && std::string(ctx.comm->backend_name()) != "nccl")) return cuda_fallback_kernel(ctx);
+  bool types = is_f32(ctx.outputs[0]);
+  for (const TensorRef& t : ctx.inputs) types = types && (is_f32(t) || t.dtype == DType::kBFloat16);
+  if (!types || (reduce && std::string(ctx.comm->backend_name()) != "nccl")) return cuda_fallback_kernel(ctx);
   const std::vector<float> weights = ctx.attrs().get_floats("weights");
   if (!weights.empty() && weights.size() != ctx.inputs.size()) return cuda_fallback_kernel(ctx);
-  std::vector<const float*> ptrs;
+  std::vector<cuda::MixedTensor> ptrs;
   std::vector<int64_t> counts;
   for (const TensorRef& t : ctx.inputs) {
-    ptrs.push_back(t.as<float>());
+    ptrs.push_back({t.data, t.dtype == DType::kBFloat16});
     counts.push_back(t.numel());
   }
   if (reduce) {
@@ -938,8 +940,9 @@ cuda::AdamW adamw_attrs(const KernelContext& ctx) {
 Status adamw_cuda(KernelContext& ctx) {
   const TensorRef& p = ctx.inputs[0];
   const int64_t offset = std::max<int64_t>(0, ctx.attrs().get_int("shard_offset", -1)), n = ctx.inputs[1].numel();
+  const bool g_bf16 = ctx.inputs[1].dtype == DType::kBFloat16;  // a reduced bf16 gradient
   for (int i = 0; i < 4; ++i)
-    if (!is_f32(ctx.inputs[i])) return cuda_fallback_kernel(ctx);
+    if (!is_f32(ctx.inputs[i]) && !(i == 1 && g_bf16)) return cuda_fallback_kernel(ctx);
   const TensorRef &lr = ctx.inputs[4], &step = ctx.inputs[5];
   if ((lr.dtype != DType::kFloat64 && lr.dtype != DType::kFloat32) || step.dtype != DType::kInt64) {
     return cuda_fallback_kernel(ctx);
@@ -951,7 +954,7 @@ Status adamw_cuda(KernelContext& ctx) {
     if (ctx.inputs[7].dtype != DType::kBFloat16 || offset != 0 || n != p.numel()) return cuda_fallback_kernel(ctx);
     p16 = static_cast<uint16_t*>(ctx.inputs[7].data);
   }
-  return launch(ctx, cuda::adamw_f32(p.as<float>() + offset, ctx.inputs[1].as<float>(), ctx.inputs[2].as<float>(),
+  return launch(ctx, cuda::adamw_f32(p.as<float>() + offset, ctx.inputs[1].data, g_bf16, ctx.inputs[2].as<float>(),
                                      ctx.inputs[3].as<float>(), n, lr.data, lr.dtype == DType::kFloat64,
                                      step.as<int64_t>(), norm, a, p16));
 }

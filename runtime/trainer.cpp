@@ -35,6 +35,7 @@ Expected<std::unique_ptr<Trainer>> Trainer::create(Graph forward, const TrainerC
   go.bf16_attention_io = go.bf16_attention_io || backend.bf16_attention_io();
   go.fuse_residual_add = go.fuse_residual_add || backend.fuses_residual_add();
   go.optimizer_bf16_copies = go.optimizer_bf16_copies || backend.optimizer_writes_bf16_copies();
+  go.optimizer_reads_bf16_grads = go.optimizer_reads_bf16_grads && backend.reads_bf16_grads();
   const bool parallel = config.comm && config.comm->size() > 1;
   if (parallel) go.rank = config.comm->rank();
   if (parallel && go.param_sync.empty() && config.shards.empty() && config.pipeline_schedule.empty()) {
@@ -207,6 +208,8 @@ Expected<TensorMap> Trainer::compute_gradients(const TensorMap& batch, double* l
     auto acc = tg_->grad_accumulators.find(p);
     ValueId src = acc != tg_->grad_accumulators.end() ? acc->second : tg_->grads.at(p);
     GV_ASSIGN_OR_RETURN(Tensor grad, executor_->fetch(src));
+    // A reduced bf16 gradient (optimizer_reads_bf16_grads) is reported in the parameter's type (exact widening).
+    if (grad.dtype() == DType::kBFloat16 && g.value(p).dtype == DType::kFloat32) grad = grad.cast(DType::kFloat32);
     out[g.value(p).name] = grad;
     if (acc != tg_->grad_accumulators.end()) {
       GV_RETURN_IF_ERROR(backend_->zero(executor_->data(acc->second), grad.nbytes()));

@@ -281,8 +281,9 @@ constexpr int64_t kOnnxFloat = 1, kOnnxBFloat16 = 16;
 // norm and the update (after the wait under overlap). With `fold`, the gradient's producer, a FusedMatMul (a weight's
 // dW) whose output only this sync reads, writes the bf16 copy itself and the first Cast is not made. Returns the
 // widened gradient.
-Expected<ValueId> add_bf16_grad_sync(Graph& g, ValueId grad, bool fold, ValueId clear, const Attributes& reduce,
-                                     const Placement& place, const std::string& pname, GradSync& gs) {
+Expected<ValueId> add_bf16_grad_sync(Graph& g, ValueId grad, bool fold, ValueId clear, bool widen,
+                                     const Attributes& reduce, const Placement& place, const std::string& pname,
+                                     GradSync& gs) {
   ValueId copy = kNoValue;
   const NodeId producer = g.value(grad).producer;
   if (fold && producer >= 0 && g.nodes[producer].op_type == "FusedMatMul" &&
@@ -311,6 +312,7 @@ Expected<ValueId> add_bf16_grad_sync(Graph& g, ValueId grad, bool fold, ValueId 
   }
   gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));
   GV_RETURN_IF_ERROR(add_update(g, "AllReduce", {copy}, reduce, place, g.unique_name("all_reduce/" + pname)));
+  if (!widen) return copy;  // the gradient norm and AdamW read the reduced bf16 gradient themselves
   Attributes back;
   back.set_int("to", kOnnxFloat);
   gs.after_wait.push_back(static_cast<NodeId>(g.nodes.size()));
@@ -491,7 +493,10 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
         const bool fold = o.bf16_operands && overlap && uses[grad] == 0 && !is_output[grad] && !reported.count(grad);
         const ValueId clear = o.grad_accum_steps > 1 ? grad : kNoValue;  // the accumulator, read by the Cast
         GradSync gs;
-        GV_ASSIGN_OR_RETURN(final_grad[p], add_bf16_grad_sync(g, grad, fold, clear, a, place, pname, gs));
+        // AdamW takes a bf16 gradient; SGD (and a gradient reported by name) gets the widened float32 one.
+        const bool widen = !o.optimizer_reads_bf16_grads || o.optimizer.kind != OptimizerConfig::Kind::kAdamW ||
+                           reported.count(grad) > 0;
+        GV_ASSIGN_OR_RETURN(final_grad[p], add_bf16_grad_sync(g, grad, fold, clear, widen, a, place, pname, gs));
         if (clear != kNoValue) fresh_grad.insert(p);
         if (overlap) tg.grads[p] = final_grad[p];  // computed before optimizer_begin (after the wait)
         dp_syncs.push_back(std::move(gs));

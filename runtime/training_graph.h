@@ -99,6 +99,10 @@ struct TrainingGraphOptions {
   // With bf16_grad_reduce: gradients of fewer elements stay float32 (a bias saves a few KB on the wire but costs two
   // conversion kernels of a few microseconds each; gpt-1.5b has ~390 of them).
   int64_t bf16_grad_reduce_min_numel = 65536;
+  // With bf16_grad_reduce and AdamW: the gradient norm and AdamW read the reduced bf16 gradients, without a widening
+  // Cast to float32 after the all-reduce (the same values: the widening is exact). Off: the widened float32 gradients
+  // (Backend::reads_bf16_grads: GALVATRON_CUDA_BF16_GRADS=0 on CUDA, for comparisons).
+  bool optimizer_reads_bf16_grads = true;
   // Fusion passes (runtime/fusion.h) over the forward graph before autograd: attention chains -> Attention, GELU
   // chains -> Gelu, the head product and the loss -> LinearCrossEntropy. Off: the graph runs as imported.
   bool fuse_ops = true;

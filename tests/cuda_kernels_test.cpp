@@ -775,6 +775,20 @@ TEST_F(CudaKernels, Training) {
     }
     check({"AdamWMulti", in, ma, 0, G, 20, {}, 1e-6});
   }
+  // A reduced bf16 gradient read as it is (exactly widened), zeroed after use, with and without the bf16 copy; the
+  // gradient norm over float32 and bf16 gradients.
+  Attributes zg = a;
+  zg.set_int("zero_grad", 1);
+  for (int64_t n : {5000, 5001}) {
+    check({"AdamW", {randn({n}), randn({n}).cast(DType::kBFloat16), randn({n}, 0.1), positive({n}),
+                     Tensor::scalar(DType::kFloat64, 1e-2), step},
+           zg, 0, G});
+    check({"AdamW", {randn({n}), randn({n}).cast(DType::kBFloat16), randn({n}, 0.1), positive({n}),
+                     Tensor::scalar(DType::kFloat64, 1e-2), step, Tensor(), randn({n}).cast(DType::kBFloat16)},
+           a, 0, G});
+  }
+  check({"GradNorm", {randn({1000}).cast(DType::kBFloat16), randn({3, 7}), randn({70001}).cast(DType::kBFloat16)}, gn,
+         1, G});
   // With the parameter's persistent bf16 copy (input 7), rewritten from the update: the quad path, with a tail.
   for (int64_t n : {5000, 5001, 4999}) {
     check({"AdamW", {randn({n}), randn({n}), randn({n}, 0.1), positive({n}), Tensor::scalar(DType::kFloat64, 1e-2), step,

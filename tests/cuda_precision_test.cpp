@@ -580,8 +580,8 @@ TEST_F(CudaPrecision, FlatAccumulateAdamW) {
     std::vector<std::vector<float>> out[2];
     for (int off = 0; off < 2; ++off) {
       Dev<float> dp(p0, off), dg(g0, off), dm(m0, off), dv(v0, off);
-      ASSERT_TRUE(cuda::adamw_f32(dp.get(), dg.get(), dm.get(), dv.get(), static_cast<int64_t>(n), dlr.get(), true,
-                                  dstep.get(), nullptr, a))
+      ASSERT_TRUE(cuda::adamw_f32(dp.get(), dg.get(), false, dm.get(), dv.get(), static_cast<int64_t>(n), dlr.get(),
+                                  true, dstep.get(), nullptr, a))
           << cuda::last_error();
       out[off] = {dp.download(), dg.download(), dm.download(), dv.download()};
     }

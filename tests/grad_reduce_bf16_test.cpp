@@ -1,10 +1,12 @@
 // TrainingGraphOptions::bf16_grad_reduce (runtime/training_graph.h, `--grad-reduce-dtype bf16`): data-parallel
-// gradients all-reduced as bf16 copies and widened back for the norm and the update. References: the float32 sum of
-// the ranks' bf16 values rounded once (communicators), the graph's structure (where each Cast, AllReduce and widening
-// sits; the dW products that write bf16 themselves; accumulators cleared by the sync), and float32 reduction (training
-// within bf16 precision of it, replicas bit-identical to each other).
+// gradients all-reduced as bf16 copies, which the gradient norm and AdamW read as they are (or, with
+// optimizer_reads_bf16_grads off, widened back to float32 first). References: the float32 sum of the ranks' bf16
+// values rounded once (communicators), the graph's structure (where each Cast, AllReduce and widening sits; the dW
+// products that write bf16 themselves; accumulators cleared by the sync), float32 reduction (training within bf16
+// precision of it, replicas bit-identical to each other), and the widened path (bit-identical training).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -76,9 +78,10 @@ TEST(Bf16AllReduce, OneProcessLeavesTheBufferAndOtherTypesStillFail) {
 
 using testing::nodes_of;
 
-TrainingGraphOptions ddp2(const Graph& g, bool overlap) {
+TrainingGraphOptions ddp2(const Graph& g, bool overlap, bool widen = false) {
   TrainingGraphOptions o = testing::ddp_options(g, {0, 1}, 1);
   o.overlap_grad_sync = overlap;
+  o.optimizer_reads_bf16_grads = !widen;
   o.bf16_grad_reduce = true;
   o.bf16_grad_reduce_min_numel = 0;  // the fixture's parameters are all small: every gradient in bf16
   return o;
@@ -100,10 +103,22 @@ struct Layout {
   size_t all_reduces = 0, cast_copies = 0, folded = 0;
 };
 
-// Every AllReduce reads a bf16 value made by a Cast of the float32 gradient or written by a FusedMatMul, and one Cast
-// to float32 widens it after the AllReduce; the updates read only float32 gradients, and tg.grads gives the widened
-// ones (under overlap: computed before optimizer_begin).
-Layout check_layout(const TrainingGraph& tg, bool overlap) {
+// The op types of the nodes reading v at or after `from`, sorted.
+std::vector<std::string> reader_ops(const Graph& g, ValueId v, size_t from) {
+  std::vector<std::string> ops;
+  for (size_t i = from; i < g.nodes.size(); ++i) {
+    const auto& in = g.nodes[i].inputs;
+    if (std::find(in.begin(), in.end(), v) != in.end()) ops.push_back(g.nodes[i].op_type);
+  }
+  std::sort(ops.begin(), ops.end());
+  return ops;
+}
+
+// Every AllReduce reads a bf16 value made by a Cast of the float32 gradient or written by a FusedMatMul. Widened: one
+// Cast to float32 widens it after the AllReduce, the updates read only float32 gradients, and tg.grads gives the
+// widened ones (under overlap: computed before optimizer_begin). Otherwise the gradient norm and one AdamW read the
+// reduced copy itself, and tg.grads gives the copies (under overlap).
+Layout check_layout(const TrainingGraph& tg, bool overlap, bool widened) {
   const Graph& g = tg.graph;
   Layout l;
   const auto waits = nodes_of(g, "WaitCollectives");
@@ -124,6 +139,13 @@ Layout check_layout(const TrainingGraph& tg, bool overlap) {
       EXPECT_EQ(src.attrs.get_int("out_dtype", 0), 16);
       ++l.folded;
     }
+    if (!widened) {
+      // (Under overlap the update's read keeps the in-flight buffer alive past the wait.)
+      EXPECT_EQ(reader_ops(g, copy, i + 1), (std::vector<std::string>{"AdamW", "GradNorm"}));
+      if (overlap) EXPECT_LT(i, waits[0]);
+      else EXPECT_GE(i, tg.optimizer_begin);
+      continue;
+    }
     const int64_t widen = only_reader(g, copy, "Cast", i + 1);
     if (!overlap) EXPECT_EQ(widen, static_cast<int64_t>(i) + 1);
     EXPECT_GE(widen, 0) << "no single widening Cast after the all-reduce";
@@ -138,15 +160,17 @@ Layout check_layout(const TrainingGraph& tg, bool overlap) {
     }
   }
   for (const auto& [p, grad] : tg.grads) {
-    EXPECT_EQ(g.value(grad).dtype, DType::kFloat32);
-    if (overlap) {
+    EXPECT_EQ(g.value(grad).dtype, !widened && overlap ? DType::kBFloat16 : DType::kFloat32);
+    if (overlap && widened) {
       const NodeId prod = g.value(grad).producer;
       EXPECT_EQ(g.nodes[prod].op_type, "Cast") << g.value(p).name;
       EXPECT_LT(static_cast<size_t>(prod), tg.optimizer_begin) << g.value(p).name;
     }
   }
   const Node& norm = g.nodes[nodes_of(g, "GradNorm").at(0)];
-  for (ValueId v : norm.inputs) EXPECT_EQ(g.value(v).dtype, DType::kFloat32) << g.value(v).name;
+  for (ValueId v : norm.inputs) {
+    EXPECT_EQ(g.value(v).dtype, widened ? DType::kFloat32 : DType::kBFloat16) << g.value(v).name;
+  }
   return l;
 }
 
@@ -156,18 +180,21 @@ TEST(Bf16GradReduce, EveryGradientReducedAsABf16Copy) {
   const size_t params = g->parameters().size();
   for (bool overlap : {true, false}) {
     for (bool products : {false, true}) {
-      SCOPED_TRACE(std::string(overlap ? "overlap" : "no overlap") + (products ? ", bf16 products" : ""));
-      TrainingGraphOptions o = ddp2(*g, overlap);
+      for (bool widen : {false, true}) {
+      SCOPED_TRACE(std::string(overlap ? "overlap" : "no overlap") + (products ? ", bf16 products" : "") +
+                   (widen ? ", widened" : ""));
+      TrainingGraphOptions o = ddp2(*g, overlap, widen);
       o.bf16_operands = products;
       auto tg = build_training_graph(*g, o);
       ASSERT_TRUE(tg.has_value()) << tg.status().message();
-      const Layout l = check_layout(*tg, overlap);
+      const Layout l = check_layout(*tg, overlap, widen);
       EXPECT_EQ(l.all_reduces, params);
       // The weights' dW products write the copy themselves only with bf16 products and the overlap.
       if (overlap && products) {
         EXPECT_GE(l.folded, 4u * static_cast<size_t>(g->num_layers));  // at least qkv, proj, fc, fc-proj per layer
       } else {
         EXPECT_EQ(l.folded, 0u);
+      }
       }
     }
   }
@@ -199,7 +226,7 @@ TEST(Bf16GradReduce, SmallGradientsStayFloat32) {
   EXPECT_EQ(small + large, g->parameters().size());
   size_t casts = 0;  // the gradient syncs' Casts (the model has Casts of its own)
   for (size_t i : nodes_of(gr, "Cast")) casts += gr.nodes[i].name.rfind("grad_reduce/", 0) == 0;
-  EXPECT_EQ(casts, 2 * large) << "one bf16 copy and one widening per large gradient";
+  EXPECT_EQ(casts, large) << "one bf16 copy per large gradient, read as it is";
 }
 
 TEST(Bf16GradReduce, AccumulatorsAreClearedByTheSyncNotTheUpdate) {
@@ -211,7 +238,7 @@ TEST(Bf16GradReduce, AccumulatorsAreClearedByTheSyncNotTheUpdate) {
   auto tg = build_training_graph(*g, o);
   ASSERT_TRUE(tg.has_value()) << tg.status().message();
   const Graph& gr = tg->graph;
-  const Layout l = check_layout(*tg, false);  // accumulation: nothing moves
+  const Layout l = check_layout(*tg, false, false);  // accumulation: nothing moves
   EXPECT_EQ(l.folded, 0u);
   std::set<ValueId> accumulators;
   for (const auto& [p, acc] : tg->grad_accumulators) accumulators.insert(acc);
@@ -234,7 +261,7 @@ TEST(Bf16GradReduce, AccumulatorsAreClearedByTheSyncNotTheUpdate) {
 
 // ---- training on thread communicators ------------------------------------------------------------------------------
 
-std::vector<Expected<RankRun>> train(bool bf16, bool products, int micro_batches) {
+std::vector<Expected<RankRun>> train(bool bf16, bool products, int micro_batches, bool widen = false) {
   testing::ThreadTraining t;
   t.ranks = 2;
   t.steps = 4;
@@ -242,6 +269,7 @@ std::vector<Expected<RankRun>> train(bool bf16, bool products, int micro_batches
   t.configure = [=](TrainerConfig& cfg) {
     cfg.graph.bf16_grad_reduce = bf16;
     cfg.graph.bf16_grad_reduce_min_numel = 0;
+    cfg.graph.optimizer_reads_bf16_grads = !widen;
     cfg.graph.bf16_operands = products;
     cfg.graph.bf16_operand_options.min_mn = 1;  // the fixture's small products qualify
   };
@@ -271,6 +299,21 @@ TEST_P(Bf16GradReduceTraining, FollowsFloat32ReductionAndKeepsReplicasEqual) {
   }
   EXPECT_TRUE(any_norm_differs) << "bf16 reduction gave float32's exact gradient norms: was it applied?";
   EXPECT_NE(bf[0]->losses.front(), bf[0]->losses.back());  // it trained
+}
+
+// AdamW and the gradient norm reading the reduced bf16 gradients compute exactly what they computed on their
+// float32 widenings.
+TEST_P(Bf16GradReduceTraining, ReadingBf16GradientsEqualsWideningThem) {
+  const auto [products, micro] = GetParam();
+  auto widened = train(true, products, micro, true);
+  auto direct = train(true, products, micro, false);
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_TRUE(widened[r].has_value()) << widened[r].status().message();
+    ASSERT_TRUE(direct[r].has_value()) << direct[r].status().message();
+    testing::expect_identical(direct[r]->weights, widened[r]->weights);
+    EXPECT_EQ(direct[r]->losses, widened[r]->losses);
+    EXPECT_EQ(direct[r]->norms, widened[r]->norms);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, Bf16GradReduceTraining,

@@ -12,6 +12,7 @@ namespace gv::cuda {
 namespace {
 
 using detail::bf16_bits;
+using detail::bf16_float;
 using detail::block_max;
 using detail::block_sum;
 using detail::grid_for;
@@ -309,7 +310,8 @@ struct AccumulateF {
 // large tensors, one for small ones), so a model's hundreds of bias and norm vectors cost one launch, not one each.
 constexpr int kNormChunk = 48;
 struct NormChunk {
-  const float* x[kNormChunk];
+  const void* x[kNormChunk];
+  bool bf16[kNormChunk];  // x holds bf16 bits (a reduced bf16 gradient), else float32
   int64_t n[kNormChunk];
   double weight[kNormChunk];
   int start[kNormChunk + 1];
@@ -321,21 +323,38 @@ __global__ void sum_squares_multi_kernel(NormChunk c, double* acc) {
   int t = 0;
   while (t + 1 < c.count && static_cast<int>(blockIdx.x) >= c.start[t + 1]) ++t;
   const int64_t blocks = c.start[t + 1] - c.start[t], b = static_cast<int64_t>(blockIdx.x) - c.start[t];
-  const float* x = c.x[t];
   const int64_t n = c.n[t];
   const int64_t step = blocks * blockDim.x;
   double s = 0.0;
   int64_t i = b * blockDim.x + threadIdx.x;
-  if (reinterpret_cast<uintptr_t>(x) % 16 == 0) {
-    const int64_t quads = n / 4;
-    for (int64_t q = i; q < quads; q += step) {
-      const float4 v = reinterpret_cast<const float4*>(x)[q];
-      s += static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y + static_cast<double>(v.z) * v.z +
-           static_cast<double>(v.w) * v.w;
+  auto add4 = [&](float4 v) {
+    s += static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y + static_cast<double>(v.z) * v.z +
+         static_cast<double>(v.w) * v.w;
+  };
+  if (c.bf16[t]) {
+    const auto* x = static_cast<const uint16_t*>(c.x[t]);
+    if (reinterpret_cast<uintptr_t>(x) % 8 == 0) {
+      const int64_t quads = n / 4;
+      for (int64_t q = i; q < quads; q += step) {
+        const uint2 u = reinterpret_cast<const uint2*>(x)[q];
+        add4(make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                         __uint_as_float(u.y & 0xffff0000u)));
+      }
+      i += quads * 4;
     }
-    i += quads * 4;
+    for (; i < n; i += step) {
+      const double v = bf16_float(x[i]);
+      s += v * v;
+    }
+  } else {
+    const auto* x = static_cast<const float*>(c.x[t]);
+    if (reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+      const int64_t quads = n / 4;
+      for (int64_t q = i; q < quads; q += step) add4(reinterpret_cast<const float4*>(x)[q]);
+      i += quads * 4;
+    }
+    for (; i < n; i += step) s += static_cast<double>(x[i]) * x[i];
   }
-  for (; i < n; i += step) s += static_cast<double>(x[i]) * x[i];
   s = block_sum(s, sh);
   if (threadIdx.x == 0 && s != 0.0) atomicAdd(acc, s * c.weight[t]);
 }
@@ -390,25 +409,45 @@ __device__ AdamWCoef adamw_coef(const void* lr_ptr, bool lr64, const int64_t* st
 
 // kVec: p, g, m, v 16-byte aligned (p16 8-byte), float4 accesses and a tail of n % 4 elements. p16 (optional): the
 // parameter's bf16 copy, rewritten from the updated values.
-template <typename I, bool kVec>
-__global__ void adamw_kernel(float* p, float* g, float* m, float* v, uint16_t* p16, I n, const void* lr_ptr,
-                             bool lr64, const int64_t* step_ptr, const float* norm_ptr, AdamW a) {
+// The gradient, float32 or bf16 bits (G = uint16_t: a reduced bf16 gradient, widened exactly): element and quad
+// loads, and zeroing.
+__device__ __forceinline__ float grad_at(const float* g, size_t i) { return g[i]; }
+__device__ __forceinline__ float grad_at(const uint16_t* g, size_t i) { return bf16_float(g[i]); }
+__device__ __forceinline__ float4 grad4(const float* g, size_t q) { return detail::load4(g, q); }
+__device__ __forceinline__ float4 grad4(const uint16_t* g, size_t q) {
+  const uint2 u = reinterpret_cast<const uint2*>(g)[q];
+  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                     __uint_as_float(u.y & 0xffff0000u));
+}
+__device__ __forceinline__ void zero4(float* g, size_t q) { detail::store4(g, q, make_float4(0.f, 0.f, 0.f, 0.f)); }
+__device__ __forceinline__ void zero4(uint16_t* g, size_t q) { reinterpret_cast<uint2*>(g)[q] = make_uint2(0u, 0u); }
+
+template <typename I, bool kVec, typename G>
+__global__ void adamw_kernel(float* p, G* g, float* m, float* v, uint16_t* p16, I n, const void* lr_ptr, bool lr64,
+                             const int64_t* step_ptr, const float* norm_ptr, AdamW a) {
   const AdamWCoef c = adamw_coef(lr_ptr, lr64, step_ptr, norm_ptr, a);
   const bool zg = a.zero_grad;
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
   const I first = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
+  // One element: adamw_one on the widened gradient (zeroing happens on g itself).
+  auto one = [&](I i) {
+    float gi = grad_at(g, i);
+    adamw_one(p[i], gi, m[i], v[i], c, false);
+    if (zg) g[i] = G(0);
+    if (p16) p16[i] = bf16_bits(p[i]);
+  };
   if constexpr (kVec) {
     const I quads = n / 4;
     for (I q = first; q < quads; q += stride) {
-      float4 pq = detail::load4(p, q), gq = detail::load4(g, q), mq = detail::load4(m, q), vq = detail::load4(v, q);
-      adamw_one(pq.x, gq.x, mq.x, vq.x, c, zg);
-      adamw_one(pq.y, gq.y, mq.y, vq.y, c, zg);
-      adamw_one(pq.z, gq.z, mq.z, vq.z, c, zg);
-      adamw_one(pq.w, gq.w, mq.w, vq.w, c, zg);
+      float4 pq = detail::load4(p, q), gq = grad4(g, q), mq = detail::load4(m, q), vq = detail::load4(v, q);
+      adamw_one(pq.x, gq.x, mq.x, vq.x, c, false);
+      adamw_one(pq.y, gq.y, mq.y, vq.y, c, false);
+      adamw_one(pq.z, gq.z, mq.z, vq.z, c, false);
+      adamw_one(pq.w, gq.w, mq.w, vq.w, c, false);
       detail::store4(p, q, pq);
       detail::store4(m, q, mq);
       detail::store4(v, q, vq);
-      if (zg) detail::store4(g, q, gq);
+      if (zg) zero4(g, q);
       if (p16) {
         reinterpret_cast<uint2*>(p16)[q] =
             make_uint2(bf16_bits(pq.x) | (static_cast<uint32_t>(bf16_bits(pq.y)) << 16),
@@ -416,15 +455,9 @@ __global__ void adamw_kernel(float* p, float* g, float* m, float* v, uint16_t* p
       }
     }
     const I i = quads * 4 + first;
-    if (i < n) {
-      adamw_one(p[i], g[i], m[i], v[i], c, zg);
-      if (p16) p16[i] = bf16_bits(p[i]);
-    }
+    if (i < n) one(i);
   } else {
-    for (I i = first; i < n; i += stride) {
-      adamw_one(p[i], g[i], m[i], v[i], c, zg);
-      if (p16) p16[i] = bf16_bits(p[i]);
-    }
+    for (I i = first; i < n; i += stride) one(i);
   }
 }
 
@@ -470,11 +503,11 @@ __global__ void adamw_multi_kernel(AdamWChunk c, const void* lr_ptr, bool lr64, 
   for (; i < n; i += step) adamw_one(p[i], g[i], m[i], v[i], k, zg);
 }
 
-template <typename I>
-void launch_adamw(unsigned blocks, bool vec, float* p, float* g, float* m, float* v, uint16_t* p16, I n,
-                  const void* lr, bool lr64, const int64_t* step, const float* norm, const AdamW& a) {
-  if (vec) adamw_kernel<I, true><<<blocks, kThreads>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
-  else adamw_kernel<I, false><<<blocks, kThreads>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
+template <typename I, typename G>
+void launch_adamw(unsigned blocks, bool vec, float* p, G* g, float* m, float* v, uint16_t* p16, I n, const void* lr,
+                  bool lr64, const int64_t* step, const float* norm, const AdamW& a) {
+  if (vec) adamw_kernel<I, true, G><<<blocks, kThreads>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
+  else adamw_kernel<I, false, G><<<blocks, kThreads>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
 }
 
 }  // namespace
@@ -557,7 +590,7 @@ bool accumulate_f32(float* acc, const float* g, int64_t n) {
   return detail::launch_flat(AccumulateF{acc, g}, n, detail::aligned16(acc) && detail::aligned16(g));
 }
 
-double* grad_norm_sum_squares_f32(const float* const* tensors, const int64_t* counts, const float* weights, int num) {
+double* grad_norm_sum_squares_f32(const MixedTensor* tensors, const int64_t* counts, const float* weights, int num) {
   double* acc = static_cast<double*>(workspace(sizeof(double)));
   if (!acc) return nullptr;
   if (cudaMemsetAsync(acc, 0, sizeof(double), 0) != cudaSuccess) return nullptr;
@@ -575,7 +608,8 @@ double* grad_norm_sum_squares_f32(const float* const* tensors, const int64_t* co
     // About 16 elements per thread, at most 1024 blocks per tensor.
     const int64_t want = (counts[i] + 16 * kThreads - 1) / (16 * kThreads);
     const int blocks = static_cast<int>(want < 1024 ? want : 1024);
-    c.x[c.count] = tensors[i];
+    c.x[c.count] = tensors[i].data;
+    c.bf16[c.count] = tensors[i].bf16;
     c.n[c.count] = counts[i];
     c.weight[c.count] = weights ? static_cast<double>(weights[i]) : 1.0;
     c.start[c.count + 1] = c.start[c.count] + blocks;
@@ -589,24 +623,28 @@ bool grad_norm_finish_f32(const double* sum_squares, float scale, float* out) {
   return launched();
 }
 
-bool grad_norm_f32(const float* const* tensors, const int64_t* counts, const float* weights, int num, float scale,
+bool grad_norm_f32(const MixedTensor* tensors, const int64_t* counts, const float* weights, int num, float scale,
                    float* out) {
   double* acc = grad_norm_sum_squares_f32(tensors, counts, weights, num);
   return acc && grad_norm_finish_f32(acc, scale, out);
 }
 
-bool adamw_f32(float* p, float* g, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
+bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
                const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16) {
   if (n == 0) return true;
-  const bool vec = detail::aligned16(p) && detail::aligned16(g) && detail::aligned16(m) && detail::aligned16(v) &&
-                   reinterpret_cast<uintptr_t>(p16) % 8 == 0;
+  const bool vec = detail::aligned16(p) && reinterpret_cast<uintptr_t>(g) % (g_bf16 ? 8 : 16) == 0 &&
+                   detail::aligned16(m) && detail::aligned16(v) && reinterpret_cast<uintptr_t>(p16) % 8 == 0;
   const unsigned blocks = detail::flat_grid(vec ? (n + 3) / 4 : n);
-  if (n < (int64_t{1} << 31)) {
-    launch_adamw<uint32_t>(blocks, vec, p, g, m, v, p16, static_cast<uint32_t>(n), lr, lr_is_f64, step, grad_norm,
-                           a);
-  } else {
-    launch_adamw<int64_t>(blocks, vec, p, g, m, v, p16, n, lr, lr_is_f64, step, grad_norm, a);
-  }
+  auto run = [&](auto* gt) {
+    if (n < (int64_t{1} << 31)) {
+      launch_adamw<uint32_t>(blocks, vec, p, gt, m, v, p16, static_cast<uint32_t>(n), lr, lr_is_f64, step, grad_norm,
+                             a);
+    } else {
+      launch_adamw<int64_t>(blocks, vec, p, gt, m, v, p16, n, lr, lr_is_f64, step, grad_norm, a);
+    }
+  };
+  if (g_bf16) run(static_cast<uint16_t*>(g));
+  else run(static_cast<float*>(g));
   return launched();
 }
 

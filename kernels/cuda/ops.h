@@ -280,11 +280,11 @@ bool linear_cross_entropy_grad_f32(const LinearCrossEntropyArgs& a, const float*
 bool accumulate_f32(float* acc, const float* g, int64_t n);
 // out[0] = sqrt(sum_i weights[i] * sum of squares of tensor i) * scale (float32 scalar on the device); weights may be
 // null (all 1).
-bool grad_norm_f32(const float* const* tensors, const int64_t* counts, const float* weights, int num, float scale,
+bool grad_norm_f32(const MixedTensor* tensors, const int64_t* counts, const float* weights, int num, float scale,
                    float* out);
 // The same in two halves, so that the sum of squares (a float64 on the device, in a workspace valid until the next
 // call) can be all-reduced across processes in between.
-double* grad_norm_sum_squares_f32(const float* const* tensors, const int64_t* counts, const float* weights, int num);
+double* grad_norm_sum_squares_f32(const MixedTensor* tensors, const int64_t* counts, const float* weights, int num);
 bool grad_norm_finish_f32(const double* sum_squares, float scale, float* out);
 struct AdamW {
   double beta1, beta2, eps, weight_decay, grad_scale, max_norm;
@@ -293,7 +293,8 @@ struct AdamW {
 // PyTorch's AdamW (kernels/cpu/optimizer.h), reading lr (float64 when lr_is_f64, else float32), step (int64) and the
 // optional grad norm (float32, for clipping at max_norm > 0) from device scalars. p16 (optional, n elements): the
 // parameter's bf16 copy, rewritten from the updated values (rounded to nearest even, as to_bf16).
-bool adamw_f32(float* p, float* g, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
+// g is float32, or bf16 bits (g_bf16: a reduced bf16 gradient, widened exactly).
+bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
                const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16 = nullptr);
 // The same update of `num` whole parameters (p[i], g[i], m[i], v[i] of n[i] elements), up to 48 per launch.
 bool adamw_multi_f32(float* const* p, float* const* g, float* const* m, float* const* v, const int64_t* n, int num,

@@ -16,10 +16,13 @@
 namespace gv {
 namespace {
 
+// A float32 parameter's gradient may be bfloat16 (a reduced bf16 gradient read by AdamW as it is).
+bool grad_type_ok(DType param, DType grad) {
+  return grad == param || (param == DType::kFloat32 && grad == DType::kBFloat16);
+}
+
 Status infer_nothing(InferContext& ctx) {
-  for (int i = 0; i < ctx.num_inputs(); ++i) {
-    if (ctx.has_input(i) && i < 2 && ctx.dtype(i) != ctx.dtype(0)) return ctx.fail("input dtypes differ");
-  }
+  if (ctx.num_inputs() >= 2 && ctx.has_input(1) && ctx.dtype(1) != ctx.dtype(0)) return ctx.fail("input dtypes differ");
   if (ctx.num_inputs() >= 2 && ctx.has_input(1) && ctx.shape(0) != ctx.shape(1)) {
     return ctx.fail("buffer " + shape_str(ctx.shape(0)) + " and gradient " + shape_str(ctx.shape(1)) + " differ");
   }
@@ -48,7 +51,21 @@ Status infer_update(InferContext& ctx, int num_state) {
 // AdamW's optional input 7, ParamBf16: the parameter's persistent bfloat16 copy (the products' operand), rewritten
 // from the updated float32 values (runtime/training_graph.h optimizer_bf16_copies). Whole float32 parameters only.
 Status infer_adamw(InferContext& ctx) {
-  GV_RETURN_IF_ERROR(infer_update(ctx, 2));
+  if (ctx.num_inputs() >= 4 && ctx.dtype(1) == DType::kBFloat16 && ctx.attrs().get_int("shard_offset", -1) < 0) {
+    // bf16 gradient of a float32 parameter: the moments are the parameter's.
+    if (!grad_type_ok(ctx.dtype(0), ctx.dtype(1))) return ctx.fail("a bf16 gradient needs a float32 parameter");
+    for (int i = 1; i < 4; ++i) {
+      if (ctx.shape(i) != ctx.shape(0)) {
+        return ctx.fail("buffer " + shape_str(ctx.shape(0)) + " and input " + std::to_string(i) + " " +
+                        shape_str(ctx.shape(i)) + " differ");
+      }
+    }
+    for (int i = 2; i < 4; ++i) {
+      if (ctx.dtype(i) != DType::kFloat32) return ctx.fail("the moments must be float32 beside a bf16 gradient");
+    }
+  } else {
+    GV_RETURN_IF_ERROR(infer_update(ctx, 2));
+  }
   if (!ctx.has_input(7)) return Status::ok();
   if (ctx.attrs().get_int("shard_offset", -1) >= 0) return ctx.fail("ParamBf16 needs a whole parameter (no shard_offset)");
   if (ctx.dtype(0) != DType::kFloat32 || ctx.dtype(7) != DType::kBFloat16 || ctx.shape(7) != ctx.shape(0)) {
@@ -103,8 +120,13 @@ Status grad_norm_cpu(KernelContext& ctx) {
   for (size_t i = 0; i < ctx.inputs.size(); ++i) {
     const TensorRef& t = ctx.inputs[i];
     double sq;
-    if (t.dtype == DType::kFloat32) sq = cpu::sum_squares(t.as<float>(), t.numel());
-    else if (t.dtype == DType::kFloat64) sq = cpu::sum_squares(t.as<double>(), t.numel());
+    if (t.dtype == DType::kFloat32) {
+      sq = cpu::sum_squares(t.as<float>(), t.numel());
+    } else if (t.dtype == DType::kBFloat16) {  // a reduced bf16 gradient: the squares of its exact widening
+      std::vector<float> wide(static_cast<size_t>(t.numel()));
+      convert_elements(t.data, DType::kBFloat16, wide.data(), DType::kFloat32, t.numel());
+      sq = cpu::sum_squares(wide.data(), t.numel());
+    } else if (t.dtype == DType::kFloat64) sq = cpu::sum_squares(t.as<double>(), t.numel());
     else return ctx.fail("unsupported dtype");
     s += wa && i < wa->floats.size() ? static_cast<double>(wa->floats[i]) * sq : sq;
   }
@@ -154,8 +176,14 @@ Status adamw_cpu(KernelContext& ctx) {
   a.weight_decay = ctx.attrs().get_double("weight_decay", 0.01);
   a.grad_scale = effective_grad_scale(ctx, 6);
   if (p.dtype == DType::kFloat32) {
-    cpu::adamw_update(p.as<float>() + off, ctx.inputs[1].as<float>(), ctx.inputs[2].as<float>(),
-                      ctx.inputs[3].as<float>(), n, a);
+    const float* g = ctx.inputs[1].as<float>();
+    std::vector<float> wide;
+    if (ctx.inputs[1].dtype == DType::kBFloat16) {  // the exact widening of a reduced bf16 gradient
+      wide.resize(static_cast<size_t>(n));
+      convert_elements(ctx.inputs[1].data, DType::kBFloat16, wide.data(), DType::kFloat32, n);
+      g = wide.data();
+    }
+    cpu::adamw_update(p.as<float>() + off, g, ctx.inputs[2].as<float>(), ctx.inputs[3].as<float>(), n, a);
     if (ctx.has_input(7)) convert_elements(p.data, DType::kFloat32, ctx.inputs[7].data, DType::kBFloat16, p.numel());
   } else if (p.dtype == DType::kFloat64) {
     cpu::adamw_update(p.as<double>() + off, ctx.inputs[1].as<double>(), ctx.inputs[2].as<double>(),
