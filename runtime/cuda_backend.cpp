@@ -13,6 +13,12 @@
 namespace gv {
 namespace {
 
+// The comparison switches below: on unless the environment variable is "0" (read when a trainer asks).
+bool switched_on(const char* var) {
+  const char* e = std::getenv(var);
+  return !(e && std::string(e) == "0");
+}
+
 Status cuda_error(const std::string& what) { return internal_error("cuda: " + what + ": " + cuda::last_error()); }
 
 class CudaBackend final : public Backend {
@@ -62,67 +68,35 @@ class CudaBackend final : public Backend {
   }
   // GALVATRON_CUDA_BF16_OPERANDS=0 keeps every product converting its own operands (for comparisons).
   bool shares_bf16_operands() const override {
-    static const bool enabled = [] {
-      const char* e = std::getenv("GALVATRON_CUDA_BF16_OPERANDS");
-      return !(e && std::string(e) == "0");
-    }();
-    return cuda::math_mode() == cuda::MathMode::kBf16 && enabled;
+    return cuda::math_mode() == cuda::MathMode::kBf16 && switched_on("GALVATRON_CUDA_BF16_OPERANDS");
   }
   // GALVATRON_CUDA_PACKED_QKV=0 keeps Q, K, V split (for comparisons).
   bool packs_attention_qkv() const override {
-    static const bool enabled = [] {
-      const char* e = std::getenv("GALVATRON_CUDA_PACKED_QKV");
-      return !(e && std::string(e) == "0");
-    }();
-    return saves_attention_statistics() && enabled;
+    return saves_attention_statistics() && switched_on("GALVATRON_CUDA_PACKED_QKV");
   }
   // GALVATRON_CUDA_BF16_ATTENTION_IO=0 keeps the attention's inputs and Y float32 (for comparisons).
   bool bf16_attention_io() const override {
-    static const bool enabled = [] {
-      const char* e = std::getenv("GALVATRON_CUDA_BF16_ATTENTION_IO");
-      return !(e && std::string(e) == "0");
-    }();
-    return packs_attention_qkv() && shares_bf16_operands() && enabled;
+    return packs_attention_qkv() && shares_bf16_operands() && switched_on("GALVATRON_CUDA_BF16_ATTENTION_IO");
   }
   // GALVATRON_CUDA_FUSE_LINEAR=0 keeps the products, bias adds and GELUs apart (for comparisons).
   bool fuses_linear() const override {
-    static const bool enabled = [] {
-      const char* e = std::getenv("GALVATRON_CUDA_FUSE_LINEAR");
-      return !(e && std::string(e) == "0");
-    }();
-    return cuda::math_mode() == cuda::MathMode::kBf16 && enabled;
+    return cuda::math_mode() == cuda::MathMode::kBf16 && switched_on("GALVATRON_CUDA_FUSE_LINEAR");
   }
   // GALVATRON_CUDA_FUSE_RESIDUAL=0 keeps the residual adds and their gradient sums as Add nodes (for comparisons).
   bool fuses_residual_add() const override {
-    static const bool enabled = [] {
-      const char* e = std::getenv("GALVATRON_CUDA_FUSE_RESIDUAL");
-      return !(e && std::string(e) == "0");
-    }();
-    return fuses_linear() && enabled;
+    return fuses_linear() && switched_on("GALVATRON_CUDA_FUSE_RESIDUAL");
   }
   // GALVATRON_CUDA_ADAMW_BF16_COPIES=0 converts the weights to bf16 again every step (for comparisons).
   bool optimizer_writes_bf16_copies() const override {
-    static const bool enabled = [] {
-      const char* e = std::getenv("GALVATRON_CUDA_ADAMW_BF16_COPIES");
-      return !(e && std::string(e) == "0");
-    }();
-    return shares_bf16_operands() && enabled;
+    return shares_bf16_operands() && switched_on("GALVATRON_CUDA_ADAMW_BF16_COPIES");
   }
   // GALVATRON_CUDA_BF16_GRADS=0 widens the reduced bf16 gradients to float32 for the optimizer (for comparisons).
   bool reads_bf16_grads() const override {
-    static const bool enabled = [] {
-      const char* e = std::getenv("GALVATRON_CUDA_BF16_GRADS");
-      return !(e && std::string(e) == "0");
-    }();
-    return enabled;
+    return switched_on("GALVATRON_CUDA_BF16_GRADS");
   }
   // GALVATRON_CUDA_DGELU=0 keeps the backward product, GELU gradient, Cast and bias sum apart (for comparisons).
   bool fuses_gelu_grad_product() const override {
-    static const bool enabled = [] {
-      const char* e = std::getenv("GALVATRON_CUDA_DGELU");
-      return !(e && std::string(e) == "0");
-    }();
-    return cuda::math_mode() == cuda::MathMode::kBf16 && enabled;
+    return cuda::math_mode() == cuda::MathMode::kBf16 && switched_on("GALVATRON_CUDA_DGELU");
   }
 };
 

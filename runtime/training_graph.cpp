@@ -280,7 +280,7 @@ constexpr int64_t kOnnxFloat = 1, kOnnxBFloat16 = 16;
 // copy [, ZeroBuffer(accumulator) when `clear` is given], AllReduce(copy) (the sync), then Cast(copy) -> float32 for the
 // norm and the update (after the wait under overlap). With `fold`, the gradient's producer, a FusedMatMul (a weight's
 // dW) whose output only this sync reads, writes the bf16 copy itself and the first Cast is not made. Returns the
-// widened gradient.
+// widened gradient, or without `widen` the reduced bf16 copy itself (which GradNorm and AdamW read as it is).
 Expected<ValueId> add_bf16_grad_sync(Graph& g, ValueId grad, bool fold, ValueId clear, bool widen,
                                      const Attributes& reduce, const Placement& place, const std::string& pname,
                                      GradSync& gs) {
