@@ -58,6 +58,9 @@ class Backend {
   // Whether GradNorm and AdamW may read bf16 gradients (the reduced copies of --grad-reduce-dtype bf16) rather than
   // float32 widenings of them (TrainingGraphOptions::optimizer_reads_bf16_grads): both backends' kernels do.
   virtual bool reads_bf16_grads() const { return true; }
+  // Whether weight gradients may be written in bf16 by their dW products (TrainingGraphOptions::bf16_weight_grads):
+  // the CUDA backend in bf16.
+  virtual bool bf16_weight_grads() const { return false; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -94,6 +94,10 @@ class CudaBackend final : public Backend {
   bool reads_bf16_grads() const override {
     return switched_on("GALVATRON_CUDA_BF16_GRADS");
   }
+  // GALVATRON_CUDA_BF16_WEIGHT_GRADS=0 keeps the weight gradients float32 (for comparisons).
+  bool bf16_weight_grads() const override {
+    return shares_bf16_operands() && switched_on("GALVATRON_CUDA_BF16_WEIGHT_GRADS");
+  }
   // GALVATRON_CUDA_DGELU=0 keeps the backward product, GELU gradient, Cast and bias sum apart (for comparisons).
   bool fuses_gelu_grad_product() const override {
     return cuda::math_mode() == cuda::MathMode::kBf16 && switched_on("GALVATRON_CUDA_DGELU");

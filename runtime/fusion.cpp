@@ -20,7 +20,8 @@ std::string FusionCounts::summary() const {
          (gelu_grad_products ? ", " + std::to_string(gelu_grad_products) + " GELU gradients in product epilogues" : "") +
          (residual_adds ? ", " + std::to_string(residual_adds) + " residual adds in Linear epilogues" : "") +
          (norm_grad_adds ? ", " + std::to_string(norm_grad_adds) + " residual gradient adds in LayerNorm gradients" : "") +
-         (bf16_param_copies ? ", " + std::to_string(bf16_param_copies) + " weight bf16 copies kept by AdamW" : "");
+         (bf16_param_copies ? ", " + std::to_string(bf16_param_copies) + " weight bf16 copies kept by AdamW" : "") +
+         (bf16_weight_grads ? ", " + std::to_string(bf16_weight_grads) + " weight gradients in bf16" : "");
 }
 
 Expected<FusionCounts> fuse_forward_graph(Graph& graph) {

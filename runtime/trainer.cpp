@@ -36,6 +36,7 @@ Expected<std::unique_ptr<Trainer>> Trainer::create(Graph forward, const TrainerC
   go.fuse_residual_add = go.fuse_residual_add || backend.fuses_residual_add();
   go.optimizer_bf16_copies = go.optimizer_bf16_copies || backend.optimizer_writes_bf16_copies();
   go.optimizer_reads_bf16_grads = go.optimizer_reads_bf16_grads && backend.reads_bf16_grads();
+  go.bf16_weight_grads = go.bf16_weight_grads || backend.bf16_weight_grads();
   const bool parallel = config.comm && config.comm->size() > 1;
   if (parallel) go.rank = config.comm->rank();
   if (parallel && go.param_sync.empty() && config.shards.empty() && config.pipeline_schedule.empty()) {

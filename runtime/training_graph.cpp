@@ -519,6 +519,36 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     }
   }
 
+  // bf16_weight_grads: a weight gradient that only the norm and the update will read, made by a dW product on bf16
+  // operands, is written by that product in bf16 (as PyTorch's autocast rounds it); no collective, accumulation or
+  // report may need it in float32.
+  if (o.bf16_weight_grads && o.bf16_operands && o.optimizer_reads_bf16_grads && o.grad_accum_steps == 1 &&
+      o.optimizer.kind == OptimizerConfig::Kind::kAdamW) {
+    for (ValueId p : tg.params) {
+      const auto ps = sync.find(p);
+      if (ps != sync.end() && (ps->second.dp_group.size() > 1 || ps->second.tied_group.size() > 1)) continue;
+      const ValueId grad = final_grad[p];
+      const NodeId producer = g.value(grad).producer;
+      if (g.value(grad).dtype != DType::kFloat32 || uses[grad] != 0 || is_output[grad] || reported.count(grad) ||
+          producer < 0 || g.nodes[producer].op_type != "FusedMatMul" || g.nodes[producer].domain != kGalvatronDomain ||
+          g.nodes[producer].outputs[0] != grad) {
+        continue;
+      }
+      Value v;
+      v.name = g.unique_name(g.value(p).name + ".grad_bf16");
+      v.dtype = DType::kBFloat16;
+      v.shape = g.value(grad).shape;
+      const ValueId copy = g.add_value(std::move(v));
+      Node& mm = g.nodes[producer];
+      mm.attrs.set_int("out_dtype", kOnnxBFloat16);
+      mm.outputs[0] = copy;
+      g.value(copy).producer = producer;  // grad stays an orphan value (the maps hold value ids)
+      final_grad[p] = copy;
+      tg.grads[p] = copy;
+      ++tg.fused.bf16_weight_grads;
+    }
+  }
+
   // Global gradient norm (for clipping and metrics), then one update node per parameter.
   tg.lr = g.add_input("galvatron.lr", DType::kFloat64, {});
   tg.step = g.add_input("galvatron.step", DType::kInt64, {});

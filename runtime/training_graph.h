@@ -103,6 +103,10 @@ struct TrainingGraphOptions {
   // Cast to float32 after the all-reduce (the same values: the widening is exact). Off: the widened float32 gradients
   // (Backend::reads_bf16_grads: GALVATRON_CUDA_BF16_GRADS=0 on CUDA, for comparisons).
   bool optimizer_reads_bf16_grads = true;
+  // With bf16_operands, AdamW and one micro-batch: weight gradients that no collective reduces, made by dW products on
+  // bf16 operands, are written in bf16 by those products (PyTorch's autocast rounds them so too) and read so by the
+  // gradient norm and AdamW. Set from Backend::bf16_weight_grads.
+  bool bf16_weight_grads = false;
   // Fusion passes (runtime/fusion.h) over the forward graph before autograd: attention chains -> Attention, GELU
   // chains -> Gelu, the head product and the loss -> LinearCrossEntropy. Off: the graph runs as imported.
   bool fuse_ops = true;
