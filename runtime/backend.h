@@ -49,9 +49,11 @@ class Backend {
   // Whether this backend's packed attention reads and writes bfloat16 anyway, so that the training graph stores its
   // QKV, Y and dY in bf16 where only attention reads them (TrainingGraphOptions::bf16_attention_io): CUDA in bf16.
   virtual bool bf16_attention_io() const { return false; }
-  // Whether this backend adds a residual in a Linear's epilogue and a gradient addend in LayerNormalizationGrad's
-  // store faster than separate Adds (TrainingGraphOptions::fuse_residual_add): the CUDA backend in bf16.
+  // Whether this backend adds a residual in a Linear's epilogue (TrainingGraphOptions::fuse_residual_add), and a
+  // gradient addend in LayerNormalizationGrad's store (fuse_norm_grad_add), faster than separate Adds: the CUDA
+  // backend in bf16.
   virtual bool fuses_residual_add() const { return false; }
+  virtual bool fuses_norm_grad_add() const { return false; }
   // Whether the weights' shared bf16 copies should persist across steps, rewritten by AdamW from the updated weights
   // (TrainingGraphOptions::optimizer_bf16_copies): the CUDA backend in bf16.
   virtual bool optimizer_writes_bf16_copies() const { return false; }

@@ -82,9 +82,13 @@ class CudaBackend final : public Backend {
   bool fuses_linear() const override {
     return cuda::math_mode() == cuda::MathMode::kBf16 && switched_on("GALVATRON_CUDA_FUSE_LINEAR");
   }
-  // GALVATRON_CUDA_FUSE_RESIDUAL=0 keeps the residual adds and their gradient sums as Add nodes (for comparisons).
+  // GALVATRON_CUDA_FUSE_RESIDUAL=0 keeps the residual adds as Add nodes, GALVATRON_CUDA_FUSE_NORM_GRAD_ADD=0 their
+  // gradient sums (for comparisons).
   bool fuses_residual_add() const override {
     return fuses_linear() && switched_on("GALVATRON_CUDA_FUSE_RESIDUAL");
+  }
+  bool fuses_norm_grad_add() const override {
+    return cuda::math_mode() == cuda::MathMode::kBf16 && switched_on("GALVATRON_CUDA_FUSE_NORM_GRAD_ADD");
   }
   // GALVATRON_CUDA_ADAMW_BF16_COPIES=0 converts the weights to bf16 again every step (for comparisons).
   bool optimizer_writes_bf16_copies() const override {

@@ -65,8 +65,8 @@ Status fuse_gelu_grad_products(Graph& graph, size_t backward_begin, int* fused);
 // Residual adds folded into their producer (runtime/fuse_residual_add.cpp): before autograd, Add(Linear(..), R) ->
 // Linear(.., R) (a Linear without activation; the CUDA backend adds R in cuBLASLt's epilogue); after it, from
 // backward_begin on, Add(LayerNormalizationGrad(..).dX, G) -> LayerNormalizationGrad(.., Addend = G). build_training_graph
-// runs them when TrainingGraphOptions::fuse_residual_add is set (from Backend::fuses_residual_add); values named in
-// `keep` are not fused away.
+// runs them when TrainingGraphOptions::fuse_residual_add (fuse_norm_grad_add) is set (from the Backend queries of those
+// names); values named in `keep` are not fused away.
 Status fuse_linear_residual_adds(Graph& graph, const std::set<std::string>& keep, int* fused);
 Status fuse_norm_grad_residual_adds(Graph& graph, size_t backward_begin, int* fused);
 

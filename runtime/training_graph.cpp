@@ -384,7 +384,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     GV_RETURN_IF_ERROR(apply_activation_checkpointing(g, tg.backward_begin, o.checkpoint_layers));
   }
   GV_RETURN_IF_ERROR(rematerialize_marked_nodes(g, tg.backward_begin));
-  if (o.fuse_ops && o.fuse_residual_add) {
+  if (o.fuse_ops && o.fuse_norm_grad_add) {
     GV_RETURN_IF_ERROR(fuse_norm_grad_residual_adds(g, tg.backward_begin, &tg.fused.norm_grad_adds));
   }
   if (o.bf16_operands) {

@@ -115,9 +115,11 @@ struct TrainingGraphOptions {
   // With fuse_ops: products with their bias and GELU -> galvatron Linear (runtime/fusion.h fuse_linear). Set from
   // Backend::fuses_linear (the CUDA backend's cuBLASLt epilogues); the CPU gains nothing from it.
   bool fuse_linear = false;
-  // With fuse_ops: residual adds folded into their Linear (forward) and LayerNormalizationGrad (backward)
-  // (runtime/fusion.h fuse_linear_residual_adds, fuse_norm_grad_residual_adds). Set from Backend::fuses_residual_add.
+  // With fuse_ops: residual adds folded into their Linear (forward; runtime/fusion.h fuse_linear_residual_adds) and
+  // the residual stream's gradient sums into LayerNormalizationGrad (backward; fuse_norm_grad_residual_adds). Set from
+  // Backend::fuses_residual_add and Backend::fuses_norm_grad_add.
   bool fuse_residual_add = false;
+  bool fuse_norm_grad_add = false;
   // With bf16_operands and AdamW: the weights' bf16 copies persist across steps and AdamW rewrites them from the
   // updated weights (runtime/bf16_operands.h keep_bf16_param_copies) instead of a Cast per weight per step. Set from
   // Backend::optimizer_writes_bf16_copies.

@@ -98,6 +98,7 @@ TEST_P(TinyResidualAdds, FoldedEverywhereSameLossAndGradientsBitForBit) {
     TrainerConfig tc = bf16_like ? testing::cuda_bf16_like_config() : TrainerConfig{};
     tc.graph.fuse_linear = true;
     tc.graph.fuse_residual_add = fold;
+    tc.graph.fuse_norm_grad_add = fold;
     if (checkpoint) tc.graph.checkpoint_layers = {0};
     GV_ASSIGN_OR_RETURN(*keep, Trainer::create(tiny->im.graph, tc, *backend));
     return (*keep)->compute_gradients(tiny->batch, loss);
