@@ -42,7 +42,8 @@ class Rewriter {
     }
     if (!plain_float32(v)) return;
     Node& p = g_.nodes[g_.value(v).producer];
-    if (!is_op(p, "Linear") || p.outputs.size() != 1 || p.inputs.size() > 3 || !writes_float32(p)) return;  // 4: a residual
+    // (A fourth input is a residual, whose sum stays float32.)
+    if (!is_op(p, "Linear") || p.outputs.size() != 1 || p.inputs.size() > 3 || !writes_float32(p)) return;
     p.attrs.set_int("out_dtype", kOnnxBFloat16);
     g_.value(v).dtype = DType::kBFloat16;
     ++count_;

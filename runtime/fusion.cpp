@@ -8,20 +8,19 @@ std::string FusionCounts::summary() const {
   if (attention_3d) notes += std::to_string(attention_3d) + " in the 3-D form";
   if (attention_lse) notes += (notes.empty() ? "" : ", ") + std::to_string(attention_lse) + " keeping their LSE";
   if (attention_packed) notes += (notes.empty() ? "" : ", ") + std::to_string(attention_packed) + " on packed QKV";
+  // ", <n> <what>" for the rewrites that happened.
+  auto part = [](int n, const char* what) { return n ? ", " + std::to_string(n) + " " + what : std::string(); };
   return std::to_string(attention) + " attention" + (notes.empty() ? "" : " (" + notes + ")") + ", " +
-         std::to_string(gelu) + " gelu" +
-         (linear_cross_entropy ? ", " + std::to_string(linear_cross_entropy) + " linear cross-entropy" : "") +
-         (linear ? ", " + std::to_string(linear) + " linear" : "") +
-         (bf16_operands ? ", " + std::to_string(bf16_operands) + " shared bf16 operands" : "") +
+         std::to_string(gelu) + " gelu" + part(linear_cross_entropy, "linear cross-entropy") + part(linear, "linear") +
+         part(bf16_operands, "shared bf16 operands") +
          (bf16_linear_outputs ? " (" + std::to_string(bf16_linear_outputs) + " written in bf16 by their Linear)" : "") +
-         (bf16_attention_grads ? ", " + std::to_string(bf16_attention_grads) + " dQKV written in bf16" : "") +
-         (bf16_norm_outputs ? ", " + std::to_string(bf16_norm_outputs) + " LayerNorm outputs in bf16" : "") +
-         (bf16_attention_io ? ", " + std::to_string(bf16_attention_io) + " attention inputs and outputs in bf16" : "") +
-         (gelu_grad_products ? ", " + std::to_string(gelu_grad_products) + " GELU gradients in product epilogues" : "") +
-         (residual_adds ? ", " + std::to_string(residual_adds) + " residual adds in Linear epilogues" : "") +
-         (norm_grad_adds ? ", " + std::to_string(norm_grad_adds) + " residual gradient adds in LayerNorm gradients" : "") +
-         (bf16_param_copies ? ", " + std::to_string(bf16_param_copies) + " weight bf16 copies kept by AdamW" : "") +
-         (bf16_weight_grads ? ", " + std::to_string(bf16_weight_grads) + " weight gradients in bf16" : "");
+         part(bf16_attention_grads, "dQKV written in bf16") + part(bf16_norm_outputs, "LayerNorm outputs in bf16") +
+         part(bf16_attention_io, "attention inputs and outputs in bf16") +
+         part(gelu_grad_products, "GELU gradients in product epilogues") +
+         part(residual_adds, "residual adds in Linear epilogues") +
+         part(norm_grad_adds, "residual gradient adds in LayerNorm gradients") +
+         part(bf16_param_copies, "weight bf16 copies kept by AdamW") +
+         part(bf16_weight_grads, "weight gradients in bf16");
 }
 
 Expected<FusionCounts> fuse_forward_graph(Graph& graph) {

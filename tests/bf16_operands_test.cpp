@@ -221,8 +221,12 @@ TEST_P(ModelBf16Operands, EveryProductOperandConvertedOnceSameGradientsWithinBf1
     }
   }
   EXPECT_EQ(bf16_norms, fc.bf16_norm_outputs);
-  if (model == "gpt-tiny") EXPECT_EQ(fc.bf16_norm_outputs, 2 * im->graph.num_layers);
-  if (model == "llama-tiny") EXPECT_EQ(fc.bf16_norm_outputs, 0);
+  if (model == "gpt-tiny") {
+    EXPECT_EQ(fc.bf16_norm_outputs, 2 * im->graph.num_layers);
+  }
+  if (model == "llama-tiny") {
+    EXPECT_EQ(fc.bf16_norm_outputs, 0);
+  }
   if (std::get<1>(GetParam()) && model == "gpt-tiny") {
     // The MLP's c_fc Linear (its GELU output read only by c_proj's products) writes bf16 itself, pre-activation too.
     EXPECT_EQ(fc.bf16_linear_outputs, im->graph.num_layers);

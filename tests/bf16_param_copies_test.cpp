@@ -158,7 +158,9 @@ TEST(Bf16ParamCopies, GptTinyGraphKeepsEveryWeightCopy) {
     const Node& n = tk.graph.nodes[i];
     const bool param_cast = n.op_type == "Cast" && tk.graph.value(n.inputs[0]).kind == ValueKind::kParameter;
     EXPECT_EQ(param_cast, i < tk.prologue_end) << n.name;
-    if (param_cast) EXPECT_EQ(tk.graph.value(n.outputs[0]).kind, ValueKind::kState) << n.name;
+    if (param_cast) {
+      EXPECT_EQ(tk.graph.value(n.outputs[0]).kind, ValueKind::kState) << n.name;
+    }
     if (n.op_type == "AdamW" && n.inputs.size() == 8 && n.inputs[7] != kNoValue) {
       ++adamw_copies;
       EXPECT_LT(static_cast<size_t>(tk.graph.value(n.inputs[7]).producer), tk.prologue_end) << n.name;

@@ -41,7 +41,8 @@ TEST(Bf16WeightGrads, DwProductsWriteBf16AndTheOptimizerReadsIt) {
     EXPECT_EQ(mm.attrs.get_int("out_dtype", 1), 16) << g.value(p).name;
     for (const Node& n : g.nodes) {
       for (ValueId in : n.inputs) {
-        if (in == grad) EXPECT_TRUE(n.op_type == "GradNorm" || n.op_type == "AdamW") << n.name << " reads " << g.value(p).name;
+        if (in != grad) continue;
+        EXPECT_TRUE(n.op_type == "GradNorm" || n.op_type == "AdamW") << n.name << " reads " << g.value(p).name;
       }
     }
   }

@@ -125,8 +125,11 @@ TEST_P(TinyResidualAdds, FoldedEverywhereSameLossAndGradientsBitForBit) {
     addend_grads += n.op_type == "LayerNormalizationGrad" && n.inputs.size() == 8 && n.inputs[7] != kNoValue;
   }
   // A checkpointed layer's recomputed forward has Linears with residuals of its own (in place of Linear + Add).
-  if (checkpoint) EXPECT_GT(residual_linears, 2 * layers);
-  else EXPECT_EQ(residual_linears, 2 * layers);
+  if (checkpoint) {
+    EXPECT_GT(residual_linears, 2 * layers);
+  } else {
+    EXPECT_EQ(residual_linears, 2 * layers);
+  }
   EXPECT_EQ(addend_grads, norm_adds);
   EXPECT_EQ(tg.graph.nodes.size() + static_cast<size_t>(residual_linears + addend_grads),
             plain_t->training_graph().graph.nodes.size());

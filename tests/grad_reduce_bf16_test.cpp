@@ -142,12 +142,17 @@ Layout check_layout(const TrainingGraph& tg, bool overlap, bool widened) {
     if (!widened) {
       // (Under overlap the update's read keeps the in-flight buffer alive past the wait.)
       EXPECT_EQ(reader_ops(g, copy, i + 1), (std::vector<std::string>{"AdamW", "GradNorm"}));
-      if (overlap) EXPECT_LT(i, waits[0]);
-      else EXPECT_GE(i, tg.optimizer_begin);
+      if (overlap) {
+        EXPECT_LT(i, waits[0]);
+      } else {
+        EXPECT_GE(i, tg.optimizer_begin);
+      }
       continue;
     }
     const int64_t widen = only_reader(g, copy, "Cast", i + 1);
-    if (!overlap) EXPECT_EQ(widen, static_cast<int64_t>(i) + 1);
+    if (!overlap) {
+      EXPECT_EQ(widen, static_cast<int64_t>(i) + 1);
+    }
     EXPECT_GE(widen, 0) << "no single widening Cast after the all-reduce";
     if (widen < 0) continue;
     EXPECT_EQ(g.value(g.nodes[widen].outputs[0]).dtype, DType::kFloat32);

@@ -161,7 +161,8 @@ bool execute(Plan& p, std::unordered_map<TensorPtr, void*>& pack, const char* wh
       std::string name = "?";
       if (!p.graph->get_plan_name(name).is_good()) name = "?";
       std::fprintf(stderr, "[cuda] cuDNN %s: %s of %lld plans%s\n", what, name.c_str(),
-                   static_cast<long long>(p.graph->get_execution_plan_count()), ok ? " (autotuned)" : " (tuning failed)");
+                   static_cast<long long>(p.graph->get_execution_plan_count()),
+                   ok ? " (autotuned)" : " (tuning failed)");
     }
   }
   return p.graph->execute(handle(), pack, ws).is_good();
