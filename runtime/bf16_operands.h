@@ -50,5 +50,7 @@ Status bf16_attention_io(Graph& graph, size_t* boundary, int* values);
 // the AdamW. Only Casts before backward_begin move (so backward_begin and later indices keep their nodes). Adds the
 // number of copies kept to *kept.
 Status keep_bf16_param_copies(Graph& graph, size_t backward_begin, size_t* prologue_end, int* kept);
+// Whether `n` is share_bf16_operands' Cast of a float32 parameter (the copies keep_bf16_param_copies may keep).
+bool is_bf16_param_copy(const Graph& g, const Node& n);
 
 }  // namespace gv

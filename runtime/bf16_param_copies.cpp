@@ -7,18 +7,13 @@
 #include "runtime/op_registry.h"
 
 namespace gv {
-namespace {
-
-constexpr int64_t kOnnxBFloat16 = 16;
-
-bool is_param_copy(const Graph& g, const Node& n) {
+bool is_bf16_param_copy(const Graph& g, const Node& n) {
+  constexpr int64_t kOnnxBFloat16 = 16;
   if (n.op_type != "Cast" || !n.domain.empty() || n.name.rfind("bf16_copy/", 0) != 0) return false;
   if (n.inputs.size() != 1 || n.outputs.size() != 1 || n.attrs.get_int("to", 0) != kOnnxBFloat16) return false;
   const Value& p = g.value(n.inputs[0]);
   return p.kind == ValueKind::kParameter && p.dtype == DType::kFloat32;
 }
-
-}  // namespace
 
 Status keep_bf16_param_copies(Graph& graph, size_t backward_begin, size_t* prologue_end, int* kept) {
   const OpRegistry& reg = OpRegistry::global();
@@ -38,7 +33,7 @@ Status keep_bf16_param_copies(Graph& graph, size_t backward_begin, size_t* prolo
   std::vector<Node> prologue;
   for (NodeId id = 0; id < static_cast<NodeId>(std::min(backward_begin, graph.nodes.size())); ++id) {
     const Node& cast = graph.nodes[id];
-    if (!is_param_copy(graph, cast)) continue;
+    if (!is_bf16_param_copy(graph, cast)) continue;
     const ValueId p = cast.inputs[0];
     auto a = adamw.find(p);
     // One whole-parameter AdamW is the only thing that changes the parameter (not ZeRO-2's shard update and gather).

@@ -281,25 +281,34 @@ constexpr int64_t kOnnxFloat = 1, kOnnxBFloat16 = 16;
 // norm and the update (after the wait under overlap). With `fold`, the gradient's producer, a FusedMatMul (a weight's
 // dW) whose output only this sync reads, writes the bf16 copy itself and the first Cast is not made. Returns the
 // widened gradient, or without `widen` the reduced bf16 copy itself (which GradNorm and AdamW read as it is).
+// A float32 gradient written by a galvatron FusedMatMul (a weight's dW product) as its only output: the product
+// writes a new bf16 value <pname>.grad_bf16 instead (out_dtype 16), which is returned; kNoValue when `grad` has no such
+// producer. `grad` stays an orphan value (nothing writes or reads it): dropping it would renumber the values that the
+// training graph's maps hold.
+ValueId product_writes_bf16_grad(Graph& g, ValueId grad, const std::string& pname) {
+  const NodeId producer = g.value(grad).producer;
+  if (producer < 0 || g.value(grad).dtype != DType::kFloat32 || g.nodes[producer].op_type != "FusedMatMul" ||
+      g.nodes[producer].domain != kGalvatronDomain || g.nodes[producer].outputs[0] != grad) {
+    return kNoValue;
+  }
+  Value v;
+  v.name = g.unique_name(pname + ".grad_bf16");
+  v.dtype = DType::kBFloat16;
+  v.shape = g.value(grad).shape;
+  const ValueId copy = g.add_value(std::move(v));
+  Node& mm = g.nodes[producer];
+  mm.attrs.set_int("out_dtype", kOnnxBFloat16);
+  mm.outputs[0] = copy;
+  g.value(copy).producer = producer;
+  return copy;
+}
+
 Expected<ValueId> add_bf16_grad_sync(Graph& g, ValueId grad, bool fold, ValueId clear, bool widen,
                                      const Attributes& reduce, const Placement& place, const std::string& pname,
                                      GradSync& gs) {
-  ValueId copy = kNoValue;
-  const NodeId producer = g.value(grad).producer;
-  if (fold && producer >= 0 && g.nodes[producer].op_type == "FusedMatMul" &&
-      g.nodes[producer].domain == kGalvatronDomain && g.nodes[producer].outputs[0] == grad) {
-    Value v;
-    v.name = g.unique_name(pname + ".grad_bf16");
-    v.dtype = DType::kBFloat16;
-    v.shape = g.value(grad).shape;
-    copy = g.add_value(std::move(v));
-    Node& mm = g.nodes[producer];
-    mm.attrs.set_int("out_dtype", kOnnxBFloat16);
-    mm.outputs[0] = copy;
-    g.value(copy).producer = producer;
-    // grad stays an orphan value (nothing writes or reads it): dropping it would renumber the values that the
-    // training graph's maps hold. build_training_graph points tg.grads at the widened gradient.
-    gs.grad = copy;
+  ValueId copy = fold ? product_writes_bf16_grad(g, grad, pname) : kNoValue;
+  if (copy != kNoValue) {
+    gs.grad = copy;  // build_training_graph points tg.grads at what this returns
   } else {
     Attributes to;
     to.set_int("to", kOnnxBFloat16);
@@ -528,21 +537,9 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
       const auto ps = sync.find(p);
       if (ps != sync.end() && (ps->second.dp_group.size() > 1 || ps->second.tied_group.size() > 1)) continue;
       const ValueId grad = final_grad[p];
-      const NodeId producer = g.value(grad).producer;
-      if (g.value(grad).dtype != DType::kFloat32 || uses[grad] != 0 || is_output[grad] || reported.count(grad) ||
-          producer < 0 || g.nodes[producer].op_type != "FusedMatMul" || g.nodes[producer].domain != kGalvatronDomain ||
-          g.nodes[producer].outputs[0] != grad) {
-        continue;
-      }
-      Value v;
-      v.name = g.unique_name(g.value(p).name + ".grad_bf16");
-      v.dtype = DType::kBFloat16;
-      v.shape = g.value(grad).shape;
-      const ValueId copy = g.add_value(std::move(v));
-      Node& mm = g.nodes[producer];
-      mm.attrs.set_int("out_dtype", kOnnxBFloat16);
-      mm.outputs[0] = copy;
-      g.value(copy).producer = producer;  // grad stays an orphan value (the maps hold value ids)
+      if (uses[grad] != 0 || is_output[grad] || reported.count(grad)) continue;
+      const ValueId copy = product_writes_bf16_grad(g, grad, g.value(p).name);
+      if (copy == kNoValue) continue;
       final_grad[p] = copy;
       tg.grads[p] = copy;
       ++tg.fused.bf16_weight_grads;
@@ -579,10 +576,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   std::set<ValueId> keeps_copy;
   if (o.optimizer_bf16_copies && o.bf16_operands) {
     for (const Node& n : g.nodes) {
-      if (n.op_type == "Cast" && n.domain.empty() && n.name.rfind("bf16_copy/", 0) == 0 && n.inputs.size() == 1 &&
-          g.value(n.inputs[0]).kind == ValueKind::kParameter) {
-        keeps_copy.insert(n.inputs[0]);
-      }
+      if (is_bf16_param_copy(g, n)) keeps_copy.insert(n.inputs[0]);
     }
   }
   // Small whole parameters (biases, norm scales) are updated kMultiChunk at a time by AdamWMulti nodes, after the

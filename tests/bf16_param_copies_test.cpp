@@ -93,6 +93,18 @@ TEST(Bf16ParamCopies, BadCopiesNameTheNode) {
   EXPECT_NE(shape.find("test_node"), std::string::npos) << shape;
   const std::string type = error_of(p, adamw_attrs());
   EXPECT_NE(type.find("got float32 [4,8]"), std::string::npos) << type;
+  // A bf16 gradient (a reduced copy) needs a float32 parameter and float32 moments of its shape.
+  auto grad_error = [&](const Tensor& param, const Tensor& m) {
+    auto r = run_op("AdamW", {param, p.cast(DType::kBFloat16), m, p, lr, step}, adamw_attrs(), 0, 1, {},
+                    kGalvatronDomain);
+    return r.has_value() ? std::string("ok") : r.status().message();
+  };
+  EXPECT_EQ(grad_error(p, p), "ok");
+  const std::string f64 = grad_error(p.cast(DType::kFloat64), p);
+  EXPECT_NE(f64.find("a bf16 gradient needs a float32 parameter"), std::string::npos) << f64;
+  const std::string moments = grad_error(p, p.cast(DType::kBFloat16));
+  EXPECT_NE(moments.find("the moments must be float32 beside a bf16 gradient"), std::string::npos) << moments;
+  EXPECT_NE(moments.find("test_node"), std::string::npos) << moments;
 }
 
 struct Run {
