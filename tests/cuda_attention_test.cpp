@@ -592,6 +592,67 @@ TEST_F(CudaAttention, CudnnPackedAgainstFlash) {
   }
 }
 
+// The head (un)packing around cuDNN's attention (kernels/cuda/attention_pack.cu) against a host loop, bit for bit:
+// float32 and bf16 sources to bf16 heads padded to Dp (zeros past D), and back to float32 and bf16, for even and odd
+// head dims (the 32-bit-word paths and the per-element one). Prints the per-call time at gpt-1.5b b4's packed QKV.
+TEST_F(CudaAttention, HeadPacking) {
+  struct Dims {
+    int64_t heads, d, dp;
+    bool timed;
+  };
+  for (const Dims& c : {Dims{7, 50, 56, false}, Dims{5, 13, 16, false}, Dims{3, 3, 8, false},
+                        Dims{11, 64, 64, false}, Dims{4096 * 96, 50, 56, true}}) {
+    SCOPED_TRACE("heads " + std::to_string(c.heads) + " D " + std::to_string(c.d) + " Dp " + std::to_string(c.dp));
+    const int64_t n = c.heads * c.d, np = c.heads * c.dp;
+    Tensor src = randn({n});
+    std::vector<uint16_t> src16(n), want(np, 0);
+    for (int64_t i = 0; i < n; ++i) src16[i] = float_to_bf16(src.data_as<float>()[i]);
+    for (int64_t h = 0; h < c.heads; ++h)
+      for (int64_t k = 0; k < c.d; ++k) want[h * c.dp + k] = src16[h * c.d + k];
+    void *s32 = nullptr, *s16 = nullptr, *packed = nullptr, *back32 = nullptr, *back16 = nullptr;
+    ASSERT_TRUE(cuda::malloc_device(&s32, n * 4) && cuda::malloc_device(&s16, n * 2) &&
+                cuda::malloc_device(&packed, np * 2) && cuda::malloc_device(&back32, n * 4) &&
+                cuda::malloc_device(&back16, n * 2));
+    ASSERT_TRUE(cuda::memcpy_h2d(s32, src.data(), n * 4) && cuda::memcpy_h2d(s16, src16.data(), n * 2));
+    auto* p16 = static_cast<uint16_t*>(packed);
+    const std::vector<uint16_t> garbage(np, 0xffff);
+    for (bool from_bf16 : {false, true}) {
+      SCOPED_TRACE(from_bf16 ? "bf16 source" : "float32 source");
+      ASSERT_TRUE(cuda::memcpy_h2d(packed, garbage.data(), np * 2));  // the padding must be written, not left
+      ASSERT_TRUE(cuda::pack_heads_bf16({from_bf16 ? s16 : s32, from_bf16}, c.heads, c.d, c.dp, p16))
+          << cuda::last_error();
+      std::vector<uint16_t> got(np);
+      ASSERT_TRUE(cuda::memcpy_d2h(got.data(), packed, np * 2));
+      int64_t bad = 0;
+      for (int64_t i = 0; i < np; ++i) bad += got[i] != want[i];
+      EXPECT_EQ(bad, 0) << "of " << np << " packed elements differ";
+    }
+    ASSERT_TRUE(cuda::unpack_heads_f32(p16, c.heads, c.d, c.dp, static_cast<float*>(back32)) &&
+                cuda::unpack_heads_bf16(p16, c.heads, c.d, c.dp, static_cast<uint16_t*>(back16)))
+        << cuda::last_error();
+    std::vector<float> got32(n);
+    std::vector<uint16_t> got16(n);
+    ASSERT_TRUE(cuda::memcpy_d2h(got32.data(), back32, n * 4) && cuda::memcpy_d2h(got16.data(), back16, n * 2));
+    int64_t bad32 = 0, bad16 = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      bad32 += got32[i] != bf16_to_float(src16[i]);
+      bad16 += got16[i] != src16[i];
+    }
+    EXPECT_EQ(bad32, 0) << "of " << n << " float32 results differ";
+    EXPECT_EQ(bad16, 0) << "of " << n << " bf16 results differ";
+    if (c.timed) {
+      const float pack_ms = time_ms([&] { return cuda::pack_heads_bf16({s16, true}, c.heads, c.d, c.dp, p16); });
+      const float unpack_ms = time_ms(
+          [&] { return cuda::unpack_heads_bf16(p16, c.heads, c.d, c.dp, static_cast<uint16_t*>(back16)); });
+      const double bytes = 2.0 * (n + np);
+      std::printf("[ pack ] bf16 heads %lld x %lld -> %lld: pack %.4f ms (%.2f TB/s), unpack %.4f ms (%.2f TB/s)\n",
+                  static_cast<long long>(c.heads), static_cast<long long>(c.d), static_cast<long long>(c.dp),
+                  pack_ms, bytes / pack_ms / 1e9, unpack_ms, bytes / unpack_ms / 1e9);
+    }
+    for (void* p : {s32, s16, packed, back32, back16}) cuda::free_device(p);
+  }
+}
+
 // GPT-2 124M's shape at batch 1 (one batch row of the bench's b8), fp32: the workspace and products at size.
 TEST_F(CudaAttention, Gpt2Shape) {
   both("GPT-2 B1 H12 S=L=1024 D64 causal", {1, 12, 12, 1024, 1024, 64, 64}, true, Tensor(), 1e-5);

@@ -19,20 +19,66 @@ using detail::launched;
 __device__ __forceinline__ uint16_t to_bits(float x) { return detail::bf16_bits(x); }
 __device__ __forceinline__ uint16_t to_bits(uint16_t x) { return x; }
 
+// Eight source elements of one head (those at c0 + k < d; zeros past them), as bf16 bits.
 template <typename In>
-__global__ void pack_heads_kernel(const In* __restrict__ src, uint16_t* __restrict__ dst, int64_t total, int d,
-                                  int dp) {
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
-    const int64_t head = i / dp;
-    const int c = static_cast<int>(i - head * dp);
-    dst[i] = c < d ? to_bits(src[head * d + c]) : uint16_t{0};
+__device__ __forceinline__ uint4 load_padded8(const In* s, int c0, int d) {
+  uint16_t v[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) v[k] = c0 + k < d ? to_bits(s[k]) : uint16_t{0};
+  uint4 r;
+  r.x = v[0] | (static_cast<uint32_t>(v[1]) << 16);
+  r.y = v[2] | (static_cast<uint32_t>(v[3]) << 16);
+  r.z = v[4] | (static_cast<uint32_t>(v[5]) << 16);
+  r.w = v[6] | (static_cast<uint32_t>(v[7]) << 16);
+  return r;
+}
+
+// bf16 heads of an even d: pairs read as 32-bit words (head * d and c0 are even).
+__device__ __forceinline__ uint4 load_padded8(const uint32_t* s, int c0, int d) {
+  uint32_t w[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) w[k] = c0 + 2 * k < d ? s[k] : 0u;
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// One thread per 16 bytes of the padded result (dp is a multiple of 8): coalesced reads and 16-byte stores. Index
+// arithmetic in 32 bits (the callers check the count fits). `Src` is the source's element type, or uint32_t for bf16
+// pairs (then `d` and the offsets count bf16 elements and the pointer is read two at a time).
+template <typename Src>
+__global__ void pack_heads_kernel(const Src* __restrict__ src, uint4* __restrict__ dst, uint32_t chunks, int d,
+                                  uint32_t chunks_per_head, int per_word) {
+  const uint32_t step = gridDim.x * blockDim.x;
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < chunks; i += step) {
+    const uint32_t head = i / chunks_per_head;
+    const int c0 = static_cast<int>(i - head * chunks_per_head) * 8;
+    const Src* s = src + (static_cast<int64_t>(head) * d + c0) / per_word;
+    dst[i] = load_padded8(s, c0, d);
+  }
+}
+
+__device__ __forceinline__ void put_pair(float* p, uint32_t pair, uint32_t w) {
+  reinterpret_cast<float2*>(p)[pair] = make_float2(detail::bf16_float(static_cast<uint16_t>(w & 0xffffu)),
+                                                   detail::bf16_float(static_cast<uint16_t>(w >> 16)));
+}
+__device__ __forceinline__ void put_pair(uint16_t* p, uint32_t pair, uint32_t w) {
+  reinterpret_cast<uint32_t*>(p)[pair] = w;
+}
+
+// Even d: one thread per pair of result elements, read as one 32-bit word of the padded source (dp is even).
+template <typename Out>
+__global__ void unpack_pairs_kernel(const uint32_t* __restrict__ src, Out* __restrict__ dst, uint32_t pairs,
+                                    uint32_t half_d, uint32_t half_dp) {
+  const uint32_t step = gridDim.x * blockDim.x;
+  for (uint32_t p = blockIdx.x * blockDim.x + threadIdx.x; p < pairs; p += step) {
+    const uint32_t head = p / half_d;
+    put_pair(dst, p, src[head * half_dp + (p - head * half_d)]);
   }
 }
 
 __device__ __forceinline__ void put(float* p, int64_t i, uint16_t b) { p[i] = detail::bf16_float(b); }
 __device__ __forceinline__ void put(uint16_t* p, int64_t i, uint16_t b) { p[i] = b; }
 
+// Any d (odd ones, or counts past 32-bit indexing): one thread per element.
 template <typename Out>
 __global__ void unpack_heads_kernel(const uint16_t* __restrict__ src, Out* __restrict__ dst, int64_t total, int d,
                                     int dp) {
@@ -50,32 +96,55 @@ unsigned blocks_for(int64_t total) {
   return static_cast<unsigned>(blocks < cap ? blocks : cap);
 }
 
+constexpr int64_t kMax32 = int64_t{1} << 31;
+
+template <typename Src>
+bool launch_pack(const Src* src, int64_t heads, int64_t d, int64_t dp, uint16_t* dst, int per_word) {
+  const int64_t chunks = heads * (dp / 8);
+  if (dp % 8 != 0 || chunks >= kMax32 || heads * d >= kMax32) return false;
+  pack_heads_kernel<Src><<<blocks_for(chunks), kThreads>>>(src, reinterpret_cast<uint4*>(dst),
+                                                          static_cast<uint32_t>(chunks), static_cast<int>(d),
+                                                          static_cast<uint32_t>(dp / 8), per_word);
+  return launched();
+}
+
+template <typename Out>
+bool unpack(const uint16_t* src, int64_t heads, int64_t d, int64_t dp, Out* dst) {
+  if (heads == 0) return true;
+  const int64_t total = heads * d;
+  if (d % 2 == 0 && heads * dp < kMax32) {
+    unpack_pairs_kernel<Out><<<blocks_for(total / 2), kThreads>>>(reinterpret_cast<const uint32_t*>(src), dst,
+                                                                  static_cast<uint32_t>(total / 2),
+                                                                  static_cast<uint32_t>(d / 2),
+                                                                  static_cast<uint32_t>(dp / 2));
+  } else {
+    unpack_heads_kernel<Out><<<blocks_for(total), kThreads>>>(src, dst, total, static_cast<int>(d),
+                                                              static_cast<int>(dp));
+  }
+  return launched();
+}
+
 }  // namespace
 
+// dp is a multiple of 8 (cudnn_padded_head_dim); false for counts past 32-bit indexing (2^31 elements).
 bool pack_heads_bf16(MixedTensor src, int64_t heads, int64_t d, int64_t dp, uint16_t* dst) {
   if (heads == 0) return true;
-  const int64_t total = heads * dp;
   if (src.bf16) {
     if (d == dp) {
-      return cudaMemcpyAsync(dst, src.data, sizeof(uint16_t) * total, cudaMemcpyDeviceToDevice, 0) == cudaSuccess;
+      return cudaMemcpyAsync(dst, src.data, sizeof(uint16_t) * heads * dp, cudaMemcpyDeviceToDevice, 0) ==
+             cudaSuccess;
     }
-    pack_heads_kernel<uint16_t><<<blocks_for(total), kThreads>>>(static_cast<const uint16_t*>(src.data), dst, total,
-                                                                 static_cast<int>(d), static_cast<int>(dp));
-    return launched();
+    if (d % 2 == 0) return launch_pack(static_cast<const uint32_t*>(src.data), heads, d, dp, dst, 2);
+    return launch_pack(static_cast<const uint16_t*>(src.data), heads, d, dp, dst, 1);
   }
-  if (d == dp) return to_bf16(static_cast<const float*>(src.data), dst, total);
-  pack_heads_kernel<float><<<blocks_for(total), kThreads>>>(static_cast<const float*>(src.data), dst, total,
-                                                            static_cast<int>(d), static_cast<int>(dp));
-  return launched();
+  if (d == dp) return to_bf16(static_cast<const float*>(src.data), dst, heads * d);
+  return launch_pack(static_cast<const float*>(src.data), heads, d, dp, dst, 1);
 }
 
 bool unpack_heads_f32(const uint16_t* src, int64_t heads, int64_t d, int64_t dp, float* dst) {
   if (heads == 0) return true;
   if (d == dp) return from_bf16(src, dst, heads * d);
-  const int64_t total = heads * d;
-  unpack_heads_kernel<float><<<blocks_for(total), kThreads>>>(src, dst, total, static_cast<int>(d),
-                                                              static_cast<int>(dp));
-  return launched();
+  return unpack(src, heads, d, dp, dst);
 }
 
 bool unpack_heads_bf16(const uint16_t* src, int64_t heads, int64_t d, int64_t dp, uint16_t* dst) {
@@ -83,10 +152,7 @@ bool unpack_heads_bf16(const uint16_t* src, int64_t heads, int64_t d, int64_t dp
   if (d == dp) {
     return cudaMemcpyAsync(dst, src, sizeof(uint16_t) * heads * d, cudaMemcpyDeviceToDevice, 0) == cudaSuccess;
   }
-  const int64_t total = heads * d;
-  unpack_heads_kernel<uint16_t><<<blocks_for(total), kThreads>>>(src, dst, total, static_cast<int>(d),
-                                                                 static_cast<int>(dp));
-  return launched();
+  return unpack(src, heads, d, dp, dst);
 }
 
 namespace {

@@ -170,7 +170,9 @@ bool execute(Plan& p, std::unordered_map<TensorPtr, void*>& pack, const char* wh
 
 bool shape_ok(const AttentionDims& d) {
   return d.seq_major && d.q_heads == d.kv_heads && d.q_len == d.kv_len && d.head_dim == d.v_head_dim &&
-         d.head_dim <= 128 && d.mask == nullptr;
+         d.head_dim <= 128 && d.mask == nullptr &&
+         // the head packing kernels index in 32 bits
+         d.batch * d.q_len * 3 * d.q_heads * cudnn_padded_head_dim(d.head_dim) < (int64_t{1} << 31);
 }
 
 }  // namespace
