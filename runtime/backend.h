@@ -54,6 +54,9 @@ class Backend {
   // backend in bf16.
   virtual bool fuses_residual_add() const { return false; }
   virtual bool fuses_norm_grad_add() const { return false; }
+  // Whether LayerNormalizationGrad should write its dX's bf16 copy and that copy's bias sums itself
+  // (TrainingGraphOptions::fuse_norm_grad_outputs): the CUDA backend in bf16, whose row kernel stores them as it goes.
+  virtual bool fuses_norm_grad_outputs() const { return false; }
   // Whether the weights' shared bf16 copies should persist across steps, rewritten by AdamW from the updated weights
   // (TrainingGraphOptions::optimizer_bf16_copies): the CUDA backend in bf16.
   virtual bool optimizer_writes_bf16_copies() const { return false; }

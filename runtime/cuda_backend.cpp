@@ -90,6 +90,10 @@ class CudaBackend final : public Backend {
   bool fuses_norm_grad_add() const override {
     return cuda::math_mode() == cuda::MathMode::kBf16 && switched_on("GALVATRON_CUDA_FUSE_NORM_GRAD_ADD");
   }
+  // GALVATRON_CUDA_FUSE_NORM_GRAD_OUTPUTS=0 keeps the Cast and BiasGrad after the LayerNorm gradients.
+  bool fuses_norm_grad_outputs() const override {
+    return shares_bf16_operands() && switched_on("GALVATRON_CUDA_FUSE_NORM_GRAD_OUTPUTS");
+  }
   // GALVATRON_CUDA_ADAMW_BF16_COPIES=0 converts the weights to bf16 again every step (for comparisons).
   bool optimizer_writes_bf16_copies() const override {
     return shares_bf16_operands() && switched_on("GALVATRON_CUDA_ADAMW_BF16_COPIES");

@@ -663,18 +663,25 @@ Status layer_norm_cuda(KernelContext& ctx) {
                                           y.as<float>(), mean, inv_std, rows, cols, eps));
 }
 
+// Outputs dX, dScale, dBias (float32) and the optional bf16 copy of dX and its column sums (float32).
 Status layer_norm_grad_cuda(KernelContext& ctx) {
-  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
+  for (const TensorRef& t : ctx.inputs)
+    if (t.data && !is_f32(t)) return cuda_fallback_kernel(ctx);
+  const size_t n_out = ctx.outputs.size();
+  for (size_t i = 0; i < n_out; ++i) {
+    const TensorRef& t = ctx.outputs[i];
+    if (t.data && (i == 3 ? t.dtype != DType::kBFloat16 : !is_f32(t))) return cuda_fallback_kernel(ctx);
+  }
   const TensorRef& x = ctx.inputs[1];
   int64_t rows, cols;
   norm_view(ctx, x, rows, cols);
-  const size_t n_out = ctx.outputs.size();
+  auto out = [&](size_t i) { return n_out > i ? ctx.outputs[i].data : nullptr; };
   return launch(ctx, cuda::layer_norm_grad_f32(
                          opt<float>(ctx, 0), x.as<float>(), ctx.inputs[2].as<float>(), opt<float>(ctx, 3),
                          opt<float>(ctx, 4), opt<float>(ctx, 5), opt<float>(ctx, 6), ctx.outputs[0].as<float>(),
-                         n_out > 1 ? ctx.outputs[1].as<float>() : nullptr,
-                         n_out > 2 ? ctx.outputs[2].as<float>() : nullptr, rows, cols,
-                         static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5)), opt<float>(ctx, 7)));
+                         static_cast<float*>(out(1)), static_cast<float*>(out(2)), rows, cols,
+                         static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5)), opt<float>(ctx, 7),
+                         static_cast<uint16_t*>(out(3)), static_cast<float*>(out(4))));
 }
 
 Status rms_norm_cuda(KernelContext& ctx) {

@@ -19,6 +19,7 @@ std::string FusionCounts::summary() const {
          part(gelu_grad_products, "GELU gradients in product epilogues") +
          part(residual_adds, "residual adds in Linear epilogues") +
          part(norm_grad_adds, "residual gradient adds in LayerNorm gradients") +
+         part(norm_grad_outputs, "LayerNorm gradients writing their bf16 copies") +
          part(bf16_param_copies, "weight bf16 copies kept by AdamW") +
          part(bf16_weight_grads, "weight gradients in bf16");
 }

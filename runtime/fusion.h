@@ -28,6 +28,7 @@ struct FusionCounts {
   int gelu_grad_products = 0;   // backward product + GeluGrad (+ bf16 copy, bias sum) -> GeluGradMatMul
   int residual_adds = 0;        // Add(Linear, R) -> Linear with a residual input (fuse_linear_residual_adds)
   int norm_grad_adds = 0;       // Add(LayerNormalizationGrad's dX, G) -> the grad with an addend
+  int norm_grad_outputs = 0;    // LayerNorm gradients writing their bf16 copy (and bias sums) (fuse_norm_grad_outputs)
   int bf16_param_copies = 0;    // weights' bf16 copies kept by AdamW (keep_bf16_param_copies)
   int bf16_weight_grads = 0;    // weight gradients written in bf16 by their dW products (bf16_weight_grads)
   // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu, 1 linear cross-entropy, 40 shared bf16 operands"
@@ -69,5 +70,10 @@ Status fuse_gelu_grad_products(Graph& graph, size_t backward_begin, int* fused);
 // names); values named in `keep` are not fused away.
 Status fuse_linear_residual_adds(Graph& graph, const std::set<std::string>& keep, int* fused);
 Status fuse_norm_grad_residual_adds(Graph& graph, size_t backward_begin, int* fused);
+// From backward_begin on: LayerNormalizationGrad whose float32 dX has a shared bf16 copy (Cast, bf16_copy/) writes
+// that copy itself, and the column sums of a keepdims BiasGrad reading the copy (outputs dXBf16, dXBf16Sums;
+// runtime/fuse_norm_grad_outputs.cpp). build_training_graph runs it after share_bf16_operands when
+// TrainingGraphOptions::fuse_norm_grad_outputs is set (from Backend::fuses_norm_grad_outputs).
+Status fuse_norm_grad_outputs(Graph& graph, size_t backward_begin, int* fused);
 
 }  // namespace gv

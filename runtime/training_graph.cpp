@@ -407,6 +407,9 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   if (o.fuse_gelu_grad_product) {
     GV_RETURN_IF_ERROR(fuse_gelu_grad_products(g, tg.backward_begin, &tg.fused.gelu_grad_products));
   }
+  if (o.bf16_operands && o.fuse_norm_grad_outputs) {
+    GV_RETURN_IF_ERROR(fuse_norm_grad_outputs(g, tg.backward_begin, &tg.fused.norm_grad_outputs));
+  }
   // Parameters the loss does not depend on have no gradient; like PyTorch (grad None) the optimizer skips them.
   std::vector<ValueId> trained;
   for (ValueId p : tg.params) {

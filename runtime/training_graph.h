@@ -120,6 +120,10 @@ struct TrainingGraphOptions {
   // Backend::fuses_residual_add and Backend::fuses_norm_grad_add.
   bool fuse_residual_add = false;
   bool fuse_norm_grad_add = false;
+  // With bf16_operands: LayerNormalizationGrad writes the bf16 copy of its dX and that copy's bias-gradient sums
+  // (runtime/fusion.h fuse_norm_grad_outputs) instead of a Cast and a BiasGrad. Set from
+  // Backend::fuses_norm_grad_outputs.
+  bool fuse_norm_grad_outputs = false;
   // With bf16_operands and AdamW: the weights' bf16 copies persist across steps and AdamW rewrites them from the
   // updated weights (runtime/bf16_operands.h keep_bf16_param_copies) instead of a Cast per weight per step. Set from
   // Backend::optimizer_writes_bf16_copies.

@@ -625,6 +625,22 @@ TEST_F(CudaKernels, SoftmaxAndNorms) {
            {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols}), Tensor(), Tensor(), Tensor(), Tensor(),
             randn({rows, cols})},
            {}, 3, G, 17});
+    {
+      // With the bf16 copy of dX and its column sums (runtime/fuse_norm_grad_outputs.cpp): against the CPU, the copy
+      // exactly the rounding of the kernel's own dX, the sums those of the copy (BiasGrad's kernel on it).
+      const Case full{"LayerNormalizationGrad",
+                      {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols}), Tensor(), Tensor(), Tensor(),
+                       Tensor(), randn({rows, cols})},
+                      {}, 5, G, 1, {}, 1e-3};
+      check(full);
+      auto got = run_case(full, *cuda_);
+      ASSERT_TRUE(got.has_value()) << got.status().message();
+      const Tensor want16 = got->outputs[0].cast(DType::kBFloat16);
+      EXPECT_EQ(std::memcmp(got->outputs[3].data(), want16.data(), want16.nbytes()), 0) << "bf16 dX";
+      auto sums = run_case({"BiasGrad", {want16}, attrs({{"keepdims", 1}}), 1, G, 1}, *cpu_);
+      ASSERT_TRUE(sums.has_value()) << sums.status().message();
+      expect_close(got->outputs[4], sums->outputs[0], 1e-5, "column sums of the bf16 dX");
+    }
     check({"RMSNormalization", {randn({rows, cols}, 2.0, 1.0), randn({cols})}, {}, 1, "", 23});
     const Case rms_grad{"RMSNormalizationGrad", {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})},
                         {}, 2, G, 23};

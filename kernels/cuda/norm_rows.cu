@@ -118,6 +118,7 @@ __device__ __forceinline__ void moments(const float4 (&v)[V], RowGroup<W>& grp, 
 // fits them without spills (sm_90: up to 8 float4 per thread here, 4 in the backward), two otherwise.
 // Four results stored as float4, or as four bf16 (round to nearest even) in 8 bytes.
 __device__ __forceinline__ void store4(float* y, int64_t i, float4 v) { reinterpret_cast<float4*>(y)[i] = v; }
+__device__ __forceinline__ float round_bf16(float v) { return detail::bf16_float(detail::bf16_bits(v)); }
 __device__ __forceinline__ void store4(uint16_t* y, int64_t i, float4 v) {
   const uint32_t lo = detail::bf16_bits(v.x) | (static_cast<uint32_t>(detail::bf16_bits(v.y)) << 16);
   const uint32_t hi = detail::bf16_bits(v.z) | (static_cast<uint32_t>(detail::bf16_bits(v.w)) << 16);
@@ -156,19 +157,23 @@ __global__ void __launch_bounds__(kBlock, V <= 8 ? 3 : 2)
 }
 
 // Column sums the backward keeps per block: dy * xhat (dscale), and dy (dbias) for LayerNorm, with or without a
-// bias (fewer template variants; a LayerNorm without bias only adds shared-memory traffic).
-template <bool kCenter>
-constexpr int kArrays = kCenter ? 2 : 1;
+// bias (fewer template variants; a LayerNorm without bias only adds shared-memory traffic); and with kDxSums the
+// sums of dx rounded to bf16 last (the bias gradient of the layer that produced the normalized input's stream,
+// read from the bf16 copy of dx the kernel also writes).
+template <bool kCenter, bool kDxSums>
+constexpr int kArrays = (kCenter ? 2 : 1) + (kDxSums ? 1 : 0);
 
 // dx for every row the block visits (as in the forward), and unless part is null the block's partial column sums
-// part[blockIdx.x][0][cols] = sum dy * xhat and (center) part[blockIdx.x][1][cols] = sum dy. Dynamic shared memory:
-// [group][kArrays][c4] float4 sums, each thread adding into its own columns only.
-template <int W, int V, bool kCenter>
+// part[blockIdx.x][0][cols] = sum dy * xhat and (center) part[blockIdx.x][1][cols] = sum dy, and (kDxSums, last)
+// the sums of bf16(dx). dx16 (optional): dx rounded to bf16 as well. Dynamic shared memory: [group][NA][c4] float4
+// sums, each thread adding into its own columns only.
+template <int W, int V, bool kCenter, bool kDxSums>
 __global__ void __launch_bounds__(kBlock, V <= 4 ? 3 : 2)
     norm_backward_rows(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ scale,
                        const float* __restrict__ mean_in, const float* __restrict__ inv_std_in,
-                       const float* __restrict__ addend, float* dx, float* part, int64_t rows, int cols, float eps) {
-  constexpr int G = RowGroup<W>::kPerBlock, NA = kArrays<kCenter>;
+                       const float* __restrict__ addend, float* dx, uint16_t* dx16, float* part, int64_t rows,
+                       int cols, float eps) {
+  constexpr int G = RowGroup<W>::kPerBlock, NA = kArrays<kCenter, kDxSums>;
   __shared__ double red[4 * kWarps];
   extern __shared__ float4 acc[];
   RowGroup<W> grp(red);
@@ -176,6 +181,7 @@ __global__ void __launch_bounds__(kBlock, V <= 4 ? 3 : 2)
   const bool sums_on = part != nullptr;
   float4* ag = acc + grp.g * NA * c4;  // sums of dy * xhat
   float4* ab = ag + c4;                // sums of dy (center)
+  float4* ad = ag + (NA - 1) * c4;     // sums of bf16(dx) (kDxSums)
   if (sums_on) {
 #pragma unroll
     for (int k = 0; k < V; ++k) {
@@ -183,6 +189,7 @@ __global__ void __launch_bounds__(kBlock, V <= 4 ? 3 : 2)
       if (i >= c4) continue;
       ag[i] = f4(0.0f);
       if constexpr (kCenter) ab[i] = f4(0.0f);
+      if constexpr (kDxSums) ad[i] = f4(0.0f);
     }
   }
   const bool saved = inv_std_in && (mean_in || !kCenter);
@@ -245,6 +252,12 @@ __global__ void __launch_bounds__(kBlock, V <= 4 ? 3 : 2)
         o.x += a.x, o.y += a.y, o.z += a.z, o.w += a.w;
       }
       out[i] = o;
+      if (dx16) store4(dx16, r * c4 + i, o);
+      if constexpr (kDxSums) {
+        float4 a = ad[i];
+        a.x += round_bf16(o.x), a.y += round_bf16(o.y), a.z += round_bf16(o.z), a.w += round_bf16(o.w);
+        ad[i] = a;
+      }
     }
   }
   if (!sums_on) return;
@@ -259,7 +272,7 @@ __global__ void __launch_bounds__(kBlock, V <= 4 ? 3 : 2)
         const float4 v = acc[(h * NA + j) * c4 + q];
         a[0] += v.x, a[1] += v.y, a[2] += v.z, a[3] += v.w;
       }
-      reinterpret_cast<float4*>(part + (static_cast<int64_t>(blockIdx.x) * 2 + j) * cols)[q] =
+      reinterpret_cast<float4*>(part + (static_cast<int64_t>(blockIdx.x) * NA + j) * cols)[q] =
           make_float4(static_cast<float>(a[0]), static_cast<float>(a[1]), static_cast<float>(a[2]),
                       static_cast<float>(a[3]));
     }
@@ -267,7 +280,7 @@ __global__ void __launch_bounds__(kBlock, V <= 4 ? 3 : 2)
 }
 
 // dscale[j] = sum over blocks of part[block][0][j], dbias[j] likewise of part[block][1][j] (either may be null), in
-// double. A block takes kSumCols float4 columns; its threads split the partial rows into kSumPhases strided sets
+// double; `arrays` partial rows per block. A block takes kSumCols float4 columns; its threads split the partial rows into kSumPhases strided sets
 // (so 64 partial rows are read at a time per column, not one after another), and a fixed tree adds the sets up.
 constexpr int kSumCols = 4;
 constexpr int kSumPhases = kBlock / kSumCols;
@@ -275,22 +288,23 @@ constexpr int kSumPhases = kBlock / kSumCols;
 // Adds partial rows first, first + kSumPhases, ... of float4 column pq (arrays 0 and / or 1) into a[0..3] / a[4..7];
 // the arrays are template flags so that the unrolled loads carry no branches between them.
 template <bool kA, bool kB>
-__device__ __forceinline__ void add_partials(const float4* pq, int first, int blocks, int c4, double (&a)[8]) {
+__device__ __forceinline__ void add_partials(const float4* pq, int first, int blocks, int arrays, int c4,
+                                             double (&a)[8]) {
 #pragma unroll 4
   for (int c = first; c < blocks; c += kSumPhases) {
     if constexpr (kA) {
-      const float4 v = pq[static_cast<int64_t>(c) * 2 * c4];
+      const float4 v = pq[static_cast<int64_t>(c) * arrays * c4];
       a[0] += v.x, a[1] += v.y, a[2] += v.z, a[3] += v.w;
     }
     if constexpr (kB) {
-      const float4 v = pq[(static_cast<int64_t>(c) * 2 + 1) * c4];
+      const float4 v = pq[(static_cast<int64_t>(c) * arrays + 1) * c4];
       a[4] += v.x, a[5] += v.y, a[6] += v.z, a[7] += v.w;
     }
   }
 }
 
-__global__ void __launch_bounds__(kBlock) sum_partials(const float* part, int blocks, int cols, float* dscale,
-                                                      float* dbias) {
+__global__ void __launch_bounds__(kBlock) sum_partials(const float* part, int blocks, int arrays, int cols,
+                                                      float* dscale, float* dbias) {
   __shared__ double sh[8][kBlock];  // [array * 4 + component][thread]
   const int c4 = cols / 4;
   const int t = static_cast<int>(threadIdx.x), p = t / kSumCols;
@@ -299,11 +313,11 @@ __global__ void __launch_bounds__(kBlock) sum_partials(const float* part, int bl
   if (q < c4) {
     const float4* pq = reinterpret_cast<const float4*>(part) + q;
     if (dscale && dbias) {
-      add_partials<true, true>(pq, p, blocks, c4, a);
+      add_partials<true, true>(pq, p, blocks, arrays, c4, a);
     } else if (dscale) {
-      add_partials<true, false>(pq, p, blocks, c4, a);
+      add_partials<true, false>(pq, p, blocks, arrays, c4, a);
     } else {
-      add_partials<false, true>(pq, p, blocks, c4, a);
+      add_partials<false, true>(pq, p, blocks, arrays, c4, a);
     }
   }
 #pragma unroll
@@ -369,14 +383,16 @@ bool forward(const float* x, const float* scale, const float* bias, Out* y, floa
   });
 }
 
-template <bool kCenter>
+template <bool kCenter, bool kDxSums>
 bool backward(const float* dy, const float* x, const float* scale, const float* mean, const float* inv_std,
-              const float* addend, float* dx, float* dscale, float* dbias, int64_t rows, int cols, float eps) {
-  const bool sums_on = dscale || dbias;
+              const float* addend, float* dx, uint16_t* dx16, float* dscale, float* dbias, float* dx_sums,
+              int64_t rows, int cols, float eps) {
+  const bool sums_on = dscale || dbias || kDxSums;
+  constexpr int NA = kArrays<kCenter, kDxSums>;
   return with_backward_shape(cols / 4, [&](auto w, auto v) {
     constexpr int W = decltype(w)::value, V = decltype(v)::value, G = kWarps / W;
-    const auto kernel = norm_backward_rows<W, V, kCenter>;
-    const size_t smem = sums_on ? sizeof(float) * G * kArrays<kCenter> * static_cast<size_t>(cols) : 0;
+    const auto kernel = norm_backward_rows<W, V, kCenter, kDxSums>;
+    const size_t smem = sums_on ? sizeof(float) * G * NA * static_cast<size_t>(cols) : 0;
     if (smem > kStaticSmem && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                    static_cast<int>(smem)) != cudaSuccess) {
       return false;
@@ -391,12 +407,17 @@ bool backward(const float* dy, const float* x, const float* scale, const float* 
     const int blocks = static_cast<int>((rows + per_group * G - 1) / (per_group * G));
     float* part = nullptr;
     if (sums_on) {
-      part = static_cast<float*>(workspace(sizeof(float) * 2 * static_cast<size_t>(blocks) * cols));
+      part = static_cast<float*>(workspace(sizeof(float) * NA * static_cast<size_t>(blocks) * cols));
       if (!part) return false;
     }
-    kernel<<<blocks, kBlock, smem>>>(dy, x, scale, mean, inv_std, addend, dx, part, rows, cols, eps);
+    kernel<<<blocks, kBlock, smem>>>(dy, x, scale, mean, inv_std, addend, dx, dx16, part, rows, cols, eps);
     if (!launched()) return false;
-    if (sums_on) sum_partials<<<(cols / 4 + kSumCols - 1) / kSumCols, kBlock>>>(part, blocks, cols, dscale, dbias);
+    const unsigned sum_blocks = (cols / 4 + kSumCols - 1) / kSumCols;
+    if (dscale || dbias) sum_partials<<<sum_blocks, kBlock>>>(part, blocks, NA, cols, dscale, dbias);
+    if (kDxSums && launched()) {
+      sum_partials<<<sum_blocks, kBlock>>>(part + (NA - 1) * static_cast<int64_t>(cols), blocks, NA, cols, dx_sums,
+                                           nullptr);
+    }
     return launched();
   });
 }
@@ -429,10 +450,18 @@ bool norm_rows_forward(bool center, const float* x, const float* scale, const fl
 
 bool norm_rows_backward(bool center, const float* dy, const float* x, const float* scale, const float* mean,
                         const float* inv_std, float* dx, float* dscale, float* dbias, int64_t rows, int64_t cols,
-                        float eps, const float* addend) {
+                        float eps, const float* addend, uint16_t* dx_bf16, float* dx_sums) {
   const int c = static_cast<int>(cols);
-  return center ? backward<true>(dy, x, scale, mean, inv_std, addend, dx, dscale, dbias, rows, c, eps)
-                : backward<false>(dy, x, scale, nullptr, inv_std, addend, dx, dscale, nullptr, rows, c, eps);
+  if (!center) {
+    return backward<false, false>(dy, x, scale, nullptr, inv_std, addend, dx, dx_bf16, dscale, nullptr, nullptr,
+                                  rows, c, eps);
+  }
+  if (dx_sums) {
+    return backward<true, true>(dy, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, dx_sums, rows, c,
+                                eps);
+  }
+  return backward<true, false>(dy, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, nullptr, rows, c,
+                               eps);
 }
 
 }  // namespace gv::cuda

@@ -14,9 +14,11 @@ bool norm_rows_eligible(int64_t rows, int64_t cols, std::initializer_list<const 
 bool norm_rows_forward(bool center, const float* x, const float* scale, const float* bias, void* y, bool y_bf16,
                        float* mean, float* inv_std, int64_t rows, int64_t cols, float eps);
 // dx, and dscale / dbias (either may be null; dbias only when center) from dy; mean and inv_std from the forward or
-// null (recomputed with eps). addend (optional, [rows, cols], 16-byte aligned) is added to dx.
+// null (recomputed with eps). addend (optional, [rows, cols], 16-byte aligned) is added to dx. dx_bf16 (optional,
+// 8-byte aligned): dx rounded to bf16 too; dx_sums (optional, center only): the column sums of those bf16 values.
 bool norm_rows_backward(bool center, const float* dy, const float* x, const float* scale, const float* mean,
                         const float* inv_std, float* dx, float* dscale, float* dbias, int64_t rows, int64_t cols,
-                        float eps, const float* addend = nullptr);
+                        float eps, const float* addend = nullptr, uint16_t* dx_bf16 = nullptr,
+                        float* dx_sums = nullptr);
 
 }  // namespace gv::cuda

@@ -292,14 +292,26 @@ bool layer_norm_to_bf16(const float* x, const float* scale, const float* bias, u
 
 bool layer_norm_grad_f32(const float* dy, const float* x, const float* scale, const float* mean, const float* inv_std,
                          const float* dmean, const float* dinv_std, float* dx, float* dscale, float* dbias,
-                         int64_t rows, int64_t cols, float eps, const float* addend) {
+                         int64_t rows, int64_t cols, float eps, const float* addend, uint16_t* dx_bf16,
+                         float* dx_sums) {
   if (rows == 0 || cols == 0) {
     if (dscale) cudaMemsetAsync(dscale, 0, sizeof(float) * cols, 0);
     if (dbias) cudaMemsetAsync(dbias, 0, sizeof(float) * cols, 0);
+    if (dx_sums) cudaMemsetAsync(dx_sums, 0, sizeof(float) * cols, 0);
     return launched();
   }
-  if (dy && !dmean && !dinv_std && norm_rows_eligible(rows, cols, {dy, x, scale, dx, addend})) {
-    return norm_rows_backward(true, dy, x, scale, mean, inv_std, dx, dscale, dbias, rows, cols, eps, addend);
+  if (dy && !dmean && !dinv_std && norm_rows_eligible(rows, cols, {dy, x, scale, dx, addend, dx_bf16})) {
+    return norm_rows_backward(true, dy, x, scale, mean, inv_std, dx, dscale, dbias, rows, cols, eps, addend,
+                              dx_bf16, dx_sums);
+  }
+  if (dx_bf16 || dx_sums) {
+    // The general path, then the copy and its sums as the separate Cast and BiasGrad would make them.
+    static GrowBuffer copy;
+    uint16_t* c = dx_bf16 ? dx_bf16 : copy.get_as<uint16_t>(static_cast<size_t>(rows * cols));
+    return c &&
+           layer_norm_grad_f32(dy, x, scale, mean, inv_std, dmean, dinv_std, dx, dscale, dbias, rows, cols, eps,
+                               addend) &&
+           to_bf16(dx, c, rows * cols) && (!dx_sums || column_sums_bf16(c, dx_sums, rows, cols, 1));
   }
   float* ws = static_cast<float*>(workspace(sizeof(float) * (2 * rows + column_ws_floats(rows, cols))));
   if (!ws) return false;

@@ -210,9 +210,12 @@ bool layer_norm_to_bf16(const float* x, const float* scale, const float* bias, u
                         float* inv_std, int64_t rows, int64_t cols, float eps);
 // Backward (kernels/cpu/norm.h's formula). dy, mean, inv_std, dmean, dinv_std may be null (statistics recomputed
 // when mean/inv_std are null, with eps); dscale, dbias may be null; addend (optional, [rows, cols]) is added to dx.
+// dx_bf16 (optional): dx rounded to bf16 as well; dx_sums (optional, [cols]): the column sums of those bf16 values
+// (the bias gradient BiasGrad would take from the copy).
 bool layer_norm_grad_f32(const float* dy, const float* x, const float* scale, const float* mean, const float* inv_std,
                          const float* dmean, const float* dinv_std, float* dx, float* dscale, float* dbias,
-                         int64_t rows, int64_t cols, float eps, const float* addend = nullptr);
+                         int64_t rows, int64_t cols, float eps, const float* addend = nullptr,
+                         uint16_t* dx_bf16 = nullptr, float* dx_sums = nullptr);
 // y = x / sqrt(mean(x^2) + eps) * scale, and its backward (statistic recomputed).
 bool rms_norm_f32(const float* x, const float* scale, float* y, int64_t rows, int64_t cols, float eps);
 bool rms_norm_grad_f32(const float* dy, const float* x, const float* scale, float* dx, float* dscale, int64_t rows,

@@ -2,6 +2,7 @@
 // gradient ops LayerNormalizationGrad and RMSNormalizationGrad (domain galvatron).
 // The statistics outputs Mean and InvStdDev are stored in the stash type (float32 or float64), widened to float64 when
 // X is float64. Scale and B must hold exactly the normalized shape (leading 1s allowed).
+#include <algorithm>
 #include <vector>
 
 #include "kernels/cpu/broadcast.h"
@@ -115,10 +116,14 @@ Status layer_norm_cpu(KernelContext& ctx) {
   });
 }
 
-// LayerNormalizationGrad(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?, Addend?) -> (dX, dScale, dBias).
+// LayerNormalizationGrad(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?, Addend?)
+//   -> (dX, dScale, dBias, dXBf16?, dXBf16Sums?).
 // Uses the saved statistics when given, else recomputes them (attr epsilon). Addend (X's shape and type) is added to
 // dX: X's other gradient contributions (the residual stream's), which a separate Add summed before
-// (runtime/fuse_residual_add.cpp).
+// (runtime/fuse_residual_add.cpp). dXBf16 is dX rounded to bf16 (float32 X), and dXBf16Sums its column sums over
+// every leading axis ([1, .., 1, N], BiasGrad's keepdims shape; the normalized axis must be the last): the shared bf16
+// copy that the products before the norm read and the bias gradient taken from it, which a Cast and a BiasGrad made
+// before (runtime/fuse_norm_grad_outputs.cpp).
 Status infer_layer_norm_grad(InferContext& ctx) {
   GV_RETURN_IF_ERROR(expect_float(ctx, 1, "X"));
   NormView v;
@@ -134,7 +139,19 @@ Status infer_layer_norm_grad(InferContext& ctx) {
     return ctx.fail("Addend must match X " + shape_str(ctx.shape(1)));
   }
   ctx.set_output(0, ctx.dtype(1), ctx.shape(1));
-  for (int i = 1; i < ctx.num_outputs(); ++i) ctx.set_output(i, ctx.dtype(2), ctx.shape(2));
+  for (int i = 1; i < std::min(ctx.num_outputs(), 3); ++i) ctx.set_output(i, ctx.dtype(2), ctx.shape(2));
+  if (ctx.num_outputs() > 3) {
+    if (ctx.dtype(1) != DType::kFloat32) return ctx.fail("dXBf16 needs a float32 X");
+    ctx.set_output(3, DType::kBFloat16, ctx.shape(1));
+  }
+  if (ctx.num_outputs() > 4) {
+    if (v.axis != static_cast<int64_t>(ctx.shape(1).size()) - 1) {
+      return ctx.fail("dXBf16Sums needs the normalized axis to be the last (axis " + std::to_string(v.axis) + ")");
+    }
+    Shape sums(ctx.shape(1).size(), 1);
+    sums.back() = ctx.shape(1).back();
+    ctx.set_output(4, DType::kFloat32, sums);
+  }
   return Status::ok();
 }
 
@@ -147,7 +164,7 @@ Status layer_norm_grad_cpu(KernelContext& ctx) {
   }
   if (x.dtype == DType::kFloat64) u = DType::kFloat64;
   const int n_out = static_cast<int>(ctx.outputs.size());
-  return dispatch_norm(x.dtype, u, ctx, [&](auto t_tag, auto u_tag) {
+  const Status st = dispatch_norm(x.dtype, u, ctx, [&](auto t_tag, auto u_tag) {
     using T = decltype(t_tag);
     using U = decltype(u_tag);
     const U* mean = data_or_null<U>(ctx, 3);
@@ -172,6 +189,22 @@ Status layer_norm_grad_cpu(KernelContext& ctx) {
       for (int64_t i = 0; i < n; ++i) dx[i] += add[i];
     }
   });
+  const bool want_copy = n_out > 3 && ctx.outputs[3].data, want_sums = n_out > 4 && ctx.outputs[4].data;
+  if (!st.is_ok() || (!want_copy && !want_sums)) return st;
+  // The bf16 copy, and its column sums in double in row order (as Cast and BiasGrad compute them).
+  const TensorRef& dx = ctx.outputs[0];
+  std::vector<uint16_t> own(want_copy ? 0 : static_cast<size_t>(dx.numel()));
+  auto* c16 = want_copy ? static_cast<uint16_t*>(ctx.outputs[3].data) : own.data();
+  convert_elements(dx.data, dx.dtype, c16, DType::kBFloat16, dx.numel());
+  if (!want_sums) return st;
+  float* sums = ctx.outputs[4].as<float>();
+#pragma omp parallel for if (v.rows * v.cols > 32768) schedule(static)
+  for (int64_t c = 0; c < v.cols; ++c) {
+    double s = 0.0;
+    for (int64_t r = 0; r < v.rows; ++r) s += bf16_to_float(c16[r * v.cols + c]);
+    sums[c] = static_cast<float>(s);
+  }
+  return st;
 }
 
 Status layer_norm_grad(GradBuilder& gb) {
@@ -269,9 +302,10 @@ void register_norm_ops(OpRegistry& r) {
                              "(X, scale) -> X / sqrt(mean(X^2) + epsilon) * scale over axes [axis, rank)");
   rms.grad = rms_norm_grad;
   r.add(rms);
-  r.add(make_schema(kGalvatronDomain, "LayerNormalizationGrad", 3, 8, 1, 3, infer_layer_norm_grad,
+  r.add(make_schema(kGalvatronDomain, "LayerNormalizationGrad", 3, 8, 1, 5, infer_layer_norm_grad,
                     layer_norm_grad_cpu,
-                    "(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?, Addend?) -> (dX + Addend, dScale, dBias)"));
+                    "(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?, Addend?) -> (dX + Addend, dScale, dBias, "
+                    "dXBf16?, dXBf16Sums?)"));
   r.add(make_schema(kGalvatronDomain, "RMSNormalizationGrad", 3, 3, 1, 2, infer_rms_norm_grad, rms_norm_grad_cpu,
                     "(dY, X, scale) -> (dX, dscale)"));
 }
