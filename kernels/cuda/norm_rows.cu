@@ -303,10 +303,17 @@ __device__ __forceinline__ void add_partials(const float4* pq, int first, int bl
   }
 }
 
+// Blocks with blockIdx.y == 1 sum the last array (dx_sums) instead, in the same launch.
 __global__ void __launch_bounds__(kBlock) sum_partials(const float* part, int blocks, int arrays, int cols,
-                                                      float* dscale, float* dbias) {
+                                                      float* dscale, float* dbias, float* dx_sums) {
   __shared__ double sh[8][kBlock];  // [array * 4 + component][thread]
   const int c4 = cols / 4;
+  if (blockIdx.y == 1) {
+    part += static_cast<int64_t>(arrays - 1) * cols;
+    dscale = dx_sums;
+    dbias = nullptr;
+  }
+  if (!dscale && !dbias) return;
   const int t = static_cast<int>(threadIdx.x), p = t / kSumCols;
   const int q = static_cast<int>(blockIdx.x) * kSumCols + t % kSumCols;
   double a[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
@@ -412,11 +419,9 @@ bool backward(const float* dy, const float* x, const float* scale, const float* 
     }
     kernel<<<blocks, kBlock, smem>>>(dy, x, scale, mean, inv_std, addend, dx, dx16, part, rows, cols, eps);
     if (!launched()) return false;
-    const unsigned sum_blocks = (cols / 4 + kSumCols - 1) / kSumCols;
-    if (dscale || dbias) sum_partials<<<sum_blocks, kBlock>>>(part, blocks, NA, cols, dscale, dbias);
-    if (kDxSums && launched()) {
-      sum_partials<<<sum_blocks, kBlock>>>(part + (NA - 1) * static_cast<int64_t>(cols), blocks, NA, cols, dx_sums,
-                                           nullptr);
+    if (sums_on) {
+      const dim3 grid((cols / 4 + kSumCols - 1) / kSumCols, kDxSums ? 2 : 1);
+      sum_partials<<<grid, kBlock>>>(part, blocks, NA, cols, dscale, dbias, kDxSums ? dx_sums : nullptr);
     }
     return launched();
   });
