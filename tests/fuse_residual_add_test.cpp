@@ -135,13 +135,7 @@ TEST_P(TinyResidualAdds, FoldedEverywhereSameLossAndGradientsBitForBit) {
             plain_t->training_graph().graph.nodes.size());
   testing::expect_inference_agrees(tg.graph);
 
-  EXPECT_EQ(loss_folded, loss_plain);
-  ASSERT_EQ(folded->size(), plain->size());
-  for (const auto& [name, g] : *plain) {
-    auto it = folded->find(name);
-    ASSERT_NE(it, folded->end()) << name;
-    EXPECT_TRUE(same_bits(it->second, g)) << name;
-  }
+  testing::expect_same_loss_and_gradients(loss_folded, *folded, loss_plain, *plain);
 }
 
 INSTANTIATE_TEST_SUITE_P(Graphs, TinyResidualAdds,

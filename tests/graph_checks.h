@@ -2,10 +2,12 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "runtime/graph.h"
+#include "runtime/trainer.h"
 
 namespace gv::testing {
 
@@ -37,6 +39,19 @@ inline void expect_inference_agrees(const Graph& g) {
       EXPECT_EQ(one.value((*outs)[i]).dtype, g.value(n.outputs[i]).dtype) << n.name << " output " << i;
       EXPECT_EQ(one.value((*outs)[i]).shape, g.value(n.outputs[i]).shape) << n.name << " output " << i;
     }
+  }
+}
+
+// Two training graphs' loss and every named gradient, bit for bit (a rewrite that must not change a bit).
+inline void expect_same_loss_and_gradients(double loss_a, const TensorMap& a, double loss_b, const TensorMap& b) {
+  EXPECT_EQ(loss_a, loss_b);
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, g] : b) {
+    auto it = a.find(name);
+    ASSERT_NE(it, a.end()) << name;
+    const Tensor& t = it->second;
+    EXPECT_TRUE(t.dtype() == g.dtype() && t.shape() == g.shape() && std::memcmp(t.data(), g.data(), t.nbytes()) == 0)
+        << name;
   }
 }
 
