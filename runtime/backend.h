@@ -57,6 +57,9 @@ class Backend {
   // Whether LayerNormalizationGrad should write its dX's bf16 copy and that copy's bias sums itself
   // (TrainingGraphOptions::fuse_norm_grad_outputs): the CUDA backend in bf16, whose row kernel stores them as it goes.
   virtual bool fuses_norm_grad_outputs() const { return false; }
+  // Whether LayerNormalization should keep its row statistics for its gradient (TrainingGraphOptions::
+  // save_norm_statistics): the CUDA backend, whose latency-bound norm backward then skips two reductions per row.
+  virtual bool saves_norm_statistics() const { return false; }
   // Whether the weights' shared bf16 copies should persist across steps, rewritten by AdamW from the updated weights
   // (TrainingGraphOptions::optimizer_bf16_copies): the CUDA backend in bf16.
   virtual bool optimizer_writes_bf16_copies() const { return false; }

@@ -94,6 +94,8 @@ class CudaBackend final : public Backend {
   bool fuses_norm_grad_outputs() const override {
     return shares_bf16_operands() && switched_on("GALVATRON_CUDA_FUSE_NORM_GRAD_OUTPUTS");
   }
+  // GALVATRON_CUDA_SAVE_NORM_STATS=0 recomputes the LayerNorm statistics in the backward (for comparisons).
+  bool saves_norm_statistics() const override { return switched_on("GALVATRON_CUDA_SAVE_NORM_STATS"); }
   // GALVATRON_CUDA_ADAMW_BF16_COPIES=0 converts the weights to bf16 again every step (for comparisons).
   bool optimizer_writes_bf16_copies() const override {
     return shares_bf16_operands() && switched_on("GALVATRON_CUDA_ADAMW_BF16_COPIES");

@@ -12,7 +12,7 @@ std::string FusionCounts::summary() const {
   auto part = [](int n, const char* what) { return n ? ", " + std::to_string(n) + " " + what : std::string(); };
   return std::to_string(attention) + " attention" + (notes.empty() ? "" : " (" + notes + ")") + ", " +
          std::to_string(gelu) + " gelu" + part(linear_cross_entropy, "linear cross-entropy") + part(linear, "linear") +
-         part(bf16_operands, "shared bf16 operands") +
+         part(norm_statistics, "LayerNorms keeping their statistics") + part(bf16_operands, "shared bf16 operands") +
          (bf16_linear_outputs ? " (" + std::to_string(bf16_linear_outputs) + " written in bf16 by their Linear)" : "") +
          part(bf16_attention_grads, "dQKV written in bf16") + part(bf16_norm_outputs, "LayerNorm outputs in bf16") +
          part(bf16_attention_io, "attention inputs and outputs in bf16") +

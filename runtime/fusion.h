@@ -17,6 +17,7 @@ struct FusionCounts {
   int gelu = 0;       // tanh- or erf-approximation chains -> Gelu
   int attention_3d = 0;  // Attention nodes between head transposes -> the 3-D form (counted apart from `attention`)
   int attention_lse = 0;  // Attention nodes that keep their log-sum-exp for the backward (save_attention_lse)
+  int norm_statistics = 0;  // LayerNormalization nodes that keep their Mean and InvStdDev (save_norm_statistics)
   int attention_packed = 0;  // of those, the ones reading their Q, K, V in place from one QKV tensor (pack_attention_qkv)
   int linear_cross_entropy = 0;  // head MatMul + SoftmaxCrossEntropyLoss -> LinearCrossEntropy (after the loss is attached)
   int linear = 0;  // MatMul [+ bias Add [+ Gelu]] or MatMul(X, Transpose(W)) -> Linear (fuse_linear)
@@ -46,6 +47,10 @@ Status fuse_attention_layout(Graph& graph, int* rewritten);
 // backward reuses (runtime/attention_lse.cpp). build_training_graph runs it after the passes above when
 // TrainingGraphOptions::save_attention_lse is set (the trainer sets it from Backend::saves_attention_statistics).
 Status save_attention_lse(Graph& graph, int* rewritten);
+// LayerNormalization nodes (float32 X, float32 statistics) without the Mean and InvStdDev outputs get them, so that
+// their gradients read the saved statistics (runtime/norm_statistics.cpp). build_training_graph runs it before the
+// autograd when TrainingGraphOptions::save_norm_statistics is set (from Backend::saves_norm_statistics).
+Status save_norm_statistics(Graph& graph, int* rewritten);
 // Split(QKV) -> AttentionWithLse(q, k, v) -> galvatron AttentionPacked(QKV), read in place by the flash kernels; the
 // backward then writes dQKV without a Concat (runtime/attention_packed.cpp). build_training_graph runs it after
 // save_attention_lse when TrainingGraphOptions::pack_attention_qkv is set (from Backend::packs_attention_qkv).

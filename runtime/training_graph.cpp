@@ -342,6 +342,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     const std::string labels = tg.labels == kNoValue ? "" : g.value(tg.labels).name;
     GV_ASSIGN_OR_RETURN(tg.fused, fuse_forward_graph(g));
     if (o.save_attention_lse) GV_RETURN_IF_ERROR(save_attention_lse(g, &tg.fused.attention_lse));
+    if (o.save_norm_statistics) GV_RETURN_IF_ERROR(save_norm_statistics(g, &tg.fused.norm_statistics));
     if (o.save_attention_lse && o.pack_attention_qkv) {
       GV_RETURN_IF_ERROR(pack_attention_qkv(g, &tg.fused.attention_packed));
     }

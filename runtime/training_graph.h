@@ -124,6 +124,9 @@ struct TrainingGraphOptions {
   // (runtime/fusion.h fuse_norm_grad_outputs) instead of a Cast and a BiasGrad. Set from
   // Backend::fuses_norm_grad_outputs.
   bool fuse_norm_grad_outputs = false;
+  // With fuse_ops: LayerNormalization keeps its row statistics for its gradient (runtime/fusion.h
+  // save_norm_statistics). Set from Backend::saves_norm_statistics.
+  bool save_norm_statistics = false;
   // With bf16_operands and AdamW: the weights' bf16 copies persist across steps and AdamW rewrites them from the
   // updated weights (runtime/bf16_operands.h keep_bf16_param_copies) instead of a Cast per weight per step. Set from
   // Backend::optimizer_writes_bf16_copies.

@@ -7,8 +7,9 @@
 //             (deterministic). The one-block-per-row kernels read x four times, dy twice, then x and dy again for
 //             the column sums.
 // Latency, not bandwidth, limited the first version (a 256-thread block per row, eight barriers per row, one row
-// after another; bench/cuda_notes.md entry 10). Now a row belongs to a group of W warps (W = 1 up to 2048 columns in
-// the forward, 1024 in the backward; 2, 4 or 8 warps for wider rows), thread t of a group owning float4 columns
+// after another; bench/cuda_notes.md entry 10). Now a row belongs to a group of W warps (W = 1 up to 1024 columns;
+// wider rows take 2, 4 or 8 warps: gpt-1.5b's 1600 take 2 in the forward and 4 in the backward, with as many rows
+// in flight per SM as the registers allow, which beat one warp per row holding more of it; entry 40), thread t of a group owning float4 columns
 // t, t + 32 W, ... (V of them, zeros past the row's end). A 256-thread block holds 8 / W groups, each on its own rows,
 // so 8 / W rows per block are in flight and no barrier spans the block per row: the sums over a row are warp
 // butterflies, and for W > 1 the warps' totals meet in shared memory behind a named barrier of the group's threads.
@@ -114,8 +115,8 @@ __device__ __forceinline__ void moments(const float4 (&v)[V], RowGroup<W>& grp, 
   inv_std = 1.0 / sqrt(q[0] / cols + static_cast<double>(eps));
 }
 
-// Rows blockIdx.x * G + g, then + gridDim.x * G, ... for group g of the block's G. Three blocks per SM where ptxas
-// fits them without spills (sm_90: up to 8 float4 per thread here, 4 in the backward), two otherwise.
+// Rows blockIdx.x * G + g, then + gridDim.x * G, ... for group g of the block's G. kMinBlocks blocks per SM (the
+// register bound ptxas gets): as many as fit without spills on sm_90 (with_forward_shape / with_backward_shape).
 // Four results stored as float4, or as four bf16 (round to nearest even) in 8 bytes.
 __device__ __forceinline__ void store4(float* y, int64_t i, float4 v) { reinterpret_cast<float4*>(y)[i] = v; }
 __device__ __forceinline__ float round_bf16(float v) { return detail::bf16_float(detail::bf16_bits(v)); }
@@ -125,8 +126,8 @@ __device__ __forceinline__ void store4(uint16_t* y, int64_t i, float4 v) {
   reinterpret_cast<uint2*>(y)[i] = make_uint2(lo, hi);
 }
 
-template <int W, int V, bool kCenter, typename Out>
-__global__ void __launch_bounds__(kBlock, V <= 8 ? 3 : 2)
+template <int W, int V, int kMinBlocks, bool kCenter, typename Out>
+__global__ void __launch_bounds__(kBlock, kMinBlocks)
     norm_forward_rows(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ bias,
                       Out* y, float* mean_out, float* inv_std_out, int64_t rows, int cols, float eps) {
   __shared__ double red[4 * kWarps];
@@ -167,8 +168,8 @@ constexpr int kArrays = (kCenter ? 2 : 1) + (kDxSums ? 1 : 0);
 // part[blockIdx.x][0][cols] = sum dy * xhat and (center) part[blockIdx.x][1][cols] = sum dy, and (kDxSums, last)
 // the sums of bf16(dx). dx16 (optional): dx rounded to bf16 as well. Dynamic shared memory: [group][NA][c4] float4
 // sums, each thread adding into its own columns only.
-template <int W, int V, bool kCenter, bool kDxSums>
-__global__ void __launch_bounds__(kBlock, V <= 4 ? 3 : 2)
+template <int W, int V, int kMinBlocks, bool kCenter, bool kDxSums>
+__global__ void __launch_bounds__(kBlock, kMinBlocks)
     norm_backward_rows(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ scale,
                        const float* __restrict__ mean_in, const float* __restrict__ inv_std_in,
                        const float* __restrict__ addend, float* dx, uint16_t* dx16, float* part, int64_t rows,
@@ -348,44 +349,44 @@ __global__ void __launch_bounds__(kBlock) sum_partials(const float* part, int bl
 template <int N>
 using Int = std::integral_constant<int, N>;
 
-// Calls f(Int<W>, Int<V>): W warps per row, V float4 per thread. The forward holds one row (4 V floats per thread),
-// so a warp takes rows of up to 2048 columns; the backward holds x and dy (8 V), so V stays at 8 or less and wider
-// rows take more warps. V values between powers of two where the rows of GPT-2 (768: 6) and gpt-1.5b (1600: 12.5)
-// would otherwise leave registers idle.
+// Calls f(Int<W>, Int<V>, Int<B>): W warps per row, V float4 per thread, at least B blocks per SM (the register
+// bound). The forward holds one row (4 V floats per thread), so a warp takes rows of up to 2048 columns; the backward
+// holds x and dy (8 V), so V stays at 8 or less and wider rows take more warps. V values between powers of two where
+// the rows of GPT-2 (768: 6) and gpt-1.5b (1600: 12.5) would otherwise leave registers idle.
 template <class F>
 bool with_forward_shape(int c4, F&& f) {
-  if (c4 <= 32) return f(Int<1>{}, Int<1>{});
-  if (c4 <= 64) return f(Int<1>{}, Int<2>{});
-  if (c4 <= 128) return f(Int<1>{}, Int<4>{});
-  if (c4 <= 192) return f(Int<1>{}, Int<6>{});
-  if (c4 <= 256) return f(Int<1>{}, Int<8>{});
-  if (c4 <= 416) return f(Int<1>{}, Int<13>{});
-  if (c4 <= 512) return f(Int<1>{}, Int<16>{});
-  if (c4 <= 1024) return f(Int<2>{}, Int<16>{});
-  return f(Int<4>{}, Int<16>{});
+  if (c4 <= 32) return f(Int<1>{}, Int<1>{}, Int<3>{});
+  if (c4 <= 64) return f(Int<1>{}, Int<2>{}, Int<3>{});
+  if (c4 <= 128) return f(Int<1>{}, Int<4>{}, Int<3>{});
+  if (c4 <= 192) return f(Int<1>{}, Int<6>{}, Int<3>{});
+  if (c4 <= 256) return f(Int<1>{}, Int<8>{}, Int<3>{});
+  if (c4 <= 448) return f(Int<2>{}, Int<7>{}, Int<4>{});  // gpt-1.5b: 0.0211 -> 0.0171 ms against 1 warp x 13
+  if (c4 <= 512) return f(Int<1>{}, Int<16>{}, Int<2>{});
+  if (c4 <= 1024) return f(Int<2>{}, Int<16>{}, Int<2>{});
+  return f(Int<4>{}, Int<16>{}, Int<2>{});
 }
 
 template <class F>
 bool with_backward_shape(int c4, F&& f) {
-  if (c4 <= 32) return f(Int<1>{}, Int<1>{});
-  if (c4 <= 64) return f(Int<1>{}, Int<2>{});
-  if (c4 <= 128) return f(Int<1>{}, Int<4>{});
-  if (c4 <= 192) return f(Int<1>{}, Int<6>{});
-  if (c4 <= 256) return f(Int<1>{}, Int<8>{});
-  if (c4 <= 512) return f(Int<2>{}, Int<8>{});
-  if (c4 <= 1024) return f(Int<4>{}, Int<8>{});
-  return f(Int<8>{}, Int<8>{});
+  if (c4 <= 32) return f(Int<1>{}, Int<1>{}, Int<3>{});
+  if (c4 <= 64) return f(Int<1>{}, Int<2>{}, Int<3>{});
+  if (c4 <= 128) return f(Int<1>{}, Int<4>{}, Int<3>{});
+  if (c4 <= 192) return f(Int<1>{}, Int<6>{}, Int<2>{});
+  if (c4 <= 256) return f(Int<1>{}, Int<8>{}, Int<2>{});
+  if (c4 <= 512) return f(Int<4>{}, Int<4>{}, Int<3>{});  // gpt-1.5b: 0.0516 -> 0.0490 ms against 2 warps x 8
+  if (c4 <= 1024) return f(Int<4>{}, Int<8>{}, Int<2>{});
+  return f(Int<8>{}, Int<8>{}, Int<2>{});
 }
 
 template <bool kCenter, typename Out>
 bool forward(const float* x, const float* scale, const float* bias, Out* y, float* mean, float* inv_std,
              int64_t rows, int cols, float eps) {
-  return with_forward_shape(cols / 4, [&](auto w, auto v) {
-    constexpr int W = decltype(w)::value, V = decltype(v)::value, G = kWarps / W;
+  return with_forward_shape(cols / 4, [&](auto w, auto v, auto b) {
+    constexpr int W = decltype(w)::value, V = decltype(v)::value, B = decltype(b)::value, G = kWarps / W;
     // A group per row; past 2^20 blocks the groups stride over the rest.
     const int64_t want = (rows + G - 1) / G;
     const unsigned grid = static_cast<unsigned>(want < (int64_t{1} << 20) ? want : (int64_t{1} << 20));
-    norm_forward_rows<W, V, kCenter, Out><<<grid, kBlock>>>(x, scale, bias, y, mean, inv_std, rows, cols, eps);
+    norm_forward_rows<W, V, B, kCenter, Out><<<grid, kBlock>>>(x, scale, bias, y, mean, inv_std, rows, cols, eps);
     return launched();
   });
 }
@@ -396,9 +397,9 @@ bool backward(const float* dy, const float* x, const float* scale, const float* 
               int64_t rows, int cols, float eps) {
   const bool sums_on = dscale || dbias || kDxSums;
   constexpr int NA = kArrays<kCenter, kDxSums>;
-  return with_backward_shape(cols / 4, [&](auto w, auto v) {
-    constexpr int W = decltype(w)::value, V = decltype(v)::value, G = kWarps / W;
-    const auto kernel = norm_backward_rows<W, V, kCenter, kDxSums>;
+  return with_backward_shape(cols / 4, [&](auto w, auto v, auto b) {
+    constexpr int W = decltype(w)::value, V = decltype(v)::value, B = decltype(b)::value, G = kWarps / W;
+    const auto kernel = norm_backward_rows<W, V, B, kCenter, kDxSums>;
     const size_t smem = sums_on ? sizeof(float) * G * NA * static_cast<size_t>(cols) : 0;
     if (smem > kStaticSmem && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                    static_cast<int>(smem)) != cudaSuccess) {
