@@ -60,6 +60,9 @@ class Backend {
   // Whether LayerNormalization should keep its row statistics for its gradient (TrainingGraphOptions::
   // save_norm_statistics): the CUDA backend, whose latency-bound norm backward then skips two reductions per row.
   virtual bool saves_norm_statistics() const { return false; }
+  // The multiple this backend pads attention heads to before computing (0: none), for packed attention to keep its
+  // padded bf16 QKV and Y for the backward (TrainingGraphOptions::attention_saved_head_multiple): cuDNN's 8.
+  virtual int64_t attention_saved_head_multiple() const { return 0; }
   // Whether the weights' shared bf16 copies should persist across steps, rewritten by AdamW from the updated weights
   // (TrainingGraphOptions::optimizer_bf16_copies): the CUDA backend in bf16.
   virtual bool optimizer_writes_bf16_copies() const { return false; }

@@ -94,6 +94,12 @@ class CudaBackend final : public Backend {
   bool fuses_norm_grad_outputs() const override {
     return shares_bf16_operands() && switched_on("GALVATRON_CUDA_FUSE_NORM_GRAD_OUTPUTS");
   }
+  // GALVATRON_CUDA_SAVE_ATTENTION_HEADS=0 lets the attention backward pad QKV and Y again (for comparisons).
+  int64_t attention_saved_head_multiple() const override {
+    const bool on = packs_attention_qkv() && cuda::cudnn_attention_enabled() &&
+                    switched_on("GALVATRON_CUDA_SAVE_ATTENTION_HEADS");
+    return on ? cuda::cudnn_padded_head_dim(1) : 0;  // 1 rounded up: the multiple
+  }
   // GALVATRON_CUDA_SAVE_NORM_STATS=0 recomputes the LayerNorm statistics in the backward (for comparisons).
   bool saves_norm_statistics() const override { return switched_on("GALVATRON_CUDA_SAVE_NORM_STATS"); }
   // GALVATRON_CUDA_ADAMW_BF16_COPIES=0 converts the weights to bf16 again every step (for comparisons).

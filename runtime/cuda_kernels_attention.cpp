@@ -159,23 +159,41 @@ bool mixed_ok(const TensorRef& t, const Shape& want) {
 
 cuda::MixedTensor mixed(const TensorRef& t) { return {t.data, t.dtype == DType::kBFloat16}; }
 
+// The saved padded heads' head size (attribute saved_head_dim) where the node has them, else 0.
+int64_t saved_head_dim(const KernelContext& ctx) { return ctx.attrs().get_int("saved_head_dim", 0); }
+
 Status attention_packed_cuda(KernelContext& ctx) {
   cuda::AttentionDims d;
   AttentionForm f;
-  if (!packed_dims(ctx, false, d, f) || ctx.outputs.size() != 2) return cuda_fallback_kernel(ctx);
+  const int64_t dp = saved_head_dim(ctx);
+  if (!packed_dims(ctx, false, d, f) || ctx.outputs.size() != (dp > 0 ? 4u : 2u)) return cuda_fallback_kernel(ctx);
   const TensorRef &y = ctx.outputs[0], &lse = ctx.outputs[1];
   if (!mixed_ok(y, f.y_shape()) || !output_ok(lse, {f.batch, f.q_heads, f.q_len})) return cuda_fallback_kernel(ctx);
   const bool y_bf16 = y.dtype == DType::kBFloat16;
+  auto* qkv_p = dp > 0 ? static_cast<uint16_t*>(ctx.outputs[2].data) : nullptr;
+  auto* y_p = dp > 0 ? static_cast<uint16_t*>(ctx.outputs[3].data) : nullptr;
   if (cuda::cudnn_attention_supported(d, true)) {  // cuDNN's fused attention where it takes both directions
-    return launch(ctx, cuda::cudnn_attention_packed(d, mixed(ctx.inputs[0]), y.data, y_bf16, lse.as<float>()));
+    if (dp == cuda::cudnn_padded_head_dim(f.head_dim)) {  // the saved heads are cuDNN's own operands
+      return launch(ctx, cuda::cudnn_attention_packed(d, mixed(ctx.inputs[0]), y.data, y_bf16, lse.as<float>(), qkv_p,
+                                                      y_p));
+    }
+    if (!cuda::cudnn_attention_packed(d, mixed(ctx.inputs[0]), y.data, y_bf16, lse.as<float>())) {
+      return launch(ctx, false);
+    }
+  } else if (!cuda::flash_attention_packed(d, mixed(ctx.inputs[0]), y.data, y_bf16, lse.as<float>())) {
+    return launch(ctx, false);
   }
-  return launch(ctx, cuda::flash_attention_packed(d, mixed(ctx.inputs[0]), y.data, y_bf16, lse.as<float>()));
+  // Saved heads of another size than cuDNN's (or for the flash kernels): copies of QKV and of the Y just written.
+  const int64_t rows = f.batch * f.q_len, H = f.q_heads, D = f.head_dim;
+  return launch(ctx, dp == 0 || (cuda::pack_heads_bf16(mixed(ctx.inputs[0]), rows * 3 * H, D, dp, qkv_p) &&
+                                 cuda::pack_heads_bf16(mixed(y), rows * H, D, dp, y_p)));
 }
 
 Status attention_packed_grad_cuda(KernelContext& ctx) {
   cuda::AttentionDims d;
   AttentionForm f;
-  if (!packed_dims(ctx, true, d, f) || ctx.inputs.size() != 4 || ctx.outputs.size() != 1) {
+  if (!packed_dims(ctx, true, d, f) || (ctx.inputs.size() != 4 && ctx.inputs.size() != 6) ||
+      ctx.outputs.size() != 1) {
     return cuda_fallback_kernel(ctx);
   }
   const TensorRef &dy = ctx.inputs[1], &y = ctx.inputs[2], &lse = ctx.inputs[3], &dqkv = ctx.outputs[0];
@@ -186,8 +204,13 @@ Status attention_packed_grad_cuda(KernelContext& ctx) {
   }
   const bool bf16 = dqkv.dtype == DType::kBFloat16;  // out_dtype 16: the QKV product's bf16 copy of dQKV
   if (cuda::cudnn_attention_supported(d, true)) {
-    return launch(ctx, cuda::cudnn_attention_packed_grad(d, mixed(ctx.inputs[0]), mixed(dy), mixed(y),
-                                                         lse.as<float>(), dqkv.data, bf16));
+    // The forward's saved padded heads, where they are cuDNN's operands: no copies of QKV and Y here.
+    const bool saved = ctx.has_input(4) && ctx.has_input(5) &&
+                       saved_head_dim(ctx) == cuda::cudnn_padded_head_dim(f.head_dim);
+    return launch(ctx, cuda::cudnn_attention_packed_grad(
+                           d, mixed(ctx.inputs[0]), mixed(dy), mixed(y), lse.as<float>(), dqkv.data, bf16,
+                           saved ? static_cast<const uint16_t*>(ctx.inputs[4].data) : nullptr,
+                           saved ? static_cast<const uint16_t*>(ctx.inputs[5].data) : nullptr));
   }
   return launch(ctx, cuda::flash_attention_packed_grad(d, mixed(ctx.inputs[0]), mixed(dy), mixed(y), lse.as<float>(),
                                                        dqkv.data, bf16));

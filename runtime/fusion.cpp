@@ -8,6 +8,9 @@ std::string FusionCounts::summary() const {
   if (attention_3d) notes += std::to_string(attention_3d) + " in the 3-D form";
   if (attention_lse) notes += (notes.empty() ? "" : ", ") + std::to_string(attention_lse) + " keeping their LSE";
   if (attention_packed) notes += (notes.empty() ? "" : ", ") + std::to_string(attention_packed) + " on packed QKV";
+  if (attention_saved_heads) {
+    notes += (notes.empty() ? "" : ", ") + std::to_string(attention_saved_heads) + " keeping padded heads";
+  }
   // ", <n> <what>" for the rewrites that happened.
   auto part = [](int n, const char* what) { return n ? ", " + std::to_string(n) + " " + what : std::string(); };
   return std::to_string(attention) + " attention" + (notes.empty() ? "" : " (" + notes + ")") + ", " +

@@ -17,6 +17,7 @@ struct FusionCounts {
   int gelu = 0;       // tanh- or erf-approximation chains -> Gelu
   int attention_3d = 0;  // Attention nodes between head transposes -> the 3-D form (counted apart from `attention`)
   int attention_lse = 0;  // Attention nodes that keep their log-sum-exp for the backward (save_attention_lse)
+  int attention_saved_heads = 0;  // AttentionPackedGrad nodes reading their forward's padded heads (save_attention_heads)
   int norm_statistics = 0;  // LayerNormalization nodes that keep their Mean and InvStdDev (save_norm_statistics)
   int attention_packed = 0;  // of those, the ones reading their Q, K, V in place from one QKV tensor (pack_attention_qkv)
   int linear_cross_entropy = 0;  // head MatMul + SoftmaxCrossEntropyLoss -> LinearCrossEntropy (after the loss is attached)
@@ -51,6 +52,11 @@ Status save_attention_lse(Graph& graph, int* rewritten);
 // their gradients read the saved statistics (runtime/norm_statistics.cpp). build_training_graph runs it before the
 // autograd when TrainingGraphOptions::save_norm_statistics is set (from Backend::saves_norm_statistics).
 Status save_norm_statistics(Graph& graph, int* rewritten);
+// AttentionPacked nodes whose head size is not a multiple of `multiple` (> 0) keep their bf16 QKV and Y with heads
+// padded to it (outputs QKVp, Yp; attribute saved_head_dim) and their AttentionPackedGrad reads them
+// (runtime/attention_saved_heads.cpp). build_training_graph runs it after the backward's passes when
+// TrainingGraphOptions::attention_saved_head_multiple is set (from Backend::attention_saved_head_multiple).
+Status save_attention_heads(Graph& graph, int64_t multiple, int* rewritten);
 // Split(QKV) -> AttentionWithLse(q, k, v) -> galvatron AttentionPacked(QKV), read in place by the flash kernels; the
 // backward then writes dQKV without a Concat (runtime/attention_packed.cpp). build_training_graph runs it after
 // save_attention_lse when TrainingGraphOptions::pack_attention_qkv is set (from Backend::packs_attention_qkv).

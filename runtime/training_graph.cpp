@@ -411,6 +411,9 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   if (o.bf16_operands && o.fuse_norm_grad_outputs) {
     GV_RETURN_IF_ERROR(fuse_norm_grad_outputs(g, tg.backward_begin, &tg.fused.norm_grad_outputs));
   }
+  if (o.attention_saved_head_multiple > 0) {
+    GV_RETURN_IF_ERROR(save_attention_heads(g, o.attention_saved_head_multiple, &tg.fused.attention_saved_heads));
+  }
   // Parameters the loss does not depend on have no gradient; like PyTorch (grad None) the optimizer skips them.
   std::vector<ValueId> trained;
   for (ValueId p : tg.params) {

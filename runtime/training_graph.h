@@ -127,6 +127,9 @@ struct TrainingGraphOptions {
   // With fuse_ops: LayerNormalization keeps its row statistics for its gradient (runtime/fusion.h
   // save_norm_statistics). Set from Backend::saves_norm_statistics.
   bool save_norm_statistics = false;
+  // > 0: packed attention whose head size is not a multiple of this keeps its padded bf16 heads for its gradient
+  // (runtime/fusion.h save_attention_heads). Set from Backend::attention_saved_head_multiple.
+  int64_t attention_saved_head_multiple = 0;
   // With bf16_operands and AdamW: the weights' bf16 copies persist across steps and AdamW rewrites them from the
   // updated weights (runtime/bf16_operands.h keep_bf16_param_copies) instead of a Cast per weight per step. Set from
   // Backend::optimizer_writes_bf16_copies.

@@ -592,6 +592,65 @@ TEST_F(CudaAttention, CudnnPackedAgainstFlash) {
   }
 }
 
+// The saved padded heads of galvatron AttentionPacked (runtime/attention_saved_heads.cpp): cuDNN's forward writing its
+// padded Q, K, V and O into the given buffers, and its backward reading them instead of packing QKV and Y again, give
+// the same Y, LSE and dQKV bits as the calls that pack into scratch; the buffers hold QKV and Y rounded to bf16 with
+// each head of 50 padded to 56 by zeros.
+TEST_F(CudaAttention, CudnnSavedHeadsSameBits) {
+  if (!cuda::cudnn_attention_enabled()) GTEST_SKIP() << "built without the cuDNN frontend (or switched off)";
+  PrecisionScope scope(*cuda_, "bf16");
+  const int64_t B = 2, H = 4, S = 130, D = 50, Dp = cuda::cudnn_padded_head_dim(D);
+  ASSERT_EQ(Dp, 56);
+  const cuda::AttentionDims d = self_attention(B, H, S, D, true, true);
+  ASSERT_TRUE(cuda::cudnn_attention_supported(d, true)) << "cuDNN declined the shape";
+  const int64_t rows = B * S, nqkv = rows * 3 * H * D, ny = rows * H * D, nl = B * H * S;
+  const Tensor qkv = randn({nqkv}), dy = randn({ny});
+  // [path][qkv dy y lse dqkv], path 1 with the padded buffers
+  float* buf[2][5];
+  const int64_t sizes[5] = {nqkv, ny, ny, nl, nqkv};
+  uint16_t *qkv_p = nullptr, *y_p = nullptr;
+  ASSERT_TRUE(cuda::malloc_device(reinterpret_cast<void**>(&qkv_p), rows * 3 * H * Dp * 2));
+  ASSERT_TRUE(cuda::malloc_device(reinterpret_cast<void**>(&y_p), rows * H * Dp * 2));
+  std::vector<float> out[2][3];
+  for (int p = 0; p < 2; ++p) {
+    float** b = buf[p];
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE(cuda::malloc_device(reinterpret_cast<void**>(&b[i]), sizes[i] * 4));
+    ASSERT_TRUE(cuda::memcpy_h2d(b[0], qkv.data(), nqkv * 4));
+    ASSERT_TRUE(cuda::memcpy_h2d(b[1], dy.data(), ny * 4));
+    ASSERT_TRUE(cuda::cudnn_attention_packed(d, {b[0], false}, b[2], false, b[3], p ? qkv_p : nullptr,
+                                             p ? y_p : nullptr))
+        << cuda::last_error();
+    ASSERT_TRUE(cuda::cudnn_attention_packed_grad(d, {b[0], false}, {b[1], false}, {b[2], false}, b[3], b[4], false,
+                                                  p ? qkv_p : nullptr, p ? y_p : nullptr))
+        << cuda::last_error();
+    ASSERT_TRUE(cuda::synchronize()) << cuda::last_error();
+    const int idx[3] = {2, 3, 4};
+    for (int o = 0; o < 3; ++o) {
+      out[p][o].resize(sizes[idx[o]]);
+      ASSERT_TRUE(cuda::memcpy_d2h(out[p][o].data(), b[idx[o]], sizes[idx[o]] * 4));
+    }
+  }
+  const char* names[3] = {"Y", "LSE", "dQKV"};
+  for (int o = 0; o < 3; ++o) {
+    EXPECT_EQ(std::memcmp(out[0][o].data(), out[1][o].data(), out[0][o].size() * 4), 0) << names[o];
+  }
+  // The buffers: bf16 QKV and Y (Y is the widened bf16 O) with zero padding.
+  auto expect_padded = [&](const uint16_t* dev, const float* src, int64_t heads, const char* what) {
+    std::vector<uint16_t> got(static_cast<size_t>(heads * Dp));
+    ASSERT_TRUE(cuda::memcpy_d2h(got.data(), dev, got.size() * 2));
+    int64_t bad = 0;
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < Dp; ++i) bad += got[h * Dp + i] != (i < D ? float_to_bf16(src[h * D + i]) : 0);
+    EXPECT_EQ(bad, 0) << what;
+  };
+  expect_padded(qkv_p, qkv.data_as<float>(), rows * 3 * H, "QKVp");
+  expect_padded(y_p, out[0][0].data(), rows * H, "Yp");
+  for (auto& b : buf)
+    for (float* q : b) cuda::free_device(q);
+  cuda::free_device(qkv_p);
+  cuda::free_device(y_p);
+}
+
 // The head (un)packing around cuDNN's attention (kernels/cuda/attention_pack.cu) against a host loop, bit for bit:
 // float32 and bf16 sources to bf16 heads padded to Dp (zeros past D), and back to float32 and bf16, for even and odd
 // head dims (the 32-bit-word paths and the per-element one). Prints the per-call time at gpt-1.5b b4's packed QKV.

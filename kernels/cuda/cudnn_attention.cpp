@@ -206,13 +206,17 @@ bool from_cudnn_heads(const uint16_t* src, int64_t heads, int64_t D, int64_t Dp,
 
 }  // namespace
 
-bool cudnn_attention_packed(const AttentionDims& d, MixedTensor qkv, void* y, bool y_bf16, float* lse) {
+bool cudnn_attention_packed(const AttentionDims& d, MixedTensor qkv, void* y, bool y_bf16, float* lse,
+                            uint16_t* qkv_padded, uint16_t* y_padded) {
   Plan* p = plan_for(d, false);
   if (!p || !shape_ok(d)) return false;
   const int64_t rows = d.batch * d.q_len, H = d.q_heads, D = d.head_dim, Dp = cudnn_padded_head_dim(D);
-  uint16_t* qkv16 = cudnn_heads(qkv, rows * 3 * H, D, Dp, g_qkv);
+  uint16_t* qkv16 = qkv_padded ? (pack_heads_bf16(qkv, rows * 3 * H, D, Dp, qkv_padded) ? qkv_padded : nullptr)
+                               : cudnn_heads(qkv, rows * 3 * H, D, Dp, g_qkv);
   // A bf16 Y without head padding is cuDNN's own output layout: written in place.
-  auto* o16 = y_bf16 && D == Dp ? static_cast<uint16_t*>(y) : g_o.get_as<uint16_t>(static_cast<size_t>(rows * H * Dp));
+  auto* o16 = y_padded                 ? y_padded
+              : y_bf16 && D == Dp ? static_cast<uint16_t*>(y)
+                                  : g_o.get_as<uint16_t>(static_cast<size_t>(rows * H * Dp));
   if (!qkv16 || !o16) return false;
   std::unordered_map<TensorPtr, void*> pack = {
       {p->q, qkv16}, {p->k, qkv16 + H * Dp}, {p->v, qkv16 + 2 * H * Dp}, {p->o, o16}, {p->stats, lse}};
@@ -220,12 +224,13 @@ bool cudnn_attention_packed(const AttentionDims& d, MixedTensor qkv, void* y, bo
 }
 
 bool cudnn_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedTensor dy, MixedTensor y,
-                                 const float* lse, void* dqkv, bool dqkv_bf16) {
+                                 const float* lse, void* dqkv, bool dqkv_bf16, const uint16_t* qkv_padded,
+                                 const uint16_t* y_padded) {
   Plan* p = plan_for(d, true);
   if (!p || !shape_ok(d)) return false;
   const int64_t rows = d.batch * d.q_len, H = d.q_heads, D = d.head_dim, Dp = cudnn_padded_head_dim(D);
-  uint16_t* qkv16 = cudnn_heads(qkv, rows * 3 * H, D, Dp, g_qkv);
-  uint16_t* o16 = cudnn_heads(y, rows * H, D, Dp, g_o);
+  uint16_t* qkv16 = qkv_padded ? const_cast<uint16_t*>(qkv_padded) : cudnn_heads(qkv, rows * 3 * H, D, Dp, g_qkv);
+  uint16_t* o16 = y_padded ? const_cast<uint16_t*>(y_padded) : cudnn_heads(y, rows * H, D, Dp, g_o);
   uint16_t* do16 = cudnn_heads(dy, rows * H, D, Dp, g_do);
   auto* dqkv16 = dqkv_bf16 && D == Dp ? static_cast<uint16_t*>(dqkv)
                                       : g_dqkv.get_as<uint16_t>(static_cast<size_t>(rows * 3 * H * Dp));
@@ -246,9 +251,11 @@ bool cudnn_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedT
 
 bool cudnn_attention_enabled() { return false; }
 bool cudnn_attention_supported(const AttentionDims&, bool) { return false; }
-bool cudnn_attention_packed(const AttentionDims&, MixedTensor, void*, bool, float*) { return false; }
+bool cudnn_attention_packed(const AttentionDims&, MixedTensor, void*, bool, float*, uint16_t*, uint16_t*) {
+  return false;
+}
 bool cudnn_attention_packed_grad(const AttentionDims&, MixedTensor, MixedTensor, MixedTensor, const float*, void*,
-                                 bool) {
+                                 bool, const uint16_t*, const uint16_t*) {
   return false;
 }
 

@@ -401,8 +401,10 @@ bool backward(const float* dy, const float* x, const float* scale, const float* 
     constexpr int W = decltype(w)::value, V = decltype(v)::value, B = decltype(b)::value, G = kWarps / W;
     const auto kernel = norm_backward_rows<W, V, B, kCenter, kDxSums>;
     const size_t smem = sums_on ? sizeof(float) * G * NA * static_cast<size_t>(cols) : 0;
-    if (smem > kStaticSmem && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   static_cast<int>(smem)) != cudaSuccess) {
+    // The static reduction scratch counts against the default 48 KB too.
+    const bool big = smem + sizeof(double) * 4 * kWarps > kStaticSmem;
+    if (big && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
+                   cudaSuccess) {
       return false;
     }
     // As many blocks as are resident at once, then as few as keep each group's row count (fewer partial rows for

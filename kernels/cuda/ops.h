@@ -139,10 +139,15 @@ bool cudnn_attention_enabled();
 bool cudnn_attention_supported(const AttentionDims& d, bool backward);
 // QKV, Y and dY float32 or bfloat16 (the training graph's bf16 attention I/O, runtime/bf16_attention_io.cpp); Y and
 // dQKV written in float32 or bfloat16 (y_bf16, dqkv_bf16); LSE float32. Heads cuDNN can read in place (bf16, D a
-// multiple of the padding) are read and written in place.
-bool cudnn_attention_packed(const AttentionDims& d, MixedTensor qkv, void* y, bool y_bf16, float* lse);
+// multiple of the padding) are read and written in place. qkv_padded / y_padded (optional, bf16 [rows, 3 H Dp] and
+// [rows, H Dp], Dp = cudnn_padded_head_dim(D)): the forward packs QKV and has cuDNN write O there instead of its own
+// scratch (so they can be kept: the saved heads of galvatron AttentionPacked), and the backward reads them as cuDNN's
+// Q, K, V and O instead of packing QKV and Y again.
+bool cudnn_attention_packed(const AttentionDims& d, MixedTensor qkv, void* y, bool y_bf16, float* lse,
+                            uint16_t* qkv_padded = nullptr, uint16_t* y_padded = nullptr);
 bool cudnn_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedTensor dy, MixedTensor y,
-                                 const float* lse, void* dqkv, bool dqkv_bf16);
+                                 const float* lse, void* dqkv, bool dqkv_bf16, const uint16_t* qkv_padded = nullptr,
+                                 const uint16_t* y_padded = nullptr);
 // The head dim cuDNN computes with: D rounded up to GALVATRON_CUDA_CUDNN_HEAD_PAD (a multiple of 8; default 8).
 int64_t cudnn_padded_head_dim(int64_t d);
 // The flash kernels with the same mixed operands: bf16 inputs widened into float32 scratch, bf16 results rounded

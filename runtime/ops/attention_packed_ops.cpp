@@ -11,6 +11,11 @@
 //     runtime/bf16_operands.cpp sets it)
 // QKV, Y and dY may be bfloat16 (runtime/bf16_attention_io.cpp: what cuDNN's attention reads anyway); the computation
 // is then float32 over the widened values, LSE float32. float64 QKV: everything float64.
+// Saved padded heads (attribute saved_head_dim Dp >= D; runtime/attention_saved_heads.cpp): AttentionPacked also
+// outputs QKVp bf16 [B, S, 3 * H * Dp] and Yp bf16 [B, S, H * Dp], QKV and Y rounded to bf16 with each head padded
+// from D to Dp elements by zeros (the copies cuDNN's attention computes on), and AttentionPackedGrad takes them as
+// inputs 4 and 5, so that its backward needs no copies of QKV and Y of its own. They are copies: the CPU kernels
+// compute from QKV and Y alone.
 // The CPU kernels unpack and run the 4-D reference (kernels/cpu/attention.h); the result is bit-identical to
 // Split + AttentionWithLse and its gradient + Concat.
 #include <algorithm>
@@ -50,13 +55,39 @@ Status result_dtype(const InferContext& ctx, const char* attr, DType& out) {
   return Status::ok();
 }
 
+// The saved padded heads' shapes {QKVp, Yp} when attribute saved_head_dim is set (`on`); its checks.
+Status saved_heads(const InferContext& ctx, const AttentionForm& f, bool& on, Shape (&shapes)[2]) {
+  const int64_t dp = ctx.attrs().get_int("saved_head_dim", 0);
+  on = dp != 0;
+  if (!on) return Status::ok();
+  if (dp < f.head_dim) {
+    return ctx.fail("saved_head_dim " + std::to_string(dp) + " is less than the head size " +
+                    std::to_string(f.head_dim));
+  }
+  if (compute_type(ctx.dtype(0)) != DType::kFloat32) return ctx.fail("saved_head_dim needs float32 or bfloat16 QKV");
+  shapes[0] = {f.batch, f.q_len, 3 * f.q_heads * dp};
+  shapes[1] = {f.batch, f.q_len, f.q_heads * dp};
+  return Status::ok();
+}
+
 Status infer_packed(InferContext& ctx) {
   AttentionForm f;
   GV_RETURN_IF_ERROR(check_packed(ctx, f));
   DType y;
   GV_RETURN_IF_ERROR(result_dtype(ctx, "y_dtype", y));
+  bool saved = false;
+  Shape padded[2];
+  GV_RETURN_IF_ERROR(saved_heads(ctx, f, saved, padded));
+  if (saved != (ctx.num_outputs() == 4)) {
+    return ctx.fail(saved ? "saved_head_dim needs the outputs QKVp and Yp (4 outputs)"
+                          : "outputs QKVp and Yp need attribute saved_head_dim");
+  }
   ctx.set_output(0, y, f.y_shape());
   ctx.set_output(1, compute_type(ctx.dtype(0)), {f.batch, f.q_heads, f.q_len});
+  if (saved) {
+    ctx.set_output(2, DType::kBFloat16, padded[0]);
+    ctx.set_output(3, DType::kBFloat16, padded[1]);
+  }
   return Status::ok();
 }
 
@@ -73,6 +104,17 @@ Status infer_packed_grad(InferContext& ctx) {
     if (!ctx.has_input(i) || ctx.shape(i) != want[i - 1] ||
         !(ctx.dtype(i) == c || (bf16_ok && ctx.dtype(i) == DType::kBFloat16))) {
       return ctx.fail(std::string(names[i - 1]) + " must be " + types + " " + shape_str(want[i - 1]));
+    }
+  }
+  bool saved = false;
+  Shape padded[2];
+  GV_RETURN_IF_ERROR(saved_heads(ctx, f, saved, padded));
+  const bool given = ctx.has_input(4) || ctx.has_input(5);
+  if (given && !saved) return ctx.fail("inputs QKVp and Yp need attribute saved_head_dim");
+  for (int i = 4; given && i <= 5; ++i) {
+    const char* name = i == 4 ? "QKVp" : "Yp";
+    if (!ctx.has_input(i) || ctx.dtype(i) != DType::kBFloat16 || ctx.shape(i) != padded[i - 4]) {
+      return ctx.fail(std::string(name) + " must be bfloat16 " + shape_str(padded[i - 4]));
     }
   }
   DType out;
@@ -107,6 +149,19 @@ void write_result(const TensorRef& out, F&& fill) {
                    out.numel());
 }
 
+// `heads` heads of d values -> `out`'s bf16 heads of dp (rounded to nearest even, zeros in the padding).
+template <typename T>
+void pad_heads_bf16(const T* src, int64_t heads, int64_t d, int64_t dp, const TensorRef& out) {
+  auto* dst = static_cast<uint16_t*>(out.data);
+  std::vector<uint16_t> head(static_cast<size_t>(d));
+  for (int64_t h = 0; h < heads; ++h) {
+    convert_elements(src + h * d, sizeof(T) == 8 ? DType::kFloat64 : DType::kFloat32, head.data(), DType::kBFloat16,
+                     d);
+    std::copy(head.begin(), head.end(), dst + h * dp);
+    std::fill(dst + h * dp + d, dst + (h + 1) * dp, uint16_t{0});
+  }
+}
+
 // QKV's rows hold Q, K, V side by side: block p starts p * H * D into each row of 3 * H * D.
 Status packed_cpu(KernelContext& ctx) {
   AttentionForm f;
@@ -122,6 +177,14 @@ Status packed_cpu(KernelContext& ctx) {
     std::vector<T> y(q.size());
     cpu::attention_forward(s, q.data(), k.data(), v.data(), cpu::AttentionMask{}, y.data(), ctx.outputs[1].as<T>());
     write_result<T>(ctx.outputs[0], [&](T* out) { sequence_first(y.data(), B, S, H, D, out); });
+    if (ctx.outputs.size() == 4) {
+      const int64_t dp = ctx.attrs().get_int("saved_head_dim", D);
+      std::vector<T> y_rows(static_cast<size_t>(B * S * hd));
+      sequence_first(y.data(), B, S, H, D, y_rows.data());
+      // Y's saved copy is the bf16 Y, as the output holds it when that is bf16.
+      pad_heads_bf16(y_rows.data(), B * S * H, D, dp, ctx.outputs[3]);
+      pad_heads_bf16(qkv, B * S * 3 * H, D, dp, ctx.outputs[2]);
+    }
   });
 }
 
@@ -149,6 +212,12 @@ Status packed_grad_cpu(KernelContext& ctx) {
 }
 
 Status packed_grad(GradBuilder& gb) {
+  for (int i = 2; i < gb.num_outputs(); ++i) {
+    if (gb.grad_output(i) != kNoValue) {
+      return invalid_argument("node '" + gb.node().name + "' (galvatron::AttentionPacked): its saved padded heads "
+                              "are not differentiable, but the loss depends on them");
+    }
+  }
   if (gb.grad_output(1) != kNoValue) {
     return invalid_argument("node '" + gb.node().name +
                             "' (galvatron::AttentionPacked): its LSE output is not differentiable, but the loss "
@@ -163,12 +232,13 @@ Status packed_grad(GradBuilder& gb) {
 }  // namespace
 
 void register_attention_packed_ops(OpRegistry& r) {
-  OpSchema fwd = make_schema(kGalvatronDomain, "AttentionPacked", 1, 1, 2, 2, infer_packed, packed_cpu,
-                             "Attention over packed QKV [B, S, 3 * H * D] -> Y [B, S, H * D], LSE [B, H, S]");
+  OpSchema fwd = make_schema(kGalvatronDomain, "AttentionPacked", 1, 1, 2, 4, infer_packed, packed_cpu,
+                             "Attention over packed QKV [B, S, 3 * H * D] -> Y [B, S, H * D], LSE [B, H, S], "
+                             "(saved_head_dim) QKVp, Yp");
   fwd.grad = packed_grad;
   r.add(std::move(fwd));
-  r.add(make_schema(kGalvatronDomain, "AttentionPackedGrad", 4, 4, 1, 1, infer_packed_grad, packed_grad_cpu,
-                    "(QKV, dY, Y, LSE) -> dQKV of AttentionPacked"));
+  r.add(make_schema(kGalvatronDomain, "AttentionPackedGrad", 4, 6, 1, 1, infer_packed_grad, packed_grad_cpu,
+                    "(QKV, dY, Y, LSE, QKVp?, Yp?) -> dQKV of AttentionPacked"));
 }
 
 }  // namespace gv
