@@ -25,18 +25,11 @@ Status save_attention_lse(Graph& graph, int* rewritten) {
     const std::string err = read_attention_form(graph.value(node.inputs[0]).shape, graph.value(node.inputs[1]).shape,
                                                 graph.value(node.inputs[2]).shape, node.attrs, f);
     if (!err.empty() || f.head_dim != f.v_head_dim || f.head_dim > 128) continue;
-    Value lse;
-    lse.name = graph.unique_name(node.name + "_lse");
-    lse.dtype = graph.value(node.inputs[0]).dtype;
-    lse.shape = {f.batch, f.q_heads, f.q_len};
-    lse.kind = ValueKind::kActivation;
-    lse.producer = id;
-    const ValueId v = graph.add_value(std::move(lse));  // values only: `node` stays valid
     node.op_type = "AttentionWithLse";
     node.domain = kGalvatronDomain;
     node.opset = 1;
     node.inputs.resize(3);
-    node.outputs.push_back(v);
+    add_node_output(graph, id, node.name + "_lse", graph.value(node.inputs[0]).dtype, {f.batch, f.q_heads, f.q_len});
     ++count;
   }
   if (count > 0) graph.reindex();

@@ -41,16 +41,7 @@ Status save_attention_heads(Graph& graph, int64_t multiple, int* rewritten) {
       const char* names[2] = {"_qkv_padded", "_y_padded"};
       ValueId ids[2];
       const std::string base = fwd.name.empty() ? graph.value(fwd.outputs[0]).name : fwd.name;
-      for (int k = 0; k < 2; ++k) {
-        Value v;
-        v.name = graph.unique_name(base + names[k]);
-        v.dtype = DType::kBFloat16;
-        v.shape = shapes[k];
-        v.kind = ValueKind::kActivation;
-        v.producer = fid;
-        ids[k] = graph.add_value(std::move(v));  // values only: the nodes stay valid
-        graph.nodes[fid].outputs.push_back(ids[k]);
-      }
+      for (int k = 0; k < 2; ++k) ids[k] = add_node_output(graph, fid, base + names[k], DType::kBFloat16, shapes[k]);
       it = saved.emplace(fid, std::make_pair(ids[0], ids[1])).first;
     }
     Node& grad = graph.nodes[id];

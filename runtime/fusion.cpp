@@ -27,6 +27,18 @@ std::string FusionCounts::summary() const {
          part(bf16_weight_grads, "weight gradients in bf16");
 }
 
+ValueId add_node_output(Graph& graph, NodeId node, const std::string& prefix, DType dtype, Shape shape) {
+  Value v;
+  v.name = graph.unique_name(prefix);
+  v.dtype = dtype;
+  v.shape = std::move(shape);
+  v.kind = ValueKind::kActivation;
+  v.producer = node;
+  const ValueId id = graph.add_value(std::move(v));
+  graph.nodes[node].outputs.push_back(id);
+  return id;
+}
+
 Expected<FusionCounts> fuse_forward_graph(Graph& graph) {
   FusionCounts counts;
   GV_RETURN_IF_ERROR(fuse_attention(graph, &counts.attention));

@@ -17,7 +17,7 @@ struct FusionCounts {
   int gelu = 0;       // tanh- or erf-approximation chains -> Gelu
   int attention_3d = 0;  // Attention nodes between head transposes -> the 3-D form (counted apart from `attention`)
   int attention_lse = 0;  // Attention nodes that keep their log-sum-exp for the backward (save_attention_lse)
-  int attention_saved_heads = 0;  // AttentionPackedGrad nodes reading their forward's padded heads (save_attention_heads)
+  int attention_saved_heads = 0;  // attention gradients reading the forward's padded heads (save_attention_heads)
   int norm_statistics = 0;  // LayerNormalization nodes that keep their Mean and InvStdDev (save_norm_statistics)
   int attention_packed = 0;  // of those, the ones reading their Q, K, V in place from one QKV tensor (pack_attention_qkv)
   int linear_cross_entropy = 0;  // head MatMul + SoftmaxCrossEntropyLoss -> LinearCrossEntropy (after the loss is attached)
@@ -48,6 +48,9 @@ Status fuse_attention_layout(Graph& graph, int* rewritten);
 // backward reuses (runtime/attention_lse.cpp). build_training_graph runs it after the passes above when
 // TrainingGraphOptions::save_attention_lse is set (the trainer sets it from Backend::saves_attention_statistics).
 Status save_attention_lse(Graph& graph, int* rewritten);
+// For passes that ask an existing node for an optional output: appends to `node`'s outputs a new activation value
+// named from `prefix`, of the given type and shape. The pass calls graph.reindex() when done.
+ValueId add_node_output(Graph& graph, NodeId node, const std::string& prefix, DType dtype, Shape shape);
 // LayerNormalization nodes (float32 X, float32 statistics) without the Mean and InvStdDev outputs get them, so that
 // their gradients read the saved statistics (runtime/norm_statistics.cpp). build_training_graph runs it before the
 // autograd when TrainingGraphOptions::save_norm_statistics is set (from Backend::saves_norm_statistics).

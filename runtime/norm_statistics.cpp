@@ -24,15 +24,7 @@ Status save_norm_statistics(Graph& graph, int* rewritten) {
     Shape stats = x.shape;  // X's shape with the normalized axes kept as 1 (ONNX's Mean / InvStdDev)
     for (int64_t d = axis; d < rank; ++d) stats[d] = 1;
     const std::string base = node.name.empty() ? graph.value(node.outputs[0]).name : node.name;
-    for (const char* what : {"_mean", "_inv_std_dev"}) {
-      Value v;
-      v.name = graph.unique_name(base + what);
-      v.dtype = DType::kFloat32;
-      v.shape = stats;
-      v.kind = ValueKind::kActivation;
-      v.producer = id;
-      node.outputs.push_back(graph.add_value(std::move(v)));  // values only: `node` stays valid
-    }
+    for (const char* what : {"_mean", "_inv_std_dev"}) add_node_output(graph, id, base + what, DType::kFloat32, stats);
     ++count;
   }
   if (count > 0) graph.reindex();

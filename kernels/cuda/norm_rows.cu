@@ -9,10 +9,11 @@
 // Latency, not bandwidth, limited the first version (a 256-thread block per row, eight barriers per row, one row
 // after another; bench/cuda_notes.md entry 10). Now a row belongs to a group of W warps (W = 1 up to 1024 columns;
 // wider rows take 2, 4 or 8 warps: gpt-1.5b's 1600 take 2 in the forward and 4 in the backward, with as many rows
-// in flight per SM as the registers allow, which beat one warp per row holding more of it; entry 40), thread t of a group owning float4 columns
-// t, t + 32 W, ... (V of them, zeros past the row's end). A 256-thread block holds 8 / W groups, each on its own rows,
-// so 8 / W rows per block are in flight and no barrier spans the block per row: the sums over a row are warp
-// butterflies, and for W > 1 the warps' totals meet in shared memory behind a named barrier of the group's threads.
+// in flight per SM as the registers allow, which beat one warp per row holding more of it; entry 40), thread t of a
+// group owning float4 columns t, t + 32 W, ... (V of them, zeros past the row's end). A 256-thread block holds 8 / W
+// groups, each on its own rows, so 8 / W rows per block are in flight and no barrier spans the block per row: the
+// sums over a row are warp butterflies, and for W > 1 the warps' totals meet in shared memory behind a named barrier
+// of the group's threads.
 // The backward keeps each group's scale/bias gradient sums in shared memory (each thread adds into its own columns:
 // no barrier; in registers they would double the 8 V registers that x and dy take), adds the groups up once at the
 // end, and the partial-row sum spreads over columns and partial rows (64 partial rows at a time per column).
