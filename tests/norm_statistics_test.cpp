@@ -78,7 +78,9 @@ TEST_P(TinyNormStatistics, GradsReadTheSavedStatisticsSameLossGradientsWithinRou
     differ += diff > 0;
   }
   // The float32 statistics do change some bits: the comparison above is not vacuous.
-  if (gpt) EXPECT_GT(differ, 0);
+  if (gpt) {
+    EXPECT_GT(differ, 0);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Graphs, TinyNormStatistics, ::testing::Values("gpt-tiny", "llama-tiny"),
