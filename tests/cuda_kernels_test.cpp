@@ -502,6 +502,26 @@ TEST_F(CudaKernels, AttentionPackedBf16) {
       }
       // cuDNN takes these shapes, or the flash kernels do: never the CPU fallback.
       EXPECT_EQ(cuda::flash_attention_calls() - before, cudnn ? 0 : 7) << "the expected kernels did not run";
+      // Saved padded heads (runtime/attention_saved_heads.cpp), of cuDNN's size (its own operands) and of another
+      // (copied after the kernels): all four outputs against the CPU, Y the same bits as without them, and the
+      // gradient that reads them the same bits as the one that pads QKV and Y itself.
+      for (int64_t dp : {cuda::cudnn_padded_head_dim(c.d), cuda::cudnn_padded_head_dim(c.d) + 8}) {
+        SCOPED_TRACE("saved_head_dim " + std::to_string(dp));
+        Attributes as = ay, ag = a16;
+        as.set_int("saved_head_dim", dp);
+        ag.set_int("saved_head_dim", dp);
+        check({"AttentionPacked", {qkv16}, as, 4, G, 20, {}, 2e-2});
+        auto sv = run_case({"AttentionPacked", {qkv16}, as, 4, G}, *cuda_);
+        ASSERT_TRUE(sv.has_value()) << sv.status().message();
+        EXPECT_TRUE(same_bits(sv->outputs[0], y16->outputs[0])) << "Y with saved heads";
+        EXPECT_TRUE(same_bits(sv->outputs[1], lse)) << "LSE with saved heads";
+        auto gs = run_case({"AttentionPackedGrad",
+                            {qkv16, dy16, sv->outputs[0], sv->outputs[1], sv->outputs[2], sv->outputs[3]}, ag, 1, G},
+                           *cuda_);
+        auto gp = run_case({"AttentionPackedGrad", {qkv16, dy16, y16->outputs[0], lse}, a16, 1, G}, *cuda_);
+        ASSERT_TRUE(gs.has_value() && gp.has_value());
+        EXPECT_TRUE(same_bits(gs->outputs[0], gp->outputs[0])) << "dQKV from the saved heads";
+      }
     }
   }
   for (const std::string& op : cuda_fallback_ops()) {
