@@ -63,6 +63,10 @@ class Backend {
   // The multiple this backend pads attention heads to before computing (0: none), for packed attention to keep its
   // padded bf16 QKV and Y for the backward (TrainingGraphOptions::attention_saved_head_multiple): cuDNN's 8.
   virtual int64_t attention_saved_head_multiple() const { return 0; }
+  // The ONNX type (1 float32, 16 bfloat16; 0: no) in which a Linear that adds a residual should write its plain result
+  // for a galvatron SkipLayerNormalization to add the residual (TrainingGraphOptions::fuse_skip_norm): the CUDA
+  // backend in bf16, whose norm row kernel adds it at bandwidth where cuBLASLt's epilogue does not.
+  virtual int skip_norm_branch() const { return 0; }
   // Whether the weights' shared bf16 copies should persist across steps, rewritten by AdamW from the updated weights
   // (TrainingGraphOptions::optimizer_bf16_copies): the CUDA backend in bf16.
   virtual bool optimizer_writes_bf16_copies() const { return false; }

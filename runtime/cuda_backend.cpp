@@ -100,6 +100,14 @@ class CudaBackend final : public Backend {
                     switched_on("GALVATRON_CUDA_SAVE_ATTENTION_HEADS");
     return on ? cuda::cudnn_padded_head_dim(1) : 0;  // 1 rounded up: the multiple
   }
+  // GALVATRON_CUDA_SKIP_NORM=0 keeps the residual add in the Linear's epilogue, =f32 has the Linear write float32
+  // (for comparisons; default: bf16).
+  int skip_norm_branch() const override {
+    if (!fuses_residual_add()) return 0;
+    const char* e = std::getenv("GALVATRON_CUDA_SKIP_NORM");
+    const std::string v = e ? e : "";
+    return v == "0" ? 0 : v == "f32" ? 1 : 16;
+  }
   // GALVATRON_CUDA_SAVE_NORM_STATS=0 recomputes the LayerNorm statistics in the backward (for comparisons).
   bool saves_norm_statistics() const override { return switched_on("GALVATRON_CUDA_SAVE_NORM_STATS"); }
   // GALVATRON_CUDA_ADAMW_BF16_COPIES=0 converts the weights to bf16 again every step (for comparisons).

@@ -663,6 +663,21 @@ Status layer_norm_cuda(KernelContext& ctx) {
                                           y.as<float>(), mean, inv_std, rows, cols, eps));
 }
 
+// galvatron SkipLayerNormalization(X f32|bf16, Skip, Scale, B?) -> (Y f32|bf16, Mean?, InvStdDev?, Sum?).
+Status skip_layer_norm_cuda(KernelContext& ctx) {
+  const TensorRef &x = ctx.inputs[0], &y = ctx.outputs[0];
+  const bool x_bf16 = x.dtype == DType::kBFloat16, y_bf16 = y.dtype == DType::kBFloat16;
+  for (size_t i = 1; i < ctx.inputs.size(); ++i)
+    if (ctx.inputs[i].data && !is_f32(ctx.inputs[i])) return cuda_fallback_kernel(ctx);
+  const size_t n_out = ctx.outputs.size();
+  if (n_out < 4 || !ctx.outputs[3].data || (!x_bf16 && !is_f32(x))) return cuda_fallback_kernel(ctx);
+  const int64_t cols = x.shape.back(), rows = cols > 0 ? x.numel() / cols : 0;
+  return launch(ctx, cuda::skip_layer_norm(x.data, x_bf16, ctx.inputs[1].as<float>(), ctx.outputs[3].as<float>(),
+                                           ctx.inputs[2].as<float>(), opt<float>(ctx, 3), y.data, y_bf16,
+                                           ctx.outputs[1].as<float>(), ctx.outputs[2].as<float>(), rows, cols,
+                                           static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5))));
+}
+
 // Outputs dX, dScale, dBias (float32) and the optional bf16 copy of dX and its column sums (float32).
 Status layer_norm_grad_cuda(KernelContext& ctx) {
   for (const TensorRef& t : ctx.inputs)
@@ -1058,6 +1073,7 @@ void register_cuda_kernels(OpRegistry& r) {
   set("", "LayerNormalization", cuda_profiled<layer_norm_cuda>);
   set(G, "LayerNormalization", cuda_profiled<layer_norm_cuda>);
   set(G, "LayerNormalizationGrad", cuda_profiled<layer_norm_grad_cuda>);
+  set(G, "SkipLayerNormalization", cuda_profiled<skip_layer_norm_cuda>);
   set("", "RMSNormalization", cuda_profiled<rms_norm_cuda>);
   set(G, "RMSNormalizationGrad", cuda_profiled<rms_norm_grad_cuda>);
   set("", "ReduceSum", cuda_profiled<reduce_cuda<false>>);

@@ -24,7 +24,8 @@ std::string FusionCounts::summary() const {
          part(norm_grad_adds, "residual gradient adds in LayerNorm gradients") +
          part(norm_grad_outputs, "LayerNorm gradients writing their bf16 copies") +
          part(bf16_param_copies, "weight bf16 copies kept by AdamW") +
-         part(bf16_weight_grads, "weight gradients in bf16");
+         part(bf16_weight_grads, "weight gradients in bf16") +
+         part(skip_norms, "residual adds moved into SkipLayerNormalization");
 }
 
 ValueId add_node_output(Graph& graph, NodeId node, const std::string& prefix, DType dtype, Shape shape) {

@@ -38,6 +38,7 @@ Expected<std::unique_ptr<Trainer>> Trainer::create(Graph forward, const TrainerC
   go.fuse_norm_grad_outputs = go.fuse_norm_grad_outputs || backend.fuses_norm_grad_outputs();
   go.save_norm_statistics = go.save_norm_statistics || backend.saves_norm_statistics();
   if (go.attention_saved_head_multiple == 0) go.attention_saved_head_multiple = backend.attention_saved_head_multiple();
+  if (go.fuse_skip_norm == 0) go.fuse_skip_norm = backend.skip_norm_branch();
   go.optimizer_bf16_copies = go.optimizer_bf16_copies || backend.optimizer_writes_bf16_copies();
   go.optimizer_reads_bf16_grads = go.optimizer_reads_bf16_grads && backend.reads_bf16_grads();
   go.bf16_weight_grads = go.bf16_weight_grads || backend.bf16_weight_grads();

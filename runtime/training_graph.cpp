@@ -414,6 +414,14 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   if (o.attention_saved_head_multiple > 0) {
     GV_RETURN_IF_ERROR(save_attention_heads(g, o.attention_saved_head_multiple, &tg.fused.attention_saved_heads));
   }
+  if (o.fuse_ops && o.fuse_residual_add && o.fuse_skip_norm != 0) {
+    if (o.fuse_skip_norm != 1 && o.fuse_skip_norm != 16) {
+      return invalid_argument("fuse_skip_norm must be 0, 1 (float32) or 16 (bfloat16), got " +
+                              std::to_string(o.fuse_skip_norm));
+    }
+    const DType branch = o.fuse_skip_norm == 16 ? DType::kBFloat16 : DType::kFloat32;
+    GV_RETURN_IF_ERROR(fuse_skip_layer_norms(g, branch, &tg.fused.skip_norms));
+  }
   // Parameters the loss does not depend on have no gradient; like PyTorch (grad None) the optimizer skips them.
   std::vector<ValueId> trained;
   for (ValueId p : tg.params) {

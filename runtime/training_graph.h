@@ -130,6 +130,10 @@ struct TrainingGraphOptions {
   // > 0: packed attention whose head size is not a multiple of this keeps its padded bf16 heads for its gradient
   // (runtime/fusion.h save_attention_heads). Set from Backend::attention_saved_head_multiple.
   int64_t attention_saved_head_multiple = 0;
+  // With fuse_residual_add: the residual add whose stream a LayerNorm reads moves from the Linear's epilogue into
+  // galvatron SkipLayerNormalization, the product writing its result as this ONNX type (1 float32, 16 bfloat16; 0
+  // off; runtime/fusion.h fuse_skip_layer_norms). Set from Backend::skip_norm_branch.
+  int fuse_skip_norm = 0;
   // With bf16_operands and AdamW: the weights' bf16 copies persist across steps and AdamW rewrites them from the
   // updated weights (runtime/bf16_operands.h keep_bf16_param_copies) instead of a Cast per weight per step. Set from
   // Backend::optimizer_writes_bf16_copies.

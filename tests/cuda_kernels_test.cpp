@@ -637,6 +637,30 @@ TEST_F(CudaKernels, SoftmaxAndNorms) {
         EXPECT_EQ(std::memcmp(y16->outputs[o].data(), y32->outputs[o].data(), want.numel() / cols * 4), 0) << o;
       }
     }
+    for (DType xt : {DType::kFloat32, DType::kBFloat16}) {
+      for (int64_t out : {1, 16}) {
+        // galvatron SkipLayerNormalization (the residual add in the norm; runtime/fuse_skip_norm.cpp), X float32 or
+        // bf16, Y float32 or bf16: against the CPU; Sum exactly X + Skip, and Y and the statistics the same bits as
+        // the LayerNorm kernel's on that Sum (row kernels and, for 1602 and 8196 columns, add then norm).
+        SCOPED_TRACE(std::string("SkipLayerNormalization ") + dtype_name(xt) + " X, out_dtype " + std::to_string(out));
+        const std::vector<Tensor> in = {randn({rows, cols}).cast(xt), randn({rows, cols}, 2.0, 1.0), randn({cols}),
+                                        randn({cols})};
+        const Attributes a = attrs({{"out_dtype", out}});
+        check({"SkipLayerNormalization", in, a, 4, G, 1, {}, out == 16 ? 1e-3 : 1e-5});
+        auto got = run_case({"SkipLayerNormalization", in, a, 4, G, 1}, *cuda_);
+        ASSERT_TRUE(got.has_value()) << got.status().message();
+        Tensor sum = in[0].cast(DType::kFloat32);
+        for (int64_t i = 0; i < sum.numel(); ++i) sum.data_as<float>()[i] += in[1].data_as<float>()[i];
+        EXPECT_EQ(std::memcmp(got->outputs[3].data(), sum.data(), sum.nbytes()), 0) << "Sum";
+        auto ln = out == 16 ? run_case({"LayerNormalization", {sum, in[2], in[3]}, a, 3, G, 1}, *cuda_)
+                            : run_case({"LayerNormalization", {sum, in[2], in[3]}, {}, 3, "", 17}, *cuda_);
+        ASSERT_TRUE(ln.has_value()) << ln.status().message();
+        for (int o = 0; o < 3; ++o) {
+          ASSERT_EQ(got->outputs[o].nbytes(), ln->outputs[o].nbytes()) << o;
+          EXPECT_EQ(std::memcmp(got->outputs[o].data(), ln->outputs[o].data(), ln->outputs[o].nbytes()), 0) << o;
+        }
+      }
+    }
     const Case ln_grad{"LayerNormalizationGrad", {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})},
                        {}, 3, G, 17};
     check(ln_grad);

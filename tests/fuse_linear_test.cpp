@@ -94,7 +94,9 @@ TEST(FuseLinear, GemmReshapeGeluAndTransposedWeight) {
   EXPECT_EQ(count_ops(f, "Gelu") + count_ops(f, "Gemm") + count_ops(f, "Transpose"), 0);
   EXPECT_EQ(count_ops(f, "Reshape"), 1);  // now after the activation
   for (const Node& n : f.nodes) {
-    if (n.op_type == "Linear") EXPECT_EQ(n.attrs.get_int("transB", 0), 1) << n.name;
+    if (n.op_type == "Linear") {
+      EXPECT_EQ(n.attrs.get_int("transB", 0), 1) << n.name;
+    }
   }
 }
 

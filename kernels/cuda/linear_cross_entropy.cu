@@ -16,8 +16,10 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.h"
@@ -31,7 +33,15 @@ using detail::launched;
 
 using bf16 = __nv_bfloat16;
 constexpr int kRowThreads = 512;
-constexpr size_t kChunkBytes = size_t{512} << 20;  // logits per chunk
+// Logits per chunk: 1 GiB (GALVATRON_CUDA_LCE_CHUNK_MB overrides; bench/cuda_notes.md entry 42).
+size_t chunk_bytes() {
+  static const size_t bytes = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_LCE_CHUNK_MB");
+    const long mb = e ? std::atol(e) : 0;
+    return (mb > 0 ? static_cast<size_t>(mb) : size_t{1024}) << 20;
+  }();
+  return bytes;
+}
 
 int64_t round8(int64_t v) { return (v + 7) / 8 * 8; }
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
@@ -191,8 +201,15 @@ bool make_plan(const LinearCrossEntropyArgs& a, bool loss, bool grads, Plan& p) 
   p.k8 = round8(a.k);
   p.vp = round8(a.v);
   p.ld = p.bf16 ? p.vp : a.v;
-  int64_t rows = a.chunk_rows > 0 ? a.chunk_rows : static_cast<int64_t>(kChunkBytes / (elem * p.ld));
-  if (rows > 64 && a.chunk_rows <= 0) rows = rows / 64 * 64;
+  int64_t rows = a.chunk_rows;
+  if (rows <= 0) {
+    // As many rows as fit the chunk budget, then the chunks evened out (rounded up to 64 rows) so that no short
+    // tail chunk pays a whole dW pass for a few rows.
+    const int64_t most = static_cast<int64_t>(chunk_bytes() / (elem * p.ld));
+    const int64_t chunks = most < 1 ? a.n : (a.n + most - 1) / most;
+    rows = (a.n + chunks - 1) / chunks;
+    if (rows > 64) rows = std::min<int64_t>((rows + 63) / 64 * 64, std::max<int64_t>(most / 64 * 64, 64));
+  }
   p.rows = rows < 1 ? 1 : (rows > a.n ? a.n : rows);
   const size_t xb = p.bf16 ? align256(2 * static_cast<size_t>(a.n * p.k8)) : 0;
   const size_t wb = p.bf16 ? align256(2 * static_cast<size_t>(p.vp * p.k8)) : 0;

@@ -127,17 +127,49 @@ __device__ __forceinline__ void store4(uint16_t* y, int64_t i, float4 v) {
   reinterpret_cast<uint2*>(y)[i] = make_uint2(lo, hi);
 }
 
-template <int W, int V, int kMinBlocks, bool kCenter, typename Out>
+// The forward's input row: X itself (kSkip 0), or X + Skip with X float32 (1) or bfloat16 (2), also stored to sum
+// (SkipLayerNormalization's residual stream).
+template <int W, int V, int kSkip>
+__device__ __forceinline__ void load_input_row(float4 (&v)[V], const void* x, const float* skip, float* sum,
+                                               int64_t r, int c4, int t) {
+  if constexpr (kSkip == 0) {
+    load_row<W, V>(v, static_cast<const float*>(x), r, c4, t);
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int i = t + k * 32 * W;
+      if (i >= c4) {
+        v[k] = f4(0.0f);
+        continue;
+      }
+      const int64_t e = r * c4 + i;
+      float4 a;
+      if constexpr (kSkip == 1) {
+        a = reinterpret_cast<const float4*>(x)[e];
+      } else {
+        const uint2 u = reinterpret_cast<const uint2*>(x)[e];
+        a = make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                        __uint_as_float(u.y & 0xffff0000u));
+      }
+      const float4 b = reinterpret_cast<const float4*>(skip)[e];
+      v[k] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+      reinterpret_cast<float4*>(sum)[e] = v[k];
+    }
+  }
+}
+
+template <int W, int V, int kMinBlocks, bool kCenter, typename Out, int kSkip>
 __global__ void __launch_bounds__(kBlock, kMinBlocks)
-    norm_forward_rows(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ bias,
-                      Out* y, float* mean_out, float* inv_std_out, int64_t rows, int cols, float eps) {
+    norm_forward_rows(const void* __restrict__ x, const float* __restrict__ skip, float* sum,
+                      const float* __restrict__ scale, const float* __restrict__ bias, Out* y, float* mean_out,
+                      float* inv_std_out, int64_t rows, int cols, float eps) {
   __shared__ double red[4 * kWarps];
   RowGroup<W> grp(red);
   constexpr int G = RowGroup<W>::kPerBlock;
   const int c4 = cols / 4;
   for (int64_t r = int64_t{blockIdx.x} * G + grp.g; r < rows; r += int64_t{gridDim.x} * G) {
     float4 v[V];
-    load_row<W, V>(v, x, r, c4, grp.t);
+    load_input_row<W, V, kSkip>(v, x, skip, sum, r, c4, grp.t);
     double m, is;
     moments<W, V, kCenter>(v, grp, c4, cols, eps, m, is);
     if (grp.t == 0) {
@@ -379,15 +411,16 @@ bool with_backward_shape(int c4, F&& f) {
   return f(Int<8>{}, Int<8>{}, Int<2>{});
 }
 
-template <bool kCenter, typename Out>
-bool forward(const float* x, const float* scale, const float* bias, Out* y, float* mean, float* inv_std,
-             int64_t rows, int cols, float eps) {
+template <bool kCenter, typename Out, int kSkip = 0>
+bool forward(const void* x, const float* skip, float* sum, const float* scale, const float* bias, Out* y,
+             float* mean, float* inv_std, int64_t rows, int cols, float eps) {
   return with_forward_shape(cols / 4, [&](auto w, auto v, auto b) {
     constexpr int W = decltype(w)::value, V = decltype(v)::value, B = decltype(b)::value, G = kWarps / W;
     // A group per row; past 2^20 blocks the groups stride over the rest.
     const int64_t want = (rows + G - 1) / G;
     const unsigned grid = static_cast<unsigned>(want < (int64_t{1} << 20) ? want : (int64_t{1} << 20));
-    norm_forward_rows<W, V, B, kCenter, Out><<<grid, kBlock>>>(x, scale, bias, y, mean, inv_std, rows, cols, eps);
+    norm_forward_rows<W, V, B, kCenter, Out, kSkip>
+        <<<grid, kBlock>>>(x, skip, sum, scale, bias, y, mean, inv_std, rows, cols, eps);
     return launched();
   });
 }
@@ -449,12 +482,26 @@ bool norm_rows_forward(bool center, const float* x, const float* scale, const fl
   const int c = static_cast<int>(cols);
   if (y_bf16) {
     auto* yb = static_cast<uint16_t*>(y);
-    return center ? forward<true>(x, scale, bias, yb, mean, inv_std, rows, c, eps)
-                  : forward<false>(x, scale, nullptr, yb, nullptr, inv_std, rows, c, eps);
+    return center ? forward<true>(x, nullptr, nullptr, scale, bias, yb, mean, inv_std, rows, c, eps)
+                  : forward<false>(x, nullptr, nullptr, scale, nullptr, yb, nullptr, inv_std, rows, c, eps);
   }
   auto* yf = static_cast<float*>(y);
-  return center ? forward<true>(x, scale, bias, yf, mean, inv_std, rows, c, eps)
-                : forward<false>(x, scale, nullptr, yf, nullptr, inv_std, rows, c, eps);
+  return center ? forward<true>(x, nullptr, nullptr, scale, bias, yf, mean, inv_std, rows, c, eps)
+                : forward<false>(x, nullptr, nullptr, scale, nullptr, yf, nullptr, inv_std, rows, c, eps);
+}
+
+bool norm_rows_skip_forward(const void* x, bool x_bf16, const float* skip, float* sum, const float* scale,
+                            const float* bias, void* y, bool y_bf16, float* mean, float* inv_std, int64_t rows,
+                            int64_t cols, float eps) {
+  const int c = static_cast<int>(cols);
+  auto* yb = static_cast<uint16_t*>(y);
+  auto* yf = static_cast<float*>(y);
+  if (x_bf16) {
+    return y_bf16 ? forward<true, uint16_t, 2>(x, skip, sum, scale, bias, yb, mean, inv_std, rows, c, eps)
+                  : forward<true, float, 2>(x, skip, sum, scale, bias, yf, mean, inv_std, rows, c, eps);
+  }
+  return y_bf16 ? forward<true, uint16_t, 1>(x, skip, sum, scale, bias, yb, mean, inv_std, rows, c, eps)
+                : forward<true, float, 1>(x, skip, sum, scale, bias, yf, mean, inv_std, rows, c, eps);
 }
 
 bool norm_rows_backward(bool center, const float* dy, const float* x, const float* scale, const float* mean,

@@ -290,6 +290,28 @@ bool layer_norm_to_bf16(const float* x, const float* scale, const float* bias, u
   return w && layer_norm_f32(x, scale, bias, w, mean, inv_std, rows, cols, eps) && to_bf16(w, y, rows * cols);
 }
 
+namespace {
+__global__ void skip_add_kernel(const void* x, bool x_bf16, const float* skip, float* sum, int64_t n) {
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    const float a = x_bf16 ? detail::bf16_float(static_cast<const uint16_t*>(x)[i]) : static_cast<const float*>(x)[i];
+    sum[i] = a + skip[i];
+  }
+}
+}  // namespace
+
+bool skip_layer_norm(const void* x, bool x_bf16, const float* skip, float* sum, const float* scale,
+                     const float* bias, void* y, bool y_bf16, float* mean, float* inv_std, int64_t rows, int64_t cols,
+                     float eps) {
+  if (rows == 0) return true;
+  if (norm_rows_eligible(rows, cols, {x, skip, sum, scale, bias, y})) {
+    return norm_rows_skip_forward(x, x_bf16, skip, sum, scale, bias, y, y_bf16, mean, inv_std, rows, cols, eps);
+  }
+  skip_add_kernel<<<grid_for(rows * cols), kThreads>>>(x, x_bf16, skip, sum, rows * cols);
+  if (!launched()) return false;
+  return y_bf16 ? layer_norm_to_bf16(sum, scale, bias, static_cast<uint16_t*>(y), mean, inv_std, rows, cols, eps)
+                : layer_norm_f32(sum, scale, bias, static_cast<float*>(y), mean, inv_std, rows, cols, eps);
+}
+
 bool layer_norm_grad_f32(const float* dy, const float* x, const float* scale, const float* mean, const float* inv_std,
                          const float* dmean, const float* dinv_std, float* dx, float* dscale, float* dbias,
                          int64_t rows, int64_t cols, float eps, const float* addend, uint16_t* dx_bf16,

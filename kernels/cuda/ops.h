@@ -213,6 +213,11 @@ bool layer_norm_f32(const float* x, const float* scale, const float* bias, float
 // The same with y in bfloat16 (the float32 results rounded).
 bool layer_norm_to_bf16(const float* x, const float* scale, const float* bias, uint16_t* y, float* mean,
                         float* inv_std, int64_t rows, int64_t cols, float eps);
+// SkipLayerNormalization: sum = x + skip (x float32, or bfloat16 bits with x_bf16; float32 sum, always written), then
+// y = layer_norm(sum) in float32 or, with y_bf16, rounded to bfloat16 bits; mean, inv_std may be null.
+bool skip_layer_norm(const void* x, bool x_bf16, const float* skip, float* sum, const float* scale,
+                     const float* bias, void* y, bool y_bf16, float* mean, float* inv_std, int64_t rows, int64_t cols,
+                     float eps);
 // Backward (kernels/cpu/norm.h's formula). dy, mean, inv_std, dmean, dinv_std may be null (statistics recomputed
 // when mean/inv_std are null, with eps); dscale, dbias may be null; addend (optional, [rows, cols]) is added to dx.
 // dx_bf16 (optional): dx rounded to bf16 as well; dx_sums (optional, [cols]): the column sums of those bf16 values
@@ -268,7 +273,8 @@ bool softmax_cross_entropy_grad_f32(const float* dloss, const float* scores, con
 // The head product and its cross-entropy (kernels/cuda/linear_cross_entropy.cu; galvatron LinearCrossEntropy):
 // loss = cross-entropy(X [n, k] @ op(W), labels [n]) with op(W) = W^T for W [v, k] (trans_w) or W for W [k, v];
 // reduction mean (over the counted labels; 0 when none counts) or sum; labels equal to ignore_index (has_ignore) or
-// outside [0, v) count as ignored. Chunks of chunk_rows rows of logits (0: what fits 512 MB).
+// outside [0, v) count as ignored. Chunks of chunk_rows rows of logits (0: even chunks within
+// GALVATRON_CUDA_LCE_CHUNK_MB, default 1 GiB).
 struct LinearCrossEntropyArgs {
   const float* x = nullptr;
   const float* w = nullptr;

@@ -14,6 +14,7 @@ void register_matmul_ops(OpRegistry& r);   // math_matmul.cpp: MatMul, Gemm, gal
 void register_softmax_ops(OpRegistry& r);  // math_softmax.cpp: Softmax, LogSoftmax and their grads
 void register_dropout_ops(OpRegistry& r);  // math_dropout.cpp: Dropout, DropoutGrad
 void register_norm_ops(OpRegistry& r);     // norm_ops.cpp: LayerNormalization, RMSNormalization and their grads
+void register_skip_norm_ops(OpRegistry& r);  // norm_skip_ops.cpp: galvatron SkipLayerNormalization (add + LayerNorm)
 void register_reduce_ops(OpRegistry& r);   // reduce_ops.cpp: Reduce*, ArgMax, ArgMin, ReduceGrad
 void register_loss_ops(OpRegistry& r);     // loss_ops.cpp: SoftmaxCrossEntropyLoss, NegativeLogLikelihoodLoss, grads
 // linear_cross_entropy_ops.cpp: galvatron LinearCrossEntropy (head product + loss in chunks) and its grad

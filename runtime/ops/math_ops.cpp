@@ -10,6 +10,7 @@ void register_math_ops(OpRegistry& r) {
   math::register_softmax_ops(r);
   math::register_dropout_ops(r);
   math::register_norm_ops(r);
+  math::register_skip_norm_ops(r);
   math::register_reduce_ops(r);
   math::register_loss_ops(r);
   math::register_linear_cross_entropy_ops(r);

@@ -1,0 +1,77 @@
+// galvatron SkipLayerNormalization(X, Skip, Scale, B?) -> (Y, Mean?, InvStdDev?, Sum?): the residual add and the
+// LayerNormalization that follows it in a pre-norm transformer layer, as one op (the shape of ONNX Runtime's
+// com.microsoft SkipLayerNormalization, without its extra bias input):
+//   Sum = X + Skip          float32; X float32 or bfloat16 (the branch's output), Skip float32 (the residual stream)
+//   Y   = LayerNorm(Sum)    over the last axis, as ONNX LayerNormalization (epsilon, stash_type 1), written in
+//                           float32 or, with attr out_dtype 16, rounded to bfloat16
+//   Mean, InvStdDev         the row statistics (float32, X's shape with the last axis 1)
+// Made after autograd by runtime/fuse_skip_norm.cpp (the backward already reads Sum, Mean and InvStdDev as the
+// LayerNorm's input and statistics), so without a gradient rule.
+#include <vector>
+
+#include "kernels/cpu/norm.h"
+#include "runtime/ops/math_common.h"
+
+namespace gv::math {
+namespace {
+
+Status infer_skip_layer_norm(InferContext& ctx) {
+  const DType xt = ctx.dtype(0);
+  if (xt != DType::kFloat32 && xt != DType::kBFloat16) return ctx.fail("X must be float32 or bfloat16");
+  const Shape& x = ctx.shape(0);
+  if (x.empty()) return ctx.fail("X must have rank >= 1");
+  if (ctx.dtype(1) != DType::kFloat32 || ctx.shape(1) != x) {
+    return ctx.fail("Skip must be float32 of X's shape " + shape_str(x) + ", got " + shape_str(ctx.shape(1)));
+  }
+  const int64_t axis = ctx.attrs().get_int("axis", -1);
+  if (axis != -1 && axis != static_cast<int64_t>(x.size()) - 1) return ctx.fail("only the last axis is normalized");
+  if (ctx.attrs().get_int("stash_type", 1) != 1) return ctx.fail("stash_type must be 1 (float32)");
+  const Shape cols{x.back()};
+  for (int i = 2; i < 4; ++i) {
+    if (!ctx.has_input(i)) continue;
+    if (ctx.dtype(i) != DType::kFloat32 || shape_numel(ctx.shape(i)) != x.back()) {
+      return ctx.fail(std::string(i == 2 ? "Scale" : "B") + " must be float32 of the normalized shape " +
+                      shape_str(cols) + ", got " + shape_str(ctx.shape(i)));
+    }
+  }
+  const int64_t out = ctx.attrs().get_int("out_dtype", 1);
+  if (out != 1 && out != 16) return ctx.fail("out_dtype must be 1 (float32) or 16 (bfloat16)");
+  Shape stats = x;
+  stats.back() = 1;
+  ctx.set_output(0, out == 16 ? DType::kBFloat16 : DType::kFloat32, x);
+  if (ctx.num_outputs() > 1) ctx.set_output(1, DType::kFloat32, stats);
+  if (ctx.num_outputs() > 2) ctx.set_output(2, DType::kFloat32, stats);
+  if (ctx.num_outputs() > 3) ctx.set_output(3, DType::kFloat32, x);
+  return Status::ok();
+}
+
+// Sum in float32 (X widened first), then the float32 LayerNorm of it, rounded when Y is bfloat16.
+Status skip_layer_norm_cpu(KernelContext& ctx) {
+  const TensorRef &x = ctx.inputs[0], &skip = ctx.inputs[1];
+  const int64_t n = x.numel(), cols = x.shape.back(), rows = cols > 0 ? n / cols : 0;
+  const size_t n_out = ctx.outputs.size();
+  std::vector<float> own_sum(n_out > 3 && ctx.outputs[3].data ? 0 : static_cast<size_t>(n));
+  float* sum = own_sum.empty() ? ctx.outputs[3].as<float>() : own_sum.data();
+  convert_elements(x.data, x.dtype, sum, DType::kFloat32, n);
+  const float* s = skip.as<float>();
+  for (int64_t i = 0; i < n; ++i) sum[i] += s[i];
+  const TensorRef& y = ctx.outputs[0];
+  std::vector<float> wide(y.dtype == DType::kBFloat16 ? static_cast<size_t>(n) : 0);
+  auto stat = [&](size_t i) { return n_out > i ? ctx.outputs[i].as<float>() : nullptr; };
+  cpu::layer_norm<float, float>(sum, ctx.inputs[2].as<float>(), ctx.has_input(3) ? ctx.inputs[3].as<float>() : nullptr,
+                                wide.empty() ? y.as<float>() : wide.data(), stat(1), stat(2), rows, cols,
+                                ctx.attrs().get_double("epsilon", 1e-5));
+  if (!wide.empty()) convert_elements(wide.data(), DType::kFloat32, y.data, y.dtype, n);
+  return Status::ok();
+}
+
+}  // namespace
+
+void register_skip_norm_ops(OpRegistry& r) {
+  r.add(make_schema(kGalvatronDomain, "SkipLayerNormalization", 3, 4, 1, 4, infer_skip_layer_norm,
+                    skip_layer_norm_cpu,
+                    "(X, Skip, Scale, B?) -> (Y = LayerNorm(X + Skip), Mean?, InvStdDev?, Sum = X + Skip) over the "
+                    "last axis; epsilon, out_dtype (1 float32, 16 bfloat16 Y)"));
+}
+
+}  // namespace gv::math
