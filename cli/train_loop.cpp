@@ -290,7 +290,7 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
            (cfg.graph.fuse_ops ? "; fused " + tg.fused.summary() : "") + ")");
   ctx.note("memory plan: peak " + human_bytes(trainer.peak_memory_bytes()) + " (activations " +
            human_bytes(trainer.arena_bytes()) + "; parameters, constants and optimizer state " +
-           human_bytes(trainer.peak_memory_bytes() - trainer.arena_bytes()) + ")");
+           human_bytes(trainer.peak_memory_bytes() - trainer.arena_bytes() - trainer.scratch_bytes()) + ")");
 
   int64_t start = 0;
   if (!settings.resume.empty()) {

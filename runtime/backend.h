@@ -67,6 +67,9 @@ class Backend {
   // for a galvatron SkipLayerNormalization to add the residual (TrainingGraphOptions::fuse_skip_norm): the CUDA
   // backend in bf16, whose norm row kernel adds it at bandwidth where cuBLASLt's epilogue does not.
   virtual int skip_norm_branch() const { return 0; }
+  // Device bytes the kernels hold as scratch outside the executor's arena now (the CUDA kernels' grow-only buffers),
+  // counted in Trainer::peak_memory_bytes.
+  virtual size_t scratch_bytes() const { return 0; }
   // Whether the weights' shared bf16 copies should persist across steps, rewritten by AdamW from the updated weights
   // (TrainingGraphOptions::optimizer_bf16_copies): the CUDA backend in bf16.
   virtual bool optimizer_writes_bf16_copies() const { return false; }

@@ -51,6 +51,7 @@ class CudaBackend final : public Backend {
     note_cuda_fallback(schema);
     return cuda_fallback_kernel;
   }
+  size_t scratch_bytes() const override { return cuda::scratch_bytes(); }
   Status synchronize() override { return cuda::synchronize() ? Status::ok() : cuda_error("synchronize"); }
   // Process-wide (the cuBLAS mode is global): the last call wins for every CUDA backend of the process.
   // GALVATRON_CUDA_TF32=1 sets "tf32" when the first CUDA backend is made.

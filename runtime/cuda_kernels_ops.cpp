@@ -842,6 +842,25 @@ Status gather_grad_cuda(KernelContext& ctx) {
                                            dims_product(y.shape, axis + 1, y.rank()), skip));
 }
 
+// GatherGradAdd(Base, grad, indices) -> Base + GatherGrad(grad, indices): Base copied, then the rows added.
+Status gather_grad_add_cuda(KernelContext& ctx) {
+  const TensorRef &base = ctx.inputs[0], &g = ctx.inputs[1], &idx = ctx.inputs[2], &dst = ctx.outputs[0];
+  if (!is_f32(g) || !is_f32(base) || (idx.dtype != DType::kInt64 && idx.dtype != DType::kInt32)) {
+    return cuda_fallback_kernel(ctx);
+  }
+  if (!cuda::memcpy_d2d_async(dst.data, base.data, base.nbytes())) return launch(ctx, false);
+  int64_t axis = ctx.attrs().get_int("axis", 0);
+  if (!normalize_axis(axis, dst.rank())) return ctx.fail("axis out of range");
+  int64_t skip = -1;
+  if (ctx.attrs().has("padding_idx")) {
+    skip = ctx.attrs().get_int("padding_idx", -1);
+    if (skip < 0) skip += dst.shape[axis];
+  }
+  return launch(ctx, cuda::gather_grad_add_f32(g.as<float>(), idx.data, idx.dtype == DType::kInt64, dst.as<float>(),
+                                               dims_product(dst.shape, 0, axis), dst.shape[axis], idx.numel(),
+                                               dims_product(dst.shape, axis + 1, dst.rank()), skip));
+}
+
 // ---- loss ----
 
 int reduction_code(const KernelContext& ctx) {
@@ -1081,6 +1100,7 @@ void register_cuda_kernels(OpRegistry& r) {
   set(G, "ReduceGrad", cuda_profiled<reduce_grad_cuda>);
   set("", "Gather", cuda_profiled<gather_cuda>);
   set(G, "GatherGrad", cuda_profiled<gather_grad_cuda>);
+  set(G, "GatherGradAdd", cuda_profiled<gather_grad_add_cuda>);
   set("", "SoftmaxCrossEntropyLoss", cuda_profiled<sce_cuda>);
   set(G, "SoftmaxCrossEntropyLossGrad", cuda_profiled<sce_grad_cuda>);
   set(G, "LinearCrossEntropy", cuda_profiled<lce_cuda>);

@@ -25,6 +25,7 @@ std::string FusionCounts::summary() const {
          part(norm_grad_outputs, "LayerNorm gradients writing their bf16 copies") +
          part(bf16_param_copies, "weight bf16 copies kept by AdamW") +
          part(bf16_weight_grads, "weight gradients in bf16") +
+         part(gather_grad_adds, "embedding gradient sums in one node") +
          part(skip_norms, "residual adds moved into SkipLayerNormalization");
 }
 

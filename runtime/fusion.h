@@ -33,6 +33,7 @@ struct FusionCounts {
   int norm_grad_outputs = 0;    // LayerNorm gradients writing their bf16 copy (and bias sums) (fuse_norm_grad_outputs)
   int bf16_param_copies = 0;    // weights' bf16 copies kept by AdamW (keep_bf16_param_copies)
   int bf16_weight_grads = 0;    // weight gradients written in bf16 by their dW products (bf16_weight_grads)
+  int gather_grad_adds = 0;     // Add(GatherGrad, D) -> GatherGradAdd(D, ..) (fold_gather_grad_adds)
   int skip_norms = 0;           // Linear(.., R) -> LayerNorm pairs -> Linear + SkipLayerNormalization (fuse_skip_norm)
   // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu, 1 linear cross-entropy, 40 shared bf16 operands"
   std::string summary() const;
@@ -90,6 +91,10 @@ Status fuse_norm_grad_residual_adds(Graph& graph, size_t backward_begin, int* fu
 // runtime/fuse_norm_grad_outputs.cpp). build_training_graph runs it after share_bf16_operands when
 // TrainingGraphOptions::fuse_norm_grad_outputs is set (from Backend::fuses_norm_grad_outputs).
 Status fuse_norm_grad_outputs(Graph& graph, size_t backward_begin, int* fused);
+// After autograd, from backward_begin on: Add(GatherGrad(g, idx), D) -> GatherGradAdd(D, g, idx), which copies D and
+// adds the looked-up rows (a tied embedding's gradient sum; runtime/fuse_gather_grad_add.cpp). build_training_graph
+// runs it when TrainingGraphOptions::fold_gather_grad_adds is set.
+Status fold_gather_grad_adds(Graph& graph, size_t backward_begin, int* fused);
 // After autograd: Linear(X, W, bias?, R) -> S whose LayerNormalization reads S -> Linear(X, W, bias?) -> P (of type
 // `branch`, float32 or bfloat16) and galvatron SkipLayerNormalization(P, R, Scale, B) -> (Y, Mean, InvStdDev, S): the
 // residual add moves from the product's epilogue into the norm's row kernel; the backward is unchanged

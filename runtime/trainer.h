@@ -84,7 +84,11 @@ class Trainer {
   Expected<std::map<std::string, std::string>> load_checkpoint(const std::string& path);
 
   // Bytes the plan needs: activation arena + parameters, constants and optimizer state.
-  size_t peak_memory_bytes() const { return executor_->arena_bytes() + executor_->constant_bytes(); }
+  // The arena, the constants, and the backend's kernel scratch as of now (grown during the first step).
+  size_t peak_memory_bytes() const {
+    return executor_->arena_bytes() + executor_->constant_bytes() + backend_->scratch_bytes();
+  }
+  size_t scratch_bytes() const { return backend_->scratch_bytes(); }
   size_t arena_bytes() const { return executor_->arena_bytes(); }
   const TrainingGraph& training_graph() const { return *tg_; }
   const TrainerConfig& config() const { return config_; }

@@ -397,6 +397,9 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   if (o.fuse_ops && o.fuse_norm_grad_add) {
     GV_RETURN_IF_ERROR(fuse_norm_grad_residual_adds(g, tg.backward_begin, &tg.fused.norm_grad_adds));
   }
+  if (o.fuse_ops && o.fold_gather_grad_adds) {
+    GV_RETURN_IF_ERROR(fold_gather_grad_adds(g, tg.backward_begin, &tg.fused.gather_grad_adds));
+  }
   if (o.bf16_operands) {
     GV_RETURN_IF_ERROR(share_bf16_operands(g, o.bf16_operand_options, &tg.backward_begin, &tg.fused.bf16_operands,
                                            &tg.fused.bf16_linear_outputs, &tg.fused.bf16_attention_grads,

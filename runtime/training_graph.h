@@ -134,6 +134,9 @@ struct TrainingGraphOptions {
   // galvatron SkipLayerNormalization, the product writing its result as this ONNX type (1 float32, 16 bfloat16; 0
   // off; runtime/fusion.h fuse_skip_layer_norms). Set from Backend::skip_norm_branch.
   int fuse_skip_norm = 0;
+  // With fuse_ops: a tied embedding's gradient sum Add(GatherGrad, D) becomes GatherGradAdd(D, ..) (runtime/fusion.h
+  // fold_gather_grad_adds): the [V, C] zeroing and the Add go.
+  bool fold_gather_grad_adds = true;
   // With bf16_operands and AdamW: the weights' bf16 copies persist across steps and AdamW rewrites them from the
   // updated weights (runtime/bf16_operands.h keep_bf16_param_copies) instead of a Cast per weight per step. Set from
   // Backend::optimizer_writes_bf16_copies.

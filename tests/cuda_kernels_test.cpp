@@ -520,7 +520,13 @@ TEST_F(CudaKernels, AttentionPackedBf16) {
                            *cuda_);
         auto gp = run_case({"AttentionPackedGrad", {qkv16, dy16, y16->outputs[0], lse}, a16, 1, G}, *cuda_);
         ASSERT_TRUE(gs.has_value() && gp.has_value());
-        EXPECT_TRUE(same_bits(gs->outputs[0], gp->outputs[0])) << "dQKV from the saved heads";
+        if (cudnn) {
+          EXPECT_TRUE(same_bits(gs->outputs[0], gp->outputs[0])) << "dQKV from the saved heads";
+        } else {
+          // The flash backward adds dQ with float32 atomics in no fixed order (flash_attention.cu): run to run its
+          // dQ differs in the last bits, which the bf16 rounding of dQKV mostly hides.
+          expect_close(gs->outputs[0], gp->outputs[0], 1e-3, "dQKV from the saved heads (flash)");
+        }
       }
     }
   }
@@ -729,6 +735,15 @@ TEST_F(CudaKernels, Indexing) {
   check({"GatherGrad", {randn({4, 64, 16}), randint({4, 64}, 0, 30)}, gg, 1, kGalvatronDomain});
   gg.set_int("padding_idx", 3);
   check({"GatherGrad", {randn({4, 64, 16}), randint({4, 64}, 0, 30)}, gg, 1, kGalvatronDomain});
+  // GatherGradAdd (a tied embedding's gradient sum): Base plus the rows, against the CPU.
+  Attributes ga;
+  ga.set_int("axis", 0);
+  check({"GatherGradAdd", {randn({30, 16}), randn({4, 64, 16}), randint({4, 64}, -30, 30)}, ga, 1, kGalvatronDomain});
+  ga.set_int("padding_idx", 3);
+  check({"GatherGradAdd", {randn({30, 16}), randn({4, 64, 16}), randint({4, 64}, 0, 30)}, ga, 1, kGalvatronDomain});
+  // Gather of whole 16-byte rows moves uint4 (an embedding lookup); 12 floats a row, and 3 (the element path).
+  check({"Gather", {randn({50, 12}), randint({2, 33}, -50, 50)}});
+  check({"Gather", {randn({50, 3}), randint({2, 33}, 0, 50)}});
 }
 
 TEST_F(CudaKernels, Loss) {

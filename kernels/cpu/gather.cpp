@@ -69,6 +69,12 @@ template <typename T, typename Idx>
 void gather_grad(const T* grad, const Idx* idx, T* dx, int64_t outer, int64_t axis_dim, int64_t n_idx, int64_t inner,
                  int64_t skip) {
   std::memset(dx, 0, static_cast<size_t>(outer * axis_dim * inner) * sizeof(T));
+  gather_grad_add(grad, idx, dx, outer, axis_dim, n_idx, inner, skip);
+}
+
+template <typename T, typename Idx>
+void gather_grad_add(const T* grad, const Idx* idx, T* dx, int64_t outer, int64_t axis_dim, int64_t n_idx,
+                     int64_t inner, int64_t skip) {
   const int64_t chunks = (inner + kColumnChunk - 1) / kColumnChunk;
 #pragma omp parallel for collapse(2) if (outer * n_idx * inner > kParallelElems) schedule(static)
   for (int64_t o = 0; o < outer; ++o) {
@@ -148,6 +154,7 @@ template int64_t find_bad_tuple<int64_t>(const int64_t*, int64_t, int, const int
   template void gather_nd<T, Idx>(const T*, const Idx*, T*, const GatherNDShape&);
 #define GV_GATHER_ADD(T, Idx)                                                                               \
   template void gather_grad<T, Idx>(const T*, const Idx*, T*, int64_t, int64_t, int64_t, int64_t, int64_t); \
+  template void gather_grad_add<T, Idx>(const T*, const Idx*, T*, int64_t, int64_t, int64_t, int64_t, int64_t); \
   template void gather_nd_grad<T, Idx>(const T*, const Idx*, T*, const GatherNDShape&);
 #define GV_GATHER_ALL(Idx)      \
   GV_GATHER_MOVE(uint8_t, Idx)  \

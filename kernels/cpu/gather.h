@@ -26,6 +26,10 @@ void gather(const T* data, const Idx* idx, T* out, int64_t outer, int64_t axis_d
 template <typename T, typename Idx>
 void gather_grad(const T* grad, const Idx* idx, T* dx, int64_t outer, int64_t axis_dim, int64_t n_idx, int64_t inner,
                  int64_t skip = -1);
+// The same added into dx as it is (no zeroing): galvatron GatherGradAdd, after copying its Base into dx.
+template <typename T, typename Idx>
+void gather_grad_add(const T* grad, const Idx* idx, T* dx, int64_t outer, int64_t axis_dim, int64_t n_idx,
+                     int64_t inner, int64_t skip = -1);
 
 // GatherElements: data [data_dims], idx and out [idx_dims], both of rank `rank`, idx_dims[d] <= data_dims[d] off the
 // axis: out[i] = data[i with coordinate `axis` replaced by idx[i]].

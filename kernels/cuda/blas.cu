@@ -268,6 +268,7 @@ bool gemm_ex(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k
 }  // namespace
 
 void* workspace(size_t bytes) { return g_ws.get(bytes, true, size_t{1} << 20); }
+size_t scratch_bytes() { return grow_buffer_total().load(); }
 
 void set_math_mode(MathMode mode) { g_mode = mode; }
 MathMode math_mode() { return g_mode; }

@@ -5,9 +5,16 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstddef>
 
 namespace gv::cuda {
+
+// Bytes held by every GrowBuffer of the process (the kernels' scratch; ops.h scratch_bytes()).
+inline std::atomic<size_t>& grow_buffer_total() {
+  static std::atomic<size_t> total{0};
+  return total;
+}
 
 class GrowBuffer {
  public:
@@ -16,6 +23,7 @@ class GrowBuffer {
   void* get(size_t bytes, bool slack = false, size_t floor = 0) {
     if (bytes <= have_) return data_;
     if (data_) cudaFree(data_);
+    grow_buffer_total() -= have_;
     data_ = nullptr;
     have_ = 0;
     size_t want = slack ? bytes + bytes / 4 : bytes;
@@ -26,6 +34,7 @@ class GrowBuffer {
       return nullptr;
     }
     have_ = want;
+    grow_buffer_total() += want;
     return data_;
   }
   template <typename T>

@@ -33,12 +33,12 @@ using detail::launched;
 
 using bf16 = __nv_bfloat16;
 constexpr int kRowThreads = 512;
-// Logits per chunk: 1 GiB (GALVATRON_CUDA_LCE_CHUNK_MB overrides; bench/cuda_notes.md entry 42).
+// Logits per chunk: 2 GiB (GALVATRON_CUDA_LCE_CHUNK_MB overrides; bench/cuda_notes.md entry 42).
 size_t chunk_bytes() {
   static const size_t bytes = [] {
     const char* e = std::getenv("GALVATRON_CUDA_LCE_CHUNK_MB");
     const long mb = e ? std::atol(e) : 0;
-    return (mb > 0 ? static_cast<size_t>(mb) : size_t{1024}) << 20;
+    return (mb > 0 ? static_cast<size_t>(mb) : size_t{2048}) << 20;
   }();
   return bytes;
 }
@@ -249,8 +249,19 @@ bool chunk_logits(const LinearCrossEntropyArgs& a, const Plan& p, int64_t r0, in
                   static_cast<float*>(p.logits), 0, 1);
 }
 
+// Row blocks resident per SM (GALVATRON_CUDA_LCE_ROW_BLOCKS overrides 4, for comparisons): with fewer rows in flight
+// the second read of each row (the gradient pass) more often finds it in L2.
+int row_blocks_per_sm() {
+  static const int n = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_LCE_ROW_BLOCKS");
+    const int v = e ? std::atoi(e) : 0;
+    return v > 0 ? v : 4;
+  }();
+  return n;
+}
+
 unsigned row_blocks(int64_t rows) {
-  const int64_t cap = int64_t{detail::num_sms()} * 4;
+  const int64_t cap = int64_t{detail::num_sms()} * row_blocks_per_sm();
   return static_cast<unsigned>(rows < cap ? rows : cap);
 }
 

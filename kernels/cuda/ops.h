@@ -13,6 +13,9 @@ constexpr int kMaxDims = 8;
 // Device scratch memory shared by the kernels of one launch sequence (grow-only; contents are not kept between
 // launches). Null when the allocation fails.
 void* workspace(size_t bytes);
+// Device bytes the kernels hold as scratch now (workspace() and the launchers' own grow-only buffers), beside the
+// executor's arena: part of a run's memory footprint.
+size_t scratch_bytes();
 
 // ---- matrix products (cuBLAS; float32 storage and accumulation, operand rounding per MathMode) ----
 // Row-major: C[i] = alpha * op(A[i]) @ op(B[i]) + beta * C[i] for i < batch, matrices `stride_*` elements apart
@@ -257,6 +260,9 @@ bool gather(int elem_size, const void* data, const void* idx, bool idx64, void* 
 // dx[outer, axis_dim, inner] = 0, then dx[o, idx[j]] += grad[o, j] (idx == skip adds nothing; skip -1: none).
 bool gather_grad_f32(const float* grad, const void* idx, bool idx64, float* dx, int64_t outer, int64_t axis_dim,
                      int64_t n_idx, int64_t inner, int64_t skip);
+// The same added into dx as it is (galvatron GatherGradAdd, after copying its Base into dx).
+bool gather_grad_add_f32(const float* grad, const void* idx, bool idx64, float* dx, int64_t outer, int64_t axis_dim,
+                         int64_t n_idx, int64_t inner, int64_t skip);
 
 // ---- loss ----
 // Scores [n, c, d], labels [n, d]. Reduction 0 none, 1 sum, 2 mean (over the summed weights). Labels outside [0, c)
@@ -274,7 +280,7 @@ bool softmax_cross_entropy_grad_f32(const float* dloss, const float* scores, con
 // loss = cross-entropy(X [n, k] @ op(W), labels [n]) with op(W) = W^T for W [v, k] (trans_w) or W for W [k, v];
 // reduction mean (over the counted labels; 0 when none counts) or sum; labels equal to ignore_index (has_ignore) or
 // outside [0, v) count as ignored. Chunks of chunk_rows rows of logits (0: even chunks within
-// GALVATRON_CUDA_LCE_CHUNK_MB, default 1 GiB).
+// GALVATRON_CUDA_LCE_CHUNK_MB, default 2 GiB).
 struct LinearCrossEntropyArgs {
   const float* x = nullptr;
   const float* w = nullptr;

@@ -2,6 +2,7 @@
 // gradient ops GatherGrad and GatherNDGrad (scatter-adds into zeros; duplicate indices add up). Out-of-range
 // indices are errors naming the index, never out-of-bounds reads.
 #include <algorithm>
+#include <cstring>
 
 #include "kernels/cpu/gather.h"
 #include "kernels/cpu/scatter.h"
@@ -174,6 +175,53 @@ Status gather_grad_cpu(KernelContext& ctx) {
     using T = decltype(t);
     using I = decltype(i);
     cpu::gather_grad(g.as<T>(), idx.as<I>(), out.as<T>(), outer, out.shape[axis], idx.numel(), inner, skip);
+  });
+  return ok ? Status::ok() : unsupported_dtype(ctx, g.dtype);
+}
+
+// GatherGradAdd(Base, grad, indices) -> Base + GatherGrad(grad, indices) (attrs axis, padding_idx as GatherGrad's;
+// Base has Gather's data shape): Base copied, then the rows added, without GatherGrad's zeroed tensor.
+// runtime/fuse_gather_grad_add.cpp forms it after autograd from Add(GatherGrad(grad, indices), Base): a tied
+// embedding's two gradient contributions.
+Status infer_gather_grad_add(InferContext& ctx) {
+  GV_RETURN_IF_ERROR(require_inputs(ctx, 3));
+  GV_RETURN_IF_ERROR(check_index_dtype(ctx, 2));
+  const Shape& shape = ctx.shape(0);
+  int64_t axis = ctx.attrs().get_int("axis", 0);
+  GV_RETURN_IF_ERROR(check_axis(ctx, axis, static_cast<int64_t>(shape.size())));
+  if (ctx.dtype(1) != ctx.dtype(0)) return ctx.fail("grad's dtype differs from Base's");
+  if (ctx.attrs().has("padding_idx")) {
+    int64_t pad = ctx.attrs().get_int("padding_idx", -1);
+    if (!normalize_axis(pad, shape[axis])) {
+      return ctx.fail("padding_idx " + std::to_string(pad) + " is out of range for axis " + std::to_string(axis) +
+                      " of size " + std::to_string(shape[axis]));
+    }
+  }
+  const Shape expected = gather_shape(shape, axis, ctx.shape(2));
+  if (ctx.shape(1) != expected) {
+    return ctx.fail("gradient " + shape_str(ctx.shape(1)) + " does not match Gather's output " + shape_str(expected));
+  }
+  ctx.set_output(0, ctx.dtype(0), shape);
+  return Status::ok();
+}
+
+Status gather_grad_add_cpu(KernelContext& ctx) {
+  const TensorRef &base = ctx.inputs[0], &g = ctx.inputs[1], &idx = ctx.inputs[2], &dst = ctx.outputs[0];
+  std::memcpy(dst.data, base.data, base.nbytes());
+  int64_t axis = ctx.attrs().get_int("axis", 0);
+  normalize_axis(axis, dst.rank());
+  GV_RETURN_IF_ERROR(check_indices(ctx, idx, dst.shape[axis], axis));
+  int64_t outer, inner;
+  split_around(dst.shape, axis, outer, inner);
+  int64_t skip = -1;
+  if (ctx.attrs().has("padding_idx")) {
+    skip = ctx.attrs().get_int("padding_idx", -1);
+    if (skip < 0) skip += dst.shape[axis];
+  }
+  bool ok = dispatch_gather<false>(idx.dtype, g.dtype, [&](auto t, auto i) {
+    using T = decltype(t);
+    using I = decltype(i);
+    cpu::gather_grad_add(g.as<T>(), idx.as<I>(), dst.as<T>(), outer, dst.shape[axis], idx.numel(), inner, skip);
   });
   return ok ? Status::ok() : unsupported_dtype(ctx, g.dtype);
 }
@@ -453,6 +501,11 @@ void register_index_ops(OpRegistry& r) {
                         "Gather's gradient: zeros of attr shape with grad rows added at indices along axis");
   gg.domain = kGalvatronDomain;
   r.add(gg);
+  OpSchema gga = make_op("GatherGradAdd", 3, 3, infer_gather_grad_add, gather_grad_add_cpu, nullptr, {},
+                         "(Base, grad, indices) -> Base + GatherGrad(grad, indices) (a tied embedding's gradient sum); "
+                         "formed after autograd");
+  gga.domain = kGalvatronDomain;
+  r.add(gga);
   r.add(make_op("GatherElements", 2, 2, infer_gather_elements, gather_elements_cpu, gather_elements_grad, {1},
                 "out[i] = data[i with axis coordinate replaced by indices[i]]"));
   r.add(make_op("GatherND", 2, 2, infer_gather_nd, gather_nd_cpu, gather_nd_grad, {1},
