@@ -89,9 +89,25 @@ __device__ __forceinline__ void online(float& m, float& s, float x) {
   s += expf(x - m);
 }
 
+// The W values of one vector into the running (max m, sum s): the vector's own max first, so that the running sum
+// is rescaled at most once per vector (one exp per value, not up to two).
+template <int W>
+__device__ __forceinline__ void online_vec(float& m, float& s, const float (&f)[W]) {
+  float lm = f[0];
+#pragma unroll
+  for (int i = 1; i < W; ++i) lm = fmaxf(lm, f[i]);
+  if (lm == -INFINITY) return;  // nothing to add (and no -inf - -inf)
+  if (lm > m) {
+    s *= expf(m - lm);  // m == -inf: s is 0 and stays 0
+    m = lm;
+  }
+#pragma unroll
+  for (int i = 0; i < W; ++i) s += expf(f[i] - m);
+}
+
 // Natural log-sum-exp of the v values of one row (16-byte vectors where kVec); every thread gets it.
 template <typename T, bool kVec>
-__device__ float row_lse(const T* x, int64_t v, float* shf, double* shd) {
+__device__ float row_lse(const T* x, int64_t v, float* shf, double* shd, bool vec_lse) {
   float m = -INFINITY, s = 0.0f;
   int64_t tail = 0;
   if constexpr (kVec) {
@@ -101,8 +117,12 @@ __device__ float row_lse(const T* x, int64_t v, float* shf, double* shd) {
     for (int64_t q = threadIdx.x; q < vecs; q += blockDim.x) {
       float f[W];
       unpack(x4[q], f);
+      if (vec_lse) {
+        online_vec<W>(m, s, f);
+      } else {
 #pragma unroll
-      for (int i = 0; i < W; ++i) online(m, s, f[i]);
+        for (int i = 0; i < W; ++i) online(m, s, f[i]);
+      }
     }
     tail = vecs * W;
   }
@@ -126,7 +146,7 @@ template <typename T, typename L, bool kVec>
 __global__ void __launch_bounds__(kRowThreads) lce_rows(T* logits, int64_t ld, int64_t rows, int64_t v,
                                                         const L* labels, bool has_ignore, int64_t ignore,
                                                         double* pos_loss, double* pos_weight, bool grads,
-                                                        const float* dloss, const double* total) {
+                                                        const float* dloss, const double* total, bool vec_lse) {
   __shared__ float shf[32];
   __shared__ double shd[32];
   double scale = 1.0;
@@ -137,7 +157,7 @@ __global__ void __launch_bounds__(kRowThreads) lce_rows(T* logits, int64_t ld, i
     const int64_t y = label_of(labels, r, v, has_ignore, ignore);
     const float coef = (!grads || y < 0) ? 0.0f : static_cast<float>(dl * scale);
     const bool need_lse = pos_loss != nullptr || coef != 0.0f;  // the same for the whole block
-    const float lse = need_lse ? row_lse<T, kVec>(x, v, shf, shd) : 0.0f;
+    const float lse = need_lse ? row_lse<T, kVec>(x, v, shf, shd, vec_lse) : 0.0f;
     if (pos_loss) {
       if (threadIdx.x == 0) {
         pos_loss[r] = y < 0 ? 0.0 : static_cast<double>(lse) - static_cast<double>(to_f(x[y]));
@@ -249,15 +269,24 @@ bool chunk_logits(const LinearCrossEntropyArgs& a, const Plan& p, int64_t r0, in
                   static_cast<float*>(p.logits), 0, 1);
 }
 
-// Row blocks resident per SM (GALVATRON_CUDA_LCE_ROW_BLOCKS overrides 4, for comparisons): with fewer rows in flight
-// the second read of each row (the gradient pass) more often finds it in L2.
+// Row blocks per SM (GALVATRON_CUDA_LCE_ROW_BLOCKS overrides 2, for comparisons): with fewer rows in flight the second
+// read of each row (the gradient pass) more often finds it in L2 (bench/cuda_notes.md entry 44: 2 beat 4 and 1).
 int row_blocks_per_sm() {
   static const int n = [] {
     const char* e = std::getenv("GALVATRON_CUDA_LCE_ROW_BLOCKS");
     const int v = e ? std::atoi(e) : 0;
-    return v > 0 ? v : 4;
+    return v > 0 ? v : 2;
   }();
   return n;
+}
+
+// GALVATRON_CUDA_LCE_LSE_VEC=0: the log-sum-exp folds values in one at a time (for comparisons).
+bool vec_lse() {
+  static const bool on = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_LCE_LSE_VEC");
+    return !(e && e[0] == '0');
+  }();
+  return on;
 }
 
 unsigned row_blocks(int64_t rows) {
@@ -272,7 +301,7 @@ void lce_rows_launch(const LinearCrossEntropyArgs& a, const Plan& p, int64_t r0,
   lce_rows<T, L, kVec><<<row_blocks(r), kRowThreads>>>(
       static_cast<T*>(p.logits), p.ld, r, a.v, static_cast<const L*>(a.labels) + r0, a.has_ignore, a.ignore_index,
       p.pos_loss ? p.pos_loss + r0 : nullptr, p.pos_loss ? p.pos_weight + r0 : nullptr, grads, dloss,
-      a.mean ? p.total : nullptr);
+      a.mean ? p.total : nullptr, vec_lse());
 }
 
 template <typename L>
