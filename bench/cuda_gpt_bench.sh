@@ -7,7 +7,8 @@
 # bf16 cuBLAS peak measured here (an 8192^3 product through torch). Prints a table; results go in bench/README.md.
 #   bash bench/cuda_gpt_bench.sh GALVATRON TORCH_BASELINE_PY [OUT_DIR] [STEPS]
 # Env: CONFIGS (default "gpt2:8 gpt2:16 gpt-1.5b:4"), PRECISIONS (galvatron's, default "bf16"), TORCH=0 skips
-# PyTorch, GV_FLAGS extra galvatron flags, BASELINE_GV an earlier binary timed beside (rows gv_before_*).
+# PyTorch, GV_FLAGS extra galvatron flags, BASELINE_GV an earlier binary timed beside (rows gv_before_*). The table is
+# printed and written to OUT/table.txt.
 set -uo pipefail
 GV=${1:?galvatron binary}
 TB=${2:?path of torch_baseline.py}
@@ -62,7 +63,8 @@ for cfg in $CONFIGS; do
     done
   fi
 done
-python3 - "$OUT" "$CONFIGS" "$PRECISIONS" <<'PY'
+# The table also goes to OUT/table.txt (one file to fetch even when a call's output is cut).
+python3 - "$OUT" "$CONFIGS" "$PRECISIONS" <<'PY' | tee "$OUT/table.txt"
 import json, os, statistics, sys
 out, configs, precs = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 peak = json.load(open(os.path.join(out, "cublas_peak.json"))).get("tflops", float("nan")) if os.path.exists(

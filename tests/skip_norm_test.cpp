@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <set>
 
 #include "runtime/fusion.h"
 #include "runtime/trainer.h"
@@ -104,8 +105,10 @@ struct TinyRun {
   double loss = 0;
 };
 
-Expected<TinyRun> train_tiny(const testing::TinyModel& tiny, Backend& backend, int skip_norm) {
+Expected<TinyRun> train_tiny(const testing::TinyModel& tiny, Backend& backend, int skip_norm,
+                             std::set<int> checkpoint = {}) {
   TrainerConfig tc = testing::cuda_bf16_like_config();
+  tc.graph.checkpoint_layers = std::move(checkpoint);
   tc.graph.fuse_residual_add = true;
   tc.graph.fuse_norm_grad_add = true;
   tc.graph.fuse_norm_grad_outputs = true;
@@ -147,6 +150,25 @@ TEST(SkipLayerNorm, TinyGptEveryResidualMovesSameBitsWithFloat32Branch) {
 
   EXPECT_EQ(f32->loss, plain->loss);
   ASSERT_EQ(f32->grads.size(), plain->grads.size());
+  for (const auto& [name, want] : plain->grads) EXPECT_TRUE(same_bits(f32->grads.at(name), want)) << name;
+}
+
+// With every layer recomputed in the backward: the recomputed pairs are rewritten too, the same bits as without.
+TEST(SkipLayerNorm, TinyGptWithCheckpointingSameBits) {
+  auto tiny = testing::tiny_model("gpt-tiny");
+  ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
+  const int layers = tiny->im.graph.num_layers;
+  std::set<int> all;
+  for (int l = 0; l < layers; ++l) all.insert(l);
+  auto backend = make_cpu_backend();
+  auto plain = train_tiny(*tiny, *backend, 0, all);
+  ASSERT_TRUE(plain.has_value()) << plain.status().message();
+  auto f32 = train_tiny(*tiny, *backend, 1, all);
+  ASSERT_TRUE(f32.has_value()) << f32.status().message();
+  const TrainingGraph& tg = f32->trainer->training_graph();
+  EXPECT_GE(tg.fused.skip_norms, 2 * layers);
+  testing::expect_inference_agrees(tg.graph);
+  EXPECT_EQ(f32->loss, plain->loss);
   for (const auto& [name, want] : plain->grads) EXPECT_TRUE(same_bits(f32->grads.at(name), want)) << name;
 }
 

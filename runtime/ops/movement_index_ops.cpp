@@ -135,10 +135,13 @@ Status gather_grad(GradBuilder& gb) {
 
 // GatherGrad(grad, indices) attrs axis, shape (Gather's data shape), optional padding_idx: zeros of `shape`, grad rows
 // added at indices, except at index padding_idx (negative values count from the end).
-Status infer_gather_grad(InferContext& ctx) {
-  GV_RETURN_IF_ERROR(require_inputs(ctx, 2));
-  GV_RETURN_IF_ERROR(check_index_dtype(ctx, 1));
-  const Shape shape = ctx.attrs().get_ints("shape");
+// GatherGradAdd(Base, grad, indices) -> Base + GatherGrad(grad, indices) (attrs axis, padding_idx; Base has Gather's
+// data shape): Base copied, then the rows added, without GatherGrad's zeroed tensor. runtime/fuse_gather_grad_add.cpp
+// forms it after autograd from Add(GatherGrad(grad, indices), Base): a tied embedding's two gradient contributions.
+
+// Both ops' checks of grad (input g) and indices (input i) against the data shape `shape`; sets output 0.
+Status infer_gather_grad_rows(InferContext& ctx, const Shape& shape, int g, int i) {
+  GV_RETURN_IF_ERROR(check_index_dtype(ctx, i));
   int64_t axis = ctx.attrs().get_int("axis", 0);
   GV_RETURN_IF_ERROR(check_axis(ctx, axis, static_cast<int64_t>(shape.size())));
   if (ctx.attrs().has("padding_idx")) {
@@ -148,19 +151,28 @@ Status infer_gather_grad(InferContext& ctx) {
                       " of size " + std::to_string(shape[axis]));
     }
   }
-  const Shape expected = gather_shape(shape, axis, ctx.shape(1));
-  if (ctx.shape(0) != expected) {
-    return ctx.fail("gradient " + shape_str(ctx.shape(0)) + " does not match Gather's output " + shape_str(expected));
+  const Shape expected = gather_shape(shape, axis, ctx.shape(i));
+  if (ctx.shape(g) != expected) {
+    return ctx.fail("gradient " + shape_str(ctx.shape(g)) + " does not match Gather's output " + shape_str(expected));
   }
-  ctx.set_output(0, ctx.dtype(0), shape);
+  ctx.set_output(0, ctx.dtype(g), shape);
   return Status::ok();
 }
 
-Status gather_grad_cpu(KernelContext& ctx) {
-  const TensorRef& g = ctx.inputs[0];
-  const TensorRef& idx = ctx.inputs[1];
-  const TensorRef& out = ctx.outputs[0];
-  if (is_half(g.dtype)) return run_widened(ctx, gather_grad_cpu);
+Status infer_gather_grad(InferContext& ctx) {
+  GV_RETURN_IF_ERROR(require_inputs(ctx, 2));
+  return infer_gather_grad_rows(ctx, ctx.attrs().get_ints("shape"), 0, 1);
+}
+
+Status infer_gather_grad_add(InferContext& ctx) {
+  GV_RETURN_IF_ERROR(require_inputs(ctx, 3));
+  if (ctx.dtype(1) != ctx.dtype(0)) return ctx.fail("grad's dtype differs from Base's");
+  return infer_gather_grad_rows(ctx, ctx.shape(0), 1, 2);
+}
+
+// out = zeros (GatherGrad) or as it is (GatherGradAdd, after copying Base in), then g's rows added at idx.
+Status add_gather_grad_rows(KernelContext& ctx, const TensorRef& g, const TensorRef& idx, const TensorRef& out,
+                            bool zero_first) {
   int64_t axis = ctx.attrs().get_int("axis", 0);
   normalize_axis(axis, out.rank());
   GV_RETURN_IF_ERROR(check_indices(ctx, idx, out.shape[axis], axis));
@@ -174,56 +186,24 @@ Status gather_grad_cpu(KernelContext& ctx) {
   bool ok = dispatch_gather<false>(idx.dtype, g.dtype, [&](auto t, auto i) {
     using T = decltype(t);
     using I = decltype(i);
-    cpu::gather_grad(g.as<T>(), idx.as<I>(), out.as<T>(), outer, out.shape[axis], idx.numel(), inner, skip);
+    if (zero_first) {
+      cpu::gather_grad(g.as<T>(), idx.as<I>(), out.as<T>(), outer, out.shape[axis], idx.numel(), inner, skip);
+    } else {
+      cpu::gather_grad_add(g.as<T>(), idx.as<I>(), out.as<T>(), outer, out.shape[axis], idx.numel(), inner, skip);
+    }
   });
   return ok ? Status::ok() : unsupported_dtype(ctx, g.dtype);
 }
 
-// GatherGradAdd(Base, grad, indices) -> Base + GatherGrad(grad, indices) (attrs axis, padding_idx as GatherGrad's;
-// Base has Gather's data shape): Base copied, then the rows added, without GatherGrad's zeroed tensor.
-// runtime/fuse_gather_grad_add.cpp forms it after autograd from Add(GatherGrad(grad, indices), Base): a tied
-// embedding's two gradient contributions.
-Status infer_gather_grad_add(InferContext& ctx) {
-  GV_RETURN_IF_ERROR(require_inputs(ctx, 3));
-  GV_RETURN_IF_ERROR(check_index_dtype(ctx, 2));
-  const Shape& shape = ctx.shape(0);
-  int64_t axis = ctx.attrs().get_int("axis", 0);
-  GV_RETURN_IF_ERROR(check_axis(ctx, axis, static_cast<int64_t>(shape.size())));
-  if (ctx.dtype(1) != ctx.dtype(0)) return ctx.fail("grad's dtype differs from Base's");
-  if (ctx.attrs().has("padding_idx")) {
-    int64_t pad = ctx.attrs().get_int("padding_idx", -1);
-    if (!normalize_axis(pad, shape[axis])) {
-      return ctx.fail("padding_idx " + std::to_string(pad) + " is out of range for axis " + std::to_string(axis) +
-                      " of size " + std::to_string(shape[axis]));
-    }
-  }
-  const Shape expected = gather_shape(shape, axis, ctx.shape(2));
-  if (ctx.shape(1) != expected) {
-    return ctx.fail("gradient " + shape_str(ctx.shape(1)) + " does not match Gather's output " + shape_str(expected));
-  }
-  ctx.set_output(0, ctx.dtype(0), shape);
-  return Status::ok();
+Status gather_grad_cpu(KernelContext& ctx) {
+  if (is_half(ctx.inputs[0].dtype)) return run_widened(ctx, gather_grad_cpu);
+  return add_gather_grad_rows(ctx, ctx.inputs[0], ctx.inputs[1], ctx.outputs[0], true);
 }
 
 Status gather_grad_add_cpu(KernelContext& ctx) {
-  const TensorRef &base = ctx.inputs[0], &g = ctx.inputs[1], &idx = ctx.inputs[2], &dst = ctx.outputs[0];
-  std::memcpy(dst.data, base.data, base.nbytes());
-  int64_t axis = ctx.attrs().get_int("axis", 0);
-  normalize_axis(axis, dst.rank());
-  GV_RETURN_IF_ERROR(check_indices(ctx, idx, dst.shape[axis], axis));
-  int64_t outer, inner;
-  split_around(dst.shape, axis, outer, inner);
-  int64_t skip = -1;
-  if (ctx.attrs().has("padding_idx")) {
-    skip = ctx.attrs().get_int("padding_idx", -1);
-    if (skip < 0) skip += dst.shape[axis];
-  }
-  bool ok = dispatch_gather<false>(idx.dtype, g.dtype, [&](auto t, auto i) {
-    using T = decltype(t);
-    using I = decltype(i);
-    cpu::gather_grad_add(g.as<T>(), idx.as<I>(), dst.as<T>(), outer, dst.shape[axis], idx.numel(), inner, skip);
-  });
-  return ok ? Status::ok() : unsupported_dtype(ctx, g.dtype);
+  const TensorRef& out = ctx.outputs[0];
+  std::memcpy(out.data, ctx.inputs[0].data, out.nbytes());
+  return add_gather_grad_rows(ctx, ctx.inputs[1], ctx.inputs[2], out, false);
 }
 
 // ---- GatherElements, ScatterElements ---------------------------------------------------------------------------
