@@ -32,6 +32,7 @@ Status fold_gather_grad_adds(Graph& g, size_t backward_begin, int* fused) {
       if (p < 0 || gone[p] || g.nodes[p].op_type != "GatherGrad" || g.nodes[p].domain != kGalvatronDomain) continue;
       if (uses[gg] != 1 || outputs.count(gg)) continue;
       const Value &gval = g.value(gg), &dv = g.value(d), &sv = g.value(add.outputs[0]);
+      if (gval.dtype != DType::kFloat32 && gval.dtype != DType::kFloat64) continue;  // the kernels' types
       if (dv.dtype != gval.dtype || dv.shape != gval.shape || sv.shape != gval.shape || sv.dtype != gval.dtype) continue;
       const Node gather = g.nodes[p];
       add.op_type = "GatherGradAdd";
