@@ -1,7 +1,8 @@
 // LayerNormalization and RMSNormalization with the row held in registers: the fast path of norm_softmax.cu's
 // launchers for rows of up to 8192 float32 columns, cols % 4 == 0, 16-byte aligned tensors (GPT-2's 768, gpt-1.5b's
 // 1600, Llama's 4096). Same formulas and statistics in double as the one-block-per-row kernels, fewer passes:
-//   forward   x read once (the row stays in registers for the moments and the output), y written once;
+//   forward   x read once (the row stays in registers for the moments and the output), y written once; for
+//             SkipLayerNormalization the row is x + skip as loaded (x float32 or bf16), stored as the sum too;
 //   backward  x and dy read once, dx written once, and the scale/bias gradients accumulated across the rows a block
 //             visits: one partial row per block, summed in double by a second kernel in a fixed order
 //             (deterministic). The one-block-per-row kernels read x four times, dy twice, then x and dy again for
