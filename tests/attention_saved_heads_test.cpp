@@ -100,24 +100,21 @@ TEST(AttentionSavedHeads, TinyGptGradsReadThemSameLossAndGradientsBitForBit) {
   ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
   const int layers = tiny->im.graph.num_layers;
   auto backend = make_cpu_backend();
-  auto run = [&](int64_t multiple, double* loss, std::unique_ptr<Trainer>* keep) -> Expected<TensorMap> {
+  auto config = [](int64_t multiple) {
     TrainerConfig tc = testing::cuda_bf16_like_config();
     tc.graph.bf16_attention_io = true;
     tc.graph.attention_saved_head_multiple = multiple;
-    GV_ASSIGN_OR_RETURN(*keep, Trainer::create(tiny->im.graph, tc, *backend));
-    return (*keep)->compute_gradients(tiny->batch, loss);
+    return tc;
   };
-  double loss_plain = 0, loss_saved = 0, loss_aligned = 0;
-  std::unique_ptr<Trainer> plain_t, saved_t, aligned_t;
-  auto plain = run(0, &loss_plain, &plain_t);
+  auto plain = testing::train_tiny(*tiny, *backend, config(0));
   ASSERT_TRUE(plain.has_value()) << plain.status().message();
-  auto saved = run(12, &loss_saved, &saved_t);
+  auto saved = testing::train_tiny(*tiny, *backend, config(12));
   ASSERT_TRUE(saved.has_value()) << saved.status().message();
-  auto aligned = run(8, &loss_aligned, &aligned_t);  // heads of 16 need no padding
+  auto aligned = testing::train_tiny(*tiny, *backend, config(8));  // heads of 16 need no padding
   ASSERT_TRUE(aligned.has_value()) << aligned.status().message();
-  EXPECT_EQ(aligned_t->training_graph().fused.attention_saved_heads, 0);
+  EXPECT_EQ(aligned->trainer->training_graph().fused.attention_saved_heads, 0);
 
-  const TrainingGraph& tg = saved_t->training_graph();
+  const TrainingGraph& tg = saved->trainer->training_graph();
   EXPECT_EQ(tg.fused.attention_saved_heads, layers);
   int forwards = 0, grads = 0;
   for (const Node& n : tg.graph.nodes) {
@@ -138,7 +135,7 @@ TEST(AttentionSavedHeads, TinyGptGradsReadThemSameLossAndGradientsBitForBit) {
   EXPECT_EQ(forwards, layers);
   EXPECT_EQ(grads, layers);
   testing::expect_inference_agrees(tg.graph);
-  testing::expect_same_loss_and_gradients(loss_saved, *saved, loss_plain, *plain);
+  testing::expect_same_loss_and_gradients(saved->loss, saved->grads, plain->loss, plain->grads);
 }
 
 }  // namespace

@@ -82,22 +82,19 @@ TEST_P(TinyNormGradOutputs, CopiesWrittenByTheGradsSameLossAndGradientsBitForBit
   ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
   const int layers = tiny->im.graph.num_layers;
   auto backend = make_cpu_backend();
-  auto run = [&](bool fold, double* loss, std::unique_ptr<Trainer>* keep) -> Expected<TensorMap> {
+  auto config = [](bool fold) {
     TrainerConfig tc = testing::cuda_bf16_like_config();
     tc.graph.fuse_residual_add = true;
     tc.graph.fuse_norm_grad_add = true;
     tc.graph.fuse_norm_grad_outputs = fold;
-    GV_ASSIGN_OR_RETURN(*keep, Trainer::create(tiny->im.graph, tc, *backend));
-    return (*keep)->compute_gradients(tiny->batch, loss);
+    return tc;
   };
-  double loss_plain = 0, loss_folded = 0;
-  std::unique_ptr<Trainer> plain_t, folded_t;
-  auto plain = run(false, &loss_plain, &plain_t);
+  auto plain = testing::train_tiny(*tiny, *backend, config(false));
   ASSERT_TRUE(plain.has_value()) << plain.status().message();
-  auto folded = run(true, &loss_folded, &folded_t);
+  auto folded = testing::train_tiny(*tiny, *backend, config(true));
   ASSERT_TRUE(folded.has_value()) << folded.status().message();
 
-  const TrainingGraph& tg = folded_t->training_graph();
+  const TrainingGraph& tg = folded->trainer->training_graph();
   const int want = gpt ? 2 * layers : 0;
   EXPECT_EQ(tg.fused.norm_grad_outputs, want);
   int writers = 0, with_sums = 0;
@@ -110,10 +107,10 @@ TEST_P(TinyNormGradOutputs, CopiesWrittenByTheGradsSameLossAndGradientsBitForBit
   EXPECT_EQ(with_sums, want);  // GPT-2's projections all have biases
   // A Cast and a BiasGrad per fold.
   EXPECT_EQ(tg.graph.nodes.size() + static_cast<size_t>(writers + with_sums),
-            plain_t->training_graph().graph.nodes.size());
+            plain->trainer->training_graph().graph.nodes.size());
   testing::expect_inference_agrees(tg.graph);
 
-  testing::expect_same_loss_and_gradients(loss_folded, *folded, loss_plain, *plain);
+  testing::expect_same_loss_and_gradients(folded->loss, folded->grads, plain->loss, plain->grads);
 }
 
 INSTANTIATE_TEST_SUITE_P(Graphs, TinyNormGradOutputs, ::testing::Values("gpt-tiny", "llama-tiny"),

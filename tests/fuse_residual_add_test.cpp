@@ -94,23 +94,20 @@ TEST_P(TinyResidualAdds, FoldedEverywhereSameLossAndGradientsBitForBit) {
   ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
   const int layers = tiny->im.graph.num_layers;
   auto backend = make_cpu_backend();
-  auto run = [&](bool fold, double* loss, std::unique_ptr<Trainer>* keep) -> Expected<TensorMap> {
+  auto config = [&](bool fold) {
     TrainerConfig tc = bf16_like ? testing::cuda_bf16_like_config() : TrainerConfig{};
     tc.graph.fuse_linear = true;
     tc.graph.fuse_residual_add = fold;
     tc.graph.fuse_norm_grad_add = fold;
     if (checkpoint) tc.graph.checkpoint_layers = {0};
-    GV_ASSIGN_OR_RETURN(*keep, Trainer::create(tiny->im.graph, tc, *backend));
-    return (*keep)->compute_gradients(tiny->batch, loss);
+    return tc;
   };
-  double loss_plain = 0, loss_folded = 0;
-  std::unique_ptr<Trainer> plain_t, folded_t;
-  auto plain = run(false, &loss_plain, &plain_t);
+  auto plain = testing::train_tiny(*tiny, *backend, config(false));
   ASSERT_TRUE(plain.has_value()) << plain.status().message();
-  auto folded = run(true, &loss_folded, &folded_t);
+  auto folded = testing::train_tiny(*tiny, *backend, config(true));
   ASSERT_TRUE(folded.has_value()) << folded.status().message();
 
-  const TrainingGraph& tg = folded_t->training_graph();
+  const TrainingGraph& tg = folded->trainer->training_graph();
   // Both branches of every layer end in a Linear (GPT-2's attention and MLP c_proj, Llama's o_proj and down_proj:
   // products of a transposed weight) that now adds the residual; in GPT-2 the stream's gradient meets each
   // LayerNorm's input gradient twice per layer (ln_1, ln_2; ln_f's input has no other reader); Llama's RMSNorm
@@ -118,7 +115,7 @@ TEST_P(TinyResidualAdds, FoldedEverywhereSameLossAndGradientsBitForBit) {
   const int norm_adds = gpt ? 2 * layers : 0;
   EXPECT_EQ(tg.fused.residual_adds, 2 * layers);
   EXPECT_EQ(tg.fused.norm_grad_adds, norm_adds);
-  EXPECT_EQ(plain_t->training_graph().fused.residual_adds, 0);
+  EXPECT_EQ(plain->trainer->training_graph().fused.residual_adds, 0);
   int residual_linears = 0, addend_grads = 0;
   for (const Node& n : tg.graph.nodes) {
     residual_linears += n.op_type == "Linear" && n.inputs.size() == 4 && n.inputs[3] != kNoValue;
@@ -132,10 +129,10 @@ TEST_P(TinyResidualAdds, FoldedEverywhereSameLossAndGradientsBitForBit) {
   }
   EXPECT_EQ(addend_grads, norm_adds);
   EXPECT_EQ(tg.graph.nodes.size() + static_cast<size_t>(residual_linears + addend_grads),
-            plain_t->training_graph().graph.nodes.size());
+            plain->trainer->training_graph().graph.nodes.size());
   testing::expect_inference_agrees(tg.graph);
 
-  testing::expect_same_loss_and_gradients(loss_folded, *folded, loss_plain, *plain);
+  testing::expect_same_loss_and_gradients(folded->loss, folded->grads, plain->loss, plain->grads);
 }
 
 INSTANTIATE_TEST_SUITE_P(Graphs, TinyResidualAdds,

@@ -25,23 +25,20 @@ TEST_P(TinyNormStatistics, GradsReadTheSavedStatisticsSameLossGradientsWithinRou
   ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
   const int layers = tiny->im.graph.num_layers;
   auto backend = make_cpu_backend();
-  auto run = [&](bool save, double* loss, std::unique_ptr<Trainer>* keep) -> Expected<TensorMap> {
+  auto config = [](bool save) {
     TrainerConfig tc = testing::cuda_bf16_like_config();
     tc.graph.fuse_residual_add = true;
     tc.graph.fuse_norm_grad_add = true;
     tc.graph.fuse_norm_grad_outputs = true;
     tc.graph.save_norm_statistics = save;
-    GV_ASSIGN_OR_RETURN(*keep, Trainer::create(tiny->im.graph, tc, *backend));
-    return (*keep)->compute_gradients(tiny->batch, loss);
+    return tc;
   };
-  double loss_plain = 0, loss_saved = 0;
-  std::unique_ptr<Trainer> plain_t, saved_t;
-  auto plain = run(false, &loss_plain, &plain_t);
+  auto plain = testing::train_tiny(*tiny, *backend, config(false));
   ASSERT_TRUE(plain.has_value()) << plain.status().message();
-  auto saved = run(true, &loss_saved, &saved_t);
+  auto saved = testing::train_tiny(*tiny, *backend, config(true));
   ASSERT_TRUE(saved.has_value()) << saved.status().message();
 
-  const TrainingGraph& tg = saved_t->training_graph();
+  const TrainingGraph& tg = saved->trainer->training_graph();
   const int want = gpt ? 2 * layers + 1 : 0;
   EXPECT_EQ(tg.fused.norm_statistics, want);
   int norms = 0, grads = 0;
@@ -60,14 +57,14 @@ TEST_P(TinyNormStatistics, GradsReadTheSavedStatisticsSameLossGradientsWithinRou
   }
   EXPECT_EQ(norms, want);
   EXPECT_EQ(grads, want);
-  EXPECT_EQ(tg.graph.nodes.size(), plain_t->training_graph().graph.nodes.size());
+  EXPECT_EQ(tg.graph.nodes.size(), plain->trainer->training_graph().graph.nodes.size());
   testing::expect_inference_agrees(tg.graph);
 
-  EXPECT_EQ(loss_saved, loss_plain);
-  ASSERT_EQ(saved->size(), plain->size());
+  EXPECT_EQ(saved->loss, plain->loss);
+  ASSERT_EQ(saved->grads.size(), plain->grads.size());
   int differ = 0;
-  for (const auto& [name, want] : *plain) {
-    const Tensor a = saved->at(name).cast(DType::kFloat64), b = want.cast(DType::kFloat64);
+  for (const auto& [name, want] : plain->grads) {
+    const Tensor a = saved->grads.at(name).cast(DType::kFloat64), b = want.cast(DType::kFloat64);
     ASSERT_EQ(a.shape(), b.shape()) << name;
     double scale = 0, diff = 0;
     for (int64_t i = 0; i < b.numel(); ++i) {

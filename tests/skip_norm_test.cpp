@@ -99,25 +99,16 @@ TEST(SkipLayerNorm, BadInputsNameTheNode) {
 
 // gpt-tiny trained with the CUDA backend's passes on the CPU, with the skip norms off (0), on with a float32 branch (1)
 // or a bf16 one (16).
-struct TinyRun {
-  std::unique_ptr<Trainer> trainer;
-  TensorMap grads;
-  double loss = 0;
-};
-
-Expected<TinyRun> train_tiny(const testing::TinyModel& tiny, Backend& backend, int skip_norm,
-                             std::set<int> checkpoint = {}) {
+Expected<testing::TinyRun> train_tiny(const testing::TinyModel& tiny, Backend& backend, int skip_norm,
+                                      std::set<int> checkpoint = {}, bool saved_statistics = true) {
   TrainerConfig tc = testing::cuda_bf16_like_config();
   tc.graph.checkpoint_layers = std::move(checkpoint);
   tc.graph.fuse_residual_add = true;
   tc.graph.fuse_norm_grad_add = true;
   tc.graph.fuse_norm_grad_outputs = true;
-  tc.graph.save_norm_statistics = true;
+  tc.graph.save_norm_statistics = saved_statistics;
   tc.graph.fuse_skip_norm = skip_norm;
-  TinyRun r;
-  GV_ASSIGN_OR_RETURN(r.trainer, Trainer::create(tiny.im.graph, tc, backend));
-  GV_ASSIGN_OR_RETURN(r.grads, r.trainer->compute_gradients(tiny.batch, &r.loss));
-  return r;
+  return testing::train_tiny(tiny, backend, tc);
 }
 
 TEST(SkipLayerNorm, TinyGptEveryResidualMovesSameBitsWithFloat32Branch) {
@@ -148,28 +139,39 @@ TEST(SkipLayerNorm, TinyGptEveryResidualMovesSameBitsWithFloat32Branch) {
   EXPECT_EQ(tg.graph.nodes.size(), plain->trainer->training_graph().graph.nodes.size());
   testing::expect_inference_agrees(tg.graph);
 
-  EXPECT_EQ(f32->loss, plain->loss);
-  ASSERT_EQ(f32->grads.size(), plain->grads.size());
-  for (const auto& [name, want] : plain->grads) EXPECT_TRUE(same_bits(f32->grads.at(name), want)) << name;
+  testing::expect_same_loss_and_gradients(f32->loss, f32->grads, plain->loss, plain->grads);
 }
 
-// With every layer recomputed in the backward: the recomputed pairs are rewritten too, the same bits as without.
-TEST(SkipLayerNorm, TinyGptWithCheckpointingSameBits) {
+// With every layer recomputed in the backward: the recomputed pairs are rewritten too, the same bits as without;
+// and with the norms' statistics not saved (the skip op then gets Mean and InvStdDev outputs nothing reads).
+TEST(SkipLayerNorm, TinyGptWithCheckpointingOrUnsavedStatisticsSameBits) {
   auto tiny = testing::tiny_model("gpt-tiny");
   ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
   const int layers = tiny->im.graph.num_layers;
   std::set<int> all;
   for (int l = 0; l < layers; ++l) all.insert(l);
   auto backend = make_cpu_backend();
-  auto plain = train_tiny(*tiny, *backend, 0, all);
-  ASSERT_TRUE(plain.has_value()) << plain.status().message();
-  auto f32 = train_tiny(*tiny, *backend, 1, all);
-  ASSERT_TRUE(f32.has_value()) << f32.status().message();
-  const TrainingGraph& tg = f32->trainer->training_graph();
-  EXPECT_GE(tg.fused.skip_norms, 2 * layers);
-  testing::expect_inference_agrees(tg.graph);
-  EXPECT_EQ(f32->loss, plain->loss);
-  for (const auto& [name, want] : plain->grads) EXPECT_TRUE(same_bits(f32->grads.at(name), want)) << name;
+  for (bool checkpoint : {true, false}) {
+    SCOPED_TRACE(checkpoint ? "every layer checkpointed" : "statistics not saved");
+    const std::set<int> layers_cp = checkpoint ? all : std::set<int>{};
+    auto plain = train_tiny(*tiny, *backend, 0, layers_cp, checkpoint);
+    ASSERT_TRUE(plain.has_value()) << plain.status().message();
+    auto f32 = train_tiny(*tiny, *backend, 1, layers_cp, checkpoint);
+    ASSERT_TRUE(f32.has_value()) << f32.status().message();
+    const TrainingGraph& tg = f32->trainer->training_graph();
+    if (checkpoint) {
+      EXPECT_GE(tg.fused.skip_norms, 2 * layers);
+    } else {
+      EXPECT_EQ(tg.fused.skip_norms, 2 * layers);
+    }
+    for (const Node& n : tg.graph.nodes) {
+      if (n.op_type != "SkipLayerNormalization") continue;
+      ASSERT_EQ(n.outputs.size(), 4u) << n.name;
+      for (ValueId o : n.outputs) EXPECT_NE(o, kNoValue) << n.name;
+    }
+    testing::expect_inference_agrees(tg.graph);
+    testing::expect_same_loss_and_gradients(f32->loss, f32->grads, plain->loss, plain->grads);
+  }
 }
 
 TEST(SkipLayerNorm, TinyGptBf16BranchWithinRounding) {

@@ -1,6 +1,7 @@
 // A zoo model at a tiny size, imported for CPU training tests: batch 2 x 16, HuggingFace initialisation (seed 3),
 // with a random language-model batch of that shape.
 #pragma once
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -25,6 +26,20 @@ inline TrainerConfig cuda_bf16_like_config(bool packed_qkv = true) {
   tc.graph.save_attention_lse = true;
   tc.graph.pack_attention_qkv = packed_qkv;
   return tc;
+}
+
+// One training step's forward and backward of a tiny model under `tc`: the trainer (its training graph), the loss
+// and every parameter's gradient. The pass tests run it twice with one option toggled.
+struct TinyRun {
+  std::unique_ptr<Trainer> trainer;
+  TensorMap grads;
+  double loss = 0;
+};
+inline Expected<TinyRun> train_tiny(const TinyModel& tiny, Backend& backend, const TrainerConfig& tc) {
+  TinyRun r;
+  GV_ASSIGN_OR_RETURN(r.trainer, Trainer::create(tiny.im.graph, tc, backend));
+  GV_ASSIGN_OR_RETURN(r.grads, r.trainer->compute_gradients(tiny.batch, &r.loss));
+  return r;
 }
 
 inline Expected<TinyModel> tiny_model(const std::string& name, uint64_t batch_seed = 5) {
