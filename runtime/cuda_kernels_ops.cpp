@@ -832,11 +832,7 @@ Status gather_grad_cuda(KernelContext& ctx) {
   if (!is_f32(g) || (idx.dtype != DType::kInt64 && idx.dtype != DType::kInt32)) return cuda_fallback_kernel(ctx);
   int64_t axis = ctx.attrs().get_int("axis", 0);
   if (!normalize_axis(axis, y.rank())) return ctx.fail("axis out of range");
-  int64_t skip = -1;
-  if (ctx.attrs().has("padding_idx")) {
-    skip = ctx.attrs().get_int("padding_idx", -1);
-    if (skip < 0) skip += y.shape[axis];
-  }
+  const int64_t skip = movement::gather_grad_skip_row(ctx.attrs(), y.shape[axis]);
   return launch(ctx, cuda::gather_grad_f32(g.as<float>(), idx.data, idx.dtype == DType::kInt64, y.as<float>(),
                                            dims_product(y.shape, 0, axis), y.shape[axis], idx.numel(),
                                            dims_product(y.shape, axis + 1, y.rank()), skip));
@@ -851,11 +847,7 @@ Status gather_grad_add_cuda(KernelContext& ctx) {
   if (!cuda::memcpy_d2d_async(dst.data, base.data, base.nbytes())) return launch(ctx, false);
   int64_t axis = ctx.attrs().get_int("axis", 0);
   if (!normalize_axis(axis, dst.rank())) return ctx.fail("axis out of range");
-  int64_t skip = -1;
-  if (ctx.attrs().has("padding_idx")) {
-    skip = ctx.attrs().get_int("padding_idx", -1);
-    if (skip < 0) skip += dst.shape[axis];
-  }
+  const int64_t skip = movement::gather_grad_skip_row(ctx.attrs(), dst.shape[axis]);
   return launch(ctx, cuda::gather_grad_add_f32(g.as<float>(), idx.data, idx.dtype == DType::kInt64, dst.as<float>(),
                                                dims_product(dst.shape, 0, axis), dst.shape[axis], idx.numel(),
                                                dims_product(dst.shape, axis + 1, dst.rank()), skip));

@@ -86,25 +86,17 @@ Status fuse_skip_layer_norms(Graph& g, DType branch, int* fused) {
     linear.outputs[0] = pid;
     if (branch == DType::kBFloat16) linear.attrs.set_int("out_dtype", 16);
 
-    // Mean and InvStdDev are outputs 1 and 2 of the skip op: given to the norm when it lacks them (unread).
-    const Shape x_shape = g.value(s).shape;
-    Shape stats = x_shape;
+    // Mean and InvStdDev are outputs 1 and 2 of the skip op: given to the norm where it lacks them (unread).
+    Shape stats = g.value(s).shape;
     stats.back() = 1;
     const std::string base = g.nodes[norm].name.empty() ? g.value(s).name : g.nodes[norm].name;
-    if (g.nodes[norm].outputs.size() < 2) add_node_output(g, norm, base + "_mean", DType::kFloat32, stats);
-    if (g.nodes[norm].outputs.size() < 3) add_node_output(g, norm, base + "_inv_std_dev", DType::kFloat32, stats);
-    Node& n = g.nodes[norm];
+    g.nodes[norm].outputs.resize(3, kNoValue);
     for (size_t o = 1; o < 3; ++o) {
-      if (n.outputs[o] == kNoValue) {
-        Value v;
-        v.name = g.unique_name(base + (o == 1 ? "_mean" : "_inv_std_dev"));
-        v.dtype = DType::kFloat32;
-        v.shape = stats;
-        v.kind = ValueKind::kActivation;
-        v.producer = norm;
-        n.outputs[o] = g.add_value(std::move(v));
-      }
+      if (g.nodes[norm].outputs[o] != kNoValue) continue;
+      g.nodes[norm].outputs[o] =
+          new_node_output(g, norm, base + (o == 1 ? "_mean" : "_inv_std_dev"), DType::kFloat32, stats);
     }
+    Node& n = g.nodes[norm];
     n.outputs.push_back(s);
     const ValueId scale = n.inputs[1], bias = n.inputs.size() > 2 ? n.inputs[2] : kNoValue;
     n.inputs = {pid, r, scale};

@@ -29,14 +29,18 @@ std::string FusionCounts::summary() const {
          part(skip_norms, "residual adds moved into SkipLayerNormalization");
 }
 
-ValueId add_node_output(Graph& graph, NodeId node, const std::string& prefix, DType dtype, Shape shape) {
+ValueId new_node_output(Graph& graph, NodeId node, const std::string& prefix, DType dtype, Shape shape) {
   Value v;
   v.name = graph.unique_name(prefix);
   v.dtype = dtype;
   v.shape = std::move(shape);
   v.kind = ValueKind::kActivation;
   v.producer = node;
-  const ValueId id = graph.add_value(std::move(v));
+  return graph.add_value(std::move(v));
+}
+
+ValueId add_node_output(Graph& graph, NodeId node, const std::string& prefix, DType dtype, Shape shape) {
+  const ValueId id = new_node_output(graph, node, prefix, dtype, std::move(shape));
   graph.nodes[node].outputs.push_back(id);
   return id;
 }

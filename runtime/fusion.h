@@ -53,6 +53,8 @@ Status save_attention_lse(Graph& graph, int* rewritten);
 // For passes that ask an existing node for an optional output: appends to `node`'s outputs a new activation value
 // named from `prefix`, of the given type and shape. The pass calls graph.reindex() when done.
 ValueId add_node_output(Graph& graph, NodeId node, const std::string& prefix, DType dtype, Shape shape);
+// The value alone (producer `node`), for a pass that places it in an output slot itself.
+ValueId new_node_output(Graph& graph, NodeId node, const std::string& prefix, DType dtype, Shape shape);
 // LayerNormalization nodes (float32 X, float32 statistics) without the Mean and InvStdDev outputs get them, so that
 // their gradients read the saved statistics (runtime/norm_statistics.cpp). build_training_graph runs it before the
 // autograd when TrainingGraphOptions::save_norm_statistics is set (from Backend::saves_norm_statistics).

@@ -10,6 +10,14 @@
 
 namespace gv::movement {
 
+// GatherGrad's and GatherGradAdd's row that receives nothing: attr padding_idx wrapped into [0, dim) (validated by
+// inference), or -1 without it. Also read by the CUDA kernels' wrappers.
+inline int64_t gather_grad_skip_row(const Attributes& attrs, int64_t dim) {
+  if (!attrs.has("padding_idx")) return -1;
+  const int64_t pad = attrs.get_int("padding_idx", -1);
+  return pad < 0 ? pad + dim : pad;
+}
+
 // The family's parts, each adding its entries (called by register_movement_ops).
 void register_shape_ops(OpRegistry& r);   // Reshape Flatten Squeeze Unsqueeze Identity Shape Size Constant ...
 void register_layout_ops(OpRegistry& r);  // Transpose Concat Split Expand Tile Trilu CumSum

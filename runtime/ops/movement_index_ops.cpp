@@ -178,11 +178,7 @@ Status add_gather_grad_rows(KernelContext& ctx, const TensorRef& g, const Tensor
   GV_RETURN_IF_ERROR(check_indices(ctx, idx, out.shape[axis], axis));
   int64_t outer, inner;
   split_around(out.shape, axis, outer, inner);
-  int64_t skip = -1;
-  if (ctx.attrs().has("padding_idx")) {
-    skip = ctx.attrs().get_int("padding_idx", -1);
-    if (skip < 0) skip += out.shape[axis];
-  }
+  const int64_t skip = gather_grad_skip_row(ctx.attrs(), out.shape[axis]);
   bool ok = dispatch_gather<false>(idx.dtype, g.dtype, [&](auto t, auto i) {
     using T = decltype(t);
     using I = decltype(i);
