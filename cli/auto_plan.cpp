@@ -137,6 +137,7 @@ Expected<std::string> search_on_rank0(const TrainModelSource& source, const Auto
                                      "--settle-bsz", std::to_string(req.global_batch),
                                      "--mixed-precision", req.precision, "--default-dp-type",
                                      req.default_dp_type == "zero2" ? "zero2" : "ddp",
+                                     "--grad-reduce-dtype", req.grad_reduce_dtype,
                                      "--hardware-profiling-path", dir, "--output-config-path", dir + "/plan.json"};
   if (req.chunks > 0) search.insert(search.end(), {"--settle-chunk", std::to_string(req.chunks)});
   if (req.device != "cpu") {

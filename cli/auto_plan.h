@@ -21,6 +21,7 @@ struct AutoPlanRequest {
   std::string device = "cpu";       // where the forward is timed for the search: the training run's --device
   std::string compute_precision;    // cuda: the training run's --precision (fp32 | tf32 | bf16; "": fp32)
   std::string default_dp_type = "ddp";
+  std::string grad_reduce_dtype = "fp32";  // the training run's --grad-reduce-dtype (the search costs ZeRO-2 by it)
 };
 
 Expected<partitioner::ParallelPlan> search_plan_for_training(const TrainModelSource& source,

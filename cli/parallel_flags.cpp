@@ -1,5 +1,7 @@
 #include "cli/parallel_flags.h"
 
+#include <cstdlib>
+
 namespace gv::cli {
 
 std::vector<FlagSpec> parallel_flags() {
@@ -19,7 +21,7 @@ std::vector<FlagSpec> parallel_flags() {
       bool_flag("auto", "Search the plan for this model, these devices and this batch (Galvatron's cost model and dynamic programming), then train with it."),
       float_flag("auto-memory", "GB", "0", "--auto: memory budget per device in GB (0: physical memory / devices on the CPU)."),
       string_flag("overlap-grad-sync", "on|off", "on", "Data parallelism: all-reduce each gradient during the backward pass, as soon as it is computed (on GPUs on a second stream, overlapping the rest of the backward; one micro-batch per step and no pipeline only); off: after the whole backward pass. The results are the same."),
-      string_flag("grad-reduce-dtype", "fp32|bf16", "fp32", "Data parallelism: the type in which gradients are all-reduced. bf16 sends half the bytes (a bf16 copy of each float32 gradient, widened back for the update; on GPUs in bf16 a weight's gradient product writes the copy directly); sums are rounded to bf16, so results differ from fp32 within bf16 precision. ZeRO-2/3 reductions stay fp32."),
+      string_flag("grad-reduce-dtype", "fp32|bf16", "fp32", "Data parallelism: the type in which gradients are all-reduced. bf16 sends half the bytes (a bf16 copy of each float32 gradient, widened back for the update; on GPUs in bf16 a weight's gradient product writes the copy directly); sums are rounded to bf16, so results differ from fp32 within bf16 precision. ZeRO-2 on GPUs in bf16: the weights' gradients are reduce-scattered in bf16 and their bf16 copies, not the fp32 weights, are gathered (during the next forward pass); other ZeRO-2 and all ZeRO-3 reductions stay fp32."),
       int_flag("grad-reduce-bf16-min-numel", "N", "65536", "With --grad-reduce-dtype bf16: gradients of fewer elements (biases, norm scales) are all-reduced in fp32, saving their two conversion kernels where the bytes saved are negligible."),
   };
 }
@@ -42,6 +44,10 @@ Status graph_options_from_args(const ParsedArgs& args, TrainingGraphOptions& gra
   const int64_t min_numel = args.i64("grad-reduce-bf16-min-numel");
   if (min_numel < 0) return ctx.usage("--grad-reduce-bf16-min-numel must be 0 or more");
   graph.bf16_grad_reduce_min_numel = min_numel;
+  // Comparison knob (bench/cuda_notes.md): GALVATRON_ZERO2_PREFETCH=0 gathers ZeRO-2's bf16 weight copies at the end
+  // of the step instead of during the next forward pass.
+  const char* prefetch = std::getenv("GALVATRON_ZERO2_PREFETCH");
+  graph.prefetch_zero2_gathers = !(prefetch && std::string(prefetch) == "0");
   return Status::ok();
 }
 

@@ -245,8 +245,11 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
       req.chunks = settings.grad_accum;
       req.memory_gb = settings.args->f64("auto-memory");
       req.default_dp_type = settings.args->str("default-dp-type");
+      req.grad_reduce_dtype = settings.args->str("grad-reduce-dtype");
       req.device = settings.device;
       req.compute_precision = settings.precision;
+      // Message and activation sizes: bf16 training sends and keeps bf16 (fp32 and tf32 keep fp32).
+      req.precision = settings.precision == "bf16" ? "bf16" : "fp32";
       GV_ASSIGN_OR_RETURN(plan, search_plan_for_training(source, req, settings.trainer.comm, ctx));
     } else {
       GV_ASSIGN_OR_RETURN(plan, plan_from_args(*settings.args, num_layers, ctx));

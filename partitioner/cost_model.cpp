@@ -185,7 +185,8 @@ LayerTime layer_time(const CostInputs& in, int lt_idx, const Strategy& s, double
   if (no_comm) dp_msg = 0;
   // galvatron's extension, for profiles of this runtime (they carry optimizer_ms_per_param_mb): its ZeRO-2
   // reduce-scatters the gradients during the backward pass (half the all-reduce's volume, overlapped like it) and
-  // gathers the updated parameters after the sharded update (the other half, below). The gathers run beside the
+  // gathers the updated parameters after the sharded update (the other half, below), or in bf16 during the next
+  // forward pass (zero2_gathers_in_forward). The gathers run beside the
   // updates, but both are bound by memory bandwidth: measured on 4 H200 (gpt-1.5b), the sharded AdamW took 8-9 ms per
   // step beside the gathers against 3.6 ms alone, so the two are added, not overlapped.
   const bool runtime_zero2 =
@@ -223,17 +224,21 @@ LayerTime layer_time(const CostInputs& in, int lt_idx, const Strategy& s, double
     if (dpo < bo) return dpo + (bct - dpo / ov);
     return bo + 0.0;
   };
+  // ZeRO-2 in bf16: the gathers overlap the forward pass as the reduce-scatters overlap the backward pass; the
+  // forward's time then counts both (and the gather adds nothing after the update).
+  const bool gathers_in_forward = runtime_zero2 && o.zero2_gathers_in_forward;
+  const double fct = gathers_in_forward ? overlap(gather_msg, r.fct) : r.fct;
   double result;
   if (tp == 1 && dp > 1) {
-    result = r.fct + overlap(dp_msg, r.bct) + o.extra_overhead;
+    result = fct + overlap(dp_msg, r.bct) + o.extra_overhead;
   } else if (dp == 1 && tp > 1) {
-    result = r.fct + r.bct + r.tp_time;
+    result = fct + r.bct + r.tp_time;
   } else if (dp == 1 && tp == 1) {
-    result = r.fct + r.bct;
+    result = fct + r.bct;
   } else if (tp < tp * dp / 2) {
-    result = r.fct + overlap(dp_msg, r.bct) + r.tp_time + o.extra_overhead;
+    result = fct + overlap(dp_msg, r.bct) + r.tp_time + o.extra_overhead;
   } else {
-    result = r.fct + 0.5 * r.bct + overlap(dp_msg, r.bct * 1 / 2) + r.tp_time + o.extra_overhead;
+    result = fct + 0.5 * r.bct + overlap(dp_msg, r.bct * 1 / 2) + r.tp_time + o.extra_overhead;
   }
   if (s.is_fsdp()) {
     r.fsdp_time = fsdp_msg * dc;
@@ -244,8 +249,8 @@ LayerTime layer_time(const CostInputs& in, int lt_idx, const Strategy& s, double
   if (!no_comm && in.model->optimizer_ms_per_param_mb > 0) {
     const bool sharded = s.is_fsdp() || (o.use_zero2_for_dp && sdp > 1);
     r.optimizer_time = in.model->optimizer_ms_per_param_mb * param / (sharded ? sdp : 1) * L;
-    r.gather_time = gather_msg * dc;
-    result += r.optimizer_time + r.gather_time;
+    r.gather_time = gathers_in_forward ? fct - r.fct : gather_msg * dc;
+    result += r.optimizer_time + (gathers_in_forward ? 0.0 : r.gather_time);
   }
   if (pp > 1) {
     auto it = hw.p2p_coe.find(pp);

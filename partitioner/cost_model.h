@@ -19,6 +19,9 @@ struct TrainOptions {
   bool async_grad_reduce = true;
   double pytorch_context_mem = 1024;  // MB per GPU
   bool use_zero2_for_dp = false;   // --default-dp-type zero2
+  // This runtime's ZeRO-2 in bf16 (--grad-reduce-dtype bf16 in bf16 precision; runtime/training_graph.h): the weights'
+  // gathers run beside the next step's forward pass instead of after the update (profiles of this runtime only).
+  bool zero2_gathers_in_forward = false;
   bool disable_vtp = false;
   bool sequence_parallel = false;  // Megatron-SP
   SpSpace sp_space = SpSpace::kTp;
@@ -51,7 +54,7 @@ struct LayerTime {
   double fct = 0, bct = 0;         // ms, whole dummy model (x layer_num)
   double dp_message_mb = 0, dc = 0, tp_time = 0, p2p_time = 0, fsdp_time = 0;
   double optimizer_time = 0;       // ms, whole dummy model (ModelProfile::optimizer_ms_per_param_mb; 0 without it)
-  double gather_time = 0;          // ms, ZeRO-2's parameter gather after the update (this runtime's profiles only)
+  double gather_time = 0;          // ms, ZeRO-2's parameter gather (this runtime's profiles only; exposed part added)
   double total_s = 0;              // seconds per layer
 };
 // TimeCostModel(strategy, global_batch_size=gbsz, no_comm).gen_result().

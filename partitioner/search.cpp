@@ -397,6 +397,7 @@ CostInputs make_cost_inputs(const ModelProfile& model, const HardwareProfile& hw
   ci.opt.mixed_precision = opt.mixed_precision != "fp32";
   ci.opt.async_grad_reduce = opt.async_grad_reduce;
   ci.opt.use_zero2_for_dp = opt.default_dp_type == "zero2";
+  ci.opt.zero2_gathers_in_forward = opt.grad_reduce_dtype == "bf16" && opt.mixed_precision == "bf16";
   ci.opt.disable_vtp = opt.disable_vtp != 0;
   ci.opt.sequence_parallel = opt.sequence_parallel;
   ci.opt.sp_space = opt.sp_space == "tp+sp" ? SpSpace::kTpSp : (opt.sp_space == "sp" ? SpSpace::kSp : SpSpace::kTp);
@@ -418,6 +419,8 @@ Expected<SearchResult> search(const ModelProfile& model, const HardwareProfile& 
     return invalid_argument("--default-dp-type must be ddp or zero2");
   if (in.mixed_precision != "fp32" && in.mixed_precision != "fp16" && in.mixed_precision != "bf16")
     return invalid_argument("--mixed-precision must be fp32, fp16 or bf16");
+  if (in.grad_reduce_dtype != "fp32" && in.grad_reduce_dtype != "bf16")
+    return invalid_argument("--grad-reduce-dtype must be fp32 or bf16");
   if (model.layer_types.size() > 1)
     return unsupported("models with several layer types (memory-balanced pipeline division) are not supported yet");
   GV_ASSIGN_OR_RETURN(StrategySpace space, generate_strategies(in, model.total_layers()));

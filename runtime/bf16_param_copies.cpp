@@ -2,6 +2,7 @@
 // current by AdamW, instead of converted again from the float32 weights at the start of every step.
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "runtime/bf16_operands.h"
 #include "runtime/op_registry.h"
@@ -20,9 +21,11 @@ Status keep_bf16_param_copies(Graph& graph, size_t backward_begin, size_t* prolo
   // The in-place writers of each parameter (nodes without outputs that do not only read), and its AdamW node.
   std::map<ValueId, int> writers;
   std::map<ValueId, NodeId> adamw;
+  std::set<ValueId> gathered;  // values a ZeRO-2 GatherShardsInPlace fills (bf16 copies under ZeRO-2 in bf16)
   for (NodeId id = 0; id < static_cast<NodeId>(graph.nodes.size()); ++id) {
     const Node& n = graph.nodes[id];
     if (!n.outputs.empty()) continue;
+    if (n.op_type == "GatherShardsInPlace" && n.domain == kGalvatronDomain) gathered.insert(n.inputs[0]);
     const OpSchema* s = reg.find(n.domain, n.op_type);
     if (s && s->reads_only) continue;
     for (ValueId v : n.inputs)
@@ -36,11 +39,12 @@ Status keep_bf16_param_copies(Graph& graph, size_t backward_begin, size_t* prolo
     if (!is_bf16_param_copy(graph, cast)) continue;
     const ValueId p = cast.inputs[0];
     auto a = adamw.find(p);
-    // One whole-parameter AdamW is the only thing that changes the parameter (not ZeRO-2's shard update and gather).
+    // One AdamW is the only thing that changes the parameter: a whole-parameter update, or a ZeRO-2 shard update
+    // whose copy's ranges are gathered (not the float32 parameter's: that gather would be a second writer).
     if (a == adamw.end() || writers[p] != 1) continue;
     Node& upd = graph.nodes[a->second];
-    if (upd.attrs.get_int("shard_offset", -1) >= 0 || upd.inputs.size() > 7) continue;
     const ValueId copy = cast.outputs[0];
+    if (upd.inputs.size() > 7 || (upd.attrs.get_int("shard_offset", -1) >= 0 && !gathered.count(copy))) continue;
     Value& cv = graph.value(copy);
     cv.kind = ValueKind::kState;
     cv.data = Tensor(DType::kBFloat16, cv.shape);

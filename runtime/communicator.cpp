@@ -49,7 +49,7 @@ class SingleProcessCommunicator final : public Communicator {
   }
   Status reduce_scatter(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype,
                         ReduceOp) override {
-    GV_RETURN_IF_ERROR(check_reducible(dtype, "reduce_scatter"));
+    if (dtype != DType::kBFloat16) GV_RETURN_IF_ERROR(check_reducible(dtype, "reduce_scatter"));
     GV_RETURN_IF_ERROR(check_counts(counts, "reduce_scatter"));
     copy(send, recv, counts[0] * dtype_size(dtype));
     return Status::ok();
@@ -151,6 +151,22 @@ Status all_reduce_bf16_widened(Communicator& c, void* data, size_t count, Reduce
   convert_elements(data, DType::kBFloat16, wide.data(), DType::kFloat32, static_cast<int64_t>(count));
   GV_RETURN_IF_ERROR(c.all_reduce(wide.data(), count, DType::kFloat32, op));
   convert_elements(wide.data(), DType::kFloat32, data, DType::kBFloat16, static_cast<int64_t>(count));
+  return Status::ok();
+}
+
+Status reduce_scatter_bf16_widened(Communicator& c, const void* send, void* recv, const std::vector<size_t>& counts,
+                                   ReduceOp op) {
+  size_t total = 0;
+  for (size_t n : counts) total += n;
+  if (c.rank() < 0 || c.rank() >= static_cast<int>(counts.size())) {
+    return invalid_argument("reduce_scatter with " + std::to_string(counts.size()) + " counts at rank " +
+                            std::to_string(c.rank()));
+  }
+  const size_t mine = counts[c.rank()];
+  std::vector<float> wide(total), out(mine);
+  convert_elements(send, DType::kBFloat16, wide.data(), DType::kFloat32, static_cast<int64_t>(total));
+  GV_RETURN_IF_ERROR(c.reduce_scatter(wide.data(), out.data(), counts, DType::kFloat32, op));
+  convert_elements(out.data(), DType::kFloat32, recv, DType::kBFloat16, static_cast<int64_t>(mine));
   return Status::ok();
 }
 

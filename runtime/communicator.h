@@ -90,6 +90,10 @@ Expected<Communicator*> communicator_of_group(Communicator* world, const std::ve
 // float32 sum of the ranks' bf16 values; NCCL's ring rounds partial sums on the way, so the two may differ in the last
 // bf16 bit.
 Status all_reduce_bf16_widened(Communicator& c, void* data, size_t count, ReduceOp op);
+// bfloat16 reduce_scatter likewise (ZeRO-2's bf16 gradients): `send` widened, c.reduce_scatter in float32, this rank's
+// range rounded to bfloat16 once.
+Status reduce_scatter_bf16_widened(Communicator& c, const void* send, void* recv, const std::vector<size_t>& counts,
+                                   ReduceOp op);
 
 // One rank of one: collectives leave buffers as they are (copying send to recv where they differ).
 std::unique_ptr<Communicator> make_single_process_communicator();

@@ -984,8 +984,8 @@ Status adamw_cuda(KernelContext& ctx) {
   const float* norm = ctx.has_input(6) && is_f32(ctx.inputs[6]) ? ctx.inputs[6].as<float>() : nullptr;
   uint16_t* p16 = nullptr;
   if (ctx.has_input(7)) {
-    if (ctx.inputs[7].dtype != DType::kBFloat16 || offset != 0 || n != p.numel()) return cuda_fallback_kernel(ctx);
-    p16 = static_cast<uint16_t*>(ctx.inputs[7].data);
+    if (ctx.inputs[7].dtype != DType::kBFloat16 || ctx.inputs[7].numel() != p.numel()) return cuda_fallback_kernel(ctx);
+    p16 = static_cast<uint16_t*>(ctx.inputs[7].data) + offset;  // the updated range (ZeRO-2: this rank's shard)
   }
   return launch(ctx, cuda::adamw_f32(p.as<float>() + offset, ctx.inputs[1].data, g_bf16, ctx.inputs[2].as<float>(),
                                      ctx.inputs[3].as<float>(), n, lr.data, lr.dtype == DType::kFloat64,

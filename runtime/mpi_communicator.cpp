@@ -121,8 +121,9 @@ class MpiCommunicator final : public Communicator {
 
   Status reduce_scatter(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype,
                         ReduceOp op) override {
-    GV_ASSIGN_OR_RETURN(MPI_Datatype t, float_type(dtype, "reduce_scatter"));
     GV_RETURN_IF_ERROR(check_counts(counts, "reduce_scatter"));
+    if (dtype == DType::kBFloat16) return reduce_scatter_bf16_widened(*this, send, recv, counts, op);
+    GV_ASSIGN_OR_RETURN(MPI_Datatype t, float_type(dtype, "reduce_scatter"));
     const size_t elem = dtype_size(dtype);
     size_t total = 0;
     for (size_t c : counts) total += c;

@@ -99,8 +99,9 @@ class ThreadCommunicator final : public Communicator {
 
   Status reduce_scatter(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype,
                         ReduceOp op) override {
-    GV_RETURN_IF_ERROR(check_reducible(dtype, "reduce_scatter"));
     GV_RETURN_IF_ERROR(check_count_list(counts, "reduce_scatter"));
+    if (dtype == DType::kBFloat16) return reduce_scatter_bf16_widened(*this, send, recv, counts, op);
+    GV_RETURN_IF_ERROR(check_reducible(dtype, "reduce_scatter"));
     return reduce(send, recv, counts, dtype, op, /*scatter=*/true, "reduce_scatter");
   }
 

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 
 #include "runtime/communicator.h"
 #include <set>
@@ -245,8 +246,10 @@ TensorShard Trainer::shard_of(ValueId param) const {
   TensorShard whole;
   whole.global_name = v.name;
   whole.global_shape = v.shape;
-  // Without pieces every rank holds the whole tensor (plain data parallelism): rank 0's copy is the one.
-  whole.owner = whole.owner_of_dp_range = !parallel() || config_.comm->rank() == 0;
+  // Without pieces every rank holds the whole tensor (plain data parallelism): rank 0's copy is the one. Every rank
+  // is a data-parallel rank of it (no tensor or pipeline copies): each contributes its own ZeRO-2 range.
+  whole.owner = !parallel() || config_.comm->rank() == 0;
+  whole.owner_of_dp_range = true;
   return whole;
 }
 
@@ -331,6 +334,13 @@ Expected<TensorMap> Trainer::assemble(const std::vector<std::pair<ValueId, Tenso
     for (const auto& [v, shard] : by_name[name]) {
       if (!shard.owner) continue;
       GV_ASSIGN_OR_RETURN(Tensor piece, executor_->fetch(v));
+      if (shard.flat_end >= 0 && piece.numel() != shard.flat_end - shard.flat_begin) {
+        // A whole value of which only the flat range is current (TrainingGraph::sharded_masters): that range.
+        Tensor range(piece.dtype(), {shard.flat_end - shard.flat_begin});
+        const size_t elem = dtype_size(piece.dtype());
+        std::memcpy(range.data(), static_cast<const char*>(piece.data()) + shard.flat_begin * elem, range.nbytes());
+        piece = std::move(range);
+      }
       GV_RETURN_IF_ERROR(place_piece(whole, piece, shard).with_context("assembling '" + name + "'"));
     }
     GV_RETURN_IF_ERROR(config_.comm->all_reduce(whole.data(), static_cast<size_t>(whole.numel()), dtype,
@@ -340,16 +350,20 @@ Expected<TensorMap> Trainer::assemble(const std::vector<std::pair<ValueId, Tenso
   return out;
 }
 
+TensorShard Trainer::current_shard_of(ValueId param) const {
+  return tg_->sharded_masters.count(param) ? state_shard_of(param) : shard_of(param);
+}
+
 Expected<TensorMap> Trainer::parameters() const {
   std::vector<std::pair<ValueId, TensorShard>> pieces;
-  for (ValueId p : tg_->graph.parameters()) pieces.push_back({p, shard_of(p)});
+  for (ValueId p : tg_->graph.parameters()) pieces.push_back({p, current_shard_of(p)});
   return assemble(pieces);
 }
 
 Status Trainer::save_checkpoint(const std::string& path, std::map<std::string, std::string> metadata) const {
   const auto kind = config_.graph.optimizer.kind;
   std::vector<std::pair<ValueId, TensorShard>> pieces;
-  for (ValueId p : tg_->graph.parameters()) pieces.push_back({p, shard_of(p)});
+  for (ValueId p : tg_->graph.parameters()) pieces.push_back({p, current_shard_of(p)});
   for (const auto& [p, states] : tg_->optimizer_state) {
     for (size_t i = 0; i < states.size(); ++i) {
       TensorShard s = state_shard_of(p);

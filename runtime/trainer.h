@@ -110,6 +110,9 @@ class Trainer {
   // The whole tensor of a parameter or optimizer state (assembled across ranks when it is a piece).
   TensorShard shard_of(ValueId param) const;
   TensorShard state_shard_of(ValueId param) const;
+  // The piece of a parameter whose values this rank keeps current: shard_of, or for a parameter of
+  // TrainingGraph::sharded_masters its optimizer range (state_shard_of).
+  TensorShard current_shard_of(ValueId param) const;
   // Host copies of (name -> local value, its piece) assembled into whole tensors; collective with more than one rank.
   Expected<TensorMap> assemble(const std::vector<std::pair<ValueId, TensorShard>>& pieces) const;
 

@@ -303,6 +303,27 @@ ValueId product_writes_bf16_grad(Graph& g, ValueId grad, const std::string& pnam
   return copy;
 }
 
+// For ZeRO-2 in bf16 (see build_training_graph): parameter -> its bf16 copy (a bf16_copy/ Cast of it) for each
+// parameter that only that Cast reads in [0, optimizer_begin); empty unless bf16_grad_reduce, the bf16 copies kept by
+// AdamW, AdamW reading bf16 gradients, and one micro-batch.
+std::map<ValueId, ValueId> zero2_bf16_copies(const Graph& g, const TrainingGraphOptions& o, size_t optimizer_begin) {
+  std::map<ValueId, ValueId> copies;
+  if (!o.bf16_grad_reduce || !o.bf16_operands || !o.optimizer_bf16_copies || !o.optimizer_reads_bf16_grads ||
+      o.grad_accum_steps != 1 || o.optimizer.kind != OptimizerConfig::Kind::kAdamW) {
+    return copies;
+  }
+  std::map<ValueId, int> readers;
+  for (size_t i = 0; i < optimizer_begin && i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    for (ValueId v : n.inputs) {
+      if (v != kNoValue && g.value(v).kind == ValueKind::kParameter) ++readers[v];
+    }
+    if (is_bf16_param_copy(g, n)) copies[n.inputs[0]] = n.outputs[0];
+  }
+  for (auto it = copies.begin(); it != copies.end();) it = readers[it->first] == 1 ? std::next(it) : copies.erase(it);
+  return copies;
+}
+
 Expected<ValueId> add_bf16_grad_sync(Graph& g, ValueId grad, bool fold, ValueId clear, bool widen,
                                      const Attributes& reduce, const Placement& place, const std::string& pname,
                                      GradSync& gs) {
@@ -466,6 +487,12 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   for (const auto& [name, v] : tg.reported_grads) reported.insert(v);
   std::set<ValueId> fresh_grad;
   std::map<ValueId, std::vector<int64_t>> zero2_sizes;  // param -> flat shard sizes over its dp_group
+  // ZeRO-2 in bf16 (bf16_grad_reduce with the weights' bf16 copies kept by AdamW): parameter -> its bf16 copy, for
+  // the parameters that nothing but that copy's Cast reads. Their gradient is reduce-scattered in bf16 and AdamW
+  // writes the shard's range of the copy, which is gathered instead of the float32 parameter (half the bytes both
+  // ways); the float32 values stay current only in this rank's range (TrainingGraph::sharded_masters).
+  const std::map<ValueId, ValueId> bf16_zero2 = zero2_bf16_copies(g, o, tg.optimizer_begin);
+  std::set<ValueId> bf16_sharded;
   std::vector<GradSync> dp_syncs;                       // data-parallel gradient reductions (overlap_grad_sync)
   std::vector<NodeId> zero2_gathers;                    // ZeRO-2's parameter gathers (overlap_grad_sync)
   for (ValueId p : tg.params) {
@@ -485,8 +512,25 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
         a.set_ints("sizes", sizes);
         GradSync gs;
         gs.grad = final_grad[p];
+        ValueId to_scatter = final_grad[p];
+        if (bf16_zero2.count(p)) {
+          // The dW product writes the bf16 gradient itself where only this sync reads it; otherwise a Cast.
+          const ValueId grad = final_grad[p];
+          const bool fold = uses[grad] == 0 && !is_output[grad] && !reported.count(grad);
+          to_scatter = fold ? product_writes_bf16_grad(g, grad, pname) : kNoValue;
+          if (to_scatter != kNoValue) {
+            gs.grad = to_scatter;
+            tg.grads[p] = to_scatter;
+          } else {
+            Attributes to;
+            to.set_int("to", kOnnxBFloat16);
+            gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));
+            GV_ASSIGN_OR_RETURN(to_scatter, add1(g, "Cast", {grad}, to, g.unique_name("zero2/bf16/" + pname), place));
+          }
+          bf16_sharded.insert(p);
+        }
         gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));
-        GV_ASSIGN_OR_RETURN(ValueId flat, add1(g, "Reshape", {final_grad[p], g.add_initializer(
+        GV_ASSIGN_OR_RETURN(ValueId flat, add1(g, "Reshape", {to_scatter, g.add_initializer(
                                                   g.unique_name("flat_shape"), Tensor::from_i64({n}, {1}),
                                                   ValueKind::kConstant)}, {}, g.unique_name("zero2/flatten/" + pname),
                                               place));
@@ -627,7 +671,8 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     std::string pname = pv.name;
     // ZeRO-2: the optimizer state covers this rank's flat range of the parameter only.
     const bool sharded = tg.optimizer_state_range.count(p) > 0;
-    const Value state_like = sharded ? g.value(final_grad[p]) : g.value(p);
+    Value state_like = sharded ? g.value(final_grad[p]) : g.value(p);
+    state_like.dtype = g.value(p).dtype;  // a bf16 gradient shard's state is the parameter's type
     if (sharded) {
       a.set_int("shard_offset", tg.optimizer_state_range[p].first);
       a.set_int("zero_grad", 0);  // the shard is a fresh value each step; the accumulator was cleared above
@@ -667,7 +712,10 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
       Attributes ga = group_attrs(sync[p].dp_group);
       ga.set_ints("sizes", zero2_sizes[p]);
       zero2_gathers.push_back(static_cast<NodeId>(g.nodes.size()));
-      GV_RETURN_IF_ERROR(add_update(g, "GatherShardsInPlace", {p}, ga, place, "zero2/all_gather/" + pname));
+      // bf16: the copy's ranges (AdamW writes this rank's, keep_bf16_param_copies below), else the parameter's.
+      const ValueId gathered = bf16_sharded.count(p) ? bf16_zero2.at(p) : p;
+      GV_RETURN_IF_ERROR(add_update(g, "GatherShardsInPlace", {gathered}, ga, place, "zero2/all_gather/" + pname));
+      if (gathered != p) tg.sharded_masters.insert(p);
     }
   }
   GV_RETURN_IF_ERROR(flush_multi());
@@ -677,6 +725,17 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   if (o.optimizer_bf16_copies && o.bf16_operands && oc.kind == OptimizerConfig::Kind::kAdamW) {
     GV_RETURN_IF_ERROR(keep_bf16_param_copies(g, tg.backward_begin, &tg.prologue_end, &tg.fused.bf16_param_copies));
   }
+  // Every bf16 ZeRO-2 update must now write its copy's range (AdamW's input 7): the gather reads nothing else.
+  for (NodeId id = 0; id < static_cast<NodeId>(g.nodes.size()); ++id) {
+    const Node& n = g.nodes[id];
+    if (n.op_type != "AdamW" || !tg.sharded_masters.count(n.inputs[0])) continue;
+    if (n.inputs.size() < 8 || n.inputs[7] != bf16_zero2.at(n.inputs[0])) {
+      return internal_error("ZeRO-2 in bf16: the update of '" + g.value(n.inputs[0]).name +
+                            "' does not write its bf16 copy, which is gathered instead of the parameter");
+    }
+  }
+  tg.fused.bf16_sharded_updates = static_cast<int>(tg.sharded_masters.size());
+  if (overlap && o.prefetch_zero2_gathers && !tg.sharded_masters.empty()) GV_RETURN_IF_ERROR(prefetch_copy_gathers(tg));
   return tg;
 }
 

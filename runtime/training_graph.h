@@ -89,12 +89,21 @@ struct TrainingGraphOptions {
   // WaitCollectives at the end of the step. Applies only with grad_accum_steps == 1 and no pipeline (no Send/Recv
   // nodes); otherwise no effect.
   bool overlap_grad_sync = true;
+  // With overlap_grad_sync and ZeRO-2 in bf16 (bf16_grad_reduce): the async gathers of the weights' bf16 copies move
+  // from the end of the step to the next step's forward pass, each issued one weight ahead of the node that first
+  // reads the copy, with a WaitCollectives before that node (prefetch_copy_gathers). The copies' other ranks' ranges
+  // are then refreshed at the start of the next forward pass, not at the end of the step (no one else reads them:
+  // checkpoints and parameters() take the float32 weights). Off: gathered at the end of the step.
+  bool prefetch_zero2_gathers = true;
   // Plain data-parallel gradients all-reduced in bfloat16 (PyTorch DDP's bf16 compression hook, Megatron's
   // grad-reduce-in-bf16): each float32 gradient's AllReduce reads a bf16 copy (half the bytes on the wire), widened
   // back to float32 for the norm and the update; under overlap_grad_sync the widening Cast follows the wait and the
   // gradient a weight's dW product writes goes straight to bf16 (with bf16_operands: the backend's bf16 products).
   // The sum is rounded to bf16 (NCCL: partial sums too), so results differ from float32 reduction within bf16
-  // precision. ZeRO-2 reduce-scatters and tied-copy sums stay float32. Off: float32 all-reduces.
+  // precision. Tied-copy sums stay float32. ZeRO-2 reduce-scatters go bf16 for the weights whose bf16 copies AdamW
+  // keeps (optimizer_bf16_copies, one micro-batch) and that nothing else reads: AdamW then writes its shard's range
+  // of the copy, and the copy, not the float32 weight, is gathered (TrainingGraph::sharded_masters); other ZeRO-2
+  // gradients stay float32. Off: float32 all-reduces.
   bool bf16_grad_reduce = false;
   // With bf16_grad_reduce: gradients of fewer elements stay float32 (a bias saves a few KB on the wire but costs two
   // conversion kernels of a few microseconds each; gpt-1.5b has ~390 of them).
@@ -160,6 +169,9 @@ struct TrainingGraph {
   std::map<ValueId, std::vector<ValueId>> optimizer_state;  // param -> kState buffers ([m, v] or [momentum])
   // ZeRO-2: param -> [begin, end) of its flat range that this rank updates (its optimizer state covers only that).
   std::map<ValueId, std::pair<int64_t, int64_t>> optimizer_state_range;
+  // ZeRO-2 in bf16: parameters whose float32 values are current only in optimizer_state_range (their bf16 copy is
+  // gathered instead); checkpoints and parameters() assemble them from every rank's range.
+  std::set<ValueId> sharded_masters;
   size_t prologue_end = 0;  // nodes [0, prologue_end): Casts refreshing the persistent bf16 parameter copies
   size_t backward_begin = 0;
   size_t optimizer_begin = 0;
@@ -178,5 +190,9 @@ Status apply_activation_checkpointing(Graph& graph, size_t backward_begin, const
 // ZeRO-3's gather of a parameter: recomputed before their first backward use instead of kept alive. Applied by
 // build_training_graph after checkpointing.
 Status rematerialize_marked_nodes(Graph& graph, size_t backward_begin);
+// TrainingGraphOptions::prefetch_zero2_gathers on a built training graph (runtime/zero2_gather_prefetch.cpp): each
+// async GatherShardsInPlace of a bf16 state after optimizer_begin moves into [prologue_end, backward_begin), one group
+// ahead of the first forward node reading that copy; backward_begin and optimizer_begin follow. Exposed for tests.
+Status prefetch_copy_gathers(TrainingGraph& tg);
 
 }  // namespace gv

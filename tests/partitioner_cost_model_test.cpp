@@ -163,6 +163,17 @@ TEST(PartitionerCostModel, OptimizerStepOnlyWithTheExtensionKey) {
   EXPECT_NEAR(z2.dp_message_mb, t.dp_message_mb / 2, 1e-9);
   EXPECT_NEAR(z2.gather_time, t.dp_message_mb / 2 * t.dc, 1e-9);
   EXPECT_GT(z2.gather_time, z2.optimizer_time);
+  // ZeRO-2 in bf16 (zero2_gathers_in_forward): the gather overlaps the forward pass (Galvatron's overlap formula, as
+  // the DP message with the backward pass) and adds nothing after the update.
+  f.ci.opt.zero2_gathers_in_forward = true;
+  const LayerTime zf = layer_time(f.ci, 0, ddp, 8, false);
+  f.ci.opt.zero2_gathers_in_forward = false;
+  const double gm = t.dp_message_mb / 2, dc_ov = z2.dc * f.hw.overlap_coe, fo = z2.fct * f.hw.overlap_coe;
+  const double fwd = gm * dc_ov > fo ? fo + (gm - fo / dc_ov) * z2.dc : gm * dc_ov + (z2.fct - gm * dc_ov / f.hw.overlap_coe);
+  EXPECT_NEAR(zf.gather_time, fwd - z2.fct, 1e-9);
+  EXPECT_GT(zf.gather_time, 0.0);
+  EXPECT_LT(zf.gather_time, z2.gather_time);
+  EXPECT_NEAR(zf.total_s, z2.total_s + 0.001 * (zf.gather_time - z2.gather_time) / 4, 1e-15);
   Strategy ddp_nc = ddp;
   f.ci.opt.use_zero2_for_dp = false;
   const LayerTime plain = layer_time(f.ci, 0, ddp_nc, 8, false);

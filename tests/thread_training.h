@@ -61,6 +61,8 @@ struct ThreadTraining {
   // Adjusts each rank's config (cfg.comm and cfg.lr = 1e-3 are set); may check the training graph through `check`.
   std::function<void(TrainerConfig&)> configure;
   std::function<Status(const TrainingGraph&)> check;
+  // Runs on each rank after the last step (every rank calls it: it may call collective Trainer methods).
+  std::function<Status(Trainer&)> after;
 };
 
 // Rank r of a run: step s reads rows [(s * micro_batches + mb) * rows + r * rows / ranks, ...) of the fixture's samples
@@ -98,6 +100,7 @@ inline Expected<RankRun> train_gpt2_rank(Graph g, const TensorMap& samples, Comm
     out.norms.push_back(m.grad_norm);
   }
   GV_ASSIGN_OR_RETURN(out.weights, trainer->parameters());
+  if (t.after) GV_RETURN_IF_ERROR(t.after(*trainer));
   return out;
 }
 

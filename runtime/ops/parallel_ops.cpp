@@ -224,7 +224,8 @@ Status infer_scattered(InferContext& ctx) {
 }
 
 Status infer_reduce_scatter(InferContext& ctx) {
-  GV_RETURN_IF_ERROR(check_float(ctx));
+  // bfloat16 too: ZeRO-2's bf16 gradients (runtime/training_graph.h bf16_grad_reduce).
+  if (ctx.dtype(0) != DType::kBFloat16) GV_RETURN_IF_ERROR(check_float(ctx));
   return infer_scattered(ctx);
 }
 

@@ -34,14 +34,15 @@ Status infer_nothing(InferContext& ctx) {
 Status infer_update(InferContext& ctx, int num_state) {
   const int64_t offset = ctx.attrs().get_int("shard_offset", -1);
   if (offset < 0) return infer_nothing(ctx);
-  if (ctx.dtype(1) != ctx.dtype(0)) return ctx.fail("input dtypes differ");
+  // A float32 parameter's gradient shard may be bfloat16 (ZeRO-2's bf16 reduce-scatter), its state float32.
+  if (!grad_type_ok(ctx.dtype(0), ctx.dtype(1))) return ctx.fail("input dtypes differ");
   const int64_t n = shape_numel(ctx.shape(1)), whole = shape_numel(ctx.shape(0));
   if (offset + n > whole) {
     return ctx.fail("gradient shard [" + std::to_string(offset) + ", " + std::to_string(offset + n) +
                     ") lies outside the parameter's " + std::to_string(whole) + " elements (attr shard_offset)");
   }
   for (int i = 2; i < 2 + num_state; ++i) {
-    if (shape_numel(ctx.shape(i)) != n || ctx.dtype(i) != ctx.dtype(1)) {
+    if (shape_numel(ctx.shape(i)) != n || ctx.dtype(i) != ctx.dtype(0)) {
       return ctx.fail("optimizer state input " + std::to_string(i) + " (" + shape_str(ctx.shape(i)) +
                       ") must hold the gradient shard's " + std::to_string(n) + " elements");
     }
@@ -49,7 +50,7 @@ Status infer_update(InferContext& ctx, int num_state) {
   return Status::ok();
 }
 // AdamW's optional input 7, ParamBf16: the parameter's persistent bfloat16 copy (the products' operand), rewritten
-// from the updated float32 values (runtime/training_graph.h optimizer_bf16_copies). Whole float32 parameters only.
+// from the updated float32 values (runtime/training_graph.h optimizer_bf16_copies), in the updated range.
 Status infer_adamw(InferContext& ctx) {
   if (ctx.num_inputs() >= 4 && ctx.dtype(1) == DType::kBFloat16 && ctx.attrs().get_int("shard_offset", -1) < 0) {
     // bf16 gradient of a float32 parameter: the moments are the parameter's.
@@ -67,14 +68,17 @@ Status infer_adamw(InferContext& ctx) {
     GV_RETURN_IF_ERROR(infer_update(ctx, 2));
   }
   if (!ctx.has_input(7)) return Status::ok();
-  if (ctx.attrs().get_int("shard_offset", -1) >= 0) return ctx.fail("ParamBf16 needs a whole parameter (no shard_offset)");
+  // With shard_offset only the shard's range of ParamBf16 is rewritten (ZeRO-2 gathers the copy's ranges afterwards).
   if (ctx.dtype(0) != DType::kFloat32 || ctx.dtype(7) != DType::kBFloat16 || ctx.shape(7) != ctx.shape(0)) {
     return ctx.fail("ParamBf16 must be the bfloat16 twin of the float32 parameter " + shape_str(ctx.shape(0)) +
                     ", got " + dtype_name(ctx.dtype(7)) + " " + shape_str(ctx.shape(7)));
   }
   return Status::ok();
 }
-Status infer_sgd(InferContext& ctx) { return infer_update(ctx, 1); }
+Status infer_sgd(InferContext& ctx) {
+  if (ctx.dtype(1) != ctx.dtype(0)) return ctx.fail("input dtypes differ");  // no bf16 gradients
+  return infer_update(ctx, 1);
+}
 
 // The communicator of a node's attr `group` (world ranks; empty: the whole world). Null for one process, where the
 // group must be empty or {0}.
@@ -184,7 +188,10 @@ Status adamw_cpu(KernelContext& ctx) {
       g = wide.data();
     }
     cpu::adamw_update(p.as<float>() + off, g, ctx.inputs[2].as<float>(), ctx.inputs[3].as<float>(), n, a);
-    if (ctx.has_input(7)) convert_elements(p.data, DType::kFloat32, ctx.inputs[7].data, DType::kBFloat16, p.numel());
+    if (ctx.has_input(7)) {
+      convert_elements(p.as<float>() + off, DType::kFloat32, static_cast<uint16_t*>(ctx.inputs[7].data) + off,
+                       DType::kBFloat16, n);
+    }
   } else if (p.dtype == DType::kFloat64) {
     cpu::adamw_update(p.as<double>() + off, ctx.inputs[1].as<double>(), ctx.inputs[2].as<double>(),
                       ctx.inputs[3].as<double>(), n, a);

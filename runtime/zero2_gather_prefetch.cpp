@@ -1,0 +1,88 @@
+// prefetch_copy_gathers (runtime/training_graph.h): ZeRO-2's async gathers of the weights' bf16 copies move from the
+// end of the step to the next step's forward pass, each issued one weight ahead of its first reader.
+#include <algorithm>
+#include <map>
+#include <vector>
+
+#include "runtime/op_registry.h"
+#include "runtime/training_graph.h"
+
+namespace gv {
+
+Status prefetch_copy_gathers(TrainingGraph& tg) {
+  Graph& g = tg.graph;
+  // The gathers that move: async GatherShardsInPlace of a bf16 state (a sharded master's copy), after the backward.
+  std::map<ValueId, NodeId> gather_of;
+  for (size_t i = tg.optimizer_begin; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    if (n.op_type != "GatherShardsInPlace" || n.domain != kGalvatronDomain || n.attrs.get_int("async", 0) != 1) continue;
+    const Value& v = g.value(n.inputs[0]);
+    if (v.kind == ValueKind::kState && v.dtype == DType::kBFloat16) gather_of[n.inputs[0]] = static_cast<NodeId>(i);
+  }
+  if (gather_of.empty()) return Status::ok();
+  // The forward node that first reads each copy; copies the forward does not read keep their gather at the end.
+  std::map<size_t, std::vector<NodeId>> by_first_use;  // forward node -> the gathers of the copies it reads first
+  std::vector<char> moved(g.nodes.size(), 0);
+  for (size_t i = tg.prologue_end; i < tg.backward_begin; ++i) {
+    for (ValueId v : g.nodes[i].inputs) {
+      auto it = gather_of.find(v);
+      if (it == gather_of.end() || moved[it->second]) continue;
+      by_first_use[i].push_back(it->second);
+      moved[it->second] = 1;
+    }
+  }
+  if (by_first_use.empty()) return Status::ok();
+  const size_t n_old = g.nodes.size();
+  auto add_wait = [&g]() -> Expected<NodeId> {
+    Node w;
+    w.op_type = "WaitCollectives";
+    w.domain = kGalvatronDomain;
+    w.opset = 1;
+    w.name = g.unique_name("wait_collectives/prefetch");
+    GV_RETURN_IF_ERROR(g.add_node(std::move(w)).status());
+    return static_cast<NodeId>(g.nodes.size()) - 1;
+  };
+  // prologue | G(group 0) | forward nodes before reader 0 | W G(group 1) reader 0 ... | W G(group k+1) reader k ...
+  // WaitCollectives waits for every async collective issued so far, so the wait before reader k covers the gathers
+  // up to group k, each issued one segment earlier: a gather runs beside the forward segment before its first reader.
+  std::vector<size_t> readers;
+  std::vector<std::vector<NodeId>> groups;
+  for (auto& [reader, gathers] : by_first_use) readers.push_back(reader), groups.push_back(gathers);
+  std::vector<NodeId> order;
+  order.reserve(n_old + readers.size());
+  for (size_t i = 0; i < tg.prologue_end; ++i) order.push_back(static_cast<NodeId>(i));
+  order.insert(order.end(), groups[0].begin(), groups[0].end());
+  size_t k = 0;
+  std::vector<size_t> position(n_old + readers.size(), 0);
+  for (size_t i = tg.prologue_end; i < n_old; ++i) {
+    if (k < readers.size() && i == readers[k]) {
+      GV_ASSIGN_OR_RETURN(NodeId w, add_wait());
+      order.push_back(w);
+      if (k + 1 < groups.size()) order.insert(order.end(), groups[k + 1].begin(), groups[k + 1].end());
+      ++k;
+    }
+    if (!moved[i]) order.push_back(static_cast<NodeId>(i));
+  }
+  if (order.size() != g.nodes.size()) return internal_error("prefetch_copy_gathers: lost nodes while reordering");
+  for (size_t j = 0; j < order.size(); ++j) position[order[j]] = j;
+  // The regions start where their first node that stays went (the backward's first node never moves; the optimizer
+  // region's first staying node is its first node or a later one).
+  size_t optimizer_begin = order.size();
+  for (size_t i = tg.optimizer_begin; i < n_old; ++i) {
+    if (!moved[i]) {
+      optimizer_begin = position[i];
+      break;
+    }
+  }
+  const size_t backward_begin = position[tg.backward_begin];
+  std::vector<Node> nodes;
+  nodes.reserve(order.size());
+  for (NodeId id : order) nodes.push_back(std::move(g.nodes[id]));
+  g.nodes = std::move(nodes);
+  g.reindex();
+  tg.backward_begin = backward_begin;
+  tg.optimizer_begin = optimizer_begin;
+  return Status::ok();
+}
+
+}  // namespace gv
