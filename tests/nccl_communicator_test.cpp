@@ -7,12 +7,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "kernels/cuda/device.h"
 #include "runtime/communicator.h"
 #include "runtime/nccl_communicator.h"
+#include "runtime/npy.h"
 #include "tests/parallel_equivalence.h"
 
 namespace gv {
@@ -355,40 +355,55 @@ TEST_F(GpuPlans, Zero2OverlapEqualsNoOverlap) {
   }
 }
 
-// ZeRO-2 in bf16 (--grad-reduce-dtype bf16 in bf16 precision; runtime/training_graph.h): the weights' gradients
+// ZeRO-2 in bf16 (--grad-reduce-dtype bf16 in bf16 precision; runtime/training_graph.h) on a zoo GPT (hidden 256,
+// so that its products take bf16 copies of their weights; the fixture's are too small): the weights' gradients
 // reduce-scattered in bf16 and their bf16 copies gathered during the next forward pass. Within bf16 precision of
 // float32 ZeRO-2 and of DDP with bf16 all-reduces (losses 2e-3, norms 5e-3 relative), not equal to float32 ZeRO-2;
-// the gathers prefetched into the forward pass (async, waited before each copy's first reader) give bit-identical
-// training to gathering them at the end of the step (GALVATRON_ZERO2_PREFETCH=0).
+// the gathers prefetched into the forward pass (async, waited before each copy's first reader) train as gathering
+// them at the end of the step does (GALVATRON_ZERO2_PREFETCH=0), to float32 rounding (the embedding gradient's atomics
+// are the only difference between two runs).
 TEST_F(GpuPlans, Zero2Bf16FollowsFloat32AndPrefetchChangesNothing) {
   if (!two_gpus()) GTEST_SKIP() << "needs two CUDA devices, MPI and mpirun";
-  const std::vector<std::string> z = {"--devices", "2", "--precision", "bf16", "--default-dp-type", "zero2",
-                                      "--chunks", "1"};
-  const std::vector<std::string> b16 = {"--grad-reduce-dtype", "bf16", "--grad-reduce-bf16-min-numel", "0"};
+  Tensor tokens(DType::kInt64, {int64_t{1} << 16});
+  uint64_t x = 88172645463325252ull;
+  for (int64_t i = 0; i < tokens.numel(); ++i) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    tokens.data_as<int64_t>()[i] = static_cast<int64_t>(x % 256);
+  }
+  ASSERT_TRUE(write_npy(path("tokens.npy"), tokens).is_ok());
+  auto zoo = [&](const std::string& tag, const std::vector<std::string>& extra) {
+    std::vector<std::string> a = {"train", "--model-type", "gpt", "--model-size", "gpt-tiny", "--hidden-size", "256",
+                                  "--num-heads", "4", "--seq-len", "128", "--batch-size", "8", "--steps",
+                                  std::to_string(kSteps), "--lr", "1e-3", "--data", path("tokens.npy"), "--device",
+                                  "cuda", "--precision", "bf16", "--devices", "2", "--metrics", path(tag + ".jsonl"),
+                                  "--checkpoint-dir", path(tag)};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return run(a);
+  };
+  const std::vector<std::string> z2 = {"--default-dp-type", "zero2", "--chunks", "1"};
   auto plus = [](std::vector<std::string> a, const std::vector<std::string>& b) {
     a.insert(a.end(), b.begin(), b.end());
     return a;
   };
-  train("cuda", "z2-f32", z);
-  if (HasFatalFailure()) return;
-  auto a = args("cuda", "z2-b16");
-  const auto zb = plus(z, b16);
-  a.insert(a.end(), zb.begin(), zb.end());
-  auto r = run(a);
+  const std::vector<std::string> b16 = {"--grad-reduce-dtype", "bf16"};
+  auto r = zoo("z2-b16", plus(z2, b16));
   ASSERT_EQ(r.code, 0) << r.err << r.out;
+  // 2 layers x 4 matrices; the tied embedding (also read by its Gather) and the position embedding keep fp32.
   EXPECT_NE((r.out + r.err).find("8 ZeRO-2 updates in bf16"), std::string::npos) << r.err << r.out;
-  train("cuda", "ddp-b16", plus({"--devices", "2", "--precision", "bf16"}, b16));
-  if (HasFatalFailure()) return;
+  for (const auto& [tag, flags] : std::vector<std::pair<std::string, std::vector<std::string>>>{
+           {"z2-f32", z2}, {"ddp-b16", b16}}) {
+    r = zoo(tag, flags);
+    ASSERT_EQ(r.code, 0) << tag << ":\n" << r.err << r.out;
+  }
   setenv("GALVATRON_ZERO2_PREFETCH", "0", 1);
-  train("cuda", "z2-b16-end", zb);
+  r = zoo("z2-b16-end", plus(z2, b16));
   unsetenv("GALVATRON_ZERO2_PREFETCH");
-  if (HasFatalFailure()) return;
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
   auto m = read_metrics(path("z2-b16.jsonl")), f = read_metrics(path("z2-f32.jsonl")),
-       d = read_metrics(path("ddp-b16.jsonl")), e = read_metrics(path("z2-b16-end.jsonl"));
+       d = read_metrics(path("ddp-b16.jsonl"));
   ASSERT_EQ(m.size(), static_cast<size_t>(kSteps));
   ASSERT_EQ(f.size(), m.size());
   ASSERT_EQ(d.size(), m.size());
-  ASSERT_EQ(e.size(), m.size());
   bool differs = false;
   for (int i = 0; i < kSteps; ++i) {
     SCOPED_TRACE("step " + std::to_string(i + 1));
@@ -397,17 +412,24 @@ TEST_F(GpuPlans, Zero2Bf16FollowsFloat32AndPrefetchChangesNothing) {
       EXPECT_LT(rel_diff(m[i]["grad_norm"].get<double>(), (*ref)[i]["grad_norm"].get<double>()), 5e-3);
     }
     differs = differs || m[i]["grad_norm"].get<double>() != f[i]["grad_norm"].get<double>();
-    EXPECT_EQ(m[i]["loss"].get<double>(), e[i]["loss"].get<double>());
-    EXPECT_EQ(m[i]["grad_norm"].get<double>(), e[i]["grad_norm"].get<double>());
   }
   EXPECT_TRUE(differs);
+  auto e = read_metrics(path("z2-b16-end.jsonl"));
+  ASSERT_EQ(e.size(), m.size());
+  for (int i = 0; i < kSteps; ++i) {
+    EXPECT_LT(rel_diff(m[i]["loss"].get<double>(), e[i]["loss"].get<double>()), 1e-4) << "step " << i + 1;
+    EXPECT_LT(rel_diff(m[i]["grad_norm"].get<double>(), e[i]["grad_norm"].get<double>()), 1e-3) << "step " << i + 1;
+  }
+  // Weights: the mean gap per element (Adam may turn an atomics-rounding difference in a near-zero gradient into an
+  // lr-sized step of either sign in single elements; stale copies would move whole ranges).
   auto wm = read_safetensors(ckpt("z2-b16")), we = read_safetensors(ckpt("z2-b16-end"));
   ASSERT_TRUE(wm.has_value() && we.has_value());
-  ASSERT_EQ(wm->size(), we->size());
   for (const auto& [name, t] : *wm) {
+    if (name.rfind("optimizer.", 0) == 0 || t.dtype() != DType::kFloat32) continue;
     ASSERT_TRUE(we->count(name)) << name;
-    ASSERT_EQ(t.nbytes(), we->at(name).nbytes()) << name;
-    EXPECT_EQ(std::memcmp(t.data(), we->at(name).data(), t.nbytes()), 0) << name << " differs";
+    double gap = 0;
+    for (int64_t i = 0; i < t.numel(); ++i) gap += std::fabs(t.data_as<float>()[i] - we->at(name).data_as<float>()[i]);
+    EXPECT_LT(gap / t.numel(), 1e-5) << name;
   }
 }
 
