@@ -43,6 +43,9 @@ class Communicator {
   // Orders every async collective issued so far in this process (on any group of this world) before later work:
   // NCCL makes the compute stream wait for them without blocking the host. Default: nothing to wait for.
   virtual Status wait_async() { return Status::ok(); }
+  // wait_async for all but the last `keep_pending` async collectives issued (in issue order; 0: all of them), so that
+  // later ones may still run beside the work after it (ZeRO-2's prefetched weight gathers). Default: wait_async.
+  virtual Status wait_async_but_last(int keep_pending) { return keep_pending > 0 ? Status::ok() : wait_async(); }
   // In place: every rank ends with `root`'s bytes.
   virtual Status broadcast(void* data, size_t bytes, int root) = 0;
   virtual Status barrier() = 0;

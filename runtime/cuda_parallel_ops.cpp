@@ -203,7 +203,8 @@ Status all_reduce_cuda(KernelContext& ctx) {
 // Stream 0 waits (without blocking the host) for every async collective of this process's communicators.
 Status wait_collectives_cuda(KernelContext& ctx) {
   if (!ctx.comm) return Status::ok();
-  return comm_result(ctx, ctx.comm->wait_async());
+  const int keep = static_cast<int>(ctx.attrs().get_int("keep_pending", 0));
+  return comm_result(ctx, keep > 0 ? ctx.comm->wait_async_but_last(keep) : ctx.comm->wait_async());
 }
 
 // Every rank's range of the parameter, gathered in place: my range is the send buffer at its own place in the output

@@ -109,6 +109,11 @@ struct AsyncState {
   cudaEvent_t ready = nullptr;  // recorded on stream 0 before each async collective
   cudaEvent_t done = nullptr;   // recorded on the comm stream by fence()
   bool pending = false;         // async work issued that stream 0 was not yet made to wait for
+  // Partial waits (fence_but_last): async collective i's end is recorded on the comm stream, into ends[i % size], when
+  // collective i + 1 begins; a wait on it is enqueued before the slot is recorded again (size collectives later).
+  static constexpr size_t kEnds = 1024;
+  std::vector<cudaEvent_t> ends;
+  uint64_t issued = 0;  // async collectives begun so far
 
   ~AsyncState() {
     if (stream) {
@@ -117,6 +122,7 @@ struct AsyncState {
     }
     if (ready) cudaEventDestroy(ready);
     if (done) cudaEventDestroy(done);
+    for (cudaEvent_t e : ends) cudaEventDestroy(e);
     cudaGetLastError();
   }
   Status ensure() {
@@ -128,6 +134,8 @@ struct AsyncState {
   // The comm stream, after waiting for everything enqueued on stream 0 so far.
   Expected<cudaStream_t> begin() {
     GV_RETURN_IF_ERROR(ensure());
+    if (issued > 0) GV_RETURN_IF_ERROR(record_end(issued - 1));
+    ++issued;
     GV_RETURN_IF_ERROR(cuda_status(cudaEventRecord(ready, kStream), "event record (compute stream)"));
     GV_RETURN_IF_ERROR(cuda_status(cudaStreamWaitEvent(stream, ready, 0), "comm stream wait"));
     pending = true;
@@ -139,6 +147,25 @@ struct AsyncState {
     pending = false;
     GV_RETURN_IF_ERROR(cuda_status(cudaEventRecord(done, stream), "event record (comm stream)"));
     return cuda_status(cudaStreamWaitEvent(kStream, done, 0), "compute stream wait");
+  }
+  // fence() for all async collectives issued so far but the last `keep` (which may run on beside later stream-0 work).
+  Status fence_but_last(int keep) {
+    if (keep <= 0 || static_cast<uint64_t>(keep) >= issued) return keep <= 0 ? fence() : Status::ok();
+    if (!pending) return Status::ok();
+    const uint64_t target = issued - 1 - static_cast<uint64_t>(keep);  // its end was recorded when target + 1 began
+    if (issued - 1 - target >= kEnds) return fence();                  // its slot was recorded again since
+    return cuda_status(cudaStreamWaitEvent(kStream, ends[target % kEnds], 0), "compute stream wait");
+  }
+
+ private:
+  Status record_end(uint64_t i) {
+    if (ends.empty()) {
+      ends.resize(kEnds, nullptr);
+      for (cudaEvent_t& e : ends) {
+        GV_RETURN_IF_ERROR(cuda_status(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "event creation"));
+      }
+    }
+    return cuda_status(cudaEventRecord(ends[i % kEnds], stream), "event record (comm stream)");
   }
 };
 
@@ -191,6 +218,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   Status wait_async() override { return async_->fence(); }
+  Status wait_async_but_last(int keep_pending) override { return async_->fence_but_last(keep_pending); }
 
   // Where a collective goes: async, the comm stream (after the stream-0 work so far); blocking, stream 0 after the
   // pending async collectives (the ordering rules in runtime/nccl_communicator.h).

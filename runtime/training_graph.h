@@ -90,8 +90,8 @@ struct TrainingGraphOptions {
   // nodes); otherwise no effect.
   bool overlap_grad_sync = true;
   // With overlap_grad_sync and ZeRO-2 in bf16 (bf16_grad_reduce): the async gathers of the weights' bf16 copies move
-  // from the end of the step to the next step's forward pass, each issued one weight ahead of the node that first
-  // reads the copy, with a WaitCollectives before that node (prefetch_copy_gathers). The copies' other ranks' ranges
+  // from the end of the step to the start of the next step's forward pass, in the order of their first readers, each
+  // reader after a WaitCollectives for its own gathers (attr keep_pending: the later ones run on; prefetch_copy_gathers). The copies' other ranks' ranges
   // are then refreshed at the start of the next forward pass, not at the end of the step (no one else reads them:
   // checkpoints and parameters() take the float32 weights). Off: gathered at the end of the step.
   bool prefetch_zero2_gathers = true;
@@ -191,8 +191,9 @@ Status apply_activation_checkpointing(Graph& graph, size_t backward_begin, const
 // build_training_graph after checkpointing.
 Status rematerialize_marked_nodes(Graph& graph, size_t backward_begin);
 // TrainingGraphOptions::prefetch_zero2_gathers on a built training graph (runtime/zero2_gather_prefetch.cpp): each
-// async GatherShardsInPlace of a bf16 state after optimizer_begin moves into [prologue_end, backward_begin), one group
-// ahead of the first forward node reading that copy; backward_begin and optimizer_begin follow. Exposed for tests.
+// async GatherShardsInPlace of a bf16 state after optimizer_begin moves to prologue_end (in first-reader order), and
+// each first forward reader of such a copy gets a WaitCollectives (keep_pending: the gathers of later readers) before
+// it; backward_begin and optimizer_begin follow. Exposed for tests.
 Status prefetch_copy_gathers(TrainingGraph& tg);
 
 }  // namespace gv

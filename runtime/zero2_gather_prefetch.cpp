@@ -1,5 +1,5 @@
 // prefetch_copy_gathers (runtime/training_graph.h): ZeRO-2's async gathers of the weights' bf16 copies move from the
-// end of the step to the next step's forward pass, each issued one weight ahead of its first reader.
+// end of the step to the start of the next step's forward pass, each waited for right before its first reader.
 #include <algorithm>
 #include <map>
 #include <vector>
@@ -33,33 +33,33 @@ Status prefetch_copy_gathers(TrainingGraph& tg) {
   }
   if (by_first_use.empty()) return Status::ok();
   const size_t n_old = g.nodes.size();
-  auto add_wait = [&g]() -> Expected<NodeId> {
+  size_t total = 0;
+  for (const auto& [reader, gathers] : by_first_use) total += gathers.size();
+  auto add_wait = [&g](size_t keep_pending) -> Expected<NodeId> {
     Node w;
     w.op_type = "WaitCollectives";
     w.domain = kGalvatronDomain;
     w.opset = 1;
     w.name = g.unique_name("wait_collectives/prefetch");
+    if (keep_pending > 0) w.attrs.set_int("keep_pending", static_cast<int64_t>(keep_pending));
     GV_RETURN_IF_ERROR(g.add_node(std::move(w)).status());
     return static_cast<NodeId>(g.nodes.size()) - 1;
   };
-  // prologue | G(group 0) | forward nodes before reader 0 | W G(group 1) reader 0 ... | W G(group k+1) reader k ...
-  // WaitCollectives waits for every async collective issued so far, so the wait before reader k covers the gathers
-  // up to group k, each issued one segment earlier: a gather runs beside the forward segment before its first reader.
-  std::vector<size_t> readers;
-  std::vector<std::vector<NodeId>> groups;
-  for (auto& [reader, gathers] : by_first_use) readers.push_back(reader), groups.push_back(gathers);
+  // prologue | every gather, in the order of their first readers | forward nodes, each first reader after a wait for
+  // all but the gathers of the later readers (keep_pending): the gathers run one after another on the communication
+  // stream beside the forward pass, and each reader waits for its own only.
   std::vector<NodeId> order;
-  order.reserve(n_old + readers.size());
+  order.reserve(n_old + by_first_use.size());
   for (size_t i = 0; i < tg.prologue_end; ++i) order.push_back(static_cast<NodeId>(i));
-  order.insert(order.end(), groups[0].begin(), groups[0].end());
-  size_t k = 0;
-  std::vector<size_t> position(n_old + readers.size(), 0);
+  for (const auto& [reader, gathers] : by_first_use) order.insert(order.end(), gathers.begin(), gathers.end());
+  size_t waited = 0;  // gathers covered by the waits so far
+  std::vector<size_t> position(n_old + by_first_use.size(), 0);
   for (size_t i = tg.prologue_end; i < n_old; ++i) {
-    if (k < readers.size() && i == readers[k]) {
-      GV_ASSIGN_OR_RETURN(NodeId w, add_wait());
+    auto group = by_first_use.find(i);
+    if (group != by_first_use.end()) {
+      waited += group->second.size();
+      GV_ASSIGN_OR_RETURN(NodeId w, add_wait(total - waited));
       order.push_back(w);
-      if (k + 1 < groups.size()) order.insert(order.end(), groups[k + 1].begin(), groups[k + 1].end());
-      ++k;
     }
     if (!moved[i]) order.push_back(static_cast<NodeId>(i));
   }

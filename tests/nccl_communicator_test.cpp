@@ -373,7 +373,7 @@ TEST_F(GpuPlans, Zero2Bf16FollowsFloat32AndPrefetchChangesNothing) {
   ASSERT_TRUE(write_npy(path("tokens.npy"), tokens).is_ok());
   auto zoo = [&](const std::string& tag, const std::vector<std::string>& extra) {
     std::vector<std::string> a = {"train", "--model-type", "gpt", "--model-size", "gpt-tiny", "--hidden-size", "256",
-                                  "--num-heads", "4", "--seq-len", "128", "--batch-size", "8", "--steps",
+                                  "--num-heads", "4", "--seq-len", "64", "--batch-size", "16", "--steps",
                                   std::to_string(kSteps), "--lr", "1e-3", "--data", path("tokens.npy"), "--device",
                                   "cuda", "--precision", "bf16", "--devices", "2", "--metrics", path(tag + ".jsonl"),
                                   "--checkpoint-dir", path(tag)};

@@ -212,9 +212,9 @@ TEST(Zero2Bf16, TrainsLikeFloat32Zero2AndKeepsCopiesCurrent) {
   EXPECT_EQ(copies, 2u * 8u);
 }
 
-// prefetch_zero2_gathers: the copies' gathers sit in the forward pass, each after a wait and one reader ahead of its
-// first reader, the last ones right before theirs; nothing reads a copy before its gather and a wait; the regions'
-// bounds follow the moved nodes. On CPU ranks (blocking collectives) training is bit-identical to gathering at the end.
+// prefetch_zero2_gathers: the copies' gathers are issued at the start of the forward pass in the order of their first
+// readers, and each first reader waits (keep_pending) for its own gathers only; nothing reads a copy before a wait
+// covers its gather; the regions' bounds follow the moved nodes. On CPU ranks (blocking collectives) training is bit-identical to gathering at the end.
 TEST(Zero2Bf16, GathersPrefetchedIntoTheForwardPass) {
   auto g = testing::gpt2_fixture_graph(2);
   ASSERT_TRUE(g.has_value()) << g.status().message();
@@ -234,31 +234,36 @@ TEST(Zero2Bf16, GathersPrefetchedIntoTheForwardPass) {
   EXPECT_EQ(pre->optimizer_begin, end->optimizer_begin + 16);
   EXPECT_EQ(gr.nodes[pre->backward_begin].name, end->graph.nodes[end->backward_begin].name);
   EXPECT_EQ(gr.nodes[pre->optimizer_begin].name, end->graph.nodes[end->optimizer_begin].name);
-  std::map<ValueId, size_t> gathered_at;
-  size_t waits = 0, issued = 0;  // waits in the forward pass; gathers issued before the latest wait
-  std::map<ValueId, size_t> covered;  // copy -> index of the first wait after its gather
+  // Replays the forward pass: gathers in issue order; a wait with keep_pending k covers all issued but the last k.
+  std::vector<ValueId> issued;
+  std::set<ValueId> covered;
+  size_t waits = 0;
+  std::vector<int64_t> keeps;
   for (size_t i = pre->prologue_end; i < pre->backward_begin; ++i) {
     const Node& n = gr.nodes[i];
     if (n.op_type == "WaitCollectives") {
       ++waits;
-      for (auto& [c, at] : gathered_at) covered.emplace(c, i);
-      issued = gathered_at.size();
+      const int64_t keep = n.attrs.get_int("keep_pending", 0);
+      keeps.push_back(keep);
+      ASSERT_LE(keep, static_cast<int64_t>(issued.size()));
+      for (size_t k = 0; k + keep < issued.size(); ++k) covered.insert(issued[k]);
       continue;
     }
     if (n.op_type == "GatherShardsInPlace") {
       EXPECT_EQ(n.attrs.get_int("async", 0), 1);
-      gathered_at[n.inputs[0]] = i;
+      EXPECT_EQ(waits, 0u) << "every gather is issued before the forward pass's first node";
+      issued.push_back(n.inputs[0]);
       continue;
     }
     for (ValueId v : n.inputs) {
-      if (!pre->sharded_masters.empty() && gr.value(v).dtype == DType::kBFloat16 && gr.value(v).kind == ValueKind::kState) {
-        ASSERT_TRUE(covered.count(v)) << n.name << " reads " << gr.value(v).name << " before its gather and a wait";
+      if (gr.value(v).dtype == DType::kBFloat16 && gr.value(v).kind == ValueKind::kState) {
+        ASSERT_TRUE(covered.count(v)) << n.name << " reads " << gr.value(v).name << " before a wait covers its gather";
       }
     }
   }
-  EXPECT_EQ(waits, 8u);
-  EXPECT_EQ(gathered_at.size(), 8u);
-  EXPECT_EQ(issued, 8u);
+  EXPECT_EQ(issued.size(), 8u);
+  // One wait per copy, each leaving the later readers' gathers running: 7, 6, ..., 0.
+  EXPECT_EQ(keeps, (std::vector<int64_t>{7, 6, 5, 4, 3, 2, 1, 0}));
   for (size_t i = pre->optimizer_begin; i < gr.nodes.size(); ++i) {
     if (gr.nodes[i].op_type == "GatherShardsInPlace") {
       EXPECT_EQ(gr.value(gr.nodes[i].inputs[0]).kind, ValueKind::kParameter) << gr.nodes[i].name;
