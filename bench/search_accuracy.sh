@@ -13,7 +13,9 @@
 # BASELINES ("dp"; "none" for none; per model: BASELINES_llama_7b ...), ONE_GPU=1 (one GPU with the per-GPU batch: scaling efficiency), FSDP=1 (PyTorch FSDP through
 # torchrun bench/torch_fsdp.py, GPT-2 sizes; FSDP_SHARDING "full grad_op"), TRAIN_TIMEOUT (240 s per run),
 # TP_DEGREES (2,4: the layer timed per TP degree, galvatron's extension of the profile; "" for none),
-# HW_DIR (hardware files measured before, on the same kind of machine: skips the hardware profile).
+# HW_DIR (hardware files measured before, on the same kind of machine: skips the hardware profile), GRAD_REDUCE (fp32;
+# bf16: the search's and the runs' --grad-reduce-dtype: bf16 DP messages, ZeRO-2's gathers beside the forward pass).
+# BASELINES may also name zero2: the search restricted to data parallelism with ZeRO-2 and one micro-batch.
 set -uo pipefail
 GV=${GALVATRON:-./galvatron}
 N=${NGPU:-4}
@@ -24,6 +26,7 @@ MEM=${MEM_GB:-64}
 PREC=${PRECISION:-tf32}
 STEPS=${STEPS:-6}
 DP_TYPE=${DP_TYPE:-ddp}
+GRAD_REDUCE=${GRAD_REDUCE:-fp32}
 SEQ=${SEQ:-1024}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -86,14 +89,15 @@ for M in $MODELS; do
     --output-dir "$P/prof" \
     > "$P/profile.log" 2>&1; echo "profile exit $?"; grep "^forward on\|^memory\|^TP" "$P/profile.log"
   S="search --model-type $MT --model-size $M --seq-length $SEQ --num-nodes 1 --num-gpus-per-node $N --settle-bsz $GBS
-     --mixed-precision fp32 --time-profiling-path $P/prof --time-profile-mode batch --hardware-profiling-path $OUT/hw"
+     --mixed-precision fp32 --time-profiling-path $P/prof --time-profile-mode batch --hardware-profiling-path $OUT/hw
+     --grad-reduce-dtype $GRAD_REDUCE"
   # 3. The search.
   stamp "$M: search, global batch $GBS, $MEM GB"
   timeout 120 "$GV" $S --memory-constraint "$MEM" --default-dp-type "$DP_TYPE" --pipeline-type pipedream_flush \
     --output-config-path "$P/plan.json" > "$P/search.log" 2>&1; echo "search exit $?"
   sed -n '/^Galvatron search/,$p' "$P/search.log"
   T="train --model-type $MT --model-size $M --seq-length $SEQ --data $OUT/tokens.npy --seq-len $SEQ --steps $STEPS --lr 1e-4
-     --device cuda --devices $N --precision $PREC"
+     --device cuda --devices $N --precision $PREC --grad-reduce-dtype $GRAD_REDUCE"
   # 4. Training steps under the searched plan: --batch-size is one micro-batch over all GPUs (global / chunks).
   train_plan() {  # name, plan.json, search.log
     if [ -f "$2" ]; then
@@ -114,14 +118,16 @@ for M in $MODELS; do
   bl_key=BASELINES_${M//[-.]/_}
   for B in ${!bl_key:-${BASELINES:-dp}}; do
     extra=""
+    space=$B
     case $B in
       none) continue;;
       dp) extra="--settle-chunk 1 --disable-sdp 1 --disable-vtp 1 --default-dp-type ddp";;
+      zero2) space=dp; extra="--settle-chunk 1 --disable-sdp 1 --disable-vtp 1 --default-dp-type zero2";;
       tp) extra="--max-tp-deg $N";;
       pp) extra="--max-pp-deg $N";;
     esac
     stamp "$M: search restricted to $B"
-    timeout 120 "$GV" $S --memory-constraint 512 --search-space "$B" $extra --pipeline-type pipedream_flush \
+    timeout 120 "$GV" $S --memory-constraint 512 --search-space "$space" $extra --pipeline-type pipedream_flush \
       --output-config-path "$P/plan_$B.json" > "$P/search_$B.log" 2>&1; echo "search ($B) exit $?"
     grep -h "^predicted time per iteration" "$P/search_$B.log"
     train_plan "$B" "$P/plan_$B.json" "$P/search_$B.log"

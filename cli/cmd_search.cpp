@@ -287,7 +287,7 @@ std::vector<FlagSpec> search_flags() {
       int_flag("max-tp-deg", "T", "8", "Largest tensor-parallel degree."),
       int_flag("max-pp-deg", "P", "8", "Largest pipeline degree."),
       string_flag("default-dp-type", "ddp|zero2", "ddp", "Data-parallel type of non-ZeRO-3 layers."),
-      string_flag("grad-reduce-dtype", "fp32|bf16", "fp32", "The training run's --grad-reduce-dtype (this runtime's profiles): with bf16 in bf16 mixed precision, ZeRO-2's weight gathers are costed beside the next forward pass instead of after the update."),
+      string_flag("grad-reduce-dtype", "fp32|bf16", "fp32", "The training run's --grad-reduce-dtype (this runtime's profiles): bf16: gradient messages are bf16, and ZeRO-2's weight gathers are costed beside the next forward pass instead of after the update (as a bf16 training run does)."),
       string_flag("mixed-precision", "fp32|fp16|bf16", "bf16", "Training precision."),
       string_flag("pipeline-type", "gpipe|pipedream_flush", "gpipe", "Pipeline schedule."),
       bool_flag("sequence-parallel", "Megatron sequence parallelism (reads the _sp memory sections)."),

@@ -182,6 +182,9 @@ LayerTime layer_time(const CostInputs& in, int lt_idx, const Strategy& s, double
   double dp_msg = (2.0 * (dp - 1) / dp * param) * L;
   if (o.mixed_precision) dp_msg /= 2;
   const double fsdp_msg = dp_msg * 0.5;
+  // bf16 gradient reduction: DDP's all-reduces and ZeRO-2's reduce-scatters and gathers (the runtime's ZeRO-3 stays
+  // float32).
+  if (o.bf16_grad_messages && !o.mixed_precision && !s.is_fsdp()) dp_msg /= 2;
   if (no_comm) dp_msg = 0;
   // galvatron's extension, for profiles of this runtime (they carry optimizer_ms_per_param_mb): its ZeRO-2
   // reduce-scatters the gradients during the backward pass (half the all-reduce's volume, overlapped like it) and

@@ -22,6 +22,9 @@ struct TrainOptions {
   // This runtime's ZeRO-2 in bf16 (--grad-reduce-dtype bf16 in bf16 precision; runtime/training_graph.h): the weights'
   // gathers run beside the next step's forward pass instead of after the update (profiles of this runtime only).
   bool zero2_gathers_in_forward = false;
+  // The runtime reduces gradients in bf16 (--grad-reduce-dtype bf16): DP messages are half the float32 bytes even
+  // when mixed_precision is off (the profiles of this runtime are taken with --mixed-precision fp32).
+  bool bf16_grad_messages = false;
   bool disable_vtp = false;
   bool sequence_parallel = false;  // Megatron-SP
   SpSpace sp_space = SpSpace::kTp;

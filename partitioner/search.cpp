@@ -397,7 +397,8 @@ CostInputs make_cost_inputs(const ModelProfile& model, const HardwareProfile& hw
   ci.opt.mixed_precision = opt.mixed_precision != "fp32";
   ci.opt.async_grad_reduce = opt.async_grad_reduce;
   ci.opt.use_zero2_for_dp = opt.default_dp_type == "zero2";
-  ci.opt.zero2_gathers_in_forward = opt.grad_reduce_dtype == "bf16" && opt.mixed_precision == "bf16";
+  ci.opt.zero2_gathers_in_forward = opt.grad_reduce_dtype == "bf16";
+  ci.opt.bf16_grad_messages = opt.grad_reduce_dtype == "bf16";
   ci.opt.disable_vtp = opt.disable_vtp != 0;
   ci.opt.sequence_parallel = opt.sequence_parallel;
   ci.opt.sp_space = opt.sp_space == "tp+sp" ? SpSpace::kTpSp : (opt.sp_space == "sp" ? SpSpace::kSp : SpSpace::kTp);

@@ -24,8 +24,8 @@ struct SearchOptions {
       disable_tp_consec = 0;
   int max_tp_deg = 8, max_pp_deg = 8;
   std::string default_dp_type = "ddp";  // ddp | zero2
-  // The runtime's gradient reduction type (galvatron train --grad-reduce-dtype): with bf16 and bf16 mixed precision,
-  // this runtime's ZeRO-2 gathers the weights during the next forward pass (TrainOptions::zero2_gathers_in_forward).
+  // The runtime's gradient reduction type (galvatron train --grad-reduce-dtype): with bf16, DP messages are bf16 and
+  // this runtime's ZeRO-2 (in bf16 precision) gathers the weights during the next forward pass (TrainOptions).
   std::string grad_reduce_dtype = "fp32";  // fp32 | bf16
   std::string mixed_precision = "bf16";  // fp32 | fp16 | bf16
   std::string pipeline_type = "gpipe";   // gpipe | pipedream_flush

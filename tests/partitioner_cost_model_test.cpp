@@ -174,6 +174,20 @@ TEST(PartitionerCostModel, OptimizerStepOnlyWithTheExtensionKey) {
   EXPECT_GT(zf.gather_time, 0.0);
   EXPECT_LT(zf.gather_time, z2.gather_time);
   EXPECT_NEAR(zf.total_s, z2.total_s + 0.001 * (zf.gather_time - z2.gather_time) / 4, 1e-15);
+  // bf16 gradient messages without mixed precision: DDP and ZeRO-2 messages halve, ZeRO-3's do not.
+  {
+    f.ci.opt.mixed_precision = false;
+    const LayerTime z2_f32 = layer_time(f.ci, 0, ddp, 8, false), z3_f32 = layer_time(f.ci, 0, zero3, 8, false);
+    f.ci.opt.bf16_grad_messages = true;
+    const LayerTime z2_b16 = layer_time(f.ci, 0, ddp, 8, false), z3_b16 = layer_time(f.ci, 0, zero3, 8, false);
+    EXPECT_NEAR(z2_b16.dp_message_mb, z2_f32.dp_message_mb / 2, 1e-9);
+    EXPECT_NEAR(z2_b16.gather_time, z2_f32.gather_time / 2, 1e-9);
+    EXPECT_GT(z3_b16.fsdp_time, 0.0);
+    EXPECT_NEAR(z3_b16.fsdp_time, z3_f32.fsdp_time, 1e-12);
+    EXPECT_NEAR(z3_b16.dp_message_mb, z3_f32.dp_message_mb, 1e-12);
+    f.ci.opt.bf16_grad_messages = false;
+    f.ci.opt.mixed_precision = true;
+  }
   Strategy ddp_nc = ddp;
   f.ci.opt.use_zero2_for_dp = false;
   const LayerTime plain = layer_time(f.ci, 0, ddp_nc, 8, false);
