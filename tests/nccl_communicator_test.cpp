@@ -355,8 +355,9 @@ TEST_F(GpuPlans, Zero2OverlapEqualsNoOverlap) {
   }
 }
 
-// ZeRO-2 in bf16 (--grad-reduce-dtype bf16 in bf16 precision; runtime/training_graph.h) on a zoo GPT (hidden 1024,
-// so that its products take bf16 copies of their weights; the fixture's and hidden 256 are too small): the weights' gradients
+// ZeRO-2 in bf16 (--grad-reduce-dtype bf16 in bf16 precision; runtime/training_graph.h) on gpt-1.5b cut to 2 layers,
+// 256 tokens per row (so that its products take bf16 copies of their weights: the fixture's are too small, and so are
+// those of sequences of 64): the weights' gradients
 // reduce-scattered in bf16 and their bf16 copies gathered during the next forward pass. Within bf16 precision of
 // float32 ZeRO-2 and of DDP with bf16 all-reduces (losses 2e-3, norms 5e-3 relative), not equal to float32 ZeRO-2;
 // the gathers prefetched into the forward pass (async, waited before each copy's first reader) train as gathering
@@ -372,8 +373,8 @@ TEST_F(GpuPlans, Zero2Bf16FollowsFloat32AndPrefetchChangesNothing) {
   }
   ASSERT_TRUE(write_npy(path("tokens.npy"), tokens).is_ok());
   auto zoo = [&](const std::string& tag, const std::vector<std::string>& extra) {
-    std::vector<std::string> a = {"train", "--model-type", "gpt", "--model-size", "gpt-tiny", "--hidden-size", "1024",
-                                  "--num-heads", "16", "--seq-len", "64", "--batch-size", "16", "--steps",
+    std::vector<std::string> a = {"train", "--model-type", "gpt", "--model-size", "gpt-1.5b", "--num-layers", "2",
+                                  "--seq-len", "256", "--batch-size", "4", "--steps",
                                   std::to_string(kSteps), "--lr", "1e-3", "--data", path("tokens.npy"), "--device",
                                   "cuda", "--precision", "bf16", "--devices", "2", "--metrics", path(tag + ".jsonl"),
                                   "--checkpoint-dir", path(tag)};
