@@ -177,6 +177,21 @@ void Graph::erase_nodes(const std::vector<char>& gone) {
   reindex();
 }
 
+bool Graph::reorder_nodes(const std::vector<NodeId>& order) {
+  if (order.size() != nodes.size()) return false;
+  std::vector<char> seen(nodes.size(), 0);
+  for (NodeId id : order) {
+    if (id < 0 || static_cast<size_t>(id) >= nodes.size() || seen[id]) return false;
+    seen[id] = 1;
+  }
+  std::vector<Node> reordered;
+  reordered.reserve(order.size());
+  for (NodeId id : order) reordered.push_back(std::move(nodes[id]));
+  nodes = std::move(reordered);
+  reindex();
+  return true;
+}
+
 void Graph::reindex() {
   by_name_.clear();
   for (ValueId i = 0; i < static_cast<ValueId>(values.size()); ++i) {

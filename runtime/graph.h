@@ -84,6 +84,8 @@ class Graph {
   void drop_values(const std::vector<char>& drop);
   // Removes the nodes marked in `gone` (indexed by NodeId), keeping the others' order, then reindexes. Values stay.
   void erase_nodes(const std::vector<char>& gone);
+  // Puts the nodes in `order` (a permutation of all node ids), then reindexes. False if it is not one.
+  bool reorder_nodes(const std::vector<NodeId>& order);
   // Rebuilds the producer links and the name index after nodes or values were edited in place.
   void reindex();
   // Number of users of each value (graph outputs count as a use).

@@ -264,12 +264,7 @@ Status overlap_gradient_sync(TrainingGraph& tg, const std::vector<GradSync>& syn
     if (!moved.count(static_cast<NodeId>(i))) order.push_back(static_cast<NodeId>(i));
   }
   if (final_wait >= 0) order.push_back(final_wait);
-  if (order.size() != g.nodes.size()) return internal_error("overlap_grad_sync: lost nodes while reordering");
-  std::vector<Node> nodes;
-  nodes.reserve(order.size());
-  for (NodeId id : order) nodes.push_back(std::move(g.nodes[id]));
-  g.nodes = std::move(nodes);
-  g.reindex();
+  if (!g.reorder_nodes(order)) return internal_error("overlap_grad_sync: lost nodes while reordering");
   tg.optimizer_begin = optimizer_begin;
   return Status::ok();
 }

@@ -63,7 +63,7 @@ Status prefetch_copy_gathers(TrainingGraph& tg) {
     }
     if (!moved[i]) order.push_back(static_cast<NodeId>(i));
   }
-  if (order.size() != g.nodes.size()) return internal_error("prefetch_copy_gathers: lost nodes while reordering");
+  if (order.size() != position.size()) return internal_error("prefetch_copy_gathers: lost nodes while reordering");
   for (size_t j = 0; j < order.size(); ++j) position[order[j]] = j;
   // The regions start where their first node that stays went (the backward's first node never moves; the optimizer
   // region's first staying node is its first node or a later one).
@@ -75,11 +75,7 @@ Status prefetch_copy_gathers(TrainingGraph& tg) {
     }
   }
   const size_t backward_begin = position[tg.backward_begin];
-  std::vector<Node> nodes;
-  nodes.reserve(order.size());
-  for (NodeId id : order) nodes.push_back(std::move(g.nodes[id]));
-  g.nodes = std::move(nodes);
-  g.reindex();
+  if (!g.reorder_nodes(order)) return internal_error("prefetch_copy_gathers: the new order is not a permutation");
   tg.backward_begin = backward_begin;
   tg.optimizer_begin = optimizer_begin;
   return Status::ok();

@@ -44,13 +44,19 @@ void bf16_options(TrainingGraphOptions& o, bool bf16_reduce) {
   o.bf16_grad_reduce_min_numel = 0;
 }
 
+// The options of rank `rank` of two: ZeRO-2 in bf16.
+TrainingGraphOptions zero2_bf16(const Graph& g, int rank) {
+  TrainingGraphOptions o;
+  o.rank = rank;
+  zero2_sync(g, o);
+  bf16_options(o, true);
+  return o;
+}
+
 TEST(Zero2Bf16, WeightsReadOnlyThroughTheirCopyReduceAndGatherBf16) {
   auto g = testing::gpt2_fixture_graph(2);
   ASSERT_TRUE(g.has_value()) << g.status().message();
-  TrainingGraphOptions o;
-  o.rank = 1;
-  zero2_sync(*g, o);
-  bf16_options(o, true);
+  TrainingGraphOptions o = zero2_bf16(*g, 1);
   auto tg = build_training_graph(*g, o);
   ASSERT_TRUE(tg.has_value()) << tg.status().message();
   const Graph& gr = tg->graph;
@@ -214,14 +220,12 @@ TEST(Zero2Bf16, TrainsLikeFloat32Zero2AndKeepsCopiesCurrent) {
 
 // prefetch_zero2_gathers: the copies' gathers are issued at the start of the forward pass in the order of their first
 // readers, and each first reader waits (keep_pending) for its own gathers only; nothing reads a copy before a wait
-// covers its gather; the regions' bounds follow the moved nodes. On CPU ranks (blocking collectives) training is bit-identical to gathering at the end.
+// covers its gather; the regions' bounds follow the moved nodes. On CPU ranks (blocking collectives) training is
+// bit-identical to gathering at the end.
 TEST(Zero2Bf16, GathersPrefetchedIntoTheForwardPass) {
   auto g = testing::gpt2_fixture_graph(2);
   ASSERT_TRUE(g.has_value()) << g.status().message();
-  TrainingGraphOptions o;
-  o.rank = 0;
-  zero2_sync(*g, o);
-  bf16_options(o, true);
+  TrainingGraphOptions o = zero2_bf16(*g, 0);
   o.prefetch_zero2_gathers = false;
   auto end = build_training_graph(*g, o);
   o.prefetch_zero2_gathers = true;
