@@ -277,7 +277,12 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
     cfg.shards = prog.shards;
     cfg.loss_divisor = prog.loss_divisor;
     input_slices = prog.input_slices;
-    predicted_comm = partitioner::predict_comm_volume(plan, prog.layout, model.graph, settings.batch_size);
+    // bf16 gradient reduction: DDP's all-reduces always; ZeRO-2's where the weights keep bf16 copies (bf16 on GPUs).
+    const bool bf16_reduce = settings.args->str("grad-reduce-dtype") == "bf16" &&
+                             (plan.default_dp_type != partitioner::DpType::kZero2 ||
+                              (settings.device == "cuda" && settings.precision == "bf16"));
+    predicted_comm = partitioner::predict_comm_volume(plan, prog.layout, model.graph, settings.batch_size,
+                                                      bf16_reduce ? 0.5 : 1.0);
     forward = std::move(prog.forward);
     model.graph = Graph();
   } else {

@@ -2,7 +2,8 @@
 
 namespace gv::partitioner {
 
-CommVolume predict_comm_volume(const ParallelPlan& plan, const RankLayout& r, const Graph& g, int64_t micro_rows) {
+CommVolume predict_comm_volume(const ParallelPlan& plan, const RankLayout& r, const Graph& g, int64_t micro_rows,
+                               double dp_bytes_scale) {
   CommVolume v;
   // Parameter bytes per place (layer i, or -1 for the embedding and head), and the hidden state's bytes per row.
   std::map<int, double> param_bytes;
@@ -35,7 +36,7 @@ CommVolume predict_comm_volume(const ParallelPlan& plan, const RankLayout& r, co
     if (l.stage != r.stage) continue;
     const double p = param_bytes[i] / l.tp;
     const double m = dp_msg(l.dp, p);
-    v.dp += m;
+    v.dp += l.zero3 ? m : m * dp_bytes_scale;
     if (l.zero3) v.zero3_extra += 0.5 * m;
     if (l.tp > 1) {
       // Activations of this rank's rows over the whole step.
@@ -46,7 +47,9 @@ CommVolume predict_comm_volume(const ParallelPlan& plan, const RankLayout& r, co
     }
   }
   // Embedding and head: data parallel over the stage (vtp 1).
-  if (r.stage == 0 || r.stage == plan.pp_deg - 1) v.dp += dp_msg(r.embedding.dp, param_bytes[-1]);
+  // (ZeRO-2 in bf16 syncs a tied embedding in float32: its Gather reads the float32 weight.)
+  const double embedding_scale = plan.default_dp_type == DpType::kZero2 ? 1.0 : dp_bytes_scale;
+  if (r.stage == 0 || r.stage == plan.pp_deg - 1) v.dp += dp_msg(r.embedding.dp, param_bytes[-1]) * embedding_scale;
   if (plan.pp_deg > 1) {
     // One activation forward (except the last stage) and one gradient backward (except the first) per micro-batch.
     const double act = act_bytes_per_micro / static_cast<double>(micro_rows) * (micro_rows / r.embedding.dp);

@@ -18,9 +18,11 @@ struct CommVolume {
 };
 
 // `model`: the whole forward graph at one micro-batch of `micro_rows` rows (shapes give the parameter sizes per layer
-// and the hidden states' size); fp32 buffers.
+// and the hidden states' size); fp32 buffers. `dp_bytes_scale`: the share of those bytes the gradient sync of DDP and
+// ZeRO-2 layers sends (0.5 when they reduce in bf16: --grad-reduce-dtype bf16; the embedding's too under DDP, not under
+// ZeRO-2, whose bf16 path skips a tied embedding); ZeRO-3's stays float32.
 CommVolume predict_comm_volume(const ParallelPlan& plan, const RankLayout& layout, const Graph& model,
-                               int64_t micro_rows);
+                               int64_t micro_rows, double dp_bytes_scale = 1.0);
 
 // The runtime's per-op counts folded into the same categories: AllReduce, ReduceScatter, GatherShardsInPlace -> dp;
 // AllGather -> zero3_extra (and batch redistribution); TensorParallelReduce -> tp; Send -> pp.

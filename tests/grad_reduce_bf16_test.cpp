@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <set>
 
 #include "runtime/communicator.h"
@@ -356,6 +357,32 @@ TEST_F(Bf16GradReduceMpi, TwoProcessesFollowFloat32Reduction) {
     differs = differs || a[i]["grad_norm"].get<double>() != b[i]["grad_norm"].get<double>();
   }
   EXPECT_TRUE(differs) << "--grad-reduce-dtype bf16 gave fp32's exact gradient norms";
+}
+
+// The run's report of bytes sent per step against the cost model's count (partitioner/comm_volume.h): under a DDP
+// plan with every gradient in bf16 both halve, and they agree (the fixture's gradients are all data-parallel).
+TEST_F(Bf16GradReduceMpi, PredictedCommunicationFollowsTheReductionType) {
+  std::map<std::string, std::pair<double, double>> sent_predicted;
+  for (const char* dtype : {"fp32", "bf16"}) {
+    auto a = args(dtype);
+    a.erase(std::find(a.begin(), a.end(), "--quiet"));
+    a.insert(a.end(), {"--default-dp-type", "ddp"});
+    auto r = run(a);
+    ASSERT_EQ(r.code, 0) << dtype << ": " << r.err;
+    const std::string key = "communication per step";
+    const size_t at = r.err.find(key);
+    ASSERT_NE(at, std::string::npos) << r.err;
+    const std::string line = r.err.substr(at, r.err.find('\n', at) - at);
+    const size_t sent = line.find("sent "), model = line.find("cost model ");
+    ASSERT_TRUE(sent != std::string::npos && model != std::string::npos) << line;
+    sent_predicted[dtype] = {std::stod(line.substr(sent + 5)), std::stod(line.substr(model + 11))};
+  }
+  const auto [sent32, model32] = sent_predicted["fp32"];
+  const auto [sent16, model16] = sent_predicted["bf16"];
+  EXPECT_GT(sent32, 0.0);
+  EXPECT_NEAR(model16, model32 / 2, 1e-3 * model32);
+  EXPECT_NEAR(sent16, sent32 / 2, 1e-2 * sent32);
+  EXPECT_NEAR(model16, sent16, 2e-2 * sent16);
 }
 
 TEST_F(Bf16GradReduceMpi, UnknownTypeIsAUsageError) {
