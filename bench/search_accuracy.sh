@@ -27,6 +27,7 @@ PREC=${PRECISION:-tf32}
 STEPS=${STEPS:-6}
 DP_TYPE=${DP_TYPE:-ddp}
 GRAD_REDUCE=${GRAD_REDUCE:-fp32}
+TPD=${TP_DEGREES-2,4}  # unset: 2,4; set but empty: none
 SEQ=${SEQ:-1024}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -85,7 +86,7 @@ for M in $MODELS; do
   # float32 under every --precision, so activations count 4 bytes and gradients travel in fp32.
   stamp "$M: computation profile (cuda, $PREC)"
   timeout 180 "$GV" profile --model-type $MT --model-size "$M" --seq-length "$SEQ" --device cuda --precision "$PREC" \
-    --mixed-precision fp32 --profile-batch-sizes 1,2,3,4,5,6,7,8 --repeats 3 --profile-tp-degrees "${TP_DEGREES:-2,4}" \
+    --mixed-precision fp32 --profile-batch-sizes 1,2,3,4,5,6,7,8 --repeats 3 ${TPD:+--profile-tp-degrees "$TPD"} \
     --output-dir "$P/prof" \
     > "$P/profile.log" 2>&1; echo "profile exit $?"; grep "^forward on\|^memory\|^TP" "$P/profile.log"
   S="search --model-type $MT --model-size $M --seq-length $SEQ --num-nodes 1 --num-gpus-per-node $N --settle-bsz $GBS

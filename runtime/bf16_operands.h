@@ -44,11 +44,11 @@ Status bf16_attention_io(Graph& graph, size_t* boundary, int* values);
 
 // Persistent parameter copies (runtime/bf16_param_copies.cpp), on a whole training graph (after its optimizer nodes):
 // the shared bf16 copy (Cast) of a float32 parameter that one AdamW node updates, and nothing else writes (a
-// whole-parameter update, or a ZeRO-2 shard update whose copy a GatherShardsInPlace fills), becomes a kState value that the AdamW rewrites from the updated weights (its input 7, ParamBf16): the Cast no
-// longer runs every step. Those Casts move to the front of the graph, nodes [0, *prologue_end), which the trainer runs
-// before its first step and after it loads parameters; the rest of the graph never writes their inputs but through
-// the AdamW. Only Casts before backward_begin move (so backward_begin and later indices keep their nodes). Adds the
-// number of copies kept to *kept.
+// whole-parameter update, or a ZeRO-2 shard update whose copy a GatherShardsInPlace fills), becomes a kState value
+// that the AdamW rewrites from the updated weights (its input 7, ParamBf16): the Cast no longer runs every step. Those
+// Casts move to the front of the graph, nodes [0, *prologue_end), which the trainer runs before its first step and
+// after it loads parameters; the rest of the graph never writes their inputs but through the AdamW. Only Casts before
+// backward_begin move (so backward_begin and later indices keep their nodes). Adds the number of copies kept to *kept.
 Status keep_bf16_param_copies(Graph& graph, size_t backward_begin, size_t* prologue_end, int* kept);
 // Whether `n` is share_bf16_operands' Cast of a float32 parameter (the copies keep_bf16_param_copies may keep).
 bool is_bf16_param_copy(const Graph& g, const Node& n);

@@ -91,9 +91,10 @@ struct TrainingGraphOptions {
   bool overlap_grad_sync = true;
   // With overlap_grad_sync and ZeRO-2 in bf16 (bf16_grad_reduce): the async gathers of the weights' bf16 copies move
   // from the end of the step to the start of the next step's forward pass, in the order of their first readers, each
-  // reader after a WaitCollectives for its own gathers (attr keep_pending: the later ones run on; prefetch_copy_gathers). The copies' other ranks' ranges
-  // are then refreshed at the start of the next forward pass, not at the end of the step (no one else reads them:
-  // checkpoints and parameters() take the float32 weights). Off: gathered at the end of the step.
+  // reader after a WaitCollectives for its own gathers (attr keep_pending: the later ones run on;
+  // prefetch_copy_gathers). The copies' other ranks' ranges are then refreshed at the start of the next forward pass,
+  // not at the end of the step (no one else reads them: checkpoints and parameters() take the float32 weights). Off:
+  // gathered at the end of the step.
   bool prefetch_zero2_gathers = true;
   // Plain data-parallel gradients all-reduced in bfloat16 (PyTorch DDP's bf16 compression hook, Megatron's
   // grad-reduce-in-bf16): each float32 gradient's AllReduce reads a bf16 copy (half the bytes on the wire), widened

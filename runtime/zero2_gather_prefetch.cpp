@@ -15,7 +15,8 @@ Status prefetch_copy_gathers(TrainingGraph& tg) {
   std::map<ValueId, NodeId> gather_of;
   for (size_t i = tg.optimizer_begin; i < g.nodes.size(); ++i) {
     const Node& n = g.nodes[i];
-    if (n.op_type != "GatherShardsInPlace" || n.domain != kGalvatronDomain || n.attrs.get_int("async", 0) != 1) continue;
+    if (n.op_type != "GatherShardsInPlace" || n.domain != kGalvatronDomain) continue;
+    if (n.attrs.get_int("async", 0) != 1) continue;
     const Value& v = g.value(n.inputs[0]);
     if (v.kind == ValueKind::kState && v.dtype == DType::kBFloat16) gather_of[n.inputs[0]] = static_cast<NodeId>(i);
   }

@@ -169,7 +169,8 @@ TEST(PartitionerCostModel, OptimizerStepOnlyWithTheExtensionKey) {
   const LayerTime zf = layer_time(f.ci, 0, ddp, 8, false);
   f.ci.opt.zero2_gathers_in_forward = false;
   const double gm = t.dp_message_mb / 2, dc_ov = z2.dc * f.hw.overlap_coe, fo = z2.fct * f.hw.overlap_coe;
-  const double fwd = gm * dc_ov > fo ? fo + (gm - fo / dc_ov) * z2.dc : gm * dc_ov + (z2.fct - gm * dc_ov / f.hw.overlap_coe);
+  const double fwd =
+      gm * dc_ov > fo ? fo + (gm - fo / dc_ov) * z2.dc : gm * dc_ov + (z2.fct - gm * dc_ov / f.hw.overlap_coe);
   EXPECT_NEAR(zf.gather_time, fwd - z2.fct, 1e-9);
   EXPECT_GT(zf.gather_time, 0.0);
   EXPECT_LT(zf.gather_time, z2.gather_time);

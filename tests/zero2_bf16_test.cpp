@@ -147,7 +147,8 @@ Zero2Run train_zero2(bool bf16_reduce, bool prefetch = true) {
     const int rank = tr.config().comm->rank();
     // With the gathers prefetched, the copies' other ranges are refreshed by the next forward pass: run one.
     TensorMap batch;
-    for (const char* name : {"input_ids", "labels"}) batch[name] = Tensor(DType::kInt64, {2, 32});  // zeros; each rank's 2 rows
+    // Zeros, each rank's 2 rows.
+    for (const char* name : {"input_ids", "labels"}) batch[name] = Tensor(DType::kInt64, {2, 32});
     GV_RETURN_IF_ERROR(tr.evaluate_loss(batch).status());
     for (const Node& n : tg.graph.nodes) {
       if (!is_bf16_param_copy(tg.graph, n) || !tg.sharded_masters.count(n.inputs[0])) continue;

@@ -292,9 +292,10 @@ Status all_reduce_cpu(KernelContext& ctx) {
 }
 
 // WaitCollectives(buffers...): every async collective issued so far (AllReduce, ReduceScatter, GatherShardsInPlace with
-// async = 1) is complete before the nodes after it run; with attr keep_pending = k, all but the last k issued. Its inputs are only read: they list buffers that collectives
-// in flight still read or write, so that the memory planner keeps them alive until here. CPU: nothing to do (the CPU
-// kernels block). CUDA: Communicator::wait_async (runtime/cuda_parallel_ops).
+// async = 1) is complete before the nodes after it run; with attr keep_pending = k, all but the last k issued (ZeRO-2's
+// prefetched gathers). Its inputs are only read: they list buffers that collectives in flight still read or write, so
+// that the memory planner keeps them alive until here. CPU: nothing to do (the CPU kernels block). CUDA:
+// Communicator::wait_async / wait_async_but_last (runtime/cuda_parallel_ops).
 Status wait_collectives_cpu(KernelContext&) { return Status::ok(); }
 Status infer_any(InferContext&) { return Status::ok(); }
 
