@@ -271,11 +271,6 @@ Status overlap_gradient_sync(TrainingGraph& tg, const std::vector<GradSync>& syn
 
 constexpr int64_t kOnnxFloat = 1, kOnnxBFloat16 = 16;
 
-// TrainingGraphOptions::bf16_grad_reduce for one float32 gradient `grad` of a plain DP all-reduce: Cast(grad) -> bf16
-// copy [, ZeroBuffer(accumulator) when `clear` is given], AllReduce(copy) (the sync), then Cast(copy) -> float32 for the
-// norm and the update (after the wait under overlap). With `fold`, the gradient's producer, a FusedMatMul (a weight's
-// dW) whose output only this sync reads, writes the bf16 copy itself and the first Cast is not made. Returns the
-// widened gradient, or without `widen` the reduced bf16 copy itself (which GradNorm and AdamW read as it is).
 // A float32 gradient written by a galvatron FusedMatMul (a weight's dW product) as its only output: the product
 // writes a new bf16 value <pname>.grad_bf16 instead (out_dtype 16), which is returned; kNoValue when `grad` has no such
 // producer. `grad` stays an orphan value (nothing writes or reads it): dropping it would renumber the values that the
@@ -319,21 +314,31 @@ std::map<ValueId, ValueId> zero2_bf16_copies(const Graph& g, const TrainingGraph
   return copies;
 }
 
+// The bf16 copy of the float32 gradient `grad` that a bf16 sync sends: with `fold`, written by its dW product itself
+// (product_writes_bf16_grad), else by a Cast named `cast_name` whose node joins gs.nodes. gs.grad becomes the value
+// the backward pass writes last (the folded copy, or `grad`).
+Expected<ValueId> bf16_grad_copy(Graph& g, ValueId grad, bool fold, const Placement& place, const std::string& pname,
+                                 const std::string& cast_name, GradSync& gs) {
+  const ValueId folded = fold ? product_writes_bf16_grad(g, grad, pname) : kNoValue;
+  gs.grad = folded != kNoValue ? folded : grad;
+  if (folded != kNoValue) return folded;
+  Attributes to;
+  to.set_int("to", kOnnxBFloat16);
+  gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));
+  return add1(g, "Cast", {grad}, to, g.unique_name(cast_name), place);
+}
+
+// TrainingGraphOptions::bf16_grad_reduce for one float32 gradient `grad` of a plain DP all-reduce: Cast(grad) -> bf16
+// copy [, ZeroBuffer(accumulator) when `clear` is given], AllReduce(copy) (the sync), then Cast(copy) -> float32 for the
+// norm and the update (after the wait under overlap). With `fold`, the gradient's producer, a FusedMatMul (a weight's
+// dW) whose output only this sync reads, writes the bf16 copy itself and the first Cast is not made. Returns the
+// widened gradient, or without `widen` the reduced bf16 copy itself (which GradNorm and AdamW read as it is).
 Expected<ValueId> add_bf16_grad_sync(Graph& g, ValueId grad, bool fold, ValueId clear, bool widen,
                                      const Attributes& reduce, const Placement& place, const std::string& pname,
                                      GradSync& gs) {
-  ValueId copy = fold ? product_writes_bf16_grad(g, grad, pname) : kNoValue;
-  if (copy != kNoValue) {
-    gs.grad = copy;  // build_training_graph points tg.grads at what this returns
-  } else {
-    Attributes to;
-    to.set_int("to", kOnnxBFloat16);
-    gs.grad = grad;
-    gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));
-    GV_ASSIGN_OR_RETURN(copy, add1(g, "Cast", {grad}, to, g.unique_name("grad_reduce/bf16/" + pname), place));
-    if (clear != kNoValue) {
-      GV_RETURN_IF_ERROR(add_update(g, "ZeroBuffer", {clear}, {}, place, g.unique_name("grad_reduce/clear/" + pname)));
-    }
+  GV_ASSIGN_OR_RETURN(const ValueId copy, bf16_grad_copy(g, grad, fold, place, pname, "grad_reduce/bf16/" + pname, gs));
+  if (gs.grad == grad && clear != kNoValue) {  // the Cast read the accumulator: it can be cleared now
+    GV_RETURN_IF_ERROR(add_update(g, "ZeroBuffer", {clear}, {}, place, g.unique_name("grad_reduce/clear/" + pname)));
   }
   gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));
   GV_RETURN_IF_ERROR(add_update(g, "AllReduce", {copy}, reduce, place, g.unique_name("all_reduce/" + pname)));
@@ -512,16 +517,8 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
           // The dW product writes the bf16 gradient itself where only this sync reads it; otherwise a Cast.
           const ValueId grad = final_grad[p];
           const bool fold = uses[grad] == 0 && !is_output[grad] && !reported.count(grad);
-          to_scatter = fold ? product_writes_bf16_grad(g, grad, pname) : kNoValue;
-          if (to_scatter != kNoValue) {
-            gs.grad = to_scatter;
-            tg.grads[p] = to_scatter;
-          } else {
-            Attributes to;
-            to.set_int("to", kOnnxBFloat16);
-            gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));
-            GV_ASSIGN_OR_RETURN(to_scatter, add1(g, "Cast", {grad}, to, g.unique_name("zero2/bf16/" + pname), place));
-          }
+          GV_ASSIGN_OR_RETURN(to_scatter, bf16_grad_copy(g, grad, fold, place, pname, "zero2/bf16/" + pname, gs));
+          if (gs.grad == to_scatter) tg.grads[p] = to_scatter;  // folded: the float32 gradient is gone
           bf16_sharded.insert(p);
         }
         gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));

@@ -154,6 +154,17 @@ TEST_F(PartitionerIrCli, ProfileFilesLoadBackAndSearchGivesAPlan) {
            "--memory-constraint", "8", "--settle-bsz", "8", "--output-config-path", path("plan2.json")});
   ASSERT_EQ(r.code, 0) << r.err << r.out;
   EXPECT_NE(r.err.find("CPU"), std::string::npos) << r.err;
+  // --grad-reduce-dtype (the training run's): bf16 is accepted, anything else named in the error.
+  r = run({"search", "--model-type", "gpt", "--model-size", "gpt-tiny", "--hardware-profiling-path", hw,
+           "--time-profiling-path", prof, "--memory-constraint", "8", "--settle-bsz", "16", "--default-dp-type",
+           "zero2", "--grad-reduce-dtype", "bf16", "--output-config-path", path("plan3.json")});
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  r = run({"search", "--model-type", "gpt", "--model-size", "gpt-tiny", "--hardware-profiling-path", hw,
+           "--time-profiling-path", prof, "--memory-constraint", "8", "--settle-bsz", "16", "--grad-reduce-dtype",
+           "fp16", "--output-config-path", path("plan4.json")});
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--grad-reduce-dtype must be fp32 or bf16"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(path("plan4.json")));
 }
 
 TEST_F(PartitionerIrCli, SearchOnAnOnnxFixture) {

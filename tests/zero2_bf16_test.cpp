@@ -15,6 +15,7 @@
 #include "runtime/communicator.h"
 #include "tests/op_test_util.h"
 #include "tests/parallel_equivalence.h"
+#include "tests/parallel_test_util.h"
 #include "tests/thread_training.h"
 
 namespace gv {
@@ -283,6 +284,56 @@ TEST(Zero2Bf16, GathersPrefetchedIntoTheForwardPass) {
     testing::expect_identical(prefetched.ranks[r]->weights, at_end.ranks[r]->weights);
     testing::expect_identical(prefetched.copies[r], at_end.copies[r]);
   }
+}
+
+// The sharded AdamW of ZeRO-2 in bf16, one node: a bf16 gradient shard and float32 moments update the parameter's
+// range [8, 16) and write that range of its bf16 copy (the bf16 rounding of the updated values), nothing else; the
+// same update on the widened gradient (the reference path, float32 shards) gives the same parameter. Bad shard inputs
+// name the node.
+TEST(Zero2Bf16, ShardedUpdateWritesItsRangeOfTheCopy) {
+  const Tensor p = testing::randn_f32({4, 8}, 1);
+  const Tensor g16 = testing::randn_f32({8}, 2).cast(DType::kBFloat16);
+  const Tensor zeros(DType::kFloat32, {8});
+  const Tensor lr = Tensor::scalar(DType::kFloat64, 1e-2), step = Tensor::from_i64({1}, {});
+  Attributes a;
+  a.set_int("shard_offset", 8);
+  auto update = [&](const Tensor& grad, const Tensor& m, const Tensor& copy) -> Expected<std::vector<Tensor>> {
+    testing::Builder b;
+    const ValueId pv = b.param("p", p);
+    const ValueId cv = copy.defined() ? b.state("copy", copy) : kNoValue;
+    std::vector<ValueId> in = {pv, b.state("g", grad), b.state("m", m), b.state("v", m), b.constant("lr", lr),
+                               b.constant("step", step)};
+    if (cv != kNoValue) in.insert(in.end(), {kNoValue, cv});
+    b.node("AdamW", in, a, kGalvatronDomain, 0);
+    GV_RETURN_IF_ERROR(b.status);
+    std::vector<ValueId> fetch = {pv};
+    if (cv != kNoValue) fetch.push_back(cv);
+    return testing::run_graph(b.g, fetch, nullptr);
+  };
+  auto bf = update(g16, zeros, Tensor(DType::kBFloat16, {4, 8}));
+  ASSERT_TRUE(bf.has_value()) << bf.status().message();
+  auto wide = update(g16.cast(DType::kFloat32), zeros, Tensor());
+  ASSERT_TRUE(wide.has_value()) << wide.status().message();
+  const Tensor &np = (*bf)[0], &copy = (*bf)[1];
+  EXPECT_EQ(std::memcmp(np.data(), (*wide)[0].data(), np.nbytes()), 0);
+  const Tensor rounded = np.cast(DType::kBFloat16);
+  for (int64_t i = 0; i < 32; ++i) {
+    const bool mine = i >= 8 && i < 16;
+    SCOPED_TRACE("element " + std::to_string(i));
+    EXPECT_EQ(np.data_as<float>()[i] != p.data_as<float>()[i], mine);
+    EXPECT_EQ(copy.data_as<uint16_t>()[i], mine ? rounded.data_as<uint16_t>()[i] : uint16_t{0});
+  }
+  const Tensor m16 = zeros.cast(DType::kBFloat16);
+  auto moments = testing::run_op("AdamW", {p, g16, m16, m16, lr, step}, a, 0, 1, {}, kGalvatronDomain);
+  ASSERT_FALSE(moments.has_value());
+  EXPECT_NE(moments.status().message().find("in the parameter's type (float32)"), std::string::npos)
+      << moments.status().message();
+  EXPECT_NE(moments.status().message().find("test_node"), std::string::npos) << moments.status().message();
+  Attributes sgd = a;
+  auto sgd_bf16 = testing::run_op("SGD", {p, g16, zeros, lr, step}, sgd, 0, 1, {}, kGalvatronDomain);
+  ASSERT_FALSE(sgd_bf16.has_value());
+  EXPECT_NE(sgd_bf16.status().message().find("input dtypes differ"), std::string::npos)
+      << sgd_bf16.status().message();
 }
 
 }  // namespace

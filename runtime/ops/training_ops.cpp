@@ -43,8 +43,9 @@ Status infer_update(InferContext& ctx, int num_state) {
   }
   for (int i = 2; i < 2 + num_state; ++i) {
     if (shape_numel(ctx.shape(i)) != n || ctx.dtype(i) != ctx.dtype(0)) {
-      return ctx.fail("optimizer state input " + std::to_string(i) + " (" + shape_str(ctx.shape(i)) +
-                      ") must hold the gradient shard's " + std::to_string(n) + " elements");
+      return ctx.fail("optimizer state input " + std::to_string(i) + " (" + dtype_name(ctx.dtype(i)) + " " +
+                      shape_str(ctx.shape(i)) + ") must hold the gradient shard's " + std::to_string(n) +
+                      " elements in the parameter's type (" + dtype_name(ctx.dtype(0)) + ")");
     }
   }
   return Status::ok();
