@@ -136,9 +136,9 @@ Status run_profile(const ParsedArgs& args, CommandContext& ctx) {
     GV_RETURN_IF_ERROR(write_text_file(comp_path, computation_profile_json(t)));
     for (const auto& [b, ms] : t.layer_ms_per_sample) {
       std::printf("forward on %s, batch %d x seq %d: %.4f ms per sample per layer, %.4f ms per sample "
-                  "for the embedding + head + loss; backward / forward %.2f (the cost model takes 2)\n",
+                  "for the embedding + head + loss; a layer's backward / forward %.2f (the cost model takes 2)\n",
                   on_cpu ? "the CPU (fp32)" : where.c_str(), b, t.seq, ms, t.other_ms_per_sample.at(b),
-                  t.backward_ms_per_sample.at(b) / t.forward_ms_per_sample(b, t.num_layers));
+                  t.backward_layer_ms_per_sample.at(b) / ms);
     }
     for (const auto& [tp, by_batch] : t.tp_layer_ms_per_sample) {
       for (const auto& [b, ms] : by_batch) {

@@ -1,6 +1,7 @@
 #include "cli/train_loop.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <optional>
 #include <cstdio>
 #include <filesystem>
@@ -184,6 +185,11 @@ Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, Command
   s.checkpoint_layers = args.str("checkpoint-layers");
   s.metrics = args.str("metrics");
   s.save_grads = args.str("save-grads");
+  // Each update right after its gradient's last backward node (on CUDA beside the rest of the backward), unless the
+  // first batch's gradients are to be written (--save-grads reads them before any update).
+  // GALVATRON_UPDATES_IN_BACKWARD=0 keeps them after the backward (comparisons, bench/cuda_notes.md).
+  const char* in_backward = std::getenv("GALVATRON_UPDATES_IN_BACKWARD");
+  cfg.graph.updates_in_backward = s.save_grads.empty() && !(in_backward && std::string(in_backward) == "0");
   s.checkpoint_dir = args.str("checkpoint-dir");
   s.checkpoint_every = args.i64("checkpoint-every");
   s.resume = args.str("resume");

@@ -39,6 +39,7 @@ namespace {
 // the repeats), and the parameters' float32 MB.
 struct GraphTimes {
   double layers_ms = 0, other_ms = 0, backward_ms = 0, optimizer_ms = 0, param_mb = 0;
+  double backward_layers_ms = 0;  // the backward's blocks of layer nodes (autograd gives them their layer's place)
   int num_layers = 0, seq = 0;
 };
 
@@ -75,14 +76,19 @@ Expected<GraphTimes> time_graph(Graph fwd, int repeats, Backend& backend) {
   auto layer_of = [&](size_t i) {
     return g.nodes[i].place.kind == Placement::Kind::kLayer ? g.nodes[i].place.layer : -1;
   };
-  std::vector<std::pair<size_t, size_t>> blocks;
-  for (size_t i = 0; i < fwd_end;) {
-    size_t j = i + 1;
-    if (!per_node)
-      while (j < fwd_end && layer_of(j) == layer_of(i)) ++j;
-    blocks.emplace_back(i, j);
-    i = j;
-  }
+  auto blocks_of = [&](size_t begin, size_t end) {
+    std::vector<std::pair<size_t, size_t>> out;
+    for (size_t i = begin; i < end;) {
+      size_t j = i + 1;
+      if (!per_node)
+        while (j < end && layer_of(j) == layer_of(i)) ++j;
+      out.emplace_back(i, j);
+      i = j;
+    }
+    return out;
+  };
+  const std::vector<std::pair<size_t, size_t>> blocks = blocks_of(0, fwd_end);
+  const std::vector<std::pair<size_t, size_t>> bwd_blocks = blocks_of(fwd_end, bwd_end);
   auto timed = [&](size_t begin, size_t end, double* best) -> Status {
     auto t0 = std::chrono::steady_clock::now();
     GV_RETURN_IF_ERROR(ex->run_steps(begin, end));
@@ -95,14 +101,24 @@ Expected<GraphTimes> time_graph(Graph fwd, int repeats, Backend& backend) {
   GV_RETURN_IF_ERROR(ex->run_steps(0, bwd_end));  // warm-up (kernel selection, first-touch allocations)
   GV_RETURN_IF_ERROR(backend.synchronize());
   std::vector<double> best(blocks.size(), std::numeric_limits<double>::infinity());
+  std::vector<double> best_bwd_block(bwd_blocks.size(), std::numeric_limits<double>::infinity());
   double best_bwd = std::numeric_limits<double>::infinity(), best_opt = best_bwd;
   for (int r = 0; r < std::max(repeats, 1); ++r) {
+    // Forward by blocks, the backward whole, then (fed again) the forward whole and the backward by blocks.
     GV_RETURN_IF_ERROR(feed());
     for (size_t k = 0; k < blocks.size(); ++k) GV_RETURN_IF_ERROR(timed(blocks[k].first, blocks[k].second, &best[k]));
     GV_RETURN_IF_ERROR(timed(fwd_end, bwd_end, &best_bwd));
     GV_RETURN_IF_ERROR(timed(bwd_end, ex->num_steps(), &best_opt));
+    GV_RETURN_IF_ERROR(feed());
+    GV_RETURN_IF_ERROR(ex->run_steps(0, fwd_end));
+    for (size_t k = 0; k < bwd_blocks.size(); ++k) {
+      GV_RETURN_IF_ERROR(timed(bwd_blocks[k].first, bwd_blocks[k].second, &best_bwd_block[k]));
+    }
   }
   for (size_t k = 0; k < blocks.size(); ++k) (layer_of(blocks[k].first) >= 0 ? out.layers_ms : out.other_ms) += best[k];
+  for (size_t k = 0; k < bwd_blocks.size(); ++k) {
+    if (layer_of(bwd_blocks[k].first) >= 0) out.backward_layers_ms += best_bwd_block[k];
+  }
   out.backward_ms = best_bwd;
   out.optimizer_ms = best_opt;
   for (ValueId p : tg.params) out.param_mb += static_cast<double>(shape_numel(g.value(p).shape)) * 4 / kMB;
@@ -143,6 +159,7 @@ Expected<ForwardTiming> time_forward(const std::function<Expected<Graph>(int64_t
     t.layer_ms_per_sample[b] = gt.layers_ms / gt.num_layers / b;
     t.other_ms_per_sample[b] = gt.other_ms / b;
     t.backward_ms_per_sample[b] = gt.backward_ms / b;
+    t.backward_layer_ms_per_sample[b] = gt.backward_layers_ms / gt.num_layers / b;
     if (gt.param_mb > 0) {
       const double rate = gt.optimizer_ms / gt.param_mb;
       if (t.optimizer_ms_per_param_mb == 0 || rate < t.optimizer_ms_per_param_mb) t.optimizer_ms_per_param_mb = rate;

@@ -24,6 +24,10 @@ struct ForwardTiming {
   std::map<int, double> layer_ms_per_sample;     // batch -> ms per sample per layer (mean over the layers)
   std::map<int, double> other_ms_per_sample;     // batch -> ms per sample for everything outside the layers (+ loss)
   std::map<int, double> backward_ms_per_sample;  // batch -> ms per sample of the whole backward pass (all places)
+  // batch -> ms per sample per layer of the layers' backward nodes (timed by blocks as the forward): the ratio to
+  // layer_ms_per_sample is the one the cost model's 2 stands for. (The whole backward over the whole forward reads
+  // lower where the head's fused loss, LinearCrossEntropy, computes its gradient in the forward.)
+  std::map<int, double> backward_layer_ms_per_sample;
   // The AdamW step (gradient norm + updates), ms per MB of float32 parameters (best over batches and repeats).
   double optimizer_ms_per_param_mb = 0;
   // TP degree (> 1) -> batch -> ms per sample per layer on one rank of a TP group of that degree, computation only
@@ -42,7 +46,8 @@ struct ForwardTiming {
 // ms; the cost model takes the backward as 2x that (bct_fct_coe) and adds one more forward for checkpointed layers.
 // So the timed graph is the forward part ([0, backward_begin)) of the training graph `build_training_graph` makes of
 // `make_graph(batch)` (the trainer's own graph: loss node, and whatever passes it applies), on `backend` (its
-// precision already set). The backward part is timed too, as one block, for the backward / forward ratio.
+// precision already set). The backward part is timed too, whole and by blocks of one place as the forward, for the
+// layers' backward / forward ratio.
 // CPU: each node runs alone (Executor::run_steps) and is timed; a layer's time is the sum over its nodes (mean over
 // layers), "other" the sum over the embedding / head / loss / unplaced nodes. Other backends (asynchronous: CUDA):
 // contiguous runs of nodes of one place are timed as a block between Backend::synchronize calls (a sync per node would

@@ -5,6 +5,7 @@
 #ifdef GALVATRON_HAVE_CUDA
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -970,6 +971,26 @@ cuda::AdamW adamw_attrs(const KernelContext& ctx) {
   return a;
 }
 
+// An update marked beside_backward (runtime/updates_in_backward.cpp) runs on the second stream, after everything
+// issued so far on the default one; WaitUpdates joins it back. GALVATRON_CUDA_SIDE_STREAM=0 keeps them on the default
+// stream (the new order alone, for comparisons).
+Expected<void*> update_stream(const KernelContext& ctx) {
+  static const bool side_on = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_SIDE_STREAM");
+    return !(e && std::string(e) == "0");
+  }();
+  if (!side_on || ctx.attrs().get_int("beside_backward", 0) == 0) return static_cast<void*>(nullptr);
+  void* s = cuda::side_stream_fork();
+  if (!s) return internal_error("cuda: cannot start the optimizer's second stream: " + std::string(cuda::last_error()));
+  return s;
+}
+
+Status wait_updates_cuda(KernelContext&) {
+  return cuda::side_stream_join() ? Status::ok()
+                                  : internal_error("cuda: waiting for the optimizer's second stream: " +
+                                                   std::string(cuda::last_error()));
+}
+
 Status adamw_cuda(KernelContext& ctx) {
   const TensorRef& p = ctx.inputs[0];
   const int64_t offset = std::max<int64_t>(0, ctx.attrs().get_int("shard_offset", -1)), n = ctx.inputs[1].numel();
@@ -987,9 +1008,10 @@ Status adamw_cuda(KernelContext& ctx) {
     if (ctx.inputs[7].dtype != DType::kBFloat16 || ctx.inputs[7].numel() != p.numel()) return cuda_fallback_kernel(ctx);
     p16 = static_cast<uint16_t*>(ctx.inputs[7].data) + offset;  // the updated range (ZeRO-2: this rank's shard)
   }
+  GV_ASSIGN_OR_RETURN(void* stream, update_stream(ctx));
   return launch(ctx, cuda::adamw_f32(p.as<float>() + offset, ctx.inputs[1].data, g_bf16, ctx.inputs[2].as<float>(),
                                      ctx.inputs[3].as<float>(), n, lr.data, lr.dtype == DType::kFloat64,
-                                     step.as<int64_t>(), norm, a, p16));
+                                     step.as<int64_t>(), norm, a, p16, stream));
 }
 
 // AdamWMulti(lr, step, grad_norm?, then param, grad, m, v per parameter).
@@ -1011,8 +1033,9 @@ Status adamw_multi_cuda(KernelContext& ctx) {
   }
   const cuda::AdamW a = adamw_attrs(ctx);
   const float* norm = ctx.has_input(2) && is_f32(ctx.inputs[2]) ? ctx.inputs[2].as<float>() : nullptr;
+  GV_ASSIGN_OR_RETURN(void* stream, update_stream(ctx));
   return launch(ctx, cuda::adamw_multi_f32(p.data(), g.data(), m.data(), v.data(), n.data(), static_cast<int>(n.size()),
-                                           lr.data, lr.dtype == DType::kFloat64, step.as<int64_t>(), norm, a));
+                                           lr.data, lr.dtype == DType::kFloat64, step.as<int64_t>(), norm, a, stream));
 }
 
 // AllReduce in a single process (no communicator, group empty or {0}) leaves the buffer as it is; otherwise the CPU
@@ -1101,6 +1124,7 @@ void register_cuda_kernels(OpRegistry& r) {
   set(G, "GradNorm", cuda_profiled<grad_norm_cuda>);
   set(G, "AdamW", cuda_profiled<adamw_cuda>);
   set(G, "AdamWMulti", cuda_profiled<adamw_multi_cuda>);
+  set(G, "WaitUpdates", wait_updates_cuda);
   set(G, "AllReduce", cuda_profiled<all_reduce_cuda>);
   register_cuda_attention_kernels(r);
 }

@@ -27,7 +27,8 @@ std::string FusionCounts::summary() const {
          part(bf16_weight_grads, "weight gradients in bf16") +
          part(gather_grad_adds, "embedding gradient sums in one node") +
          part(skip_norms, "residual adds moved into SkipLayerNormalization") +
-         part(bf16_sharded_updates, "ZeRO-2 updates in bf16 (gradient shards and weight gathers)");
+         part(bf16_sharded_updates, "ZeRO-2 updates in bf16 (gradient shards and weight gathers)") +
+         part(updates_in_backward, "optimizer updates beside the backward");
 }
 
 ValueId new_node_output(Graph& graph, NodeId node, const std::string& prefix, DType dtype, Shape shape) {

@@ -165,6 +165,12 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
   auto slot = [&](int micro) -> Executor& { return micro % slots == 0 ? *executor_ : *more_slots_[micro % slots - 1]; };
   double loss_sum = 0.0;
   GV_RETURN_IF_ERROR(refresh_param_copies());
+  // The update's scalars before the backward: updates may run inside it (TrainingGraphOptions::updates_in_backward).
+  m.lr = lr_at(m.step);
+  GV_RETURN_IF_ERROR(executor_->set_value(tg_->lr, Tensor::scalar(DType::kFloat64, m.lr)));
+  Tensor step_t(DType::kInt64, {});
+  step_t.data_as<int64_t>()[0] = m.step;
+  GV_RETURN_IF_ERROR(executor_->set_value(tg_->step, step_t));
   for (const auto& ps : schedule) {
     if (ps.micro < 0 || ps.micro >= accum) return internal_error("pipeline schedule names micro-batch " +
                                                                  std::to_string(ps.micro));
@@ -174,11 +180,18 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
     if (!ps.backward) {
       GV_RETURN_IF_ERROR(feed(ex, micro_batches[ps.micro]));
       GV_RETURN_IF_ERROR(ex.run_steps(tg_->prologue_end, tg_->backward_begin));
-      GV_ASSIGN_OR_RETURN(Tensor l, ex.fetch(tg_->loss));
-      loss_sum += l.scalar_f64(0);
+      if (accum > 1) {  // the next micro-batch's forward overwrites it; one micro-batch: read after the step
+        GV_ASSIGN_OR_RETURN(Tensor l, ex.fetch(tg_->loss));
+        loss_sum += l.scalar_f64(0);
+      }
     } else {
       GV_RETURN_IF_ERROR(ex.run_steps(tg_->backward_begin, tg_->optimizer_begin));
     }
+  }
+  GV_RETURN_IF_ERROR(executor_->run_steps(tg_->optimizer_begin, executor_->num_steps()));
+  if (accum == 1) {  // no host round trip between the forward and the backward (the loss stays in the arena)
+    GV_ASSIGN_OR_RETURN(Tensor l, executor_->fetch(tg_->loss));
+    loss_sum = l.scalar_f64(0);
   }
   m.loss = loss_sum / accum;
   if (parallel()) {
@@ -187,12 +200,6 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
     GV_RETURN_IF_ERROR(config_.comm->all_reduce(&m.loss, 1, DType::kFloat64, ReduceOp::kSum));
     m.loss /= config_.loss_divisor > 0 ? config_.loss_divisor : config_.comm->size();
   }
-  m.lr = lr_at(m.step);
-  GV_RETURN_IF_ERROR(executor_->set_value(tg_->lr, Tensor::scalar(DType::kFloat64, m.lr)));
-  Tensor step_t(DType::kInt64, {});
-  step_t.data_as<int64_t>()[0] = m.step;
-  GV_RETURN_IF_ERROR(executor_->set_value(tg_->step, step_t));
-  GV_RETURN_IF_ERROR(executor_->run_steps(tg_->optimizer_begin, executor_->num_steps()));
   if (parallel()) GV_RETURN_IF_ERROR(config_.comm->wait_sends());
   for (Executor* ex : all_slots()) {
     for (const auto& [op, b] : ex->comm_bytes) m.comm_bytes[op] += b;
@@ -206,6 +213,11 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
 }
 
 Expected<TensorMap> Trainer::compute_gradients(const TensorMap& batch, double* loss) {
+  if (tg_->fused.updates_in_backward > 0) {
+    return invalid_argument("compute_gradients: this trainer's optimizer updates run inside the backward pass "
+                               "(TrainingGraphOptions::updates_in_backward), so its gradients cannot be read without "
+                               "updating the weights; build it with updates_in_backward off");
+  }
   double l = 0.0;
   GV_RETURN_IF_ERROR(run_forward_backward(batch, steps_done_ * config_.graph.grad_accum_steps, &l));
   if (loss) *loss = l;

@@ -153,6 +153,12 @@ struct TrainingGraphOptions {
   bool optimizer_bf16_copies = false;
   // AdamW updates of small whole parameters (under 2^20 elements) grouped into galvatron AdamWMulti nodes of 48.
   bool multi_tensor_optimizer = true;
+  // Each optimizer update right after the last backward node that touches its parameter, gradient or bf16 copy,
+  // instead of after the whole backward pass (move_updates_into_backward): the CUDA backend runs them on a second
+  // stream beside the rest of the backward, the CPU in the new order. The same results; applies only without gradient
+  // clipping (which needs the global norm first), with one micro-batch and no communication. The trainer's
+  // compute_gradients cannot be used then (the updates run inside the backward).
+  bool updates_in_backward = false;
   OptimizerConfig optimizer;
 };
 
@@ -196,5 +202,14 @@ Status rematerialize_marked_nodes(Graph& graph, size_t backward_begin);
 // each first forward reader of such a copy gets a WaitCollectives (keep_pending: the gathers of later readers) before
 // it; backward_begin and optimizer_begin follow. Exposed for tests.
 Status prefetch_copy_gathers(TrainingGraph& tg);
+// TrainingGraphOptions::updates_in_backward on a built training graph (runtime/updates_in_backward.cpp): each AdamW,
+// AdamWMulti or SGD node moves to right after the last node of [prologue_end, optimizer_begin) that reads or writes
+// one of its parameters, gradients, states or copies, drops its (unused) grad_norm input and gets attr
+// beside_backward = 1; a galvatron WaitUpdates reading every arena value they read ends the graph (its CUDA kernel
+// joins the second stream; it keeps those buffers alive until then). optimizer_begin follows the gradient norm.
+// No effect (and "why" from why_updates_stay_after_backward) with clipping, zeroed or accumulated gradients, or any
+// communication node.
+Status move_updates_into_backward(TrainingGraph& tg);
+std::string why_updates_stay_after_backward(const TrainingGraph& tg);
 
 }  // namespace gv

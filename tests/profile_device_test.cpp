@@ -75,6 +75,11 @@ TEST(ProfileDevice, TimeForwardPerTensorParallelDegree) {
   ASSERT_TRUE(t.has_value()) << t.status().message();
   ASSERT_EQ(t->tp_layer_ms_per_sample.count(2), 1u);
   for (int b : {1, 2}) EXPECT_GT(t->tp_layer_ms_per_sample.at(2).at(b), 0) << b;
+  // The layers' backward, timed by blocks as the forward (the ratio `galvatron profile` prints).
+  for (int b : {1, 2}) {
+    ASSERT_EQ(t->backward_layer_ms_per_sample.count(b), 1u) << b;
+    EXPECT_GT(t->backward_layer_ms_per_sample.at(b), 0) << b;
+  }
   EXPECT_EQ(t->tp_layer_ms_per_sample.count(3), 0u);
   ASSERT_EQ(t->tp_skipped.count(3), 1u);
   EXPECT_NE(t->tp_skipped.at(3).find("not divisible"), std::string::npos) << t->tp_skipped.at(3);
@@ -98,7 +103,7 @@ TEST_F(ProfileDeviceCli, CpuIsTheDefaultAndStillWritesTheComputationProfile) {
     CliResult r = run(a);
     ASSERT_EQ(r.code, 0) << r.err << r.out;
     EXPECT_NE(r.out.find("forward on the CPU (fp32), batch 1"), std::string::npos) << r.out;
-    EXPECT_NE(r.out.find("backward / forward"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("a layer's backward / forward"), std::string::npos) << r.out;
     auto j = nlohmann::json::parse(slurp(prof + "/computation_profiling_fp32_gpt-tiny.json"));
     int times = 0;
     for (auto it = j.begin(); it != j.end(); ++it) {

@@ -1,6 +1,8 @@
 // Device helpers for the CUDA backend: memory and copies. Op kernels: the other files of this folder (ops.h).
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+
 #include "kernels/cuda/device.h"
 
 namespace gv::cuda {
@@ -37,5 +39,41 @@ float event_elapsed_ms(void* start, void* stop) {
 }
 void event_destroy(void* e) { cudaEventDestroy(static_cast<cudaEvent_t>(e)); }
 bool synchronize() { return cudaDeviceSynchronize() == cudaSuccess; }
+
+namespace {
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t fork = nullptr, join = nullptr;
+  bool ok = false;
+  SideStream() {
+    ok = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess &&
+         cudaEventCreateWithFlags(&fork, cudaEventDisableTiming) == cudaSuccess &&
+         cudaEventCreateWithFlags(&join, cudaEventDisableTiming) == cudaSuccess;
+  }
+};
+SideStream& side() {
+  static SideStream s;  // one device per process
+  return s;
+}
+}  // namespace
+
+void* side_stream_fork() {
+  SideStream& s = side();
+  if (!s.ok || cudaEventRecord(s.fork, 0) != cudaSuccess || cudaStreamWaitEvent(s.stream, s.fork, 0) != cudaSuccess) {
+    return nullptr;
+  }
+  return s.stream;
+}
+int side_stream_max_blocks() {
+  static const int n = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_SIDE_BLOCKS");
+    return e ? std::atoi(e) : 0;
+  }();
+  return n;
+}
+bool side_stream_join() {
+  SideStream& s = side();
+  return s.ok && cudaEventRecord(s.join, s.stream) == cudaSuccess && cudaStreamWaitEvent(0, s.join, 0) == cudaSuccess;
+}
 
 }  // namespace gv::cuda

@@ -24,3 +24,15 @@ void* event_record();
 float event_elapsed_ms(void* start, void* stop);  // synchronizes on stop; destroys neither
 void event_destroy(void* e);
 }  // namespace gv::cuda
+namespace gv::cuda {
+// A second stream, for work that may run beside the default stream's (the optimizer's updates beside the backward
+// pass; runtime/updates_in_backward.cpp). side_stream_fork: the side stream waits for everything issued on the
+// default stream so far, and is returned (null on failure) for the caller's launches; side_stream_join: the default
+// stream waits for everything issued on the side stream so far. Non-blocking: the default stream's own work never
+// waits for it otherwise.
+void* side_stream_fork();
+bool side_stream_join();
+// At most this many blocks for a flat kernel launched on the side stream (GALVATRON_CUDA_SIDE_BLOCKS; 0: no cap),
+// so that it leaves the default stream's kernels most SMs.
+int side_stream_max_blocks();
+}  // namespace gv::cuda

@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/device.h"
 
 namespace gv::cuda {
 namespace {
@@ -505,9 +506,9 @@ __global__ void adamw_multi_kernel(AdamWChunk c, const void* lr_ptr, bool lr64, 
 
 template <typename I, typename G>
 void launch_adamw(unsigned blocks, bool vec, float* p, G* g, float* m, float* v, uint16_t* p16, I n, const void* lr,
-                  bool lr64, const int64_t* step, const float* norm, const AdamW& a) {
-  if (vec) adamw_kernel<I, true, G><<<blocks, kThreads>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
-  else adamw_kernel<I, false, G><<<blocks, kThreads>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
+                  bool lr64, const int64_t* step, const float* norm, const AdamW& a, cudaStream_t stream) {
+  if (vec) adamw_kernel<I, true, G><<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
+  else adamw_kernel<I, false, G><<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
 }
 
 }  // namespace
@@ -630,17 +631,18 @@ bool grad_norm_f32(const MixedTensor* tensors, const int64_t* counts, const floa
 }
 
 bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
-               const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16) {
+               const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16, void* stream) {
   if (n == 0) return true;
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
   const bool vec = detail::aligned16(p) && reinterpret_cast<uintptr_t>(g) % (g_bf16 ? 8 : 16) == 0 &&
                    detail::aligned16(m) && detail::aligned16(v) && reinterpret_cast<uintptr_t>(p16) % 8 == 0;
-  const unsigned blocks = detail::flat_grid(vec ? (n + 3) / 4 : n);
+  const unsigned blocks = detail::flat_grid(vec ? (n + 3) / 4 : n, stream ? side_stream_max_blocks() : 0);
   auto run = [&](auto* gt) {
     if (n < (int64_t{1} << 31)) {
       launch_adamw<uint32_t>(blocks, vec, p, gt, m, v, p16, static_cast<uint32_t>(n), lr, lr_is_f64, step, grad_norm,
-                             a);
+                             a, st);
     } else {
-      launch_adamw<int64_t>(blocks, vec, p, gt, m, v, p16, n, lr, lr_is_f64, step, grad_norm, a);
+      launch_adamw<int64_t>(blocks, vec, p, gt, m, v, p16, n, lr, lr_is_f64, step, grad_norm, a, st);
     }
   };
   if (g_bf16) run(static_cast<uint16_t*>(g));
@@ -649,13 +651,15 @@ bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, co
 }
 
 bool adamw_multi_f32(float* const* p, float* const* g, float* const* m, float* const* v, const int64_t* n, int num,
-                     const void* lr, bool lr_is_f64, const int64_t* step, const float* grad_norm, const AdamW& a) {
+                     const void* lr, bool lr_is_f64, const int64_t* step, const float* grad_norm, const AdamW& a,
+                     void* stream) {
   AdamWChunk c;
   c.count = 0;
   c.start[0] = 0;
   auto flush = [&]() {
     if (c.count == 0) return true;
-    adamw_multi_kernel<<<static_cast<unsigned>(c.start[c.count]), kThreads>>>(c, lr, lr_is_f64, step, grad_norm, a);
+    adamw_multi_kernel<<<static_cast<unsigned>(c.start[c.count]), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+        c, lr, lr_is_f64, step, grad_norm, a);
     c.count = 0;
     return launched();
   };

@@ -315,9 +315,12 @@ struct AdamW {
 // parameter's bf16 copy, rewritten from the updated values (rounded to nearest even, as to_bf16).
 // g is float32, or bf16 bits (g_bf16: a reduced bf16 gradient, widened exactly).
 bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
-               const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16 = nullptr);
+               const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16 = nullptr,
+               void* stream = nullptr);
 // The same update of `num` whole parameters (p[i], g[i], m[i], v[i] of n[i] elements), up to 48 per launch.
+// `stream` (both): a cudaStream_t to launch on (null: the default stream), e.g. side_stream_fork()'s.
 bool adamw_multi_f32(float* const* p, float* const* g, float* const* m, float* const* v, const int64_t* n, int num,
-                     const void* lr, bool lr_is_f64, const int64_t* step, const float* grad_norm, const AdamW& a);
+                     const void* lr, bool lr_is_f64, const int64_t* step, const float* grad_norm, const AdamW& a,
+                     void* stream = nullptr);
 
 }  // namespace gv::cuda

@@ -297,7 +297,9 @@ Status all_reduce_cpu(KernelContext& ctx) {
 // prefetched gathers). Its inputs are only read: they list buffers that collectives in flight still read or write, so
 // that the memory planner keeps them alive until here. CPU: nothing to do (the CPU kernels block). CUDA:
 // Communicator::wait_async / wait_async_but_last (runtime/cuda_parallel_ops).
-Status wait_collectives_cpu(KernelContext&) { return Status::ok(); }
+// WaitUpdates(buffers...) likewise for the updates issued beside the backward (move_updates_into_backward); CUDA:
+// the default stream waits for the second stream (runtime/cuda_kernels_ops.cpp).
+Status nothing_cpu(KernelContext&) { return Status::ok(); }
 Status infer_any(InferContext&) { return Status::ok(); }
 
 }  // namespace
@@ -324,12 +326,19 @@ void register_training_ops(OpRegistry& r) {
                                     "group, reduction)");
   all_reduce.infer = infer_all_reduce;
   r.add(all_reduce);
-  OpSchema wait = in_place_op("WaitCollectives", 0, 1 << 20, wait_collectives_cpu,
+  OpSchema wait = in_place_op("WaitCollectives", 0, 1 << 20, nothing_cpu,
                               "waits for the async collectives issued so far (attr async = 1) and keeps the buffers "
                               "they use (its inputs) alive until then; no-op on the CPU");
   wait.infer = infer_any;  // any buffers, of any shapes and dtypes
   wait.reads_only = true;
   r.add(wait);
+  OpSchema wait_updates = in_place_op("WaitUpdates", 0, 1 << 20, nothing_cpu,
+                                      "waits for the optimizer updates issued beside the backward (attr "
+                                      "beside_backward = 1) and keeps the buffers they read (its inputs) alive until "
+                                      "then; no-op on the CPU");
+  wait_updates.infer = infer_any;
+  wait_updates.reads_only = true;
+  r.add(wait_updates);
   OpSchema adamw = in_place_op("AdamW", 6, 8, adamw_cpu,
                                "AdamW update of one parameter (or its flat range from shard_offset) in place; its "
                                "bf16 copy (input 7) rewritten from the result");

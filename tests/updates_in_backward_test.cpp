@@ -1,0 +1,172 @@
+// Updates inside the backward pass (runtime/updates_in_backward.cpp, TrainingGraphOptions::updates_in_backward):
+// every AdamW, AdamWMulti or SGD node moves to right after the last backward node that touches its parameter,
+// gradient, state or bf16 copy. References: the same training with the updates after the backward (bit-identical
+// parameters, losses and gradient norms), and the graph's order itself (no node touches an update's buffers after
+// it).
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <set>
+
+#include "runtime/trainer.h"
+#include "tests/op_test_util.h"
+#include "tests/tiny_model.h"
+
+namespace gv {
+namespace {
+
+// A fresh copy of the model's graph: the CPU trains the initializers' buffers in place.
+Graph fresh_graph(const ImportedModel& im) {
+  Graph g = im.graph;
+  for (Value& v : g.values)
+    if (v.data.defined()) v.data = v.data.clone();
+  return g;
+}
+
+struct Run {
+  TensorMap params;
+  std::vector<double> losses, norms;
+  int moved = 0;
+};
+
+Expected<Run> train(const testing::TinyModel& tiny, TrainerConfig tc, bool in_backward, int steps = 3) {
+  auto backend = make_cpu_backend();
+  tc.graph.updates_in_backward = in_backward;
+  tc.lr = 1e-3;
+  GV_ASSIGN_OR_RETURN(auto t, Trainer::create(fresh_graph(tiny.im), tc, *backend));
+  Run r;
+  r.moved = t->training_graph().fused.updates_in_backward;
+  for (int s = 0; s < steps; ++s) {
+    GV_ASSIGN_OR_RETURN(StepMetrics m, t->step({tiny.batch}));
+    r.losses.push_back(m.loss);
+    r.norms.push_back(m.grad_norm);
+  }
+  GV_ASSIGN_OR_RETURN(r.params, t->parameters());
+  return r;
+}
+
+void expect_identical(const Run& a, const Run& b) {
+  EXPECT_EQ(a.losses, b.losses);
+  EXPECT_EQ(a.norms, b.norms);
+  ASSERT_EQ(a.params.size(), b.params.size());
+  for (const auto& [name, p] : a.params) {
+    ASSERT_TRUE(b.params.count(name)) << name;
+    EXPECT_EQ(std::memcmp(p.data(), b.params.at(name).data(), p.nbytes()), 0) << name;
+  }
+}
+
+TEST(UpdatesInBackward, TrainAsAfterTheBackward) {
+  auto tiny = testing::tiny_model("gpt-tiny", 11);
+  ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
+  for (int variant = 0; variant < 3; ++variant) {
+    SCOPED_TRACE(variant == 0 ? "float32 AdamW" : variant == 1 ? "bf16 operands, AdamW writing the copies" : "SGD");
+    TrainerConfig tc = variant == 1 ? testing::cuda_bf16_like_config() : TrainerConfig{};
+    if (variant == 1) tc.graph.optimizer_bf16_copies = true;
+    if (variant == 2) {
+      tc.graph.optimizer.kind = OptimizerConfig::Kind::kSgd;
+      tc.graph.optimizer.momentum = 0.9;
+    }
+    auto after = train(*tiny, tc, false);
+    ASSERT_TRUE(after.has_value()) << after.status().message();
+    auto inside = train(*tiny, tc, true);
+    ASSERT_TRUE(inside.has_value()) << inside.status().message();
+    EXPECT_EQ(after->moved, 0);
+    EXPECT_GT(inside->moved, 0);
+    expect_identical(*after, *inside);
+  }
+}
+
+// Every moved update comes after each node that reads or writes its buffers, before the gradient norm, and some
+// run before the backward ends; WaitUpdates ends the graph and keeps the buffers they read alive.
+TEST(UpdatesInBackward, EachUpdateFollowsEveryNodeTouchingItsBuffers) {
+  auto tiny = testing::tiny_model("gpt-tiny", 11);
+  ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
+  TrainingGraphOptions o = testing::cuda_bf16_like_config().graph;
+  o.optimizer_bf16_copies = true;
+  o.updates_in_backward = true;
+  auto tg = build_training_graph(tiny->im.graph, o);
+  ASSERT_TRUE(tg.has_value()) << tg.status().message();
+  const Graph& g = tg->graph;
+  const size_t n = g.nodes.size();
+  ASSERT_GT(tg->fused.updates_in_backward, 0);
+  EXPECT_NE(tg->fused.summary().find("optimizer updates beside the backward"), std::string::npos);
+  EXPECT_EQ(g.nodes[n - 1].op_type, "WaitUpdates");
+  EXPECT_EQ(g.nodes[tg->optimizer_begin].op_type, "GradNorm");
+  std::set<ValueId> waited(g.nodes[n - 1].inputs.begin(), g.nodes[n - 1].inputs.end());
+  int updates = 0;
+  size_t last_backward = 0;  // the last node of the backward that is not an update
+  for (size_t i = tg->backward_begin; i < tg->optimizer_begin; ++i) {
+    if (g.nodes[i].attrs.get_int("beside_backward", 0) == 0) last_backward = i;
+  }
+  size_t first_update = n;
+  for (size_t i = 0; i < n; ++i) {
+    const Node& u = g.nodes[i];
+    if (u.op_type != "AdamW" && u.op_type != "AdamWMulti") continue;
+    SCOPED_TRACE(u.name);
+    ++updates;
+    first_update = std::min(first_update, i);
+    EXPECT_EQ(u.attrs.get_int("beside_backward", 0), 1);
+    EXPECT_GT(i, tg->backward_begin);
+    EXPECT_LT(i, tg->optimizer_begin);
+    const size_t norm_at = u.op_type == "AdamW" ? 6 : 2;
+    ASSERT_GT(u.inputs.size(), norm_at);
+    EXPECT_EQ(u.inputs[norm_at], kNoValue) << "an update without clipping reads no gradient norm";
+    std::set<ValueId> touched;
+    for (size_t k = 0; k < u.inputs.size(); ++k) {
+      const ValueId v = u.inputs[k];
+      if (v == kNoValue || v == tg->lr || v == tg->step) continue;
+      touched.insert(v);
+      const ValueKind kind = g.value(v).kind;
+      if (kind == ValueKind::kActivation || kind == ValueKind::kInput) {
+        EXPECT_TRUE(waited.count(v)) << g.value(v).name << " is not kept alive until WaitUpdates";
+      }
+    }
+    for (size_t j = i + 1; j < tg->optimizer_begin; ++j) {
+      if (g.nodes[j].attrs.get_int("beside_backward", 0)) continue;
+      for (ValueId v : g.nodes[j].inputs) EXPECT_FALSE(touched.count(v)) << g.nodes[j].name << " reads " << g.value(v).name;
+      for (ValueId v : g.nodes[j].outputs) EXPECT_FALSE(touched.count(v)) << g.nodes[j].name << " writes " << g.value(v).name;
+    }
+  }
+  EXPECT_EQ(updates, tg->fused.updates_in_backward);
+  EXPECT_LT(first_update, last_backward) << "no update runs beside the backward";
+}
+
+// Clipping needs the global norm first, accumulation zeroes and sums gradients over micro-batches: the updates stay,
+// and the reason is named.
+TEST(UpdatesInBackward, StayAfterTheBackwardWithClippingOrAccumulation) {
+  auto tiny = testing::tiny_model("gpt-tiny", 11);
+  ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
+  for (int variant = 0; variant < 2; ++variant) {
+    TrainingGraphOptions o;
+    o.updates_in_backward = true;
+    if (variant == 0) o.optimizer.grad_clip = 1.0;
+    else o.grad_accum_steps = 2;
+    auto tg = build_training_graph(tiny->im.graph, o);
+    ASSERT_TRUE(tg.has_value()) << tg.status().message();
+    EXPECT_EQ(tg->fused.updates_in_backward, 0);
+    for (const Node& nd : tg->graph.nodes) {
+      EXPECT_NE(nd.op_type, "WaitUpdates");
+      EXPECT_EQ(nd.attrs.get_int("beside_backward", 0), 0) << nd.name;
+    }
+    const std::string why = why_updates_stay_after_backward(*tg);
+    EXPECT_NE(why.find(variant == 0 ? "clipping" : "accumulates"), std::string::npos) << why;
+  }
+}
+
+// Gradients cannot be read from a trainer whose updates run inside the backward: the error says so.
+TEST(UpdatesInBackward, ComputeGradientsIsRefused) {
+  auto tiny = testing::tiny_model("gpt-tiny", 11);
+  ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
+  auto backend = make_cpu_backend();
+  TrainerConfig tc;
+  tc.graph.updates_in_backward = true;
+  auto t = Trainer::create(fresh_graph(tiny->im), tc, *backend);
+  ASSERT_TRUE(t.has_value()) << t.status().message();
+  double loss = 0;
+  auto grads = (*t)->compute_gradients(tiny->batch, &loss);
+  ASSERT_FALSE(grads.has_value());
+  EXPECT_NE(grads.status().message().find("updates_in_backward"), std::string::npos) << grads.status().message();
+}
+
+}  // namespace
+}  // namespace gv
