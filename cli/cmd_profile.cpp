@@ -135,10 +135,11 @@ Status run_profile(const ParsedArgs& args, CommandContext& ctx) {
     const std::string comp_path = base + "computation_profiling_" + prec + "_" + src.name + ".json";
     GV_RETURN_IF_ERROR(write_text_file(comp_path, computation_profile_json(t)));
     for (const auto& [b, ms] : t.layer_ms_per_sample) {
-      std::printf("forward on %s, batch %d x seq %d: %.4f ms per sample per layer, %.4f ms per sample "
-                  "for the embedding + head + loss; a layer's backward / forward %.2f (the cost model takes 2)\n",
-                  on_cpu ? "the CPU (fp32)" : where.c_str(), b, t.seq, ms, t.other_ms_per_sample.at(b),
-                  t.backward_layer_ms_per_sample.at(b) / ms);
+      std::printf(
+          "forward on %s, batch %d x seq %d: %.4f ms per sample per layer, %.4f ms per sample "
+          "for the embedding + head + loss; a layer's backward / forward %.2f (the cost model takes 2)\n",
+          on_cpu ? "the CPU (fp32)" : where.c_str(), b, t.seq, ms, t.other_ms_per_sample.at(b),
+          t.backward_layer_ms_per_sample.at(b) / ms);
     }
     for (const auto& [tp, by_batch] : t.tp_layer_ms_per_sample) {
       for (const auto& [b, ms] : by_batch) {

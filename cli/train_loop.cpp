@@ -1,12 +1,12 @@
 #include "cli/train_loop.h"
 
 #include <cmath>
-#include <cstdlib>
-#include <optional>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "cli/auto_plan.h"
 #include "cli/common.h"
@@ -389,6 +389,10 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
   }
   progress.finish();
   out.seconds = progress.elapsed_s();
+  if (settings.device == "cuda" && settings.steps - start >= 2) {
+    ctx.note(trainer.step_recorded() ? "CUDA graph: each step after the first replayed as one recorded launch"
+                                     : "CUDA graph: not used (" + trainer.step_not_recorded_because() + ")");
+  }
   const bool saved_last = settings.checkpoint_every > 0 && settings.steps % settings.checkpoint_every == 0;
   if (!ckpt_dir.empty() && !saved_last && start < settings.steps) GV_RETURN_IF_ERROR(save_checkpoint(settings.steps));
   if (!settings.export_path.empty()) {

@@ -1,6 +1,7 @@
 // The backend interface: where buffers live and which kernel runs a node. The CPU backend is always built; the CUDA
 // backend (kernels/cuda, runtime/cuda_backend.cpp) only where nvcc is found.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -9,6 +10,14 @@
 namespace gv {
 
 enum class DeviceKind { kCpu, kCuda };
+
+// Kernels a backend recorded (Backend::record: a CUDA graph), replayed as one launch with the buffers and scalars
+// they were recorded with.
+class RecordedWork {
+ public:
+  virtual ~RecordedWork() = default;
+  virtual Status replay() = 0;
+};
 
 class Backend {
  public:
@@ -24,6 +33,13 @@ class Backend {
   // The kernel this backend runs for the op, or null when it has none.
   virtual KernelFn kernel(const OpSchema& schema) const = 0;
   virtual Status synchronize() { return Status::ok(); }
+  // Records the kernels `issue` launches, without running them, for replay (the CUDA backend: a CUDA graph of its
+  // compute stream). An error when this backend does not record (the CPU: `unsupported`) or when something `issue`
+  // launched could not be recorded (a kernel that synchronizes with the host, a host fallback); nothing ran then.
+  virtual Expected<std::unique_ptr<RecordedWork>> record(const std::function<Status()>& issue) {
+    (void)issue;
+    return unsupported("the " + name() + " backend does not record kernels");
+  }
   // What the matrix products compute in (`--precision`): "fp32" everywhere; the CUDA backend also takes "tf32" and
   // "bf16" (tensor cores on rounded operands; storage, accumulation and master weights stay float32).
   virtual Status set_precision(const std::string& precision) {

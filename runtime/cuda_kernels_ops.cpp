@@ -986,9 +986,9 @@ Expected<void*> update_stream(const KernelContext& ctx) {
 }
 
 Status wait_updates_cuda(KernelContext&) {
-  return cuda::side_stream_join() ? Status::ok()
-                                  : internal_error("cuda: waiting for the optimizer's second stream: " +
-                                                   std::string(cuda::last_error()));
+  return cuda::side_stream_join()
+             ? Status::ok()
+             : internal_error("cuda: waiting for the optimizer's second stream: " + std::string(cuda::last_error()));
 }
 
 Status adamw_cuda(KernelContext& ctx) {

@@ -1,7 +1,7 @@
 // The NCCL backend of runtime/communicator.h: see runtime/nccl_communicator.h for the design (device buffers through
-// NCCL on stream 0, host buffers forwarded to the host communicator, bootstrap and groups through it, point-to-point
-// staged through the host unless GALVATRON_NCCL_P2P=1). Compiled always; the NCCL code only with GALVATRON_HAVE_NCCL
-// (set on this file alone by runtime/CMakeLists.txt where CUDA and NCCL are found).
+// NCCL on the compute stream, host buffers forwarded to the host communicator, bootstrap and groups through it,
+// point-to-point staged through the host unless GALVATRON_NCCL_P2P=1). Compiled always; the NCCL code only with
+// GALVATRON_HAVE_NCCL (set on this file alone by runtime/CMakeLists.txt where CUDA and NCCL are found).
 #include "runtime/nccl_communicator.h"
 
 #include <cstdlib>
@@ -15,6 +15,8 @@
 #include <cstring>
 #include <map>
 #include <vector>
+
+#include "kernels/cuda/device.h"
 #endif
 
 namespace gv {
@@ -97,8 +99,8 @@ bool nccl_p2p_enabled() {
   return v && std::strcmp(v, "1") == 0;
 }
 
-// The legacy default stream: the project's kernels and copies run there.
-const cudaStream_t kStream = 0;
+// The compute stream (kernels/cuda/device.h): the project's kernels and copies run there.
+cudaStream_t compute() { return static_cast<cudaStream_t>(cuda::compute_stream()); }
 
 // Async collectives (all_reduce_async) of one process, shared by the world communicator and all its groups: one
 // communication stream (non-blocking, so the legacy default stream does not implicitly synchronise with it) on which
@@ -106,9 +108,9 @@ const cudaStream_t kStream = 0;
 // See runtime/nccl_communicator.h for the ordering rules.
 struct AsyncState {
   cudaStream_t stream = nullptr;
-  cudaEvent_t ready = nullptr;  // recorded on stream 0 before each async collective
+  cudaEvent_t ready = nullptr;  // recorded on the compute stream before each async collective
   cudaEvent_t done = nullptr;   // recorded on the comm stream by fence()
-  bool pending = false;         // async work issued that stream 0 was not yet made to wait for
+  bool pending = false;         // async work issued that the compute stream was not yet made to wait for
   // Partial waits (fence_but_last): async collective i's end is recorded on the comm stream, into ends[i % size], when
   // collective i + 1 begins; a wait on it is enqueued before the slot is recorded again (size collectives later).
   static constexpr size_t kEnds = 1024;
@@ -131,12 +133,12 @@ struct AsyncState {
     GV_RETURN_IF_ERROR(cuda_status(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "event creation"));
     return cuda_status(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "communication stream creation");
   }
-  // The comm stream, after waiting for everything enqueued on stream 0 so far.
+  // The comm stream, after waiting for everything enqueued on the compute stream so far.
   Expected<cudaStream_t> begin() {
     GV_RETURN_IF_ERROR(ensure());
     if (issued > 0) GV_RETURN_IF_ERROR(record_end(issued - 1));
     ++issued;
-    GV_RETURN_IF_ERROR(cuda_status(cudaEventRecord(ready, kStream), "event record (compute stream)"));
+    GV_RETURN_IF_ERROR(cuda_status(cudaEventRecord(ready, compute()), "event record (compute stream)"));
     GV_RETURN_IF_ERROR(cuda_status(cudaStreamWaitEvent(stream, ready, 0), "comm stream wait"));
     pending = true;
     return stream;
@@ -146,15 +148,16 @@ struct AsyncState {
     if (!pending) return Status::ok();
     pending = false;
     GV_RETURN_IF_ERROR(cuda_status(cudaEventRecord(done, stream), "event record (comm stream)"));
-    return cuda_status(cudaStreamWaitEvent(kStream, done, 0), "compute stream wait");
+    return cuda_status(cudaStreamWaitEvent(compute(), done, 0), "compute stream wait");
   }
-  // fence() for all async collectives issued so far but the last `keep` (which may run on beside later stream-0 work).
+  // fence() for all async collectives issued so far but the last `keep` (which may run on beside later compute-stream
+  // work).
   Status fence_but_last(int keep) {
     if (keep <= 0 || static_cast<uint64_t>(keep) >= issued) return keep <= 0 ? fence() : Status::ok();
     if (!pending) return Status::ok();
     const uint64_t target = issued - 1 - static_cast<uint64_t>(keep);  // its end was recorded when target + 1 began
     if (issued - 1 - target >= kEnds) return fence();                  // its slot was recorded again since
-    return cuda_status(cudaStreamWaitEvent(kStream, ends[target % kEnds], 0), "compute stream wait");
+    return cuda_status(cudaStreamWaitEvent(compute(), ends[target % kEnds], 0), "compute stream wait");
   }
 
  private:
@@ -204,7 +207,7 @@ class NcclCommunicator final : public Communicator {
     GV_ASSIGN_OR_RETURN(ncclDataType_t t, reducible_type(dtype, "all_reduce"));
     if (count == 0) return Status::ok();
     GV_RETURN_IF_ERROR(async_->fence());
-    return nccl_status(ncclAllReduce(data, data, count, t, nccl_op(op), comm_, kStream), "all-reduce");
+    return nccl_status(ncclAllReduce(data, data, count, t, nccl_op(op), comm_, compute()), "all-reduce");
   }
 
   // Device buffers: on the shared comm stream after the compute work enqueued so far (the reduction, ncclAvg
@@ -220,12 +223,12 @@ class NcclCommunicator final : public Communicator {
   Status wait_async() override { return async_->fence(); }
   Status wait_async_but_last(int keep_pending) override { return async_->fence_but_last(keep_pending); }
 
-  // Where a collective goes: async, the comm stream (after the stream-0 work so far); blocking, stream 0 after the
-  // pending async collectives (the ordering rules in runtime/nccl_communicator.h).
+  // Where a collective goes: async, the comm stream (after the compute-stream work so far); blocking, the compute
+  // stream after the pending async collectives (the ordering rules in runtime/nccl_communicator.h).
   Expected<cudaStream_t> collective_stream(bool async) {
     if (async) return async_->begin();
     GV_RETURN_IF_ERROR(async_->fence());
-    return kStream;
+    return compute();
   }
 
   Status broadcast(void* data, size_t bytes, int root) override {
@@ -233,7 +236,7 @@ class NcclCommunicator final : public Communicator {
     if (!on_device(data)) return host_->broadcast(data, bytes, root);
     if (bytes == 0 || size_ == 1) return Status::ok();
     GV_RETURN_IF_ERROR(async_->fence());
-    return nccl_status(ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, kStream), "broadcast");
+    return nccl_status(ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, compute()), "broadcast");
   }
 
   // A one-element all-reduce on the device and a wait for the stream: every rank enqueued everything before it.
@@ -241,8 +244,8 @@ class NcclCommunicator final : public Communicator {
     GV_RETURN_IF_ERROR(ensure_scratch(sizeof(float)));
     GV_RETURN_IF_ERROR(async_->fence());
     GV_RETURN_IF_ERROR(
-        nccl_status(ncclAllReduce(scratch_, scratch_, 1, ncclFloat32, ncclSum, comm_, kStream), "barrier"));
-    return cuda_status(cudaStreamSynchronize(kStream), "barrier synchronize");
+        nccl_status(ncclAllReduce(scratch_, scratch_, 1, ncclFloat32, ncclSum, comm_, compute()), "barrier"));
+    return cuda_status(cudaStreamSynchronize(compute()), "barrier synchronize");
   }
 
   Status all_gather(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype) override {
@@ -251,7 +254,7 @@ class NcclCommunicator final : public Communicator {
   Status all_gather_async(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype) override {
     return gather(send, recv, counts, dtype, true);
   }
-  // all_gather (async: on the comm stream, after the stream-0 work so far, including the staging copy below).
+  // all_gather (async: on the comm stream, after the compute-stream work so far, including the staging copy below).
   Status gather(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype, bool async) {
     GV_RETURN_IF_ERROR(check_counts(counts, "all_gather"));
     if (!on_device(recv)) {
@@ -268,14 +271,14 @@ class NcclCommunicator final : public Communicator {
     const void* src = send;
     if (counts[rank_] && !on_device(send)) {  // a host piece: stage it at its place in the output
       GV_RETURN_IF_ERROR(cuda_status(
-          cudaMemcpyAsync(out + my_off * elem, send, counts[rank_] * elem, cudaMemcpyHostToDevice, kStream),
+          cudaMemcpyAsync(out + my_off * elem, send, counts[rank_] * elem, cudaMemcpyHostToDevice, compute()),
           "staging an all_gather piece"));
       src = out + my_off * elem;
     }
     if (total == 0) return Status::ok();
     if (size_ == 1) {
       if (src != out) {
-        return cuda_status(cudaMemcpyAsync(out, src, counts[0] * elem, cudaMemcpyDeviceToDevice, kStream),
+        return cuda_status(cudaMemcpyAsync(out, src, counts[0] * elem, cudaMemcpyDeviceToDevice, compute()),
                            "all_gather copy");
       }
       return Status::ok();
@@ -283,7 +286,7 @@ class NcclCommunicator final : public Communicator {
     const bool equal = std::all_of(counts.begin(), counts.end(), [&](size_t c) { return c == counts[0]; });
     if (!equal && counts[rank_] && src != out + my_off * elem) {
       GV_RETURN_IF_ERROR(cuda_status(
-          cudaMemcpyAsync(out + my_off * elem, src, counts[rank_] * elem, cudaMemcpyDeviceToDevice, kStream),
+          cudaMemcpyAsync(out + my_off * elem, src, counts[rank_] * elem, cudaMemcpyDeviceToDevice, compute()),
           "all_gather copy"));
     }
     GV_ASSIGN_OR_RETURN(cudaStream_t stream, collective_stream(async));
@@ -313,7 +316,7 @@ class NcclCommunicator final : public Communicator {
                               ReduceOp op) override {
     return scatter(send, recv, counts, dtype, op, true);
   }
-  // reduce_scatter (async: on the comm stream, after the stream-0 work so far).
+  // reduce_scatter (async: on the comm stream, after the compute-stream work so far).
   Status scatter(const void* send, void* recv, const std::vector<size_t>& counts, DType dtype, ReduceOp op,
                  bool async) {
     GV_RETURN_IF_ERROR(check_counts(counts, "reduce_scatter"));
@@ -329,7 +332,7 @@ class NcclCommunicator final : public Communicator {
     if (total == 0) return Status::ok();
     if (size_ == 1) {
       if (send != recv) {
-        return cuda_status(cudaMemcpyAsync(recv, send, counts[0] * elem, cudaMemcpyDeviceToDevice, kStream),
+        return cuda_status(cudaMemcpyAsync(recv, send, counts[0] * elem, cudaMemcpyDeviceToDevice, compute()),
                            "reduce_scatter copy");
       }
       return Status::ok();
@@ -361,7 +364,7 @@ class NcclCommunicator final : public Communicator {
     if (p2p_ && dst != rank_) {
       if (bytes == 0) return Status::ok();
       GV_RETURN_IF_ERROR(async_->fence());
-      return nccl_status(ncclSend(data, bytes, ncclUint8, dst, comm_, kStream), "send");
+      return nccl_status(ncclSend(data, bytes, ncclUint8, dst, comm_, compute()), "send");
     }
     std::vector<char> h(bytes);
     if (bytes) GV_RETURN_IF_ERROR(cuda_status(cudaMemcpy(h.data(), data, bytes, cudaMemcpyDeviceToHost), "send staging"));
@@ -374,20 +377,20 @@ class NcclCommunicator final : public Communicator {
     if (p2p_ && src != rank_) {
       if (bytes == 0) return Status::ok();
       GV_RETURN_IF_ERROR(async_->fence());
-      return nccl_status(ncclRecv(data, bytes, ncclUint8, src, comm_, kStream), "recv");
+      return nccl_status(ncclRecv(data, bytes, ncclUint8, src, comm_, compute()), "recv");
     }
     std::vector<char> h(bytes);
     GV_RETURN_IF_ERROR(host_->recv(h.data(), bytes, src, tag));
     if (!bytes) return Status::ok();
-    // Synchronous (the host buffer dies here); ordered after earlier work on stream 0.
+    // Synchronous (the host buffer dies here); ordered after earlier work on the compute stream.
     return cuda_status(cudaMemcpy(data, h.data(), bytes, cudaMemcpyHostToDevice), "recv staging");
   }
 
   Status wait_sends() override {
-    Status f = async_->fence();  // so that synchronising stream 0 completes the async collectives too
+    Status f = async_->fence();  // so that synchronising the compute stream completes the async collectives too
     if (!f.is_ok()) return f;
     Status s = host_->wait_sends();
-    Status c = cuda_status(cudaStreamSynchronize(kStream), "completing sends");
+    Status c = cuda_status(cudaStreamSynchronize(compute()), "completing sends");
     return s.is_ok() ? c : s;
   }
 
@@ -418,7 +421,7 @@ class NcclCommunicator final : public Communicator {
     scratch_ = nullptr;
     scratch_bytes_ = 0;
     GV_RETURN_IF_ERROR(cuda_status(cudaMalloc(&scratch_, bytes), "scratch allocation"));
-    GV_RETURN_IF_ERROR(cuda_status(cudaMemsetAsync(scratch_, 0, bytes, kStream), "scratch memset"));
+    GV_RETURN_IF_ERROR(cuda_status(cudaMemsetAsync(scratch_, 0, bytes, compute()), "scratch memset"));
     scratch_bytes_ = bytes;
     return Status::ok();
   }
@@ -448,6 +451,9 @@ class NcclCommunicator final : public Communicator {
 
 Expected<std::unique_ptr<Communicator>> make_nccl_communicator(std::unique_ptr<Communicator> host) {
   if (!host) return invalid_argument("make_nccl_communicator needs a host communicator");
+  // Several processes: the legacy stream, on which these collectives and their fences were proven (a 2-GPU run of
+  // stop 24's created compute stream hung); their steps are never recorded as CUDA graphs anyway.
+  if (host->size() > 1) cuda::use_legacy_stream();
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
     cudaGetLastError();

@@ -1,11 +1,11 @@
 // The NCCL backend of runtime/communicator.h (runtime/nccl_communicator.cpp; the real one is built only where CMake
 // finds CUDA and NCCL, elsewhere the factory answers `unsupported`).
 //
-// Buffers: device pointers go through NCCL on the legacy default stream (stream 0), the stream every CUDA kernel of
-// this project runs on, so collectives are ordered with the kernels without extra synchronisation and return before
-// the data moved. Host pointers (the trainer's loss, checkpoint assembly, the plan broadcast, the CPU fallback
-// kernels) are forwarded to the host communicator the NCCL one was bootstrapped from (MPI's, or a single process's).
-// cudaPointerGetAttributes tells the two apart; device and managed memory count as device.
+// Buffers: device pointers go through NCCL on the compute stream (kernels/cuda/device.h compute_stream), the stream
+// every CUDA kernel of this project runs on, so collectives are ordered with the kernels without extra synchronisation
+// and return before the data moved. Host pointers (the trainer's loss, checkpoint assembly, the plan broadcast, the CPU
+// fallback kernels) are forwarded to the host communicator the NCCL one was bootstrapped from (MPI's, or a single
+// process's). cudaPointerGetAttributes tells the two apart; device and managed memory count as device.
 //
 // Bootstrap: rank 0 of the host communicator creates an ncclUniqueId and broadcasts it through the host communicator;
 // every rank then calls ncclCommInitRank. Groups: group(ranks) makes the host communicator's group first, then an NCCL
@@ -22,30 +22,30 @@
 // it to the device. Every schedule that is deadlock-free over MPI stays so: this process blocks its host only where MPI
 // would block it too (a collective blocks MPI until every member joined; here a later host wait on the stream can
 // only wait for collectives the other members enqueue at the same program point).
-// GALVATRON_NCCL_P2P=1 sends with ncclSend/ncclRecv on stream 0 instead (no host copies). That needs (1) every pair
-// of ranks to post its messages in the same order on both sides (tags are checked for nothing), and (2) no host
-// synchronisation (a fallback kernel's device-to-host copy, a host-buffer collective) between a send and the point
+// GALVATRON_NCCL_P2P=1 sends with ncclSend/ncclRecv on the compute stream instead (no host copies). That needs (1)
+// every pair of ranks to post its messages in the same order on both sides (tags are checked for nothing), and (2) no
+// host synchronisation (a fallback kernel's device-to-host copy, a host-buffer collective) between a send and the point
 // where its peer enqueues the matching receive, since the send holds the stream until then.
 // wait_sends() completes the host communicator's staged sends and synchronises the stream (async collectives too).
 //
 // Async collectives (all_reduce_async / wait_async: data-parallel gradient all-reduces overlapped with the backward
-// pass). One communication stream per process, created with cudaStreamNonBlocking (so the legacy stream 0 does not
+// pass). One communication stream per process, created with cudaStreamNonBlocking (so the compute stream does not
 // implicitly synchronise with it) and shared by the world communicator and all its groups. all_reduce_async on a
-// device buffer records an event on stream 0 and makes the comm stream wait for it (the gradient was written by the
-// kernels enqueued so far), then enqueues ncclAllReduce on the comm stream (ncclSum or ncclAvg: the averaging
+// device buffer records an event on the compute stream and makes the comm stream wait for it (the gradient was written
+// by the kernels enqueued so far), then enqueues ncclAllReduce on the comm stream (ncclSum or ncclAvg: the averaging
 // happens there as well) and returns at once; host buffers block through the host communicator as all_reduce does.
-// wait_async() records an event on the comm stream and makes stream 0 wait for it (cudaStreamWaitEvent: the host is
-// not blocked); on any communicator of the world it covers the async collectives of every group.
-// Ordering rules. NCCL needs every rank to launch the collectives of a communicator in the same order (program
-// order, the same on every rank), and two NCCL kernels in flight at once on different streams can deadlock each
-// other (on one ncclComm or several: each waits for peers whose SMs or FIFO slots the other holds). So no two NCCL
-// operations of this process ever run concurrently: async collectives run one after another on the one comm stream,
-// each after the stream-0 work enqueued before it; and every blocking NCCL operation on stream 0 (all_reduce,
-// broadcast, barrier, all_gather, reduce_scatter, NCCL point to point, on any group) first fences, i.e. makes stream 0
-// wait for the pending async ones (as wait_async()). A blocking collective issued during the backward pass (a tensor-
-// parallel reduction) therefore waits for the data-parallel all-reduces issued before it. Host-buffer operations
-// (MPI) need no fence: they do not touch the GPU, and every rank issues the async collectives before any later
-// host-side wait in the same program order, so each launched NCCL kernel's peers do launch theirs.
+// wait_async() records an event on the comm stream and makes the compute stream wait for it (cudaStreamWaitEvent: the
+// host is not blocked); on any communicator of the world it covers the async collectives of every group.
+// Ordering rules. NCCL needs every rank to launch the collectives of a communicator in the same order (program order,
+// the same on every rank), and two NCCL kernels in flight at once on different streams can deadlock each other (on one
+// ncclComm or several: each waits for peers whose SMs or FIFO slots the other holds). So no two NCCL operations of this
+// process ever run concurrently: async collectives run one after another on the one comm stream, each after the
+// compute-stream work enqueued before it; and every blocking NCCL operation on the compute stream (all_reduce,
+// broadcast, barrier, all_gather, reduce_scatter, NCCL point to point, on any group) first fences, i.e. makes the
+// compute stream wait for the pending async ones (as wait_async()). A blocking collective issued during the backward
+// pass (a tensor-parallel reduction) therefore waits for the data-parallel all-reduces issued before it. Host-buffer
+// operations (MPI) need no fence: they do not touch the GPU, and every rank issues the async collectives before any
+// later host-side wait in the same program order, so each launched NCCL kernel's peers do launch theirs.
 #pragma once
 #include <memory>
 

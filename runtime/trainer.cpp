@@ -165,12 +165,30 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
   auto slot = [&](int micro) -> Executor& { return micro % slots == 0 ? *executor_ : *more_slots_[micro % slots - 1]; };
   double loss_sum = 0.0;
   GV_RETURN_IF_ERROR(refresh_param_copies());
-  // The update's scalars before the backward: updates may run inside it (TrainingGraphOptions::updates_in_backward).
   m.lr = lr_at(m.step);
-  GV_RETURN_IF_ERROR(executor_->set_value(tg_->lr, Tensor::scalar(DType::kFloat64, m.lr)));
-  Tensor step_t(DType::kInt64, {});
-  step_t.data_as<int64_t>()[0] = m.step;
-  GV_RETURN_IF_ERROR(executor_->set_value(tg_->step, step_t));
+  auto set_update_scalars = [&]() -> Status {
+    GV_RETURN_IF_ERROR(executor_->set_value(tg_->lr, Tensor::scalar(DType::kFloat64, m.lr)));
+    Tensor step_t(DType::kInt64, {});
+    step_t.data_as<int64_t>()[0] = m.step;
+    return executor_->set_value(tg_->step, step_t);
+  };
+  // One process: the update's scalars before the forward (updates may run inside the backward, and a recorded step
+  // reads them), and the loss read after the step when nothing overwrites it (one micro-batch). Several processes
+  // keep the order their collectives were proven with: each micro-batch's loss read after its forward, the loss
+  // all-reduced before the optimizer region, the scalars fed then.
+  const bool one_process = !parallel();
+  const bool loss_after_step = one_process && accum == 1;
+  if (one_process) GV_RETURN_IF_ERROR(set_update_scalars());
+  const std::string not_recorded = why_not_recorded();
+  if (not_recorded.empty()) {
+    executor_->micro_batch = 0;
+    executor_->rng_counter = static_cast<uint64_t>(steps_done_);
+    GV_RETURN_IF_ERROR(feed(*executor_, micro_batches[0]));
+    GV_RETURN_IF_ERROR(run_whole_step());
+    schedule.clear();  // done: forward, backward and updates
+  } else if (record_declined_.empty() && steps_run_here_ > 0) {
+    record_declined_ = not_recorded;
+  }
   for (const auto& ps : schedule) {
     if (ps.micro < 0 || ps.micro >= accum) return internal_error("pipeline schedule names micro-batch " +
                                                                  std::to_string(ps.micro));
@@ -180,7 +198,7 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
     if (!ps.backward) {
       GV_RETURN_IF_ERROR(feed(ex, micro_batches[ps.micro]));
       GV_RETURN_IF_ERROR(ex.run_steps(tg_->prologue_end, tg_->backward_begin));
-      if (accum > 1) {  // the next micro-batch's forward overwrites it; one micro-batch: read after the step
+      if (!loss_after_step) {  // the next micro-batch's forward overwrites it
         GV_ASSIGN_OR_RETURN(Tensor l, ex.fetch(tg_->loss));
         loss_sum += l.scalar_f64(0);
       }
@@ -188,17 +206,22 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
       GV_RETURN_IF_ERROR(ex.run_steps(tg_->backward_begin, tg_->optimizer_begin));
     }
   }
-  GV_RETURN_IF_ERROR(executor_->run_steps(tg_->optimizer_begin, executor_->num_steps()));
-  if (accum == 1) {  // no host round trip between the forward and the backward (the loss stays in the arena)
-    GV_ASSIGN_OR_RETURN(Tensor l, executor_->fetch(tg_->loss));
-    loss_sum = l.scalar_f64(0);
-  }
-  m.loss = loss_sum / accum;
   if (parallel()) {
     // The step's loss: the mean over the batch slices (each rank's loss is the mean over its rows; ranks without
     // the loss, pipeline stages before the last, hold 0).
+    m.loss = loss_sum / accum;
     GV_RETURN_IF_ERROR(config_.comm->all_reduce(&m.loss, 1, DType::kFloat64, ReduceOp::kSum));
     m.loss /= config_.loss_divisor > 0 ? config_.loss_divisor : config_.comm->size();
+    GV_RETURN_IF_ERROR(set_update_scalars());
+  }
+  if (!not_recorded.empty()) GV_RETURN_IF_ERROR(executor_->run_steps(tg_->optimizer_begin, executor_->num_steps()));
+  ++steps_run_here_;
+  if (one_process) {
+    if (loss_after_step) {
+      GV_ASSIGN_OR_RETURN(Tensor l, executor_->fetch(tg_->loss));
+      loss_sum = l.scalar_f64(0);
+    }
+    m.loss = loss_sum / accum;
   }
   if (parallel()) GV_RETURN_IF_ERROR(config_.comm->wait_sends());
   for (Executor* ex : all_slots()) {
@@ -212,11 +235,44 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
   return m;
 }
 
+// Whether a step may run as one recorded launch ("" if so): one micro-batch in one process (no pipeline slots, no
+// collectives), no kernel whose arguments change from step to step (Dropout's random stream is keyed by a counter
+// given at launch), and recording did not fail before.
+std::string Trainer::why_not_recorded() const {
+  if (!record_declined_.empty()) return record_declined_;
+  if (backend_->kind() == DeviceKind::kCpu) return "the CPU backend runs kernels one by one";
+  if (config_.graph.grad_accum_steps != 1 || !config_.pipeline_schedule.empty() || !more_slots_.empty()) {
+    return "the step has several micro-batches";
+  }
+  if (parallel()) return "the step communicates with other processes";
+  for (const Node& n : tg_->graph.nodes) {
+    if (n.op_type == "Dropout") return "Dropout's random stream changes every step";
+  }
+  return "";
+}
+
+// The step's kernels: recorded at this trainer's second step and replayed from then on; one by one before, or when
+// the backend cannot record them (the reason is kept, and the step runs as before).
+Status Trainer::run_whole_step() {
+  const size_t begin = tg_->prologue_end, end = executor_->num_steps();
+  if (!recorded_step_ && steps_run_here_ >= 1) {
+    auto r = backend_->record([&] { return executor_->run_steps(begin, end); });
+    if (r) {
+      recorded_step_ = std::move(*r);
+    } else {
+      record_declined_ = r.status().message();
+    }
+  }
+  if (recorded_step_) return recorded_step_->replay();
+  return executor_->run_steps(begin, end);
+}
+
 Expected<TensorMap> Trainer::compute_gradients(const TensorMap& batch, double* loss) {
   if (tg_->fused.updates_in_backward > 0) {
-    return invalid_argument("compute_gradients: this trainer's optimizer updates run inside the backward pass "
-                               "(TrainingGraphOptions::updates_in_backward), so its gradients cannot be read without "
-                               "updating the weights; build it with updates_in_backward off");
+    return invalid_argument(
+        "compute_gradients: this trainer's optimizer updates run inside the backward pass "
+        "(TrainingGraphOptions::updates_in_backward), so its gradients cannot be read without "
+        "updating the weights; build it with updates_in_backward off");
   }
   double l = 0.0;
   GV_RETURN_IF_ERROR(run_forward_backward(batch, steps_done_ * config_.graph.grad_accum_steps, &l));

@@ -60,6 +60,10 @@ using TensorMap = std::map<std::string, Tensor>;
 class Trainer {
  public:
   static Expected<std::unique_ptr<Trainer>> create(Graph forward, const TrainerConfig& config, Backend& backend);
+  // Why this trainer's steps run kernel by kernel rather than as one recorded launch (a CUDA graph): "" while they are
+  // recorded, or before the second step decides it.
+  const std::string& step_not_recorded_because() const { return record_declined_; }
+  bool step_recorded() const { return recorded_step_ != nullptr; }
 
   // One optimizer step over `micro_batches` (exactly graph.grad_accum_steps of them): each maps graph input names
   // (and "labels") to host tensors.
@@ -123,6 +127,14 @@ class Trainer {
   Backend* backend_ = nullptr;
   int64_t steps_done_ = 0;
   bool param_copies_stale_ = true;
+  // Steps with one micro-batch in one process run their kernels [prologue_end, end) as one recorded launch
+  // (Backend::record: a CUDA graph) from this trainer's second step on: the first runs them one by one, which sizes
+  // the kernels' scratch and their plans. Why they are not recorded, once decided: record_declined_.
+  Status run_whole_step();
+  std::string why_not_recorded() const;
+  std::unique_ptr<RecordedWork> recorded_step_;
+  std::string record_declined_;
+  int64_t steps_run_here_ = 0;
 };
 
 }  // namespace gv

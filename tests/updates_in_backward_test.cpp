@@ -123,8 +123,10 @@ TEST(UpdatesInBackward, EachUpdateFollowsEveryNodeTouchingItsBuffers) {
     }
     for (size_t j = i + 1; j < tg->optimizer_begin; ++j) {
       if (g.nodes[j].attrs.get_int("beside_backward", 0)) continue;
-      for (ValueId v : g.nodes[j].inputs) EXPECT_FALSE(touched.count(v)) << g.nodes[j].name << " reads " << g.value(v).name;
-      for (ValueId v : g.nodes[j].outputs) EXPECT_FALSE(touched.count(v)) << g.nodes[j].name << " writes " << g.value(v).name;
+      for (ValueId v : g.nodes[j].inputs)
+        EXPECT_FALSE(touched.count(v)) << g.nodes[j].name << " reads " << g.value(v).name;
+      for (ValueId v : g.nodes[j].outputs)
+        EXPECT_FALSE(touched.count(v)) << g.nodes[j].name << " writes " << g.value(v).name;
     }
   }
   EXPECT_EQ(updates, tg->fused.updates_in_backward);
@@ -139,8 +141,10 @@ TEST(UpdatesInBackward, StayAfterTheBackwardWithClippingOrAccumulation) {
   for (int variant = 0; variant < 2; ++variant) {
     TrainingGraphOptions o;
     o.updates_in_backward = true;
-    if (variant == 0) o.optimizer.grad_clip = 1.0;
-    else o.grad_accum_steps = 2;
+    if (variant == 0)
+      o.optimizer.grad_clip = 1.0;
+    else
+      o.grad_accum_steps = 2;
     auto tg = build_training_graph(tiny->im.graph, o);
     ASSERT_TRUE(tg.has_value()) << tg.status().message();
     EXPECT_EQ(tg->fused.updates_in_backward, 0);

@@ -200,8 +200,10 @@ bool softmax_rows(float* sc, uint16_t* p16, bool write_f32, const Rows& r, int64
   if (rows == 0) return true;
   bool cached;
   const int nt = row_threads(r.kv_len, cached);
-  if (cached) attn_softmax_rows<true><<<static_cast<unsigned>(rows), nt>>>(sc, p16, write_f32, r);
-  else attn_softmax_rows<false><<<static_cast<unsigned>(rows), nt>>>(sc, p16, write_f32, r);
+  if (cached)
+    attn_softmax_rows<true><<<static_cast<unsigned>(rows), nt, 0, launch_stream()>>>(sc, p16, write_f32, r);
+  else
+    attn_softmax_rows<false><<<static_cast<unsigned>(rows), nt, 0, launch_stream()>>>(sc, p16, write_f32, r);
   return launched();
 }
 
@@ -209,8 +211,10 @@ bool softmax_grad_rows(const float* p, float* dp, uint16_t* ds16, const Rows& r,
   if (rows == 0) return true;
   bool cached;
   const int nt = row_threads(r.kv_len, cached);
-  if (cached) attn_softmax_grad_rows<true><<<static_cast<unsigned>(rows), nt>>>(p, dp, ds16, r);
-  else attn_softmax_grad_rows<false><<<static_cast<unsigned>(rows), nt>>>(p, dp, ds16, r);
+  if (cached)
+    attn_softmax_grad_rows<true><<<static_cast<unsigned>(rows), nt, 0, launch_stream()>>>(p, dp, ds16, r);
+  else
+    attn_softmax_grad_rows<false><<<static_cast<unsigned>(rows), nt, 0, launch_stream()>>>(p, dp, ds16, r);
   return launched();
 }
 
@@ -219,7 +223,7 @@ bool softmax_grad_rows(const float* p, float* dp, uint16_t* ds16, const Rows& r,
 bool product(bool bf16, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* a, int64_t sa,
              const void* b, int64_t sb, float* c, int64_t batch) {
   if (m == 0 || n == 0 || batch == 0) return true;
-  if (k == 0) return cudaMemsetAsync(c, 0, sizeof(float) * m * n * batch, 0) == cudaSuccess;
+  if (k == 0) return cudaMemsetAsync(c, 0, sizeof(float) * m * n * batch, launch_stream()) == cudaSuccess;
   if (bf16) {
     return gemm_bf16(ta, tb, m, n, k, alpha, static_cast<const uint16_t*>(a), sa, static_cast<const uint16_t*>(b), sb,
                      0.0f, c, m * n, batch);
@@ -278,7 +282,9 @@ Rows rows_of(const AttentionDims& d) {
   return r;
 }
 
-bool zero(float* p, int64_t n) { return n <= 0 || cudaMemsetAsync(p, 0, sizeof(float) * n, 0) == cudaSuccess; }
+bool zero(float* p, int64_t n) {
+  return n <= 0 || cudaMemsetAsync(p, 0, sizeof(float) * n, launch_stream()) == cudaSuccess;
+}
 
 // x [B, A1, A2, D] -> y [B, A2, A1, D]: the 3-D form's operands to head-major and back (v1's path for seq_major).
 __global__ void swap_middle_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t B, int64_t A1, int64_t A2,
@@ -294,7 +300,7 @@ bool swap_middle(const float* x, float* y, int64_t B, int64_t A1, int64_t A2, in
   const int64_t n = B * A1 * A2 * D;
   if (n == 0) return true;
   const int64_t blocks = std::min<int64_t>((n + 255) / 256, int64_t{detail::num_sms()} * 16);
-  swap_middle_kernel<<<static_cast<unsigned>(blocks), 256>>>(x, y, B, A1, A2, D);
+  swap_middle_kernel<<<static_cast<unsigned>(blocks), 256, 0, launch_stream()>>>(x, y, B, A1, A2, D);
   return launched();
 }
 

@@ -102,9 +102,9 @@ template <typename Src>
 bool launch_pack(const Src* src, int64_t heads, int64_t d, int64_t dp, uint16_t* dst, int per_word) {
   const int64_t chunks = heads * (dp / 8);
   if (dp % 8 != 0 || chunks >= kMax32 || heads * d >= kMax32) return false;
-  pack_heads_kernel<Src><<<blocks_for(chunks), kThreads>>>(src, reinterpret_cast<uint4*>(dst),
-                                                          static_cast<uint32_t>(chunks), static_cast<int>(d),
-                                                          static_cast<uint32_t>(dp / 8), per_word);
+  pack_heads_kernel<Src><<<blocks_for(chunks), kThreads, 0, launch_stream()>>>(
+      src, reinterpret_cast<uint4*>(dst), static_cast<uint32_t>(chunks), static_cast<int>(d),
+      static_cast<uint32_t>(dp / 8), per_word);
   return launched();
 }
 
@@ -113,13 +113,12 @@ bool unpack(const uint16_t* src, int64_t heads, int64_t d, int64_t dp, Out* dst)
   if (heads == 0) return true;
   const int64_t total = heads * d;
   if (d % 2 == 0 && heads * dp < kMax32) {
-    unpack_pairs_kernel<Out><<<blocks_for(total / 2), kThreads>>>(reinterpret_cast<const uint32_t*>(src), dst,
-                                                                  static_cast<uint32_t>(total / 2),
-                                                                  static_cast<uint32_t>(d / 2),
-                                                                  static_cast<uint32_t>(dp / 2));
+    unpack_pairs_kernel<Out><<<blocks_for(total / 2), kThreads, 0, launch_stream()>>>(
+        reinterpret_cast<const uint32_t*>(src), dst, static_cast<uint32_t>(total / 2), static_cast<uint32_t>(d / 2),
+        static_cast<uint32_t>(dp / 2));
   } else {
-    unpack_heads_kernel<Out><<<blocks_for(total), kThreads>>>(src, dst, total, static_cast<int>(d),
-                                                              static_cast<int>(dp));
+    unpack_heads_kernel<Out><<<blocks_for(total), kThreads, 0, launch_stream()>>>(src, dst, total, static_cast<int>(d),
+                                                                                  static_cast<int>(dp));
   }
   return launched();
 }
@@ -131,7 +130,7 @@ bool pack_heads_bf16(MixedTensor src, int64_t heads, int64_t d, int64_t dp, uint
   if (heads == 0) return true;
   if (src.bf16) {
     if (d == dp) {
-      return cudaMemcpyAsync(dst, src.data, sizeof(uint16_t) * heads * dp, cudaMemcpyDeviceToDevice, 0) ==
+      return cudaMemcpyAsync(dst, src.data, sizeof(uint16_t) * heads * dp, cudaMemcpyDeviceToDevice, launch_stream()) ==
              cudaSuccess;
     }
     if (d % 2 == 0) return launch_pack(static_cast<const uint32_t*>(src.data), heads, d, dp, dst, 2);
@@ -150,7 +149,8 @@ bool unpack_heads_f32(const uint16_t* src, int64_t heads, int64_t d, int64_t dp,
 bool unpack_heads_bf16(const uint16_t* src, int64_t heads, int64_t d, int64_t dp, uint16_t* dst) {
   if (heads == 0) return true;
   if (d == dp) {
-    return cudaMemcpyAsync(dst, src, sizeof(uint16_t) * heads * d, cudaMemcpyDeviceToDevice, 0) == cudaSuccess;
+    return cudaMemcpyAsync(dst, src, sizeof(uint16_t) * heads * d, cudaMemcpyDeviceToDevice, launch_stream()) ==
+           cudaSuccess;
   }
   return unpack(src, heads, d, dp, dst);
 }

@@ -23,7 +23,7 @@ cublasHandle_t handle() {
   static cublasHandle_t h = [] {
     cublasHandle_t x = nullptr;
     if (cublasCreate(&x) != CUBLAS_STATUS_SUCCESS) return static_cast<cublasHandle_t>(nullptr);
-    cublasSetStream(x, 0);
+    cublasSetStream(x, launch_stream());
     cublasSetPointerMode(x, CUBLAS_POINTER_MODE_HOST);
     return x;
   }();
@@ -157,7 +157,8 @@ bool pack_rows(const float* x, int64_t stride, int64_t rows, int64_t cols, T* y,
   const int64_t by_cap = 4096 / bx > 1 ? 4096 / bx : 1;
   if (by > by_cap) by = by_cap;
   const dim3 grid(static_cast<unsigned>(bx), static_cast<unsigned>(by));
-  pack_rows_kernel<T><<<grid, kThreads>>>(x, stride, rows, cols, y, rows_out, ldy, rows_out * ldy, copies);
+  pack_rows_kernel<T>
+      <<<grid, kThreads, 0, launch_stream()>>>(x, stride, rows, cols, y, rows_out, ldy, rows_out * ldy, copies);
   return launched();
 }
 
@@ -186,8 +187,8 @@ bool copy_rows(const float* x, int64_t ldx, float* y, int64_t ldy, int64_t rows,
   int64_t by = rows;
   const int64_t by_cap = 8192 / bx > 1 ? 8192 / bx : 1;
   if (by > by_cap) by = by_cap;
-  copy_rows_kernel<<<dim3(static_cast<unsigned>(bx), static_cast<unsigned>(by)), kThreads>>>(x, ldx, y, ldy, rows,
-                                                                                             cols);
+  copy_rows_kernel<<<dim3(static_cast<unsigned>(bx), static_cast<unsigned>(by)), kThreads, 0, launch_stream()>>>(
+      x, ldx, y, ldy, rows, cols);
   return launched();
 }
 
@@ -209,7 +210,7 @@ bool convert_operand(const float* x, int64_t rows, int64_t cols, int64_t rows_ou
   }
   if (rows_out != rows) {  // one matrix with whole rows: convert it, zero the extra rows after it
     if (!to_bf16(x, y, count)) return false;
-    return cudaMemsetAsync(y + count, 0, sizeof(uint16_t) * (rows_out - rows) * ldy, 0) == cudaSuccess;
+    return cudaMemsetAsync(y + count, 0, sizeof(uint16_t) * (rows_out - rows) * ldy, launch_stream()) == cudaSuccess;
   }
   if (copies == 1) return to_bf16(x, y, count);
   if (stride == count) return to_bf16(x, y, count * batch);
@@ -221,8 +222,10 @@ bool convert_operand(const float* x, int64_t rows, int64_t cols, int64_t rows_ou
   const int64_t cap = (int64_t{1} << 16) / by + 1;
   if (bx > cap) bx = cap;
   const dim3 grid(static_cast<unsigned>(bx), static_cast<unsigned>(by));
-  if (vec) pack_bf16_kernel<true><<<grid, kThreads>>>(x, stride, y, count, batch);
-  else pack_bf16_kernel<false><<<grid, kThreads>>>(x, stride, y, count, batch);
+  if (vec)
+    pack_bf16_kernel<true><<<grid, kThreads, 0, launch_stream()>>>(x, stride, y, count, batch);
+  else
+    pack_bf16_kernel<false><<<grid, kThreads, 0, launch_stream()>>>(x, stride, y, count, batch);
   return launched();
 }
 
@@ -233,7 +236,7 @@ bool scale_c(cublasHandle_t h, int64_t m, int64_t n, float beta, float* c, int64
     float* ci = c + i * stride_c;
     if (i > 0 && stride_c == 0) break;
     if (beta == 0.0f) {
-      if (cudaMemsetAsync(ci, 0, sizeof(float) * count, 0) != cudaSuccess) return false;
+      if (cudaMemsetAsync(ci, 0, sizeof(float) * count, launch_stream()) != cudaSuccess) return false;
     } else if (count <= INT32_MAX) {
       if (cublasSscal(h, static_cast<int>(count), &beta, ci, 1) != CUBLAS_STATUS_SUCCESS) return false;
     } else {
@@ -284,11 +287,15 @@ bool to_bf16(const float* x, uint16_t* y, int64_t n) {
   const unsigned g = static_cast<unsigned>(blocks);
   if (n < (int64_t{1} << 31)) {
     const uint32_t n32 = static_cast<uint32_t>(n);
-    if (vec) to_bf16_kernel<uint32_t, true><<<g, kThreads>>>(x, y, n32);
-    else to_bf16_kernel<uint32_t, false><<<g, kThreads>>>(x, y, n32);
+    if (vec)
+      to_bf16_kernel<uint32_t, true><<<g, kThreads, 0, launch_stream()>>>(x, y, n32);
+    else
+      to_bf16_kernel<uint32_t, false><<<g, kThreads, 0, launch_stream()>>>(x, y, n32);
   } else {
-    if (vec) to_bf16_kernel<int64_t, true><<<g, kThreads>>>(x, y, n);
-    else to_bf16_kernel<int64_t, false><<<g, kThreads>>>(x, y, n);
+    if (vec)
+      to_bf16_kernel<int64_t, true><<<g, kThreads, 0, launch_stream()>>>(x, y, n);
+    else
+      to_bf16_kernel<int64_t, false><<<g, kThreads, 0, launch_stream()>>>(x, y, n);
   }
   return launched();
 }
@@ -321,8 +328,10 @@ bool from_bf16(const uint16_t* x, float* y, int64_t n) {
   int64_t blocks = ((vec ? (n + 3) / 4 : n) + kThreads - 1) / kThreads;
   const int64_t cap = int64_t{detail::num_sms()} * 16;
   if (blocks > cap) blocks = cap;
-  if (vec) from_bf16_kernel<true><<<static_cast<unsigned>(blocks), kThreads>>>(x, y, n);
-  else from_bf16_kernel<false><<<static_cast<unsigned>(blocks), kThreads>>>(x, y, n);
+  if (vec)
+    from_bf16_kernel<true><<<static_cast<unsigned>(blocks), kThreads, 0, launch_stream()>>>(x, y, n);
+  else
+    from_bf16_kernel<false><<<static_cast<unsigned>(blocks), kThreads, 0, launch_stream()>>>(x, y, n);
   return launched();
 }
 
@@ -484,7 +493,8 @@ bool gemm_mixed(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, 
     // Nothing to sum: C = beta * C, which a bf16 C supports for beta 0 only.
     if (beta != 0.0f) return false;
     for (int64_t i = 0; i < batch && (i == 0 || stride_c != 0); ++i) {
-      if (cudaMemsetAsync(static_cast<uint16_t*>(c) + i * stride_c, 0, sizeof(uint16_t) * m * n, 0) != cudaSuccess) {
+      if (cudaMemsetAsync(static_cast<uint16_t*>(c) + i * stride_c, 0, sizeof(uint16_t) * m * n, launch_stream()) !=
+          cudaSuccess) {
         return false;
       }
     }

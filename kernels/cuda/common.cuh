@@ -4,7 +4,13 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/ops.h"
+
+namespace gv::cuda {
+// The stream every kernel, async copy and library call of this folder is issued on (compute_stream, device.h).
+inline cudaStream_t launch_stream() { return static_cast<cudaStream_t>(compute_stream()); }
+}  // namespace gv::cuda
 
 namespace gv::cuda::detail {
 
@@ -73,11 +79,15 @@ bool launch_flat(const F& f, int64_t n, bool vec, int64_t max_blocks = 0) {
   if (n <= 0) return true;
   const unsigned g = flat_grid(vec ? (n + 3) / 4 : n, max_blocks);
   if (n < (int64_t{1} << 31)) {
-    if (vec) flat_quads_kernel<uint32_t, F><<<g, kThreads>>>(f, static_cast<uint32_t>(n));
-    else flat_ones_kernel<uint32_t, F><<<g, kThreads>>>(f, static_cast<uint32_t>(n));
+    if (vec)
+      flat_quads_kernel<uint32_t, F><<<g, kThreads, 0, launch_stream()>>>(f, static_cast<uint32_t>(n));
+    else
+      flat_ones_kernel<uint32_t, F><<<g, kThreads, 0, launch_stream()>>>(f, static_cast<uint32_t>(n));
   } else {
-    if (vec) flat_quads_kernel<int64_t, F><<<g, kThreads>>>(f, n);
-    else flat_ones_kernel<int64_t, F><<<g, kThreads>>>(f, n);
+    if (vec)
+      flat_quads_kernel<int64_t, F><<<g, kThreads, 0, launch_stream()>>>(f, n);
+    else
+      flat_ones_kernel<int64_t, F><<<g, kThreads, 0, launch_stream()>>>(f, n);
   }
   return launched();
 }

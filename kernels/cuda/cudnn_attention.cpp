@@ -21,6 +21,7 @@
 #include <cuda_runtime.h>
 #include <cudnn_frontend.h>
 
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/grow_buffer.h"
 #endif
 
@@ -47,7 +48,7 @@ cudnnHandle_t handle() {
   static cudnnHandle_t h = [] {
     cudnnHandle_t x = nullptr;
     if (cudnnCreate(&x) != CUDNN_STATUS_SUCCESS) return static_cast<cudnnHandle_t>(nullptr);
-    cudnnSetStream(x, 0);
+    cudnnSetStream(x, static_cast<cudaStream_t>(compute_stream()));
     return x;
   }();
   return h;

@@ -2,6 +2,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdlib>
+#include <string>
 
 #include "kernels/cuda/device.h"
 
@@ -21,14 +22,36 @@ bool memcpy_h2d(void* d, const void* s, size_t n) { return cudaMemcpy(d, s, n, c
 bool memcpy_d2h(void* d, const void* s, size_t n) { return cudaMemcpy(d, s, n, cudaMemcpyDeviceToHost) == cudaSuccess; }
 bool memcpy_d2d(void* d, const void* s, size_t n) { return cudaMemcpy(d, s, n, cudaMemcpyDeviceToDevice) == cudaSuccess; }
 bool memset_device(void* p, size_t n) { return cudaMemset(p, 0, n) == cudaSuccess; }
-bool memcpy_d2d_async(void* d, const void* s, size_t n) {
-  return cudaMemcpyAsync(d, s, n, cudaMemcpyDeviceToDevice, 0) == cudaSuccess;
+namespace {
+bool g_legacy_stream = false;
+}  // namespace
+void use_legacy_stream() { g_legacy_stream = true; }
+void* compute_stream() {
+  static cudaStream_t s = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_LEGACY_STREAM");
+    if (g_legacy_stream || (e && std::string(e) == "1")) return static_cast<cudaStream_t>(nullptr);
+    int least = 0, greatest = 0;
+    cudaDeviceGetStreamPriorityRange(&least, &greatest);
+    cudaStream_t x = nullptr;
+    if (cudaStreamCreateWithPriority(&x, cudaStreamDefault, greatest) != cudaSuccess) {
+      cudaGetLastError();
+      return static_cast<cudaStream_t>(nullptr);  // the legacy stream: everything still runs, nothing is captured
+    }
+    return x;
+  }();
+  return s;
 }
-bool memset_async(void* p, size_t n) { return cudaMemsetAsync(p, 0, n, 0) == cudaSuccess; }
+namespace {
+cudaStream_t cs() { return static_cast<cudaStream_t>(compute_stream()); }
+}  // namespace
+bool memcpy_d2d_async(void* d, const void* s, size_t n) {
+  return cudaMemcpyAsync(d, s, n, cudaMemcpyDeviceToDevice, cs()) == cudaSuccess;
+}
+bool memset_async(void* p, size_t n) { return cudaMemsetAsync(p, 0, n, cs()) == cudaSuccess; }
 void* event_record() {
   cudaEvent_t e = nullptr;
   if (cudaEventCreate(&e) != cudaSuccess) return nullptr;
-  cudaEventRecord(e, 0);
+  cudaEventRecord(e, cs());
   return e;
 }
 float event_elapsed_ms(void* start, void* stop) {
@@ -46,7 +69,9 @@ struct SideStream {
   cudaEvent_t fork = nullptr, join = nullptr;
   bool ok = false;
   SideStream() {
-    ok = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess &&
+    int least = 0, greatest = 0;
+    cudaDeviceGetStreamPriorityRange(&least, &greatest);
+    ok = cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, least) == cudaSuccess &&
          cudaEventCreateWithFlags(&fork, cudaEventDisableTiming) == cudaSuccess &&
          cudaEventCreateWithFlags(&join, cudaEventDisableTiming) == cudaSuccess;
   }
@@ -59,7 +84,8 @@ SideStream& side() {
 
 void* side_stream_fork() {
   SideStream& s = side();
-  if (!s.ok || cudaEventRecord(s.fork, 0) != cudaSuccess || cudaStreamWaitEvent(s.stream, s.fork, 0) != cudaSuccess) {
+  if (!s.ok || cudaEventRecord(s.fork, cs()) != cudaSuccess ||
+      cudaStreamWaitEvent(s.stream, s.fork, 0) != cudaSuccess) {
     return nullptr;
   }
   return s.stream;
@@ -73,7 +99,23 @@ int side_stream_max_blocks() {
 }
 bool side_stream_join() {
   SideStream& s = side();
-  return s.ok && cudaEventRecord(s.join, s.stream) == cudaSuccess && cudaStreamWaitEvent(0, s.join, 0) == cudaSuccess;
+  return s.ok && cudaEventRecord(s.join, s.stream) == cudaSuccess &&
+         cudaStreamWaitEvent(cs(), s.join, 0) == cudaSuccess;
 }
+
+bool graph_record_begin() {
+  return cs() && cudaStreamBeginCapture(cs(), cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+}
+void* graph_record_end() {
+  cudaGraph_t graph = nullptr;
+  const cudaError_t rc = cudaStreamEndCapture(cs(), &graph);
+  cudaGraphExec_t exec = nullptr;
+  const bool ok = rc == cudaSuccess && graph && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+  if (graph) cudaGraphDestroy(graph);
+  if (!ok) return nullptr;  // the caller reads last_error(), which clears it
+  return exec;
+}
+bool graph_replay(void* graph) { return cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph), cs()) == cudaSuccess; }
+void graph_destroy(void* graph) { cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph)); }
 
 }  // namespace gv::cuda

@@ -140,7 +140,7 @@ bool for_each_bc(const Broadcast& bc, F f) {
     const int64_t cap = (int64_t{1} << 21) / by;  // about 2M blocks in all; the loops stride over the rest
     if (bx > cap) bx = cap;
     if (bx < 1) bx = 1;
-    each_rank2<K, F><<<dim3(static_cast<unsigned>(bx), by), kThreads>>>(ix, f);
+    each_rank2<K, F><<<dim3(static_cast<unsigned>(bx), by), kThreads, 0, launch_stream()>>>(ix, f);
   } else if (bc.numel < (int64_t{1} << 31)) {
     Fast32<K> ix{};
     ix.rank = bc.rank;
@@ -150,9 +150,9 @@ bool for_each_bc(const Broadcast& bc, F f) {
       ix.div[d].init(ix.dims[d]);
       for (int k = 0; k < K; ++k) ix.s[k][d] = bc.strides[k][d];
     }
-    each_fast32<K, F><<<grid_for(bc.numel), kThreads>>>(ix, f);
+    each_fast32<K, F><<<grid_for(bc.numel), kThreads, 0, launch_stream()>>>(ix, f);
   } else {
-    each_wide<K, F><<<grid_for(bc.numel), kThreads>>>(bc, f);
+    each_wide<K, F><<<grid_for(bc.numel), kThreads, 0, launch_stream()>>>(bc, f);
   }
   return launched();
 }
@@ -195,7 +195,7 @@ bool for_each_rank2_vec4(const Broadcast& bc, F f) {
   const int64_t cap = (int64_t{1} << 21) / by;
   if (bx > cap) bx = cap;
   if (bx < 1) bx = 1;
-  each_rank2_vec4<K, F><<<dim3(static_cast<unsigned>(bx), by), kThreads>>>(ix, f);
+  each_rank2_vec4<K, F><<<dim3(static_cast<unsigned>(bx), by), kThreads, 0, launch_stream()>>>(ix, f);
   return launched();
 }
 
@@ -311,7 +311,7 @@ bool run_binary(Binary op, const T* a, const T* b, T* out, const Broadcast& bc) 
     if constexpr (std::is_same_v<T, float>) {
       return binary_flat_f32(op, a, b, out, bc.numel, ka == 0, kb == 0);
     } else {
-      binary_flat<T><<<grid_for(bc.numel), kThreads>>>(op, a, b, out, bc.numel, ka == 0, kb == 0);
+      binary_flat<T><<<grid_for(bc.numel), kThreads, 0, launch_stream()>>>(op, a, b, out, bc.numel, ka == 0, kb == 0);
       return launched();
     }
   }
@@ -555,11 +555,21 @@ template <typename From>
 bool cast_from(char to, const From* x, void* y, int64_t n) {
   const unsigned g = grid_for(n);
   switch (to) {
-    case 'f': cast_kernel<From, float><<<g, kThreads>>>(x, static_cast<float*>(y), n); break;
-    case 'd': cast_kernel<From, double><<<g, kThreads>>>(x, static_cast<double*>(y), n); break;
-    case 'l': cast_kernel<From, int64_t><<<g, kThreads>>>(x, static_cast<int64_t*>(y), n); break;
-    case 'i': cast_kernel<From, int32_t><<<g, kThreads>>>(x, static_cast<int32_t*>(y), n); break;
-    case 'b': cast_kernel<From, uint8_t><<<g, kThreads>>>(x, static_cast<uint8_t*>(y), n); break;
+    case 'f':
+      cast_kernel<From, float><<<g, kThreads, 0, launch_stream()>>>(x, static_cast<float*>(y), n);
+      break;
+    case 'd':
+      cast_kernel<From, double><<<g, kThreads, 0, launch_stream()>>>(x, static_cast<double*>(y), n);
+      break;
+    case 'l':
+      cast_kernel<From, int64_t><<<g, kThreads, 0, launch_stream()>>>(x, static_cast<int64_t*>(y), n);
+      break;
+    case 'i':
+      cast_kernel<From, int32_t><<<g, kThreads, 0, launch_stream()>>>(x, static_cast<int32_t*>(y), n);
+      break;
+    case 'b':
+      cast_kernel<From, uint8_t><<<g, kThreads, 0, launch_stream()>>>(x, static_cast<uint8_t*>(y), n);
+      break;
     default: return false;
   }
   return launched();
@@ -636,7 +646,7 @@ bool unary_f32(Unary op, const float* x, float* y, int64_t n) {
 
 bool not_u8(const uint8_t* x, uint8_t* y, int64_t n) {
   if (n == 0) return true;
-  not_kernel<<<grid_for(n), kThreads>>>(x, y, n);
+  not_kernel<<<grid_for(n), kThreads, 0, launch_stream()>>>(x, y, n);
   return launched();
 }
 

@@ -1035,11 +1035,17 @@ bool convert(const FlashArgs& a, Layout layout, const float* src, const bf16* ds
   const unsigned bx = static_cast<unsigned>(std::max<int64_t>(1, std::min(want, cap)));
   const bool vec = D % 4 == 0 && detail::aligned16(src);
   const int H = q ? a.Hq : a.Hq / a.G;
-  to_bf16_padded<DP><<<dim3(bx, static_cast<unsigned>(heads)), 256>>>(
+  to_bf16_padded<DP><<<dim3(bx, static_cast<unsigned>(heads)), 256, 0, launch_stream()>>>(
       src, const_cast<bf16*>(dst), static_cast<int>(rows), static_cast<int>(rows_p), D, vec, H,
-      layout == Layout::kQ ? a.qs_b : layout == Layout::kY ? a.ys_b : a.ks_b,
-      layout == Layout::kQ ? a.qs_h : layout == Layout::kY ? a.ys_h : a.ks_h,
-      layout == Layout::kQ ? a.qs_r : layout == Layout::kY ? a.ys_r : a.ks_r);
+      layout == Layout::kQ   ? a.qs_b
+      : layout == Layout::kY ? a.ys_b
+                             : a.ks_b,
+      layout == Layout::kQ   ? a.qs_h
+      : layout == Layout::kY ? a.ys_h
+                             : a.ks_h,
+      layout == Layout::kQ   ? a.qs_r
+      : layout == Layout::kY ? a.ys_r
+                             : a.ks_r);
   return detail::launched();
 }
 
@@ -1051,11 +1057,11 @@ bool mma_forward(const AttentionDims& d, const FlashArgs& a, bool stats) {
   if (stats) {
     static const bool ok = allow_smem(mflash_fwd<DP, true>, bytes);
     if (!ok) return false;
-    mflash_fwd<DP, true><<<grid, kThreads, bytes>>>(a);
+    mflash_fwd<DP, true><<<grid, kThreads, bytes, launch_stream()>>>(a);
   } else {
     static const bool ok = allow_smem(mflash_fwd<DP, false>, bytes);
     if (!ok) return false;
-    mflash_fwd<DP, false><<<grid, kThreads, bytes>>>(a);
+    mflash_fwd<DP, false><<<grid, kThreads, bytes, launch_stream()>>>(a);
   }
   return detail::launched();
 }
@@ -1067,7 +1073,7 @@ bool forward(const AttentionDims& d, FlashArgs a) {
     constexpr size_t bytes = fwd_smem<DP>();
     static const bool ok = allow_smem(flash_fwd<DP, false>, bytes);
     if (!ok) return false;
-    flash_fwd<DP, false><<<grid, kThreads, bytes>>>(a);
+    flash_fwd<DP, false><<<grid, kThreads, bytes, launch_stream()>>>(a);
     return detail::launched();
   }
   const int64_t kvh = d.batch * d.kv_heads;
@@ -1100,11 +1106,11 @@ bool backward(const AttentionDims& d, FlashArgs a) {
     static const bool ok1 = allow_smem(flash_bwd_dq<DP>, dq_smem<DP>());
     static const bool ok2 = allow_smem(flash_bwd_dkdv<DP>, dkdv_smem<DP>());
     if (!ok0 || !ok1 || !ok2) return false;
-    flash_fwd<DP, true><<<gq, kThreads, fwd_smem<DP>()>>>(a);
+    flash_fwd<DP, true><<<gq, kThreads, fwd_smem<DP>(), launch_stream()>>>(a);
     if (!detail::launched()) return false;
-    flash_bwd_dq<DP><<<gq, kThreads, dq_smem<DP>()>>>(a);
+    flash_bwd_dq<DP><<<gq, kThreads, dq_smem<DP>(), launch_stream()>>>(a);
     if (!detail::launched()) return false;
-    flash_bwd_dkdv<DP><<<gk, kThreads, dkdv_smem<DP>()>>>(a);
+    flash_bwd_dkdv<DP><<<gk, kThreads, dkdv_smem<DP>(), launch_stream()>>>(a);
     return detail::launched();
   }
   a.Sp = (d.q_len + kB - 1) / kB * kB;
@@ -1129,18 +1135,18 @@ bool backward(const AttentionDims& d, FlashArgs a) {
   }
   if (a.y_in && a.lse_in) {
     const int64_t rows = qh * a.Sp;
-    stats_from_forward<<<static_cast<unsigned>((rows * 32 + 255) / 256), 256>>>(a, rows);
+    stats_from_forward<<<static_cast<unsigned>((rows * 32 + 255) / 256), 256, 0, launch_stream()>>>(a, rows);
     if (!detail::launched()) return false;
   } else if (!mma_forward<DP>(d, a, true)) {
     return false;
   }
-  if (cudaMemset2DAsync(a.dq, sizeof(float) * a.dq_pitch, 0, sizeof(float) * a.dq_width, a.dq_rows, 0) !=
+  if (cudaMemset2DAsync(a.dq, sizeof(float) * a.dq_pitch, 0, sizeof(float) * a.dq_width, a.dq_rows, launch_stream()) !=
       cudaSuccess) {
     return false;
   }
   static const bool ok = allow_smem(mflash_bwd<DP>, mbwd_smem<DP>());
   if (!ok) return false;
-  mflash_bwd<DP><<<gk, kThreads, mbwd_smem<DP>()>>>(a);
+  mflash_bwd<DP><<<gk, kThreads, mbwd_smem<DP>(), launch_stream()>>>(a);
   return detail::launched();
 }
 

@@ -59,7 +59,8 @@ bool bias_act(const float* src, const float* bias, Out* pre, Out* y, int64_t row
   int64_t blocks = (rows * n + kThreads - 1) / kThreads;
   const int64_t cap = int64_t{detail::num_sms()} * 16;
   if (blocks > cap) blocks = cap;
-  bias_act_kernel<Out><<<static_cast<unsigned>(blocks), kThreads>>>(src, bias, pre, y, rows, n, act);
+  bias_act_kernel<Out>
+      <<<static_cast<unsigned>(blocks), kThreads, 0, launch_stream()>>>(src, bias, pre, y, rows, n, act);
   return launched();
 }
 
@@ -206,7 +207,7 @@ bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, 
   const float beta = residual ? 1.0f : 0.0f;
   auto start_from_residual = [&] {
     return !residual || cudaMemcpyAsync(out, residual, sizeof(float) * static_cast<size_t>(rows * n),
-                                        cudaMemcpyDeviceToDevice, 0) == cudaSuccess;
+                                        cudaMemcpyDeviceToDevice, launch_stream()) == cudaSuccess;
   };
   // The epilogue path: bf16 operands, n a multiple of 8 (the auxiliary output's leading dimension), the tanh GELU
   // (cuBLASLt's GELU) or none.
@@ -232,8 +233,8 @@ bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, 
       if (has_act) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &pre, sizeof(pre));
       const float one = 1.0f;
       const void* c = residual ? static_cast<const void*>(residual) : y;
-      const cublasStatus_t st = cublasLtMatmul(lt_handle(), p->desc, &one, ops.b, p->a, ops.a, p->b, &beta, c, p->d,
-                                               y, p->d, &p->algo, lt_workspace(), kLtWorkspace, 0);
+      const cublasStatus_t st = cublasLtMatmul(lt_handle(), p->desc, &one, ops.b, p->a, ops.a, p->b, &beta, c, p->d, y,
+                                               p->d, &p->algo, lt_workspace(), kLtWorkspace, launch_stream());
       if (st == CUBLAS_STATUS_SUCCESS) {
         g_linear_path = act == LinearAct::kGeluTanh ? (out_bf16 ? "lt bias+gelu bf16" : "lt bias+gelu")
                         : residual                  ? (bias ? "lt bias+residual" : "lt residual")
@@ -256,7 +257,8 @@ bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, 
 
 bool linear_gelu_backward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand dy, GemmOperand w, const void* pre,
                           bool pre_bf16, bool tanh, void* dp, bool dp_bf16, float* dbias) {
-  if (rows == 0 || n == 0) return dbias ? cudaMemsetAsync(dbias, 0, sizeof(float) * n, 0) == cudaSuccess : true;
+  if (rows == 0 || n == 0)
+    return dbias ? cudaMemsetAsync(dbias, 0, sizeof(float) * n, launch_stream()) == cudaSuccess : true;
   const bool bf16 = math_mode() == MathMode::kBf16 || (dy.bf16 && w.bf16);
   // The epilogue path: bf16 operands, the tanh GELU (cuBLASLt's), the saved input in D's type (the auxiliary
   // matrix's), n a multiple of 8 (its leading dimension).
@@ -271,7 +273,7 @@ bool linear_gelu_backward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOpera
       cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &pre, sizeof(pre));
       const float one = 1.0f, zero = 0.0f;
       const cublasStatus_t st = cublasLtMatmul(lt_handle(), p->desc, &one, ops.b, p->a, ops.a, p->b, &zero, dp, p->d,
-                                               dp, p->d, &p->algo, lt_workspace(), kLtWorkspace, 0);
+                                               dp, p->d, &p->algo, lt_workspace(), kLtWorkspace, launch_stream());
       if (st == CUBLAS_STATUS_SUCCESS) {
         g_linear_path = dbias ? "lt dgelu + column sums" : "lt dgelu";
         if (!dbias) return true;

@@ -298,7 +298,7 @@ unsigned row_blocks(int64_t rows) {
 template <typename T, typename L, bool kVec>
 void lce_rows_launch(const LinearCrossEntropyArgs& a, const Plan& p, int64_t r0, int64_t r, bool grads,
                      const float* dloss) {
-  lce_rows<T, L, kVec><<<row_blocks(r), kRowThreads>>>(
+  lce_rows<T, L, kVec><<<row_blocks(r), kRowThreads, 0, launch_stream()>>>(
       static_cast<T*>(p.logits), p.ld, r, a.v, static_cast<const L*>(a.labels) + r0, a.has_ignore, a.ignore_index,
       p.pos_loss ? p.pos_loss + r0 : nullptr, p.pos_loss ? p.pos_weight + r0 : nullptr, grads, dloss,
       a.mean ? p.total : nullptr, vec_lse());
@@ -348,11 +348,11 @@ bool run(const LinearCrossEntropyArgs& a, float* loss, const float* dloss, float
   if (!make_plan(a, loss != nullptr, dx != nullptr, p)) return false;
   if (dx && a.mean) {
     if (a.labels64) {
-      lce_count<int64_t><<<1, 1024>>>(static_cast<const int64_t*>(a.labels), a.n, a.v, a.has_ignore, a.ignore_index,
-                                      p.total);
+      lce_count<int64_t><<<1, 1024, 0, launch_stream()>>>(static_cast<const int64_t*>(a.labels), a.n, a.v, a.has_ignore,
+                                                          a.ignore_index, p.total);
     } else {
-      lce_count<int32_t><<<1, 1024>>>(static_cast<const int32_t*>(a.labels), a.n, a.v, a.has_ignore, a.ignore_index,
-                                      p.total);
+      lce_count<int32_t><<<1, 1024, 0, launch_stream()>>>(static_cast<const int32_t*>(a.labels), a.n, a.v, a.has_ignore,
+                                                          a.ignore_index, p.total);
     }
     if (!launched()) return false;
   }
@@ -362,26 +362,27 @@ bool run(const LinearCrossEntropyArgs& a, float* loss, const float* dloss, float
     if (dx && !chunk_grads(a, p, r0, r, dx, dw)) return false;
   }
   if (loss) {
-    lce_reduce<<<1, 1024>>>(p.pos_loss, p.pos_weight, a.n, a.mean, loss);
+    lce_reduce<<<1, 1024, 0, launch_stream()>>>(p.pos_loss, p.pos_weight, a.n, a.mean, loss);
     if (!launched()) return false;
   }
   if (p.dw_pad) {
     return cudaMemcpy2DAsync(dw, sizeof(float) * static_cast<size_t>(a.v), p.dw_pad,
                              sizeof(float) * static_cast<size_t>(p.vp), sizeof(float) * static_cast<size_t>(a.v),
-                             static_cast<size_t>(a.k), cudaMemcpyDeviceToDevice, 0) == cudaSuccess;
+                             static_cast<size_t>(a.k), cudaMemcpyDeviceToDevice, launch_stream()) == cudaSuccess;
   }
   return true;
 }
 
 bool zero_grads(const LinearCrossEntropyArgs& a, float* dx, float* dw) {
-  return cudaMemsetAsync(dx, 0, sizeof(float) * static_cast<size_t>(a.n * a.k), 0) == cudaSuccess &&
-         cudaMemsetAsync(dw, 0, sizeof(float) * static_cast<size_t>(a.v * a.k), 0) == cudaSuccess;
+  return cudaMemsetAsync(dx, 0, sizeof(float) * static_cast<size_t>(a.n * a.k), launch_stream()) == cudaSuccess &&
+         cudaMemsetAsync(dw, 0, sizeof(float) * static_cast<size_t>(a.v * a.k), launch_stream()) == cudaSuccess;
 }
 
 }  // namespace
 
 bool linear_cross_entropy_f32(const LinearCrossEntropyArgs& a, float* loss, float* dx, float* dw) {
-  if (a.n == 0) return cudaMemsetAsync(loss, 0, sizeof(float), 0) == cudaSuccess && (!dx || zero_grads(a, dx, dw));
+  if (a.n == 0)
+    return cudaMemsetAsync(loss, 0, sizeof(float), launch_stream()) == cudaSuccess && (!dx || zero_grads(a, dx, dw));
   return run(a, loss, nullptr, dx, dw);
 }
 

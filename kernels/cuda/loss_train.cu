@@ -507,8 +507,10 @@ __global__ void adamw_multi_kernel(AdamWChunk c, const void* lr_ptr, bool lr64, 
 template <typename I, typename G>
 void launch_adamw(unsigned blocks, bool vec, float* p, G* g, float* m, float* v, uint16_t* p16, I n, const void* lr,
                   bool lr64, const int64_t* step, const float* norm, const AdamW& a, cudaStream_t stream) {
-  if (vec) adamw_kernel<I, true, G><<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
-  else adamw_kernel<I, false, G><<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
+  if (vec)
+    adamw_kernel<I, true, G><<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
+  else
+    adamw_kernel<I, false, G><<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
 }
 
 }  // namespace
@@ -518,7 +520,7 @@ bool softmax_cross_entropy_f32(const float* scores, const void* labels, bool lab
                                float* loss, float* log_prob) {
   const int64_t positions = n * d;
   if (positions == 0) {
-    if (reduction != 0) return cudaMemsetAsync(loss, 0, sizeof(float), 0) == cudaSuccess;
+    if (reduction != 0) return cudaMemsetAsync(loss, 0, sizeof(float), launch_stream()) == cudaSuccess;
     return true;
   }
   double* ws = nullptr;
@@ -530,22 +532,24 @@ bool softmax_cross_entropy_f32(const float* scores, const void* labels, bool lab
   const unsigned g = static_cast<unsigned>(positions);
   if (d == 1 && fast_rows()) {
     if (labels64) {
-      sce_forward_rows<int64_t><<<row_grid(n), kRowBlock>>>(scores, static_cast<const int64_t*>(labels), weights, n,
-                                                             c, has_ignore, ignore_index, ws,
-                                                             ws ? ws + positions : nullptr, none, log_prob);
+      sce_forward_rows<int64_t><<<row_grid(n), kRowBlock, 0, launch_stream()>>>(
+          scores, static_cast<const int64_t*>(labels), weights, n, c, has_ignore, ignore_index, ws,
+          ws ? ws + positions : nullptr, none, log_prob);
     } else {
-      sce_forward_rows<int32_t><<<row_grid(n), kRowBlock>>>(scores, static_cast<const int32_t*>(labels), weights, n,
-                                                             c, has_ignore, ignore_index, ws,
-                                                             ws ? ws + positions : nullptr, none, log_prob);
+      sce_forward_rows<int32_t><<<row_grid(n), kRowBlock, 0, launch_stream()>>>(
+          scores, static_cast<const int32_t*>(labels), weights, n, c, has_ignore, ignore_index, ws,
+          ws ? ws + positions : nullptr, none, log_prob);
     }
   } else if (labels64) {
-    sce_forward<int64_t><<<g, kLossThreads>>>(scores, static_cast<const int64_t*>(labels), weights, c, d, has_ignore,
-                                               ignore_index, ws, ws ? ws + positions : nullptr, none, log_prob);
+    sce_forward<int64_t><<<g, kLossThreads, 0, launch_stream()>>>(scores, static_cast<const int64_t*>(labels), weights,
+                                                                  c, d, has_ignore, ignore_index, ws,
+                                                                  ws ? ws + positions : nullptr, none, log_prob);
   } else {
-    sce_forward<int32_t><<<g, kLossThreads>>>(scores, static_cast<const int32_t*>(labels), weights, c, d, has_ignore,
-                                               ignore_index, ws, ws ? ws + positions : nullptr, none, log_prob);
+    sce_forward<int32_t><<<g, kLossThreads, 0, launch_stream()>>>(scores, static_cast<const int32_t*>(labels), weights,
+                                                                  c, d, has_ignore, ignore_index, ws,
+                                                                  ws ? ws + positions : nullptr, none, log_prob);
   }
-  if (reduction != 0) sce_reduce<<<1, 1024>>>(ws, ws + positions, positions, reduction == 2, loss);
+  if (reduction != 0) sce_reduce<<<1, 1024, 0, launch_stream()>>>(ws, ws + positions, positions, reduction == 2, loss);
   return launched();
 }
 
@@ -559,30 +563,32 @@ bool softmax_cross_entropy_grad_f32(const float* dloss, const float* scores, con
     total = static_cast<double*>(workspace(sizeof(double)));
     if (!total) return false;
     if (labels64) {
-      weight_total<int64_t><<<1, 1024>>>(static_cast<const int64_t*>(labels), weights, positions, c, has_ignore,
-                                          ignore_index, total);
+      weight_total<int64_t><<<1, 1024, 0, launch_stream()>>>(static_cast<const int64_t*>(labels), weights, positions, c,
+                                                             has_ignore, ignore_index, total);
     } else {
-      weight_total<int32_t><<<1, 1024>>>(static_cast<const int32_t*>(labels), weights, positions, c, has_ignore,
-                                          ignore_index, total);
+      weight_total<int32_t><<<1, 1024, 0, launch_stream()>>>(static_cast<const int32_t*>(labels), weights, positions, c,
+                                                             has_ignore, ignore_index, total);
     }
   }
   const unsigned g = static_cast<unsigned>(positions);
   if (d == 1 && fast_rows()) {
     if (labels64) {
-      sce_backward_rows<int64_t><<<row_grid(n), kRowBlock>>>(dloss, scores, static_cast<const int64_t*>(labels),
-                                                              weights, dlog_prob, n, c, has_ignore, ignore_index,
-                                                              reduction == 0, total, dscores);
+      sce_backward_rows<int64_t><<<row_grid(n), kRowBlock, 0, launch_stream()>>>(
+          dloss, scores, static_cast<const int64_t*>(labels), weights, dlog_prob, n, c, has_ignore, ignore_index,
+          reduction == 0, total, dscores);
     } else {
-      sce_backward_rows<int32_t><<<row_grid(n), kRowBlock>>>(dloss, scores, static_cast<const int32_t*>(labels),
-                                                              weights, dlog_prob, n, c, has_ignore, ignore_index,
-                                                              reduction == 0, total, dscores);
+      sce_backward_rows<int32_t><<<row_grid(n), kRowBlock, 0, launch_stream()>>>(
+          dloss, scores, static_cast<const int32_t*>(labels), weights, dlog_prob, n, c, has_ignore, ignore_index,
+          reduction == 0, total, dscores);
     }
   } else if (labels64) {
-    sce_backward<int64_t><<<g, kLossThreads>>>(dloss, scores, static_cast<const int64_t*>(labels), weights, dlog_prob,
-                                                c, d, has_ignore, ignore_index, reduction == 0, total, dscores);
+    sce_backward<int64_t><<<g, kLossThreads, 0, launch_stream()>>>(dloss, scores, static_cast<const int64_t*>(labels),
+                                                                   weights, dlog_prob, c, d, has_ignore, ignore_index,
+                                                                   reduction == 0, total, dscores);
   } else {
-    sce_backward<int32_t><<<g, kLossThreads>>>(dloss, scores, static_cast<const int32_t*>(labels), weights, dlog_prob,
-                                                c, d, has_ignore, ignore_index, reduction == 0, total, dscores);
+    sce_backward<int32_t><<<g, kLossThreads, 0, launch_stream()>>>(dloss, scores, static_cast<const int32_t*>(labels),
+                                                                   weights, dlog_prob, c, d, has_ignore, ignore_index,
+                                                                   reduction == 0, total, dscores);
   }
   return launched();
 }
@@ -594,13 +600,13 @@ bool accumulate_f32(float* acc, const float* g, int64_t n) {
 double* grad_norm_sum_squares_f32(const MixedTensor* tensors, const int64_t* counts, const float* weights, int num) {
   double* acc = static_cast<double*>(workspace(sizeof(double)));
   if (!acc) return nullptr;
-  if (cudaMemsetAsync(acc, 0, sizeof(double), 0) != cudaSuccess) return nullptr;
+  if (cudaMemsetAsync(acc, 0, sizeof(double), launch_stream()) != cudaSuccess) return nullptr;
   NormChunk c;
   c.count = 0;
   c.start[0] = 0;
   auto flush = [&]() {
     if (c.count == 0) return true;
-    sum_squares_multi_kernel<<<static_cast<unsigned>(c.start[c.count]), kThreads>>>(c, acc);
+    sum_squares_multi_kernel<<<static_cast<unsigned>(c.start[c.count]), kThreads, 0, launch_stream()>>>(c, acc);
     c.count = 0;
     return launched();
   };
@@ -620,7 +626,7 @@ double* grad_norm_sum_squares_f32(const MixedTensor* tensors, const int64_t* cou
 }
 
 bool grad_norm_finish_f32(const double* sum_squares, float scale, float* out) {
-  norm_finish<<<1, 1>>>(sum_squares, scale, out);
+  norm_finish<<<1, 1, 0, launch_stream()>>>(sum_squares, scale, out);
   return launched();
 }
 
@@ -633,14 +639,14 @@ bool grad_norm_f32(const MixedTensor* tensors, const int64_t* counts, const floa
 bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
                const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16, void* stream) {
   if (n == 0) return true;
-  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  const cudaStream_t st = stream ? static_cast<cudaStream_t>(stream) : launch_stream();
   const bool vec = detail::aligned16(p) && reinterpret_cast<uintptr_t>(g) % (g_bf16 ? 8 : 16) == 0 &&
                    detail::aligned16(m) && detail::aligned16(v) && reinterpret_cast<uintptr_t>(p16) % 8 == 0;
   const unsigned blocks = detail::flat_grid(vec ? (n + 3) / 4 : n, stream ? side_stream_max_blocks() : 0);
   auto run = [&](auto* gt) {
     if (n < (int64_t{1} << 31)) {
-      launch_adamw<uint32_t>(blocks, vec, p, gt, m, v, p16, static_cast<uint32_t>(n), lr, lr_is_f64, step, grad_norm,
-                             a, st);
+      launch_adamw<uint32_t>(blocks, vec, p, gt, m, v, p16, static_cast<uint32_t>(n), lr, lr_is_f64, step, grad_norm, a,
+                             st);
     } else {
       launch_adamw<int64_t>(blocks, vec, p, gt, m, v, p16, n, lr, lr_is_f64, step, grad_norm, a, st);
     }
@@ -658,8 +664,9 @@ bool adamw_multi_f32(float* const* p, float* const* g, float* const* m, float* c
   c.start[0] = 0;
   auto flush = [&]() {
     if (c.count == 0) return true;
-    adamw_multi_kernel<<<static_cast<unsigned>(c.start[c.count]), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-        c, lr, lr_is_f64, step, grad_norm, a);
+    const cudaStream_t st = stream ? static_cast<cudaStream_t>(stream) : launch_stream();
+    adamw_multi_kernel<<<static_cast<unsigned>(c.start[c.count]), kThreads, 0, st>>>(c, lr, lr_is_f64, step, grad_norm,
+                                                                                     a);
     c.count = 0;
     return launched();
   };

@@ -421,7 +421,7 @@ bool forward(const void* x, const float* skip, float* sum, const float* scale, c
     const int64_t want = (rows + G - 1) / G;
     const unsigned grid = static_cast<unsigned>(want < (int64_t{1} << 20) ? want : (int64_t{1} << 20));
     norm_forward_rows<W, V, B, kCenter, Out, kSkip>
-        <<<grid, kBlock>>>(x, skip, sum, scale, bias, y, mean, inv_std, rows, cols, eps);
+        <<<grid, kBlock, 0, launch_stream()>>>(x, skip, sum, scale, bias, y, mean, inv_std, rows, cols, eps);
     return launched();
   });
 }
@@ -455,11 +455,13 @@ bool backward(const float* dy, const float* x, const float* scale, const float* 
       part = static_cast<float*>(workspace(sizeof(float) * NA * static_cast<size_t>(blocks) * cols));
       if (!part) return false;
     }
-    kernel<<<blocks, kBlock, smem>>>(dy, x, scale, mean, inv_std, addend, dx, dx16, part, rows, cols, eps);
+    kernel<<<blocks, kBlock, smem, launch_stream()>>>(dy, x, scale, mean, inv_std, addend, dx, dx16, part, rows, cols,
+                                                      eps);
     if (!launched()) return false;
     if (sums_on) {
       const dim3 grid((cols / 4 + kSumCols - 1) / kSumCols, kDxSums ? 2 : 1);
-      sum_partials<<<grid, kBlock>>>(part, blocks, NA, cols, dscale, dbias, kDxSums ? dx_sums : nullptr);
+      sum_partials<<<grid, kBlock, 0, launch_stream()>>>(part, blocks, NA, cols, dscale, dbias,
+                                                         kDxSums ? dx_sums : nullptr);
     }
     return launched();
   });

@@ -150,8 +150,9 @@ bool column_sums(const float* dy, const float* x, const float* mean, const float
   if (chunks < 1) chunks = 1;
   const int64_t per = (rows + chunks - 1) / chunks;
   dim3 grid(static_cast<unsigned>((cols + 31) / 32), static_cast<unsigned>(chunks));
-  norm_column_partials<<<grid, dim3(32, 8)>>>(dy, x, mean, inv_std, rows, cols, per, part_ws, dbias != nullptr);
-  norm_column_finish<<<grid_for(cols), kThreads>>>(part_ws, chunks, cols, dscale, dbias);
+  norm_column_partials<<<grid, dim3(32, 8), 0, launch_stream()>>>(dy, x, mean, inv_std, rows, cols, per, part_ws,
+                                                                  dbias != nullptr);
+  norm_column_finish<<<grid_for(cols), kThreads, 0, launch_stream()>>>(part_ws, chunks, cols, dscale, dbias);
   return launched();
 }
 
@@ -275,7 +276,7 @@ bool layer_norm_f32(const float* x, const float* scale, const float* bias, float
   if (norm_rows_eligible(rows, cols, {x, scale, bias, y})) {
     return norm_rows_forward(true, x, scale, bias, y, false, mean, inv_std, rows, cols, eps);
   }
-  layer_norm_kernel<<<rows_grid(rows), kRowThreads>>>(x, scale, bias, y, mean, inv_std, cols, eps);
+  layer_norm_kernel<<<rows_grid(rows), kRowThreads, 0, launch_stream()>>>(x, scale, bias, y, mean, inv_std, cols, eps);
   return launched();
 }
 
@@ -306,7 +307,7 @@ bool skip_layer_norm(const void* x, bool x_bf16, const float* skip, float* sum, 
   if (norm_rows_eligible(rows, cols, {x, skip, sum, scale, bias, y})) {
     return norm_rows_skip_forward(x, x_bf16, skip, sum, scale, bias, y, y_bf16, mean, inv_std, rows, cols, eps);
   }
-  skip_add_kernel<<<grid_for(rows * cols), kThreads>>>(x, x_bf16, skip, sum, rows * cols);
+  skip_add_kernel<<<grid_for(rows * cols), kThreads, 0, launch_stream()>>>(x, x_bf16, skip, sum, rows * cols);
   if (!launched()) return false;
   return y_bf16 ? layer_norm_to_bf16(sum, scale, bias, static_cast<uint16_t*>(y), mean, inv_std, rows, cols, eps)
                 : layer_norm_f32(sum, scale, bias, static_cast<float*>(y), mean, inv_std, rows, cols, eps);
@@ -317,9 +318,9 @@ bool layer_norm_grad_f32(const float* dy, const float* x, const float* scale, co
                          int64_t rows, int64_t cols, float eps, const float* addend, uint16_t* dx_bf16,
                          float* dx_sums) {
   if (rows == 0 || cols == 0) {
-    if (dscale) cudaMemsetAsync(dscale, 0, sizeof(float) * cols, 0);
-    if (dbias) cudaMemsetAsync(dbias, 0, sizeof(float) * cols, 0);
-    if (dx_sums) cudaMemsetAsync(dx_sums, 0, sizeof(float) * cols, 0);
+    if (dscale) cudaMemsetAsync(dscale, 0, sizeof(float) * cols, launch_stream());
+    if (dbias) cudaMemsetAsync(dbias, 0, sizeof(float) * cols, launch_stream());
+    if (dx_sums) cudaMemsetAsync(dx_sums, 0, sizeof(float) * cols, launch_stream());
     return launched();
   }
   if (dy && !dmean && !dinv_std && norm_rows_eligible(rows, cols, {dy, x, scale, dx, addend, dx_bf16})) {
@@ -339,11 +340,11 @@ bool layer_norm_grad_f32(const float* dy, const float* x, const float* scale, co
   if (!ws) return false;
   float* m = ws;
   float* is = ws + rows;
-  layer_norm_dx_kernel<<<rows_grid(rows), kRowThreads>>>(dy, x, scale, mean, inv_std, dmean, dinv_std, addend, dx,
-                                                          m, is, cols, eps);
+  layer_norm_dx_kernel<<<rows_grid(rows), kRowThreads, 0, launch_stream()>>>(dy, x, scale, mean, inv_std, dmean,
+                                                                             dinv_std, addend, dx, m, is, cols, eps);
   if (!dy) {
-    if (dscale) cudaMemsetAsync(dscale, 0, sizeof(float) * cols, 0);
-    if (dbias) cudaMemsetAsync(dbias, 0, sizeof(float) * cols, 0);
+    if (dscale) cudaMemsetAsync(dscale, 0, sizeof(float) * cols, launch_stream());
+    if (dbias) cudaMemsetAsync(dbias, 0, sizeof(float) * cols, launch_stream());
     return launched();
   }
   return launched() && column_sums(dy, x, m, is, rows, cols, dscale, dbias, ws + 2 * rows);
@@ -354,14 +355,14 @@ bool rms_norm_f32(const float* x, const float* scale, float* y, int64_t rows, in
   if (norm_rows_eligible(rows, cols, {x, scale, y})) {
     return norm_rows_forward(false, x, scale, nullptr, y, false, nullptr, nullptr, rows, cols, eps);
   }
-  rms_norm_kernel<<<rows_grid(rows), kRowThreads>>>(x, scale, y, cols, eps);
+  rms_norm_kernel<<<rows_grid(rows), kRowThreads, 0, launch_stream()>>>(x, scale, y, cols, eps);
   return launched();
 }
 
 bool rms_norm_grad_f32(const float* dy, const float* x, const float* scale, float* dx, float* dscale, int64_t rows,
                        int64_t cols, float eps) {
   if (rows == 0 || cols == 0) {
-    if (dscale) cudaMemsetAsync(dscale, 0, sizeof(float) * cols, 0);
+    if (dscale) cudaMemsetAsync(dscale, 0, sizeof(float) * cols, launch_stream());
     return launched();
   }
   if (dy && norm_rows_eligible(rows, cols, {dy, x, scale, dx})) {
@@ -369,16 +370,16 @@ bool rms_norm_grad_f32(const float* dy, const float* x, const float* scale, floa
   }
   float* ws = static_cast<float*>(workspace(sizeof(float) * (rows + column_ws_floats(rows, cols))));
   if (!ws) return false;
-  rms_norm_dx_kernel<<<rows_grid(rows), kRowThreads>>>(dy, x, scale, dx, ws, cols, eps);
+  rms_norm_dx_kernel<<<rows_grid(rows), kRowThreads, 0, launch_stream()>>>(dy, x, scale, dx, ws, cols, eps);
   return launched() && column_sums(dy, x, nullptr, ws, rows, cols, dscale, nullptr, ws + rows);
 }
 
 bool softmax_f32(const float* x, float* y, int64_t outer, int64_t n, int64_t inner, bool log) {
   if (outer * n * inner == 0) return true;
   if (inner == 1) {
-    softmax_rows<<<static_cast<unsigned>(outer), n >= 1024 ? 512 : 128>>>(x, y, n, log);
+    softmax_rows<<<static_cast<unsigned>(outer), n >= 1024 ? 512 : 128, 0, launch_stream()>>>(x, y, n, log);
   } else {
-    softmax_strided<<<grid_for(outer * inner), kThreads>>>(x, y, outer, n, inner, log);
+    softmax_strided<<<grid_for(outer * inner), kThreads, 0, launch_stream()>>>(x, y, outer, n, inner, log);
   }
   return launched();
 }
@@ -386,9 +387,9 @@ bool softmax_f32(const float* x, float* y, int64_t outer, int64_t n, int64_t inn
 bool softmax_grad_f32(const float* dy, const float* y, float* dx, int64_t outer, int64_t n, int64_t inner, bool log) {
   if (outer * n * inner == 0) return true;
   if (inner == 1) {
-    softmax_grad_rows<<<static_cast<unsigned>(outer), n >= 1024 ? 512 : 128>>>(dy, y, dx, n, log);
+    softmax_grad_rows<<<static_cast<unsigned>(outer), n >= 1024 ? 512 : 128, 0, launch_stream()>>>(dy, y, dx, n, log);
   } else {
-    softmax_grad_strided<<<grid_for(outer * inner), kThreads>>>(dy, y, dx, outer, n, inner, log);
+    softmax_grad_strided<<<grid_for(outer * inner), kThreads, 0, launch_stream()>>>(dy, y, dx, outer, n, inner, log);
   }
   return launched();
 }

@@ -180,13 +180,13 @@ bool run_gather(const void* data, const void* idx, bool idx64, void* out, int64_
   const int64_t total = outer * n_idx * inner;
   if (total == 0) return true;
   if (idx64) {
-    gather_kernel<T, int64_t><<<grid_for(total), kThreads>>>(static_cast<const T*>(data),
-                                                              static_cast<const int64_t*>(idx), static_cast<T*>(out),
-                                                              axis_dim, n_idx, inner, total);
+    gather_kernel<T, int64_t><<<grid_for(total), kThreads, 0, launch_stream()>>>(
+        static_cast<const T*>(data), static_cast<const int64_t*>(idx), static_cast<T*>(out), axis_dim, n_idx, inner,
+        total);
   } else {
-    gather_kernel<T, int32_t><<<grid_for(total), kThreads>>>(static_cast<const T*>(data),
-                                                              static_cast<const int32_t*>(idx), static_cast<T*>(out),
-                                                              axis_dim, n_idx, inner, total);
+    gather_kernel<T, int32_t><<<grid_for(total), kThreads, 0, launch_stream()>>>(
+        static_cast<const T*>(data), static_cast<const int32_t*>(idx), static_cast<T*>(out), axis_dim, n_idx, inner,
+        total);
   }
   return launched();
 }
@@ -198,7 +198,7 @@ namespace {
 template <typename T>
 bool column_sums(const T* x, float* y, int64_t rows, int64_t cols, float scale) {
   if (cols == 0) return true;
-  if (rows == 0) return cudaMemsetAsync(y, 0, sizeof(float) * cols, 0) == cudaSuccess;
+  if (rows == 0) return cudaMemsetAsync(y, 0, sizeof(float) * cols, launch_stream()) == cudaSuccess;
   const bool vec = cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % (4 * sizeof(T)) == 0;
   const int64_t tile = vec ? 128 : 32;
   const int64_t tiles = (cols + tile - 1) / tile;
@@ -215,9 +215,11 @@ bool column_sums(const T* x, float* y, int64_t rows, int64_t cols, float scale) 
   float* part = static_cast<float*>(workspace(sizeof(float) * slabs * cols));
   if (!part) return false;
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(slabs)), block(32, 8);
-  if (vec) col_sums_partial<T, 4><<<grid, block>>>(x, rows, cols, per, part);
-  else col_sums_partial<T, 1><<<grid, block>>>(x, rows, cols, per, part);
-  col_sums_finish<<<static_cast<unsigned>((cols + 31) / 32), block>>>(part, slabs, cols, y, scale);
+  if (vec)
+    col_sums_partial<T, 4><<<grid, block, 0, launch_stream()>>>(x, rows, cols, per, part);
+  else
+    col_sums_partial<T, 1><<<grid, block, 0, launch_stream()>>>(x, rows, cols, per, part);
+  col_sums_finish<<<static_cast<unsigned>((cols + 31) / 32), block, 0, launch_stream()>>>(part, slabs, cols, y, scale);
   return launched();
 }
 
@@ -233,7 +235,7 @@ bool column_sums_bf16(const uint16_t* x, float* y, int64_t rows, int64_t cols, f
 
 bool reduce_sum_f32(const float* x, float* y, const Reduce& r, float scale) {
   if (r.kept_numel == 0) return true;
-  if (r.red_numel == 0) return cudaMemsetAsync(y, 0, sizeof(float) * r.kept_numel, 0) == cudaSuccess;
+  if (r.red_numel == 0) return cudaMemsetAsync(y, 0, sizeof(float) * r.kept_numel, launch_stream()) == cudaSuccess;
   // Leading dims reduced, trailing dims kept and contiguous (merged by the caller into one of each): [rows, cols].
   static const bool colsum = [] {  // GALVATRON_CUDA_COLSUM=0: the general path (A/B measurements)
     const char* e = std::getenv("GALVATRON_CUDA_COLSUM");
@@ -245,7 +247,7 @@ bool reduce_sum_f32(const float* x, float* y, const Reduce& r, float scale) {
   }
   const bool last_reduced = r.red_rank > 0 && r.red_strides[r.red_rank - 1] == 1;
   if (last_reduced || r.kept_numel < 64) {
-    reduce_rows<<<static_cast<unsigned>(r.kept_numel), kThreads>>>(x, y, r, scale);
+    reduce_rows<<<static_cast<unsigned>(r.kept_numel), kThreads, 0, launch_stream()>>>(x, y, r, scale);
     return launched();
   }
   int64_t chunks = (r.red_numel + 63) / 64;
@@ -255,8 +257,8 @@ bool reduce_sum_f32(const float* x, float* y, const Reduce& r, float scale) {
   float* part = static_cast<float*>(workspace(sizeof(float) * chunks * r.kept_numel));
   if (!part) return false;
   dim3 grid(static_cast<unsigned>((r.kept_numel + kThreads - 1) / kThreads), static_cast<unsigned>(chunks));
-  reduce_cols_partial<<<grid, kThreads>>>(x, part, r, per);
-  reduce_cols_finish<<<grid_for(r.kept_numel), kThreads>>>(part, y, r.kept_numel, chunks, scale);
+  reduce_cols_partial<<<grid, kThreads, 0, launch_stream()>>>(x, part, r, per);
+  reduce_cols_finish<<<grid_for(r.kept_numel), kThreads, 0, launch_stream()>>>(part, y, r.kept_numel, chunks, scale);
   return launched();
 }
 
@@ -278,7 +280,7 @@ bool gather(int elem_size, const void* data, const void* idx, bool idx64, void* 
 
 bool gather_grad_f32(const float* grad, const void* idx, bool idx64, float* dx, int64_t outer, int64_t axis_dim,
                      int64_t n_idx, int64_t inner, int64_t skip) {
-  if (cudaMemsetAsync(dx, 0, sizeof(float) * outer * axis_dim * inner, 0) != cudaSuccess) return false;
+  if (cudaMemsetAsync(dx, 0, sizeof(float) * outer * axis_dim * inner, launch_stream()) != cudaSuccess) return false;
   return gather_grad_add_f32(grad, idx, idx64, dx, outer, axis_dim, n_idx, inner, skip);
 }
 
@@ -287,11 +289,11 @@ bool gather_grad_add_f32(const float* grad, const void* idx, bool idx64, float* 
   const int64_t total = outer * n_idx * inner;
   if (total == 0) return true;
   if (idx64) {
-    gather_grad_kernel<int64_t><<<grid_for(total), kThreads>>>(grad, static_cast<const int64_t*>(idx), dx, axis_dim,
-                                                                n_idx, inner, total, skip);
+    gather_grad_kernel<int64_t><<<grid_for(total), kThreads, 0, launch_stream()>>>(
+        grad, static_cast<const int64_t*>(idx), dx, axis_dim, n_idx, inner, total, skip);
   } else {
-    gather_grad_kernel<int32_t><<<grid_for(total), kThreads>>>(grad, static_cast<const int32_t*>(idx), dx, axis_dim,
-                                                                n_idx, inner, total, skip);
+    gather_grad_kernel<int32_t><<<grid_for(total), kThreads, 0, launch_stream()>>>(
+        grad, static_cast<const int32_t*>(idx), dx, axis_dim, n_idx, inner, total, skip);
   }
   return launched();
 }
