@@ -22,8 +22,10 @@ Expected<ValueId> add1(Graph& g, const std::string& op, std::vector<ValueId> inp
   return outs[0];
 }
 
-Status add_update(Graph& g, const std::string& op, std::vector<ValueId> inputs, Attributes attrs, Placement place,
-                  const std::string& name) {
+}  // namespace
+
+Status add_in_place_node(Graph& g, const std::string& op, std::vector<ValueId> inputs, Attributes attrs,
+                         Placement place, const std::string& name) {
   Node n;
   n.op_type = op;
   n.domain = kGalvatronDomain;
@@ -35,6 +37,8 @@ Status add_update(Graph& g, const std::string& op, std::vector<ValueId> inputs, 
   auto r = g.add_node(std::move(n));
   return r ? Status::ok() : r.status();
 }
+
+namespace {
 
 // A parameter's placement: that of its first consumer.
 Placement param_place(const Graph& g, ValueId p) {
@@ -235,13 +239,7 @@ Status overlap_gradient_sync(TrainingGraph& tg, const std::vector<GradSync>& syn
   if (moved.empty() && gathers.empty()) return Status::ok();
   for (NodeId id : gathers) g.nodes[id].attrs.set_int("async", 1);
   auto add_wait = [&g](const std::vector<ValueId>& inputs) -> Expected<NodeId> {
-    Node w;
-    w.op_type = "WaitCollectives";
-    w.domain = kGalvatronDomain;
-    w.opset = 1;
-    w.name = g.unique_name("wait_collectives");
-    w.inputs = inputs;
-    GV_RETURN_IF_ERROR(g.add_node(std::move(w)).status());
+    GV_RETURN_IF_ERROR(add_in_place_node(g, "WaitCollectives", inputs, {}, {}, g.unique_name("wait_collectives")));
     return static_cast<NodeId>(g.nodes.size()) - 1;
   };
   const size_t n_old = g.nodes.size();
@@ -338,10 +336,10 @@ Expected<ValueId> add_bf16_grad_sync(Graph& g, ValueId grad, bool fold, ValueId 
                                      GradSync& gs) {
   GV_ASSIGN_OR_RETURN(const ValueId copy, bf16_grad_copy(g, grad, fold, place, pname, "grad_reduce/bf16/" + pname, gs));
   if (gs.grad == grad && clear != kNoValue) {  // the Cast read the accumulator: it can be cleared now
-    GV_RETURN_IF_ERROR(add_update(g, "ZeroBuffer", {clear}, {}, place, g.unique_name("grad_reduce/clear/" + pname)));
+    GV_RETURN_IF_ERROR(add_in_place_node(g, "ZeroBuffer", {clear}, {}, place, g.unique_name("grad_reduce/clear/" + pname)));
   }
   gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));
-  GV_RETURN_IF_ERROR(add_update(g, "AllReduce", {copy}, reduce, place, g.unique_name("all_reduce/" + pname)));
+  GV_RETURN_IF_ERROR(add_in_place_node(g, "AllReduce", {copy}, reduce, place, g.unique_name("all_reduce/" + pname)));
   if (!widen) return copy;  // the gradient norm and AdamW read the reduced bf16 gradient themselves
   Attributes back;
   back.set_int("to", kOnnxFloat);
@@ -460,7 +458,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     if (o.grad_accum_steps > 1) {
       ValueId acc = add_state(g, g.value(p).name + ".grad_accum", g.value(p));
       tg.grad_accumulators[p] = acc;
-      GV_RETURN_IF_ERROR(add_update(g, "AccumulateGrad", {acc, grad}, {}, param_place(g, p),
+      GV_RETURN_IF_ERROR(add_in_place_node(g, "AccumulateGrad", {acc, grad}, {}, param_place(g, p),
                                     g.unique_name("accumulate/" + g.value(p).name)));
       final_grad[p] = acc;
     } else {
@@ -540,7 +538,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
         dp_syncs.push_back(std::move(gs));
         if (o.grad_accum_steps > 1) {
           // The accumulator was read: clear it for the next step (the update reads the reduced shard instead).
-          GV_RETURN_IF_ERROR(add_update(g, "ZeroBuffer", {final_grad[p]}, {}, place,
+          GV_RETURN_IF_ERROR(add_in_place_node(g, "ZeroBuffer", {final_grad[p]}, {}, place,
                                         g.unique_name("zero2/clear/" + pname)));
         }
         final_grad[p] = outs[0];
@@ -570,14 +568,14 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
         gs.grad = final_grad[p];
         gs.nodes.push_back(static_cast<NodeId>(g.nodes.size()));
         dp_syncs.push_back(std::move(gs));
-        GV_RETURN_IF_ERROR(add_update(g, "AllReduce", {final_grad[p]}, a, place,
+        GV_RETURN_IF_ERROR(add_in_place_node(g, "AllReduce", {final_grad[p]}, a, place,
                                       g.unique_name("all_reduce/" + pname)));
       }
     }
     if (ps.tied_group.size() > 1) {
       Attributes a = group_attrs(ps.tied_group);
       a.set_string("reduction", "sum");
-      GV_RETURN_IF_ERROR(add_update(g, "AllReduce", {final_grad[p]}, a, place,
+      GV_RETURN_IF_ERROR(add_in_place_node(g, "AllReduce", {final_grad[p]}, a, place,
                                     g.unique_name("tied_all_reduce/" + pname)));
     }
   }
@@ -646,7 +644,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     if (multi_count == 0) return Status::ok();
     std::vector<ValueId> in = {tg.lr, tg.step, tg.grad_norm};
     in.insert(in.end(), multi_inputs.begin(), multi_inputs.end());
-    GV_RETURN_IF_ERROR(add_update(g, "AdamWMulti", std::move(in), multi_attrs, multi_place,
+    GV_RETURN_IF_ERROR(add_in_place_node(g, "AdamWMulti", std::move(in), multi_attrs, multi_place,
                                   "optimizer/adamw_multi/" + std::to_string(multi_nodes++)));
     multi_inputs.clear();
     multi_count = 0;
@@ -689,7 +687,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
         if (++multi_count == kMultiChunk) GV_RETURN_IF_ERROR(flush_multi());
         continue;
       }
-      GV_RETURN_IF_ERROR(add_update(g, "AdamW", {p, final_grad[p], m, v, tg.lr, tg.step, tg.grad_norm}, a, place,
+      GV_RETURN_IF_ERROR(add_in_place_node(g, "AdamW", {p, final_grad[p], m, v, tg.lr, tg.step, tg.grad_norm}, a, place,
                                     "optimizer/adamw/" + pname));
     } else {
       ValueId buf = add_state(g, pname + ".momentum_buffer", state_like);
@@ -697,7 +695,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
       a.set_float("momentum", (oc.momentum));
       a.set_float("dampening", (oc.dampening));
       a.set_int("nesterov", oc.nesterov ? 1 : 0);
-      GV_RETURN_IF_ERROR(add_update(g, "SGD", {p, final_grad[p], buf, tg.lr, tg.step, tg.grad_norm}, a, place,
+      GV_RETURN_IF_ERROR(add_in_place_node(g, "SGD", {p, final_grad[p], buf, tg.lr, tg.step, tg.grad_norm}, a, place,
                                     "optimizer/sgd/" + pname));
     }
     if (sharded) {
@@ -706,7 +704,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
       zero2_gathers.push_back(static_cast<NodeId>(g.nodes.size()));
       // bf16: the copy's ranges (AdamW writes this rank's, keep_bf16_param_copies below), else the parameter's.
       const ValueId gathered = bf16_sharded.count(p) ? bf16_zero2.at(p) : p;
-      GV_RETURN_IF_ERROR(add_update(g, "GatherShardsInPlace", {gathered}, ga, place, "zero2/all_gather/" + pname));
+      GV_RETURN_IF_ERROR(add_in_place_node(g, "GatherShardsInPlace", {gathered}, ga, place, "zero2/all_gather/" + pname));
       if (gathered != p) tg.sharded_masters.insert(p);
     }
   }

@@ -185,6 +185,11 @@ struct TrainingGraph {
   FusionCounts fused;  // what the fusion passes rewrote (all zero with fuse_ops off)
 };
 
+// Appends a galvatron-domain node without outputs (an update, a collective, a wait) to `g`, checked by its op's
+// inference like any node.
+Status add_in_place_node(Graph& g, const std::string& op, std::vector<ValueId> inputs, Attributes attrs,
+                         Placement place, const std::string& name);
+
 // Pipeline stages: graph outputs of Recv nodes (galvatron domain) with requires_grad = 1 are differentiated too, and
 // their gradients (zeros when the loss does not depend on them) are sent back to the peer at the end of the backward
 // pass (Send, tag + 1). Send nodes' outputs are tokens (zero scalars) that the stage's loss adds up.

@@ -86,13 +86,8 @@ Status move_updates_into_backward(TrainingGraph& tg) {
   if (after.empty()) return Status::ok();
   std::sort(read_beside.begin(), read_beside.end());
   read_beside.erase(std::unique(read_beside.begin(), read_beside.end()), read_beside.end());
-  Node wait;
-  wait.op_type = "WaitUpdates";
-  wait.domain = kGalvatronDomain;
-  wait.opset = 1;
-  wait.name = g.unique_name("optimizer/wait_updates");
-  wait.inputs = read_beside;
-  GV_RETURN_IF_ERROR(g.add_node(std::move(wait)).status());
+  GV_RETURN_IF_ERROR(
+      add_in_place_node(g, "WaitUpdates", read_beside, {}, {}, g.unique_name("optimizer/wait_updates")));
   const NodeId wait_id = static_cast<NodeId>(g.nodes.size()) - 1;
 
   std::vector<NodeId> order;

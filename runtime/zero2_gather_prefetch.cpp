@@ -37,13 +37,10 @@ Status prefetch_copy_gathers(TrainingGraph& tg) {
   size_t total = 0;
   for (const auto& [reader, gathers] : by_first_use) total += gathers.size();
   auto add_wait = [&g](size_t keep_pending) -> Expected<NodeId> {
-    Node w;
-    w.op_type = "WaitCollectives";
-    w.domain = kGalvatronDomain;
-    w.opset = 1;
-    w.name = g.unique_name("wait_collectives/prefetch");
-    if (keep_pending > 0) w.attrs.set_int("keep_pending", static_cast<int64_t>(keep_pending));
-    GV_RETURN_IF_ERROR(g.add_node(std::move(w)).status());
+    Attributes a;
+    if (keep_pending > 0) a.set_int("keep_pending", static_cast<int64_t>(keep_pending));
+    GV_RETURN_IF_ERROR(
+        add_in_place_node(g, "WaitCollectives", {}, std::move(a), {}, g.unique_name("wait_collectives/prefetch")));
     return static_cast<NodeId>(g.nodes.size()) - 1;
   };
   // prologue | every gather, in the order of their first readers | forward nodes, each first reader after a wait for
