@@ -237,10 +237,9 @@ Expected<StepMetrics> Trainer::step(const std::vector<TensorMap>& micro_batches)
 
 // Whether a step may run as one recorded launch ("" if so): one micro-batch in one process (no pipeline slots, no
 // collectives), no kernel whose arguments change from step to step (Dropout's random stream is keyed by a counter
-// given at launch), and recording did not fail before.
+// given at launch), and recording did not fail or was not declined before (the CPU backend declines).
 std::string Trainer::why_not_recorded() const {
   if (!record_declined_.empty()) return record_declined_;
-  if (backend_->kind() == DeviceKind::kCpu) return "the CPU backend runs kernels one by one";
   if (config_.graph.grad_accum_steps != 1 || !config_.pipeline_schedule.empty() || !more_slots_.empty()) {
     return "the step has several micro-batches";
   }
@@ -256,7 +255,8 @@ std::string Trainer::why_not_recorded() const {
 Status Trainer::run_whole_step() {
   const size_t begin = tg_->prologue_end, end = executor_->num_steps();
   if (!recorded_step_ && steps_run_here_ >= 1) {
-    auto r = backend_->record([&] { return executor_->run_steps(begin, end); });
+    Executor* ex = executor_.get();
+    auto r = backend_->record([ex, begin, end] { return ex->run_steps(begin, end); });
     if (r) {
       recorded_step_ = std::move(*r);
     } else {

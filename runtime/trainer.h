@@ -129,7 +129,8 @@ class Trainer {
   bool param_copies_stale_ = true;
   // Steps with one micro-batch in one process run their kernels [prologue_end, end) as one recorded launch
   // (Backend::record: a CUDA graph) from this trainer's second step on: the first runs them one by one, which sizes
-  // the kernels' scratch and their plans. Why they are not recorded, once decided: record_declined_.
+  // the kernels' scratch and their plans. Why they are not recorded, once decided (the backend declined, or the step
+  // does not qualify): record_declined_.
   Status run_whole_step();
   std::string why_not_recorded() const;
   std::unique_ptr<RecordedWork> recorded_step_;
