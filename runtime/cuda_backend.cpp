@@ -69,6 +69,10 @@ class CudaBackend final : public Backend {
     if (!switched_on("GALVATRON_CUDA_GRAPHS"))
       return unsupported("CUDA graphs are switched off (GALVATRON_CUDA_GRAPHS=0)");
     if (cuda_profiling()) return unsupported("per-op profiling (GALVATRON_CUDA_PROFILE) times each kernel apart");
+    if (!cuda::compute_stream()) {
+      return unsupported(
+          "the kernels run on the legacy stream, which cannot be captured (GALVATRON_CUDA_LEGACY_STREAM=1)");
+    }
     if (!cuda::graph_record_begin()) return cuda_error("starting a CUDA graph capture");
     const Status issued = issue();
     void* graph = cuda::graph_record_end();
