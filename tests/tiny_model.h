@@ -1,6 +1,9 @@
 // A zoo model at a tiny size, imported for CPU training tests: batch 2 x 16, HuggingFace initialisation (seed 3),
 // with a random language-model batch of that shape.
 #pragma once
+#include <gtest/gtest.h>
+
+#include <cstring>
 #include <memory>
 #include <string>
 #include <utility>
@@ -40,6 +43,23 @@ inline Expected<TinyRun> train_tiny(const TinyModel& tiny, Backend& backend, con
   GV_ASSIGN_OR_RETURN(r.trainer, Trainer::create(tiny.im.graph, tc, backend));
   GV_ASSIGN_OR_RETURN(r.grads, r.trainer->compute_gradients(tiny.batch, &r.loss));
   return r;
+}
+
+// A copy of a graph with its own initializer buffers: the CPU trains them in place, so each run starts from a copy.
+inline Graph fresh_graph(const Graph& g) {
+  Graph out = g;
+  for (Value& v : out.values)
+    if (v.data.defined()) v.data = v.data.clone();
+  return out;
+}
+
+// Two runs' parameters, bit for bit (the same names, the same bytes).
+inline void expect_same_bits(const TensorMap& a, const TensorMap& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, p] : a) {
+    ASSERT_TRUE(b.count(name)) << name;
+    EXPECT_EQ(std::memcmp(p.data(), b.at(name).data(), p.nbytes()), 0) << name;
+  }
 }
 
 inline Expected<TinyModel> tiny_model(const std::string& name, uint64_t batch_seed = 5) {

@@ -15,14 +15,6 @@
 namespace gv {
 namespace {
 
-// A fresh copy of the model's graph: the CPU trains the initializers' buffers in place.
-Graph fresh_graph(const ImportedModel& im) {
-  Graph g = im.graph;
-  for (Value& v : g.values)
-    if (v.data.defined()) v.data = v.data.clone();
-  return g;
-}
-
 struct Run {
   TensorMap params;
   std::vector<double> losses, norms;
@@ -33,7 +25,7 @@ Expected<Run> train(const testing::TinyModel& tiny, TrainerConfig tc, bool in_ba
   auto backend = make_cpu_backend();
   tc.graph.updates_in_backward = in_backward;
   tc.lr = 1e-3;
-  GV_ASSIGN_OR_RETURN(auto t, Trainer::create(fresh_graph(tiny.im), tc, *backend));
+  GV_ASSIGN_OR_RETURN(auto t, Trainer::create(testing::fresh_graph(tiny.im.graph), tc, *backend));
   Run r;
   r.moved = t->training_graph().fused.updates_in_backward;
   for (int s = 0; s < steps; ++s) {
@@ -48,11 +40,7 @@ Expected<Run> train(const testing::TinyModel& tiny, TrainerConfig tc, bool in_ba
 void expect_identical(const Run& a, const Run& b) {
   EXPECT_EQ(a.losses, b.losses);
   EXPECT_EQ(a.norms, b.norms);
-  ASSERT_EQ(a.params.size(), b.params.size());
-  for (const auto& [name, p] : a.params) {
-    ASSERT_TRUE(b.params.count(name)) << name;
-    EXPECT_EQ(std::memcmp(p.data(), b.params.at(name).data(), p.nbytes()), 0) << name;
-  }
+  testing::expect_same_bits(a.params, b.params);
 }
 
 TEST(UpdatesInBackward, TrainAsAfterTheBackward) {
@@ -164,7 +152,7 @@ TEST(UpdatesInBackward, ComputeGradientsIsRefused) {
   auto backend = make_cpu_backend();
   TrainerConfig tc;
   tc.graph.updates_in_backward = true;
-  auto t = Trainer::create(fresh_graph(tiny->im), tc, *backend);
+  auto t = Trainer::create(testing::fresh_graph(tiny->im.graph), tc, *backend);
   ASSERT_TRUE(t.has_value()) << t.status().message();
   double loss = 0;
   auto grads = (*t)->compute_gradients(tiny->batch, &loss);
