@@ -71,6 +71,27 @@ std::string join_ints(const std::vector<int>& v) {
   return out;
 }
 
+// The zoo flags that make `galvatron profile` build `c` itself (1-layer builds at each batch size it times; a zoo ONNX
+// file has its batch fixed, so it cannot be timed at other batch sizes).
+std::vector<std::string> zoo_flags(const ModelConfig& c) {
+  std::vector<std::string> f = {"--model-type", model_type_name(c.type)};
+  const std::string base = c.size.substr(0, c.size.find("-custom"));
+  if (c.size != "custom" && zoo_config(model_type_name(c.type), base).has_value()) {
+    f.insert(f.end(), {"--model-size", base});
+  }
+  auto add = [&](const char* flag, int64_t v) {
+    if (v > 0) f.insert(f.end(), {flag, std::to_string(v)});
+  };
+  add("--hidden-size", c.hidden_size);
+  add("--num-layers", c.num_layers);
+  add("--num-heads", c.num_heads);
+  add("--ffn-size", c.ffn_size);
+  add("--kv-heads", c.kv_heads);
+  add("--seq-length", c.seq_length);
+  add("--vocab-size", c.vocab_size);
+  return f;
+}
+
 // The compute profile for a search on a GPU, timed on this run's device and precision. Zoo models: `galvatron profile`
 // (a child process, before this rank's trainer has put anything on the GPU; its CUDA context and buffers go when it
 // exits) times a 1-layer build with the real vocabulary at 8 batch sizes, and the search reads them in the batch time
@@ -86,19 +107,19 @@ Expected<std::vector<std::string>> gpu_time_profile(const TrainModelSource& sour
              "static mode) by the search");
     return std::vector<std::string>{"--device", req.device, "--precision", prec};
   }
-  ModelConfig one = source.zoo_config;
-  one.num_layers = 1;
-  GV_ASSIGN_OR_RETURN(auto proto, build_model(one, 1, source.seq, WeightInit::kNone));
-  const std::string layer = dir + "/layer.onnx", out = dir + "/compute";
-  GV_RETURN_IF_ERROR(write_model(proto, layer));
+  ModelConfig cfg = source.zoo_config;
+  cfg.seq_length = source.seq;
+  const std::string out = dir + "/compute";
   const std::vector<int> batches = timing_batches(req.global_batch, req.chunks);
   // The layer at each TP degree the plan could use (powers of two up to the devices), so that the search prices TP
   // from measured times rather than Galvatron's TP 1 time / degree.
   std::vector<int> tps;
   for (int k = 2; k <= req.devices; k *= 2) tps.push_back(k);
-  std::vector<std::string> pargs = {"profile", layer, "--model-name", "auto", "--seq-length", std::to_string(source.seq),
-                                    "--mixed-precision", req.precision, "--device", req.device, "--precision", prec,
-                                    "--profile-batch-sizes", join_ints(batches), "--repeats", "3", "--output-dir", out};
+  std::vector<std::string> pargs = {"profile"};
+  for (const std::string& f : zoo_flags(cfg)) pargs.push_back(f);
+  pargs.insert(pargs.end(), {"--model-name", "auto", "--mixed-precision", req.precision, "--device", req.device,
+                             "--precision", prec, "--profile-batch-sizes", join_ints(batches), "--repeats", "3",
+                             "--output-dir", out});
   if (!tps.empty()) pargs.insert(pargs.end(), {"--profile-tp-degrees", join_ints(tps)});
   const auto t0 = std::chrono::steady_clock::now();
   GV_RETURN_IF_ERROR(run_self(pargs, log, "galvatron profile --device " + req.device));

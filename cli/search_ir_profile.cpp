@@ -37,6 +37,18 @@ Expected<ForwardTiming> forward_timing_of(const IrModelSource& src, const std::v
       o.batch = b;
       o.seq = seq;
       GV_ASSIGN_OR_RETURN(ImportedModel im, import_onnx(path, o));
+      // A batch axis fixed in the file keeps its size whatever o.batch asks: timing it "at batch b" would divide one
+      // batch's time by b.
+      for (ValueId v : im.graph.inputs) {
+        const Shape& s = im.graph.value(v).shape;
+        if (s.size() >= 2 && s[0] != b) {
+          return invalid_argument("'" + path + "': input '" + im.graph.value(v).name + "' has its batch axis fixed at " +
+                                  std::to_string(s[0]) + ", so the model cannot be timed at batch " +
+                                  std::to_string(b) + "; export it with a dynamic batch axis, or time --profile-batch-"
+                                  "sizes " + std::to_string(s[0]) + " only (zoo models: give --model-type/--model-size "
+                                  "instead of the file)");
+        }
+      }
       return std::move(im.graph);
     };
   }

@@ -190,6 +190,10 @@ Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, Command
   // GALVATRON_UPDATES_IN_BACKWARD=0 keeps them after the backward (comparisons, bench/cuda_notes.md).
   const char* in_backward = std::getenv("GALVATRON_UPDATES_IN_BACKWARD");
   cfg.graph.updates_in_backward = s.save_grads.empty() && !(in_backward && std::string(in_backward) == "0");
+  // GALVATRON_ACCUMULATE_IN_PRODUCTS=0: micro-batch gradients accumulated by AccumulateGrad nodes instead of inside
+  // their products (comparisons).
+  const char* in_products = std::getenv("GALVATRON_ACCUMULATE_IN_PRODUCTS");
+  cfg.graph.accumulate_in_products = !(in_products && std::string(in_products) == "0");
   s.checkpoint_dir = args.str("checkpoint-dir");
   s.checkpoint_every = args.i64("checkpoint-every");
   s.resume = args.str("resume");

@@ -162,9 +162,8 @@ Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size
   for (const Node& n : graph.nodes) {
     if (!n.outputs.empty()) continue;
     const OpSchema* s = reg.find(n.domain, n.op_type);
-    if (s && s->reads_only) continue;
-    for (ValueId v : n.inputs)
-      if (v != kNoValue) written[v] = 1;
+    for (size_t i = 0; i < n.inputs.size(); ++i)
+      if (n.inputs[i] != kNoValue && node_writes_input(s, n, i)) written[n.inputs[i]] = 1;
   }
   std::map<ValueId, std::vector<Use>> uses;
   for (NodeId id = 0; id < static_cast<NodeId>(graph.nodes.size()); ++id) {

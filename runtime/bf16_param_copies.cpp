@@ -28,8 +28,10 @@ Status keep_bf16_param_copies(Graph& graph, size_t backward_begin, size_t* prolo
     if (n.op_type == "GatherShardsInPlace" && n.domain == kGalvatronDomain) gathered.insert(n.inputs[0]);
     const OpSchema* s = reg.find(n.domain, n.op_type);
     if (s && s->reads_only) continue;
-    for (ValueId v : n.inputs)
-      if (v != kNoValue && graph.value(v).kind == ValueKind::kParameter) ++writers[v];
+    for (size_t i = 0; i < n.inputs.size(); ++i) {
+      const ValueId v = n.inputs[i];
+      if (v != kNoValue && graph.value(v).kind == ValueKind::kParameter && node_writes_input(s, n, i)) ++writers[v];
+    }
     if (n.op_type == "AdamW" && n.domain == kGalvatronDomain && !n.inputs.empty()) adamw[n.inputs[0]] = id;
   }
   std::vector<char> moved(graph.nodes.size(), 0);

@@ -430,9 +430,11 @@ bool product_types(const KernelContext& ctx) {
   return ctx.outputs[0].dtype == DType::kFloat32 || ctx.outputs[0].dtype == DType::kBFloat16;
 }
 
-// C[c_batch] = alpha * sum over the broadcast batch of op(A) @ op(B) (kernels/cpu/matmul.h semantics).
+// C[c_batch] = alpha * sum over the broadcast batch of op(A) @ op(B) (kernels/cpu/matmul.h semantics); with
+// beta0 = 1 added to C's float32 contents instead (MatMulAccumulate).
 Status run_products(KernelContext& ctx, const Shape& a_batch, const Shape& b_batch, const Shape& batch,
-                    const Shape& c_batch, int64_t m, int64_t n, int64_t k, bool ta, bool tb, float alpha) {
+                    const Shape& c_batch, int64_t m, int64_t n, int64_t k, bool ta, bool tb, float alpha,
+                    float beta0 = 0.0f) {
   const TensorRef &a = ctx.inputs[0], &b = ctx.inputs[1];
   const bool c_bf16 = ctx.outputs[0].dtype == DType::kBFloat16;
   char* const c_base = static_cast<char*>(ctx.outputs[0].data);
@@ -448,13 +450,13 @@ Status run_products(KernelContext& ctx, const Shape& a_batch, const Shape& b_bat
     if (count > 1 && !ta && da == 1 && db == 0 && a_aff && b_aff) {
       // [batch, m, k] @ [k, n]: one product over the stacked rows.
       const bool ok =
-          cuda::gemm_mixed(false, tb, m * count, n, k, alpha, operand(a), 0, operand(b), 0, 0.0f, c, 0, 1, c_bf16);
+          cuda::gemm_mixed(false, tb, m * count, n, k, alpha, operand(a), 0, operand(b), 0, beta0, c, 0, 1, c_bf16);
       note_product("stacked rows", m * count, n, k, 1, false, tb);
       return launch(ctx, ok);
     }
     if (a_aff && b_aff) {
-      const bool ok =
-          cuda::gemm_mixed(ta, tb, m, n, k, alpha, operand(a), da * sa, operand(b), db * sb, 0.0f, c, sc, count, c_bf16);
+      const bool ok = cuda::gemm_mixed(ta, tb, m, n, k, alpha, operand(a), da * sa, operand(b), db * sb, beta0, c, sc,
+                                       count, c_bf16);
       note_product("strided batch", m, n, k, count, ta, tb);
       return launch(ctx, ok);
     }
@@ -462,7 +464,7 @@ Status run_products(KernelContext& ctx, const Shape& a_batch, const Shape& b_bat
   if (c_count == 1 && count > 1 && ta && !tb && a_aff && da == 1 && b_aff && db == 1) {
     // sum_i A_i^T @ B_i with A [batch, k, m], B [batch, k, n]: one product over the stacked k.
     const bool ok =
-        cuda::gemm_mixed(true, false, m, n, k * count, alpha, operand(a), 0, operand(b), 0, 0.0f, c, 0, 1, c_bf16);
+        cuda::gemm_mixed(true, false, m, n, k * count, alpha, operand(a), 0, operand(b), 0, beta0, c, 0, 1, c_bf16);
     note_product("stacked k", m, n, k * count, 1, true, false);
     return launch(ctx, ok);
   }
@@ -470,7 +472,7 @@ Status run_products(KernelContext& ctx, const Shape& a_batch, const Shape& b_bat
   if (c_bf16 && count > c_count) return cuda_fallback_kernel(ctx);
   note_product("loop", m, n, k, count, ta, tb);
   // General: one product per batch element, later products for the same C matrix accumulate.
-  std::vector<char> written(static_cast<size_t>(c_count), 0);
+  std::vector<char> written(static_cast<size_t>(c_count), beta0 != 0.0f ? 1 : 0);
   for (int64_t i = 0; i < count; ++i) {
     const float beta = written[ci[i]] ? 1.0f : 0.0f;
     written[ci[i]] = 1;
@@ -522,6 +524,26 @@ Status fused_matmul_cuda(KernelContext& ctx) {
   const Shape out_batch = ctx.attrs().has("out_batch") ? ctx.attrs().get_ints("out_batch") : batch;
   return run_products(ctx, a_batch, b_batch, batch, out_batch, m, n, k, ta, tb,
                       static_cast<float>(ctx.attrs().get_double("alpha", 1.0)));
+}
+
+// galvatron MatMulAccumulate (runtime/ops/math_matmul.cpp): Acc (input 0, float32) += FusedMatMul(A, B), the products
+// run with beta = 1 on the accumulator.
+Status matmul_accumulate_cuda(KernelContext& ctx) {
+  KernelContext product = ctx;
+  product.inputs = {ctx.inputs[1], ctx.inputs[2]};
+  product.host_inputs.clear();
+  product.outputs = {ctx.inputs[0]};
+  if (!product_types(product) || !is_f32(ctx.inputs[0])) return cuda_fallback_kernel(ctx);
+  const Shape &as = product.inputs[0].shape, &bs = product.inputs[1].shape;
+  const bool ta = ctx.attrs().get_int("transA", 0) != 0, tb = ctx.attrs().get_int("transB", 0) != 0;
+  const int64_t ar = as[as.size() - 2], ac = as.back(), br = bs[bs.size() - 2], bc = bs.back();
+  const int64_t m = ta ? ac : ar, k = ta ? ar : ac, n = tb ? br : bc;
+  const Shape a_batch(as.begin(), as.end() - 2), b_batch(bs.begin(), bs.end() - 2);
+  Shape batch;
+  if (!broadcast_batch(a_batch, b_batch, batch)) return ctx.fail("batch dimensions do not broadcast");
+  const Shape out_batch = ctx.attrs().has("out_batch") ? ctx.attrs().get_ints("out_batch") : batch;
+  return run_products(product, a_batch, b_batch, batch, out_batch, m, n, k, ta, tb,
+                      static_cast<float>(ctx.attrs().get_double("alpha", 1.0)), 1.0f);
 }
 
 // galvatron Linear (runtime/ops/math_linear.cpp): X [.., K] @ op(W) + bias, then the activation.
@@ -1097,6 +1119,7 @@ void register_cuda_kernels(OpRegistry& r) {
   set("", "MatMul", cuda_profiled<matmul_cuda>);
   set("", "Gemm", cuda_profiled<gemm_cuda>);
   set(G, "FusedMatMul", cuda_profiled<fused_matmul_cuda>);
+  set(G, "MatMulAccumulate", cuda_profiled<matmul_accumulate_cuda>);
   set(G, "GeluGradMatMul", cuda_profiled<gelu_grad_matmul_cuda>);
   set(G, "BiasGrad", cuda_profiled<bias_grad_cuda>);
   set(G, "Linear", cuda_profiled<linear_cuda>);

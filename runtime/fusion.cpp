@@ -28,6 +28,7 @@ std::string FusionCounts::summary() const {
          part(gather_grad_adds, "embedding gradient sums in one node") +
          part(skip_norms, "residual adds moved into SkipLayerNormalization") +
          part(bf16_sharded_updates, "ZeRO-2 updates in bf16 (gradient shards and weight gathers)") +
+         part(accumulating_products, "weight-gradient products adding into their accumulators") +
          part(updates_in_backward, "optimizer updates beside the backward");
 }
 

@@ -35,6 +35,7 @@ struct FusionCounts {
   int bf16_weight_grads = 0;    // weight gradients written in bf16 by their dW products (bf16_weight_grads)
   int gather_grad_adds = 0;     // Add(GatherGrad, D) -> GatherGradAdd(D, ..) (fold_gather_grad_adds)
   int skip_norms = 0;           // Linear(.., R) -> LayerNorm pairs -> Linear + SkipLayerNormalization (fuse_skip_norm)
+  int accumulating_products = 0;  // FusedMatMul + AccumulateGrad -> MatMulAccumulate (accumulate_in_products)
   int updates_in_backward = 0;  // not a fusion: optimizer updates beside the backward (move_updates_into_backward)
   int bf16_sharded_updates = 0;  // not a fusion: ZeRO-2 updates reduce-scattering and gathering bf16 (training graph)
   // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu, 1 linear cross-entropy, 40 shared bf16 operands"

@@ -25,9 +25,8 @@ MemoryPlan plan_memory(const Graph& graph, const std::vector<NodeId>& order, con
       const Node& n = graph.nodes[id];
       if (!n.outputs.empty()) continue;
       const OpSchema* schema = OpRegistry::global().find(n.domain, n.op_type);
-      if (schema && schema->reads_only) continue;
-      for (ValueId in : n.inputs) {
-        if (in != kNoValue) written[in] = true;
+      for (size_t i = 0; i < n.inputs.size(); ++i) {
+        if (n.inputs[i] != kNoValue && node_writes_input(schema, n, i)) written[n.inputs[i]] = true;
       }
     }
     for (NodeId id : order) {

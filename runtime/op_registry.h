@@ -100,8 +100,18 @@ struct OpSchema {
   // A node of this op without outputs only reads its inputs (WaitCollectives, which lists them to keep the buffers of
   // collectives in flight alive): the memory planner need not treat them as written in place.
   bool reads_only = false;
+  // A node of this op without outputs writes only its input 0 and reads the others (AccumulateGrad,
+  // MatMulAccumulate): the other inputs may keep shared (view) buffers.
+  bool writes_first_input_only = false;
   std::string doc;  // one line, for `galvatron inspect` and errors
 };
+
+// Whether node `n` (of op `schema`, null if unregistered) may write its input `i` in place: only nodes without outputs
+// do, all their inputs unless the op only reads them or writes only its first.
+inline bool node_writes_input(const OpSchema* schema, const Node& n, size_t i) {
+  if (!n.outputs.empty() || (schema && schema->reads_only)) return false;
+  return !(schema && schema->writes_first_input_only && i != 0);
+}
 
 class OpRegistry {
  public:

@@ -291,6 +291,24 @@ ValueId product_writes_bf16_grad(Graph& g, ValueId grad, const std::string& pnam
   return copy;
 }
 
+// accumulate_in_products: the float32 FusedMatMul that writes `grad` becomes MatMulAccumulate(acc, A, B), adding into
+// the accumulator where it stood; `grad` is left without a producer (nothing reads it). False if another op makes it.
+bool product_accumulates(Graph& g, ValueId grad, ValueId acc) {
+  const NodeId producer = g.value(grad).producer;
+  if (producer < 0) return false;
+  Node& mm = g.nodes[producer];
+  if (mm.op_type != "FusedMatMul" || mm.domain != kGalvatronDomain || mm.outputs.size() != 1 || mm.outputs[0] != grad ||
+      g.value(grad).dtype != DType::kFloat32 || shape_numel(g.value(grad).shape) != shape_numel(g.value(acc).shape)) {
+    return false;
+  }
+  mm.op_type = "MatMulAccumulate";
+  mm.inputs.insert(mm.inputs.begin(), acc);
+  mm.outputs.clear();
+  mm.attrs.erase("out_dtype");
+  g.value(grad).producer = -1;
+  return true;
+}
+
 // For ZeRO-2 in bf16 (see build_training_graph): parameter -> its bf16 copy (a bf16_copy/ Cast of it) for each
 // parameter that only that Cast reads in [0, optimizer_begin); empty unless bf16_grad_reduce, the bf16 copies kept by
 // AdamW, AdamW reading bf16 gradients, and one micro-batch.
@@ -451,16 +469,25 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   }
   tg.params = trained;
 
-  // Gradient accumulation over micro-batches: add each gradient into a persistent buffer.
+  // Gradient accumulation over micro-batches: add each gradient into a persistent buffer, inside the gradient's
+  // product where it may (accumulate_in_products), else by an AccumulateGrad after the backward pass.
   std::map<ValueId, ValueId> final_grad;
+  std::vector<int> grad_uses;
+  std::set<ValueId> kept_grads(g.outputs.begin(), g.outputs.end());
+  for (const auto& [name, v] : tg.reported_grads) kept_grads.insert(v);
+  if (o.grad_accum_steps > 1 && o.accumulate_in_products) grad_uses = g.use_counts();
   for (ValueId p : tg.params) {
     ValueId grad = tg.grads[p];
     if (o.grad_accum_steps > 1) {
       ValueId acc = add_state(g, g.value(p).name + ".grad_accum", g.value(p));
       tg.grad_accumulators[p] = acc;
-      GV_RETURN_IF_ERROR(add_in_place_node(g, "AccumulateGrad", {acc, grad}, {}, param_place(g, p),
-                                    g.unique_name("accumulate/" + g.value(p).name)));
       final_grad[p] = acc;
+      if (!grad_uses.empty() && grad_uses[grad] == 0 && !kept_grads.count(grad) && product_accumulates(g, grad, acc)) {
+        ++tg.fused.accumulating_products;
+        continue;
+      }
+      GV_RETURN_IF_ERROR(add_in_place_node(g, "AccumulateGrad", {acc, grad}, {}, param_place(g, p),
+                                           g.unique_name("accumulate/" + g.value(p).name)));
     } else {
       final_grad[p] = grad;
     }

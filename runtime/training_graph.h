@@ -159,6 +159,10 @@ struct TrainingGraphOptions {
   // clipping (which needs the global norm first), with one micro-batch and no communication. The trainer's
   // compute_gradients cannot be used then (the updates run inside the backward).
   bool updates_in_backward = false;
+  // With grad_accum_steps > 1: a weight gradient made by a float32 FusedMatMul that nothing else reads is added into
+  // its accumulator by the product itself (galvatron MatMulAccumulate: cuBLAS's beta = 1) instead of written and then
+  // added by AccumulateGrad: per micro-batch, one float32 gradient write and read less per weight.
+  bool accumulate_in_products = true;
   OptimizerConfig optimizer;
 };
 

@@ -804,6 +804,16 @@ TEST_F(CudaKernels, LinearCrossEntropyBf16) {
 TEST_F(CudaKernels, Training) {
   const std::string G = kGalvatronDomain;
   check({"AccumulateGrad", {randn({1000}), randn({1000})}, {}, 0, G});
+  // A weight gradient's product adding into its accumulator (beta = 1): the dW forms, float32 and both operands bf16.
+  Attributes dw = attrs({{"transA", 1}});
+  dw.set_ints("out_batch", {});
+  check({"MatMulAccumulate", {randn({48, 32}), randn({4, 96, 48}), randn({4, 96, 32})}, dw, 0, G});  // stacked k
+  check({"MatMulAccumulate",
+         {randn({768, 2304}), randn({256, 768}).cast(DType::kBFloat16), randn({256, 2304}).cast(DType::kBFloat16)},
+         attrs({{"transA", 1}}),
+         0,
+         G});
+  check({"MatMulAccumulate", {randn({2, 5, 4}), randn({2, 5, 8}), randn({4, 8})}, attrs({{"transB", 1}}), 0, G});
   Attributes gn;
   gn.set_float("scale", 0.5f);
   check({"GradNorm", {randn({1000}), randn({3, 7}), randn({70000})}, gn, 1, G});

@@ -28,8 +28,11 @@ bool g_legacy_stream = false;
 void use_legacy_stream() { g_legacy_stream = true; }
 void* compute_stream() {
   static cudaStream_t s = [] {
+    // GALVATRON_CUDA_LEGACY_STREAM=1 takes the legacy stream, =0 the created one even where use_legacy_stream()
+    // asked for the legacy one (multi-process runs: for isolating their hang on it, bench/cuda_notes.md Next 9).
     const char* e = std::getenv("GALVATRON_CUDA_LEGACY_STREAM");
-    if (g_legacy_stream || (e && std::string(e) == "1")) return static_cast<cudaStream_t>(nullptr);
+    const std::string env = e ? e : "";
+    if (env == "1" || (g_legacy_stream && env != "0")) return static_cast<cudaStream_t>(nullptr);
     int least = 0, greatest = 0;
     cudaDeviceGetStreamPriorityRange(&least, &greatest);
     cudaStream_t x = nullptr;

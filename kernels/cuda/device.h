@@ -21,7 +21,7 @@ namespace gv::cuda {
 void* compute_stream();
 // Makes compute_stream() the legacy default stream (null), as GALVATRON_CUDA_LEGACY_STREAM=1 does; effective only
 // before its first call. Multi-process NCCL runs take it (runtime/nccl_communicator.cpp): their collectives were
-// proven on that stream, and their steps are never recorded.
+// proven on that stream, and their steps are never recorded. GALVATRON_CUDA_LEGACY_STREAM=0 overrides it.
 void use_legacy_stream();
 // Ordered on the compute stream like the kernels; they return before the copy is done.
 bool memcpy_d2d_async(void* dst, const void* src, size_t n);

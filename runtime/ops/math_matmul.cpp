@@ -1,5 +1,6 @@
 // MatMul (numpy batched broadcasting, 1-D operands), Gemm, and the galvatron FusedMatMul used by their backward rules.
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/optimizer.h"
 #include "runtime/ops/math_common.h"
 
 namespace gv::math {
@@ -257,6 +258,44 @@ Status fused_matmul_cpu(KernelContext& ctx) {
   return Status::ok();
 }
 
+// ---- MatMulAccumulate (galvatron): Acc += alpha * op(A) @ op(B), in place ----
+// FusedMatMul's operands and attributes with a float32 accumulator as input 0 instead of an output: gradient
+// accumulation over micro-batches folded into the weight-gradient product (runtime/training_graph.cpp), so that the
+// product adds into the persistent buffer (cuBLAS's beta = 1) instead of writing a gradient that AccumulateGrad then
+// reads and adds. The accumulator holds as many elements as FusedMatMul's output would (the parameter's shape).
+
+Status infer_matmul_accumulate(InferContext& ctx) {
+  if (ctx.dtype(0) != DType::kFloat32) return ctx.fail("the accumulator (input 0) must be float32");
+  if (!mixed_float(ctx.dtype(1)) || !mixed_float(ctx.dtype(2))) return ctx.fail("operands must be float32 or bfloat16");
+  FusedDims d;
+  std::string err = fused_dims(ctx.node(), ctx.shape(1), ctx.shape(2), d);
+  if (!err.empty()) return ctx.fail(err);
+  const int64_t product = shape_numel(d.out_batch) * d.m * d.n;
+  if (shape_numel(ctx.shape(0)) != product) {
+    return ctx.fail("the accumulator " + shape_str(ctx.shape(0)) + " does not hold the product's " +
+                    std::to_string(product) + " elements");
+  }
+  return Status::ok();
+}
+
+// The reference: FusedMatMul into a float32 temporary, then the addition (so it equals FusedMatMul + AccumulateGrad
+// bit for bit).
+Status matmul_accumulate_cpu(KernelContext& ctx) {
+  FusedDims d;
+  std::string err = fused_dims(*ctx.node, ctx.inputs[1].shape, ctx.inputs[2].shape, d);
+  if (!err.empty()) return ctx.fail(err);
+  Shape out = d.out_batch;
+  out.insert(out.end(), {d.m, d.n});
+  Tensor product = Tensor::uninitialized(DType::kFloat32, out);
+  KernelContext sub = ctx;
+  sub.inputs = {ctx.inputs[1], ctx.inputs[2]};
+  sub.host_inputs.clear();
+  sub.outputs = {product.ref()};
+  GV_RETURN_IF_ERROR(fused_matmul_cpu(sub));
+  cpu::accumulate(ctx.inputs[0].as<float>(), product.data_as<float>(), product.numel());
+  return Status::ok();
+}
+
 // ---- Gemm: Y[M, N] = alpha * op(A) @ op(B) + beta * C, C unidirectionally broadcast to [M, N] ----
 
 struct GemmDims {
@@ -355,6 +394,12 @@ void register_matmul_ops(OpRegistry& r) {
 
   r.add(make_schema(kGalvatronDomain, "FusedMatMul", 2, 2, 1, 1, infer_fused_matmul, fused_matmul_cpu,
                     "alpha * op(A) @ op(B), batched with broadcasting, batch summed to attr out_batch (backward)"));
+  OpSchema acc =
+      make_schema(kGalvatronDomain, "MatMulAccumulate", 3, 3, 0, 0, infer_matmul_accumulate, matmul_accumulate_cpu,
+                  "Acc += alpha * op(A) @ op(B) in place (inputs Acc, A, B; FusedMatMul's attributes): a "
+                  "weight gradient's product adding into its accumulator over micro-batches");
+  acc.writes_first_input_only = true;
+  r.add(acc);
 }
 
 }  // namespace gv::math

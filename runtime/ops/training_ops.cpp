@@ -319,8 +319,10 @@ static OpSchema in_place_op(const char* name, int min_inputs, int max_inputs, Ke
 }
 
 void register_training_ops(OpRegistry& r) {
-  r.add(in_place_op("AccumulateGrad", 2, 2, accumulate_cpu,
-                    "acc += grad, in place (gradient accumulation over micro-batches)"));
+  OpSchema accumulate = in_place_op("AccumulateGrad", 2, 2, accumulate_cpu,
+                                    "acc += grad, in place (gradient accumulation over micro-batches)");
+  accumulate.writes_first_input_only = true;
+  r.add(accumulate);
   OpSchema all_reduce = in_place_op("AllReduce", 1, 1, all_reduce_cpu,
                                     "in-place mean (or sum) of a gradient buffer across a group of ranks (attrs "
                                     "group, reduction)");
