@@ -128,6 +128,20 @@ TEST_F(ProfileDeviceCli, CpuIsTheDefaultAndStillWritesTheComputationProfile) {
   EXPECT_NE(r.err.find("--device must be cpu or cuda"), std::string::npos) << r.err;
 }
 
+// A zoo ONNX file has its batch axis fixed: timing it at another batch size would divide batch 1's time by b, so the
+// profile refuses (it once did exactly that for `train --auto`'s 1-layer file); batch 1 alone still works.
+TEST_F(ProfileDeviceCli, AFixedBatchAxisCannotBeTimedAtOtherBatchSizes) {
+  const std::string model = path("l1.onnx");
+  CliResult r = run({"export-model", "gpt-tiny", "-o", model, "--batch", "1", "--no-weights"});
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  r = run({"profile", model, "--output-dir", path("p"), "--profile-batch-sizes", "1,2", "--repeats", "1"});
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_NE(r.err.find("batch axis fixed at 1"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("l1.onnx"), std::string::npos) << r.err;
+  r = run({"profile", model, "--output-dir", path("p"), "--profile-batch-sizes", "1", "--repeats", "1"});
+  EXPECT_EQ(r.code, 0) << r.err << r.out;
+}
+
 TEST_F(ProfileDeviceCli, CudaWithoutTheCudaBackendIsAClearError) {
   const std::string prof = path("prof");
   CliResult r = run({"profile", "--model-type", "gpt", "--model-size", "gpt-tiny", "--output-dir", prof, "--device",
