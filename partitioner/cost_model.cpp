@@ -88,9 +88,11 @@ LayerMemory layer_memory(const CostInputs& in, int lt_idx, const Strategy& s, in
       if (static_cast<int>(i) < end) num += mbs[i];
     }
     bsz = (num / den) * bsz;
-  } else {
-    bsz = mbs.empty() ? 0 : mbs[0];
   }
+  // GPipe with pp > 1 keeps every micro-batch's activations until its backward pass starts (this runtime's schedule,
+  // partitioner/rank_program.cpp pipeline_schedule; Galvatron-Hetu counts `chunks` in flight too): the whole local
+  // batch. Galvatron v2.4.0 counts one micro-batch (b_act = mb[0]), which under-predicts GPipe's activations by up to
+  // `chunks` times and let the search pick plans that run out of memory.
 
   r.parameter = s.is_sp() ? lt.parameter_size_mb : lt.parameter_size_mb / tp;
   r.model_states = 4 * r.parameter;
@@ -132,8 +134,11 @@ LayerMemory layer_memory(const CostInputs& in, int lt_idx, const Strategy& s, in
     if (pp == 1) {
       cost[0] += at_or_nan(m.pp_off.model_states_mb, model_tp) * ratio + at_or_nan(m.pp_off.activation_mb, k) * ob;
     } else {
-      double ob_first = o.pipeline_type == PipelineType::kPipedreamFlush ? ob * pp : ob;
-      double ob_last = ob;
+      // In flight: pp micro-batches on the first stage and one on the last under 1F1B (Galvatron's rule), every
+      // micro-batch on both under GPipe (as the layers' activations above).
+      const bool f1b = o.pipeline_type == PipelineType::kPipedreamFlush;
+      const double ob_first = f1b ? ob * pp : ob * chunks;
+      const double ob_last = f1b ? ob : ob * chunks;
       cost[0] += at_or_nan(m.pp_on_first.model_states_mb, model_tp) * ratio +
                  at_or_nan(m.pp_on_first.activation_mb, k) * ob_first;
       cost[pp - 1] += at_or_nan(m.pp_on_last.model_states_mb, model_tp) * ratio +

@@ -512,8 +512,9 @@ Status matmul_cuda(KernelContext& ctx) {
   return run_products(ctx, a_batch, b_batch, batch, batch, m, n, k, false, false, 1.0f);
 }
 
-Status fused_matmul_cuda(KernelContext& ctx) {
-  if (!product_types(ctx)) return cuda_fallback_kernel(ctx);
+// FusedMatMul's products (its transA / transB / alpha / out_batch attributes) of ctx's inputs 0 and 1 into its output
+// 0; beta0 = 1 adds them into the output's float32 contents (MatMulAccumulate).
+Status fused_products(KernelContext& ctx, float beta0) {
   const Shape &as = ctx.inputs[0].shape, &bs = ctx.inputs[1].shape;
   const bool ta = ctx.attrs().get_int("transA", 0) != 0, tb = ctx.attrs().get_int("transB", 0) != 0;
   const int64_t ar = as[as.size() - 2], ac = as.back(), br = bs[bs.size() - 2], bc = bs.back();
@@ -523,7 +524,12 @@ Status fused_matmul_cuda(KernelContext& ctx) {
   if (!broadcast_batch(a_batch, b_batch, batch)) return ctx.fail("batch dimensions do not broadcast");
   const Shape out_batch = ctx.attrs().has("out_batch") ? ctx.attrs().get_ints("out_batch") : batch;
   return run_products(ctx, a_batch, b_batch, batch, out_batch, m, n, k, ta, tb,
-                      static_cast<float>(ctx.attrs().get_double("alpha", 1.0)));
+                      static_cast<float>(ctx.attrs().get_double("alpha", 1.0)), beta0);
+}
+
+Status fused_matmul_cuda(KernelContext& ctx) {
+  if (!product_types(ctx)) return cuda_fallback_kernel(ctx);
+  return fused_products(ctx, 0.0f);
 }
 
 // galvatron MatMulAccumulate (runtime/ops/math_matmul.cpp): Acc (input 0, float32) += FusedMatMul(A, B), the products
@@ -534,16 +540,7 @@ Status matmul_accumulate_cuda(KernelContext& ctx) {
   product.host_inputs.clear();
   product.outputs = {ctx.inputs[0]};
   if (!product_types(product) || !is_f32(ctx.inputs[0])) return cuda_fallback_kernel(ctx);
-  const Shape &as = product.inputs[0].shape, &bs = product.inputs[1].shape;
-  const bool ta = ctx.attrs().get_int("transA", 0) != 0, tb = ctx.attrs().get_int("transB", 0) != 0;
-  const int64_t ar = as[as.size() - 2], ac = as.back(), br = bs[bs.size() - 2], bc = bs.back();
-  const int64_t m = ta ? ac : ar, k = ta ? ar : ac, n = tb ? br : bc;
-  const Shape a_batch(as.begin(), as.end() - 2), b_batch(bs.begin(), bs.end() - 2);
-  Shape batch;
-  if (!broadcast_batch(a_batch, b_batch, batch)) return ctx.fail("batch dimensions do not broadcast");
-  const Shape out_batch = ctx.attrs().has("out_batch") ? ctx.attrs().get_ints("out_batch") : batch;
-  return run_products(product, a_batch, b_batch, batch, out_batch, m, n, k, ta, tb,
-                      static_cast<float>(ctx.attrs().get_double("alpha", 1.0)), 1.0f);
+  return fused_products(product, 1.0f);
 }
 
 // galvatron Linear (runtime/ops/math_linear.cpp): X [.., K] @ op(W) + bias, then the activation.

@@ -2,16 +2,18 @@
 // ||cuda - cpu|| / ||cpu|| far under 1e-3; we ask 1e-5, NaN never passes). Each case builds a one-node graph, runs
 // it through the executor on both backends, and compares every output and every input (in-place ops update inputs).
 // Label `gpu`: needs a CUDA device; skipped where none is visible.
+#include "runtime/cuda_kernels.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
 
 #include "kernels/cuda/ops.h"
-#include "runtime/cuda_kernels.h"
 #include "runtime/executor.h"
 
 namespace gv {
@@ -400,6 +402,59 @@ TEST_F(CudaKernels, LinearBf16) {
   PrecisionScope scope(*cuda_, "bf16");
   check_linear([this](const Case& c) { check(c); }, true, 1e-5);
   check_linear([this](const Case& c) { check(c); }, false, 1e-2);
+}
+
+// Tuned cuBLASLt products (kernels/cuda/lt_matmul.h, GALVATRON_CUDA_GEMM_TUNE): a shape's first call runs the
+// heuristic's first algorithm and times the others on the stream; a later call (here: the next run, after run_case's
+// synchronize) uses the fastest.
+// Each shape runs three times against the CPU (bf16's 1e-2), and the second and third runs, which use the chosen
+// algorithm, agree bit for bit. The shapes are big enough that cuBLASLt offers several algorithms: a plain product,
+// the dW form (transA), a bias + tanh GELU epilogue writing bf16 and its pre-activation, and the DGELU epilogue.
+TEST_F(CudaKernels, TunedProducts) {
+  PrecisionScope scope(*cuda_, "bf16");
+  // Tuning is opt-in, read for each new shape: on for this test's shapes (unique to it).
+  const char* before = std::getenv("GALVATRON_CUDA_GEMM_TUNE");
+  const std::string saved = before ? before : "";
+  setenv("GALVATRON_CUDA_GEMM_TUNE", "16", 1);
+  struct Restore {
+    std::string v;
+    bool had;
+    ~Restore() { had ? setenv("GALVATRON_CUDA_GEMM_TUNE", v.c_str(), 1) : unsetenv("GALVATRON_CUDA_GEMM_TUNE"); }
+  } restore{saved, before != nullptr};
+  const std::string G = kGalvatronDomain;
+  auto bf16 = [](Tensor t) { return t.cast(DType::kBFloat16); };
+  Attributes ta = attrs({{"transA", 1}, {"out_dtype", 1}});
+  ta.set_ints("out_batch", {});
+  Attributes gelu;
+  gelu.set_string("activation", "gelu_tanh");
+  gelu.set_int("transB", 1);
+  gelu.set_int("out_dtype", 16);
+  Attributes dgelu = attrs({{"transB", 0}, {"out_dtype", 16}});
+  dgelu.set_string("approximate", "tanh");
+  const std::vector<Case> cases = {
+      {"FusedMatMul", {bf16(randn({512, 768})), bf16(randn({768, 1024}))}, attrs({{"out_dtype", 1}}), 1, G},
+      {"FusedMatMul", {bf16(randn({1024, 384})), bf16(randn({1024, 512}))}, ta, 1, G},
+      {"Linear", {bf16(randn({512, 256})), bf16(randn({1024, 256})), randn({1024})}, gelu, 2, G},
+      {"GeluGradMatMul", {bf16(randn({512, 256})), bf16(randn({256, 1024})), bf16(randn({512, 1024}))}, dgelu, 1, G},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.op);
+    auto want = run_case(c, *cpu_);
+    ASSERT_TRUE(want.has_value()) << want.status().message();
+    std::vector<Ran> runs;
+    for (int i = 0; i < 3; ++i) {
+      auto got = run_case(c, *cuda_);
+      ASSERT_TRUE(got.has_value()) << got.status().message();
+      for (size_t o = 0; o < want->outputs.size(); ++o) {
+        expect_close(got->outputs[o], want->outputs[o], 1e-2, c.op + " run " + std::to_string(i));
+      }
+      runs.push_back(*got);
+    }
+    for (size_t o = 0; o < want->outputs.size(); ++o) {
+      EXPECT_EQ(std::memcmp(runs[1].outputs[o].data(), runs[2].outputs[o].data(), runs[1].outputs[o].nbytes()), 0)
+          << c.op << " output " << o << ": the chosen algorithm's runs differ";
+    }
+  }
 }
 
 // galvatron GeluGradMatMul (the backward product into a GELU with the GELU and bias gradients): the cuBLASLt DGELU

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "models/zoo.h"
 #include "runtime/trainer.h"
@@ -60,6 +61,35 @@ inline void expect_same_bits(const TensorMap& a, const TensorMap& b) {
     ASSERT_TRUE(b.count(name)) << name;
     EXPECT_EQ(std::memcmp(p.data(), b.at(name).data(), p.nbytes()), 0) << name;
   }
+}
+
+// Several CPU training steps of a tiny model under `tc` (lr 1e-3), each over `batches` (micro-batches: several with
+// tc.graph.grad_accum_steps), from a fresh copy of its weights: the losses, gradient norms and final parameters, and
+// the trainer's fusion counts. The pass tests compare two such runs with one option toggled, bit for bit.
+struct TrainedRun {
+  TensorMap params;
+  std::vector<double> losses, norms;
+  FusionCounts fused;
+};
+inline Expected<TrainedRun> train_steps(const TinyModel& tiny, TrainerConfig tc, const std::vector<TensorMap>& batches,
+                                        int steps = 3) {
+  auto backend = make_cpu_backend();
+  tc.lr = 1e-3;
+  GV_ASSIGN_OR_RETURN(auto t, Trainer::create(fresh_graph(tiny.im.graph), tc, *backend));
+  TrainedRun r;
+  r.fused = t->training_graph().fused;
+  for (int s = 0; s < steps; ++s) {
+    GV_ASSIGN_OR_RETURN(StepMetrics m, t->step(batches));
+    r.losses.push_back(m.loss);
+    r.norms.push_back(m.grad_norm);
+  }
+  GV_ASSIGN_OR_RETURN(r.params, t->parameters());
+  return r;
+}
+inline void expect_same_training(const TrainedRun& a, const TrainedRun& b) {
+  EXPECT_EQ(a.losses, b.losses);
+  EXPECT_EQ(a.norms, b.norms);
+  expect_same_bits(a.params, b.params);
 }
 
 inline Expected<TinyModel> tiny_model(const std::string& name, uint64_t batch_seed = 5) {

@@ -15,32 +15,9 @@
 namespace gv {
 namespace {
 
-struct Run {
-  TensorMap params;
-  std::vector<double> losses, norms;
-  int moved = 0;
-};
-
-Expected<Run> train(const testing::TinyModel& tiny, TrainerConfig tc, bool in_backward, int steps = 3) {
-  auto backend = make_cpu_backend();
+Expected<testing::TrainedRun> train(const testing::TinyModel& tiny, TrainerConfig tc, bool in_backward, int steps = 3) {
   tc.graph.updates_in_backward = in_backward;
-  tc.lr = 1e-3;
-  GV_ASSIGN_OR_RETURN(auto t, Trainer::create(testing::fresh_graph(tiny.im.graph), tc, *backend));
-  Run r;
-  r.moved = t->training_graph().fused.updates_in_backward;
-  for (int s = 0; s < steps; ++s) {
-    GV_ASSIGN_OR_RETURN(StepMetrics m, t->step({tiny.batch}));
-    r.losses.push_back(m.loss);
-    r.norms.push_back(m.grad_norm);
-  }
-  GV_ASSIGN_OR_RETURN(r.params, t->parameters());
-  return r;
-}
-
-void expect_identical(const Run& a, const Run& b) {
-  EXPECT_EQ(a.losses, b.losses);
-  EXPECT_EQ(a.norms, b.norms);
-  testing::expect_same_bits(a.params, b.params);
+  return testing::train_steps(tiny, tc, {tiny.batch}, steps);
 }
 
 TEST(UpdatesInBackward, TrainAsAfterTheBackward) {
@@ -58,9 +35,9 @@ TEST(UpdatesInBackward, TrainAsAfterTheBackward) {
     ASSERT_TRUE(after.has_value()) << after.status().message();
     auto inside = train(*tiny, tc, true);
     ASSERT_TRUE(inside.has_value()) << inside.status().message();
-    EXPECT_EQ(after->moved, 0);
-    EXPECT_GT(inside->moved, 0);
-    expect_identical(*after, *inside);
+    EXPECT_EQ(after->fused.updates_in_backward, 0);
+    EXPECT_GT(inside->fused.updates_in_backward, 0);
+    testing::expect_same_training(*after, *inside);
   }
 }
 

@@ -9,6 +9,7 @@
 #include "kernels/cuda/blas_operands.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/grow_buffer.h"
+#include "kernels/cuda/lt_matmul.h"
 #include "kernels/cuda/ops.h"
 
 namespace gv::cuda {
@@ -246,6 +247,15 @@ bool scale_c(cublasHandle_t h, int64_t m, int64_t n, float beta, float* c, int64
   return true;
 }
 
+// bf16 products through cuBLASLt with tuned algorithms (lt_matmul.h); GALVATRON_CUDA_GEMM_LT=0: cuBLAS's GemmEx.
+bool lt_products() {
+  static const bool on = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_GEMM_LT");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+
 // The cuBLAS call of both gemm_f32 and gemm_bf16: operands of type `type`, C of type `ctype` (float32 unless a
 // bf16 product writes bf16). lda_/ldb_/ldc_ 0: the rows are packed (k or m, n or k, n elements).
 bool gemm_ex(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
@@ -256,6 +266,21 @@ bool gemm_ex(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k
   const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
   const int lda = static_cast<int>(lda_ ? lda_ : (ta ? m : k)), ldb = static_cast<int>(ldb_ ? ldb_ : (tb ? k : n)),
             ldc = static_cast<int>(ldc_ ? ldc_ : n);
+  if (type == CUDA_R_16BF && ct == CUBLAS_COMPUTE_32F && lt_products()) {
+    // cuBLAS's A is B here (column-major C^T = op(B)^T op(A)^T): the same product through cuBLASLt, tuned.
+    LtProduct lp;
+    lp.opa = opb, lp.opb = opa;
+    lp.m = n, lp.n = m, lp.k = k, lp.lda = ldb, lp.ldb = lda, lp.ldd = ldc;
+    lp.d_type = ctype;
+    lp.batch = batch;
+    if (batch > 1) {
+      lp.stride_a = stride_b;
+      lp.stride_b = stride_a;
+      lp.stride_d = stride_c;
+    }
+    lp.a = b, lp.b = a, lp.d = c, lp.alpha = alpha, lp.beta = beta;
+    if (lt_matmul(lp)) return true;
+  }
   cublasStatus_t st;
   if (batch == 1) {
     st = cublasGemmEx(h, opb, opa, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, type, ldb,
@@ -356,12 +381,8 @@ bool gemm_bf16_ld(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha
   if (m == 0 || n == 0) return true;
   cublasHandle_t h = handle();
   if (!h || k == 0) return false;
-  // Row-major C[m, n] is column-major C^T[n, m] = op(B)^T op(A)^T.
-  const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-  return cublasGemmEx(h, opb, opa, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b,
-                      CUDA_R_16BF, static_cast<int>(ldb), a, CUDA_R_16BF, static_cast<int>(lda), &beta, c,
-                      c_bf16 ? CUDA_R_16BF : CUDA_R_32F, static_cast<int>(ldc), CUBLAS_COMPUTE_32F,
-                      CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS;
+  return gemm_ex(h, ta, tb, m, n, k, alpha, a, 0, b, 0, CUDA_R_16BF, beta, c, 0, 1, CUBLAS_COMPUTE_32F, lda, ldb, ldc,
+                 c_bf16 ? CUDA_R_16BF : CUDA_R_32F);
 }
 
 namespace {

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/lt_matmul.h"
 
 namespace gv::cuda {
 
@@ -107,6 +108,7 @@ bool side_stream_join() {
 }
 
 bool graph_record_begin() {
+  settle_product_tuning();
   return cs() && cudaStreamBeginCapture(cs(), cudaStreamCaptureModeThreadLocal) == cudaSuccess;
 }
 void* graph_record_end() {

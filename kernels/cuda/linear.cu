@@ -10,13 +10,12 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <string>
-#include <tuple>
 
 #include "kernels/cuda/blas_operands.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/grow_buffer.h"
+#include "kernels/cuda/lt_matmul.h"
 #include "kernels/cuda/ops.h"
 
 namespace gv::cuda {
@@ -76,97 +75,6 @@ float* product_scratch(size_t bytes) {
   return static_cast<float*>(buf.get(bytes, true));
 }
 
-cublasLtHandle_t lt_handle() {
-  static cublasLtHandle_t h = [] {
-    cublasLtHandle_t x = nullptr;
-    return cublasLtCreate(&x) == CUBLAS_STATUS_SUCCESS ? x : static_cast<cublasLtHandle_t>(nullptr);
-  }();
-  return h;
-}
-
-constexpr size_t kLtWorkspace = size_t{32} << 20;
-
-void* lt_workspace() {
-  static void* ws = [] {
-    void* p = nullptr;
-    if (cudaMalloc(&p, kLtWorkspace) != cudaSuccess) {
-      cudaGetLastError();
-      return static_cast<void*>(nullptr);
-    }
-    return p;
-  }();
-  return ws;
-}
-
-// The largest power of two (up to 256) dividing the address: cuBLASLt picks kernels for the alignment it is told.
-uint32_t alignment(const void* p) {
-  const uintptr_t v = reinterpret_cast<uintptr_t>(p);
-  uint32_t a = 256;
-  while (a > 1 && v % a != 0) a /= 2;
-  return a;
-}
-
-// One cached cuBLASLt product: descriptors and the heuristic's algorithm, per shape, epilogue and alignment.
-struct LtPlan {
-  cublasLtMatmulDesc_t desc = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-  cublasLtMatmulAlgo_t algo;
-  bool ok = false;
-};
-
-using LtKey =
-    std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, uint32_t, uint32_t, uint32_t, uint32_t, bool>;
-
-bool has_aux(cublasLtEpilogue_t e) {
-  return e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_DGELU;
-}
-
-// Column-major view of row-major Y[m, n] = X[m, k] @ op(W): Y^T [n, m] = op(W)^T [n, k] @ X^T [k, m], so cuBLASLt's
-// A is W, its B is X and its D is Y^T; the bias runs along D's n rows. ldw / ldx: elements between stored rows.
-LtPlan* lt_plan(int64_t m, int64_t n, int64_t k, int64_t ldw, int64_t ldx, bool tb, cublasLtEpilogue_t epi,
-                uint32_t align_w, uint32_t align_x, uint32_t align_y, uint32_t align_aux, bool out_bf16) {
-  static std::map<LtKey, LtPlan> plans;
-  const LtKey key{m, n, k, ldw, ldx, tb, static_cast<int>(epi), align_w, align_x, align_y, align_aux, out_bf16};
-  auto it = plans.find(key);
-  if (it != plans.end()) return it->second.ok ? &it->second : nullptr;
-  LtPlan& p = plans[key];
-  cublasLtHandle_t h = lt_handle();
-  if (!h || !lt_workspace()) return nullptr;
-  if (cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return nullptr;
-  // W stored row-major [k, n] is column-major [n, k] (op N); stored [n, k] (tb) it is column-major [k, n] (op T).
-  const cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = CUBLAS_OP_N;
-  cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa));
-  cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb));
-  cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi));
-  if (has_aux(epi)) {
-    const int64_t aux_ld = n;
-    cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld));
-  }
-  const uint64_t rows_a = tb ? k : n, cols_a = tb ? n : k;
-  if (cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, rows_a, cols_a, ldw) != CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, k, m, ldx) != CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatrixLayoutCreate(&p.d, out_bf16 ? CUDA_R_16BF : CUDA_R_32F, n, m, n) != CUBLAS_STATUS_SUCCESS) {
-    return nullptr;
-  }
-  cublasLtMatmulPreference_t pref = nullptr;
-  if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS) return nullptr;
-  const uint64_t ws = kLtWorkspace;
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_w, sizeof(align_w));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_x, sizeof(align_x));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_y, sizeof(align_y));
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_y, sizeof(align_y));
-  (void)align_aux;  // part of the key: the epilogue's pointers are set per call
-  cublasLtMatmulHeuristicResult_t result;
-  int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(h, p.desc, p.a, p.b, p.d, p.d, pref, 1, &result, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0) return nullptr;
-  p.algo = result.algo;
-  p.ok = true;
-  return &p;
-}
-
 bool lt_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("GALVATRON_CUDA_LT");
@@ -217,31 +125,30 @@ bool linear_forward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOperand x, 
     if (!prepare_bf16_operands(false, tb, rows, n, k, x, 0, w, 0, 1, ops)) return false;
     cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
     if (act == LinearAct::kGeluTanh) epi = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
-    else if (bias) epi = CUBLASLT_EPILOGUE_BIAS;
-    const uint32_t align_y = residual ? std::min(alignment(y), alignment(residual)) : alignment(y);  // C is R
-    LtPlan* p = lt_plan(rows, n, k, ops.ldb, ops.lda, tb, epi, alignment(ops.b), alignment(ops.a), align_y,
-                        has_act ? alignment(pre) : 0, out_bf16);
+    else if (bias)
+      epi = CUBLASLT_EPILOGUE_BIAS;
     // With a bf16 D the epilogue takes a bf16 bias (cuBLASLt's bias type is D's): a rounded copy, as autocast's.
     const void* lt_bias = bias;
-    if (p && bias && out_bf16) {
+    if (bias && out_bf16) {
       uint16_t* b16 = bias_scratch(n);
       if (!b16 || !to_bf16(bias, b16, n)) return false;
       lt_bias = b16;
     }
-    if (p) {
-      if (bias) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &lt_bias, sizeof(lt_bias));
-      if (has_act) cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &pre, sizeof(pre));
-      const float one = 1.0f;
-      const void* c = residual ? static_cast<const void*>(residual) : y;
-      const cublasStatus_t st = cublasLtMatmul(lt_handle(), p->desc, &one, ops.b, p->a, ops.a, p->b, &beta, c, p->d, y,
-                                               p->d, &p->algo, lt_workspace(), kLtWorkspace, launch_stream());
-      if (st == CUBLAS_STATUS_SUCCESS) {
-        g_linear_path = act == LinearAct::kGeluTanh ? (out_bf16 ? "lt bias+gelu bf16" : "lt bias+gelu")
-                        : residual                  ? (bias ? "lt bias+residual" : "lt residual")
-                        : bias                      ? (out_bf16 ? "lt bias bf16" : "lt bias")
-                                                    : (out_bf16 ? "lt bf16" : "lt");
-        return true;
-      }
+    // Column-major view of row-major Y[rows, n] = X[rows, k] @ op(W): Y^T [n, rows] = op(W)^T [n, k] @ X^T [k, rows],
+    // so cuBLASLt's A is W, its B is X and its D is Y^T; the bias runs along D's n rows. With a residual, C is R.
+    LtProduct lp;
+    lp.opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    lp.m = n, lp.n = rows, lp.k = k, lp.lda = ops.ldb, lp.ldb = ops.lda, lp.ldd = n;
+    lp.d_type = out_bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    lp.epilogue = epi;
+    lp.a = ops.b, lp.b = ops.a, lp.c = residual, lp.d = y, lp.bias = lt_bias, lp.aux = has_act ? pre : nullptr;
+    lp.beta = beta;
+    if (lt_matmul(lp)) {
+      g_linear_path = act == LinearAct::kGeluTanh ? (out_bf16 ? "lt bias+gelu bf16" : "lt bias+gelu")
+                      : residual                  ? (bias ? "lt bias+residual" : "lt residual")
+                      : bias                      ? (out_bf16 ? "lt bias bf16" : "lt bias")
+                                                  : (out_bf16 ? "lt bf16" : "lt");
+      return true;
     }
     g_linear_path = "gemm + bias/act (lt declined)";
     if (!start_from_residual() ||
@@ -267,19 +174,17 @@ bool linear_gelu_backward(int64_t rows, int64_t n, int64_t k, bool tb, GemmOpera
     if (!prepare_bf16_operands(false, tb, rows, n, k, dy, 0, w, 0, 1, ops)) return false;
     // DGELU alone: cuBLASLt's DGELU_BGRAD (its bias sums in the epilogue) measured 0.232 ms on GPT-2's MLP against
     // 0.219 ms for the unfused chain (cuda_notes 21); the column sums run as their own pass over dP instead.
-    LtPlan* p = lt_plan(rows, n, k, ops.ldb, ops.lda, tb, CUBLASLT_EPILOGUE_DGELU, alignment(ops.b), alignment(ops.a),
-                        alignment(dp), alignment(pre), dp_bf16);
-    if (p) {
-      cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &pre, sizeof(pre));
-      const float one = 1.0f, zero = 0.0f;
-      const cublasStatus_t st = cublasLtMatmul(lt_handle(), p->desc, &one, ops.b, p->a, ops.a, p->b, &zero, dp, p->d,
-                                               dp, p->d, &p->algo, lt_workspace(), kLtWorkspace, launch_stream());
-      if (st == CUBLAS_STATUS_SUCCESS) {
-        g_linear_path = dbias ? "lt dgelu + column sums" : "lt dgelu";
-        if (!dbias) return true;
-        return dp_bf16 ? column_sums_bf16(static_cast<const uint16_t*>(dp), dbias, rows, n, 1.0f)
-                       : column_sums_f32(static_cast<const float*>(dp), dbias, rows, n, 1.0f);
-      }
+    LtProduct lp;  // as linear_forward's: A is W, B is dY, D is dP^T
+    lp.opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    lp.m = n, lp.n = rows, lp.k = k, lp.lda = ops.ldb, lp.ldb = ops.lda, lp.ldd = n;
+    lp.d_type = dp_bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    lp.epilogue = CUBLASLT_EPILOGUE_DGELU;
+    lp.a = ops.b, lp.b = ops.a, lp.d = dp, lp.aux = const_cast<void*>(pre);  // DGELU reads the auxiliary matrix
+    if (lt_matmul(lp)) {
+      g_linear_path = dbias ? "lt dgelu + column sums" : "lt dgelu";
+      if (!dbias) return true;
+      return dp_bf16 ? column_sums_bf16(static_cast<const uint16_t*>(dp), dbias, rows, n, 1.0f)
+                     : column_sums_f32(static_cast<const float*>(dp), dbias, rows, n, 1.0f);
     }
     g_linear_path = "gemm + gelu grad (lt declined)";
   } else {
