@@ -247,13 +247,14 @@ bool scale_c(cublasHandle_t h, int64_t m, int64_t n, float beta, float* c, int64
   return true;
 }
 
-// bf16 products through cuBLASLt with tuned algorithms (lt_matmul.h); GALVATRON_CUDA_GEMM_LT=0: cuBLAS's GemmEx.
+// bf16 products through cuBLASLt (lt_matmul.h) where tuning is asked for (GALVATRON_CUDA_GEMM_TUNE above 1) or
+// GALVATRON_CUDA_GEMM_LT=1; otherwise cuBLAS's GemmEx, which measured 0.3 ms faster per gpt-1.5b step than cuBLASLt's
+// first heuristic choice (bench/cuda_notes.md 50). Read per call: tests switch tuning on for their shapes.
 bool lt_products() {
-  static const bool on = [] {
-    const char* e = std::getenv("GALVATRON_CUDA_GEMM_LT");
-    return !(e && std::string(e) == "0");
-  }();
-  return on;
+  const char* lt = std::getenv("GALVATRON_CUDA_GEMM_LT");
+  if (lt && *lt) return std::string(lt) == "1";
+  const char* tune = std::getenv("GALVATRON_CUDA_GEMM_TUNE");
+  return tune && std::atoi(tune) > 1;
 }
 
 // The cuBLAS call of both gemm_f32 and gemm_bf16: operands of type `type`, C of type `ctype` (float32 unless a
