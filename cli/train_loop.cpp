@@ -190,6 +190,12 @@ Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, Command
   // GALVATRON_UPDATES_IN_BACKWARD=0 keeps them after the backward (comparisons, bench/cuda_notes.md).
   const char* in_backward = std::getenv("GALVATRON_UPDATES_IN_BACKWARD");
   cfg.graph.updates_in_backward = s.save_grads.empty() && !(in_backward && std::string(in_backward) == "0");
+  // GALVATRON_GRAD_NORM_IN_UPDATES=0: the gradient norm by its own pass after the backward (comparisons).
+  const char* norm_in_updates = std::getenv("GALVATRON_GRAD_NORM_IN_UPDATES");
+  cfg.graph.grad_norm_in_updates = !(norm_in_updates && std::string(norm_in_updates) == "0");
+  // GALVATRON_FUSE_ATTENTION_BIAS_SUMS=0: the QKV bias gradient by its own BiasGrad pass (comparisons).
+  const char* bias_sums = std::getenv("GALVATRON_FUSE_ATTENTION_BIAS_SUMS");
+  cfg.graph.fuse_attention_bias_sums = !(bias_sums && std::string(bias_sums) == "0");
   // GALVATRON_ACCUMULATE_IN_PRODUCTS=0: micro-batch gradients accumulated by AccumulateGrad nodes instead of inside
   // their products (comparisons).
   const char* in_products = std::getenv("GALVATRON_ACCUMULATE_IN_PRODUCTS");

@@ -192,8 +192,7 @@ Status attention_packed_cuda(KernelContext& ctx) {
 Status attention_packed_grad_cuda(KernelContext& ctx) {
   cuda::AttentionDims d;
   AttentionForm f;
-  if (!packed_dims(ctx, true, d, f) || (ctx.inputs.size() != 4 && ctx.inputs.size() != 6) ||
-      ctx.outputs.size() != 1) {
+  if (!packed_dims(ctx, true, d, f) || (ctx.inputs.size() != 4 && ctx.inputs.size() != 6) || ctx.outputs.size() > 2) {
     return cuda_fallback_kernel(ctx);
   }
   const TensorRef &dy = ctx.inputs[1], &y = ctx.inputs[2], &lse = ctx.inputs[3], &dqkv = ctx.outputs[0];
@@ -201,6 +200,12 @@ Status attention_packed_grad_cuda(KernelContext& ctx) {
   if (!mixed_ok(dqkv, ctx.inputs[0].shape) || !mixed_ok(dy, ys) || !mixed_ok(y, ys) || lse.dtype != DType::kFloat32 ||
       lse.shape != ls) {
     return cuda_fallback_kernel(ctx);
+  }
+  // dQKVSums (runtime/attention_grad_bias_sums.cpp): float32 column sums of dQKV.
+  float* sums = nullptr;
+  if (ctx.outputs.size() == 2) {
+    if (ctx.outputs[1].dtype != DType::kFloat32) return cuda_fallback_kernel(ctx);
+    sums = ctx.outputs[1].as<float>();
   }
   const bool bf16 = dqkv.dtype == DType::kBFloat16;  // out_dtype 16: the QKV product's bf16 copy of dQKV
   if (cuda::cudnn_attention_supported(d, true)) {
@@ -210,10 +215,16 @@ Status attention_packed_grad_cuda(KernelContext& ctx) {
     return launch(ctx, cuda::cudnn_attention_packed_grad(
                            d, mixed(ctx.inputs[0]), mixed(dy), mixed(y), lse.as<float>(), dqkv.data, bf16,
                            saved ? static_cast<const uint16_t*>(ctx.inputs[4].data) : nullptr,
-                           saved ? static_cast<const uint16_t*>(ctx.inputs[5].data) : nullptr));
+                           saved ? static_cast<const uint16_t*>(ctx.inputs[5].data) : nullptr, sums));
   }
-  return launch(ctx, cuda::flash_attention_packed_grad(d, mixed(ctx.inputs[0]), mixed(dy), mixed(y), lse.as<float>(),
-                                                       dqkv.data, bf16));
+  if (!cuda::flash_attention_packed_grad(d, mixed(ctx.inputs[0]), mixed(dy), mixed(y), lse.as<float>(), dqkv.data,
+                                         bf16)) {
+    return launch(ctx, false);
+  }
+  const int64_t rows = f.batch * f.q_len, cols = dqkv.shape[2];
+  return launch(ctx,
+                !sums || (bf16 ? cuda::column_sums_bf16(static_cast<const uint16_t*>(dqkv.data), sums, rows, cols, 1)
+                               : cuda::column_sums_f32(dqkv.as<float>(), sums, rows, cols, 1)));
 }
 
 }  // namespace

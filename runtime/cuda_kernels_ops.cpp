@@ -975,8 +975,23 @@ Status grad_norm_cuda(KernelContext& ctx) {
                                          ctx.outputs[0].as<float>()));
 }
 
-// AdamW(param, grad, m, v, lr, step, [grad_norm]); with attr shard_offset (ZeRO-2) the update covers numel(grad)
-// elements of param from there.
+// GradNormBegin zeroes the float64 accumulator that the updates (attr sum_squares) add to; GradNormEnd takes its root.
+Status grad_norm_begin_cuda(KernelContext& ctx) {
+  return launch(ctx, cuda::memset_async(ctx.outputs[0].data, sizeof(double)));
+}
+Status grad_norm_end_cuda(KernelContext& ctx) {
+  return launch(ctx, cuda::grad_norm_finish_f32(ctx.inputs[0].as<double>(),
+                                                static_cast<float>(ctx.attrs().get_double("scale", 1.0)),
+                                                ctx.outputs[0].as<float>()));
+}
+// An update's sum-of-squares accumulator (attr sum_squares: input `index`, a float64 scalar), else null.
+double* sum_squares_input(const KernelContext& ctx, size_t index) {
+  if (ctx.attrs().get_int("sum_squares", 0) == 0 || index >= ctx.inputs.size()) return nullptr;
+  return ctx.inputs[index].as<double>();
+}
+
+// AdamW(param, grad, m, v, lr, step, [grad_norm], [param_bf16], [sum_squares]); with attr shard_offset (ZeRO-2) the
+// update covers numel(grad) elements of param from there.
 // AdamW and AdamWMulti's attributes.
 cuda::AdamW adamw_attrs(const KernelContext& ctx) {
   cuda::AdamW a;
@@ -1030,18 +1045,19 @@ Status adamw_cuda(KernelContext& ctx) {
   GV_ASSIGN_OR_RETURN(void* stream, update_stream(ctx));
   return launch(ctx, cuda::adamw_f32(p.as<float>() + offset, ctx.inputs[1].data, g_bf16, ctx.inputs[2].as<float>(),
                                      ctx.inputs[3].as<float>(), n, lr.data, lr.dtype == DType::kFloat64,
-                                     step.as<int64_t>(), norm, a, p16, stream));
+                                     step.as<int64_t>(), norm, a, p16, stream, sum_squares_input(ctx, 8)));
 }
 
-// AdamWMulti(lr, step, grad_norm?, then param, grad, m, v per parameter).
+// AdamWMulti(lr, step, grad_norm?, then param, grad, m, v per parameter[, sum_squares]).
 Status adamw_multi_cuda(KernelContext& ctx) {
   const TensorRef &lr = ctx.inputs[0], &step = ctx.inputs[1];
   if ((lr.dtype != DType::kFloat64 && lr.dtype != DType::kFloat32) || step.dtype != DType::kInt64) {
     return cuda_fallback_kernel(ctx);
   }
+  const size_t end = ctx.inputs.size() - (ctx.attrs().get_int("sum_squares", 0) != 0 ? 1 : 0);
   std::vector<float*> p, g, m, v;
   std::vector<int64_t> n;
-  for (size_t i = 3; i + 3 < ctx.inputs.size(); i += 4) {
+  for (size_t i = 3; i + 3 < end; i += 4) {
     for (size_t j = 0; j < 4; ++j)
       if (!is_f32(ctx.inputs[i + j])) return cuda_fallback_kernel(ctx);
     p.push_back(ctx.inputs[i].as<float>());
@@ -1054,7 +1070,8 @@ Status adamw_multi_cuda(KernelContext& ctx) {
   const float* norm = ctx.has_input(2) && is_f32(ctx.inputs[2]) ? ctx.inputs[2].as<float>() : nullptr;
   GV_ASSIGN_OR_RETURN(void* stream, update_stream(ctx));
   return launch(ctx, cuda::adamw_multi_f32(p.data(), g.data(), m.data(), v.data(), n.data(), static_cast<int>(n.size()),
-                                           lr.data, lr.dtype == DType::kFloat64, step.as<int64_t>(), norm, a, stream));
+                                           lr.data, lr.dtype == DType::kFloat64, step.as<int64_t>(), norm, a, stream,
+                                           sum_squares_input(ctx, end)));
 }
 
 // AllReduce in a single process (no communicator, group empty or {0}) leaves the buffer as it is; otherwise the CPU
@@ -1142,6 +1159,8 @@ void register_cuda_kernels(OpRegistry& r) {
   set(G, "LinearCrossEntropyGrad", cuda_profiled<lce_grad_cuda>);
   set(G, "AccumulateGrad", cuda_profiled<accumulate_cuda>);
   set(G, "GradNorm", cuda_profiled<grad_norm_cuda>);
+  set(G, "GradNormBegin", grad_norm_begin_cuda);
+  set(G, "GradNormEnd", grad_norm_end_cuda);
   set(G, "AdamW", cuda_profiled<adamw_cuda>);
   set(G, "AdamWMulti", cuda_profiled<adamw_multi_cuda>);
   set(G, "WaitUpdates", wait_updates_cuda);

@@ -23,13 +23,15 @@ std::string FusionCounts::summary() const {
          part(residual_adds, "residual adds in Linear epilogues") +
          part(norm_grad_adds, "residual gradient adds in LayerNorm gradients") +
          part(norm_grad_outputs, "LayerNorm gradients writing their bf16 copies") +
+         part(attention_bias_sums, "attention gradients summing the QKV bias gradient") +
          part(bf16_param_copies, "weight bf16 copies kept by AdamW") +
          part(bf16_weight_grads, "weight gradients in bf16") +
          part(gather_grad_adds, "embedding gradient sums in one node") +
          part(skip_norms, "residual adds moved into SkipLayerNormalization") +
          part(bf16_sharded_updates, "ZeRO-2 updates in bf16 (gradient shards and weight gathers)") +
          part(accumulating_products, "weight-gradient products adding into their accumulators") +
-         part(updates_in_backward, "optimizer updates beside the backward");
+         part(updates_in_backward, "optimizer updates beside the backward") +
+         (grad_norm_in_updates ? " (summing the gradient norm)" : "");
 }
 
 ValueId new_node_output(Graph& graph, NodeId node, const std::string& prefix, DType dtype, Shape shape) {

@@ -30,6 +30,7 @@ struct FusionCounts {
   int gelu_grad_products = 0;   // backward product + GeluGrad (+ bf16 copy, bias sum) -> GeluGradMatMul
   int residual_adds = 0;        // Add(Linear, R) -> Linear with a residual input (fuse_linear_residual_adds)
   int norm_grad_adds = 0;       // Add(LayerNormalizationGrad's dX, G) -> the grad with an addend
+  int attention_bias_sums = 0;  // attention gradients writing the QKV bias gradient (fuse_attention_grad_bias_sums)
   int norm_grad_outputs = 0;    // LayerNorm gradients writing their bf16 copy (and bias sums) (fuse_norm_grad_outputs)
   int bf16_param_copies = 0;    // weights' bf16 copies kept by AdamW (keep_bf16_param_copies)
   int bf16_weight_grads = 0;    // weight gradients written in bf16 by their dW products (bf16_weight_grads)
@@ -37,6 +38,7 @@ struct FusionCounts {
   int skip_norms = 0;           // Linear(.., R) -> LayerNorm pairs -> Linear + SkipLayerNormalization (fuse_skip_norm)
   int accumulating_products = 0;  // FusedMatMul + AccumulateGrad -> MatMulAccumulate (accumulate_in_products)
   int updates_in_backward = 0;  // not a fusion: optimizer updates beside the backward (move_updates_into_backward)
+  int grad_norm_in_updates = 0;  // updates summing the gradient norm's squares (grad_norm_in_updates)
   int bf16_sharded_updates = 0;  // not a fusion: ZeRO-2 updates reduce-scattering and gathering bf16 (training graph)
   // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu, 1 linear cross-entropy, 40 shared bf16 operands"
   std::string summary() const;
@@ -96,6 +98,10 @@ Status fuse_norm_grad_residual_adds(Graph& graph, size_t backward_begin, int* fu
 // runtime/fuse_norm_grad_outputs.cpp). build_training_graph runs it after share_bf16_operands when
 // TrainingGraphOptions::fuse_norm_grad_outputs is set (from Backend::fuses_norm_grad_outputs).
 Status fuse_norm_grad_outputs(Graph& graph, size_t backward_begin, int* fused);
+// From backward_begin on: a keepdims BiasGrad of an AttentionPackedGrad's dQKV becomes that node's second output
+// (dQKVSums; runtime/attention_grad_bias_sums.cpp). build_training_graph runs it last among the fusions when
+// TrainingGraphOptions::fuse_attention_bias_sums is set.
+Status fuse_attention_grad_bias_sums(Graph& graph, size_t backward_begin, int* fused);
 // After autograd, from backward_begin on: Add(GatherGrad(g, idx), D) -> GatherGradAdd(D, g, idx), which copies D and
 // adds the looked-up rows (a tied embedding's gradient sum; runtime/fuse_gather_grad_add.cpp). build_training_graph
 // runs it when TrainingGraphOptions::fold_gather_grad_adds is set.

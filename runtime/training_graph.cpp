@@ -454,6 +454,9 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   if (o.attention_saved_head_multiple > 0) {
     GV_RETURN_IF_ERROR(save_attention_heads(g, o.attention_saved_head_multiple, &tg.fused.attention_saved_heads));
   }
+  if (o.fuse_ops && o.fuse_attention_bias_sums) {
+    GV_RETURN_IF_ERROR(fuse_attention_grad_bias_sums(g, tg.backward_begin, &tg.fused.attention_bias_sums));
+  }
   if (o.fuse_ops && o.fuse_residual_add && o.fuse_skip_norm != 0) {
     if (o.fuse_skip_norm != 1 && o.fuse_skip_norm != 16) {
       return invalid_argument("fuse_skip_norm must be 0, 1 (float32) or 16 (bfloat16), got " +
@@ -753,7 +756,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   }
   tg.fused.bf16_sharded_updates = static_cast<int>(tg.sharded_masters.size());
   if (overlap && o.prefetch_zero2_gathers && !tg.sharded_masters.empty()) GV_RETURN_IF_ERROR(prefetch_copy_gathers(tg));
-  if (o.updates_in_backward) GV_RETURN_IF_ERROR(move_updates_into_backward(tg));
+  if (o.updates_in_backward) GV_RETURN_IF_ERROR(move_updates_into_backward(tg, o.grad_norm_in_updates));
   return tg;
 }
 

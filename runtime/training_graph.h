@@ -134,6 +134,9 @@ struct TrainingGraphOptions {
   // (runtime/fusion.h fuse_norm_grad_outputs) instead of a Cast and a BiasGrad. Set from
   // Backend::fuses_norm_grad_outputs.
   bool fuse_norm_grad_outputs = false;
+  // AttentionPackedGrad outputs the QKV bias gradient (the keepdims BiasGrad of its dQKV) itself
+  // (runtime/fusion.h fuse_attention_grad_bias_sums): exact on the CPU; the CUDA kernel sums as it writes dQKV.
+  bool fuse_attention_bias_sums = true;
   // With fuse_ops: LayerNormalization keeps its row statistics for its gradient (runtime/fusion.h
   // save_norm_statistics). Set from Backend::saves_norm_statistics.
   bool save_norm_statistics = false;
@@ -159,6 +162,10 @@ struct TrainingGraphOptions {
   // clipping (which needs the global norm first), with one micro-batch and no communication. The trainer's
   // compute_gradients cannot be used then (the updates run inside the backward).
   bool updates_in_backward = false;
+  // With updates_in_backward, when every update is an AdamW (or AdamWMulti): the gradient norm (a metric then) is
+  // summed by the updates themselves, which read each gradient anyway (GradNormBegin, attr sum_squares, GradNormEnd),
+  // instead of by a GradNorm pass over every gradient at the step's end. Equal up to the order of the sums.
+  bool grad_norm_in_updates = true;
   // With grad_accum_steps > 1: a weight gradient made by a float32 FusedMatMul that nothing else reads is added into
   // its accumulator by the product itself (galvatron MatMulAccumulate: cuBLAS's beta = 1) instead of written and then
   // added by AccumulateGrad: per micro-batch, one float32 gradient write and read less per weight.
@@ -216,9 +223,12 @@ Status prefetch_copy_gathers(TrainingGraph& tg);
 // one of its parameters, gradients, states or copies, drops its (unused) grad_norm input and gets attr
 // beside_backward = 1; a galvatron WaitUpdates reading every arena value they read ends the graph (its CUDA kernel
 // joins the second stream; it keeps those buffers alive until then). optimizer_begin follows the gradient norm.
+// With grad_norm_in_updates and only AdamW / AdamWMulti updates, the GradNorm node becomes a GradNormEnd after
+// WaitUpdates reading the float64 sum that a GradNormBegin (before the backward) starts and each update adds its
+// gradient's squares to (attr sum_squares = 1; the accumulator as AdamW's input 8, AdamWMulti's last input).
 // No effect (and "why" from why_updates_stay_after_backward) with clipping, zeroed or accumulated gradients, or any
 // communication node.
-Status move_updates_into_backward(TrainingGraph& tg);
+Status move_updates_into_backward(TrainingGraph& tg, bool grad_norm_in_updates = true);
 std::string why_updates_stay_after_backward(const TrainingGraph& tg);
 
 }  // namespace gv

@@ -45,9 +45,57 @@ std::string reason_to_keep(const TrainingGraph& tg) {
   return "";
 }
 
+// The GradNorm node of the optimizer region, if the updates can sum its squares instead (grad_norm_in_updates): every
+// update an AdamW or AdamWMulti, the norm unweighted and within this process. -1 otherwise.
+long foldable_grad_norm(const TrainingGraph& tg, size_t n_old) {
+  const Graph& g = tg.graph;
+  long norm = -1;
+  for (size_t i = tg.optimizer_begin; i < n_old; ++i) {
+    const Node& n = g.nodes[i];
+    if (n.op_type == "GradNorm") {
+      if (norm >= 0 || n.attrs.get_int("all_reduce", 0) != 0) return -1;
+      for (float w : n.attrs.get_floats("weights"))
+        if (w != 1.0f) return -1;
+      norm = static_cast<long>(i);
+    } else if (is_update(n) && n.op_type == "SGD") {
+      return -1;
+    }
+  }
+  return norm;
+}
+
+// The rewrite of grad_norm_in_updates: a GradNormBegin (returned) makes the float64 accumulator, every update adds its
+// gradient's squares to it (attr sum_squares), and GradNorm `norm` becomes a GradNormEnd of it (same output value).
+Expected<NodeId> sum_norm_in_updates(Graph& g, NodeId norm, const std::vector<char>& moved) {
+  Node b;
+  b.op_type = "GradNormBegin";
+  b.domain = kGalvatronDomain;
+  b.opset = 1;
+  b.name = g.unique_name("optimizer/grad_norm_begin");
+  GV_ASSIGN_OR_RETURN(auto outs, g.add_node(std::move(b), {g.unique_name("galvatron.grad_sum_squares")}));
+  const ValueId acc = outs[0];
+  for (size_t i = 0; i < moved.size(); ++i) {
+    if (!moved[i]) continue;
+    Node& n = g.nodes[i];
+    n.attrs.set_int("sum_squares", 1);
+    if (n.op_type == "AdamW") {
+      n.inputs.resize(9, kNoValue);
+      n.inputs[8] = acc;
+    } else {
+      n.inputs.push_back(acc);  // AdamWMulti: after the last parameter's four
+    }
+  }
+  Node& end = g.nodes[norm];
+  end.op_type = "GradNormEnd";
+  end.inputs = {acc};
+  end.attrs.erase("weights");
+  end.attrs.erase("all_reduce");
+  return static_cast<NodeId>(g.nodes.size()) - 1;
+}
+
 }  // namespace
 
-Status move_updates_into_backward(TrainingGraph& tg) {
+Status move_updates_into_backward(TrainingGraph& tg, bool grad_norm_in_updates) {
   if (!reason_to_keep(tg).empty()) return Status::ok();
   Graph& g = tg.graph;
   const size_t n_old = g.nodes.size();
@@ -84,6 +132,11 @@ Status move_updates_into_backward(TrainingGraph& tg) {
     moved[i] = 1;
   }
   if (after.empty()) return Status::ok();
+  const long norm = grad_norm_in_updates ? foldable_grad_norm(tg, n_old) : -1;
+  NodeId begin_id = -1;
+  if (norm >= 0) {
+    GV_ASSIGN_OR_RETURN(begin_id, sum_norm_in_updates(g, static_cast<NodeId>(norm), moved));
+  }
   std::sort(read_beside.begin(), read_beside.end());
   read_beside.erase(std::unique(read_beside.begin(), read_beside.end()), read_beside.end());
   GV_RETURN_IF_ERROR(
@@ -94,16 +147,19 @@ Status move_updates_into_backward(TrainingGraph& tg) {
   order.reserve(g.nodes.size());
   size_t count = 0;
   for (size_t i = 0; i < n_old; ++i) {
-    if (!moved[i]) order.push_back(static_cast<NodeId>(i));
+    if (i == tg.backward_begin && begin_id >= 0) order.push_back(begin_id);  // before any update
+    if (!moved[i] && static_cast<long>(i) != norm) order.push_back(static_cast<NodeId>(i));
     auto it = after.find(i);
     if (it == after.end()) continue;
     order.insert(order.end(), it->second.begin(), it->second.end());
     count += it->second.size();
   }
   order.push_back(wait_id);
-  // The optimizer region now starts at its first node that stays (the gradient norm).
+  // The optimizer region now starts at its first node that stays (the gradient norm), or at WaitUpdates when the
+  // norm's GradNormEnd follows it.
   size_t optimizer_begin = order.size() - 1;
-  for (size_t j = 0; j < order.size(); ++j) {
+  if (norm >= 0) order.push_back(static_cast<NodeId>(norm));
+  for (size_t j = 0; j < order.size() && norm < 0; ++j) {
     if (static_cast<size_t>(order[j]) >= tg.optimizer_begin && !moved[order[j]] && order[j] != wait_id) {
       optimizer_begin = j;
       break;
@@ -112,6 +168,7 @@ Status move_updates_into_backward(TrainingGraph& tg) {
   if (!g.reorder_nodes(order)) return internal_error("move_updates_into_backward: the new order is not a permutation");
   tg.optimizer_begin = optimizer_begin;
   tg.fused.updates_in_backward = static_cast<int>(count);
+  tg.fused.grad_norm_in_updates = norm >= 0 ? 1 : 0;
   return Status::ok();
 }
 

@@ -529,6 +529,18 @@ TEST_F(CudaKernels, AttentionPackedBf16) {
       Attributes a16 = a;  // dQKV written in bf16 (its copy for the QKV product's backward)
       a16.set_int("out_dtype", 16);
       check({"AttentionPackedGrad", {qkv, dy, ref->outputs[0], ref->outputs[1]}, a16, 1, G, 20, {}, 2e-2});
+      {
+        // dQKVSums (runtime/attention_grad_bias_sums.cpp; cuDNN's path with heads of 50 sums while it unpacks):
+        // against the CPU, and against BiasGrad of the dQKV this very call wrote (the same values, summed in
+        // another order).
+        const Case sums{"AttentionPackedGrad", {qkv, dy, ref->outputs[0], ref->outputs[1]}, a16, 2, G, 20, {}, 2e-2};
+        check(sums);
+        auto got = run_case(sums, *cuda_);
+        ASSERT_TRUE(got.has_value()) << got.status().message();
+        auto want = run_case({"BiasGrad", {got->outputs[0]}, attrs({{"keepdims", 1}}), 1, G, 1}, *cpu_);
+        ASSERT_TRUE(want.has_value()) << want.status().message();
+        expect_close(got->outputs[1], want->outputs[0], 1e-5, "dQKVSums against BiasGrad of the kernel's dQKV");
+      }
       // bf16 attention I/O (runtime/bf16_attention_io.cpp): bf16 QKV, Y and dY, Y written in bf16, against the CPU on
       // the same bf16 inputs; and against the CUDA kernels on the widened float32 values: the same bits on cuDNN's
       // path (it rounds its float32 inputs to bf16 itself), Y the rounding of the float32 Y.
@@ -555,8 +567,8 @@ TEST_F(CudaKernels, AttentionPackedBf16) {
         ASSERT_TRUE(g16.has_value() && g32.has_value());
         EXPECT_TRUE(same_bits(g16->outputs[0], bf16(g32->outputs[0]))) << "dQKV";
       }
-      // cuDNN takes these shapes, or the flash kernels do: never the CPU fallback.
-      EXPECT_EQ(cuda::flash_attention_calls() - before, cudnn ? 0 : 7) << "the expected kernels did not run";
+      // cuDNN takes these shapes, or the flash kernels do (9 calls above): never the CPU fallback.
+      EXPECT_EQ(cuda::flash_attention_calls() - before, cudnn ? 0 : 9) << "the expected kernels did not run";
       // Saved padded heads (runtime/attention_saved_heads.cpp), of cuDNN's size (its own operands) and of another
       // (copied after the kernels): all four outputs against the CPU, Y the same bits as without them, and the
       // gradient that reads them the same bits as the one that pads QKV and Y itself.
@@ -941,6 +953,36 @@ TEST_F(CudaKernels, Training) {
   check({"AdamW", {randn({5000}), randn({5000}), randn({5000}, 0.1), positive({5000}),
                    Tensor::scalar(DType::kFloat64, 1e-2), step, Tensor::scalar(DType::kFloat32, 7.0)},
          clip, 0, G});
+  // The gradient norm summed by the updates (attr sum_squares): the squares of float32 and bf16 gradients (quads,
+  // tails, the element path of an unaligned view) added to an accumulator that already holds a sum.
+  Attributes sq = a;
+  sq.set_int("sum_squares", 1);
+  for (int64_t n : {5000, 5001, 3}) {
+    check({"AdamW",
+           {randn({n}), randn({n}).cast(DType::kBFloat16), randn({n}, 0.1), positive({n}),
+            Tensor::scalar(DType::kFloat64, 1e-2), step, Tensor(), randn({n}).cast(DType::kBFloat16),
+            Tensor::scalar(DType::kFloat64, 2.5)},
+           sq,
+           0,
+           G});
+    check({"AdamW",
+           {randn({n}), randn({n}), randn({n}, 0.1), positive({n}), Tensor::scalar(DType::kFloat64, 1e-2), step,
+            Tensor(), Tensor(), Tensor::scalar(DType::kFloat64, 2.5)},
+           sq,
+           0,
+           G});
+  }
+  {
+    std::vector<Tensor> in = {Tensor::scalar(DType::kFloat64, 1e-2), step, Tensor()};
+    for (int i = 0; i < 60; ++i) {
+      const int64_t n = i % 9 == 0 ? 70001 : 3 + 5 * i;
+      in.insert(in.end(), {randn({n}), randn({n}), randn({n}, 0.1), positive({n})});
+    }
+    in.push_back(Tensor::scalar(DType::kFloat64, 2.5));
+    check({"AdamWMulti", in, sq, 0, G, 20, {}, 1e-6});
+  }
+  check({"GradNormBegin", {}, {}, 1, G});
+  check({"GradNormEnd", {Tensor::scalar(DType::kFloat64, 12.25)}, gn, 1, G});
 }
 
 }  // namespace

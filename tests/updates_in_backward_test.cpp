@@ -1,8 +1,8 @@
 // Updates inside the backward pass (runtime/updates_in_backward.cpp, TrainingGraphOptions::updates_in_backward):
 // every AdamW, AdamWMulti or SGD node moves to right after the last backward node that touches its parameter,
 // gradient, state or bf16 copy. References: the same training with the updates after the backward (bit-identical
-// parameters, losses and gradient norms), and the graph's order itself (no node touches an update's buffers after
-// it).
+// parameters, losses and gradient norms; with the norm summed by the AdamW updates, grad_norm_in_updates, the norm
+// within float32 rounding), and the graph's order itself (no node touches an update's buffers after it).
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -15,49 +15,80 @@
 namespace gv {
 namespace {
 
-Expected<testing::TrainedRun> train(const testing::TinyModel& tiny, TrainerConfig tc, bool in_backward, int steps = 3) {
+Expected<testing::TrainedRun> train(const testing::TinyModel& tiny, TrainerConfig tc, bool in_backward,
+                                    bool norm_in_updates = true, int steps = 3) {
   tc.graph.updates_in_backward = in_backward;
+  tc.graph.grad_norm_in_updates = norm_in_updates;
   return testing::train_steps(tiny, tc, {tiny.batch}, steps);
 }
 
 TEST(UpdatesInBackward, TrainAsAfterTheBackward) {
   auto tiny = testing::tiny_model("gpt-tiny", 11);
   ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
-  for (int variant = 0; variant < 3; ++variant) {
-    SCOPED_TRACE(variant == 0 ? "float32 AdamW" : variant == 1 ? "bf16 operands, AdamW writing the copies" : "SGD");
-    TrainerConfig tc = variant == 1 ? testing::cuda_bf16_like_config() : TrainerConfig{};
-    if (variant == 1) tc.graph.optimizer_bf16_copies = true;
+  for (int variant = 0; variant < 5; ++variant) {
+    SCOPED_TRACE(variant == 0   ? "float32 AdamW"
+                 : variant == 1 ? "bf16 operands, AdamW writing the copies"
+                 : variant == 2 ? "SGD"
+                 : variant == 3 ? "float32 AdamW, the norm by its own pass"
+                                : "bf16 operands, the norm by its own pass");
+    TrainerConfig tc = variant == 1 || variant == 4 ? testing::cuda_bf16_like_config() : TrainerConfig{};
+    if (variant == 1 || variant == 4) tc.graph.optimizer_bf16_copies = true;
     if (variant == 2) {
       tc.graph.optimizer.kind = OptimizerConfig::Kind::kSgd;
       tc.graph.optimizer.momentum = 0.9;
     }
+    const bool norm_in_updates = variant < 3;
     auto after = train(*tiny, tc, false);
     ASSERT_TRUE(after.has_value()) << after.status().message();
-    auto inside = train(*tiny, tc, true);
+    auto inside = train(*tiny, tc, true, norm_in_updates);
     ASSERT_TRUE(inside.has_value()) << inside.status().message();
     EXPECT_EQ(after->fused.updates_in_backward, 0);
     EXPECT_GT(inside->fused.updates_in_backward, 0);
-    testing::expect_same_training(*after, *inside);
+    const bool summed = norm_in_updates && variant != 2;  // SGD keeps GradNorm
+    EXPECT_EQ(inside->fused.grad_norm_in_updates, summed ? 1 : 0);
+    EXPECT_EQ(after->fused.grad_norm_in_updates, 0);
+    for (double norm : inside->norms) EXPECT_GT(norm, 0.0);
+    // Summed in another order, the float32 norm may differ in its last bit.
+    testing::expect_same_training(*after, *inside, summed ? 2.5e-7 : 0.0);
   }
 }
 
 // Every moved update comes after each node that reads or writes its buffers, before the gradient norm, and some
-// run before the backward ends; WaitUpdates ends the graph and keeps the buffers they read alive.
-TEST(UpdatesInBackward, EachUpdateFollowsEveryNodeTouchingItsBuffers) {
+// run before the backward ends; WaitUpdates keeps the buffers they read alive. It ends the graph, or with the norm
+// summed by the updates comes just before the GradNormEnd of the sum that a GradNormBegin before the backward starts
+// and every update adds to.
+void expect_updates_follow_their_buffers(bool norm_in_updates) {
+  SCOPED_TRACE(norm_in_updates ? "norm summed by the updates" : "norm by its own pass");
   auto tiny = testing::tiny_model("gpt-tiny", 11);
   ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
   TrainingGraphOptions o = testing::cuda_bf16_like_config().graph;
   o.optimizer_bf16_copies = true;
   o.updates_in_backward = true;
+  o.grad_norm_in_updates = norm_in_updates;
   auto tg = build_training_graph(tiny->im.graph, o);
   ASSERT_TRUE(tg.has_value()) << tg.status().message();
   const Graph& g = tg->graph;
   const size_t n = g.nodes.size();
   ASSERT_GT(tg->fused.updates_in_backward, 0);
   EXPECT_NE(tg->fused.summary().find("optimizer updates beside the backward"), std::string::npos);
-  EXPECT_EQ(g.nodes[n - 1].op_type, "WaitUpdates");
-  EXPECT_EQ(g.nodes[tg->optimizer_begin].op_type, "GradNorm");
-  std::set<ValueId> waited(g.nodes[n - 1].inputs.begin(), g.nodes[n - 1].inputs.end());
+  const size_t wait_at = norm_in_updates ? n - 2 : n - 1;
+  EXPECT_EQ(g.nodes[wait_at].op_type, "WaitUpdates");
+  ValueId sum = kNoValue;
+  if (norm_in_updates) {
+    EXPECT_EQ(tg->optimizer_begin, wait_at);
+    EXPECT_EQ(g.nodes[n - 1].op_type, "GradNormEnd");
+    ASSERT_EQ(g.nodes[n - 1].outputs.size(), 1u);
+    EXPECT_EQ(g.nodes[n - 1].outputs[0], tg->grad_norm);
+    sum = g.nodes[n - 1].inputs.at(0);
+    ASSERT_GE(g.value(sum).producer, 0);
+    const size_t begin_at = static_cast<size_t>(g.value(sum).producer);
+    EXPECT_EQ(g.nodes[begin_at].op_type, "GradNormBegin");
+    EXPECT_LE(begin_at, tg->backward_begin);
+    for (const Node& nd : g.nodes) EXPECT_NE(nd.op_type, "GradNorm");
+  } else {
+    EXPECT_EQ(g.nodes[tg->optimizer_begin].op_type, "GradNorm");
+  }
+  std::set<ValueId> waited(g.nodes[wait_at].inputs.begin(), g.nodes[wait_at].inputs.end());
   int updates = 0;
   size_t last_backward = 0;  // the last node of the backward that is not an update
   for (size_t i = tg->backward_begin; i < tg->optimizer_begin; ++i) {
@@ -76,10 +107,12 @@ TEST(UpdatesInBackward, EachUpdateFollowsEveryNodeTouchingItsBuffers) {
     const size_t norm_at = u.op_type == "AdamW" ? 6 : 2;
     ASSERT_GT(u.inputs.size(), norm_at);
     EXPECT_EQ(u.inputs[norm_at], kNoValue) << "an update without clipping reads no gradient norm";
+    EXPECT_EQ(u.attrs.get_int("sum_squares", 0), norm_in_updates ? 1 : 0);
+    if (norm_in_updates) EXPECT_EQ(u.inputs.back(), sum);
     std::set<ValueId> touched;
     for (size_t k = 0; k < u.inputs.size(); ++k) {
       const ValueId v = u.inputs[k];
-      if (v == kNoValue || v == tg->lr || v == tg->step) continue;
+      if (v == kNoValue || v == tg->lr || v == tg->step || v == sum) continue;
       touched.insert(v);
       const ValueKind kind = g.value(v).kind;
       if (kind == ValueKind::kActivation || kind == ValueKind::kInput) {
@@ -96,6 +129,11 @@ TEST(UpdatesInBackward, EachUpdateFollowsEveryNodeTouchingItsBuffers) {
   }
   EXPECT_EQ(updates, tg->fused.updates_in_backward);
   EXPECT_LT(first_update, last_backward) << "no update runs beside the backward";
+}
+
+TEST(UpdatesInBackward, EachUpdateFollowsEveryNodeTouchingItsBuffers) {
+  expect_updates_follow_their_buffers(true);
+  expect_updates_follow_their_buffers(false);
 }
 
 // Clipping needs the global norm first, accumulation zeroes and sums gradients over micro-batches: the updates stay,

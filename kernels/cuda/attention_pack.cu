@@ -75,6 +75,45 @@ __global__ void unpack_pairs_kernel(const uint32_t* __restrict__ src, Out* __res
   }
 }
 
+// unpack_pairs_kernel's copy for rows of `half_cols` pairs (heads of an even d, padded to an even dp), which also
+// sums each column over the block's slab of rows: thread (x, y) owns pair column blockIdx.x * blockDim.x + x, the
+// block's rows [slab * per, slab * per + per) of which row y, y + blockDim.y, ... (loads of several rows in flight),
+// and the block's partial sums land in part[slab][column] (float32, added up in a fixed order by
+// column_partials_finish: deterministic).
+__global__ void unpack_pairs_sums_kernel(const uint32_t* __restrict__ src, uint32_t* __restrict__ dst,
+                                         float* __restrict__ part, uint32_t rows, uint32_t per, uint32_t half_cols,
+                                         uint32_t half_d, uint32_t half_dp, uint32_t src_row) {
+  const uint32_t pc = blockIdx.x * blockDim.x + threadIdx.x;
+  __shared__ float2 sh[8][32];
+  float2 sum = make_float2(0.f, 0.f);
+  if (pc < half_cols) {
+    const uint32_t head = pc / half_d, from = head * half_dp + (pc - head * half_d);
+    const uint32_t first = blockIdx.y * per, last = min(rows, first + per);
+#pragma unroll 8
+    for (uint32_t r = first + threadIdx.y; r < last; r += blockDim.y) {
+      const uint32_t w = src[static_cast<size_t>(r) * src_row + from];
+      dst[static_cast<size_t>(r) * half_cols + pc] = w;
+      sum.x += detail::bf16_float(static_cast<uint16_t>(w & 0xffffu));
+      sum.y += detail::bf16_float(static_cast<uint16_t>(w >> 16));
+    }
+  }
+  sh[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y != 0 || pc >= half_cols) return;
+  for (uint32_t k = 1; k < blockDim.y; ++k) sum.x += sh[k][threadIdx.x].x, sum.y += sh[k][threadIdx.x].y;
+  reinterpret_cast<float2*>(part + static_cast<size_t>(blockIdx.y) * 2 * half_cols)[pc] = sum;
+}
+
+// sums[c] = sum over slabs of part[slab][c], in slab order, in double.
+__global__ void column_partials_finish(const float* __restrict__ part, uint32_t slabs, uint32_t cols,
+                                       float* __restrict__ sums) {
+  const uint32_t c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  double a = 0.0;
+  for (uint32_t k = 0; k < slabs; ++k) a += part[static_cast<size_t>(k) * cols + c];
+  sums[c] = static_cast<float>(a);
+}
+
 __device__ __forceinline__ void put(float* p, int64_t i, uint16_t b) { p[i] = detail::bf16_float(b); }
 __device__ __forceinline__ void put(uint16_t* p, int64_t i, uint16_t b) { p[i] = b; }
 
@@ -144,6 +183,36 @@ bool unpack_heads_f32(const uint16_t* src, int64_t heads, int64_t d, int64_t dp,
   if (heads == 0) return true;
   if (d == dp) return from_bf16(src, dst, heads * d);
   return unpack(src, heads, d, dp, dst);
+}
+
+bool unpack_heads_bf16_sums(const uint16_t* src, int64_t rows, int64_t heads, int64_t d, int64_t dp, uint16_t* dst,
+                            float* col_sums) {
+  const int64_t cols = heads * d;
+  if (rows == 0 || cols == 0) {
+    return cols == 0 || cudaMemsetAsync(col_sums, 0, sizeof(float) * cols, launch_stream()) == cudaSuccess;
+  }
+  if (d == dp || d % 2 != 0 || rows * heads * dp >= kMax32) {
+    return unpack_heads_bf16(src, rows * heads, d, dp, dst) && column_sums_bf16(dst, col_sums, rows, cols, 1.0f);
+  }
+  // 32 pair columns by 8 row lanes per block; slabs of rows sized for ~8 blocks per SM.
+  const dim3 block(32, 8);
+  const int64_t tiles = (cols / 2 + 31) / 32;
+  int64_t slabs = (int64_t{detail::num_sms()} * 8 + tiles - 1) / tiles;
+  const int64_t max_slabs = (rows + 31) / 32;  // at least 32 rows (4 per row lane) each
+  slabs = slabs < 1 ? 1 : slabs > max_slabs ? max_slabs : slabs;
+  const int64_t per = (rows + slabs - 1) / slabs;
+  slabs = (rows + per - 1) / per;
+  float* part = static_cast<float*>(workspace(sizeof(float) * static_cast<size_t>(slabs * cols)));
+  if (!part) return false;
+  unpack_pairs_sums_kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(slabs)), block, 0,
+                             launch_stream()>>>(
+      reinterpret_cast<const uint32_t*>(src), reinterpret_cast<uint32_t*>(dst), part, static_cast<uint32_t>(rows),
+      static_cast<uint32_t>(per), static_cast<uint32_t>(cols / 2), static_cast<uint32_t>(d / 2),
+      static_cast<uint32_t>(dp / 2), static_cast<uint32_t>(heads * dp / 2));
+  if (!launched()) return false;
+  column_partials_finish<<<static_cast<unsigned>((cols + kThreads - 1) / kThreads), kThreads, 0, launch_stream()>>>(
+      part, static_cast<uint32_t>(slabs), static_cast<uint32_t>(cols), col_sums);
+  return launched();
 }
 
 bool unpack_heads_bf16(const uint16_t* src, int64_t heads, int64_t d, int64_t dp, uint16_t* dst) {

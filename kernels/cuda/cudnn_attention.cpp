@@ -226,7 +226,7 @@ bool cudnn_attention_packed(const AttentionDims& d, MixedTensor qkv, void* y, bo
 
 bool cudnn_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedTensor dy, MixedTensor y,
                                  const float* lse, void* dqkv, bool dqkv_bf16, const uint16_t* qkv_padded,
-                                 const uint16_t* y_padded) {
+                                 const uint16_t* y_padded, float* dqkv_sums) {
   Plan* p = plan_for(d, true);
   if (!p || !shape_ok(d)) return false;
   const int64_t rows = d.batch * d.q_len, H = d.q_heads, D = d.head_dim, Dp = cudnn_padded_head_dim(D);
@@ -245,7 +245,15 @@ bool cudnn_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedT
                                                {p->dq, dqkv16},
                                                {p->dk, dqkv16 + H * Dp},
                                                {p->dv, dqkv16 + 2 * H * Dp}};
-  return execute(*p, pack, "attention backward") && from_cudnn_heads(dqkv16, rows * 3 * H, D, Dp, dqkv, dqkv_bf16);
+  if (!execute(*p, pack, "attention backward")) return false;
+  if (!dqkv_sums) return from_cudnn_heads(dqkv16, rows * 3 * H, D, Dp, dqkv, dqkv_bf16);
+  // The column sums as the padded result is unpacked into a bf16 dQKV; otherwise a pass over dQKV.
+  if (dqkv_bf16 && D != Dp) {
+    return unpack_heads_bf16_sums(dqkv16, rows, 3 * H, D, Dp, static_cast<uint16_t*>(dqkv), dqkv_sums);
+  }
+  if (!from_cudnn_heads(dqkv16, rows * 3 * H, D, Dp, dqkv, dqkv_bf16)) return false;
+  return dqkv_bf16 ? column_sums_bf16(static_cast<const uint16_t*>(dqkv), dqkv_sums, rows, 3 * H * D, 1.0f)
+                   : column_sums_f32(static_cast<const float*>(dqkv), dqkv_sums, rows, 3 * H * D, 1.0f);
 }
 
 #else  // built without the cuDNN frontend: the flash kernels take every call
@@ -255,8 +263,8 @@ bool cudnn_attention_supported(const AttentionDims&, bool) { return false; }
 bool cudnn_attention_packed(const AttentionDims&, MixedTensor, void*, bool, float*, uint16_t*, uint16_t*) {
   return false;
 }
-bool cudnn_attention_packed_grad(const AttentionDims&, MixedTensor, MixedTensor, MixedTensor, const float*, void*,
-                                 bool, const uint16_t*, const uint16_t*) {
+bool cudnn_attention_packed_grad(const AttentionDims&, MixedTensor, MixedTensor, MixedTensor, const float*, void*, bool,
+                                 const uint16_t*, const uint16_t*, float*) {
   return false;
 }
 

@@ -423,16 +423,26 @@ __device__ __forceinline__ float4 grad4(const uint16_t* g, size_t q) {
 __device__ __forceinline__ void zero4(float* g, size_t q) { detail::store4(g, q, make_float4(0.f, 0.f, 0.f, 0.f)); }
 __device__ __forceinline__ void zero4(uint16_t* g, size_t q) { reinterpret_cast<uint2*>(g)[q] = make_uint2(0u, 0u); }
 
-template <typename I, bool kVec, typename G>
+// The squares of a gradient's quad, in double (GradNorm's sum, grad_norm_sum_squares_f32).
+__device__ __forceinline__ double squares4(float4 q) {
+  return static_cast<double>(q.x) * q.x + static_cast<double>(q.y) * q.y + static_cast<double>(q.z) * q.z +
+         static_cast<double>(q.w) * q.w;
+}
+
+// kSq: also add the sum of squares of the (unscaled) gradient to *sumsq, one atomic per block (the gradient norm
+// taken inside the updates: runtime/updates_in_backward.cpp).
+template <typename I, bool kVec, typename G, bool kSq>
 __global__ void adamw_kernel(float* p, G* g, float* m, float* v, uint16_t* p16, I n, const void* lr_ptr, bool lr64,
-                             const int64_t* step_ptr, const float* norm_ptr, AdamW a) {
+                             const int64_t* step_ptr, const float* norm_ptr, AdamW a, double* sumsq) {
   const AdamWCoef c = adamw_coef(lr_ptr, lr64, step_ptr, norm_ptr, a);
   const bool zg = a.zero_grad;
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
   const I first = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
+  double sq = 0.0;
   // One element: adamw_one on the widened gradient (zeroing happens on g itself).
   auto one = [&](I i) {
     float gi = grad_at(g, i);
+    if constexpr (kSq) sq += static_cast<double>(gi) * gi;
     adamw_one(p[i], gi, m[i], v[i], c, false);
     if (zg) g[i] = G(0);
     if (p16) p16[i] = bf16_bits(p[i]);
@@ -441,6 +451,7 @@ __global__ void adamw_kernel(float* p, G* g, float* m, float* v, uint16_t* p16, 
     const I quads = n / 4;
     for (I q = first; q < quads; q += stride) {
       float4 pq = detail::load4(p, q), gq = grad4(g, q), mq = detail::load4(m, q), vq = detail::load4(v, q);
+      if constexpr (kSq) sq += squares4(gq);
       adamw_one(pq.x, gq.x, mq.x, vq.x, c, false);
       adamw_one(pq.y, gq.y, mq.y, vq.y, c, false);
       adamw_one(pq.z, gq.z, mq.z, vq.z, c, false);
@@ -460,6 +471,11 @@ __global__ void adamw_kernel(float* p, G* g, float* m, float* v, uint16_t* p16, 
   } else {
     for (I i = first; i < n; i += stride) one(i);
   }
+  if constexpr (kSq) {
+    __shared__ double sh[32];
+    sq = block_sum(sq, sh);
+    if (threadIdx.x == 0 && sq != 0.0) atomicAdd(sumsq, sq);
+  }
 }
 
 // AdamW over up to kAdamChunk whole parameters in one launch: parameter t owns blocks [start[t], start[t + 1]).
@@ -475,7 +491,7 @@ struct AdamWChunk {
 };
 
 __global__ void adamw_multi_kernel(AdamWChunk c, const void* lr_ptr, bool lr64, const int64_t* step_ptr,
-                                   const float* norm_ptr, AdamW a) {
+                                   const float* norm_ptr, AdamW a, double* sumsq) {
   const AdamWCoef k = adamw_coef(lr_ptr, lr64, step_ptr, norm_ptr, a);
   int t = 0;
   while (t + 1 < c.count && static_cast<int>(blockIdx.x) >= c.start[t + 1]) ++t;
@@ -484,12 +500,14 @@ __global__ void adamw_multi_kernel(AdamWChunk c, const void* lr_ptr, bool lr64, 
   const int64_t n = c.n[t], step = blocks * blockDim.x;
   int64_t i = b * blockDim.x + threadIdx.x;
   const bool zg = a.zero_grad;
+  double sq = 0.0;
   const uintptr_t bits = reinterpret_cast<uintptr_t>(p) | reinterpret_cast<uintptr_t>(g) |
                          reinterpret_cast<uintptr_t>(m) | reinterpret_cast<uintptr_t>(v);
   if (bits % 16 == 0) {
     const int64_t quads = n / 4;
     for (int64_t q = i; q < quads; q += step) {
       float4 pq = detail::load4(p, q), gq = detail::load4(g, q), mq = detail::load4(m, q), vq = detail::load4(v, q);
+      if (sumsq) sq += squares4(gq);
       adamw_one(pq.x, gq.x, mq.x, vq.x, k, zg);
       adamw_one(pq.y, gq.y, mq.y, vq.y, k, zg);
       adamw_one(pq.z, gq.z, mq.z, vq.z, k, zg);
@@ -501,16 +519,32 @@ __global__ void adamw_multi_kernel(AdamWChunk c, const void* lr_ptr, bool lr64, 
     }
     i += quads * 4;
   }
-  for (; i < n; i += step) adamw_one(p[i], g[i], m[i], v[i], k, zg);
+  for (; i < n; i += step) {
+    if (sumsq) sq += static_cast<double>(g[i]) * g[i];
+    adamw_one(p[i], g[i], m[i], v[i], k, zg);
+  }
+  if (sumsq) {  // uniform across the block
+    __shared__ double sh[32];
+    sq = block_sum(sq, sh);
+    if (threadIdx.x == 0 && sq != 0.0) atomicAdd(sumsq, sq);
+  }
 }
 
 template <typename I, typename G>
 void launch_adamw(unsigned blocks, bool vec, float* p, G* g, float* m, float* v, uint16_t* p16, I n, const void* lr,
-                  bool lr64, const int64_t* step, const float* norm, const AdamW& a, cudaStream_t stream) {
-  if (vec)
-    adamw_kernel<I, true, G><<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
+                  bool lr64, const int64_t* step, const float* norm, const AdamW& a, double* sumsq,
+                  cudaStream_t stream) {
+  if (vec && sumsq)
+    adamw_kernel<I, true, G, true><<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a, sumsq);
+  else if (vec)
+    adamw_kernel<I, true, G, false>
+        <<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a, sumsq);
+  else if (sumsq)
+    adamw_kernel<I, false, G, true>
+        <<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a, sumsq);
   else
-    adamw_kernel<I, false, G><<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a);
+    adamw_kernel<I, false, G, false>
+        <<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a, sumsq);
 }
 
 }  // namespace
@@ -637,7 +671,8 @@ bool grad_norm_f32(const MixedTensor* tensors, const int64_t* counts, const floa
 }
 
 bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
-               const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16, void* stream) {
+               const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16, void* stream,
+               double* sum_squares) {
   if (n == 0) return true;
   const cudaStream_t st = stream ? static_cast<cudaStream_t>(stream) : launch_stream();
   const bool vec = detail::aligned16(p) && reinterpret_cast<uintptr_t>(g) % (g_bf16 ? 8 : 16) == 0 &&
@@ -646,9 +681,9 @@ bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, co
   auto run = [&](auto* gt) {
     if (n < (int64_t{1} << 31)) {
       launch_adamw<uint32_t>(blocks, vec, p, gt, m, v, p16, static_cast<uint32_t>(n), lr, lr_is_f64, step, grad_norm, a,
-                             st);
+                             sum_squares, st);
     } else {
-      launch_adamw<int64_t>(blocks, vec, p, gt, m, v, p16, n, lr, lr_is_f64, step, grad_norm, a, st);
+      launch_adamw<int64_t>(blocks, vec, p, gt, m, v, p16, n, lr, lr_is_f64, step, grad_norm, a, sum_squares, st);
     }
   };
   if (g_bf16) run(static_cast<uint16_t*>(g));
@@ -658,7 +693,7 @@ bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, co
 
 bool adamw_multi_f32(float* const* p, float* const* g, float* const* m, float* const* v, const int64_t* n, int num,
                      const void* lr, bool lr_is_f64, const int64_t* step, const float* grad_norm, const AdamW& a,
-                     void* stream) {
+                     void* stream, double* sum_squares) {
   AdamWChunk c;
   c.count = 0;
   c.start[0] = 0;
@@ -666,7 +701,7 @@ bool adamw_multi_f32(float* const* p, float* const* g, float* const* m, float* c
     if (c.count == 0) return true;
     const cudaStream_t st = stream ? static_cast<cudaStream_t>(stream) : launch_stream();
     adamw_multi_kernel<<<static_cast<unsigned>(c.start[c.count]), kThreads, 0, st>>>(c, lr, lr_is_f64, step, grad_norm,
-                                                                                     a);
+                                                                                     a, sum_squares);
     c.count = 0;
     return launched();
   };

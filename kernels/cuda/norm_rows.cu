@@ -202,12 +202,14 @@ constexpr int kArrays = (kCenter ? 2 : 1) + (kDxSums ? 1 : 0);
 // part[blockIdx.x][0][cols] = sum dy * xhat and (center) part[blockIdx.x][1][cols] = sum dy, and (kDxSums, last)
 // the sums of bf16(dx). dx16 (optional): dx rounded to bf16 as well. Dynamic shared memory: [group][NA][c4] float4
 // sums, each thread adding into its own columns only.
-template <int W, int V, int kMinBlocks, bool kCenter, bool kDxSums>
+// kPrefetch: the addend's row loaded with x's and dy's, not after the row's sums (one memory latency per row instead
+// of two, for V more float4 registers per thread).
+template <int W, int V, int kMinBlocks, bool kCenter, bool kDxSums, bool kPrefetch = false>
 __global__ void __launch_bounds__(kBlock, kMinBlocks)
     norm_backward_rows(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ scale,
                        const float* __restrict__ mean_in, const float* __restrict__ inv_std_in,
-                       const float* __restrict__ addend, float* dx, uint16_t* dx16, float* part, int64_t rows,
-                       int cols, float eps) {
+                       const float* __restrict__ addend, float* dx, uint16_t* dx16, float* part, int64_t rows, int cols,
+                       float eps) {
   constexpr int G = RowGroup<W>::kPerBlock, NA = kArrays<kCenter, kDxSums>;
   __shared__ double red[4 * kWarps];
   extern __shared__ float4 acc[];
@@ -229,9 +231,12 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
   }
   const bool saved = inv_std_in && (mean_in || !kCenter);
   for (int64_t r = int64_t{blockIdx.x} * G + grp.g; r < rows; r += int64_t{gridDim.x} * G) {
-    float4 xv[V], gv[V];
+    float4 xv[V], gv[V], av[kPrefetch ? V : 1];
     load_row<W, V>(xv, x, r, c4, grp.t);
     load_row<W, V>(gv, dy, r, c4, grp.t);
+    if constexpr (kPrefetch) {
+      if (addend) load_row<W, V>(av, addend, r, c4, grp.t);
+    }
     double m, is;
     if (saved) {
       m = kCenter ? mean_in[r] : 0.0;
@@ -283,7 +288,11 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
       float4 o = make_float4(isf * (g.x - mg - xh.x * mgx), isf * (g.y - mg - xh.y * mgx),
                              isf * (g.z - mg - xh.z * mgx), isf * (g.w - mg - xh.w * mgx));
       if (addend) {
-        const float4 a = reinterpret_cast<const float4*>(addend)[r * c4 + i];
+        float4 a;
+        if constexpr (kPrefetch)
+          a = av[k];
+        else
+          a = reinterpret_cast<const float4*>(addend)[r * c4 + i];
         o.x += a.x, o.y += a.y, o.z += a.z, o.w += a.w;
       }
       out[i] = o;
@@ -432,9 +441,18 @@ bool backward(const float* dy, const float* x, const float* scale, const float* 
               int64_t rows, int cols, float eps) {
   const bool sums_on = dscale || dbias || kDxSums;
   constexpr int NA = kArrays<kCenter, kDxSums>;
+  // gpt-1.5b's rows (4 warps x 4 float4) with an addend load it early, at 2 blocks per SM (3 would spill): -0.3 to
+  // -0.6 ms per gpt-1.5b step (bench/cuda_notes.md entry 51). GALVATRON_CUDA_NORM_GRAD_PREFETCH=0: the late load.
+  static const bool prefetch_on = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_NORM_GRAD_PREFETCH");
+    return !(e && e[0] == '0');
+  }();
   return with_backward_shape(cols / 4, [&](auto w, auto v, auto b) {
     constexpr int W = decltype(w)::value, V = decltype(v)::value, B = decltype(b)::value, G = kWarps / W;
-    const auto kernel = norm_backward_rows<W, V, B, kCenter, kDxSums>;
+    auto kernel = norm_backward_rows<W, V, B, kCenter, kDxSums>;
+    if constexpr (W == 4 && V == 4) {
+      if (prefetch_on && addend) kernel = norm_backward_rows<W, V, 2, kCenter, kDxSums, true>;
+    }
     const size_t smem = sums_on ? sizeof(float) * G * NA * static_cast<size_t>(cols) : 0;
     // The static reduction scratch counts against the default 48 KB too.
     const bool big = smem + sizeof(double) * 4 * kWarps > kStaticSmem;

@@ -148,9 +148,11 @@ bool cudnn_attention_supported(const AttentionDims& d, bool backward);
 // Q, K, V and O instead of packing QKV and Y again.
 bool cudnn_attention_packed(const AttentionDims& d, MixedTensor qkv, void* y, bool y_bf16, float* lse,
                             uint16_t* qkv_padded = nullptr, uint16_t* y_padded = nullptr);
+// dqkv_sums (optional, float32 [3 H D]): dQKV's column sums over its B S rows (the QKV bias gradient), taken as
+// cuDNN's padded result is unpacked.
 bool cudnn_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedTensor dy, MixedTensor y,
                                  const float* lse, void* dqkv, bool dqkv_bf16, const uint16_t* qkv_padded = nullptr,
-                                 const uint16_t* y_padded = nullptr);
+                                 const uint16_t* y_padded = nullptr, float* dqkv_sums = nullptr);
 // The head dim cuDNN computes with: D rounded up to GALVATRON_CUDA_CUDNN_HEAD_PAD (a multiple of 8; default 8).
 int64_t cudnn_padded_head_dim(int64_t d);
 // The flash kernels with the same mixed operands: bf16 inputs widened into float32 scratch, bf16 results rounded
@@ -163,6 +165,10 @@ bool flash_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedT
 bool pack_heads_bf16(MixedTensor src, int64_t heads, int64_t d, int64_t dp, uint16_t* dst);
 bool unpack_heads_f32(const uint16_t* src, int64_t heads, int64_t d, int64_t dp, float* dst);
 bool unpack_heads_bf16(const uint16_t* src, int64_t heads, int64_t d, int64_t dp, uint16_t* dst);
+// The bf16 unpack of `rows` rows of `heads` heads, also writing col_sums [heads * d] (float32): the sums of each
+// result column over the rows (a bias gradient), in a fixed order.
+bool unpack_heads_bf16_sums(const uint16_t* src, int64_t rows, int64_t heads, int64_t d, int64_t dp, uint16_t* dst,
+                            float* col_sums);
 // Debug counter: successful flash launches (forward and backward calls) in this process.
 int64_t flash_attention_calls();
 
@@ -314,13 +320,15 @@ struct AdamW {
 // optional grad norm (float32, for clipping at max_norm > 0) from device scalars. p16 (optional, n elements): the
 // parameter's bf16 copy, rewritten from the updated values (rounded to nearest even, as to_bf16).
 // g is float32, or bf16 bits (g_bf16: a reduced bf16 gradient, widened exactly).
+// sum_squares (optional, a float64 on the device): the sum of squares of the unscaled gradient is added to it (the
+// gradient norm taken inside the updates; atomically, so several updates may add to one accumulator).
 bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
                const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16 = nullptr,
-               void* stream = nullptr);
+               void* stream = nullptr, double* sum_squares = nullptr);
 // The same update of `num` whole parameters (p[i], g[i], m[i], v[i] of n[i] elements), up to 48 per launch.
 // `stream` (both): a cudaStream_t to launch on (null: the default stream), e.g. side_stream_fork()'s.
 bool adamw_multi_f32(float* const* p, float* const* g, float* const* m, float* const* v, const int64_t* n, int num,
                      const void* lr, bool lr_is_f64, const int64_t* step, const float* grad_norm, const AdamW& a,
-                     void* stream = nullptr);
+                     void* stream = nullptr, double* sum_squares = nullptr);
 
 }  // namespace gv::cuda

@@ -6,9 +6,11 @@
 //     Q, K, V are QKV's three [B, S, H * D] blocks along the last axis (ONNX Attention's 3-D form each, H query and
 //     key/value heads). Attributes: num_heads (H), is_causal, scale (default 1/sqrt(D)), y_dtype (ONNX type of Y: 1
 //     float32 or 16 bfloat16, computed in float32 and rounded; default float32, or float64 for float64 QKV).
-//   galvatron AttentionPackedGrad(QKV, dY, Y, LSE) -> dQKV [B, S, 3 * H * D]; attribute out_dtype (ONNX type: 1
-//     float32, the default, or 16 bfloat16: computed in float32 and rounded, for a dQKV that only its bf16 copy reads;
-//     runtime/bf16_operands.cpp sets it)
+//   galvatron AttentionPackedGrad(QKV, dY, Y, LSE) -> dQKV [B, S, 3 * H * D], [dQKVSums [1, 1, 3 * H * D]];
+//     attribute out_dtype (ONNX type: 1 float32, the default, or 16 bfloat16: computed in float32 and rounded, for a
+//     dQKV that only its bf16 copy reads; runtime/bf16_operands.cpp sets it). dQKVSums (optional): the sums of dQKV
+//     (as output, so of the bf16 values when out_dtype is 16) over B and S, BiasGrad's keepdims result on it: the QKV
+//     bias gradient, taken as the kernel writes dQKV (runtime/attention_grad_bias_sums.cpp).
 // QKV, Y and dY may be bfloat16 (runtime/bf16_attention_io.cpp: what cuDNN's attention reads anyway); the computation
 // is then float32 over the widened values, LSE float32. float64 QKV: everything float64.
 // Saved padded heads (attribute saved_head_dim Dp >= D; runtime/attention_saved_heads.cpp): AttentionPacked also
@@ -120,6 +122,7 @@ Status infer_packed_grad(InferContext& ctx) {
   DType out;
   GV_RETURN_IF_ERROR(result_dtype(ctx, "out_dtype", out));
   ctx.set_output(0, out, ctx.shape(0));
+  if (ctx.num_outputs() > 1) ctx.set_output(1, c, {1, 1, ctx.shape(0)[2]});  // BiasGrad's keepdims sums
   return Status::ok();
 }
 
@@ -208,6 +211,8 @@ Status packed_grad_cpu(KernelContext& ctx) {
       sequence_first(dk.data(), B, S, H, D, out + hd, 3 * hd);
       sequence_first(dv.data(), B, S, H, D, out + 2 * hd, 3 * hd);
     });
+    // dQKVSums: BiasGrad of the dQKV just written, bit for bit.
+    if (ctx.outputs.size() > 1) math::bias_grad_sums_cpu(ctx.outputs[0], ctx.outputs[1]);
   });
 }
 
@@ -237,8 +242,8 @@ void register_attention_packed_ops(OpRegistry& r) {
                              "(saved_head_dim) QKVp, Yp");
   fwd.grad = packed_grad;
   r.add(std::move(fwd));
-  r.add(make_schema(kGalvatronDomain, "AttentionPackedGrad", 4, 6, 1, 1, infer_packed_grad, packed_grad_cpu,
-                    "(QKV, dY, Y, LSE, QKVp?, Yp?) -> dQKV of AttentionPacked"));
+  r.add(make_schema(kGalvatronDomain, "AttentionPackedGrad", 4, 6, 1, 2, infer_packed_grad, packed_grad_cpu,
+                    "(QKV, dY, Y, LSE, QKVp?, Yp?) -> dQKV of AttentionPacked, dQKVSums? (its sums over B and S)"));
 }
 
 }  // namespace gv

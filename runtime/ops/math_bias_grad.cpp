@@ -26,7 +26,13 @@ Status infer_bias_grad(InferContext& ctx) {
 }
 
 Status bias_grad_cpu(KernelContext& ctx) {
-  const TensorRef& dy = ctx.inputs[0];
+  bias_grad_sums_cpu(ctx.inputs[0], ctx.outputs[0]);
+  return Status::ok();
+}
+
+}  // namespace
+
+void bias_grad_sums_cpu(const TensorRef& dy, const TensorRef& out) {
   const int64_t n = dy.shape.back(), rows = n > 0 ? dy.numel() / n : 0;
   std::vector<double> sums(static_cast<size_t>(n), 0.0);
 #pragma omp parallel for if (rows * n > 32768) schedule(static)
@@ -42,15 +48,12 @@ Status bias_grad_cpu(KernelContext& ctx) {
     }
     sums[c] = s;
   }
-  if (ctx.outputs[0].dtype == DType::kFloat64) {
-    for (int64_t c = 0; c < n; ++c) ctx.outputs[0].as<double>()[c] = sums[c];
+  if (out.dtype == DType::kFloat64) {
+    for (int64_t c = 0; c < n; ++c) out.as<double>()[c] = sums[c];
   } else {
-    for (int64_t c = 0; c < n; ++c) ctx.outputs[0].as<float>()[c] = static_cast<float>(sums[c]);
+    for (int64_t c = 0; c < n; ++c) out.as<float>()[c] = static_cast<float>(sums[c]);
   }
-  return Status::ok();
 }
-
-}  // namespace
 
 void register_bias_grad_ops(OpRegistry& r) {
   r.add(make_schema(kGalvatronDomain, "BiasGrad", 1, 1, 1, 1, infer_bias_grad, bias_grad_cpu,

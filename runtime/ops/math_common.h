@@ -23,6 +23,9 @@ void register_linear_ops(OpRegistry& r);  // math_linear.cpp: galvatron Linear (
 // math_gelu_grad_product.cpp: galvatron GeluGradMatMul (backward product + GELU gradient + bias gradient)
 void register_gelu_grad_product_ops(OpRegistry& r);
 void register_bias_grad_ops(OpRegistry& r);  // math_bias_grad.cpp: galvatron BiasGrad (column sums, bf16 input)
+// BiasGrad's CPU computation (math_bias_grad.cpp): out[c] = the sums of dy [..., N]'s column c over its leading dims,
+// in double, in row order; out float32 (float64 for float64 dy) of N elements. For ops that output a bias gradient.
+void bias_grad_sums_cpu(const TensorRef& dy, const TensorRef& out);
 
 // The product X [..., K] (rank >= 2) @ op(W), W [K, N] (or [N, K] with tb), as rows x K times K x N (rows = X's
 // elements / K): galvatron Linear and GeluGradMatMul. Empty on success, else the reason.

@@ -50,9 +50,31 @@ Status infer_update(InferContext& ctx, int num_state) {
   }
   return Status::ok();
 }
+// With attr sum_squares = 1 an update also adds the sum of squares of its unscaled gradient to a float64 scalar, its
+// input `index` (the gradient norm taken inside the updates: GradNormBegin / GradNormEnd below).
+bool adds_sum_squares(const Attributes& attrs) { return attrs.get_int("sum_squares", 0) != 0; }
+Status infer_sum_squares_input(InferContext& ctx, int index) {
+  if (!adds_sum_squares(ctx.attrs())) return Status::ok();
+  if (index >= ctx.num_inputs() || !ctx.has_input(index) || ctx.dtype(index) != DType::kFloat64 ||
+      !ctx.shape(index).empty()) {
+    return ctx.fail("attr sum_squares = 1 needs input " + std::to_string(index) + ": a float64 scalar accumulator");
+  }
+  return Status::ok();
+}
+// The gradient's squares summed in double, as GradNorm sums them.
+double grad_sum_squares(const TensorRef& g) {
+  if (g.dtype == DType::kFloat64) return cpu::sum_squares(g.as<double>(), g.numel());
+  if (g.dtype == DType::kFloat32) return cpu::sum_squares(g.as<float>(), g.numel());
+  std::vector<float> wide(static_cast<size_t>(g.numel()));  // a reduced bf16 gradient: its exact widening
+  convert_elements(g.data, DType::kBFloat16, wide.data(), DType::kFloat32, g.numel());
+  return cpu::sum_squares(wide.data(), g.numel());
+}
+
 // AdamW's optional input 7, ParamBf16: the parameter's persistent bfloat16 copy (the products' operand), rewritten
-// from the updated float32 values (runtime/training_graph.h optimizer_bf16_copies), in the updated range.
+// from the updated float32 values (runtime/training_graph.h optimizer_bf16_copies), in the updated range. Input 8:
+// the sum-of-squares accumulator (attr sum_squares).
 Status infer_adamw(InferContext& ctx) {
+  GV_RETURN_IF_ERROR(infer_sum_squares_input(ctx, 8));
   if (ctx.num_inputs() >= 4 && ctx.dtype(1) == DType::kBFloat16 && ctx.attrs().get_int("shard_offset", -1) < 0) {
     // bf16 gradient of a float32 parameter: the moments are the parameter's.
     if (!grad_type_ok(ctx.dtype(0), ctx.dtype(1))) return ctx.fail("a bf16 gradient needs a float32 parameter");
@@ -103,6 +125,28 @@ Status accumulate_cpu(KernelContext& ctx) {
   if (acc.dtype == DType::kFloat32) cpu::accumulate(acc.as<float>(), g.as<float>(), acc.numel());
   else if (acc.dtype == DType::kFloat64) cpu::accumulate(acc.as<double>(), g.as<double>(), acc.numel());
   else return ctx.fail("unsupported dtype");
+  return Status::ok();
+}
+
+// GradNormBegin() -> a float64 scalar 0, the accumulator that updates with attr sum_squares = 1 add their gradients'
+// squares to; GradNormEnd(sum_squares) -> sqrt(sum_squares) * attr scale as a float32 scalar: GradNorm's result
+// without its own pass over the gradients (runtime/updates_in_backward.cpp), equal to it up to the order of the sums.
+Status infer_grad_norm_begin(InferContext& ctx) {
+  ctx.set_output(0, DType::kFloat64, {});
+  return Status::ok();
+}
+Status grad_norm_begin_cpu(KernelContext& ctx) {
+  *ctx.outputs[0].as<double>() = 0.0;
+  return Status::ok();
+}
+Status infer_grad_norm_end(InferContext& ctx) {
+  if (ctx.dtype(0) != DType::kFloat64 || !ctx.shape(0).empty()) return ctx.fail("input must be a float64 scalar");
+  ctx.set_output(0, DType::kFloat32, {});
+  return Status::ok();
+}
+Status grad_norm_end_cpu(KernelContext& ctx) {
+  const double s = *ctx.inputs[0].as<double>();
+  *ctx.outputs[0].as<float>() = static_cast<float>(std::sqrt(s) * ctx.attrs().get_double("scale", 1.0));
   return Status::ok();
 }
 
@@ -199,15 +243,21 @@ Status adamw_cpu(KernelContext& ctx) {
   } else {
     return ctx.fail("unsupported dtype");
   }
+  if (adds_sum_squares(ctx.attrs())) *ctx.inputs[8].as<double>() += grad_sum_squares(ctx.inputs[1]);
   zero_if_asked(ctx, ctx.inputs[1]);
   return Status::ok();
 }
 
-// AdamWMulti(lr, step, grad_norm or omitted, param_1, grad_1, m_1, v_1, ..., param_k, grad_k, m_k, v_k): AdamW's
-// update (the same attributes, no shard_offset) of k whole parameters in one node, so that a model's hundreds of bias
-// and norm vectors cost one kernel launch per chunk instead of one each (runtime/training_graph.cpp groups them).
+// AdamWMulti(lr, step, grad_norm or omitted, param_1, grad_1, m_1, v_1, ..., param_k, grad_k, m_k, v_k
+// [, sum_squares]): AdamW's update (the same attributes, no shard_offset) of k whole parameters in one node, so that a
+// model's hundreds of bias and norm vectors cost one kernel launch per chunk instead of one each
+// (runtime/training_graph.cpp groups them). With attr sum_squares = 1 the last input is the accumulator.
+int multi_groups_end(const Attributes& attrs, int num_inputs) {
+  return adds_sum_squares(attrs) ? num_inputs - 1 : num_inputs;
+}
 Status infer_adamw_multi(InferContext& ctx) {
-  const int n = ctx.num_inputs();
+  const int n = multi_groups_end(ctx.attrs(), ctx.num_inputs());
+  GV_RETURN_IF_ERROR(infer_sum_squares_input(ctx, n));
   if (n < 7 || (n - 3) % 4 != 0) return ctx.fail("inputs must be lr, step, grad_norm, then four per parameter");
   if (ctx.attrs().get_int("shard_offset", -1) >= 0) return ctx.fail("shard_offset is not supported (whole parameters)");
   for (int i = 3; i < n; i += 4) {
@@ -233,8 +283,11 @@ Status adamw_multi_cpu(KernelContext& ctx) {
   a.eps = ctx.attrs().get_double("epsilon", 1e-8);
   a.weight_decay = ctx.attrs().get_double("weight_decay", 0.01);
   a.grad_scale = effective_grad_scale(ctx, 2);
-  for (size_t i = 3; i + 3 < ctx.inputs.size(); i += 4) {
+  const size_t end = static_cast<size_t>(multi_groups_end(ctx.attrs(), static_cast<int>(ctx.inputs.size())));
+  double* sum_squares = end < ctx.inputs.size() ? ctx.inputs[end].as<double>() : nullptr;
+  for (size_t i = 3; i + 3 < end; i += 4) {
     const TensorRef &p = ctx.inputs[i], &g = ctx.inputs[i + 1], &m = ctx.inputs[i + 2], &v = ctx.inputs[i + 3];
+    if (sum_squares) *sum_squares += grad_sum_squares(g);
     if (p.dtype == DType::kFloat32) {
       cpu::adamw_update(p.as<float>(), g.as<float>(), m.as<float>(), v.as<float>(), p.numel(), a);
     } else {
@@ -341,14 +394,15 @@ void register_training_ops(OpRegistry& r) {
   wait_updates.infer = infer_any;
   wait_updates.reads_only = true;
   r.add(wait_updates);
-  OpSchema adamw = in_place_op("AdamW", 6, 8, adamw_cpu,
+  OpSchema adamw = in_place_op("AdamW", 6, 9, adamw_cpu,
                                "AdamW update of one parameter (or its flat range from shard_offset) in place; its "
-                               "bf16 copy (input 7) rewritten from the result");
+                               "bf16 copy (input 7) rewritten from the result; with attr sum_squares, the gradient's "
+                               "squares added to input 8");
   adamw.infer = infer_adamw;
   r.add(adamw);
   OpSchema multi = in_place_op("AdamWMulti", 7, 3 + 4 * 1024, adamw_multi_cpu,
                                "AdamW updates of several whole parameters in place: (lr, step, grad_norm?, then "
-                               "param, grad, m, v per parameter)");
+                               "param, grad, m, v per parameter, then with attr sum_squares the accumulator)");
   multi.infer = infer_adamw_multi;
   r.add(multi);
   OpSchema sgd = in_place_op("SGD", 5, 6, sgd_cpu,
@@ -365,6 +419,20 @@ void register_training_ops(OpRegistry& r) {
   norm.cpu = grad_norm_cpu;
   norm.doc = "global L2 norm of all gradients (weighted, optionally all-reduced over a group), times attr scale";
   r.add(norm);
+  OpSchema begin = norm;
+  begin.name = "GradNormBegin";
+  begin.min_inputs = begin.max_inputs = 0;
+  begin.infer = infer_grad_norm_begin;
+  begin.cpu = grad_norm_begin_cpu;
+  begin.doc = "a float64 scalar 0: the sum of squares that updates with attr sum_squares = 1 add to";
+  r.add(begin);
+  OpSchema end = norm;
+  end.name = "GradNormEnd";
+  end.min_inputs = end.max_inputs = 1;
+  end.infer = infer_grad_norm_end;
+  end.cpu = grad_norm_end_cpu;
+  end.doc = "sqrt(sum of squares) times attr scale: the gradient norm the updates accumulated (GradNormBegin)";
+  r.add(end);
 }
 
 }  // namespace gv
