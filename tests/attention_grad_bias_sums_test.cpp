@@ -57,10 +57,9 @@ TEST(AttentionGradBiasSums, TinyGptSameLossAndGradientsBitForBit) {
     tc.graph.fuse_attention_bias_sums = fold;
     return tc;
   };
-  auto plain = testing::train_tiny(*tiny, *backend, config(false));
-  ASSERT_TRUE(plain.has_value()) << plain.status().message();
-  auto folded = testing::train_tiny(*tiny, *backend, config(true));
-  ASSERT_TRUE(folded.has_value()) << folded.status().message();
+  auto runs = testing::train_tiny_off_on(*tiny, *backend, config);
+  ASSERT_TRUE(runs.has_value()) << runs.status().message();
+  const testing::TinyRun *plain = &runs->off, *folded = &runs->on;
   const TrainingGraph& tg = folded->trainer->training_graph();
   const int layers = tiny->im.graph.num_layers;
   EXPECT_EQ(tg.fused.attention_bias_sums, layers);

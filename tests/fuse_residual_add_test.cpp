@@ -102,10 +102,9 @@ TEST_P(TinyResidualAdds, FoldedEverywhereSameLossAndGradientsBitForBit) {
     if (checkpoint) tc.graph.checkpoint_layers = {0};
     return tc;
   };
-  auto plain = testing::train_tiny(*tiny, *backend, config(false));
-  ASSERT_TRUE(plain.has_value()) << plain.status().message();
-  auto folded = testing::train_tiny(*tiny, *backend, config(true));
-  ASSERT_TRUE(folded.has_value()) << folded.status().message();
+  auto runs = testing::train_tiny_off_on(*tiny, *backend, config);
+  ASSERT_TRUE(runs.has_value()) << runs.status().message();
+  const testing::TinyRun *plain = &runs->off, *folded = &runs->on;
 
   const TrainingGraph& tg = folded->trainer->training_graph();
   // Both branches of every layer end in a Linear (GPT-2's attention and MLP c_proj, Llama's o_proj and down_proj:

@@ -46,6 +46,18 @@ inline Expected<TinyRun> train_tiny(const TinyModel& tiny, Backend& backend, con
   return r;
 }
 
+// The same step with a pass off and on (config(false), config(true)): what the pass tests compare.
+struct TinyRunPair {
+  TinyRun off, on;
+};
+template <typename Config>
+Expected<TinyRunPair> train_tiny_off_on(const TinyModel& tiny, Backend& backend, Config&& config) {
+  TinyRunPair r;
+  GV_ASSIGN_OR_RETURN(r.off, train_tiny(tiny, backend, config(false)));
+  GV_ASSIGN_OR_RETURN(r.on, train_tiny(tiny, backend, config(true)));
+  return r;
+}
+
 // A copy of a graph with its own initializer buffers: the CPU trains them in place, so each run starts from a copy.
 inline Graph fresh_graph(const Graph& g) {
   Graph out = g;

@@ -371,6 +371,20 @@ static OpSchema in_place_op(const char* name, int min_inputs, int max_inputs, Ke
   return s;
 }
 
+// An op of the galvatron domain with one (scalar) output: the gradient norm's.
+static OpSchema scalar_op(const char* name, int min_inputs, int max_inputs, InferFn infer, KernelFn cpu,
+                          const char* doc) {
+  OpSchema s;
+  s.domain = kGalvatronDomain;
+  s.name = name;
+  s.min_inputs = min_inputs;
+  s.max_inputs = max_inputs;
+  s.infer = infer;
+  s.cpu = cpu;
+  s.doc = doc;
+  return s;
+}
+
 void register_training_ops(OpRegistry& r) {
   OpSchema accumulate = in_place_op("AccumulateGrad", 2, 2, accumulate_cpu,
                                     "acc += grad, in place (gradient accumulation over micro-batches)");
@@ -410,29 +424,12 @@ void register_training_ops(OpRegistry& r) {
   sgd.infer = infer_sgd;
   r.add(sgd);
 
-  OpSchema norm;
-  norm.domain = kGalvatronDomain;
-  norm.name = "GradNorm";
-  norm.min_inputs = 1;
-  norm.max_inputs = 1 << 20;
-  norm.infer = infer_grad_norm;
-  norm.cpu = grad_norm_cpu;
-  norm.doc = "global L2 norm of all gradients (weighted, optionally all-reduced over a group), times attr scale";
-  r.add(norm);
-  OpSchema begin = norm;
-  begin.name = "GradNormBegin";
-  begin.min_inputs = begin.max_inputs = 0;
-  begin.infer = infer_grad_norm_begin;
-  begin.cpu = grad_norm_begin_cpu;
-  begin.doc = "a float64 scalar 0: the sum of squares that updates with attr sum_squares = 1 add to";
-  r.add(begin);
-  OpSchema end = norm;
-  end.name = "GradNormEnd";
-  end.min_inputs = end.max_inputs = 1;
-  end.infer = infer_grad_norm_end;
-  end.cpu = grad_norm_end_cpu;
-  end.doc = "sqrt(sum of squares) times attr scale: the gradient norm the updates accumulated (GradNormBegin)";
-  r.add(end);
+  r.add(scalar_op("GradNorm", 1, 1 << 20, infer_grad_norm, grad_norm_cpu,
+                  "global L2 norm of all gradients (weighted, optionally all-reduced over a group), times attr scale"));
+  r.add(scalar_op("GradNormBegin", 0, 0, infer_grad_norm_begin, grad_norm_begin_cpu,
+                  "a float64 scalar 0: the sum of squares that updates with attr sum_squares = 1 add to"));
+  r.add(scalar_op("GradNormEnd", 1, 1, infer_grad_norm_end, grad_norm_end_cpu,
+                  "sqrt(sum of squares) times attr scale: the gradient norm the updates accumulated (GradNormBegin)"));
 }
 
 }  // namespace gv
