@@ -160,6 +160,25 @@ TEST(UpdatesInBackward, StayAfterTheBackwardWithClippingOrAccumulation) {
   }
 }
 
+// An update asked to add its gradient's squares (attr sum_squares) without a float64 scalar accumulator: an error
+// naming the node and the input it needs.
+TEST(UpdatesInBackward, SumSquaresWithoutAnAccumulatorIsAnError) {
+  const Tensor p = testing::randn_f32({8}, 1), g = testing::randn_f32({8}, 2);
+  Tensor step(DType::kInt64, {});
+  step.data_as<int64_t>()[0] = 1;
+  Attributes a;
+  a.set_int("sum_squares", 1);
+  for (int variant = 0; variant < 2; ++variant) {
+    std::vector<Tensor> in = {p, g, p, p, Tensor::scalar(DType::kFloat64, 1e-3), step, Tensor(), Tensor()};
+    if (variant == 1) in.push_back(Tensor::scalar(DType::kFloat32, 0.0));  // not float64
+    auto r = testing::run_op("AdamW", in, a, 0, 1, {}, kGalvatronDomain);
+    ASSERT_FALSE(r.has_value());
+    const std::string msg = r.status().message();
+    EXPECT_NE(msg.find("sum_squares = 1 needs input 8: a float64 scalar accumulator"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("test_node"), std::string::npos) << msg;
+  }
+}
+
 // Gradients cannot be read from a trainer whose updates run inside the backward: the error says so.
 TEST(UpdatesInBackward, ComputeGradientsIsRefused) {
   auto tiny = testing::tiny_model("gpt-tiny", 11);

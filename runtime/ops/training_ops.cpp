@@ -12,6 +12,7 @@
 #include "runtime/communicator.h"
 #include "runtime/op_registry.h"
 #include "runtime/ops/all_ops.h"
+#include "runtime/ops/math_common.h"
 
 namespace gv {
 namespace {
@@ -61,7 +62,8 @@ Status infer_sum_squares_input(InferContext& ctx, int index) {
   }
   return Status::ok();
 }
-// The gradient's squares summed in double, as GradNorm sums them.
+// A float32, bf16 (a reduced bf16 gradient: the squares of its exact widening) or float64 gradient's squares, summed
+// in double (GradNorm's per-tensor sums, and the updates' with attr sum_squares).
 double grad_sum_squares(const TensorRef& g) {
   if (g.dtype == DType::kFloat64) return cpu::sum_squares(g.as<double>(), g.numel());
   if (g.dtype == DType::kFloat32) return cpu::sum_squares(g.as<float>(), g.numel());
@@ -168,15 +170,10 @@ Status grad_norm_cpu(KernelContext& ctx) {
   double s = 0.0;
   for (size_t i = 0; i < ctx.inputs.size(); ++i) {
     const TensorRef& t = ctx.inputs[i];
-    double sq;
-    if (t.dtype == DType::kFloat32) {
-      sq = cpu::sum_squares(t.as<float>(), t.numel());
-    } else if (t.dtype == DType::kBFloat16) {  // a reduced bf16 gradient: the squares of its exact widening
-      std::vector<float> wide(static_cast<size_t>(t.numel()));
-      convert_elements(t.data, DType::kBFloat16, wide.data(), DType::kFloat32, t.numel());
-      sq = cpu::sum_squares(wide.data(), t.numel());
-    } else if (t.dtype == DType::kFloat64) sq = cpu::sum_squares(t.as<double>(), t.numel());
-    else return ctx.fail("unsupported dtype");
+    if (t.dtype != DType::kFloat32 && t.dtype != DType::kBFloat16 && t.dtype != DType::kFloat64) {
+      return ctx.fail("unsupported dtype");
+    }
+    const double sq = grad_sum_squares(t);
     s += wa && i < wa->floats.size() ? static_cast<double>(wa->floats[i]) * sq : sq;
   }
   if (ctx.attrs().get_int("all_reduce", 0)) {
@@ -359,30 +356,7 @@ Status infer_any(InferContext&) { return Status::ok(); }
 
 // An op of the galvatron domain that updates buffers in place and has no outputs.
 static OpSchema in_place_op(const char* name, int min_inputs, int max_inputs, KernelFn cpu, const char* doc) {
-  OpSchema s;
-  s.domain = kGalvatronDomain;
-  s.name = name;
-  s.min_inputs = min_inputs;
-  s.max_inputs = max_inputs;
-  s.min_outputs = s.max_outputs = 0;
-  s.infer = infer_nothing;
-  s.cpu = cpu;
-  s.doc = doc;
-  return s;
-}
-
-// An op of the galvatron domain with one (scalar) output: the gradient norm's.
-static OpSchema scalar_op(const char* name, int min_inputs, int max_inputs, InferFn infer, KernelFn cpu,
-                          const char* doc) {
-  OpSchema s;
-  s.domain = kGalvatronDomain;
-  s.name = name;
-  s.min_inputs = min_inputs;
-  s.max_inputs = max_inputs;
-  s.infer = infer;
-  s.cpu = cpu;
-  s.doc = doc;
-  return s;
+  return math::make_schema(kGalvatronDomain, name, min_inputs, max_inputs, 0, 0, infer_nothing, cpu, doc);
 }
 
 void register_training_ops(OpRegistry& r) {
@@ -424,12 +398,14 @@ void register_training_ops(OpRegistry& r) {
   sgd.infer = infer_sgd;
   r.add(sgd);
 
-  r.add(scalar_op("GradNorm", 1, 1 << 20, infer_grad_norm, grad_norm_cpu,
-                  "global L2 norm of all gradients (weighted, optionally all-reduced over a group), times attr scale"));
-  r.add(scalar_op("GradNormBegin", 0, 0, infer_grad_norm_begin, grad_norm_begin_cpu,
-                  "a float64 scalar 0: the sum of squares that updates with attr sum_squares = 1 add to"));
-  r.add(scalar_op("GradNormEnd", 1, 1, infer_grad_norm_end, grad_norm_end_cpu,
-                  "sqrt(sum of squares) times attr scale: the gradient norm the updates accumulated (GradNormBegin)"));
+  r.add(math::make_schema(
+      kGalvatronDomain, "GradNorm", 1, 1 << 20, 1, 1, infer_grad_norm, grad_norm_cpu,
+      "global L2 norm of all gradients (weighted, optionally all-reduced over a group), times attr scale"));
+  r.add(math::make_schema(kGalvatronDomain, "GradNormBegin", 0, 0, 1, 1, infer_grad_norm_begin, grad_norm_begin_cpu,
+                          "a float64 scalar 0: the sum of squares that updates with attr sum_squares = 1 add to"));
+  r.add(math::make_schema(
+      kGalvatronDomain, "GradNormEnd", 1, 1, 1, 1, infer_grad_norm_end, grad_norm_end_cpu,
+      "sqrt(sum of squares) times attr scale: the gradient norm the updates accumulated (GradNormBegin)"));
 }
 
 }  // namespace gv
