@@ -193,9 +193,6 @@ Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, Command
   // GALVATRON_GRAD_NORM_IN_UPDATES=0: the gradient norm by its own pass after the backward (comparisons).
   const char* norm_in_updates = std::getenv("GALVATRON_GRAD_NORM_IN_UPDATES");
   cfg.graph.grad_norm_in_updates = !(norm_in_updates && std::string(norm_in_updates) == "0");
-  // GALVATRON_SPLIT_LOOKUP_UPDATES=0: a tied embedding's update in one part, after the whole backward (comparisons).
-  const char* split_lookup = std::getenv("GALVATRON_SPLIT_LOOKUP_UPDATES");
-  cfg.graph.split_lookup_updates = !(split_lookup && std::string(split_lookup) == "0");
   // GALVATRON_FUSE_ATTENTION_BIAS_SUMS=0: the QKV bias gradient by its own BiasGrad pass (comparisons).
   const char* bias_sums = std::getenv("GALVATRON_FUSE_ATTENTION_BIAS_SUMS");
   cfg.graph.fuse_attention_bias_sums = !(bias_sums && std::string(bias_sums) == "0");

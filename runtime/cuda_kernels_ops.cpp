@@ -873,28 +873,6 @@ Status gather_grad_add_cuda(KernelContext& ctx) {
                                                dims_product(dst.shape, axis + 1, dst.rank()), skip));
 }
 
-// GatherGradAddInPlace(Base, grad, indices): GatherGradAdd's rows added into Base itself.
-Status gather_grad_add_in_place_cuda(KernelContext& ctx) {
-  const TensorRef &base = ctx.inputs[0], &g = ctx.inputs[1], &idx = ctx.inputs[2];
-  if (!is_f32(g) || !is_f32(base) || (idx.dtype != DType::kInt64 && idx.dtype != DType::kInt32)) {
-    return cuda_fallback_kernel(ctx);
-  }
-  int64_t axis = ctx.attrs().get_int("axis", 0);
-  if (!normalize_axis(axis, base.rank())) return ctx.fail("axis out of range");
-  const int64_t skip = movement::gather_grad_skip_row(ctx.attrs(), base.shape[axis]);
-  return launch(ctx, cuda::gather_grad_add_f32(g.as<float>(), idx.data, idx.dtype == DType::kInt64, base.as<float>(),
-                                               dims_product(base.shape, 0, axis), base.shape[axis], idx.numel(),
-                                               dims_product(base.shape, axis + 1, base.rank()), skip));
-}
-
-// RowsLookedUp(indices) attr rows -> uint8 [rows].
-Status rows_looked_up_cuda(KernelContext& ctx) {
-  const TensorRef &idx = ctx.inputs[0], &mask = ctx.outputs[0];
-  if (idx.dtype != DType::kInt64 && idx.dtype != DType::kInt32) return cuda_fallback_kernel(ctx);
-  return launch(ctx, cuda::rows_looked_up(idx.data, idx.dtype == DType::kInt64, idx.numel(),
-                                          static_cast<uint8_t*>(mask.data), mask.numel()));
-}
-
 // ---- loss ----
 
 int reduction_code(const KernelContext& ctx) {
@@ -1057,21 +1035,12 @@ Status adamw_cuda(KernelContext& ctx) {
   if ((lr.dtype != DType::kFloat64 && lr.dtype != DType::kFloat32) || step.dtype != DType::kInt64) {
     return cuda_fallback_kernel(ctx);
   }
+  const cuda::AdamW a = adamw_attrs(ctx);
   const float* norm = ctx.has_input(6) && is_f32(ctx.inputs[6]) ? ctx.inputs[6].as<float>() : nullptr;
   uint16_t* p16 = nullptr;
   if (ctx.has_input(7)) {
     if (ctx.inputs[7].dtype != DType::kBFloat16 || ctx.inputs[7].numel() != p.numel()) return cuda_fallback_kernel(ctx);
     p16 = static_cast<uint16_t*>(ctx.inputs[7].data) + offset;  // the updated range (ZeRO-2: this rank's shard)
-  }
-  cuda::AdamW a = adamw_attrs(ctx);
-  if (ctx.has_input(9)) {  // RowMask: the rows of one part of a split update (runtime/split_lookup_updates.cpp)
-    const TensorRef& mask = ctx.inputs[9];
-    if (mask.dtype != DType::kUInt8 || offset != 0 || mask.numel() == 0 || n % mask.numel() != 0) {
-      return cuda_fallback_kernel(ctx);
-    }
-    a.row_mask = static_cast<const uint8_t*>(mask.data);
-    a.row_width = n / mask.numel();
-    a.row_mask_value = ctx.attrs().get_int("row_mask_value", 0) != 0;
   }
   GV_ASSIGN_OR_RETURN(void* stream, update_stream(ctx));
   return launch(ctx, cuda::adamw_f32(p.as<float>() + offset, ctx.inputs[1].data, g_bf16, ctx.inputs[2].as<float>(),
@@ -1184,8 +1153,6 @@ void register_cuda_kernels(OpRegistry& r) {
   set("", "Gather", cuda_profiled<gather_cuda>);
   set(G, "GatherGrad", cuda_profiled<gather_grad_cuda>);
   set(G, "GatherGradAdd", cuda_profiled<gather_grad_add_cuda>);
-  set(G, "GatherGradAddInPlace", cuda_profiled<gather_grad_add_in_place_cuda>);
-  set(G, "RowsLookedUp", cuda_profiled<rows_looked_up_cuda>);
   set("", "SoftmaxCrossEntropyLoss", cuda_profiled<sce_cuda>);
   set(G, "SoftmaxCrossEntropyLossGrad", cuda_profiled<sce_grad_cuda>);
   set(G, "LinearCrossEntropy", cuda_profiled<lce_cuda>);

@@ -31,8 +31,7 @@ std::string FusionCounts::summary() const {
          part(bf16_sharded_updates, "ZeRO-2 updates in bf16 (gradient shards and weight gathers)") +
          part(accumulating_products, "weight-gradient products adding into their accumulators") +
          part(updates_in_backward, "optimizer updates beside the backward") +
-         (grad_norm_in_updates ? " (summing the gradient norm)" : "") +
-         part(split_lookup_updates, "embedding updates split around the lookup's gradient");
+         (grad_norm_in_updates ? " (summing the gradient norm)" : "");
 }
 
 ValueId new_node_output(Graph& graph, NodeId node, const std::string& prefix, DType dtype, Shape shape) {

@@ -39,7 +39,6 @@ struct FusionCounts {
   int accumulating_products = 0;  // FusedMatMul + AccumulateGrad -> MatMulAccumulate (accumulate_in_products)
   int updates_in_backward = 0;  // not a fusion: optimizer updates beside the backward (move_updates_into_backward)
   int grad_norm_in_updates = 0;  // updates summing the gradient norm's squares (grad_norm_in_updates)
-  int split_lookup_updates = 0;  // tied-embedding updates in two parts, rows not looked up first (split_lookup_updates)
   int bf16_sharded_updates = 0;  // not a fusion: ZeRO-2 updates reduce-scattering and gathering bf16 (training graph)
   // "2 attention (2 in the 3-D form, 2 keeping their LSE), 2 gelu, 1 linear cross-entropy, 40 shared bf16 operands"
   std::string summary() const;

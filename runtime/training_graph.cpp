@@ -756,8 +756,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   }
   tg.fused.bf16_sharded_updates = static_cast<int>(tg.sharded_masters.size());
   if (overlap && o.prefetch_zero2_gathers && !tg.sharded_masters.empty()) GV_RETURN_IF_ERROR(prefetch_copy_gathers(tg));
-  if (o.updates_in_backward)
-    GV_RETURN_IF_ERROR(move_updates_into_backward(tg, o.grad_norm_in_updates, o.split_lookup_updates));
+  if (o.updates_in_backward) GV_RETURN_IF_ERROR(move_updates_into_backward(tg, o.grad_norm_in_updates));
   return tg;
 }
 

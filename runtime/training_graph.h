@@ -166,10 +166,6 @@ struct TrainingGraphOptions {
   // summed by the updates themselves, which read each gradient anyway (GradNormBegin, attr sum_squares, GradNormEnd),
   // instead of by a GradNorm pass over every gradient at the step's end. Equal up to the order of the sums.
   bool grad_norm_in_updates = true;
-  // With updates_in_backward: a tied embedding's AdamW split into the rows no token looked up, updated beside the
-  // backward as soon as the LM head's gradient part is made, and the looked-up rows after the lookup's gradient
-  // (split_lookup_updates). The same results; the gradient norm's squares summed in two parts.
-  bool split_lookup_updates = true;
   // With grad_accum_steps > 1: a weight gradient made by a float32 FusedMatMul that nothing else reads is added into
   // its accumulator by the product itself (galvatron MatMulAccumulate: cuBLAS's beta = 1) instead of written and then
   // added by AccumulateGrad: per micro-batch, one float32 gradient write and read less per weight.
@@ -232,21 +228,7 @@ Status prefetch_copy_gathers(TrainingGraph& tg);
 // gradient's squares to (attr sum_squares = 1; the accumulator as AdamW's input 8, AdamWMulti's last input).
 // No effect (and "why" from why_updates_stay_after_backward) with clipping, zeroed or accumulated gradients, or any
 // communication node.
-// With split_lookup, first split_lookup_updates below, and the first part of each split update placed right after
-// its gradient's producer (its mask's RowsLookedUp just before it).
-Status move_updates_into_backward(TrainingGraph& tg, bool grad_norm_in_updates = true, bool split_lookup = true);
-// A tied embedding's AdamW in two parts (runtime/split_lookup_updates.cpp): when an AdamW's gradient S is a
-// GatherGradAdd(D, dY, ids) (the LM head's part D plus the lookup's rows), the sum becomes GatherGradAddInPlace(D,
-// dY, ids), a RowsLookedUp(ids) mask is made, and the update becomes two (RowMask input 9): the rows not looked up
-// (row_mask_value 0), which need only D, and the looked-up ones after the sum (row_mask_value 1). S's readers,
-// TrainingGraph::grads and reported_grads read D instead. Only on whole float32 AdamW updates without zeroing.
-struct SplitLookupUpdate {
-  NodeId early = -1;          // the update of the rows not looked up (the original node, in place)
-  NodeId late = -1;           // the update of the looked-up rows (appended)
-  NodeId mask = -1;           // its RowsLookedUp (appended)
-  NodeId grad_producer = -1;  // the producer of D, after which the early part may run
-};
-Expected<std::vector<SplitLookupUpdate>> split_lookup_updates(TrainingGraph& tg);
+Status move_updates_into_backward(TrainingGraph& tg, bool grad_norm_in_updates = true);
 std::string why_updates_stay_after_backward(const TrainingGraph& tg);
 
 }  // namespace gv

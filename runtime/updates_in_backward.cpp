@@ -1,8 +1,6 @@
 // move_updates_into_backward (runtime/training_graph.h): each optimizer update moves from after the backward pass to
 // right after the last node that touches what it reads or writes, and is marked to run beside the backward (attr
-// beside_backward = 1: the CUDA backend issues it on a second stream); one galvatron WaitUpdates ends the step. A tied
-// embedding's update is first split around the lookup's gradient (runtime/split_lookup_updates.cpp), its early part
-// placed after the LM head's gradient part.
+// beside_backward = 1: the CUDA backend issues it on a second stream); one galvatron WaitUpdates ends the step.
 #include <algorithm>
 #include <map>
 #include <set>
@@ -66,10 +64,6 @@ long foldable_grad_norm(const TrainingGraph& tg, size_t n_old) {
   return norm;
 }
 
-// What move_updates_into_backward did to a node of the optimizer region.
-constexpr char kMovedUpdate = 1;  // an update placed beside the backward
-constexpr char kMovedMask = 2;    // a split update's RowsLookedUp, placed just before its early part
-
 // The rewrite of grad_norm_in_updates: a GradNormBegin (returned) makes the float64 accumulator, every update adds its
 // gradient's squares to it (attr sum_squares), and GradNorm `norm` becomes a GradNormEnd of it (same output value).
 Expected<NodeId> sum_norm_in_updates(Graph& g, NodeId norm, const std::vector<char>& moved) {
@@ -81,11 +75,11 @@ Expected<NodeId> sum_norm_in_updates(Graph& g, NodeId norm, const std::vector<ch
   GV_ASSIGN_OR_RETURN(auto outs, g.add_node(std::move(b), {g.unique_name("galvatron.grad_sum_squares")}));
   const ValueId acc = outs[0];
   for (size_t i = 0; i < moved.size(); ++i) {
-    if (moved[i] != kMovedUpdate) continue;
+    if (!moved[i]) continue;
     Node& n = g.nodes[i];
     n.attrs.set_int("sum_squares", 1);
     if (n.op_type == "AdamW") {
-      if (n.inputs.size() < 9) n.inputs.resize(9, kNoValue);  // input 9 (RowMask) stays
+      n.inputs.resize(9, kNoValue);
       n.inputs[8] = acc;
     } else {
       n.inputs.push_back(acc);  // AdamWMulti: after the last parameter's four
@@ -101,15 +95,9 @@ Expected<NodeId> sum_norm_in_updates(Graph& g, NodeId norm, const std::vector<ch
 
 }  // namespace
 
-Status move_updates_into_backward(TrainingGraph& tg, bool grad_norm_in_updates, bool split_lookup) {
+Status move_updates_into_backward(TrainingGraph& tg, bool grad_norm_in_updates) {
   if (!reason_to_keep(tg).empty()) return Status::ok();
   Graph& g = tg.graph;
-  std::vector<SplitLookupUpdate> splits;
-  if (split_lookup) {
-    GV_ASSIGN_OR_RETURN(splits, split_lookup_updates(tg));
-  }
-  std::map<NodeId, const SplitLookupUpdate*> early_part;
-  for (const SplitLookupUpdate& s : splits) early_part[s.early] = &s;
   const size_t n_old = g.nodes.size();
   // Per value: the last node before the optimizer region that reads or writes it.
   std::vector<long> last_touch(g.values.size(), -1);
@@ -130,35 +118,18 @@ Status move_updates_into_backward(TrainingGraph& tg, bool grad_norm_in_updates, 
     if (!is_update(n)) continue;
     const std::set<size_t> scalars = scalar_inputs(n);
     long last = static_cast<long>(tg.backward_begin);  // never before the backward (its nodes keep their index)
-    auto split = early_part.find(static_cast<NodeId>(i));
     for (size_t k = 0; k < n.inputs.size(); ++k) {
       const ValueId v = n.inputs[k];
       if (v == kNoValue) continue;
       const ValueKind kind = g.value(v).kind;
       if (kind == ValueKind::kActivation || kind == ValueKind::kInput) read_beside.push_back(v);
-      if (scalars.count(k)) continue;
-      // A split update's early part reads only the rows of D that the in-place lookup sum leaves alone.
-      if (split != early_part.end() && k == 1) {
-        last = std::max(last, static_cast<long>(split->second->grad_producer));
-      } else {
-        last = std::max(last, last_touch[v]);
-      }
+      if (!scalars.count(k)) last = std::max(last, last_touch[v]);
     }
     const size_t norm = grad_norm_input(n);
     if (norm < n.inputs.size()) n.inputs[norm] = kNoValue;
     n.attrs.set_int("beside_backward", 1);
-    std::vector<NodeId>& here = after[static_cast<size_t>(last)];
-    if (split != early_part.end()) {  // its mask first, after the indices it reads
-      const NodeId mask = split->second->mask;
-      const ValueId ids = g.nodes[mask].inputs[0];
-      const long ids_at = static_cast<long>(g.value(ids).producer);
-      if (ids_at > last)
-        return internal_error("move_updates_into_backward: the lookup's indices come after its table's gradient");
-      here.push_back(mask);
-      moved[mask] = kMovedMask;
-    }
-    here.push_back(static_cast<NodeId>(i));
-    moved[i] = kMovedUpdate;
+    after[static_cast<size_t>(last)].push_back(static_cast<NodeId>(i));
+    moved[i] = 1;
   }
   if (after.empty()) return Status::ok();
   const long norm = grad_norm_in_updates ? foldable_grad_norm(tg, n_old) : -1;
@@ -198,7 +169,6 @@ Status move_updates_into_backward(TrainingGraph& tg, bool grad_norm_in_updates, 
   tg.optimizer_begin = optimizer_begin;
   tg.fused.updates_in_backward = static_cast<int>(count);
   tg.fused.grad_norm_in_updates = norm >= 0 ? 1 : 0;
-  tg.fused.split_lookup_updates = static_cast<int>(splits.size());
   return Status::ok();
 }
 

@@ -808,16 +808,6 @@ TEST_F(CudaKernels, Indexing) {
   check({"GatherGradAdd", {randn({30, 16}), randn({4, 64, 16}), randint({4, 64}, -30, 30)}, ga, 1, kGalvatronDomain});
   ga.set_int("padding_idx", 3);
   check({"GatherGradAdd", {randn({30, 16}), randn({4, 64, 16}), randint({4, 64}, 0, 30)}, ga, 1, kGalvatronDomain});
-  // A split embedding update's pieces: the sum written into Base itself, and the looked-up rows' mask (repeats,
-  // negative indices, int32 and int64).
-  check({"GatherGradAddInPlace",
-         {randn({30, 16}), randn({4, 64, 16}), randint({4, 64}, -30, 30)},
-         ga,
-         0,
-         kGalvatronDomain});
-  Attributes rows = attrs({{"rows", 300}});
-  check({"RowsLookedUp", {randint({4, 64}, -300, 300)}, rows, 1, kGalvatronDomain});
-  check({"RowsLookedUp", {randint({4, 64}, 0, 300).cast(DType::kInt32)}, rows, 1, kGalvatronDomain});
   // Gather of whole 16-byte rows moves uint4 (an embedding lookup); 12 floats a row, and 3 (the element path).
   check({"Gather", {randn({50, 12}), randint({2, 33}, -50, 50)}});
   check({"Gather", {randn({50, 3}), randint({2, 33}, 0, 50)}});
@@ -990,24 +980,6 @@ TEST_F(CudaKernels, Training) {
     }
     in.push_back(Tensor::scalar(DType::kFloat64, 2.5));
     check({"AdamWMulti", in, sq, 0, G, 20, {}, 1e-6});
-  }
-  // The two parts of a split embedding update (RowMask, input 9): the rows whose mask byte is 0, then 1; rows of 16
-  // (quads) and of 5 (the element path), with the bf16 copy and the norm's squares of the selected rows only.
-  for (int64_t width : {16, 5}) {
-    const int64_t table = 300;
-    Tensor mask(DType::kUInt8, {table});
-    for (int64_t r = 0; r < table; ++r) mask.data_as<uint8_t>()[r] = (r * 7) % 3 == 0 ? 1 : 0;
-    for (int value : {0, 1}) {
-      Attributes rm = sq;
-      rm.set_int("row_mask_value", value);
-      check({"AdamW",
-             {randn({table, width}), randn({table, width}), randn({table, width}, 0.1), positive({table, width}),
-              Tensor::scalar(DType::kFloat64, 1e-2), step, Tensor(), randn({table, width}).cast(DType::kBFloat16),
-              Tensor::scalar(DType::kFloat64, 2.5), mask},
-             rm,
-             0,
-             G});
-    }
   }
   check({"GradNormBegin", {}, {}, 1, G});
   check({"GradNormEnd", {Tensor::scalar(DType::kFloat64, 12.25)}, gn, 1, G});

@@ -102,48 +102,4 @@ inline Expected<OpRun> run_op(const std::string& op_type, const std::vector<Tens
   return r;
 }
 
-// Runs one node without outputs (an in-place op, galvatron domain by default) on the CPU; returns its inputs as the
-// node left them (undefined where an input was omitted).
-inline Expected<std::vector<Tensor>> run_in_place_op(const std::string& op_type, const std::vector<Tensor>& inputs,
-                                                     Attributes attrs = {},
-                                                     const std::string& domain = kGalvatronDomain) {
-  Graph g;
-  g.opsets[domain] = 1;
-  Node n;
-  n.name = "test_node";
-  n.op_type = op_type;
-  n.domain = domain;
-  n.opset = 1;
-  n.attrs = std::move(attrs);
-  std::map<std::string, Tensor> feeds;
-  std::vector<ValueId> fed;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    ValueId v = kNoValue;
-    if (inputs[i].defined()) {
-      v = g.add_input("in" + std::to_string(i), inputs[i].dtype(), inputs[i].shape());
-      feeds["in" + std::to_string(i)] = inputs[i];
-    }
-    n.inputs.push_back(v);
-    fed.push_back(v);
-  }
-  GV_RETURN_IF_ERROR(g.add_node(std::move(n)).status());
-  auto backend = make_cpu_backend();
-  ExecutorOptions eo;
-  for (ValueId v : fed)
-    if (v != kNoValue) eo.keep_alive.push_back(v);
-  GV_ASSIGN_OR_RETURN(auto ex, Executor::create(g, *backend, eo));
-  GV_RETURN_IF_ERROR(ex->set_inputs(feeds));
-  GV_RETURN_IF_ERROR(ex->run());
-  std::vector<Tensor> out;
-  for (ValueId v : fed) {
-    if (v == kNoValue) {
-      out.emplace_back();
-      continue;
-    }
-    GV_ASSIGN_OR_RETURN(Tensor t, ex->fetch(v));
-    out.push_back(t);
-  }
-  return out;
-}
-
 }  // namespace gv::testing

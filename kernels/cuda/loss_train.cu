@@ -431,12 +431,6 @@ __device__ __forceinline__ double squares4(float4 q) {
 
 // kSq: also add the sum of squares of the (unscaled) gradient to *sumsq, one atomic per block (the gradient norm
 // taken inside the updates: runtime/updates_in_backward.cpp).
-// With a.row_mask: whether element i's row is one the update covers (AdamW's RowMask).
-template <typename I>
-__device__ __forceinline__ bool row_selected(const AdamW& a, I i) {
-  return !a.row_mask || (a.row_mask[i / static_cast<I>(a.row_width)] != 0) == a.row_mask_value;
-}
-
 template <typename I, bool kVec, typename G, bool kSq>
 __global__ void adamw_kernel(float* p, G* g, float* m, float* v, uint16_t* p16, I n, const void* lr_ptr, bool lr64,
                              const int64_t* step_ptr, const float* norm_ptr, AdamW a, double* sumsq) {
@@ -447,7 +441,6 @@ __global__ void adamw_kernel(float* p, G* g, float* m, float* v, uint16_t* p16, 
   double sq = 0.0;
   // One element: adamw_one on the widened gradient (zeroing happens on g itself).
   auto one = [&](I i) {
-    if (!row_selected(a, i)) return;
     float gi = grad_at(g, i);
     if constexpr (kSq) sq += static_cast<double>(gi) * gi;
     adamw_one(p[i], gi, m[i], v[i], c, false);
@@ -457,7 +450,6 @@ __global__ void adamw_kernel(float* p, G* g, float* m, float* v, uint16_t* p16, 
   if constexpr (kVec) {
     const I quads = n / 4;
     for (I q = first; q < quads; q += stride) {
-      if (!row_selected(a, q * 4)) continue;  // vec needs row_width % 4 == 0: a quad lies in one row
       float4 pq = detail::load4(p, q), gq = grad4(g, q), mq = detail::load4(m, q), vq = detail::load4(v, q);
       if constexpr (kSq) sq += squares4(gq);
       adamw_one(pq.x, gq.x, mq.x, vq.x, c, false);
@@ -683,10 +675,8 @@ bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, co
                double* sum_squares) {
   if (n == 0) return true;
   const cudaStream_t st = stream ? static_cast<cudaStream_t>(stream) : launch_stream();
-  if (a.row_mask && (a.row_width <= 0 || n % a.row_width != 0)) return false;
   const bool vec = detail::aligned16(p) && reinterpret_cast<uintptr_t>(g) % (g_bf16 ? 8 : 16) == 0 &&
-                   detail::aligned16(m) && detail::aligned16(v) && reinterpret_cast<uintptr_t>(p16) % 8 == 0 &&
-                   (!a.row_mask || a.row_width % 4 == 0);
+                   detail::aligned16(m) && detail::aligned16(v) && reinterpret_cast<uintptr_t>(p16) % 8 == 0;
   const unsigned blocks = detail::flat_grid(vec ? (n + 3) / 4 : n, stream ? side_stream_max_blocks() : 0);
   auto run = [&](auto* gt) {
     if (n < (int64_t{1} << 31)) {

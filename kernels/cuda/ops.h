@@ -269,9 +269,6 @@ bool gather_grad_f32(const float* grad, const void* idx, bool idx64, float* dx, 
 // The same added into dx as it is (galvatron GatherGradAdd, after copying its Base into dx).
 bool gather_grad_add_f32(const float* grad, const void* idx, bool idx64, float* dx, int64_t outer, int64_t axis_dim,
                          int64_t n_idx, int64_t inner, int64_t skip);
-// mask[r] = 1 for every row r of [0, rows) that an index names (negative ones counting from the end), else 0
-// (galvatron RowsLookedUp); indices outside the table mark nothing.
-bool rows_looked_up(const void* idx, bool idx64, int64_t n_idx, uint8_t* mask, int64_t rows);
 
 // ---- loss ----
 // Scores [n, c, d], labels [n, d]. Reduction 0 none, 1 sum, 2 mean (over the summed weights). Labels outside [0, c)
@@ -318,11 +315,6 @@ bool grad_norm_finish_f32(const double* sum_squares, float scale, float* out);
 struct AdamW {
   double beta1, beta2, eps, weight_decay, grad_scale, max_norm;
   bool zero_grad;
-  // Optional (adamw_f32 only): the parameter as rows of row_width elements, only the rows r with
-  // (row_mask[r] != 0) == row_mask_value updated and summed (a tied embedding's update in two parts).
-  const uint8_t* row_mask = nullptr;
-  int64_t row_width = 0;
-  bool row_mask_value = false;
 };
 // PyTorch's AdamW (kernels/cpu/optimizer.h), reading lr (float64 when lr_is_f64, else float32), step (int64) and the
 // optional grad norm (float32, for clipping at max_norm > 0) from device scalars. p16 (optional, n elements): the

@@ -298,29 +298,4 @@ bool gather_grad_add_f32(const float* grad, const void* idx, bool idx64, float* 
   return launched();
 }
 
-namespace {
-template <typename I>
-__global__ void rows_looked_up_kernel(const I* idx, int64_t n_idx, uint8_t* mask, int64_t rows) {
-  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < n_idx;
-       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t r = static_cast<int64_t>(idx[t]);
-    if (r < 0) r += rows;
-    if (r >= 0 && r < rows) mask[r] = 1;  // racing writers all store 1
-  }
-}
-}  // namespace
-
-bool rows_looked_up(const void* idx, bool idx64, int64_t n_idx, uint8_t* mask, int64_t rows) {
-  if (cudaMemsetAsync(mask, 0, static_cast<size_t>(rows), launch_stream()) != cudaSuccess) return false;
-  if (n_idx == 0) return true;
-  if (idx64) {
-    rows_looked_up_kernel<int64_t>
-        <<<grid_for(n_idx), kThreads, 0, launch_stream()>>>(static_cast<const int64_t*>(idx), n_idx, mask, rows);
-  } else {
-    rows_looked_up_kernel<int32_t>
-        <<<grid_for(n_idx), kThreads, 0, launch_stream()>>>(static_cast<const int32_t*>(idx), n_idx, mask, rows);
-  }
-  return launched();
-}
-
 }  // namespace gv::cuda

@@ -23,13 +23,6 @@ void register_shape_ops(OpRegistry& r);   // Reshape Flatten Squeeze Unsqueeze I
 void register_layout_ops(OpRegistry& r);  // Transpose Concat Split Expand Tile Trilu CumSum
 void register_slice_ops(OpRegistry& r);   // Slice Pad (+ galvatron SliceGrad)
 void register_index_ops(OpRegistry& r);   // Gather GatherElements GatherND ScatterND ScatterElements (+ grads)
-void register_lookup_rows_ops(OpRegistry& r);  // galvatron RowsLookedUp, GatherGradAddInPlace
-
-// GatherGrad's family (runtime/ops/movement_index_ops.cpp): checks grad (input g) and indices (input i) against the
-// data shape `shape` and sets output 0 to it; and out = zeros (zero_first) or out as it is, then g's rows added at idx.
-Status infer_gather_grad_rows(InferContext& ctx, const Shape& shape, int g, int i);
-Status add_gather_grad_rows(KernelContext& ctx, const TensorRef& g, const TensorRef& idx, const TensorRef& out,
-                            bool zero_first);
 
 // A default-domain entry with one output. Callers adjust the rest (outputs, domain) on the returned value.
 inline OpSchema make_op(std::string name, int min_inputs, int max_inputs, InferFn infer, KernelFn cpu, GradFn grad,

@@ -139,10 +139,7 @@ Status gather_grad(GradBuilder& gb) {
 // data shape): Base copied, then the rows added, without GatherGrad's zeroed tensor. runtime/fuse_gather_grad_add.cpp
 // forms it after autograd from Add(GatherGrad(grad, indices), Base): a tied embedding's two gradient contributions.
 
-}  // namespace
-
-// The family's checks of grad (input g) and indices (input i) against the data shape `shape`; sets output 0 when
-// the node has one (GatherGradAddInPlace has none).
+// Both ops' checks of grad (input g) and indices (input i) against the data shape `shape`; sets output 0.
 Status infer_gather_grad_rows(InferContext& ctx, const Shape& shape, int g, int i) {
   GV_RETURN_IF_ERROR(check_index_dtype(ctx, i));
   int64_t axis = ctx.attrs().get_int("axis", 0);
@@ -158,7 +155,7 @@ Status infer_gather_grad_rows(InferContext& ctx, const Shape& shape, int g, int 
   if (ctx.shape(g) != expected) {
     return ctx.fail("gradient " + shape_str(ctx.shape(g)) + " does not match Gather's output " + shape_str(expected));
   }
-  if (ctx.num_outputs() > 0) ctx.set_output(0, ctx.dtype(g), shape);
+  ctx.set_output(0, ctx.dtype(g), shape);
   return Status::ok();
 }
 
@@ -193,8 +190,6 @@ Status add_gather_grad_rows(KernelContext& ctx, const TensorRef& g, const Tensor
   });
   return ok ? Status::ok() : unsupported_dtype(ctx, g.dtype);
 }
-
-namespace {
 
 Status gather_grad_cpu(KernelContext& ctx) {
   if (is_half(ctx.inputs[0].dtype)) return run_widened(ctx, gather_grad_cpu);

@@ -170,7 +170,6 @@ void register_movement_ops(OpRegistry& r) {
   movement::register_layout_ops(r);
   movement::register_slice_ops(r);
   movement::register_index_ops(r);
-  movement::register_lookup_rows_ops(r);
 }
 
 }  // namespace gv

@@ -72,30 +72,11 @@ double grad_sum_squares(const TensorRef& g) {
   return cpu::sum_squares(wide.data(), g.numel());
 }
 
-// AdamW's optional input 9, RowMask (uint8 [rows], RowsLookedUp's): the parameter viewed as [rows, numel / rows],
-// only the rows whose mask byte equals attr row_mask_value (0 or 1) are updated, their gradient squares alone summed
-// (runtime/split_lookup_updates.cpp: a tied embedding's update in two parts). Not with shard_offset or zero_grad.
-Status infer_row_mask(InferContext& ctx) {
-  if (!ctx.has_input(9)) return Status::ok();
-  const int64_t rows = shape_numel(ctx.shape(9)), n = shape_numel(ctx.shape(0));
-  if (ctx.dtype(9) != DType::kUInt8 || ctx.rank(9) != 1 || rows == 0 || n % rows != 0) {
-    return ctx.fail("RowMask (input 9) must be a uint8 vector whose length divides the parameter's " +
-                    std::to_string(n) + " elements, got " + dtype_name(ctx.dtype(9)) + " " + shape_str(ctx.shape(9)));
-  }
-  const int64_t value = ctx.attrs().get_int("row_mask_value", -1);
-  if (value != 0 && value != 1) return ctx.fail("RowMask needs attr row_mask_value 0 or 1");
-  if (ctx.attrs().get_int("shard_offset", -1) >= 0 || ctx.attrs().get_int("zero_grad", 0) != 0) {
-    return ctx.fail("RowMask cannot be combined with attr shard_offset or zero_grad");
-  }
-  return Status::ok();
-}
-
 // AdamW's optional input 7, ParamBf16: the parameter's persistent bfloat16 copy (the products' operand), rewritten
 // from the updated float32 values (runtime/training_graph.h optimizer_bf16_copies), in the updated range. Input 8:
 // the sum-of-squares accumulator (attr sum_squares).
 Status infer_adamw(InferContext& ctx) {
   GV_RETURN_IF_ERROR(infer_sum_squares_input(ctx, 8));
-  GV_RETURN_IF_ERROR(infer_row_mask(ctx));
   if (ctx.num_inputs() >= 4 && ctx.dtype(1) == DType::kBFloat16 && ctx.attrs().get_int("shard_offset", -1) < 0) {
     // bf16 gradient of a float32 parameter: the moments are the parameter's.
     if (!grad_type_ok(ctx.dtype(0), ctx.dtype(1))) return ctx.fail("a bf16 gradient needs a float32 parameter");
@@ -226,31 +207,9 @@ void zero_if_asked(const KernelContext& ctx, const TensorRef& grad) {
 // The first updated element of the parameter: attr shard_offset (ZeRO-2), or 0 for the whole parameter.
 int64_t shard_offset(const KernelContext& ctx) { return std::max<int64_t>(0, ctx.attrs().get_int("shard_offset", -1)); }
 
-// The runs [begin, end) of consecutive rows whose RowMask byte equals `value`, in elements of `width` per row; the
-// whole [0, n) without a mask.
-template <typename F>
-void for_each_selected_run(const uint8_t* mask, int64_t rows, uint8_t value, int64_t n, F&& f) {
-  if (!mask) {
-    f(int64_t{0}, n);
-    return;
-  }
-  const int64_t width = n / rows;
-  for (int64_t r = 0; r < rows;) {
-    if ((mask[r] != 0) != (value != 0)) {
-      ++r;
-      continue;
-    }
-    int64_t e = r + 1;
-    while (e < rows && (mask[e] != 0) == (value != 0)) ++e;
-    f(r * width, e * width);
-    r = e;
-  }
-}
-
-// AdamW(param, grad, m, v, lr, step, [grad_norm], [param_bf16], [sum_squares], [row_mask]); attrs beta1 beta2
-// epsilon weight_decay grad_scale max_norm zero_grad shard_offset sum_squares row_mask_value. Updates numel(grad)
-// elements of param from shard_offset on (the whole parameter by default), or the rows RowMask selects; param_bf16,
-// when given, becomes the bf16 rounding of the updated parameter (as a Cast would give).
+// AdamW(param, grad, m, v, lr, step, [grad_norm], [param_bf16]); attrs beta1 beta2 epsilon weight_decay grad_scale
+// max_norm zero_grad shard_offset. Updates numel(grad) elements of param from shard_offset on (the whole parameter by
+// default); param_bf16, when given, becomes the bf16 rounding of the updated parameter (as a Cast would give).
 Status adamw_cpu(KernelContext& ctx) {
   const TensorRef& p = ctx.inputs[0];
   const int64_t off = shard_offset(ctx), n = ctx.inputs[1].numel();
@@ -262,10 +221,6 @@ Status adamw_cpu(KernelContext& ctx) {
   a.eps = ctx.attrs().get_double("epsilon", 1e-8);
   a.weight_decay = ctx.attrs().get_double("weight_decay", 0.01);
   a.grad_scale = effective_grad_scale(ctx, 6);
-  const uint8_t* mask = ctx.has_input(9) ? static_cast<const uint8_t*>(ctx.inputs[9].data) : nullptr;
-  const int64_t rows = mask ? ctx.inputs[9].numel() : 1;
-  const uint8_t value = static_cast<uint8_t>(ctx.attrs().get_int("row_mask_value", 0));
-  double squares = 0.0;
   if (p.dtype == DType::kFloat32) {
     const float* g = ctx.inputs[1].as<float>();
     std::vector<float> wide;
@@ -274,26 +229,18 @@ Status adamw_cpu(KernelContext& ctx) {
       convert_elements(ctx.inputs[1].data, DType::kBFloat16, wide.data(), DType::kFloat32, n);
       g = wide.data();
     }
-    for_each_selected_run(mask, rows, value, n, [&](int64_t b, int64_t e) {
-      cpu::adamw_update(p.as<float>() + off + b, g + b, ctx.inputs[2].as<float>() + b, ctx.inputs[3].as<float>() + b,
-                        e - b, a);
-      if (ctx.has_input(7)) {
-        convert_elements(p.as<float>() + off + b, DType::kFloat32, static_cast<uint16_t*>(ctx.inputs[7].data) + off + b,
-                         DType::kBFloat16, e - b);
-      }
-      if (adds_sum_squares(ctx.attrs())) squares += cpu::sum_squares(g + b, e - b);
-    });
+    cpu::adamw_update(p.as<float>() + off, g, ctx.inputs[2].as<float>(), ctx.inputs[3].as<float>(), n, a);
+    if (ctx.has_input(7)) {
+      convert_elements(p.as<float>() + off, DType::kFloat32, static_cast<uint16_t*>(ctx.inputs[7].data) + off,
+                       DType::kBFloat16, n);
+    }
   } else if (p.dtype == DType::kFloat64) {
-    const double* g = ctx.inputs[1].as<double>();
-    for_each_selected_run(mask, rows, value, n, [&](int64_t b, int64_t e) {
-      cpu::adamw_update(p.as<double>() + off + b, g + b, ctx.inputs[2].as<double>() + b, ctx.inputs[3].as<double>() + b,
-                        e - b, a);
-      if (adds_sum_squares(ctx.attrs())) squares += cpu::sum_squares(g + b, e - b);
-    });
+    cpu::adamw_update(p.as<double>() + off, ctx.inputs[1].as<double>(), ctx.inputs[2].as<double>(),
+                      ctx.inputs[3].as<double>(), n, a);
   } else {
     return ctx.fail("unsupported dtype");
   }
-  if (adds_sum_squares(ctx.attrs())) *ctx.inputs[8].as<double>() += squares;
+  if (adds_sum_squares(ctx.attrs())) *ctx.inputs[8].as<double>() += grad_sum_squares(ctx.inputs[1]);
   zero_if_asked(ctx, ctx.inputs[1]);
   return Status::ok();
 }
@@ -435,10 +382,10 @@ void register_training_ops(OpRegistry& r) {
   wait_updates.infer = infer_any;
   wait_updates.reads_only = true;
   r.add(wait_updates);
-  OpSchema adamw = in_place_op("AdamW", 6, 10, adamw_cpu,
-                               "AdamW update of one parameter (or its flat range from shard_offset, or the rows its "
-                               "RowMask, input 9, selects) in place; its bf16 copy (input 7) rewritten from the "
-                               "result; with attr sum_squares, the gradient's squares added to input 8");
+  OpSchema adamw = in_place_op("AdamW", 6, 9, adamw_cpu,
+                               "AdamW update of one parameter (or its flat range from shard_offset) in place; its "
+                               "bf16 copy (input 7) rewritten from the result; with attr sum_squares, the gradient's "
+                               "squares added to input 8");
   adamw.infer = infer_adamw;
   r.add(adamw);
   OpSchema multi = in_place_op("AdamWMulti", 7, 3 + 4 * 1024, adamw_multi_cpu,
