@@ -311,61 +311,14 @@ Status fuse_gelu(Graph& graph, int* fused) {
   }
   if (matches.empty()) return Status::ok();
 
-  // Rebuild the node list: each final node becomes its Gelu, the rest of each chain goes.
-  std::map<NodeId, const Match*> by_final;
-  std::vector<char> removed(graph.nodes.size(), 0);
-  std::set<ValueId> maybe_dead;
-  for (const Match& m : matches) {
-    by_final[m.final_node] = &m;
-    for (NodeId r : m.removed) {
-      removed[r] = 1;
-      for (ValueId v : graph.nodes[r].outputs) maybe_dead.insert(v);
-    }
-    for (ValueId c : m.constants) maybe_dead.insert(c);
+  std::vector<ChainReplacement> chains;
+  for (Match& m : matches) {
+    ChainReplacement c{m.final_node, m.removed, m.constants, std::move(m.gelu)};
+    for (NodeId r : m.removed)
+      for (ValueId v : graph.nodes[r].outputs) c.maybe_dead.push_back(v);
+    chains.push_back(std::move(c));
   }
-  std::vector<Node> nodes;
-  nodes.reserve(graph.nodes.size());
-  for (NodeId i = 0; i < static_cast<NodeId>(graph.nodes.size()); ++i) {
-    if (auto it = by_final.find(i); it != by_final.end()) {
-      nodes.push_back(it->second->gelu);
-    } else if (!removed[i]) {
-      nodes.push_back(std::move(graph.nodes[i]));
-    }
-  }
-  graph.nodes = std::move(nodes);
-
-  // Drop the chain's values nothing refers to any more (its intermediates, and constants no other node reads).
-  std::vector<char> referenced(graph.values.size(), 0);
-  for (const Node& n : graph.nodes) {
-    for (ValueId v : n.inputs) {
-      if (v != kNoValue) referenced[v] = 1;
-    }
-    for (ValueId v : n.outputs) {
-      if (v != kNoValue) referenced[v] = 1;
-    }
-  }
-  for (ValueId v : graph.inputs) referenced[v] = 1;
-  for (ValueId v : graph.outputs) referenced[v] = 1;
-  std::vector<ValueId> remap(graph.values.size(), kNoValue);
-  std::vector<Value> kept;
-  kept.reserve(graph.values.size());
-  for (ValueId v = 0; v < static_cast<ValueId>(graph.values.size()); ++v) {
-    if (!referenced[v] && maybe_dead.count(v)) continue;
-    remap[v] = static_cast<ValueId>(kept.size());
-    kept.push_back(std::move(graph.values[v]));
-  }
-  graph.values = std::move(kept);
-  for (Node& n : graph.nodes) {
-    for (ValueId& v : n.inputs) {
-      if (v != kNoValue) v = remap[v];
-    }
-    for (ValueId& v : n.outputs) {
-      if (v != kNoValue) v = remap[v];
-    }
-  }
-  for (ValueId& v : graph.inputs) v = remap[v];
-  for (ValueId& v : graph.outputs) v = remap[v];
-  graph.reindex();
+  replace_chains(graph, chains);
   if (fused) *fused += static_cast<int>(matches.size());
   return Status::ok();
 }

@@ -1,5 +1,9 @@
-// The fusion pass runner (runtime/fusion.h): attention first (its chains contain no GELU), its layout, then GELU.
+// The fusion pass runner (runtime/fusion.h): attention first (its chains contain no GELU), its layout, GELU, then
+// RMSNorm; and the chain replacement the GELU and RMSNorm passes share.
 #include "runtime/fusion.h"
+
+#include <map>
+#include <set>
 
 namespace gv {
 
@@ -14,7 +18,8 @@ std::string FusionCounts::summary() const {
   // ", <n> <what>" for the rewrites that happened.
   auto part = [](int n, const char* what) { return n ? ", " + std::to_string(n) + " " + what : std::string(); };
   return std::to_string(attention) + " attention" + (notes.empty() ? "" : " (" + notes + ")") + ", " +
-         std::to_string(gelu) + " gelu" + part(linear_cross_entropy, "linear cross-entropy") + part(linear, "linear") +
+         std::to_string(gelu) + " gelu" + part(rms_norm, "RMSNorm") +
+         part(linear_cross_entropy, "linear cross-entropy") + part(linear, "linear") +
          part(norm_statistics, "LayerNorms keeping their statistics") + part(bf16_operands, "shared bf16 operands") +
          (bf16_linear_outputs ? " (" + std::to_string(bf16_linear_outputs) + " written in bf16 by their Linear)" : "") +
          part(bf16_attention_grads, "dQKV written in bf16") + part(bf16_norm_outputs, "LayerNorm outputs in bf16") +
@@ -55,7 +60,42 @@ Expected<FusionCounts> fuse_forward_graph(Graph& graph) {
   GV_RETURN_IF_ERROR(fuse_attention(graph, &counts.attention));
   GV_RETURN_IF_ERROR(fuse_attention_layout(graph, &counts.attention_3d));
   GV_RETURN_IF_ERROR(fuse_gelu(graph, &counts.gelu));
+  GV_RETURN_IF_ERROR(fuse_rms_norm(graph, &counts.rms_norm));
   return counts;
+}
+
+void replace_chains(Graph& graph, const std::vector<ChainReplacement>& chains) {
+  if (chains.empty()) return;
+  std::map<NodeId, const ChainReplacement*> by_final;
+  std::vector<char> removed(graph.nodes.size(), 0);
+  std::set<ValueId> maybe_dead;
+  for (const ChainReplacement& c : chains) {
+    by_final[c.final_node] = &c;
+    for (NodeId r : c.removed) removed[r] = 1;
+    maybe_dead.insert(c.maybe_dead.begin(), c.maybe_dead.end());
+  }
+  std::vector<Node> nodes;
+  nodes.reserve(graph.nodes.size());
+  for (NodeId i = 0; i < static_cast<NodeId>(graph.nodes.size()); ++i) {
+    if (auto it = by_final.find(i); it != by_final.end()) {
+      nodes.push_back(it->second->replacement);
+    } else if (!removed[i]) {
+      nodes.push_back(std::move(graph.nodes[i]));
+    }
+  }
+  graph.nodes = std::move(nodes);
+  std::vector<char> referenced(graph.values.size(), 0);
+  for (const Node& n : graph.nodes) {
+    for (ValueId v : n.inputs)
+      if (v != kNoValue) referenced[v] = 1;
+    for (ValueId v : n.outputs)
+      if (v != kNoValue) referenced[v] = 1;
+  }
+  for (ValueId v : graph.inputs) referenced[v] = 1;
+  for (ValueId v : graph.outputs) referenced[v] = 1;
+  std::vector<char> drop(graph.values.size(), 0);
+  for (ValueId v : maybe_dead) drop[v] = !referenced[v];
+  graph.drop_values(drop);
 }
 
 }  // namespace gv

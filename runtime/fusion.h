@@ -14,7 +14,9 @@ namespace gv {
 
 struct FusionCounts {
   int attention = 0;  // MatMul-scale-mask-Softmax-MatMul chains -> Attention (ONNX opset 23 semantics, 4-D form)
-  int gelu = 0;       // tanh- or erf-approximation chains -> Gelu
+  int gelu = 0;
+  int rms_norm =
+      0;  // RMSNorm chains -> RMSNormalization (fuse_rms_norm)       // tanh- or erf-approximation chains -> Gelu
   int attention_3d = 0;  // Attention nodes between head transposes -> the 3-D form (counted apart from `attention`)
   int attention_lse = 0;  // Attention nodes that keep their log-sum-exp for the backward (save_attention_lse)
   int attention_saved_heads = 0;  // attention gradients reading the forward's padded heads (save_attention_heads)
@@ -55,6 +57,21 @@ Status fuse_attention_layout(Graph& graph, int* rewritten);
 // backward reuses (runtime/attention_lse.cpp). build_training_graph runs it after the passes above when
 // TrainingGraphOptions::save_attention_lse is set (the trainer sets it from Backend::saves_attention_statistics).
 Status save_attention_lse(Graph& graph, int* rewritten);
+// One chain of nodes a forward fusion rewrites into one node: `replacement` takes final_node's place (writing its
+// outputs, so the order stays topological), the `removed` nodes go, and of `maybe_dead` (the removed nodes' outputs,
+// constants they read) the values nothing refers to any more are dropped. Value ids are renumbered (fuse_gelu,
+// fuse_rms_norm run before anything holds them).
+struct ChainReplacement {
+  NodeId final_node = -1;
+  std::vector<NodeId> removed;
+  std::vector<ValueId> maybe_dead;
+  Node replacement;
+};
+void replace_chains(Graph& graph, const std::vector<ChainReplacement>& chains);
+// HF's LlamaRMSNorm as the exporters write it, w * (x * Reciprocal(Sqrt(ReduceMean(Pow(x, 2)) + eps))) (or x / Sqrt,
+// Mul(x, x), an identity Cast before the weight), over the last axis -> one ONNX RMSNormalization(x, w)
+// (runtime/fuse_rms_norm.cpp).
+Status fuse_rms_norm(Graph& graph, int* fused);
 // For passes that ask an existing node for an optional output: appends to `node`'s outputs a new activation value
 // named from `prefix`, of the given type and shape. The pass calls graph.reindex() when done.
 ValueId add_node_output(Graph& graph, NodeId node, const std::string& prefix, DType dtype, Shape shape);

@@ -16,6 +16,7 @@
 #include "runtime/safetensors.h"
 #include "runtime/trainer.h"
 #include "runtime/training_graph.h"
+#include "tests/graph_checks.h"
 #include "tests/hf_fixtures.h"
 
 namespace gv {
@@ -32,90 +33,12 @@ auto disable_fusion(T& o, int) -> decltype(o.fuse_ops = false, void()) {
 template <class T>
 void disable_fusion(T&, long) {}
 
-int count_ops(const Graph& g, const std::string& op) {
-  int n = 0;
-  for (const Node& node : g.nodes) n += node.op_type == op ? 1 : 0;
-  return n;
-}
-
-// Topological order, producer links and the name index are consistent; every value is referenced.
-void expect_well_formed(const Graph& g) {
-  std::vector<char> ready(g.values.size(), 0);
-  for (ValueId v = 0; v < static_cast<ValueId>(g.values.size()); ++v) {
-    ready[v] = g.values[v].kind != ValueKind::kActivation;
-  }
-  std::vector<char> referenced(g.values.size(), 0);
-  for (ValueId v : g.inputs) referenced[v] = 1;
-  for (ValueId v : g.outputs) referenced[v] = 1;
-  for (NodeId n = 0; n < static_cast<NodeId>(g.nodes.size()); ++n) {
-    for (ValueId v : g.nodes[n].inputs) {
-      if (v == kNoValue) continue;
-      ASSERT_GE(v, 0);
-      ASSERT_LT(v, static_cast<ValueId>(g.values.size()));
-      EXPECT_TRUE(ready[v]) << "node " << g.nodes[n].name << " reads " << g.values[v].name << " before it is made";
-      referenced[v] = 1;
-    }
-    for (ValueId v : g.nodes[n].outputs) {
-      ASSERT_GE(v, 0);
-      EXPECT_EQ(g.values[v].producer, n) << g.values[v].name;
-      ready[v] = 1;
-      referenced[v] = 1;
-    }
-  }
-  for (ValueId v = 0; v < static_cast<ValueId>(g.values.size()); ++v) {
-    EXPECT_EQ(g.find(g.values[v].name), v) << g.values[v].name;
-    if (g.values[v].kind == ValueKind::kActivation || g.values[v].kind == ValueKind::kConstant) {
-      EXPECT_TRUE(referenced[v]) << "value " << g.values[v].name << " is left unused";
-    }
-  }
-}
-
-double max_rel_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    num = std::max(num, std::fabs(a.scalar_f64(i) - b.scalar_f64(i)));
-    den = std::max(den, std::fabs(b.scalar_f64(i)));
-  }
-  return num / std::max(den, 1e-30);
-}
-
-double l2(const Tensor& a) {
-  double s = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) s += a.scalar_f64(i) * a.scalar_f64(i);
-  return std::sqrt(s);
-}
-
-// ||a - b|| / ||b||, with ||b|| taken as at least `floor`.
-double rel_l2(const Tensor& a, const Tensor& b, double floor = 1e-12) {
-  EXPECT_EQ(a.shape(), b.shape());
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    const double d = a.scalar_f64(i) - b.scalar_f64(i);
-    num += d * d;
-    den += b.scalar_f64(i) * b.scalar_f64(i);
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), floor);
-}
-
-// Runs the forward graph once; returns its outputs.
-std::vector<Tensor> run_forward(const Graph& g, const std::map<std::string, Tensor>& feeds) {
-  auto backend = make_cpu_backend();
-  auto ex = Executor::create(g, *backend);
-  EXPECT_TRUE(ex.has_value()) << ex.status().message();
-  if (!ex) return {};
-  Status st = (*ex)->set_inputs(feeds);
-  EXPECT_TRUE(st.is_ok()) << st.message();
-  st = (*ex)->run();
-  EXPECT_TRUE(st.is_ok()) << st.message();
-  std::vector<Tensor> outs;
-  for (ValueId o : g.outputs) {
-    auto t = (*ex)->fetch(o);
-    EXPECT_TRUE(t.has_value());
-    if (t) outs.push_back(t->clone());
-  }
-  return outs;
-}
+using testing::count_ops;
+using testing::expect_well_formed;
+using testing::l2;
+using testing::max_rel_diff;
+using testing::rel_l2;
+using testing::run_forward;
 
 // ---- the HF fixtures and the zoo ---------------------------------------------------------------------------------
 

@@ -2,10 +2,14 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "runtime/executor.h"
 #include "runtime/graph.h"
 #include "runtime/trainer.h"
 
@@ -53,6 +57,92 @@ inline void expect_same_loss_and_gradients(double loss_a, const TensorMap& a, do
     EXPECT_TRUE(t.dtype() == g.dtype() && t.shape() == g.shape() && std::memcmp(t.data(), g.data(), t.nbytes()) == 0)
         << name;
   }
+}
+
+// Counting, well-formedness and numeric comparisons for the forward fusion tests (fuse_gelu, fuse_rms_norm).
+inline int count_ops(const Graph& g, const std::string& op) {
+  int n = 0;
+  for (const Node& node : g.nodes) n += node.op_type == op ? 1 : 0;
+  return n;
+}
+
+// Topological order, producer links and the name index are consistent; every value is referenced.
+inline void expect_well_formed(const Graph& g) {
+  std::vector<char> ready(g.values.size(), 0);
+  for (ValueId v = 0; v < static_cast<ValueId>(g.values.size()); ++v) {
+    ready[v] = g.values[v].kind != ValueKind::kActivation;
+  }
+  std::vector<char> referenced(g.values.size(), 0);
+  for (ValueId v : g.inputs) referenced[v] = 1;
+  for (ValueId v : g.outputs) referenced[v] = 1;
+  for (NodeId n = 0; n < static_cast<NodeId>(g.nodes.size()); ++n) {
+    for (ValueId v : g.nodes[n].inputs) {
+      if (v == kNoValue) continue;
+      ASSERT_GE(v, 0);
+      ASSERT_LT(v, static_cast<ValueId>(g.values.size()));
+      EXPECT_TRUE(ready[v]) << "node " << g.nodes[n].name << " reads " << g.values[v].name << " before it is made";
+      referenced[v] = 1;
+    }
+    for (ValueId v : g.nodes[n].outputs) {
+      ASSERT_GE(v, 0);
+      EXPECT_EQ(g.values[v].producer, n) << g.values[v].name;
+      ready[v] = 1;
+      referenced[v] = 1;
+    }
+  }
+  for (ValueId v = 0; v < static_cast<ValueId>(g.values.size()); ++v) {
+    EXPECT_EQ(g.find(g.values[v].name), v) << g.values[v].name;
+    if (g.values[v].kind == ValueKind::kActivation || g.values[v].kind == ValueKind::kConstant) {
+      EXPECT_TRUE(referenced[v]) << "value " << g.values[v].name << " is left unused";
+    }
+  }
+}
+
+inline double max_rel_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    num = std::max(num, std::fabs(a.scalar_f64(i) - b.scalar_f64(i)));
+    den = std::max(den, std::fabs(b.scalar_f64(i)));
+  }
+  return num / std::max(den, 1e-30);
+}
+
+inline double l2(const Tensor& a) {
+  double s = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) s += a.scalar_f64(i) * a.scalar_f64(i);
+  return std::sqrt(s);
+}
+
+// ||a - b|| / ||b||, with ||b|| taken as at least `floor`.
+inline double rel_l2(const Tensor& a, const Tensor& b, double floor = 1e-12) {
+  EXPECT_EQ(a.shape(), b.shape());
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double d = a.scalar_f64(i) - b.scalar_f64(i);
+    num += d * d;
+    den += b.scalar_f64(i) * b.scalar_f64(i);
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), floor);
+}
+
+// Runs the forward graph once; returns its outputs.
+inline std::vector<Tensor> run_forward(const Graph& g, const std::map<std::string, Tensor>& feeds) {
+  auto backend = make_cpu_backend();
+  auto ex = Executor::create(g, *backend);
+  EXPECT_TRUE(ex.has_value()) << ex.status().message();
+  if (!ex) return {};
+  Status st = (*ex)->set_inputs(feeds);
+  EXPECT_TRUE(st.is_ok()) << st.message();
+  st = (*ex)->run();
+  EXPECT_TRUE(st.is_ok()) << st.message();
+  std::vector<Tensor> outs;
+  for (ValueId o : g.outputs) {
+    auto t = (*ex)->fetch(o);
+    EXPECT_TRUE(t.has_value());
+    if (t) outs.push_back(t->clone());
+  }
+  return outs;
 }
 
 }  // namespace gv::testing
