@@ -87,12 +87,13 @@ Status attention_cuda(KernelContext& ctx) {
                                          ctx.inputs[2].as<float>(), y.as<float>()));
 }
 
-// galvatron AttentionWithLse(Q, K, V) -> Y, LSE: the flash forward writes both; forms it does not take go to the
-// fallback (the CPU kernel computes both).
+// galvatron AttentionWithLse(Q, K, V) -> Y, LSE: cuDNN's or the flash forward writes both; forms neither takes go to
+// the fallback (the CPU kernel computes both).
 Status attention_with_lse_cuda(KernelContext& ctx) {
   cuda::AttentionDims d;
   AttentionForm f;
-  if (!attention_dims(ctx, 3, d, f) || ctx.outputs.size() != 2 || !cuda::flash_attention_eligible(d, false)) {
+  if (!attention_dims(ctx, 3, d, f) || ctx.outputs.size() != 2 ||
+      !(cuda::cudnn_attention_separate_supported(d) || cuda::flash_attention_eligible(d, false))) {
     return cuda_fallback_kernel(ctx);
   }
   const TensorRef &y = ctx.outputs[0], &lse = ctx.outputs[1];

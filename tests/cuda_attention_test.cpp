@@ -288,6 +288,13 @@ TEST_F(CudaAttention, Bf16) {
 enum class Path { kMma, kWmma, kV1 };
 const char* path_name(Path p) { return p == Path::kMma ? "flash mma" : p == Path::kWmma ? "flash wmma" : "v1"; }
 
+// cuDNN's attention off for Q, K, V apart (it would take these shapes first), so that the flash and v1 paths run.
+class CudnnOff {
+ public:
+  CudnnOff() { setenv("GALVATRON_CUDA_CUDNN_ATTENTION", "0", 1); }
+  ~CudnnOff() { unsetenv("GALVATRON_CUDA_CUDNN_ATTENTION"); }
+};
+
 class FlashEnv {
  public:
   explicit FlashEnv(Path p) {
@@ -298,6 +305,9 @@ class FlashEnv {
     unsetenv("GALVATRON_CUDA_FLASH");
     unsetenv("GALVATRON_CUDA_FLASH_WMMA");
   }
+
+ private:
+  CudnnOff cudnn_off_;
 };
 
 // Shapes the flash path takes (bf16, no mask, D == Dv <= 128): every case runs flash, then v1, both against the CPU.
@@ -341,6 +351,7 @@ TEST_F(CudaAttention, Bf16Flash) {
   }
   {
     // GALVATRON_CUDA_FLASH=fwd: the forward only.
+    CudnnOff cudnn_off;
     setenv("GALVATRON_CUDA_FLASH", "fwd", 1);
     const int64_t before = cuda::flash_attention_calls();
     both("D64 causal [flash forward only]", {1, 2, 2, 100, 100, 64, 64}, true, Tensor(), 2e-2);
@@ -355,10 +366,62 @@ TEST_F(CudaAttention, Bf16Flash) {
   EXPECT_EQ(cuda::flash_attention_calls(), before) << "the flash path ran on a form it does not take";
 }
 
+// Q, K, V apart through cuDNN (the default for the shapes it takes in the bf16 mode: Llama's 4-D attention with GQA,
+// sequence-major 3-D inputs, heads padded from 50 to 56), forward and backward against the CPU; and AttentionWithLse's
+// Y and LSE, then AttentionGrad given them. cuda::cudnn_attention_calls() says cuDNN ran, flash_attention_calls() that
+// the flash kernels did not.
+TEST_F(CudaAttention, Bf16CudnnApart) {
+  if (!cuda::cudnn_attention_enabled()) GTEST_SKIP() << "built without the cuDNN frontend (or switched off)";
+  PrecisionScope scope(*cuda_, "bf16");
+  struct ApartCase {
+    std::string name;
+    Dims d;
+    bool causal, three_d;
+  };
+  const std::vector<ApartCase> cases = {
+      {"D64 causal S=L=256", {2, 4, 4, 256, 256, 64, 64}, true, false},
+      {"D64 GQA Hq8 Hkv2 causal S=L=130 (Llama)", {2, 8, 2, 130, 130, 64, 64}, true, false},
+      {"D50 S=L=90 (padded to 56)", {1, 3, 3, 90, 90, 50, 50}, false, false},
+      {"3-D D64 GQA Hq6 Hkv2 causal S=L=67", {2, 6, 2, 67, 67, 64, 64}, true, true},
+  };
+  for (const ApartCase& c : cases) {
+    const int64_t cudnn_before = cuda::cudnn_attention_calls(), flash_before = cuda::flash_attention_calls();
+    both(c.name + " [cuDNN]", c.d, c.causal, Tensor(), 2e-2, {}, c.three_d);
+    EXPECT_EQ(cuda::cudnn_attention_calls() - cudnn_before, 2) << c.name << ": cuDNN did not take both directions";
+    EXPECT_EQ(cuda::flash_attention_calls(), flash_before) << c.name;
+    Attributes a;
+    if (c.causal) a.set_int("is_causal", 1);
+    auto shape = [&](int64_t h, int64_t len, int64_t dim) {
+      return c.three_d ? Shape{c.d.b, len, h * dim} : Shape{c.d.b, h, len, dim};
+    };
+    if (c.three_d) {
+      a.set_int("q_num_heads", c.d.hq);
+      a.set_int("kv_num_heads", c.d.hkv);
+    }
+    Tensor q = randn(shape(c.d.hq, c.d.s, c.d.d)), k = randn(shape(c.d.hkv, c.d.l, c.d.d)),
+           v = randn(shape(c.d.hkv, c.d.l, c.d.dv)), dy = randn(shape(c.d.hq, c.d.s, c.d.dv));
+    Case fwd{c.name + " with LSE [cuDNN]", {q, k, v}, a, false, 2e-2, true};
+    check(fwd);
+    auto ref = run_case(fwd, *cpu_);
+    ASSERT_TRUE(ref.has_value()) << ref.status().message();
+    check({c.name + " (grad given Y, LSE) [cuDNN]",
+           {q, k, v, Tensor(), dy, ref->outputs[0], ref->outputs[1]},
+           a,
+           true,
+           2e-2});
+  }
+  // Not taken: a mask, or query and key lengths that differ (the flash kernels run).
+  const int64_t before = cuda::cudnn_attention_calls();
+  both("bool mask", {1, 2, 2, 64, 64, 64, 64}, true, keep_flags({1, 1, 1, 64}, 0.8), 2e-2);
+  both("S=100 L=130", {1, 2, 2, 100, 130, 64, 64}, false, Tensor(), 2e-2);
+  EXPECT_EQ(cuda::cudnn_attention_calls(), before) << "cuDNN ran on a form it does not take";
+}
+
 // galvatron AttentionWithLse on the flash path (Y and each row's log-sum-exp against the CPU), and AttentionGrad given
 // the forward's Y and LSE (the flash backward then skips its statistics rerun) against the CPU, in both forms.
 TEST_F(CudaAttention, Bf16FlashWithLse) {
   PrecisionScope scope(*cuda_, "bf16");
+  CudnnOff cudnn_off;
   struct LseCase {
     std::string name;
     Dims d;

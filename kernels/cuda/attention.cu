@@ -314,6 +314,7 @@ float* layout_scratch(int64_t floats) {
 
 bool attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y, float* lse) {
   if (!dims_ok(d)) return false;
+  if (cudnn_attention_separate_supported(d)) return cudnn_attention_f32(d, q, k, v, y, lse);
   if (flash_attention_eligible(d, false)) return flash_attention_f32(d, q, k, v, y, lse);
   if (lse) return false;  // v1 does not produce the row statistics
   if (d.seq_major) {
@@ -384,6 +385,7 @@ bool attention_f32(const AttentionDims& d, const float* q, const float* k, const
 bool attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v, const float* dy,
                         float* dq, float* dk, float* dv, const float* y, const float* lse) {
   if (!dims_ok(d)) return false;
+  if (cudnn_attention_separate_supported(d)) return cudnn_attention_grad_f32(d, q, k, v, dy, dq, dk, dv, y, lse);
   if (flash_attention_eligible(d, true)) return flash_attention_grad_f32(d, q, k, v, dy, dq, dk, dv, y, lse);
   if (d.seq_major) {
     const int64_t B = d.batch, S = d.q_len, L = d.kv_len, Hq = d.q_heads, Hkv = d.kv_heads, D = d.head_dim,

@@ -6,6 +6,7 @@
 // cuDNN's own (float32 [B, H, S], natural log), so the forward's LSE output feeds its backward directly. One graph per
 // shape, built on first use and cached (a shape cuDNN does not support is remembered as such: the flash kernels run).
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -54,9 +55,15 @@ cudnnHandle_t handle() {
   return h;
 }
 
-GrowBuffer g_qkv, g_o, g_do, g_dqkv, g_ws;
+GrowBuffer g_qkv, g_o, g_do, g_dqkv, g_ws, g_k, g_v, g_dk, g_dv, g_stats;
+std::atomic<int64_t> g_calls{0};
 
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, float, bool, bool>;  // b, s, h, dp, scale, causal, bwd
+// How Q, K, V (and O, dO, dQ, dK, dV alike) lie: packed side by side in QKV rows (AttentionPacked), or apart as the
+// 4-D form [B, H, S, D] (head-major) or the 3-D form [B, S, H * D] (sequence-major) of ONNX Attention.
+enum class Layout { kPacked, kHeadMajor, kSeqMajor };
+
+// b, s, h, kv heads, dp, scale, causal, backward, layout
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, float, bool, bool, int>;
 
 struct Plan {
   std::shared_ptr<fe::graph::Graph> graph;
@@ -82,11 +89,11 @@ bool report_plans() {
   return on;
 }
 
-
-Plan* plan_for(const AttentionDims& d, bool backward) {
+Plan* plan_for(const AttentionDims& d, bool backward, Layout layout = Layout::kPacked) {
   static std::map<Key, Plan> plans;
   const int64_t B = d.batch, S = d.q_len, H = d.q_heads, Dp = cudnn_padded_head_dim(d.head_dim);
-  const Key key{B, S, H, Dp, d.scale, d.causal, backward};
+  const int64_t Hk = layout == Layout::kPacked ? H : d.kv_heads;
+  const Key key{B, S, H, Hk, Dp, d.scale, d.causal, backward, static_cast<int>(layout)};
   auto it = plans.find(key);
   if (it != plans.end()) return it->second.ok ? &it->second : nullptr;
   Plan& p = plans[key];
@@ -96,15 +103,25 @@ Plan* plan_for(const AttentionDims& d, bool backward) {
   g->set_io_data_type(fe::DataType_t::BFLOAT16)
       .set_intermediate_data_type(fe::DataType_t::FLOAT)
       .set_compute_data_type(fe::DataType_t::FLOAT);
-  // Logical dims (b, h, s, d) over the sequence-major buffers.
-  const std::vector<int64_t> dims = {B, H, S, Dp}, qkv_stride = {S * 3 * H * Dp, Dp, 3 * H * Dp, 1},
-                             o_stride = {S * H * Dp, Dp, H * Dp, 1};
-  auto tensor = [&](const char* name, const std::vector<int64_t>& stride) {
-    return g->tensor(fe::graph::Tensor_attributes().set_name(name).set_dim(dims).set_stride(stride));
+  // Logical dims (b, h, s, d) over the buffers' layout; K and V may have fewer heads (GQA) when apart.
+  const std::vector<int64_t> dims = {B, H, S, Dp}, kv_dims = {B, Hk, S, Dp};
+  std::vector<int64_t> q_stride, kv_stride, o_stride;
+  if (layout == Layout::kPacked) {
+    q_stride = kv_stride = {S * 3 * H * Dp, Dp, 3 * H * Dp, 1};
+    o_stride = {S * H * Dp, Dp, H * Dp, 1};
+  } else if (layout == Layout::kHeadMajor) {
+    q_stride = o_stride = {H * S * Dp, S * Dp, Dp, 1};
+    kv_stride = {Hk * S * Dp, S * Dp, Dp, 1};
+  } else {
+    q_stride = o_stride = {S * H * Dp, Dp, H * Dp, 1};
+    kv_stride = {S * Hk * Dp, Dp, Hk * Dp, 1};
+  }
+  auto tensor = [&](const char* name, const std::vector<int64_t>& dim, const std::vector<int64_t>& stride) {
+    return g->tensor(fe::graph::Tensor_attributes().set_name(name).set_dim(dim).set_stride(stride));
   };
-  p.q = tensor("Q", qkv_stride);
-  p.k = tensor("K", qkv_stride);
-  p.v = tensor("V", qkv_stride);
+  p.q = tensor("Q", dims, q_stride);
+  p.k = tensor("K", kv_dims, kv_stride);
+  p.v = tensor("V", kv_dims, kv_stride);
   if (!backward) {
     auto opts = fe::graph::SDPA_attributes().set_name("sdpa").set_generate_stats(true).set_attn_scale(d.scale);
     if (d.causal) opts.set_causal_mask(true);
@@ -114,8 +131,8 @@ Plan* plan_for(const AttentionDims& d, bool backward) {
     p.o = o;
     p.stats = stats;
   } else {
-    p.o = tensor("O", o_stride);
-    p.d_o = tensor("dO", o_stride);
+    p.o = tensor("O", dims, o_stride);
+    p.d_o = tensor("dO", dims, o_stride);
     p.stats = g->tensor(fe::graph::Tensor_attributes()
                             .set_name("Stats")
                             .set_dim({B, H, S, 1})
@@ -124,7 +141,8 @@ Plan* plan_for(const AttentionDims& d, bool backward) {
     auto opts = fe::graph::SDPA_backward_attributes().set_name("sdpa_backward").set_attn_scale(d.scale);
     if (d.causal) opts.set_causal_mask(true);
     auto [dq, dk, dv] = g->sdpa_backward(p.q, p.k, p.v, p.o, p.d_o, p.stats, opts);
-    for (auto* t : {&dq, &dk, &dv}) (*t)->set_output(true).set_dim(dims).set_stride(qkv_stride);
+    dq->set_output(true).set_dim(dims).set_stride(q_stride);
+    for (auto* t : {&dk, &dv}) (*t)->set_output(true).set_dim(kv_dims).set_stride(kv_stride);
     p.dq = dq;
     p.dk = dk;
     p.dv = dv;
@@ -256,7 +274,99 @@ bool cudnn_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedT
                    : column_sums_f32(static_cast<const float*>(dqkv), dqkv_sums, rows, 3 * H * D, 1.0f);
 }
 
+namespace {
+
+// Q, K, V apart (ONNX Attention's 4-D or 3-D form, float32, K and V of the same length as Q).
+Layout separate_layout(const AttentionDims& d) { return d.seq_major ? Layout::kSeqMajor : Layout::kHeadMajor; }
+bool separate_shape_ok(const AttentionDims& d) {
+  return d.q_len == d.kv_len && d.head_dim == d.v_head_dim && d.head_dim <= 128 && d.mask == nullptr &&
+         d.kv_heads > 0 && d.q_heads % d.kv_heads == 0 &&
+         d.batch * d.q_len * d.q_heads * cudnn_padded_head_dim(d.head_dim) < (int64_t{1} << 31);
+}
+
+// float32 heads of D -> bf16 heads of Dp in `buf` (count heads).
+uint16_t* bf16_heads(const float* src, int64_t count, int64_t D, int64_t Dp, GrowBuffer& buf) {
+  auto* dst = buf.get_as<uint16_t>(static_cast<size_t>(count * Dp));
+  return dst && pack_heads_bf16({src, false}, count, D, Dp, dst) ? dst : nullptr;
+}
+
+}  // namespace
+
+bool cudnn_attention_separate_supported(const AttentionDims& d) {
+  if (!cudnn_attention_enabled() || math_mode() != MathMode::kBf16 || !separate_shape_ok(d)) return false;
+  const Layout layout = separate_layout(d);
+  return plan_for(d, false, layout) && plan_for(d, true, layout);
+}
+
+int64_t cudnn_attention_calls() { return g_calls.load(); }
+
+bool cudnn_attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y, float* lse) {
+  if (!separate_shape_ok(d)) return false;
+  Plan* p = plan_for(d, false, separate_layout(d));
+  if (!p) return false;
+  const int64_t D = d.head_dim, Dp = cudnn_padded_head_dim(D), nq = d.batch * d.q_heads * d.q_len,
+                nk = d.batch * d.kv_heads * d.kv_len;
+  uint16_t *q16 = bf16_heads(q, nq, D, Dp, g_qkv), *k16 = bf16_heads(k, nk, D, Dp, g_k),
+           *v16 = bf16_heads(v, nk, D, Dp, g_v);
+  auto* o16 = g_o.get_as<uint16_t>(static_cast<size_t>(nq * Dp));
+  float* stats = lse ? lse : g_stats.get_as<float>(static_cast<size_t>(nq));
+  if (!q16 || !k16 || !v16 || !o16 || !stats) return false;
+  std::unordered_map<TensorPtr, void*> pack = {{p->q, q16}, {p->k, k16}, {p->v, v16}, {p->o, o16}, {p->stats, stats}};
+  if (!execute(*p, pack, "attention forward") || !unpack_heads_f32(o16, nq, D, Dp, y)) return false;
+  ++g_calls;
+  return true;
+}
+
+bool cudnn_attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v, const float* dy,
+                              float* dq, float* dk, float* dv, const float* y, const float* lse) {
+  if (!separate_shape_ok(d)) return false;
+  const Layout layout = separate_layout(d);
+  Plan* p = plan_for(d, true, layout);
+  if (!p) return false;
+  const int64_t D = d.head_dim, Dp = cudnn_padded_head_dim(D), nq = d.batch * d.q_heads * d.q_len,
+                nk = d.batch * d.kv_heads * d.kv_len;
+  uint16_t *q16 = bf16_heads(q, nq, D, Dp, g_qkv), *k16 = bf16_heads(k, nk, D, Dp, g_k),
+           *v16 = bf16_heads(v, nk, D, Dp, g_v), *do16 = bf16_heads(dy, nq, D, Dp, g_do);
+  if (!q16 || !k16 || !v16 || !do16) return false;
+  uint16_t* o16 = nullptr;
+  float* stats = const_cast<float*>(lse);
+  if (y && lse) {
+    o16 = bf16_heads(y, nq, D, Dp, g_o);  // cuDNN's own O, widened by the forward: the same bits back
+  } else {                                // no saved forward: run it for O and the statistics
+    Plan* f = plan_for(d, false, layout);
+    o16 = g_o.get_as<uint16_t>(static_cast<size_t>(nq * Dp));
+    stats = g_stats.get_as<float>(static_cast<size_t>(nq));
+    if (!f || !o16 || !stats) return false;
+    std::unordered_map<TensorPtr, void*> fwd = {{f->q, q16}, {f->k, k16}, {f->v, v16}, {f->o, o16}, {f->stats, stats}};
+    if (!execute(*f, fwd, "attention forward")) return false;
+  }
+  auto* dq16 = g_dqkv.get_as<uint16_t>(static_cast<size_t>(nq * Dp));
+  auto* dk16 = g_dk.get_as<uint16_t>(static_cast<size_t>(nk * Dp));
+  auto* dv16 = g_dv.get_as<uint16_t>(static_cast<size_t>(nk * Dp));
+  if (!o16 || !dq16 || !dk16 || !dv16) return false;
+  std::unordered_map<TensorPtr, void*> pack = {{p->q, q16},   {p->k, k16},    {p->v, v16},
+                                               {p->o, o16},   {p->d_o, do16}, {p->stats, stats},
+                                               {p->dq, dq16}, {p->dk, dk16},  {p->dv, dv16}};
+  if (!execute(*p, pack, "attention backward")) return false;
+  if (!unpack_heads_f32(dq16, nq, D, Dp, dq) || !unpack_heads_f32(dk16, nk, D, Dp, dk) ||
+      !unpack_heads_f32(dv16, nk, D, Dp, dv)) {
+    return false;
+  }
+  ++g_calls;
+  return true;
+}
+
 #else  // built without the cuDNN frontend: the flash kernels take every call
+
+bool cudnn_attention_separate_supported(const AttentionDims&) { return false; }
+int64_t cudnn_attention_calls() { return 0; }
+bool cudnn_attention_f32(const AttentionDims&, const float*, const float*, const float*, float*, float*) {
+  return false;
+}
+bool cudnn_attention_grad_f32(const AttentionDims&, const float*, const float*, const float*, const float*, float*,
+                              float*, float*, const float*, const float*) {
+  return false;
+}
 
 bool cudnn_attention_enabled() { return false; }
 bool cudnn_attention_supported(const AttentionDims&, bool) { return false; }

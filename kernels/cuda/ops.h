@@ -153,6 +153,17 @@ bool cudnn_attention_packed(const AttentionDims& d, MixedTensor qkv, void* y, bo
 bool cudnn_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedTensor dy, MixedTensor y,
                                  const float* lse, void* dqkv, bool dqkv_bf16, const uint16_t* qkv_padded = nullptr,
                                  const uint16_t* y_padded = nullptr, float* dqkv_sums = nullptr);
+// ONNX Attention's Q, K, V apart (the 4-D or 3-D form, float32; K and V may have fewer heads) through cuDNN in the
+// kBf16 mode: bf16 copies of Q, K, V (and dY, Y) with padded heads, the results widened back; LSE as cuDNN's
+// statistics. cudnn_attention_separate_supported: cuDNN takes the shape in both directions (no mask, equal query and
+// key lengths, D == Dv <= 128), the kBf16 mode, the switch on. attention_f32 / attention_grad_f32 take this path
+// first. The backward without y and lse reruns the forward. cudnn_attention_calls counts the calls that ran.
+bool cudnn_attention_separate_supported(const AttentionDims& d);
+bool cudnn_attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y,
+                         float* lse = nullptr);
+bool cudnn_attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v, const float* dy,
+                              float* dq, float* dk, float* dv, const float* y = nullptr, const float* lse = nullptr);
+int64_t cudnn_attention_calls();
 // The head dim cuDNN computes with: D rounded up to GALVATRON_CUDA_CUDNN_HEAD_PAD (a multiple of 8; default 8).
 int64_t cudnn_padded_head_dim(int64_t d);
 // The flash kernels with the same mixed operands: bf16 inputs widened into float32 scratch, bf16 results rounded
