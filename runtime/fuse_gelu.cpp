@@ -300,11 +300,7 @@ Status fuse_gelu(Graph& graph, int* fused) {
     node_names.insert(name);
     m.gelu.name = name;
     m.gelu.opset = opset;
-    // The registry must accept the node as written (dtype, shape, attribute) and give the chain's output layout.
-    InferContext ctx(graph, m.gelu);
-    if (!schema->infer(ctx).is_ok()) continue;
-    const Value& y = graph.value(m.gelu.outputs[0]);
-    if (ctx.out_dtypes[0] != y.dtype || ctx.out_shapes[0] != y.shape) continue;
+    if (!replacement_infers(graph, *schema, m.gelu)) continue;  // dtype, shape, attribute as the chain's
     claimed[m.final_node] = 1;
     for (NodeId r : m.removed) claimed[r] = 1;
     matches.push_back(std::move(m));

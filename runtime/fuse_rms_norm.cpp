@@ -184,11 +184,7 @@ Status fuse_rms_norm(Graph& graph, int* fused) {
     names.insert(name);
     c.replacement.name = name;
     c.replacement.opset = opset;
-    // The registry must accept the node as written and give the chain's output layout.
-    InferContext ctx(graph, c.replacement);
-    if (!schema->infer(ctx).is_ok()) continue;
-    const Value& y = graph.value(c.replacement.outputs[0]);
-    if (ctx.out_dtypes[0] != y.dtype || ctx.out_shapes[0] != y.shape) continue;
+    if (!replacement_infers(graph, *schema, c.replacement)) continue;
     claimed[c.final_node] = 1;
     for (NodeId r : c.removed) claimed[r] = 1;
     chains.push_back(std::move(c));

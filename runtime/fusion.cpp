@@ -5,6 +5,8 @@
 #include <map>
 #include <set>
 
+#include "runtime/op_registry.h"
+
 namespace gv {
 
 std::string FusionCounts::summary() const {
@@ -62,6 +64,13 @@ Expected<FusionCounts> fuse_forward_graph(Graph& graph) {
   GV_RETURN_IF_ERROR(fuse_gelu(graph, &counts.gelu));
   GV_RETURN_IF_ERROR(fuse_rms_norm(graph, &counts.rms_norm));
   return counts;
+}
+
+bool replacement_infers(const Graph& graph, const OpSchema& schema, const Node& node) {
+  InferContext ctx(graph, node);
+  if (!schema.infer(ctx).is_ok() || node.outputs.empty()) return false;
+  const Value& y = graph.value(node.outputs[0]);
+  return ctx.out_dtypes[0] == y.dtype && ctx.out_shapes[0] == y.shape;
 }
 
 void replace_chains(Graph& graph, const std::vector<ChainReplacement>& chains) {

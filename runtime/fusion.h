@@ -61,6 +61,7 @@ Status save_attention_lse(Graph& graph, int* rewritten);
 // outputs, so the order stays topological), the `removed` nodes go, and of `maybe_dead` (the removed nodes' outputs,
 // constants they read) the values nothing refers to any more are dropped. Value ids are renumbered (fuse_gelu,
 // fuse_rms_norm run before anything holds them).
+struct OpSchema;
 struct ChainReplacement {
   NodeId final_node = -1;
   std::vector<NodeId> removed;
@@ -68,6 +69,9 @@ struct ChainReplacement {
   Node replacement;
 };
 void replace_chains(Graph& graph, const std::vector<ChainReplacement>& chains);
+// A fusion's check of its replacement node: the op's inference accepts it as written and gives the output value it
+// takes over (output 0's dtype and shape).
+bool replacement_infers(const Graph& graph, const OpSchema& schema, const Node& node);
 // HF's LlamaRMSNorm as the exporters write it, w * (x * Reciprocal(Sqrt(ReduceMean(Pow(x, 2)) + eps))) (or x / Sqrt,
 // Mul(x, x), an identity Cast before the weight), over the last axis -> one ONNX RMSNormalization(x, w)
 // (runtime/fuse_rms_norm.cpp).

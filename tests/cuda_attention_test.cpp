@@ -366,6 +366,28 @@ TEST_F(CudaAttention, Bf16Flash) {
   EXPECT_EQ(cuda::flash_attention_calls(), before) << "the flash path ran on a form it does not take";
 }
 
+// Fresh Q, K, V and dY of a case's dims in the 4-D or 3-D form, and the attributes that say which.
+struct LseInputs {
+  Attributes attrs;
+  Tensor q, k, v, dy;
+};
+LseInputs lse_inputs(const Dims& d, bool causal, bool three_d) {
+  LseInputs in;
+  if (causal) in.attrs.set_int("is_causal", 1);
+  auto shape = [&](int64_t h, int64_t len, int64_t dim) {
+    return three_d ? Shape{d.b, len, h * dim} : Shape{d.b, h, len, dim};
+  };
+  if (three_d) {
+    in.attrs.set_int("q_num_heads", d.hq);
+    in.attrs.set_int("kv_num_heads", d.hkv);
+  }
+  in.q = randn(shape(d.hq, d.s, d.d));
+  in.k = randn(shape(d.hkv, d.l, d.d));
+  in.v = randn(shape(d.hkv, d.l, d.dv));
+  in.dy = randn(shape(d.hq, d.s, d.dv));
+  return in;
+}
+
 // Q, K, V apart through cuDNN (the default for the shapes it takes in the bf16 mode: Llama's 4-D attention with GQA,
 // sequence-major 3-D inputs, heads padded from 50 to 56), forward and backward against the CPU; and AttentionWithLse's
 // Y and LSE, then AttentionGrad given them. cuda::cudnn_attention_calls() says cuDNN ran, flash_attention_calls() that
@@ -389,17 +411,9 @@ TEST_F(CudaAttention, Bf16CudnnApart) {
     both(c.name + " [cuDNN]", c.d, c.causal, Tensor(), 2e-2, {}, c.three_d);
     EXPECT_EQ(cuda::cudnn_attention_calls() - cudnn_before, 2) << c.name << ": cuDNN did not take both directions";
     EXPECT_EQ(cuda::flash_attention_calls(), flash_before) << c.name;
-    Attributes a;
-    if (c.causal) a.set_int("is_causal", 1);
-    auto shape = [&](int64_t h, int64_t len, int64_t dim) {
-      return c.three_d ? Shape{c.d.b, len, h * dim} : Shape{c.d.b, h, len, dim};
-    };
-    if (c.three_d) {
-      a.set_int("q_num_heads", c.d.hq);
-      a.set_int("kv_num_heads", c.d.hkv);
-    }
-    Tensor q = randn(shape(c.d.hq, c.d.s, c.d.d)), k = randn(shape(c.d.hkv, c.d.l, c.d.d)),
-           v = randn(shape(c.d.hkv, c.d.l, c.d.dv)), dy = randn(shape(c.d.hq, c.d.s, c.d.dv));
+    const LseInputs in = lse_inputs(c.d, c.causal, c.three_d);
+    const Attributes& a = in.attrs;
+    const Tensor &q = in.q, &k = in.k, &v = in.v, &dy = in.dy;
     Case fwd{c.name + " with LSE [cuDNN]", {q, k, v}, a, false, 2e-2, true};
     check(fwd);
     auto ref = run_case(fwd, *cpu_);
@@ -434,17 +448,9 @@ TEST_F(CudaAttention, Bf16FlashWithLse) {
       {"D128 causal S=130 L=67 (S>L)", {1, 2, 2, 130, 67, 128, 128}, true, false},
   };
   for (const LseCase& c : cases) {
-    Attributes a;
-    if (c.causal) a.set_int("is_causal", 1);
-    auto shape = [&](int64_t h, int64_t len, int64_t dim) {
-      return c.three_d ? Shape{c.d.b, len, h * dim} : Shape{c.d.b, h, len, dim};
-    };
-    if (c.three_d) {
-      a.set_int("q_num_heads", c.d.hq);
-      a.set_int("kv_num_heads", c.d.hkv);
-    }
-    Tensor q = randn(shape(c.d.hq, c.d.s, c.d.d)), k = randn(shape(c.d.hkv, c.d.l, c.d.d)),
-           v = randn(shape(c.d.hkv, c.d.l, c.d.dv)), dy = randn(shape(c.d.hq, c.d.s, c.d.dv));
+    const LseInputs in = lse_inputs(c.d, c.causal, c.three_d);
+    const Attributes& a = in.attrs;
+    const Tensor &q = in.q, &k = in.k, &v = in.v, &dy = in.dy;
     int64_t before = cuda::flash_attention_calls();
     Case fwd{c.name + " with LSE", {q, k, v}, a, false, 2e-2, true};
     check(fwd);

@@ -145,4 +145,19 @@ inline std::vector<Tensor> run_forward(const Graph& g, const std::map<std::strin
   return outs;
 }
 
+// Every gradient of `b` within `tol` (relative L2) of `a`'s. Gradients that are zero in exact arithmetic (attention
+// key biases) are float32 noise of about 1e-11, which two graphs round differently: each is compared relative to at
+// least 1e-4 of the largest of a's.
+inline void expect_gradients_close(const TensorMap& a, const TensorMap& b, double tol, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  double largest = 0;
+  for (const auto& [param, grad] : a) largest = std::max(largest, l2(grad));
+  ASSERT_GT(largest, 0) << what;
+  for (const auto& [param, grad] : a) {
+    auto it = b.find(param);
+    ASSERT_NE(it, b.end()) << what << ": " << param;
+    EXPECT_LE(rel_l2(it->second, grad, 1e-4 * largest), tol) << what << ": gradient of " << param;
+  }
+}
+
 }  // namespace gv::testing
