@@ -160,4 +160,18 @@ inline void expect_gradients_close(const TensorMap& a, const TensorMap& b, doubl
   }
 }
 
+// One step of two trainers of the same model (a graph and its fused twin, `what` names the pair): losses within 1e-5
+// relative, every gradient within expect_gradients_close's 1e-5. Returns the second trainer's loss (NaN on failure).
+inline double expect_same_step(Trainer& plain, Trainer& fused, const TensorMap& batch, const std::string& what) {
+  double loss_plain = 0, loss_fused = 0;
+  auto g_plain = plain.compute_gradients(batch, &loss_plain);
+  auto g_fused = fused.compute_gradients(batch, &loss_fused);
+  EXPECT_TRUE(g_plain.has_value()) << what << ": " << g_plain.status().message();
+  EXPECT_TRUE(g_fused.has_value()) << what << ": " << g_fused.status().message();
+  if (!g_plain || !g_fused) return std::nan("");
+  EXPECT_NEAR(loss_fused, loss_plain, 1e-5 * std::fabs(loss_plain)) << what;
+  expect_gradients_close(*g_plain, *g_fused, 1e-5, what);
+  return loss_fused;
+}
+
 }  // namespace gv::testing
