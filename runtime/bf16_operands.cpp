@@ -82,7 +82,8 @@ void bias_sums_read_copies(Graph& graph, const std::map<ValueId, ValueId>& copy_
 }
 
 // A copy of a Linear's output that nothing else reads: the Linear writes the bf16 values itself (out_dtype), with its
-// pre-activation in bf16 too when only GeluGrad nodes read that (as PyTorch's autocast keeps it). The same for an
+// pre-activation in bf16 too when only GeluGrad nodes read that (as PyTorch's autocast keeps it); a SiluMul writes
+// its output in bf16 (out_dtype) the same way, counted with the Linears. The same for an
 // AttentionPackedGrad's dQKV (counted in *attention_grads) and a LayerNormalization's Y (it becomes galvatron
 // LayerNormalization, out_dtype 16; counted in *norm_outputs). The Cast and the float32 output go.
 Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded, int* attention_grads, int* norm_outputs) {
@@ -113,6 +114,15 @@ Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded, int* att
       gone[id] = 1;
       if (boundary && static_cast<size_t>(id) < *boundary) ++removed_before_boundary;
       ++*attention_grads;
+      continue;
+    }
+    if (graph.nodes[p].op_type == "SiluMul" && graph.nodes[p].domain == kGalvatronDomain) {
+      // A SwiGLU gate's output that only products read (the down projection and its dW): written in bf16.
+      graph.nodes[p].attrs.set_int("out_dtype", kOnnxBFloat16);
+      graph.nodes[p].outputs[0] = cast.outputs[0];
+      gone[id] = 1;
+      if (boundary && static_cast<size_t>(id) < *boundary) ++removed_before_boundary;
+      ++count;
       continue;
     }
     if (is_layer_norm(graph.nodes[p])) {

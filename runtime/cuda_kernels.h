@@ -12,6 +12,7 @@ namespace gv {
 // CUDA backend before its first kernel lookup.
 void register_cuda_kernels(OpRegistry& r);
 void register_cuda_attention_kernels(OpRegistry& r);  // Attention, AttentionGrad (cuda_kernels_attention.cpp)
+void register_cuda_llama_kernels(OpRegistry& r);      // SiluMul(Grad), RotaryEmbedding (cuda_kernels_llama_ops.cpp)
 
 // Copies the inputs to host buffers, runs the op's CPU kernel, copies the outputs back, and writes back every input
 // the CPU kernel changed (the in-place training ops). Correct for every op with a CPU kernel; slow.

@@ -1166,6 +1166,7 @@ void register_cuda_kernels(OpRegistry& r) {
   set(G, "WaitUpdates", wait_updates_cuda);
   set(G, "AllReduce", cuda_profiled<all_reduce_cuda>);
   register_cuda_attention_kernels(r);
+  register_cuda_llama_kernels(r);
 }
 
 }  // namespace gv

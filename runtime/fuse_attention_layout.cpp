@@ -15,6 +15,8 @@
 // of their gradients backward, are gone; the kernels read and write the heads in place.
 // Conditions: Q, K, V and Y each have that Transpose as their only use (Y: its only reader is the Transpose) and are
 // not graph outputs; no past key/value inputs. Other Attention nodes stay in the 4-D form.
+// A 4-D RotaryEmbedding between a head Transpose and the attention (Q and K of Llama-style models, after
+// fuse_rotary) moves along into its 3-D form (attribute num_heads), which reads the heads in place too.
 #include <string>
 #include <vector>
 
@@ -54,6 +56,22 @@ class LayoutRewriter {
     const NodeId p = g_.value(v).producer;
     if (p < 0 || p >= original_nodes_ || gone_[p] || !is_head_transpose(g_.nodes[p])) return -1;
     return g_.value(g_.nodes[p].inputs[0]).shape.size() == 4 ? p : -1;
+  }
+  // Where an Attention input comes from: a head Transpose, or a 4-D RotaryEmbedding (runtime/fuse_rotary.cpp) of
+  // one, each value between read once.
+  struct HeadSource {
+    NodeId transpose = -1;
+    NodeId rotary = -1;
+  };
+  HeadSource source_of(ValueId v) const {
+    if (const NodeId t = transpose_into(v); t >= 0) return {t, -1};
+    if (v == kNoValue || uses_[v] != 1 || is_output_[v]) return {};
+    const NodeId p = g_.value(v).producer;
+    if (p < 0 || p >= original_nodes_ || gone_[p]) return {};
+    const Node& r = g_.nodes[p];
+    if (r.op_type != "RotaryEmbedding" || !r.domain.empty() || r.outputs.size() != 1) return {};
+    const NodeId t = transpose_into(r.inputs[0]);
+    return t >= 0 ? HeadSource{t, p} : HeadSource{};
   }
   // Appends a node through the registry and takes it back out of the graph's list (it is placed by finish()).
   Expected<std::vector<ValueId>> build(Node n, std::vector<Node>& into) {
@@ -96,7 +114,8 @@ bool LayoutRewriter::try_rewrite(NodeId id) {
   for (size_t i = 4; i < a.inputs.size(); ++i)
     if (a.inputs[i] != kNoValue) return false;  // past key / value
   if (g_.value(a.inputs[0]).shape.size() != 4) return false;
-  const NodeId tq = transpose_into(a.inputs[0]), tk = transpose_into(a.inputs[1]), tv = transpose_into(a.inputs[2]);
+  const HeadSource sq = source_of(a.inputs[0]), sk = source_of(a.inputs[1]), sv = source_of(a.inputs[2]);
+  const NodeId tq = sq.transpose, tk = sk.transpose, tv = sv.transpose;
   if (tq < 0 || tk < 0 || tv < 0 || tq == tk || tq == tv || tk == tv) return false;
   const ValueId y = a.outputs[0];
   if (uses_[y] != 1 || is_output_[y] || reader_[y] < 0) return false;
@@ -110,11 +129,21 @@ bool LayoutRewriter::try_rewrite(NodeId id) {
   const int64_t hq = q4[1], hkv = k4[1];
   const size_t n_before = g_.nodes.size();
   std::vector<Node> added;
-  auto flat = [&](NodeId t, const Shape& s4, const char* what) -> Expected<ValueId> {
+  auto flat = [&](const HeadSource& src, const Shape& s4, const char* what) -> Expected<ValueId> {
     // s4 = [B, H, S, D] (the transposed value): the source is [B, S, H, D].
-    return reshape(g_.nodes[t].inputs[0], {s4[0], s4[2], s4[1] * s4[3]}, a.name + "/" + what + "_3d", a.place, added);
+    GV_ASSIGN_OR_RETURN(const ValueId x3, reshape(g_.nodes[src.transpose].inputs[0], {s4[0], s4[2], s4[1] * s4[3]},
+                                                  a.name + "/" + what + "_3d", a.place, added));
+    if (src.rotary < 0) return x3;
+    // The rotary embedding moves along: its 3-D form reads the same tables (one row per token in both forms).
+    Node r = g_.nodes[src.rotary];
+    r.name += "_3d";
+    r.attrs.set_int("num_heads", s4[1]);
+    r.inputs[0] = x3;
+    r.outputs.clear();
+    GV_ASSIGN_OR_RETURN(std::vector<ValueId> outs, build(std::move(r), added));
+    return outs[0];
   };
-  auto q3 = flat(tq, q4, "q"), k3 = flat(tk, k4, "k"), v3 = flat(tv, v4, "v");
+  auto q3 = flat(sq, q4, "q"), k3 = flat(sk, k4, "k"), v3 = flat(sv, v4, "v");
   if (!q3 || !k3 || !v3) return false;
   Node att;
   att.name = a.name + "_3d";
@@ -133,6 +162,11 @@ bool LayoutRewriter::try_rewrite(NodeId id) {
   added.back().outputs = {z};  // the last Reshape writes Z itself, so its readers need no change
   gone_[tq] = gone_[tk] = gone_[tv] = gone_[id] = gone_[ty] = 1;
   orphans_.insert(orphans_.end(), {a.inputs[0], a.inputs[1], a.inputs[2], y});
+  for (const HeadSource* src : {&sq, &sk, &sv}) {
+    if (src->rotary < 0) continue;
+    gone_[src->rotary] = 1;
+    orphans_.push_back(g_.nodes[src->rotary].inputs[0]);
+  }
   insert_at_[id] = std::move(added);
   return true;
 }

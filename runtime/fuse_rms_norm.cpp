@@ -167,30 +167,13 @@ Status fuse_rms_norm(Graph& graph, int* fused) {
   }
   const auto default_opset = graph.opsets.find("");
   const int opset = std::max(23, default_opset != graph.opsets.end() ? default_opset->second : 0);
-  std::set<std::string> names;
-  for (const Node& n : graph.nodes) names.insert(n.name);
   const Finder f(graph);
-  std::vector<ChainReplacement> chains;
-  std::vector<char> claimed(graph.nodes.size(), 0);
-  for (NodeId i = 0; i < static_cast<NodeId>(graph.nodes.size()); ++i) {
-    if (graph.nodes[i].op_type != "ReduceMean" || !graph.nodes[i].domain.empty()) continue;
-    ChainReplacement c;
-    if (!match_at(f, i, &c)) continue;
-    bool overlap = claimed[c.final_node] != 0;
-    for (NodeId r : c.removed) overlap = overlap || claimed[r] != 0;
-    if (overlap) continue;
-    std::string name = c.replacement.name;
-    for (int k = 1; names.count(name); ++k) name = c.replacement.name + "_" + std::to_string(k);
-    names.insert(name);
-    c.replacement.name = name;
-    c.replacement.opset = opset;
-    if (!replacement_infers(graph, *schema, c.replacement)) continue;
-    claimed[c.final_node] = 1;
-    for (NodeId r : c.removed) claimed[r] = 1;
-    chains.push_back(std::move(c));
-  }
-  replace_chains(graph, chains);
-  if (fused) *fused += static_cast<int>(chains.size());
+  fuse_matches(
+      graph, *schema, opset,
+      [&f](NodeId i, ChainReplacement* c) {
+        return f.g.nodes[i].op_type == "ReduceMean" && f.g.nodes[i].domain.empty() && match_at(f, i, c);
+      },
+      fused);
   return Status::ok();
 }
 

@@ -1,5 +1,6 @@
-// The fusion pass runner (runtime/fusion.h): attention first (its chains contain no GELU), its layout, GELU, then
-// RMSNorm; and the chain replacement the GELU and RMSNorm passes share.
+// The fusion pass runner (runtime/fusion.h): rotary embeddings first (the attention layout carries them along), then
+// attention (its chains contain no GELU), its layout, GELU, RMSNorm and the SwiGLU gate; and the chain replacement
+// the GELU, RMSNorm, SwiGLU and rotary passes share.
 #include "runtime/fusion.h"
 
 #include <map>
@@ -20,9 +21,10 @@ std::string FusionCounts::summary() const {
   // ", <n> <what>" for the rewrites that happened.
   auto part = [](int n, const char* what) { return n ? ", " + std::to_string(n) + " " + what : std::string(); };
   return std::to_string(attention) + " attention" + (notes.empty() ? "" : " (" + notes + ")") + ", " +
-         std::to_string(gelu) + " gelu" + part(rms_norm, "RMSNorm") +
-         part(linear_cross_entropy, "linear cross-entropy") + part(linear, "linear") +
-         part(norm_statistics, "LayerNorms keeping their statistics") + part(bf16_operands, "shared bf16 operands") +
+         std::to_string(gelu) + " gelu" + part(rms_norm, "RMSNorm") + part(silu_mul, "SwiGLU gates") +
+         part(rotary, "rotary embeddings") + part(linear_cross_entropy, "linear cross-entropy") +
+         part(linear, "linear") + part(norm_statistics, "LayerNorms keeping their statistics") +
+         part(bf16_operands, "shared bf16 operands") +
          (bf16_linear_outputs ? " (" + std::to_string(bf16_linear_outputs) + " written in bf16 by their Linear)" : "") +
          part(bf16_attention_grads, "dQKV written in bf16") + part(bf16_norm_outputs, "LayerNorm outputs in bf16") +
          part(bf16_attention_io, "attention inputs and outputs in bf16") +
@@ -59,10 +61,12 @@ ValueId add_node_output(Graph& graph, NodeId node, const std::string& prefix, DT
 
 Expected<FusionCounts> fuse_forward_graph(Graph& graph) {
   FusionCounts counts;
+  GV_RETURN_IF_ERROR(fuse_rotary(graph, &counts.rotary));
   GV_RETURN_IF_ERROR(fuse_attention(graph, &counts.attention));
   GV_RETURN_IF_ERROR(fuse_attention_layout(graph, &counts.attention_3d));
   GV_RETURN_IF_ERROR(fuse_gelu(graph, &counts.gelu));
   GV_RETURN_IF_ERROR(fuse_rms_norm(graph, &counts.rms_norm));
+  GV_RETURN_IF_ERROR(fuse_silu_mul(graph, &counts.silu_mul));
   return counts;
 }
 
@@ -71,6 +75,32 @@ bool replacement_infers(const Graph& graph, const OpSchema& schema, const Node& 
   if (!schema.infer(ctx).is_ok() || node.outputs.empty()) return false;
   const Value& y = graph.value(node.outputs[0]);
   return ctx.out_dtypes[0] == y.dtype && ctx.out_shapes[0] == y.shape;
+}
+
+void fuse_matches(Graph& graph, const OpSchema& schema, int opset,
+                  const std::function<bool(NodeId, ChainReplacement*)>& match, int* fused) {
+  std::set<std::string> names;
+  for (const Node& n : graph.nodes) names.insert(n.name);
+  std::vector<ChainReplacement> chains;
+  std::vector<char> claimed(graph.nodes.size(), 0);
+  for (NodeId i = 0; i < static_cast<NodeId>(graph.nodes.size()); ++i) {
+    ChainReplacement c;
+    if (!match(i, &c)) continue;
+    bool overlap = claimed[c.final_node] != 0;
+    for (NodeId r : c.removed) overlap = overlap || claimed[r] != 0;
+    if (overlap) continue;
+    std::string name = c.replacement.name;
+    for (int k = 1; names.count(name); ++k) name = c.replacement.name + "_" + std::to_string(k);
+    names.insert(name);
+    c.replacement.name = name;
+    c.replacement.opset = opset;
+    if (!replacement_infers(graph, schema, c.replacement)) continue;
+    claimed[c.final_node] = 1;
+    for (NodeId r : c.removed) claimed[r] = 1;
+    chains.push_back(std::move(c));
+  }
+  replace_chains(graph, chains);
+  if (fused) *fused += static_cast<int>(chains.size());
 }
 
 void replace_chains(Graph& graph, const std::vector<ChainReplacement>& chains) {

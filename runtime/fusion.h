@@ -4,6 +4,7 @@
 // after the partitioner has cut the graph for this rank, so they see each rank's own heads and columns.
 // Fused nodes keep the placement (layer) of the nodes they replace; values the pattern leaves unused are removed.
 #pragma once
+#include <functional>
 #include <set>
 #include <string>
 
@@ -14,9 +15,10 @@ namespace gv {
 
 struct FusionCounts {
   int attention = 0;  // MatMul-scale-mask-Softmax-MatMul chains -> Attention (ONNX opset 23 semantics, 4-D form)
-  int gelu = 0;
-  int rms_norm =
-      0;  // RMSNorm chains -> RMSNormalization (fuse_rms_norm)       // tanh- or erf-approximation chains -> Gelu
+  int gelu = 0;       // tanh- or erf-approximation chains -> Gelu
+  int rms_norm = 0;   // RMSNorm chains -> RMSNormalization (fuse_rms_norm)
+  int silu_mul = 0;   // Sigmoid / Mul / Mul gates -> galvatron SiluMul (fuse_silu_mul)
+  int rotary = 0;     // rotate_half chains -> RotaryEmbedding (fuse_rotary)
   int attention_3d = 0;  // Attention nodes between head transposes -> the 3-D form (counted apart from `attention`)
   int attention_lse = 0;  // Attention nodes that keep their log-sum-exp for the backward (save_attention_lse)
   int attention_saved_heads = 0;  // attention gradients reading the forward's padded heads (save_attention_heads)
@@ -69,6 +71,11 @@ struct ChainReplacement {
   Node replacement;
 };
 void replace_chains(Graph& graph, const std::vector<ChainReplacement>& chains);
+// The loop of the chain fusions: `match` is tried at every node; each match that overlaps no earlier one and whose
+// replacement (given a unique name and `opset`) passes replacement_infers is kept, and the kept chains are replaced.
+// Adds their number to *fused.
+void fuse_matches(Graph& graph, const OpSchema& schema, int opset,
+                  const std::function<bool(NodeId, ChainReplacement*)>& match, int* fused);
 // A fusion's check of its replacement node: the op's inference accepts it as written and gives the output value it
 // takes over (output 0's dtype and shape).
 bool replacement_infers(const Graph& graph, const OpSchema& schema, const Node& node);
@@ -76,6 +83,12 @@ bool replacement_infers(const Graph& graph, const OpSchema& schema, const Node& 
 // Mul(x, x), an identity Cast before the weight), over the last axis -> one ONNX RMSNormalization(x, w)
 // (runtime/fuse_rms_norm.cpp).
 Status fuse_rms_norm(Graph& graph, int* fused);
+// HF's SwiGLU gate Mul(Mul(g, Sigmoid(g)), u) -> galvatron SiluMul(g, u) (runtime/fuse_silu_mul.cpp).
+Status fuse_silu_mul(Graph& graph, int* fused);
+// HF's rotary embedding x * cos + rotate_half(x) * sin over [B, H, S, D] heads, with constant tables whose two halves
+// repeat, -> ONNX RotaryEmbedding(x, cos_cache, sin_cache) (runtime/fuse_rotary.cpp). Runs before
+// fuse_attention_layout, which carries such a node into the 3-D form with its attention.
+Status fuse_rotary(Graph& graph, int* fused);
 // For passes that ask an existing node for an optional output: appends to `node`'s outputs a new activation value
 // named from `prefix`, of the given type and shape. The pass calls graph.reindex() when done.
 ValueId add_node_output(Graph& graph, NodeId node, const std::string& prefix, DType dtype, Shape shape);

@@ -773,6 +773,57 @@ TEST_F(CudaKernels, SoftmaxAndNorms) {
   }
 }
 
+// The ops Llama-style models add (runtime/cuda_kernels_llama_ops.cpp): SwiGLU's gate and its gradient in float32 and
+// with bf16 operands or output (tails past the last 4-element group), RotaryEmbedding in its 4-D and 3-D forms,
+// interleaved, partial, on bf16 heads. bf16 results compare at 1e-2 (a rounding step apart at most per element).
+TEST_F(CudaKernels, LlamaOps) {
+  const std::string G = kGalvatronDomain;
+  auto bf16 = [](Tensor t) { return t.cast(DType::kBFloat16); };
+  for (const Shape& s : {Shape{64, 172}, Shape{5, 7}}) {
+    check({"SiluMul", {randn(s, 3.0), randn(s)}, {}, 1, G});
+    check({"SiluMulGrad", {randn(s), randn(s, 3.0), randn(s)}, {}, 2, G});
+    check({"SiluMul", {bf16(randn(s, 3.0)), bf16(randn(s))}, attrs({{"out_dtype", 1}}), 1, G});
+    check({"SiluMul", {randn(s, 3.0), randn(s)}, attrs({{"out_dtype", 16}}), 1, G, 20, {}, 1e-2});
+    check({"SiluMul", {bf16(randn(s, 3.0)), bf16(randn(s))}, {}, 1, G, 20, {}, 1e-2});
+    check({"SiluMulGrad", {randn(s), bf16(randn(s, 3.0)), bf16(randn(s))}, {}, 2, G});
+  }
+  check({"RotaryEmbedding", {randn({2, 4, 16, 64}), randn({2, 16, 32}), randn({2, 16, 32})}, {}, 1, "", 23});
+  check({"RotaryEmbedding",
+         {randn({2, 16, 256}), randn({2, 16, 32}), randn({2, 16, 32})},
+         attrs({{"num_heads", 4}}),
+         1,
+         "",
+         23});
+  check({"RotaryEmbedding",
+         {randn({2, 16, 256}), randn({2, 16, 32}), randn({2, 16, 32})},
+         attrs({{"num_heads", 4}, {"interleaved", 1}}),
+         1,
+         "",
+         23});
+  check({"RotaryEmbedding",
+         {randn({2, 3, 16, 50}), randn({2, 16, 12}), randn({2, 16, 12})},
+         attrs({{"rotary_embedding_dim", 24}}),
+         1,
+         "",
+         23});
+  check({"RotaryEmbedding",
+         {bf16(randn({2, 16, 256})), randn({2, 16, 32}), randn({2, 16, 32})},
+         attrs({{"num_heads", 4}}),
+         1,
+         "",
+         23,
+         {},
+         1e-2});
+  check({"RotaryEmbedding",
+         {bf16(randn({2, 4, 16, 64})), bf16(randn({2, 16, 32})), bf16(randn({2, 16, 32}))},
+         {},
+         1,
+         "",
+         23,
+         {},
+         1e-2});  // bf16 tables: the fallback
+}
+
 TEST_F(CudaKernels, Reductions) {
   check({"ReduceSum", {randn({4, 6, 32}), ints({-1})}, {}, 1, "", 13, {1}});
   check({"ReduceSum", {randn({4, 6, 320}), ints({0, 1})}, attrs({{"keepdims", 0}}), 1, "", 13, {1}});

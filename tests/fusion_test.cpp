@@ -84,18 +84,15 @@ TEST_P(ModelFusion, OneAttentionPerLayerAndTheSameGradients) {
         EXPECT_EQ(n.place.kind, Placement::Kind::kLayer) << n.name;
       }
     }
-    // Heads split by Reshape + Transpose (GPT-2, BERT) go to the 3-D form, so no Transpose touches an Attention node;
-    // Llama's rotary embedding sits between the transposes and the products, so its attention stays 4-D.
-    const bool rotary = GetParam().find("llama") != std::string::npos;
-    EXPECT_EQ(counts->attention_3d, rotary ? 0 : layers) << counts->summary();
-    if (!rotary) {
-      for (const Node& n : g.nodes) {
-        if (n.op_type != "Transpose") continue;
-        for (const Node& m : g.nodes) {
-          if (m.op_type != "Attention") continue;
-          for (ValueId in : m.inputs) EXPECT_NE(in, n.outputs[0]) << n.name << " feeds " << m.name;
-          EXPECT_NE(n.inputs[0], m.outputs[0]) << m.name << " feeds " << n.name;
-        }
+    // Heads split by Reshape + Transpose go to the 3-D form, so no Transpose touches an Attention node; Llama's rotary
+    // embeddings (fused first) move into the 3-D form with their attention.
+    EXPECT_EQ(counts->attention_3d, layers) << counts->summary();
+    for (const Node& n : g.nodes) {
+      if (n.op_type != "Transpose") continue;
+      for (const Node& m : g.nodes) {
+        if (m.op_type != "Attention" && m.op_type != "RotaryEmbedding") continue;
+        for (ValueId in : m.inputs) EXPECT_NE(in, n.outputs[0]) << n.name << " feeds " << m.name;
+        EXPECT_NE(n.inputs[0], m.outputs[0]) << m.name << " feeds " << n.name;
       }
     }
   }

@@ -254,6 +254,33 @@ void add_losses(std::vector<GradCase>& cases) {
   cases.push_back(res);
 }
 
+// galvatron SiluMul (SwiGLU's gate) and ONNX RotaryEmbedding in its forms: 4-D and 3-D heads, halves and
+// interleaved pairs, a partial rotation, tables by position_ids (the tables and positions fed as constants).
+void add_llama_ops(std::vector<GradCase>& cases) {
+  GradCase silu = make("SiluMul", {rand64({3, 5}, 400, -3.0, 3.0), rand64({3, 5}, 401)}, "gate and up");
+  silu.domain = "galvatron";
+  cases.push_back(silu);
+  auto rotary = [&](Shape x, Shape table, Attributes a, const std::string& label, Tensor pos = Tensor()) {
+    std::vector<Tensor> in = {rand64(x, 410), rand64(table, 411), rand64(table, 412)};
+    std::vector<bool> constants = {false, true, true};
+    if (pos.numel() > 0) {
+      in.push_back(std::move(pos));
+      constants.push_back(true);
+    }
+    GradCase c = make("RotaryEmbedding", std::move(in), label, std::move(a), 23);
+    c.as_constants = std::move(constants);
+    cases.push_back(c);
+  };
+  rotary({2, 3, 4, 6}, {2, 4, 3}, {}, "4-D, halves");
+  Attributes three;
+  three.set_int("num_heads", 3);
+  three.set_int("interleaved", 1);
+  rotary({2, 4, 12}, {2, 4, 2}, three, "3-D, interleaved", Tensor());
+  Attributes partial;
+  partial.set_int("rotary_embedding_dim", 4);
+  rotary({1, 2, 3, 6}, {5, 2}, partial, "partial, position_ids", i64({4, 0, 2}, {1, 3}));
+}
+
 }  // namespace
 
 std::vector<GradCase> gradcheck_cases_math() {
@@ -266,6 +293,7 @@ std::vector<GradCase> gradcheck_cases_math() {
   add_dropout(cases);
   add_attention(cases);
   add_losses(cases);
+  add_llama_ops(cases);
   return cases;
 }
 

@@ -23,6 +23,8 @@ void register_linear_ops(OpRegistry& r);  // math_linear.cpp: galvatron Linear (
 // math_gelu_grad_product.cpp: galvatron GeluGradMatMul (backward product + GELU gradient + bias gradient)
 void register_gelu_grad_product_ops(OpRegistry& r);
 void register_bias_grad_ops(OpRegistry& r);  // math_bias_grad.cpp: galvatron BiasGrad (column sums, bf16 input)
+void register_silu_mul_ops(OpRegistry& r);   // math_silu_mul.cpp: galvatron SiluMul (SwiGLU's gate) and its grad
+void register_rotary_embedding_ops(OpRegistry& r);  // math_rotary_embedding.cpp: RotaryEmbedding (opset 23)
 // BiasGrad's CPU computation (math_bias_grad.cpp): out[c] = the sums of dy [..., N]'s column c over its leading dims,
 // in double, in row order; out float32 (float64 for float64 dy) of N elements. For ops that output a bias gradient.
 void bias_grad_sums_cpu(const TensorRef& dy, const TensorRef& out);

@@ -17,6 +17,8 @@ void register_math_ops(OpRegistry& r) {
   math::register_linear_ops(r);
   math::register_gelu_grad_product_ops(r);
   math::register_bias_grad_ops(r);
+  math::register_silu_mul_ops(r);
+  math::register_rotary_embedding_ops(r);
 }
 
 }  // namespace gv
