@@ -52,7 +52,10 @@ struct Use {
   int slot;
 };
 
-bool is_layer_norm(const Node& n) { return n.op_type == "LayerNormalization" && n.domain.empty(); }
+// ONNX LayerNormalization or RMSNormalization, each with a galvatron twin that writes Y in bf16 (out_dtype).
+bool is_norm(const Node& n) {
+  return (n.op_type == "LayerNormalization" || n.op_type == "RMSNormalization") && n.domain.empty();
+}
 
 bool is_attention_packed_grad(const Node& n) {
   return n.op_type == "AttentionPackedGrad" && n.domain == kGalvatronDomain && n.outputs.size() == 1;
@@ -83,9 +86,10 @@ void bias_sums_read_copies(Graph& graph, const std::map<ValueId, ValueId>& copy_
 
 // A copy of a Linear's output that nothing else reads: the Linear writes the bf16 values itself (out_dtype), with its
 // pre-activation in bf16 too when only GeluGrad nodes read that (as PyTorch's autocast keeps it); a SiluMul writes
-// its output in bf16 (out_dtype) the same way, counted with the Linears. The same for an
-// AttentionPackedGrad's dQKV (counted in *attention_grads) and a LayerNormalization's Y (it becomes galvatron
-// LayerNormalization, out_dtype 16; counted in *norm_outputs). The Cast and the float32 output go.
+// its output, and a SiluMulGrad its two gradients, in bf16 (out_dtype) the same way, counted with the Linears. The
+// same for an
+// AttentionPackedGrad's dQKV (counted in *attention_grads) and a LayerNormalization's or RMSNormalization's Y (it
+// becomes the galvatron twin, out_dtype 16; counted in *norm_outputs). The Cast and the float32 output go.
 Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded, int* attention_grads, int* norm_outputs) {
   const std::vector<int> uses = graph.use_counts();
   std::vector<char> is_output(graph.values.size(), 0);
@@ -101,7 +105,29 @@ Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded, int* att
   std::vector<char> gone(graph.nodes.size(), 0);
   int count = 0;
   size_t removed_before_boundary = 0;
+  // A SwiGLU gate's gradients dA and dB, each read only by its copy (the gate and up products' dX and dW): the
+  // SiluMulGrad writes both in bf16 (out_dtype).
+  std::map<ValueId, NodeId> copy_cast;  // value -> the bf16_copy Cast that is its only reader
   for (NodeId id = 0; id < static_cast<NodeId>(graph.nodes.size()); ++id) {
+    const Node& cast = graph.nodes[id];
+    if (cast.op_type != "Cast" || !cast.domain.empty() || cast.name.rfind("bf16_copy/", 0) != 0) continue;
+    if (uses[cast.inputs[0]] == 1 && !is_output[cast.inputs[0]]) copy_cast[cast.inputs[0]] = id;
+  }
+  for (NodeId p = 0; p < static_cast<NodeId>(graph.nodes.size()); ++p) {
+    Node& n = graph.nodes[p];
+    if (n.op_type != "SiluMulGrad" || n.domain != kGalvatronDomain || n.outputs.size() != 2) continue;
+    auto ca = copy_cast.find(n.outputs[0]), cb = copy_cast.find(n.outputs[1]);
+    if (ca == copy_cast.end() || cb == copy_cast.end()) continue;
+    n.attrs.set_int("out_dtype", kOnnxBFloat16);
+    for (auto it : {ca, cb}) {
+      n.outputs[it == ca ? 0 : 1] = graph.nodes[it->second].outputs[0];
+      gone[it->second] = 1;
+      if (boundary && static_cast<size_t>(it->second) < *boundary) ++removed_before_boundary;
+    }
+    count += 2;
+  }
+  for (NodeId id = 0; id < static_cast<NodeId>(graph.nodes.size()); ++id) {
+    if (gone[id]) continue;
     const Node& cast = graph.nodes[id];
     if (cast.op_type != "Cast" || !cast.domain.empty() || cast.name.rfind("bf16_copy/", 0) != 0) continue;
     const ValueId v = cast.inputs[0];
@@ -125,8 +151,8 @@ Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded, int* att
       ++count;
       continue;
     }
-    if (is_layer_norm(graph.nodes[p])) {
-      // A LayerNormalization output that only products read: galvatron LayerNormalization writes it in bf16.
+    if (is_norm(graph.nodes[p])) {
+      // A norm's output that only products read: its galvatron twin writes it in bf16.
       Node& ln = graph.nodes[p];
       ln.domain = kGalvatronDomain;
       ln.opset = 1;

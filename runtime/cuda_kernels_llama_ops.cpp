@@ -1,10 +1,14 @@
-// The CUDA kernels of the ops Llama-style models add to GPT's: galvatron SiluMul / SiluMulGrad (SwiGLU's gate) and
-// ONNX RotaryEmbedding, glue from KernelContext to kernels/cuda/silu_mul.h and kernels/cuda/rotary.h. Other dtypes,
-// position_ids, and a RotaryEmbedding writing in place go to the fallback, which runs the CPU kernel.
+// The CUDA kernels of the ops Llama-style models add to GPT's: galvatron SiluMul / SiluMulGrad (SwiGLU's gate), ONNX
+// RotaryEmbedding, and RMSNormalization (with its galvatron twin writing Y in bf16) and RMSNormalizationGrad (with
+// the residual stream's Addend); glue from KernelContext to kernels/cuda/silu_mul.h, kernels/cuda/rotary.h and the
+// norms' row kernels. Other dtypes, position_ids, and a RotaryEmbedding writing in place go to the fallback, which
+// runs the CPU kernel.
 #ifdef GALVATRON_HAVE_CUDA
 #include <string>
 
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/norm_rows.h"
+#include "kernels/cuda/ops.h"
 #include "kernels/cuda/rotary.h"
 #include "kernels/cuda/silu_mul.h"
 #include "runtime/cuda_kernels.h"
@@ -29,11 +33,13 @@ Status silu_mul_cuda(KernelContext& ctx) {
 Status silu_mul_grad_cuda(KernelContext& ctx) {
   const TensorRef &dy = ctx.inputs[0], &a = ctx.inputs[1], &b = ctx.inputs[2];
   if (dy.dtype != DType::kFloat32 || !f32_or_bf16(a.dtype) || b.dtype != a.dtype || ctx.outputs.size() != 2 ||
-      !ctx.outputs[0].data || !ctx.outputs[1].data) {
+      !ctx.outputs[0].data || !ctx.outputs[1].data || !f32_or_bf16(ctx.outputs[0].dtype) ||
+      ctx.outputs[1].dtype != ctx.outputs[0].dtype) {
     return cuda_fallback_kernel(ctx);
   }
-  return launch(ctx, cuda::silu_mul_grad(dy.as<float>(), a.data, b.data, a.dtype == DType::kBFloat16,
-                                         ctx.outputs[0].as<float>(), ctx.outputs[1].as<float>(), dy.numel()));
+  return launch(ctx,
+                cuda::silu_mul_grad(dy.as<float>(), a.data, b.data, a.dtype == DType::kBFloat16, ctx.outputs[0].data,
+                                    ctx.outputs[1].data, ctx.outputs[0].dtype == DType::kBFloat16, dy.numel()));
 }
 
 Status rotary_cuda(KernelContext& ctx) {
@@ -52,6 +58,54 @@ Status rotary_cuda(KernelContext& ctx) {
                                             x.dtype == DType::kBFloat16, d));
 }
 
+// rows x cols of a norm over axes [axis, rank).
+void norm_rows_cols(const KernelContext& ctx, const TensorRef& x, int64_t& rows, int64_t& cols) {
+  int64_t axis = ctx.attrs().get_int("axis", -1);
+  if (axis < 0) axis += x.rank();
+  cols = 1;
+  for (int64_t d = axis; d < x.rank(); ++d) cols *= x.shape[d];
+  rows = cols > 0 ? x.numel() / cols : 0;
+}
+
+// ONNX RMSNormalization, and galvatron RMSNormalization with Y in bf16 (out_dtype 16: the row kernels round).
+Status rms_norm_cuda(KernelContext& ctx) {
+  const TensorRef &x = ctx.inputs[0], &scale = ctx.inputs[1], &y = ctx.outputs[0];
+  const bool y_bf16 = y.dtype == DType::kBFloat16;
+  if (x.dtype != DType::kFloat32 || scale.dtype != DType::kFloat32 || (!y_bf16 && y.dtype != DType::kFloat32)) {
+    return cuda_fallback_kernel(ctx);
+  }
+  int64_t rows, cols;
+  norm_rows_cols(ctx, x, rows, cols);
+  const float eps = static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5));
+  if (y_bf16) {
+    if (!cuda::norm_rows_eligible(rows, cols, {x.data, scale.data, y.data})) return cuda_fallback_kernel(ctx);
+    return launch(ctx, cuda::norm_rows_forward(false, x.as<float>(), scale.as<float>(), nullptr, y.data, true, nullptr,
+                                               nullptr, rows, cols, eps));
+  }
+  return launch(ctx, cuda::rms_norm_f32(x.as<float>(), scale.as<float>(), y.as<float>(), rows, cols, eps));
+}
+
+// RMSNormalizationGrad(dY, X, scale, Addend?) -> (dX + Addend, dscale?).
+Status rms_norm_grad_cuda(KernelContext& ctx) {
+  for (const TensorRef& t : ctx.inputs)
+    if (t.data && t.dtype != DType::kFloat32) return cuda_fallback_kernel(ctx);
+  const TensorRef &dy = ctx.inputs[0], &x = ctx.inputs[1], &scale = ctx.inputs[2], &dx = ctx.outputs[0];
+  float* dscale = ctx.outputs.size() > 1 ? ctx.outputs[1].as<float>() : nullptr;
+  int64_t rows, cols;
+  norm_rows_cols(ctx, x, rows, cols);
+  const float eps = static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5));
+  if (!ctx.has_input(3)) {
+    return launch(ctx, cuda::rms_norm_grad_f32(dy.as<float>(), x.as<float>(), scale.as<float>(), dx.as<float>(), dscale,
+                                               rows, cols, eps));
+  }
+  const TensorRef& addend = ctx.inputs[3];
+  if (!cuda::norm_rows_eligible(rows, cols, {dy.data, x.data, scale.data, dx.data, addend.data})) {
+    return cuda_fallback_kernel(ctx);
+  }
+  return launch(ctx, cuda::norm_rows_backward(false, dy.as<float>(), x.as<float>(), scale.as<float>(), nullptr, nullptr,
+                                              dx.as<float>(), dscale, nullptr, rows, cols, eps, addend.as<float>()));
+}
+
 }  // namespace
 
 void register_cuda_llama_kernels(OpRegistry& r) {
@@ -61,6 +115,9 @@ void register_cuda_llama_kernels(OpRegistry& r) {
   set(kGalvatronDomain, "SiluMul", cuda_profiled<silu_mul_cuda>);
   set(kGalvatronDomain, "SiluMulGrad", cuda_profiled<silu_mul_grad_cuda>);
   set("", "RotaryEmbedding", cuda_profiled<rotary_cuda>);
+  set("", "RMSNormalization", cuda_profiled<rms_norm_cuda>);
+  set(kGalvatronDomain, "RMSNormalization", cuda_profiled<rms_norm_cuda>);
+  set(kGalvatronDomain, "RMSNormalizationGrad", cuda_profiled<rms_norm_grad_cuda>);
 }
 
 }  // namespace gv

@@ -719,26 +719,6 @@ Status layer_norm_grad_cuda(KernelContext& ctx) {
                          static_cast<uint16_t*>(out(3)), static_cast<float*>(out(4))));
 }
 
-Status rms_norm_cuda(KernelContext& ctx) {
-  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
-  const TensorRef& x = ctx.inputs[0];
-  int64_t rows, cols;
-  norm_view(ctx, x, rows, cols);
-  return launch(ctx, cuda::rms_norm_f32(x.as<float>(), ctx.inputs[1].as<float>(), ctx.outputs[0].as<float>(), rows,
-                                        cols, static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5))));
-}
-
-Status rms_norm_grad_cuda(KernelContext& ctx) {
-  if (!all_f32(ctx)) return cuda_fallback_kernel(ctx);
-  const TensorRef& x = ctx.inputs[1];
-  int64_t rows, cols;
-  norm_view(ctx, x, rows, cols);
-  return launch(ctx, cuda::rms_norm_grad_f32(ctx.inputs[0].as<float>(), x.as<float>(), ctx.inputs[2].as<float>(),
-                                             ctx.outputs[0].as<float>(),
-                                             ctx.outputs.size() > 1 ? ctx.outputs[1].as<float>() : nullptr, rows,
-                                             cols, static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5))));
-}
-
 // ---- reductions ----
 
 // Reduced-axis flags of a ReduceSum/ReduceMean node on the device. keepdims = 1: from the shapes; else from the axes
@@ -1145,8 +1125,6 @@ void register_cuda_kernels(OpRegistry& r) {
   set(G, "LayerNormalization", cuda_profiled<layer_norm_cuda>);
   set(G, "LayerNormalizationGrad", cuda_profiled<layer_norm_grad_cuda>);
   set(G, "SkipLayerNormalization", cuda_profiled<skip_layer_norm_cuda>);
-  set("", "RMSNormalization", cuda_profiled<rms_norm_cuda>);
-  set(G, "RMSNormalizationGrad", cuda_profiled<rms_norm_grad_cuda>);
   set("", "ReduceSum", cuda_profiled<reduce_cuda<false>>);
   set("", "ReduceMean", cuda_profiled<reduce_cuda<true>>);
   set(G, "ReduceGrad", cuda_profiled<reduce_grad_cuda>);

@@ -2,6 +2,7 @@
 //
 //   forward   Add(Linear(X, W, bias?), R)        -> Linear(X, W, bias?, R)         (cuBLASLt's epilogue adds R)
 //   backward  Add(LayerNormalizationGrad(..).dX, G) -> LayerNormalizationGrad(.., Addend = G)
+//             Add(RMSNormalizationGrad(..).dX, G)   -> RMSNormalizationGrad(.., Addend = G)
 //
 // A pre-LayerNorm transformer layer adds each branch's output to the residual stream (the first form, after the
 // attention's output projection and the MLP's down projection), and its backward pass sums the stream's gradient with
@@ -36,6 +37,10 @@ bool takes_residual(const Graph& g, const Node& n) {
 bool takes_addend(const Graph& g, const Node& n) {
   return is_galvatron(n, "LayerNormalizationGrad") && !n.outputs.empty() && n.outputs[0] != kNoValue &&
          n.inputs.size() <= 7 && g.value(n.outputs[0]).dtype == DType::kFloat32;
+}
+bool rms_takes_addend(const Graph& g, const Node& n) {
+  return is_galvatron(n, "RMSNormalizationGrad") && !n.outputs.empty() && n.outputs[0] != kNoValue &&
+         n.inputs.size() <= 3 && g.value(n.outputs[0]).dtype == DType::kFloat32;
 }
 
 // For each Add from `begin` on with an operand that `takes` accepts as its producer's output `slot` (read by this Add
@@ -81,6 +86,7 @@ Status fuse_linear_residual_adds(Graph& graph, const std::set<std::string>& keep
 
 Status fuse_norm_grad_residual_adds(Graph& graph, size_t backward_begin, int* fused) {
   *fused += fold_adds(graph, backward_begin, {}, takes_addend, 7);
+  *fused += fold_adds(graph, backward_begin, {}, rms_takes_addend, 3);
   return Status::ok();
 }
 

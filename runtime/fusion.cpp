@@ -25,12 +25,13 @@ std::string FusionCounts::summary() const {
          part(rotary, "rotary embeddings") + part(linear_cross_entropy, "linear cross-entropy") +
          part(linear, "linear") + part(norm_statistics, "LayerNorms keeping their statistics") +
          part(bf16_operands, "shared bf16 operands") +
-         (bf16_linear_outputs ? " (" + std::to_string(bf16_linear_outputs) + " written in bf16 by their Linear)" : "") +
-         part(bf16_attention_grads, "dQKV written in bf16") + part(bf16_norm_outputs, "LayerNorm outputs in bf16") +
+         (bf16_linear_outputs ? " (" + std::to_string(bf16_linear_outputs) + " written in bf16 by their producer)"
+                              : "") +
+         part(bf16_attention_grads, "dQKV written in bf16") + part(bf16_norm_outputs, "norm outputs in bf16") +
          part(bf16_attention_io, "attention inputs and outputs in bf16") +
          part(gelu_grad_products, "GELU gradients in product epilogues") +
          part(residual_adds, "residual adds in Linear epilogues") +
-         part(norm_grad_adds, "residual gradient adds in LayerNorm gradients") +
+         part(norm_grad_adds, "residual gradient adds in norm gradients") +
          part(norm_grad_outputs, "LayerNorm gradients writing their bf16 copies") +
          part(attention_bias_sums, "attention gradients summing the QKV bias gradient") +
          part(bf16_param_copies, "weight bf16 copies kept by AdamW") +

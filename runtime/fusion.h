@@ -27,9 +27,9 @@ struct FusionCounts {
   int linear_cross_entropy = 0;  // head MatMul + SoftmaxCrossEntropyLoss -> LinearCrossEntropy (after the loss is attached)
   int linear = 0;  // MatMul [+ bias Add [+ Gelu]] or MatMul(X, Transpose(W)) -> Linear (fuse_linear)
   int bf16_operands = 0;  // not a fusion: product operands given one shared bf16 copy (runtime/bf16_operands.h)
-  int bf16_linear_outputs = 0;  // of those copies, the ones a Linear writes itself (runtime/bf16_operands.h)
+  int bf16_linear_outputs = 0;   // of those copies, the ones a Linear (or SiluMul, SiluMulGrad) writes itself
   int bf16_attention_grads = 0;  // and the dQKV copies an AttentionPackedGrad writes itself
-  int bf16_norm_outputs = 0;     // and the LayerNormalization outputs written in bf16
+  int bf16_norm_outputs = 0;     // and the LayerNormalization / RMSNormalization outputs written in bf16
   int bf16_attention_io = 0;     // QKV, Y and dY values around packed attention stored in bf16 (bf16_attention_io)
   int gelu_grad_products = 0;   // backward product + GeluGrad (+ bf16 copy, bias sum) -> GeluGradMatMul
   int residual_adds = 0;        // Add(Linear, R) -> Linear with a residual input (fuse_linear_residual_adds)

@@ -18,6 +18,7 @@
 #include "tests/graph_checks.h"
 #include "tests/hf_fixtures.h"
 #include "tests/op_test_util.h"
+#include "tests/tiny_model.h"
 
 namespace gv {
 namespace {
@@ -99,6 +100,49 @@ TEST(FuseLlamaOps, ZooLlamaAllForwardPasses) {
     if (n.op_type == "Transpose") EXPECT_TRUE(fused.value(n.inputs[0]).kind == ValueKind::kParameter) << n.name;
   }
   expect_same_model(im->graph, fused, testing::random_lm_batch(cfg->vocab_size, 2, 16, 7));
+}
+
+// As the CUDA backend builds it (bf16 operand copies, Linear; the MLP 176 wide so its rows qualify): the gate's output
+// and both its gradients are written in bf16 by SiluMul / SiluMulGrad, each norm's output by the galvatron
+// RMSNormalization; the loss and gradients stay the float32 graph's within bf16 rounding.
+TEST(FuseLlamaOps, ZooLlamaBf16Outputs) {
+  auto cfg = zoo_config("", "llama-tiny");
+  ASSERT_TRUE(cfg.has_value()) << cfg.status().message();
+  cfg->ffn_size = 176;
+  auto im = build_and_import(*cfg, 2, 16, WeightInit::kHuggingFace, 3);
+  ASSERT_TRUE(im.has_value()) << im.status().message();
+  const TensorMap batch = testing::random_lm_batch(cfg->vocab_size, 2, 16, 7);
+  auto backend = make_cpu_backend();
+  auto t32 = Trainer::create(im->graph, TrainerConfig{}, *backend);
+  auto t16 = Trainer::create(im->graph, testing::cuda_bf16_like_config(false), *backend);
+  ASSERT_TRUE(t32.has_value()) << t32.status().message();
+  ASSERT_TRUE(t16.has_value()) << t16.status().message();
+  const Graph& g = (*t16)->training_graph().graph;
+  testing::expect_inference_agrees(g);  // (the folds leave the float32 outputs as orphan values, by design)
+  const int layers = static_cast<int>(cfg->num_layers);
+  int gates = 0, gate_grads = 0, norms = 0;
+  for (const Node& n : g.nodes) {
+    const bool bf16 = n.attrs.get_int("out_dtype", 1) == 16;
+    gates += n.op_type == "SiluMul" && bf16;
+    gate_grads += n.op_type == "SiluMulGrad" && bf16;
+    norms += n.op_type == "RMSNormalization" && n.domain == kGalvatronDomain && bf16;
+    if (bf16 && (n.op_type == "SiluMul" || n.op_type == "SiluMulGrad" || n.op_type == "RMSNormalization")) {
+      for (ValueId o : n.outputs) EXPECT_EQ(g.value(o).dtype, DType::kBFloat16) << n.name;
+    }
+  }
+  EXPECT_EQ(gates, layers);
+  EXPECT_EQ(gate_grads, layers);
+  EXPECT_EQ(norms, 2 * layers);
+  double loss32 = 0, loss16 = 0;
+  auto g32 = (*t32)->compute_gradients(batch, &loss32);
+  auto g16 = (*t16)->compute_gradients(batch, &loss16);
+  ASSERT_TRUE(g32.has_value()) << g32.status().message();
+  ASSERT_TRUE(g16.has_value()) << g16.status().message();
+  EXPECT_NEAR(loss16, loss32, 1e-2 * std::fabs(loss32));
+  for (const auto& [name, grad] : *g32) {
+    ASSERT_TRUE(g16->count(name)) << name;
+    EXPECT_LE(testing::rel_l2(g16->at(name), grad), 3e-2) << "gradient of " << name;
+  }
 }
 
 // ---- RotaryEmbedding on hand-made values ----------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 // Residual adds folded into their producers (runtime/fuse_residual_add.cpp) on the CPU: galvatron Linear with a
-// Residual input is the Linear followed by the Add, LayerNormalizationGrad with an Addend is the grad followed by the
-// Add, bit for bit; in gpt-tiny's training graph both residual adds of every layer and both gradient sums go, every
-// node's types stay true, and the loss and every gradient equal the unfused graph's exactly (float32, and as the CUDA
-// backend builds it in bf16, with and without activation checkpointing); bad residuals and addends are errors naming
-// the node.
+// Residual input is the Linear followed by the Add, LayerNormalizationGrad and RMSNormalizationGrad with an Addend
+// are the grad followed by the Add, bit for bit; in gpt-tiny's training graph both residual adds of every layer and
+// both gradient sums go, every node's types stay true, and the loss and every gradient equal the unfused graph's
+// exactly (float32, and as the CUDA backend builds it in bf16, with and without activation checkpointing); bad
+// residuals and addends are errors naming the node.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -53,6 +53,15 @@ TEST(FuseResidualAdd, NormGradAddendIsGradThenAdd) {
   ASSERT_TRUE(fused.has_value()) << fused.status().message();
   EXPECT_TRUE(same_bits(fused->outputs[0], sum->outputs[0]));
   for (int i : {1, 2}) EXPECT_TRUE(same_bits(fused->outputs[i], plain->outputs[i])) << "output " << i;
+
+  auto rms_plain = run_op("RMSNormalizationGrad", {dy, x, scale}, {}, 2, 1, {}, kGalvatronDomain);
+  ASSERT_TRUE(rms_plain.has_value()) << rms_plain.status().message();
+  auto rms_sum = run_op("Add", {g, rms_plain->outputs[0]}, {}, 1, 14);
+  ASSERT_TRUE(rms_sum.has_value()) << rms_sum.status().message();
+  auto rms_fused = run_op("RMSNormalizationGrad", {dy, x, scale, g}, {}, 2, 1, {}, kGalvatronDomain);
+  ASSERT_TRUE(rms_fused.has_value()) << rms_fused.status().message();
+  EXPECT_TRUE(same_bits(rms_fused->outputs[0], rms_sum->outputs[0]));
+  EXPECT_TRUE(same_bits(rms_fused->outputs[1], rms_plain->outputs[1]));
 }
 
 TEST(FuseResidualAdd, BadResidualsAndAddendsNameTheNode) {
@@ -89,7 +98,6 @@ class TinyResidualAdds : public ::testing::TestWithParam<std::tuple<std::string,
 
 TEST_P(TinyResidualAdds, FoldedEverywhereSameLossAndGradientsBitForBit) {
   const auto [model, bf16_like, checkpoint] = GetParam();
-  const bool gpt = model == "gpt-tiny";
   auto tiny = testing::tiny_model(model);
   ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
   const int layers = tiny->im.graph.num_layers;
@@ -109,9 +117,9 @@ TEST_P(TinyResidualAdds, FoldedEverywhereSameLossAndGradientsBitForBit) {
   const TrainingGraph& tg = folded->trainer->training_graph();
   // Both branches of every layer end in a Linear (GPT-2's attention and MLP c_proj, Llama's o_proj and down_proj:
   // products of a transposed weight) that now adds the residual; in GPT-2 the stream's gradient meets each
-  // LayerNorm's input gradient twice per layer (ln_1, ln_2; ln_f's input has no other reader); Llama's RMSNorm
-  // gradients take no addend.
-  const int norm_adds = gpt ? 2 * layers : 0;
+  // LayerNorm's input gradient twice per layer (ln_1, ln_2; ln_f's input has no other reader), and Llama's
+  // RMSNorm's likewise (input_layernorm, post_attention_layernorm).
+  const int norm_adds = 2 * layers;
   EXPECT_EQ(tg.fused.residual_adds, 2 * layers);
   EXPECT_EQ(tg.fused.norm_grad_adds, norm_adds);
   EXPECT_EQ(plain->trainer->training_graph().fused.residual_adds, 0);
@@ -119,6 +127,7 @@ TEST_P(TinyResidualAdds, FoldedEverywhereSameLossAndGradientsBitForBit) {
   for (const Node& n : tg.graph.nodes) {
     residual_linears += n.op_type == "Linear" && n.inputs.size() == 4 && n.inputs[3] != kNoValue;
     addend_grads += n.op_type == "LayerNormalizationGrad" && n.inputs.size() == 8 && n.inputs[7] != kNoValue;
+    addend_grads += n.op_type == "RMSNormalizationGrad" && n.inputs.size() == 4 && n.inputs[3] != kNoValue;
   }
   // A checkpointed layer's recomputed forward has Linears with residuals of its own (in place of Linear + Add).
   if (checkpoint) {

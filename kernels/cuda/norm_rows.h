@@ -1,6 +1,6 @@
 // Register-resident row kernels for LayerNormalization (center) and RMSNormalization (kernels/cuda/norm_rows.cu),
 // taken by norm_softmax.cu's launchers where norm_rows_eligible() holds (GALVATRON_CUDA_NORM_ROWS=0: never, for
-// comparisons). Internal to kernels/cuda.
+// comparisons); the runtime's RMSNormalization glue calls them for the bf16 output and the gradient's addend.
 #pragma once
 #include <cstdint>
 #include <initializer_list>

@@ -55,14 +55,17 @@ __device__ __forceinline__ void silu_mul_grad_one(float g, float a, float b, flo
   db = g * a * s;
 }
 
-template <typename TIn>
+template <typename TIn, typename TOut>
 struct SiluMulGradF {
   const float* dy;
   const TIn *a, *b;
-  float *da, *db;
+  TOut *da, *db;
   template <class I>
   __device__ __forceinline__ void one(I i) const {
-    silu_mul_grad_one(dy[i], ld(a, i), ld(b, i), da[i], db[i]);
+    float ra, rb;
+    silu_mul_grad_one(dy[i], ld(a, i), ld(b, i), ra, rb);
+    st(da, i, ra);
+    st(db, i, rb);
   }
   template <class I>
   __device__ __forceinline__ void quad(I q) const {
@@ -72,8 +75,8 @@ struct SiluMulGradF {
     silu_mul_grad_one(g.y, x.y, u.y, ra.y, rb.y);
     silu_mul_grad_one(g.z, x.z, u.z, ra.z, rb.z);
     silu_mul_grad_one(g.w, x.w, u.w, ra.w, rb.w);
-    detail::store4(da, q, ra);
-    detail::store4(db, q, rb);
+    st4(da, q, ra);
+    st4(db, q, rb);
   }
 };
 
@@ -84,9 +87,10 @@ bool run_silu_mul(const void* a, const void* b, void* y, int64_t n) {
   return detail::launch_flat(f, n, vec);
 }
 
-template <typename TIn>
-bool run_silu_mul_grad(const float* dy, const void* a, const void* b, float* da, float* db, int64_t n) {
-  const SiluMulGradF<TIn> f{dy, static_cast<const TIn*>(a), static_cast<const TIn*>(b), da, db};
+template <typename TIn, typename TOut>
+bool run_silu_mul_grad(const float* dy, const void* a, const void* b, void* da, void* db, int64_t n) {
+  const SiluMulGradF<TIn, TOut> f{dy, static_cast<const TIn*>(a), static_cast<const TIn*>(b), static_cast<TOut*>(da),
+                                  static_cast<TOut*>(db)};
   const bool vec = detail::aligned16(dy) && detail::aligned16(a) && detail::aligned16(b) && detail::aligned16(da) &&
                    detail::aligned16(db);
   return detail::launch_flat(f, n, vec);
@@ -101,8 +105,14 @@ bool silu_mul(const void* a, const void* b, bool in_bf16, void* y, bool out_bf16
   return out_bf16 ? run_silu_mul<float, uint16_t>(a, b, y, n) : run_silu_mul<float, float>(a, b, y, n);
 }
 
-bool silu_mul_grad(const float* dy, const void* a, const void* b, bool in_bf16, float* da, float* db, int64_t n) {
-  return in_bf16 ? run_silu_mul_grad<uint16_t>(dy, a, b, da, db, n) : run_silu_mul_grad<float>(dy, a, b, da, db, n);
+bool silu_mul_grad(const float* dy, const void* a, const void* b, bool in_bf16, void* da, void* db, bool out_bf16,
+                   int64_t n) {
+  if (in_bf16) {
+    return out_bf16 ? run_silu_mul_grad<uint16_t, uint16_t>(dy, a, b, da, db, n)
+                    : run_silu_mul_grad<uint16_t, float>(dy, a, b, da, db, n);
+  }
+  return out_bf16 ? run_silu_mul_grad<float, uint16_t>(dy, a, b, da, db, n)
+                  : run_silu_mul_grad<float, float>(dy, a, b, da, db, n);
 }
 
 }  // namespace gv::cuda

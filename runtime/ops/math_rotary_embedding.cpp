@@ -71,7 +71,22 @@ Status rotary_grad(GradBuilder& gb) {
                        "': its cos_cache / sin_cache lead to a parameter; gradients of the tables are not supported");
   }
   if (!gb.needs_grad(0)) return Status::ok();
-  const ValueId neg_sin = gb.emit1("Neg", {gb.input(2)});
+  // A constant table (the fused models' case) is negated once here; one computed at run time gets a Neg node.
+  const ValueId sin = gb.input(2);
+  ValueId neg_sin = kNoValue;
+  if (gb.graph().is_constant(sin) && (gb.dtype(sin) == DType::kFloat32 || gb.dtype(sin) == DType::kFloat64)) {
+    Tensor t = gb.graph().value(sin).data.clone();
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      if (t.dtype() == DType::kFloat32) {
+        t.data_as<float>()[i] = -t.data_as<float>()[i];
+      } else {
+        t.data_as<double>()[i] = -t.data_as<double>()[i];
+      }
+    }
+    neg_sin = gb.constant(std::move(t));
+  } else {
+    neg_sin = gb.emit1("Neg", {sin});
+  }
   std::vector<ValueId> in = {gb.grad_output(0), gb.input(1), neg_sin};
   if (gb.input(3) != kNoValue) in.push_back(gb.input(3));
   gb.set_grad_input(0, gb.emit1("RotaryEmbedding", in, gb.attrs()));

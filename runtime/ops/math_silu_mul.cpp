@@ -2,8 +2,9 @@
 // product, B the up product), and its gradient SiluMulGrad(dY, A, B) -> (dA, dB). runtime/fuse_silu_mul.cpp forms
 // SiluMul from the exporters' Sigmoid / Mul / Mul chain: one pass forward and one backward where the chain took three
 // kernels forward and about six backward over tensors of the MLP's width.
-// Attribute out_dtype (1 float32, 16 bfloat16; default A's dtype): the dtype Y is written in, for a Y only products
-// read (runtime/bf16_operands.cpp). SiluMulGrad's A and B may be bfloat16 beside a float32 dY (saved that way).
+// Attribute out_dtype (1 float32, 16 bfloat16; default A's dtype, dY's for the gradient): the dtype Y (dA and dB) is
+// written in, for values only products read (runtime/bf16_operands.cpp). SiluMulGrad's A and B may be bfloat16 beside
+// a float32 dY (saved that way).
 #include "kernels/cpu/silu_mul.h"
 #include "runtime/ops/elementwise_common.h"
 #include "runtime/ops/math_common.h"
@@ -13,6 +14,17 @@ namespace {
 
 bool is_float_or_half(DType t) {
   return t == DType::kFloat32 || t == DType::kFloat64 || t == DType::kBFloat16 || t == DType::kFloat16;
+}
+
+// Attribute out_dtype, when present, into *out: 1 (float32) or 16 (bfloat16).
+Status out_dtype_attr(const InferContext& ctx, DType* out) {
+  if (!ctx.attrs().has("out_dtype")) return Status::ok();
+  const int64_t code = ctx.attrs().get_int("out_dtype", 0);
+  if (code != static_cast<int64_t>(DType::kFloat32) && code != static_cast<int64_t>(DType::kBFloat16)) {
+    return ctx.fail("attribute out_dtype must be 1 (float32) or 16 (bfloat16), got " + std::to_string(code));
+  }
+  *out = static_cast<DType>(code);
+  return Status::ok();
 }
 
 Status infer_silu_mul(InferContext& ctx) {
@@ -25,13 +37,7 @@ Status infer_silu_mul(InferContext& ctx) {
                     ")");
   }
   DType out = ctx.dtype(0);
-  if (ctx.attrs().has("out_dtype")) {
-    const int64_t code = ctx.attrs().get_int("out_dtype", 0);
-    if (code != static_cast<int64_t>(DType::kFloat32) && code != static_cast<int64_t>(DType::kBFloat16)) {
-      return ctx.fail("attribute out_dtype must be 1 (float32) or 16 (bfloat16), got " + std::to_string(code));
-    }
-    out = static_cast<DType>(code);
-  }
+  GV_RETURN_IF_ERROR(out_dtype_attr(ctx, &out));
   ctx.set_output(0, out, ctx.shape(0));
   return Status::ok();
 }
@@ -63,7 +69,9 @@ Status infer_silu_mul_grad(InferContext& ctx) {
                       ") must have dY's shape " + shape_str(ctx.shape(0)) + " and dtype (or bfloat16 beside float32)");
     }
   }
-  for (int o = 0; o < ctx.num_outputs(); ++o) ctx.set_output(o, t, ctx.shape(0));
+  DType out = t;
+  GV_RETURN_IF_ERROR(out_dtype_attr(ctx, &out));
+  for (int o = 0; o < ctx.num_outputs(); ++o) ctx.set_output(o, out, ctx.shape(0));
   return Status::ok();
 }
 
@@ -87,7 +95,7 @@ void register_silu_mul_ops(OpRegistry& r) {
   r.add(s);
   r.add(make_schema(kGalvatronDomain, "SiluMulGrad", 3, 3, 1, 2, infer_silu_mul_grad,
                     elementwise::with_half_as_float<silu_mul_grad_cpu>,
-                    "(dY, A, B) -> (dA, dB) of SiluMul; A, B may be bfloat16 beside a float32 dY"));
+                    "(dY, A, B) -> (dA, dB) of SiluMul; A, B may be bfloat16 beside a float32 dY; attr out_dtype"));
 }
 
 }  // namespace gv::math

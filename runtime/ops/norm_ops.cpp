@@ -239,27 +239,42 @@ Status infer_rms_norm(InferContext& ctx) {
   GV_RETURN_IF_ERROR(check_param(ctx, 1, "scale", 0, v.axis));
   DType u;
   GV_RETURN_IF_ERROR(stats_dtype(ctx, ctx.dtype(0), u));
-  ctx.set_output(0, ctx.dtype(0), ctx.shape(0));
+  DType y = ctx.dtype(0);
+  if (ctx.node().domain == kGalvatronDomain) {  // galvatron RMSNormalization: Y's dtype from out_dtype
+    const int64_t out = ctx.attrs().get_int("out_dtype", 1);
+    if (out != 1 && out != 16) return ctx.fail("out_dtype must be 1 (float32) or 16 (bfloat16)");
+    if (out == 16 && y != DType::kFloat32) return ctx.fail("out_dtype 16 needs a float32 X");
+    if (out == 16) y = DType::kBFloat16;
+  }
+  ctx.set_output(0, y, ctx.shape(0));
   return Status::ok();
 }
 
+// Y in bfloat16 (galvatron RMSNormalization, out_dtype 16): computed in float32, then rounded.
 Status rms_norm_cpu(KernelContext& ctx) {
-  const TensorRef& x = ctx.inputs[0];
+  const TensorRef &x = ctx.inputs[0], &y = ctx.outputs[0];
   const NormView v = kernel_view(ctx, x);
   const double eps = ctx.attrs().get_double("epsilon", 1e-5);
   return dispatch_float(x.dtype, ctx, [&](auto tag) {
     using T = decltype(tag);
-    cpu::rms_norm<T>(x.as<T>(), ctx.inputs[1].as<T>(), ctx.outputs[0].as<T>(), v.rows, v.cols, eps);
+    std::vector<T> wide(y.dtype == DType::kBFloat16 ? static_cast<size_t>(y.numel()) : 0);
+    cpu::rms_norm<T>(x.as<T>(), ctx.inputs[1].as<T>(), wide.empty() ? y.as<T>() : wide.data(), v.rows, v.cols, eps);
+    if (!wide.empty()) convert_elements(wide.data(), x.dtype, y.data, y.dtype, y.numel());
   });
 }
 
-// RMSNormalizationGrad(dY, X, scale) -> (dX, dscale); the statistic is recomputed from X.
+// RMSNormalizationGrad(dY, X, scale, Addend?) -> (dX + Addend, dscale); the statistic is recomputed from X. Addend
+// (X's shape and type): X's other gradient contributions (the residual stream's), which a separate Add summed before
+// (runtime/fuse_residual_add.cpp).
 Status infer_rms_norm_grad(InferContext& ctx) {
   GV_RETURN_IF_ERROR(expect_float(ctx, 1, "X"));
   NormView v;
   GV_RETURN_IF_ERROR(norm_view(ctx, 1, v));
   GV_RETURN_IF_ERROR(check_param(ctx, 2, "scale", 1, v.axis));
   if (ctx.shape(0) != ctx.shape(1) || ctx.dtype(0) != ctx.dtype(1)) return ctx.fail("dY must match X");
+  if (ctx.has_input(3) && (ctx.shape(3) != ctx.shape(1) || ctx.dtype(3) != ctx.dtype(1))) {
+    return ctx.fail("Addend must match X " + shape_str(ctx.shape(1)));
+  }
   ctx.set_output(0, ctx.dtype(1), ctx.shape(1));
   if (ctx.num_outputs() > 1) ctx.set_output(1, ctx.dtype(2), ctx.shape(2));
   return Status::ok();
@@ -271,8 +286,13 @@ Status rms_norm_grad_cpu(KernelContext& ctx) {
   const double eps = ctx.attrs().get_double("epsilon", 1e-5);
   return dispatch_float(x.dtype, ctx, [&](auto tag) {
     using T = decltype(tag);
-    cpu::rms_norm_backward<T>(ctx.inputs[0].as<T>(), x.as<T>(), ctx.inputs[2].as<T>(), ctx.outputs[0].as<T>(),
+    T* dx = ctx.outputs[0].as<T>();
+    cpu::rms_norm_backward<T>(ctx.inputs[0].as<T>(), x.as<T>(), ctx.inputs[2].as<T>(), dx,
                               ctx.outputs.size() > 1 ? ctx.outputs[1].as<T>() : nullptr, v.rows, v.cols, eps);
+    if (ctx.has_input(3)) {
+      const T* addend = ctx.inputs[3].as<T>();
+      for (int64_t i = 0; i < x.numel(); ++i) dx[i] += addend[i];
+    }
   });
 }
 
@@ -306,8 +326,10 @@ void register_norm_ops(OpRegistry& r) {
                     layer_norm_grad_cpu,
                     "(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?, Addend?) -> (dX + Addend, dScale, dBias, "
                     "dXBf16?, dXBf16Sums?)"));
-  r.add(make_schema(kGalvatronDomain, "RMSNormalizationGrad", 3, 3, 1, 2, infer_rms_norm_grad, rms_norm_grad_cpu,
-                    "(dY, X, scale) -> (dX, dscale)"));
+  r.add(make_schema(kGalvatronDomain, "RMSNormalization", 2, 2, 1, 1, infer_rms_norm, rms_norm_cpu,
+                    "ONNX RMSNormalization with attr out_dtype (1 float32, 16 bfloat16: Y rounded)"));
+  r.add(make_schema(kGalvatronDomain, "RMSNormalizationGrad", 3, 4, 1, 2, infer_rms_norm_grad, rms_norm_grad_cpu,
+                    "(dY, X, scale, Addend?) -> (dX + Addend, dscale)"));
 }
 
 }  // namespace gv::math
