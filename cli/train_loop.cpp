@@ -196,6 +196,9 @@ Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, Command
   // GALVATRON_FUSE_ATTENTION_BIAS_SUMS=0: the QKV bias gradient by its own BiasGrad pass (comparisons).
   const char* bias_sums = std::getenv("GALVATRON_FUSE_ATTENTION_BIAS_SUMS");
   cfg.graph.fuse_attention_bias_sums = !(bias_sums && std::string(bias_sums) == "0");
+  // GALVATRON_SUM_GRADS_IN_PRODUCTS=0: gradient sums of products sharing an input by Add nodes (comparisons).
+  const char* sums = std::getenv("GALVATRON_SUM_GRADS_IN_PRODUCTS");
+  cfg.graph.sum_grads_in_products = !(sums && std::string(sums) == "0");
   // GALVATRON_ACCUMULATE_IN_PRODUCTS=0: micro-batch gradients accumulated by AccumulateGrad nodes instead of inside
   // their products (comparisons).
   const char* in_products = std::getenv("GALVATRON_ACCUMULATE_IN_PRODUCTS");

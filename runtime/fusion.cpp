@@ -40,6 +40,7 @@ std::string FusionCounts::summary() const {
          part(skip_norms, "residual adds moved into SkipLayerNormalization") +
          part(bf16_sharded_updates, "ZeRO-2 updates in bf16 (gradient shards and weight gathers)") +
          part(accumulating_products, "weight-gradient products adding into their accumulators") +
+         part(grad_sums_in_products, "gradient sums added by their products") +
          part(updates_in_backward, "optimizer updates beside the backward") +
          (grad_norm_in_updates ? " (summing the gradient norm)" : "");
 }

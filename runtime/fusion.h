@@ -41,6 +41,7 @@ struct FusionCounts {
   int gather_grad_adds = 0;     // Add(GatherGrad, D) -> GatherGradAdd(D, ..) (fold_gather_grad_adds)
   int skip_norms = 0;           // Linear(.., R) -> LayerNorm pairs -> Linear + SkipLayerNormalization (fuse_skip_norm)
   int accumulating_products = 0;  // FusedMatMul + AccumulateGrad -> MatMulAccumulate (accumulate_in_products)
+  int grad_sums_in_products = 0;  // Add(P, FusedMatMul) -> MatMulAccumulate(P, ..) (sum_grads_in_products)
   int updates_in_backward = 0;  // not a fusion: optimizer updates beside the backward (move_updates_into_backward)
   int grad_norm_in_updates = 0;  // updates summing the gradient norm's squares (grad_norm_in_updates)
   int bf16_sharded_updates = 0;  // not a fusion: ZeRO-2 updates reduce-scattering and gathering bf16 (training graph)
@@ -146,5 +147,11 @@ Status fold_gather_grad_adds(Graph& graph, size_t backward_begin, int* fused);
 // (runtime/fuse_skip_norm.cpp). build_training_graph runs it last among the passes when
 // TrainingGraphOptions::fuse_skip_norm is set (from Backend::skip_norm_branch).
 Status fuse_skip_layer_norms(Graph& graph, DType branch, int* fused);
+// After autograd, from backward_begin on: a gradient sum Add(P, FusedMatMul(A, B)) whose product the Add alone reads
+// -> MatMulAccumulate(P, A, B) adding into P in place where the product stood; the Add's readers read P
+// (runtime/grad_sums_in_products.cpp; the dX sums of products sharing an input, Llama's Q, K, V and gate, up).
+// Values in `keep` (gradients the training graph holds by id) are not renamed. build_training_graph runs it after the
+// bf16 operand copies when TrainingGraphOptions::sum_grads_in_products is set.
+Status sum_grads_in_products(Graph& graph, size_t backward_begin, const std::set<ValueId>& keep, int* fused);
 
 }  // namespace gv

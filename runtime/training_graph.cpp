@@ -448,6 +448,11 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   if (o.fuse_gelu_grad_product) {
     GV_RETURN_IF_ERROR(fuse_gelu_grad_products(g, tg.backward_begin, &tg.fused.gelu_grad_products));
   }
+  if (o.fuse_ops && o.sum_grads_in_products) {
+    std::set<ValueId> held;  // gradients the maps below and the reported ones refer to by id
+    for (const auto& [v, grad] : ag.grads) held.insert(grad);
+    GV_RETURN_IF_ERROR(sum_grads_in_products(g, tg.backward_begin, held, &tg.fused.grad_sums_in_products));
+  }
   if (o.bf16_operands && o.fuse_norm_grad_outputs) {
     GV_RETURN_IF_ERROR(fuse_norm_grad_outputs(g, tg.backward_begin, &tg.fused.norm_grad_outputs));
   }

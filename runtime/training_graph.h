@@ -170,6 +170,10 @@ struct TrainingGraphOptions {
   // its accumulator by the product itself (galvatron MatMulAccumulate: cuBLAS's beta = 1) instead of written and then
   // added by AccumulateGrad: per micro-batch, one float32 gradient write and read less per weight.
   bool accumulate_in_products = true;
+  // Autograd's sums of several products' contributions (the dX of products sharing an input) added by each product
+  // into the first one's buffer (galvatron MatMulAccumulate) instead of by Adds (runtime/fusion.h
+  // sum_grads_in_products): the same bits on the CPU; one float32 tensor written and read less per sum.
+  bool sum_grads_in_products = true;
   OptimizerConfig optimizer;
 };
 

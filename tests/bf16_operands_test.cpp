@@ -252,13 +252,15 @@ TEST_P(ModelBf16Operands, EveryProductOperandConvertedOnceSameGradientsWithinBf1
       if (in == kNoValue) continue;
       const bool is_copy = g.value(in).dtype == DType::kBFloat16;
       if (is_copy) {
-        // Products, GeluGrad reading a Linear's bf16 pre-activation, bias sums of an output gradient's copy.
-        EXPECT_TRUE(n.op_type == "FusedMatMul" || n.op_type == "Linear" || n.op_type == "GeluGrad" ||
-                    n.op_type == "BiasGrad")
+        // Products (MatMulAccumulate: a dX product adding into a gradient sum), GeluGrad reading a Linear's bf16
+        // pre-activation, bias sums of an output gradient's copy.
+        EXPECT_TRUE(n.op_type == "FusedMatMul" || n.op_type == "Linear" || n.op_type == "MatMulAccumulate" ||
+                    n.op_type == "GeluGrad" || n.op_type == "BiasGrad")
             << n.name;
         if (n.op_type != "BiasGrad") ++readers[in];
       }
-      if (n.op_type == "FusedMatMul" || n.op_type == "MatMul" || n.op_type == "Linear") {
+      if (n.op_type == "FusedMatMul" || n.op_type == "MatMul" || n.op_type == "Linear" ||
+          (n.op_type == "MatMulAccumulate" && in != n.inputs[0])) {
         EXPECT_FALSE(copy_of.count(in)) << n.name << " reads float32 " << g.value(in).name << ", which has a copy";
       }
     }
