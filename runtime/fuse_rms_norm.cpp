@@ -141,11 +141,7 @@ bool match_at(const Finder& f, NodeId red, ChainReplacement* c) {
   c->final_node = last;
   c->removed = chain;
   c->maybe_dead.clear();
-  for (NodeId id : chain) {
-    for (ValueId v : g.nodes[id].outputs) c->maybe_dead.push_back(v);
-    for (ValueId v : g.nodes[id].inputs)
-      if (v != kNoValue && g.is_constant(v)) c->maybe_dead.push_back(v);
-  }
+  add_chain_values(g, c);
   Node& rms = c->replacement;
   rms = Node{};
   rms.op_type = "RMSNormalization";
@@ -165,11 +161,9 @@ Status fuse_rms_norm(Graph& graph, int* fused) {
   if (schema == nullptr || schema->infer == nullptr) {
     return internal_error("fuse_rms_norm: the op registry has no RMSNormalization op");
   }
-  const auto default_opset = graph.opsets.find("");
-  const int opset = std::max(23, default_opset != graph.opsets.end() ? default_opset->second : 0);
   const Finder f(graph);
   fuse_matches(
-      graph, *schema, opset,
+      graph, *schema, fused_node_opset(graph, 23),
       [&f](NodeId i, ChainReplacement* c) {
         return f.g.nodes[i].op_type == "ReduceMean" && f.g.nodes[i].domain.empty() && match_at(f, i, c);
       },

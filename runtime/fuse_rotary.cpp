@@ -153,11 +153,7 @@ bool RotaryMatcher::match_at(NodeId neg_id, ChainReplacement* c) {
   c->final_node = add;
   c->removed = {s1, s2, neg_id, cat, mul_sin, mul_cos};
   c->maybe_dead = {cos_half, sin_half};  // kept while the replacement reads them
-  for (NodeId id : c->removed) {
-    for (ValueId v : g_.nodes[id].outputs) c->maybe_dead.push_back(v);
-    for (ValueId v : g_.nodes[id].inputs)
-      if (v != kNoValue && g_.is_constant(v)) c->maybe_dead.push_back(v);
-  }
+  add_chain_values(g_, c);
   Node& r = c->replacement;
   r = Node{};
   r.op_type = "RotaryEmbedding";
@@ -176,11 +172,10 @@ Status fuse_rotary(Graph& graph, int* fused) {
   if (schema == nullptr || schema->infer == nullptr) {
     return internal_error("fuse_rotary: the op registry has no RotaryEmbedding op");
   }
-  const auto default_opset = graph.opsets.find("");
-  const int opset = std::max(23, default_opset != graph.opsets.end() ? default_opset->second : 0);
   RotaryMatcher m(graph);
   fuse_matches(
-      graph, *schema, opset, [&m](NodeId i, ChainReplacement* c) { return m.match_at(i, c); }, fused);
+      graph, *schema, fused_node_opset(graph, 23), [&m](NodeId i, ChainReplacement* c) { return m.match_at(i, c); },
+      fused);
   return Status::ok();
 }
 

@@ -3,6 +3,7 @@
 // the GELU, RMSNorm, SwiGLU and rotary passes share.
 #include "runtime/fusion.h"
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -70,6 +71,19 @@ Expected<FusionCounts> fuse_forward_graph(Graph& graph) {
   GV_RETURN_IF_ERROR(fuse_rms_norm(graph, &counts.rms_norm));
   GV_RETURN_IF_ERROR(fuse_silu_mul(graph, &counts.silu_mul));
   return counts;
+}
+
+void add_chain_values(const Graph& graph, ChainReplacement* c) {
+  for (NodeId id : c->removed) {
+    for (ValueId v : graph.nodes[id].outputs) c->maybe_dead.push_back(v);
+    for (ValueId v : graph.nodes[id].inputs)
+      if (v != kNoValue && graph.is_constant(v)) c->maybe_dead.push_back(v);
+  }
+}
+
+int fused_node_opset(const Graph& graph, int since) {
+  const auto it = graph.opsets.find("");
+  return std::max(since, it != graph.opsets.end() ? it->second : 0);
 }
 
 bool replacement_infers(const Graph& graph, const OpSchema& schema, const Node& node) {

@@ -80,6 +80,11 @@ void fuse_matches(Graph& graph, const OpSchema& schema, int opset,
 // A fusion's check of its replacement node: the op's inference accepts it as written and gives the output value it
 // takes over (output 0's dtype and shape).
 bool replacement_infers(const Graph& graph, const OpSchema& schema, const Node& node);
+// Appends to c->maybe_dead the outputs of c->removed's nodes and the constants they read.
+void add_chain_values(const Graph& graph, ChainReplacement* c);
+// The opset a default-domain node formed by a fusion gets: `since` (the op's first opset) or the graph's, if later,
+// so that the registry runs it for a graph imported at any opset.
+int fused_node_opset(const Graph& graph, int since);
 // HF's LlamaRMSNorm as the exporters write it, w * (x * Reciprocal(Sqrt(ReduceMean(Pow(x, 2)) + eps))) (or x / Sqrt,
 // Mul(x, x), an identity Cast before the weight), over the last axis -> one ONNX RMSNormalization(x, w)
 // (runtime/fuse_rms_norm.cpp).

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -142,6 +143,98 @@ TEST(FuseLlamaOps, ZooLlamaBf16Outputs) {
   for (const auto& [name, grad] : *g32) {
     ASSERT_TRUE(g16->count(name)) << name;
     EXPECT_LE(testing::rel_l2(g16->at(name), grad), 3e-2) << "gradient of " << name;
+  }
+}
+
+// ---- hand-built chains that fuse or must stay -----------------------------------------------------------------------
+
+struct ChainBuilder {
+  Graph g;
+  ChainBuilder() { g.opsets[""] = 17; }
+  ValueId node(const std::string& op, std::vector<ValueId> in, Attributes a = {}) {
+    Node n;
+    n.name = op + std::to_string(g.nodes.size());
+    n.op_type = op;
+    n.opset = 17;
+    n.inputs = std::move(in);
+    n.attrs = std::move(a);
+    auto out = g.add_node(std::move(n));
+    EXPECT_TRUE(out.has_value()) << out.status().message();
+    return out ? (*out)[0] : kNoValue;
+  }
+  ValueId ints(std::vector<int64_t> v) {
+    return g.add_initializer(g.unique_name("c"), Tensor::from_i64(v, {static_cast<int64_t>(v.size())}),
+                             ValueKind::kConstant);
+  }
+};
+
+// HF's rotate_half form over x [1, 2, 4, 8] with [4, 8] tables; `repeat` makes each row's halves equal.
+Graph rope_chain(bool repeat, bool rotated_is_output) {
+  ChainBuilder b;
+  const ValueId x = b.g.add_input("x", DType::kFloat32, {1, 2, 4, 8});
+  Tensor cos = testing::randn_f32({4, 8}, 31), sin = testing::randn_f32({4, 8}, 32);
+  for (Tensor* t : {&cos, &sin})
+    for (int64_t r = 0; r < 4 && repeat; ++r)
+      for (int64_t i = 0; i < 4; ++i) t->data_as<float>()[r * 8 + 4 + i] = t->data_as<float>()[r * 8 + i];
+  const ValueId c = b.g.add_initializer("cos", cos, ValueKind::kConstant);
+  const ValueId sn = b.g.add_initializer("sin", sin, ValueKind::kConstant);
+  const ValueId x1 = b.node("Slice", {x, b.ints({0}), b.ints({4}), b.ints({-1})});
+  const ValueId x2 = b.node("Slice", {x, b.ints({4}), b.ints({INT64_MAX}), b.ints({-1})});
+  Attributes cat;
+  cat.set_int("axis", -1);
+  const ValueId rot = b.node("Concat", {b.node("Neg", {x2}), x1}, cat);
+  b.g.outputs = {b.node("Add", {b.node("Mul", {x, c}), b.node("Mul", {rot, sn})})};
+  if (rotated_is_output) b.g.outputs.push_back(rot);
+  return std::move(b.g);
+}
+
+TEST(FuseLlamaOps, RotaryChainsFuseOnlyWithRepeatingTables) {
+  const TensorMap feed = {{"x", testing::randn_f32({1, 2, 4, 8}, 33)}};
+  Graph plain = rope_chain(true, false), fused = rope_chain(true, false);
+  int n = 0;
+  ASSERT_TRUE(fuse_rotary(fused, &n).is_ok());
+  EXPECT_EQ(n, 1);
+  expect_well_formed(fused);
+  ASSERT_EQ(fused.nodes.size(), 1u);
+  EXPECT_EQ(fused.nodes[0].op_type, "RotaryEmbedding");
+  EXPECT_GE(fused.nodes[0].opset, 23);
+  const auto a = run_forward(plain, feed), b = run_forward(fused, feed);
+  ASSERT_EQ(a.size(), 1u);
+  ASSERT_EQ(b.size(), 1u);
+  EXPECT_LE(max_rel_diff(b[0], a[0]), 1e-6);
+  for (int which = 0; which < 2; ++which) {
+    SCOPED_TRACE(which == 0 ? "tables whose halves differ" : "rotate_half(x) is a graph output");
+    Graph g = rope_chain(which != 0, which == 1);
+    const size_t nodes = g.nodes.size();
+    int none = 0;
+    ASSERT_TRUE(fuse_rotary(g, &none).is_ok());
+    EXPECT_EQ(none, 0);
+    EXPECT_EQ(g.nodes.size(), nodes);
+  }
+}
+
+TEST(FuseLlamaOps, GateChainsFuseUnlessShared) {
+  for (bool shared : {false, true}) {
+    SCOPED_TRACE(shared ? "silu(g) is a graph output" : "plain");
+    ChainBuilder b;
+    const ValueId gate = b.g.add_input("g", DType::kFloat32, {3, 16});
+    const ValueId up = b.g.add_input("u", DType::kFloat32, {3, 16});
+    const ValueId act = b.node("Mul", {b.node("Sigmoid", {gate}), gate});
+    b.g.outputs = {b.node("Mul", {up, act})};
+    if (shared) b.g.outputs.push_back(act);
+    Graph plain = b.g;
+    int n = 0;
+    ASSERT_TRUE(fuse_silu_mul(b.g, &n).is_ok());
+    EXPECT_EQ(n, shared ? 0 : 1);
+    if (shared) continue;
+    expect_well_formed(b.g);
+    ASSERT_EQ(b.g.nodes.size(), 1u);
+    EXPECT_EQ(b.g.nodes[0].op_type, "SiluMul");
+    const TensorMap feed = {{"g", testing::randn_f32({3, 16}, 34)}, {"u", testing::randn_f32({3, 16}, 35)}};
+    const auto x = run_forward(plain, feed), y = run_forward(b.g, feed);
+    ASSERT_EQ(x.size(), 1u);
+    ASSERT_EQ(y.size(), 1u);
+    EXPECT_LE(max_rel_diff(y[0], x[0]), 1e-6);
   }
 }
 

@@ -73,6 +73,17 @@ P* data_or_null(const KernelContext& ctx, int i) {
   return ctx.has_input(i) ? ctx.inputs[i].as<P>() : nullptr;
 }
 
+// The galvatron twins of LayerNormalization and RMSNormalization: Y's dtype from attribute out_dtype (1 float32, 16
+// bfloat16 from a float32 X) into *y; the ONNX ops keep X's.
+Status twin_out_dtype(const InferContext& ctx, DType* y) {
+  if (ctx.node().domain != kGalvatronDomain) return Status::ok();
+  const int64_t out = ctx.attrs().get_int("out_dtype", 1);
+  if (out != 1 && out != 16) return ctx.fail("out_dtype must be 1 (float32) or 16 (bfloat16)");
+  if (out == 16 && *y != DType::kFloat32) return ctx.fail("out_dtype 16 needs a float32 X");
+  if (out == 16) *y = DType::kBFloat16;
+  return Status::ok();
+}
+
 // ---- LayerNormalization(X, Scale, B?) -> (Y, Mean?, InvStdDev?) ----
 
 Status infer_layer_norm(InferContext& ctx) {
@@ -86,12 +97,7 @@ Status infer_layer_norm(InferContext& ctx) {
   Shape stats = ctx.shape(0);
   for (size_t i = v.axis; i < stats.size(); ++i) stats[i] = 1;
   DType y = ctx.dtype(0);
-  if (ctx.node().domain == kGalvatronDomain) {  // galvatron LayerNormalization: Y's dtype from out_dtype
-    const int64_t out = ctx.attrs().get_int("out_dtype", 1);
-    if (out != 1 && out != 16) return ctx.fail("out_dtype must be 1 (float32) or 16 (bfloat16)");
-    if (out == 16 && y != DType::kFloat32) return ctx.fail("out_dtype 16 needs a float32 X");
-    if (out == 16) y = DType::kBFloat16;
-  }
+  GV_RETURN_IF_ERROR(twin_out_dtype(ctx, &y));
   ctx.set_output(0, y, ctx.shape(0));
   for (int i = 1; i < ctx.num_outputs(); ++i) ctx.set_output(i, u, stats);
   return Status::ok();
@@ -240,12 +246,7 @@ Status infer_rms_norm(InferContext& ctx) {
   DType u;
   GV_RETURN_IF_ERROR(stats_dtype(ctx, ctx.dtype(0), u));
   DType y = ctx.dtype(0);
-  if (ctx.node().domain == kGalvatronDomain) {  // galvatron RMSNormalization: Y's dtype from out_dtype
-    const int64_t out = ctx.attrs().get_int("out_dtype", 1);
-    if (out != 1 && out != 16) return ctx.fail("out_dtype must be 1 (float32) or 16 (bfloat16)");
-    if (out == 16 && y != DType::kFloat32) return ctx.fail("out_dtype 16 needs a float32 X");
-    if (out == 16) y = DType::kBFloat16;
-  }
+  GV_RETURN_IF_ERROR(twin_out_dtype(ctx, &y));
   ctx.set_output(0, y, ctx.shape(0));
   return Status::ok();
 }
