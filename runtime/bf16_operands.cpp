@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <map>
+#include <utility>
+#include <vector>
 
 #include "runtime/bias_sum.h"
 #include "runtime/op_registry.h"
@@ -86,8 +88,8 @@ void bias_sums_read_copies(Graph& graph, const std::map<ValueId, ValueId>& copy_
 
 // A copy of a Linear's output that nothing else reads: the Linear writes the bf16 values itself (out_dtype), with its
 // pre-activation in bf16 too when only GeluGrad nodes read that (as PyTorch's autocast keeps it); a SiluMul writes
-// its output, and a SiluMulGrad its two gradients, in bf16 (out_dtype) the same way, counted with the Linears. The
-// same for an
+// its output, and a SiluMulGrad its two gradients, in bf16 (out_dtype) the same way, counted with the Linears (the
+// gate's two input Linears write bf16 too: gate_inputs_in_bf16). The same for an
 // AttentionPackedGrad's dQKV (counted in *attention_grads) and a LayerNormalization's or RMSNormalization's Y (it
 // becomes the galvatron twin, out_dtype 16; counted in *norm_outputs). The Cast and the float32 output go.
 Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded, int* attention_grads, int* norm_outputs) {
@@ -184,6 +186,45 @@ Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded, int* att
   return Status::ok();
 }
 
+// A SwiGLU gate whose two inputs are float32 Linear outputs read only by the gate and its gradient (SiluMul A and B,
+// SiluMulGrad A and B): both Linears write bf16 (out_dtype), as PyTorch's autocast keeps them, halving what the gate
+// and its gradient read. The SiluMul keeps its output's dtype through out_dtype. (No copy is folded: not counted.)
+void gate_inputs_in_bf16(Graph& graph) {
+  std::vector<std::vector<std::pair<NodeId, size_t>>> readers(graph.values.size());
+  for (NodeId id = 0; id < static_cast<NodeId>(graph.nodes.size()); ++id) {
+    const Node& n = graph.nodes[id];
+    for (size_t i = 0; i < n.inputs.size(); ++i)
+      if (n.inputs[i] != kNoValue) readers[n.inputs[i]].push_back({id, i});
+  }
+  std::vector<char> is_output(graph.values.size(), 0);
+  for (ValueId o : graph.outputs) is_output[o] = 1;
+  // v (input `slot` of the gate, 0 or 1) is a float32 Linear's only output, read by gates and their gradients alone.
+  auto bf16_able = [&](ValueId v, size_t slot) {
+    const NodeId p = graph.value(v).producer;
+    if (p < 0 || is_output[v] || graph.value(v).dtype != DType::kFloat32) return false;
+    const Node& lin = graph.nodes[p];
+    if (!is_linear(lin) || lin.outputs.size() != 1 || lin.inputs.size() > 3 || lin.attrs.get_int("out_dtype", 1) != 1) {
+      return false;
+    }
+    for (const auto& [r, i] : readers[v]) {
+      const Node& m = graph.nodes[r];
+      if (m.domain != kGalvatronDomain) return false;
+      if (!(m.op_type == "SiluMul" && i == slot) && !(m.op_type == "SiluMulGrad" && i == slot + 1)) return false;
+    }
+    return true;
+  };
+  for (Node& n : graph.nodes) {
+    if (n.op_type != "SiluMul" || n.domain != kGalvatronDomain || n.inputs.size() != 2) continue;
+    const ValueId a = n.inputs[0], b = n.inputs[1];
+    if (a == b || !bf16_able(a, 0) || !bf16_able(b, 1)) continue;
+    n.attrs.set_int("out_dtype", static_cast<int64_t>(graph.value(n.outputs[0]).dtype));
+    for (ValueId v : {a, b}) {
+      graph.nodes[graph.value(v).producer].attrs.set_int("out_dtype", kOnnxBFloat16);
+      graph.value(v).dtype = DType::kBFloat16;
+    }
+  }
+}
+
 }  // namespace
 
 Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size_t* boundary, int* copies,
@@ -270,7 +311,9 @@ Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size
   if (boundary) *boundary += inserted_before_boundary;
   *copies += made;
   bias_sums_read_copies(graph, copy_of);
-  return fold_linear_outputs(graph, boundary, linear_outputs, attention_grads, norm_outputs);
+  GV_RETURN_IF_ERROR(fold_linear_outputs(graph, boundary, linear_outputs, attention_grads, norm_outputs));
+  gate_inputs_in_bf16(graph);
+  return Status::ok();
 }
 
 }  // namespace gv

@@ -254,10 +254,12 @@ TEST_P(ModelBf16Operands, EveryProductOperandConvertedOnceSameGradientsWithinBf1
       if (is_copy) {
         // Products (MatMulAccumulate: a dX product adding into a gradient sum), GeluGrad reading a Linear's bf16
         // pre-activation, bias sums of an output gradient's copy.
+        // SwiGLU gates and their gradients reading the gate and up products' bf16 outputs.
         EXPECT_TRUE(n.op_type == "FusedMatMul" || n.op_type == "Linear" || n.op_type == "MatMulAccumulate" ||
-                    n.op_type == "GeluGrad" || n.op_type == "BiasGrad")
+                    n.op_type == "GeluGrad" || n.op_type == "BiasGrad" || n.op_type == "SiluMul" ||
+                    n.op_type == "SiluMulGrad")
             << n.name;
-        if (n.op_type != "BiasGrad") ++readers[in];
+        if (n.op_type != "BiasGrad" && n.op_type != "SiluMul" && n.op_type != "SiluMulGrad") ++readers[in];
       }
       if (n.op_type == "FusedMatMul" || n.op_type == "MatMul" || n.op_type == "Linear" ||
           (n.op_type == "MatMulAccumulate" && in != n.inputs[0])) {

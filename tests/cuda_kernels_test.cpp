@@ -786,6 +786,14 @@ TEST_F(CudaKernels, LlamaOps) {
     check({"SiluMul", {randn(s, 3.0), randn(s)}, attrs({{"out_dtype", 16}}), 1, G, 20, {}, 1e-2});
     check({"SiluMul", {bf16(randn(s, 3.0)), bf16(randn(s))}, {}, 1, G, 20, {}, 1e-2});
     check({"SiluMulGrad", {randn(s), bf16(randn(s, 3.0)), bf16(randn(s))}, {}, 2, G});
+    check({"SiluMulGrad",
+           {randn(s), bf16(randn(s, 3.0)), bf16(randn(s))},
+           attrs({{"out_dtype", 16}}),
+           2,
+           G,
+           20,
+           {},
+           1e-2});
   }
   check({"RotaryEmbedding", {randn({2, 4, 16, 64}), randn({2, 16, 32}), randn({2, 16, 32})}, {}, 1, "", 23});
   check({"RotaryEmbedding",

@@ -103,9 +103,9 @@ TEST(FuseLlamaOps, ZooLlamaAllForwardPasses) {
   expect_same_model(im->graph, fused, testing::random_lm_batch(cfg->vocab_size, 2, 16, 7));
 }
 
-// As the CUDA backend builds it (bf16 operand copies, Linear; the MLP 176 wide so its rows qualify): the gate's output
-// and both its gradients are written in bf16 by SiluMul / SiluMulGrad, each norm's output by the galvatron
-// RMSNormalization; the loss and gradients stay the float32 graph's within bf16 rounding.
+// As the CUDA backend builds it (bf16 operand copies, Linear; the MLP 176 wide so its rows qualify): the gate's inputs
+// are written in bf16 by their Linears, its output and both its gradients by SiluMul / SiluMulGrad, each norm's output
+// by the galvatron RMSNormalization; the loss and gradients stay the float32 graph's within bf16 rounding.
 TEST(FuseLlamaOps, ZooLlamaBf16Outputs) {
   auto cfg = zoo_config("", "llama-tiny");
   ASSERT_TRUE(cfg.has_value()) << cfg.status().message();
@@ -134,6 +134,17 @@ TEST(FuseLlamaOps, ZooLlamaBf16Outputs) {
   EXPECT_EQ(gates, layers);
   EXPECT_EQ(gate_grads, layers);
   EXPECT_EQ(norms, 2 * layers);
+  // The gate and up products write bf16 for the gate and its gradient (their only readers).
+  int bf16_gate_inputs = 0;
+  for (const Node& n : g.nodes) {
+    if (n.op_type != "SiluMul") continue;
+    for (ValueId in : n.inputs) {
+      const NodeId p = g.value(in).producer;
+      bf16_gate_inputs += g.value(in).dtype == DType::kBFloat16 && p >= 0 && g.nodes[p].op_type == "Linear" &&
+                          g.nodes[p].attrs.get_int("out_dtype", 1) == 16;
+    }
+  }
+  EXPECT_EQ(bf16_gate_inputs, 2 * layers);
   double loss32 = 0, loss16 = 0;
   auto g32 = (*t32)->compute_gradients(batch, &loss32);
   auto g16 = (*t16)->compute_gradients(batch, &loss16);
