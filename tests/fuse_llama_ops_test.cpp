@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "importer/onnx_importer.h"
@@ -24,6 +25,7 @@
 namespace gv {
 namespace {
 
+using testing::ChainBuilder;
 using testing::count_ops;
 using testing::expect_well_formed;
 using testing::max_rel_diff;
@@ -159,26 +161,6 @@ TEST(FuseLlamaOps, ZooLlamaBf16Outputs) {
 
 // ---- hand-built chains that fuse or must stay -----------------------------------------------------------------------
 
-struct ChainBuilder {
-  Graph g;
-  ChainBuilder() { g.opsets[""] = 17; }
-  ValueId node(const std::string& op, std::vector<ValueId> in, Attributes a = {}) {
-    Node n;
-    n.name = op + std::to_string(g.nodes.size());
-    n.op_type = op;
-    n.opset = 17;
-    n.inputs = std::move(in);
-    n.attrs = std::move(a);
-    auto out = g.add_node(std::move(n));
-    EXPECT_TRUE(out.has_value()) << out.status().message();
-    return out ? (*out)[0] : kNoValue;
-  }
-  ValueId ints(std::vector<int64_t> v) {
-    return g.add_initializer(g.unique_name("c"), Tensor::from_i64(v, {static_cast<int64_t>(v.size())}),
-                             ValueKind::kConstant);
-  }
-};
-
 // HF's rotate_half form over x [1, 2, 4, 8] with [4, 8] tables; `repeat` makes each row's halves equal.
 Graph rope_chain(bool repeat, bool rotated_is_output) {
   ChainBuilder b;
@@ -246,6 +228,24 @@ TEST(FuseLlamaOps, GateChainsFuseUnlessShared) {
     ASSERT_EQ(x.size(), 1u);
     ASSERT_EQ(y.size(), 1u);
     EXPECT_LE(max_rel_diff(y[0], x[0]), 1e-6);
+  }
+}
+
+// SiluMul's operands must agree; out_dtype is float32 or bfloat16; each error names the node.
+TEST(FuseLlamaOps, BadGateOperandsAreClearErrors) {
+  const Tensor a = testing::randn_f32({3, 4}, 1);
+  Attributes f16;
+  f16.set_int("out_dtype", 10);
+  const std::vector<std::tuple<std::vector<Tensor>, Attributes, std::string>> cases = {
+      {{a, testing::randn_f32({3, 5}, 2)}, {}, "B (float32 [3,5]) must have A's dtype and shape (float32 [3,4])"},
+      {{a, a.cast(DType::kBFloat16)}, {}, "must have A's dtype and shape"},
+      {{a, a}, f16, "out_dtype must be 1 (float32) or 16 (bfloat16), got 10"},
+  };
+  for (const auto& [in, attrs, want] : cases) {
+    auto r = testing::run_op("SiluMul", in, attrs, 1, 1, {}, kGalvatronDomain);
+    ASSERT_FALSE(r.has_value()) << want;
+    EXPECT_NE(r.status().message().find(want), std::string::npos) << r.status().message();
+    EXPECT_NE(r.status().message().find("test_node"), std::string::npos) << r.status().message();
   }
 }
 

@@ -90,6 +90,11 @@ TEST(FuseResidualAdd, BadResidualsAndAddendsNameTheNode) {
   ASSERT_FALSE(grad.has_value());
   EXPECT_NE(grad.status().message().find("Addend must match X [3,4]"), std::string::npos) << grad.status().message();
   EXPECT_NE(grad.status().message().find("test_node"), std::string::npos) << grad.status().message();
+  auto rms = run_op("RMSNormalizationGrad", {randn({3, 4}, 5), x, randn({4}, 6), randn({4, 3}, 7)}, {}, 2, 1, {},
+                    kGalvatronDomain);
+  ASSERT_FALSE(rms.has_value());
+  EXPECT_NE(rms.status().message().find("Addend must match X [3,4]"), std::string::npos) << rms.status().message();
+  EXPECT_NE(rms.status().message().find("test_node"), std::string::npos) << rms.status().message();
 }
 
 // A tiny model's training graph with the residual adds folded against the same graph without: (model, float32 or the

@@ -105,23 +105,13 @@ struct Variant {
 
 // y = RMSNorm(x) * w over x [2, 3, 8] as the variant writes it; x a graph input, w a parameter.
 Graph chain(const Variant& v) {
-  Graph g;
-  g.opsets[""] = 17;
+  testing::ChainBuilder b;
+  Graph& g = b.g;
   const ValueId x = g.add_input("x", DType::kFloat32, {2, 3, 8});
   const ValueId w = g.add_initializer("w", testing::randn_f32({8}, 5), ValueKind::kParameter);
-  auto scalar = [&](const std::string& name, float c) {
-    return g.add_initializer(name, Tensor::scalar(DType::kFloat32, c), ValueKind::kConstant);
-  };
+  auto scalar = [&](const std::string& name, float c) { return b.scalar(name, c); };
   auto node = [&](const std::string& op, std::vector<ValueId> in, Attributes a = {}) {
-    Node n;
-    n.name = op + std::to_string(g.nodes.size());
-    n.op_type = op;
-    n.opset = 17;
-    n.inputs = std::move(in);
-    n.attrs = std::move(a);
-    auto out = g.add_node(std::move(n));
-    EXPECT_TRUE(out.has_value()) << out.status().message();
-    return (*out)[0];
+    return b.node(op, std::move(in), std::move(a));
   };
   const ValueId sq = v.form == Form::kSquareByMul ? node("Mul", {x, x}) : node("Pow", {x, scalar("two", 2.0f)});
   Attributes ra;

@@ -15,6 +15,32 @@
 
 namespace gv::testing {
 
+// A hand-built default-domain graph at one opset, for the chain fusion tests: node() appends a node named after its op
+// and returns its first output (kNoValue, and a test failure, when the registry rejects it).
+struct ChainBuilder {
+  Graph g;
+  int opset;
+  explicit ChainBuilder(int opset_ = 17) : opset(opset_) { g.opsets[""] = opset; }
+  ValueId node(const std::string& op, std::vector<ValueId> in, Attributes a = {}) {
+    Node n;
+    n.name = op + std::to_string(g.nodes.size());
+    n.op_type = op;
+    n.opset = opset;
+    n.inputs = std::move(in);
+    n.attrs = std::move(a);
+    auto out = g.add_node(std::move(n));
+    EXPECT_TRUE(out.has_value()) << out.status().message();
+    return out ? (*out)[0] : kNoValue;
+  }
+  ValueId ints(std::vector<int64_t> v) {
+    return g.add_initializer(g.unique_name("c"), Tensor::from_i64(v, {static_cast<int64_t>(v.size())}),
+                             ValueKind::kConstant);
+  }
+  ValueId scalar(const std::string& name, float c) {
+    return g.add_initializer(name, Tensor::scalar(DType::kFloat32, c), ValueKind::kConstant);
+  }
+};
+
 // Every node's inputs re-inferred in a graph of their own give the output types and shapes the graph records.
 inline void expect_inference_agrees(const Graph& g) {
   for (const Node& n : g.nodes) {

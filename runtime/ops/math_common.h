@@ -110,6 +110,18 @@ Status dispatch_index(DType t, const KernelContext& ctx, F&& f) {
   }
 }
 
+// Attribute out_dtype of the ops that can write their result in bf16 for products (SiluMul, SiluMulGrad, the norms'
+// galvatron twins): when present, 1 (float32) or 16 (bfloat16) into *out; absent, *out is left as it is.
+inline Status read_out_dtype(const InferContext& ctx, DType* out) {
+  if (!ctx.attrs().has("out_dtype")) return Status::ok();
+  const int64_t code = ctx.attrs().get_int("out_dtype", 0);
+  if (code != static_cast<int64_t>(DType::kFloat32) && code != static_cast<int64_t>(DType::kBFloat16)) {
+    return ctx.fail("attribute out_dtype must be 1 (float32) or 16 (bfloat16), got " + std::to_string(code));
+  }
+  *out = static_cast<DType>(code);
+  return Status::ok();
+}
+
 // A schema with the fields every entry sets.
 inline OpSchema make_schema(const std::string& domain, const std::string& name, int min_in, int max_in, int min_out,
                             int max_out, InferFn infer, KernelFn cpu, const std::string& doc) {

@@ -16,17 +16,6 @@ bool is_float_or_half(DType t) {
   return t == DType::kFloat32 || t == DType::kFloat64 || t == DType::kBFloat16 || t == DType::kFloat16;
 }
 
-// Attribute out_dtype, when present, into *out: 1 (float32) or 16 (bfloat16).
-Status out_dtype_attr(const InferContext& ctx, DType* out) {
-  if (!ctx.attrs().has("out_dtype")) return Status::ok();
-  const int64_t code = ctx.attrs().get_int("out_dtype", 0);
-  if (code != static_cast<int64_t>(DType::kFloat32) && code != static_cast<int64_t>(DType::kBFloat16)) {
-    return ctx.fail("attribute out_dtype must be 1 (float32) or 16 (bfloat16), got " + std::to_string(code));
-  }
-  *out = static_cast<DType>(code);
-  return Status::ok();
-}
-
 Status infer_silu_mul(InferContext& ctx) {
   if (!is_float_or_half(ctx.dtype(0))) {
     return ctx.fail(std::string("A must be a floating-point tensor, got ") + dtype_name(ctx.dtype(0)));
@@ -37,7 +26,7 @@ Status infer_silu_mul(InferContext& ctx) {
                     ")");
   }
   DType out = ctx.dtype(0);
-  GV_RETURN_IF_ERROR(out_dtype_attr(ctx, &out));
+  GV_RETURN_IF_ERROR(read_out_dtype(ctx, &out));
   ctx.set_output(0, out, ctx.shape(0));
   return Status::ok();
 }
@@ -70,7 +59,7 @@ Status infer_silu_mul_grad(InferContext& ctx) {
     }
   }
   DType out = t;
-  GV_RETURN_IF_ERROR(out_dtype_attr(ctx, &out));
+  GV_RETURN_IF_ERROR(read_out_dtype(ctx, &out));
   for (int o = 0; o < ctx.num_outputs(); ++o) ctx.set_output(o, out, ctx.shape(0));
   return Status::ok();
 }

@@ -77,10 +77,10 @@ P* data_or_null(const KernelContext& ctx, int i) {
 // bfloat16 from a float32 X) into *y; the ONNX ops keep X's.
 Status twin_out_dtype(const InferContext& ctx, DType* y) {
   if (ctx.node().domain != kGalvatronDomain) return Status::ok();
-  const int64_t out = ctx.attrs().get_int("out_dtype", 1);
-  if (out != 1 && out != 16) return ctx.fail("out_dtype must be 1 (float32) or 16 (bfloat16)");
-  if (out == 16 && *y != DType::kFloat32) return ctx.fail("out_dtype 16 needs a float32 X");
-  if (out == 16) *y = DType::kBFloat16;
+  DType out = *y;
+  GV_RETURN_IF_ERROR(read_out_dtype(ctx, &out));
+  if (out == DType::kBFloat16 && *y != DType::kFloat32) return ctx.fail("out_dtype 16 needs a float32 X");
+  *y = out == DType::kBFloat16 ? out : *y;
   return Status::ok();
 }
 
