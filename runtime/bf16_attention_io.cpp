@@ -1,5 +1,6 @@
-// bf16_attention_io (runtime/bf16_operands.h): the float32 values around the packed attention ops stored in bf16 where
-// only attention nodes (and the reshapes between them and their copies or products) read them.
+// bf16_attention_io (runtime/bf16_operands.h): the float32 values around the attention ops (packed QKV, or Q, K, V
+// apart) stored in bf16 where only attention nodes (and the reshapes or rotations between them and their copies or
+// products) read them.
 #include <vector>
 
 #include "runtime/bf16_operands.h"
@@ -105,6 +106,156 @@ class Rewriter {
     ++count_;
   }
 
+  // Attention with Q, K, V apart (AttentionWithLse `fwd` and the AttentionGrad reading its LSE; Llama's 3-D form):
+  // every one of Q, K, V, Y, dY, dQ, dK, dV is stored in bf16, or none (the ops take one float type). Q, K, V each come
+  // from a float32 Linear through Reshapes and at most one RotaryEmbedding, each value between read once, and only the
+  // two attention nodes read them: the Linear writes bf16, and the reshapes and the rotation pass bf16 on. Y is read by
+  // the backward and its shared bf16 copy (whose Cast goes), dY is a FusedMatMul's (through Reshapes), and each
+  // gradient reaches its shared bf16 copy through Reshapes and at most one RotaryEmbedding (the backward's rotation),
+  // each value read once: the last node writes the copy and the Cast goes.
+  void separate(NodeId fwd) {
+    const Node& a = g_.nodes[fwd];
+    if (a.inputs.size() != 3 || a.outputs.size() != 2 || g_.value(a.outputs[0]).dtype != DType::kFloat32) return;
+    NodeId grad = -1;
+    for (const Reader& r : readers_[a.outputs[1]]) {
+      if (is_op(g_.nodes[r.node], "AttentionGrad") && r.slot == 6 && grad < 0)
+        grad = r.node;
+      else
+        return;
+    }
+    if (grad < 0) return;
+    const Node& gn = g_.nodes[grad];
+    if (gn.inputs.size() != 7 || gn.inputs[3] != kNoValue || gn.inputs[5] != a.outputs[0] || gn.outputs.size() != 3) {
+      return;
+    }
+    // Q, K, V: the values back to each one's Linear.
+    std::vector<ValueId> in_values;
+    NodeId linear[3];
+    for (int i = 0; i < 3; ++i) {
+      const ValueId v = a.inputs[i];
+      if (gn.inputs[i] != v) return;
+      for (const Reader& r : readers_[v]) {
+        if (!((r.node == fwd || r.node == grad) && r.slot == i)) return;
+      }
+      linear[i] = chain_up(v, &in_values);
+      if (linear[i] < 0) return;
+    }
+    // Y: the backward and one other reader, the way (Reshapes) to its shared bf16 copy.
+    const ValueId y = a.outputs[0];
+    if (is_output_[y]) return;
+    NodeId y_next = -1;
+    for (const Reader& r : readers_[y]) {
+      if (r.node == grad && r.slot == 5) continue;
+      if (y_next >= 0 || r.slot != 0) return;
+      y_next = r.node;
+    }
+    if (y_next < 0) return;
+    std::vector<ValueId> y_values;  // the values from Y's reshape on, before the copy's input
+    NodeId y_copy = -1;
+    if (is_bf16_copy(g_.nodes[y_next])) {
+      y_copy = y_next;
+    } else {
+      if (!is_reshape(g_.nodes[y_next])) return;
+      y_copy = chain_down(g_.nodes[y_next].outputs[0], &y_values, /*rotation_allowed=*/false);
+      if (y_copy < 0) return;
+    }
+    // dY: a FusedMatMul's, through Reshapes.
+    std::vector<ValueId> dy_values = {gn.inputs[4]};
+    ValueId dy = gn.inputs[4];
+    while (true) {
+      if (!plain_float32(dy) || readers_[dy].size() != 1) return;
+      const Node& p = g_.nodes[g_.value(dy).producer];
+      if (!is_reshape(p)) break;
+      dy = p.inputs[0];
+      dy_values.push_back(dy);
+    }
+    const NodeId dy_product = g_.value(dy).producer;
+    if (!is_op(g_.nodes[dy_product], "FusedMatMul") || g_.nodes[dy_product].outputs.size() != 1 ||
+        !writes_float32(g_.nodes[dy_product])) {
+      return;
+    }
+    // dQ, dK, dV: each one's way to its copy.
+    std::vector<ValueId> out_values;
+    NodeId out_copy[3];
+    for (int i = 0; i < 3; ++i) {
+      out_copy[i] = chain_down(gn.outputs[i], &out_values);
+      if (out_copy[i] < 0) return;
+    }
+    // Every piece is there: rewrite.
+    for (int i = 0; i < 3; ++i) g_.nodes[linear[i]].attrs.set_int("out_dtype", kOnnxBFloat16);
+    for (ValueId v : in_values) g_.value(v).dtype = DType::kBFloat16;
+    if (y_next == y_copy) {  // the node writes the copy, which the backward reads; y stays an orphan value (the
+                             // training graph's maps hold value ids)
+      const ValueId y16 = g_.nodes[y_copy].outputs[0];
+      g_.nodes[fwd].outputs[0] = y16;
+      g_.nodes[grad].inputs[5] = y16;
+      gone_[y_copy] = 1;
+    } else {  // Y in bf16, the reshapes pass it on, the last one writes the copy
+      g_.value(y).dtype = DType::kBFloat16;
+      for (ValueId v : y_values) g_.value(v).dtype = DType::kBFloat16;
+      write_copy(y_copy);
+    }
+    g_.nodes[dy_product].attrs.set_int("out_dtype", kOnnxBFloat16);
+    for (ValueId x : dy_values) g_.value(x).dtype = DType::kBFloat16;
+    for (ValueId v : out_values) g_.value(v).dtype = DType::kBFloat16;
+    for (int i = 0; i < 3; ++i) write_copy(out_copy[i]);
+    count_ += 8;
+  }
+
+  // The writer of `cast`'s input writes the cast's bf16 copy instead, and the Cast goes (its input stays an orphan).
+  void write_copy(NodeId cast) {
+    const Node& c = g_.nodes[cast];
+    for (ValueId& o : g_.nodes[g_.value(c.inputs[0]).producer].outputs) {
+      if (o == c.inputs[0]) o = c.outputs[0];
+    }
+    gone_[cast] = 1;
+  }
+
+  // From v up through Reshapes and at most one RotaryEmbedding (its input X), every value float32 and the ones above v
+  // read once, to a float32 Linear with one output: the Linear, with the values (v included) added to *values; -1 if
+  // the chain is not there.
+  NodeId chain_up(ValueId v, std::vector<ValueId>* values) {
+    std::vector<ValueId> seen;
+    bool rotated = false;
+    while (true) {
+      if (!plain_float32(v) || (!seen.empty() && readers_[v].size() != 1)) return -1;
+      seen.push_back(v);
+      const NodeId p = g_.value(v).producer;
+      const Node& n = g_.nodes[p];
+      if (is_reshape(n) || (!rotated && n.op_type == "RotaryEmbedding" && n.domain.empty())) {
+        rotated = rotated || !is_reshape(n);
+        v = n.inputs[0];
+        continue;
+      }
+      if (!is_op(n, "Linear") || n.outputs.size() != 1 || n.inputs.size() > 3 || !writes_float32(n)) return -1;
+      values->insert(values->end(), seen.begin(), seen.end());
+      return p;
+    }
+  }
+
+  // From a gradient o down through Reshapes and at most one RotaryEmbedding (reading it as X; none unless
+  // rotation_allowed), each value float32 and read once, to the bf16 copy's Cast: the Cast, with the values before the
+  // copy's input (o included, the Cast's input not: its writer writes the copy instead) added to *values; -1 if the
+  // chain is not there.
+  NodeId chain_down(ValueId o, std::vector<ValueId>* values, bool rotation_allowed = true) {
+    std::vector<ValueId> seen;
+    bool rotated = !rotation_allowed;
+    while (true) {
+      if (!plain_float32(o) || readers_[o].size() != 1) return -1;
+      const Reader& r = readers_[o][0];
+      const Node& n = g_.nodes[r.node];
+      if (is_bf16_copy(n)) {
+        values->insert(values->end(), seen.begin(), seen.end());
+        return r.node;
+      }
+      const bool rotation = !rotated && n.op_type == "RotaryEmbedding" && n.domain.empty() && r.slot == 0;
+      if (!(is_reshape(n) && r.slot == 0) && !rotation) return -1;
+      rotated = rotated || rotation;
+      seen.push_back(o);
+      o = n.outputs[0];
+    }
+  }
+
   // Erases the removed Casts, moving *boundary by those before it; returns the number of values turned bf16.
   int finish(size_t* boundary) {
     size_t before = 0;
@@ -142,6 +293,8 @@ Status bf16_attention_io(Graph& graph, size_t* boundary, int* values) {
       rw.y(id);
     } else if (is_op(n, "AttentionPackedGrad") && n.inputs.size() == 4) {
       rw.dy(n.inputs[1]);
+    } else if (is_op(n, "AttentionWithLse")) {
+      rw.separate(id);
     }
   }
   *values += rw.finish(boundary);

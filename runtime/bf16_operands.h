@@ -38,8 +38,11 @@ Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size
 // where only attention nodes read them: the QKV (its Linear writes bf16: out_dtype 16), Y (the node writes Y's shared
 // bf16 copy itself: y_dtype 16; the copy's Cast goes and the backward reads the copy) and dY (its FusedMatMul writes
 // bf16). cuDNN's path rounds these values to bf16 itself, so it computes the same, except that the QKV product's bias
-// is added in bf16 (cuBLASLt's bf16 epilogue); elsewhere the attention computes on the bf16-rounded values. *boundary
-// as above; adds the number of values turned bf16 to *values.
+// is added in bf16 (cuBLASLt's bf16 epilogue); elsewhere the attention computes on the bf16-rounded values. Likewise
+// for Q, K, V apart (galvatron AttentionWithLse / AttentionGrad, Llama's 3-D form, all eight values or none): Q, K, V
+// (their Linears write bf16, a RotaryEmbedding between follows), Y, dY, and dQ, dK, dV (the backward, or the rotation
+// after it, writes each gradient's shared copy); the rotations then round where cuDNN's copies rounded. *boundary as
+// above; adds the number of values turned bf16 to *values.
 Status bf16_attention_io(Graph& graph, size_t* boundary, int* values);
 
 // Persistent parameter copies (runtime/bf16_param_copies.cpp), on a whole training graph (after its optimizer nodes):

@@ -4,6 +4,7 @@
 // runs the CPU kernel (and reports its errors).
 #ifdef GALVATRON_HAVE_CUDA
 #include <cmath>
+#include <initializer_list>
 #include <string>
 
 #include "kernels/cuda/device.h"
@@ -18,16 +19,25 @@ Status launch(const KernelContext& ctx, bool ok) {
   return ok ? Status::ok() : ctx.fail(std::string("CUDA kernel failed: ") + cuda::last_error());
 }
 
-bool f32_34d(const TensorRef& t) {
-  return t.data != nullptr && t.dtype == DType::kFloat32 && (t.rank() == 4 || t.rank() == 3);
+// Every one of `ts` float32, or every one bf16 (the training graph's bf16 attention I/O): *bf16 says which.
+bool one_float_type(std::initializer_list<const TensorRef*> ts, bool* bf16) {
+  *bf16 = (*ts.begin())->dtype == DType::kBFloat16;
+  for (const TensorRef* t : ts) {
+    if (t->data == nullptr || (t->rank() != 4 && t->rank() != 3) ||
+        t->dtype != (*bf16 ? DType::kBFloat16 : DType::kFloat32)) {
+      return false;
+    }
+  }
+  return true;
 }
 
 // Fills d from Q, K, V in either form (runtime/ops/attention_form.h), the optional mask (input mask_index; omitted or
 // empty: none) and the attributes. False: a form the CUDA kernels do not take.
-bool attention_dims(const KernelContext& ctx, int mask_index, cuda::AttentionDims& d, AttentionForm& f) {
+// *bf16: whether Q, K, V are bf16 (else float32).
+bool attention_dims(const KernelContext& ctx, int mask_index, cuda::AttentionDims& d, AttentionForm& f, bool* bf16) {
   if (ctx.inputs.size() < 3) return false;
   const TensorRef &q = ctx.inputs[0], &k = ctx.inputs[1], &v = ctx.inputs[2];
-  if (!f32_34d(q) || !f32_34d(k) || !f32_34d(v)) return false;
+  if (!one_float_type({&q, &k, &v}, bf16)) return false;
   if (!read_attention_form(q.shape, k.shape, v.shape, ctx.attrs(), f).empty()) return false;
   d = cuda::AttentionDims{};
   d.batch = f.batch;
@@ -68,23 +78,28 @@ bool only_outputs(const KernelContext& ctx, size_t used) {
   return true;
 }
 
-bool output_ok(const TensorRef& t, const Shape& want) {
-  return t.dtype == DType::kFloat32 && t.shape == want && (t.data != nullptr || t.numel() == 0);
+bool output_ok(const TensorRef& t, const Shape& want, DType dtype = DType::kFloat32) {
+  return t.dtype == dtype && t.shape == want && (t.data != nullptr || t.numel() == 0);
 }
+DType io_dtype(bool bf16) { return bf16 ? DType::kBFloat16 : DType::kFloat32; }
+const uint16_t* bits(const TensorRef& t) { return static_cast<const uint16_t*>(t.data); }
+uint16_t* bits_out(const TensorRef& t) { return static_cast<uint16_t*>(t.data); }
 
 // Attention(Q, K, V, [attn_mask], [past_key], [past_value]) -> Y.
 Status attention_cuda(KernelContext& ctx) {
   cuda::AttentionDims d;
   AttentionForm f;
-  if (!attention_dims(ctx, 3, d, f)) return cuda_fallback_kernel(ctx);
+  bool bf16 = false;
+  if (!attention_dims(ctx, 3, d, f, &bf16)) return cuda_fallback_kernel(ctx);
   if (ctx.has_input(4) || ctx.has_input(5) || !only_outputs(ctx, 1) || ctx.outputs.empty()) {
     return cuda_fallback_kernel(ctx);
   }
   if (ctx.attrs().get_float("softcap", 0.0f) != 0.0f) return cuda_fallback_kernel(ctx);
   const TensorRef& y = ctx.outputs[0];
-  if (!output_ok(y, f.y_shape())) return cuda_fallback_kernel(ctx);
-  return launch(ctx, cuda::attention_f32(d, ctx.inputs[0].as<float>(), ctx.inputs[1].as<float>(),
-                                         ctx.inputs[2].as<float>(), y.as<float>()));
+  if (!output_ok(y, f.y_shape(), io_dtype(bf16))) return cuda_fallback_kernel(ctx);
+  const TensorRef &q = ctx.inputs[0], &k = ctx.inputs[1], &v = ctx.inputs[2];
+  if (bf16) return launch(ctx, cuda::attention_bf16(d, bits(q), bits(k), bits(v), bits_out(y)));
+  return launch(ctx, cuda::attention_f32(d, q.as<float>(), k.as<float>(), v.as<float>(), y.as<float>()));
 }
 
 // galvatron AttentionWithLse(Q, K, V) -> Y, LSE: cuDNN's or the flash forward writes both; forms neither takes go to
@@ -92,45 +107,58 @@ Status attention_cuda(KernelContext& ctx) {
 Status attention_with_lse_cuda(KernelContext& ctx) {
   cuda::AttentionDims d;
   AttentionForm f;
-  if (!attention_dims(ctx, 3, d, f) || ctx.outputs.size() != 2 ||
+  bool bf16 = false;
+  if (!attention_dims(ctx, 3, d, f, &bf16) || ctx.outputs.size() != 2 ||
       !(cuda::cudnn_attention_separate_supported(d) || cuda::flash_attention_eligible(d, false))) {
     return cuda_fallback_kernel(ctx);
   }
   const TensorRef &y = ctx.outputs[0], &lse = ctx.outputs[1];
-  if (!output_ok(y, f.y_shape()) || !output_ok(lse, {f.batch, f.q_heads, f.q_len})) return cuda_fallback_kernel(ctx);
-  return launch(ctx, cuda::attention_f32(d, ctx.inputs[0].as<float>(), ctx.inputs[1].as<float>(),
-                                         ctx.inputs[2].as<float>(), y.as<float>(), lse.as<float>()));
+  if (!output_ok(y, f.y_shape(), io_dtype(bf16)) || !output_ok(lse, {f.batch, f.q_heads, f.q_len})) {
+    return cuda_fallback_kernel(ctx);
+  }
+  const TensorRef &q = ctx.inputs[0], &k = ctx.inputs[1], &v = ctx.inputs[2];
+  if (bf16) return launch(ctx, cuda::attention_bf16(d, bits(q), bits(k), bits(v), bits_out(y), lse.as<float>()));
+  return launch(ctx,
+                cuda::attention_f32(d, q.as<float>(), k.as<float>(), v.as<float>(), y.as<float>(), lse.as<float>()));
 }
 
-// AttentionGrad(Q, K, V, [attn_mask], dY, [Y, LSE]) -> dQ, dK, dV (overwritten).
+// AttentionGrad(Q, K, V, [attn_mask], dY, [Y, LSE]) -> dQ, dK, dV (overwritten); Q, K, V, dY, Y and the results all
+// float32 or all bf16.
 Status attention_grad_cuda(KernelContext& ctx) {
   cuda::AttentionDims d;
   AttentionForm f;
-  if (!attention_dims(ctx, 3, d, f) || ctx.inputs.size() < 5 || ctx.outputs.size() != 3) {
+  bool bf16 = false;
+  if (!attention_dims(ctx, 3, d, f, &bf16) || ctx.inputs.size() < 5 || ctx.outputs.size() != 3) {
     return cuda_fallback_kernel(ctx);
   }
+  const DType t = io_dtype(bf16);
   const TensorRef& dy = ctx.inputs[4];
-  if (!f32_34d(dy) || dy.shape != f.y_shape()) return cuda_fallback_kernel(ctx);
+  if (dy.data == nullptr || dy.dtype != t || dy.shape != f.y_shape()) return cuda_fallback_kernel(ctx);
   if (ctx.attrs().get_float("softcap", 0.0f) != 0.0f) return cuda_fallback_kernel(ctx);
   const TensorRef &dq = ctx.outputs[0], &dk = ctx.outputs[1], &dv = ctx.outputs[2];
-  if (!output_ok(dq, ctx.inputs[0].shape) || !output_ok(dk, ctx.inputs[1].shape) ||
-      !output_ok(dv, ctx.inputs[2].shape)) {
+  if (!output_ok(dq, ctx.inputs[0].shape, t) || !output_ok(dk, ctx.inputs[1].shape, t) ||
+      !output_ok(dv, ctx.inputs[2].shape, t)) {
     return cuda_fallback_kernel(ctx);
   }
-  const float *y = nullptr, *lse = nullptr;  // AttentionWithLse's outputs, when given
+  const TensorRef* y = nullptr;  // AttentionWithLse's outputs, when given
+  const float* lse = nullptr;
   if (ctx.has_input(5) && ctx.has_input(6)) {
     const TensorRef &yt = ctx.inputs[5], &lt = ctx.inputs[6];
-    if (yt.dtype == DType::kFloat32 && yt.shape == f.y_shape() && lt.dtype == DType::kFloat32 &&
+    if (yt.dtype == t && yt.shape == f.y_shape() && lt.dtype == DType::kFloat32 &&
         lt.shape == Shape{f.batch, f.q_heads, f.q_len}) {
-      y = yt.as<float>();
+      y = &yt;
       lse = lt.as<float>();
     }
   }
-  return launch(ctx, cuda::attention_grad_f32(d, ctx.inputs[0].as<float>(), ctx.inputs[1].as<float>(),
-                                              ctx.inputs[2].as<float>(), dy.as<float>(), dq.as<float>(),
-                                              dk.as<float>(), dv.as<float>(), y, lse));
+  const TensorRef &q = ctx.inputs[0], &k = ctx.inputs[1], &v = ctx.inputs[2];
+  if (bf16) {
+    return launch(ctx, cuda::attention_grad_bf16(d, bits(q), bits(k), bits(v), bits(dy), bits_out(dq), bits_out(dk),
+                                                 bits_out(dv), y ? bits(*y) : nullptr, lse));
+  }
+  return launch(ctx,
+                cuda::attention_grad_f32(d, q.as<float>(), k.as<float>(), v.as<float>(), dy.as<float>(), dq.as<float>(),
+                                         dk.as<float>(), dv.as<float>(), y ? y->as<float>() : nullptr, lse));
 }
-
 
 // galvatron AttentionPacked / AttentionPackedGrad: the sizes from QKV [B, S, 3 * H * D] (float32 or bf16); false where
 // the flash kernels do not take them (the fallback runs the CPU kernels). Where cuDNN's fused attention takes the shape

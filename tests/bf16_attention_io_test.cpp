@@ -144,5 +144,114 @@ TEST_P(GptTinyBf16AttentionIo, StoresQkvYAndDyInBf16) {
 
 INSTANTIATE_TEST_SUITE_P(Checkpointing, GptTinyBf16AttentionIo, ::testing::Bool());
 
+// ---- Q, K, V apart (Llama's 3-D form)
+// --------------------------------------------------------------------------------
+
+Attributes separate_attrs() {
+  Attributes a;
+  a.set_int("q_num_heads", 4);
+  a.set_int("kv_num_heads", 2);
+  a.set_int("is_causal", 1);
+  return a;
+}
+
+// B 2, S 5, Hq 4, Hkv 2, D 3 in the 3-D form: bf16 operands compute what the widened float32 ones compute, the results
+// rounded; LSE stays float32.
+TEST(Bf16AttentionIo, SeparateOpsOnBf16EqualTheWidenedFloat32) {
+  const Tensor q16 = testing::randn_f32({2, 5, 12}, 11).cast(DType::kBFloat16);
+  const Tensor k16 = testing::randn_f32({2, 5, 6}, 12).cast(DType::kBFloat16);
+  const Tensor v16 = testing::randn_f32({2, 5, 6}, 13).cast(DType::kBFloat16);
+  const Tensor dy16 = testing::randn_f32({2, 5, 12}, 14).cast(DType::kBFloat16);
+  auto wide = [](const Tensor& t) { return t.cast(DType::kFloat32); };
+  auto ref =
+      run_op("AttentionWithLse", {wide(q16), wide(k16), wide(v16)}, separate_attrs(), 2, 1, {}, kGalvatronDomain);
+  ASSERT_TRUE(ref.has_value()) << ref.status().message();
+  auto mixed = run_op("AttentionWithLse", {q16, k16, v16}, separate_attrs(), 2, 1, {}, kGalvatronDomain);
+  ASSERT_TRUE(mixed.has_value()) << mixed.status().message();
+  EXPECT_TRUE(same_bits(mixed->outputs[0], ref->outputs[0].cast(DType::kBFloat16))) << "Y is Y's rounding";
+  EXPECT_TRUE(same_bits(mixed->outputs[1], ref->outputs[1])) << "LSE float32, the same";
+
+  const Tensor y16 = mixed->outputs[0];
+  auto gref =
+      run_op("AttentionGrad", {wide(q16), wide(k16), wide(v16), Tensor(), wide(dy16), wide(y16), ref->outputs[1]},
+             separate_attrs(), 3, 1, {}, kGalvatronDomain);
+  ASSERT_TRUE(gref.has_value()) << gref.status().message();
+  auto g = run_op("AttentionGrad", {q16, k16, v16, Tensor(), dy16, y16, ref->outputs[1]}, separate_attrs(), 3, 1, {},
+                  kGalvatronDomain);
+  ASSERT_TRUE(g.has_value()) << g.status().message();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(g->outputs[i].dtype(), DType::kBFloat16) << i;
+    EXPECT_TRUE(same_bits(g->outputs[i], gref->outputs[i].cast(DType::kBFloat16))) << "gradient " << i;
+  }
+  // One float type: a float32 K beside bf16 Q names the node and both types; LSE must be float32 beside bf16.
+  auto k32 = run_op("AttentionWithLse", {q16, wide(k16), v16}, separate_attrs(), 2, 1, {}, kGalvatronDomain);
+  ASSERT_FALSE(k32.has_value());
+  EXPECT_NE(k32.status().message().find("K is float32 but Q is bfloat16"), std::string::npos) << k32.status().message();
+  auto lse16 = run_op("AttentionGrad", {q16, k16, v16, Tensor(), dy16, y16, ref->outputs[1].cast(DType::kBFloat16)},
+                      separate_attrs(), 3, 1, {}, kGalvatronDomain);
+  ASSERT_FALSE(lse16.has_value());
+  EXPECT_NE(lse16.status().message().find("LSE must be float32"), std::string::npos) << lse16.status().message();
+}
+
+// The zoo's llama as the CUDA backend builds it in bf16 (Q, K, V apart, rotations fused, shared bf16 operands), on the
+// CPU: per layer Q, K, V, Y, dY, dQ, dK, dV stored in bf16, the Linears and rotations writing them, no copy Casts of
+// attention values left; the loss and gradients those of the float32 attention I/O within bf16 rounding.
+TEST(Bf16AttentionIo, LlamaStoresSeparateAttentionValuesInBf16) {
+  auto tiny = testing::tiny_model("llama-tiny");
+  ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
+  const ImportedModel* im = &tiny->im;
+  auto backend = make_cpu_backend();
+  const int layers = im->graph.num_layers;
+  auto run = [&](bool io, double* loss) -> Expected<TensorMap> {
+    TrainerConfig tc = testing::cuda_bf16_like_config(false);
+    tc.graph.bf16_attention_io = io;
+    GV_ASSIGN_OR_RETURN(auto t, Trainer::create(im->graph, tc, *backend));
+    const Graph& g = t->training_graph().graph;
+    if (io) {
+      EXPECT_EQ(t->training_graph().fused.bf16_attention_io, 8 * layers);
+      int forwards = 0, backwards = 0;
+      for (const Node& n : g.nodes) {
+        if (n.op_type == "AttentionWithLse") {
+          ++forwards;
+          for (int i : {0, 1, 2}) EXPECT_EQ(g.value(n.inputs[i]).dtype, DType::kBFloat16) << n.name << " input " << i;
+          EXPECT_EQ(g.value(n.outputs[0]).dtype, DType::kBFloat16) << n.name << ": Y";
+          EXPECT_EQ(g.value(n.outputs[1]).dtype, DType::kFloat32) << n.name << ": LSE";
+        }
+        if (n.op_type == "AttentionGrad") {
+          ++backwards;
+          for (int i : {0, 1, 2, 4, 5}) EXPECT_EQ(g.value(n.inputs[i]).dtype, DType::kBFloat16) << n.name << " " << i;
+          for (ValueId o : n.outputs) EXPECT_EQ(g.value(o).dtype, DType::kBFloat16) << n.name;
+        }
+        if (n.op_type == "Cast") {  // no copy of an attention value or of a rotation's result is made any more
+          const NodeId p = g.value(n.inputs[0]).producer;
+          const std::string op = p >= 0 ? g.nodes[p].op_type : "";
+          EXPECT_TRUE(op != "AttentionWithLse" && op != "AttentionGrad" && op != "RotaryEmbedding") << n.name;
+        }
+      }
+      EXPECT_EQ(forwards, layers);
+      EXPECT_EQ(backwards, layers);
+      testing::expect_inference_agrees(g);
+    } else {
+      EXPECT_EQ(t->training_graph().fused.bf16_attention_io, 0);
+    }
+    return t->compute_gradients(tiny->batch, loss);
+  };
+  double loss_io = 0, loss_f32 = 0;
+  auto io = run(true, &loss_io);
+  ASSERT_TRUE(io.has_value()) << io.status().message();
+  auto f32 = run(false, &loss_f32);
+  ASSERT_TRUE(f32.has_value()) << f32.status().message();
+  EXPECT_NEAR(loss_io, loss_f32, 1e-2 * std::abs(loss_f32));
+  double largest = 0;
+  for (const auto& [name, g] : *f32) {
+    ASSERT_TRUE(io->count(name)) << name;
+    const double gap = relative_gap(io->at(name), g);
+    largest = std::max(largest, gap);
+    EXPECT_LE(gap, 3e-2) << "gradient of " << name;
+  }
+  EXPECT_GT(largest, 0.0) << "the attention should see bf16-rounded values";
+  std::printf("[ bf16 io, llama ] loss %.6f vs %.6f; largest relative gradient gap %.3g\n", loss_io, loss_f32, largest);
+}
+
 }  // namespace
 }  // namespace gv

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <random>
 
 #include "kernels/cuda/device.h"
@@ -429,6 +430,48 @@ TEST_F(CudaAttention, Bf16CudnnApart) {
   both("bool mask", {1, 2, 2, 64, 64, 64, 64}, true, keep_flags({1, 1, 1, 64}, 0.8), 2e-2);
   both("S=100 L=130", {1, 2, 2, 100, 130, 64, 64}, false, Tensor(), 2e-2);
   EXPECT_EQ(cuda::cudnn_attention_calls(), before) << "cuDNN ran on a form it does not take";
+}
+
+// Q, K, V apart with bf16 operands and results (the training graph's bf16 attention I/O for Llama,
+// runtime/bf16_attention_io.cpp): AttentionWithLse (Y bf16, LSE float32) and AttentionGrad (dY, Y bf16; dQ, dK, dV
+// bf16) against the CPU, which computes on the widened values and rounds. cuDNN reads and writes heads of 64 in place
+// and pads heads of 50; with cuDNN off the operands are widened for the flash kernels.
+TEST_F(CudaAttention, Bf16OperandsApart) {
+  PrecisionScope scope(*cuda_, "bf16");
+  struct OperandCase {
+    std::string name;
+    Dims d;
+    bool causal, cudnn;
+  };
+  const std::vector<OperandCase> cases = {
+      {"3-D D64 GQA Hq8 Hkv2 causal S=L=130 (Llama) [cuDNN]", {2, 8, 2, 130, 130, 64, 64}, true, true},
+      {"3-D D50 causal S=L=90 (padded to 56) [cuDNN]", {1, 3, 3, 90, 90, 50, 50}, true, true},
+      {"3-D D64 GQA Hq6 Hkv2 causal S=L=67 [flash]", {2, 6, 2, 67, 67, 64, 64}, true, false},
+  };
+  auto bf16 = [](const Tensor& t) { return t.cast(DType::kBFloat16); };
+  for (const OperandCase& c : cases) {
+    if (c.cudnn && !cuda::cudnn_attention_enabled()) continue;
+    std::optional<CudnnOff> off;
+    if (!c.cudnn) off.emplace();
+    const LseInputs in = lse_inputs(c.d, c.causal, true);
+    const int64_t cudnn_before = cuda::cudnn_attention_calls(), flash_before = cuda::flash_attention_calls();
+    Case fwd{c.name + " with LSE", {bf16(in.q), bf16(in.k), bf16(in.v)}, in.attrs, false, 2e-2, true};
+    check(fwd);
+    auto ref = run_case(fwd, *cpu_);
+    ASSERT_TRUE(ref.has_value()) << ref.status().message();
+    EXPECT_EQ(ref->outputs[0].dtype(), DType::kBFloat16);
+    EXPECT_EQ(ref->outputs[1].dtype(), DType::kFloat32);
+    check({c.name + " (grad given Y, LSE)",
+           {bf16(in.q), bf16(in.k), bf16(in.v), Tensor(), bf16(in.dy), ref->outputs[0], ref->outputs[1]},
+           in.attrs,
+           true,
+           2e-2});
+    if (c.cudnn) {
+      EXPECT_EQ(cuda::cudnn_attention_calls() - cudnn_before, 2) << c.name << ": cuDNN did not take both directions";
+    } else {
+      EXPECT_EQ(cuda::flash_attention_calls() - flash_before, 2) << c.name << ": the flash kernels did not run";
+    }
+  }
 }
 
 // galvatron AttentionWithLse on the flash path (Y and each row's log-sum-exp against the CPU), and AttentionGrad given

@@ -314,7 +314,8 @@ float* layout_scratch(int64_t floats) {
 
 bool attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y, float* lse) {
   if (!dims_ok(d)) return false;
-  if (cudnn_attention_separate_supported(d)) return cudnn_attention_f32(d, q, k, v, y, lse);
+  if (cudnn_attention_separate_supported(d))
+    return cudnn_attention_separate(d, {q, false}, {k, false}, {v, false}, y, false, lse);
   if (flash_attention_eligible(d, false)) return flash_attention_f32(d, q, k, v, y, lse);
   if (lse) return false;  // v1 does not produce the row statistics
   if (d.seq_major) {
@@ -385,7 +386,10 @@ bool attention_f32(const AttentionDims& d, const float* q, const float* k, const
 bool attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v, const float* dy,
                         float* dq, float* dk, float* dv, const float* y, const float* lse) {
   if (!dims_ok(d)) return false;
-  if (cudnn_attention_separate_supported(d)) return cudnn_attention_grad_f32(d, q, k, v, dy, dq, dk, dv, y, lse);
+  if (cudnn_attention_separate_supported(d)) {
+    return cudnn_attention_separate_grad(d, {q, false}, {k, false}, {v, false}, {dy, false}, dq, dk, dv, false,
+                                         {y, false}, lse);
+  }
   if (flash_attention_eligible(d, true)) return flash_attention_grad_f32(d, q, k, v, dy, dq, dk, dv, y, lse);
   if (d.seq_major) {
     const int64_t B = d.batch, S = d.q_len, L = d.kv_len, Hq = d.q_heads, Hkv = d.kv_heads, D = d.head_dim,
@@ -473,6 +477,51 @@ bool attention_grad_f32(const AttentionDims& d, const float* q, const float* k, 
     }
   }
   return launched();
+}
+
+namespace {
+
+// float32 copies of bf16 operands for the paths that compute on float32 (grow-only, one buffer per role).
+float* widened(const uint16_t* x, int64_t n, GrowBuffer& buf) {
+  if (!x) return nullptr;
+  float* w = buf.get_as<float>(static_cast<size_t>(n));
+  return w && from_bf16(x, w, n) ? w : nullptr;
+}
+
+}  // namespace
+
+bool attention_bf16(const AttentionDims& d, const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* y,
+                    float* lse) {
+  if (!dims_ok(d)) return false;
+  if (cudnn_attention_separate_supported(d))
+    return cudnn_attention_separate(d, {q, true}, {k, true}, {v, true}, y, true, lse);
+  static GrowBuffer bq, bk, bv, by;
+  const int64_t nq = d.batch * d.q_heads * d.q_len * d.head_dim, nk = d.batch * d.kv_heads * d.kv_len * d.head_dim,
+                nv = d.batch * d.kv_heads * d.kv_len * d.v_head_dim, ny = d.batch * d.q_heads * d.q_len * d.v_head_dim;
+  const float *q32 = widened(q, nq, bq), *k32 = widened(k, nk, bk), *v32 = widened(v, nv, bv);
+  float* y32 = by.get_as<float>(static_cast<size_t>(ny));
+  if (!q32 || !k32 || !v32 || !y32) return false;
+  return attention_f32(d, q32, k32, v32, y32, lse) && to_bf16(y32, y, ny);
+}
+
+bool attention_grad_bf16(const AttentionDims& d, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                         const uint16_t* dy, uint16_t* dq, uint16_t* dk, uint16_t* dv, const uint16_t* y,
+                         const float* lse) {
+  if (!dims_ok(d)) return false;
+  if (cudnn_attention_separate_supported(d)) {
+    return cudnn_attention_separate_grad(d, {q, true}, {k, true}, {v, true}, {dy, true}, dq, dk, dv, true, {y, true},
+                                         lse);
+  }
+  static GrowBuffer bq, bk, bv, bdy, by, bdq, bdk, bdv;
+  const int64_t nq = d.batch * d.q_heads * d.q_len * d.head_dim, nk = d.batch * d.kv_heads * d.kv_len * d.head_dim,
+                nv = d.batch * d.kv_heads * d.kv_len * d.v_head_dim, ny = d.batch * d.q_heads * d.q_len * d.v_head_dim;
+  const float *q32 = widened(q, nq, bq), *k32 = widened(k, nk, bk), *v32 = widened(v, nv, bv),
+              *dy32 = widened(dy, ny, bdy), *y32 = widened(y, ny, by);
+  float *dq32 = bdq.get_as<float>(static_cast<size_t>(nq)), *dk32 = bdk.get_as<float>(static_cast<size_t>(nk)),
+        *dv32 = bdv.get_as<float>(static_cast<size_t>(nv));
+  if (!q32 || !k32 || !v32 || !dy32 || (y && !y32) || !dq32 || !dk32 || !dv32) return false;
+  return attention_grad_f32(d, q32, k32, v32, dy32, dq32, dk32, dv32, y32, y ? lse : nullptr) &&
+         to_bf16(dq32, dq, nq) && to_bf16(dk32, dk, nk) && to_bf16(dv32, dv, nv);
 }
 
 }  // namespace gv::cuda

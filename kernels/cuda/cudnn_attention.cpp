@@ -284,12 +284,6 @@ bool separate_shape_ok(const AttentionDims& d) {
          d.batch * d.q_len * d.q_heads * cudnn_padded_head_dim(d.head_dim) < (int64_t{1} << 31);
 }
 
-// float32 heads of D -> bf16 heads of Dp in `buf` (count heads).
-uint16_t* bf16_heads(const float* src, int64_t count, int64_t D, int64_t Dp, GrowBuffer& buf) {
-  auto* dst = buf.get_as<uint16_t>(static_cast<size_t>(count * Dp));
-  return dst && pack_heads_bf16({src, false}, count, D, Dp, dst) ? dst : nullptr;
-}
-
 }  // namespace
 
 bool cudnn_attention_separate_supported(const AttentionDims& d) {
@@ -300,39 +294,41 @@ bool cudnn_attention_separate_supported(const AttentionDims& d) {
 
 int64_t cudnn_attention_calls() { return g_calls.load(); }
 
-bool cudnn_attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y, float* lse) {
+bool cudnn_attention_separate(const AttentionDims& d, MixedTensor q, MixedTensor k, MixedTensor v, void* y, bool y_bf16,
+                              float* lse) {
   if (!separate_shape_ok(d)) return false;
   Plan* p = plan_for(d, false, separate_layout(d));
   if (!p) return false;
   const int64_t D = d.head_dim, Dp = cudnn_padded_head_dim(D), nq = d.batch * d.q_heads * d.q_len,
                 nk = d.batch * d.kv_heads * d.kv_len;
-  uint16_t *q16 = bf16_heads(q, nq, D, Dp, g_qkv), *k16 = bf16_heads(k, nk, D, Dp, g_k),
-           *v16 = bf16_heads(v, nk, D, Dp, g_v);
-  auto* o16 = g_o.get_as<uint16_t>(static_cast<size_t>(nq * Dp));
+  uint16_t *q16 = cudnn_heads(q, nq, D, Dp, g_qkv), *k16 = cudnn_heads(k, nk, D, Dp, g_k),
+           *v16 = cudnn_heads(v, nk, D, Dp, g_v);
+  // A bf16 Y of unpadded heads is cuDNN's own output layout: written in place.
+  auto* o16 = y_bf16 && D == Dp ? static_cast<uint16_t*>(y) : g_o.get_as<uint16_t>(static_cast<size_t>(nq * Dp));
   float* stats = lse ? lse : g_stats.get_as<float>(static_cast<size_t>(nq));
   if (!q16 || !k16 || !v16 || !o16 || !stats) return false;
   std::unordered_map<TensorPtr, void*> pack = {{p->q, q16}, {p->k, k16}, {p->v, v16}, {p->o, o16}, {p->stats, stats}};
-  if (!execute(*p, pack, "attention forward") || !unpack_heads_f32(o16, nq, D, Dp, y)) return false;
+  if (!execute(*p, pack, "attention forward") || !from_cudnn_heads(o16, nq, D, Dp, y, y_bf16)) return false;
   ++g_calls;
   return true;
 }
 
-bool cudnn_attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v, const float* dy,
-                              float* dq, float* dk, float* dv, const float* y, const float* lse) {
+bool cudnn_attention_separate_grad(const AttentionDims& d, MixedTensor q, MixedTensor k, MixedTensor v, MixedTensor dy,
+                                   void* dq, void* dk, void* dv, bool out_bf16, MixedTensor y, const float* lse) {
   if (!separate_shape_ok(d)) return false;
   const Layout layout = separate_layout(d);
   Plan* p = plan_for(d, true, layout);
   if (!p) return false;
   const int64_t D = d.head_dim, Dp = cudnn_padded_head_dim(D), nq = d.batch * d.q_heads * d.q_len,
                 nk = d.batch * d.kv_heads * d.kv_len;
-  uint16_t *q16 = bf16_heads(q, nq, D, Dp, g_qkv), *k16 = bf16_heads(k, nk, D, Dp, g_k),
-           *v16 = bf16_heads(v, nk, D, Dp, g_v), *do16 = bf16_heads(dy, nq, D, Dp, g_do);
+  uint16_t *q16 = cudnn_heads(q, nq, D, Dp, g_qkv), *k16 = cudnn_heads(k, nk, D, Dp, g_k),
+           *v16 = cudnn_heads(v, nk, D, Dp, g_v), *do16 = cudnn_heads(dy, nq, D, Dp, g_do);
   if (!q16 || !k16 || !v16 || !do16) return false;
   uint16_t* o16 = nullptr;
   float* stats = const_cast<float*>(lse);
-  if (y && lse) {
-    o16 = bf16_heads(y, nq, D, Dp, g_o);  // cuDNN's own O, widened by the forward: the same bits back
-  } else {                                // no saved forward: run it for O and the statistics
+  if (y.data && lse) {
+    o16 = cudnn_heads(y, nq, D, Dp, g_o);  // cuDNN's own O (widened by a float32 forward: the same bits back)
+  } else {                                 // no saved forward: run it for O and the statistics
     Plan* f = plan_for(d, false, layout);
     o16 = g_o.get_as<uint16_t>(static_cast<size_t>(nq * Dp));
     stats = g_stats.get_as<float>(static_cast<size_t>(nq));
@@ -340,16 +336,18 @@ bool cudnn_attention_grad_f32(const AttentionDims& d, const float* q, const floa
     std::unordered_map<TensorPtr, void*> fwd = {{f->q, q16}, {f->k, k16}, {f->v, v16}, {f->o, o16}, {f->stats, stats}};
     if (!execute(*f, fwd, "attention forward")) return false;
   }
-  auto* dq16 = g_dqkv.get_as<uint16_t>(static_cast<size_t>(nq * Dp));
-  auto* dk16 = g_dk.get_as<uint16_t>(static_cast<size_t>(nk * Dp));
-  auto* dv16 = g_dv.get_as<uint16_t>(static_cast<size_t>(nk * Dp));
+  // bf16 results of unpadded heads: written in place.
+  const bool in_place = out_bf16 && D == Dp;
+  auto* dq16 = in_place ? static_cast<uint16_t*>(dq) : g_dqkv.get_as<uint16_t>(static_cast<size_t>(nq * Dp));
+  auto* dk16 = in_place ? static_cast<uint16_t*>(dk) : g_dk.get_as<uint16_t>(static_cast<size_t>(nk * Dp));
+  auto* dv16 = in_place ? static_cast<uint16_t*>(dv) : g_dv.get_as<uint16_t>(static_cast<size_t>(nk * Dp));
   if (!o16 || !dq16 || !dk16 || !dv16) return false;
   std::unordered_map<TensorPtr, void*> pack = {{p->q, q16},   {p->k, k16},    {p->v, v16},
                                                {p->o, o16},   {p->d_o, do16}, {p->stats, stats},
                                                {p->dq, dq16}, {p->dk, dk16},  {p->dv, dv16}};
   if (!execute(*p, pack, "attention backward")) return false;
-  if (!unpack_heads_f32(dq16, nq, D, Dp, dq) || !unpack_heads_f32(dk16, nk, D, Dp, dk) ||
-      !unpack_heads_f32(dv16, nk, D, Dp, dv)) {
+  if (!from_cudnn_heads(dq16, nq, D, Dp, dq, out_bf16) || !from_cudnn_heads(dk16, nk, D, Dp, dk, out_bf16) ||
+      !from_cudnn_heads(dv16, nk, D, Dp, dv, out_bf16)) {
     return false;
   }
   ++g_calls;
@@ -360,14 +358,13 @@ bool cudnn_attention_grad_f32(const AttentionDims& d, const float* q, const floa
 
 bool cudnn_attention_separate_supported(const AttentionDims&) { return false; }
 int64_t cudnn_attention_calls() { return 0; }
-bool cudnn_attention_f32(const AttentionDims&, const float*, const float*, const float*, float*, float*) {
+bool cudnn_attention_separate(const AttentionDims&, MixedTensor, MixedTensor, MixedTensor, void*, bool, float*) {
   return false;
 }
-bool cudnn_attention_grad_f32(const AttentionDims&, const float*, const float*, const float*, const float*, float*,
-                              float*, float*, const float*, const float*) {
+bool cudnn_attention_separate_grad(const AttentionDims&, MixedTensor, MixedTensor, MixedTensor, MixedTensor, void*,
+                                   void*, void*, bool, MixedTensor, const float*) {
   return false;
 }
-
 bool cudnn_attention_enabled() { return false; }
 bool cudnn_attention_supported(const AttentionDims&, bool) { return false; }
 bool cudnn_attention_packed(const AttentionDims&, MixedTensor, void*, bool, float*, uint16_t*, uint16_t*) {

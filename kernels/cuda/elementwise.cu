@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/gelu_math.cuh"
 
 namespace gv::cuda {
 namespace {
@@ -414,17 +415,13 @@ struct ScaleF {
   }
 };
 
-__device__ __forceinline__ float sigmoidf_(float v) {
-  if (v >= 0.0f) return 1.0f / (1.0f + expf(-v));
-  const float e = expf(v);
-  return e / (1.0f + e);
-}
+__device__ __forceinline__ float sigmoidf_(float v) { return detail::stable_sigmoid(v); }
 
 constexpr float kSqrt2 = 1.4142135623730950488f;
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
 constexpr float kTwoOverSqrtPi = 1.1283791670955125739f;
-constexpr float kGeluTanhK = 0.79788456080286535588f;
-constexpr float kGeluTanhC = 0.044715f;
+using detail::kGeluTanhC;
+using detail::kGeluTanhK;
 
 __device__ __forceinline__ float unary_apply(Unary op, float v) {
   float r;
@@ -481,13 +478,9 @@ __device__ __forceinline__ float act_grad_apply(ActGrad op, float g, float x) {
       r = g * (cdf + x * pdf);
       break;
     }
-    default: {
-      const float x2 = x * x;
-      const float s = sigmoidf_(2.0f * kGeluTanhK * (x + kGeluTanhC * x2 * x));
-      const float du = kGeluTanhK * (1.0f + 3.0f * kGeluTanhC * x2);
-      r = g * (s + 2.0f * x * s * (1.0f - s) * du);
+    default:
+      r = detail::gelu_tanh_grad(g, x);
       break;
-    }
   }
   return r;
 }

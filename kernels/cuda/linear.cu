@@ -14,6 +14,7 @@
 
 #include "kernels/cuda/blas_operands.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/gelu_math.cuh"
 #include "kernels/cuda/grow_buffer.h"
 #include "kernels/cuda/lt_matmul.h"
 #include "kernels/cuda/ops.h"
@@ -24,13 +25,11 @@ namespace {
 using detail::kThreads;
 using detail::launched;
 
-constexpr float kGeluTanhK = 0.79788456080286535588f;  // sqrt(2 / pi)
-constexpr float kGeluTanhC = 0.044715f;
-
 __device__ __forceinline__ float apply(LinearAct act, float v) {
   switch (act) {
     case LinearAct::kGelu: return 0.5f * v * (1.0f + erff(v * 0.70710678118654752440f));
-    case LinearAct::kGeluTanh: return v / (1.0f + __expf(-2.0f * kGeluTanhK * (v + kGeluTanhC * v * v * v)));
+    case LinearAct::kGeluTanh:
+      return detail::gelu_tanh(v);
     default: return v;
   }
 }

@@ -115,6 +115,14 @@ bool attention_f32(const AttentionDims& d, const float* q, const float* k, const
                    float* lse = nullptr);
 bool attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v, const float* dy,
                         float* dq, float* dk, float* dv, const float* y = nullptr, const float* lse = nullptr);
+// The same with every operand and result in bf16 (LSE float32): the training graph's bf16 attention I/O for Q, K, V
+// apart (runtime/bf16_attention_io.cpp). cuDNN where it takes the shape (cudnn_attention_separate); otherwise the
+// float32 path on widened copies, the results rounded.
+bool attention_bf16(const AttentionDims& d, const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* y,
+                    float* lse = nullptr);
+bool attention_grad_bf16(const AttentionDims& d, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                         const uint16_t* dy, uint16_t* dq, uint16_t* dk, uint16_t* dv, const uint16_t* y = nullptr,
+                         const float* lse = nullptr);
 // Flash path (kernels/cuda/flash_attention.cu, FlashAttention-2 style: bf16 tensor-core tiles, online softmax in
 // float32, no score matrix), which attention_f32 / attention_grad_f32 take when flash_attention_eligible(d, backward):
 // the kBf16 mode, no mask (is_causal allowed), head_dim == v_head_dim <= 128, any GQA ratio, batch * q_heads <= 65535;
@@ -153,16 +161,19 @@ bool cudnn_attention_packed(const AttentionDims& d, MixedTensor qkv, void* y, bo
 bool cudnn_attention_packed_grad(const AttentionDims& d, MixedTensor qkv, MixedTensor dy, MixedTensor y,
                                  const float* lse, void* dqkv, bool dqkv_bf16, const uint16_t* qkv_padded = nullptr,
                                  const uint16_t* y_padded = nullptr, float* dqkv_sums = nullptr);
-// ONNX Attention's Q, K, V apart (the 4-D or 3-D form, float32; K and V may have fewer heads) through cuDNN in the
-// kBf16 mode: bf16 copies of Q, K, V (and dY, Y) with padded heads, the results widened back; LSE as cuDNN's
-// statistics. cudnn_attention_separate_supported: cuDNN takes the shape in both directions (no mask, equal query and
-// key lengths, D == Dv <= 128), the kBf16 mode, the switch on. attention_f32 / attention_grad_f32 take this path
-// first. The backward without y and lse reruns the forward. cudnn_attention_calls counts the calls that ran.
+// ONNX Attention's Q, K, V apart (the 4-D or 3-D form; K and V may have fewer heads) through cuDNN in the kBf16 mode,
+// each operand float32 or bf16: bf16 heads cuDNN can read in place (D a multiple of the padding) are read in place,
+// others packed into bf16 copies with padded heads; Y, dQ, dK, dV written in float32 or bf16 (in place where cuDNN's
+// own layout is theirs); LSE as cuDNN's statistics. cudnn_attention_separate_supported: cuDNN takes the shape in both
+// directions (no mask, equal query and key lengths, D == Dv <= 128), the kBf16 mode, the switch on. attention_f32 /
+// attention_grad_f32 and attention_bf16 / attention_grad_bf16 take this path first. The backward without y and lse
+// reruns the forward. cudnn_attention_calls counts the calls that ran.
 bool cudnn_attention_separate_supported(const AttentionDims& d);
-bool cudnn_attention_f32(const AttentionDims& d, const float* q, const float* k, const float* v, float* y,
-                         float* lse = nullptr);
-bool cudnn_attention_grad_f32(const AttentionDims& d, const float* q, const float* k, const float* v, const float* dy,
-                              float* dq, float* dk, float* dv, const float* y = nullptr, const float* lse = nullptr);
+bool cudnn_attention_separate(const AttentionDims& d, MixedTensor q, MixedTensor k, MixedTensor v, void* y, bool y_bf16,
+                              float* lse = nullptr);
+bool cudnn_attention_separate_grad(const AttentionDims& d, MixedTensor q, MixedTensor k, MixedTensor v, MixedTensor dy,
+                                   void* dq, void* dk, void* dv, bool out_bf16, MixedTensor y = {},
+                                   const float* lse = nullptr);
 int64_t cudnn_attention_calls();
 // The head dim cuDNN computes with: D rounded up to GALVATRON_CUDA_CUDNN_HEAD_PAD (a multiple of 8; default 8).
 int64_t cudnn_padded_head_dim(int64_t d);

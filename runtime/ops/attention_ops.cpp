@@ -17,6 +17,10 @@
 //   galvatron AttentionGrad(Q, K, V, attn_mask or omitted, dY, Y?, LSE?) -> dQ, dK, dV; the same attributes.
 //     Probabilities are recomputed from Q, K and the mask; Y and LSE, when given (AttentionWithLse's outputs), let the
 //     CUDA flash kernels skip recomputing the row statistics (the CPU ignores them: the same result).
+//   Q, K, V (and dY, Y, a float mask) are float32, float64 or bfloat16, all of Q's dtype, and so are Y, dQ, dK, dV;
+//   LSE is float32 for bfloat16 operands. bfloat16 is computed in float32 and rounded (the CPU widens the operands):
+//   the training graph keeps a Llama attention's inputs and outputs in bf16 where only the attention and products
+//   read them (runtime/bf16_attention_io.cpp), as cuDNN reads and writes them.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -31,7 +35,7 @@ namespace gv {
 namespace {
 
 using math::dispatch_float;
-using math::expect_float;
+using math::is_float;
 using math::make_schema;
 
 constexpr int kMask = 3;
@@ -54,7 +58,9 @@ Status check_operands(const InferContext& ctx, AttentionForm& f) {
   const char* names[3] = {"Q", "K", "V"};
   for (int i = 0; i < 3; ++i) {
     if (!ctx.has_input(i)) return ctx.fail(std::string("input ") + names[i] + " is required");
-    GV_RETURN_IF_ERROR(expect_float(ctx, i, names[i]));
+    if (!is_float(ctx.dtype(i)) && ctx.dtype(i) != DType::kBFloat16) {
+      return ctx.fail(std::string(names[i]) + " must be float32, float64 or bfloat16, got " + dtype_name(ctx.dtype(i)));
+    }
     if (ctx.dtype(i) != ctx.dtype(0)) {
       return ctx.fail(std::string(names[i]) + " is " + dtype_name(ctx.dtype(i)) + " but Q is " + dtype_name(ctx.dtype(0)));
     }
@@ -92,11 +98,14 @@ Status infer_attention(InferContext& ctx) {
   return Status::ok();
 }
 
+// The row statistics' dtype: Q's, float32 for bfloat16 operands.
+DType lse_dtype(DType q) { return q == DType::kBFloat16 ? DType::kFloat32 : q; }
+
 Status infer_attention_with_lse(InferContext& ctx) {
   AttentionForm f;
   GV_RETURN_IF_ERROR(check_operands(ctx, f));
   ctx.set_output(0, ctx.dtype(0), f.y_shape());
-  ctx.set_output(1, ctx.dtype(0), {f.batch, f.q_heads, f.q_len});
+  ctx.set_output(1, lse_dtype(ctx.dtype(0)), {f.batch, f.q_heads, f.q_len});
   return Status::ok();
 }
 
@@ -112,8 +121,8 @@ Status infer_attention_grad(InferContext& ctx) {
     return ctx.fail("Y must be " + std::string(dtype_name(ctx.dtype(0))) + " " + shape_str(y));
   }
   const Shape lse = {f.batch, f.q_heads, f.q_len};
-  if (ctx.has_input(6) && (ctx.shape(6) != lse || ctx.dtype(6) != ctx.dtype(0))) {
-    return ctx.fail("LSE must be " + std::string(dtype_name(ctx.dtype(0))) + " " + shape_str(lse));
+  if (ctx.has_input(6) && (ctx.shape(6) != lse || ctx.dtype(6) != lse_dtype(ctx.dtype(0)))) {
+    return ctx.fail("LSE must be " + std::string(dtype_name(lse_dtype(ctx.dtype(0)))) + " " + shape_str(lse));
   }
   for (int i = 0; i < 3; ++i) ctx.set_output(i, ctx.dtype(i), ctx.shape(i));
   return Status::ok();
@@ -142,6 +151,63 @@ AttentionForm describe(const KernelContext& ctx, cpu::AttentionShape& s, cpu::At
   return f;
 }
 
+// The forward over typed buffers, either form: the 3-D form through head-major copies.
+template <typename T>
+void forward(const AttentionForm& f, const cpu::AttentionShape& s, const cpu::AttentionMask& m, const T* q, const T* k,
+             const T* v, T* y, T* lse) {
+  if (!f.three_d) {
+    cpu::attention_forward(s, q, k, v, m, y, lse);
+    return;
+  }
+  const int64_t B = s.batch, S = s.q_len, L = s.kv_len;
+  const auto q4 = heads_first(q, B, S, s.q_heads, s.head_dim);
+  const auto k4 = heads_first(k, B, L, s.kv_heads, s.head_dim);
+  const auto v4 = heads_first(v, B, L, s.kv_heads, s.v_head_dim);
+  std::vector<T> y4(static_cast<size_t>(B * s.q_heads * S * s.v_head_dim));
+  cpu::attention_forward(s, q4.data(), k4.data(), v4.data(), m, y4.data(), lse);
+  sequence_first(y4.data(), B, S, s.q_heads, s.v_head_dim, y);
+}
+
+template <typename T>
+void backward(const AttentionForm& f, const cpu::AttentionShape& s, const cpu::AttentionMask& m, const T* q, const T* k,
+              const T* v, const T* dy, T* dq, T* dk, T* dv) {
+  if (!f.three_d) {
+    cpu::attention_backward(s, q, k, v, m, dy, dq, dk, dv);
+    return;
+  }
+  const int64_t B = s.batch, S = s.q_len, L = s.kv_len;
+  const auto q4 = heads_first(q, B, S, s.q_heads, s.head_dim);
+  const auto k4 = heads_first(k, B, L, s.kv_heads, s.head_dim);
+  const auto v4 = heads_first(v, B, L, s.kv_heads, s.v_head_dim);
+  const auto dy4 = heads_first(dy, B, S, s.q_heads, s.v_head_dim);
+  std::vector<T> dq4(q4.size()), dk4(k4.size()), dv4(v4.size());
+  cpu::attention_backward(s, q4.data(), k4.data(), v4.data(), m, dy4.data(), dq4.data(), dk4.data(), dv4.data());
+  sequence_first(dq4.data(), B, S, s.q_heads, s.head_dim, dq);
+  sequence_first(dk4.data(), B, L, s.kv_heads, s.head_dim, dk);
+  sequence_first(dv4.data(), B, L, s.kv_heads, s.v_head_dim, dv);
+}
+
+// bfloat16 operands: float32 copies to compute on, and the results rounded back.
+std::vector<float> widened(const TensorRef& t) {
+  std::vector<float> out(static_cast<size_t>(t.numel()));
+  const auto* b = static_cast<const uint16_t*>(t.data);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = bf16_to_float(b[i]);
+  return out;
+}
+void round_into(const std::vector<float>& x, const TensorRef& out) {
+  auto* b = static_cast<uint16_t*>(out.data);
+  for (size_t i = 0; i < x.size(); ++i) b[i] = float_to_bf16(x[i]);
+}
+// A bfloat16 additive mask, widened (a bool mask is read as it is).
+std::vector<float> widen_mask(const KernelContext& ctx, cpu::AttentionMask& m) {
+  std::vector<float> mask;
+  if (ctx.has_input(kMask) && !m.is_bool && ctx.inputs[kMask].dtype == DType::kBFloat16) {
+    mask = widened(ctx.inputs[kMask]);
+    m.data = mask.data();
+  }
+  return mask;
+}
+
 // Attention, and AttentionWithLse (a second output: the rows' log-sum-exp).
 Status attention_cpu(KernelContext& ctx) {
   cpu::AttentionShape s;
@@ -149,20 +215,18 @@ Status attention_cpu(KernelContext& ctx) {
   const AttentionForm f = describe(ctx, s, m);
   const TensorRef &q = ctx.inputs[0], &k = ctx.inputs[1], &v = ctx.inputs[2];
   const bool with_lse = ctx.outputs.size() > 1 && ctx.outputs[1].data != nullptr;
+  if (q.dtype == DType::kBFloat16) {
+    const std::vector<float> mask = widen_mask(ctx, m);
+    std::vector<float> y(static_cast<size_t>(ctx.outputs[0].numel()));
+    forward(f, s, m, widened(q).data(), widened(k).data(), widened(v).data(), y.data(),
+            with_lse ? ctx.outputs[1].as<float>() : nullptr);
+    round_into(y, ctx.outputs[0]);
+    return Status::ok();
+  }
   return dispatch_float(q.dtype, ctx, [&](auto tag) {
     using T = decltype(tag);
-    T* lse = with_lse ? ctx.outputs[1].as<T>() : nullptr;
-    if (!f.three_d) {
-      cpu::attention_forward(s, q.as<T>(), k.as<T>(), v.as<T>(), m, ctx.outputs[0].as<T>(), lse);
-      return;
-    }
-    const int64_t B = s.batch, S = s.q_len, L = s.kv_len;
-    const auto q4 = heads_first(q.as<T>(), B, S, s.q_heads, s.head_dim);
-    const auto k4 = heads_first(k.as<T>(), B, L, s.kv_heads, s.head_dim);
-    const auto v4 = heads_first(v.as<T>(), B, L, s.kv_heads, s.v_head_dim);
-    std::vector<T> y4(static_cast<size_t>(B * s.q_heads * S * s.v_head_dim));
-    cpu::attention_forward(s, q4.data(), k4.data(), v4.data(), m, y4.data(), lse);
-    sequence_first(y4.data(), B, S, s.q_heads, s.v_head_dim, ctx.outputs[0].as<T>());
+    forward(f, s, m, q.as<T>(), k.as<T>(), v.as<T>(), ctx.outputs[0].as<T>(),
+            with_lse ? ctx.outputs[1].as<T>() : nullptr);
   });
 }
 
@@ -171,23 +235,21 @@ Status attention_grad_cpu(KernelContext& ctx) {
   cpu::AttentionMask m;
   const AttentionForm f = describe(ctx, s, m);
   const TensorRef &q = ctx.inputs[0], &k = ctx.inputs[1], &v = ctx.inputs[2], &dy = ctx.inputs[4];
+  if (q.dtype == DType::kBFloat16) {
+    const std::vector<float> mask = widen_mask(ctx, m);
+    std::vector<float> dq(static_cast<size_t>(q.numel())), dk(static_cast<size_t>(k.numel())),
+        dv(static_cast<size_t>(v.numel()));
+    backward(f, s, m, widened(q).data(), widened(k).data(), widened(v).data(), widened(dy).data(), dq.data(), dk.data(),
+             dv.data());
+    round_into(dq, ctx.outputs[0]);
+    round_into(dk, ctx.outputs[1]);
+    round_into(dv, ctx.outputs[2]);
+    return Status::ok();
+  }
   return dispatch_float(q.dtype, ctx, [&](auto tag) {
     using T = decltype(tag);
-    if (!f.three_d) {
-      cpu::attention_backward(s, q.as<T>(), k.as<T>(), v.as<T>(), m, dy.as<T>(), ctx.outputs[0].as<T>(),
-                              ctx.outputs[1].as<T>(), ctx.outputs[2].as<T>());
-      return;
-    }
-    const int64_t B = s.batch, S = s.q_len, L = s.kv_len;
-    const auto q4 = heads_first(q.as<T>(), B, S, s.q_heads, s.head_dim);
-    const auto k4 = heads_first(k.as<T>(), B, L, s.kv_heads, s.head_dim);
-    const auto v4 = heads_first(v.as<T>(), B, L, s.kv_heads, s.v_head_dim);
-    const auto dy4 = heads_first(dy.as<T>(), B, S, s.q_heads, s.v_head_dim);
-    std::vector<T> dq4(q4.size()), dk4(k4.size()), dv4(v4.size());
-    cpu::attention_backward(s, q4.data(), k4.data(), v4.data(), m, dy4.data(), dq4.data(), dk4.data(), dv4.data());
-    sequence_first(dq4.data(), B, S, s.q_heads, s.head_dim, ctx.outputs[0].as<T>());
-    sequence_first(dk4.data(), B, L, s.kv_heads, s.head_dim, ctx.outputs[1].as<T>());
-    sequence_first(dv4.data(), B, L, s.kv_heads, s.v_head_dim, ctx.outputs[2].as<T>());
+    backward(f, s, m, q.as<T>(), k.as<T>(), v.as<T>(), dy.as<T>(), ctx.outputs[0].as<T>(), ctx.outputs[1].as<T>(),
+             ctx.outputs[2].as<T>());
   });
 }
 
