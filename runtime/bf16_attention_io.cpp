@@ -91,19 +91,28 @@ class Rewriter {
   // dY of an AttentionPackedGrad: written by a float32 FusedMatMul, through Reshapes (each value read once): the
   // product writes bf16 and the reshapes pass it on.
   void dy(ValueId v) {
-    std::vector<ValueId> values = {v};
+    std::vector<ValueId> values;
+    const NodeId p = dy_product(v, &values);
+    if (p < 0) return;
+    g_.nodes[p].attrs.set_int("out_dtype", kOnnxBFloat16);
+    for (ValueId x : values) g_.value(x).dtype = DType::kBFloat16;
+    ++count_;
+  }
+
+  // The float32 FusedMatMul that writes v through Reshapes, each value read once, with the values (v included) in
+  // *values; -1 if there is none.
+  NodeId dy_product(ValueId v, std::vector<ValueId>* values) {
+    values->push_back(v);
     while (true) {
-      if (!plain_float32(v) || readers_[v].size() != 1) return;
+      if (!plain_float32(v) || readers_[v].size() != 1) return -1;
       const Node& p = g_.nodes[g_.value(v).producer];
       if (!is_reshape(p)) break;
       v = p.inputs[0];
-      values.push_back(v);
+      values->push_back(v);
     }
-    Node& p = g_.nodes[g_.value(v).producer];
-    if (!is_op(p, "FusedMatMul") || p.outputs.size() != 1 || !writes_float32(p)) return;
-    p.attrs.set_int("out_dtype", kOnnxBFloat16);
-    for (ValueId x : values) g_.value(x).dtype = DType::kBFloat16;
-    ++count_;
+    const NodeId p = g_.value(v).producer;
+    const Node& n = g_.nodes[p];
+    return is_op(n, "FusedMatMul") && n.outputs.size() == 1 && writes_float32(n) ? p : -1;
   }
 
   // Attention with Q, K, V apart (AttentionWithLse `fwd` and the AttentionGrad reading its LSE; Llama's 3-D form):
@@ -160,20 +169,9 @@ class Rewriter {
       if (y_copy < 0) return;
     }
     // dY: a FusedMatMul's, through Reshapes.
-    std::vector<ValueId> dy_values = {gn.inputs[4]};
-    ValueId dy = gn.inputs[4];
-    while (true) {
-      if (!plain_float32(dy) || readers_[dy].size() != 1) return;
-      const Node& p = g_.nodes[g_.value(dy).producer];
-      if (!is_reshape(p)) break;
-      dy = p.inputs[0];
-      dy_values.push_back(dy);
-    }
-    const NodeId dy_product = g_.value(dy).producer;
-    if (!is_op(g_.nodes[dy_product], "FusedMatMul") || g_.nodes[dy_product].outputs.size() != 1 ||
-        !writes_float32(g_.nodes[dy_product])) {
-      return;
-    }
+    std::vector<ValueId> dy_values;
+    const NodeId dy_writer = dy_product(gn.inputs[4], &dy_values);
+    if (dy_writer < 0) return;
     // dQ, dK, dV: each one's way to its copy.
     std::vector<ValueId> out_values;
     NodeId out_copy[3];
@@ -195,7 +193,7 @@ class Rewriter {
       for (ValueId v : y_values) g_.value(v).dtype = DType::kBFloat16;
       write_copy(y_copy);
     }
-    g_.nodes[dy_product].attrs.set_int("out_dtype", kOnnxBFloat16);
+    g_.nodes[dy_writer].attrs.set_int("out_dtype", kOnnxBFloat16);
     for (ValueId x : dy_values) g_.value(x).dtype = DType::kBFloat16;
     for (ValueId v : out_values) g_.value(v).dtype = DType::kBFloat16;
     for (int i = 0; i < 3; ++i) write_copy(out_copy[i]);

@@ -31,6 +31,22 @@ Attributes packed_attrs(int64_t y_dtype = 0, int64_t out_dtype = 0) {
   return a;
 }
 
+// The loss within 1% and every gradient within `tol` (relative L2) of the float32 attention I/O's, and some gradient
+// not equal (the attention sees bf16-rounded values).
+void expect_close_training(const TensorMap& io, double loss_io, const TensorMap& f32, double loss_f32, double tol,
+                           const char* what) {
+  EXPECT_NEAR(loss_io, loss_f32, 1e-2 * std::abs(loss_f32));
+  double largest = 0;
+  for (const auto& [name, g] : f32) {
+    ASSERT_TRUE(io.count(name)) << name;
+    const double gap = relative_gap(io.at(name), g);
+    largest = std::max(largest, gap);
+    EXPECT_LE(gap, tol) << "gradient of " << name;
+  }
+  EXPECT_GT(largest, 0.0) << "the attention should see bf16-rounded values";
+  std::printf("[ %s ] loss %.6f vs %.6f; largest relative gradient gap %.3g\n", what, loss_io, loss_f32, largest);
+}
+
 // B 2, S 5, H 2, D 3: QKV [2, 5, 18].
 TEST(Bf16AttentionIo, PackedOpsOnBf16EqualTheWidenedFloat32) {
   const Tensor qkv16 = testing::randn_f32({2, 5, 18}, 1).cast(DType::kBFloat16);
@@ -130,16 +146,7 @@ TEST_P(GptTinyBf16AttentionIo, StoresQkvYAndDyInBf16) {
   ASSERT_TRUE(io.has_value()) << io.status().message();
   auto f32 = run(false, &loss_f32);
   ASSERT_TRUE(f32.has_value()) << f32.status().message();
-  EXPECT_NEAR(loss_io, loss_f32, 1e-2 * std::abs(loss_f32));
-  double largest = 0;
-  for (const auto& [name, g] : *f32) {
-    ASSERT_TRUE(io->count(name)) << name;
-    const double gap = relative_gap(io->at(name), g);
-    largest = std::max(largest, gap);
-    EXPECT_LE(gap, 1e-2) << "gradient of " << name;
-  }
-  EXPECT_GT(largest, 0.0) << "the attention should see bf16-rounded values";
-  std::printf("[ bf16 io ] loss %.6f vs %.6f; largest relative gradient gap %.3g\n", loss_io, loss_f32, largest);
+  expect_close_training(*io, loss_io, *f32, loss_f32, 1e-2, "bf16 io");
 }
 
 INSTANTIATE_TEST_SUITE_P(Checkpointing, GptTinyBf16AttentionIo, ::testing::Bool());
@@ -241,16 +248,7 @@ TEST(Bf16AttentionIo, LlamaStoresSeparateAttentionValuesInBf16) {
   ASSERT_TRUE(io.has_value()) << io.status().message();
   auto f32 = run(false, &loss_f32);
   ASSERT_TRUE(f32.has_value()) << f32.status().message();
-  EXPECT_NEAR(loss_io, loss_f32, 1e-2 * std::abs(loss_f32));
-  double largest = 0;
-  for (const auto& [name, g] : *f32) {
-    ASSERT_TRUE(io->count(name)) << name;
-    const double gap = relative_gap(io->at(name), g);
-    largest = std::max(largest, gap);
-    EXPECT_LE(gap, 3e-2) << "gradient of " << name;
-  }
-  EXPECT_GT(largest, 0.0) << "the attention should see bf16-rounded values";
-  std::printf("[ bf16 io, llama ] loss %.6f vs %.6f; largest relative gradient gap %.3g\n", loss_io, loss_f32, largest);
+  expect_close_training(*io, loss_io, *f32, loss_f32, 3e-2, "bf16 io, llama");
 }
 
 }  // namespace
