@@ -1,8 +1,8 @@
 // The CUDA kernels of the ops Llama-style models add to GPT's: galvatron SiluMul / SiluMulGrad (SwiGLU's gate), ONNX
-// RotaryEmbedding, and RMSNormalization (with its galvatron twin writing Y in bf16) and RMSNormalizationGrad (with
-// the residual stream's Addend); glue from KernelContext to kernels/cuda/silu_mul.h, kernels/cuda/rotary.h and the
-// norms' row kernels. Other dtypes, position_ids, and a RotaryEmbedding writing in place go to the fallback, which
-// runs the CPU kernel.
+// RotaryEmbedding, and RMSNormalization (with its galvatron twin writing Y in bf16), SkipRMSNormalization (the
+// residual add in the norm's row kernel) and RMSNormalizationGrad (with the residual stream's Addend); glue from
+// KernelContext to kernels/cuda/silu_mul.h, kernels/cuda/rotary.h and the norms' row kernels. Other dtypes,
+// position_ids, and a RotaryEmbedding writing in place go to the fallback, which runs the CPU kernel.
 #ifdef GALVATRON_HAVE_CUDA
 #include <string>
 
@@ -85,6 +85,26 @@ Status rms_norm_cuda(KernelContext& ctx) {
   return launch(ctx, cuda::rms_norm_f32(x.as<float>(), scale.as<float>(), y.as<float>(), rows, cols, eps));
 }
 
+// galvatron SkipRMSNormalization(X, Skip, Scale) -> (Y, Sum): X float32 or bf16 (the branch), Y float32 or bf16, the
+// rest float32; the row kernel adds the stream as it loads the row and stores Sum beside Y.
+Status skip_rms_norm_cuda(KernelContext& ctx) {
+  const TensorRef &x = ctx.inputs[0], &skip = ctx.inputs[1], &scale = ctx.inputs[2], &y = ctx.outputs[0];
+  if (ctx.outputs.size() < 2 || !ctx.outputs[1].data || !f32_or_bf16(x.dtype) || !f32_or_bf16(y.dtype) ||
+      skip.dtype != DType::kFloat32 || scale.dtype != DType::kFloat32) {
+    return cuda_fallback_kernel(ctx);
+  }
+  const TensorRef& sum = ctx.outputs[1];
+  const int64_t cols = x.shape.back(), rows = cols > 0 ? x.numel() / cols : 0;
+  if (rows == 0) return Status::ok();
+  if (!cuda::norm_rows_eligible(rows, cols, {x.data, skip.data, sum.data, scale.data, y.data})) {
+    return cuda_fallback_kernel(ctx);
+  }
+  return launch(ctx, cuda::norm_rows_skip_forward(false, x.data, x.dtype == DType::kBFloat16, skip.as<float>(),
+                                                  sum.as<float>(), scale.as<float>(), nullptr, y.data,
+                                                  y.dtype == DType::kBFloat16, nullptr, nullptr, rows, cols,
+                                                  static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5))));
+}
+
 // RMSNormalizationGrad(dY, X, scale, Addend?) -> (dX + Addend, dscale?).
 Status rms_norm_grad_cuda(KernelContext& ctx) {
   for (const TensorRef& t : ctx.inputs)
@@ -118,6 +138,7 @@ void register_cuda_llama_kernels(OpRegistry& r) {
   set("", "RMSNormalization", cuda_profiled<rms_norm_cuda>);
   set(kGalvatronDomain, "RMSNormalization", cuda_profiled<rms_norm_cuda>);
   set(kGalvatronDomain, "RMSNormalizationGrad", cuda_profiled<rms_norm_grad_cuda>);
+  set(kGalvatronDomain, "SkipRMSNormalization", cuda_profiled<skip_rms_norm_cuda>);
 }
 
 }  // namespace gv

@@ -1,8 +1,10 @@
 // fuse_skip_layer_norms (runtime/fusion.h): the residual add moves from the product's epilogue into the LayerNorm
-// that reads the new stream:
+// (or RMSNorm) that reads the new stream:
 //
 //   S = Linear(X, W, bias?, R)  ;  Y, Mean, InvStdDev = LayerNormalization(S)
 //     -> P = Linear(X, W, bias?)  ;  Y, Mean, InvStdDev, S = galvatron SkipLayerNormalization(P, R, Scale, B)
+//   S = Linear(X, W, bias?, R)  ;  Y = RMSNormalization(S)
+//     -> P = Linear(X, W, bias?)  ;  Y, S = galvatron SkipRMSNormalization(P, R, Scale)
 //
 // A pre-norm transformer layer adds each branch's output projection to the residual stream and normalizes the
 // result for the next branch. cuBLASLt reads a float32 C matrix in its epilogue at about a third of the bandwidth of
@@ -22,8 +24,10 @@
 namespace gv {
 namespace {
 
-bool is_layer_norm(const Node& n) {
-  return n.op_type == "LayerNormalization" && (n.domain.empty() || n.domain == kGalvatronDomain);
+// LayerNormalization or RMSNormalization, ONNX's or the galvatron twin writing bf16.
+bool is_norm(const Node& n) {
+  return (n.op_type == "LayerNormalization" || n.op_type == "RMSNormalization") &&
+         (n.domain.empty() || n.domain == kGalvatronDomain);
 }
 
 // A Linear adding a residual R: no activation, one float32 result.
@@ -33,9 +37,9 @@ bool adds_residual(const Graph& g, const Node& n) {
          n.attrs.get_int("out_dtype", 1) == 1 && g.value(n.outputs[0]).dtype == DType::kFloat32;
 }
 
-// The LayerNorm over S's last axis that the skip op can take: float32 statistics, S as X only.
+// The norm over S's last axis that the skip op can take: float32 statistics, S as X only.
 bool norm_takes(const Graph& g, const Node& n, ValueId s) {
-  if (!is_layer_norm(n) || n.inputs.size() < 2 || n.inputs[0] != s || n.outputs.empty()) return false;
+  if (!is_norm(n) || n.inputs.size() < 2 || n.inputs[0] != s || n.outputs.empty()) return false;
   for (size_t i = 1; i < n.inputs.size(); ++i) {
     if (n.inputs[i] == s) return false;
     if (n.inputs[i] != kNoValue && g.value(n.inputs[i]).dtype != DType::kFloat32) return false;
@@ -61,11 +65,11 @@ Status fuse_skip_layer_norms(Graph& g, DType branch, int* fused) {
   for (NodeId lin = 0; lin < static_cast<NodeId>(g.nodes.size()); ++lin) {
     if (!adds_residual(g, g.nodes[lin])) continue;
     const ValueId s = g.nodes[lin].outputs[0], r = g.nodes[lin].inputs[3];
-    // The one LayerNorm of S; every other reader of S runs after it (it now writes S).
+    // The one norm of S; every other reader of S runs after it (it now writes S).
     NodeId norm = -1;
     bool ok = true;
     for (NodeId id : readers[s]) {
-      if (!is_layer_norm(g.nodes[id])) continue;
+      if (!is_norm(g.nodes[id])) continue;
       if (norm >= 0 || !norm_takes(g, g.nodes[id], s)) ok = false;
       norm = id;
     }
@@ -86,23 +90,28 @@ Status fuse_skip_layer_norms(Graph& g, DType branch, int* fused) {
     linear.outputs[0] = pid;
     if (branch == DType::kBFloat16) linear.attrs.set_int("out_dtype", 16);
 
-    // Mean and InvStdDev are outputs 1 and 2 of the skip op: given to the norm where it lacks them (unread).
-    Shape stats = g.value(s).shape;
-    stats.back() = 1;
-    const std::string base = g.nodes[norm].name.empty() ? g.value(s).name : g.nodes[norm].name;
-    g.nodes[norm].outputs.resize(3, kNoValue);
-    for (size_t o = 1; o < 3; ++o) {
-      if (g.nodes[norm].outputs[o] != kNoValue) continue;
-      g.nodes[norm].outputs[o] =
-          new_node_output(g, norm, base + (o == 1 ? "_mean" : "_inv_std_dev"), DType::kFloat32, stats);
-    }
     Node& n = g.nodes[norm];
-    n.outputs.push_back(s);
+    const bool rms = n.op_type == "RMSNormalization";
     const ValueId scale = n.inputs[1], bias = n.inputs.size() > 2 ? n.inputs[2] : kNoValue;
+    if (rms) {  // (X, Skip, Scale) -> (Y, Sum): no statistics
+      n.outputs = {n.outputs[0], s};
+    } else {
+      // Mean and InvStdDev are outputs 1 and 2 of the skip op: given to the norm where it lacks them (unread).
+      Shape stats = g.value(s).shape;
+      stats.back() = 1;
+      const std::string base = n.name.empty() ? g.value(s).name : n.name;
+      n.outputs.resize(3, kNoValue);
+      for (size_t o = 1; o < 3; ++o) {  // (new values only: the node table, and n, stay)
+        if (n.outputs[o] == kNoValue) {
+          n.outputs[o] = new_node_output(g, norm, base + (o == 1 ? "_mean" : "_inv_std_dev"), DType::kFloat32, stats);
+        }
+      }
+      n.outputs.push_back(s);
+    }
     n.inputs = {pid, r, scale};
     if (bias != kNoValue) n.inputs.push_back(bias);
     if (n.domain.empty()) n.attrs.set_int("out_dtype", 1);
-    n.op_type = "SkipLayerNormalization";
+    n.op_type = rms ? "SkipRMSNormalization" : "SkipLayerNormalization";
     n.domain = kGalvatronDomain;
     n.opset = 1;
     n.attrs.set_int("axis", -1);

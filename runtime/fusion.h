@@ -39,7 +39,7 @@ struct FusionCounts {
   int bf16_param_copies = 0;    // weights' bf16 copies kept by AdamW (keep_bf16_param_copies)
   int bf16_weight_grads = 0;    // weight gradients written in bf16 by their dW products (bf16_weight_grads)
   int gather_grad_adds = 0;     // Add(GatherGrad, D) -> GatherGradAdd(D, ..) (fold_gather_grad_adds)
-  int skip_norms = 0;           // Linear(.., R) -> LayerNorm pairs -> Linear + SkipLayerNormalization (fuse_skip_norm)
+  int skip_norms = 0;  // Linear(.., R) -> LayerNorm / RMSNorm pairs -> Linear + Skip*Normalization (fuse_skip_norm)
   int accumulating_products = 0;  // FusedMatMul + AccumulateGrad -> MatMulAccumulate (accumulate_in_products)
   int grad_sums_in_products = 0;  // Add(P, FusedMatMul) -> MatMulAccumulate(P, ..) (sum_grads_in_products)
   int updates_in_backward = 0;  // not a fusion: optimizer updates beside the backward (move_updates_into_backward)

@@ -775,7 +775,8 @@ TEST_F(CudaKernels, SoftmaxAndNorms) {
 
 // The ops Llama-style models add (runtime/cuda_kernels_llama_ops.cpp): SwiGLU's gate and its gradient in float32 and
 // with bf16 operands or output (tails past the last 4-element group), RotaryEmbedding in its 4-D and 3-D forms,
-// interleaved, partial, on bf16 heads. bf16 results compare at 1e-2 (a rounding step apart at most per element).
+// interleaved, partial, on bf16 heads; SkipRMSNormalization. bf16 results compare at 1e-2 (a rounding step apart at
+// most per element).
 TEST_F(CudaKernels, LlamaOps) {
   const std::string G = kGalvatronDomain;
   auto bf16 = [](Tensor t) { return t.cast(DType::kBFloat16); };
@@ -830,6 +831,23 @@ TEST_F(CudaKernels, LlamaOps) {
          23,
          {},
          1e-2});  // bf16 tables: the fallback
+  // SkipRMSNormalization: the residual add in the RMS row kernel, X float32 or bf16 (the branch), Y float32 or bf16.
+  for (int64_t out : {1, 16}) {
+    for (bool x16 : {false, true}) {
+      Tensor x = randn({4, 32, 256}, 2.0);
+      check({"SkipRMSNormalization",
+             {x16 ? bf16(x) : x, randn({4, 32, 256}), randn({256})},
+             attrs({{"out_dtype", out}}),
+             2,
+             G,
+             1,
+             {},
+             out == 16 || x16 ? 1e-2 : 1e-5});
+    }
+  }
+  for (const std::string& op : cuda_fallback_ops()) {
+    EXPECT_EQ(op.find("SkipRMSNormalization"), std::string::npos) << op << " took the CUDA fallback";
+  }
 }
 
 TEST_F(CudaKernels, Reductions) {

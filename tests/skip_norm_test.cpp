@@ -1,5 +1,5 @@
-// galvatron SkipLayerNormalization (runtime/ops/norm_skip_ops.cpp) and the pass that forms it after autograd
-// (runtime/fuse_skip_norm.cpp), on the CPU:
+// galvatron SkipLayerNormalization and SkipRMSNormalization (runtime/ops/norm_skip_ops.cpp) and the pass that forms
+// them after autograd (runtime/fuse_skip_norm.cpp), on the CPU (for SkipRMSNormalization likewise on llama-tiny):
 // - the op: Sum is exactly X + Skip (X float32 or bfloat16), Y, Mean and InvStdDev the same bits as ONNX
 //   LayerNormalization of that Sum, Y in bf16 the rounding of the float32 Y; bad inputs are errors naming the node;
 // - the pass on gpt-tiny's CUDA-like training graph: both residual adds of every layer move out of their Linear into
@@ -100,8 +100,9 @@ TEST(SkipLayerNorm, BadInputsNameTheNode) {
 // gpt-tiny trained with the CUDA backend's passes on the CPU, with the skip norms off (0), on with a float32 branch (1)
 // or a bf16 one (16).
 Expected<testing::TinyRun> train_tiny(const testing::TinyModel& tiny, Backend& backend, int skip_norm,
-                                      std::set<int> checkpoint = {}, bool saved_statistics = true) {
-  TrainerConfig tc = testing::cuda_bf16_like_config();
+                                      std::set<int> checkpoint = {}, bool saved_statistics = true,
+                                      bool packed_qkv = true) {
+  TrainerConfig tc = testing::cuda_bf16_like_config(packed_qkv);
   tc.graph.checkpoint_layers = std::move(checkpoint);
   tc.graph.fuse_residual_add = true;
   tc.graph.fuse_norm_grad_add = true;
@@ -207,6 +208,75 @@ TEST(SkipLayerNorm, BadBranchTypeIsAnError) {
   auto r = train_tiny(*tiny, *backend, 7);
   ASSERT_FALSE(r.has_value());
   EXPECT_NE(r.status().message().find("fuse_skip_norm"), std::string::npos) << r.status().message();
+}
+
+// ---- galvatron SkipRMSNormalization (Llama's pre-norm layers)
+// ----------------------------------------------------------
+
+TEST(SkipRmsNorm, SumAndNormAsTheAddThenRmsNorm) {
+  const Shape s{3, 5, 12};
+  const Tensor skip = testing::randn_f32(s, 12), scale = testing::randn_f32({12}, 13);
+  for (DType xt : {DType::kFloat32, DType::kBFloat16}) {
+    for (int64_t out : {1, 16}) {
+      SCOPED_TRACE(std::string(dtype_name(xt)) + " X, out_dtype " + std::to_string(out));
+      const Tensor x = testing::randn_f32(s, 11).cast(xt);
+      auto fused = run_op("SkipRMSNormalization", {x, skip, scale}, norm_attrs(out), 2, 1, {}, kGalvatronDomain);
+      ASSERT_TRUE(fused.has_value()) << fused.status().message();
+      Tensor sum = x.cast(DType::kFloat32);
+      for (int64_t i = 0; i < sum.numel(); ++i) sum.data_as<float>()[i] += skip.data_as<float>()[i];
+      auto rms = run_op("RMSNormalization", {sum, scale}, norm_attrs(0), 1, 23);
+      ASSERT_TRUE(rms.has_value()) << rms.status().message();
+      EXPECT_TRUE(same_bits(fused->outputs[1], sum));
+      const Tensor want_y = out == 16 ? rms->outputs[0].cast(DType::kBFloat16) : rms->outputs[0];
+      EXPECT_TRUE(same_bits(fused->outputs[0], want_y));
+    }
+  }
+  // Bad inputs name the node and the problem.
+  auto bad_skip = run_op("SkipRMSNormalization", {testing::randn_f32(s, 1), skip.cast(DType::kBFloat16), scale},
+                         norm_attrs(0), 2, 1, {}, kGalvatronDomain);
+  ASSERT_FALSE(bad_skip.has_value());
+  EXPECT_NE(bad_skip.status().message().find("Skip must be float32"), std::string::npos) << bad_skip.status().message();
+  EXPECT_NE(bad_skip.status().message().find("test_node"), std::string::npos) << bad_skip.status().message();
+  auto bad_scale = run_op("SkipRMSNormalization", {testing::randn_f32(s, 1), skip, testing::randn_f32({7}, 2)},
+                          norm_attrs(0), 2, 1, {}, kGalvatronDomain);
+  ASSERT_FALSE(bad_scale.has_value());
+  EXPECT_NE(bad_scale.status().message().find("Scale must be float32 of the normalized shape [12]"), std::string::npos)
+      << bad_scale.status().message();
+}
+
+// llama-tiny as the CUDA backend builds it: both residual adds of every layer move into the RMSNorm that reads the
+// stream (the second into the next layer's, or the final norm), the same loss and gradients bit for bit with a float32
+// branch, within bf16 rounding with a bf16 one.
+TEST(SkipRmsNorm, TinyLlamaEveryResidualMoves) {
+  auto tiny = testing::tiny_model("llama-tiny");
+  ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
+  const int layers = tiny->im.graph.num_layers;
+  auto backend = make_cpu_backend();
+  auto plain = train_tiny(*tiny, *backend, 0, {}, true, false);
+  ASSERT_TRUE(plain.has_value()) << plain.status().message();
+  auto f32 = train_tiny(*tiny, *backend, 1, {}, true, false);
+  ASSERT_TRUE(f32.has_value()) << f32.status().message();
+  const TrainingGraph& tg = f32->trainer->training_graph();
+  EXPECT_EQ(tg.fused.skip_norms, 2 * layers);
+  int skips = 0, residual_linears = 0;
+  for (const Node& n : tg.graph.nodes) {
+    skips += n.op_type == "SkipRMSNormalization";
+    if (n.op_type == "Linear" && n.inputs.size() > 3 && n.inputs[3] != kNoValue) ++residual_linears;
+  }
+  EXPECT_EQ(skips, 2 * layers);
+  EXPECT_EQ(residual_linears, 0);
+  testing::expect_inference_agrees(tg.graph);
+  testing::expect_same_loss_and_gradients(f32->loss, f32->grads, plain->loss, plain->grads);
+
+  auto bf16 = train_tiny(*tiny, *backend, 16, {}, true, false);
+  ASSERT_TRUE(bf16.has_value()) << bf16.status().message();
+  testing::expect_inference_agrees(bf16->trainer->training_graph().graph);
+  EXPECT_NEAR(bf16->loss, plain->loss, 1e-2 * std::fabs(plain->loss));
+  EXPECT_NE(bf16->loss, plain->loss);
+  for (const auto& [name, want] : plain->grads) {
+    const Tensor a = bf16->grads.at(name).cast(DType::kFloat32), b = want.cast(DType::kFloat32);
+    EXPECT_LE(testing::relative_gap(a, b), 2e-2) << name;
+  }
 }
 
 }  // namespace

@@ -511,12 +511,20 @@ bool norm_rows_forward(bool center, const float* x, const float* scale, const fl
                 : forward<false>(x, nullptr, nullptr, scale, nullptr, yf, nullptr, inv_std, rows, c, eps);
 }
 
-bool norm_rows_skip_forward(const void* x, bool x_bf16, const float* skip, float* sum, const float* scale,
+bool norm_rows_skip_forward(bool center, const void* x, bool x_bf16, const float* skip, float* sum, const float* scale,
                             const float* bias, void* y, bool y_bf16, float* mean, float* inv_std, int64_t rows,
                             int64_t cols, float eps) {
   const int c = static_cast<int>(cols);
   auto* yb = static_cast<uint16_t*>(y);
   auto* yf = static_cast<float*>(y);
+  if (!center) {  // RMS: no bias, no mean
+    if (x_bf16) {
+      return y_bf16 ? forward<false, uint16_t, 2>(x, skip, sum, scale, nullptr, yb, nullptr, inv_std, rows, c, eps)
+                    : forward<false, float, 2>(x, skip, sum, scale, nullptr, yf, nullptr, inv_std, rows, c, eps);
+    }
+    return y_bf16 ? forward<false, uint16_t, 1>(x, skip, sum, scale, nullptr, yb, nullptr, inv_std, rows, c, eps)
+                  : forward<false, float, 1>(x, skip, sum, scale, nullptr, yf, nullptr, inv_std, rows, c, eps);
+  }
   if (x_bf16) {
     return y_bf16 ? forward<true, uint16_t, 2>(x, skip, sum, scale, bias, yb, mean, inv_std, rows, c, eps)
                   : forward<true, float, 2>(x, skip, sum, scale, bias, yf, mean, inv_std, rows, c, eps);

@@ -13,9 +13,9 @@ bool norm_rows_eligible(int64_t rows, int64_t cols, std::initializer_list<const 
 // null (RMS: both ignored). y float32, or bfloat16 (y_bf16: the float32 results rounded).
 bool norm_rows_forward(bool center, const float* x, const float* scale, const float* bias, void* y, bool y_bf16,
                        float* mean, float* inv_std, int64_t rows, int64_t cols, float eps);
-// LayerNormalization of sum = x + skip (x float32, or bfloat16 with x_bf16; 8-byte aligned then), which is stored
-// too (float32); y, mean and inv_std as norm_rows_forward's.
-bool norm_rows_skip_forward(const void* x, bool x_bf16, const float* skip, float* sum, const float* scale,
+// LayerNormalization (center) or RMSNormalization of sum = x + skip (x float32, or bfloat16 with x_bf16; 8-byte
+// aligned then), which is stored too (float32); y, mean and inv_std as norm_rows_forward's.
+bool norm_rows_skip_forward(bool center, const void* x, bool x_bf16, const float* skip, float* sum, const float* scale,
                             const float* bias, void* y, bool y_bf16, float* mean, float* inv_std, int64_t rows,
                             int64_t cols, float eps);
 // dx, and dscale / dbias (either may be null; dbias only when center) from dy; mean and inv_std from the forward or

@@ -305,7 +305,7 @@ bool skip_layer_norm(const void* x, bool x_bf16, const float* skip, float* sum, 
                      float eps) {
   if (rows == 0) return true;
   if (norm_rows_eligible(rows, cols, {x, skip, sum, scale, bias, y})) {
-    return norm_rows_skip_forward(x, x_bf16, skip, sum, scale, bias, y, y_bf16, mean, inv_std, rows, cols, eps);
+    return norm_rows_skip_forward(true, x, x_bf16, skip, sum, scale, bias, y, y_bf16, mean, inv_std, rows, cols, eps);
   }
   skip_add_kernel<<<grid_for(rows * cols), kThreads, 0, launch_stream()>>>(x, x_bf16, skip, sum, rows * cols);
   if (!launched()) return false;

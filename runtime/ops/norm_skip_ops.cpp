@@ -5,8 +5,11 @@
 //   Y   = LayerNorm(Sum)    over the last axis, as ONNX LayerNormalization (epsilon, stash_type 1), written in
 //                           float32 or, with attr out_dtype 16, rounded to bfloat16
 //   Mean, InvStdDev         the row statistics (float32, X's shape with the last axis 1)
+// galvatron SkipRMSNormalization(X, Skip, Scale) -> (Y, Sum?): the same for RMSNormalization (Llama's pre-norm
+// layers): Sum = X + Skip, Y = RMSNorm(Sum) over the last axis (epsilon, out_dtype); no statistics (the RMS backward
+// recomputes its one).
 // Made after autograd by runtime/fuse_skip_norm.cpp (the backward already reads Sum, Mean and InvStdDev as the
-// LayerNorm's input and statistics), so without a gradient rule.
+// norm's input and statistics), so without a gradient rule.
 #include <vector>
 
 #include "kernels/cpu/norm.h"
@@ -15,7 +18,9 @@
 namespace gv::math {
 namespace {
 
-Status infer_skip_layer_norm(InferContext& ctx) {
+// X, Skip, the axis and stash_type, Scale (and B: inputs 2 .. last_param) and out_dtype, as both skip ops take them;
+// Y's dtype into *y.
+Status check_skip_norm(const InferContext& ctx, int last_param, DType* y) {
   const DType xt = ctx.dtype(0);
   if (xt != DType::kFloat32 && xt != DType::kBFloat16) return ctx.fail("X must be float32 or bfloat16");
   const Shape& x = ctx.shape(0);
@@ -27,7 +32,7 @@ Status infer_skip_layer_norm(InferContext& ctx) {
   if (axis != -1 && axis != static_cast<int64_t>(x.size()) - 1) return ctx.fail("only the last axis is normalized");
   if (ctx.attrs().get_int("stash_type", 1) != 1) return ctx.fail("stash_type must be 1 (float32)");
   const Shape cols{x.back()};
-  for (int i = 2; i < 4; ++i) {
+  for (int i = 2; i <= last_param; ++i) {
     if (!ctx.has_input(i)) continue;
     if (ctx.dtype(i) != DType::kFloat32 || shape_numel(ctx.shape(i)) != x.back()) {
       return ctx.fail(std::string(i == 2 ? "Scale" : "B") + " must be float32 of the normalized shape " +
@@ -36,33 +41,64 @@ Status infer_skip_layer_norm(InferContext& ctx) {
   }
   const int64_t out = ctx.attrs().get_int("out_dtype", 1);
   if (out != 1 && out != 16) return ctx.fail("out_dtype must be 1 (float32) or 16 (bfloat16)");
+  *y = out == 16 ? DType::kBFloat16 : DType::kFloat32;
+  return Status::ok();
+}
+
+Status infer_skip_layer_norm(InferContext& ctx) {
+  DType yt;
+  GV_RETURN_IF_ERROR(check_skip_norm(ctx, 3, &yt));
+  const Shape& x = ctx.shape(0);
   Shape stats = x;
   stats.back() = 1;
-  ctx.set_output(0, out == 16 ? DType::kBFloat16 : DType::kFloat32, x);
+  ctx.set_output(0, yt, x);
   if (ctx.num_outputs() > 1) ctx.set_output(1, DType::kFloat32, stats);
   if (ctx.num_outputs() > 2) ctx.set_output(2, DType::kFloat32, stats);
   if (ctx.num_outputs() > 3) ctx.set_output(3, DType::kFloat32, x);
   return Status::ok();
 }
 
-// Sum in float32 (X widened first), then the float32 LayerNorm of it, rounded when Y is bfloat16.
-Status skip_layer_norm_cpu(KernelContext& ctx) {
+Status infer_skip_rms_norm(InferContext& ctx) {
+  DType yt;
+  GV_RETURN_IF_ERROR(check_skip_norm(ctx, 2, &yt));
+  ctx.set_output(0, yt, ctx.shape(0));
+  if (ctx.num_outputs() > 1) ctx.set_output(1, DType::kFloat32, ctx.shape(0));
+  return Status::ok();
+}
+
+// Sum in float32 (X widened first) into output `sum_output` (or scratch), then `norm` of it into Y in float32, rounded
+// when Y is bfloat16.
+template <typename Norm>
+Status skip_norm_cpu(KernelContext& ctx, size_t sum_output, Norm norm) {
   const TensorRef &x = ctx.inputs[0], &skip = ctx.inputs[1];
   const int64_t n = x.numel(), cols = x.shape.back(), rows = cols > 0 ? n / cols : 0;
-  const size_t n_out = ctx.outputs.size();
-  std::vector<float> own_sum(n_out > 3 && ctx.outputs[3].data ? 0 : static_cast<size_t>(n));
-  float* sum = own_sum.empty() ? ctx.outputs[3].as<float>() : own_sum.data();
+  const bool has_sum = ctx.outputs.size() > sum_output && ctx.outputs[sum_output].data;
+  std::vector<float> own_sum(has_sum ? 0 : static_cast<size_t>(n));
+  float* sum = has_sum ? ctx.outputs[sum_output].as<float>() : own_sum.data();
   convert_elements(x.data, x.dtype, sum, DType::kFloat32, n);
   const float* s = skip.as<float>();
   for (int64_t i = 0; i < n; ++i) sum[i] += s[i];
   const TensorRef& y = ctx.outputs[0];
   std::vector<float> wide(y.dtype == DType::kBFloat16 ? static_cast<size_t>(n) : 0);
-  auto stat = [&](size_t i) { return n_out > i ? ctx.outputs[i].as<float>() : nullptr; };
-  cpu::layer_norm<float, float>(sum, ctx.inputs[2].as<float>(), ctx.has_input(3) ? ctx.inputs[3].as<float>() : nullptr,
-                                wide.empty() ? y.as<float>() : wide.data(), stat(1), stat(2), rows, cols,
-                                ctx.attrs().get_double("epsilon", 1e-5));
+  norm(sum, wide.empty() ? y.as<float>() : wide.data(), rows, cols, ctx.attrs().get_double("epsilon", 1e-5));
   if (!wide.empty()) convert_elements(wide.data(), DType::kFloat32, y.data, y.dtype, n);
   return Status::ok();
+}
+
+Status skip_layer_norm_cpu(KernelContext& ctx) {
+  const size_t n_out = ctx.outputs.size();
+  auto stat = [&](size_t i) { return n_out > i ? ctx.outputs[i].as<float>() : nullptr; };
+  return skip_norm_cpu(ctx, 3, [&](const float* sum, float* y, int64_t rows, int64_t cols, double eps) {
+    cpu::layer_norm<float, float>(sum, ctx.inputs[2].as<float>(),
+                                  ctx.has_input(3) ? ctx.inputs[3].as<float>() : nullptr, y, stat(1), stat(2), rows,
+                                  cols, eps);
+  });
+}
+
+Status skip_rms_norm_cpu(KernelContext& ctx) {
+  return skip_norm_cpu(ctx, 1, [&](const float* sum, float* y, int64_t rows, int64_t cols, double eps) {
+    cpu::rms_norm<float>(sum, ctx.inputs[2].as<float>(), y, rows, cols, eps);
+  });
 }
 
 }  // namespace
@@ -72,6 +108,9 @@ void register_skip_norm_ops(OpRegistry& r) {
                     skip_layer_norm_cpu,
                     "(X, Skip, Scale, B?) -> (Y = LayerNorm(X + Skip), Mean?, InvStdDev?, Sum = X + Skip) over the "
                     "last axis; epsilon, out_dtype (1 float32, 16 bfloat16 Y)"));
+  r.add(make_schema(kGalvatronDomain, "SkipRMSNormalization", 3, 3, 1, 2, infer_skip_rms_norm, skip_rms_norm_cpu,
+                    "(X, Skip, Scale) -> (Y = RMSNorm(X + Skip), Sum = X + Skip) over the last axis; epsilon, "
+                    "out_dtype (1 float32, 16 bfloat16 Y)"));
 }
 
 }  // namespace gv::math
