@@ -201,9 +201,13 @@ TEST(Bf16AttentionIo, SeparateOpsOnBf16EqualTheWidenedFloat32) {
 }
 
 // The zoo's llama as the CUDA backend builds it in bf16 (Q, K, V apart, rotations fused, shared bf16 operands), on the
-// CPU: per layer Q, K, V, Y, dY, dQ, dK, dV stored in bf16, the Linears and rotations writing them, no copy Casts of
-// attention values left; the loss and gradients those of the float32 attention I/O within bf16 rounding.
-TEST(Bf16AttentionIo, LlamaStoresSeparateAttentionValuesInBf16) {
+// CPU, with and without activation checkpointing: per layer Q, K, V, Y, dY, dQ, dK, dV stored in bf16 (around the
+// recomputed forward when checkpointed), the Linears and rotations writing them, no copy Casts of attention values
+// left; the loss and gradients those of the float32 attention I/O within bf16 rounding.
+class LlamaBf16AttentionIo : public ::testing::TestWithParam<bool> {};
+
+TEST_P(LlamaBf16AttentionIo, StoresSeparateAttentionValuesInBf16) {
+  const bool checkpoint = GetParam();
   auto tiny = testing::tiny_model("llama-tiny");
   ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
   const ImportedModel* im = &tiny->im;
@@ -212,15 +216,19 @@ TEST(Bf16AttentionIo, LlamaStoresSeparateAttentionValuesInBf16) {
   auto run = [&](bool io, double* loss) -> Expected<TensorMap> {
     TrainerConfig tc = testing::cuda_bf16_like_config(false);
     tc.graph.bf16_attention_io = io;
+    if (checkpoint) tc.graph.checkpoint_layers = {0, 1};
     GV_ASSIGN_OR_RETURN(auto t, Trainer::create(im->graph, tc, *backend));
     const Graph& g = t->training_graph().graph;
     if (io) {
       EXPECT_EQ(t->training_graph().fused.bf16_attention_io, 8 * layers);
-      int forwards = 0, backwards = 0;
+      int forwards = 0, bf16_forwards = 0, backwards = 0;
       for (const Node& n : g.nodes) {
         if (n.op_type == "AttentionWithLse") {
+          // Checkpointed, the first forward (whose LSE no backward reads) stays float32; its recomputation is bf16.
           ++forwards;
-          for (int i : {0, 1, 2}) EXPECT_EQ(g.value(n.inputs[i]).dtype, DType::kBFloat16) << n.name << " input " << i;
+          if (g.value(n.inputs[0]).dtype != DType::kBFloat16) continue;
+          ++bf16_forwards;
+          for (int i : {1, 2}) EXPECT_EQ(g.value(n.inputs[i]).dtype, DType::kBFloat16) << n.name << " input " << i;
           EXPECT_EQ(g.value(n.outputs[0]).dtype, DType::kBFloat16) << n.name << ": Y";
           EXPECT_EQ(g.value(n.outputs[1]).dtype, DType::kFloat32) << n.name << ": LSE";
         }
@@ -235,7 +243,8 @@ TEST(Bf16AttentionIo, LlamaStoresSeparateAttentionValuesInBf16) {
           EXPECT_TRUE(op != "AttentionWithLse" && op != "AttentionGrad" && op != "RotaryEmbedding") << n.name;
         }
       }
-      EXPECT_EQ(forwards, layers);
+      EXPECT_EQ(forwards, (checkpoint ? 2 : 1) * layers);
+      EXPECT_EQ(bf16_forwards, layers);
       EXPECT_EQ(backwards, layers);
       testing::expect_inference_agrees(g);
     } else {
@@ -250,6 +259,8 @@ TEST(Bf16AttentionIo, LlamaStoresSeparateAttentionValuesInBf16) {
   ASSERT_TRUE(f32.has_value()) << f32.status().message();
   expect_close_training(*io, loss_io, *f32, loss_f32, 3e-2, "bf16 io, llama");
 }
+
+INSTANTIATE_TEST_SUITE_P(Checkpointing, LlamaBf16AttentionIo, ::testing::Bool());
 
 }  // namespace
 }  // namespace gv
