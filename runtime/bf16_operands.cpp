@@ -54,15 +54,6 @@ struct Use {
   int slot;
 };
 
-// ONNX LayerNormalization or RMSNormalization, each with a galvatron twin that writes Y in bf16 (out_dtype).
-bool is_norm(const Node& n) {
-  return (n.op_type == "LayerNormalization" || n.op_type == "RMSNormalization") && n.domain.empty();
-}
-
-bool is_attention_packed_grad(const Node& n) {
-  return n.op_type == "AttentionPackedGrad" && n.domain == kGalvatronDomain && n.outputs.size() == 1;
-}
-
 // Bias-gradient sums of a value that has a bf16 copy read the copy instead (galvatron BiasGrad, keepdims: the
 // ReduceSum's own output value and shape), where the copy is made before the sum: half the bytes, and the float32
 // value may then have no reader but its Cast. Not for GeluGrad outputs: fuse_gelu_grad_products takes those whole.
@@ -86,98 +77,58 @@ void bias_sums_read_copies(Graph& graph, const std::map<ValueId, ValueId>& copy_
   }
 }
 
-// A copy of a Linear's output that nothing else reads: the Linear writes the bf16 values itself (out_dtype), with its
-// pre-activation in bf16 too when only GeluGrad nodes read that (as PyTorch's autocast keeps it); a SiluMul writes
-// its output, and a SiluMulGrad its two gradients, in bf16 (out_dtype) the same way, counted with the Linears (the
-// gate's two input Linears write bf16 too: gate_inputs_in_bf16). The same for an
-// AttentionPackedGrad's dQKV (counted in *attention_grads) and a LayerNormalization's or RMSNormalization's Y (it
-// becomes the galvatron twin, out_dtype 16; counted in *norm_outputs). The Cast and the float32 output go.
-Status fold_linear_outputs(Graph& graph, size_t* boundary, int* folded, int* attention_grads, int* norm_outputs) {
+// The shared bf16 copies that their producer can write itself (OpSchema::bf16_outputs: a Linear's output, with its
+// pre-activation when only GeluGrad reads that; SiluMul's output and SiluMulGrad's two gradients; AttentionPackedGrad's
+// dQKV; a LayerNormalization's or RMSNormalization's Y, through the galvatron twin): where nothing but its Cast reads
+// each such output, the node writes the copies (out_dtype 16) and the Casts go. The float32 outputs stay orphan values
+// (no node writes or reads them): dropping them would renumber the values that the training graph's maps (gradients,
+// optimizer state) already hold. Counted per copy: the norms' in *norm_outputs, AttentionPackedGrad's in
+// *attention_grads, the others' in *folded.
+Status fold_bf16_outputs(Graph& graph, size_t* boundary, int* folded, int* attention_grads, int* norm_outputs) {
+  const OpRegistry& reg = OpRegistry::global();
   const std::vector<int> uses = graph.use_counts();
   std::vector<char> is_output(graph.values.size(), 0);
   for (ValueId o : graph.outputs) is_output[o] = 1;
-  // Values some node other than GeluGrad (as its saved input) reads.
-  std::vector<char> other_reader(graph.values.size(), 0);
-  for (const Node& n : graph.nodes) {
-    for (size_t i = 0; i < n.inputs.size(); ++i) {
-      const bool gelu_saved = n.op_type == "GeluGrad" && n.domain == kGalvatronDomain && i == 1;
-      if (n.inputs[i] != kNoValue && !gelu_saved) other_reader[n.inputs[i]] = 1;
-    }
-  }
-  std::vector<char> gone(graph.nodes.size(), 0);
-  int count = 0;
-  size_t removed_before_boundary = 0;
-  // A SwiGLU gate's gradients dA and dB, each read only by its copy (the gate and up products' dX and dW): the
-  // SiluMulGrad writes both in bf16 (out_dtype).
   std::map<ValueId, NodeId> copy_cast;  // value -> the bf16_copy Cast that is its only reader
   for (NodeId id = 0; id < static_cast<NodeId>(graph.nodes.size()); ++id) {
     const Node& cast = graph.nodes[id];
     if (cast.op_type != "Cast" || !cast.domain.empty() || cast.name.rfind("bf16_copy/", 0) != 0) continue;
     if (uses[cast.inputs[0]] == 1 && !is_output[cast.inputs[0]]) copy_cast[cast.inputs[0]] = id;
   }
-  for (NodeId p = 0; p < static_cast<NodeId>(graph.nodes.size()); ++p) {
-    Node& n = graph.nodes[p];
-    if (n.op_type != "SiluMulGrad" || n.domain != kGalvatronDomain || n.outputs.size() != 2) continue;
-    auto ca = copy_cast.find(n.outputs[0]), cb = copy_cast.find(n.outputs[1]);
-    if (ca == copy_cast.end() || cb == copy_cast.end()) continue;
-    n.attrs.set_int("out_dtype", kOnnxBFloat16);
-    for (auto it : {ca, cb}) {
-      n.outputs[it == ca ? 0 : 1] = graph.nodes[it->second].outputs[0];
-      gone[it->second] = 1;
-      if (boundary && static_cast<size_t>(it->second) < *boundary) ++removed_before_boundary;
-    }
-    count += 2;
-  }
+  std::vector<char> gone(graph.nodes.size(), 0);
+  int count = 0;
+  size_t removed_before_boundary = 0;
   for (NodeId id = 0; id < static_cast<NodeId>(graph.nodes.size()); ++id) {
-    if (gone[id]) continue;
-    const Node& cast = graph.nodes[id];
-    if (cast.op_type != "Cast" || !cast.domain.empty() || cast.name.rfind("bf16_copy/", 0) != 0) continue;
-    const ValueId v = cast.inputs[0];
-    const NodeId p = graph.value(v).producer;
-    if (p < 0 || uses[v] != 1 || is_output[v] || graph.nodes[p].outputs[0] != v) continue;
-    if (is_attention_packed_grad(graph.nodes[p])) {
-      // dQKV, read only by its copy (the QKV product's dX and dW, the bias sum): the attention backward writes bf16.
-      graph.nodes[p].attrs.set_int("out_dtype", kOnnxBFloat16);
-      graph.nodes[p].outputs[0] = cast.outputs[0];
-      gone[id] = 1;
-      if (boundary && static_cast<size_t>(id) < *boundary) ++removed_before_boundary;
-      ++*attention_grads;
-      continue;
+    Node& n = graph.nodes[id];
+    const OpSchema* schema = reg.find(n.domain, n.op_type);
+    if (!schema || schema->bf16_outputs.copies.empty() || n.attrs.get_int("out_dtype", 1) != 1) continue;
+    const Bf16Outputs& b = schema->bf16_outputs;
+    bool all = true;
+    for (int o : b.copies) all = all && o < static_cast<int>(n.outputs.size()) && copy_cast.count(n.outputs[o]);
+    if (!all || (b.allowed && !b.allowed(graph, n))) continue;
+    if (!b.twin.empty()) {
+      n.domain = b.twin;
+      n.opset = 1;
     }
-    if (graph.nodes[p].op_type == "SiluMul" && graph.nodes[p].domain == kGalvatronDomain) {
-      // A SwiGLU gate's output that only products read (the down projection and its dW): written in bf16.
-      graph.nodes[p].attrs.set_int("out_dtype", kOnnxBFloat16);
-      graph.nodes[p].outputs[0] = cast.outputs[0];
-      gone[id] = 1;
-      if (boundary && static_cast<size_t>(id) < *boundary) ++removed_before_boundary;
-      ++count;
-      continue;
+    n.attrs.set_int("out_dtype", kOnnxBFloat16);
+    for (int o : b.companions) {
+      if (o < static_cast<int>(n.outputs.size()) && n.outputs[o] != kNoValue) {
+        graph.value(n.outputs[o]).dtype = DType::kBFloat16;
+      }
     }
-    if (is_norm(graph.nodes[p])) {
-      // A norm's output that only products read: its galvatron twin writes it in bf16.
-      Node& ln = graph.nodes[p];
-      ln.domain = kGalvatronDomain;
-      ln.opset = 1;
-      ln.attrs.set_int("out_dtype", kOnnxBFloat16);
-      ln.outputs[0] = cast.outputs[0];
-      gone[id] = 1;
-      if (boundary && static_cast<size_t>(id) < *boundary) ++removed_before_boundary;
-      ++*norm_outputs;
-      continue;
+    for (int o : b.copies) {
+      const NodeId cast = copy_cast.at(n.outputs[o]);
+      n.outputs[o] = graph.nodes[cast].outputs[0];
+      gone[cast] = 1;
+      if (boundary && static_cast<size_t>(cast) < *boundary) ++removed_before_boundary;
     }
-    if (!is_linear(graph.nodes[p]) || graph.nodes[p].inputs.size() > 3) continue;  // a residual's sum stays float32
-    Node& lin = graph.nodes[p];
-    if (lin.outputs.size() > 1) {
-      const ValueId pre = lin.outputs[1];
-      if (is_output[pre] || other_reader[pre]) continue;
-      graph.value(pre).dtype = DType::kBFloat16;
-    }
-    lin.attrs.set_int("out_dtype", kOnnxBFloat16);
-    lin.outputs[0] = cast.outputs[0];
-    gone[id] = 1;  // v stays an orphan value (no node writes or reads it): dropping would renumber the values that
-                   // the training graph's maps (gradients, optimizer state) already hold
-    if (boundary && static_cast<size_t>(id) < *boundary) ++removed_before_boundary;
-    ++count;
+    const int copies = static_cast<int>(b.copies.size());
+    if (n.op_type == "LayerNormalization" || n.op_type == "RMSNormalization")
+      *norm_outputs += copies;
+    else if (n.op_type == "AttentionPackedGrad")
+      *attention_grads += copies;
+    else
+      count += copies;
   }
   if (std::find(gone.begin(), gone.end(), 1) == gone.end()) return Status::ok();
   graph.erase_nodes(gone);
@@ -311,7 +262,7 @@ Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size
   if (boundary) *boundary += inserted_before_boundary;
   *copies += made;
   bias_sums_read_copies(graph, copy_of);
-  GV_RETURN_IF_ERROR(fold_linear_outputs(graph, boundary, linear_outputs, attention_grads, norm_outputs));
+  GV_RETURN_IF_ERROR(fold_bf16_outputs(graph, boundary, linear_outputs, attention_grads, norm_outputs));
   gate_inputs_in_bf16(graph);
   return Status::ok();
 }

@@ -24,12 +24,13 @@ struct Bf16OperandOptions {
 
 // Rewrites `graph` in place. The Cast nodes are inserted before each copy's first reader, so node indices shift:
 // *boundary (optional; a node index such as TrainingGraph::backward_begin) moves by the number of nodes inserted
-// (or removed) before it. Adds the number of copies made to *copies. A copy of a galvatron Linear's output that
-// nothing else reads is then written by the Linear itself in bf16 (out_dtype; its pre-activation too, when only
-// GeluGrad reads that): the number of such Linears is added to *linear_outputs; likewise a galvatron
-// AttentionPackedGrad's dQKV (counted in *attention_grads, optional) and a LayerNormalization's Y (galvatron
-// LayerNormalization, out_dtype 16; counted in *norm_outputs, optional). Bias-gradient sums (ReduceSum over the leading
-// axes) of a copied value read the copy instead (galvatron BiasGrad): they no longer keep the float32 value alive.
+// (or removed) before it. Adds the number of copies made to *copies. A copy of an output that nothing else reads is
+// then written by its producer itself in bf16 where the op's schema says it can (OpSchema::bf16_outputs, out_dtype 16:
+// a galvatron Linear, with its pre-activation when only GeluGrad reads that; SiluMul, SiluMulGrad's two gradients
+// together; AttentionPackedGrad's dQKV; a LayerNormalization's or RMSNormalization's Y, through its galvatron twin):
+// the copies folded so are counted in *norm_outputs (the norms'; optional), *attention_grads (optional) and
+// *linear_outputs (the others'). Bias-gradient sums (ReduceSum over the leading axes) of a copied value read the copy
+// instead (galvatron BiasGrad): they no longer keep the float32 value alive.
 Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size_t* boundary, int* copies,
                            int* linear_outputs, int* attention_grads = nullptr, int* norm_outputs = nullptr);
 

@@ -80,6 +80,21 @@ using InferFn = Status (*)(InferContext&);
 using KernelFn = Status (*)(KernelContext&);
 using GradFn = Status (*)(GradBuilder&);
 
+// Outputs a node can write in bfloat16 itself when its attribute out_dtype is 16, so that runtime/bf16_operands.cpp
+// replaces the Casts that make their shared bf16 copies (the copy's readers are products).
+struct Bf16Outputs {
+  // The outputs whose copy the node then writes instead, folded all together or not at all (empty: none).
+  std::vector<int> copies;
+  // Outputs that turn bfloat16 with them and keep their values (Linear's pre-activation); `allowed` checks that their
+  // readers take bfloat16.
+  std::vector<int> companions;
+  // For an op without the attribute (ONNX's LayerNormalization, RMSNormalization): the domain of its twin of the same
+  // name that has it; the fold moves the node there. Empty: the op itself has out_dtype.
+  std::string twin;
+  // A further condition on the node in its graph (null: none), e.g. that a Linear adds no residual.
+  bool (*allowed)(const Graph&, const Node&) = nullptr;
+};
+
 struct OpSchema {
   std::string domain;  // "" or kGalvatronDomain
   std::string name;
@@ -103,6 +118,7 @@ struct OpSchema {
   // A node of this op without outputs writes only its input 0 and reads the others (AccumulateGrad,
   // MatMulAccumulate): the other inputs may keep shared (view) buffers.
   bool writes_first_input_only = false;
+  Bf16Outputs bf16_outputs;  // outputs the node can write in bf16 itself (out_dtype 16)
   std::string doc;  // one line, for `galvatron inspect` and errors
 };
 

@@ -242,8 +242,11 @@ void register_attention_packed_ops(OpRegistry& r) {
                              "(saved_head_dim) QKVp, Yp");
   fwd.grad = packed_grad;
   r.add(std::move(fwd));
-  r.add(make_schema(kGalvatronDomain, "AttentionPackedGrad", 4, 6, 1, 2, infer_packed_grad, packed_grad_cpu,
-                    "(QKV, dY, Y, LSE, QKVp?, Yp?) -> dQKV of AttentionPacked, dQKVSums? (its sums over B and S)"));
+  OpSchema grad = make_schema(kGalvatronDomain, "AttentionPackedGrad", 4, 6, 1, 2, infer_packed_grad, packed_grad_cpu,
+                              "(QKV, dY, Y, LSE, QKVp?, Yp?) -> dQKV of AttentionPacked, dQKVSums? (its sums over B "
+                              "and S)");
+  grad.bf16_outputs.copies = {0};
+  r.add(std::move(grad));
 }
 
 }  // namespace gv

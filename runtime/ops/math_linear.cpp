@@ -175,6 +175,22 @@ Status linear_grad(GradBuilder& gb) {
   return gb.status();
 }
 
+// Y in bf16 (out_dtype 16) for the copy the products read: not with a Residual (its sum stays float32), and PreAct,
+// which turns bf16 too, only where GeluGrad alone reads it (as its saved input, as PyTorch's autocast keeps it).
+bool bf16_outputs_allowed(const Graph& g, const Node& n) {
+  if (n.inputs.size() > 3) return false;
+  if (n.outputs.size() < 2 || n.outputs[1] == kNoValue) return true;
+  const ValueId pre = n.outputs[1];
+  for (ValueId o : g.outputs)
+    if (o == pre) return false;
+  for (const Node& m : g.nodes) {
+    for (size_t i = 0; i < m.inputs.size(); ++i) {
+      if (m.inputs[i] == pre && !(m.op_type == "GeluGrad" && m.domain == kGalvatronDomain && i == 1)) return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 void register_linear_ops(OpRegistry& r) {
@@ -182,6 +198,9 @@ void register_linear_ops(OpRegistry& r) {
                            "Y = act(X @ op(W) + bias) (+ Residual without act), act none | gelu | gelu_tanh; PreAct "
                            "second output with act");
   s.grad = linear_grad;
+  s.bf16_outputs.copies = {0};
+  s.bf16_outputs.companions = {1};
+  s.bf16_outputs.allowed = bf16_outputs_allowed;
   r.add(std::move(s));
 }
 

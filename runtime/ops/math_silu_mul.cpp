@@ -81,10 +81,14 @@ void register_silu_mul_ops(OpRegistry& r) {
                            elementwise::with_half_as_float<silu_mul_cpu>,
                            "(A, B) -> A * sigmoid(A) * B (SwiGLU's gate); attr out_dtype (1 float32, 16 bfloat16)");
   s.grad = silu_mul_grad;
+  s.bf16_outputs.copies = {0};
   r.add(s);
-  r.add(make_schema(kGalvatronDomain, "SiluMulGrad", 3, 3, 1, 2, infer_silu_mul_grad,
-                    elementwise::with_half_as_float<silu_mul_grad_cpu>,
-                    "(dY, A, B) -> (dA, dB) of SiluMul; A, B may be bfloat16 beside a float32 dY; attr out_dtype"));
+  OpSchema g =
+      make_schema(kGalvatronDomain, "SiluMulGrad", 3, 3, 1, 2, infer_silu_mul_grad,
+                  elementwise::with_half_as_float<silu_mul_grad_cpu>,
+                  "(dY, A, B) -> (dA, dB) of SiluMul; A, B may be bfloat16 beside a float32 dY; attr out_dtype");
+  g.bf16_outputs.copies = {0, 1};  // one out_dtype for both
+  r.add(g);
 }
 
 }  // namespace gv::math

@@ -314,21 +314,29 @@ void register_norm_ops(OpRegistry& r) {
   OpSchema ln = make_schema("", "LayerNormalization", 2, 3, 1, 3, infer_layer_norm, layer_norm_cpu,
                             "(X, Scale, B?) -> (Y, Mean?, InvStdDev?) over axes [axis, rank); epsilon, stash_type");
   ln.grad = layer_norm_grad;
+  ln.bf16_outputs.copies = {0};
+  ln.bf16_outputs.twin = kGalvatronDomain;
   r.add(ln);
   // The same op writing Y in bfloat16 (attr out_dtype 16), for a Y only products read (runtime/bf16_operands.cpp);
   // formed after autograd, so without a gradient rule.
-  r.add(make_schema(kGalvatronDomain, "LayerNormalization", 2, 3, 1, 3, infer_layer_norm, layer_norm_cpu,
-                    "ONNX LayerNormalization with attr out_dtype (1 float32, 16 bfloat16: Y rounded)"));
+  OpSchema ln16 = make_schema(kGalvatronDomain, "LayerNormalization", 2, 3, 1, 3, infer_layer_norm, layer_norm_cpu,
+                              "ONNX LayerNormalization with attr out_dtype (1 float32, 16 bfloat16: Y rounded)");
+  ln16.bf16_outputs.copies = {0};
+  r.add(ln16);
   OpSchema rms = make_schema("", "RMSNormalization", 2, 2, 1, 1, infer_rms_norm, rms_norm_cpu,
                              "(X, scale) -> X / sqrt(mean(X^2) + epsilon) * scale over axes [axis, rank)");
   rms.grad = rms_norm_grad;
+  rms.bf16_outputs.copies = {0};
+  rms.bf16_outputs.twin = kGalvatronDomain;
   r.add(rms);
   r.add(make_schema(kGalvatronDomain, "LayerNormalizationGrad", 3, 8, 1, 5, infer_layer_norm_grad,
                     layer_norm_grad_cpu,
                     "(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?, Addend?) -> (dX + Addend, dScale, dBias, "
                     "dXBf16?, dXBf16Sums?)"));
-  r.add(make_schema(kGalvatronDomain, "RMSNormalization", 2, 2, 1, 1, infer_rms_norm, rms_norm_cpu,
-                    "ONNX RMSNormalization with attr out_dtype (1 float32, 16 bfloat16: Y rounded)"));
+  OpSchema rms16 = make_schema(kGalvatronDomain, "RMSNormalization", 2, 2, 1, 1, infer_rms_norm, rms_norm_cpu,
+                               "ONNX RMSNormalization with attr out_dtype (1 float32, 16 bfloat16: Y rounded)");
+  rms16.bf16_outputs.copies = {0};
+  r.add(rms16);
   r.add(make_schema(kGalvatronDomain, "RMSNormalizationGrad", 3, 4, 1, 2, infer_rms_norm_grad, rms_norm_grad_cpu,
                     "(dY, X, scale, Addend?) -> (dX + Addend, dscale)"));
 }
