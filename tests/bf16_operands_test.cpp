@@ -3,16 +3,17 @@
 // and output gradient read by two products is converted once, no product reads a float32 value that has a copy, and
 // the loss and gradients stay those of the float32 graph within bf16 rounding; products too small to qualify, values
 // read once, rows of an odd width and values written in place keep float32 operands.
+#include "runtime/bf16_operands.h"
+
 #include <gtest/gtest.h>
 
-#include <tuple>
-
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <tuple>
 
 #include "models/zoo.h"
-#include "runtime/bf16_operands.h"
 #include "runtime/executor.h"
 #include "runtime/trainer.h"
 #include "tests/op_test_util.h"
@@ -310,6 +311,56 @@ TEST_P(ModelBf16Operands, EveryProductOperandConvertedOnceSameGradientsWithinBf1
 
 // galvatron BiasGrad: the column sums of dY over its leading dims, from float32, bf16 or float64, against sums in
 // double of the same (widened) values; keepdims keeps ReduceSum's shape.
+// OpSchema::bf16_outputs against each op's own inference: for every op that declares outputs it can write in bf16
+// (the fold in share_bf16_operands trusts the declaration), a node with out_dtype 16 (on the twin, where the schema
+// names one) infers bf16 for exactly the declared copies and companions and keeps the other outputs' types. Every op
+// declaring them needs a case here, so a new declaration is checked too.
+TEST(Bf16Operands, SchemaBf16OutputsAgreeWithInference) {
+  struct OpCase {
+    std::string domain, op;
+    std::vector<Tensor> inputs;
+    Attributes attrs;
+    int outputs, opset;
+  };
+  auto r = [](Shape s, uint64_t seed) { return testing::randn_f32(std::move(s), seed); };
+  Attributes linear;
+  linear.set_string("activation", "gelu_tanh");
+  Attributes heads;
+  heads.set_int("num_heads", 2);
+  heads.set_int("is_causal", 1);
+  const std::string G = kGalvatronDomain;
+  const std::vector<OpCase> cases = {
+      {G, "Linear", {r({4, 8}, 1), r({8, 6}, 2), r({6}, 3)}, linear, 2, 1},
+      {G, "SiluMul", {r({4, 6}, 4), r({4, 6}, 5)}, {}, 1, 1},
+      {G, "SiluMulGrad", {r({4, 6}, 6), r({4, 6}, 7), r({4, 6}, 8)}, {}, 2, 1},
+      {G, "AttentionPackedGrad", {r({1, 4, 18}, 9), r({1, 4, 6}, 10), r({1, 4, 6}, 11), r({1, 2, 4}, 12)}, heads, 1, 1},
+      {"", "LayerNormalization", {r({4, 8}, 13), r({8}, 14), r({8}, 15)}, {}, 3, 17},
+      {G, "LayerNormalization", {r({4, 8}, 13), r({8}, 14), r({8}, 15)}, {}, 3, 1},
+      {"", "RMSNormalization", {r({4, 8}, 16), r({8}, 17)}, {}, 1, 23},
+      {G, "RMSNormalization", {r({4, 8}, 16), r({8}, 17)}, {}, 1, 1},
+  };
+  int declared = 0;
+  for (const OpSchema* schema : OpRegistry::global().all()) declared += !schema->bf16_outputs.copies.empty();
+  EXPECT_EQ(declared, static_cast<int>(cases.size())) << "an op declares bf16_outputs without a case here";
+  for (const OpCase& c : cases) {
+    SCOPED_TRACE(c.domain + "::" + c.op);
+    const OpSchema* schema = OpRegistry::global().find(c.domain, c.op);
+    ASSERT_NE(schema, nullptr);
+    const Bf16Outputs& b = schema->bf16_outputs;
+    ASSERT_FALSE(b.copies.empty()) << "declares no bf16 outputs";
+    Attributes a = c.attrs;
+    a.set_int("out_dtype", 16);
+    const std::string domain = b.twin.empty() ? c.domain : b.twin;
+    auto ran = testing::run_op(c.op, c.inputs, a, c.outputs, b.twin.empty() ? c.opset : 1, {}, domain);
+    ASSERT_TRUE(ran.has_value()) << ran.status().message();
+    for (int o = 0; o < c.outputs; ++o) {
+      const bool bf16 =
+          std::count(b.copies.begin(), b.copies.end(), o) + std::count(b.companions.begin(), b.companions.end(), o) > 0;
+      EXPECT_EQ(ran->outputs[o].dtype(), bf16 ? DType::kBFloat16 : DType::kFloat32) << "output " << o;
+    }
+  }
+}
+
 TEST(Bf16Operands, BiasGradSumsTheLeadingDims) {
   const Tensor x = randn({3, 5, 16}, 7);
   std::vector<double> want(16, 0.0);
