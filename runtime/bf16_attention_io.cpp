@@ -50,42 +50,53 @@ class Rewriter {
     ++count_;
   }
 
-  // Y of `node`: read by the backward (slot 2) and by a chain of Reshapes (each value read once) ending in its shared
-  // bf16 copy's Cast. The node writes bf16 (y_dtype 16), the reshapes pass bf16 on, and the last one writes the copy.
+  // Y of packed attention `node`: read by the backward (AttentionPackedGrad's slot 2) and on its way to its shared
+  // bf16 copy; the node writes bf16 (y_dtype 16).
   void y(NodeId node) {
     Node& n = g_.nodes[node];
     const ValueId y = n.outputs[0];
-    if (g_.value(y).dtype != DType::kFloat32 || is_output_[y]) return;
+    if (g_.value(y).dtype != DType::kFloat32) return;
+    std::vector<ValueId> values;
+    const NodeId cast = y_copy(
+        y, [&](const Reader& r) { return is_op(g_.nodes[r.node], "AttentionPackedGrad") && r.slot == 2; }, &values);
+    if (cast < 0) return;
+    n.attrs.set_int("y_dtype", kOnnxBFloat16);
+    write_y_copy(y, cast, values);
+    ++count_;
+  }
+
+  // Y's way to its shared bf16 copy: besides the readers `backward` accepts (the attention backward reading Y), one
+  // reader, the copy's Cast or a chain of Reshapes (each value read once) ending in it. The Cast, with the reshapes'
+  // values before the copy's input added to *values; -1 if the way is not there.
+  template <typename Backward>
+  NodeId y_copy(ValueId y, Backward backward, std::vector<ValueId>* values) {
+    if (is_output_[y]) return -1;
     NodeId next = -1;
     for (const Reader& r : readers_[y]) {
-      const Node& m = g_.nodes[r.node];
-      if (is_op(m, "AttentionPackedGrad") && r.slot == 2) continue;
-      if (next >= 0) return;  // a second other reader
+      if (backward(r)) continue;
+      if (next >= 0 || r.slot != 0) return -1;  // a second other reader
       next = r.node;
     }
-    std::vector<NodeId> chain;  // the reshapes, in order
-    ValueId v = y;
-    while (next >= 0 && is_reshape(g_.nodes[next]) && g_.nodes[next].inputs[0] == v) {
-      chain.push_back(next);
-      v = g_.nodes[next].outputs[0];
-      if (is_output_[v] || readers_[v].size() != 1) return;
-      next = readers_[v][0].node;
-    }
-    if (next < 0 || !is_bf16_copy(g_.nodes[next])) return;
-    const ValueId copy = g_.nodes[next].outputs[0];
-    n.attrs.set_int("y_dtype", kOnnxBFloat16);
-    if (chain.empty()) {
-      n.outputs[0] = copy;  // y stays an orphan value: the training graph's maps hold value ids
+    if (next < 0) return -1;
+    if (is_bf16_copy(g_.nodes[next])) return next;
+    if (!is_reshape(g_.nodes[next])) return -1;
+    return chain_down(g_.nodes[next].outputs[0], values, /*rotation_allowed=*/false);
+  }
+
+  // Y in bf16 on its way to the copy found by y_copy: the node writes the copy itself, which its backward readers
+  // then read (y stays an orphan value: the training graph's maps hold value ids), or writes bf16 that the reshapes
+  // pass on, the last of them writing the copy. The Cast goes.
+  void write_y_copy(ValueId y, NodeId cast, const std::vector<ValueId>& values) {
+    const ValueId copy = g_.nodes[cast].outputs[0];
+    if (g_.nodes[cast].inputs[0] == y) {
       for (const Reader& r : readers_[y]) {
-        if (r.node != next) g_.nodes[r.node].inputs[2] = copy;
+        if (r.node != cast) g_.nodes[r.node].inputs[r.slot] = copy;
       }
     } else {
       g_.value(y).dtype = DType::kBFloat16;
-      for (size_t i = 0; i + 1 < chain.size(); ++i) g_.value(g_.nodes[chain[i]].outputs[0]).dtype = DType::kBFloat16;
-      g_.nodes[chain.back()].outputs[0] = copy;
+      for (ValueId v : values) g_.value(v).dtype = DType::kBFloat16;
     }
-    gone_[next] = 1;
-    ++count_;
+    write_copy(cast);
   }
 
   // dY of an AttentionPackedGrad: written by a float32 FusedMatMul, through Reshapes (each value read once): the
@@ -149,25 +160,12 @@ class Rewriter {
       linear[i] = chain_up(v, &in_values);
       if (linear[i] < 0) return;
     }
-    // Y: the backward and one other reader, the way (Reshapes) to its shared bf16 copy.
+    // Y: read by the backward and on its way to its shared bf16 copy.
     const ValueId y = a.outputs[0];
-    if (is_output_[y]) return;
-    NodeId y_next = -1;
-    for (const Reader& r : readers_[y]) {
-      if (r.node == grad && r.slot == 5) continue;
-      if (y_next >= 0 || r.slot != 0) return;
-      y_next = r.node;
-    }
-    if (y_next < 0) return;
-    std::vector<ValueId> y_values;  // the values from Y's reshape on, before the copy's input
-    NodeId y_copy = -1;
-    if (is_bf16_copy(g_.nodes[y_next])) {
-      y_copy = y_next;
-    } else {
-      if (!is_reshape(g_.nodes[y_next])) return;
-      y_copy = chain_down(g_.nodes[y_next].outputs[0], &y_values, /*rotation_allowed=*/false);
-      if (y_copy < 0) return;
-    }
+    std::vector<ValueId> y_values;
+    const NodeId y_cast = y_copy(
+        y, [&](const Reader& r) { return r.node == grad && r.slot == 5; }, &y_values);
+    if (y_cast < 0) return;
     // dY: a FusedMatMul's, through Reshapes.
     std::vector<ValueId> dy_values;
     const NodeId dy_writer = dy_product(gn.inputs[4], &dy_values);
@@ -182,17 +180,7 @@ class Rewriter {
     // Every piece is there: rewrite.
     for (int i = 0; i < 3; ++i) g_.nodes[linear[i]].attrs.set_int("out_dtype", kOnnxBFloat16);
     for (ValueId v : in_values) g_.value(v).dtype = DType::kBFloat16;
-    if (y_next == y_copy) {  // the node writes the copy, which the backward reads; y stays an orphan value (the
-                             // training graph's maps hold value ids)
-      const ValueId y16 = g_.nodes[y_copy].outputs[0];
-      g_.nodes[fwd].outputs[0] = y16;
-      g_.nodes[grad].inputs[5] = y16;
-      gone_[y_copy] = 1;
-    } else {  // Y in bf16, the reshapes pass it on, the last one writes the copy
-      g_.value(y).dtype = DType::kBFloat16;
-      for (ValueId v : y_values) g_.value(v).dtype = DType::kBFloat16;
-      write_copy(y_copy);
-    }
+    write_y_copy(y, y_cast, y_values);
     g_.nodes[dy_writer].attrs.set_int("out_dtype", kOnnxBFloat16);
     for (ValueId x : dy_values) g_.value(x).dtype = DType::kBFloat16;
     for (ValueId v : out_values) g_.value(v).dtype = DType::kBFloat16;
