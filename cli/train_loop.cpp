@@ -193,6 +193,9 @@ Expected<TrainSettings> train_settings_from_args(const ParsedArgs& args, Command
   // GALVATRON_GRAD_NORM_IN_UPDATES=0: the gradient norm by its own pass after the backward (comparisons).
   const char* norm_in_updates = std::getenv("GALVATRON_GRAD_NORM_IN_UPDATES");
   cfg.graph.grad_norm_in_updates = !(norm_in_updates && std::string(norm_in_updates) == "0");
+  // GALVATRON_SPLIT_MASTERS=0: float32 master weights in their own buffers beside AdamW's bf16 copies (comparisons).
+  const char* split = std::getenv("GALVATRON_SPLIT_MASTERS");
+  cfg.graph.split_masters = !(split && std::string(split) == "0");
   // GALVATRON_FUSE_ATTENTION_BIAS_SUMS=0: the QKV bias gradient by its own BiasGrad pass (comparisons).
   const char* bias_sums = std::getenv("GALVATRON_FUSE_ATTENTION_BIAS_SUMS");
   cfg.graph.fuse_attention_bias_sums = !(bias_sums && std::string(bias_sums) == "0");

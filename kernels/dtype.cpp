@@ -12,6 +12,8 @@ size_t dtype_size(DType t) {
     case DType::kInt32: return 4;
     case DType::kInt8: return 1;
     case DType::kUInt8: return 1;
+    case DType::kUInt16:
+      return 2;
     case DType::kBool: return 1;
     case DType::kUndefined: return 0;
   }
@@ -28,6 +30,8 @@ const char* dtype_name(DType t) {
     case DType::kInt32: return "int32";
     case DType::kInt8: return "int8";
     case DType::kUInt8: return "uint8";
+    case DType::kUInt16:
+      return "uint16";
     case DType::kBool: return "bool";
     case DType::kUndefined: return "undefined";
   }
@@ -39,7 +43,7 @@ bool dtype_is_float(DType t) {
 }
 
 bool dtype_is_integer(DType t) {
-  return t == DType::kInt64 || t == DType::kInt32 || t == DType::kInt8 || t == DType::kUInt8;
+  return t == DType::kInt64 || t == DType::kInt32 || t == DType::kInt8 || t == DType::kUInt8 || t == DType::kUInt16;
 }
 
 DType dtype_from_onnx(int32_t onnx_type) {

@@ -13,6 +13,7 @@ enum class DType : int32_t {
   kFloat32 = 1,
   kUInt8 = 2,
   kInt8 = 3,
+  kUInt16 = 4,  // only the runtime's own state (a float32's low halves: runtime/split_masters.h)
   kInt32 = 6,
   kInt64 = 7,
   kBool = 9,

@@ -1022,10 +1022,19 @@ Status adamw_cuda(KernelContext& ctx) {
     if (ctx.inputs[7].dtype != DType::kBFloat16 || ctx.inputs[7].numel() != p.numel()) return cuda_fallback_kernel(ctx);
     p16 = static_cast<uint16_t*>(ctx.inputs[7].data) + offset;  // the updated range (ZeRO-2: this rank's shard)
   }
+  // Input 9: the master held as (input 7, input 9), runtime/split_masters.h (whole parameters only: infer_adamw).
+  uint16_t* low16 = ctx.has_input(9) ? static_cast<uint16_t*>(ctx.inputs[9].data) : nullptr;
   GV_ASSIGN_OR_RETURN(void* stream, update_stream(ctx));
   return launch(ctx, cuda::adamw_f32(p.as<float>() + offset, ctx.inputs[1].data, g_bf16, ctx.inputs[2].as<float>(),
                                      ctx.inputs[3].as<float>(), n, lr.data, lr.dtype == DType::kFloat64,
-                                     step.as<int64_t>(), norm, a, p16, stream, sum_squares_input(ctx, 8)));
+                                     step.as<int64_t>(), norm, a, p16, stream, sum_squares_input(ctx, 8), low16));
+}
+
+// SplitFloat32(X) -> (Hi, Lo).
+Status split_float32_cuda(KernelContext& ctx) {
+  if (!is_f32(ctx.inputs[0])) return cuda_fallback_kernel(ctx);
+  return launch(ctx, cuda::split_float32_f32(ctx.inputs[0].as<float>(), static_cast<uint16_t*>(ctx.outputs[0].data),
+                                             static_cast<uint16_t*>(ctx.outputs[1].data), ctx.inputs[0].numel()));
 }
 
 // AdamWMulti(lr, step, grad_norm?, then param, grad, m, v per parameter[, sum_squares]).
@@ -1140,6 +1149,7 @@ void register_cuda_kernels(OpRegistry& r) {
   set(G, "GradNormBegin", grad_norm_begin_cuda);
   set(G, "GradNormEnd", grad_norm_end_cuda);
   set(G, "AdamW", cuda_profiled<adamw_cuda>);
+  set(G, "SplitFloat32", cuda_profiled<split_float32_cuda>);
   set(G, "AdamWMulti", cuda_profiled<adamw_multi_cuda>);
   set(G, "WaitUpdates", wait_updates_cuda);
   set(G, "AllReduce", cuda_profiled<all_reduce_cuda>);

@@ -54,6 +54,7 @@ Expected<std::unique_ptr<Executor>> Executor::create(const Graph& graph, Backend
         ex->ptrs_[v] = ex->options_.share_persistent_with->data(v);
         continue;
       }
+      if (val.stored_in != kNoValue) continue;  // placed below, inside its host value's buffer
       ex->constant_bytes_ += val.data.nbytes();
       if (backend.kind() == DeviceKind::kCpu) {
         ex->ptrs_[v] = const_cast<void*>(val.data.data());
@@ -65,6 +66,19 @@ Expected<std::unique_ptr<Executor>> Executor::create(const Graph& graph, Backend
         ex->ptrs_[v] = *p;
       }
     }
+  }
+  for (ValueId v = 0; v < static_cast<ValueId>(graph.values.size()); ++v) {
+    const Value& val = graph.values[v];
+    if (val.stored_in == kNoValue || ex->options_.share_persistent_with) continue;
+    const Value& host = graph.value(val.stored_in);
+    const int64_t bytes = shape_numel(val.shape) * static_cast<int64_t>(dtype_size(val.dtype));
+    if (host.stored_in != kNoValue || ex->ptrs_[val.stored_in] == nullptr || val.stored_at < 0 ||
+        val.stored_at + bytes > shape_numel(host.shape) * static_cast<int64_t>(dtype_size(host.dtype))) {
+      return internal_error("value '" + val.name + "' (" + std::to_string(bytes) + " bytes at " +
+                            std::to_string(val.stored_at) + ") does not fit inside the persistent buffer of '" +
+                            host.name + "'");
+    }
+    ex->ptrs_[v] = static_cast<uint8_t*>(ex->ptrs_[val.stored_in]) + val.stored_at;
   }
   for (NodeId nid : order) {
     const Node& n = graph.nodes[nid];

@@ -42,6 +42,7 @@ std::string FusionCounts::summary() const {
          part(bf16_sharded_updates, "ZeRO-2 updates in bf16 (gradient shards and weight gathers)") +
          part(accumulating_products, "weight-gradient products adding into their accumulators") +
          part(grad_sums_in_products, "gradient sums added by their products") +
+         part(split_masters, "float32 masters split into their bf16 copies and low halves") +
          part(updates_in_backward, "optimizer updates beside the backward") +
          (grad_norm_in_updates ? " (summing the gradient norm)" : "");
 }

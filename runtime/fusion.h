@@ -37,6 +37,7 @@ struct FusionCounts {
   int attention_bias_sums = 0;  // attention gradients writing the QKV bias gradient (fuse_attention_grad_bias_sums)
   int norm_grad_outputs = 0;    // LayerNorm gradients writing their bf16 copy (and bias sums) (fuse_norm_grad_outputs)
   int bf16_param_copies = 0;    // weights' bf16 copies kept by AdamW (keep_bf16_param_copies)
+  int split_masters = 0;        // of those, float32 masters held as (copy, low halves) (split_float32_masters)
   int bf16_weight_grads = 0;    // weight gradients written in bf16 by their dW products (bf16_weight_grads)
   int gather_grad_adds = 0;     // Add(GatherGrad, D) -> GatherGradAdd(D, ..) (fold_gather_grad_adds)
   int skip_norms = 0;  // Linear(.., R) -> LayerNorm / RMSNorm pairs -> Linear + Skip*Normalization (fuse_skip_norm)

@@ -30,6 +30,11 @@ struct Value {
   ValueKind kind = ValueKind::kActivation;
   NodeId producer = -1;
   Tensor data;  // for kParameter, kConstant and kState
+  // A persistent value kept inside another persistent value's buffer, `stored_at` bytes from its start, instead of a
+  // buffer of its own (its `data` then only gives its type and size): the halves of a split master inside the
+  // parameter's float32 buffer (runtime/split_masters.h).
+  ValueId stored_in = kNoValue;
+  int64_t stored_at = 0;
 };
 
 // Where a node sits in the model: the partitioner cuts and shards along this.

@@ -285,6 +285,8 @@ const char* safetensors_dtype_name(DType t) {
     case DType::kInt32: return "I32";
     case DType::kInt8: return "I8";
     case DType::kUInt8: return "U8";
+    case DType::kUInt16:
+      return "U16";
     case DType::kBool: return "BOOL";
     case DType::kUndefined: return nullptr;
   }
@@ -300,6 +302,7 @@ DType dtype_from_safetensors(const std::string& s) {
   if (s == "I32") return DType::kInt32;
   if (s == "I8") return DType::kInt8;
   if (s == "U8") return DType::kUInt8;
+  if (s == "U16") return DType::kUInt16;
   if (s == "BOOL") return DType::kBool;
   return DType::kUndefined;
 }

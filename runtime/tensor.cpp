@@ -60,6 +60,8 @@ double load_as_double(const void* p, DType t, int64_t i) {
     case DType::kInt32: return static_cast<const int32_t*>(p)[i];
     case DType::kInt8: return static_cast<const int8_t*>(p)[i];
     case DType::kUInt8: return static_cast<const uint8_t*>(p)[i];
+    case DType::kUInt16:
+      return static_cast<const uint16_t*>(p)[i];
     case DType::kBool: return static_cast<const uint8_t*>(p)[i] ? 1.0 : 0.0;
     default: return 0.0;
   }
@@ -71,6 +73,8 @@ int64_t load_as_i64(const void* p, DType t, int64_t i) {
     case DType::kInt32: return static_cast<const int32_t*>(p)[i];
     case DType::kInt8: return static_cast<const int8_t*>(p)[i];
     case DType::kUInt8: return static_cast<const uint8_t*>(p)[i];
+    case DType::kUInt16:
+      return static_cast<const uint16_t*>(p)[i];
     case DType::kBool: return static_cast<const uint8_t*>(p)[i] ? 1 : 0;
     default: {
       double d = load_as_double(p, t, i);
@@ -93,6 +97,9 @@ void store_from(void* dst, DType to, int64_t i, T v) {
     case DType::kInt32: static_cast<int32_t*>(dst)[i] = static_cast<int32_t>(v); break;
     case DType::kInt8: static_cast<int8_t*>(dst)[i] = static_cast<int8_t>(v); break;
     case DType::kUInt8: static_cast<uint8_t*>(dst)[i] = static_cast<uint8_t>(v); break;
+    case DType::kUInt16:
+      static_cast<uint16_t*>(dst)[i] = static_cast<uint16_t>(v);
+      break;
     case DType::kBool: static_cast<uint8_t*>(dst)[i] = v != T(0) ? 1 : 0; break;
     default: break;
   }

@@ -4,10 +4,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-
-#include "runtime/communicator.h"
 #include <set>
 #include <tuple>
+
+#include "kernels/split_float32.h"
+#include "runtime/communicator.h"
 #include "runtime/safetensors.h"
 
 namespace gv {
@@ -380,11 +381,41 @@ Expected<std::vector<std::tuple<std::string, DType, Shape>>> agree_on_tensors(
 
 }  // namespace
 
+Expected<Tensor> Trainer::fetch_current(ValueId v) const {
+  auto split = tg_->split_masters.find(v);
+  // Until the prologue has run (first step, after a checkpoint load) the parameter's own buffer is current.
+  if (split == tg_->split_masters.end() || param_copies_stale_) return executor_->fetch(v);
+  GV_ASSIGN_OR_RETURN(Tensor hi, executor_->fetch(split->second.first));
+  GV_ASSIGN_OR_RETURN(Tensor lo, executor_->fetch(split->second.second));
+  Tensor out(DType::kFloat32, hi.shape());
+  const uint16_t* h = static_cast<const uint16_t*>(hi.data());
+  const uint16_t* l = static_cast<const uint16_t*>(lo.data());
+  float* o = static_cast<float*>(out.data());
+  for (int64_t i = 0; i < out.numel(); ++i) {
+    const uint32_t bits = join_float32(h[i], l[i]);
+    std::memcpy(o + i, &bits, 4);
+  }
+  return out;
+}
+
+Status Trainer::materialize_parameters() {
+  if (param_copies_stale_) return Status::ok();  // the buffers are what the next prologue splits
+  // The halves live inside the parameters' buffers (Value::stored_in): join every one before writing any.
+  std::vector<std::pair<ValueId, Tensor>> joined;
+  for (const auto& [p, halves] : tg_->split_masters) {
+    GV_ASSIGN_OR_RETURN(Tensor t, fetch_current(p));
+    joined.emplace_back(p, std::move(t));
+  }
+  for (const auto& [p, t] : joined) GV_RETURN_IF_ERROR(executor_->set_value(p, t));
+  param_copies_stale_ = true;  // the halves are overwritten: split again before the next step
+  return Status::ok();
+}
+
 Expected<TensorMap> Trainer::assemble(const std::vector<std::pair<ValueId, TensorShard>>& pieces) const {
   TensorMap out;
   if (!parallel()) {
     for (const auto& [v, shard] : pieces) {
-      GV_ASSIGN_OR_RETURN(Tensor t, executor_->fetch(v));
+      GV_ASSIGN_OR_RETURN(Tensor t, fetch_current(v));
       out[shard.global_name] = t;
     }
     return out;
@@ -401,7 +432,7 @@ Expected<TensorMap> Trainer::assemble(const std::vector<std::pair<ValueId, Tenso
     Tensor whole(dtype, shape);
     for (const auto& [v, shard] : by_name[name]) {
       if (!shard.owner) continue;
-      GV_ASSIGN_OR_RETURN(Tensor piece, executor_->fetch(v));
+      GV_ASSIGN_OR_RETURN(Tensor piece, fetch_current(v));
       if (shard.flat_end >= 0 && piece.numel() != shard.flat_end - shard.flat_begin) {
         // A whole value of which only the flat range is current (TrainingGraph::sharded_masters): that range.
         Tensor range(piece.dtype(), {shard.flat_end - shard.flat_begin});

@@ -97,10 +97,15 @@ class Trainer {
   const TrainingGraph& training_graph() const { return *tg_; }
   const TrainerConfig& config() const { return config_; }
   // The executor of micro-batch slot 0 (which also runs the optimizer region). Whoever writes parameters through it
-  // calls parameters_changed() afterwards.
+  // calls materialize_parameters() before (unless writing every parameter) and parameters_changed() afterwards.
   Executor& executor() { return *executor_; }
+  // Writes the float32 values of the masters held as two halves (TrainingGraph::split_masters), whose own buffers hold
+  // the halves during the steps, into those buffers: every parameter buffer of the executor is then current (and the
+  // halves are split again before the next step).
+  Status materialize_parameters();
   // Marks the persistent bf16 parameter copies (TrainingGraph::prologue_end) stale: they are rebuilt from the
-  // parameters before the next forward pass. load_checkpoint calls it.
+  // parameters before the next forward pass (split masters: split again from their buffers). load_checkpoint calls
+  // it.
   void parameters_changed() { param_copies_stale_ = true; }
 
  private:
@@ -117,6 +122,8 @@ class Trainer {
   // The piece of a parameter whose values this rank keeps current: shard_of, or for a parameter of
   // TrainingGraph::sharded_masters its optimizer range (state_shard_of).
   TensorShard current_shard_of(ValueId param) const;
+  // A value as a host tensor; a parameter of TrainingGraph::split_masters joined from its two halves.
+  Expected<Tensor> fetch_current(ValueId v) const;
   // Host copies of (name -> local value, its piece) assembled into whole tensors; collective with more than one rank.
   Expected<TensorMap> assemble(const std::vector<std::pair<ValueId, TensorShard>>& pieces) const;
 

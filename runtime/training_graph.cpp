@@ -5,6 +5,7 @@
 #include "runtime/autograd.h"
 #include "runtime/op_registry.h"
 #include "runtime/sharded_tensor.h"
+#include "runtime/split_masters.h"
 
 namespace gv {
 namespace {
@@ -762,6 +763,8 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
   tg.fused.bf16_sharded_updates = static_cast<int>(tg.sharded_masters.size());
   if (overlap && o.prefetch_zero2_gathers && !tg.sharded_masters.empty()) GV_RETURN_IF_ERROR(prefetch_copy_gathers(tg));
   if (o.updates_in_backward) GV_RETURN_IF_ERROR(move_updates_into_backward(tg, o.grad_norm_in_updates));
+  // After the move: it rewrites the updates' inputs up to 8, the low halves are input 9.
+  if (o.split_masters && tg.prologue_end > 0) GV_RETURN_IF_ERROR(split_float32_masters(tg));
   return tg;
 }
 

@@ -116,6 +116,7 @@ struct Run {
 TrainerConfig config(bool keep_copies) {
   TrainerConfig tc = testing::cuda_bf16_like_config();
   tc.graph.optimizer_bf16_copies = keep_copies;
+  tc.graph.split_masters = false;  // the copies beside float32 masters (split ones: tests/split_masters_test.cpp)
   tc.graph.optimizer.weight_decay = 0.1;
   tc.lr = 1e-2;
   return tc;

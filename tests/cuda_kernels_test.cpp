@@ -14,6 +14,7 @@
 #include <random>
 
 #include "kernels/cuda/ops.h"
+#include "kernels/split_float32.h"
 #include "runtime/executor.h"
 
 namespace gv {
@@ -1059,6 +1060,63 @@ TEST_F(CudaKernels, Training) {
     check({"AdamWMulti", in, sq, 0, G, 20, {}, 1e-6});
   }
   check({"GradNormBegin", {}, {}, 1, G});
+  {
+    // Split masters (kernels/split_float32.h): SplitFloat32 bit for bit (halfway values included), and AdamW on the
+    // halves (quads, a tail, float32 and bf16 gradients, with the norm's squares) against the CPU's update of the
+    // same joined float32, compared as the joined values.
+    Tensor x = randn({5001});
+    const uint32_t ties[] = {0x3f818000u, 0xbf808000u, 0x3c238000u, 0x7f7fffffu};
+    for (int i = 0; i < 4; ++i) std::memcpy(x.data_as<float>() + 100 * i, &ties[i], 4);
+    check({"SplitFloat32", {x}, {}, 2, G, 20, {}, 0.0});
+    for (int64_t n : {5000, 5001, 3}) {
+      for (bool g16 : {false, true}) {
+        SCOPED_TRACE(std::to_string(n) + (g16 ? " bf16 gradient" : " float32 gradient"));
+        const Tensor p = randn({n}, 0.05);
+        Tensor hi(DType::kBFloat16, {n}), lo(DType::kUInt16, {n});
+        for (int64_t i = 0; i < n; ++i) {
+          uint32_t b;
+          std::memcpy(&b, p.data_as<float>() + i, 4);
+          const SplitFloat32 h = split_float32(b);
+          hi.data_as<uint16_t>()[i] = h.hi;
+          lo.data_as<uint16_t>()[i] = h.lo;
+        }
+        const Tensor g = g16 ? randn({n}).cast(DType::kBFloat16) : randn({n});
+        const Case c{
+            "AdamW",
+            {Tensor(DType::kFloat32, {n}), g, randn({n}, 0.1), positive({n}), Tensor::scalar(DType::kFloat64, 1e-2),
+             step, Tensor(), hi, Tensor::scalar(DType::kFloat64, 2.5), lo},
+            sq,
+            0,
+            G};
+        auto want = run_case(c, *cpu_);
+        ASSERT_TRUE(want.has_value()) << want.status().message();
+        auto got = run_case(c, *cuda_);
+        ASSERT_TRUE(got.has_value()) << got.status().message();
+        auto joined = [&](const Ran& r) {
+          Tensor t(DType::kFloat32, {n});
+          for (int64_t i = 0; i < n; ++i) {
+            const uint32_t b = join_float32(r.inputs[6].data_as<uint16_t>()[i], r.inputs[8].data_as<uint16_t>()[i]);
+            std::memcpy(t.data_as<float>() + i, &b, 4);
+          }
+          return t;
+        };
+        expect_close(joined(*got), joined(*want), 1e-6, "joined master");
+        // Run's inputs are the fed ones (input 6, the norm, is absent): 0 p, 2 m, 3 v, 6 hi, 7 the sum, 8 lo.
+        ASSERT_EQ(got->inputs.size(), 9u);
+        for (int i : {0, 2, 3, 7}) expect_close(got->inputs[i], want->inputs[i], 1e-5, "input " + std::to_string(i));
+        // The GPU's halves are a split of its own result: hi its rounding (a quad path that mixed lanes would not be).
+        const Tensor mine = joined(*got);
+        int64_t wrong = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          uint32_t b;
+          std::memcpy(&b, mine.data_as<float>() + i, 4);
+          wrong += got->inputs[6].data_as<uint16_t>()[i] != float_to_bf16(mine.data_as<float>()[i]) ||
+                   (b & 0xffffu) == 0x8000u;
+        }
+        EXPECT_EQ(wrong, 0);
+      }
+    }
+  }
   check({"GradNormEnd", {Tensor::scalar(DType::kFloat64, 12.25)}, gn, 1, G});
 }
 

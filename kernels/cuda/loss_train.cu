@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/device.h"
+#include "kernels/split_float32.h"
 
 namespace gv::cuda {
 namespace {
@@ -478,6 +479,74 @@ __global__ void adamw_kernel(float* p, G* g, float* m, float* v, uint16_t* p16, 
   }
 }
 
+// A master held as its halves (kernels/split_float32.h): the float32 and back.
+__device__ __forceinline__ float joined(uint32_t hi, uint32_t lo) {
+  return __uint_as_float(join_float32(static_cast<uint16_t>(hi), static_cast<uint16_t>(lo)));
+}
+
+// adamw_kernel on a master held as (hi, lo): hi is also the products' bf16 copy. Per parameter it reads and writes
+// 2 + 2 bytes of master and copy instead of 4 + (0 read, 2 written).
+template <typename I, bool kVec, typename G, bool kSq>
+__global__ void adamw_split_kernel(uint16_t* hi, uint16_t* lo, G* g, float* m, float* v, I n, const void* lr_ptr,
+                                   bool lr64, const int64_t* step_ptr, const float* norm_ptr, AdamW a, double* sumsq) {
+  const AdamWCoef c = adamw_coef(lr_ptr, lr64, step_ptr, norm_ptr, a);
+  const bool zg = a.zero_grad;
+  const I stride = static_cast<I>(gridDim.x) * blockDim.x;
+  const I first = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
+  double sq = 0.0;
+  auto one = [&](I i) {
+    float gi = grad_at(g, i);
+    if constexpr (kSq) sq += static_cast<double>(gi) * gi;
+    float p = joined(hi[i], lo[i]);
+    adamw_one(p, gi, m[i], v[i], c, false);
+    if (zg) g[i] = G(0);
+    const SplitFloat32 s = split_float32(__float_as_uint(p));
+    hi[i] = s.hi;
+    lo[i] = s.lo;
+  };
+  if constexpr (kVec) {
+    const I quads = n / 4;
+    for (I q = first; q < quads; q += stride) {
+      const uint2 h = reinterpret_cast<const uint2*>(hi)[q], l = reinterpret_cast<const uint2*>(lo)[q];
+      float4 pq = make_float4(joined(h.x & 0xffffu, l.x & 0xffffu), joined(h.x >> 16, l.x >> 16),
+                              joined(h.y & 0xffffu, l.y & 0xffffu), joined(h.y >> 16, l.y >> 16));
+      float4 gq = grad4(g, q), mq = detail::load4(m, q), vq = detail::load4(v, q);
+      if constexpr (kSq) sq += squares4(gq);
+      adamw_one(pq.x, gq.x, mq.x, vq.x, c, false);
+      adamw_one(pq.y, gq.y, mq.y, vq.y, c, false);
+      adamw_one(pq.z, gq.z, mq.z, vq.z, c, false);
+      adamw_one(pq.w, gq.w, mq.w, vq.w, c, false);
+      detail::store4(m, q, mq);
+      detail::store4(v, q, vq);
+      if (zg) zero4(g, q);
+      const SplitFloat32 sx = split_float32(__float_as_uint(pq.x)), sy = split_float32(__float_as_uint(pq.y)),
+                         sz = split_float32(__float_as_uint(pq.z)), sw = split_float32(__float_as_uint(pq.w));
+      reinterpret_cast<uint2*>(hi)[q] =
+          make_uint2(sx.hi | (static_cast<uint32_t>(sy.hi) << 16), sz.hi | (static_cast<uint32_t>(sw.hi) << 16));
+      reinterpret_cast<uint2*>(lo)[q] =
+          make_uint2(sx.lo | (static_cast<uint32_t>(sy.lo) << 16), sz.lo | (static_cast<uint32_t>(sw.lo) << 16));
+    }
+    const I i = quads * 4 + first;
+    if (i < n) one(i);
+  } else {
+    for (I i = first; i < n; i += stride) one(i);
+  }
+  if constexpr (kSq) {
+    __shared__ double sh[32];
+    sq = block_sum(sq, sh);
+    if (threadIdx.x == 0 && sq != 0.0) atomicAdd(sumsq, sq);
+  }
+}
+
+__global__ void split_float32_kernel(const float* x, uint16_t* hi, uint16_t* lo, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const SplitFloat32 s = split_float32(__float_as_uint(x[i]));
+    hi[i] = s.hi;
+    lo[i] = s.lo;
+  }
+}
+
 // AdamW over up to kAdamChunk whole parameters in one launch: parameter t owns blocks [start[t], start[t + 1]).
 constexpr int kAdamChunk = 48;
 struct AdamWChunk {
@@ -528,6 +597,24 @@ __global__ void adamw_multi_kernel(AdamWChunk c, const void* lr_ptr, bool lr64, 
     sq = block_sum(sq, sh);
     if (threadIdx.x == 0 && sq != 0.0) atomicAdd(sumsq, sq);
   }
+}
+
+template <typename I, typename G>
+void launch_adamw_split(unsigned blocks, bool vec, uint16_t* hi, uint16_t* lo, G* g, float* m, float* v, I n,
+                        const void* lr, bool lr64, const int64_t* step, const float* norm, const AdamW& a,
+                        double* sumsq, cudaStream_t stream) {
+  if (vec && sumsq)
+    adamw_split_kernel<I, true, G, true>
+        <<<blocks, kThreads, 0, stream>>>(hi, lo, g, m, v, n, lr, lr64, step, norm, a, sumsq);
+  else if (vec)
+    adamw_split_kernel<I, true, G, false>
+        <<<blocks, kThreads, 0, stream>>>(hi, lo, g, m, v, n, lr, lr64, step, norm, a, sumsq);
+  else if (sumsq)
+    adamw_split_kernel<I, false, G, true>
+        <<<blocks, kThreads, 0, stream>>>(hi, lo, g, m, v, n, lr, lr64, step, norm, a, sumsq);
+  else
+    adamw_split_kernel<I, false, G, false>
+        <<<blocks, kThreads, 0, stream>>>(hi, lo, g, m, v, n, lr, lr64, step, norm, a, sumsq);
 }
 
 template <typename I, typename G>
@@ -672,9 +759,30 @@ bool grad_norm_f32(const MixedTensor* tensors, const int64_t* counts, const floa
 
 bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
                const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16, void* stream,
-               double* sum_squares) {
+               double* sum_squares, uint16_t* p_low16) {
   if (n == 0) return true;
   const cudaStream_t st = stream ? static_cast<cudaStream_t>(stream) : launch_stream();
+  if (p_low16) {  // the master as (p16, p_low16); p is not touched
+    if (!p16) return false;
+    const bool vec = reinterpret_cast<uintptr_t>(p16) % 8 == 0 && reinterpret_cast<uintptr_t>(p_low16) % 8 == 0 &&
+                     reinterpret_cast<uintptr_t>(g) % (g_bf16 ? 8 : 16) == 0 && detail::aligned16(m) &&
+                     detail::aligned16(v);
+    const unsigned blocks = detail::flat_grid(vec ? (n + 3) / 4 : n, stream ? side_stream_max_blocks() : 0);
+    auto run = [&](auto* gt) {
+      if (n < (int64_t{1} << 31)) {
+        launch_adamw_split<uint32_t>(blocks, vec, p16, p_low16, gt, m, v, static_cast<uint32_t>(n), lr, lr_is_f64, step,
+                                     grad_norm, a, sum_squares, st);
+      } else {
+        launch_adamw_split<int64_t>(blocks, vec, p16, p_low16, gt, m, v, n, lr, lr_is_f64, step, grad_norm, a,
+                                    sum_squares, st);
+      }
+    };
+    if (g_bf16)
+      run(static_cast<uint16_t*>(g));
+    else
+      run(static_cast<float*>(g));
+    return launched();
+  }
   const bool vec = detail::aligned16(p) && reinterpret_cast<uintptr_t>(g) % (g_bf16 ? 8 : 16) == 0 &&
                    detail::aligned16(m) && detail::aligned16(v) && reinterpret_cast<uintptr_t>(p16) % 8 == 0;
   const unsigned blocks = detail::flat_grid(vec ? (n + 3) / 4 : n, stream ? side_stream_max_blocks() : 0);
@@ -688,6 +796,24 @@ bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, co
   };
   if (g_bf16) run(static_cast<uint16_t*>(g));
   else run(static_cast<float*>(g));
+  return launched();
+}
+
+bool split_float32_f32(const float* x, uint16_t* hi, uint16_t* lo, int64_t n) {
+  if (n == 0) return true;
+  auto overlaps = [&](const void* out) {
+    const char *a = reinterpret_cast<const char*>(x), *b = static_cast<const char*>(out);
+    return b < a + n * 4 && a < b + n * 2;
+  };
+  if (overlaps(hi) || overlaps(lo)) {  // the halves inside x's buffer (a split master): split a copy of x
+    void* w = workspace(static_cast<size_t>(n) * 4);
+    if (!w ||
+        cudaMemcpyAsync(w, x, static_cast<size_t>(n) * 4, cudaMemcpyDeviceToDevice, launch_stream()) != cudaSuccess) {
+      return false;
+    }
+    x = static_cast<const float*>(w);
+  }
+  split_float32_kernel<<<detail::flat_grid(n), kThreads, 0, launch_stream()>>>(x, hi, lo, n);
   return launched();
 }
 

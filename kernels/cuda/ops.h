@@ -344,9 +344,13 @@ struct AdamW {
 // g is float32, or bf16 bits (g_bf16: a reduced bf16 gradient, widened exactly).
 // sum_squares (optional, a float64 on the device): the sum of squares of the unscaled gradient is added to it (the
 // gradient norm taken inside the updates; atomically, so several updates may add to one accumulator).
+// p_low16 (optional, needs p16): the master is held as (p16, p_low16), the halves of split_float32_f32, and p is
+// neither read nor written (kernels/split_float32.h; may be null).
 bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, const void* lr, bool lr_is_f64,
                const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16 = nullptr,
-               void* stream = nullptr, double* sum_squares = nullptr);
+               void* stream = nullptr, double* sum_squares = nullptr, uint16_t* p_low16 = nullptr);
+// x as (its bf16 rounding, its low 16 bits), kernels/split_float32.h; hi and lo may lie inside x's buffer.
+bool split_float32_f32(const float* x, uint16_t* hi, uint16_t* lo, int64_t n);
 // The same update of `num` whole parameters (p[i], g[i], m[i], v[i] of n[i] elements), up to 48 per launch.
 // `stream` (both): a cudaStream_t to launch on (null: the default stream), e.g. side_stream_fork()'s.
 bool adamw_multi_f32(float* const* p, float* const* g, float* const* m, float* const* v, const int64_t* n, int num,

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "kernels/cpu/optimizer.h"
+#include "kernels/split_float32.h"
 #include "runtime/communicator.h"
 #include "runtime/op_registry.h"
 #include "runtime/ops/all_ops.h"
@@ -92,11 +93,46 @@ Status infer_adamw(InferContext& ctx) {
   } else {
     GV_RETURN_IF_ERROR(infer_update(ctx, 2));
   }
+  if (ctx.has_input(9)) {
+    if (!ctx.has_input(7) || ctx.attrs().get_int("shard_offset", -1) >= 0) {
+      return ctx.fail("ParamLow16 (input 9) needs ParamBf16 (input 7) and a whole-parameter update (no shard_offset)");
+    }
+    if (ctx.dtype(9) != DType::kUInt16 || ctx.shape(9) != ctx.shape(0)) {
+      return ctx.fail("ParamLow16 must be the uint16 low halves of the float32 parameter " + shape_str(ctx.shape(0)) +
+                      ", got " + dtype_name(ctx.dtype(9)) + " " + shape_str(ctx.shape(9)));
+    }
+  }
   if (!ctx.has_input(7)) return Status::ok();
   // With shard_offset only the shard's range of ParamBf16 is rewritten (ZeRO-2 gathers the copy's ranges afterwards).
   if (ctx.dtype(0) != DType::kFloat32 || ctx.dtype(7) != DType::kBFloat16 || ctx.shape(7) != ctx.shape(0)) {
     return ctx.fail("ParamBf16 must be the bfloat16 twin of the float32 parameter " + shape_str(ctx.shape(0)) +
                     ", got " + dtype_name(ctx.dtype(7)) + " " + shape_str(ctx.shape(7)));
+  }
+  return Status::ok();
+}
+
+// SplitFloat32(X float32) -> (Hi bfloat16, Lo uint16): X held as two halves (kernels/split_float32.h), the form in
+// which AdamW with ParamLow16 keeps a weight's float32 master (runtime/split_masters.h). Hi and Lo may lie inside X's
+// buffer (Value::stored_in).
+Status infer_split_float32(InferContext& ctx) {
+  if (ctx.dtype(0) != DType::kFloat32)
+    return ctx.fail("input must be float32, got " + std::string(dtype_name(ctx.dtype(0))));
+  ctx.set_output(0, DType::kBFloat16, ctx.shape(0));
+  ctx.set_output(1, DType::kUInt16, ctx.shape(0));
+  return Status::ok();
+}
+Status split_float32_cpu(KernelContext& ctx) {
+  // The halves may lie inside X's own buffer (runtime/split_masters.h): split a copy of it.
+  const std::vector<float> copy(ctx.inputs[0].as<float>(), ctx.inputs[0].as<float>() + ctx.inputs[0].numel());
+  const float* x = copy.data();
+  uint16_t* hi = static_cast<uint16_t*>(ctx.outputs[0].data);
+  uint16_t* lo = static_cast<uint16_t*>(ctx.outputs[1].data);
+  for (int64_t i = 0; i < ctx.inputs[0].numel(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, 4);
+    const SplitFloat32 s = split_float32(bits);
+    hi[i] = s.hi;
+    lo[i] = s.lo;
   }
   return Status::ok();
 }
@@ -207,9 +243,11 @@ void zero_if_asked(const KernelContext& ctx, const TensorRef& grad) {
 // The first updated element of the parameter: attr shard_offset (ZeRO-2), or 0 for the whole parameter.
 int64_t shard_offset(const KernelContext& ctx) { return std::max<int64_t>(0, ctx.attrs().get_int("shard_offset", -1)); }
 
-// AdamW(param, grad, m, v, lr, step, [grad_norm], [param_bf16]); attrs beta1 beta2 epsilon weight_decay grad_scale
-// max_norm zero_grad shard_offset. Updates numel(grad) elements of param from shard_offset on (the whole parameter by
-// default); param_bf16, when given, becomes the bf16 rounding of the updated parameter (as a Cast would give).
+// AdamW(param, grad, m, v, lr, step, [grad_norm], [param_bf16], [sum_squares], [param_low16]); attrs beta1 beta2
+// epsilon weight_decay grad_scale max_norm zero_grad shard_offset. Updates numel(grad) elements of param from
+// shard_offset on (the whole parameter by default); param_bf16, when given, becomes the bf16 rounding of the updated
+// parameter (as a Cast would give). With param_low16 the float32 parameter is (param_bf16, param_low16), the halves of
+// SplitFloat32, and input 0 is neither read nor written (runtime/split_masters.h).
 Status adamw_cpu(KernelContext& ctx) {
   const TensorRef& p = ctx.inputs[0];
   const int64_t off = shard_offset(ctx), n = ctx.inputs[1].numel();
@@ -229,8 +267,26 @@ Status adamw_cpu(KernelContext& ctx) {
       convert_elements(ctx.inputs[1].data, DType::kBFloat16, wide.data(), DType::kFloat32, n);
       g = wide.data();
     }
-    cpu::adamw_update(p.as<float>() + off, g, ctx.inputs[2].as<float>(), ctx.inputs[3].as<float>(), n, a);
-    if (ctx.has_input(7)) {
+    if (ctx.has_input(9)) {  // the master as its two halves: joined, updated, split again
+      uint16_t* hi = static_cast<uint16_t*>(ctx.inputs[7].data);
+      uint16_t* lo = static_cast<uint16_t*>(ctx.inputs[9].data);
+      std::vector<float> master(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t bits = join_float32(hi[i], lo[i]);
+        std::memcpy(&master[i], &bits, 4);
+      }
+      cpu::adamw_update(master.data(), g, ctx.inputs[2].as<float>(), ctx.inputs[3].as<float>(), n, a);
+      for (int64_t i = 0; i < n; ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, &master[i], 4);
+        const SplitFloat32 sp = split_float32(bits);
+        hi[i] = sp.hi;
+        lo[i] = sp.lo;
+      }
+    } else {
+      cpu::adamw_update(p.as<float>() + off, g, ctx.inputs[2].as<float>(), ctx.inputs[3].as<float>(), n, a);
+    }
+    if (ctx.has_input(7) && !ctx.has_input(9)) {
       convert_elements(p.as<float>() + off, DType::kFloat32, static_cast<uint16_t*>(ctx.inputs[7].data) + off,
                        DType::kBFloat16, n);
     }
@@ -382,10 +438,10 @@ void register_training_ops(OpRegistry& r) {
   wait_updates.infer = infer_any;
   wait_updates.reads_only = true;
   r.add(wait_updates);
-  OpSchema adamw = in_place_op("AdamW", 6, 9, adamw_cpu,
+  OpSchema adamw = in_place_op("AdamW", 6, 10, adamw_cpu,
                                "AdamW update of one parameter (or its flat range from shard_offset) in place; its "
                                "bf16 copy (input 7) rewritten from the result; with attr sum_squares, the gradient's "
-                               "squares added to input 8");
+                               "squares added to input 8; with input 9 the parameter held as (input 7, input 9)");
   adamw.infer = infer_adamw;
   r.add(adamw);
   OpSchema multi = in_place_op("AdamWMulti", 7, 3 + 4 * 1024, adamw_multi_cpu,
@@ -401,6 +457,8 @@ void register_training_ops(OpRegistry& r) {
   r.add(math::make_schema(
       kGalvatronDomain, "GradNorm", 1, 1 << 20, 1, 1, infer_grad_norm, grad_norm_cpu,
       "global L2 norm of all gradients (weighted, optionally all-reduced over a group), times attr scale"));
+  r.add(math::make_schema(kGalvatronDomain, "SplitFloat32", 1, 1, 2, 2, infer_split_float32, split_float32_cpu,
+                          "a float32 as (its bfloat16 rounding, its low 16 bits): AdamW's split master weights"));
   r.add(math::make_schema(kGalvatronDomain, "GradNormBegin", 0, 0, 1, 1, infer_grad_norm_begin, grad_norm_begin_cpu,
                           "a float64 scalar 0: the sum of squares that updates with attr sum_squares = 1 add to"));
   r.add(math::make_schema(
