@@ -22,16 +22,6 @@ bool same_bits(const Tensor& a, const Tensor& b) {
   return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
 }
 
-Attributes adamw_attrs() {
-  Attributes a;
-  a.set_float("beta1", 0.9);
-  a.set_float("beta2", 0.999);
-  a.set_float("epsilon", 1e-8);
-  a.set_float("weight_decay", 0.1);
-  a.set_float("grad_scale", 1.0);
-  return a;
-}
-
 // The op on its own: the parameter updates as without the copy, and the copy is the bf16 Cast of the result.
 TEST(Bf16ParamCopies, AdamWRewritesTheCopyFromTheUpdate) {
   const Tensor p = testing::randn_f32({6, 10}, 1), g = testing::randn_f32({6, 10}, 2);
@@ -48,7 +38,7 @@ TEST(Bf16ParamCopies, AdamWRewritesTheCopyFromTheUpdate) {
     n.op_type = "AdamW";
     n.domain = kGalvatronDomain;
     n.opset = 1;
-    n.attrs = adamw_attrs();
+    n.attrs = testing::adamw_attrs();
     std::vector<ValueId> ins;
     for (const auto& [name, t] : std::vector<std::pair<std::string, Tensor>>{
              {"p", p}, {"g", g}, {"m", m}, {"v", v_pos}, {"lr", lr}, {"step", step}}) {
@@ -86,16 +76,16 @@ TEST(Bf16ParamCopies, BadCopiesNameTheNode) {
     auto r = run_op("AdamW", {p, p, p, p, lr, step, Tensor(), copy}, a, 0, 1, {}, kGalvatronDomain);
     return r.has_value() ? std::string("ok") : r.status().message();
   };
-  const std::string shape = error_of(Tensor(DType::kBFloat16, {8, 4}), adamw_attrs());
+  const std::string shape = error_of(Tensor(DType::kBFloat16, {8, 4}), testing::adamw_attrs());
   EXPECT_NE(shape.find("ParamBf16 must be the bfloat16 twin of the float32 parameter [4,8], got bfloat16 [8,4]"),
             std::string::npos)
       << shape;
   EXPECT_NE(shape.find("test_node"), std::string::npos) << shape;
-  const std::string type = error_of(p, adamw_attrs());
+  const std::string type = error_of(p, testing::adamw_attrs());
   EXPECT_NE(type.find("got float32 [4,8]"), std::string::npos) << type;
   // A bf16 gradient (a reduced copy) needs a float32 parameter and float32 moments of its shape.
   auto grad_error = [&](const Tensor& param, const Tensor& m) {
-    auto r = run_op("AdamW", {param, p.cast(DType::kBFloat16), m, p, lr, step}, adamw_attrs(), 0, 1, {},
+    auto r = run_op("AdamW", {param, p.cast(DType::kBFloat16), m, p, lr, step}, testing::adamw_attrs(), 0, 1, {},
                     kGalvatronDomain);
     return r.has_value() ? std::string("ok") : r.status().message();
   };

@@ -102,4 +102,15 @@ inline Expected<OpRun> run_op(const std::string& op_type, const std::vector<Tens
   return r;
 }
 
+// galvatron AdamW's attributes for the op tests: PyTorch's defaults with weight decay 0.1.
+inline Attributes adamw_attrs() {
+  Attributes a;
+  a.set_float("beta1", 0.9);
+  a.set_float("beta2", 0.999);
+  a.set_float("epsilon", 1e-8);
+  a.set_float("weight_decay", 0.1);
+  a.set_float("grad_scale", 1.0);
+  return a;
+}
+
 }  // namespace gv::testing

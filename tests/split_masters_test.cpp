@@ -67,16 +67,6 @@ TEST(SplitMasters, EveryFloat32ComesBackFromItsHalves) {
   EXPECT_EQ(split_float32(0x7f7fffffu).hi, 0x7f80u);  // rounds to infinity, joins back to the largest float
 }
 
-Attributes adamw_attrs() {
-  Attributes a;
-  a.set_float("beta1", 0.9);
-  a.set_float("beta2", 0.999);
-  a.set_float("epsilon", 1e-8);
-  a.set_float("weight_decay", 0.1);
-  a.set_float("grad_scale", 1.0);
-  return a;
-}
-
 // One AdamW node run by the CPU executor on state buffers (it writes them in place); returns every input afterwards.
 Expected<std::vector<Tensor>> run_adamw(const std::vector<Tensor>& inputs) {
   Graph gr;
@@ -86,7 +76,7 @@ Expected<std::vector<Tensor>> run_adamw(const std::vector<Tensor>& inputs) {
   n.op_type = "AdamW";
   n.domain = kGalvatronDomain;
   n.opset = 1;
-  n.attrs = adamw_attrs();
+  n.attrs = testing::adamw_attrs();
   for (size_t i = 0; i < inputs.size(); ++i) {
     n.inputs.push_back(inputs[i].numel() == 0 && inputs[i].shape().size() == 1
                            ? kNoValue
@@ -148,8 +138,8 @@ TEST(SplitMasters, BadLowHalvesNameTheNode) {
   const Tensor p = testing::randn_f32({4, 8}, 1);
   const Tensor lr = Tensor::scalar(DType::kFloat64, 1e-2), step = Tensor::from_i64({1}, {});
   auto error_of = [&](const Tensor& copy, const Tensor& low) {
-    auto r = testing::run_op("AdamW", {p, p, p, p, lr, step, Tensor(), copy, Tensor(), low}, adamw_attrs(), 0, 1, {},
-                             kGalvatronDomain);
+    auto r = testing::run_op("AdamW", {p, p, p, p, lr, step, Tensor(), copy, Tensor(), low}, testing::adamw_attrs(), 0,
+                             1, {}, kGalvatronDomain);
     return r.has_value() ? std::string("ok") : r.status().message();
   };
   const std::string shape = error_of(Tensor(DType::kBFloat16, {4, 8}), Tensor(DType::kUInt16, {8, 4}));

@@ -430,10 +430,59 @@ __device__ __forceinline__ double squares4(float4 q) {
          static_cast<double>(q.w) * q.w;
 }
 
+// Where AdamW's float32 master lives: elements and quads of it read and written.
+// PlainMaster: a float32 array, with an optional bf16 copy (p16) rewritten from each updated value.
+struct PlainMaster {
+  float* p;
+  uint16_t* p16;
+  __device__ __forceinline__ float load(size_t i) const { return p[i]; }
+  __device__ __forceinline__ void store(size_t i, float x) const {
+    p[i] = x;
+    if (p16) p16[i] = bf16_bits(x);
+  }
+  __device__ __forceinline__ float4 load4(size_t q) const { return detail::load4(p, q); }
+  __device__ __forceinline__ void store4(size_t q, float4 x) const {
+    detail::store4(p, q, x);
+    if (p16) {
+      reinterpret_cast<uint2*>(p16)[q] = make_uint2(bf16_bits(x.x) | (static_cast<uint32_t>(bf16_bits(x.y)) << 16),
+                                                    bf16_bits(x.z) | (static_cast<uint32_t>(bf16_bits(x.w)) << 16));
+    }
+  }
+};
+
+// SplitMaster: the master held as its halves (kernels/split_float32.h), hi also the products' bf16 copy: 2 + 2 bytes
+// read and written per parameter instead of PlainMaster's 4 read and 4 + 2 written.
+struct SplitMaster {
+  uint16_t* hi;
+  uint16_t* lo;
+  static __device__ __forceinline__ float joined(uint32_t h, uint32_t l) {
+    return __uint_as_float(join_float32(static_cast<uint16_t>(h), static_cast<uint16_t>(l)));
+  }
+  __device__ __forceinline__ float load(size_t i) const { return joined(hi[i], lo[i]); }
+  __device__ __forceinline__ void store(size_t i, float x) const {
+    const SplitFloat32 s = split_float32(__float_as_uint(x));
+    hi[i] = s.hi;
+    lo[i] = s.lo;
+  }
+  __device__ __forceinline__ float4 load4(size_t q) const {
+    const uint2 h = reinterpret_cast<const uint2*>(hi)[q], l = reinterpret_cast<const uint2*>(lo)[q];
+    return make_float4(joined(h.x & 0xffffu, l.x & 0xffffu), joined(h.x >> 16, l.x >> 16),
+                       joined(h.y & 0xffffu, l.y & 0xffffu), joined(h.y >> 16, l.y >> 16));
+  }
+  __device__ __forceinline__ void store4(size_t q, float4 x) const {
+    const SplitFloat32 a = split_float32(__float_as_uint(x.x)), b = split_float32(__float_as_uint(x.y)),
+                       c = split_float32(__float_as_uint(x.z)), d = split_float32(__float_as_uint(x.w));
+    reinterpret_cast<uint2*>(hi)[q] =
+        make_uint2(a.hi | (static_cast<uint32_t>(b.hi) << 16), c.hi | (static_cast<uint32_t>(d.hi) << 16));
+    reinterpret_cast<uint2*>(lo)[q] =
+        make_uint2(a.lo | (static_cast<uint32_t>(b.lo) << 16), c.lo | (static_cast<uint32_t>(d.lo) << 16));
+  }
+};
+
 // kSq: also add the sum of squares of the (unscaled) gradient to *sumsq, one atomic per block (the gradient norm
-// taken inside the updates: runtime/updates_in_backward.cpp).
-template <typename I, bool kVec, typename G, bool kSq>
-__global__ void adamw_kernel(float* p, G* g, float* m, float* v, uint16_t* p16, I n, const void* lr_ptr, bool lr64,
+// taken inside the updates: runtime/updates_in_backward.cpp). M: PlainMaster or SplitMaster.
+template <typename I, bool kVec, typename G, bool kSq, typename M>
+__global__ void adamw_kernel(M master, G* g, float* m, float* v, I n, const void* lr_ptr, bool lr64,
                              const int64_t* step_ptr, const float* norm_ptr, AdamW a, double* sumsq) {
   const AdamWCoef c = adamw_coef(lr_ptr, lr64, step_ptr, norm_ptr, a);
   const bool zg = a.zero_grad;
@@ -444,87 +493,24 @@ __global__ void adamw_kernel(float* p, G* g, float* m, float* v, uint16_t* p16, 
   auto one = [&](I i) {
     float gi = grad_at(g, i);
     if constexpr (kSq) sq += static_cast<double>(gi) * gi;
-    adamw_one(p[i], gi, m[i], v[i], c, false);
-    if (zg) g[i] = G(0);
-    if (p16) p16[i] = bf16_bits(p[i]);
-  };
-  if constexpr (kVec) {
-    const I quads = n / 4;
-    for (I q = first; q < quads; q += stride) {
-      float4 pq = detail::load4(p, q), gq = grad4(g, q), mq = detail::load4(m, q), vq = detail::load4(v, q);
-      if constexpr (kSq) sq += squares4(gq);
-      adamw_one(pq.x, gq.x, mq.x, vq.x, c, false);
-      adamw_one(pq.y, gq.y, mq.y, vq.y, c, false);
-      adamw_one(pq.z, gq.z, mq.z, vq.z, c, false);
-      adamw_one(pq.w, gq.w, mq.w, vq.w, c, false);
-      detail::store4(p, q, pq);
-      detail::store4(m, q, mq);
-      detail::store4(v, q, vq);
-      if (zg) zero4(g, q);
-      if (p16) {
-        reinterpret_cast<uint2*>(p16)[q] =
-            make_uint2(bf16_bits(pq.x) | (static_cast<uint32_t>(bf16_bits(pq.y)) << 16),
-                       bf16_bits(pq.z) | (static_cast<uint32_t>(bf16_bits(pq.w)) << 16));
-      }
-    }
-    const I i = quads * 4 + first;
-    if (i < n) one(i);
-  } else {
-    for (I i = first; i < n; i += stride) one(i);
-  }
-  if constexpr (kSq) {
-    __shared__ double sh[32];
-    sq = block_sum(sq, sh);
-    if (threadIdx.x == 0 && sq != 0.0) atomicAdd(sumsq, sq);
-  }
-}
-
-// A master held as its halves (kernels/split_float32.h): the float32 and back.
-__device__ __forceinline__ float joined(uint32_t hi, uint32_t lo) {
-  return __uint_as_float(join_float32(static_cast<uint16_t>(hi), static_cast<uint16_t>(lo)));
-}
-
-// adamw_kernel on a master held as (hi, lo): hi is also the products' bf16 copy. Per parameter it reads and writes
-// 2 + 2 bytes of master and copy instead of 4 + (0 read, 2 written).
-template <typename I, bool kVec, typename G, bool kSq>
-__global__ void adamw_split_kernel(uint16_t* hi, uint16_t* lo, G* g, float* m, float* v, I n, const void* lr_ptr,
-                                   bool lr64, const int64_t* step_ptr, const float* norm_ptr, AdamW a, double* sumsq) {
-  const AdamWCoef c = adamw_coef(lr_ptr, lr64, step_ptr, norm_ptr, a);
-  const bool zg = a.zero_grad;
-  const I stride = static_cast<I>(gridDim.x) * blockDim.x;
-  const I first = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x;
-  double sq = 0.0;
-  auto one = [&](I i) {
-    float gi = grad_at(g, i);
-    if constexpr (kSq) sq += static_cast<double>(gi) * gi;
-    float p = joined(hi[i], lo[i]);
+    float p = master.load(i);
     adamw_one(p, gi, m[i], v[i], c, false);
     if (zg) g[i] = G(0);
-    const SplitFloat32 s = split_float32(__float_as_uint(p));
-    hi[i] = s.hi;
-    lo[i] = s.lo;
+    master.store(i, p);
   };
   if constexpr (kVec) {
     const I quads = n / 4;
     for (I q = first; q < quads; q += stride) {
-      const uint2 h = reinterpret_cast<const uint2*>(hi)[q], l = reinterpret_cast<const uint2*>(lo)[q];
-      float4 pq = make_float4(joined(h.x & 0xffffu, l.x & 0xffffu), joined(h.x >> 16, l.x >> 16),
-                              joined(h.y & 0xffffu, l.y & 0xffffu), joined(h.y >> 16, l.y >> 16));
-      float4 gq = grad4(g, q), mq = detail::load4(m, q), vq = detail::load4(v, q);
+      float4 pq = master.load4(q), gq = grad4(g, q), mq = detail::load4(m, q), vq = detail::load4(v, q);
       if constexpr (kSq) sq += squares4(gq);
       adamw_one(pq.x, gq.x, mq.x, vq.x, c, false);
       adamw_one(pq.y, gq.y, mq.y, vq.y, c, false);
       adamw_one(pq.z, gq.z, mq.z, vq.z, c, false);
       adamw_one(pq.w, gq.w, mq.w, vq.w, c, false);
+      master.store4(q, pq);
       detail::store4(m, q, mq);
       detail::store4(v, q, vq);
       if (zg) zero4(g, q);
-      const SplitFloat32 sx = split_float32(__float_as_uint(pq.x)), sy = split_float32(__float_as_uint(pq.y)),
-                         sz = split_float32(__float_as_uint(pq.z)), sw = split_float32(__float_as_uint(pq.w));
-      reinterpret_cast<uint2*>(hi)[q] =
-          make_uint2(sx.hi | (static_cast<uint32_t>(sy.hi) << 16), sz.hi | (static_cast<uint32_t>(sw.hi) << 16));
-      reinterpret_cast<uint2*>(lo)[q] =
-          make_uint2(sx.lo | (static_cast<uint32_t>(sy.lo) << 16), sz.lo | (static_cast<uint32_t>(sw.lo) << 16));
     }
     const I i = quads * 4 + first;
     if (i < n) one(i);
@@ -599,39 +585,20 @@ __global__ void adamw_multi_kernel(AdamWChunk c, const void* lr_ptr, bool lr64, 
   }
 }
 
-template <typename I, typename G>
-void launch_adamw_split(unsigned blocks, bool vec, uint16_t* hi, uint16_t* lo, G* g, float* m, float* v, I n,
-                        const void* lr, bool lr64, const int64_t* step, const float* norm, const AdamW& a,
-                        double* sumsq, cudaStream_t stream) {
+template <typename I, typename G, typename M>
+void launch_adamw(unsigned blocks, bool vec, M master, G* g, float* m, float* v, I n, const void* lr, bool lr64,
+                  const int64_t* step, const float* norm, const AdamW& a, double* sumsq, cudaStream_t stream) {
   if (vec && sumsq)
-    adamw_split_kernel<I, true, G, true>
-        <<<blocks, kThreads, 0, stream>>>(hi, lo, g, m, v, n, lr, lr64, step, norm, a, sumsq);
-  else if (vec)
-    adamw_split_kernel<I, true, G, false>
-        <<<blocks, kThreads, 0, stream>>>(hi, lo, g, m, v, n, lr, lr64, step, norm, a, sumsq);
-  else if (sumsq)
-    adamw_split_kernel<I, false, G, true>
-        <<<blocks, kThreads, 0, stream>>>(hi, lo, g, m, v, n, lr, lr64, step, norm, a, sumsq);
-  else
-    adamw_split_kernel<I, false, G, false>
-        <<<blocks, kThreads, 0, stream>>>(hi, lo, g, m, v, n, lr, lr64, step, norm, a, sumsq);
-}
-
-template <typename I, typename G>
-void launch_adamw(unsigned blocks, bool vec, float* p, G* g, float* m, float* v, uint16_t* p16, I n, const void* lr,
-                  bool lr64, const int64_t* step, const float* norm, const AdamW& a, double* sumsq,
-                  cudaStream_t stream) {
-  if (vec && sumsq)
-    adamw_kernel<I, true, G, true><<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a, sumsq);
+    adamw_kernel<I, true, G, true><<<blocks, kThreads, 0, stream>>>(master, g, m, v, n, lr, lr64, step, norm, a, sumsq);
   else if (vec)
     adamw_kernel<I, true, G, false>
-        <<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a, sumsq);
+        <<<blocks, kThreads, 0, stream>>>(master, g, m, v, n, lr, lr64, step, norm, a, sumsq);
   else if (sumsq)
     adamw_kernel<I, false, G, true>
-        <<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a, sumsq);
+        <<<blocks, kThreads, 0, stream>>>(master, g, m, v, n, lr, lr64, step, norm, a, sumsq);
   else
     adamw_kernel<I, false, G, false>
-        <<<blocks, kThreads, 0, stream>>>(p, g, m, v, p16, n, lr, lr64, step, norm, a, sumsq);
+        <<<blocks, kThreads, 0, stream>>>(master, g, m, v, n, lr, lr64, step, norm, a, sumsq);
 }
 
 }  // namespace
@@ -761,41 +728,33 @@ bool adamw_f32(float* p, void* g, bool g_bf16, float* m, float* v, int64_t n, co
                const int64_t* step, const float* grad_norm, const AdamW& a, uint16_t* p16, void* stream,
                double* sum_squares, uint16_t* p_low16) {
   if (n == 0) return true;
+  if (p_low16 && !p16) return false;
   const cudaStream_t st = stream ? static_cast<cudaStream_t>(stream) : launch_stream();
-  if (p_low16) {  // the master as (p16, p_low16); p is not touched
-    if (!p16) return false;
-    const bool vec = reinterpret_cast<uintptr_t>(p16) % 8 == 0 && reinterpret_cast<uintptr_t>(p_low16) % 8 == 0 &&
-                     reinterpret_cast<uintptr_t>(g) % (g_bf16 ? 8 : 16) == 0 && detail::aligned16(m) &&
-                     detail::aligned16(v);
-    const unsigned blocks = detail::flat_grid(vec ? (n + 3) / 4 : n, stream ? side_stream_max_blocks() : 0);
-    auto run = [&](auto* gt) {
-      if (n < (int64_t{1} << 31)) {
-        launch_adamw_split<uint32_t>(blocks, vec, p16, p_low16, gt, m, v, static_cast<uint32_t>(n), lr, lr_is_f64, step,
-                                     grad_norm, a, sum_squares, st);
-      } else {
-        launch_adamw_split<int64_t>(blocks, vec, p16, p_low16, gt, m, v, n, lr, lr_is_f64, step, grad_norm, a,
-                                    sum_squares, st);
-      }
-    };
-    if (g_bf16)
-      run(static_cast<uint16_t*>(g));
-    else
-      run(static_cast<float*>(g));
-    return launched();
-  }
-  const bool vec = detail::aligned16(p) && reinterpret_cast<uintptr_t>(g) % (g_bf16 ? 8 : 16) == 0 &&
-                   detail::aligned16(m) && detail::aligned16(v) && reinterpret_cast<uintptr_t>(p16) % 8 == 0;
+  // The master: p (p16 rewritten from it), or with p_low16 the halves (p16, p_low16) and p untouched.
+  const bool master_vec =
+      p_low16 ? reinterpret_cast<uintptr_t>(p16) % 8 == 0 && reinterpret_cast<uintptr_t>(p_low16) % 8 == 0
+              : detail::aligned16(p) && reinterpret_cast<uintptr_t>(p16) % 8 == 0;
+  const bool vec = master_vec && reinterpret_cast<uintptr_t>(g) % (g_bf16 ? 8 : 16) == 0 && detail::aligned16(m) &&
+                   detail::aligned16(v);
   const unsigned blocks = detail::flat_grid(vec ? (n + 3) / 4 : n, stream ? side_stream_max_blocks() : 0);
-  auto run = [&](auto* gt) {
+  auto run = [&](auto master, auto* gt) {
     if (n < (int64_t{1} << 31)) {
-      launch_adamw<uint32_t>(blocks, vec, p, gt, m, v, p16, static_cast<uint32_t>(n), lr, lr_is_f64, step, grad_norm, a,
+      launch_adamw<uint32_t>(blocks, vec, master, gt, m, v, static_cast<uint32_t>(n), lr, lr_is_f64, step, grad_norm, a,
                              sum_squares, st);
     } else {
-      launch_adamw<int64_t>(blocks, vec, p, gt, m, v, p16, n, lr, lr_is_f64, step, grad_norm, a, sum_squares, st);
+      launch_adamw<int64_t>(blocks, vec, master, gt, m, v, n, lr, lr_is_f64, step, grad_norm, a, sum_squares, st);
     }
   };
-  if (g_bf16) run(static_cast<uint16_t*>(g));
-  else run(static_cast<float*>(g));
+  auto with_master = [&](auto* gt) {
+    if (p_low16)
+      run(SplitMaster{p16, p_low16}, gt);
+    else
+      run(PlainMaster{p, p16}, gt);
+  };
+  if (g_bf16)
+    with_master(static_cast<uint16_t*>(g));
+  else
+    with_master(static_cast<float*>(g));
   return launched();
 }
 
