@@ -16,6 +16,7 @@
 #include "runtime/executor.h"
 #include "runtime/trainer.h"
 #include "tests/graph_checks.h"
+#include "tests/in_place_op.h"
 #include "tests/op_test_util.h"
 #include "tests/scratch_dir.h"
 #include "tests/tiny_model.h"
@@ -67,38 +68,6 @@ TEST(SplitMasters, EveryFloat32ComesBackFromItsHalves) {
   EXPECT_EQ(split_float32(0x7f7fffffu).hi, 0x7f80u);  // rounds to infinity, joins back to the largest float
 }
 
-// One AdamW node run by the CPU executor on state buffers (it writes them in place); returns every input afterwards.
-Expected<std::vector<Tensor>> run_adamw(const std::vector<Tensor>& inputs) {
-  Graph gr;
-  gr.opsets[kGalvatronDomain] = 1;
-  Node n;
-  n.name = "adamw";
-  n.op_type = "AdamW";
-  n.domain = kGalvatronDomain;
-  n.opset = 1;
-  n.attrs = testing::adamw_attrs();
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    n.inputs.push_back(inputs[i].numel() == 0 && inputs[i].shape().size() == 1
-                           ? kNoValue
-                           : gr.add_initializer("in" + std::to_string(i), inputs[i].clone(), ValueKind::kState));
-  }
-  const std::vector<ValueId> ins = n.inputs;
-  GV_RETURN_IF_ERROR(gr.add_node(std::move(n), {}).status());
-  auto backend = make_cpu_backend();
-  GV_ASSIGN_OR_RETURN(auto ex, Executor::create(gr, *backend));
-  GV_RETURN_IF_ERROR(ex->run());
-  std::vector<Tensor> out;
-  for (ValueId v : ins) {
-    if (v == kNoValue) {
-      out.emplace_back();
-      continue;
-    }
-    GV_ASSIGN_OR_RETURN(Tensor t, ex->fetch(v));
-    out.push_back(t);
-  }
-  return out;
-}
-
 // AdamW on (copy, low halves) updates the joined float32 exactly as AdamW on a float32 master, and leaves input 0
 // alone.
 TEST(SplitMasters, AdamWOnTheHalvesIsAdamWOnTheirJoin) {
@@ -114,11 +83,12 @@ TEST(SplitMasters, AdamWOnTheHalvesIsAdamWOnTheirJoin) {
     joined.data_as<float>()[i] = from_bits(join_float32(h.hi, h.lo));
   }
   const Tensor lr = Tensor::scalar(DType::kFloat64, 1e-2), step = Tensor::from_i64({3}, {});
-  const Tensor none(DType::kFloat32, {0});
-  auto plain = run_adamw({joined, g, m, v, lr, step, none, Tensor(DType::kBFloat16, s)});
+  auto plain = testing::run_in_place_op("AdamW", {joined, g, m, v, lr, step, Tensor(), Tensor(DType::kBFloat16, s)},
+                                        testing::adamw_attrs());
   ASSERT_TRUE(plain.has_value()) << plain.status().message();
   const Tensor stale(DType::kFloat32, s);  // zeros: the parameter's own buffer, not read
-  auto split = run_adamw({stale, g, m, v, lr, step, none, hi, none, lo});
+  auto split =
+      testing::run_in_place_op("AdamW", {stale, g, m, v, lr, step, Tensor(), hi, Tensor(), lo}, testing::adamw_attrs());
   ASSERT_TRUE(split.has_value()) << split.status().message();
   const Tensor& want = (*plain)[0];
   int64_t wrong = 0, ties = 0;
