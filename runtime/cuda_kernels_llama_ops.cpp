@@ -105,15 +105,26 @@ Status skip_rms_norm_cuda(KernelContext& ctx) {
                                                   static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5))));
 }
 
-// RMSNormalizationGrad(dY, X, scale, Addend?) -> (dX + Addend, dscale?).
+// RMSNormalizationGrad(dY, X, scale, Addend?) -> (dX + Addend, dscale?, dXBf16?).
 Status rms_norm_grad_cuda(KernelContext& ctx) {
   for (const TensorRef& t : ctx.inputs)
     if (t.data && t.dtype != DType::kFloat32) return cuda_fallback_kernel(ctx);
   const TensorRef &dy = ctx.inputs[0], &x = ctx.inputs[1], &scale = ctx.inputs[2], &dx = ctx.outputs[0];
   float* dscale = ctx.outputs.size() > 1 ? ctx.outputs[1].as<float>() : nullptr;
+  uint16_t* dx16 = ctx.outputs.size() > 2 ? static_cast<uint16_t*>(ctx.outputs[2].data) : nullptr;
   int64_t rows, cols;
   norm_rows_cols(ctx, x, rows, cols);
   const float eps = static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5));
+  if (dx16) {  // the row kernels write the copy as they store dX
+    if (!cuda::norm_rows_eligible(
+            rows, cols, {dy.data, x.data, scale.data, dx.data, ctx.has_input(3) ? ctx.inputs[3].data : nullptr}) ||
+        reinterpret_cast<uintptr_t>(dx16) % 8 != 0) {
+      return cuda_fallback_kernel(ctx);
+    }
+    return launch(ctx, cuda::norm_rows_backward(false, dy.as<float>(), x.as<float>(), scale.as<float>(), nullptr,
+                                                nullptr, dx.as<float>(), dscale, nullptr, rows, cols, eps,
+                                                ctx.has_input(3) ? ctx.inputs[3].as<float>() : nullptr, dx16));
+  }
   if (!ctx.has_input(3)) {
     return launch(ctx, cuda::rms_norm_grad_f32(dy.as<float>(), x.as<float>(), scale.as<float>(), dx.as<float>(), dscale,
                                                rows, cols, eps));

@@ -1,4 +1,5 @@
-// LayerNormalizationGrad writes the residual stream gradient's bf16 copy and bias sums itself (runtime/fusion.h):
+// LayerNormalizationGrad writes the residual stream gradient's bf16 copy and bias sums itself (runtime/fusion.h);
+// RMSNormalizationGrad its bf16 copy (Llama's products have no biases):
 //
 //   G  = LayerNormalizationGrad(..)                   G  = LayerNormalizationGrad(..) -> (G, .., G16, dB)
 //   G16 = Cast(G, bf16)        [bf16_copy/]      ->
@@ -53,7 +54,12 @@ Status fuse_norm_grad_outputs(Graph& graph, size_t backward_begin, int* fused) {
   int count = 0;
   for (NodeId id = static_cast<NodeId>(backward_begin); id < static_cast<NodeId>(graph.nodes.size()); ++id) {
     Node& n = graph.nodes[id];
-    if (n.op_type != "LayerNormalizationGrad" || n.domain != kGalvatronDomain || n.outputs.size() != 3) continue;
+    if (n.domain != kGalvatronDomain) continue;
+    // LayerNormalizationGrad (dX, dScale, dBias) gains (dXBf16, dXBf16Sums); RMSNormalizationGrad (dX, dscale) gains
+    // dXBf16 (no bias to sum).
+    const bool layer = n.op_type == "LayerNormalizationGrad" && n.outputs.size() == 3;
+    const bool rms = n.op_type == "RMSNormalizationGrad" && n.outputs.size() == 2;
+    if (!layer && !rms) continue;
     const ValueId dx = n.outputs[0];
     if (dx == kNoValue || graph.value(dx).dtype != DType::kFloat32) continue;
     auto c = cast_of.find(dx);
@@ -62,7 +68,7 @@ Status fuse_norm_grad_outputs(Graph& graph, size_t backward_begin, int* fused) {
     n.outputs.push_back(copy);
     gone[c->second] = 1;
     auto b = bias_grad_of.find(copy);
-    if (b != bias_grad_of.end() && b->second > id && normalizes_last_axis(graph, n)) {
+    if (layer && b != bias_grad_of.end() && b->second > id && normalizes_last_axis(graph, n)) {
       n.outputs.push_back(graph.nodes[b->second].outputs[0]);
       gone[b->second] = 1;
     }

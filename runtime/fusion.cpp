@@ -33,7 +33,7 @@ std::string FusionCounts::summary() const {
          part(gelu_grad_products, "GELU gradients in product epilogues") +
          part(residual_adds, "residual adds in Linear epilogues") +
          part(norm_grad_adds, "residual gradient adds in norm gradients") +
-         part(norm_grad_outputs, "LayerNorm gradients writing their bf16 copies") +
+         part(norm_grad_outputs, "norm gradients writing their bf16 copies") +
          part(attention_bias_sums, "attention gradients summing the QKV bias gradient") +
          part(bf16_param_copies, "weight bf16 copies kept by AdamW") +
          part(bf16_weight_grads, "weight gradients in bf16") +

@@ -35,7 +35,7 @@ struct FusionCounts {
   int residual_adds = 0;        // Add(Linear, R) -> Linear with a residual input (fuse_linear_residual_adds)
   int norm_grad_adds = 0;       // Add(LayerNormalizationGrad's dX, G) -> the grad with an addend
   int attention_bias_sums = 0;  // attention gradients writing the QKV bias gradient (fuse_attention_grad_bias_sums)
-  int norm_grad_outputs = 0;    // LayerNorm gradients writing their bf16 copy (and bias sums) (fuse_norm_grad_outputs)
+  int norm_grad_outputs = 0;    // norm gradients writing their bf16 copy (and bias sums) (fuse_norm_grad_outputs)
   int bf16_param_copies = 0;    // weights' bf16 copies kept by AdamW (keep_bf16_param_copies)
   int split_masters = 0;        // of those, float32 masters held as (copy, low halves) (split_float32_masters)
   int bf16_weight_grads = 0;    // weight gradients written in bf16 by their dW products (bf16_weight_grads)
@@ -136,8 +136,9 @@ Status fuse_linear_residual_adds(Graph& graph, const std::set<std::string>& keep
 Status fuse_norm_grad_residual_adds(Graph& graph, size_t backward_begin, int* fused);
 // From backward_begin on: LayerNormalizationGrad whose float32 dX has a shared bf16 copy (Cast, bf16_copy/) writes
 // that copy itself, and the column sums of a keepdims BiasGrad reading the copy (outputs dXBf16, dXBf16Sums;
-// runtime/fuse_norm_grad_outputs.cpp). build_training_graph runs it after share_bf16_operands when
-// TrainingGraphOptions::fuse_norm_grad_outputs is set (from Backend::fuses_norm_grad_outputs).
+// runtime/fuse_norm_grad_outputs.cpp); RMSNormalizationGrad likewise its copy (output dXBf16). build_training_graph
+// runs it after share_bf16_operands when TrainingGraphOptions::fuse_norm_grad_outputs is set (from
+// Backend::fuses_norm_grad_outputs).
 Status fuse_norm_grad_outputs(Graph& graph, size_t backward_begin, int* fused);
 // From backward_begin on: a keepdims BiasGrad of an AttentionPackedGrad's dQKV becomes that node's second output
 // (dQKVSums; runtime/attention_grad_bias_sums.cpp). build_training_graph runs it last among the fusions when

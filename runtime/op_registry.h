@@ -118,14 +118,19 @@ struct OpSchema {
   // A node of this op without outputs writes only its input 0 and reads the others (AccumulateGrad,
   // MatMulAccumulate): the other inputs may keep shared (view) buffers.
   bool writes_first_input_only = false;
+  // A node of this op without outputs writes its input i only where this says so (AdamW: its parameter, moments and
+  // copies, not its gradient unless attr zero_grad, nor the learning rate or step), so that the inputs it only reads
+  // may keep shared (view) buffers. Null: reads_only and writes_first_input_only decide.
+  bool (*writes_input)(const Node& n, size_t i) = nullptr;
   Bf16Outputs bf16_outputs;  // outputs the node can write in bf16 itself (out_dtype 16)
   std::string doc;  // one line, for `galvatron inspect` and errors
 };
 
 // Whether node `n` (of op `schema`, null if unregistered) may write its input `i` in place: only nodes without outputs
-// do, all their inputs unless the op only reads them or writes only its first.
+// do, all their inputs unless the op only reads them, writes only its first, or says which (writes_input).
 inline bool node_writes_input(const OpSchema* schema, const Node& n, size_t i) {
   if (!n.outputs.empty() || (schema && schema->reads_only)) return false;
+  if (schema && schema->writes_input) return schema->writes_input(n, i);
   return !(schema && schema->writes_first_input_only && i != 0);
 }
 

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "runtime/memory_plan.h"
+#include "runtime/op_registry.h"
 #include "runtime/tensor.h"
 
 namespace gv {
@@ -101,6 +102,30 @@ TEST(MemoryPlan, ViewsOfBuffersWrittenInPlaceAreCopies) {
   MemoryPlan p = plan_memory(v.g, v.order(), {});
   EXPECT_EQ(p.alias_of[v.b], kNoValue);
   EXPECT_NE(p.offset[v.b], p.offset[v.a]);
+}
+
+// AdamW reads its gradient (unless it zeroes it), learning rate and step: a gradient made by a view keeps the view's
+// shared buffer (no copy), and the buffers it does write never share one.
+TEST(MemoryPlan, AdamWGradientsMayBeViews) {
+  for (int zero_grad : {0, 1}) {
+    SCOPED_TRACE(zero_grad);
+    ViewChain v;
+    const ValueId w = v.g.add_initializer("w", Tensor(DType::kFloat32, {16}), ValueKind::kParameter);
+    const ValueId m = v.g.add_initializer("m", Tensor(DType::kFloat32, {16}), ValueKind::kState);
+    const ValueId s = v.g.add_initializer("s", Tensor(DType::kFloat32, {16}), ValueKind::kState);
+    const ValueId lr = v.g.add_input("lr", DType::kFloat64, {});
+    const ValueId step = v.g.add_input("step", DType::kInt64, {});
+    v.node("AdamW", {w, v.b, m, s, lr, step}, {}, "galvatron");
+    v.g.nodes.back().attrs.set_int("zero_grad", zero_grad);
+    const OpSchema* schema = OpRegistry::global().find("galvatron", "AdamW");
+    ASSERT_NE(schema, nullptr);
+    const Node& n = v.g.nodes.back();
+    for (size_t i : {0, 2, 3}) EXPECT_TRUE(node_writes_input(schema, n, i)) << i;
+    for (size_t i : {4, 5}) EXPECT_FALSE(node_writes_input(schema, n, i)) << i;
+    EXPECT_EQ(node_writes_input(schema, n, 1), zero_grad != 0);
+    MemoryPlan p = plan_memory(v.g, v.order(), {});
+    EXPECT_EQ(p.alias_of[v.b], zero_grad ? kNoValue : v.a);
+  }
 }
 
 }  // namespace

@@ -763,6 +763,18 @@ TEST_F(CudaKernels, SoftmaxAndNorms) {
     const Case rms_grad{"RMSNormalizationGrad", {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})},
                         {}, 2, G, 23};
     check(rms_grad);
+    for (bool addend : {false, true}) {
+      // With the bf16 copy of dX (runtime/fuse_norm_grad_outputs.cpp), with and without an Addend: against the CPU,
+      // the copy exactly the rounding of the kernel's own dX.
+      std::vector<Tensor> in = {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})};
+      if (addend) in.push_back(randn({rows, cols}));
+      const Case copy{"RMSNormalizationGrad", in, {}, 3, G, 1, {}, 1e-3};
+      check(copy);
+      auto got = run_case(copy, *cuda_);
+      ASSERT_TRUE(got.has_value()) << got.status().message();
+      const Tensor want16 = got->outputs[0].cast(DType::kBFloat16);
+      EXPECT_EQ(std::memcmp(got->outputs[2].data(), want16.data(), want16.nbytes()), 0) << "bf16 dX, rms";
+    }
     if (cols % 4 != 0 || cols > 8192) continue;
     same_bits(ln_grad);
     same_bits(rms_grad);
@@ -824,6 +836,29 @@ TEST_F(CudaKernels, LlamaOps) {
          23,
          {},
          1e-2});
+  // The rotate-half kernel's 16-byte chunks: heads-first bf16, heads of 16 (one chunk of 8 pairs), odd head counts.
+  check({"RotaryEmbedding",
+         {bf16(randn({3, 5, 16, 64})), randn({3, 16, 32}), randn({3, 16, 32})},
+         {},
+         1,
+         "",
+         23,
+         {},
+         1e-2});
+  check({"RotaryEmbedding",
+         {bf16(randn({2, 16, 48})), randn({2, 16, 8}), randn({2, 16, 8})},
+         attrs({{"num_heads", 3}}),
+         1,
+         "",
+         23,
+         {},
+         1e-2});
+  check({"RotaryEmbedding",
+         {randn({2, 16, 40}), randn({2, 16, 4}), randn({2, 16, 4})},
+         attrs({{"num_heads", 5}}),
+         1,
+         "",
+         23});
   check({"RotaryEmbedding",
          {bf16(randn({2, 4, 16, 64})), bf16(randn({2, 16, 32})), bf16(randn({2, 16, 32}))},
          {},

@@ -1,9 +1,10 @@
-// LayerNormalizationGrad writing its dX's bf16 copy and the copy's bias sums (runtime/fuse_norm_grad_outputs.cpp) on
-// the CPU: outputs dXBf16 and dXBf16Sums equal Cast and BiasGrad (keepdims) of dX bit for bit, with and without an
-// addend; bad requests are errors naming the node; in gpt-tiny's CUDA-like bf16 training graph every LayerNorm
-// gradient that has a copy writes it (2 per layer: ln_f's and ln_2's of every layer, ln_1's of every layer but the
-// first, whose gradient goes to the embeddings), the Casts and BiasGrads go, every node's types stay true, and the
-// loss and every gradient equal the unfused graph's exactly. Llama's RMSNorm gradients are left alone.
+// LayerNormalizationGrad writing its dX's bf16 copy and the copy's bias sums, RMSNormalizationGrad its copy
+// (runtime/fuse_norm_grad_outputs.cpp) on the CPU: outputs dXBf16 and dXBf16Sums equal Cast and BiasGrad (keepdims)
+// of dX bit for bit, with and without an addend; bad requests are errors naming the node; in gpt-tiny's and
+// llama-tiny's CUDA-like bf16 training graphs every norm gradient that has a copy writes it (2 per layer: the final
+// norm's and the MLP norm's of every layer, the attention norm's of every layer but the first, whose gradient goes to
+// the embeddings), the Casts and BiasGrads go (GPT's sums; Llama has no biases), every node's types stay true, and the
+// loss and every gradient equal the unfused graph's exactly.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -53,6 +54,32 @@ TEST(FuseNormGradOutputs, CopyAndSumsAreCastThenBiasGrad) {
   }
 }
 
+TEST(FuseNormGradOutputs, RmsCopyIsCastOfDx) {
+  const Tensor dy = randn({4, 3, 16}, 15), x = randn({4, 3, 16}, 16), scale = randn({16}, 17),
+               g = randn({4, 3, 16}, 18);
+  for (bool addend : {false, true}) {
+    SCOPED_TRACE(addend ? "with addend" : "without addend");
+    std::vector<Tensor> in = {dy, x, scale};
+    if (addend) in.push_back(g);
+    auto plain = run_op("RMSNormalizationGrad", in, {}, 2, 1, {}, kGalvatronDomain);
+    ASSERT_TRUE(plain.has_value()) << plain.status().message();
+    Attributes to_bf16;
+    to_bf16.set_int("to", 16);
+    auto copy = run_op("Cast", {plain->outputs[0]}, to_bf16, 1, 19);
+    ASSERT_TRUE(copy.has_value()) << copy.status().message();
+    auto fused = run_op("RMSNormalizationGrad", in, {}, 3, 1, {}, kGalvatronDomain);
+    ASSERT_TRUE(fused.has_value()) << fused.status().message();
+    for (int i = 0; i < 2; ++i) EXPECT_TRUE(same_bits(fused->outputs[i], plain->outputs[i])) << "output " << i;
+    EXPECT_TRUE(same_bits(fused->outputs[2], copy->outputs[0]));
+  }
+  const Tensor x64 = randn({3, 4}, 1).cast(DType::kFloat64);
+  auto bad =
+      run_op("RMSNormalizationGrad", {x64, x64, randn({4}, 2).cast(DType::kFloat64)}, {}, 3, 1, {}, kGalvatronDomain);
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_NE(bad.status().message().find("dXBf16 needs a float32 X"), std::string::npos) << bad.status().message();
+  EXPECT_NE(bad.status().message().find("test_node"), std::string::npos) << bad.status().message();
+}
+
 TEST(FuseNormGradOutputs, BadRequestsNameTheNode) {
   auto error = [](const Tensor& dy, const Tensor& x, const Tensor& scale, Attributes a, int n_out) {
     auto out = run_op("LayerNormalizationGrad", {dy, x, scale}, a, n_out, 1, {}, kGalvatronDomain);
@@ -94,16 +121,20 @@ TEST_P(TinyNormGradOutputs, CopiesWrittenByTheGradsSameLossAndGradientsBitForBit
   const testing::TinyRun *plain = &runs->off, *folded = &runs->on;
 
   const TrainingGraph& tg = folded->trainer->training_graph();
-  const int want = gpt ? 2 * layers : 0;
+  const int want = 2 * layers;
   EXPECT_EQ(tg.fused.norm_grad_outputs, want);
   int writers = 0, with_sums = 0;
   for (const Node& n : tg.graph.nodes) {
-    if (n.op_type != "LayerNormalizationGrad") continue;
-    writers += n.outputs.size() > 3;
-    with_sums += n.outputs.size() > 4;
+    if (n.op_type == "LayerNormalizationGrad") {
+      writers += n.outputs.size() > 3;
+      with_sums += n.outputs.size() > 4;
+    } else if (n.op_type == "RMSNormalizationGrad") {
+      EXPECT_TRUE(gpt == false);
+      writers += n.outputs.size() > 2;
+    }
   }
   EXPECT_EQ(writers, want);
-  EXPECT_EQ(with_sums, want);  // GPT-2's projections all have biases
+  EXPECT_EQ(with_sums, gpt ? want : 0);  // GPT-2's projections all have biases, Llama's none
   // A Cast and a BiasGrad per fold.
   EXPECT_EQ(tg.graph.nodes.size() + static_cast<size_t>(writers + with_sums),
             plain->trainer->training_graph().graph.nodes.size());

@@ -195,5 +195,44 @@ TEST(UpdatesInBackward, ComputeGradientsIsRefused) {
   EXPECT_NE(grads.status().message().find("updates_in_backward"), std::string::npos) << grads.status().message();
 }
 
+// The bias gradients the CUDA-like graph reshapes from keepdims sums ([1, 1, N] -> [N]) are read by the updates
+// only: their Reshapes share the sums' buffers (the executor skips them) instead of copying, and every update
+// input the updates write keeps a buffer of its own.
+TEST(UpdatesInBackward, ReshapedGradientsShareTheirBuffers) {
+  auto tiny = testing::tiny_model("gpt-tiny", 11);
+  ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
+  auto backend = make_cpu_backend();
+  TrainerConfig tc = testing::cuda_bf16_like_config();
+  tc.graph.optimizer_bf16_copies = true;
+  tc.graph.fuse_residual_add = true;
+  tc.graph.fuse_norm_grad_add = true;
+  tc.graph.fuse_norm_grad_outputs = true;
+  tc.graph.updates_in_backward = true;
+  auto t = Trainer::create(testing::fresh_graph(tiny->im.graph), tc, *backend);
+  ASSERT_TRUE(t.has_value()) << t.status().message();
+  const Graph& g = (*t)->training_graph().graph;
+  const MemoryPlan& plan = (*t)->executor().memory_plan();
+  int shared = 0;
+  for (const Node& n : g.nodes) {
+    if (n.op_type != "AdamW" && n.op_type != "AdamWMulti") continue;
+    const OpSchema* schema = OpRegistry::global().find(n.domain, n.op_type);
+    for (size_t i = 0; i < n.inputs.size(); ++i) {
+      const ValueId v = n.inputs[i];
+      if (v == kNoValue) continue;
+      if (node_writes_input(schema, n, i)) {
+        EXPECT_EQ(plan.alias_of[v], kNoValue) << g.value(v).name;
+        continue;
+      }
+      const NodeId p = g.value(v).producer;
+      if (p < 0 || g.nodes[p].op_type != "Reshape") continue;
+      EXPECT_NE(plan.alias_of[v], kNoValue) << g.value(v).name;
+      shared += plan.alias_of[v] != kNoValue;
+    }
+  }
+  EXPECT_GT(shared, 0);
+  auto losses = testing::train_steps(*tiny, tc, {tiny->batch}, 2);
+  ASSERT_TRUE(losses.has_value()) << losses.status().message();
+}
+
 }  // namespace
 }  // namespace gv

@@ -264,9 +264,10 @@ Status rms_norm_cpu(KernelContext& ctx) {
   });
 }
 
-// RMSNormalizationGrad(dY, X, scale, Addend?) -> (dX + Addend, dscale); the statistic is recomputed from X. Addend
-// (X's shape and type): X's other gradient contributions (the residual stream's), which a separate Add summed before
-// (runtime/fuse_residual_add.cpp).
+// RMSNormalizationGrad(dY, X, scale, Addend?) -> (dX + Addend, dscale?, dXBf16?); the statistic is recomputed from X.
+// Addend (X's shape and type): X's other gradient contributions (the residual stream's), which a separate Add summed
+// before (runtime/fuse_residual_add.cpp). dXBf16 (float32 X): dX rounded to bf16, the shared copy the products before
+// the norm read, which a Cast made before (runtime/fuse_norm_grad_outputs.cpp).
 Status infer_rms_norm_grad(InferContext& ctx) {
   GV_RETURN_IF_ERROR(expect_float(ctx, 1, "X"));
   NormView v;
@@ -278,6 +279,10 @@ Status infer_rms_norm_grad(InferContext& ctx) {
   }
   ctx.set_output(0, ctx.dtype(1), ctx.shape(1));
   if (ctx.num_outputs() > 1) ctx.set_output(1, ctx.dtype(2), ctx.shape(2));
+  if (ctx.num_outputs() > 2) {
+    if (ctx.dtype(1) != DType::kFloat32) return ctx.fail("dXBf16 needs a float32 X");
+    ctx.set_output(2, DType::kBFloat16, ctx.shape(1));
+  }
   return Status::ok();
 }
 
@@ -293,6 +298,9 @@ Status rms_norm_grad_cpu(KernelContext& ctx) {
     if (ctx.has_input(3)) {
       const T* addend = ctx.inputs[3].as<T>();
       for (int64_t i = 0; i < x.numel(); ++i) dx[i] += addend[i];
+    }
+    if (ctx.outputs.size() > 2 && ctx.outputs[2].data) {
+      convert_elements(dx, x.dtype, ctx.outputs[2].data, DType::kBFloat16, x.numel());
     }
   });
 }
@@ -337,8 +345,8 @@ void register_norm_ops(OpRegistry& r) {
                                "ONNX RMSNormalization with attr out_dtype (1 float32, 16 bfloat16: Y rounded)");
   rms16.bf16_outputs.copies = {0};
   r.add(rms16);
-  r.add(make_schema(kGalvatronDomain, "RMSNormalizationGrad", 3, 4, 1, 2, infer_rms_norm_grad, rms_norm_grad_cpu,
-                    "(dY, X, scale, Addend?) -> (dX + Addend, dscale)"));
+  r.add(make_schema(kGalvatronDomain, "RMSNormalizationGrad", 3, 4, 1, 3, infer_rms_norm_grad, rms_norm_grad_cpu,
+                    "(dY, X, scale, Addend?) -> (dX + Addend, dscale?, dXBf16?)"));
 }
 
 }  // namespace gv::math

@@ -408,6 +408,20 @@ Status all_reduce_cpu(KernelContext& ctx) {
 Status nothing_cpu(KernelContext&) { return Status::ok(); }
 Status infer_any(InferContext&) { return Status::ok(); }
 
+// The inputs AdamW writes: the parameter, the moments, the bf16 copy, the sum of squares and the low halves; the
+// gradient only when it zeroes it (zero_grad); never the learning rate, step or gradient norm (4-6).
+bool adamw_writes_input(const Node& n, size_t i) {
+  if (i == 1) return n.attrs.get_int("zero_grad", 0) != 0;
+  return i < 4 || i > 6;
+}
+// AdamWMulti's: each group's parameter and moments (its gradient with zero_grad) and the trailing sum of squares; not
+// the learning rate, step or gradient norm (0-2).
+bool adamw_multi_writes_input(const Node& n, size_t i) {
+  if (i < 3) return false;
+  if (static_cast<int>(i) >= multi_groups_end(n.attrs, static_cast<int>(n.inputs.size()))) return true;
+  return (i - 3) % 4 != 1 || n.attrs.get_int("zero_grad", 0) != 0;
+}
+
 }  // namespace
 
 // An op of the galvatron domain that updates buffers in place and has no outputs.
@@ -443,11 +457,13 @@ void register_training_ops(OpRegistry& r) {
                                "bf16 copy (input 7) rewritten from the result; with attr sum_squares, the gradient's "
                                "squares added to input 8; with input 9 the parameter held as (input 7, input 9)");
   adamw.infer = infer_adamw;
+  adamw.writes_input = adamw_writes_input;
   r.add(adamw);
   OpSchema multi = in_place_op("AdamWMulti", 7, 3 + 4 * 1024, adamw_multi_cpu,
                                "AdamW updates of several whole parameters in place: (lr, step, grad_norm?, then "
                                "param, grad, m, v per parameter, then with attr sum_squares the accumulator)");
   multi.infer = infer_adamw_multi;
+  multi.writes_input = adamw_multi_writes_input;
   r.add(multi);
   OpSchema sgd = in_place_op("SGD", 5, 6, sgd_cpu,
                              "SGD with momentum, update of one parameter (or its flat range from shard_offset) in place");
