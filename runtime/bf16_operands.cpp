@@ -176,6 +176,37 @@ void gate_inputs_in_bf16(Graph& graph) {
   }
 }
 
+// SiluMulGrad's dY, the down projection's dX product, written in bf16 by that product when the gate's inputs are bf16
+// (gate_inputs_in_bf16) and the gradient is its only reader, as autocast writes it: the kernel, which runs at
+// bandwidth, reads 2 bytes of it per element instead of 4, and the product writes 2. The gradient's own outputs keep
+// their dtype (out_dtype set where it was implied by dY's).
+void gate_grad_input_in_bf16(Graph& graph) {
+  std::vector<int> readers(graph.values.size(), 0);
+  for (const Node& n : graph.nodes)
+    for (ValueId v : n.inputs)
+      if (v != kNoValue) ++readers[v];
+  for (ValueId o : graph.outputs) ++readers[o];
+  for (Node& n : graph.nodes) {
+    if (n.op_type != "SiluMulGrad" || n.domain != kGalvatronDomain || n.inputs.size() != 3) continue;
+    const ValueId dy = n.inputs[0];
+    if (dy == kNoValue || readers[dy] != 1 || graph.value(dy).dtype != DType::kFloat32) continue;
+    if (graph.value(n.inputs[1]).dtype != DType::kBFloat16 || graph.value(n.inputs[2]).dtype != DType::kBFloat16) {
+      continue;
+    }
+    const NodeId p = graph.value(dy).producer;
+    if (p < 0) continue;
+    Node& prod = graph.nodes[p];
+    if (prod.op_type != "FusedMatMul" || prod.domain != kGalvatronDomain || prod.outputs.size() != 1 ||
+        prod.attrs.get_int("out_dtype", 1) != 1 || graph.value(prod.inputs[0]).dtype != DType::kBFloat16 ||
+        graph.value(prod.inputs[1]).dtype != DType::kBFloat16) {
+      continue;
+    }
+    if (!n.attrs.has("out_dtype")) n.attrs.set_int("out_dtype", static_cast<int64_t>(graph.value(n.outputs[0]).dtype));
+    prod.attrs.set_int("out_dtype", kOnnxBFloat16);
+    graph.value(dy).dtype = DType::kBFloat16;
+  }
+}
+
 }  // namespace
 
 Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size_t* boundary, int* copies,
@@ -264,6 +295,7 @@ Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size
   bias_sums_read_copies(graph, copy_of);
   GV_RETURN_IF_ERROR(fold_bf16_outputs(graph, boundary, linear_outputs, attention_grads, norm_outputs));
   gate_inputs_in_bf16(graph);
+  gate_grad_input_in_bf16(graph);
   return Status::ok();
 }
 

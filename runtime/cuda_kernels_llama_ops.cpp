@@ -32,14 +32,16 @@ Status silu_mul_cuda(KernelContext& ctx) {
 
 Status silu_mul_grad_cuda(KernelContext& ctx) {
   const TensorRef &dy = ctx.inputs[0], &a = ctx.inputs[1], &b = ctx.inputs[2];
-  if (dy.dtype != DType::kFloat32 || !f32_or_bf16(a.dtype) || b.dtype != a.dtype || ctx.outputs.size() != 2 ||
-      !ctx.outputs[0].data || !ctx.outputs[1].data || !f32_or_bf16(ctx.outputs[0].dtype) ||
-      ctx.outputs[1].dtype != ctx.outputs[0].dtype) {
+  // dY float32, or bf16 beside bf16 A and B (the down projection's dX product writing it so:
+  // runtime/bf16_operands.cpp).
+  const bool dy_ok = dy.dtype == DType::kFloat32 || (dy.dtype == DType::kBFloat16 && a.dtype == DType::kBFloat16);
+  if (!dy_ok || !f32_or_bf16(a.dtype) || b.dtype != a.dtype || ctx.outputs.size() != 2 || !ctx.outputs[0].data ||
+      !ctx.outputs[1].data || !f32_or_bf16(ctx.outputs[0].dtype) || ctx.outputs[1].dtype != ctx.outputs[0].dtype) {
     return cuda_fallback_kernel(ctx);
   }
-  return launch(ctx,
-                cuda::silu_mul_grad(dy.as<float>(), a.data, b.data, a.dtype == DType::kBFloat16, ctx.outputs[0].data,
-                                    ctx.outputs[1].data, ctx.outputs[0].dtype == DType::kBFloat16, dy.numel()));
+  return launch(ctx, cuda::silu_mul_grad(dy.data, dy.dtype == DType::kBFloat16, a.data, b.data,
+                                         a.dtype == DType::kBFloat16, ctx.outputs[0].data, ctx.outputs[1].data,
+                                         ctx.outputs[0].dtype == DType::kBFloat16, dy.numel()));
 }
 
 Status rotary_cuda(KernelContext& ctx) {

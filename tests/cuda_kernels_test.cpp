@@ -808,6 +808,17 @@ TEST_F(CudaKernels, LlamaOps) {
            20,
            {},
            1e-2});
+    // dY in bf16 too (the down projection's dX product writes it so), results in bf16 or float32.
+    for (int64_t out : {16, 1}) {
+      check({"SiluMulGrad",
+             {bf16(randn(s)), bf16(randn(s, 3.0)), bf16(randn(s))},
+             attrs({{"out_dtype", out}}),
+             2,
+             G,
+             20,
+             {},
+             1e-2});
+    }
   }
   check({"RotaryEmbedding", {randn({2, 4, 16, 64}), randn({2, 16, 32}), randn({2, 16, 32})}, {}, 1, "", 23});
   check({"RotaryEmbedding",

@@ -106,8 +106,9 @@ TEST(FuseLlamaOps, ZooLlamaAllForwardPasses) {
 }
 
 // As the CUDA backend builds it (bf16 operand copies, Linear; the MLP 176 wide so its rows qualify): the gate's inputs
-// are written in bf16 by their Linears, its output and both its gradients by SiluMul / SiluMulGrad, each norm's output
-// by the galvatron RMSNormalization; the loss and gradients stay the float32 graph's within bf16 rounding.
+// are written in bf16 by their Linears, its output and both its gradients by SiluMul / SiluMulGrad, the gradient's dY
+// by the down projection's dX product, each norm's output by the galvatron RMSNormalization; the loss and gradients
+// stay the float32 graph's within bf16 rounding.
 TEST(FuseLlamaOps, ZooLlamaBf16Outputs) {
   auto cfg = zoo_config("", "llama-tiny");
   ASSERT_TRUE(cfg.has_value()) << cfg.status().message();
@@ -147,6 +148,15 @@ TEST(FuseLlamaOps, ZooLlamaBf16Outputs) {
     }
   }
   EXPECT_EQ(bf16_gate_inputs, 2 * layers);
+  // The gate's gradient reads its dY in bf16, written so by the down projection's dX product (its only reader).
+  int bf16_gate_dy = 0;
+  for (const Node& n : g.nodes) {
+    if (n.op_type != "SiluMulGrad") continue;
+    const NodeId p = g.value(n.inputs[0]).producer;
+    bf16_gate_dy += g.value(n.inputs[0]).dtype == DType::kBFloat16 && p >= 0 && g.nodes[p].op_type == "FusedMatMul" &&
+                    g.nodes[p].attrs.get_int("out_dtype", 1) == 16;
+  }
+  EXPECT_EQ(bf16_gate_dy, layers);
   double loss32 = 0, loss16 = 0;
   auto g32 = (*t32)->compute_gradients(batch, &loss32);
   auto g16 = (*t16)->compute_gradients(batch, &loss16);

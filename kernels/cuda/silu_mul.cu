@@ -55,21 +55,21 @@ __device__ __forceinline__ void silu_mul_grad_one(float g, float a, float b, flo
   db = g * a * s;
 }
 
-template <typename TIn, typename TOut>
+template <typename TDy, typename TIn, typename TOut>
 struct SiluMulGradF {
-  const float* dy;
+  const TDy* dy;
   const TIn *a, *b;
   TOut *da, *db;
   template <class I>
   __device__ __forceinline__ void one(I i) const {
     float ra, rb;
-    silu_mul_grad_one(dy[i], ld(a, i), ld(b, i), ra, rb);
+    silu_mul_grad_one(ld(dy, i), ld(a, i), ld(b, i), ra, rb);
     st(da, i, ra);
     st(db, i, rb);
   }
   template <class I>
   __device__ __forceinline__ void quad(I q) const {
-    const float4 g = detail::load4(dy, q), x = ld4(a, q), u = ld4(b, q);
+    const float4 g = ld4(dy, q), x = ld4(a, q), u = ld4(b, q);
     float4 ra, rb;
     silu_mul_grad_one(g.x, x.x, u.x, ra.x, rb.x);
     silu_mul_grad_one(g.y, x.y, u.y, ra.y, rb.y);
@@ -87,10 +87,10 @@ bool run_silu_mul(const void* a, const void* b, void* y, int64_t n) {
   return detail::launch_flat(f, n, vec);
 }
 
-template <typename TIn, typename TOut>
-bool run_silu_mul_grad(const float* dy, const void* a, const void* b, void* da, void* db, int64_t n) {
-  const SiluMulGradF<TIn, TOut> f{dy, static_cast<const TIn*>(a), static_cast<const TIn*>(b), static_cast<TOut*>(da),
-                                  static_cast<TOut*>(db)};
+template <typename TDy, typename TIn, typename TOut>
+bool run_silu_mul_grad(const void* dy, const void* a, const void* b, void* da, void* db, int64_t n) {
+  const SiluMulGradF<TDy, TIn, TOut> f{static_cast<const TDy*>(dy), static_cast<const TIn*>(a),
+                                       static_cast<const TIn*>(b), static_cast<TOut*>(da), static_cast<TOut*>(db)};
   const bool vec = detail::aligned16(dy) && detail::aligned16(a) && detail::aligned16(b) && detail::aligned16(da) &&
                    detail::aligned16(db);
   return detail::launch_flat(f, n, vec);
@@ -105,14 +105,19 @@ bool silu_mul(const void* a, const void* b, bool in_bf16, void* y, bool out_bf16
   return out_bf16 ? run_silu_mul<float, uint16_t>(a, b, y, n) : run_silu_mul<float, float>(a, b, y, n);
 }
 
-bool silu_mul_grad(const float* dy, const void* a, const void* b, bool in_bf16, void* da, void* db, bool out_bf16,
-                   int64_t n) {
-  if (in_bf16) {
-    return out_bf16 ? run_silu_mul_grad<uint16_t, uint16_t>(dy, a, b, da, db, n)
-                    : run_silu_mul_grad<uint16_t, float>(dy, a, b, da, db, n);
+bool silu_mul_grad(const void* dy, bool dy_bf16, const void* a, const void* b, bool in_bf16, void* da, void* db,
+                   bool out_bf16, int64_t n) {
+  if (dy_bf16) {
+    if (!in_bf16) return false;
+    return out_bf16 ? run_silu_mul_grad<uint16_t, uint16_t, uint16_t>(dy, a, b, da, db, n)
+                    : run_silu_mul_grad<uint16_t, uint16_t, float>(dy, a, b, da, db, n);
   }
-  return out_bf16 ? run_silu_mul_grad<float, uint16_t>(dy, a, b, da, db, n)
-                  : run_silu_mul_grad<float, float>(dy, a, b, da, db, n);
+  if (in_bf16) {
+    return out_bf16 ? run_silu_mul_grad<float, uint16_t, uint16_t>(dy, a, b, da, db, n)
+                    : run_silu_mul_grad<float, uint16_t, float>(dy, a, b, da, db, n);
+  }
+  return out_bf16 ? run_silu_mul_grad<float, float, uint16_t>(dy, a, b, da, db, n)
+                  : run_silu_mul_grad<float, float, float>(dy, a, b, da, db, n);
 }
 
 }  // namespace gv::cuda
