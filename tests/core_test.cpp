@@ -104,9 +104,9 @@ TEST(MemoryPlan, ViewsOfBuffersWrittenInPlaceAreCopies) {
   EXPECT_NE(p.offset[v.b], p.offset[v.a]);
 }
 
-// AdamW reads its gradient (unless it zeroes it), learning rate and step: a gradient made by a view keeps the view's
-// shared buffer (no copy), and the buffers it does write never share one.
-TEST(MemoryPlan, AdamWGradientsMayBeViews) {
+// AdamW and SGD read their gradient (unless they zero it), learning rate and step: a gradient made by a view keeps the
+// view's shared buffer (no copy), and the buffers they do write never share one.
+TEST(MemoryPlan, UpdateGradientsMayBeViews) {
   for (int zero_grad : {0, 1}) {
     SCOPED_TRACE(zero_grad);
     ViewChain v;
@@ -125,6 +125,15 @@ TEST(MemoryPlan, AdamWGradientsMayBeViews) {
     EXPECT_EQ(node_writes_input(schema, n, 1), zero_grad != 0);
     MemoryPlan p = plan_memory(v.g, v.order(), {});
     EXPECT_EQ(p.alias_of[v.b], zero_grad ? kNoValue : v.a);
+    // SGD(param, grad, momentum, lr, step) likewise.
+    v.g.nodes.back().op_type = "SGD";
+    v.g.nodes.back().inputs = {w, v.b, m, lr, step};
+    const OpSchema* sgd = OpRegistry::global().find("galvatron", "SGD");
+    ASSERT_NE(sgd, nullptr);
+    for (size_t i : {0, 2}) EXPECT_TRUE(node_writes_input(sgd, v.g.nodes.back(), i)) << i;
+    for (size_t i : {3, 4}) EXPECT_FALSE(node_writes_input(sgd, v.g.nodes.back(), i)) << i;
+    EXPECT_EQ(node_writes_input(sgd, v.g.nodes.back(), 1), zero_grad != 0);
+    EXPECT_EQ(plan_memory(v.g, v.order(), {}).alias_of[v.b], zero_grad ? kNoValue : v.a);
   }
 }
 

@@ -422,6 +422,12 @@ bool adamw_multi_writes_input(const Node& n, size_t i) {
   return (i - 3) % 4 != 1 || n.attrs.get_int("zero_grad", 0) != 0;
 }
 
+// SGD's: the parameter and the momentum buffer, the gradient only with zero_grad; never lr, step, grad_norm (3-5).
+bool sgd_writes_input(const Node& n, size_t i) {
+  if (i == 1) return n.attrs.get_int("zero_grad", 0) != 0;
+  return i == 0 || i == 2;
+}
+
 }  // namespace
 
 // An op of the galvatron domain that updates buffers in place and has no outputs.
@@ -468,6 +474,7 @@ void register_training_ops(OpRegistry& r) {
   OpSchema sgd = in_place_op("SGD", 5, 6, sgd_cpu,
                              "SGD with momentum, update of one parameter (or its flat range from shard_offset) in place");
   sgd.infer = infer_sgd;
+  sgd.writes_input = sgd_writes_input;
   r.add(sgd);
 
   r.add(math::make_schema(
