@@ -137,18 +137,22 @@ Status fold_bf16_outputs(Graph& graph, size_t* boundary, int* folded, int* atten
   return Status::ok();
 }
 
-// A SwiGLU gate whose two inputs are float32 Linear outputs read only by the gate and its gradient (SiluMul A and B,
-// SiluMulGrad A and B): both Linears write bf16 (out_dtype), as PyTorch's autocast keeps them, halving what the gate
-// and its gradient read. The SiluMul keeps its output's dtype through out_dtype. (No copy is folded: not counted.)
-void gate_inputs_in_bf16(Graph& graph) {
-  std::vector<std::vector<std::pair<NodeId, size_t>>> readers(graph.values.size());
+// Per value: the (node, input slot) pairs that read it.
+using Readers = std::vector<std::vector<std::pair<NodeId, size_t>>>;
+Readers readers_of(const Graph& graph) {
+  Readers readers(graph.values.size());
   for (NodeId id = 0; id < static_cast<NodeId>(graph.nodes.size()); ++id) {
     const Node& n = graph.nodes[id];
     for (size_t i = 0; i < n.inputs.size(); ++i)
       if (n.inputs[i] != kNoValue) readers[n.inputs[i]].push_back({id, i});
   }
-  std::vector<char> is_output(graph.values.size(), 0);
-  for (ValueId o : graph.outputs) is_output[o] = 1;
+  return readers;
+}
+
+// A SwiGLU gate whose two inputs are float32 Linear outputs read only by the gate and its gradient (SiluMul A and B,
+// SiluMulGrad A and B): both Linears write bf16 (out_dtype), as PyTorch's autocast keeps them, halving what the gate
+// and its gradient read. The SiluMul keeps its output's dtype through out_dtype. (No copy is folded: not counted.)
+void gate_inputs_in_bf16(Graph& graph, const Readers& readers, const std::vector<char>& is_output) {
   // v (input `slot` of the gate, 0 or 1) is a float32 Linear's only output, read by gates and their gradients alone.
   auto bf16_able = [&](ValueId v, size_t slot) {
     const NodeId p = graph.value(v).producer;
@@ -180,16 +184,13 @@ void gate_inputs_in_bf16(Graph& graph) {
 // (gate_inputs_in_bf16) and the gradient is its only reader, as autocast writes it: the kernel, which runs at
 // bandwidth, reads 2 bytes of it per element instead of 4, and the product writes 2. The gradient's own outputs keep
 // their dtype (out_dtype set where it was implied by dY's).
-void gate_grad_input_in_bf16(Graph& graph) {
-  std::vector<int> readers(graph.values.size(), 0);
-  for (const Node& n : graph.nodes)
-    for (ValueId v : n.inputs)
-      if (v != kNoValue) ++readers[v];
-  for (ValueId o : graph.outputs) ++readers[o];
+void gate_grad_input_in_bf16(Graph& graph, const Readers& readers, const std::vector<char>& is_output) {
   for (Node& n : graph.nodes) {
     if (n.op_type != "SiluMulGrad" || n.domain != kGalvatronDomain || n.inputs.size() != 3) continue;
     const ValueId dy = n.inputs[0];
-    if (dy == kNoValue || readers[dy] != 1 || graph.value(dy).dtype != DType::kFloat32) continue;
+    if (dy == kNoValue || is_output[dy] || readers[dy].size() != 1 || graph.value(dy).dtype != DType::kFloat32) {
+      continue;
+    }
     if (graph.value(n.inputs[1]).dtype != DType::kBFloat16 || graph.value(n.inputs[2]).dtype != DType::kBFloat16) {
       continue;
     }
@@ -294,8 +295,12 @@ Status share_bf16_operands(Graph& graph, const Bf16OperandOptions& options, size
   *copies += made;
   bias_sums_read_copies(graph, copy_of);
   GV_RETURN_IF_ERROR(fold_bf16_outputs(graph, boundary, linear_outputs, attention_grads, norm_outputs));
-  gate_inputs_in_bf16(graph);
-  gate_grad_input_in_bf16(graph);
+  // Both rewrite dtypes and attributes only, so one reader map serves them.
+  const Readers readers = readers_of(graph);
+  std::vector<char> is_output(graph.values.size(), 0);
+  for (ValueId o : graph.outputs) is_output[o] = 1;
+  gate_inputs_in_bf16(graph, readers, is_output);
+  gate_grad_input_in_bf16(graph, readers, is_output);
   return Status::ok();
 }
 

@@ -31,8 +31,8 @@ struct Value {
   NodeId producer = -1;
   Tensor data;  // for kParameter, kConstant and kState
   // A persistent value kept inside another persistent value's buffer, `stored_at` bytes from its start, instead of a
-  // buffer of its own (its `data` then only gives its type and size): the halves of a split master inside the
-  // parameter's float32 buffer (runtime/split_masters.h).
+  // buffer of its own (its `data` is then empty: dtype and shape give its size): the halves of a split master inside
+  // the parameter's float32 buffer (runtime/split_masters.h).
   ValueId stored_in = kNoValue;
   int64_t stored_at = 0;
 };

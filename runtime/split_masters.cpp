@@ -36,8 +36,7 @@ Status split_float32_masters(TrainingGraph& tg) {
     low.name = "split_master/" + pname + "/low16";
     low.dtype = DType::kUInt16;
     low.shape = pshape;
-    low.kind = ValueKind::kState;
-    low.data = Tensor(DType::kUInt16, pshape);
+    low.kind = ValueKind::kState;  // no host data: it lives inside the parameter's buffer (stored_in below)
     low.producer = id;
     const ValueId lo = g.add_value(std::move(low));
     // Both halves inside the parameter's own float32 buffer (4 bytes per element): the copy first (the products'
@@ -45,6 +44,7 @@ Status split_float32_masters(TrainingGraph& tg) {
     const int64_t half_bytes = shape_numel(pshape) * 2;
     g.value(copy).stored_in = p;
     g.value(copy).stored_at = 0;
+    g.value(copy).data = Tensor();  // its zeros were for a buffer of its own (2 bytes per parameter of host memory)
     g.value(lo).stored_in = p;
     g.value(lo).stored_at = half_bytes;
     Node& split = g.nodes[id];

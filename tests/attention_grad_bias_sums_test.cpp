@@ -17,9 +17,7 @@ namespace {
 
 using testing::run_op;
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
-}
+using testing::same_bits;
 
 TEST(AttentionGradBiasSums, SumsAreBiasGradOfTheWrittenGradient) {
   const int64_t B = 2, S = 9, H = 3, D = 5;

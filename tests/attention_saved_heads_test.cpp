@@ -18,9 +18,7 @@ namespace {
 
 using testing::run_op;
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
-}
+using testing::same_bits;
 
 // `t`'s last axis as heads of d, rounded to bf16 and padded to dp by zeros.
 std::vector<uint16_t> padded_bf16(const Tensor& t, int64_t d, int64_t dp) {

@@ -18,9 +18,7 @@ namespace {
 using testing::relative_gap;
 using testing::run_op;
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
-}
+using testing::same_bits;
 
 Attributes packed_attrs(int64_t y_dtype = 0, int64_t out_dtype = 0) {
   Attributes a;

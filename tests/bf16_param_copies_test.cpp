@@ -19,9 +19,7 @@ namespace {
 
 using testing::run_op;
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
-}
+using testing::same_bits;
 
 // The op on its own: the parameter updates as without the copy, and the copy is the bf16 Cast of the result.
 TEST(Bf16ParamCopies, AdamWRewritesTheCopyFromTheUpdate) {

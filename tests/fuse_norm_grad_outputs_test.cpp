@@ -21,9 +21,7 @@ namespace {
 using testing::run_op;
 Tensor randn(const Shape& s, uint64_t seed) { return testing::randn_f32(s, seed); }
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
-}
+using testing::same_bits;
 
 TEST(FuseNormGradOutputs, CopyAndSumsAreCastThenBiasGrad) {
   const Tensor dy = randn({4, 3, 16}, 5), x = randn({4, 3, 16}, 6), scale = randn({16}, 7), g = randn({4, 3, 16}, 8);

@@ -20,9 +20,7 @@ namespace {
 using testing::run_op;
 Tensor randn(const Shape& s, uint64_t seed) { return testing::randn_f32(s, seed); }
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
-}
+using testing::same_bits;
 
 TEST(FuseResidualAdd, LinearResidualIsLinearThenAdd) {
   const Tensor x = randn({2, 5, 8}, 1), w = randn({6, 8}, 2), b = randn({6}, 3), r = randn({2, 5, 6}, 4);

@@ -1,8 +1,9 @@
 // CPU helpers for tests: running one op or a whole graph on host tensors, seeded random tensors and batches, and the
-// relative gap the model-level tests compare gradients with.
+// relative gap the model-level tests compare gradients with, bit-for-bit tensor equality.
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <random>
 #include <string>
@@ -103,6 +104,11 @@ inline Expected<OpRun> run_op(const std::string& op_type, const std::vector<Tens
 }
 
 // galvatron AdamW's attributes for the op tests: PyTorch's defaults with weight decay 0.1.
+// Same dtype, shape and bytes: the bit-for-bit equality the fusion tests ask of a fold against the nodes it replaces.
+inline bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
+}
+
 inline Attributes adamw_attrs() {
   Attributes a;
   a.set_float("beta1", 0.9);

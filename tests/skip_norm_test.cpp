@@ -22,9 +22,7 @@ namespace {
 
 using testing::run_op;
 
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
-}
+using testing::same_bits;
 
 Attributes norm_attrs(int64_t out_dtype) {
   Attributes a;

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -24,19 +25,9 @@
 namespace gv {
 namespace {
 
-float from_bits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-uint32_t to_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.dtype() == b.dtype() && a.shape() == b.shape() && std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
-}
+float from_bits(uint32_t u) { return std::bit_cast<float>(u); }
+uint32_t to_bits(float f) { return std::bit_cast<uint32_t>(f); }
+using testing::same_bits;
 
 TEST(SplitMasters, EveryFloat32ComesBackFromItsHalves) {
   std::vector<uint32_t> bits = {0x00000000u, 0x80000000u, 0x3f800000u, 0xbf800000u, 0x7f800000u, 0xff800000u,
