@@ -21,9 +21,15 @@
 //                                                     uniform as before, not the zeros of -inf);
 // - a non-constant float Add operand is passed as attn_mask when it is the only mask and no scale follows it;
 // - Dropout between Softmax and the second MatMul only when it is the identity (no training_mode input, or a constant
-//   false one, or a constant ratio 0; its mask output unused).
+//   false one, or a constant ratio 0; its mask output unused);
+// - the NaN guard of torch's SDPA decomposition (dynamo exporter): Where(IsNaN(P), 0, P) after the Softmax, which
+//   zeroes the rows a mask blocks entirely. It is the identity when no row is blocked entirely: no mask, a causal one,
+//   or a constant mask leaving a key in every row (NaN scores aside); with a run-time mask, or a constant one blocking
+//   a whole row, the instance is not fused.
 // K for the Attention node is Kt with its last two axes swapped: when Kt is a Transpose, the two permutations are
-// composed into one Transpose of its input (none at all when they cancel, as in Llama exports). Grouped-query
+// composed into one Transpose of its input (none at all when they cancel, as in Llama exports); when Kt is K
+// transposed in 3-D (Reshape [B, H, L, D] -> [B*H, L, D], Transpose (0, 2, 1), Reshape -> [B, H, D, L]: the dynamo
+// SDPA decomposition), the node reads K itself. Grouped-query
 // repeats of K and V (Unsqueeze(axis 2) -> Expand -> Reshape to [B, Hkv * n, L, D]) are skipped, so the node reads
 // the Hkv heads directly (query head h reads key/value head h / n, the same element the repeat put there).
 //
@@ -106,6 +112,10 @@ class Matcher {
     return false;
   }
   bool dropout_is_identity(NodeId n) const;
+  // Where(IsNaN(p), 0, p), the only readers of p: p becomes the Where's output, the two nodes go into `chain`.
+  bool skip_nan_guard(ValueId& p, std::vector<NodeId>& chain) const;
+  // Kt = K transposed through a 3-D Reshape / Transpose (0, 2, 1) / Reshape: K ([B, H, L, D]); the nodes into `read`.
+  bool transposed_in_3d(ValueId kt, ValueId& k, std::vector<NodeId>& read) const;
   bool collect_steps(ValueId x, const Shape& full, std::vector<Step>& steps, std::vector<NodeId>& nodes,
                      NodeId& qk) const;
   bool fold_mask(const std::vector<Step>& steps, const Shape& full, double& scale, Tensor& mask, bool& causal,
@@ -133,6 +143,49 @@ bool Matcher::dropout_is_identity(NodeId n) const {
   if (d.inputs.size() < 3 || d.inputs[2] == kNoValue) return true;
   const ValueId tm = d.inputs[2];
   return g_.is_constant(tm) && g_.value(tm).data.numel() == 1 && g_.value(tm).data.scalar_f64(0) == 0.0;
+}
+
+bool Matcher::skip_nan_guard(ValueId& p, std::vector<NodeId>& chain) const {
+  if (uses_[p] != 2 || users_[p].size() != 2) return false;
+  NodeId isnan = -1, where = -1;
+  for (const Use& u : users_[p]) {
+    if (is_op(u.node, "IsNaN") && u.input == 0) isnan = u.node;
+    if (is_op(u.node, "Where") && u.input == 2) where = u.node;
+  }
+  if (isnan < 0 || where < 0 || node(where).inputs.size() != 3) return false;
+  const ValueId flags = node(isnan).outputs[0];
+  double zero;
+  if (node(where).inputs[0] != flags || !single_use(flags) || !scalar_constant(node(where).inputs[1], zero) ||
+      zero != 0.0 || g_.value(node(where).outputs[0]).shape != g_.value(p).shape) {
+    return false;
+  }
+  chain.push_back(isnan);
+  chain.push_back(where);
+  p = node(where).outputs[0];
+  return true;
+}
+
+bool Matcher::transposed_in_3d(ValueId kt, ValueId& k, std::vector<NodeId>& read) const {
+  const NodeId r2 = producer(kt);
+  if (!is_op(r2, "Reshape")) return false;
+  const ValueId t_out = node(r2).inputs[0];
+  const NodeId t = producer(t_out);
+  if (!is_op(t, "Transpose") || !single_use(t_out) ||
+      node(t).attrs.get_ints("perm", {}) != std::vector<int64_t>{0, 2, 1}) {
+    return false;
+  }
+  const ValueId r1_out = node(t).inputs[0];
+  const NodeId r1 = producer(r1_out);
+  if (!is_op(r1, "Reshape") || !single_use(r1_out)) return false;
+  const ValueId src = node(r1).inputs[0];
+  const Shape &ks = g_.value(src).shape, &s3 = g_.value(r1_out).shape, &kts = g_.value(kt).shape;
+  if (ks.size() != 4 || s3.size() != 3 || kts.size() != 4) return false;
+  if (s3 != Shape{ks[0] * ks[1], ks[2], ks[3]} || kts != Shape{ks[0], ks[1], ks[3], ks[2]}) return false;
+  read.push_back(r2);
+  read.push_back(t);
+  read.push_back(r1);
+  k = src;
+  return true;
 }
 
 // Walks back from the Softmax input x to the first MatMul, recording the steps in graph order.
@@ -310,6 +363,18 @@ bool Matcher::fold_mask(const std::vector<Step>& steps, const Shape& full, doubl
   return true;
 }
 
+// Whether every row of a folded float64 mask (rank 4, keys along its last axis, maybe broadcast) keeps a key.
+bool every_row_keeps_a_key(const Tensor& mask) {
+  const int64_t keys = mask.shape().back(), rows = keys > 0 ? mask.numel() / keys : 0;
+  const double* m = mask.data_as<double>();
+  for (int64_t r = 0; r < rows; ++r) {
+    bool kept = false;
+    for (int64_t j = 0; j < keys && !kept; ++j) kept = m[r * keys + j] != -std::numeric_limits<double>::infinity();
+    if (!kept) return false;
+  }
+  return true;
+}
+
 ValueId Matcher::unrepeat(ValueId x) const {
   const NodeId r = producer(x);
   if (!is_op(r, "Reshape")) return x;
@@ -341,6 +406,7 @@ bool Matcher::try_fuse(NodeId sm_id) {
   // Forward: Softmax -> Dropout(identity)? -> MatMul(P, V).
   std::vector<NodeId> chain;
   ValueId p = probs;
+  const bool nan_guard = skip_nan_guard(p, chain);
   if (!single_use(p) || users_[p].size() != 1) return false;
   NodeId next = users_[p][0].node;
   if (is_op(next, "Dropout") && users_[p][0].input == 0) {
@@ -386,7 +452,16 @@ bool Matcher::try_fuse(NodeId sm_id) {
   ValueId k_src = kt;
   std::vector<int64_t> perm = {0, 1, 3, 2};
   const NodeId tn = producer(kt);
-  if (is_op(tn, "Transpose")) {
+  if (single_use(kt) && transposed_in_3d(kt, k_src, read_through)) {
+    perm = {0, 1, 2, 3};
+    double c;
+    ValueId inner;
+    if (single_use(k_src) && scaled_by_constant(producer(k_src), inner, c)) {
+      read_through.push_back(producer(k_src));
+      scale *= c;
+      k_src = inner;
+    }
+  } else if (is_op(tn, "Transpose")) {
     const std::vector<int64_t> tp = node(tn).attrs.get_ints("perm", {3, 2, 1, 0});
     if (tp.size() == 4) {
       read_through.push_back(tn);
@@ -406,6 +481,8 @@ bool Matcher::try_fuse(NodeId sm_id) {
   ValueId runtime_mask = kNoValue;
   if (!fold_mask(steps, full, scale, mask, causal, runtime_mask)) return false;
   if (!std::isfinite(scale)) return false;
+  const bool no_row_blocked = runtime_mask == kNoValue && (causal || !mask.defined() || every_row_keeps_a_key(mask));
+  if (nan_guard && !no_row_blocked) return false;
 
   // Grouped-query repeats: read the Hkv heads directly when both K and V are repeated the same way.
   const bool k_identity = perm == std::vector<int64_t>{0, 1, 2, 3};

@@ -14,7 +14,8 @@
 // Reshapes are views (the memory planner aliases them), so the four transposed copies per layer forward, and the four
 // of their gradients backward, are gone; the kernels read and write the heads in place.
 // Conditions: Q, K, V and Y each have that Transpose as their only use (Y: its only reader is the Transpose) and are
-// not graph outputs; no past key/value inputs. Other Attention nodes stay in the 4-D form.
+// not graph outputs; no past key/value inputs. Other Attention nodes stay in the 4-D form. Y may reach its Transpose
+// through a Reshape to its own shape (the TorchScript exporter's SDPA output), which goes with it.
 // A 4-D RotaryEmbedding between a head Transpose and the attention (Q and K of Llama-style models, after
 // fuse_rotary) moves along into its 3-D form (attribute num_heads), which reads the heads in place too.
 #include <string>
@@ -119,7 +120,15 @@ bool LayoutRewriter::try_rewrite(NodeId id) {
   if (tq < 0 || tk < 0 || tv < 0 || tq == tk || tq == tv || tk == tv) return false;
   const ValueId y = a.outputs[0];
   if (uses_[y] != 1 || is_output_[y] || reader_[y] < 0) return false;
-  const NodeId ty = reader_[y];
+  NodeId ty = reader_[y];
+  NodeId y_same_shape = -1;  // a Reshape of Y to Y's own shape before the Transpose
+  if (ty < original_nodes_ && !gone_[ty] && g_.nodes[ty].op_type == "Reshape" && g_.nodes[ty].domain.empty() &&
+      g_.nodes[ty].inputs[0] == y && g_.value(g_.nodes[ty].outputs[0]).shape == g_.value(y).shape) {
+    const ValueId r = g_.nodes[ty].outputs[0];
+    if (uses_[r] != 1 || is_output_[r] || reader_[r] < 0) return false;
+    y_same_shape = ty;
+    ty = reader_[r];
+  }
   if (ty >= original_nodes_ || gone_[ty] || !is_head_transpose(g_.nodes[ty])) return false;
   const ValueId z = g_.nodes[ty].outputs[0];
 
@@ -162,6 +171,10 @@ bool LayoutRewriter::try_rewrite(NodeId id) {
   added.back().outputs = {z};  // the last Reshape writes Z itself, so its readers need no change
   gone_[tq] = gone_[tk] = gone_[tv] = gone_[id] = gone_[ty] = 1;
   orphans_.insert(orphans_.end(), {a.inputs[0], a.inputs[1], a.inputs[2], y});
+  if (y_same_shape >= 0) {
+    gone_[y_same_shape] = 1;
+    orphans_.push_back(g_.nodes[y_same_shape].outputs[0]);
+  }
   for (const HeadSource* src : {&sq, &sk, &sv}) {
     if (src->rotary < 0) continue;
     gone_[src->rotary] = 1;

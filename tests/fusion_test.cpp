@@ -1,6 +1,7 @@
 // The fusion passes (runtime/fusion.h): on every HF fixture and the zoo's tiny models, one Attention per layer, and
 // training with fuse_ops gives the loss and gradients of training without it; hand-built attention chains (scale on
-// Q and K, causal Where, constant and run-time masks, identity Dropout) fuse into nodes computing the same outputs;
+// Q and K, causal Where, constant and run-time masks, identity Dropout, the dynamo SDPA decomposition's 3-D transpose
+// of K and NaN guard) fuse into nodes computing the same outputs;
 // chains whose intermediates are read elsewhere, or whose mask replaces scores by a moderate value, stay as they are.
 #include <gtest/gtest.h>
 
@@ -576,6 +577,101 @@ TEST(FuseAttention, LiveDropoutIsNotFused) {
   int fused = 0;
   ASSERT_TRUE(fuse_attention(f, &fused).is_ok());
   EXPECT_EQ(fused, 0);
+}
+
+// torch.onnx dynamo's decomposition of scaled_dot_product_attention: sqrt(scale) on Q and on Kt, Kt made in 3-D
+// (Reshape [B*H, L, D], Transpose (0, 2, 1), Reshape [B, H, D, L]), a mask added, and Where(IsNaN(P), 0, P) after the
+// Softmax.
+struct SdpaChain {
+  Builder b;
+  ValueId q, k, v;
+  SdpaChain(int64_t kv_heads = H) {
+    q = b.g.add_input("q", DType::kFloat32, {B, H, S, D});
+    k = b.g.add_input("k", DType::kFloat32, {B, kv_heads, S, D});
+    v = b.g.add_input("v", DType::kFloat32, {B, kv_heads, S, D});
+  }
+  ValueId kt_3d(ValueId x) {
+    ValueId r = b.node("Reshape", {x, b.constant(Tensor::from_i64({B * H, S, D}, {3}))});
+    ValueId t = b.transpose(r, {0, 2, 1});
+    return b.node("Reshape", {t, b.constant(Tensor::from_i64({B, H, D, S}, {4}))});
+  }
+  // Scores of q and kt plus `mask` (a value), softmax, NaN guard, product with `values`.
+  ValueId attend(ValueId kt, ValueId mask, ValueId values) {
+    const float r = 1.0f / std::sqrt(std::sqrt(static_cast<float>(D)));
+    ValueId s = b.node("MatMul", {b.node("Mul", {q, b.scalar(r)}), b.node("Mul", {kt, b.scalar(r)})});
+    s = b.node("Add", {s, mask});
+    ValueId p = b.node("Softmax", {s});
+    ValueId guarded = b.node("Where", {b.node("IsNaN", {p}), b.scalar(0.0f), p});
+    return b.node("MatMul", {guarded, values});
+  }
+};
+
+Tensor additive_causal(float fill) {
+  Tensor t(DType::kFloat32, {1, 1, S, S});
+  for (int64_t i = 0; i < S; ++i)
+    for (int64_t j = 0; j < S; ++j) t.data_as<float>()[i * S + j] = j <= i ? 0.0f : fill;
+  return t;
+}
+
+TEST(FuseAttention, DynamoSdpaDecompositionWithNanGuard) {
+  SdpaChain c;
+  Builder& b = c.b;
+  const float inf = std::numeric_limits<float>::infinity();
+  b.g.outputs = {c.attend(c.kt_3d(c.k), b.constant(additive_causal(-inf)), c.v)};
+  Graph f = fuse_and_compare(b.g, 1);
+  const Node* a = find_op(f, "Attention");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->attrs.get_int("is_causal", 0), 1);
+  EXPECT_NEAR(a->attrs.get_float("scale", 0), 1.0f / std::sqrt(static_cast<float>(D)), 1e-7);
+  EXPECT_EQ(a->inputs.size(), 3u);
+  EXPECT_EQ(a->inputs[1], f.find("k"));  // the 3-D transpose undone: K read directly
+  EXPECT_EQ(f.nodes.size(), 1u);         // the reshapes, transpose, scales, guard and mask all gone
+}
+
+TEST(FuseAttention, DynamoSdpaWithGroupedQueryRepeat) {
+  const int64_t kv = 2, rep = H / kv;
+  SdpaChain c(kv);
+  Builder& b = c.b;
+  auto repeat = [&](ValueId x) {
+    ValueId u = b.node("Unsqueeze", {x, b.constant(Tensor::from_i64({2}, {1}))});
+    ValueId e = b.node("Expand", {u, b.constant(Tensor::from_i64({B, kv, rep, S, D}, {5}))});
+    return b.node("Reshape", {e, b.constant(Tensor::from_i64({B, H, S, D}, {4}))});
+  };
+  b.g.outputs = {
+      c.attend(c.kt_3d(repeat(c.k)), b.constant(additive_causal(std::numeric_limits<float>::lowest())), repeat(c.v))};
+  Graph f = fuse_and_compare(b.g, 1);
+  const Node* a = find_op(f, "Attention");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->inputs[1], f.find("k"));
+  EXPECT_EQ(a->inputs[2], f.find("v"));
+  EXPECT_EQ(f.nodes.size(), 1u);
+}
+
+TEST(FuseAttention, NanGuardOverAFullyMaskedRowIsNotFused) {
+  // Row 0 of batch 1 masks every key with -inf: the Softmax gives NaN there and the guard zeroes it, which the
+  // Attention node would not do.
+  SdpaChain c;
+  Builder& b = c.b;
+  Tensor mask(DType::kFloat32, {B, 1, S, S});
+  for (int64_t i = 0; i < mask.numel(); ++i) mask.data_as<float>()[i] = 0.0f;
+  for (int64_t j = 0; j < S; ++j) mask.data_as<float>()[S * S + j] = -std::numeric_limits<float>::infinity();
+  b.g.outputs = {c.attend(c.kt_3d(c.k), b.constant(mask), c.v)};
+  Graph f = fuse_and_compare(b.g, 0);
+  EXPECT_EQ(count_ops(f, "IsNaN"), 1);
+  // A key left in every row: the guard is the identity, and the chain fuses with the mask as an input.
+  SdpaChain c2;
+  mask.data_as<float>()[S * S + 2] = 0.0f;
+  c2.b.g.outputs = {c2.attend(c2.kt_3d(c2.k), c2.b.constant(mask), c2.v)};
+  Graph f2 = fuse_and_compare(c2.b.g, 1);
+  EXPECT_EQ(count_ops(f2, "IsNaN"), 0);
+}
+
+TEST(FuseAttention, NanGuardWithRuntimeMaskIsNotFused) {
+  SdpaChain c;
+  Builder& b = c.b;
+  ValueId pad = b.g.add_input("pad", DType::kFloat32, {B, 1, 1, S});
+  b.g.outputs = {c.attend(c.kt_3d(c.k), pad, c.v)};
+  fuse_and_compare(b.g, 0);
 }
 
 }  // namespace
