@@ -6,8 +6,8 @@
 // becomes one galvatron Linear(X, W, bias?; transB, activation) (runtime/ops/math_linear.cpp), which the CUDA backend
 // runs as one cuBLASLt product whose epilogue adds the bias and applies the GELU, and whose backward needs no
 // transposed weight copy. The Add's output stays as Linear's PreAct output when a Gelu follows (GeluGrad reads it).
-// A plain MatMul (no bias, no transpose) is left alone. Only chains whose intermediates nothing else reads are taken;
-// `keep` names values that must stay (gradients reported by name).
+// A plain MatMul (no bias, no transpose) is left alone unless its weight is a parameter. Only chains whose
+// intermediates nothing else reads are taken; `keep` names values that must stay (gradients reported by name).
 #include <map>
 #include <set>
 #include <string>
@@ -103,7 +103,10 @@ class LinearFuser {
         reshape = -1;
       }
     }
-    if (!gemm && add < 0 && !trans_b) return false;  // a plain product: nothing to fuse
+    // A plain product of an activation: nothing to fuse. A plain product of a weight (a parameter stored [K, N], as
+    // the dynamo exporter stores Llama's nn.Linear weights, transposed once at export) is a Linear all the same, so
+    // that the later passes (bf16 outputs, residual epilogues, AdamW's bf16 copies) treat it as the zoo's.
+    if (!gemm && add < 0 && !trans_b && g_.value(w).kind != ValueKind::kParameter) return false;
     Node lin;
     lin.name = mm.name + "/linear";
     lin.op_type = "Linear";

@@ -1,4 +1,5 @@
-// The fusion pass runner (runtime/fusion.h): rotary embeddings first (the attention layout carries them along), then
+// The fusion pass runner (runtime/fusion.h): Gemms on flattened inputs unflattened first (the other passes match
+// the unflattened form), then rotary embeddings (the attention layout carries them along), then
 // attention (its chains contain no GELU), its layout, GELU, RMSNorm and the SwiGLU gate; and the chain replacement
 // the GELU, RMSNorm, SwiGLU and rotary passes share.
 #include "runtime/fusion.h"
@@ -24,8 +25,8 @@ std::string FusionCounts::summary() const {
   return std::to_string(attention) + " attention" + (notes.empty() ? "" : " (" + notes + ")") + ", " +
          std::to_string(gelu) + " gelu" + part(rms_norm, "RMSNorm") + part(silu_mul, "SwiGLU gates") +
          part(rotary, "rotary embeddings") + part(linear_cross_entropy, "linear cross-entropy") +
-         part(linear, "linear") + part(norm_statistics, "LayerNorms keeping their statistics") +
-         part(bf16_operands, "shared bf16 operands") +
+         part(linear, "linear") + part(unflattened_gemms, "Gemm on flattened inputs as products on [.., K]") +
+         part(norm_statistics, "LayerNorms keeping their statistics") + part(bf16_operands, "shared bf16 operands") +
          (bf16_linear_outputs ? " (" + std::to_string(bf16_linear_outputs) + " written in bf16 by their producer)"
                               : "") +
          part(bf16_attention_grads, "dQKV written in bf16") + part(bf16_norm_outputs, "norm outputs in bf16") +
@@ -65,6 +66,7 @@ ValueId add_node_output(Graph& graph, NodeId node, const std::string& prefix, DT
 
 Expected<FusionCounts> fuse_forward_graph(Graph& graph) {
   FusionCounts counts;
+  GV_RETURN_IF_ERROR(unflatten_gemms(graph, &counts.unflattened_gemms));
   GV_RETURN_IF_ERROR(fuse_rotary(graph, &counts.rotary));
   GV_RETURN_IF_ERROR(fuse_attention(graph, &counts.attention));
   GV_RETURN_IF_ERROR(fuse_attention_layout(graph, &counts.attention_3d));

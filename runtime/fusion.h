@@ -14,6 +14,7 @@
 namespace gv {
 
 struct FusionCounts {
+  int unflattened_gemms = 0;  // Reshape -> Gemm -> Reshape around [.., K] inputs -> MatMul + Add (unflatten_gemms)
   int attention = 0;  // MatMul-scale-mask-Softmax-MatMul chains -> Attention (ONNX opset 23 semantics, 4-D form)
   int gelu = 0;       // tanh- or erf-approximation chains -> Gelu
   int rms_norm = 0;   // RMSNorm chains -> RMSNormalization (fuse_rms_norm)
@@ -55,6 +56,9 @@ Expected<FusionCounts> fuse_forward_graph(Graph& graph);
 
 // The passes (runtime/fuse_attention.cpp, runtime/fuse_attention_layout.cpp, runtime/fuse_gelu.cpp); each adds the number of patterns it rewrote.
 Status fuse_attention(Graph& graph, int* fused);
+// runtime/fuse_flattened_gemm.cpp: Gemm between the reshapes flattening and restoring its input's leading dims ->
+// MatMul (+ Add) on the unflattened input, the form the later passes match (run first).
+Status unflatten_gemms(Graph& graph, int* rewritten);
 Status fuse_gelu(Graph& graph, int* fused);
 Status fuse_attention_layout(Graph& graph, int* rewritten);
 // Not a fusion: Attention nodes the flash kernels take -> galvatron AttentionWithLse, whose row statistics the

@@ -3,6 +3,8 @@
 // Q and K, causal Where, constant and run-time masks, identity Dropout, the dynamo SDPA decomposition's 3-D transpose
 // of K and NaN guard) fuse into nodes computing the same outputs;
 // chains whose intermediates are read elsewhere, or whose mask replaces scores by a moderate value, stay as they are.
+#include "runtime/fusion.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,9 +15,9 @@
 #include "importer/onnx_importer.h"
 #include "models/zoo.h"
 #include "runtime/executor.h"
-#include "runtime/fusion.h"
 #include "runtime/safetensors.h"
 #include "runtime/trainer.h"
+#include "runtime/training_graph.h"
 #include "tests/hf_fixtures.h"
 #include "tests/op_test_util.h"
 
@@ -312,6 +314,35 @@ TEST_P(ModelFusion, PackedQkvSameGradients) {
     EXPECT_EQ(std::memcmp(g.data(), packed_grads->at(param).data(), g.nbytes()), 0) << name << ": " << param;
   }
   (void)concats;
+}
+
+// GPT-2's and Llama's exports (HF fixtures, either attention, either exporter) reach the CUDA backend's graph as the
+// zoo's do: GPT-2's Conv1D products (Gemm between flattening reshapes) unflattened, then every product a Linear
+// (Llama's weights stored transposed by the dynamo exporter too), both residual adds of each layer in a Linear
+// epilogue and moved into the following norm, attention in the 3-D form (GPT's packed).
+TEST_P(ModelFusion, ExportsGetTheZoosFusions) {
+  const std::string name = GetParam();
+  const bool gpt = name.find("gpt") != std::string::npos, llama = name.find("llama") != std::string::npos;
+  if (!gpt && !llama) GTEST_SKIP() << "GPT and Llama graphs only";
+  auto model = load(name);
+  ASSERT_TRUE(model.has_value()) << model.status().message();
+  const int layers = model->graph.num_layers;
+  TrainingGraphOptions go;
+  go.padding_idx = model->padding_idx;
+  go.save_attention_lse = go.bf16_operands = go.fuse_linear = go.pack_attention_qkv = true;
+  go.bf16_operand_options.min_mn = 8;
+  go.fuse_residual_add = true;
+  go.fuse_skip_norm = 16;
+  auto tg = build_training_graph(model->graph, go);
+  ASSERT_TRUE(tg.has_value()) << tg.status().message();
+  const FusionCounts& f = tg->fused;
+  EXPECT_EQ(f.unflattened_gemms, gpt && name.rfind("zoo:", 0) != 0 ? 4 * layers : 0) << f.summary();
+  EXPECT_EQ(f.linear, (gpt ? 4 : 7) * layers) << f.summary();
+  EXPECT_EQ(f.attention_3d, layers) << f.summary();
+  EXPECT_EQ(f.attention_packed, gpt ? layers : 0) << f.summary();
+  EXPECT_EQ(f.residual_adds, 2 * layers) << f.summary();
+  EXPECT_EQ(f.skip_norms, 2 * layers) << f.summary();
+  EXPECT_EQ(count_ops(tg->graph, "Gemm"), 0);
 }
 
 std::vector<std::string> model_names() {
@@ -672,6 +703,71 @@ TEST(FuseAttention, NanGuardWithRuntimeMaskIsNotFused) {
   ValueId pad = b.g.add_input("pad", DType::kFloat32, {B, 1, 1, S});
   b.g.outputs = {c.attend(c.kt_3d(c.k), pad, c.v)};
   fuse_and_compare(b.g, 0);
+}
+
+// ---- Gemm between flattening reshapes (unflatten_gemms) ---------------------------------------------------------
+
+// X [B, S, K] (or [B, S, 2, K / 2] with `heads`) -> Reshape [B*S, K] -> Gemm(W [K, N] or [N, K], bias?) -> Reshape
+// [B, S, N]: rewritten into MatMul (+ Add) on X with the same outputs.
+Graph flattened_gemm(bool trans_b, bool bias, bool heads, bool extra_reader = false) {
+  constexpr int64_t K = 8, N = 6;
+  Builder b;
+  const Shape xs = heads ? Shape{B, S, 2, K / 2} : Shape{B, S, K};
+  ValueId x = b.g.add_input("x", DType::kFloat32, xs);
+  ValueId flat = b.node("Reshape", {x, b.constant(Tensor::from_i64({B * S, K}, {2}))});
+  ValueId w = b.constant(randn(trans_b ? Shape{N, K} : Shape{K, N}, 3));
+  std::vector<ValueId> in = {flat, w};
+  if (bias) in.push_back(b.constant(randn({N}, 4)));
+  Attributes a;
+  a.set_int("transB", trans_b ? 1 : 0);
+  ValueId y2 = b.node("Gemm", in, a);
+  b.g.outputs = {b.node("Reshape", {y2, b.constant(Tensor::from_i64({B, S, N}, {3}))})};
+  if (extra_reader) b.g.outputs.push_back(b.node("Relu", {flat}));
+  return b.g;
+}
+
+void expect_same_outputs(const Graph& a, const Graph& b) {
+  const std::vector<Tensor> x = run(a), y = run(b);
+  ASSERT_EQ(x.size(), y.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    ASSERT_EQ(x[i].shape(), y[i].shape());
+    for (int64_t j = 0; j < x[i].numel(); ++j) EXPECT_NEAR(x[i].data_as<float>()[j], y[i].data_as<float>()[j], 1e-5f);
+  }
+}
+
+TEST(UnflattenGemms, ProductsOnTheUnflattenedInput) {
+  for (bool trans_b : {false, true}) {
+    for (bool bias : {false, true}) {
+      for (bool heads : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "transB " << trans_b << " bias " << bias << " heads " << heads);
+        const Graph g = flattened_gemm(trans_b, bias, heads);
+        Graph f = g;
+        int n = 0;
+        ASSERT_TRUE(unflatten_gemms(f, &n).is_ok());
+        EXPECT_EQ(n, 1);
+        EXPECT_EQ(count_ops(f, "Gemm"), 0);
+        EXPECT_EQ(count_ops(f, "MatMul"), 1);
+        EXPECT_EQ(count_ops(f, "Add"), bias ? 1 : 0);
+        EXPECT_EQ(count_ops(f, "Transpose"), trans_b ? 1 : 0);
+        EXPECT_EQ(count_ops(f, "Reshape"), heads ? 1 : 0);  // [B, S, 2, K/2] viewed as [B, S, K]
+        const Node* mm = find_op(f, "MatMul");
+        ASSERT_NE(mm, nullptr);
+        EXPECT_EQ(f.value(mm->inputs[0]).shape, (Shape{B, S, 8}));
+        EXPECT_EQ(f.value(f.outputs[0]).shape, (Shape{B, S, 6}));
+        expect_same_outputs(g, f);
+      }
+    }
+  }
+}
+
+TEST(UnflattenGemms, FlattenedInputReadElsewhereStays) {
+  const Graph g = flattened_gemm(false, true, false, true);
+  Graph f = g;
+  int n = 0;
+  ASSERT_TRUE(unflatten_gemms(f, &n).is_ok());
+  EXPECT_EQ(n, 0);
+  EXPECT_EQ(count_ops(f, "Gemm"), 1);
+  EXPECT_EQ(f.nodes.size(), g.nodes.size());
 }
 
 }  // namespace
