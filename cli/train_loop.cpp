@@ -321,6 +321,18 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
   ctx.note("memory plan: peak " + human_bytes(trainer.peak_memory_bytes()) + " (activations " +
            human_bytes(trainer.arena_bytes()) + "; parameters, constants and optimizer state " +
            human_bytes(trainer.peak_memory_bytes() - trainer.arena_bytes() - trainer.scratch_bytes()) + ")");
+  if (const std::vector<std::string> host_ops = out.backend->host_fallback_ops(); !host_ops.empty()) {
+    std::string list;
+    for (const std::string& op : host_ops) {
+      int nodes = 0;
+      for (const Node& n : tg.graph.nodes) nodes += n.domain + "::" + n.op_type == op;
+      const std::string name = op.rfind("::", 0) == 0 ? op.substr(2) : op;
+      list += (list.empty() ? "" : ", ") + name + " (" + std::to_string(nodes) + (nodes == 1 ? " node)" : " nodes)");
+    }
+    ctx.note("warning: no " + settings.device + " kernel for " + list +
+             ": these run on the CPU, their operands copied to the host and back every step, which can make a step "
+             "many times slower; please report the model and op");
+  }
 
   int64_t start = 0;
   if (!settings.resume.empty()) {

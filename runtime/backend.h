@@ -4,6 +4,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "runtime/op_registry.h"
 
@@ -32,6 +33,9 @@ class Backend {
   virtual Status zero(void* ptr, size_t bytes) = 0;
   // The kernel this backend runs for the op, or null when it has none.
   virtual KernelFn kernel(const OpSchema& schema) const = 0;
+  // Ops ("domain::name") for which kernel() has handed out a host fallback so far (the CUDA backend: ops without a
+  // native kernel, run on host copies of their operands); empty where every kernel is native.
+  virtual std::vector<std::string> host_fallback_ops() const { return {}; }
   virtual Status synchronize() { return Status::ok(); }
   // Records the kernels `issue` launches, without running them, for replay (the CUDA backend: a CUDA graph of its
   // compute stream). An error when this backend does not record (the CPU: `unsupported`) or when something `issue`

@@ -208,6 +208,16 @@ Status gelu_cuda(KernelContext& ctx) {
                                      ctx.outputs[0].as<float>(), ctx.inputs[0].numel()));
 }
 
+// IsNaN / IsInf on float32 (the dynamo exporter's SDPA guard reads the probabilities); other dtypes on the host.
+template <bool kNan>
+Status nan_inf_cuda(KernelContext& ctx) {
+  const TensorRef& x = ctx.inputs[0];
+  if (!is_f32(x)) return cuda_fallback_kernel(ctx);
+  const bool neg = kNan || ctx.attrs().get_int("detect_negative", 1) != 0;
+  const bool pos = kNan || ctx.attrs().get_int("detect_positive", 1) != 0;
+  return launch(ctx, cuda::is_nan_or_inf_f32(x.as<float>(), ctx.outputs[0].as<uint8_t>(), x.numel(), kNan, neg, pos));
+}
+
 Status not_cuda(KernelContext& ctx) {
   return launch(ctx, cuda::not_u8(ctx.inputs[0].as<uint8_t>(), ctx.outputs[0].as<uint8_t>(), ctx.inputs[0].numel()));
 }
@@ -1097,6 +1107,8 @@ void register_cuda_kernels(OpRegistry& r) {
   set("", "Xor", cuda_profiled<compare_cuda<cuda::Compare::kXor>>);
   set("", "Where", cuda_profiled<where_cuda>);
   set("", "Not", cuda_profiled<not_cuda>);
+  set("", "IsNaN", cuda_profiled<nan_inf_cuda<true>>);
+  set("", "IsInf", cuda_profiled<nan_inf_cuda<false>>);
   set("", "Neg", cuda_profiled<unary_cuda<cuda::Unary::kNeg>>);
   set("", "Abs", cuda_profiled<unary_cuda<cuda::Unary::kAbs>>);
   set("", "Relu", cuda_profiled<unary_cuda<cuda::Unary::kRelu>>);

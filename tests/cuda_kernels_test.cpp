@@ -6,11 +6,13 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <random>
 
 #include "kernels/cuda/ops.h"
@@ -231,12 +233,35 @@ TEST_F(CudaKernels, Unary) {
   a.set_string("approximate", "tanh");
   check({"Gelu", {randn({3, 1000}, 3.0)}, a});
   check({"Not", {boolean({40})}});
+  // IsNaN / IsInf natively (not through the host fallback) on values with NaN and both infinities sprinkled in.
+  Tensor special = randn({5, 301});
+  for (int64_t i = 0; i < special.numel(); i += 7) {
+    const float s[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                       -std::numeric_limits<float>::infinity()};
+    special.data_as<float>()[i] = s[(i / 7) % 3];
+  }
+  check({"IsNaN", {special}});
+  for (int64_t neg : {0, 1})
+    for (int64_t pos : {0, 1}) check({"IsInf", {special}, attrs({{"detect_negative", neg}, {"detect_positive", pos}})});
+  for (const std::string& op : cuda_fallback_ops()) EXPECT_TRUE(op != "::IsNaN" && op != "::IsInf") << op;
   const std::string G = kGalvatronDomain;
   check({"TanhGrad", {randn({5, 300}), randn({5, 300}, 0.5)}, {}, 1, G});
   check({"SigmoidGrad", {randn({5, 300}), positive({5, 300})}, {}, 1, G});
   check({"ErfGrad", {randn({5, 300}), randn({5, 300})}, {}, 1, G});
   check({"GeluGrad", {randn({5, 300}), randn({5, 300}, 3.0)}, {}, 1, G});
   check({"GeluGrad", {randn({5, 300}), randn({5, 300}, 3.0)}, a, 1, G});
+}
+
+// An op without a native kernel gets the host fallback, and the backend says so (galvatron train warns with it).
+TEST_F(CudaKernels, HostFallbacksAreReported) {
+  const OpSchema* hosted = nullptr;
+  for (const OpSchema* s : OpRegistry::global().all())
+    if (s->cpu && !s->cuda) hosted = s;
+  if (!hosted) GTEST_SKIP() << "every op has a native kernel";
+  EXPECT_NE(cuda_->kernel(*hosted), nullptr);
+  const std::vector<std::string> ops = cuda_->host_fallback_ops();
+  EXPECT_NE(std::find(ops.begin(), ops.end(), hosted->domain + "::" + hosted->name), ops.end()) << hosted->name;
+  EXPECT_TRUE(cpu_->host_fallback_ops().empty());
 }
 
 TEST_F(CudaKernels, Cast) {

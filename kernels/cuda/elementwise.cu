@@ -637,6 +637,20 @@ bool unary_f32(Unary op, const float* x, float* y, int64_t n) {
   return detail::launch_flat(UnaryF{op, x, y}, n, detail::aligned16(x) && detail::aligned16(y));
 }
 
+__global__ void nan_inf_kernel(const float* x, uint8_t* y, int64_t n, bool nan, bool neg_inf, bool pos_inf) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float v = x[i];
+    y[i] = nan ? isnan(v) : isinf(v) && (v < 0.0f ? neg_inf : pos_inf);
+  }
+}
+
+bool is_nan_or_inf_f32(const float* x, uint8_t* y, int64_t n, bool nan, bool neg_inf, bool pos_inf) {
+  if (n == 0) return true;
+  nan_inf_kernel<<<grid_for(n), kThreads, 0, launch_stream()>>>(x, y, n, nan, neg_inf, pos_inf);
+  return launched();
+}
+
 bool not_u8(const uint8_t* x, uint8_t* y, int64_t n) {
   if (n == 0) return true;
   not_kernel<<<grid_for(n), kThreads, 0, launch_stream()>>>(x, y, n);

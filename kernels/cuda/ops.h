@@ -227,6 +227,8 @@ bool unary_f32(Unary op, const float* x, float* y, int64_t n);
 // x[n] *= s
 bool scale_f32(float* x, int64_t n, float s);
 bool not_u8(const uint8_t* x, uint8_t* y, int64_t n);
+// ONNX IsNaN (nan) and IsInf (neg_inf, pos_inf: which infinities count) on float32, bool (0/1 bytes) out.
+bool is_nan_or_inf_f32(const float* x, uint8_t* y, int64_t n, bool nan, bool neg_inf, bool pos_inf);
 enum class ActGrad { kSigmoid, kTanh, kErf, kGelu, kGeluTanh };
 // dx = dy * f'(v): v is the forward output for kSigmoid and kTanh, the forward input otherwise.
 bool activation_grad_f32(ActGrad op, const float* dy, const float* v, float* dx, int64_t n);
