@@ -452,8 +452,7 @@ bool Matcher::try_fuse(NodeId sm_id) {
   ValueId k_src = kt;
   std::vector<int64_t> perm = {0, 1, 3, 2};
   const NodeId tn = producer(kt);
-  if (single_use(kt) && transposed_in_3d(kt, k_src, read_through)) {
-    perm = {0, 1, 2, 3};
+  auto absorb_k_scale = [&] {  // a scalar factor on K before its transpose
     double c;
     ValueId inner;
     if (single_use(k_src) && scaled_by_constant(producer(k_src), inner, c)) {
@@ -461,19 +460,17 @@ bool Matcher::try_fuse(NodeId sm_id) {
       scale *= c;
       k_src = inner;
     }
+  };
+  if (single_use(kt) && transposed_in_3d(kt, k_src, read_through)) {
+    perm = {0, 1, 2, 3};
+    absorb_k_scale();
   } else if (is_op(tn, "Transpose")) {
     const std::vector<int64_t> tp = node(tn).attrs.get_ints("perm", {3, 2, 1, 0});
     if (tp.size() == 4) {
       read_through.push_back(tn);
       k_src = node(tn).inputs[0];
       perm = {tp[0], tp[1], tp[3], tp[2]};
-      double c;
-      ValueId inner;
-      if (single_use(k_src) && scaled_by_constant(producer(k_src), inner, c)) {
-        read_through.push_back(producer(k_src));
-        scale *= c;
-        k_src = inner;
-      }
+      absorb_k_scale();
     }
   }
   Tensor mask;

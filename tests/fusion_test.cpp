@@ -544,17 +544,20 @@ TEST(FuseAttention, RuntimeMaskAndCausalTogether) {
   EXPECT_EQ(a->inputs[3], f.find("pad"));
 }
 
+// HF's repeat_kv: [B, kv, S, D] -> Unsqueeze(2) -> Expand [B, kv, H / kv, S, D] -> Reshape [B, H, S, D].
+ValueId gqa_repeat(Builder& b, ValueId x, int64_t kv) {
+  ValueId u = b.node("Unsqueeze", {x, b.constant(Tensor::from_i64({2}, {1}))});
+  ValueId e = b.node("Expand", {u, b.constant(Tensor::from_i64({B, kv, H / kv, S, D}, {5}))});
+  return b.node("Reshape", {e, b.constant(Tensor::from_i64({B, H, S, D}, {4}))});
+}
+
 TEST(FuseAttention, GroupedQueryRepeatIsSkipped) {
   Builder b;
-  const int64_t kv = 2, rep = H / kv;
+  const int64_t kv = 2;
   ValueId q = b.g.add_input("q", DType::kFloat32, {B, H, S, D});
   ValueId k = b.g.add_input("k", DType::kFloat32, {B, kv, S, D});
   ValueId v = b.g.add_input("v", DType::kFloat32, {B, kv, S, D});
-  auto repeat = [&](ValueId x) {
-    ValueId u = b.node("Unsqueeze", {x, b.constant(Tensor::from_i64({2}, {1}))});
-    ValueId e = b.node("Expand", {u, b.constant(Tensor::from_i64({B, kv, rep, S, D}, {5}))});
-    return b.node("Reshape", {e, b.constant(Tensor::from_i64({B, H, S, D}, {4}))});
-  };
+  auto repeat = [&](ValueId x) { return gqa_repeat(b, x, kv); };
   ValueId s = b.node("MatMul", {q, b.transpose(repeat(k), {0, 1, 3, 2})});
   s = b.node("Mul", {s, b.scalar(0.25f)});
   b.g.outputs = {b.node("MatMul", {b.node("Softmax", {s}), repeat(v)})};
@@ -660,14 +663,10 @@ TEST(FuseAttention, DynamoSdpaDecompositionWithNanGuard) {
 }
 
 TEST(FuseAttention, DynamoSdpaWithGroupedQueryRepeat) {
-  const int64_t kv = 2, rep = H / kv;
+  const int64_t kv = 2;
   SdpaChain c(kv);
   Builder& b = c.b;
-  auto repeat = [&](ValueId x) {
-    ValueId u = b.node("Unsqueeze", {x, b.constant(Tensor::from_i64({2}, {1}))});
-    ValueId e = b.node("Expand", {u, b.constant(Tensor::from_i64({B, kv, rep, S, D}, {5}))});
-    return b.node("Reshape", {e, b.constant(Tensor::from_i64({B, H, S, D}, {4}))});
-  };
+  auto repeat = [&](ValueId x) { return gqa_repeat(b, x, kv); };
   b.g.outputs = {
       c.attend(c.kt_3d(repeat(c.k)), b.constant(additive_causal(std::numeric_limits<float>::lowest())), repeat(c.v))};
   Graph f = fuse_and_compare(b.g, 1);
