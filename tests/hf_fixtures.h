@@ -11,8 +11,9 @@
 
 namespace gv::testing {
 
-inline const std::vector<std::string> kHfFixtures = {"gpt2",         "gpt2_loss", "llama",      "bert",
-                                                     "bert_opset14", "gpt2_sdpa", "llama_sdpa", "gpt2_sdpa_ts"};
+inline const std::vector<std::string> kHfFixtures = {"gpt2",       "gpt2_loss",    "llama",
+                                                     "bert",       "bert_opset14", "gpt2_sdpa",
+                                                     "llama_sdpa", "gpt2_sdpa_ts", "gpt2_sdpa_guard_ts"};
 
 // GV_FIXTURES_DIR and GV_PROJECT_FIXTURES_DIR in the environment override the folders compiled in (copies of the
 // fixtures on another machine).
