@@ -29,7 +29,11 @@ bool is_default(const Node& n, const char* op) { return n.op_type == op && n.dom
 
 class GemmUnflattener {
  public:
-  explicit GemmUnflattener(Graph& g) : g_(g), uses_(g.use_counts()), readers_(g.values.size(), -1) {
+  explicit GemmUnflattener(Graph& g)
+      : g_(g),
+        uses_(g.use_counts()),
+        readers_(g.values.size(), -1),
+        original_values_(static_cast<ValueId>(g.values.size())) {
     for (ValueId o : g.outputs) outputs_.insert(o);
     for (NodeId id = 0; id < static_cast<NodeId>(g.nodes.size()); ++id)
       for (ValueId v : g.nodes[id].inputs)
@@ -149,6 +153,14 @@ class GemmUnflattener {
         drop[v] = 1;
       }
     }
+    // Values added for a chain that then failed (none expected: the shapes are checked first) are read and written by
+    // nothing; their producer indices point at nodes taken back out.
+    std::vector<char> written(g_.values.size(), 0);
+    for (const Node& nd : g_.nodes)
+      for (ValueId v : nd.outputs) written[v] = 1;
+    for (ValueId v = original_values_; v < static_cast<ValueId>(g_.values.size()); ++v) {
+      if (uses[v] == 0 && !written[v]) drop[v] = 1;
+    }
     for (ValueId v : g_.outputs) drop[v] = 0;
     g_.drop_values(drop);
   }
@@ -164,18 +176,20 @@ class GemmUnflattener {
   std::set<NodeId> gone_;
   std::set<ValueId> dropped_;
   std::set<ValueId> reshape_shapes_;
+  ValueId original_values_;
 };
 
 }  // namespace
 
 Status unflatten_gemms(Graph& graph, int* rewritten) {
   GemmUnflattener u(graph);
+  const size_t before = graph.values.size();
   int count = 0;
   const NodeId n = static_cast<NodeId>(graph.nodes.size());
   for (NodeId id = 0; id < n; ++id) {
     if (u.try_rewrite(id)) ++count;
   }
-  if (count > 0) u.finish();
+  if (count > 0 || graph.values.size() > before) u.finish();
   *rewritten += count;
   return Status::ok();
 }
