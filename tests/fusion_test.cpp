@@ -551,6 +551,15 @@ ValueId gqa_repeat(Builder& b, ValueId x, int64_t kv) {
   return b.node("Reshape", {e, b.constant(Tensor::from_i64({B, H, S, D}, {4}))});
 }
 
+// The whole chain is one Attention reading the graph inputs k and v (the grouped-query repeats skipped).
+void expect_one_attention_on_kv_heads(const Graph& f) {
+  const Node* a = find_op(f, "Attention");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->inputs[1], f.find("k"));
+  EXPECT_EQ(a->inputs[2], f.find("v"));
+  EXPECT_EQ(f.nodes.size(), 1u);
+}
+
 TEST(FuseAttention, GroupedQueryRepeatIsSkipped) {
   Builder b;
   const int64_t kv = 2;
@@ -561,12 +570,7 @@ TEST(FuseAttention, GroupedQueryRepeatIsSkipped) {
   ValueId s = b.node("MatMul", {q, b.transpose(repeat(k), {0, 1, 3, 2})});
   s = b.node("Mul", {s, b.scalar(0.25f)});
   b.g.outputs = {b.node("MatMul", {b.node("Softmax", {s}), repeat(v)})};
-  Graph f = fuse_and_compare(b.g, 1);
-  const Node* a = find_op(f, "Attention");
-  ASSERT_NE(a, nullptr);
-  EXPECT_EQ(a->inputs[1], f.find("k"));
-  EXPECT_EQ(a->inputs[2], f.find("v"));
-  EXPECT_EQ(f.nodes.size(), 1u);
+  expect_one_attention_on_kv_heads(fuse_and_compare(b.g, 1));
 }
 
 TEST(FuseAttention, ProbabilitiesAlsoAnOutputAreNotFused) {
@@ -669,12 +673,7 @@ TEST(FuseAttention, DynamoSdpaWithGroupedQueryRepeat) {
   auto repeat = [&](ValueId x) { return gqa_repeat(b, x, kv); };
   b.g.outputs = {
       c.attend(c.kt_3d(repeat(c.k)), b.constant(additive_causal(std::numeric_limits<float>::lowest())), repeat(c.v))};
-  Graph f = fuse_and_compare(b.g, 1);
-  const Node* a = find_op(f, "Attention");
-  ASSERT_NE(a, nullptr);
-  EXPECT_EQ(a->inputs[1], f.find("k"));
-  EXPECT_EQ(a->inputs[2], f.find("v"));
-  EXPECT_EQ(f.nodes.size(), 1u);
+  expect_one_attention_on_kv_heads(fuse_and_compare(b.g, 1));
 }
 
 TEST(FuseAttention, NanGuardOverAFullyMaskedRowIsNotFused) {
