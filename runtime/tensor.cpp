@@ -6,6 +6,11 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#define GV_HAVE_MMAP 1
+#endif
+
 namespace gv {
 namespace {
 
@@ -13,9 +18,21 @@ struct AlignedDelete {
   void operator()(uint8_t* p) const { std::free(p); }
 };
 
+// Zeroed buffers of 1 MiB and more come straight from the kernel as untouched anonymous pages, which read as zeros
+// without being cleared or backed by memory until written: the optimizer's zero moments of a large model on its way to
+// the GPU (several GB) then cost neither the clearing nor the host memory.
+constexpr size_t kMappedZeroBytes = size_t{1} << 20;
+
 std::shared_ptr<uint8_t[]> alloc_aligned(size_t nbytes, bool zero) {
   size_t n = (nbytes + 63) / 64 * 64;
   if (n == 0) n = 64;
+#ifdef GV_HAVE_MMAP
+  if (zero && n >= kMappedZeroBytes) {
+    void* m = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) throw std::bad_alloc();
+    return std::shared_ptr<uint8_t[]>(static_cast<uint8_t*>(m), [n](uint8_t* q) { munmap(q, n); });
+  }
+#endif
   auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, n));
   if (!p) throw std::bad_alloc();
   if (zero) std::memset(p, 0, n);
