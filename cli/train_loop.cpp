@@ -393,6 +393,17 @@ Expected<TrainOutcome> run_training(const TrainSettings& settings, TrainModelSou
       ctx.note("wrote the gradients of the first batch to " + settings.save_grads);
     }
     GV_ASSIGN_OR_RETURN(StepMetrics m, trainer.step(micro));
+    if (s == start) {
+      // Native kernels that met operands they have no path for (a dtype) ran those calls on the host: known only now.
+      std::string list;
+      for (const std::string& op : out.backend->runtime_host_fallbacks())
+        list += (list.empty() ? "" : ", ") + (op.rfind("::", 0) == 0 ? op.substr(2) : op);
+      if (!list.empty()) {
+        ctx.note("warning: the " + settings.device + " kernels of " + list +
+                 " ran on the CPU in the first step (no device path for those dtypes): their operands are copied to "
+                 "the host and back every step; please report the model and op");
+      }
+    }
     if (!std::isfinite(m.loss)) {
       progress.finish();
       return invalid_argument("the loss became " + std::to_string(m.loss) + " at step " + std::to_string(m.step) +

@@ -36,6 +36,9 @@ class Backend {
   // Ops ("domain::name") for which kernel() has handed out a host fallback so far (the CUDA backend: ops without a
   // native kernel, run on host copies of their operands); empty where every kernel is native.
   virtual std::vector<std::string> host_fallback_ops() const { return {}; }
+  // Ops whose native kernel has handed a run's operands to the CPU so far (a dtype it lacks), as "domain::op (dtype,
+  // ...)"; known only once the kernels have run.
+  virtual std::vector<std::string> runtime_host_fallbacks() const { return {}; }
   virtual Status synchronize() { return Status::ok(); }
   // Records the kernels `issue` launches, without running them, for replay (the CUDA backend: a CUDA graph of its
   // compute stream). An error when this backend does not record (the CPU: `unsupported`) or when something `issue`

@@ -62,6 +62,7 @@ class CudaBackend final : public Backend {
     return cuda_fallback_kernel;
   }
   std::vector<std::string> host_fallback_ops() const override { return cuda_fallback_ops(); }
+  std::vector<std::string> runtime_host_fallbacks() const override { return cuda_runtime_fallbacks(); }
   size_t scratch_bytes() const override { return cuda::scratch_bytes(); }
   Status synchronize() override { return cuda::synchronize() ? Status::ok() : cuda_error("synchronize"); }
   // A CUDA graph of the compute stream. GALVATRON_CUDA_GRAPHS=0 declines (for comparisons), as does per-op profiling

@@ -21,6 +21,8 @@ Status cuda_fallback_kernel(KernelContext& ctx);
 // "domain::Op" (domain empty for ONNX ops) of each op the CUDA backend handed the fallback kernel so far in this
 // process, sorted. With GALVATRON_VERBOSE set, the backend also prints each one once, to stderr.
 std::vector<std::string> cuda_fallback_ops();
+// Native kernels that ran a call on the host so far (operands of a dtype they lack): "domain::op (dtypes)".
+std::vector<std::string> cuda_runtime_fallbacks();
 void note_cuda_fallback(const OpSchema& schema);
 
 // GALVATRON_CUDA_PROFILE=1: every CUDA kernel run (native or fallback) is timed with device events, per op type; the

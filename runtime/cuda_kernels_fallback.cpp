@@ -21,6 +21,11 @@ std::set<std::string>& fallback_set() {
   static auto* s = new std::set<std::string>();
   return *s;
 }
+// Native kernels that handed a call to the host (a dtype they lack): "domain::op (dtype, ...)".
+std::set<std::string>& runtime_fallback_set() {
+  static auto* s = new std::set<std::string>();
+  return *s;
+}
 
 struct HostBuf {
   std::vector<uint64_t> words;  // 8-byte aligned storage
@@ -174,6 +179,11 @@ std::vector<std::string> cuda_fallback_ops() {
   return {fallback_set().begin(), fallback_set().end()};
 }
 
+std::vector<std::string> cuda_runtime_fallbacks() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  return {runtime_fallback_set().begin(), runtime_fallback_set().end()};
+}
+
 namespace {
 Status fallback_run(KernelContext& ctx);
 }
@@ -187,6 +197,16 @@ namespace {
 Status fallback_run(KernelContext& ctx) {
   const OpSchema* schema = OpRegistry::global().find(ctx.node->domain, ctx.node->op_type);
   if (!schema || !schema->cpu) return ctx.fail("no CPU kernel to fall back to on CUDA");
+  if (schema->cuda) {  // a native kernel without a path for these operands
+    std::string types;
+    for (const TensorRef& t : ctx.inputs) {
+      if (!t.data) continue;
+      const std::string d = dtype_name(t.dtype);
+      if (types.find(d) == std::string::npos) types += (types.empty() ? "" : ", ") + d;
+    }
+    std::lock_guard<std::mutex> lock(g_mu);
+    runtime_fallback_set().insert(ctx.node->domain + "::" + ctx.node->op_type + " (" + types + ")");
+  }
   KernelContext host = ctx;
   const size_t n_in = ctx.inputs.size(), n_out = ctx.outputs.size();
   std::vector<HostBuf> in(n_in), out(n_out);

@@ -264,6 +264,18 @@ TEST_F(CudaKernels, HostFallbacksAreReported) {
   EXPECT_TRUE(cpu_->host_fallback_ops().empty());
 }
 
+// A native kernel handed operands of a dtype it lacks runs them on the host, and the backend says so once it has run
+// (galvatron train warns after the first step): IsNaN on float64 (the device kernel takes float32).
+TEST_F(CudaKernels, RuntimeHostFallbacksAreReported) {
+  Tensor x(DType::kFloat64, {3, 7});
+  for (int64_t i = 0; i < x.numel(); ++i) x.data_as<double>()[i] = i % 4 == 0 ? std::nan("") : 0.5 * i;
+  check({"IsNaN", {x}});
+  const std::vector<std::string> ops = cuda_->runtime_host_fallbacks();
+  EXPECT_NE(std::find(ops.begin(), ops.end(), "::IsNaN (float64)"), ops.end());
+  for (const std::string& op : ops) EXPECT_EQ(op.find("::IsNaN (float32"), std::string::npos) << op;
+  EXPECT_TRUE(cpu_->runtime_host_fallbacks().empty());
+}
+
 TEST_F(CudaKernels, Cast) {
   Attributes to_i64, to_f32, to_bool;
   to_i64.set_int("to", 7);
