@@ -1,6 +1,7 @@
 // bf16_attention_io (runtime/bf16_operands.h): the float32 values around the attention ops (packed QKV, or Q, K, V
 // apart) stored in bf16 where only attention nodes (and the reshapes or rotations between them and their copies or
 // products) read them.
+#include <algorithm>
 #include <vector>
 
 #include "runtime/bf16_operands.h"
@@ -149,6 +150,8 @@ class Rewriter {
       return;
     }
     // Q, K, V: the values back to each one's Linear.
+    splits_.clear();
+    concats_.clear();
     std::vector<ValueId> in_values;
     NodeId linear[3];
     for (int i = 0; i < 3; ++i) {
@@ -177,6 +180,18 @@ class Rewriter {
       out_copy[i] = chain_down(gn.outputs[i], &out_values);
       if (out_copy[i] < 0) return;
     }
+    // A Split or Concat passed on the way turns bf16 whole: each of its outputs (inputs) must be on a chain here.
+    auto all_in = [](const std::vector<ValueId>& vs, const std::vector<ValueId>& among) {
+      for (ValueId v : vs)
+        if (std::find(among.begin(), among.end(), v) == among.end()) return false;
+      return true;
+    };
+    for (NodeId sp : splits_) {
+      if (!all_in(g_.nodes[sp].outputs, in_values)) return;
+    }
+    for (NodeId c : concats_) {
+      if (!all_in(g_.nodes[c].inputs, out_values)) return;
+    }
     // Every piece is there: rewrite.
     for (int i = 0; i < 3; ++i) g_.nodes[linear[i]].attrs.set_int("out_dtype", kOnnxBFloat16);
     for (ValueId v : in_values) g_.value(v).dtype = DType::kBFloat16;
@@ -203,6 +218,7 @@ class Rewriter {
   NodeId chain_up(ValueId v, std::vector<ValueId>* values) {
     std::vector<ValueId> seen;
     bool rotated = false;
+    split_ = false;
     while (true) {
       if (!plain_float32(v) || (!seen.empty() && readers_[v].size() != 1)) return -1;
       seen.push_back(v);
@@ -211,6 +227,15 @@ class Rewriter {
       if (is_reshape(n) || (!rotated && n.op_type == "RotaryEmbedding" && n.domain.empty())) {
         rotated = rotated || !is_reshape(n);
         v = n.inputs[0];
+        continue;
+      }
+      if (n.op_type == "Split" && n.domain.empty() && !split_) {
+        // Narrow sibling products as one (fuse_sibling_linears): K and V are a Split of one Linear's output. The
+        // Split's other outputs must turn bf16 too (separate checks that they are on its other chains).
+        split_ = true;
+        splits_.push_back(p);
+        v = n.inputs[0];
+        if (readers_[v].size() != 1) return -1;
         continue;
       }
       if (!is_op(n, "Linear") || n.outputs.size() != 1 || n.inputs.size() > 3 || !writes_float32(n)) return -1;
@@ -235,6 +260,13 @@ class Rewriter {
         return r.node;
       }
       const bool rotation = !rotated && n.op_type == "RotaryEmbedding" && n.domain.empty() && r.slot == 0;
+      if (n.op_type == "Concat" && n.domain.empty() && rotation_allowed) {
+        // The gradients of a Split's outputs joined (fuse_sibling_linears): its other inputs must turn bf16 too.
+        concats_.push_back(r.node);
+        seen.push_back(o);
+        o = n.outputs[0];
+        continue;
+      }
       if (!(is_reshape(n) && r.slot == 0) && !rotation) return -1;
       rotated = rotated || rotation;
       seen.push_back(o);
@@ -262,6 +294,9 @@ class Rewriter {
   static bool writes_float32(const Node& n) { return n.attrs.get_int("out_dtype", 1) == 1; }
 
   Graph& g_;
+  bool split_ = false;          // chain_up passed a Split
+  std::vector<NodeId> splits_;  // the Splits (Concats) separate's chains pass
+  std::vector<NodeId> concats_;
   std::vector<std::vector<Reader>> readers_;
   std::vector<char> is_output_;
   std::vector<char> gone_;

@@ -25,7 +25,8 @@ std::string FusionCounts::summary() const {
   return std::to_string(attention) + " attention" + (notes.empty() ? "" : " (" + notes + ")") + ", " +
          std::to_string(gelu) + " gelu" + part(rms_norm, "RMSNorm") + part(silu_mul, "SwiGLU gates") +
          part(rotary, "rotary embeddings") + part(linear_cross_entropy, "linear cross-entropy") +
-         part(linear, "linear") + part(unflattened_gemms, "Gemm on flattened inputs as products on [.., K]") +
+         part(linear, "linear") + part(sibling_linears, "groups of narrow linears as one product") +
+         part(unflattened_gemms, "Gemm on flattened inputs as products on [.., K]") +
          part(norm_statistics, "LayerNorms keeping their statistics") + part(bf16_operands, "shared bf16 operands") +
          (bf16_linear_outputs ? " (" + std::to_string(bf16_linear_outputs) + " written in bf16 by their producer)"
                               : "") +

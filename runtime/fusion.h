@@ -27,6 +27,7 @@ struct FusionCounts {
   int attention_packed = 0;  // of those, the ones reading their Q, K, V in place from one QKV tensor (pack_attention_qkv)
   int linear_cross_entropy = 0;  // head MatMul + SoftmaxCrossEntropyLoss -> LinearCrossEntropy (after the loss is attached)
   int linear = 0;  // MatMul [+ bias Add [+ Gelu]] or MatMul(X, Transpose(W)) -> Linear (fuse_linear)
+  int sibling_linears = 0;  // groups of narrow Linears of one input -> one Linear and a Split (fuse_sibling_linears)
   int bf16_operands = 0;  // not a fusion: product operands given one shared bf16 copy (runtime/bf16_operands.h)
   int bf16_linear_outputs = 0;   // of those copies, the ones a Linear (or SiluMul, SiluMulGrad) writes itself
   int bf16_attention_grads = 0;  // and the dQKV copies an AttentionPackedGrad writes itself
@@ -126,6 +127,10 @@ Status fuse_linear_cross_entropy(Graph& graph, const std::set<std::string>& keep
 // run by the CUDA backend as one cuBLASLt product with a bias / GELU epilogue. build_training_graph runs it after
 // fuse_linear_cross_entropy when TrainingGraphOptions::fuse_linear is set (from Backend::fuses_linear).
 Status fuse_linear(Graph& graph, const std::set<std::string>& keep, int* fused);
+// Narrow Linears reading the same input (a grouped-query model's K and V products) -> one Linear over their weights'
+// Concat and a Split of its output (runtime/fuse_sibling_linears.cpp). build_training_graph runs it after fuse_linear
+// when TrainingGraphOptions::fuse_sibling_linears is set too; not in graphs that communicate.
+Status fuse_sibling_linears(Graph& graph, int* fused);
 // In a training graph (nodes from backward_begin on): FusedMatMul -> GeluGrad -> (bf16 copy, bias-gradient ReduceSum)
 // -> galvatron GeluGradMatMul, which the CUDA backend runs as one cuBLASLt product with a DGELU epilogue
 // (runtime/fuse_gelu_grad_product.cpp). build_training_graph runs it after share_bf16_operands when

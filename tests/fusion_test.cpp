@@ -180,6 +180,7 @@ TEST_P(ModelFusion, LinearFusionSameGradients) {
   auto run = [&](bool fuse_linear, double* loss) -> Expected<TensorMap> {
     TrainerConfig cfg;
     cfg.graph.fuse_linear = fuse_linear;
+    cfg.graph.fuse_sibling_linears = false;  // one Linear per product here (SiblingLinearsSameGradients joins them)
     cfg.graph.padding_idx = model->padding_idx;
     GV_ASSIGN_OR_RETURN(auto trainer, Trainer::create(model->graph, cfg, *backend));
     const Graph& g = trainer->training_graph().graph;
@@ -266,6 +267,56 @@ TEST_P(ModelFusion, GeluGradProductSameGradients) {
       ASSERT_TRUE(with->count(param)) << param;
       EXPECT_LE(relative_gap(with->at(param), g), 1e-5) << name << ": gradient of " << param;
     }
+  }
+}
+
+// fuse_sibling_linears (runtime/fuse_sibling_linears.cpp), on graphs with Linear nodes as the CUDA backend builds
+// them: the grouped-query Llama models' K and V products (N = 32 against K = 64) become one Linear and a Split per
+// layer; GPT's packed QKV and BERT's full-width Q, K, V stay alone. The loss and gradients equal the unfused graph's
+// (the same products over the same operands, in one call).
+TEST_P(ModelFusion, SiblingLinearsSameGradients) {
+  auto model = load(GetParam());
+  ASSERT_TRUE(model.has_value()) << model.status().message();
+  const int layers = model->graph.num_layers;
+  auto backend = make_cpu_backend();
+  auto run = [&](bool fuse, double* loss, int* fused) -> Expected<TensorMap> {
+    TrainerConfig cfg;
+    cfg.graph.fuse_linear = true;
+    cfg.graph.fuse_sibling_linears = fuse;
+    cfg.graph.padding_idx = model->padding_idx;
+    GV_ASSIGN_OR_RETURN(auto trainer, Trainer::create(model->graph, cfg, *backend));
+    const Graph& g = trainer->training_graph().graph;
+    *fused = trainer->training_graph().fused.sibling_linears;
+    int joint = 0;
+    for (const Node& n : g.nodes) {
+      if (n.op_type != "Linear" || n.name.find("/siblings") == std::string::npos) continue;
+      ++joint;
+      int splits = 0;
+      for (const Node& m : g.nodes) {
+        if (m.inputs.empty() || m.inputs[0] != n.outputs[0]) continue;
+        EXPECT_EQ(m.op_type, "Split") << n.name;
+        EXPECT_EQ(m.outputs.size(), 2u) << n.name;  // K and V
+        ++splits;
+      }
+      EXPECT_EQ(splits, 1) << n.name;
+    }
+    EXPECT_EQ(joint, *fused);
+    return trainer->compute_gradients(model->batch, loss);
+  };
+  const std::string name = GetParam();
+  double loss_plain = 0, loss_fused = 0;
+  int fused_plain = -1, fused = -1;
+  auto plain = run(false, &loss_plain, &fused_plain);
+  ASSERT_TRUE(plain.has_value()) << plain.status().message();
+  auto with = run(true, &loss_fused, &fused);
+  ASSERT_TRUE(with.has_value()) << with.status().message();
+  EXPECT_EQ(fused_plain, 0);
+  EXPECT_EQ(fused, name.find("llama") != std::string::npos ? layers : 0) << name;
+  EXPECT_NEAR(loss_fused, loss_plain, 1e-6 * std::fabs(loss_plain));
+  ASSERT_EQ(plain->size(), with->size());
+  for (const auto& [param, g] : *plain) {
+    ASSERT_TRUE(with->count(param)) << param;
+    EXPECT_LE(relative_gap(with->at(param), g), 1e-5) << name << ": gradient of " << param;
   }
 }
 
