@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Imported HuggingFace exports against the zoo's own graph on one GPU: GPT-2 124M and TinyLlama-1.1B's shape built
-# from their configs with transformers' defaults (SDPA attention), exported by torch.onnx (bench/hf_export.py: the
+# Imported HuggingFace exports against the zoo's own graph on one GPU: GPT-2 124M, TinyLlama-1.1B's shape and
+# Qwen2-0.5B's shape (no zoo graph: against PyTorch only) built from their configs with transformers' defaults (SDPA attention), exported by torch.onnx (bench/hf_export.py: the
 # dynamo exporter, and TorchScript for GPT-2; TorchScript cannot export Llama's grouped-query SDPA), trained by
 # galvatron --device cuda --precision bf16 beside the zoo's graph of the same shape, batch x 1024, AdamW; optionally
 # PyTorch eager and torch.compile on GPT-2 on the same GPU (../shared/tools/torch_baseline.py). Prints ms per step
 # (median of steps 3..), tokens/s, peak memory and what galvatron fused; the table goes in bench/README.md.
 #   bash bench/cuda_hf_import_bench.sh GALVATRON OUT_DIR [STEPS]
-# Env: MODELS ("gpt2 tinyllama"), GPT2_BATCH (8), LLAMA_BATCH (8), BASELINE_GV an earlier binary timed beside (rows
-# before_*), TORCH_BASELINE path of torch_baseline.py (PyTorch rows for GPT-2 when set). Needs torch, transformers,
-# onnx and onnxscript in python3.
+# Env: MODELS ("gpt2 tinyllama"; add qwen2), GPT2_BATCH (8), LLAMA_BATCH (8), QWEN_BATCH (8), BASELINE_GV an earlier
+# binary timed beside (rows before_*), TORCH_BASELINE path of torch_baseline.py (PyTorch rows for GPT-2 when set),
+# TORCH_LLAMA_BASELINE path of bench/torch_llama_baseline.py (PyTorch rows for Qwen2 when set). Needs torch,
+# transformers, onnx and onnxscript in python3.
 set -uo pipefail
 GV=${1:?galvatron binary}
 OUT=${2:?output folder}
@@ -30,6 +31,9 @@ for model in $MODELS; do
   if [ "$model" = gpt2 ]; then
     vocab=50257 b=${GPT2_BATCH:-8} exporters="dynamo torchscript"
     zoo=(--model-type gpt --model-size gpt2)
+  elif [ "$model" = qwen2 ]; then
+    vocab=151936 b=${QWEN_BATCH:-8} exporters="dynamo"
+    zoo=()
   else
     vocab=32000 b=${LLAMA_BATCH:-8} exporters="dynamo"
     zoo=(--model-type llama --model-size llama-7b --hidden-size 2048 --num-layers 22 --num-heads 32 --kv-heads 4
@@ -44,7 +48,7 @@ for model in $MODELS; do
   done
   for pre in ${BASELINE_GV:+before_} ""; do
     bin=$GV; [ -n "$pre" ] && bin=$BASELINE_GV
-    run "${pre}${model}_zoo" "$bin" "$b" "${zoo[@]}" --data "$WORK/tokens_$model.npy"
+    [ ${#zoo[@]} -gt 0 ] && run "${pre}${model}_zoo" "$bin" "$b" "${zoo[@]}" --data "$WORK/tokens_$model.npy"
     for e in $exporters; do
       run "${pre}${model}_hf_$e" "$bin" "$b" "$WORK/${model}_$e.onnx" --data "$WORK/tokens_$model.npy"
     done
@@ -54,6 +58,13 @@ for model in $MODELS; do
     for mode in eager compile; do
       timeout 400 python3 "$TORCH_BASELINE" 124m "$b" $T $mode > "$OUT/torch_${mode}_gpt2.json" 2> "$OUT/torch_${mode}_gpt2.err"
       echo "torch_${mode}_gpt2 exit $?"
+    done
+  fi
+  if [ "$model" = qwen2 ] && [ -n "${TORCH_LLAMA_BASELINE:-}" ]; then
+    for mode in eager compile; do
+      timeout 400 python3 "$TORCH_LLAMA_BASELINE" 896 24 14 2 4864 151936 "$b" $T $mode qwen2 \
+        > "$OUT/torch_${mode}_qwen2.json" 2> "$OUT/torch_${mode}_qwen2.err"
+      echo "torch_${mode}_qwen2 exit $?"
     done
   fi
   rm -f "$WORK"/${model}_*.onnx*
@@ -75,13 +86,15 @@ for p in sorted(glob.glob(os.path.join(out, "*.jsonl"))):
     f = re.search(r"training graph: (\d+ nodes).*?fused (.*?)\)\n", log, re.S)
     print(f"{name:30s} {ms:9.2f} {b * T / ms * 1000 if ms == ms else float('nan'):10.0f} {mem:9.1f}  "
           f"{(f.group(1) + ': ' + f.group(2)) if f else ''}")
-for mode in ("eager", "compile"):
-    p = os.path.join(out, f"torch_{mode}_gpt2.json")
-    if os.path.exists(p):
-        try:
-            j = json.loads(open(p).read().strip().splitlines()[-1])
-            b = int(batch["gpt2"])
-            print(f"{'torch_' + mode + '_gpt2':30s} {j['ms_step']:9.2f} {b * T / j['ms_step'] * 1000:10.0f} {j['peak_mem_gb']:9.1f}")
-        except Exception as e:
-            print(f"torch_{mode}_gpt2: {e}")
+for model in ("gpt2", "qwen2"):
+    for mode in ("eager", "compile"):
+        p = os.path.join(out, f"torch_{mode}_{model}.json")
+        if os.path.exists(p):
+            try:
+                j = json.loads(open(p).read().strip().splitlines()[-1])
+                b = int(batch[model])
+                print(f"{'torch_' + mode + '_' + model:30s} {j['ms_step']:9.2f} {b * T / j['ms_step'] * 1000:10.0f} "
+                      f"{j['peak_mem_gb']:9.1f}")
+            except Exception as e:
+                print(f"torch_{mode}_{model}: {e}")
 PY

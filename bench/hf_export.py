@@ -3,7 +3,9 @@
 input input_ids and output logits. For benchmarks of imported models (bench/cuda_hf_import_bench.sh).
 
     python3 bench/hf_export.py MODEL EXPORTER OUT.onnx [--layers N]
-      MODEL     gpt2 (GPT-2 124M) or tinyllama (TinyLlama-1.1B's shape: hidden 2048, 22 layers, 32 heads, 4 KV heads)
+      MODEL     gpt2 (GPT-2 124M), tinyllama (TinyLlama-1.1B's shape: hidden 2048, 22 layers, 32 heads, 4 KV heads)
+                or qwen2 (Qwen2-0.5B's shape: hidden 896, 24 layers, 14 heads, 2 KV heads, biased Q, K, V products,
+                vocabulary 151936 tied to the embedding)
       EXPORTER  dynamo or torchscript (opset 17; Llama's grouped-query SDPA does not export this way)
 
 The weights are the config's random initialisation, perturbed (N(0, 0.02) added to every parameter) as a trained
@@ -28,8 +30,14 @@ def build(name, layers):
                              num_hidden_layers=layers or 22, num_attention_heads=32, num_key_value_heads=4,
                              max_position_embeddings=2048, use_cache=False)
         model = tf.LlamaForCausalLM(cfg)
+    elif name == "qwen2":
+        cfg = tf.Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                             num_hidden_layers=layers or 24, num_attention_heads=14, num_key_value_heads=2,
+                             max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                             tie_word_embeddings=True, use_sliding_window=False, use_cache=False)
+        model = tf.Qwen2ForCausalLM(cfg)
     else:
-        raise SystemExit(f"unknown model {name!r} (gpt2, tinyllama)")
+        raise SystemExit(f"unknown model {name!r} (gpt2, tinyllama, qwen2)")
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for p in model.parameters():

@@ -1,8 +1,11 @@
 """PyTorch training throughput of a HuggingFace Llama on one GPU, the anchor for bench/cuda_llama_bench.sh.
 
-Usage: python3 torch_llama_baseline.py HIDDEN LAYERS HEADS KV_HEADS FFN VOCAB BATCH SEQ MODE   (MODE: eager|compile)
+Usage: python3 torch_llama_baseline.py HIDDEN LAYERS HEADS KV_HEADS FFN VOCAB BATCH SEQ MODE [FAMILY]
+  MODE eager|compile; FAMILY llama (default) or qwen2
 LlamaForCausalLM from its config (SDPA attention, untied embeddings, RMSNorm eps 1e-6, RoPE theta 10000, as the zoo's
-llama), fused AdamW (fp32 weights and state), bf16 autocast, random tokens. Prints one JSON line: ms/step median of 12
+llama), or with FAMILY qwen2 Qwen2ForCausalLM as Qwen2-0.5B is built (biased Q, K, V products, the embedding tied to
+the head, RoPE theta 1e6; bench/hf_export.py's qwen2), fused AdamW (fp32 weights and state), bf16 autocast, random
+tokens. Prints one JSON line: ms/step median of 12
 timed steps after 3 warm-up steps, tokens/s, model TFLOP/s ((6N + 12 L H T) per token), peak memory.
 """
 import json, sys, time
@@ -11,10 +14,17 @@ import transformers as tf
 
 hidden, layers, heads, kv, ffn, vocab, bsz, seq = (int(a) for a in sys.argv[1:9])
 mode = sys.argv[9]
-cfg = tf.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                     num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=seq,
-                     rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False, use_cache=False,
-                     attention_dropout=0.0)
+family = sys.argv[10] if len(sys.argv) > 10 else "llama"
+if family == "qwen2":
+    cfg = tf.Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=32768,
+                         rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True, use_sliding_window=False,
+                         use_cache=False, attention_dropout=0.0)
+else:
+    cfg = tf.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=seq,
+                         rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False, use_cache=False,
+                         attention_dropout=0.0)
 torch.manual_seed(0)
 model = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").cuda().train()
 n_params = sum(p.numel() for p in model.parameters())
@@ -47,7 +57,7 @@ times.sort()
 ms = times[len(times) // 2]
 tok = bsz * seq / (ms / 1e3)
 tflops = (6 * n_params + 12 * layers * hidden * seq) * tok / 1e12
-print(json.dumps({"params": n_params, "batch": bsz, "seq": seq, "mode": mode, "ms_step": round(ms, 2),
+print(json.dumps({"family": family, "params": n_params, "batch": bsz, "seq": seq, "mode": mode, "ms_step": round(ms, 2),
                   "tokens_s": round(tok), "model_tflops": round(tflops, 1), "mfu_989": round(tflops / 989, 3),
                   "warmup_s": round(warm, 1), "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1)}),
       flush=True)
