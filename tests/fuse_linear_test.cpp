@@ -21,15 +21,7 @@ int count_ops(const Graph& g, const std::string& op) {
 }
 
 ValueId op(Graph& g, const std::string& type, std::vector<ValueId> in, Attributes a = {}) {
-  Node n;
-  n.name = g.unique_name(type);
-  n.op_type = type;
-  n.opset = 20;
-  n.inputs = std::move(in);
-  n.attrs = std::move(a);
-  auto r = g.add_node(std::move(n));
-  EXPECT_TRUE(r.has_value()) << r.status().message();
-  return r.has_value() ? (*r)[0] : kNoValue;
+  return testing::add_op(g, type, std::move(in), std::move(a));
 }
 
 // Fuses a copy of g and checks the outputs against the unfused graph's (1e-6 relative).

@@ -1,6 +1,8 @@
 // CPU helpers for tests: running one op or a whole graph on host tensors, seeded random tensors and batches, and the
 // relative gap the model-level tests compare gradients with, bit-for-bit tensor equality.
 #pragma once
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -117,6 +119,19 @@ inline Attributes adamw_attrs() {
   a.set_float("weight_decay", 0.1);
   a.set_float("grad_scale", 1.0);
   return a;
+}
+
+// Adds a default-domain node of `type` (opset 20) to a hand-built graph and returns its first output.
+inline ValueId add_op(Graph& g, const std::string& type, std::vector<ValueId> in, Attributes a = {}) {
+  Node n;
+  n.name = g.unique_name(type);
+  n.op_type = type;
+  n.opset = 20;
+  n.inputs = std::move(in);
+  n.attrs = std::move(a);
+  auto r = g.add_node(std::move(n));
+  EXPECT_TRUE(r.has_value()) << r.status().message();
+  return r.has_value() ? (*r)[0] : kNoValue;
 }
 
 }  // namespace gv::testing
