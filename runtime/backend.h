@@ -63,6 +63,9 @@ class Backend {
   // Whether this backend runs galvatron Linear (a product with its bias and GELU in one node) faster than the chain,
   // so that the training graph fuses them (TrainingGraphOptions::fuse_linear): the CUDA backend in bf16.
   virtual bool fuses_linear() const { return false; }
+  // Whether narrow Linears of one input (grouped-query K and V products) run faster as one product over their weights'
+  // Concat and a Split (TrainingGraphOptions::fuse_sibling_linears): the CUDA backend with fuses_linear.
+  virtual bool fuses_sibling_linears() const { return false; }
   // Whether this backend runs galvatron GeluGradMatMul (a backward product with the GELU and bias gradients in its
   // epilogue) faster than the chain (TrainingGraphOptions::fuse_gelu_grad_product): the CUDA backend in bf16.
   virtual bool fuses_gelu_grad_product() const { return false; }

@@ -121,6 +121,10 @@ class CudaBackend final : public Backend {
   }
   // GALVATRON_CUDA_FUSE_RESIDUAL=0 keeps the residual adds as Add nodes, GALVATRON_CUDA_FUSE_NORM_GRAD_ADD=0 their
   // gradient sums (for comparisons).
+  // GALVATRON_CUDA_FUSE_SIBLING_LINEARS=0 keeps K's and V's products apart (for comparisons).
+  bool fuses_sibling_linears() const override {
+    return fuses_linear() && switched_on("GALVATRON_CUDA_FUSE_SIBLING_LINEARS");
+  }
   bool fuses_residual_add() const override {
     return fuses_linear() && switched_on("GALVATRON_CUDA_FUSE_RESIDUAL");
   }

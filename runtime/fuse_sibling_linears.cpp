@@ -50,14 +50,6 @@ int64_t narrow_width(const Graph& g, const Node& n) {
   return 2 * width <= k ? width : 0;
 }
 
-ValueId add_value(Graph& g, const std::string& name, DType dtype, Shape shape) {
-  Value v;
-  v.name = g.unique_name(name);
-  v.dtype = dtype;
-  v.shape = std::move(shape);
-  return g.add_value(std::move(v));
-}
-
 Node make_node(const std::string& op, const std::string& domain, int opset, std::string name, const Placement& place) {
   Node n;
   n.op_type = op;
@@ -110,17 +102,18 @@ Status fuse_sibling_linears(Graph& graph, int* fused) {
       same_k = same_k && (tb ? w[1] : w[0]) == k;
     }
     if (!same_k) continue;
-    wcat.outputs = {add_value(graph, base + "/weight", DType::kFloat32, tb ? Shape{total, k} : Shape{k, total})};
+    wcat.outputs = {
+        new_node_output(graph, -1, base + "/weight", DType::kFloat32, tb ? Shape{total, k} : Shape{k, total})};
     Node lin = first;  // transB, activation "none", placement
     lin.name = base;
     lin.inputs = {x, wcat.outputs[0]};
     if (has_bias) {
-      bcat.outputs = {add_value(graph, base + "/bias", DType::kFloat32, Shape{total})};
+      bcat.outputs = {new_node_output(graph, -1, base + "/bias", DType::kFloat32, Shape{total})};
       lin.inputs.push_back(bcat.outputs[0]);
     }
     Shape y = graph.value(first.outputs[0]).shape;
     y.back() = total;
-    lin.outputs = {add_value(graph, base + "/out", DType::kFloat32, y)};
+    lin.outputs = {new_node_output(graph, -1, base + "/out", DType::kFloat32, y)};
     Tensor sizes(DType::kInt64, {static_cast<int64_t>(widths.size())});
     for (size_t i = 0; i < widths.size(); ++i) sizes.data_as<int64_t>()[i] = widths[i];
     const ValueId split_sizes = graph.add_initializer(graph.unique_name(base + "/widths"), sizes, ValueKind::kConstant);

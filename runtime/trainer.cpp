@@ -32,6 +32,7 @@ Expected<std::unique_ptr<Trainer>> Trainer::create(Graph forward, const TrainerC
   go.save_attention_lse = go.save_attention_lse || backend.saves_attention_statistics();
   go.bf16_operands = go.bf16_operands || backend.shares_bf16_operands();
   go.fuse_linear = go.fuse_linear || backend.fuses_linear();
+  go.fuse_sibling_linears = go.fuse_sibling_linears || backend.fuses_sibling_linears();
   go.fuse_gelu_grad_product = go.fuse_gelu_grad_product || backend.fuses_gelu_grad_product();
   go.pack_attention_qkv = go.pack_attention_qkv || backend.packs_attention_qkv();
   go.bf16_attention_io = go.bf16_attention_io || backend.bf16_attention_io();

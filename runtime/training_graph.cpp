@@ -391,8 +391,7 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     if (o.fuse_linear) {
       const std::set<std::string> keep(o.report_grads_of.begin(), o.report_grads_of.end());
       GV_RETURN_IF_ERROR(fuse_linear(g, keep, &tg.fused.linear));
-      const char* siblings = std::getenv("GALVATRON_FUSE_SIBLING_LINEARS");
-      if (o.fuse_sibling_linears && !(siblings && std::string(siblings) == "0")) {
+      if (o.fuse_sibling_linears) {
         GV_RETURN_IF_ERROR(fuse_sibling_linears(g, &tg.fused.sibling_linears));
       }
     }

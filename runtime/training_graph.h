@@ -126,8 +126,8 @@ struct TrainingGraphOptions {
   // Backend::fuses_linear (the CUDA backend's cuBLASLt epilogues); the CPU gains nothing from it.
   bool fuse_linear = false;
   // With fuse_linear: narrow Linears of one input (grouped-query K and V products) as one (fuse_sibling_linears).
-  // GALVATRON_FUSE_SIBLING_LINEARS=0 switches it off (for comparisons).
-  bool fuse_sibling_linears = true;
+  // Set from Backend::fuses_sibling_linears.
+  bool fuse_sibling_linears = false;
   // With fuse_ops: residual adds folded into their Linear (forward; runtime/fusion.h fuse_linear_residual_adds) and
   // the residual stream's gradient sums into LayerNormalizationGrad (backward; fuse_norm_grad_residual_adds). Set from
   // Backend::fuses_residual_add and Backend::fuses_norm_grad_add.

@@ -34,6 +34,15 @@ int count_ops(const Graph& g, const std::string& op) {
 
 // ---- whole models ----------------------------------------------------------------------------------------------
 
+// Every parameter of `plain` has a gradient in `fused` within `tol` (relative).
+void expect_gradients_close(const TensorMap& fused, const TensorMap& plain, double tol, const std::string& model) {
+  ASSERT_EQ(plain.size(), fused.size());
+  for (const auto& [param, g] : plain) {
+    ASSERT_TRUE(fused.count(param)) << param;
+    EXPECT_LE(relative_gap(fused.at(param), g), tol) << model << ": gradient of " << param;
+  }
+}
+
 struct Model {
   Graph graph;
   TensorMap batch;
@@ -180,7 +189,6 @@ TEST_P(ModelFusion, LinearFusionSameGradients) {
   auto run = [&](bool fuse_linear, double* loss) -> Expected<TensorMap> {
     TrainerConfig cfg;
     cfg.graph.fuse_linear = fuse_linear;
-    cfg.graph.fuse_sibling_linears = false;  // one Linear per product here (SiblingLinearsSameGradients joins them)
     cfg.graph.padding_idx = model->padding_idx;
     GV_ASSIGN_OR_RETURN(auto trainer, Trainer::create(model->graph, cfg, *backend));
     const Graph& g = trainer->training_graph().graph;
@@ -209,11 +217,7 @@ TEST_P(ModelFusion, LinearFusionSameGradients) {
     EXPECT_GE(linear, 4 * layers) << name;  // the zoo's nn.Linear weights are read through a Transpose
   }
   EXPECT_NEAR(loss_fused, loss_plain, 1e-5 * std::fabs(loss_plain));
-  ASSERT_EQ(plain->size(), fused->size());
-  for (const auto& [param, g] : *plain) {
-    ASSERT_TRUE(fused->count(param)) << param;
-    EXPECT_LE(relative_gap(fused->at(param), g), 1e-5) << name << ": gradient of " << param;
-  }
+  expect_gradients_close(*fused, *plain, 1e-5, name);
 }
 
 // fuse_gelu_grad_products (the CUDA backend's DGELU_BGRAD epilogue), on a graph with Linear and shared bf16 operands
@@ -263,10 +267,7 @@ TEST_P(ModelFusion, GeluGradProductSameGradients) {
     // take it; the GPU epilogue only the tanh form); Llama has no GELU.
     EXPECT_EQ(fused, name.find("llama") != std::string::npos ? 0 : layers) << name;
     EXPECT_EQ(loss_fused, loss_plain);
-    for (const auto& [param, g] : *plain) {
-      ASSERT_TRUE(with->count(param)) << param;
-      EXPECT_LE(relative_gap(with->at(param), g), 1e-5) << name << ": gradient of " << param;
-    }
+    expect_gradients_close(*with, *plain, 1e-5, name);
   }
 }
 
@@ -313,11 +314,7 @@ TEST_P(ModelFusion, SiblingLinearsSameGradients) {
   EXPECT_EQ(fused_plain, 0);
   EXPECT_EQ(fused, name.find("llama") != std::string::npos ? layers : 0) << name;
   EXPECT_NEAR(loss_fused, loss_plain, 1e-6 * std::fabs(loss_plain));
-  ASSERT_EQ(plain->size(), with->size());
-  for (const auto& [param, g] : *plain) {
-    ASSERT_TRUE(with->count(param)) << param;
-    EXPECT_LE(relative_gap(with->at(param), g), 1e-5) << name << ": gradient of " << param;
-  }
+  expect_gradients_close(*with, *plain, 1e-5, name);
 }
 
 // pack_attention_qkv (the CUDA flash kernels' packed heads): Split(QKV) -> AttentionWithLse becomes AttentionPacked

@@ -26,6 +26,7 @@ inline TrainerConfig cuda_bf16_like_config(bool packed_qkv = true) {
   TrainerConfig tc;
   tc.graph.bf16_operands = true;
   tc.graph.fuse_linear = true;
+  tc.graph.fuse_sibling_linears = true;
   tc.graph.bf16_operand_options.min_mn = 8;
   tc.graph.save_attention_lse = true;
   tc.graph.pack_attention_qkv = packed_qkv;
