@@ -3,7 +3,7 @@
 // on a low-priority side stream, bench/cuda_notes.md 47)? Not part of the product; bench/cuda_notes.md 60 has the
 // numbers.
 //
-//   nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/sm_probe bench/sm_partition_probe.cu -lcublas -lcuda
+//   nvcc -O3 -std=c++17 -arch=sm_90 -I. -o /tmp/sm_probe bench/sm_partition_probe.cu -lcublas -lcuda
 //   /tmp/sm_probe [layers=24] [side SM counts...=8 16 24 32]
 //
 // One "layer" is gpt-1.5b's backward products at batch 4 x 1024 (bf16 operands, float32 accumulation: the dX and dW
@@ -21,14 +21,8 @@
 #include <cstdlib>
 #include <vector>
 
-#define CK(x)                                                                                 \
-  do {                                                                                        \
-    cudaError_t e_ = (x);                                                                     \
-    if (e_ != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
+#include "bench/probe_util.cuh"
+
 #define CU(x)                                                                        \
   do {                                                                               \
     CUresult r_ = (x);                                                               \
@@ -39,45 +33,9 @@
       std::exit(1);                                                                  \
     }                                                                                \
   } while (0)
-#define CB(x)                                                                                \
-  do {                                                                                       \
-    cublasStatus_t s_ = (x);                                                                 \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                       \
-      std::fprintf(stderr, "%s:%d %s: cublas status %d\n", __FILE__, __LINE__, #x, (int)s_); \
-      std::exit(1);                                                                          \
-    }                                                                                        \
-  } while (0)
-
 namespace {
 
 constexpr int64_t kLayerParams = 29'491'200;  // gpt-1.5b: 12 * 1600^2 weights + biases (rounded to quads)
-
-// The update's arithmetic on four elements; the bytes are what the probe measures.
-__global__ void update_kernel(uint2* hi, uint2* lo, const uint2* g, float4* m, float4* v, int64_t quads, float lr) {
-  for (int64_t q = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; q < quads; q += (int64_t)gridDim.x * blockDim.x) {
-    uint2 h = hi[q], l = lo[q], gg = g[q];
-    float4 mm = m[q], vv = v[q];
-    float p[4], gr[4], mv[4] = {mm.x, mm.y, mm.z, mm.w}, vw[4] = {vv.x, vv.y, vv.z, vv.w};
-    uint32_t hs[4] = {h.x & 0xffffu, h.x >> 16, h.y & 0xffffu, h.y >> 16};
-    uint32_t ls[4] = {l.x & 0xffffu, l.x >> 16, l.y & 0xffffu, l.y >> 16};
-    uint32_t gs[4] = {gg.x << 16, gg.x & 0xffff0000u, gg.y << 16, gg.y & 0xffff0000u};
-    uint32_t oh[4], ol[4];
-    for (int i = 0; i < 4; ++i) {
-      p[i] = __uint_as_float((hs[i] << 16) | ls[i]);
-      gr[i] = __uint_as_float(gs[i]);
-      mv[i] = 0.9f * mv[i] + 0.1f * gr[i];
-      vw[i] = 0.999f * vw[i] + 0.001f * gr[i] * gr[i];
-      p[i] = p[i] * (1.0f - lr * 0.01f) - lr * mv[i] / (sqrtf(vw[i]) + 1e-8f);
-      const uint32_t b = __float_as_uint(p[i]);
-      oh[i] = b >> 16;
-      ol[i] = b & 0xffffu;
-    }
-    hi[q] = make_uint2(oh[0] | (oh[1] << 16), oh[2] | (oh[3] << 16));
-    lo[q] = make_uint2(ol[0] | (ol[1] << 16), ol[2] | (ol[3] << 16));
-    m[q] = make_float4(mv[0], mv[1], mv[2], mv[3]);
-    v[q] = make_float4(vw[0], vw[1], vw[2], vw[3]);
-  }
-}
 
 // The plain master's pattern for comparison (28 bytes per parameter: float32 master read and written, its bf16 copy
 // written, bf16 gradient, float32 moments).
@@ -128,7 +86,7 @@ void gemm(cublasHandle_t h, const Buffers& bf, const Gemm& s) {
 
 void update(cudaStream_t st, const Buffers& bf, int layer, int blocks) {
   const int64_t quads = kLayerParams / 4, off = (layer % bf.slots) * quads;
-  update_kernel<<<blocks, 256, 0, st>>>(bf.hi + off, bf.lo + off, bf.g + off, bf.m + off, bf.v + off, quads, 1e-4f);
+  update_kernel<<<blocks, 256, 0, st>>>(bf.hi + off, bf.lo + off, bf.g + off, bf.m + off, bf.v + off, quads, 1e-4f, 0);
   CK(cudaGetLastError());
 }
 
@@ -271,7 +229,9 @@ int main(int argc, char** argv) {
     const int64_t quads = kLayerParams / 4 * bf.slots;
     const auto sync = [&] { CK(cudaStreamSynchronize(full_main.stream)); };
     const double split = timed(
-        [&] { update_kernel<<<full_blocks, 256, 0, full_main.stream>>>(bf.hi, bf.lo, bf.g, bf.m, bf.v, quads, 1e-4f); },
+        [&] {
+          update_kernel<<<full_blocks, 256, 0, full_main.stream>>>(bf.hi, bf.lo, bf.g, bf.m, bf.v, quads, 1e-4f, 0);
+        },
         sync);
     const double plain = timed(
         [&] {

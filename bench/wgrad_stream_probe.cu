@@ -2,7 +2,7 @@
 // chain (dX, the norms' gradients), shorten a gpt-1.5b-like backward, against everything on one stream as galvatron
 // runs it today? Not part of the product; bench/cuda_notes.md has the numbers.
 //
-//   nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/wgrad_probe bench/wgrad_stream_probe.cu -lcublas
+//   nvcc -O3 -std=c++17 -arch=sm_90 -I. -o /tmp/wgrad_probe bench/wgrad_stream_probe.cu -lcublas
 //   /tmp/wgrad_probe [layers=24] [reps=10]
 //
 // One "layer" is gpt-1.5b's backward at batch 4 x 1024 in the training graph's order: a LayerNorm-gradient-like
@@ -21,22 +21,7 @@
 #include <cstdlib>
 #include <vector>
 
-#define CK(x)                                                                                 \
-  do {                                                                                        \
-    cudaError_t e_ = (x);                                                                     \
-    if (e_ != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
-#define CB(x)                                                                                \
-  do {                                                                                       \
-    cublasStatus_t s_ = (x);                                                                 \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                       \
-      std::fprintf(stderr, "%s:%d %s: cublas status %d\n", __FILE__, __LINE__, #x, (int)s_); \
-      std::exit(1);                                                                          \
-    }                                                                                        \
-  } while (0)
+#include "bench/probe_util.cuh"
 
 namespace {
 
@@ -50,43 +35,6 @@ __global__ void fill_random(__nv_bfloat16* p, int64_t n, uint32_t seed) {
     h *= 2246822519u;
     h ^= h >> 13;
     p[i] = __float2bfloat16((h & 0xffff) / 32768.0f - 1.0f);
-  }
-}
-
-// The update's arithmetic on four elements (as bench/sm_partition_probe.cu): the bytes are what matters.
-// per_thread > 0: each thread updates that many quads (strided by the block) and the block exits; 0: a grid-stride
-// loop.
-__global__ void update_kernel(uint2* hi, uint2* lo, const uint2* g, float4* m, float4* v, int64_t quads, float lr,
-                              int per_thread) {
-  const int64_t begin = per_thread > 0 ? blockIdx.x * (int64_t)blockDim.x * per_thread + threadIdx.x
-                                       : blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  const int64_t end =
-      per_thread > 0
-          ? (begin + (int64_t)blockDim.x * per_thread < quads ? begin + (int64_t)blockDim.x * per_thread : quads)
-          : quads;
-  const int64_t stride = per_thread > 0 ? blockDim.x : (int64_t)gridDim.x * blockDim.x;
-  for (int64_t q = begin; q < end; q += stride) {
-    uint2 h = hi[q], l = lo[q], gg = g[q];
-    float4 mm = m[q], vv = v[q];
-    float p[4], gr[4], mv[4] = {mm.x, mm.y, mm.z, mm.w}, vw[4] = {vv.x, vv.y, vv.z, vv.w};
-    uint32_t hs[4] = {h.x & 0xffffu, h.x >> 16, h.y & 0xffffu, h.y >> 16};
-    uint32_t ls[4] = {l.x & 0xffffu, l.x >> 16, l.y & 0xffffu, l.y >> 16};
-    uint32_t gs[4] = {gg.x << 16, gg.x & 0xffff0000u, gg.y << 16, gg.y & 0xffff0000u};
-    uint32_t oh[4], ol[4];
-    for (int i = 0; i < 4; ++i) {
-      p[i] = __uint_as_float((hs[i] << 16) | ls[i]);
-      gr[i] = __uint_as_float(gs[i]);
-      mv[i] = 0.9f * mv[i] + 0.1f * gr[i];
-      vw[i] = 0.999f * vw[i] + 0.001f * gr[i] * gr[i];
-      p[i] = p[i] * (1.0f - lr * 0.01f) - lr * mv[i] / (sqrtf(vw[i]) + 1e-8f);
-      const uint32_t b = __float_as_uint(p[i]);
-      oh[i] = b >> 16;
-      ol[i] = b & 0xffffu;
-    }
-    hi[q] = make_uint2(oh[0] | (oh[1] << 16), oh[2] | (oh[3] << 16));
-    lo[q] = make_uint2(ol[0] | (ol[1] << 16), ol[2] | (ol[3] << 16));
-    m[q] = make_float4(mv[0], mv[1], mv[2], mv[3]);
-    v[q] = make_float4(vw[0], vw[1], vw[2], vw[3]);
   }
 }
 
@@ -159,6 +107,14 @@ void attention_like(cublasHandle_t h, const Buffers& bf) {
 int g_per_thread = 0;         // the updates' shape (update_kernel)
 int64_t g_blocks = 132 * 16;  // grid-stride blocks (galvatron's flat_grid cap)
 
+// `waiting` waits for what `recorded` has issued so far (an event from `next`).
+template <typename Next>
+void wait_for(cudaStream_t waiting, cudaStream_t recorded, Next&& next) {
+  cudaEvent_t e = next();
+  CK(cudaEventRecord(e, recorded));
+  CK(cudaStreamWaitEvent(waiting, e, 0));
+}
+
 enum class Mode { kOneStream, kWgradJoinNext, kWgradJoinEnd, kNoUpdates1, kNoUpdates2 };
 
 // Issues the backward of `layers` layers. kWgradJoinNext: each dW product on the wgrad stream after an event on the
@@ -186,25 +142,17 @@ void issue(const Lanes& ln, const Buffers& bf, int layers, Mode mode, std::vecto
         gemm(ln.blas_main, bf, s.g);
       } else {
         if (pending && join_next) {
-          cudaEvent_t j = next();
-          CK(cudaEventRecord(j, ln.wgrad));
-          CK(cudaStreamWaitEvent(ln.main, j, 0));
+          wait_for(ln.main, ln.wgrad, next);
         }
-        cudaEvent_t f = next();
-        CK(cudaEventRecord(f, ln.main));
-        CK(cudaStreamWaitEvent(ln.wgrad, f, 0));
+        wait_for(ln.wgrad, ln.main, next);
         gemm(ln.blas_wgrad, bf, s.g);
         pending = true;
       }
     }
     if (updates) {
-      cudaEvent_t a = next();
-      CK(cudaEventRecord(a, ln.main));
-      CK(cudaStreamWaitEvent(ln.side, a, 0));
+      wait_for(ln.side, ln.main, next);
       if (split) {
-        cudaEvent_t b = next();
-        CK(cudaEventRecord(b, ln.wgrad));
-        CK(cudaStreamWaitEvent(ln.side, b, 0));
+        wait_for(ln.side, ln.wgrad, next);
       }
       const int64_t uq = kLayerParams / 4, off = (l % bf.slots) * uq;
       const unsigned blocks = g_per_thread > 0
@@ -216,14 +164,10 @@ void issue(const Lanes& ln, const Buffers& bf, int layers, Mode mode, std::vecto
     }
   }
   if (split) {
-    cudaEvent_t j = next();
-    CK(cudaEventRecord(j, ln.wgrad));
-    CK(cudaStreamWaitEvent(ln.main, j, 0));
+    wait_for(ln.main, ln.wgrad, next);
   }
   if (updates) {
-    cudaEvent_t j = next();
-    CK(cudaEventRecord(j, ln.side));
-    CK(cudaStreamWaitEvent(ln.main, j, 0));
+    wait_for(ln.main, ln.side, next);
   }
 }
 
