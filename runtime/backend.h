@@ -75,6 +75,8 @@ class Backend {
   // Whether this backend's packed attention reads and writes bfloat16 anyway, so that the training graph stores its
   // QKV, Y and dY in bf16 where only attention reads them (TrainingGraphOptions::bf16_attention_io): CUDA in bf16.
   virtual bool bf16_attention_io() const { return false; }
+  // The residual stream between the norms in bf16 (TrainingGraphOptions::bf16_residual_stream): CUDA in bf16.
+  virtual bool bf16_residual_stream() const { return false; }
   // Whether this backend adds a residual in a Linear's epilogue (TrainingGraphOptions::fuse_residual_add), and a
   // gradient addend in LayerNormalizationGrad's store (fuse_norm_grad_add), faster than separate Adds: the CUDA
   // backend in bf16.

@@ -149,6 +149,10 @@ class CudaBackend final : public Backend {
     const std::string v = e ? e : "";
     return v == "0" ? 0 : v == "f32" ? 1 : 16;
   }
+  // GALVATRON_CUDA_BF16_RESIDUAL=0 keeps the residual stream between the norms float32, as PyTorch's autocast does.
+  bool bf16_residual_stream() const override {
+    return skip_norm_branch() == 16 && fuses_norm_grad_outputs() && switched_on("GALVATRON_CUDA_BF16_RESIDUAL");
+  }
   // GALVATRON_CUDA_SAVE_NORM_STATS=0 recomputes the LayerNorm statistics in the backward (for comparisons).
   bool saves_norm_statistics() const override { return switched_on("GALVATRON_CUDA_SAVE_NORM_STATS"); }
   // GALVATRON_CUDA_ADAMW_BF16_COPIES=0 converts the weights to bf16 again every step (for comparisons).

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/norm_rows.h"
 #include "kernels/cuda/ops.h"
 #include "runtime/communicator.h"
 #include "runtime/cuda_kernels.h"
@@ -693,39 +694,75 @@ Status layer_norm_cuda(KernelContext& ctx) {
                                           y.as<float>(), mean, inv_std, rows, cols, eps));
 }
 
-// galvatron SkipLayerNormalization(X f32|bf16, Skip, Scale, B?) -> (Y f32|bf16, Mean?, InvStdDev?, Sum?).
+// galvatron SkipLayerNormalization(X f32|bf16, Skip, Scale, B?) -> (Y f32|bf16, Mean?, InvStdDev?, Sum?); with
+// sum_dtype 16 (X bf16) Skip float32 or bf16 and Sum bf16, by the row kernels.
 Status skip_layer_norm_cuda(KernelContext& ctx) {
-  const TensorRef &x = ctx.inputs[0], &y = ctx.outputs[0];
+  const TensorRef &x = ctx.inputs[0], &skip = ctx.inputs[1], &y = ctx.outputs[0];
   const bool x_bf16 = x.dtype == DType::kBFloat16, y_bf16 = y.dtype == DType::kBFloat16;
-  for (size_t i = 1; i < ctx.inputs.size(); ++i)
-    if (ctx.inputs[i].data && !is_f32(ctx.inputs[i])) return cuda_fallback_kernel(ctx);
   const size_t n_out = ctx.outputs.size();
+  const bool sum16 = n_out > 3 && ctx.outputs[3].dtype == DType::kBFloat16;
+  for (size_t i = sum16 ? 2 : 1; i < ctx.inputs.size(); ++i)
+    if (ctx.inputs[i].data && !is_f32(ctx.inputs[i])) return cuda_fallback_kernel(ctx);
   if (n_out < 4 || !ctx.outputs[3].data || (!x_bf16 && !is_f32(x))) return cuda_fallback_kernel(ctx);
   const int64_t cols = x.shape.back(), rows = cols > 0 ? x.numel() / cols : 0;
-  return launch(ctx, cuda::skip_layer_norm(x.data, x_bf16, ctx.inputs[1].as<float>(), ctx.outputs[3].as<float>(),
-                                           ctx.inputs[2].as<float>(), opt<float>(ctx, 3), y.data, y_bf16,
-                                           ctx.outputs[1].as<float>(), ctx.outputs[2].as<float>(), rows, cols,
-                                           static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5))));
+  const float eps = static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5));
+  float* mean = ctx.outputs[1].as<float>();
+  float* inv_std = ctx.outputs[2].as<float>();
+  if (sum16) {
+    const TensorRef& sum = ctx.outputs[3];
+    if (!x_bf16 || rows == 0 ||
+        !cuda::norm_rows_eligible(rows, cols, {x.data, skip.data, sum.data, ctx.inputs[2].data, y.data})) {
+      return cuda_fallback_kernel(ctx);
+    }
+    return launch(ctx, cuda::norm_rows_skip_forward_bf16_sum(
+                           static_cast<const uint16_t*>(x.data), skip.data, skip.dtype == DType::kBFloat16,
+                           static_cast<uint16_t*>(sum.data), ctx.inputs[2].as<float>(), opt<float>(ctx, 3), y.data,
+                           y_bf16, mean, inv_std, rows, cols, eps));
+  }
+  return launch(ctx, cuda::skip_layer_norm(x.data, x_bf16, skip.as<float>(), ctx.outputs[3].as<float>(),
+                                           ctx.inputs[2].as<float>(), opt<float>(ctx, 3), y.data, y_bf16, mean, inv_std,
+                                           rows, cols, eps));
 }
 
-// Outputs dX, dScale, dBias (float32) and the optional bf16 copy of dX and its column sums (float32).
+// Outputs dX, dScale, dBias (float32) and the optional bf16 copy of dX and its column sums (float32). X and the
+// addend bf16 (a residual stream kept in bf16): the row kernels, dX (float32) written only where it has a buffer.
 Status layer_norm_grad_cuda(KernelContext& ctx) {
-  for (const TensorRef& t : ctx.inputs)
-    if (t.data && !is_f32(t)) return cuda_fallback_kernel(ctx);
   const size_t n_out = ctx.outputs.size();
+  const TensorRef& x = ctx.inputs[1];
+  const bool x16 = x.dtype == DType::kBFloat16;
+  for (size_t i = 0; i < ctx.inputs.size(); ++i) {
+    const TensorRef& t = ctx.inputs[i];
+    const bool stream = x16 && (i == 1 || i == 7);
+    if (t.data && (stream ? t.dtype != DType::kBFloat16 : !is_f32(t))) return cuda_fallback_kernel(ctx);
+  }
   for (size_t i = 0; i < n_out; ++i) {
     const TensorRef& t = ctx.outputs[i];
     if (t.data && (i == 3 ? t.dtype != DType::kBFloat16 : !is_f32(t))) return cuda_fallback_kernel(ctx);
   }
-  const TensorRef& x = ctx.inputs[1];
   int64_t rows, cols;
   norm_view(ctx, x, rows, cols);
   auto out = [&](size_t i) { return n_out > i ? ctx.outputs[i].data : nullptr; };
+  const float eps = static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5));
+  if (x16) {
+    const bool whole = ctx.has_input(0) && ctx.has_input(3) && ctx.has_input(4) && !ctx.has_input(5) &&
+                       !ctx.has_input(6) && rows > 0 && x.shape.size() >= 1 && cols == x.shape.back();
+    if (!whole ||
+        !cuda::norm_rows_eligible(
+            rows, cols, {ctx.inputs[0].data, x.data, ctx.inputs[2].data, out(0), opt<void>(ctx, 7), out(3)})) {
+      return cuda_fallback_kernel(ctx);
+    }
+    return launch(ctx, cuda::norm_rows_backward_bf16_stream(
+                           ctx.inputs[0].as<float>(), static_cast<const uint16_t*>(x.data), ctx.inputs[2].as<float>(),
+                           ctx.inputs[3].as<float>(), ctx.inputs[4].as<float>(), static_cast<float*>(out(0)),
+                           static_cast<float*>(out(1)), static_cast<float*>(out(2)), rows, cols, eps,
+                           static_cast<const uint16_t*>(opt<void>(ctx, 7)), static_cast<uint16_t*>(out(3)),
+                           static_cast<float*>(out(4))));
+  }
+  if (!out(0)) return cuda_fallback_kernel(ctx);
   return launch(ctx, cuda::layer_norm_grad_f32(
                          opt<float>(ctx, 0), x.as<float>(), ctx.inputs[2].as<float>(), opt<float>(ctx, 3),
                          opt<float>(ctx, 4), opt<float>(ctx, 5), opt<float>(ctx, 6), ctx.outputs[0].as<float>(),
-                         static_cast<float*>(out(1)), static_cast<float*>(out(2)), rows, cols,
-                         static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5)), opt<float>(ctx, 7),
+                         static_cast<float*>(out(1)), static_cast<float*>(out(2)), rows, cols, eps, opt<float>(ctx, 7),
                          static_cast<uint16_t*>(out(3)), static_cast<float*>(out(4))));
 }
 

@@ -40,11 +40,14 @@ MemoryPlan plan_memory(const Graph& graph, const std::vector<NodeId>& order, con
       plan.alias_of[out] = plan.alias_of[in] != kNoValue ? plan.alias_of[in] : in;
     }
   }
+  std::vector<char> read(n_values, 0);
   for (ValueId v : graph.inputs) first[v] = last[v] = -1;
   for (int step = 0; step < end; ++step) {
     const Node& n = graph.nodes[order[step]];
     for (ValueId in : n.inputs) {
-      if (in != kNoValue && in_arena(in)) last[in] = std::max(last[in], step);
+      if (in == kNoValue) continue;
+      read[in] = 1;
+      if (in_arena(in)) last[in] = std::max(last[in], step);
     }
     for (ValueId o : n.outputs) {
       if (first[o] == -2) first[o] = step;
@@ -52,10 +55,22 @@ MemoryPlan plan_memory(const Graph& graph, const std::vector<NodeId>& order, con
     }
   }
   for (ValueId v : keep_alive) {
-    if (v != kNoValue && in_arena(v)) last[v] = end;
+    if (v != kNoValue && in_arena(v)) last[v] = end, read[v] = 1;
   }
   for (ValueId v : graph.outputs) {
     if (in_arena(v)) last[v] = end;
+    read[v] = 1;
+  }
+  // Outputs nothing reads that their op may skip (OpSchema::skippable_outputs) get no buffer.
+  for (NodeId id : order) {
+    const Node& n = graph.nodes[id];
+    const OpSchema* schema = OpRegistry::global().find(n.domain, n.op_type);
+    if (!schema) continue;
+    for (int o : schema->skippable_outputs) {
+      if (o < static_cast<int>(n.outputs.size()) && !read[n.outputs[o]] && in_arena(n.outputs[o])) {
+        first[n.outputs[o]] = -2;
+      }
+    }
   }
   // A shared buffer lives from its root's first use to the last use of any value sharing it.
   for (ValueId v = 0; v < n_values; ++v) {

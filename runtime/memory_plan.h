@@ -9,7 +9,9 @@
 namespace gv {
 
 struct MemoryPlan {
-  std::vector<int64_t> offset;  // per value; -1 for values outside the arena (parameters, constants)
+  // Per value; -1 for values outside the arena (parameters, constants) and for outputs nothing reads that their op
+  // may leave unwritten (OpSchema::skippable_outputs: the kernel gets a null buffer).
+  std::vector<int64_t> offset;
   // Per value: the arena value whose buffer it shares, or kNoValue. A view op's output (OpSchema::view: Reshape, Flatten, Squeeze, ...) shares its
   // input's buffer unless an in-place op (one with no outputs, e.g. AllReduce) touches either, so that the node
   // needs no copy; the shared buffer lives as long as the longest-lived of them.

@@ -122,6 +122,10 @@ struct OpSchema {
   // copies, not its gradient unless attr zero_grad, nor the learning rate or step), so that the inputs it only reads
   // may keep shared (view) buffers. Null: reads_only and writes_first_input_only decide.
   bool (*writes_input)(const Node& n, size_t i) = nullptr;
+  // Outputs this op's kernels leave unwritten when given no buffer (a null data pointer): the memory planner gives
+  // none to such an output that nothing reads (not a graph output, not kept alive). LayerNormalizationGrad's float32
+  // dX once its readers take the bf16 copy (runtime/bf16_residual_stream.cpp).
+  std::vector<int> skippable_outputs;
   Bf16Outputs bf16_outputs;  // outputs the node can write in bf16 itself (out_dtype 16)
   std::string doc;  // one line, for `galvatron inspect` and errors
 };

@@ -36,6 +36,7 @@ Expected<std::unique_ptr<Trainer>> Trainer::create(Graph forward, const TrainerC
   go.fuse_gelu_grad_product = go.fuse_gelu_grad_product || backend.fuses_gelu_grad_product();
   go.pack_attention_qkv = go.pack_attention_qkv || backend.packs_attention_qkv();
   go.bf16_attention_io = go.bf16_attention_io || backend.bf16_attention_io();
+  go.bf16_residual_stream = go.bf16_residual_stream || backend.bf16_residual_stream();
   go.fuse_residual_add = go.fuse_residual_add || backend.fuses_residual_add();
   go.fuse_norm_grad_add = go.fuse_norm_grad_add || backend.fuses_norm_grad_add();
   go.fuse_norm_grad_outputs = go.fuse_norm_grad_outputs || backend.fuses_norm_grad_outputs();

@@ -473,6 +473,9 @@ Expected<TrainingGraph> build_training_graph(Graph forward, const TrainingGraphO
     }
     const DType branch = o.fuse_skip_norm == 16 ? DType::kBFloat16 : DType::kFloat32;
     GV_RETURN_IF_ERROR(fuse_skip_layer_norms(g, branch, &tg.fused.skip_norms));
+    if (o.bf16_residual_stream && branch == DType::kBFloat16 && o.bf16_operands && o.fuse_norm_grad_outputs) {
+      GV_RETURN_IF_ERROR(bf16_residual_stream(g, &tg.fused.bf16_residual_stream));
+    }
   }
   // Parameters the loss does not depend on have no gradient; like PyTorch (grad None) the optimizer skips them.
   std::vector<ValueId> trained;

@@ -62,6 +62,9 @@ struct TrainingGraphOptions {
   // With bf16_operands: the packed attention's QKV, Y and dY stored in bf16 where only attention nodes read them
   // (runtime/bf16_operands.h bf16_attention_io). Set from Backend::bf16_attention_io.
   bool bf16_attention_io = false;
+  // With fuse_skip_norm 16 and fuse_norm_grad_outputs: the residual stream between the norms, and its gradient, kept
+  // in bf16 (runtime/bf16_operands.h bf16_residual_stream). Set from Backend::bf16_residual_stream.
+  bool bf16_residual_stream = false;
   // The backward product into a GELU's output, the GELU's gradient and the layer's bias gradient as one galvatron
   // GeluGradMatMul (runtime/fusion.h fuse_gelu_grad_products; after bf16_operands). Set from
   // Backend::fuses_gelu_grad_product (the CUDA backend's cuBLASLt DGELU epilogue).

@@ -772,6 +772,67 @@ TEST_F(CudaKernels, SoftmaxAndNorms) {
         }
       }
     }
+    const bool rows_kernels = cols % 4 == 0 && cols <= 8192;
+    for (DType st : {DType::kFloat32, DType::kBFloat16}) {
+      for (int64_t out : {1, 16}) {
+        // The residual stream in bf16 (sum_dtype 16; runtime/bf16_residual_stream.cpp): X bf16, Skip float32 or
+        // bf16, Y float32 or bf16: against the CPU; Sum exactly the rounding of X + Skip, and (row kernels) Y and the
+        // statistics the same bits as the LayerNorm kernel's on that rounded Sum.
+        SCOPED_TRACE(std::string("bf16 stream, Skip ") + dtype_name(st) + ", out_dtype " + std::to_string(out));
+        const std::vector<Tensor> in = {randn({rows, cols}).cast(DType::kBFloat16),
+                                        randn({rows, cols}, 2.0, 1.0).cast(st), randn({cols}), randn({cols})};
+        const Attributes a = attrs({{"out_dtype", out}, {"sum_dtype", 16}});
+        check({"SkipLayerNormalization", in, a, 4, G, 1, {}, out == 16 ? 1e-3 : 1e-5});
+        auto got = run_case({"SkipLayerNormalization", in, a, 4, G, 1}, *cuda_);
+        ASSERT_TRUE(got.has_value()) << got.status().message();
+        Tensor sum = in[0].cast(DType::kFloat32);
+        const Tensor skip = in[1].cast(DType::kFloat32);
+        for (int64_t i = 0; i < sum.numel(); ++i) sum.data_as<float>()[i] += skip.data_as<float>()[i];
+        const Tensor sum16 = sum.cast(DType::kBFloat16);
+        EXPECT_EQ(std::memcmp(got->outputs[3].data(), sum16.data(), sum16.nbytes()), 0) << "Sum";
+        if (!rows_kernels) continue;
+        const std::vector<Tensor> ln_in = {sum16.cast(DType::kFloat32), in[2], in[3]};
+        auto ln = out == 16 ? run_case({"LayerNormalization", ln_in, attrs({{"out_dtype", 16}}), 3, G, 1}, *cuda_)
+                            : run_case({"LayerNormalization", ln_in, {}, 3, "", 17}, *cuda_);
+        ASSERT_TRUE(ln.has_value()) << ln.status().message();
+        for (int o = 0; o < 3; ++o) {
+          ASSERT_EQ(got->outputs[o].nbytes(), ln->outputs[o].nbytes()) << o;
+          EXPECT_EQ(std::memcmp(got->outputs[o].data(), ln->outputs[o].data(), ln->outputs[o].nbytes()), 0) << o;
+        }
+      }
+    }
+    for (bool addend : {false, true}) {
+      // Its backward: X and Addend bf16, dX with its bf16 copy and the copy's sums: against the CPU, and (row
+      // kernels) the same bits as the float32 kernel on the widened X and Addend.
+      SCOPED_TRACE(std::string("bf16 stream gradient") + (addend ? ", addend" : ""));
+      const Tensor x16 = randn({rows, cols}, 2.0, 1.0).cast(DType::kBFloat16), scale = randn({cols});
+      auto stats = run_case({"LayerNormalization", {x16.cast(DType::kFloat32), scale}, {}, 3, "", 17}, *cpu_);
+      ASSERT_TRUE(stats.has_value()) << stats.status().message();
+      const Tensor dy = randn({rows, cols}), add16 = addend ? randn({rows, cols}).cast(DType::kBFloat16) : Tensor();
+      const Case c16{"LayerNormalizationGrad",
+                     {dy, x16, scale, stats->outputs[1], stats->outputs[2], Tensor(), Tensor(), add16},
+                     {},
+                     5,
+                     G,
+                     1,
+                     {},
+                     1e-3};
+      check(c16);
+      if (!rows_kernels) continue;
+      const Case c32{"LayerNormalizationGrad",
+                     {dy, x16.cast(DType::kFloat32), scale, stats->outputs[1], stats->outputs[2], Tensor(), Tensor(),
+                      addend ? add16.cast(DType::kFloat32) : Tensor()},
+                     {},
+                     5,
+                     G,
+                     1};
+      auto got = run_case(c16, *cuda_);
+      auto want = run_case(c32, *cuda_);
+      ASSERT_TRUE(got.has_value() && want.has_value());
+      for (int o = 0; o < 5; ++o) {
+        EXPECT_EQ(std::memcmp(got->outputs[o].data(), want->outputs[o].data(), want->outputs[o].nbytes()), 0) << o;
+      }
+    }
     const Case ln_grad{"LayerNormalizationGrad", {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})},
                        {}, 3, G, 17};
     check(ln_grad);

@@ -82,14 +82,26 @@ struct RowGroup {
   }
 };
 
-// Loads row r's float4 columns owned by thread t of a group of W warps (zeros past c4).
-template <int W, int V>
-__device__ __forceinline__ void load_row(float4 (&v)[V], const float* base, int64_t r, int c4, int t) {
-  const float4* p = reinterpret_cast<const float4*>(base) + r * c4;
+// Four values as loaded: float32, or four bf16 in 8 bytes.
+__device__ __forceinline__ float4 widen(float4 v) { return v; }
+__device__ __forceinline__ float4 widen(uint2 u) {
+  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                     __uint_as_float(u.y & 0xffff0000u));
+}
+
+// Four consecutive values from element 4 i: float32 (16 bytes), or bf16 (8 bytes) widened.
+__device__ __forceinline__ float4 load4(const float* p, int64_t i) { return reinterpret_cast<const float4*>(p)[i]; }
+__device__ __forceinline__ float4 load4(const uint16_t* p, int64_t i) {
+  return widen(reinterpret_cast<const uint2*>(p)[i]);
+}
+
+// Loads row r's float4 columns owned by thread t of a group of W warps (zeros past c4); T float or bf16 (uint16_t).
+template <int W, int V, typename T>
+__device__ __forceinline__ void load_row(float4 (&v)[V], const T* base, int64_t r, int c4, int t) {
 #pragma unroll
   for (int k = 0; k < V; ++k) {
     const int i = t + k * 32 * W;
-    v[k] = i < c4 ? p[i] : f4(0.0f);
+    v[k] = i < c4 ? load4(base, r * c4 + i) : f4(0.0f);
   }
 }
 
@@ -129,10 +141,11 @@ __device__ __forceinline__ void store4(uint16_t* y, int64_t i, float4 v) {
 }
 
 // The forward's input row: X itself (kSkip 0), or X + Skip with X float32 (1) or bfloat16 (2), also stored to sum
-// (SkipLayerNormalization's residual stream).
-template <int W, int V, int kSkip>
-__device__ __forceinline__ void load_input_row(float4 (&v)[V], const void* x, const float* skip, float* sum,
-                                               int64_t r, int c4, int t) {
+// (SkipLayerNormalization's residual stream). Skip and Sum float32 or bf16 (St, Su); a bf16 Sum is rounded before
+// the norm reads it, so that the row normalized is the stream stored.
+template <int W, int V, int kSkip, typename St, typename Su>
+__device__ __forceinline__ void load_input_row(float4 (&v)[V], const void* x, const St* skip, Su* sum, int64_t r,
+                                               int c4, int t) {
   if constexpr (kSkip == 0) {
     load_row<W, V>(v, static_cast<const float*>(x), r, c4, t);
   } else {
@@ -152,25 +165,28 @@ __device__ __forceinline__ void load_input_row(float4 (&v)[V], const void* x, co
         a = make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
                         __uint_as_float(u.y & 0xffff0000u));
       }
-      const float4 b = reinterpret_cast<const float4*>(skip)[e];
+      const float4 b = load4(skip, e);
       v[k] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
-      reinterpret_cast<float4*>(sum)[e] = v[k];
+      if constexpr (std::is_same_v<Su, uint16_t>) {
+        v[k] = make_float4(round_bf16(v[k].x), round_bf16(v[k].y), round_bf16(v[k].z), round_bf16(v[k].w));
+      }
+      store4(sum, e, v[k]);
     }
   }
 }
 
-template <int W, int V, int kMinBlocks, bool kCenter, typename Out, int kSkip>
+template <int W, int V, int kMinBlocks, bool kCenter, typename Out, int kSkip, typename St, typename Su>
 __global__ void __launch_bounds__(kBlock, kMinBlocks)
-    norm_forward_rows(const void* __restrict__ x, const float* __restrict__ skip, float* sum,
-                      const float* __restrict__ scale, const float* __restrict__ bias, Out* y, float* mean_out,
-                      float* inv_std_out, int64_t rows, int cols, float eps) {
+    norm_forward_rows(const void* __restrict__ x, const St* __restrict__ skip, Su* sum, const float* __restrict__ scale,
+                      const float* __restrict__ bias, Out* y, float* mean_out, float* inv_std_out, int64_t rows,
+                      int cols, float eps) {
   __shared__ double red[4 * kWarps];
   RowGroup<W> grp(red);
   constexpr int G = RowGroup<W>::kPerBlock;
   const int c4 = cols / 4;
   for (int64_t r = int64_t{blockIdx.x} * G + grp.g; r < rows; r += int64_t{gridDim.x} * G) {
     float4 v[V];
-    load_input_row<W, V, kSkip>(v, x, skip, sum, r, c4, grp.t);
+    load_input_row<W, V, kSkip, St, Su>(v, x, skip, sum, r, c4, grp.t);
     double m, is;
     moments<W, V, kCenter>(v, grp, c4, cols, eps, m, is);
     if (grp.t == 0) {
@@ -203,12 +219,13 @@ constexpr int kArrays = (kCenter ? 2 : 1) + (kDxSums ? 1 : 0);
 // the sums of bf16(dx). dx16 (optional): dx rounded to bf16 as well. Dynamic shared memory: [group][NA][c4] float4
 // sums, each thread adding into its own columns only.
 // kPrefetch: the addend's row loaded with x's and dy's, not after the row's sums (one memory latency per row instead
-// of two, for V more float4 registers per thread).
-template <int W, int V, int kMinBlocks, bool kCenter, bool kDxSums, bool kPrefetch = false>
+// of two, for V more float4 registers per thread). Xt: x and the addend float32, or bf16 (a residual stream kept in
+// bf16); dx (float32) may be null, dx16 then the only dX written.
+template <int W, int V, int kMinBlocks, bool kCenter, bool kDxSums, typename Xt, bool kPrefetch = false>
 __global__ void __launch_bounds__(kBlock, kMinBlocks)
-    norm_backward_rows(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ scale,
+    norm_backward_rows(const float* __restrict__ dy, const Xt* __restrict__ x, const float* __restrict__ scale,
                        const float* __restrict__ mean_in, const float* __restrict__ inv_std_in,
-                       const float* __restrict__ addend, float* dx, uint16_t* dx16, float* part, int64_t rows, int cols,
+                       const Xt* __restrict__ addend, float* dx, uint16_t* dx16, float* part, int64_t rows, int cols,
                        float eps) {
   constexpr int G = RowGroup<W>::kPerBlock, NA = kArrays<kCenter, kDxSums>;
   __shared__ double red[4 * kWarps];
@@ -231,11 +248,20 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
   }
   const bool saved = inv_std_in && (mean_in || !kCenter);
   for (int64_t r = int64_t{blockIdx.x} * G + grp.g; r < rows; r += int64_t{gridDim.x} * G) {
-    float4 xv[V], gv[V], av[kPrefetch ? V : 1];
+    // The early addend held as loaded (a bf16 one in half the registers), widened where it is added.
+    using Raw = std::conditional_t<std::is_same_v<Xt, uint16_t>, uint2, float4>;
+    float4 xv[V], gv[V];
+    Raw av[kPrefetch ? V : 1];
     load_row<W, V>(xv, x, r, c4, grp.t);
     load_row<W, V>(gv, dy, r, c4, grp.t);
     if constexpr (kPrefetch) {
-      if (addend) load_row<W, V>(av, addend, r, c4, grp.t);
+      if (addend) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const int i = grp.t + k * 32 * W;
+          if (i < c4) av[k] = reinterpret_cast<const Raw*>(addend)[r * c4 + i];
+        }
+      }
     }
     double m, is;
     if (saved) {
@@ -279,7 +305,7 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
     }
     const float mg = kCenter ? static_cast<float>(sums[0] / cols) : 0.0f;
     const float mgx = static_cast<float>(sums[1] / cols);
-    float4* out = reinterpret_cast<float4*>(dx) + r * c4;
+    float4* out = dx ? reinterpret_cast<float4*>(dx) + r * c4 : nullptr;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const int i = grp.t + k * 32 * W;
@@ -290,12 +316,12 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
       if (addend) {
         float4 a;
         if constexpr (kPrefetch)
-          a = av[k];
+          a = widen(av[k]);
         else
-          a = reinterpret_cast<const float4*>(addend)[r * c4 + i];
+          a = load4(addend, r * c4 + i);
         o.x += a.x, o.y += a.y, o.z += a.z, o.w += a.w;
       }
-      out[i] = o;
+      if (dx) out[i] = o;
       if (dx16) store4(dx16, r * c4 + i, o);
       if constexpr (kDxSums) {
         float4 a = ad[i];
@@ -421,24 +447,24 @@ bool with_backward_shape(int c4, F&& f) {
   return f(Int<8>{}, Int<8>{}, Int<2>{});
 }
 
-template <bool kCenter, typename Out, int kSkip = 0>
-bool forward(const void* x, const float* skip, float* sum, const float* scale, const float* bias, Out* y,
-             float* mean, float* inv_std, int64_t rows, int cols, float eps) {
+template <bool kCenter, typename Out, int kSkip = 0, typename St = float, typename Su = float>
+bool forward(const void* x, const St* skip, Su* sum, const float* scale, const float* bias, Out* y, float* mean,
+             float* inv_std, int64_t rows, int cols, float eps) {
   return with_forward_shape(cols / 4, [&](auto w, auto v, auto b) {
     constexpr int W = decltype(w)::value, V = decltype(v)::value, B = decltype(b)::value, G = kWarps / W;
     // A group per row; past 2^20 blocks the groups stride over the rest.
     const int64_t want = (rows + G - 1) / G;
     const unsigned grid = static_cast<unsigned>(want < (int64_t{1} << 20) ? want : (int64_t{1} << 20));
-    norm_forward_rows<W, V, B, kCenter, Out, kSkip>
+    norm_forward_rows<W, V, B, kCenter, Out, kSkip, St, Su>
         <<<grid, kBlock, 0, launch_stream()>>>(x, skip, sum, scale, bias, y, mean, inv_std, rows, cols, eps);
     return launched();
   });
 }
 
-template <bool kCenter, bool kDxSums>
-bool backward(const float* dy, const float* x, const float* scale, const float* mean, const float* inv_std,
-              const float* addend, float* dx, uint16_t* dx16, float* dscale, float* dbias, float* dx_sums,
-              int64_t rows, int cols, float eps) {
+template <bool kCenter, bool kDxSums, typename Xt = float>
+bool backward(const float* dy, const Xt* x, const float* scale, const float* mean, const float* inv_std,
+              const Xt* addend, float* dx, uint16_t* dx16, float* dscale, float* dbias, float* dx_sums, int64_t rows,
+              int cols, float eps) {
   const bool sums_on = dscale || dbias || kDxSums;
   constexpr int NA = kArrays<kCenter, kDxSums>;
   // gpt-1.5b's rows (4 warps x 4 float4) with an addend load it early, at 2 blocks per SM (3 would spill): -0.3 to
@@ -447,11 +473,18 @@ bool backward(const float* dy, const float* x, const float* scale, const float* 
     const char* e = std::getenv("GALVATRON_CUDA_NORM_GRAD_PREFETCH");
     return !(e && e[0] == '0');
   }();
+  static const bool three_blocks = [] {
+    const char* e = std::getenv("GALVATRON_CUDA_NORM_GRAD_BLOCKS");
+    return e && e[0] == '3';
+  }();
   return with_backward_shape(cols / 4, [&](auto w, auto v, auto b) {
     constexpr int W = decltype(w)::value, V = decltype(v)::value, B = decltype(b)::value, G = kWarps / W;
-    auto kernel = norm_backward_rows<W, V, B, kCenter, kDxSums>;
+    auto kernel = norm_backward_rows<W, V, B, kCenter, kDxSums, Xt>;
     if constexpr (W == 4 && V == 4) {
-      if (prefetch_on && addend) kernel = norm_backward_rows<W, V, 2, kCenter, kDxSums, true>;
+      if (prefetch_on && addend) kernel = norm_backward_rows<W, V, 2, kCenter, kDxSums, Xt, true>;
+      if constexpr (std::is_same_v<Xt, uint16_t>) {
+        if (prefetch_on && addend && three_blocks) kernel = norm_backward_rows<W, V, 3, kCenter, kDxSums, Xt, true>;
+      }
     }
     const size_t smem = sums_on ? sizeof(float) * G * NA * static_cast<size_t>(cols) : 0;
     // The static reduction scratch counts against the default 48 KB too.
@@ -501,14 +534,16 @@ bool norm_rows_eligible(int64_t rows, int64_t cols, std::initializer_list<const 
 bool norm_rows_forward(bool center, const float* x, const float* scale, const float* bias, void* y, bool y_bf16,
                        float* mean, float* inv_std, int64_t rows, int64_t cols, float eps) {
   const int c = static_cast<int>(cols);
+  const float* kNoSkip = nullptr;
+  float* kNoSum = nullptr;
   if (y_bf16) {
     auto* yb = static_cast<uint16_t*>(y);
-    return center ? forward<true>(x, nullptr, nullptr, scale, bias, yb, mean, inv_std, rows, c, eps)
-                  : forward<false>(x, nullptr, nullptr, scale, nullptr, yb, nullptr, inv_std, rows, c, eps);
+    return center ? forward<true>(x, kNoSkip, kNoSum, scale, bias, yb, mean, inv_std, rows, c, eps)
+                  : forward<false>(x, kNoSkip, kNoSum, scale, nullptr, yb, nullptr, inv_std, rows, c, eps);
   }
   auto* yf = static_cast<float*>(y);
-  return center ? forward<true>(x, nullptr, nullptr, scale, bias, yf, mean, inv_std, rows, c, eps)
-                : forward<false>(x, nullptr, nullptr, scale, nullptr, yf, nullptr, inv_std, rows, c, eps);
+  return center ? forward<true>(x, kNoSkip, kNoSum, scale, bias, yf, mean, inv_std, rows, c, eps)
+                : forward<false>(x, kNoSkip, kNoSum, scale, nullptr, yf, nullptr, inv_std, rows, c, eps);
 }
 
 bool norm_rows_skip_forward(bool center, const void* x, bool x_bf16, const float* skip, float* sum, const float* scale,
@@ -533,6 +568,24 @@ bool norm_rows_skip_forward(bool center, const void* x, bool x_bf16, const float
                 : forward<true, float, 1>(x, skip, sum, scale, bias, yf, mean, inv_std, rows, c, eps);
 }
 
+bool norm_rows_skip_forward_bf16_sum(const uint16_t* x, const void* skip, bool skip_bf16, uint16_t* sum,
+                                     const float* scale, const float* bias, void* y, bool y_bf16, float* mean,
+                                     float* inv_std, int64_t rows, int64_t cols, float eps) {
+  const int c = static_cast<int>(cols);
+  auto* yb = static_cast<uint16_t*>(y);
+  auto* yf = static_cast<float*>(y);
+  if (skip_bf16) {
+    const auto* sk = static_cast<const uint16_t*>(skip);
+    return y_bf16
+               ? forward<true, uint16_t, 2, uint16_t, uint16_t>(x, sk, sum, scale, bias, yb, mean, inv_std, rows, c,
+                                                                eps)
+               : forward<true, float, 2, uint16_t, uint16_t>(x, sk, sum, scale, bias, yf, mean, inv_std, rows, c, eps);
+  }
+  const auto* sk = static_cast<const float*>(skip);
+  return y_bf16 ? forward<true, uint16_t, 2, float, uint16_t>(x, sk, sum, scale, bias, yb, mean, inv_std, rows, c, eps)
+                : forward<true, float, 2, float, uint16_t>(x, sk, sum, scale, bias, yf, mean, inv_std, rows, c, eps);
+}
+
 bool norm_rows_backward(bool center, const float* dy, const float* x, const float* scale, const float* mean,
                         const float* inv_std, float* dx, float* dscale, float* dbias, int64_t rows, int64_t cols,
                         float eps, const float* addend, uint16_t* dx_bf16, float* dx_sums) {
@@ -547,6 +600,17 @@ bool norm_rows_backward(bool center, const float* dy, const float* x, const floa
   }
   return backward<true, false>(dy, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, nullptr, rows, c,
                                eps);
+}
+
+bool norm_rows_backward_bf16_stream(const float* dy, const uint16_t* x, const float* scale, const float* mean,
+                                    const float* inv_std, float* dx, float* dscale, float* dbias, int64_t rows,
+                                    int64_t cols, float eps, const uint16_t* addend, uint16_t* dx_bf16,
+                                    float* dx_sums) {
+  const int c = static_cast<int>(cols);
+  if (dx_sums) {
+    return backward<true, true>(dy, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, dx_sums, rows, c, eps);
+  }
+  return backward<true, false>(dy, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, nullptr, rows, c, eps);
 }
 
 }  // namespace gv::cuda

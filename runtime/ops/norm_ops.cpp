@@ -34,12 +34,18 @@ NormView kernel_view(const KernelContext& ctx, const TensorRef& x) {
   return {axis, dims_product(x.shape, 0, axis), dims_product(x.shape, axis, x.rank())};
 }
 
-// Fails unless input i has X's dtype and holds the normalized shape x[axis:] (leading 1s allowed).
-Status check_param(const InferContext& ctx, int i, const char* name, int x_input, int64_t axis) {
+// Fails unless input i has X's dtype (or `want`) and holds the normalized shape x[axis:] (leading 1s allowed).
+Status check_param(const InferContext& ctx, int i, const char* name, int x_input, int64_t axis,
+                   DType want = DType::kUndefined) {
   const Shape& x = ctx.shape(x_input);
   const Shape norm(x.begin() + axis, x.end());
   Shape out, p = ctx.shape(i);
-  if (ctx.dtype(i) != ctx.dtype(x_input)) return ctx.fail(std::string(name) + "'s dtype differs from X's");
+  if (want == DType::kUndefined && ctx.dtype(i) != ctx.dtype(x_input)) {
+    return ctx.fail(std::string(name) + "'s dtype differs from X's");
+  }
+  if (want != DType::kUndefined && ctx.dtype(i) != want) {
+    return ctx.fail(std::string(name) + " must be " + dtype_name(want) + ", got " + dtype_name(ctx.dtype(i)));
+  }
   while (p.size() > norm.size() && p[0] == 1) p.erase(p.begin());
   if (shape_numel(p) != shape_numel(norm) || !broadcast_shapes(p, norm, out) || out != norm) {
     return ctx.fail(std::string(name) + " " + shape_str(ctx.shape(i)) + " must have the normalized shape " + shape_str(norm) +
@@ -124,30 +130,36 @@ Status layer_norm_cpu(KernelContext& ctx) {
 
 // LayerNormalizationGrad(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?, Addend?)
 //   -> (dX, dScale, dBias, dXBf16?, dXBf16Sums?).
-// Uses the saved statistics when given, else recomputes them (attr epsilon). Addend (X's shape and type) is added to
-// dX: X's other gradient contributions (the residual stream's), which a separate Add summed before
+// Uses the saved statistics when given, else recomputes them (attr epsilon). Addend (X's shape) is added to dX: X's
+// other gradient contributions (the residual stream's), which a separate Add summed before
 // (runtime/fuse_residual_add.cpp). dXBf16 is dX rounded to bf16 (float32 X), and dXBf16Sums its column sums over
 // every leading axis ([1, .., 1, N], BiasGrad's keepdims shape; the normalized axis must be the last): the shared bf16
 // copy that the products before the norm read and the bias gradient taken from it, which a Cast and a BiasGrad made
 // before (runtime/fuse_norm_grad_outputs.cpp).
+// A residual stream kept in bf16 (runtime/bf16_residual_stream.cpp): X may be bfloat16, the gradient still computed
+// in float32 (dY, Scale, the statistics and dX float32), and Addend bfloat16 where the float32 computation takes it
+// widened. dX is skippable: with no buffer (nothing reads it) only the bf16 copy is written.
 Status infer_layer_norm_grad(InferContext& ctx) {
-  GV_RETURN_IF_ERROR(expect_float(ctx, 1, "X"));
+  const bool x16 = ctx.dtype(1) == DType::kBFloat16;
+  if (!x16) GV_RETURN_IF_ERROR(expect_float(ctx, 1, "X"));
+  const DType c = x16 ? DType::kFloat32 : ctx.dtype(1);  // the computation's type
   NormView v;
   GV_RETURN_IF_ERROR(norm_view(ctx, 1, v));
-  GV_RETURN_IF_ERROR(check_param(ctx, 2, "Scale", 1, v.axis));
-  if (ctx.has_input(0) && (ctx.shape(0) != ctx.shape(1) || ctx.dtype(0) != ctx.dtype(1))) {
-    return ctx.fail("dY must match X " + shape_str(ctx.shape(1)));
+  GV_RETURN_IF_ERROR(check_param(ctx, 2, "Scale", 1, v.axis, c));
+  if (ctx.has_input(0) && (ctx.shape(0) != ctx.shape(1) || ctx.dtype(0) != c)) {
+    return ctx.fail("dY must be " + std::string(dtype_name(c)) + " of X's shape " + shape_str(ctx.shape(1)));
   }
   for (int i = 3; i < 7; ++i) {
     if (ctx.has_input(i) && shape_numel(ctx.shape(i)) != v.rows) return ctx.fail("statistics must have one value per row");
   }
-  if (ctx.has_input(7) && (ctx.shape(7) != ctx.shape(1) || ctx.dtype(7) != ctx.dtype(1))) {
-    return ctx.fail("Addend must match X " + shape_str(ctx.shape(1)));
+  if (ctx.has_input(7) && (ctx.shape(7) != ctx.shape(1) ||
+                           (ctx.dtype(7) != c && !(c == DType::kFloat32 && ctx.dtype(7) == DType::kBFloat16)))) {
+    return ctx.fail("Addend must match X " + shape_str(ctx.shape(1)) + " (" + dtype_name(c) + ", or bfloat16)");
   }
-  ctx.set_output(0, ctx.dtype(1), ctx.shape(1));
-  for (int i = 1; i < std::min(ctx.num_outputs(), 3); ++i) ctx.set_output(i, ctx.dtype(2), ctx.shape(2));
+  ctx.set_output(0, c, ctx.shape(1));
+  for (int i = 1; i < std::min(ctx.num_outputs(), 3); ++i) ctx.set_output(i, c, ctx.shape(2));
   if (ctx.num_outputs() > 3) {
-    if (ctx.dtype(1) != DType::kFloat32) return ctx.fail("dXBf16 needs a float32 X");
+    if (c != DType::kFloat32) return ctx.fail("dXBf16 needs a float32 X");
     ctx.set_output(3, DType::kBFloat16, ctx.shape(1));
   }
   if (ctx.num_outputs() > 4) {
@@ -161,7 +173,31 @@ Status infer_layer_norm_grad(InferContext& ctx) {
   return Status::ok();
 }
 
+// A bf16 input widened to float32 into *wide (and the ref pointed there); other refs unchanged.
+void widen_bf16(TensorRef& t, std::vector<float>* wide) {
+  if (!t.data || t.dtype != DType::kBFloat16) return;
+  wide->resize(static_cast<size_t>(t.numel()));
+  convert_elements(t.data, DType::kBFloat16, wide->data(), DType::kFloat32, t.numel());
+  t.data = wide->data();
+  t.dtype = DType::kFloat32;
+}
+
 Status layer_norm_grad_cpu(KernelContext& ctx) {
+  const bool x16 = ctx.inputs[1].dtype == DType::kBFloat16,
+             a16 = ctx.inputs.size() > 7 && ctx.inputs[7].data && ctx.inputs[7].dtype == DType::kBFloat16;
+  if (x16 || a16 || !ctx.outputs[0].data) {
+    // A bf16 stream (X, Addend) widened, a skipped dX computed into scratch: on a copy of the context, whose inputs
+    // callers (the CUDA backend's host fallback) may copy back.
+    KernelContext wide = ctx;
+    std::vector<float> x_wide, add_wide, own_dx;
+    widen_bf16(wide.inputs[1], &x_wide);
+    if (a16) widen_bf16(wide.inputs[7], &add_wide);
+    if (!wide.outputs[0].data) {
+      own_dx.resize(static_cast<size_t>(wide.outputs[0].numel()));
+      wide.outputs[0].data = own_dx.data();
+    }
+    return layer_norm_grad_cpu(wide);
+  }
   const TensorRef& x = ctx.inputs[1];
   const NormView v = kernel_view(ctx, x);
   DType u = DType::kFloat64;
@@ -337,10 +373,12 @@ void register_norm_ops(OpRegistry& r) {
   rms.bf16_outputs.copies = {0};
   rms.bf16_outputs.twin = kGalvatronDomain;
   r.add(rms);
-  r.add(make_schema(kGalvatronDomain, "LayerNormalizationGrad", 3, 8, 1, 5, infer_layer_norm_grad,
-                    layer_norm_grad_cpu,
-                    "(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?, Addend?) -> (dX + Addend, dScale, dBias, "
-                    "dXBf16?, dXBf16Sums?)"));
+  OpSchema ln_grad =
+      make_schema(kGalvatronDomain, "LayerNormalizationGrad", 3, 8, 1, 5, infer_layer_norm_grad, layer_norm_grad_cpu,
+                  "(dY?, X, Scale, Mean?, InvStdDev?, dMean?, dInvStdDev?, Addend?) -> (dX + Addend, "
+                  "dScale, dBias, dXBf16?, dXBf16Sums?); X and Addend float32 or bfloat16");
+  ln_grad.skippable_outputs = {0};  // a bf16 residual stream reads only dXBf16
+  r.add(ln_grad);
   OpSchema rms16 = make_schema(kGalvatronDomain, "RMSNormalization", 2, 2, 1, 1, infer_rms_norm, rms_norm_cpu,
                                "ONNX RMSNormalization with attr out_dtype (1 float32, 16 bfloat16: Y rounded)");
   rms16.bf16_outputs.copies = {0};

@@ -1,0 +1,140 @@
+// bf16_residual_stream (runtime/bf16_operands.h): the residual stream between the norms of a pre-norm transformer
+// kept in bf16 (Megatron's default without --fp32-residual-connection; llm.c's), forward and backward.
+//
+// After fuse_skip_layer_norms every layer's residual add sits in a galvatron SkipLayerNormalization, whose Sum output
+// is the stream: read by the next SkipLayerNormalization (its Skip) and by the norm's own gradient
+// (LayerNormalizationGrad's X). Its gradient flows back through the LayerNormalizationGrads: each one's dX is the
+// next (earlier) one's Addend, and its bf16 copy dXBf16 (fuse_norm_grad_outputs) is what the branch's products read.
+// Kept in float32 (PyTorch autocast's choice) the stream costs each norm kernel a float32 row in and out, forward and
+// backward, which is most of their bytes: gpt-1.5b's norms move ~196 MB per layer and step that way.
+//
+// The rewrite:
+//   Sum     SkipLayerNormalization writes it in bf16 (attr sum_dtype 16: rounded, and the norm reads the rounded row)
+//           where every reader is another SkipLayerNormalization's Skip or a LayerNormalizationGrad's X;
+//   Addend  such a gradient node reads its Addend as the bf16 copy of the previous gradient (dXBf16) instead of the
+//           float32 dX; a dX that nothing else reads then gets no buffer (OpSchema::skippable_outputs), so the norm
+//           kernel stores only the bf16 copy.
+// A LayerNormalizationGrad reads its X and Addend in one type (the CUDA row kernels take both float32 or both bf16),
+// so a Sum goes bf16 only where each of its gradient readers can take its Addend in bf16 (none, or the dXBf16 of
+// another LayerNormalizationGrad), and a stream that has gone bf16 stays bf16 downstream (a SkipLayerNormalization
+// reads a float32 or bf16 Skip but writes its Sum in bf16 only from a bf16 Skip): the candidates shrink to a fixed
+// point. The embedding's float32 sum before the first layer stays float32, and so does the first norm gradient's dX
+// (the embedding gradients read it).
+//
+// Numerics: the stream and its gradient are rounded to bf16 at every layer (as Megatron and llm.c do in bf16
+// training); the norms still compute in float32 and the weights, gradients' reductions and optimizer stay float32.
+#include <vector>
+
+#include "runtime/bf16_operands.h"
+#include "runtime/op_registry.h"
+
+namespace gv {
+namespace {
+
+constexpr int64_t kOnnxBFloat16 = 16;
+
+bool is_galvatron(const Node& n, const char* op) { return n.op_type == op && n.domain == kGalvatronDomain; }
+
+// A LayerNormalizationGrad the bf16 row kernels take: dY and the saved statistics given, no gradients of them, the
+// last axis normalized.
+bool grad_takes_bf16(const Graph& g, const Node& m) {
+  auto has = [&](size_t i) { return m.inputs.size() > i && m.inputs[i] != kNoValue; };
+  if (!has(0) || !has(1) || !has(3) || !has(4) || has(5) || has(6)) return false;
+  const int64_t axis = m.attrs.get_int("axis", -1), rank = static_cast<int64_t>(g.value(m.inputs[1]).shape.size());
+  return axis == -1 || axis == rank - 1;
+}
+
+struct Reader {
+  NodeId node;
+  int slot;
+};
+
+}  // namespace
+
+Status bf16_residual_stream(Graph& g, int* values) {
+  const int n_values = static_cast<int>(g.values.size());
+  std::vector<std::vector<Reader>> readers(n_values);
+  for (NodeId id = 0; id < static_cast<NodeId>(g.nodes.size()); ++id) {
+    const Node& n = g.nodes[id];
+    for (size_t i = 0; i < n.inputs.size(); ++i) {
+      if (n.inputs[i] != kNoValue) readers[n.inputs[i]].push_back({id, static_cast<int>(i)});
+    }
+  }
+  std::vector<char> is_output(n_values, 0);
+  for (ValueId o : g.outputs) is_output[o] = 1;
+
+  // Candidates: the float32 Sums of SkipLayerNormalizations (LayerNorm, float32 statistics, a bf16 branch) read
+  // only as a Skip or as a LayerNormalizationGrad's X.
+  std::vector<char> cand(n_values, 0);
+  std::vector<NodeId> skips;
+  for (NodeId id = 0; id < static_cast<NodeId>(g.nodes.size()); ++id) {
+    const Node& n = g.nodes[id];
+    if (!is_galvatron(n, "SkipLayerNormalization") || n.outputs.size() < 4 || n.inputs.size() < 3) continue;
+    const ValueId sum = n.outputs[3];
+    if (g.value(sum).dtype != DType::kFloat32 || g.value(n.inputs[0]).dtype != DType::kBFloat16 || is_output[sum]) {
+      continue;
+    }
+    bool ok = !readers[sum].empty();
+    for (const Reader& r : readers[sum]) {
+      const Node& m = g.nodes[r.node];
+      ok = ok && ((is_galvatron(m, "SkipLayerNormalization") && r.slot == 1) ||
+                  (is_galvatron(m, "LayerNormalizationGrad") && r.slot == 1 && grad_takes_bf16(g, m)));
+    }
+    if (ok) cand[sum] = 1, skips.push_back(id);
+  }
+  // The bf16 Addend a gradient node would read: the dXBf16 of the LayerNormalizationGrad writing its float32 Addend,
+  // kNoValue if there is none.
+  auto bf16_addend = [&](const Node& m) -> ValueId {
+    if (m.inputs.size() < 8 || m.inputs[7] == kNoValue) return kNoValue;
+    const Value& a = g.value(m.inputs[7]);
+    if (a.producer < 0) return kNoValue;
+    const Node& p = g.nodes[a.producer];
+    if (!is_galvatron(p, "LayerNormalizationGrad") || p.outputs.size() < 4 || p.outputs[0] != m.inputs[7]) {
+      return kNoValue;
+    }
+    return p.outputs[3];
+  };
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (NodeId id : skips) {
+      const Node& n = g.nodes[id];
+      const ValueId sum = n.outputs[3], skip = n.inputs[1];
+      if (!cand[sum]) continue;
+      bool ok = true;
+      for (const Reader& r : readers[sum]) {
+        const Node& m = g.nodes[r.node];
+        if (!is_galvatron(m, "LayerNormalizationGrad")) continue;
+        const bool has_addend = m.inputs.size() > 7 && m.inputs[7] != kNoValue;
+        ok = ok && (!has_addend || bf16_addend(m) != kNoValue);
+      }
+      if (!ok) {
+        cand[sum] = 0;
+        changed = true;
+      }
+      // A bf16 Skip needs a bf16 Sum: where this Sum stays float32, so must the Skip it was made from.
+      if (!cand[sum] && cand[skip]) {
+        cand[skip] = 0;
+        changed = true;
+      }
+    }
+  }
+  int count = 0;
+  for (NodeId id : skips) {
+    Node& n = g.nodes[id];
+    const ValueId sum = n.outputs[3];
+    if (!cand[sum]) continue;
+    n.attrs.set_int("sum_dtype", kOnnxBFloat16);
+    g.value(sum).dtype = DType::kBFloat16;
+    ++count;
+    for (const Reader& r : readers[sum]) {
+      Node& m = g.nodes[r.node];
+      if (!is_galvatron(m, "LayerNormalizationGrad")) continue;
+      const ValueId a = bf16_addend(m);
+      if (a != kNoValue) m.inputs[7] = a;  // the float32 dX, if nothing else reads it, gets no buffer
+    }
+  }
+  if (values) *values += count;
+  return Status::ok();
+}
+
+}  // namespace gv

@@ -1,0 +1,189 @@
+// The residual stream kept in bf16 (runtime/bf16_residual_stream.cpp) on the CPU: SkipLayerNormalization with
+// sum_dtype 16 stores the rounding of X + Skip and normalizes exactly that row (the same bits as LayerNormalization of
+// it, a bf16 Skip as its float32 widening); LayerNormalizationGrad with a bf16 X and Addend the same bits as on their
+// float32 widenings; bad requests are errors naming the node; the memory plan gives no buffer to a gradient's unread
+// float32 dX (OpSchema::skippable_outputs); on gpt-tiny's CUDA-like graph every layer's Sums go bf16 (two per layer,
+// the embeddings' sum stays float32), the gradients read each other's bf16 copies, and the loss and gradients stay
+// within bf16 rounding of the float32 stream's; Llama's RMSNorm stream is left alone.
+#include <gtest/gtest.h>
+
+#include "runtime/bf16_operands.h"
+#include "runtime/memory_plan.h"
+#include "runtime/trainer.h"
+#include "tests/graph_checks.h"
+#include "tests/op_test_util.h"
+#include "tests/tiny_model.h"
+
+namespace gv {
+namespace {
+
+using testing::run_op;
+using testing::same_bits;
+Tensor randn(const Shape& s, uint64_t seed) { return testing::randn_f32(s, seed); }
+Tensor bf16(const Tensor& t) { return t.cast(DType::kBFloat16); }
+Tensor f32(const Tensor& t) { return t.cast(DType::kFloat32); }
+
+TEST(Bf16ResidualStream, SkipNormRoundsTheSumAndNormalizesIt) {
+  const Tensor x = bf16(randn({4, 3, 16}, 1)), skip = randn({4, 3, 16}, 2), scale = randn({16}, 3),
+               bias = randn({16}, 4);
+  Tensor want_sum = f32(x);
+  for (int64_t i = 0; i < want_sum.numel(); ++i) want_sum.data_as<float>()[i] += skip.data_as<float>()[i];
+  want_sum = bf16(want_sum);
+  for (int64_t out : {1, 16}) {
+    SCOPED_TRACE("out_dtype " + std::to_string(out));
+    Attributes a;
+    a.set_int("out_dtype", out);
+    a.set_int("sum_dtype", 16);
+    auto got = run_op("SkipLayerNormalization", {x, skip, scale, bias}, a, 4, 1, {}, kGalvatronDomain);
+    ASSERT_TRUE(got.has_value()) << got.status().message();
+    EXPECT_TRUE(same_bits(got->outputs[3], want_sum)) << "Sum: the rounding of X + Skip";
+    Attributes ln;
+    ln.set_int("out_dtype", out);
+    auto norm = run_op("LayerNormalization", {f32(want_sum), scale, bias}, ln, 3, 1, {}, kGalvatronDomain);
+    ASSERT_TRUE(norm.has_value()) << norm.status().message();
+    for (int o = 0; o < 3; ++o) EXPECT_TRUE(same_bits(got->outputs[o], norm->outputs[o])) << "output " << o;
+    // A bf16 Skip (the previous layer's stream) is its float32 widening.
+    const Tensor skip16 = bf16(skip);
+    auto from16 = run_op("SkipLayerNormalization", {x, skip16, scale, bias}, a, 4, 1, {}, kGalvatronDomain);
+    auto from32 = run_op("SkipLayerNormalization", {x, f32(skip16), scale, bias}, a, 4, 1, {}, kGalvatronDomain);
+    ASSERT_TRUE(from16.has_value() && from32.has_value());
+    for (int o = 0; o < 4; ++o) EXPECT_TRUE(same_bits(from16->outputs[o], from32->outputs[o])) << "output " << o;
+  }
+}
+
+TEST(Bf16ResidualStream, NormGradReadsTheStreamWidened) {
+  const Tensor dy = randn({4, 3, 16}, 5), x = bf16(randn({4, 3, 16}, 6)), scale = randn({16}, 7),
+               add = bf16(randn({4, 3, 16}, 8));
+  auto stats = run_op("LayerNormalization", {f32(x), scale}, {}, 3, 17);
+  ASSERT_TRUE(stats.has_value()) << stats.status().message();
+  const Tensor mean = stats->outputs[1], inv_std = stats->outputs[2];
+  for (bool addend : {false, true}) {
+    SCOPED_TRACE(addend ? "with addend" : "without addend");
+    const Tensor none;
+    auto got = run_op("LayerNormalizationGrad", {dy, x, scale, mean, inv_std, none, none, addend ? add : none}, {}, 5,
+                      1, {}, kGalvatronDomain);
+    auto want =
+        run_op("LayerNormalizationGrad", {dy, f32(x), scale, mean, inv_std, none, none, addend ? f32(add) : none}, {},
+               5, 1, {}, kGalvatronDomain);
+    ASSERT_TRUE(got.has_value()) << got.status().message();
+    ASSERT_TRUE(want.has_value()) << want.status().message();
+    for (int o = 0; o < 5; ++o) EXPECT_TRUE(same_bits(got->outputs[o], want->outputs[o])) << "output " << o;
+  }
+}
+
+TEST(Bf16ResidualStream, BadRequestsNameTheNode) {
+  const Tensor x = bf16(randn({3, 8}, 1)), skip = randn({3, 8}, 2), scale = randn({8}, 3);
+  auto skip_error = [&](const Tensor& s, int64_t sum_dtype) {
+    Attributes a;
+    a.set_int("sum_dtype", sum_dtype);
+    auto out = run_op("SkipLayerNormalization", {x, s, scale}, a, 4, 1, {}, kGalvatronDomain);
+    return out.has_value() ? std::string("ok") : out.status().message();
+  };
+  auto grad_error = [&](const Tensor& dy, const Tensor& xs, const Tensor& add) {
+    const Tensor none;
+    auto out =
+        run_op("LayerNormalizationGrad", {dy, xs, scale, none, none, none, none, add}, {}, 3, 1, {}, kGalvatronDomain);
+    return out.has_value() ? std::string("ok") : out.status().message();
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {skip_error(skip, 7), "sum_dtype must be 1 (float32) or 16 (bfloat16)"},
+      {skip_error(bf16(skip), 1), "Skip must be float32 of X's shape"},
+      {grad_error(bf16(skip), x, Tensor()), "dY must be float32"},
+      {grad_error(randn({3, 8}, 4), randn({3, 8}, 5), bf16(skip).cast(DType::kFloat64)), "Addend must match X"},
+  };
+  for (const auto& [msg, want] : cases) {
+    EXPECT_NE(msg.find(want), std::string::npos) << msg;
+    EXPECT_NE(msg.find("test_node"), std::string::npos) << msg;
+  }
+  EXPECT_EQ(skip_error(bf16(skip), 16), "ok");
+  EXPECT_EQ(grad_error(randn({3, 8}, 4), x, bf16(skip)), "ok");
+}
+
+// The CUDA-like bf16 options with the residual adds in the norms and the stream in bf16 (or not).
+TrainerConfig stream_config(bool on) {
+  TrainerConfig tc = testing::cuda_bf16_like_config();
+  tc.graph.fuse_residual_add = true;
+  tc.graph.fuse_norm_grad_add = true;
+  tc.graph.fuse_norm_grad_outputs = true;
+  tc.graph.save_norm_statistics = true;
+  tc.graph.bf16_attention_io = true;
+  tc.graph.fuse_skip_norm = 16;
+  tc.graph.bf16_residual_stream = on;
+  return tc;
+}
+
+// Float32 dX values of LayerNormalizationGrads that get no buffer in the training graph's memory plan.
+int unbuffered_norm_grads(const Graph& g) {
+  std::vector<NodeId> order(g.nodes.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<NodeId>(i);
+  const MemoryPlan plan = plan_memory(g, order, {});
+  int n = 0;
+  for (const Node& node : g.nodes) {
+    if (node.op_type == "LayerNormalizationGrad" && plan.offset[node.outputs[0]] < 0) ++n;
+  }
+  return n;
+}
+
+TEST(Bf16ResidualStream, GptStreamInBf16GradientsWithinRounding) {
+  auto tiny = testing::tiny_model("gpt-tiny");
+  ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
+  const int layers = tiny->im.graph.num_layers;
+  auto backend = make_cpu_backend();
+  auto runs = testing::train_tiny_off_on(*tiny, *backend, stream_config);
+  ASSERT_TRUE(runs.has_value()) << runs.status().message();
+  const Graph& g = runs->on.trainer->training_graph().graph;
+  const Graph& plain = runs->off.trainer->training_graph().graph;
+  EXPECT_EQ(runs->on.trainer->training_graph().fused.bf16_residual_stream, 2 * layers);
+  EXPECT_EQ(runs->off.trainer->training_graph().fused.bf16_residual_stream, 0);
+  int bf16_sums = 0, bf16_x = 0, bf16_addends = 0;
+  for (const Node& n : g.nodes) {
+    if (n.op_type == "SkipLayerNormalization") {
+      bf16_sums += g.value(n.outputs[3]).dtype == DType::kBFloat16;
+      EXPECT_EQ(n.attrs.get_int("sum_dtype", 1), 16) << n.name;
+    }
+    if (n.op_type == "LayerNormalizationGrad") {
+      const bool x16 = g.value(n.inputs[1]).dtype == DType::kBFloat16;
+      bf16_x += x16;
+      if (n.inputs.size() > 7 && n.inputs[7] != kNoValue) {
+        const bool a16 = g.value(n.inputs[7]).dtype == DType::kBFloat16;
+        bf16_addends += a16;
+        EXPECT_EQ(a16, x16) << n.name << ": X and Addend in one type";
+      }
+    }
+  }
+  // Every layer's two Sums; the first norm reads the embeddings' float32 sum, its gradient float32 X and Addend.
+  EXPECT_EQ(bf16_sums, 2 * layers);
+  EXPECT_EQ(bf16_x, 2 * layers);
+  EXPECT_EQ(bf16_addends, 2 * layers - 1);
+  // The float32 dX of every gradient whose reader took its bf16 copy has no buffer; the first layer's MLP norm
+  // gradient keeps its dX for the first norm's float32 Addend.
+  EXPECT_EQ(unbuffered_norm_grads(g), 2 * layers - 1);
+  EXPECT_EQ(unbuffered_norm_grads(plain), 0);
+  testing::expect_inference_agrees(g);
+  // bf16 rounding of the stream and its gradient at every layer: a few 1e-3 apart at most.
+  EXPECT_NEAR(runs->on.loss, runs->off.loss, 5e-3 * std::fabs(runs->off.loss));
+  testing::expect_gradients_close(runs->off.grads, runs->on.grads, 2e-2, "gpt-tiny, bf16 stream");
+}
+
+TEST(Bf16ResidualStream, BertAndLlamaWithinRoundingOrUntouched) {
+  for (const std::string name : {"bert-tiny", "llama-tiny"}) {
+    SCOPED_TRACE(name);
+    auto tiny = testing::tiny_model(name);
+    ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
+    auto backend = make_cpu_backend();
+    auto runs = testing::train_tiny_off_on(*tiny, *backend, stream_config);
+    ASSERT_TRUE(runs.has_value()) << runs.status().message();
+    const int turned = runs->on.trainer->training_graph().fused.bf16_residual_stream;
+    if (name == "llama-tiny") {
+      EXPECT_EQ(turned, 0) << "RMSNorm's stream stays float32";
+      testing::expect_same_loss_and_gradients(runs->on.loss, runs->on.grads, runs->off.loss, runs->off.grads);
+      continue;
+    }
+    testing::expect_inference_agrees(runs->on.trainer->training_graph().graph);
+    EXPECT_NEAR(runs->on.loss, runs->off.loss, 5e-3 * std::fabs(runs->off.loss));
+    testing::expect_gradients_close(runs->off.grads, runs->on.grads, 2e-2, name + ", bf16 stream");
+  }
+}
+
+}  // namespace
+}  // namespace gv
