@@ -48,9 +48,9 @@ Status bf16_attention_io(Graph& graph, size_t* boundary, int* values);
 
 // The residual stream in bf16 (runtime/bf16_residual_stream.cpp), after fuse_skip_layer_norms and
 // fuse_norm_grad_outputs: each SkipLayerNormalization's Sum that only later skip norms and its LayerNorm gradient
-// read is written in bf16 (sum_dtype 16), and those gradients read their X in bf16 and their Addend as the previous
-// gradient's bf16 copy; float32 dX values nobody reads then get no buffer. Adds the number of Sums turned bf16 to
-// *values.
+// read is written in bf16 (sum_dtype 16), and those gradients read their X in bf16, their Addend as the previous
+// gradient's bf16 copy and their dY from the product before in bf16; float32 dX values nobody reads then get no
+// buffer. Adds the number of Sums and dYs turned bf16 to *values.
 Status bf16_residual_stream(Graph& graph, int* values);
 
 // Persistent parameter copies (runtime/bf16_param_copies.cpp), on a whole training graph (after its optimizer nodes):

@@ -13,7 +13,9 @@
 //           where every reader is another SkipLayerNormalization's Skip or a LayerNormalizationGrad's X;
 //   Addend  such a gradient node reads its Addend as the bf16 copy of the previous gradient (dXBf16) instead of the
 //           float32 dX; a dX that nothing else reads then gets no buffer (OpSchema::skippable_outputs), so the norm
-//           kernel stores only the bf16 copy.
+//           kernel stores only the bf16 copy;
+//   dY      and its dY, where a FusedMatMul writes it for this gradient only, comes from the product in bf16 (the
+//           rounding PyTorch's autocast gives a product's input gradient).
 // A LayerNormalizationGrad reads its X and Addend in one type (the CUDA row kernels take both float32 or both bf16),
 // so a Sum goes bf16 only where each of its gradient readers can take its Addend in bf16 (none, or the dXBf16 of
 // another LayerNormalizationGrad), and a stream that has gone bf16 stays bf16 downstream (a SkipLayerNormalization
@@ -21,8 +23,9 @@
 // point. The embedding's float32 sum before the first layer stays float32, and so does the first norm gradient's dX
 // (the embedding gradients read it).
 //
-// Numerics: the stream and its gradient are rounded to bf16 at every layer (as Megatron and llm.c do in bf16
-// training); the norms still compute in float32 and the weights, gradients' reductions and optimizer stay float32.
+// Numerics: the stream, its gradient and the norms' output gradients are rounded to bf16 at every layer (as Megatron
+// and llm.c do in bf16 training); the norms still compute in float32 and the weights, gradients' reductions and
+// optimizer stay float32.
 #include <vector>
 
 #include "runtime/bf16_operands.h"
@@ -131,6 +134,15 @@ Status bf16_residual_stream(Graph& g, int* values) {
       if (!is_galvatron(m, "LayerNormalizationGrad")) continue;
       const ValueId a = bf16_addend(m);
       if (a != kNoValue) m.inputs[7] = a;  // the float32 dX, if nothing else reads it, gets no buffer
+      // dY from a product read by this gradient only: the product writes it in bf16, as autocast's products give it.
+      const ValueId dy = m.inputs[0];
+      const Value& dv = g.value(dy);
+      if (dv.dtype != DType::kFloat32 || dv.producer < 0 || is_output[dy] || readers[dy].size() != 1) continue;
+      Node& p = g.nodes[dv.producer];
+      if (!is_galvatron(p, "FusedMatMul") || p.outputs.size() != 1 || p.attrs.get_int("out_dtype", 1) != 1) continue;
+      p.attrs.set_int("out_dtype", kOnnxBFloat16);
+      g.value(dy).dtype = DType::kBFloat16;
+      ++count;
     }
   }
   if (values) *values += count;

@@ -732,8 +732,11 @@ Status layer_norm_grad_cuda(KernelContext& ctx) {
   const bool x16 = x.dtype == DType::kBFloat16;
   for (size_t i = 0; i < ctx.inputs.size(); ++i) {
     const TensorRef& t = ctx.inputs[i];
-    const bool stream = x16 && (i == 1 || i == 7);
-    if (t.data && (stream ? t.dtype != DType::kBFloat16 : !is_f32(t))) return cuda_fallback_kernel(ctx);
+    const bool stream = x16 && (i == 1 || i == 7), either = x16 && i == 0;
+    const bool ok = either   ? (is_f32(t) || t.dtype == DType::kBFloat16)
+                    : stream ? t.dtype == DType::kBFloat16
+                             : is_f32(t);
+    if (t.data && !ok) return cuda_fallback_kernel(ctx);
   }
   for (size_t i = 0; i < n_out; ++i) {
     const TensorRef& t = ctx.outputs[i];
@@ -751,12 +754,13 @@ Status layer_norm_grad_cuda(KernelContext& ctx) {
             rows, cols, {ctx.inputs[0].data, x.data, ctx.inputs[2].data, out(0), opt<void>(ctx, 7), out(3)})) {
       return cuda_fallback_kernel(ctx);
     }
-    return launch(ctx, cuda::norm_rows_backward_bf16_stream(
-                           ctx.inputs[0].as<float>(), static_cast<const uint16_t*>(x.data), ctx.inputs[2].as<float>(),
-                           ctx.inputs[3].as<float>(), ctx.inputs[4].as<float>(), static_cast<float*>(out(0)),
-                           static_cast<float*>(out(1)), static_cast<float*>(out(2)), rows, cols, eps,
-                           static_cast<const uint16_t*>(opt<void>(ctx, 7)), static_cast<uint16_t*>(out(3)),
-                           static_cast<float*>(out(4))));
+    return launch(
+        ctx, cuda::norm_rows_backward_bf16_stream(
+                 ctx.inputs[0].data, ctx.inputs[0].dtype == DType::kBFloat16, static_cast<const uint16_t*>(x.data),
+                 ctx.inputs[2].as<float>(), ctx.inputs[3].as<float>(), ctx.inputs[4].as<float>(),
+                 static_cast<float*>(out(0)), static_cast<float*>(out(1)), static_cast<float*>(out(2)), rows, cols, eps,
+                 static_cast<const uint16_t*>(opt<void>(ctx, 7)), static_cast<uint16_t*>(out(3)),
+                 static_cast<float*>(out(4))));
   }
   if (!out(0)) return cuda_fallback_kernel(ctx);
   return launch(ctx, cuda::layer_norm_grad_f32(

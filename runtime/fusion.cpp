@@ -41,7 +41,7 @@ std::string FusionCounts::summary() const {
          part(bf16_weight_grads, "weight gradients in bf16") +
          part(gather_grad_adds, "embedding gradient sums in one node") +
          part(skip_norms, "residual adds moved into the following norm") +
-         part(bf16_residual_stream, "residual stream values in bf16") +
+         part(bf16_residual_stream, "residual stream values and norm gradients' inputs in bf16") +
          part(bf16_sharded_updates, "ZeRO-2 updates in bf16 (gradient shards and weight gathers)") +
          part(accumulating_products, "weight-gradient products adding into their accumulators") +
          part(grad_sums_in_products, "gradient sums added by their products") +

@@ -33,7 +33,7 @@ struct FusionCounts {
   int bf16_attention_grads = 0;  // and the dQKV copies an AttentionPackedGrad writes itself
   int bf16_norm_outputs = 0;     // and the LayerNormalization / RMSNormalization outputs written in bf16
   int bf16_attention_io = 0;     // QKV, Y and dY values around packed attention stored in bf16 (bf16_attention_io)
-  int bf16_residual_stream = 0;  // SkipLayerNormalization Sums (the residual stream) in bf16 (bf16_residual_stream)
+  int bf16_residual_stream = 0;  // the residual stream's Sums and the norms' dY in bf16 (bf16_residual_stream)
   int gelu_grad_products = 0;   // backward product + GeluGrad (+ bf16 copy, bias sum) -> GeluGradMatMul
   int residual_adds = 0;        // Add(Linear, R) -> Linear with a residual input (fuse_linear_residual_adds)
   int norm_grad_adds = 0;       // Add(LayerNormalizationGrad's dX, G) -> the grad with an addend

@@ -1,10 +1,11 @@
 // The residual stream kept in bf16 (runtime/bf16_residual_stream.cpp) on the CPU: SkipLayerNormalization with
 // sum_dtype 16 stores the rounding of X + Skip and normalizes exactly that row (the same bits as LayerNormalization of
-// it, a bf16 Skip as its float32 widening); LayerNormalizationGrad with a bf16 X and Addend the same bits as on their
-// float32 widenings; bad requests are errors naming the node; the memory plan gives no buffer to a gradient's unread
-// float32 dX (OpSchema::skippable_outputs); on gpt-tiny's CUDA-like graph every layer's Sums go bf16 (two per layer,
-// the embeddings' sum stays float32), the gradients read each other's bf16 copies, and the loss and gradients stay
-// within bf16 rounding of the float32 stream's; Llama's RMSNorm stream is left alone.
+// it, a bf16 Skip as its float32 widening); LayerNormalizationGrad with a bf16 X, Addend and dY the same bits as on
+// their float32 widenings; bad requests are errors naming the node; the memory plan gives no buffer to a gradient's
+// unread float32 dX (OpSchema::skippable_outputs); on gpt-tiny's CUDA-like graph every layer's Sums go bf16 (two per
+// layer, the embeddings' sum stays float32), the gradients read each other's bf16 copies and their products' dY in
+// bf16, and the loss and gradients stay within bf16 rounding of the float32 stream's (BERT's post-norm stream too);
+// Llama's RMSNorm stream is left alone.
 #include <gtest/gtest.h>
 
 #include "runtime/bf16_operands.h"
@@ -57,14 +58,15 @@ TEST(Bf16ResidualStream, NormGradReadsTheStreamWidened) {
   auto stats = run_op("LayerNormalization", {f32(x), scale}, {}, 3, 17);
   ASSERT_TRUE(stats.has_value()) << stats.status().message();
   const Tensor mean = stats->outputs[1], inv_std = stats->outputs[2];
-  for (bool addend : {false, true}) {
-    SCOPED_TRACE(addend ? "with addend" : "without addend");
-    const Tensor none;
-    auto got = run_op("LayerNormalizationGrad", {dy, x, scale, mean, inv_std, none, none, addend ? add : none}, {}, 5,
-                      1, {}, kGalvatronDomain);
+  for (int variant = 0; variant < 3; ++variant) {
+    const bool addend = variant > 0, dy16 = variant == 2;
+    SCOPED_TRACE(std::string(addend ? "with addend" : "without addend") + (dy16 ? ", bf16 dY" : ""));
+    const Tensor none, d = dy16 ? bf16(dy) : dy;
+    auto got = run_op("LayerNormalizationGrad", {d, x, scale, mean, inv_std, none, none, addend ? add : none}, {}, 5, 1,
+                      {}, kGalvatronDomain);
     auto want =
-        run_op("LayerNormalizationGrad", {dy, f32(x), scale, mean, inv_std, none, none, addend ? f32(add) : none}, {},
-               5, 1, {}, kGalvatronDomain);
+        run_op("LayerNormalizationGrad", {f32(d), f32(x), scale, mean, inv_std, none, none, addend ? f32(add) : none},
+               {}, 5, 1, {}, kGalvatronDomain);
     ASSERT_TRUE(got.has_value()) << got.status().message();
     ASSERT_TRUE(want.has_value()) << want.status().message();
     for (int o = 0; o < 5; ++o) EXPECT_TRUE(same_bits(got->outputs[o], want->outputs[o])) << "output " << o;
@@ -88,7 +90,8 @@ TEST(Bf16ResidualStream, BadRequestsNameTheNode) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {skip_error(skip, 7), "sum_dtype must be 1 (float32) or 16 (bfloat16)"},
       {skip_error(bf16(skip), 1), "Skip must be float32 of X's shape"},
-      {grad_error(bf16(skip), x, Tensor()), "dY must be float32"},
+      {grad_error(bf16(skip), randn({3, 8}, 9), Tensor()), "dY must be float32 of X's shape"},
+      {grad_error(bf16(skip).cast(DType::kFloat64), x, Tensor()), "dY must be float32 or bfloat16"},
       {grad_error(randn({3, 8}, 4), randn({3, 8}, 5), bf16(skip).cast(DType::kFloat64)), "Addend must match X"},
   };
   for (const auto& [msg, want] : cases) {
@@ -133,9 +136,10 @@ TEST(Bf16ResidualStream, GptStreamInBf16GradientsWithinRounding) {
   ASSERT_TRUE(runs.has_value()) << runs.status().message();
   const Graph& g = runs->on.trainer->training_graph().graph;
   const Graph& plain = runs->off.trainer->training_graph().graph;
-  EXPECT_EQ(runs->on.trainer->training_graph().fused.bf16_residual_stream, 2 * layers);
+  // Two Sums per layer, and the dY of every norm gradient but the final norm's (the fused head's dX).
+  EXPECT_EQ(runs->on.trainer->training_graph().fused.bf16_residual_stream, 2 * layers + 2 * layers - 1);
   EXPECT_EQ(runs->off.trainer->training_graph().fused.bf16_residual_stream, 0);
-  int bf16_sums = 0, bf16_x = 0, bf16_addends = 0;
+  int bf16_sums = 0, bf16_x = 0, bf16_addends = 0, bf16_dy = 0;
   for (const Node& n : g.nodes) {
     if (n.op_type == "SkipLayerNormalization") {
       bf16_sums += g.value(n.outputs[3]).dtype == DType::kBFloat16;
@@ -144,6 +148,7 @@ TEST(Bf16ResidualStream, GptStreamInBf16GradientsWithinRounding) {
     if (n.op_type == "LayerNormalizationGrad") {
       const bool x16 = g.value(n.inputs[1]).dtype == DType::kBFloat16;
       bf16_x += x16;
+      bf16_dy += g.value(n.inputs[0]).dtype == DType::kBFloat16;
       if (n.inputs.size() > 7 && n.inputs[7] != kNoValue) {
         const bool a16 = g.value(n.inputs[7]).dtype == DType::kBFloat16;
         bf16_addends += a16;
@@ -155,6 +160,7 @@ TEST(Bf16ResidualStream, GptStreamInBf16GradientsWithinRounding) {
   EXPECT_EQ(bf16_sums, 2 * layers);
   EXPECT_EQ(bf16_x, 2 * layers);
   EXPECT_EQ(bf16_addends, 2 * layers - 1);
+  EXPECT_EQ(bf16_dy, 2 * layers - 1);
   // The float32 dX of every gradient whose reader took its bf16 copy has no buffer; the first layer's MLP norm
   // gradient keeps its dX for the first norm's float32 Addend.
   EXPECT_EQ(unbuffered_norm_grads(g), 2 * layers - 1);

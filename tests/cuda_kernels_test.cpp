@@ -801,14 +801,16 @@ TEST_F(CudaKernels, SoftmaxAndNorms) {
         }
       }
     }
-    for (bool addend : {false, true}) {
-      // Its backward: X and Addend bf16, dX with its bf16 copy and the copy's sums: against the CPU, and (row
-      // kernels) the same bits as the float32 kernel on the widened X and Addend.
-      SCOPED_TRACE(std::string("bf16 stream gradient") + (addend ? ", addend" : ""));
+    for (int variant = 0; variant < 3; ++variant) {
+      // Its backward: X and Addend bf16 (dY float32 or bf16), dX with its bf16 copy and the copy's sums: against the
+      // CPU, and (row kernels) the same bits as the float32 kernel on the widened inputs.
+      const bool addend = variant > 0, dy16 = variant == 2;
+      SCOPED_TRACE(std::string("bf16 stream gradient") + (addend ? ", addend" : "") + (dy16 ? ", bf16 dY" : ""));
       const Tensor x16 = randn({rows, cols}, 2.0, 1.0).cast(DType::kBFloat16), scale = randn({cols});
       auto stats = run_case({"LayerNormalization", {x16.cast(DType::kFloat32), scale}, {}, 3, "", 17}, *cpu_);
       ASSERT_TRUE(stats.has_value()) << stats.status().message();
-      const Tensor dy = randn({rows, cols}), add16 = addend ? randn({rows, cols}).cast(DType::kBFloat16) : Tensor();
+      const Tensor dy = dy16 ? randn({rows, cols}).cast(DType::kBFloat16) : randn({rows, cols}),
+                   add16 = addend ? randn({rows, cols}).cast(DType::kBFloat16) : Tensor();
       const Case c16{"LayerNormalizationGrad",
                      {dy, x16, scale, stats->outputs[1], stats->outputs[2], Tensor(), Tensor(), add16},
                      {},
@@ -820,8 +822,8 @@ TEST_F(CudaKernels, SoftmaxAndNorms) {
       check(c16);
       if (!rows_kernels) continue;
       const Case c32{"LayerNormalizationGrad",
-                     {dy, x16.cast(DType::kFloat32), scale, stats->outputs[1], stats->outputs[2], Tensor(), Tensor(),
-                      addend ? add16.cast(DType::kFloat32) : Tensor()},
+                     {dy.cast(DType::kFloat32), x16.cast(DType::kFloat32), scale, stats->outputs[1], stats->outputs[2],
+                      Tensor(), Tensor(), addend ? add16.cast(DType::kFloat32) : Tensor()},
                      {},
                      5,
                      G,

@@ -15,6 +15,9 @@
 // groups, each on its own rows, so 8 / W rows per block are in flight and no barrier spans the block per row: the
 // sums over a row are warp butterflies, and for W > 1 the warps' totals meet in shared memory behind a named barrier
 // of the group's threads.
+// A residual stream kept in bf16 (runtime/bf16_residual_stream.cpp): the skip forward reads a bf16 or float32 Skip
+// and stores the rounded Sum, normalizing the rounded row; the backward reads X, the addend and dy in bf16 (widened
+// as they load; an early addend stays packed in registers until it is added) and may write only dX's bf16 copy.
 // The backward keeps each group's scale/bias gradient sums in shared memory (each thread adds into its own columns:
 // no barrier; in registers they would double the 8 V registers that x and dy take), adds the groups up once at the
 // end, and the partial-row sum spreads over columns and partial rows (64 partial rows at a time per column).
@@ -220,10 +223,11 @@ constexpr int kArrays = (kCenter ? 2 : 1) + (kDxSums ? 1 : 0);
 // sums, each thread adding into its own columns only.
 // kPrefetch: the addend's row loaded with x's and dy's, not after the row's sums (one memory latency per row instead
 // of two, for V more float4 registers per thread). Xt: x and the addend float32, or bf16 (a residual stream kept in
-// bf16); dx (float32) may be null, dx16 then the only dX written.
-template <int W, int V, int kMinBlocks, bool kCenter, bool kDxSums, typename Xt, bool kPrefetch = false>
+// bf16); dx (float32) may be null, dx16 then the only dX written. Dt: dy float32, or bf16 (with a bf16 stream).
+template <int W, int V, int kMinBlocks, bool kCenter, bool kDxSums, typename Xt, bool kPrefetch = false,
+          typename Dt = float>
 __global__ void __launch_bounds__(kBlock, kMinBlocks)
-    norm_backward_rows(const float* __restrict__ dy, const Xt* __restrict__ x, const float* __restrict__ scale,
+    norm_backward_rows(const Dt* __restrict__ dy, const Xt* __restrict__ x, const float* __restrict__ scale,
                        const float* __restrict__ mean_in, const float* __restrict__ inv_std_in,
                        const Xt* __restrict__ addend, float* dx, uint16_t* dx16, float* part, int64_t rows, int cols,
                        float eps) {
@@ -461,10 +465,10 @@ bool forward(const void* x, const St* skip, Su* sum, const float* scale, const f
   });
 }
 
-template <bool kCenter, bool kDxSums, typename Xt = float>
-bool backward(const float* dy, const Xt* x, const float* scale, const float* mean, const float* inv_std,
-              const Xt* addend, float* dx, uint16_t* dx16, float* dscale, float* dbias, float* dx_sums, int64_t rows,
-              int cols, float eps) {
+template <bool kCenter, bool kDxSums, typename Xt = float, typename Dt = float>
+bool backward(const Dt* dy, const Xt* x, const float* scale, const float* mean, const float* inv_std, const Xt* addend,
+              float* dx, uint16_t* dx16, float* dscale, float* dbias, float* dx_sums, int64_t rows, int cols,
+              float eps) {
   const bool sums_on = dscale || dbias || kDxSums;
   constexpr int NA = kArrays<kCenter, kDxSums>;
   // gpt-1.5b's rows (4 warps x 4 float4) with an addend load it early, at 2 blocks per SM (3 would spill): -0.3 to
@@ -473,18 +477,11 @@ bool backward(const float* dy, const Xt* x, const float* scale, const float* mea
     const char* e = std::getenv("GALVATRON_CUDA_NORM_GRAD_PREFETCH");
     return !(e && e[0] == '0');
   }();
-  static const bool three_blocks = [] {
-    const char* e = std::getenv("GALVATRON_CUDA_NORM_GRAD_BLOCKS");
-    return e && e[0] == '3';
-  }();
   return with_backward_shape(cols / 4, [&](auto w, auto v, auto b) {
     constexpr int W = decltype(w)::value, V = decltype(v)::value, B = decltype(b)::value, G = kWarps / W;
-    auto kernel = norm_backward_rows<W, V, B, kCenter, kDxSums, Xt>;
+    auto kernel = norm_backward_rows<W, V, B, kCenter, kDxSums, Xt, false, Dt>;
     if constexpr (W == 4 && V == 4) {
-      if (prefetch_on && addend) kernel = norm_backward_rows<W, V, 2, kCenter, kDxSums, Xt, true>;
-      if constexpr (std::is_same_v<Xt, uint16_t>) {
-        if (prefetch_on && addend && three_blocks) kernel = norm_backward_rows<W, V, 3, kCenter, kDxSums, Xt, true>;
-      }
+      if (prefetch_on && addend) kernel = norm_backward_rows<W, V, 2, kCenter, kDxSums, Xt, true, Dt>;
     }
     const size_t smem = sums_on ? sizeof(float) * G * NA * static_cast<size_t>(cols) : 0;
     // The static reduction scratch counts against the default 48 KB too.
@@ -602,15 +599,23 @@ bool norm_rows_backward(bool center, const float* dy, const float* x, const floa
                                eps);
 }
 
-bool norm_rows_backward_bf16_stream(const float* dy, const uint16_t* x, const float* scale, const float* mean,
-                                    const float* inv_std, float* dx, float* dscale, float* dbias, int64_t rows,
-                                    int64_t cols, float eps, const uint16_t* addend, uint16_t* dx_bf16,
+bool norm_rows_backward_bf16_stream(const void* dy, bool dy_bf16, const uint16_t* x, const float* scale,
+                                    const float* mean, const float* inv_std, float* dx, float* dscale, float* dbias,
+                                    int64_t rows, int64_t cols, float eps, const uint16_t* addend, uint16_t* dx_bf16,
                                     float* dx_sums) {
   const int c = static_cast<int>(cols);
-  if (dx_sums) {
-    return backward<true, true>(dy, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, dx_sums, rows, c, eps);
+  if (dy_bf16) {
+    const auto* d = static_cast<const uint16_t*>(dy);
+    return dx_sums ? backward<true, true>(d, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, dx_sums, rows,
+                                          c, eps)
+                   : backward<true, false>(d, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, nullptr,
+                                           rows, c, eps);
   }
-  return backward<true, false>(dy, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, nullptr, rows, c, eps);
+  const auto* d = static_cast<const float*>(dy);
+  if (dx_sums) {
+    return backward<true, true>(d, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, dx_sums, rows, c, eps);
+  }
+  return backward<true, false>(d, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, nullptr, rows, c, eps);
 }
 
 }  // namespace gv::cuda

@@ -31,10 +31,11 @@ bool norm_rows_backward(bool center, const float* dy, const float* x, const floa
                         const float* inv_std, float* dx, float* dscale, float* dbias, int64_t rows, int64_t cols,
                         float eps, const float* addend = nullptr, uint16_t* dx_bf16 = nullptr,
                         float* dx_sums = nullptr);
-// The LayerNorm backward of a residual stream kept in bf16: x and addend (optional) bf16, dx (float32) optional, the
-// rest as norm_rows_backward's (dx_bf16 then the stream's gradient).
-bool norm_rows_backward_bf16_stream(const float* dy, const uint16_t* x, const float* scale, const float* mean,
-                                    const float* inv_std, float* dx, float* dscale, float* dbias, int64_t rows,
-                                    int64_t cols, float eps, const uint16_t* addend, uint16_t* dx_bf16, float* dx_sums);
+// The LayerNorm backward of a residual stream kept in bf16: x and addend (optional) bf16, dy float32 or bf16
+// (dy_bf16), dx (float32) optional, the rest as norm_rows_backward's (dx_bf16 then the stream's gradient).
+bool norm_rows_backward_bf16_stream(const void* dy, bool dy_bf16, const uint16_t* x, const float* scale,
+                                    const float* mean, const float* inv_std, float* dx, float* dscale, float* dbias,
+                                    int64_t rows, int64_t cols, float eps, const uint16_t* addend, uint16_t* dx_bf16,
+                                    float* dx_sums);
 
 }  // namespace gv::cuda

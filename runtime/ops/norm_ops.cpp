@@ -137,8 +137,9 @@ Status layer_norm_cpu(KernelContext& ctx) {
 // copy that the products before the norm read and the bias gradient taken from it, which a Cast and a BiasGrad made
 // before (runtime/fuse_norm_grad_outputs.cpp).
 // A residual stream kept in bf16 (runtime/bf16_residual_stream.cpp): X may be bfloat16, the gradient still computed
-// in float32 (dY, Scale, the statistics and dX float32), and Addend bfloat16 where the float32 computation takes it
-// widened. dX is skippable: with no buffer (nothing reads it) only the bf16 copy is written.
+// in float32 (Scale, the statistics and dX float32; dY float32, or bfloat16 as the products before give it) from the
+// widened values, and Addend bfloat16 too. dX is skippable: with no buffer (nothing reads it) only the bf16 copy is
+// written.
 Status infer_layer_norm_grad(InferContext& ctx) {
   const bool x16 = ctx.dtype(1) == DType::kBFloat16;
   if (!x16) GV_RETURN_IF_ERROR(expect_float(ctx, 1, "X"));
@@ -146,8 +147,10 @@ Status infer_layer_norm_grad(InferContext& ctx) {
   NormView v;
   GV_RETURN_IF_ERROR(norm_view(ctx, 1, v));
   GV_RETURN_IF_ERROR(check_param(ctx, 2, "Scale", 1, v.axis, c));
-  if (ctx.has_input(0) && (ctx.shape(0) != ctx.shape(1) || ctx.dtype(0) != c)) {
-    return ctx.fail("dY must be " + std::string(dtype_name(c)) + " of X's shape " + shape_str(ctx.shape(1)));
+  const bool dy_ok = ctx.dtype(0) == c || (x16 && ctx.dtype(0) == DType::kBFloat16);
+  if (ctx.has_input(0) && (ctx.shape(0) != ctx.shape(1) || !dy_ok)) {
+    return ctx.fail("dY must be " + std::string(dtype_name(c)) + (x16 ? " or bfloat16" : "") + " of X's shape " +
+                    shape_str(ctx.shape(1)));
   }
   for (int i = 3; i < 7; ++i) {
     if (ctx.has_input(i) && shape_numel(ctx.shape(i)) != v.rows) return ctx.fail("statistics must have one value per row");
@@ -184,13 +187,15 @@ void widen_bf16(TensorRef& t, std::vector<float>* wide) {
 
 Status layer_norm_grad_cpu(KernelContext& ctx) {
   const bool x16 = ctx.inputs[1].dtype == DType::kBFloat16,
-             a16 = ctx.inputs.size() > 7 && ctx.inputs[7].data && ctx.inputs[7].dtype == DType::kBFloat16;
-  if (x16 || a16 || !ctx.outputs[0].data) {
+             a16 = ctx.inputs.size() > 7 && ctx.inputs[7].data && ctx.inputs[7].dtype == DType::kBFloat16,
+             dy16 = ctx.inputs[0].data && ctx.inputs[0].dtype == DType::kBFloat16;
+  if (x16 || a16 || dy16 || !ctx.outputs[0].data) {
     // A bf16 stream (X, Addend) widened, a skipped dX computed into scratch: on a copy of the context, whose inputs
     // callers (the CUDA backend's host fallback) may copy back.
     KernelContext wide = ctx;
-    std::vector<float> x_wide, add_wide, own_dx;
+    std::vector<float> x_wide, add_wide, dy_wide, own_dx;
     widen_bf16(wide.inputs[1], &x_wide);
+    widen_bf16(wide.inputs[0], &dy_wide);
     if (a16) widen_bf16(wide.inputs[7], &add_wide);
     if (!wide.outputs[0].data) {
       own_dx.resize(static_cast<size_t>(wide.outputs[0].numel()));
