@@ -1,12 +1,13 @@
 // bf16_residual_stream (runtime/bf16_operands.h): the residual stream between the norms of a pre-norm transformer
 // kept in bf16 (Megatron's default without --fp32-residual-connection; llm.c's), forward and backward.
 //
-// After fuse_skip_layer_norms every layer's residual add sits in a galvatron SkipLayerNormalization, whose Sum output
-// is the stream: read by the next SkipLayerNormalization (its Skip) and by the norm's own gradient
-// (LayerNormalizationGrad's X). Its gradient flows back through the LayerNormalizationGrads: each one's dX is the
-// next (earlier) one's Addend, and its bf16 copy dXBf16 (fuse_norm_grad_outputs) is what the branch's products read.
-// Kept in float32 (PyTorch autocast's choice) the stream costs each norm kernel a float32 row in and out, forward and
-// backward, which is most of their bytes: gpt-1.5b's norms move ~196 MB per layer and step that way.
+// After fuse_skip_layer_norms every layer's residual add sits in a galvatron SkipLayerNormalization (or, in Llama's
+// layers, SkipRMSNormalization; the same below with RMSNormalizationGrad), whose Sum output is the stream: read by
+// the next SkipLayerNormalization (its Skip) and by the norm's own gradient (LayerNormalizationGrad's X). Its gradient
+// flows back through the LayerNormalizationGrads: each one's dX is the next (earlier) one's Addend, and its bf16 copy
+// dXBf16 (fuse_norm_grad_outputs) is what the branch's products read. Kept in float32 (PyTorch autocast's choice) the
+// stream costs each norm kernel a float32 row in and out, forward and backward, which is most of their bytes:
+// gpt-1.5b's norms move ~196 MB per layer and step that way.
 //
 // The rewrite:
 //   Sum     SkipLayerNormalization writes it in bf16 (attr sum_dtype 16: rounded, and the norm reads the rounded row)
@@ -36,13 +37,25 @@ namespace {
 
 constexpr int64_t kOnnxBFloat16 = 16;
 
+// Where the two kinds of norm keep the stream: the skip op's Sum output, and its gradient's Addend input and dX bf16
+// copy output (X is input 1 and dY input 0 of both gradients).
+struct NormKind {
+  const char* skip;
+  const char* grad;
+  size_t sum_out, addend_in, copy_out;
+};
+constexpr NormKind kLayerNorm{"SkipLayerNormalization", "LayerNormalizationGrad", 3, 7, 3};
+constexpr NormKind kRmsNorm{"SkipRMSNormalization", "RMSNormalizationGrad", 1, 3, 2};
+
 bool is_galvatron(const Node& n, const char* op) { return n.op_type == op && n.domain == kGalvatronDomain; }
 
-// A LayerNormalizationGrad the bf16 row kernels take: dY and the saved statistics given, no gradients of them, the
-// last axis normalized.
-bool grad_takes_bf16(const Graph& g, const Node& m) {
-  auto has = [&](size_t i) { return m.inputs.size() > i && m.inputs[i] != kNoValue; };
-  if (!has(0) || !has(1) || !has(3) || !has(4) || has(5) || has(6)) return false;
+bool has(const Node& m, size_t i) { return m.inputs.size() > i && m.inputs[i] != kNoValue; }
+
+// A norm gradient the bf16 row kernels take: dY given, the last axis normalized, and for LayerNorm the saved
+// statistics given without gradients of them.
+bool grad_takes_bf16(const Graph& g, const Node& m, const NormKind& k) {
+  if (!has(m, 0) || !has(m, 1)) return false;
+  if (&k == &kLayerNorm && (!has(m, 3) || !has(m, 4) || has(m, 5) || has(m, 6))) return false;
   const int64_t axis = m.attrs.get_int("axis", -1), rank = static_cast<int64_t>(g.value(m.inputs[1]).shape.size());
   return axis == -1 || axis == rank - 1;
 }
@@ -52,63 +65,48 @@ struct Reader {
   int slot;
 };
 
-}  // namespace
-
-Status bf16_residual_stream(Graph& g, int* values) {
+int stream_in_bf16(Graph& g, const NormKind& k, const std::vector<std::vector<Reader>>& readers,
+                   const std::vector<char>& is_output) {
   const int n_values = static_cast<int>(g.values.size());
-  std::vector<std::vector<Reader>> readers(n_values);
-  for (NodeId id = 0; id < static_cast<NodeId>(g.nodes.size()); ++id) {
-    const Node& n = g.nodes[id];
-    for (size_t i = 0; i < n.inputs.size(); ++i) {
-      if (n.inputs[i] != kNoValue) readers[n.inputs[i]].push_back({id, static_cast<int>(i)});
-    }
-  }
-  std::vector<char> is_output(n_values, 0);
-  for (ValueId o : g.outputs) is_output[o] = 1;
-
-  // Candidates: the float32 Sums of SkipLayerNormalizations (LayerNorm, float32 statistics, a bf16 branch) read
-  // only as a Skip or as a LayerNormalizationGrad's X.
+  // Candidates: the float32 Sums of skip norms with a bf16 branch, read only as a Skip or as the gradient's X.
   std::vector<char> cand(n_values, 0);
   std::vector<NodeId> skips;
   for (NodeId id = 0; id < static_cast<NodeId>(g.nodes.size()); ++id) {
     const Node& n = g.nodes[id];
-    if (!is_galvatron(n, "SkipLayerNormalization") || n.outputs.size() < 4 || n.inputs.size() < 3) continue;
-    const ValueId sum = n.outputs[3];
+    if (!is_galvatron(n, k.skip) || n.outputs.size() <= k.sum_out || n.inputs.size() < 3) continue;
+    const ValueId sum = n.outputs[k.sum_out];
     if (g.value(sum).dtype != DType::kFloat32 || g.value(n.inputs[0]).dtype != DType::kBFloat16 || is_output[sum]) {
       continue;
     }
     bool ok = !readers[sum].empty();
     for (const Reader& r : readers[sum]) {
       const Node& m = g.nodes[r.node];
-      ok = ok && ((is_galvatron(m, "SkipLayerNormalization") && r.slot == 1) ||
-                  (is_galvatron(m, "LayerNormalizationGrad") && r.slot == 1 && grad_takes_bf16(g, m)));
+      ok = ok && r.slot == 1 && (is_galvatron(m, k.skip) || (is_galvatron(m, k.grad) && grad_takes_bf16(g, m, k)));
     }
     if (ok) cand[sum] = 1, skips.push_back(id);
   }
-  // The bf16 Addend a gradient node would read: the dXBf16 of the LayerNormalizationGrad writing its float32 Addend,
+  // The bf16 Addend a gradient node would read: the dX bf16 copy of the gradient writing its float32 Addend,
   // kNoValue if there is none.
   auto bf16_addend = [&](const Node& m) -> ValueId {
-    if (m.inputs.size() < 8 || m.inputs[7] == kNoValue) return kNoValue;
-    const Value& a = g.value(m.inputs[7]);
+    if (!has(m, k.addend_in)) return kNoValue;
+    const Value& a = g.value(m.inputs[k.addend_in]);
     if (a.producer < 0) return kNoValue;
     const Node& p = g.nodes[a.producer];
-    if (!is_galvatron(p, "LayerNormalizationGrad") || p.outputs.size() < 4 || p.outputs[0] != m.inputs[7]) {
+    if (!is_galvatron(p, k.grad) || p.outputs.size() <= k.copy_out || p.outputs[0] != m.inputs[k.addend_in]) {
       return kNoValue;
     }
-    return p.outputs[3];
+    return p.outputs[k.copy_out];
   };
   for (bool changed = true; changed;) {
     changed = false;
     for (NodeId id : skips) {
       const Node& n = g.nodes[id];
-      const ValueId sum = n.outputs[3], skip = n.inputs[1];
+      const ValueId sum = n.outputs[k.sum_out], skip = n.inputs[1];
       if (!cand[sum]) continue;
       bool ok = true;
       for (const Reader& r : readers[sum]) {
         const Node& m = g.nodes[r.node];
-        if (!is_galvatron(m, "LayerNormalizationGrad")) continue;
-        const bool has_addend = m.inputs.size() > 7 && m.inputs[7] != kNoValue;
-        ok = ok && (!has_addend || bf16_addend(m) != kNoValue);
+        if (is_galvatron(m, k.grad)) ok = ok && (!has(m, k.addend_in) || bf16_addend(m) != kNoValue);
       }
       if (!ok) {
         cand[sum] = 0;
@@ -124,16 +122,16 @@ Status bf16_residual_stream(Graph& g, int* values) {
   int count = 0;
   for (NodeId id : skips) {
     Node& n = g.nodes[id];
-    const ValueId sum = n.outputs[3];
+    const ValueId sum = n.outputs[k.sum_out];
     if (!cand[sum]) continue;
     n.attrs.set_int("sum_dtype", kOnnxBFloat16);
     g.value(sum).dtype = DType::kBFloat16;
     ++count;
     for (const Reader& r : readers[sum]) {
       Node& m = g.nodes[r.node];
-      if (!is_galvatron(m, "LayerNormalizationGrad")) continue;
+      if (!is_galvatron(m, k.grad)) continue;
       const ValueId a = bf16_addend(m);
-      if (a != kNoValue) m.inputs[7] = a;  // the float32 dX, if nothing else reads it, gets no buffer
+      if (a != kNoValue) m.inputs[k.addend_in] = a;  // the float32 dX, if nothing else reads it, gets no buffer
       // dY from a product read by this gradient only: the product writes it in bf16, as autocast's products give it.
       const ValueId dy = m.inputs[0];
       const Value& dv = g.value(dy);
@@ -145,6 +143,23 @@ Status bf16_residual_stream(Graph& g, int* values) {
       ++count;
     }
   }
+  return count;
+}
+
+}  // namespace
+
+Status bf16_residual_stream(Graph& g, int* values) {
+  const int n_values = static_cast<int>(g.values.size());
+  std::vector<std::vector<Reader>> readers(n_values);
+  for (NodeId id = 0; id < static_cast<NodeId>(g.nodes.size()); ++id) {
+    const Node& n = g.nodes[id];
+    for (size_t i = 0; i < n.inputs.size(); ++i) {
+      if (n.inputs[i] != kNoValue) readers[n.inputs[i]].push_back({id, static_cast<int>(i)});
+    }
+  }
+  std::vector<char> is_output(n_values, 0);
+  for (ValueId o : g.outputs) is_output[o] = 1;
+  const int count = stream_in_bf16(g, kLayerNorm, readers, is_output) + stream_in_bf16(g, kRmsNorm, readers, is_output);
   if (values) *values += count;
   return Status::ok();
 }

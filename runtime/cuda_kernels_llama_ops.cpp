@@ -91,8 +91,10 @@ Status rms_norm_cuda(KernelContext& ctx) {
 // rest float32; the row kernel adds the stream as it loads the row and stores Sum beside Y.
 Status skip_rms_norm_cuda(KernelContext& ctx) {
   const TensorRef &x = ctx.inputs[0], &skip = ctx.inputs[1], &scale = ctx.inputs[2], &y = ctx.outputs[0];
-  if (ctx.outputs.size() < 2 || !ctx.outputs[1].data || !f32_or_bf16(x.dtype) || !f32_or_bf16(y.dtype) ||
-      skip.dtype != DType::kFloat32 || scale.dtype != DType::kFloat32) {
+  const bool sum16 = ctx.outputs.size() > 1 && ctx.outputs[1].dtype == DType::kBFloat16;
+  const bool skip_ok = skip.dtype == DType::kFloat32 || (sum16 && skip.dtype == DType::kBFloat16);
+  if (ctx.outputs.size() < 2 || !ctx.outputs[1].data || !f32_or_bf16(x.dtype) || !f32_or_bf16(y.dtype) || !skip_ok ||
+      scale.dtype != DType::kFloat32 || (sum16 && x.dtype != DType::kBFloat16)) {
     return cuda_fallback_kernel(ctx);
   }
   const TensorRef& sum = ctx.outputs[1];
@@ -101,22 +103,44 @@ Status skip_rms_norm_cuda(KernelContext& ctx) {
   if (!cuda::norm_rows_eligible(rows, cols, {x.data, skip.data, sum.data, scale.data, y.data})) {
     return cuda_fallback_kernel(ctx);
   }
+  const float eps = static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5));
+  if (sum16) {  // the residual stream in bf16 (sum_dtype 16)
+    return launch(ctx, cuda::norm_rows_skip_forward_bf16_sum(
+                           false, static_cast<const uint16_t*>(x.data), skip.data, skip.dtype == DType::kBFloat16,
+                           static_cast<uint16_t*>(sum.data), scale.as<float>(), nullptr, y.data,
+                           y.dtype == DType::kBFloat16, nullptr, nullptr, rows, cols, eps));
+  }
   return launch(ctx, cuda::norm_rows_skip_forward(false, x.data, x.dtype == DType::kBFloat16, skip.as<float>(),
                                                   sum.as<float>(), scale.as<float>(), nullptr, y.data,
-                                                  y.dtype == DType::kBFloat16, nullptr, nullptr, rows, cols,
-                                                  static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5))));
+                                                  y.dtype == DType::kBFloat16, nullptr, nullptr, rows, cols, eps));
 }
 
 // RMSNormalizationGrad(dY, X, scale, Addend?) -> (dX + Addend, dscale?, dXBf16?).
 Status rms_norm_grad_cuda(KernelContext& ctx) {
-  for (const TensorRef& t : ctx.inputs)
-    if (t.data && t.dtype != DType::kFloat32) return cuda_fallback_kernel(ctx);
   const TensorRef &dy = ctx.inputs[0], &x = ctx.inputs[1], &scale = ctx.inputs[2], &dx = ctx.outputs[0];
   float* dscale = ctx.outputs.size() > 1 ? ctx.outputs[1].as<float>() : nullptr;
   uint16_t* dx16 = ctx.outputs.size() > 2 ? static_cast<uint16_t*>(ctx.outputs[2].data) : nullptr;
   int64_t rows, cols;
   norm_rows_cols(ctx, x, rows, cols);
   const float eps = static_cast<float>(ctx.attrs().get_double("epsilon", 1e-5));
+  if (x.dtype == DType::kBFloat16) {
+    // A residual stream kept in bf16: X and the addend bf16, dY float32 or bf16, dX (float32) only where it has a
+    // buffer.
+    const TensorRef* addend = ctx.has_input(3) ? &ctx.inputs[3] : nullptr;
+    if (!f32_or_bf16(dy.dtype) || scale.dtype != DType::kFloat32 || (addend && addend->dtype != DType::kBFloat16) ||
+        rows == 0 || cols != x.shape.back() ||
+        !cuda::norm_rows_eligible(rows, cols,
+                                  {dy.data, x.data, scale.data, dx.data, addend ? addend->data : nullptr, dx16})) {
+      return cuda_fallback_kernel(ctx);
+    }
+    return launch(ctx, cuda::norm_rows_backward_bf16_stream(
+                           false, dy.data, dy.dtype == DType::kBFloat16, static_cast<const uint16_t*>(x.data),
+                           scale.as<float>(), nullptr, nullptr, static_cast<float*>(dx.data), dscale, nullptr, rows,
+                           cols, eps, addend ? static_cast<const uint16_t*>(addend->data) : nullptr, dx16, nullptr));
+  }
+  for (const TensorRef& t : ctx.inputs)
+    if (t.data && t.dtype != DType::kFloat32) return cuda_fallback_kernel(ctx);
+  if (!dx.data) return cuda_fallback_kernel(ctx);
   if (dx16) {  // the row kernels write the copy as they store dX
     if (!cuda::norm_rows_eligible(
             rows, cols, {dy.data, x.data, scale.data, dx.data, ctx.has_input(3) ? ctx.inputs[3].data : nullptr}) ||

@@ -715,7 +715,7 @@ Status skip_layer_norm_cuda(KernelContext& ctx) {
       return cuda_fallback_kernel(ctx);
     }
     return launch(ctx, cuda::norm_rows_skip_forward_bf16_sum(
-                           static_cast<const uint16_t*>(x.data), skip.data, skip.dtype == DType::kBFloat16,
+                           true, static_cast<const uint16_t*>(x.data), skip.data, skip.dtype == DType::kBFloat16,
                            static_cast<uint16_t*>(sum.data), ctx.inputs[2].as<float>(), opt<float>(ctx, 3), y.data,
                            y_bf16, mean, inv_std, rows, cols, eps));
   }
@@ -754,13 +754,13 @@ Status layer_norm_grad_cuda(KernelContext& ctx) {
             rows, cols, {ctx.inputs[0].data, x.data, ctx.inputs[2].data, out(0), opt<void>(ctx, 7), out(3)})) {
       return cuda_fallback_kernel(ctx);
     }
-    return launch(
-        ctx, cuda::norm_rows_backward_bf16_stream(
-                 ctx.inputs[0].data, ctx.inputs[0].dtype == DType::kBFloat16, static_cast<const uint16_t*>(x.data),
-                 ctx.inputs[2].as<float>(), ctx.inputs[3].as<float>(), ctx.inputs[4].as<float>(),
-                 static_cast<float*>(out(0)), static_cast<float*>(out(1)), static_cast<float*>(out(2)), rows, cols, eps,
-                 static_cast<const uint16_t*>(opt<void>(ctx, 7)), static_cast<uint16_t*>(out(3)),
-                 static_cast<float*>(out(4))));
+    return launch(ctx,
+                  cuda::norm_rows_backward_bf16_stream(
+                      true, ctx.inputs[0].data, ctx.inputs[0].dtype == DType::kBFloat16,
+                      static_cast<const uint16_t*>(x.data), ctx.inputs[2].as<float>(), ctx.inputs[3].as<float>(),
+                      ctx.inputs[4].as<float>(), static_cast<float*>(out(0)), static_cast<float*>(out(1)),
+                      static_cast<float*>(out(2)), rows, cols, eps, static_cast<const uint16_t*>(opt<void>(ctx, 7)),
+                      static_cast<uint16_t*>(out(3)), static_cast<float*>(out(4))));
   }
   if (!out(0)) return cuda_fallback_kernel(ctx);
   return launch(ctx, cuda::layer_norm_grad_f32(

@@ -835,6 +835,42 @@ TEST_F(CudaKernels, SoftmaxAndNorms) {
         EXPECT_EQ(std::memcmp(got->outputs[o].data(), want->outputs[o].data(), want->outputs[o].nbytes()), 0) << o;
       }
     }
+    for (int variant = 0; variant < 4; ++variant) {
+      // Llama's stream in bf16: SkipRMSNormalization with sum_dtype 16 (Skip float32 or bf16) against the CPU and
+      // its Sum the rounding of X + Skip; RMSNormalizationGrad with X and Addend bf16 (dY float32 or bf16) against
+      // the CPU and (row kernels) the same bits as the float32 kernel on the widened inputs.
+      const bool skip16 = variant & 1, dy16 = variant & 2;
+      SCOPED_TRACE(std::string("RMS bf16 stream") + (skip16 ? ", bf16 Skip" : "") + (dy16 ? ", bf16 dY" : ""));
+      const std::vector<Tensor> in = {
+          randn({rows, cols}).cast(DType::kBFloat16),
+          skip16 ? randn({rows, cols}, 2.0, 1.0).cast(DType::kBFloat16) : randn({rows, cols}, 2.0, 1.0), randn({cols})};
+      const Attributes a = attrs({{"out_dtype", 16}, {"sum_dtype", 16}});
+      check({"SkipRMSNormalization", in, a, 2, G, 1, {}, 1e-3});
+      auto fw = run_case({"SkipRMSNormalization", in, a, 2, G, 1}, *cuda_);
+      ASSERT_TRUE(fw.has_value()) << fw.status().message();
+      Tensor sum = in[0].cast(DType::kFloat32);
+      const Tensor skip = in[1].cast(DType::kFloat32);
+      for (int64_t i = 0; i < sum.numel(); ++i) sum.data_as<float>()[i] += skip.data_as<float>()[i];
+      const Tensor sum16 = sum.cast(DType::kBFloat16);
+      EXPECT_EQ(std::memcmp(fw->outputs[1].data(), sum16.data(), sum16.nbytes()), 0) << "Sum";
+      const Tensor dy = dy16 ? randn({rows, cols}).cast(DType::kBFloat16) : randn({rows, cols});
+      const Tensor add16 = randn({rows, cols}).cast(DType::kBFloat16), scale = randn({cols});
+      const Case g16{"RMSNormalizationGrad", {dy, sum16, scale, add16}, {}, 3, G, 1, {}, 1e-3};
+      check(g16);
+      if (!rows_kernels) continue;
+      auto got = run_case(g16, *cuda_);
+      auto want = run_case({"RMSNormalizationGrad",
+                            {dy.cast(DType::kFloat32), sum16.cast(DType::kFloat32), scale, add16.cast(DType::kFloat32)},
+                            {},
+                            3,
+                            G,
+                            1},
+                           *cuda_);
+      ASSERT_TRUE(got.has_value() && want.has_value());
+      for (int o = 0; o < 3; ++o) {
+        EXPECT_EQ(std::memcmp(got->outputs[o].data(), want->outputs[o].data(), want->outputs[o].nbytes()), 0) << o;
+      }
+    }
     const Case ln_grad{"LayerNormalizationGrad", {randn({rows, cols}), randn({rows, cols}, 2.0, 1.0), randn({cols})},
                        {}, 3, G, 17};
     check(ln_grad);

@@ -565,22 +565,25 @@ bool norm_rows_skip_forward(bool center, const void* x, bool x_bf16, const float
                 : forward<true, float, 1>(x, skip, sum, scale, bias, yf, mean, inv_std, rows, c, eps);
 }
 
-bool norm_rows_skip_forward_bf16_sum(const uint16_t* x, const void* skip, bool skip_bf16, uint16_t* sum,
+bool norm_rows_skip_forward_bf16_sum(bool center, const uint16_t* x, const void* skip, bool skip_bf16, uint16_t* sum,
                                      const float* scale, const float* bias, void* y, bool y_bf16, float* mean,
                                      float* inv_std, int64_t rows, int64_t cols, float eps) {
   const int c = static_cast<int>(cols);
   auto* yb = static_cast<uint16_t*>(y);
   auto* yf = static_cast<float*>(y);
-  if (skip_bf16) {
-    const auto* sk = static_cast<const uint16_t*>(skip);
-    return y_bf16
-               ? forward<true, uint16_t, 2, uint16_t, uint16_t>(x, sk, sum, scale, bias, yb, mean, inv_std, rows, c,
-                                                                eps)
-               : forward<true, float, 2, uint16_t, uint16_t>(x, sk, sum, scale, bias, yf, mean, inv_std, rows, c, eps);
-  }
-  const auto* sk = static_cast<const float*>(skip);
-  return y_bf16 ? forward<true, uint16_t, 2, float, uint16_t>(x, sk, sum, scale, bias, yb, mean, inv_std, rows, c, eps)
-                : forward<true, float, 2, float, uint16_t>(x, sk, sum, scale, bias, yf, mean, inv_std, rows, c, eps);
+  // One instance per (center, Skip type, Y type); RMS takes no bias and no mean.
+  auto run = [&](auto center_tag, const auto* sk) {
+    constexpr bool kCenter = decltype(center_tag)::value;
+    using St = std::remove_const_t<std::remove_pointer_t<decltype(sk)>>;
+    const float* b = kCenter ? bias : nullptr;
+    float* m = kCenter ? mean : nullptr;
+    return y_bf16 ? forward<kCenter, uint16_t, 2, St, uint16_t>(x, sk, sum, scale, b, yb, m, inv_std, rows, c, eps)
+                  : forward<kCenter, float, 2, St, uint16_t>(x, sk, sum, scale, b, yf, m, inv_std, rows, c, eps);
+  };
+  const auto* s16 = static_cast<const uint16_t*>(skip);
+  const auto* s32 = static_cast<const float*>(skip);
+  if (center) return skip_bf16 ? run(std::true_type{}, s16) : run(std::true_type{}, s32);
+  return skip_bf16 ? run(std::false_type{}, s16) : run(std::false_type{}, s32);
 }
 
 bool norm_rows_backward(bool center, const float* dy, const float* x, const float* scale, const float* mean,
@@ -599,23 +602,22 @@ bool norm_rows_backward(bool center, const float* dy, const float* x, const floa
                                eps);
 }
 
-bool norm_rows_backward_bf16_stream(const void* dy, bool dy_bf16, const uint16_t* x, const float* scale,
+bool norm_rows_backward_bf16_stream(bool center, const void* dy, bool dy_bf16, const uint16_t* x, const float* scale,
                                     const float* mean, const float* inv_std, float* dx, float* dscale, float* dbias,
                                     int64_t rows, int64_t cols, float eps, const uint16_t* addend, uint16_t* dx_bf16,
                                     float* dx_sums) {
   const int c = static_cast<int>(cols);
-  if (dy_bf16) {
-    const auto* d = static_cast<const uint16_t*>(dy);
+  auto run = [&](const auto* d) {
+    if (!center) {
+      return backward<false, false>(d, x, scale, nullptr, inv_std, addend, dx, dx_bf16, dscale, nullptr, nullptr, rows,
+                                    c, eps);
+    }
     return dx_sums ? backward<true, true>(d, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, dx_sums, rows,
                                           c, eps)
                    : backward<true, false>(d, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, nullptr,
                                            rows, c, eps);
-  }
-  const auto* d = static_cast<const float*>(dy);
-  if (dx_sums) {
-    return backward<true, true>(d, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, dx_sums, rows, c, eps);
-  }
-  return backward<true, false>(d, x, scale, mean, inv_std, addend, dx, dx_bf16, dscale, dbias, nullptr, rows, c, eps);
+  };
+  return dy_bf16 ? run(static_cast<const uint16_t*>(dy)) : run(static_cast<const float*>(dy));
 }
 
 }  // namespace gv::cuda

@@ -18,10 +18,10 @@ bool norm_rows_forward(bool center, const float* x, const float* scale, const fl
 bool norm_rows_skip_forward(bool center, const void* x, bool x_bf16, const float* skip, float* sum, const float* scale,
                             const float* bias, void* y, bool y_bf16, float* mean, float* inv_std, int64_t rows,
                             int64_t cols, float eps);
-// LayerNormalization of a residual stream kept in bf16 (SkipLayerNormalization's sum_dtype 16): sum = x + skip (x
-// the branch in bf16, skip float32 or bf16 with skip_bf16) rounded to bf16 and stored, then normalized as it was
-// stored; y, mean and inv_std as norm_rows_forward's.
-bool norm_rows_skip_forward_bf16_sum(const uint16_t* x, const void* skip, bool skip_bf16, uint16_t* sum,
+// LayerNormalization (center) or RMSNormalization of a residual stream kept in bf16 (the skip ops' sum_dtype 16):
+// sum = x + skip (x the branch in bf16, skip float32 or bf16 with skip_bf16) rounded to bf16 and stored, then
+// normalized as it was stored; y, mean and inv_std as norm_rows_forward's.
+bool norm_rows_skip_forward_bf16_sum(bool center, const uint16_t* x, const void* skip, bool skip_bf16, uint16_t* sum,
                                      const float* scale, const float* bias, void* y, bool y_bf16, float* mean,
                                      float* inv_std, int64_t rows, int64_t cols, float eps);
 // dx, and dscale / dbias (either may be null; dbias only when center) from dy; mean and inv_std from the forward or
@@ -31,9 +31,9 @@ bool norm_rows_backward(bool center, const float* dy, const float* x, const floa
                         const float* inv_std, float* dx, float* dscale, float* dbias, int64_t rows, int64_t cols,
                         float eps, const float* addend = nullptr, uint16_t* dx_bf16 = nullptr,
                         float* dx_sums = nullptr);
-// The LayerNorm backward of a residual stream kept in bf16: x and addend (optional) bf16, dy float32 or bf16
-// (dy_bf16), dx (float32) optional, the rest as norm_rows_backward's (dx_bf16 then the stream's gradient).
-bool norm_rows_backward_bf16_stream(const void* dy, bool dy_bf16, const uint16_t* x, const float* scale,
+// The norm backward of a residual stream kept in bf16: x and addend (optional) bf16, dy float32 or bf16 (dy_bf16),
+// dx (float32) optional, the rest as norm_rows_backward's (dx_bf16 then the stream's gradient).
+bool norm_rows_backward_bf16_stream(bool center, const void* dy, bool dy_bf16, const uint16_t* x, const float* scale,
                                     const float* mean, const float* inv_std, float* dx, float* dscale, float* dbias,
                                     int64_t rows, int64_t cols, float eps, const uint16_t* addend, uint16_t* dx_bf16,
                                     float* dx_sums);

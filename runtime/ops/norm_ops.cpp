@@ -308,26 +308,47 @@ Status rms_norm_cpu(KernelContext& ctx) {
 // RMSNormalizationGrad(dY, X, scale, Addend?) -> (dX + Addend, dscale?, dXBf16?); the statistic is recomputed from X.
 // Addend (X's shape and type): X's other gradient contributions (the residual stream's), which a separate Add summed
 // before (runtime/fuse_residual_add.cpp). dXBf16 (float32 X): dX rounded to bf16, the shared copy the products before
-// the norm read, which a Cast made before (runtime/fuse_norm_grad_outputs.cpp).
+// the norm read, which a Cast made before (runtime/fuse_norm_grad_outputs.cpp). A residual stream kept in bf16
+// (runtime/bf16_residual_stream.cpp): X, Addend and dY may be bfloat16, computed in float32 from their widenings as
+// LayerNormalizationGrad does, and dX is skippable.
 Status infer_rms_norm_grad(InferContext& ctx) {
-  GV_RETURN_IF_ERROR(expect_float(ctx, 1, "X"));
+  const bool x16 = ctx.dtype(1) == DType::kBFloat16;
+  if (!x16) GV_RETURN_IF_ERROR(expect_float(ctx, 1, "X"));
+  const DType c = x16 ? DType::kFloat32 : ctx.dtype(1);
   NormView v;
   GV_RETURN_IF_ERROR(norm_view(ctx, 1, v));
-  GV_RETURN_IF_ERROR(check_param(ctx, 2, "scale", 1, v.axis));
-  if (ctx.shape(0) != ctx.shape(1) || ctx.dtype(0) != ctx.dtype(1)) return ctx.fail("dY must match X");
-  if (ctx.has_input(3) && (ctx.shape(3) != ctx.shape(1) || ctx.dtype(3) != ctx.dtype(1))) {
+  GV_RETURN_IF_ERROR(check_param(ctx, 2, "scale", 1, v.axis, c));
+  auto stream_ok = [&](int i) { return ctx.dtype(i) == c || (x16 && ctx.dtype(i) == DType::kBFloat16); };
+  if (ctx.shape(0) != ctx.shape(1) || !stream_ok(0)) return ctx.fail("dY must match X");
+  if (ctx.has_input(3) && (ctx.shape(3) != ctx.shape(1) || !stream_ok(3))) {
     return ctx.fail("Addend must match X " + shape_str(ctx.shape(1)));
   }
-  ctx.set_output(0, ctx.dtype(1), ctx.shape(1));
-  if (ctx.num_outputs() > 1) ctx.set_output(1, ctx.dtype(2), ctx.shape(2));
+  ctx.set_output(0, c, ctx.shape(1));
+  if (ctx.num_outputs() > 1) ctx.set_output(1, c, ctx.shape(2));
   if (ctx.num_outputs() > 2) {
-    if (ctx.dtype(1) != DType::kFloat32) return ctx.fail("dXBf16 needs a float32 X");
+    if (c != DType::kFloat32) return ctx.fail("dXBf16 needs a float32 X");
     ctx.set_output(2, DType::kBFloat16, ctx.shape(1));
   }
   return Status::ok();
 }
 
 Status rms_norm_grad_cpu(KernelContext& ctx) {
+  auto bf16_in = [&](size_t i) {
+    return ctx.inputs.size() > i && ctx.inputs[i].data && ctx.inputs[i].dtype == DType::kBFloat16;
+  };
+  if (bf16_in(0) || bf16_in(1) || bf16_in(3) || !ctx.outputs[0].data) {
+    // As layer_norm_grad_cpu: on a copy of the context, the bf16 inputs widened, a skipped dX into scratch.
+    KernelContext wide = ctx;
+    std::vector<float> dy_wide, x_wide, add_wide, own_dx;
+    widen_bf16(wide.inputs[0], &dy_wide);
+    widen_bf16(wide.inputs[1], &x_wide);
+    if (wide.inputs.size() > 3) widen_bf16(wide.inputs[3], &add_wide);
+    if (!wide.outputs[0].data) {
+      own_dx.resize(static_cast<size_t>(wide.outputs[0].numel()));
+      wide.outputs[0].data = own_dx.data();
+    }
+    return rms_norm_grad_cpu(wide);
+  }
   const TensorRef& x = ctx.inputs[1];
   const NormView v = kernel_view(ctx, x);
   const double eps = ctx.attrs().get_double("epsilon", 1e-5);
@@ -388,8 +409,12 @@ void register_norm_ops(OpRegistry& r) {
                                "ONNX RMSNormalization with attr out_dtype (1 float32, 16 bfloat16: Y rounded)");
   rms16.bf16_outputs.copies = {0};
   r.add(rms16);
-  r.add(make_schema(kGalvatronDomain, "RMSNormalizationGrad", 3, 4, 1, 3, infer_rms_norm_grad, rms_norm_grad_cpu,
-                    "(dY, X, scale, Addend?) -> (dX + Addend, dscale?, dXBf16?)"));
+  OpSchema rms_grad =
+      make_schema(kGalvatronDomain, "RMSNormalizationGrad", 3, 4, 1, 3, infer_rms_norm_grad, rms_norm_grad_cpu,
+                  "(dY, X, scale, Addend?) -> (dX + Addend, dscale?, dXBf16?); X, Addend and dY float32 "
+                  "or bfloat16");
+  rms_grad.skippable_outputs = {0};  // a bf16 residual stream reads only dXBf16
+  r.add(rms_grad);
 }
 
 }  // namespace gv::math
