@@ -18,8 +18,10 @@
 #include "runtime/safetensors.h"
 #include "runtime/trainer.h"
 #include "runtime/training_graph.h"
+#include "tests/graph_checks.h"
 #include "tests/hf_fixtures.h"
 #include "tests/op_test_util.h"
+#include "tests/tiny_model.h"
 
 namespace gv {
 namespace {
@@ -315,6 +317,50 @@ TEST_P(ModelFusion, SiblingLinearsSameGradients) {
   EXPECT_EQ(fused, name.find("llama") != std::string::npos ? layers : 0) << name;
   EXPECT_NEAR(loss_fused, loss_plain, 1e-6 * std::fabs(loss_plain));
   expect_gradients_close(*with, *plain, 1e-5, name);
+}
+
+// bf16_residual_stream (runtime/bf16_residual_stream.cpp) on the imported HF exports and the zoo's models, with the
+// CUDA backend's bf16 options: every layer's two residual Sums go bf16 (BERT's post-norm Sums too; opset 14's
+// decomposed LayerNorms have none), and the loss and
+// gradients stay within bf16 rounding of the float32 stream's (5e-3 relative loss, 2e-2 relative L2 gradients).
+TEST_P(ModelFusion, Bf16ResidualStreamWithinRounding) {
+  auto model = load(GetParam());
+  ASSERT_TRUE(model.has_value()) << model.status().message();
+  const int layers = model->graph.num_layers;
+  auto backend = make_cpu_backend();
+  auto run = [&](bool on, double* loss, int* sums) -> Expected<TensorMap> {
+    TrainerConfig cfg = testing::cuda_bf16_like_config();
+    cfg.graph.fuse_residual_add = true;
+    cfg.graph.fuse_norm_grad_add = true;
+    cfg.graph.fuse_norm_grad_outputs = true;
+    cfg.graph.save_norm_statistics = true;
+    cfg.graph.bf16_attention_io = true;
+    cfg.graph.fuse_skip_norm = 16;
+    cfg.graph.bf16_residual_stream = on;
+    cfg.graph.padding_idx = model->padding_idx;
+    GV_ASSIGN_OR_RETURN(auto trainer, Trainer::create(model->graph, cfg, *backend));
+    const Graph& g = trainer->training_graph().graph;
+    *sums = 0;
+    for (const Node& n : g.nodes) {
+      if (n.op_type == "SkipLayerNormalization" || n.op_type == "SkipRMSNormalization") {
+        *sums += g.value(n.outputs.back()).dtype == DType::kBFloat16;
+      }
+    }
+    testing::expect_inference_agrees(g);
+    return trainer->compute_gradients(model->batch, loss);
+  };
+  const std::string name = GetParam();
+  double loss_plain = 0, loss_on = 0;
+  int sums_plain = -1, sums_on = -1;
+  auto plain = run(false, &loss_plain, &sums_plain);
+  ASSERT_TRUE(plain.has_value()) << plain.status().message();
+  auto on = run(true, &loss_on, &sums_on);
+  ASSERT_TRUE(on.has_value()) << on.status().message();
+  EXPECT_EQ(sums_plain, 0);
+  // bert_opset14's LayerNorms are opset-14 chains of elementwise ops: no skip norms, nothing to keep in bf16.
+  EXPECT_EQ(sums_on, name == "bert_opset14" ? 0 : 2 * layers) << name;
+  EXPECT_NEAR(loss_on, loss_plain, 5e-3 * std::fabs(loss_plain)) << name;
+  testing::expect_gradients_close(*plain, *on, 2e-2, name);
 }
 
 // pack_attention_qkv (the CUDA flash kernels' packed heads): Split(QKV) -> AttentionWithLse becomes AttentionPacked
