@@ -17,7 +17,7 @@
 //           kernel stores only the bf16 copy;
 //   dY      and its dY, where a FusedMatMul writes it for this gradient only, comes from the product in bf16 (the
 //           rounding PyTorch's autocast gives a product's input gradient).
-// A LayerNormalizationGrad reads its X and Addend in one type (the CUDA row kernels take both float32 or both bf16),
+// A norm gradient reads its X and Addend in one type (the CUDA row kernels take both float32 or both bf16),
 // so a Sum goes bf16 only where each of its gradient readers can take its Addend in bf16 (none, or the dXBf16 of
 // another LayerNormalizationGrad), and a stream that has gone bf16 stays bf16 downstream (a SkipLayerNormalization
 // reads a float32 or bf16 Skip but writes its Sum in bf16 only from a bf16 Skip): the candidates shrink to a fixed
@@ -38,14 +38,16 @@ namespace {
 constexpr int64_t kOnnxBFloat16 = 16;
 
 // Where the two kinds of norm keep the stream: the skip op's Sum output, and its gradient's Addend input and dX bf16
-// copy output (X is input 1 and dY input 0 of both gradients).
+// copy output (X is input 1 and dY input 0 of both gradients); whether the gradient reads saved statistics (inputs 3
+// and 4, LayerNorm's; the RMS gradient recomputes its one).
 struct NormKind {
   const char* skip;
   const char* grad;
   size_t sum_out, addend_in, copy_out;
+  bool saved_statistics;
 };
-constexpr NormKind kLayerNorm{"SkipLayerNormalization", "LayerNormalizationGrad", 3, 7, 3};
-constexpr NormKind kRmsNorm{"SkipRMSNormalization", "RMSNormalizationGrad", 1, 3, 2};
+constexpr NormKind kLayerNorm{"SkipLayerNormalization", "LayerNormalizationGrad", 3, 7, 3, true};
+constexpr NormKind kRmsNorm{"SkipRMSNormalization", "RMSNormalizationGrad", 1, 3, 2, false};
 
 bool is_galvatron(const Node& n, const char* op) { return n.op_type == op && n.domain == kGalvatronDomain; }
 
@@ -55,7 +57,7 @@ bool has(const Node& m, size_t i) { return m.inputs.size() > i && m.inputs[i] !=
 // statistics given without gradients of them.
 bool grad_takes_bf16(const Graph& g, const Node& m, const NormKind& k) {
   if (!has(m, 0) || !has(m, 1)) return false;
-  if (&k == &kLayerNorm && (!has(m, 3) || !has(m, 4) || has(m, 5) || has(m, 6))) return false;
+  if (k.saved_statistics && (!has(m, 3) || !has(m, 4) || has(m, 5) || has(m, 6))) return false;
   const int64_t axis = m.attrs.get_int("axis", -1), rank = static_cast<int64_t>(g.value(m.inputs[1]).shape.size());
   return axis == -1 || axis == rank - 1;
 }
