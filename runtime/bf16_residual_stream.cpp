@@ -67,9 +67,18 @@ struct Reader {
   int slot;
 };
 
-int stream_in_bf16(Graph& g, const NormKind& k, const std::vector<std::vector<Reader>>& readers,
-                   const std::vector<char>& is_output) {
+// One kind of norm's stream in bf16; the number of values turned bf16. Reads the graph as the previous kind left it.
+int stream_in_bf16(Graph& g, const NormKind& k) {
   const int n_values = static_cast<int>(g.values.size());
+  std::vector<std::vector<Reader>> readers(n_values);
+  for (NodeId id = 0; id < static_cast<NodeId>(g.nodes.size()); ++id) {
+    const Node& n = g.nodes[id];
+    for (size_t i = 0; i < n.inputs.size(); ++i) {
+      if (n.inputs[i] != kNoValue) readers[n.inputs[i]].push_back({id, static_cast<int>(i)});
+    }
+  }
+  std::vector<char> is_output(n_values, 0);
+  for (ValueId o : g.outputs) is_output[o] = 1;
   // Candidates: the float32 Sums of skip norms with a bf16 branch, read only as a Skip or as the gradient's X.
   std::vector<char> cand(n_values, 0);
   std::vector<NodeId> skips;
@@ -151,17 +160,7 @@ int stream_in_bf16(Graph& g, const NormKind& k, const std::vector<std::vector<Re
 }  // namespace
 
 Status bf16_residual_stream(Graph& g, int* values) {
-  const int n_values = static_cast<int>(g.values.size());
-  std::vector<std::vector<Reader>> readers(n_values);
-  for (NodeId id = 0; id < static_cast<NodeId>(g.nodes.size()); ++id) {
-    const Node& n = g.nodes[id];
-    for (size_t i = 0; i < n.inputs.size(); ++i) {
-      if (n.inputs[i] != kNoValue) readers[n.inputs[i]].push_back({id, static_cast<int>(i)});
-    }
-  }
-  std::vector<char> is_output(n_values, 0);
-  for (ValueId o : g.outputs) is_output[o] = 1;
-  const int count = stream_in_bf16(g, kLayerNorm, readers, is_output) + stream_in_bf16(g, kRmsNorm, readers, is_output);
+  const int count = stream_in_bf16(g, kLayerNorm) + stream_in_bf16(g, kRmsNorm);
   if (values) *values += count;
   return Status::ok();
 }

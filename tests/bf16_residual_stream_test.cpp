@@ -102,20 +102,24 @@ TEST(Bf16ResidualStream, BadRequestsNameTheNode) {
   EXPECT_EQ(grad_error(randn({3, 8}, 4), x, bf16(skip)), "ok");
 }
 
-// The CUDA-like bf16 options with the residual adds in the norms and the stream in bf16 (or not).
-TrainerConfig stream_config(bool on) {
-  TrainerConfig tc = testing::cuda_bf16_like_config();
-  tc.graph.fuse_residual_add = true;
-  tc.graph.fuse_norm_grad_add = true;
-  tc.graph.fuse_norm_grad_outputs = true;
-  tc.graph.save_norm_statistics = true;
-  tc.graph.bf16_attention_io = true;
-  tc.graph.fuse_skip_norm = 16;
-  tc.graph.bf16_residual_stream = on;
-  return tc;
+// A tiny zoo model's step with the float32 stream and with the stream in bf16 (the CUDA-like bf16 options); the
+// backend and model outlive the trainers that use them.
+struct StreamRuns {
+  std::unique_ptr<Backend> backend;
+  testing::TinyModel tiny;
+  int layers = 0;
+  testing::TinyRunPair runs;
+};
+Expected<std::unique_ptr<StreamRuns>> stream_runs(const std::string& name) {
+  auto r = std::make_unique<StreamRuns>();
+  GV_ASSIGN_OR_RETURN(r->tiny, testing::tiny_model(name));
+  r->layers = r->tiny.im.graph.num_layers;
+  r->backend = make_cpu_backend();
+  GV_ASSIGN_OR_RETURN(r->runs, testing::train_tiny_off_on(r->tiny, *r->backend, testing::cuda_bf16_stream_config));
+  return r;
 }
 
-// Float32 dX values of LayerNormalizationGrads that get no buffer in the training graph's memory plan.
+// Float32 dX values of norm gradients that get no buffer in the training graph's memory plan.
 int unbuffered_norm_grads(const Graph& g) {
   std::vector<NodeId> order(g.nodes.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<NodeId>(i);
@@ -129,12 +133,10 @@ int unbuffered_norm_grads(const Graph& g) {
 }
 
 TEST(Bf16ResidualStream, GptStreamInBf16GradientsWithinRounding) {
-  auto tiny = testing::tiny_model("gpt-tiny");
-  ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
-  const int layers = tiny->im.graph.num_layers;
-  auto backend = make_cpu_backend();
-  auto runs = testing::train_tiny_off_on(*tiny, *backend, stream_config);
-  ASSERT_TRUE(runs.has_value()) << runs.status().message();
+  auto got = stream_runs("gpt-tiny");
+  ASSERT_TRUE(got.has_value()) << got.status().message();
+  const int layers = (*got)->layers;
+  const testing::TinyRunPair* runs = &(*got)->runs;
   const Graph& g = runs->on.trainer->training_graph().graph;
   const Graph& plain = runs->off.trainer->training_graph().graph;
   // Two Sums per layer, and the dY of every norm gradient but the final norm's (the fused head's dX).
@@ -178,12 +180,10 @@ TEST(Bf16ResidualStream, BertAndLlamaWithinRounding) {
   // in place and so stay float32.
   for (const std::string name : {"bert-tiny", "llama-tiny"}) {
     SCOPED_TRACE(name);
-    auto tiny = testing::tiny_model(name);
-    ASSERT_TRUE(tiny.has_value()) << tiny.status().message();
-    const int layers = tiny->im.graph.num_layers;
-    auto backend = make_cpu_backend();
-    auto runs = testing::train_tiny_off_on(*tiny, *backend, stream_config);
-    ASSERT_TRUE(runs.has_value()) << runs.status().message();
+    auto got = stream_runs(name);
+    ASSERT_TRUE(got.has_value()) << got.status().message();
+    const int layers = (*got)->layers;
+    const testing::TinyRunPair* runs = &(*got)->runs;
     const Graph& g = runs->on.trainer->training_graph().graph;
     int sums = 0;
     for (const Node& n : g.nodes) {

@@ -329,14 +329,7 @@ TEST_P(ModelFusion, Bf16ResidualStreamWithinRounding) {
   const int layers = model->graph.num_layers;
   auto backend = make_cpu_backend();
   auto run = [&](bool on, double* loss, int* sums) -> Expected<TensorMap> {
-    TrainerConfig cfg = testing::cuda_bf16_like_config();
-    cfg.graph.fuse_residual_add = true;
-    cfg.graph.fuse_norm_grad_add = true;
-    cfg.graph.fuse_norm_grad_outputs = true;
-    cfg.graph.save_norm_statistics = true;
-    cfg.graph.bf16_attention_io = true;
-    cfg.graph.fuse_skip_norm = 16;
-    cfg.graph.bf16_residual_stream = on;
+    TrainerConfig cfg = testing::cuda_bf16_stream_config(on);
     cfg.graph.padding_idx = model->padding_idx;
     GV_ASSIGN_OR_RETURN(auto trainer, Trainer::create(model->graph, cfg, *backend));
     const Graph& g = trainer->training_graph().graph;

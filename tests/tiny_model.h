@@ -33,6 +33,21 @@ inline TrainerConfig cuda_bf16_like_config(bool packed_qkv = true) {
   return tc;
 }
 
+// cuda_bf16_like_config with the norm passes the CUDA backend asks for in bf16 (residual adds in the following norms,
+// the norm gradients' addends and bf16 copies, saved statistics, bf16 attention I/O) and the residual stream between
+// the norms in bf16 or not (runtime/bf16_residual_stream.cpp).
+inline TrainerConfig cuda_bf16_stream_config(bool bf16_stream) {
+  TrainerConfig tc = cuda_bf16_like_config();
+  tc.graph.fuse_residual_add = true;
+  tc.graph.fuse_norm_grad_add = true;
+  tc.graph.fuse_norm_grad_outputs = true;
+  tc.graph.save_norm_statistics = true;
+  tc.graph.bf16_attention_io = true;
+  tc.graph.fuse_skip_norm = 16;
+  tc.graph.bf16_residual_stream = bf16_stream;
+  return tc;
+}
+
 // One training step's forward and backward of a tiny model under `tc`: the trainer (its training graph), the loss
 // and every parameter's gradient. The pass tests run it twice with one option toggled.
 struct TinyRun {

@@ -160,14 +160,7 @@ __device__ __forceinline__ void load_input_row(float4 (&v)[V], const void* x, co
         continue;
       }
       const int64_t e = r * c4 + i;
-      float4 a;
-      if constexpr (kSkip == 1) {
-        a = reinterpret_cast<const float4*>(x)[e];
-      } else {
-        const uint2 u = reinterpret_cast<const uint2*>(x)[e];
-        a = make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
-                        __uint_as_float(u.y & 0xffff0000u));
-      }
+      const float4 a = kSkip == 1 ? load4(static_cast<const float*>(x), e) : load4(static_cast<const uint16_t*>(x), e);
       const float4 b = load4(skip, e);
       v[k] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
       if constexpr (std::is_same_v<Su, uint16_t>) {

@@ -185,24 +185,36 @@ void widen_bf16(TensorRef& t, std::vector<float>* wide) {
   t.dtype = DType::kFloat32;
 }
 
-Status layer_norm_grad_cpu(KernelContext& ctx) {
-  const bool x16 = ctx.inputs[1].dtype == DType::kBFloat16,
-             a16 = ctx.inputs.size() > 7 && ctx.inputs[7].data && ctx.inputs[7].dtype == DType::kBFloat16,
-             dy16 = ctx.inputs[0].data && ctx.inputs[0].dtype == DType::kBFloat16;
-  if (x16 || a16 || dy16 || !ctx.outputs[0].data) {
-    // A bf16 stream (X, Addend) widened, a skipped dX computed into scratch: on a copy of the context, whose inputs
-    // callers (the CUDA backend's host fallback) may copy back.
-    KernelContext wide = ctx;
-    std::vector<float> x_wide, add_wide, dy_wide, own_dx;
-    widen_bf16(wide.inputs[1], &x_wide);
-    widen_bf16(wide.inputs[0], &dy_wide);
-    if (a16) widen_bf16(wide.inputs[7], &add_wide);
-    if (!wide.outputs[0].data) {
-      own_dx.resize(static_cast<size_t>(wide.outputs[0].numel()));
-      wide.outputs[0].data = own_dx.data();
-    }
-    return layer_norm_grad_cpu(wide);
+// The norm gradients of a bf16 residual stream on the CPU: when one of `stream` (dY, X, Addend) is bf16 or dX (output
+// 0) has no buffer, runs `kernel` on a copy of the context with those inputs widened to float32 and dX in scratch
+// (a copy: callers such as the CUDA backend's host fallback copy the inputs back) and returns true, its status in *st.
+template <typename Kernel>
+bool run_widened(KernelContext& ctx, std::initializer_list<size_t> stream, Kernel kernel, Status* st) {
+  auto bf16_in = [&](size_t i) {
+    return ctx.inputs.size() > i && ctx.inputs[i].data && ctx.inputs[i].dtype == DType::kBFloat16;
+  };
+  bool any = !ctx.outputs[0].data;
+  for (size_t i : stream) any = any || bf16_in(i);
+  if (!any) return false;
+  KernelContext wide = ctx;
+  std::vector<std::vector<float>> widened(stream.size());
+  size_t k = 0;
+  for (size_t i : stream) {
+    if (bf16_in(i)) widen_bf16(wide.inputs[i], &widened[k]);
+    ++k;
   }
+  std::vector<float> own_dx;
+  if (!wide.outputs[0].data) {
+    own_dx.resize(static_cast<size_t>(wide.outputs[0].numel()));
+    wide.outputs[0].data = own_dx.data();
+  }
+  *st = kernel(wide);
+  return true;
+}
+
+Status layer_norm_grad_cpu(KernelContext& ctx) {
+  Status widened;
+  if (run_widened(ctx, {0, 1, 7}, layer_norm_grad_cpu, &widened)) return widened;
   const TensorRef& x = ctx.inputs[1];
   const NormView v = kernel_view(ctx, x);
   DType u = DType::kFloat64;
@@ -333,22 +345,8 @@ Status infer_rms_norm_grad(InferContext& ctx) {
 }
 
 Status rms_norm_grad_cpu(KernelContext& ctx) {
-  auto bf16_in = [&](size_t i) {
-    return ctx.inputs.size() > i && ctx.inputs[i].data && ctx.inputs[i].dtype == DType::kBFloat16;
-  };
-  if (bf16_in(0) || bf16_in(1) || bf16_in(3) || !ctx.outputs[0].data) {
-    // As layer_norm_grad_cpu: on a copy of the context, the bf16 inputs widened, a skipped dX into scratch.
-    KernelContext wide = ctx;
-    std::vector<float> dy_wide, x_wide, add_wide, own_dx;
-    widen_bf16(wide.inputs[0], &dy_wide);
-    widen_bf16(wide.inputs[1], &x_wide);
-    if (wide.inputs.size() > 3) widen_bf16(wide.inputs[3], &add_wide);
-    if (!wide.outputs[0].data) {
-      own_dx.resize(static_cast<size_t>(wide.outputs[0].numel()));
-      wide.outputs[0].data = own_dx.data();
-    }
-    return rms_norm_grad_cpu(wide);
-  }
+  Status widened;
+  if (run_widened(ctx, {0, 1, 3}, rms_norm_grad_cpu, &widened)) return widened;
   const TensorRef& x = ctx.inputs[1];
   const NormView v = kernel_view(ctx, x);
   const double eps = ctx.attrs().get_double("epsilon", 1e-5);

@@ -81,11 +81,16 @@ Status skip_norm_cpu(KernelContext& ctx, size_t sum_output, Norm norm) {
   const int64_t n = x.numel(), cols = x.shape.back(), rows = cols > 0 ? n / cols : 0;
   const bool has_sum = ctx.outputs.size() > sum_output && ctx.outputs[sum_output].data;
   const bool sum16 = ctx.attrs().get_int("sum_dtype", 1) == 16;
-  std::vector<float> own_sum(has_sum && !sum16 ? 0 : static_cast<size_t>(n)), s(static_cast<size_t>(n));
+  std::vector<float> own_sum(has_sum && !sum16 ? 0 : static_cast<size_t>(n));
   float* sum = has_sum && !sum16 ? ctx.outputs[sum_output].as<float>() : own_sum.data();
   convert_elements(x.data, x.dtype, sum, DType::kFloat32, n);
-  convert_elements(skip.data, skip.dtype, s.data(), DType::kFloat32, n);
-  for (int64_t i = 0; i < n; ++i) sum[i] += s[i];
+  if (skip.dtype == DType::kFloat32) {
+    const float* s = skip.as<float>();
+    for (int64_t i = 0; i < n; ++i) sum[i] += s[i];
+  } else {
+    const auto* s = static_cast<const uint16_t*>(skip.data);
+    for (int64_t i = 0; i < n; ++i) sum[i] += bf16_to_float(s[i]);
+  }
   if (sum16) {
     for (int64_t i = 0; i < n; ++i) sum[i] = bf16_to_float(float_to_bf16(sum[i]));
     if (has_sum) convert_elements(sum, DType::kFloat32, ctx.outputs[sum_output].data, DType::kBFloat16, n);
