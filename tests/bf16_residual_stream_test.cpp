@@ -100,6 +100,18 @@ TEST(Bf16ResidualStream, BadRequestsNameTheNode) {
   }
   EXPECT_EQ(skip_error(bf16(skip), 16), "ok");
   EXPECT_EQ(grad_error(randn({3, 8}, 4), x, bf16(skip)), "ok");
+  // RMSNormalizationGrad's stream likewise: a bf16 X takes float32 or bf16 dY and Addend, nothing else.
+  auto rms_error = [&](const Tensor& dy, const Tensor& add) {
+    auto out = run_op("RMSNormalizationGrad", {dy, x, scale, add}, {}, 3, 1, {}, kGalvatronDomain);
+    return out.has_value() ? std::string("ok") : out.status().message();
+  };
+  const std::string dy64 = rms_error(randn({3, 8}, 4).cast(DType::kFloat64), bf16(skip));
+  EXPECT_NE(dy64.find("dY must match X"), std::string::npos) << dy64;
+  EXPECT_NE(dy64.find("test_node"), std::string::npos) << dy64;
+  const std::string add64 = rms_error(bf16(randn({3, 8}, 4)), skip.cast(DType::kFloat64));
+  EXPECT_NE(add64.find("Addend must match X"), std::string::npos) << add64;
+  EXPECT_EQ(rms_error(randn({3, 8}, 4), bf16(skip)), "ok");
+  EXPECT_EQ(rms_error(bf16(randn({3, 8}, 4)), skip), "ok");
 }
 
 // A tiny zoo model's step with the float32 stream and with the stream in bf16 (the CUDA-like bf16 options); the
